@@ -1,0 +1,37 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "lora-tool",
+    products: [
+        .executable(name: "lora-tool", targets: ["lora-tool"]),
+        .library(name: "LoRACore", targets: ["LoRACore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // MARK: - System libraries (pkg-config; installed by scripts/bootstrap)
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
+
+        // MARK: - Libraries: all logic lives here; none prints or parses arguments
+        .target(name: "SafeTensors"),
+        .target(name: "LoRAKernels", dependencies: ["COpenBLAS"]),
+        .target(name: "LoRAGraph", dependencies: ["SafeTensors"]),
+        .target(name: "LoRACore", dependencies: ["SafeTensors", "LoRAKernels", "LoRAGraph"]),
+
+        // MARK: - Executable: parses arguments, renders reports
+        .executableTarget(
+            name: "lora-tool",
+            dependencies: ["LoRACore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+
+        // MARK: - Tests
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
+        .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"]),
+        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "LoraToolTests", dependencies: ["lora-tool"]),
+    ]
+)

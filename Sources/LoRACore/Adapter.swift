@@ -1,0 +1,169 @@
+import Foundation
+import LoRAGraph
+import SafeTensors
+
+/// A LoRA adapter opened from disk: its config, its tensors, and its modules paired and checked.
+///
+/// Accepts a PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`) or a
+/// safetensors file with `adapter_config.json` beside it. Keys may carry `base_model.model.` and an
+/// adapter-name infix (`.default.`). Tensors that are not LoRA factors (modules_to_save copies,
+/// `*.base_layer.weight` embeddings, trained biases) are full replacement values for base tensors.
+public final class Adapter: Sendable {
+    public let path: String
+    public let configPath: String
+    public let checkpoint: Checkpoint
+    public let config: AdapterConfig
+    /// Modules sorted by name.
+    public let modules: [AdapterModule]
+    /// Base tensor name → adapter tensor name holding its full replacement value, sorted by base name.
+    public let replacements: [(base: String, tensor: String)]
+    /// Modules present in the file that the config does not target (layers_to_transform,
+    /// target_modules): PEFT would not load them, so they are not merged.
+    public let untargeted: [String]
+    /// Human-readable dialect: `PEFT LoRA`, `PEFT LoRA (rsLoRA, DoRA)`, `PEFT AdaLoRA`.
+    public var dialect: String {
+        var extras: [String] = []
+        if config.useRslora { extras.append("rsLoRA") }
+        if modules.contains(where: \.isDoRA) { extras.append("DoRA") }
+        if modules.contains(where: { $0.kind == .embedding }) { extras.append("embedding LoRA") }
+        let base = config.peftType == .adalora ? "PEFT AdaLoRA" : "PEFT LoRA"
+        return extras.isEmpty ? base : base + " (" + extras.joined(separator: ", ") + ")"
+    }
+
+    /// Opens and checks an adapter.
+    /// - Throws: `LoRACoreError` for a missing or bad config, unpaired or inconsistent LoRA tensors,
+    ///   zero-size or absurd ranks; `SafeTensorsError` for a malformed file.
+    public init(path: String) throws {
+        self.path = path
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw LoRACoreError.invalidRequest("\(path): no such file or directory")
+        }
+        let weights: String
+        if isDir.boolValue {
+            configPath = (path as NSString).appendingPathComponent("adapter_config.json")
+            weights = (path as NSString).appendingPathComponent("adapter_model.safetensors")
+            if !FileManager.default.fileExists(atPath: weights) {
+                if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("adapter_model.bin")) {
+                    throw LoRACoreError.unsupportedAdapter(
+                        path: path, detail: "holds adapter_model.bin, a pickle file that can run code when loaded; convert it to safetensors first")
+                }
+                throw LoRACoreError.unsupportedAdapter(path: path, detail: "no adapter_model.safetensors in this directory")
+            }
+        } else {
+            weights = path
+            let dir = (path as NSString).deletingLastPathComponent
+            configPath = ((dir.isEmpty ? "." : dir) as NSString).appendingPathComponent("adapter_config.json")
+        }
+        guard let data = FileManager.default.contents(atPath: configPath) else {
+            throw LoRACoreError.invalidConfig(file: configPath, detail: "missing: an adapter needs its adapter_config.json (rank, alpha, targets)")
+        }
+        config = try AdapterConfig(json: Array(data), file: configPath)
+        checkpoint = try Checkpoint(path: weights)
+        (modules, replacements, untargeted) = try Adapter.pair(checkpoint, config: config, file: weights)
+    }
+
+    /// Groups LoRA tensors by module and checks each group.
+    static func pair(_ ckpt: Checkpoint, config: AdapterConfig, file: String) throws
+        -> ([AdapterModule], [(base: String, tensor: String)], [String])
+    {
+        var groups: [String: [LoRAParameter: String]] = [:]
+        var replacements: [(base: String, tensor: String)] = []
+        var adapterNames = Set<String>()
+        for name in ckpt.names {
+            let parsed = TensorName(name)
+            if let a = parsed.adapterName { adapterNames.insert(a) }
+            switch parsed.role {
+            case let .lora(p):
+                if groups[parsed.module]?[p] != nil {
+                    throw LoRACoreError.invalidModule(module: parsed.module, detail: "\(p.rawValue) appears twice")
+                }
+                groups[parsed.module, default: [:]][p] = name
+            case .baseLayer, .modulesToSave, .parameter:
+                if let base = parsed.baseTensorName { replacements.append((base, name)) }
+            case .originalModule:
+                continue  // untouched copy of a modules_to_save module
+            case .kohyaAlpha:
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "kohya-style LoRA ('\(name)') is not supported by this command yet")
+            }
+        }
+        if adapterNames.count > 1 {
+            throw LoRACoreError.unsupportedAdapter(
+                path: file, detail: "holds several adapters (\(adapterNames.sorted().joined(separator: ", "))); extract one first")
+        }
+        var modules: [AdapterModule] = []
+        var untargeted: [String] = []
+        for module in groups.keys.sorted(by: utf8Precedes) {
+            let g = groups[module]!
+            func info(_ p: LoRAParameter) throws -> TensorInfo? {
+                guard let n = g[p] else { return nil }
+                return ckpt.info(n)
+            }
+            let isEmbedding = g[.embeddingA] != nil || g[.embeddingB] != nil
+            let (pa, pb): (LoRAParameter, LoRAParameter) = isEmbedding ? (.embeddingA, .embeddingB) : (.A, .B)
+            if g[.down] != nil || g[.up] != nil || g[.mlxA] != nil || g[.mlxB] != nil {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' uses kohya/mlx tensor names, not supported by this command yet")
+            }
+            guard let aName = g[pa] else { throw LoRACoreError.invalidModule(module: module, detail: "has \(pb.rawValue) but no \(pa.rawValue)") }
+            guard let bName = g[pb] else { throw LoRACoreError.invalidModule(module: module, detail: "has \(pa.rawValue) but no \(pb.rawValue)") }
+            let a = try info(pa)!, b = try info(pb)!
+            for t in [a, b] where !(t.dtype == .float32 || t.dtype == .float16 || t.dtype == .bfloat16) {
+                throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(t.name)' has dtype \(t.dtype.rawValue); LoRA factors must be F32, F16 or BF16")
+            }
+            guard a.shape.count == 2, b.shape.count == 2 else {
+                if a.shape.count == 4 || b.shape.count == 4 {
+                    throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' is a convolution LoRA, not supported yet")
+                }
+                throw LoRACoreError.invalidModule(module: module, detail: "LoRA factors must be 2-D, got \(a.shape) and \(b.shape)")
+            }
+            if config.peftType == .adalora && (a.shape[0] == 0 || b.shape[1] == 0) && a.shape[0] == b.shape[1] {
+                continue  // AdaLoRA pruned this module to rank 0: it contributes nothing.
+            }
+            if a.elementCount == 0 || b.elementCount == 0 {
+                throw LoRACoreError.invalidModule(
+                    module: module, detail: "zero-size LoRA tensors \(a.shape) and \(b.shape) (a DeepSpeed ZeRO-3 save without gathering?)")
+            }
+            let rank = a.shape[0]
+            guard b.shape[1] == rank else {
+                throw LoRACoreError.invalidModule(module: module, detail: "\(pa.rawValue) has rank \(rank) but \(pb.rawValue) has rank \(b.shape[1]) (shapes \(a.shape) and \(b.shape))")
+            }
+            let out = b.shape[0], inF = a.shape[1]
+            guard rank <= min(out, inF) else {
+                throw LoRACoreError.invalidModule(module: module, detail: "rank \(rank) exceeds the matrix size \(out)×\(inF)")
+            }
+            if config.peftType == .lora {
+                let expected = config.rank(for: module)
+                guard expected == rank else {
+                    throw LoRACoreError.invalidModule(module: module, detail: "tensors have rank \(rank) but adapter_config.json gives r = \(expected) (r / rank_pattern)")
+                }
+            }
+            if let e = g[.E], let ei = ckpt.info(e), ei.shape != [rank, 1] {
+                throw LoRACoreError.invalidModule(module: module, detail: "lora_E has shape \(ei.shape), expected [\(rank), 1]")
+            }
+            if config.peftType == .adalora && g[.E] == nil {
+                throw LoRACoreError.invalidModule(module: module, detail: "AdaLoRA module has no lora_E")
+            }
+            if let m = g[.magnitude], let mi = ckpt.info(m) {
+                guard mi.shape == [isEmbedding ? out : out] || mi.shape == [out] else {
+                    throw LoRACoreError.invalidModule(module: module, detail: "lora_magnitude_vector has shape \(mi.shape), expected [\(out)]")
+                }
+            }
+            if let bb = g[.bBias], let bi = ckpt.info(bb), bi.shape != [out] {
+                throw LoRACoreError.invalidModule(module: module, detail: "lora_B.bias has shape \(bi.shape), expected [\(out)]")
+            }
+            let parsed = TensorName(module + ".weight")
+            if !config.targets(parsed) {
+                untargeted.append(module)
+                continue
+            }
+            let alpha = config.alpha(for: module)
+            let transposed = isEmbedding || config.fanInFanOut
+            modules.append(AdapterModule(
+                module: module, kind: isEmbedding ? .embedding : .linear, aName: aName, bName: bName, eName: g[.E],
+                bBiasName: g[.bBias], magnitudeName: g[.magnitude], rank: rank, alpha: alpha,
+                scale: config.scale(for: module, rank: rank), outFeatures: out, inFeatures: inF, transposed: transposed))
+        }
+        replacements.sort { utf8Precedes($0.base, $1.base) }
+        return (modules, replacements, untargeted)
+    }
+}

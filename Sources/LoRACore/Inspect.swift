@@ -1,0 +1,196 @@
+import Foundation
+import LoRAGraph
+import SafeTensors
+
+/// What `inspect` reports about a checkpoint, adapter, or training checkpoint. Reads headers only.
+public struct InspectReport: Sendable {
+    public enum Kind: String, Sendable {
+        case model
+        case adapter
+        /// A training checkpoint holding both base (`base_layer`) and LoRA tensors.
+        case trainingCheckpoint = "training checkpoint"
+    }
+
+    /// An adapter's LoRA facts.
+    public struct AdapterSummary: Sendable {
+        public struct Module: Sendable {
+            public var module: String
+            public var kind: String
+            public var rank: Int
+            public var alpha: Double?
+            public var scale: Double?
+            public var dora: Bool
+        }
+
+        public var dialect: String
+        public var ranks: [Int]
+        public var alpha: Double?
+        public var useRslora: Bool
+        public var targetSuffixes: [String]
+        public var layers: [Int]
+        public var modules: [Module]
+        public var dora: Bool
+        public var embeddingLoRA: Bool
+        public var replacements: [String]
+        public var untargeted: [String]
+        public var configPath: String?
+    }
+
+    /// The adapter checked against a base model.
+    public struct BaseComparison: Sendable {
+        public var basePath: String
+        public var baseParameters: Int
+        public var adapterParameters: Int
+        public var percent: Double
+        /// Modules whose base tensor is missing or has another shape; empty when all match.
+        public var problems: [String]
+    }
+
+    public var path: String
+    public var kind: Kind
+    public var files: [String]
+    public var tensorCount: Int
+    public var parameterCount: Int
+    public var bytes: Int
+    /// dtype → tensor count, sorted by dtype name.
+    public var dtypes: [(dtype: String, tensors: Int, parameters: Int)]
+    public var metadata: [(key: String, value: String)]
+    /// Module family (last module segment, e.g. `q_proj`) → module count, sorted by name.
+    public var families: [(family: String, count: Int)]
+    public var layerCount: Int
+    public var adapter: AdapterSummary?
+    public var base: BaseComparison?
+    /// Every tensor in name order.
+    public var tensors: [TensorInfo]
+}
+
+/// `inspect`: describe a checkpoint from its headers.
+public enum Inspect {
+    /// Builds the report.
+    /// - Parameters:
+    ///   - path: safetensors file, index json, model directory or PEFT adapter directory.
+    ///   - base: optional base model to compare an adapter with.
+    /// - Throws: `SafeTensorsError` / `LoRACoreError` for unreadable or malformed input.
+    public static func run(path: String, base basePath: String? = nil) throws -> InspectReport {
+        var isDir: ObjCBool = false
+        let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+        let hasConfig = exists && (isDir.boolValue
+            ? FileManager.default.fileExists(atPath: path + "/adapter_config.json")
+            : path.hasSuffix(".safetensors") && FileManager.default.fileExists(
+                atPath: ((path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent) + "/adapter_config.json"))
+        var adapter: Adapter?
+        let ckpt: Checkpoint
+        if hasConfig {
+            let a = try Adapter(path: path)
+            adapter = a
+            ckpt = a.checkpoint
+        } else {
+            ckpt = try Checkpoint(path: path)
+        }
+        let names = ckpt.names
+        let infos = names.map { ckpt.info($0)! }
+        var dtypes: [String: (Int, Int)] = [:]
+        var params = 0
+        for t in infos {
+            let n = t.elementCount ?? 0
+            params += n
+            dtypes[t.dtype.rawValue, default: (0, 0)].0 += 1
+            dtypes[t.dtype.rawValue]!.1 += n
+        }
+        let parsed = names.map(TensorName.init)
+        let hasLoRA = parsed.contains { if case .lora = $0.role { return true } else { return false } }
+        let hasBaseLayer = parsed.contains { if case .baseLayer(parameter: "weight") = $0.role { return true } else { return false } }
+        let loraModules = Set(parsed.compactMap { p -> String? in if case .lora = p.role { return p.module } else { return nil } })
+        let kind: InspectReport.Kind
+        if adapter != nil {
+            kind = .adapter
+        } else if hasLoRA && hasBaseLayer && parsed.filter({ if case .baseLayer(parameter: "weight") = $0.role { return true } else { return false } }).count >= loraModules.count {
+            kind = .trainingCheckpoint
+        } else if hasLoRA {
+            kind = .adapter
+        } else {
+            kind = .model
+        }
+        // Module families: modules holding a weight (model) or LoRA tensors (adapter).
+        var moduleSet = Set<String>()
+        var layers = Set<Int>()
+        for p in parsed {
+            switch p.role {
+            case .lora: moduleSet.insert(p.module)
+            case .parameter("weight"), .baseLayer(parameter: "weight"): if kind == .model || kind == .trainingCheckpoint { moduleSet.insert(p.module) }
+            default: break
+            }
+            if let l = p.layer { layers.insert(l.index) }
+        }
+        var familyCounts: [String: Int] = [:]
+        for m in moduleSet { familyCounts[TensorName(m + ".weight").family, default: 0] += 1 }
+
+        var summary: InspectReport.AdapterSummary?
+        if let adapter {
+            let mods = adapter.modules.map {
+                InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.kind.rawValue, rank: $0.rank, alpha: $0.alpha, scale: $0.scale, dora: $0.isDoRA)
+            }
+            let all = Set(adapter.modules.map(\.module))
+            summary = InspectReport.AdapterSummary(
+                dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(), alpha: adapter.config.loraAlpha,
+                useRslora: adapter.config.useRslora,
+                targetSuffixes: Array(Set(adapter.modules.map(\.family))).sorted(),
+                layers: Array(Set(adapter.modules.compactMap { TensorName($0.baseWeightName).layer?.index })).sorted(),
+                modules: mods, dora: adapter.modules.contains(where: \.isDoRA),
+                embeddingLoRA: adapter.modules.contains { $0.kind == .embedding },
+                replacements: adapter.replacements.map(\.base), untargeted: adapter.untargeted, configPath: adapter.configPath)
+            _ = all
+        } else if hasLoRA {
+            // LoRA tensors without a config: ranks are known, alpha is not.
+            var mods: [InspectReport.AdapterSummary.Module] = []
+            for m in loraModules.sorted(by: utf8Precedes) {
+                let a = parsed.first { $0.module == m && ($0.role == .lora(.A) || $0.role == .lora(.embeddingA) || $0.role == .lora(.down)) }
+                let rank = a.flatMap { ckpt.info($0.original)?.shape.first } ?? 0
+                let dora = parsed.contains { $0.module == m && $0.role == .lora(.magnitude) }
+                mods.append(.init(module: m, kind: parsed.contains { $0.module == m && $0.role == .lora(.embeddingA) } ? "embedding" : "linear", rank: rank, alpha: nil, scale: nil, dora: dora))
+            }
+            let adapterNames = Set(parsed.compactMap(\.adapterName)).sorted()
+            summary = InspectReport.AdapterSummary(
+                dialect: "PEFT LoRA tensors without adapter_config.json" + (adapterNames.isEmpty ? "" : " (adapter names: \(adapterNames.joined(separator: ", ")))"),
+                ranks: Array(Set(mods.map(\.rank))).sorted(), alpha: nil, useRslora: false,
+                targetSuffixes: Array(Set(mods.map { TensorName($0.module + ".weight").family })).sorted(),
+                layers: Array(Set(mods.compactMap { TensorName($0.module + ".weight").layer?.index })).sorted(),
+                modules: mods, dora: mods.contains(where: \.dora), embeddingLoRA: mods.contains { $0.kind == "embedding" },
+                replacements: [], untargeted: [], configPath: nil)
+        }
+
+        var comparison: InspectReport.BaseComparison?
+        if let basePath {
+            guard let adapter else {
+                throw LoRACoreError.invalidRequest("--base compares an adapter with its base, but \(path) is not an adapter directory (no adapter_config.json)")
+            }
+            let base = try Checkpoint(path: basePath)
+            var problems: [String] = []
+            for m in adapter.modules {
+                if let bi = base.info(m.baseWeightName) {
+                    if bi.shape != m.expectedBaseShape {
+                        problems.append("\(m.module): base shape \(bi.shape), adapter needs \(m.expectedBaseShape)")
+                    }
+                } else {
+                    problems.append("\(m.module): no base tensor '\(m.baseWeightName)'")
+                }
+            }
+            for r in adapter.replacements where base.info(r.base) == nil {
+                problems.append("\(r.base): replaced by the adapter but missing from the base")
+            }
+            let baseParams = base.names.reduce(0) { $0 + (base.info($1)?.elementCount ?? 0) }
+            let loraParams = adapter.modules.reduce(0) { $0 + $1.rank * ($1.inFeatures + $1.outFeatures) }
+            comparison = InspectReport.BaseComparison(
+                basePath: basePath, baseParameters: baseParams, adapterParameters: loraParams,
+                percent: baseParams > 0 ? 100 * Double(loraParams) / Double(baseParams) : 0, problems: problems)
+        }
+
+        return InspectReport(
+            path: path, kind: kind, files: ckpt.files.map { ($0.path as NSString).lastPathComponent },
+            tensorCount: names.count, parameterCount: params, bytes: infos.reduce(0) { $0 + $1.byteCount },
+            dtypes: dtypes.keys.sorted().map { ($0, dtypes[$0]!.0, dtypes[$0]!.1) },
+            metadata: (ckpt.metadata ?? []).sorted { utf8Precedes($0.key, $1.key) },
+            families: familyCounts.keys.sorted().map { ($0, familyCounts[$0]!) },
+            layerCount: layers.count, adapter: summary, base: comparison, tensors: infos)
+    }
+}

@@ -1,0 +1,216 @@
+import Foundation
+import LoRAGraph
+import LoRAKernels
+import SafeTensors
+
+/// Options of a merge, as `lora-tool merge` collects them.
+public struct MergeOptions: Sendable {
+    public var base: String
+    /// Adapter paths with their weights (1 merges, -1 un-merges).
+    public var adapters: [(path: String, weight: Double)]
+    public var output: String
+    public var dtype: OutputDType = .keep
+    /// Bytes of tensor data per output shard (decimal, transformers' convention).
+    public var maxShardSize: Int = 5_000_000_000
+    public var targets: TargetSelector?
+    public var verify = false
+    public var probes = 8
+    public var seed: UInt64 = 0
+    public var force = false
+    public var threads = 1
+
+    public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
+        self.base = base
+        self.adapters = adapters
+        self.output = output
+    }
+}
+
+/// What a merge did.
+public struct MergeReport: Sendable {
+    public struct Family: Sendable {
+        public var family: String
+        public var modules: Int
+        /// Distinct scales used (α/r …), sorted.
+        public var scales: [Double]
+    }
+
+    public var output: String
+    public var files: [String]
+    public var families: [Family]
+    public var mergedTensors: Int
+    public var replacedTensors: [String]
+    public var copiedTensors: Int
+    public var skippedModules: [String]
+    public var outputDTypes: [String: Int]
+    public var bytesWritten: Int
+    public var seconds: Double
+    public var verification: VerifyReport?
+    public var adapters: [(path: String, dialect: String, weight: Double)]
+}
+
+/// Progress of a long operation: tensors and bytes done out of totals.
+public struct Progress: Sendable {
+    public var tensorsDone: Int
+    public var tensorsTotal: Int
+    public var bytesDone: Int
+    public var bytesTotal: Int
+}
+
+/// `merge`: W' = W + Σ wᵢ·ΔWᵢ for every adapted module, streamed tensor by tensor.
+///
+/// Numerics: base upcast to fp32 (exact), ΔW = s·B·A through sgemm into the same fp32 buffer, one
+/// rounding (nearest even) to the output dtype. Untouched tensors are copied byte for byte (or cast
+/// once with `--dtype`). Memory: a few tensors at a time; inputs are mapped read-only.
+public enum Merge {
+    /// Runs the merge.
+    /// - Throws: `LoRACoreError`, `SafeTensorsError`; on any error the staging output is removed and
+    ///   nothing is left under the output name.
+    public static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)? = nil) throws -> MergeReport {
+        let start = Date()
+        GEMM.setThreads(options.threads)
+        try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
+        let base = try Checkpoint(path: options.base)
+        let adapters = try options.adapters.map { try Adapter(path: $0.path) }
+        let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
+        let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
+
+        // Output tensors in name order; shards greedy over that order.
+        let outInfos = plan.names.map { name -> TensorInfo in
+            let info = base.info(name)!
+            return TensorInfo(name: name, dtype: options.dtype.output(for: info.dtype), shape: info.shape)
+        }
+        let shardPlan = ShardPlan(tensors: outInfos, maxShardSize: options.maxShardSize)
+        let checker = MergeChecker(plan: plan, probes: options.probes, seed: options.seed, tolerance: nil)
+        var entries: [VerifyReport.Entry] = []
+        var done = 0, bytesDone = 0
+        let bytesTotal = outInfos.reduce(0) { $0 + (TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape) ?? 0) }
+        var files: [String] = []
+        for shard in shardPlan.shards {
+            let writer = try SafeTensorsWriter(path: output.path(for: shard.fileName), tensors: shard.tensors)
+            while let t = writer.nextTensor {
+                let baseInfo = base.info(t.name)!
+                let produced = try produce(t, baseInfo: baseInfo, plan: plan)
+                try produced.withBytes { bytes in
+                    try writer.write(t.name, bytes: bytes)
+                    if options.verify {
+                        if case .copy = plan.action(for: t.name), t.dtype == baseInfo.dtype { return }
+                        let e = try checker.check(name: t.name, mergedInfo: t, mergedBytes: bytes)
+                        entries.append(e)
+                        if !e.passed {
+                            throw LoRACoreError.verificationFailed(failures: ["\(t.name): \(e.detail ?? "failed")"])
+                        }
+                    }
+                }
+                done += 1
+                bytesDone += t.byteCount
+                progress?(Progress(tensorsDone: done, tensorsTotal: outInfos.count, bytesDone: bytesDone, bytesTotal: bytesTotal))
+            }
+            try writer.finish()
+            files.append(shard.fileName)
+        }
+        if let index = shardPlan.index {
+            let name = "model.safetensors.index.json"
+            try writeFile(output.path(for: name), bytes: index.serialized())
+            files.append(name)
+        }
+        if base.indexPath != nil || base.path == base.directory {
+            files += try copySideFiles(from: base.directory, to: output, dtype: options.dtype)
+        }
+        try output.commit()
+
+        var families: [String: (Int, Set<Double>)] = [:]
+        var merged = 0
+        var replaced: [String] = []
+        for name in plan.names {
+            switch plan.action(for: name) {
+            case let .merge(cs, _):
+                merged += 1
+                for c in cs {
+                    let f = c.module.family
+                    families[f, default: (0, [])].0 += 1
+                    families[f]!.1.insert(c.module.scale)
+                }
+            case .replace: replaced.append(name)
+            case .bias: merged += 1
+            case .copy: break
+            }
+        }
+        var dtypes: [String: Int] = [:]
+        for t in outInfos { dtypes[t.dtype.rawValue, default: 0] += 1 }
+        let fileSizes = files.compactMap { try? FileManager.default.attributesOfItem(atPath: options.output + "/" + $0)[.size] as? Int }
+        return MergeReport(
+            output: options.output, files: files,
+            families: families.keys.sorted().map { MergeReport.Family(family: $0, modules: families[$0]!.0, scales: families[$0]!.1.sorted()) },
+            mergedTensors: merged, replacedTensors: replaced, copiedTensors: plan.names.count - merged - replaced.count,
+            skippedModules: plan.skippedModules, outputDTypes: dtypes, bytesWritten: fileSizes.reduce(0, +),
+            seconds: Date().timeIntervalSince(start),
+            verification: options.verify ? VerifyReport(entries: entries, probes: options.probes, seed: options.seed) : nil,
+            adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) })
+    }
+
+    /// Bytes of one output tensor: borrowed from the input map, or computed.
+    enum Produced {
+        case mapped(UnsafeRawBufferPointer)
+        case owned([UInt8])
+
+        func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+            switch self {
+            case let .mapped(b): return try body(b)
+            case let .owned(a): return try a.withUnsafeBytes(body)
+            }
+        }
+    }
+
+    static func produce(_ t: TensorInfo, baseInfo: TensorInfo, plan: MergePlan) throws -> Produced {
+        let outFormat = TensorData.format(t.dtype)
+        switch plan.action(for: t.name) {
+        case .copy:
+            if t.dtype == baseInfo.dtype { return .mapped(try plan.base.bytes(of: t.name)) }
+            return .owned(TensorData.encode(try TensorData.floats(plan.base, t.name), format: outFormat!))
+        case let .replace(ai, tensor):
+            let ckpt = plan.adapters[ai].checkpoint
+            if ckpt.info(tensor)!.dtype == t.dtype { return .mapped(try ckpt.bytes(of: tensor)) }
+            guard let outFormat else {
+                throw LoRACoreError.baseMismatch(module: t.name, detail: "replacement '\(tensor)' has dtype \(ckpt.info(tensor)!.dtype.rawValue), base has \(t.dtype.rawValue)")
+            }
+            return .owned(TensorData.encode(try TensorData.floats(ckpt, tensor), format: outFormat))
+        case .merge, .bias:
+            let value = try plan.mergedValue(t.name)!
+            return .owned(TensorData.encode(value, format: outFormat!))
+        }
+    }
+
+    static func writeFile(_ path: String, bytes: [UInt8]) throws {
+        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else {
+            throw SafeTensorsError.io(path: path, operation: "write", errno: errno)
+        }
+    }
+
+    /// Copies every non-weight file of a model directory (config.json, tokenizer files, ...) into the
+    /// output, updating config.json's dtype when `--dtype` changes it.
+    static func copySideFiles(from dir: String, to output: AtomicOutput, dtype: OutputDType) throws -> [String] {
+        let fm = FileManager.default
+        var copied: [String] = []
+        let names = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).sorted(by: utf8Precedes)
+        for name in names where !name.hasSuffix(".safetensors") && !name.hasSuffix(".safetensors.index.json") && !name.hasPrefix(".") {
+            let src = dir + "/" + name
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: src, isDirectory: &isDir), !isDir.boolValue else { continue }
+            if Checkpoint.pickleExtensions.contains((name as NSString).pathExtension) { continue }
+            if name == "config.json", let torchName = dtype.torchName, let data = fm.contents(atPath: src),
+               let root = try? JSONParser.parse(Array(data)), case let .object(members) = root {
+                let updated = members.map { kv -> (key: String, value: JSONValue) in
+                    (kv.key == "torch_dtype" || kv.key == "dtype") ? (kv.key, .string(torchName)) : kv
+                }
+                try writeFile(output.path(for: name), bytes: Array((JSONWriter.pretty(.object(updated)) + "\n").utf8))
+            } else {
+                do { try fm.copyItem(atPath: src, toPath: output.path(for: name)) } catch {
+                    throw SafeTensorsError.io(path: src, operation: "copy", errno: EIO)
+                }
+            }
+            copied.append(name)
+        }
+        return copied
+    }
+}

@@ -1,0 +1,233 @@
+import LoRAGraph
+import LoRAKernels
+import SafeTensors
+
+/// Checks merged tensors against base + side branch on random probes, in fp64.
+///
+/// For a merged module: y_side = W·x + Σ wᵢ·sᵢ·Bᵢ(Aᵢ·x) (DoRA: (m/‖W+ΔW‖) ⊙ (W·x + ΔW·x)), and
+/// y_merged = W'·x, where W' is read back from the merged checkpoint. With stored-transposed weights
+/// (Conv1D, embeddings) W·x means Wᵀ·x. The error is normwise,
+/// max|y_merged − y_side| / max(|W|·|x| + Σ|wᵢsᵢ|·|Bᵢ|·|Aᵢ|·|x|), which one rounding of W' to its dtype
+/// bounds by the unit roundoff; `autoTolerance` adds fp32 accumulation of the rank-r product.
+/// Used by `verify` and by `merge --verify` (one implementation).
+struct MergeChecker {
+    let plan: MergePlan
+    let probes: Int
+    let seed: UInt64
+    /// nil = automatic from dtype and rank.
+    let tolerance: Double?
+
+    /// The automatic tolerance: 2u of the merged dtype + (2r + 16)·2⁻²⁴, plus 4·√in·2⁻²⁴ for DoRA norms.
+    static func autoTolerance(format: FloatCodec.Format, rank: Int, inFeatures: Int, dora: Bool) -> Double {
+        var t = 2 * FloatCodec.unitRoundoff(format) + Double(2 * rank + 16) * 0x1p-24
+        if dora { t += 4 * Double(inFeatures).squareRoot() * 0x1p-24 }
+        return t
+    }
+
+    /// Checks one tensor of the merged output, given its stored bytes and dtype.
+    func check(name: String, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer) throws -> VerifyReport.Entry {
+        let family = TensorName(name).family
+        func entry(_ kind: VerifyReport.Entry.Kind, passed: Bool, detail: String?, abs: Double = 0, rel: Double = 0, out: Double = 0, tol: Double = 0)
+            -> VerifyReport.Entry
+        {
+            VerifyReport.Entry(tensor: name, family: family, kind: kind, maxAbsError: abs, relativeError: rel,
+                               errorRelativeToOutput: out, tolerance: tol, passed: passed, detail: detail)
+        }
+        let baseInfo = plan.base.info(name)!
+        guard mergedInfo.shape == baseInfo.shape else {
+            return entry(.copied, passed: false, detail: "shape \(mergedInfo.shape), base has \(baseInfo.shape)")
+        }
+        switch plan.action(for: name) {
+        case .copy:
+            let (ok, why) = try compareExact(kind: .copied, expected: plan.base, expectedName: name, mergedInfo: mergedInfo, mergedBytes: mergedBytes)
+            return entry(.copied, passed: ok, detail: why, rel: ok ? 0 : 1)
+        case let .replace(ai, tensor):
+            let (ok, why) = try compareExact(kind: .replaced, expected: plan.adapters[ai].checkpoint, expectedName: tensor, mergedInfo: mergedInfo, mergedBytes: mergedBytes)
+            return entry(.replaced, passed: ok, detail: why, rel: ok ? 0 : 1)
+        case let .bias(cs, source):
+            guard let format = TensorData.format(mergedInfo.dtype) else {
+                return entry(.bias, passed: false, detail: "merged dtype \(mergedInfo.dtype.rawValue) is not a float type")
+            }
+            let b = try plan.startingValue(name, source: source).map(Double.init)
+            var expected = b
+            var scaleSum = b.map(abs)
+            for c in cs {
+                let bias = try TensorData.floats(plan.adapters[c.adapter].checkpoint, c.module.bBiasName!)
+                let k = plan.weights[c.adapter] * c.module.scale
+                for i in expected.indices {
+                    expected[i] += k * Double(bias[i])
+                    scaleSum[i] += abs(k * Double(bias[i]))
+                }
+            }
+            let merged = decode(mergedBytes, format: format, count: expected.count)
+            let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: 1, inFeatures: 1, dora: false)
+            let (absE, rel, out) = errors(merged, expected, scaleSum)
+            return entry(.bias, passed: rel <= tol, detail: rel <= tol ? nil : "bias differs from base bias + w·s·lora_B.bias", abs: absE, rel: rel, out: out, tol: tol)
+        case let .merge(cs, source):
+            guard let format = TensorData.format(mergedInfo.dtype) else {
+                return entry(.merged, passed: false, detail: "merged dtype \(mergedInfo.dtype.rawValue) is not a float type")
+            }
+            let w0 = try plan.startingValue(name, source: source)
+            let merged = decode(mergedBytes, format: format, count: w0.count)
+            let m0 = cs[0].module
+            let rows = m0.transposed ? m0.inFeatures : m0.outFeatures  // stored rows
+            let cols = m0.transposed ? m0.outFeatures : m0.inFeatures
+            let factors = try cs.map { try Factors64($0, plan: plan) }
+            // DoRA row factors m / ‖W + ΔW‖ over the input dimension, in fp64.
+            var doraFactor: [Double]?
+            if let f = factors.first, let mag = f.magnitude {
+                let m = f.module
+                var norms = [Double](repeating: 0, count: m.outFeatures)
+                for o in 0..<m.outFeatures {
+                    for i in 0..<m.inFeatures {
+                        var d = 0.0
+                        for r in 0..<m.rank { d += f.b[o * m.rank + r] * f.a[r * m.inFeatures + i] }
+                        let stored = m.transposed ? w0[i * m.outFeatures + o] : w0[o * m.inFeatures + i]
+                        let wv = Double(stored) + f.k * d
+                        norms[o] += wv * wv
+                    }
+                }
+                doraFactor = (0..<m.outFeatures).map { mag[$0] / norms[$0].squareRoot() }
+            }
+            var gen = ProbeGenerator(seed: seed, name: name)
+            var ySide: [Double] = [], yMerged: [Double] = [], scaleRef: [Double] = []
+            let inDim = m0.inFeatures, outDim = m0.outFeatures
+            for _ in 0..<probes {
+                let x = gen.vector(inDim)
+                let absX = x.map(abs)
+                var ys = [Double](repeating: 0, count: outDim)
+                var ym = [Double](repeating: 0, count: outDim)
+                var ref = [Double](repeating: 0, count: outDim)
+                // W·x (stored (out,in)) or Wᵀ·x (stored (in,out)).
+                for r in 0..<rows {
+                    for c in 0..<cols {
+                        let idx = r * cols + c
+                        let (o, i) = m0.transposed ? (c, r) : (r, c)
+                        ys[o] += Double(w0[idx]) * x[i]
+                        ref[o] += abs(Double(w0[idx])) * absX[i]
+                        ym[o] += merged[idx] * x[i]
+                    }
+                }
+                for f in factors {
+                    let m = f.module, a = f.a, b = f.b, k = f.k
+                    var ax = [Double](repeating: 0, count: m.rank), aAbsX = [Double](repeating: 0, count: m.rank)
+                    for r in 0..<m.rank {
+                        for i in 0..<m.inFeatures {
+                            let av = a[r * m.inFeatures + i]
+                            ax[r] += av * x[i]
+                            aAbsX[r] += abs(av) * absX[i]
+                        }
+                    }
+                    for o in 0..<m.outFeatures {
+                        var s = 0.0, sa = 0.0
+                        for r in 0..<m.rank {
+                            s += b[o * m.rank + r] * ax[r]
+                            sa += abs(b[o * m.rank + r]) * aAbsX[r]
+                        }
+                        ys[o] += k * s
+                        ref[o] += abs(k) * sa
+                    }
+                }
+                if let f = doraFactor {
+                    for o in 0..<outDim {
+                        ys[o] *= f[o]
+                        ref[o] *= abs(f[o])
+                    }
+                }
+                ySide += ys
+                yMerged += ym
+                scaleRef += ref
+            }
+            let dora = doraFactor != nil
+            let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: cs.map(\.module.rank).reduce(0, +), inFeatures: inDim, dora: dora)
+            let (absE, rel, out) = errors(yMerged, ySide, scaleRef)
+            let detail = rel <= tol ? nil : "W'·x differs from W·x + side branch (relative error \(formatted(rel)) > \(formatted(tol)))"
+            return entry(.merged, passed: rel <= tol, detail: detail, abs: absE, rel: rel, out: out, tol: tol)
+        }
+    }
+
+    /// Exact comparison: byte-identical, or equal to the expected value rounded once to the merged dtype.
+    private func compareExact(
+        kind: VerifyReport.Entry.Kind, expected ckpt: Checkpoint, expectedName: String,
+        mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer
+    ) throws -> (Bool, String?) {
+        let expectedInfo = ckpt.info(expectedName)!
+        let expectedBytes = try ckpt.bytes(of: expectedName)
+        if expectedInfo.dtype == mergedInfo.dtype {
+            let same = expectedBytes.count == mergedBytes.count && (expectedBytes.count == 0 || memcmp(expectedBytes.baseAddress!, mergedBytes.baseAddress!, expectedBytes.count) == 0)
+            return (same, same ? nil : (kind == .copied ? "not byte-identical to the base" : "not byte-identical to the adapter's '\(expectedName)'"))
+        }
+        guard let from = TensorData.format(expectedInfo.dtype), let to = TensorData.format(mergedInfo.dtype) else {
+            return (false, "dtype changed from \(expectedInfo.dtype.rawValue) to \(mergedInfo.dtype.rawValue)")
+        }
+        let n = expectedInfo.elementCount ?? 0
+        let e = decode(expectedBytes, format: from, count: n)
+        let m = decode(mergedBytes, format: to, count: n)
+        var same = true
+        for i in 0..<n {
+            let want = Double(FloatCodec.roundTrip(Float(e[i]), format: to))
+            if !(want == m[i] || (want.isNaN && m[i].isNaN)) { same = false; break }
+        }
+        return (same, same ? nil : "not equal to the \(kind == .copied ? "base" : "adapter") value cast to \(mergedInfo.dtype.rawValue)")
+    }
+
+    private func decode(_ bytes: UnsafeRawBufferPointer, format: FloatCodec.Format, count: Int) -> [Double] {
+        var f = [Float](repeating: 0, count: count)
+        f.withUnsafeMutableBufferPointer { FloatCodec.decode(bytes, format: format, into: $0) }
+        return f.map(Double.init)
+    }
+
+    /// (max abs error, normwise relative error, ‖e‖₂/‖y‖₂). NaN anywhere counts as infinite error.
+    private func errors(_ got: [Double], _ want: [Double], _ ref: [Double]) -> (Double, Double, Double) {
+        var maxAbs = 0.0, maxRef = 0.0, e2 = 0.0, y2 = 0.0
+        for i in got.indices {
+            let d = abs(got[i] - want[i])
+            if d.isNaN { return (.infinity, .infinity, .infinity) }
+            maxAbs = max(maxAbs, d)
+            maxRef = max(maxRef, ref[i])
+            e2 += d * d
+            y2 += want[i] * want[i]
+        }
+        let rel = maxAbs == 0 ? 0 : (maxRef > 0 ? maxAbs / maxRef : .infinity)
+        let out = e2 == 0 ? 0 : (y2 > 0 ? (e2 / y2).squareRoot() : .infinity)
+        return (maxAbs, rel, out)
+    }
+}
+
+/// One module's factors in fp64: `a` r×in (AdaLoRA: times E), `b` out×r, k = w·s.
+private struct Factors64 {
+    let module: AdapterModule
+    let a: [Double]
+    let b: [Double]
+    let magnitude: [Double]?
+    let k: Double
+
+    init(_ c: MergePlan.Contribution, plan: MergePlan) throws {
+        let ckpt = plan.adapters[c.adapter].checkpoint
+        module = c.module
+        var a = try TensorData.floats(ckpt, c.module.aName).map(Double.init)
+        if let eName = c.module.eName {
+            let e = try TensorData.floats(ckpt, eName)
+            for r in 0..<c.module.rank {
+                for i in 0..<c.module.inFeatures { a[r * c.module.inFeatures + i] *= Double(e[r]) }
+            }
+        }
+        self.a = a
+        b = try TensorData.floats(ckpt, c.module.bName).map(Double.init)
+        magnitude = try c.module.magnitudeName.map { try TensorData.floats(ckpt, $0).map(Double.init) }
+        k = plan.weights[c.adapter] * c.module.scale
+    }
+}
+
+func formatted(_ x: Double) -> String {
+    if x == 0 { return "0" }
+    if !x.isFinite { return x.isNaN ? "nan" : "inf" }
+    let e = Int((log10(abs(x))).rounded(.down))
+    let m = x / pow(10, Double(e))
+    let digits = (m * 100).rounded() / 100
+    return "\(digits)e\(e)"
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

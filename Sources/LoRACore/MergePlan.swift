@@ -1,0 +1,142 @@
+import LoRAGraph
+import SafeTensors
+
+/// What happens to each base tensor when adapters are merged into it: the "select targets" and
+/// "pair adapter with base" passes, shared by `merge` and `verify`.
+///
+/// Built once from headers only; every mismatch (missing base tensor, shape or dtype disagreement)
+/// is found here, before any output is written.
+public struct MergePlan: Sendable {
+    /// One adapter module's contribution to a base tensor.
+    public struct Contribution: Sendable {
+        public var adapter: Int
+        public var module: AdapterModule
+    }
+
+    public enum Action: Sendable {
+        /// Unchanged (byte copy, or a dtype cast).
+        case copy
+        /// Replaced by the full value of an adapter tensor.
+        case replace(adapter: Int, tensor: String)
+        /// W' = W + Σ wᵢ·ΔWᵢ (DoRA rescaled), W from the base or from a replacement tensor.
+        case merge([Contribution], source: (adapter: Int, tensor: String)?)
+        /// b' = b + Σ wᵢ·sᵢ·lora_B.bias.
+        case bias([Contribution], source: (adapter: Int, tensor: String)?)
+    }
+
+    public let base: Checkpoint
+    public let adapters: [Adapter]
+    public let weights: [Double]
+    /// Base tensor names, sorted by bytes.
+    public let names: [String]
+    public let actions: [String: Action]
+    /// Modules left out by `--targets`, and modules the configs do not target.
+    public let skippedModules: [String]
+
+    /// Pairs every adapter module and replacement with its base tensor.
+    /// - Parameter targets: restricts which adapter modules (and replacements) apply; nil = all.
+    /// - Throws: `LoRACoreError.baseMismatch` naming the module when a base tensor is missing, its
+    ///   shape differs (both shapes given), or its dtype cannot be merged.
+    public init(base: Checkpoint, adapters: [Adapter], weights: [Double], targets: TargetSelector?) throws {
+        self.base = base
+        self.adapters = adapters
+        self.weights = weights
+        names = base.names
+        var actions: [String: Action] = [:]
+        var skipped: [String] = []
+        var replacementOf: [String: (Int, String)] = [:]
+        for (ai, adapter) in adapters.enumerated() {
+            skipped += adapter.untargeted
+            for (baseName, tensor) in adapter.replacements {
+                if let targets, !targets.matches(TensorName(baseName).module) { continue }
+                guard let bi = base.info(baseName) else {
+                    throw LoRACoreError.baseMismatch(
+                        module: TensorName(baseName).module, detail: "adapter tensor '\(tensor)' replaces '\(baseName)', which the base does not have")
+                }
+                let ri = adapter.checkpoint.info(tensor)!
+                guard ri.shape == bi.shape else {
+                    throw LoRACoreError.baseMismatch(
+                        module: TensorName(baseName).module, detail: "adapter tensor '\(tensor)' has shape \(ri.shape) but base '\(baseName)' has \(bi.shape)")
+                }
+                replacementOf[baseName] = (ai, tensor)
+                actions[baseName] = .replace(adapter: ai, tensor: tensor)
+            }
+        }
+        var merges: [String: [Contribution]] = [:]
+        var biases: [String: [Contribution]] = [:]
+        for (ai, adapter) in adapters.enumerated() {
+            for m in adapter.modules {
+                if let targets, !targets.matches(m.module) {
+                    skipped.append(m.module)
+                    continue
+                }
+                guard let bi = base.info(m.baseWeightName) else {
+                    throw LoRACoreError.baseMismatch(module: m.module, detail: "no base tensor '\(m.baseWeightName)' in \(base.path)")
+                }
+                guard bi.shape == m.expectedBaseShape else {
+                    let hint = bi.shape == m.expectedBaseShape.reversed() && m.kind == .linear
+                        ? (m.transposed ? " (the base is not Conv1D-shaped: fan_in_fan_out should be false)" : " (a Conv1D base: fan_in_fan_out should be true)")
+                        : ""
+                    throw LoRACoreError.baseMismatch(
+                        module: m.module, detail: "base '\(m.baseWeightName)' has shape \(bi.shape) but the adapter needs \(m.expectedBaseShape)\(hint)")
+                }
+                guard TensorData.format(bi.dtype) != nil else {
+                    throw LoRACoreError.baseMismatch(module: m.module, detail: "base '\(m.baseWeightName)' has dtype \(bi.dtype.rawValue); only F32, F16 and BF16 weights can be merged")
+                }
+                merges[m.baseWeightName, default: []].append(Contribution(adapter: ai, module: m))
+                if m.bBiasName != nil {
+                    guard let bb = base.info(m.baseBiasName), bb.shape == [m.outFeatures], TensorData.format(bb.dtype) != nil else {
+                        throw LoRACoreError.baseMismatch(module: m.module, detail: "lora_B.bias needs a float base bias '\(m.baseBiasName)' of shape [\(m.outFeatures)]")
+                    }
+                    biases[m.baseBiasName, default: []].append(Contribution(adapter: ai, module: m))
+                }
+            }
+        }
+        for (name, cs) in merges {
+            if cs.count > 1, cs.contains(where: { $0.module.isDoRA }) {
+                throw LoRACoreError.baseMismatch(
+                    module: cs[0].module.module, detail: "DoRA adapters cannot be combined with other adapters on the same module exactly; merge them one at a time")
+            }
+            actions[name] = .merge(cs, source: replacementOf[name])
+        }
+        for (name, cs) in biases { actions[name] = .bias(cs, source: replacementOf[name]) }
+        self.actions = actions
+        skippedModules = Array(Set(skipped)).sorted(by: utf8Precedes)
+    }
+
+    public func action(for name: String) -> Action { actions[name] ?? .copy }
+
+    /// The fp32 starting value of a merged tensor: the replacement when there is one, else the base.
+    func startingValue(_ name: String, source: (adapter: Int, tensor: String)?) throws -> [Float] {
+        if let source { return try TensorData.floats(adapters[source.adapter].checkpoint, source.tensor) }
+        return try TensorData.floats(base, name)
+    }
+
+    /// The merged value of `name` in float32, before rounding to the output dtype.
+    /// - Throws: `LoRACoreError.nonFinite` when the result has NaN/Inf where the starting value had none.
+    func mergedValue(_ name: String) throws -> [Float]? {
+        switch action(for: name) {
+        case .copy, .replace:
+            return nil
+        case let .merge(cs, source):
+            var w = try startingValue(name, source: source)
+            let finiteBefore = w.allSatisfy(\.isFinite)
+            for c in cs {
+                let f = try LoRAFactors(c.module, adapter: adapters[c.adapter], weight: weights[c.adapter])
+                try f.apply(to: &w)
+            }
+            if finiteBefore, !w.allSatisfy(\.isFinite) { throw LoRACoreError.nonFinite(module: cs[0].module.module) }
+            return w
+        case let .bias(cs, source):
+            var b = try startingValue(name, source: source)
+            let finiteBefore = b.allSatisfy(\.isFinite)
+            for c in cs {
+                let bias = try TensorData.floats(adapters[c.adapter].checkpoint, c.module.bBiasName!)
+                let k = Float(weights[c.adapter] * c.module.scale)
+                for i in b.indices { b[i] += bias[i] * k }
+            }
+            if finiteBefore, !b.allSatisfy(\.isFinite) { throw LoRACoreError.nonFinite(module: cs[0].module.module) }
+            return b
+        }
+    }
+}

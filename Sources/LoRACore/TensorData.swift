@@ -1,0 +1,38 @@
+import LoRAKernels
+import SafeTensors
+
+/// Reading and writing float tensors as float32 arrays.
+enum TensorData {
+    /// The codec format of a dtype, or nil for dtypes that are not merged (ints, F8, F64, ...).
+    static func format(_ dtype: DType) -> FloatCodec.Format? {
+        switch dtype {
+        case .float32: return .f32
+        case .float16: return .f16
+        case .bfloat16: return .bf16
+        default: return nil
+        }
+    }
+
+    /// `name` widened to float32 (exact), row-major.
+    /// - Throws: `LoRACoreError.invalidModule` for a dtype that is not F32/F16/BF16.
+    static func floats(_ ckpt: Checkpoint, _ name: String) throws -> [Float] {
+        guard let info = ckpt.info(name) else { throw SafeTensorsError.tensorNotFound(tensor: name, in: ckpt.path) }
+        guard let f = format(info.dtype) else {
+            throw LoRACoreError.invalidModule(module: name, detail: "dtype \(info.dtype.rawValue) cannot be merged (F32, F16 and BF16 can)")
+        }
+        let n = info.elementCount ?? 0
+        var out = [Float](repeating: 0, count: n)
+        let bytes = try ckpt.bytes(of: name)
+        out.withUnsafeMutableBufferPointer { FloatCodec.decode(bytes, format: f, into: $0) }
+        return out
+    }
+
+    /// `values` narrowed to `format` bytes (one rounding, nearest even).
+    static func encode(_ values: [Float], format: FloatCodec.Format) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: values.count * format.size)
+        values.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBytes { FloatCodec.encode(src, format: format, into: $0) }
+        }
+        return out
+    }
+}

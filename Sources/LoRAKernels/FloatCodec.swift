@@ -1,0 +1,74 @@
+/// Decoding stored tensors to float32 and encoding float32 back, with one rounding.
+///
+/// Layout: little-endian elements, any alignment (inputs may come from pre-0.3 files with unaligned
+/// data). Widening F16/BF16 → F32 is exact; narrowing F32 → F16/BF16 rounds to nearest, ties to even.
+public enum FloatCodec {
+    /// The dtypes this codec handles, by safetensors name.
+    public enum Format: String, Sendable {
+        case f32 = "F32"
+        case f16 = "F16"
+        case bf16 = "BF16"
+
+        /// Bytes per element.
+        public var size: Int { self == .f32 ? 4 : 2 }
+    }
+
+    /// Widens `count` elements of `source` into `destination` (exact).
+    public static func decode(_ source: UnsafeRawBufferPointer, format: Format, into destination: UnsafeMutableBufferPointer<Float>) {
+        let n = destination.count
+        precondition(source.count >= n * format.size, "source holds the elements")
+        guard n > 0, let src = source.baseAddress, let dst = destination.baseAddress else { return }
+        switch format {
+        case .f32:
+            UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: n * 4)
+        case .bf16:
+            for i in 0..<n {
+                let bits = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                dst[i] = Float(bitPattern: UInt32(bits) << 16)
+            }
+        case .f16:
+            for i in 0..<n {
+                let bits = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                dst[i] = Float(Float16(bitPattern: bits))
+            }
+        }
+    }
+
+    /// Narrows `source` into `destination` bytes (one rounding, nearest even).
+    public static func encode(_ source: UnsafeBufferPointer<Float>, format: Format, into destination: UnsafeMutableRawBufferPointer) {
+        let n = source.count
+        precondition(destination.count >= n * format.size, "destination has room")
+        guard n > 0, let src = source.baseAddress, let dst = destination.baseAddress else { return }
+        switch format {
+        case .f32:
+            dst.copyMemory(from: src, byteCount: n * 4)
+        case .bf16:
+            for i in 0..<n {
+                dst.storeBytes(of: BFloat16.fromFloat(src[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+            }
+        case .f16:
+            for i in 0..<n {
+                dst.storeBytes(of: Float16(src[i]).bitPattern.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+            }
+        }
+    }
+
+    /// Rounds `value` as storing it in `format` would, and widens it back.
+    @inlinable
+    public static func roundTrip(_ value: Float, format: Format) -> Float {
+        switch format {
+        case .f32: return value
+        case .bf16: return BFloat16.toFloat(BFloat16.fromFloat(value))
+        case .f16: return Float(Float16(value))
+        }
+    }
+
+    /// Unit roundoff of the format (half the gap between 1 and the next value).
+    public static func unitRoundoff(_ format: Format) -> Double {
+        switch format {
+        case .f32: return 0x1p-24
+        case .f16: return 0x1p-11
+        case .bf16: return 0x1p-8
+        }
+    }
+}

@@ -1,0 +1,33 @@
+import COpenBLAS
+
+/// Row-major float32 matrix products through OpenBLAS `cblas_sgemm`.
+public enum GEMM {
+    /// C ← alpha · op(A) · op(B) + beta · C, all row-major float32.
+    ///
+    /// - Parameters:
+    ///   - a: op(A) is m×k; A is stored m×k (`transposeA == false`) or k×m.
+    ///   - b: op(B) is k×n; B is stored k×n or n×k.
+    ///   - c: m×n, read when `beta != 0`.
+    /// - Throws: `KernelsError.dimensionTooLarge` when a dimension exceeds Int32.
+    public static func multiply(
+        m: Int, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Float>, transposeA: Bool,
+        b: UnsafePointer<Float>, transposeB: Bool,
+        beta: Float, c: UnsafeMutablePointer<Float>
+    ) throws {
+        guard let m32 = Int32(exactly: m) else { throw KernelsError.dimensionTooLarge(m) }
+        guard let n32 = Int32(exactly: n) else { throw KernelsError.dimensionTooLarge(n) }
+        guard let k32 = Int32(exactly: k) else { throw KernelsError.dimensionTooLarge(k) }
+        if m == 0 || n == 0 { return }
+        let lda = transposeA ? m32 : k32
+        let ldb = transposeB ? k32 : n32
+        cblas_sgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            m32, n32, k32, alpha, a, max(lda, 1), b, max(ldb, 1), beta, c, max(n32, 1))
+    }
+
+    /// Limits OpenBLAS to `threads` threads (so it does not fight tensor-level parallelism).
+    public static func setThreads(_ threads: Int) {
+        openblas_set_num_threads(Int32(clamping: max(1, threads)))
+    }
+}

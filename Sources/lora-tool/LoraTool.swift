@@ -1,0 +1,51 @@
+import ArgumentParser
+import Foundation
+import LoRACore
+import SafeTensors
+
+/// `lora-tool`: inspect, merge and verify LoRA checkpoints.
+@main
+struct LoraTool: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lora-tool",
+        abstract: "Inspect, merge and verify LoRA adapters and safetensors checkpoints.",
+        discussion: """
+            Reads safetensors only (pickle files are refused). Streams: inputs are memory-mapped and \
+            outputs are written tensor by tensor into a temporary name that is renamed into place \
+            when complete. Exit status: 0 on success, 1 on any error or failed verification, 64 on \
+            a usage error.
+            """,
+        version: "0.1.0",
+        subcommands: [Inspect.self, Merge.self, Verify.self])
+
+    static func main() {
+        installSignalCleanup()
+        var command: ParsableCommand
+        do { command = try parseAsRoot() } catch { exit(withError: error) }
+        do {
+            try command.run()
+        } catch let error as ExitCode {
+            exit(withError: error)
+        } catch {
+            FileHandle.standardError.write(Data("error: \(describe(error))\n".utf8))
+            Foundation.exit(1)
+        }
+    }
+}
+
+/// One line naming what is wrong: the library errors' descriptions, flattened.
+func describe(_ error: Error) -> String {
+    let text = (error as? LocalizedError)?.errorDescription ?? String(describing: error)
+    return text.replacingOccurrences(of: "\n", with: " ")
+}
+
+/// On SIGINT/SIGTERM remove any staging output, then die of the signal as usual.
+private func installSignalCleanup() {
+    for sig in [SIGINT, SIGTERM] {
+        signal(sig) { s in
+            AtomicOutput.removeAllStaging()
+            signal(s, SIG_DFL)
+            raise(s)
+        }
+    }
+}

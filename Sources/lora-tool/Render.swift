@@ -1,0 +1,49 @@
+import Foundation
+import SafeTensors
+
+/// Small text helpers shared by the subcommands' renderers.
+enum Render {
+    /// 1234567 → "1.23 MB" (decimal units).
+    static func bytes(_ n: Int) -> String {
+        let units = ["B", "KB", "MB", "GB", "TB"]
+        var v = Double(n), u = 0
+        while v >= 1000 && u < units.count - 1 { v /= 1000; u += 1 }
+        return u == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[u])
+    }
+
+    /// 1234567 → "1.23 M".
+    static func count(_ n: Int) -> String {
+        if n < 1000 { return "\(n)" }
+        let units = ["", "K", "M", "B", "T"]
+        var v = Double(n), u = 0
+        while v >= 1000 && u < units.count - 1 { v /= 1000; u += 1 }
+        return String(format: "%.2f %@", v, units[u])
+    }
+
+    /// Shortest round-tripping decimal of a Double ("2", "0.5", "1.4142135623730951").
+    static func number(_ x: Double) -> String {
+        if x == x.rounded(), abs(x) < 1e15 { return String(Int(x)) }
+        return "\(x)"
+    }
+
+    /// A JSON number literal for `x` (non-finite values become null).
+    static func json(_ x: Double) -> JSONValue { x.isFinite ? .number(number(x)) : .null }
+    static func json(_ n: Int) -> JSONValue { .number(String(n)) }
+    static func json(_ s: String) -> JSONValue { .string(s) }
+    static func json(_ strings: [String]) -> JSONValue { .array(strings.map { .string($0) }) }
+
+    /// Left-aligned columns.
+    static func table(_ rows: [[String]]) -> String {
+        guard let width = rows.map(\.count).max() else { return "" }
+        var widths = [Int](repeating: 0, count: width)
+        for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
+        return rows.map { r in
+            r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+                .joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+
+    static func printJSON(_ value: JSONValue) {
+        print(JSONWriter.pretty(value))
+    }
+}

@@ -1,0 +1,130 @@
+import ArgumentParser
+import Foundation
+import LoRACore
+import SafeTensors
+
+extension LoraTool {
+    /// `lora-tool merge`: fold adapters into a base model.
+    struct Merge: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Merge one or more LoRA adapters into a base model: W' = W + Σ w·s·B·A.",
+            discussion: """
+                Exactly PEFT's merge (α/r or α/√r with rsLoRA, rank_pattern/alpha_pattern, fan_in_fan_out, \
+                embedding LoRA, DoRA, lora_B.bias, modules_to_save replacements, layers_to_transform), \
+                computed in fp32 and rounded once to the output dtype. Untouched tensors are copied byte \
+                for byte. The output directory is built under a temporary name and renamed into place \
+                when complete; side files (config.json, tokenizer files) are copied.
+                """)
+
+        @Option(help: "Base model: directory (single or sharded safetensors) or .safetensors file.")
+        var base: String
+
+        @OptionGroup var adapterArguments: AdapterArguments
+
+        @Option(help: "Output model directory (must not exist or be empty, unless --force).")
+        var output: String
+
+        @Option(help: "Output dtype of float tensors: keep, f32, f16 or bf16.")
+        var dtype: String = "keep"
+
+        @Option(help: "Largest shard, e.g. 500MB, 5GB, 2GiB (decimal units as transformers).")
+        var maxShardSize: String = "5GB"
+
+        @Flag(help: "Check every merged module on random probes; fail (and leave no output) if any differs.")
+        var verify = false
+
+        @Flag(help: "Replace an existing output directory.")
+        var force = false
+
+        @Option(help: "OpenBLAS threads.")
+        var threads: Int = 1
+
+        @Flag(help: "Print the summary as JSON.")
+        var json = false
+
+        @Flag(help: "No progress bar.")
+        var quiet = false
+
+        func validate() throws {
+            guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
+            guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        }
+
+        func run() throws {
+            var options = MergeOptions(base: base, adapters: adapterArguments.pairs, output: output)
+            options.dtype = OutputDType(rawValue: dtype)!
+            options.maxShardSize = ByteSize.parse(maxShardSize)!
+            options.targets = try adapterArguments.selector
+            options.verify = verify
+            options.force = force
+            options.threads = threads
+            let bar: ProgressBar? = !quiet && isatty(2) != 0 ? ProgressBar() : nil
+            var callback: (@Sendable (LoRACore.Progress) -> Void)?
+            if let bar { callback = { bar.update($0) } }
+            let report = try LoRACore.Merge.run(options, progress: callback)
+            bar?.finish()
+            if json {
+                Render.printJSON(jsonReport(report))
+            } else {
+                print(text(report))
+            }
+        }
+
+        func text(_ r: MergeReport) -> String {
+            var rows: [[String]] = []
+            for a in r.adapters { rows.append(["adapter", "\(a.path) (\(a.dialect)), weight \(Render.number(a.weight))"]) }
+            rows.append(["merged", "\(r.mergedTensors) tensors: " + r.families.map { "\($0.family) ×\($0.modules) (scale \($0.scales.map(Render.number).joined(separator: ", ")))" }.joined(separator: ", ")])
+            if !r.replacedTensors.isEmpty { rows.append(["replaced", r.replacedTensors.joined(separator: ", ")]) }
+            rows.append(["copied", "\(r.copiedTensors) tensors unchanged"])
+            if !r.skippedModules.isEmpty { rows.append(["skipped", r.skippedModules.joined(separator: ", ")]) }
+            rows.append(["dtype", r.outputDTypes.keys.sorted().map { "\($0) ×\(r.outputDTypes[$0]!)" }.joined(separator: ", ")])
+            rows.append(["written", "\(Render.bytes(r.bytesWritten)) in \(r.files.count) files, \(String(format: "%.2f", r.seconds)) s, \(String(format: "%.2f", Double(r.bytesWritten) / max(r.seconds, 1e-9) / 1e9)) GB/s"])
+            if let v = r.verification {
+                rows.append(["verified", "\(v.entries.count) tensors on \(v.probes) probes: all within tolerance"])
+            }
+            return "\(r.output): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+        }
+
+        func jsonReport(_ r: MergeReport) -> JSONValue {
+            .object([
+                ("output", .string(r.output)),
+                ("files", Render.json(r.files)),
+                ("adapters", .array(r.adapters.map { .object([("path", .string($0.path)), ("dialect", .string($0.dialect)), ("weight", Render.json($0.weight))]) })),
+                ("families", .object(r.families.map { ($0.family, .object([("modules", Render.json($0.modules)), ("scales", .array($0.scales.map(Render.json)))])) })),
+                ("merged_tensors", Render.json(r.mergedTensors)),
+                ("replaced_tensors", Render.json(r.replacedTensors)),
+                ("copied_tensors", Render.json(r.copiedTensors)),
+                ("skipped_modules", Render.json(r.skippedModules)),
+                ("dtypes", .object(r.outputDTypes.keys.sorted().map { ($0, Render.json(r.outputDTypes[$0]!)) })),
+                ("bytes_written", Render.json(r.bytesWritten)),
+                ("seconds", Render.json(r.seconds)),
+                ("verified", r.verification.map { .bool($0.passed) } ?? .null),
+            ])
+        }
+    }
+}
+
+/// A one-line progress bar on stderr: tensors, bytes, rate, ETA.
+final class ProgressBar: @unchecked Sendable {
+    // @unchecked: updated from the merge's single thread only.
+    private let start = Date()
+    private var last = Date.distantPast
+
+    func update(_ p: LoRACore.Progress) {
+        let now = Date()
+        guard now.timeIntervalSince(last) > 0.1 || p.tensorsDone == p.tensorsTotal else { return }
+        last = now
+        let elapsed = now.timeIntervalSince(start)
+        let rate = Double(p.bytesDone) / max(elapsed, 1e-6)
+        let eta = rate > 0 ? Double(p.bytesTotal - p.bytesDone) / rate : 0
+        let frac = p.bytesTotal > 0 ? Double(p.bytesDone) / Double(p.bytesTotal) : 1
+        let filled = Int(frac * 30)
+        let line = String(format: "\r[%@%@] %d/%d tensors  %@/%@  %@/s  ETA %.0fs ",
+                          String(repeating: "#", count: filled), String(repeating: " ", count: 30 - filled),
+                          p.tensorsDone, p.tensorsTotal, Render.bytes(p.bytesDone), Render.bytes(p.bytesTotal), Render.bytes(Int(rate)), eta)
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    func finish() { FileHandle.standardError.write(Data("\n".utf8)) }
+}

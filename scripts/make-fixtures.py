@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Generate lora-tool's committed fixtures and samples with the real Python stack.
+
+Needs torch, transformers, peft, safetensors (not needed by CI, which reads the committed output).
+Run from the repository root:  python3 scripts/make-fixtures.py
+Deterministic: fixed seeds; rerunning rewrites identical files for a given library version.
+"""
+import json, os, shutil, struct, sys
+import torch
+import safetensors
+from safetensors.torch import save_file, load_file
+from transformers import LlamaConfig, LlamaForCausalLM, GPT2Config, GPT2LMHeadModel
+from peft import LoraConfig, get_peft_model, PeftModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ST_FIX = os.path.join(ROOT, "Tests/SafeTensorsTests/Fixtures")
+CORE_FIX = os.path.join(ROOT, "Tests/LoRACoreTests/Fixtures")
+SAMPLES = os.path.join(ROOT, "samples")
+
+
+def fresh(path):
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def tiny_llama(dtype, hidden=32, inter=64, layers=2, vocab=64, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                      max_position_embeddings=64, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    # Non-trivial weights everywhere (norms too), so a wrong tensor can never pass by accident.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return model.to(dtype)
+
+
+def randomize_adapter(model, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn_like(p) * 0.2)
+            if "modules_to_save" in n:
+                p.copy_(p + torch.randn_like(p) * 0.05)
+            if "lora_magnitude_vector" in n:
+                p.copy_(p.abs() * (1.0 + 0.3 * torch.rand_like(p)))
+
+
+def save_base(model, path, max_shard_size="5GB"):
+    model.save_pretrained(path, max_shard_size=max_shard_size)
+
+
+def state_dict_file(model, path):
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(sd, path, metadata={"format": "pt"})
+
+
+def merge_case(name, make_base, lora_cfg, seed=1, shard=None, weights=None, second_cfg=None):
+    """base/ (save_pretrained), adapter/ (save_pretrained), merged.safetensors (merge_and_unload)."""
+    d = fresh(os.path.join(CORE_FIX, name))
+    base = make_base()
+    save_base(base, os.path.join(d, "base"), **({"max_shard_size": shard} if shard else {}))
+    peft_model = get_peft_model(base, lora_cfg)
+    randomize_adapter(peft_model, seed)
+    peft_model.save_pretrained(os.path.join(d, "adapter"))
+    readme = os.path.join(d, "adapter", "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)  # PEFT's model-card template: bulk, not data
+    case = {"adapters": ["adapter"], "weights": [1.0]}
+    if second_cfg is not None:
+        # Two adapters combined exactly by PEFT's "cat" (sum of full deltas).
+        peft_model.add_adapter("second", second_cfg)
+        torch.manual_seed(seed + 100)
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if ".second." in n and "lora_" in n:
+                    p.copy_(torch.randn_like(p) * 0.2)
+        peft_model.save_pretrained(os.path.join(d, "tmp"), selected_adapters=["second"])
+        shutil.move(os.path.join(d, "tmp", "second"), os.path.join(d, "adapter2"))
+        if os.path.exists(os.path.join(d, "adapter2", "README.md")):
+            os.remove(os.path.join(d, "adapter2", "README.md"))
+        shutil.rmtree(os.path.join(d, "tmp"))
+        peft_model.add_weighted_adapter(["default", "second"], weights, "combined", combination_type="cat")
+        peft_model.set_adapter("combined")
+        peft_model.delete_adapter("default")
+        peft_model.delete_adapter("second")
+        case = {"adapters": ["adapter", "adapter2"], "weights": weights}
+    merged = peft_model.merge_and_unload()
+    state_dict_file(merged, os.path.join(d, "merged.safetensors"))
+    # Our output must load in transformers: check PEFT's own merged state dict loads the same way.
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(case, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print("case", name)
+
+
+def gpt2_base():
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32)
+    m = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return m
+
+
+SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def merge_cases():
+    os.makedirs(CORE_FIX, exist_ok=True)
+    merge_case("llama_f32", lambda: tiny_llama(torch.float32),
+               LoraConfig(r=4, lora_alpha=8, target_modules=SEVEN, init_lora_weights=False))
+    merge_case("llama_bf16_rslora_patterns", lambda: tiny_llama(torch.bfloat16),
+               LoraConfig(r=4, lora_alpha=6, use_rslora=True, target_modules=SEVEN, init_lora_weights=False,
+                          rank_pattern={"model.layers.0.self_attn.q_proj": 2, "down_proj": 6},
+                          alpha_pattern={"v_proj": 3}))
+    merge_case("llama_dora", lambda: tiny_llama(torch.float32),
+               LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "down_proj"],
+                          init_lora_weights=False))
+    merge_case("gpt2_conv1d", gpt2_base,
+               LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                          init_lora_weights=False))
+    merge_case("llama_f16_sharded", lambda: tiny_llama(torch.float16),
+               LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                          init_lora_weights=False), shard="40KB")
+    merge_case("llama_embedding_modules_to_save", lambda: tiny_llama(torch.float32),
+               LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"], modules_to_save=["lm_head"],
+                          init_lora_weights=False))
+    merge_case("llama_layers_to_transform", lambda: tiny_llama(torch.float32),
+               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=[1],
+                          layers_pattern="layers", init_lora_weights=False))
+    merge_case("llama_two_adapters_cat", lambda: tiny_llama(torch.float32),
+               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+               weights=[0.7, 0.3],
+               second_cfg=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+
+
+def samples():
+    base_dir = fresh(os.path.join(SAMPLES, "tiny-llama"))
+    adapter_dir = fresh(os.path.join(SAMPLES, "tiny-llama-lora"))
+    base = tiny_llama(torch.bfloat16, hidden=64, inter=128, layers=2, vocab=256, seed=7)
+    base.save_pretrained(base_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=SEVEN, init_lora_weights=False))
+    randomize_adapter(peft_model, 11)
+    peft_model.save_pretrained(adapter_dir)
+    # README.md that PEFT writes holds a model card template; keep the sample small and to the point.
+    os.remove(os.path.join(adapter_dir, "README.md")) if os.path.exists(os.path.join(adapter_dir, "README.md")) else None
+    print("samples written")
+
+
+# MARK: safetensors byte-level fixtures
+
+def python_written():
+    d = fresh(os.path.join(ST_FIX, "python"))
+    g = torch.Generator().manual_seed(3)
+    t = {
+        "f32": torch.randn(3, 5, generator=g),
+        "f16": torch.randn(4, 3, generator=g).half(),
+        "bf16": torch.randn(2, 7, generator=g).bfloat16(),
+        "f64": torch.randn(5, generator=g).double(),
+        "i64": torch.arange(-3, 3, dtype=torch.int64),
+        "i32": torch.arange(-4, 4, dtype=torch.int32).reshape(2, 4),
+        "i16": torch.arange(-2, 3, dtype=torch.int16),
+        "i8": torch.arange(-5, 5, dtype=torch.int8),
+        "u8": torch.arange(0, 9, dtype=torch.uint8).reshape(3, 3),
+        "u16": torch.tensor([0, 1, 65535], dtype=torch.int32).to(torch.uint16),
+        "u32": torch.tensor([0, 7, 2**31], dtype=torch.int64).to(torch.uint32),
+        "u64": torch.tensor([0, 9, 2**40], dtype=torch.int64).to(torch.uint64),
+        "bool": torch.tensor([True, False, True]),
+        "c64": torch.randn(2, generator=g, dtype=torch.complex64),
+        "f8e5m2": torch.randn(6, generator=g).to(torch.float8_e5m2),
+        "f8e4m3": torch.randn(6, generator=g).to(torch.float8_e4m3fn),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
+    save_file(t, os.path.join(d, "all_dtypes.safetensors"), metadata={"format": "pt"})
+    save_file({k: t[k] for k in ["f32", "bf16", "u8"]}, os.path.join(d, "no_metadata.safetensors"))
+    names = {"a": torch.ones(1), "a10": torch.ones(2), "a2": torch.ones(3), "Z": torch.ones(1),
+             "s\"q\\uote\t": torch.ones(1), "caf\u00e9": torch.ones(1, dtype=torch.float16),
+             "e\u0301": torch.ones(1, dtype=torch.float16), "x/y.z": torch.ones(2, dtype=torch.int8)}
+    save_file(names, os.path.join(d, "names.safetensors"), metadata={"format": "pt"})
+    save_file({}, os.path.join(d, "empty.safetensors"))
+    # Expected values as JSON (floats as repr of float64), for reading tests.
+    values = {k: v.float().flatten().tolist() for k, v in t.items()
+              if v.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
+    with open(os.path.join(d, "all_dtypes.values.json"), "w") as f:
+        json.dump(values, f, indent=1, sort_keys=True)
+    print("python-written safetensors fixtures")
+
+
+def malformed():
+    """One file per rule the reference rejects; each is checked to be rejected by Python's safetensors."""
+    d = fresh(os.path.join(ST_FIX, "malformed"))
+
+    def raw(header, data=b"", n=None):
+        hb = header if isinstance(header, bytes) else header.encode()
+        return struct.pack("<Q", len(hb) if n is None else n) + hb + data
+
+    good = '{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    cases = {
+        "empty_file": b"",
+        "shorter_than_8": b"\x01\x02\x03",
+        "header_too_large": struct.pack("<Q", 100_000_001) + b"{}",
+        "header_past_eof": raw(good, b"\0" * 8, n=500),
+        "header_not_utf8": raw(b'{"\xff\xfe":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}'),
+        "header_not_json": raw("{not json}"),
+        "header_not_object": raw("[1,2,3]"),
+        "header_zero_length": raw(""),
+        "missing_dtype": raw('{"t":{"shape":[2],"data_offsets":[0,8]}}', b"\0" * 8),
+        "missing_shape": raw('{"t":{"dtype":"F32","data_offsets":[0,8]}}', b"\0" * 8),
+        "missing_offsets": raw('{"t":{"dtype":"F32","shape":[2]}}', b"\0" * 8),
+        "shape_not_array": raw('{"t":{"dtype":"F32","shape":"2","data_offsets":[0,8]}}', b"\0" * 8),
+        "offsets_three_items": raw('{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}}', b"\0" * 8),
+        "unknown_dtype": raw('{"t":{"dtype":"F31","shape":[2],"data_offsets":[0,8]}}', b"\0" * 8),
+        "negative_shape": raw('{"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}', b"\0" * 8),
+        "float_shape": raw('{"t":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}}', b"\0" * 8),
+        "overflowing_shape": raw('{"t":{"dtype":"F32","shape":[2,18446744073709551614],"data_offsets":[0,8]}}', b"\0" * 8),
+        "size_mismatch": raw('{"t":{"dtype":"I32","shape":[2,2],"data_offsets":[0,4]}}', b"\0" * 4),
+        "offsets_reversed": raw('{"t":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}', b"\0" * 8),
+        "offsets_not_from_zero": raw('{"t":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}', b"\0" * 12),
+        "offsets_overlap": raw('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}', b"\0" * 12),
+        "offsets_hole": raw('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}', b"\0" * 12),
+        "offsets_out_of_bounds": raw('{"t":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', b"\0" * 8),
+        "trailing_bytes": raw(good, b"\0" * 12),
+        "json_attack_same_region": raw("{" + ",".join(f'"t{i}":{{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}' for i in range(10)) + "}", b"\0" * 16),
+        "metadata_not_string": raw('{"__metadata__":{"format":1},' + good[1:], b"\0" * 8),
+        "metadata_not_object": raw('{"__metadata__":"pt",' + good[1:], b"\0" * 8),
+        "tensor_named_metadata": raw('{"__metadata__":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', b"\0" * 8),
+        "duplicate_field": raw('{"t":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}}', b"\0" * 8),
+        "nul_padding": raw(good + "\0\0\0\0\0\0", b"\0" * 8),
+        "sub_byte_misaligned": raw('{"t":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', b"\0" * 2),
+        "lone_surrogate": raw('{"\\ud800":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', b"\0" * 8),
+    }
+    for name, blob in cases.items():
+        p = os.path.join(d, name + ".safetensors")
+        with open(p, "wb") as f:
+            f.write(blob)
+        try:
+            safetensors.safe_open(p, "np")
+        except Exception:
+            continue
+        raise SystemExit(f"reference accepted malformed fixture {name}")
+    print(f"{len(cases)} malformed fixtures, each rejected by the reference")
+
+
+if __name__ == "__main__":
+    python_written()
+    malformed()
+    samples()
+    merge_cases()
