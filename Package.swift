@@ -28,10 +28,10 @@ let package = Package(
         ),
 
         // MARK: - Tests
-        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"]),
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"]),
-        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore"]),
         .testTarget(name: "LoraToolTests", dependencies: ["lora-tool"]),
     ]
 )

@@ -89,8 +89,8 @@ def merge_case(name, make_base, lora_cfg, seed=1, shard=None, weights=None, seco
         peft_model.delete_adapter("second")
         case = {"adapters": ["adapter", "adapter2"], "weights": weights}
     merged = peft_model.merge_and_unload()
-    state_dict_file(merged, os.path.join(d, "merged.safetensors"))
-    # Our output must load in transformers: check PEFT's own merged state dict loads the same way.
+    # PEFT's merge, saved the way users save it (transformers layout; tied weights dropped).
+    merged.save_pretrained(os.path.join(d, "merged"))
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump(case, f, indent=2, sort_keys=True)
         f.write("\n")

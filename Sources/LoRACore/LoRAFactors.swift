@@ -13,6 +13,41 @@ struct LoRAFactors {
     let magnitude: [Float]?
     let coefficient: Double
 
+    private init(module: AdapterModule, a: [Float], b: [Float], coefficient: Double) {
+        self.module = module
+        self.a = a
+        self.b = b
+        bias = nil
+        magnitude = nil
+        self.coefficient = coefficient
+    }
+
+    /// Several adapters on one module as one rank-Σr factor pair, as PEFT's `cat` combination builds
+    /// it: A' = [A₁·w₁·s₁; A₂·w₂·s₂; …] (rounded to fp32 in that order), B' = [B₁ B₂ …], scale 1.
+    /// The merge is then one GEMM, exactly Σ wᵢ·sᵢ·Bᵢ·Aᵢ up to one fp32 rounding per step.
+    static func concatenated(_ parts: [LoRAFactors]) -> LoRAFactors {
+        let first = parts[0].module
+        let rank = parts.reduce(0) { $0 + $1.module.rank }
+        var a: [Float] = []
+        a.reserveCapacity(rank * first.inFeatures)
+        for p in parts {
+            let w = Float(p.coefficient / p.module.scale), s = Float(p.module.scale)
+            a += p.a.map { $0 * w * s }
+        }
+        var b = [Float](repeating: 0, count: first.outFeatures * rank)
+        var offset = 0
+        for p in parts {
+            let r = p.module.rank
+            for o in 0..<first.outFeatures {
+                for k in 0..<r { b[o * rank + offset + k] = p.b[o * r + k] }
+            }
+            offset += r
+        }
+        var module = first
+        module.rank = rank
+        return LoRAFactors(module: module, a: a, b: b, coefficient: 1)
+    }
+
     init(_ module: AdapterModule, adapter: Adapter, weight: Double) throws {
         self.module = module
         var a = try TensorData.floats(adapter.checkpoint, module.aName)
@@ -65,22 +100,33 @@ struct LoRAFactors {
         }
     }
 
-    /// ‖row o‖₂ of the (out, in) view of `w`, accumulated in Double and rounded to Float.
+    /// ‖row o‖₂ of the (out, in) view of `w` in fp32, summed the way torch.linalg.norm does on x86
+    /// (AVX2): eight lane accumulators over the row, lanes added in order, then the tail. Matching
+    /// its order keeps DoRA merges bit-identical to PEFT's rather than a few ulp away.
     static func outputNorms(_ w: [Float], module m: AdapterModule) -> [Float] {
-        var norms = [Double](repeating: 0, count: m.outFeatures)
-        if m.transposed {
+        var norms = [Float](repeating: 0, count: m.outFeatures)
+        var row = [Float](repeating: 0, count: m.inFeatures)
+        for o in 0..<m.outFeatures {
             for i in 0..<m.inFeatures {
-                let row = i * m.outFeatures
-                for o in 0..<m.outFeatures { let v = Double(w[row + o]); norms[o] += v * v }
+                row[i] = m.transposed ? w[i * m.outFeatures + o] : w[o * m.inFeatures + i]
             }
-        } else {
-            for o in 0..<m.outFeatures {
-                var s = 0.0
-                let row = o * m.inFeatures
-                for i in 0..<m.inFeatures { let v = Double(w[row + i]); s += v * v }
-                norms[o] = s
-            }
+            norms[o] = laneSumOfSquares(row).squareRoot()
         }
-        return norms.map { Float($0.squareRoot()) }
+        return norms
+    }
+
+    static func laneSumOfSquares(_ v: [Float]) -> Float {
+        var lanes = SIMD8<Float>(repeating: 0)
+        let whole = v.count / 8 * 8
+        var i = 0
+        while i < whole {
+            let x = SIMD8<Float>(v[i..<(i + 8)])
+            lanes += x * x
+            i += 8
+        }
+        var s: Float = 0
+        for l in 0..<8 { s += lanes[l] }
+        while i < v.count { s += v[i] * v[i]; i += 1 }
+        return s
     }
 }

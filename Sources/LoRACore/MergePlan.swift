@@ -121,9 +121,11 @@ public struct MergePlan: Sendable {
         case let .merge(cs, source):
             var w = try startingValue(name, source: source)
             let finiteBefore = w.allSatisfy(\.isFinite)
-            for c in cs {
-                let f = try LoRAFactors(c.module, adapter: adapters[c.adapter], weight: weights[c.adapter])
-                try f.apply(to: &w)
+            let factors = try cs.map { try LoRAFactors($0.module, adapter: adapters[$0.adapter], weight: weights[$0.adapter]) }
+            if factors.count == 1 {
+                try factors[0].apply(to: &w)
+            } else {
+                try LoRAFactors.concatenated(factors).apply(to: &w)
             }
             if finiteBefore, !w.allSatisfy(\.isFinite) { throw LoRACoreError.nonFinite(module: cs[0].module.module) }
             return w
