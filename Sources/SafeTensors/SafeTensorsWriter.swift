@@ -23,8 +23,7 @@ public final class SafeTensorsWriter {
 
     /// The header bytes for `tensors` (offsets are assigned here) and their write order.
     /// - Parameter metadata: written as `__metadata__` with keys sorted by bytes; nil omits it.
-    /// - Throws: `SafeTensorsError.invalidWrite` for a tensor named `__metadata__`, a name with NUL or
-    ///   control bytes, duplicate names, sizes that overflow, or a header over 100,000,000 bytes.
+    /// - Throws: `SafeTensorsError.invalidWrite` for a tensor named `__metadata__`, a name with a NUL byte, duplicate names, sizes that overflow, or a header over 100,000,000 bytes.
     public static func layout(
         _ tensors: [TensorInfo], metadata: [(key: String, value: String)]?, path: String
     ) throws -> (order: [TensorInfo], header: [UInt8]) {
@@ -39,8 +38,8 @@ public final class SafeTensorsWriter {
             if t.name == "__metadata__" {
                 throw SafeTensorsError.invalidWrite(path: path, detail: "a tensor may not be named '__metadata__'")
             }
-            if t.name.utf8.contains(where: { $0 < 0x20 }) {
-                throw SafeTensorsError.invalidWrite(path: path, detail: "tensor name '\(t.name)' holds control characters")
+            if t.name.utf8.contains(0) {
+                throw SafeTensorsError.invalidWrite(path: path, detail: "tensor name '\(t.name)' holds a NUL character")
             }
             guard seen.insert(Array(t.name.utf8)).inserted else {
                 throw SafeTensorsError.invalidWrite(path: path, detail: "tensor '\(t.name)' given twice")

@@ -6,7 +6,7 @@ struct AdapterArguments: ParsableArguments {
     @Option(name: .customLong("adapter"), help: "PEFT adapter directory, or adapter safetensors file with adapter_config.json beside it. Repeatable.")
     var adapters: [String] = []
 
-    @Option(name: .customLong("weight"), help: "Weight of each --adapter, in order (default 1; -1 un-merges).")
+    @Option(name: .customLong("weight"), parsing: .unconditionalSingleValue, help: "Weight of each --adapter, in order (default 1; -1 un-merges).")
     var weights: [Double] = []
 
     @Option(help: "Only these modules: comma-separated suffixes; q k v o gate up down are aliases of q_proj ... down_proj.")

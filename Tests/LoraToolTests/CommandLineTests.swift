@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+
+private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+/// Runs the built `lora-tool` and returns (exit status, stdout, stderr).
+func run(_ arguments: [String]) throws -> (Int32, String, String) {
+    let bin = ProcessInfo.processInfo.environment["BIN"].flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
+        ?? "\(root)/.build/debug/lora-tool"
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: bin)
+    p.arguments = arguments
+    p.currentDirectoryURL = URL(fileURLWithPath: root)
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+@Suite("lora-tool on the command line")
+struct CommandLineTests {
+    static let malformed = try! FileManager.default.contentsOfDirectory(atPath: "\(root)/Tests/SafeTensorsTests/Fixtures/malformed").sorted()
+
+    @Test("inspect on a malformed file: exit 1, one error line naming the file, no crash", arguments: malformed)
+    func malformedFile(file: String) throws {
+        let path = "Tests/SafeTensorsTests/Fixtures/malformed/\(file)"
+        let (status, out, err) = try run(["inspect", path])
+        #expect(status == 1)
+        #expect(out.isEmpty)
+        #expect(err.hasPrefix("error: \(path)"))
+        #expect(err.split(separator: "\n").count == 1)
+    }
+
+    @Test("inspect reports the sample adapter's rank, alpha and scale as JSON")
+    func inspectJSON() throws {
+        let (status, out, _) = try run(["inspect", "samples/tiny-llama-lora", "--json", "--base", "samples/tiny-llama"])
+        #expect(status == 0)
+        #expect(out.contains(#""kind": "adapter""#))
+        #expect(out.contains(#""ranks": [\#n      8\#n    ]"#))
+        #expect(out.contains(#""lora_alpha": 16"#))
+        #expect(out.contains(#""scale": 2"#))
+        #expect(out.contains(#""problems": []"#))
+    }
+
+    @Test("inspect on a model directory counts module families and layers")
+    func inspectModel() throws {
+        let (status, out, _) = try run(["inspect", "samples/tiny-llama"])
+        #expect(status == 0)
+        #expect(out.contains("samples/tiny-llama: model"))
+        #expect(out.contains("q_proj ×2"))
+        #expect(out.split(separator: "\n").contains { $0.hasPrefix("  layers ") && $0.hasSuffix(" 2") })
+    }
+
+    @Test("Pickle files are refused without being opened")
+    func pickle() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pickle-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        FileManager.default.createFile(atPath: dir + "/pytorch_model.bin", contents: Data([0x80, 0x02]))
+        let (status, _, err) = try run(["inspect", dir + "/pytorch_model.bin"])
+        #expect(status == 1)
+        #expect(err.contains("pickle"))
+    }
+
+    @Test("Usage errors exit 64")
+    func usage() throws {
+        #expect(try run(["merge", "--base", "x", "--output", "y"]).0 == 64)
+        #expect(try run(["merge", "--base", "x", "--adapter", "a", "--weight", "1", "--weight", "2", "--output", "y"]).0 == 64)
+        #expect(try run(["merge", "--base", "x", "--adapter", "a", "--output", "y", "--dtype", "f8"]).0 == 64)
+    }
+
+    @Test("merge then verify on the samples; verify fails on a merge of the wrong scale")
+    func mergeVerify() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let (s1, o1, _) = try run(["merge", "--base", "samples/tiny-llama", "--adapter", "samples/tiny-llama-lora", "--output", dir + "/m", "--verify", "--quiet"])
+        #expect(s1 == 0)
+        #expect(o1.contains("verified"))
+        let (s2, o2, _) = try run(["verify", "--base", "samples/tiny-llama", "--adapter", "samples/tiny-llama-lora", "--merged", dir + "/m"])
+        #expect(s2 == 0)
+        #expect(o2.contains("PASS"))
+        // A merge with weight 2 is the classic doubled scale: verify against weight 1 must fail.
+        _ = try run(["merge", "--base", "samples/tiny-llama", "--adapter", "samples/tiny-llama-lora", "--weight", "2", "--output", dir + "/double", "--quiet"])
+        let (s3, _, e3) = try run(["verify", "--base", "samples/tiny-llama", "--adapter", "samples/tiny-llama-lora", "--merged", dir + "/double"])
+        #expect(s3 == 1)
+        #expect(e3.contains("error: model.layers.0.mlp.down_proj.weight"))
+        // The same output again is refused; nothing is lost.
+        let (s4, _, e4) = try run(["merge", "--base", "samples/tiny-llama", "--adapter", "samples/tiny-llama-lora", "--output", dir + "/m", "--quiet"])
+        #expect(s4 == 1)
+        #expect(e4.contains("already exists"))
+    }
+}

@@ -1,0 +1,184 @@
+import CJSONC
+import Foundation
+import Testing
+@testable import SafeTensors
+
+private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures").path
+
+@Suite("Reading files written by Python's safetensors")
+struct PythonWrittenTests {
+    @Test("Every dtype opens with the shapes Python wrote", arguments: ["all_dtypes", "no_metadata", "names", "empty"])
+    func opens(name: String) throws {
+        let file = try SafeTensorsFile(path: "\(fixtures)/python/\(name).safetensors")
+        if name == "all_dtypes" {
+            #expect(file.tensors.count == 18)
+            #expect(file.info("scalar")?.shape == [])
+            #expect(file.info("empty")?.shape == [0, 4])
+            #expect(file.info("c64")?.dtype == .complex64)
+            #expect(file.info("f8e4m3")?.dtype == .float8E4M3)
+            #expect(file.metadata?.first?.value == "pt")
+        }
+        if name == "empty" { #expect(file.tensors.isEmpty) }
+    }
+
+    @Test("Float values equal the values Python recorded")
+    func values() throws {
+        let file = try SafeTensorsFile(path: "\(fixtures)/python/all_dtypes.safetensors")
+        let json = try JSONParser.parse(Array(try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/python/all_dtypes.values.json"))))
+        for (name, expected) in json.objectMembers! {
+            let info = file.info(name)!
+            let bytes = file.bytes(of: info)
+            let values: [Double] = (0..<(info.elementCount!)).map { i in
+                switch info.dtype {
+                case .float32: return Double(Float(bitPattern: bytes.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+                case .float64: return Double(bitPattern: bytes.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self))
+                case .float16: return Double(Float(Float16(bitPattern: bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))))
+                case .bfloat16: return Double(Float(bitPattern: UInt32(bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16))
+                default: return .nan
+                }
+            }
+            let want = expected.arrayValue!.map { $0.doubleValue! }
+            #expect(values.count == want.count)
+            for (v, w) in zip(values, want) { #expect(Float(v) == Float(w), "\(name)") }
+        }
+    }
+
+    @Test("Re-writing a Python file gives the same bytes", arguments: ["all_dtypes", "no_metadata", "names", "empty"])
+    func byteIdentical(name: String) throws {
+        let path = "\(fixtures)/python/\(name).safetensors"
+        let original = try Data(contentsOf: URL(fileURLWithPath: path))
+        let file = try SafeTensorsFile(path: path)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("st-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let out = dir + "/out.safetensors"
+        let writer = try SafeTensorsWriter(path: out, tensors: file.tensors, metadata: file.metadata)
+        while let t = writer.nextTensor { try writer.write(t.name, bytes: file.bytes(of: file.info(t.name)!)) }
+        try writer.finish()
+        #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == original)
+    }
+}
+
+@Suite("Malformed files are rejected with the reference's rules")
+struct MalformedTests {
+    static let cases = try! FileManager.default.contentsOfDirectory(atPath: "\(fixtures)/malformed").sorted()
+
+    @Test("Each malformed file throws a SafeTensorsError naming the file", arguments: cases)
+    func rejects(file: String) {
+        let path = "\(fixtures)/malformed/\(file)"
+        do {
+            _ = try SafeTensorsFile(path: path)
+            Issue.record("\(file) was accepted")
+        } catch let error as SafeTensorsError {
+            #expect(error.localizedDescription.contains(path))
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
+    @Test("The reference's writer vector: one I32 [2,2] tensor, header padded to 64 bytes")
+    func writerVector() throws {
+        let (_, header) = try SafeTensorsWriter.layout(
+            [TensorInfo(name: "test", dtype: .int32, shape: [2, 2])], metadata: nil, path: "x")
+        let expected = Array("@\0\0\0\0\0\0\0{\"test\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}    ".utf8)
+        #expect(header == expected)
+    }
+
+    @Test("Writing refuses a tensor named __metadata__ and NUL in names")
+    func writerRefuses() {
+        #expect(throws: SafeTensorsError.self) {
+            try SafeTensorsWriter.layout([TensorInfo(name: "__metadata__", dtype: .float32, shape: [1])], metadata: nil, path: "x")
+        }
+        #expect(throws: SafeTensorsError.self) {
+            try SafeTensorsWriter.layout([TensorInfo(name: "a\u{0}b", dtype: .float32, shape: [1])], metadata: nil, path: "x")
+        }
+    }
+}
+
+@Suite("Strict JSON parser")
+struct JSONParserTests {
+    static let valid = [
+        #"{"a":[1,2.5,-3e2,true,false,null],"b":{"c":"d\n\u00e9\ud83d\ude00"}}"#, "  [ ]  ", #""x""#, "0", "-0.0e+1",
+        #"{"weight_map":{"t":"model-00001-of-00002.safetensors"},"metadata":{"total_size":12}}"#,
+    ]
+
+    @Test("Valid documents parse to what json-c parses", arguments: valid)
+    func agreesWithJSONC(text: String) throws {
+        let ours = try JSONParser.parse(Array(text.utf8))
+        guard let obj = json_tokener_parse(text) else { Issue.record("json-c rejected \(text)"); return }
+        defer { json_object_put(obj) }
+        #expect(canonical(ours) == canonical(obj))
+    }
+
+    static let invalid = [
+        #"{"a":1,"a":2}"#, #"{"a":1,}"#, "[1,]", "01", "1.", "\"\\ud800\"", "\"a\u{1}\"", "nul", "{} x", "",
+        String(repeating: "[", count: 200) + String(repeating: "]", count: 200),
+    ]
+
+    @Test("Invalid documents are rejected", arguments: invalid)
+    func rejects(text: String) {
+        #expect(throws: JSONParser.Failure.self) { try JSONParser.parse(Array(text.utf8)) }
+    }
+
+    /// A normal form both trees map to: sorted keys, numbers as Double.
+    private func canonical(_ v: JSONValue) -> String {
+        switch v {
+        case .null: return "null"
+        case let .bool(b): return "\(b)"
+        case let .number(n): return "\(Double(n)!)"
+        case let .string(s): return "s:" + s
+        case let .array(a): return "[" + a.map(canonical).joined(separator: ",") + "]"
+        case let .object(m): return "{" + m.sorted { $0.key < $1.key }.map { $0.key + ":" + canonical($0.value) }.joined(separator: ",") + "}"
+        }
+    }
+
+    private func canonical(_ o: OpaquePointer?) -> String {
+        switch json_object_get_type(o) {
+        case json_type_null: return "null"
+        case json_type_boolean: return "\(json_object_get_boolean(o) != 0)"
+        case json_type_int: return "\(Double(json_object_get_int64(o)))"
+        case json_type_double: return "\(json_object_get_double(o))"
+        case json_type_string: return "s:" + String(cString: json_object_get_string(o))
+        case json_type_array:
+            return "[" + (0..<json_object_array_length(o)).map { canonical(json_object_array_get_idx(o, $0)) }.joined(separator: ",") + "]"
+        case json_type_object:
+            var pairs: [(String, String)] = []
+            var it = json_object_iter_begin(o)
+            let end = json_object_iter_end(o)
+            while json_object_iter_equal(&it, withUnsafePointer(to: end) { $0 }) == 0 {
+                pairs.append((String(cString: json_object_iter_peek_name(&it)), canonical(json_object_iter_peek_value(&it))))
+                json_object_iter_next(&it)
+            }
+            return "{" + pairs.sorted { $0.0 < $1.0 }.map { $0.0 + ":" + $0.1 }.joined(separator: ",") + "}"
+        default: return "?"
+        }
+    }
+}
+
+@Suite("Shards, sizes and indexes")
+struct ShardTests {
+    @Test("Sizes parse with decimal and binary units", arguments: [
+        ("500MB", 500_000_000), ("5GB", 5_000_000_000), ("2GiB", 2_147_483_648), ("1.5GB", 1_500_000_000), ("123", 123),
+    ])
+    func sizes(text: String, bytes: Int) { #expect(ByteSize.parse(text) == bytes) }
+
+    @Test("Bad sizes are refused", arguments: ["", "GB", "-1GB", "5XB", "0"])
+    func badSizes(text: String) { #expect(ByteSize.parse(text) == nil) }
+
+    @Test("Greedy sharding names files as transformers and writes a sorted, indented index")
+    func plan() {
+        let t = (0..<5).map { TensorInfo(name: "t\($0)", dtype: .float32, shape: [10]) }  // 40 bytes each
+        let plan = ShardPlan(tensors: t, maxShardSize: 100)
+        #expect(plan.shards.map(\.fileName) == ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"])
+        #expect(plan.shards.map(\.tensors.count) == [2, 2, 1])
+        let text = String(decoding: plan.index!.serialized(), as: UTF8.self)
+        #expect(text.hasPrefix("{\n  \"metadata\": {\n    \"total_size\": 200\n  },\n  \"weight_map\": {\n    \"t0\": \"model-00001-of-00003.safetensors\","))
+        #expect(ShardPlan(tensors: t, maxShardSize: 1000).shards.map(\.fileName) == ["model.safetensors"])
+    }
+
+    @Test("Index shard names with a directory part are refused", arguments: ["../x.safetensors", "/etc/passwd", "a/b.safetensors", ".."])
+    func traversal(shard: String) {
+        let json = "{\"weight_map\":{\"t\":\"\(shard)\"}}"
+        #expect(throws: SafeTensorsError.self) { try ShardIndex.parse(Array(json.utf8), file: "i.json") }
+    }
+}
