@@ -71,6 +71,7 @@ public enum Merge {
         GEMM.setThreads(options.threads)
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let base = try Checkpoint(path: options.base)
+        try refuseQuantizedBase(base)
         let adapters = try options.adapters.map { try Adapter(path: $0.path) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
@@ -147,6 +148,16 @@ public enum Merge {
             seconds: Date().timeIntervalSince(start),
             verification: options.verify ? VerifyReport(entries: entries, probes: options.probes, seed: options.seed) : nil,
             adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) })
+    }
+
+    /// Quantized bases (GPTQ, AWQ, bitsandbytes) cannot be merged exactly: refuse rather than guess.
+    static func refuseQuantizedBase(_ base: Checkpoint) throws {
+        let config = base.directory + "/config.json"
+        guard let data = FileManager.default.contents(atPath: config), let root = try? JSONParser.parse(Array(data)),
+              let q = root["quantization_config"], q != .null else { return }
+        let method = q["quant_method"]?.stringValue ?? "unknown"
+        throw LoRACoreError.unsupportedAdapter(
+            path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
     }
 
     /// Bytes of one output tensor: borrowed from the input map, or computed.

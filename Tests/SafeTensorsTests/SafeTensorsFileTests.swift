@@ -182,3 +182,45 @@ struct ShardTests {
         #expect(throws: SafeTensorsError.self) { try ShardIndex.parse(Array(json.utf8), file: "i.json") }
     }
 }
+
+@Suite("Sharded checkpoints: index and shards must agree")
+struct CheckpointIndexTests {
+    /// A directory with shards a.safetensors (tensor x) and b.safetensors (tensor y) and the given index.
+    func make(index: String, extraInB: Bool = false) throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("idx-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for (file, names) in [("a", ["x"]), ("b", extraInB ? ["y", "x"] : ["y"])] {
+            let w = try SafeTensorsWriter(path: "\(dir)/\(file).safetensors", tensors: names.map { TensorInfo(name: $0, dtype: .float32, shape: [1]) })
+            while let t = w.nextTensor { try [Float(1)].withUnsafeBytes { try w.write(t.name, bytes: $0) } }
+            try w.finish()
+        }
+        FileManager.default.createFile(atPath: dir + "/model.safetensors.index.json", contents: Data(index.utf8))
+        return dir
+    }
+
+    @Test("A consistent index opens, and each tensor is found in its shard")
+    func consistent() throws {
+        let dir = try make(index: #"{"metadata":{"total_size":8},"weight_map":{"x":"a.safetensors","y":"b.safetensors"}}"#)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = try Checkpoint(path: dir)
+        #expect(c.names == ["x", "y"])
+        #expect(c.file(of: "y")?.path.hasSuffix("b.safetensors") == true)
+    }
+
+    @Test("Disagreements are named", arguments: [
+        (#"{"weight_map":{"x":"a.safetensors","y":"a.safetensors"}}"#, false, "'y' is listed in shard 'a.safetensors' but that shard does not hold it"),
+        (#"{"weight_map":{"x":"a.safetensors","y":"c.safetensors"}}"#, false, "shard 'c.safetensors' listed in weight_map does not exist"),
+        (#"{"weight_map":{"y":"b.safetensors"}}"#, true, "tensor 'x' is in shard 'b.safetensors' but not in weight_map"),
+        (#"{"weight_map":{"x":"a.safetensors","y":"b.safetensors"}}"#, true, "'x' is present in two shards"),
+    ])
+    func disagreement(index: String, extra: Bool, message: String) throws {
+        let dir = try make(index: index, extraInB: extra)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            _ = try Checkpoint(path: dir)
+            Issue.record("accepted")
+        } catch let e as SafeTensorsError {
+            #expect(e.localizedDescription.contains(message), "\(e.localizedDescription)")
+        }
+    }
+}
