@@ -13,10 +13,11 @@ let package = Package(
     targets: [
         // MARK: - System libraries (pkg-config; installed by scripts/bootstrap)
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
 
         // MARK: - Libraries: all logic lives here; none prints or parses arguments
-        .target(name: "SafeTensors"),
+        .target(name: "SafeTensors", dependencies: ["CZstd"]),
         .target(name: "LoRAKernels", dependencies: ["COpenBLAS"]),
         .target(name: "LoRAGraph", dependencies: ["SafeTensors"]),
         .target(name: "LoRACore", dependencies: ["SafeTensors", "LoRAKernels", "LoRAGraph"]),
@@ -28,10 +29,10 @@ let package = Package(
         ),
 
         // MARK: - Tests
-        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"]),
-        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore"]),
+        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore"], exclude: ["Fixtures"]),
         .testTarget(name: "LoraToolTests", dependencies: ["lora-tool"]),
     ]
 )

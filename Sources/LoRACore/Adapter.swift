@@ -42,7 +42,9 @@ public final class Adapter: Sendable {
         let weights: String
         if isDir.boolValue {
             configPath = (path as NSString).appendingPathComponent("adapter_config.json")
-            weights = (path as NSString).appendingPathComponent("adapter_model.safetensors")
+            let plain = (path as NSString).appendingPathComponent("adapter_model.safetensors")
+            let compressed = plain + ".zst"
+            weights = !FileManager.default.fileExists(atPath: plain) && FileManager.default.fileExists(atPath: compressed) ? compressed : plain
             if !FileManager.default.fileExists(atPath: weights) {
                 if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("adapter_model.bin")) {
                     throw LoRACoreError.unsupportedAdapter(

@@ -18,7 +18,8 @@ public final class Checkpoint: Sendable {
     /// Extensions of pickle formats that are refused without being opened.
     public static let pickleExtensions = ["bin", "pt", "pth", "ckpt", "pkl"]
 
-    /// Opens `path`: a `.safetensors` file, a `*.safetensors.index.json`, or a directory holding either.
+    /// Opens `path`: a `.safetensors` (or zstd-compressed `.safetensors.zst`) file, a
+    /// `*.safetensors.index.json`, or a directory holding either.
     /// In a directory an index wins over loose files; several indexes are an error unless one is
     /// `model.safetensors.index.json`.
     /// - Throws: `SafeTensorsError` for a missing path, pickle input, a malformed file, or an index
@@ -44,7 +45,7 @@ public final class Checkpoint: Sendable {
                 }
                 index = (path as NSString).appendingPathComponent("model.safetensors.index.json")
             } else {
-                filePaths = names.filter { $0.hasSuffix(".safetensors") }.map { (path as NSString).appendingPathComponent($0) }
+                filePaths = names.filter { $0.hasSuffix(".safetensors") || $0.hasSuffix(".safetensors.zst") }.map { (path as NSString).appendingPathComponent($0) }
                 if filePaths.isEmpty {
                     let pickles = names.filter { Checkpoint.pickleExtensions.contains(($0 as NSString).pathExtension) }
                     if !pickles.isEmpty {

@@ -16,11 +16,16 @@ public final class MappedFile: @unchecked Sendable {
 
     /// Maps `path` read-only.
     /// - Throws: `SafeTensorsError.io` when the file cannot be opened, stat'ed or mapped.
-    public init(path: String) throws {
-        self.path = path
+    public convenience init(path: String) throws {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SafeTensorsError.io(path: path, operation: "open", errno: errno) }
         defer { close(fd) }
+        try self.init(descriptor: fd, path: path)
+    }
+
+    /// Maps an open descriptor (not closed here); `path` is used in messages.
+    public init(descriptor fd: Int32, path: String) throws {
+        self.path = path
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SafeTensorsError.io(path: path, operation: "stat", errno: errno) }
         guard (st.st_mode & S_IFMT) == S_IFREG else {

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One safetensors file, memory-mapped; opening it reads only the header.
 ///
 /// Tensor data stays in the page cache until `bytes(of:)` is read, so a multi-GB file opens in
@@ -13,11 +17,17 @@ public final class SafeTensorsFile: Sendable {
     public let metadata: [(key: String, value: String)]?
     private let byName: [String: Int]
 
-    /// Opens and validates `path`.
+    /// Opens and validates `path`; a `.zst` file is first decompressed as a stream (see `Zstd`).
     /// - Throws: `SafeTensorsError` for every malformation the reference rejects.
     public init(path: String) throws {
         self.path = path
-        map = try MappedFile(path: path)
+        if path.hasSuffix(".zst") {
+            let fd = try Zstd.decompressToTemporaryFile(path)
+            defer { close(fd) }
+            map = try MappedFile(descriptor: fd, path: path)
+        } else {
+            map = try MappedFile(path: path)
+        }
         guard map.size >= 8 else { throw SafeTensorsError.headerTooSmall(file: path, size: map.size) }
         let n = map.bytes(offset: 0, count: 8).loadUnaligned(as: UInt64.self).littleEndian
         guard n <= Header.maximumLength else { throw SafeTensorsError.headerTooLarge(file: path, length: n) }

@@ -136,7 +136,7 @@ struct MergeErrorTests {
         }
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
-        FileManager.default.createFile(atPath: out + "/keep", contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: out + "/keep", contents: Data("x".utf8))
         #expect(throws: SafeTensorsError.self) {
             try Merge.run(MergeOptions(base: fixture.dir + "/base", adapters: fixture.adapters, output: out))
         }

@@ -59,7 +59,7 @@ struct CommandLineTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pickle-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        FileManager.default.createFile(atPath: dir + "/pytorch_model.bin", contents: Data([0x80, 0x02]))
+        _ = FileManager.default.createFile(atPath: dir + "/pytorch_model.bin", contents: Data([0x80, 0x02]))
         let (status, _, err) = try run(["inspect", dir + "/pytorch_model.bin"])
         #expect(status == 1)
         #expect(err.contains("pickle"))

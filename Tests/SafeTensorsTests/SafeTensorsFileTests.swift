@@ -194,7 +194,7 @@ struct CheckpointIndexTests {
             while let t = w.nextTensor { try [Float(1)].withUnsafeBytes { try w.write(t.name, bytes: $0) } }
             try w.finish()
         }
-        FileManager.default.createFile(atPath: dir + "/model.safetensors.index.json", contents: Data(index.utf8))
+        _ = FileManager.default.createFile(atPath: dir + "/model.safetensors.index.json", contents: Data(index.utf8))
         return dir
     }
 
@@ -222,5 +222,50 @@ struct CheckpointIndexTests {
         } catch let e as SafeTensorsError {
             #expect(e.localizedDescription.contains(message), "\(e.localizedDescription)")
         }
+    }
+}
+
+@Suite("zstd-compressed safetensors")
+struct ZstdTests {
+    @Test("A compressed file opens with the same tensors and bytes as the original")
+    func roundTrip() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zst-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let source = "\(fixtures)/python/all_dtypes.safetensors"
+        try Zstd.compressFile(source, to: dir + "/m.safetensors.zst", level: 3)
+        let a = try SafeTensorsFile(path: source), b = try SafeTensorsFile(path: dir + "/m.safetensors.zst")
+        #expect(a.tensors == b.tensors)
+        for t in a.tensors { #expect(a.bytes(of: t).elementsEqual(b.bytes(of: t))) }
+        // Truncated data is refused with a message naming the file.
+        let full = try Data(contentsOf: URL(fileURLWithPath: dir + "/m.safetensors.zst"))
+        _ = FileManager.default.createFile(atPath: dir + "/cut.safetensors.zst", contents: full.prefix(full.count / 2))
+        #expect(throws: SafeTensorsError.self) { try SafeTensorsFile(path: dir + "/cut.safetensors.zst") }
+        _ = FileManager.default.createFile(atPath: dir + "/junk.safetensors.zst", contents: Data("not zstd".utf8))
+        #expect(throws: SafeTensorsError.self) { try SafeTensorsFile(path: dir + "/junk.safetensors.zst") }
+    }
+}
+
+@Suite("Writer → reader round trips for every dtype")
+struct DTypeRoundTripTests {
+    @Test("Each dtype, including sub-byte ones, writes and reads back with its bytes", arguments: DType.allCases)
+    func roundTrip(dtype: DType) throws {
+        let shape = [2, 8]  // 16 elements: a whole number of bytes even for F4 and F6
+        let size = try #require(TensorInfo.byteCount(dtype: dtype, shape: shape))
+        let data = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rt-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tensors = [TensorInfo(name: "t", dtype: dtype, shape: shape), TensorInfo(name: "u8", dtype: .uint8, shape: [3])]
+        let w = try SafeTensorsWriter(path: dir + "/f.safetensors", tensors: tensors)
+        while let t = w.nextTensor {
+            try (t.name == "t" ? data : [1, 2, 3]).withUnsafeBytes { try w.write(t.name, bytes: $0) }
+        }
+        try w.finish()
+        let f = try SafeTensorsFile(path: dir + "/f.safetensors")
+        let info = try #require(f.info("t"))
+        #expect(info.dtype == dtype && info.shape == shape)
+        #expect(Array(f.bytes(of: info)) == data)
+        #expect(f.headerLength % 8 == 0)
     }
 }
