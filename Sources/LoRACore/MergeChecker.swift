@@ -77,66 +77,80 @@ struct MergeChecker {
             var doraFactor: [Double]?
             if let f = factors.first, let mag = f.magnitude {
                 let m = f.module
-                var norms = [Double](repeating: 0, count: m.outFeatures)
+                // V = W + k·B·A in the (out, in) layout, fp64.
+                var v = [Double](repeating: 0, count: m.outFeatures * m.inFeatures)
                 for o in 0..<m.outFeatures {
                     for i in 0..<m.inFeatures {
-                        var d = 0.0
-                        for r in 0..<m.rank { d += f.b[o * m.rank + r] * f.a[r * m.inFeatures + i] }
-                        let stored = m.transposed ? w0[i * m.outFeatures + o] : w0[o * m.inFeatures + i]
-                        let wv = Double(stored) + f.k * d
-                        norms[o] += wv * wv
+                        v[o * m.inFeatures + i] = Double(m.transposed ? w0[i * m.outFeatures + o] : w0[o * m.inFeatures + i])
                     }
                 }
-                doraFactor = (0..<m.outFeatures).map { mag[$0] / norms[$0].squareRoot() }
+                try GEMM.multiply(m: m.outFeatures, n: m.inFeatures, k: m.rank, alpha: f.k, a: f.b, transposeA: false,
+                                  b: f.a, transposeB: false, beta: 1, c: &v)
+                doraFactor = (0..<m.outFeatures).map { o in
+                    var s = 0.0
+                    for i in 0..<m.inFeatures { s += v[o * m.inFeatures + i] * v[o * m.inFeatures + i] }
+                    return mag[o] / s.squareRoot()
+                }
             }
+            let inDim = m0.inFeatures, outDim = m0.outFeatures, n = probes
             var gen = ProbeGenerator(seed: seed, name: name)
-            var ySide: [Double] = [], yMerged: [Double] = [], scaleRef: [Double] = []
-            let inDim = m0.inFeatures, outDim = m0.outFeatures
-            for _ in 0..<probes {
-                let x = gen.vector(inDim)
-                let absX = x.map(abs)
-                var ys = [Double](repeating: 0, count: outDim)
-                var ym = [Double](repeating: 0, count: outDim)
-                var ref = [Double](repeating: 0, count: outDim)
-                // W·x (stored (out,in)) or Wᵀ·x (stored (in,out)).
-                for r in 0..<rows {
-                    for c in 0..<cols {
-                        let idx = r * cols + c
-                        let (o, i) = m0.transposed ? (c, r) : (r, c)
-                        ys[o] += Double(w0[idx]) * x[i]
-                        ref[o] += abs(Double(w0[idx])) * absX[i]
-                        ym[o] += merged[idx] * x[i]
-                    }
+            // X: inDim × n, one probe per column.
+            var x = [Double](repeating: 0, count: inDim * n)
+            for p in 0..<n { for i in 0..<inDim { x[i * n + p] = gen.next() } }
+            let absX = x.map(abs)
+            var ySide = [Double](repeating: 0, count: outDim * n)
+            var yMerged = [Double](repeating: 0, count: outDim * n)
+            var scaleRef = [Double](repeating: 0, count: outDim * n)
+            // W·X, W'·X and |W|·|X| in fp64 through dgemm, a block of stored rows at a time so the
+            // fp64 copies stay small. Stored (out, in): Y[rows] = Wblk·X. Stored (in, out): Y += Wblkᵀ·X[rows].
+            let block = 256
+            var r0 = 0
+            while r0 < rows {
+                let nr = min(block, rows - r0)
+                var wb = [Double](repeating: 0, count: nr * cols), mb = wb, ab = wb
+                for i in 0..<(nr * cols) {
+                    wb[i] = Double(w0[r0 * cols + i])
+                    mb[i] = merged[r0 * cols + i]
+                    ab[i] = abs(wb[i])
                 }
-                for f in factors {
-                    let m = f.module, a = f.a, b = f.b, k = f.k
-                    var ax = [Double](repeating: 0, count: m.rank), aAbsX = [Double](repeating: 0, count: m.rank)
-                    for r in 0..<m.rank {
-                        for i in 0..<m.inFeatures {
-                            let av = a[r * m.inFeatures + i]
-                            ax[r] += av * x[i]
-                            aAbsX[r] += abs(av) * absX[i]
+                for (mat, out, xs) in [(wb, 0, x), (mb, 1, x), (ab, 2, absX)] {
+                    try mat.withUnsafeBufferPointer { mp in
+                        if m0.transposed {
+                            try xs.withUnsafeBufferPointer { xp in
+                                try withTarget(out, &ySide, &yMerged, &scaleRef) { yp in
+                                    try GEMM.multiply(m: outDim, n: n, k: nr, alpha: 1, a: mp.baseAddress!, transposeA: true,
+                                                      b: xp.baseAddress! + r0 * n, transposeB: false, beta: 1, c: yp)
+                                }
+                            }
+                        } else {
+                            try xs.withUnsafeBufferPointer { xp in
+                                try withTarget(out, &ySide, &yMerged, &scaleRef) { yp in
+                                    try GEMM.multiply(m: nr, n: n, k: inDim, alpha: 1, a: mp.baseAddress!, transposeA: false,
+                                                      b: xp.baseAddress!, transposeB: false, beta: 0, c: yp + r0 * n)
+                                }
+                            }
                         }
                     }
-                    for o in 0..<m.outFeatures {
-                        var s = 0.0, sa = 0.0
-                        for r in 0..<m.rank {
-                            s += b[o * m.rank + r] * ax[r]
-                            sa += abs(b[o * m.rank + r]) * aAbsX[r]
-                        }
-                        ys[o] += k * s
-                        ref[o] += abs(k) * sa
+                }
+                r0 += nr
+            }
+            // Side branch: k·B·(A·X), and |k|·|B|·(|A|·|X|) for the reference scale.
+            for f in factors {
+                let m = f.module
+                var ax = [Double](repeating: 0, count: m.rank * n), aAbsX = ax
+                let absA = f.a.map(abs), absB = f.b.map(abs)
+                try GEMM.multiply(m: m.rank, n: n, k: inDim, alpha: 1, a: f.a, transposeA: false, b: x, transposeB: false, beta: 0, c: &ax)
+                try GEMM.multiply(m: m.rank, n: n, k: inDim, alpha: 1, a: absA, transposeA: false, b: absX, transposeB: false, beta: 0, c: &aAbsX)
+                try GEMM.multiply(m: outDim, n: n, k: m.rank, alpha: f.k, a: f.b, transposeA: false, b: ax, transposeB: false, beta: 1, c: &ySide)
+                try GEMM.multiply(m: outDim, n: n, k: m.rank, alpha: abs(f.k), a: absB, transposeA: false, b: aAbsX, transposeB: false, beta: 1, c: &scaleRef)
+            }
+            if let fac = doraFactor {
+                for o in 0..<outDim {
+                    for p in 0..<n {
+                        ySide[o * n + p] *= fac[o]
+                        scaleRef[o * n + p] *= abs(fac[o])
                     }
                 }
-                if let f = doraFactor {
-                    for o in 0..<outDim {
-                        ys[o] *= f[o]
-                        ref[o] *= abs(f[o])
-                    }
-                }
-                ySide += ys
-                yMerged += ym
-                scaleRef += ref
             }
             let dora = doraFactor != nil
             let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: cs.map(\.module.rank).reduce(0, +), inFeatures: inDim, dora: dora)
@@ -191,6 +205,18 @@ struct MergeChecker {
         let rel = maxAbs == 0 ? 0 : (maxRef > 0 ? maxAbs / maxRef : .infinity)
         let out = e2 == 0 ? 0 : (y2 > 0 ? (e2 / y2).squareRoot() : .infinity)
         return (maxAbs, rel, out)
+    }
+}
+
+/// Runs `body` on the output buffer numbered `which` (0 side, 1 merged, 2 reference).
+private func withTarget(
+    _ which: Int, _ a: inout [Double], _ b: inout [Double], _ c: inout [Double],
+    _ body: (UnsafeMutablePointer<Double>) throws -> Void
+) rethrows {
+    switch which {
+    case 0: try a.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
+    case 1: try b.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
+    default: try c.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
     }
 }
 

@@ -31,3 +31,24 @@ public enum GEMM {
         openblas_set_num_threads(Int32(clamping: max(1, threads)))
     }
 }
+
+extension GEMM {
+    /// C ← alpha · op(A) · op(B) + beta · C in float64 (`cblas_dgemm`), row-major; shapes as `multiply`.
+    /// - Throws: `KernelsError.dimensionTooLarge` when a dimension exceeds Int32.
+    public static func multiply(
+        m: Int, n: Int, k: Int, alpha: Double,
+        a: UnsafePointer<Double>, transposeA: Bool,
+        b: UnsafePointer<Double>, transposeB: Bool,
+        beta: Double, c: UnsafeMutablePointer<Double>
+    ) throws {
+        guard let m32 = Int32(exactly: m) else { throw KernelsError.dimensionTooLarge(m) }
+        guard let n32 = Int32(exactly: n) else { throw KernelsError.dimensionTooLarge(n) }
+        guard let k32 = Int32(exactly: k) else { throw KernelsError.dimensionTooLarge(k) }
+        if m == 0 || n == 0 { return }
+        let lda = transposeA ? m32 : k32
+        let ldb = transposeB ? k32 : n32
+        cblas_dgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            m32, n32, k32, alpha, a, max(lda, 1), b, max(ldb, 1), beta, c, max(n32, 1))
+    }
+}
