@@ -28,6 +28,9 @@ let package = Package(
             dependencies: ["LoRACore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
+        // MARK: - Benchmark (scripts/bench)
+        .executableTarget(name: "lora-bench", dependencies: ["SafeTensors"]),
+
         // MARK: - Tests
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),

@@ -1,0 +1,117 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `lora-bench`: generates the workload and times cp -r, merge, verify and inspect in alternation.
+///
+/// Usage: lora-bench [--size small|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
+/// Reports the median and spread of wall time, CPU time and peak RSS per command, GB/s over the base
+/// size, and each time as a ratio to the `cp -r` time measured in the same run.
+@main
+struct Bench {
+    struct Sample { var wall: Double; var cpu: Double; var maxRSS: Int }
+
+    static func main() throws {
+        var args = Array(CommandLine.arguments.dropFirst())
+        func value(_ flag: String, _ fallback: String) -> String {
+            guard let i = args.firstIndex(of: flag), i + 1 < args.count else { return fallback }
+            let v = args[i + 1]
+            args.removeSubrange(i...(i + 1))
+            return v
+        }
+        let size = value("--size", "small")
+        let repeats = Int(value("--repeat", "3")) ?? 3
+        let work = value("--work", FileManager.default.currentDirectoryPath + "/bench-work")
+        let bin = value("--bin", URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/lora-tool")
+        let markdown = value("--markdown", "")
+        guard let workload = Workload.sizes[size] else {
+            FileHandle.standardError.write(Data("error: --size must be small, 1b or 3b\n".utf8))
+            exit(64)
+        }
+        let dir = work + "/" + size
+        let t0 = Date()
+        try workload.generate(in: dir)
+        let baseBytes = directorySize(dir + "/base")
+        print("workload \(size): base \(String(format: "%.2f", Double(baseBytes) / 1e9)) GB (generated or reused in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s)")
+
+        let out = dir + "/out"
+        let commands: [(String, [String])] = [
+            ("cp -r", ["/bin/cp", "-r", dir + "/base", out + "/cp"]),
+            ("merge", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged", "--quiet"]),
+            ("verify", [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"]),
+            ("inspect", [bin, "inspect", dir + "/base"]),
+        ]
+        var samples: [String: [Sample]] = [:]
+        // Warm the page cache once so every command sees the same state.
+        _ = try run(["/bin/cat"] + (try FileManager.default.contentsOfDirectory(atPath: dir + "/base")).map { dir + "/base/" + $0 }, quiet: true)
+        for r in 0..<repeats {
+            try? FileManager.default.removeItem(atPath: out)
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            for (name, argv) in commands {
+                let s = try run(argv, quiet: true)
+                samples[name, default: []].append(s)
+                if name == "cp -r" { try? FileManager.default.removeItem(atPath: out + "/cp") }
+            }
+            print("repetition \(r + 1)/\(repeats) done")
+        }
+        try? FileManager.default.removeItem(atPath: out)
+        let cp = median(samples["cp -r"]!.map(\.wall))
+        var rows = ["| command | wall median (s) | spread (s) | CPU (s) | peak RSS (MB) | GB/s | × cp |", "|---|---|---|---|---|---|---|"]
+        for (name, _) in commands {
+            let s = samples[name]!
+            let wall = median(s.map(\.wall))
+            let spread = (s.map(\.wall).max()! - s.map(\.wall).min()!)
+            rows.append(String(format: "| %@ | %.3f | %.3f | %.2f | %.0f | %.2f | %.2f |", name, wall, spread, median(s.map(\.cpu)),
+                               Double(s.map(\.maxRSS).max()!) / 1024, Double(baseBytes) / wall / 1e9, wall / cp))
+        }
+        let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory / 1_073_741_824) GiB"
+        let table = rows.joined(separator: "\n")
+        print(table)
+        if !markdown.isEmpty {
+            let text = "\n### \(size) (\(String(format: "%.2f", Double(baseBytes) / 1e9)) GB bf16 base, r=16 adapter on all seven projections)\n\n" +
+                "Machine: \(machine). Command: `scripts/bench --size \(size) --repeat \(repeats)`. Warm page cache, \(repeats) alternating repetitions.\n\n" + table + "\n"
+            if let h = FileHandle(forWritingAtPath: markdown) {
+                h.seekToEndOfFile()
+                h.write(Data(text.utf8))
+                h.closeFile()
+            } else {
+                FileManager.default.createFile(atPath: markdown, contents: Data(text.utf8))
+            }
+        }
+    }
+
+    /// Runs argv, returning wall time, user+sys CPU and peak RSS (KiB) of that child alone (wait4).
+    static func run(_ argv: [String], quiet: Bool) throws -> Sample {
+        var pid: pid_t = 0
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if quiet {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        }
+        let cargs = argv.map { strdup($0) } + [nil]
+        defer { cargs.forEach { free($0) } }
+        let start = Date()
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, cargs, environ)
+        guard rc == 0 else { throw NSError(domain: "bench", code: Int(rc), userInfo: [NSLocalizedDescriptionKey: "cannot run \(argv[0])"]) }
+        var status: Int32 = 0
+        var usage = rusage()
+        _ = wait4(pid, &status, 0, &usage)
+        let wall = Date().timeIntervalSince(start)
+        guard status == 0 else { throw NSError(domain: "bench", code: Int(status), userInfo: [NSLocalizedDescriptionKey: "\(argv.joined(separator: " ")) failed (\(status))"]) }
+        let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        return Sample(wall: wall, cpu: cpu, maxRSS: usage.ru_maxrss)
+    }
+
+    static func median(_ xs: [Double]) -> Double {
+        let s = xs.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
+    static func directorySize(_ dir: String) -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).reduce(0) {
+            $0 + ((try? FileManager.default.attributesOfItem(atPath: dir + "/" + $1)[.size] as? Int) ?? 0)
+        }
+    }
+}

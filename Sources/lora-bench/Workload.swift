@@ -1,0 +1,118 @@
+import Foundation
+import SafeTensors
+
+/// The benchmark workload: a Llama-shaped bf16 base in two shards plus a PEFT adapter (fp32 A/B,
+/// r = 16, α = 32, all seven projections), generated deterministically with our own writer.
+struct Workload {
+    let name: String
+    let hidden: Int
+    let layers: Int
+    let intermediate: Int
+    let vocab: Int
+    let shards: Int
+
+    static let sizes: [String: Workload] = [
+        "small": Workload(name: "small", hidden: 256, layers: 2, intermediate: 688, vocab: 1000, shards: 2),
+        "1b": Workload(name: "1b", hidden: 2048, layers: 16, intermediate: 5632, vocab: 32000, shards: 2),
+        "3b": Workload(name: "3b", hidden: 3072, layers: 26, intermediate: 8192, vocab: 32000, shards: 3),
+    ]
+
+    static let projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    /// (out, in) of a projection.
+    func shape(_ proj: String) -> (Int, Int) {
+        switch proj {
+        case "gate_proj", "up_proj": return (intermediate, hidden)
+        case "down_proj": return (hidden, intermediate)
+        default: return (hidden, hidden)
+        }
+    }
+
+    func baseTensors() -> [TensorInfo] {
+        var t = [TensorInfo(name: "model.embed_tokens.weight", dtype: .bfloat16, shape: [vocab, hidden]),
+                 TensorInfo(name: "lm_head.weight", dtype: .bfloat16, shape: [vocab, hidden]),
+                 TensorInfo(name: "model.norm.weight", dtype: .bfloat16, shape: [hidden])]
+        for l in 0..<layers {
+            for p in Workload.projections {
+                let (o, i) = shape(p)
+                let parent = p.hasSuffix("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(p) ? "mlp" : "self_attn"
+                t.append(TensorInfo(name: "model.layers.\(l).\(parent).\(p).weight", dtype: .bfloat16, shape: [o, i]))
+            }
+            t.append(TensorInfo(name: "model.layers.\(l).input_layernorm.weight", dtype: .bfloat16, shape: [hidden]))
+            t.append(TensorInfo(name: "model.layers.\(l).post_attention_layernorm.weight", dtype: .bfloat16, shape: [hidden]))
+        }
+        return t.sorted { utf8Precedes($0.name, $1.name) }
+    }
+
+    /// Writes base/ and adapter/ under `dir` (skipped when already there).
+    func generate(in dir: String) throws {
+        let base = dir + "/base", adapter = dir + "/adapter"
+        if FileManager.default.fileExists(atPath: base + "/config.json") && FileManager.default.fileExists(atPath: adapter + "/adapter_config.json") { return }
+        try? FileManager.default.removeItem(atPath: base)
+        try? FileManager.default.removeItem(atPath: adapter)
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
+        let tensors = baseTensors()
+        let total = tensors.reduce(0) { $0 + TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape)! }
+        let plan = ShardPlan(tensors: tensors, maxShardSize: total / shards + 1)
+        var rng = SplitMix(seed: 42)
+        for shard in plan.shards {
+            let w = try SafeTensorsWriter(path: base + "/" + shard.fileName, tensors: shard.tensors)
+            while let t = w.nextTensor {
+                let n = t.elementCount!
+                let scale: Float = t.shape.count == 1 ? 0 : 0.02
+                var buf = [UInt16](repeating: 0, count: n)
+                for j in 0..<n {
+                    let v = t.shape.count == 1 ? 1 : rng.uniform() * scale
+                    buf[j] = UInt16(truncatingIfNeeded: v.bitPattern >> 16)
+                }
+                try buf.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+            }
+            try w.finish()
+        }
+        if let index = plan.index {
+            FileManager.default.createFile(atPath: base + "/model.safetensors.index.json", contents: Data(index.serialized()))
+        }
+        let config = """
+            {
+              "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": \(hidden),
+              "intermediate_size": \(intermediate), "num_hidden_layers": \(layers), "num_attention_heads": \(hidden / 64),
+              "num_key_value_heads": \(hidden / 64), "vocab_size": \(vocab), "max_position_embeddings": 2048,
+              "rms_norm_eps": 1e-05, "tie_word_embeddings": false, "torch_dtype": "bfloat16"
+            }
+
+            """
+        FileManager.default.createFile(atPath: base + "/config.json", contents: Data(config.utf8))
+        var lora: [TensorInfo] = []
+        for t in tensors where t.shape.count == 2 && Workload.projections.contains(where: { t.name.hasSuffix($0 + ".weight") }) {
+            let module = "base_model.model." + t.name.dropLast(".weight".count)
+            lora.append(TensorInfo(name: module + ".lora_A.weight", dtype: .float32, shape: [16, t.shape[1]]))
+            lora.append(TensorInfo(name: module + ".lora_B.weight", dtype: .float32, shape: [t.shape[0], 16]))
+        }
+        let w = try SafeTensorsWriter(path: adapter + "/adapter_model.safetensors", tensors: lora)
+        while let t = w.nextTensor {
+            let values = (0..<t.elementCount!).map { _ in rng.uniform() * 0.01 }
+            try values.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+        }
+        try w.finish()
+        let adapterConfig = """
+            {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "use_rslora": false, "use_dora": false, "fan_in_fan_out": false, "bias": "none", "task_type": "CAUSAL_LM"}
+
+            """
+        FileManager.default.createFile(atPath: adapter + "/adapter_config.json", contents: Data(adapterConfig.utf8))
+    }
+}
+
+/// SplitMix64 → uniform Float in [-1, 1).
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func uniform() -> Float {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return Float(z >> 40) * 0x1p-23 - 1
+    }
+}
