@@ -14,6 +14,7 @@ let package = Package(
         // MARK: - System libraries (pkg-config; installed by scripts/bootstrap)
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CMalloc"),
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
 
         // MARK: - Libraries: all logic lives here; none prints or parses arguments
@@ -25,7 +26,7 @@ let package = Package(
         // MARK: - Executable: parses arguments, renders reports
         .executableTarget(
             name: "lora-tool",
-            dependencies: ["LoRACore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["LoRACore", "CMalloc", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // MARK: - Benchmark (scripts/bench)

@@ -17,7 +17,8 @@ public struct MergeOptions: Sendable {
     public var probes = 8
     public var seed: UInt64 = 0
     public var force = false
-    public var threads = 1
+    /// Tensors computed in parallel (each with single-threaded BLAS).
+    public var threads = ProcessInfo.processInfo.activeProcessorCount
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base
@@ -68,7 +69,6 @@ public enum Merge {
     ///   nothing is left under the output name.
     public static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)? = nil) throws -> MergeReport {
         let start = Date()
-        GEMM.setThreads(options.threads)
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let base = try Checkpoint(path: options.base)
         try refuseQuantizedBase(base)
@@ -87,25 +87,47 @@ public enum Merge {
         var done = 0, bytesDone = 0
         let bytesTotal = outInfos.reduce(0) { $0 + (TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape) ?? 0) }
         var files: [String] = []
+        let workers = max(1, options.threads)
+        // Tensors are computed `workers` at a time (each one single-threaded BLAS) and written in order,
+        // so at most `workers` merged tensors are in memory; copies go file to file in the kernel.
+        GEMM.setThreads(1)
         for shard in shardPlan.shards {
             let writer = try SafeTensorsWriter(path: output.path(for: shard.fileName), tensors: shard.tensors)
-            while let t = writer.nextTensor {
-                let baseInfo = base.info(t.name)!
-                let produced = try produce(t, baseInfo: baseInfo, plan: plan)
-                try produced.withBytes { bytes in
-                    try writer.write(t.name, bytes: bytes)
-                    if options.verify {
-                        if case .copy = plan.action(for: t.name), t.dtype == baseInfo.dtype { return }
-                        let e = try checker.check(name: t.name, mergedInfo: t, mergedBytes: bytes)
-                        entries.append(e)
-                        if !e.passed {
-                            throw LoRACoreError.verificationFailed(failures: ["\(t.name): \(e.detail ?? "failed")"])
+            let order = writer.order
+            var start = 0
+            while start < order.count {
+                let batch = Array(order[start..<min(order.count, start + workers)])
+                let results = ResultSlots(count: batch.count)
+                DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+                    let t = batch[i]
+                    results.set(i, Result { try produce(t, baseInfo: base.info(t.name)!, plan: plan) })
+                }
+                for (i, t) in batch.enumerated() {
+                    let baseInfo = base.info(t.name)!
+                    let produced = try results.get(i).get()
+                    if case let .copied(source) = produced {
+                        try writer.copy(t.name, from: source.file.map.descriptor, offset: source.offset, count: source.count,
+                                        fallback: source.file.map.bytes(offset: source.offset, count: source.count))
+                    } else {
+                        try produced.withBytes { bytes in
+                            try writer.write(t.name, bytes: bytes)
+                            if options.verify {
+                                let e = try checker.check(name: t.name, mergedInfo: t, mergedBytes: bytes)
+                                entries.append(e)
+                                if !e.passed {
+                                    throw LoRACoreError.verificationFailed(failures: ["\(t.name): \(e.detail ?? "failed")"])
+                                }
+                            }
                         }
                     }
+                    if case let .replace(ai, tensor) = plan.action(for: t.name) { adapters[ai].checkpoint.release(tensor) }
+                    base.release(t.name)
+                    _ = baseInfo
+                    done += 1
+                    bytesDone += t.byteCount
+                    progress?(Progress(tensorsDone: done, tensorsTotal: outInfos.count, bytesDone: bytesDone, bytesTotal: bytesTotal))
                 }
-                done += 1
-                bytesDone += t.byteCount
-                progress?(Progress(tensorsDone: done, tensorsTotal: outInfos.count, bytesDone: bytesDone, bytesTotal: bytesTotal))
+                start += batch.count
             }
             try writer.finish()
             files.append(shard.fileName)
@@ -160,24 +182,45 @@ public enum Merge {
             path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
     }
 
-    /// Bytes of one output tensor: borrowed from the input map, or computed.
+    /// Bytes of one output tensor: an unchanged range of an input file, a range of an input map,
+    /// or computed bytes.
     enum Produced {
+        case copied((file: SafeTensorsFile, offset: Int, count: Int))
         case mapped(UnsafeRawBufferPointer)
         case owned([UInt8])
 
         func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
             switch self {
+            case let .copied(s): return try body(s.file.map.bytes(offset: s.offset, count: s.count))
             case let .mapped(b): return try body(b)
             case let .owned(a): return try a.withUnsafeBytes(body)
             }
         }
     }
 
+    /// Results of one parallel batch. `@unchecked Sendable`: each slot is written by exactly one
+    /// worker of `concurrentPerform` and read only after it returns.
+    final class ResultSlots: @unchecked Sendable {
+        private let slots: UnsafeMutablePointer<Result<Produced, Error>?>
+        private let count: Int
+        init(count: Int) {
+            self.count = count
+            slots = .allocate(capacity: count)
+            slots.initialize(repeating: nil, count: count)
+        }
+        deinit {
+            slots.deinitialize(count: count)
+            slots.deallocate()
+        }
+        func set(_ i: Int, _ r: Result<Produced, Error>) { slots[i] = r }
+        func get(_ i: Int) -> Result<Produced, Error> { slots[i]! }
+    }
+
     static func produce(_ t: TensorInfo, baseInfo: TensorInfo, plan: MergePlan) throws -> Produced {
         let outFormat = TensorData.format(t.dtype)
         switch plan.action(for: t.name) {
         case .copy:
-            if t.dtype == baseInfo.dtype { return .mapped(try plan.base.bytes(of: t.name)) }
+            if t.dtype == baseInfo.dtype, let loc = plan.base.location(of: t.name) { return .copied(loc) }
             return .owned(TensorData.encode(try TensorData.floats(plan.base, t.name), format: outFormat!))
         case let .replace(ai, tensor):
             let ckpt = plan.adapters[ai].checkpoint

@@ -68,7 +68,6 @@ struct MergeChecker {
                 return entry(.merged, passed: false, detail: "merged dtype \(mergedInfo.dtype.rawValue) is not a float type")
             }
             let w0 = try plan.startingValue(name, source: source)
-            let merged = decode(mergedBytes, format: format, count: w0.count)
             let m0 = cs[0].module
             let rows = m0.transposed ? m0.inFeatures : m0.outFeatures  // stored rows
             let cols = m0.transposed ? m0.outFeatures : m0.inFeatures
@@ -92,63 +91,54 @@ struct MergeChecker {
                     return mag[o] / s.squareRoot()
                 }
             }
-            let inDim = m0.inFeatures, outDim = m0.outFeatures, n = probes
+            let inDim = m0.inFeatures, outDim = m0.outFeatures
             var gen = ProbeGenerator(seed: seed, name: name)
-            // X: inDim × n, one probe per column.
-            var x = [Double](repeating: 0, count: inDim * n)
-            for p in 0..<n { for i in 0..<inDim { x[i * n + p] = gen.next() } }
-            let absX = x.map(abs)
-            var ySide = [Double](repeating: 0, count: outDim * n)
-            var yMerged = [Double](repeating: 0, count: outDim * n)
-            var scaleRef = [Double](repeating: 0, count: outDim * n)
-            // W·X, W'·X and |W|·|X| in fp64 through dgemm, a block of stored rows at a time so the
-            // fp64 copies stay small. Stored (out, in): Y[rows] = Wblk·X. Stored (in, out): Y += Wblkᵀ·X[rows].
-            let block = 256
-            var r0 = 0
-            while r0 < rows {
-                let nr = min(block, rows - r0)
-                var wb = [Double](repeating: 0, count: nr * cols), mb = wb, ab = wb
-                for i in 0..<(nr * cols) {
-                    wb[i] = Double(w0[r0 * cols + i])
-                    mb[i] = merged[r0 * cols + i]
-                    ab[i] = abs(wb[i])
-                }
-                for (mat, out, xs) in [(wb, 0, x), (mb, 1, x), (ab, 2, absX)] {
-                    try mat.withUnsafeBufferPointer { mp in
-                        if m0.transposed {
-                            try xs.withUnsafeBufferPointer { xp in
-                                try withTarget(out, &ySide, &yMerged, &scaleRef) { yp in
-                                    try GEMM.multiply(m: outDim, n: n, k: nr, alpha: 1, a: mp.baseAddress!, transposeA: true,
-                                                      b: xp.baseAddress! + r0 * n, transposeB: false, beta: 1, c: yp)
-                                }
-                            }
-                        } else {
-                            try xs.withUnsafeBufferPointer { xp in
-                                try withTarget(out, &ySide, &yMerged, &scaleRef) { yp in
-                                    try GEMM.multiply(m: nr, n: n, k: inDim, alpha: 1, a: mp.baseAddress!, transposeA: false,
-                                                      b: xp.baseAddress!, transposeB: false, beta: 0, c: yp + r0 * n)
-                                }
-                            }
-                        }
+            let mergedFloats = try decodeFloats(mergedBytes, format: format, count: w0.count)
+            var ySide: [Double] = [], yMerged: [Double] = [], scaleRef: [Double] = []
+            // Eight probes per pass over the matrix; the last pass is padded with zero probes.
+            var remaining = probes
+            while remaining > 0 {
+                let lanes = min(8, remaining)
+                remaining -= lanes
+                var x = [SIMD8<Double>](repeating: .zero, count: inDim)
+                for p in 0..<lanes { for i in 0..<inDim { x[i][p] = gen.next() } }
+                let absX = x.map(abs8)
+                var diff = [SIMD8<Double>](repeating: .zero, count: outDim)
+                var yBase = diff, ref = diff
+                w0.withUnsafeBufferPointer { wp in
+                    mergedFloats.withUnsafeBufferPointer { mp in
+                        ProbeProducts.accumulate(
+                            rows: rows, cols: cols, transposed: m0.transposed, base: wp.baseAddress!, merged: mp.baseAddress!,
+                            x: x, absX: absX, difference: &diff, base: &yBase, magnitude: &ref)
                     }
                 }
-                r0 += nr
-            }
-            // Side branch: k·B·(A·X), and |k|·|B|·(|A|·|X|) for the reference scale.
-            for f in factors {
-                let m = f.module
-                var ax = [Double](repeating: 0, count: m.rank * n), aAbsX = ax
-                let absA = f.a.map(abs), absB = f.b.map(abs)
-                try GEMM.multiply(m: m.rank, n: n, k: inDim, alpha: 1, a: f.a, transposeA: false, b: x, transposeB: false, beta: 0, c: &ax)
-                try GEMM.multiply(m: m.rank, n: n, k: inDim, alpha: 1, a: absA, transposeA: false, b: absX, transposeB: false, beta: 0, c: &aAbsX)
-                try GEMM.multiply(m: outDim, n: n, k: m.rank, alpha: f.k, a: f.b, transposeA: false, b: ax, transposeB: false, beta: 1, c: &ySide)
-                try GEMM.multiply(m: outDim, n: n, k: m.rank, alpha: abs(f.k), a: absB, transposeA: false, b: aAbsX, transposeB: false, beta: 1, c: &scaleRef)
-            }
-            if let fac = doraFactor {
+                // Side branch: Σ k·B·(A·x), and |k|·|B|·(|A|·|x|) for the reference scale.
+                var side = [SIMD8<Double>](repeating: .zero, count: outDim)
+                for f in factors {
+                    let m = f.module
+                    var ax = [SIMD8<Double>](repeating: .zero, count: m.rank), aAbsX = ax
+                    ProbeProducts.multiply(rows: m.rank, cols: inDim, matrix: f.a, x: x, y: &ax)
+                    ProbeProducts.multiply(rows: m.rank, cols: inDim, matrix: f.a.map(abs), x: absX, y: &aAbsX)
+                    var bax = [SIMD8<Double>](repeating: .zero, count: outDim), babs = bax
+                    ProbeProducts.multiply(rows: outDim, cols: m.rank, matrix: f.b, x: ax, y: &bax)
+                    ProbeProducts.multiply(rows: outDim, cols: m.rank, matrix: f.b.map(abs), x: aAbsX, y: &babs)
+                    for o in 0..<outDim {
+                        side[o] += SIMD8(repeating: f.k) * bax[o]
+                        ref[o] += SIMD8(repeating: abs(f.k)) * babs[o]
+                    }
+                }
                 for o in 0..<outDim {
-                    for p in 0..<n {
-                        ySide[o * n + p] *= fac[o]
-                        scaleRef[o * n + p] *= abs(fac[o])
+                    var ys = yBase[o] + side[o]
+                    var rf = ref[o]
+                    if let fac = doraFactor {
+                        ys *= SIMD8(repeating: fac[o])
+                        rf *= SIMD8(repeating: abs(fac[o]))
+                    }
+                    let ym = yBase[o] + diff[o]
+                    for p in 0..<lanes {
+                        ySide.append(ys[p])
+                        yMerged.append(ym[p])
+                        scaleRef.append(rf[p])
                     }
                 }
             }
@@ -183,6 +173,12 @@ struct MergeChecker {
             if !(want == m[i] || (want.isNaN && m[i].isNaN)) { same = false; break }
         }
         return (same, same ? nil : "not equal to the \(kind == .copied ? "base" : "adapter") value cast to \(mergedInfo.dtype.rawValue)")
+    }
+
+    private func decodeFloats(_ bytes: UnsafeRawBufferPointer, format: FloatCodec.Format, count: Int) throws -> [Float] {
+        var f = [Float](repeating: 0, count: count)
+        f.withUnsafeMutableBufferPointer { FloatCodec.decode(bytes, format: format, into: $0) }
+        return f
     }
 
     private func decode(_ bytes: UnsafeRawBufferPointer, format: FloatCodec.Format, count: Int) -> [Double] {
@@ -243,6 +239,12 @@ private struct Factors64 {
         magnitude = try c.module.magnitudeName.map { try TensorData.floats(ckpt, $0).map(Double.init) }
         k = plan.weights[c.adapter] * c.module.scale
     }
+}
+
+private func abs8(_ v: SIMD8<Double>) -> SIMD8<Double> {
+    var r = v
+    for i in 0..<8 { r[i] = abs(v[i]) }
+    return r
 }
 
 func formatted(_ x: Double) -> String {

@@ -1,4 +1,5 @@
 import LoRAGraph
+import LoRAKernels
 import SafeTensors
 
 /// What happens to each base tensor when adapters are merged into it: the "select targets" and
@@ -120,14 +121,14 @@ public struct MergePlan: Sendable {
             return nil
         case let .merge(cs, source):
             var w = try startingValue(name, source: source)
-            let finiteBefore = w.allSatisfy(\.isFinite)
+            let finiteBefore = w.withUnsafeBufferPointer(FloatCodec.allFinite)
             let factors = try cs.map { try LoRAFactors($0.module, adapter: adapters[$0.adapter], weight: weights[$0.adapter]) }
             if factors.count == 1 {
                 try factors[0].apply(to: &w)
             } else {
                 try LoRAFactors.concatenated(factors).apply(to: &w)
             }
-            if finiteBefore, !w.allSatisfy(\.isFinite) { throw LoRACoreError.nonFinite(module: cs[0].module.module) }
+            if finiteBefore, !w.withUnsafeBufferPointer(FloatCodec.allFinite) { throw LoRACoreError.nonFinite(module: cs[0].module.module) }
             return w
         case let .bias(cs, source):
             var b = try startingValue(name, source: source)

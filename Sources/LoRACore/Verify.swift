@@ -1,5 +1,6 @@
 import Foundation
 import LoRAGraph
+import LoRAKernels
 import SafeTensors
 
 /// Options of `lora-tool verify`.
@@ -12,6 +13,8 @@ public struct VerifyOptions: Sendable {
     /// nil = automatic per dtype and rank.
     public var tolerance: Double?
     public var targets: TargetSelector?
+    /// Tensors checked in parallel.
+    public var threads = ProcessInfo.processInfo.activeProcessorCount
 
     public init(base: String, adapters: [(path: String, weight: Double)], merged: String) {
         self.base = base
@@ -33,20 +36,53 @@ public enum Verify {
         let merged = try Checkpoint(path: options.merged)
         let checker = MergeChecker(plan: plan, probes: options.probes, seed: options.seed, tolerance: options.tolerance)
         var entries: [VerifyReport.Entry] = []
-        func missing(_ name: String, _ kind: VerifyReport.Entry.Kind, _ detail: String) -> VerifyReport.Entry {
+        @Sendable func missing(_ name: String, _ kind: VerifyReport.Entry.Kind, _ detail: String) -> VerifyReport.Entry {
             VerifyReport.Entry(tensor: name, family: TensorName(name).family, kind: kind, maxAbsError: .infinity,
                                relativeError: .infinity, errorRelativeToOutput: .infinity, tolerance: 0, passed: false, detail: detail)
         }
-        for name in plan.names {
-            guard let info = merged.info(name) else {
-                entries.append(missing(name, .missing, "missing from the merged checkpoint"))
-                continue
+        // Tensors are checked `threads` at a time, each single-threaded; mapped pages are dropped
+        // from the resident set after each tensor so memory stays at a few tensors.
+        GEMM.setThreads(1)
+        let names = plan.names
+        var start = 0
+        while start < names.count {
+            let batch = Array(names[start..<min(names.count, start + max(1, options.threads))])
+            let slots = EntrySlots(count: batch.count)
+            DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+                let name = batch[i]
+                slots.set(i, Result {
+                    guard let info = merged.info(name) else { return missing(name, .missing, "missing from the merged checkpoint") }
+                    return try checker.check(name: name, mergedInfo: info, mergedBytes: try merged.bytes(of: name))
+                })
             }
-            entries.append(try checker.check(name: name, mergedInfo: info, mergedBytes: try merged.bytes(of: name)))
+            for (i, name) in batch.enumerated() {
+                entries.append(try slots.get(i).get())
+                merged.release(name)
+                base.release(name)
+            }
+            start += batch.count
         }
         for name in merged.names where base.info(name) == nil {
             entries.append(missing(name, .extra, "in the merged checkpoint but not in the base"))
         }
         return VerifyReport(entries: entries, probes: options.probes, seed: options.seed)
     }
+}
+
+/// Results of one parallel batch of checks. `@unchecked Sendable`: each slot is written by exactly
+/// one worker of `concurrentPerform` and read only after it returns.
+final class EntrySlots: @unchecked Sendable {
+    private let slots: UnsafeMutablePointer<Result<VerifyReport.Entry, Error>?>
+    private let count: Int
+    init(count: Int) {
+        self.count = count
+        slots = .allocate(capacity: count)
+        slots.initialize(repeating: nil, count: count)
+    }
+    deinit {
+        slots.deinitialize(count: count)
+        slots.deallocate()
+    }
+    func set(_ i: Int, _ r: Result<VerifyReport.Entry, Error>) { slots[i] = r }
+    func get(_ i: Int) -> Result<VerifyReport.Entry, Error> { slots[i]! }
 }

@@ -22,9 +22,18 @@ public enum FloatCodec {
         case .f32:
             UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: n * 4)
         case .bf16:
-            for i in 0..<n {
+            // Eight lanes at a time (little-endian host): widen the 16 bits into the top of a float32.
+            var i = 0
+            let out = UnsafeMutableRawPointer(dst)
+            while i + 8 <= n {
+                let v = src.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self)
+                out.storeBytes(of: SIMD8<UInt32>(truncatingIfNeeded: v) &<< 16, toByteOffset: 4 * i, as: SIMD8<UInt32>.self)
+                i += 8
+            }
+            while i < n {
                 let bits = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
                 dst[i] = Float(bitPattern: UInt32(bits) << 16)
+                i += 1
             }
         case .f16:
             for i in 0..<n {
@@ -43,14 +52,34 @@ public enum FloatCodec {
         case .f32:
             dst.copyMemory(from: src, byteCount: n * 4)
         case .bf16:
-            for i in 0..<n {
-                dst.storeBytes(of: BFloat16.fromFloat(src[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+            // Round to nearest even on the bit pattern; NaN stays a quiet NaN. Written as a plain
+            // branch-free loop over aligned lanes so LLVM vectorizes it.
+            if Int(bitPattern: dst) % 2 == 0 {
+                let out = dst.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<n {
+                    let u = src[i].bitPattern
+                    let rounded = (u &+ 0x7FFF &+ ((u &>> 16) & 1)) &>> 16
+                    let nan = (u & 0x7FFF_FFFF) > 0x7F80_0000
+                    out[i] = UInt16(truncatingIfNeeded: nan ? (u &>> 16) | 0x40 : rounded).littleEndian
+                }
+            } else {
+                for i in 0..<n {
+                    dst.storeBytes(of: BFloat16.fromFloat(src[i]).littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+                }
             }
         case .f16:
             for i in 0..<n {
                 dst.storeBytes(of: Float16(src[i]).bitPattern.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
             }
         }
+    }
+
+    /// Whether every value is finite (no NaN, no ±inf). Branch-free so it vectorizes: adding 2²³ to
+    /// the exponent field carries into the sign bit exactly when the exponent is all ones.
+    public static func allFinite(_ values: UnsafeBufferPointer<Float>) -> Bool {
+        var acc: UInt32 = 0
+        for v in values { acc |= (v.bitPattern & 0x7F80_0000) &+ 0x0080_0000 }
+        return acc & 0x8000_0000 == 0
     }
 
     /// Rounds `value` as storing it in `format` would, and widens it back.

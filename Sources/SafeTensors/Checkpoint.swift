@@ -163,6 +163,19 @@ public final class Checkpoint: Sendable {
         return file.bytes(of: file.tensors[loc.tensor])
     }
 
+    /// The file and absolute byte range of `name`'s data, for zero-copy transfers.
+    public func location(of name: String) -> (file: SafeTensorsFile, offset: Int, count: Int)? {
+        guard let loc = location[name] else { return nil }
+        let f = files[loc.file], t = f.tensors[loc.tensor]
+        return (f, f.dataStart + Int(t.dataOffsets.begin), t.byteCount)
+    }
+
+    /// Drops `name`'s mapped pages from the resident set (see `MappedFile.release`).
+    public func release(_ name: String) {
+        guard let loc = location[name] else { return }
+        files[loc.file].release(files[loc.file].tensors[loc.tensor])
+    }
+
     /// Total tensor data bytes across files.
     public var dataBytes: Int { files.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.byteCount } } }
 

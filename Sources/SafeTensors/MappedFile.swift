@@ -12,6 +12,8 @@ import Darwin
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let size: Int
+    /// A read-only descriptor of the file, kept open for `copy_file_range`.
+    public let descriptor: Int32
     private let base: UnsafeRawPointer?
 
     /// Maps `path` read-only.
@@ -23,9 +25,11 @@ public final class MappedFile: @unchecked Sendable {
         try self.init(descriptor: fd, path: path)
     }
 
-    /// Maps an open descriptor (not closed here); `path` is used in messages.
+    /// Maps an open descriptor (duplicated: the caller still owns `fd`); `path` is used in messages.
     public init(descriptor fd: Int32, path: String) throws {
         self.path = path
+        descriptor = dup(fd)
+        guard descriptor >= 0 else { throw SafeTensorsError.io(path: path, operation: "dup", errno: errno) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SafeTensorsError.io(path: path, operation: "stat", errno: errno) }
         guard (st.st_mode & S_IFMT) == S_IFREG else {
@@ -43,6 +47,17 @@ public final class MappedFile: @unchecked Sendable {
 
     deinit {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+        close(descriptor)
+    }
+
+    /// Drops `[offset, offset+count)` from this process's resident set (the pages stay in the page
+    /// cache and are read again on the next access), so streaming a large file keeps RSS flat.
+    public func release(offset: Int, count: Int) {
+        guard let base, count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (offset + page - 1) / page * page  // only whole pages inside the range
+        let end = (offset + count) / page * page
+        if end > start { _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED) }
     }
 
     /// The bytes `[offset, offset + count)`; the caller checked the range against `size`.

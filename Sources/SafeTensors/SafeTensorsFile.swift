@@ -59,6 +59,11 @@ public final class SafeTensorsFile: Sendable {
         map.bytes(offset: dataStart + Int(tensor.dataOffsets.begin), count: tensor.byteCount)
     }
 
+    /// Drops the mapped pages of `tensor` from the resident set once it has been used.
+    public func release(_ tensor: TensorInfo) {
+        map.release(offset: dataStart + Int(tensor.dataOffsets.begin), count: tensor.byteCount)
+    }
+
     /// Names sorted by UTF-8 bytes.
     public var sortedNames: [String] { tensors.map(\.name).sorted(by: utf8Precedes) }
 }

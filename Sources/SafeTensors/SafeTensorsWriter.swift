@@ -113,6 +113,33 @@ public final class SafeTensorsWriter {
         try append(bytes)
     }
 
+    /// Appends the next tensor's data by copying `count` bytes at `offset` of file `source` inside
+    /// the kernel (`sendfile`, file to file: no pages enter this process), falling back to `bytes`.
+    public func copy(_ name: String, from source: Int32, offset: Int, count: Int, fallback bytes: UnsafeRawBufferPointer) throws {
+        guard next < order.count, order[next].name == name, count == order[next].byteCount else {
+            return try write(name, bytes: bytes)
+        }
+        try flush()
+        var inOffset = offset
+        var remaining = count
+        while remaining > 0 {
+            let n = sendfile(fd, source, &inOffset, min(remaining, 1 << 30))
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL {
+                    let done = count - remaining
+                    next += 1
+                    return try writeAll(UnsafeRawBufferPointer(rebasing: bytes[done...]))
+                }
+                throw SafeTensorsError.io(path: path, operation: "copy", errno: errno)
+            }
+            if n == 0 { break }
+            remaining -= n
+        }
+        guard remaining == 0 else { throw SafeTensorsError.io(path: path, operation: "copy (source shrank)", errno: EIO) }
+        next += 1
+    }
+
     private func append(_ bytes: UnsafeRawBufferPointer) throws {
         if buffer.count + bytes.count <= SafeTensorsWriter.bufferLimit {
             buffer.append(contentsOf: bytes)

@@ -7,7 +7,8 @@ import Glibc
 ///
 /// Usage: lora-bench [--size small|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 /// Reports the median and spread of wall time, CPU time and peak RSS per command, GB/s over the base
-/// size, and each time as a ratio to the `cp -r` time measured in the same run.
+/// size, and each time as a ratio to the `cp -r` time measured in the same run. `merge` fsyncs its
+/// output (it must never leave a broken model behind), so `cp -r + sync` is the like-for-like copy.
 @main
 struct Bench {
     struct Sample { var wall: Double; var cpu: Double; var maxRSS: Int }
@@ -38,6 +39,7 @@ struct Bench {
         let out = dir + "/out"
         let commands: [(String, [String])] = [
             ("cp -r", ["/bin/cp", "-r", dir + "/base", out + "/cp"]),
+            ("cp -r + sync", ["/bin/sh", "-c", "cp -r '\(dir)/base' '\(out)/cps' && sync -f '\(out)/cps'"]),
             ("merge", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged", "--quiet"]),
             ("verify", [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"]),
             ("inspect", [bin, "inspect", dir + "/base"]),
@@ -49,9 +51,14 @@ struct Bench {
             try? FileManager.default.removeItem(atPath: out)
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             for (name, argv) in commands {
+                // Start every command with no dirty pages pending, so nobody pays for another's writeback.
+                _ = try run(["/bin/sync"], quiet: true)
                 let s = try run(argv, quiet: true)
                 samples[name, default: []].append(s)
-                if name == "cp -r" { try? FileManager.default.removeItem(atPath: out + "/cp") }
+                if name.hasPrefix("cp -r") {
+                    try? FileManager.default.removeItem(atPath: out + "/cp")
+                    try? FileManager.default.removeItem(atPath: out + "/cps")
+                }
             }
             print("repetition \(r + 1)/\(repeats) done")
         }

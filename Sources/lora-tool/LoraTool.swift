@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMalloc
 import Foundation
 import LoRACore
 import SafeTensors
@@ -20,6 +21,11 @@ struct LoraTool: ParsableCommand {
 
     static func main() {
         installSignalCleanup()
+        // Tensors are processed one after another in buffers of similar sizes: keep freed buffers in
+        // the heap for reuse instead of returning them to the kernel, which would fault and zero
+        // fresh pages for every tensor (seconds of system time on a 1B model).
+        _ = mallopt(M_MMAP_THRESHOLD, 1 << 30)
+        _ = mallopt(M_TRIM_THRESHOLD, 1 << 30)
         var command: ParsableCommand
         do { command = try parseAsRoot() } catch { exit(withError: error) }
         do {

@@ -36,8 +36,8 @@ extension LoraTool {
         @Flag(help: "Replace an existing output directory.")
         var force = false
 
-        @Option(help: "OpenBLAS threads.")
-        var threads: Int = 1
+        @Option(help: "Tensors computed in parallel (default: the number of cores).")
+        var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
         @Flag(help: "Print the summary as JSON.")
         var json = false
