@@ -94,17 +94,23 @@ public enum Merge {
         for shard in shardPlan.shards {
             let writer = try SafeTensorsWriter(path: output.path(for: shard.fileName), tensors: shard.tensors)
             let order = writer.order
-            var start = 0
-            while start < order.count {
-                let batch = Array(order[start..<min(order.count, start + workers)])
-                let results = ResultSlots(count: batch.count)
-                DispatchQueue.concurrentPerform(iterations: batch.count) { i in
-                    let t = batch[i]
-                    results.set(i, Result { try produce(t, baseInfo: base.info(t.name)!, plan: plan) })
+            // Pipeline: up to `workers` tensors are computed ahead on other threads while this one
+            // writes them in file order; a slot is freed only once its tensor is written, so memory
+            // is bounded by `workers` merged tensors.
+            let pipeline = Pipeline(count: order.count, window: workers)
+            for _ in 0..<workers {
+                Thread.detachNewThread {
+                    while let i = pipeline.claim() {
+                        let t = order[i]
+                        pipeline.slots.set(i, Result { try produce(t, baseInfo: base.info(t.name)!, plan: plan) })
+                        pipeline.ready[i].signal()
+                    }
                 }
-                for (i, t) in batch.enumerated() {
-                    let baseInfo = base.info(t.name)!
-                    let produced = try results.get(i).get()
+            }
+            do {
+                for (i, t) in order.enumerated() {
+                    pipeline.ready[i].wait()
+                    let produced = try pipeline.slots.get(i).get()
                     if case let .copied(source) = produced {
                         try writer.copy(t.name, from: source.file.map.descriptor, offset: source.offset, count: source.count,
                                         fallback: source.file.map.bytes(offset: source.offset, count: source.count))
@@ -120,14 +126,17 @@ public enum Merge {
                             }
                         }
                     }
+                    pipeline.slots.clear(i)
+                    pipeline.window.signal()
                     if case let .replace(ai, tensor) = plan.action(for: t.name) { adapters[ai].checkpoint.release(tensor) }
                     base.release(t.name)
-                    _ = baseInfo
                     done += 1
                     bytesDone += t.byteCount
                     progress?(Progress(tensorsDone: done, tensorsTotal: outInfos.count, bytesDone: bytesDone, bytesTotal: bytesTotal))
                 }
-                start += batch.count
+            } catch {
+                pipeline.cancel()
+                throw error
             }
             try writer.finish()
             files.append(shard.fileName)
@@ -214,6 +223,48 @@ public enum Merge {
         }
         func set(_ i: Int, _ r: Result<Produced, Error>) { slots[i] = r }
         func get(_ i: Int) -> Result<Produced, Error> { slots[i]! }
+        func clear(_ i: Int) { slots[i] = nil }
+    }
+
+    /// The compute-ahead pipeline's shared state. `@unchecked Sendable`: slots follow the
+    /// `ResultSlots` rule, semaphores are thread-safe, and `cancelled` is guarded by `lock`.
+    final class Pipeline: @unchecked Sendable {
+        let slots: ResultSlots
+        let ready: [DispatchSemaphore]
+        let window: DispatchSemaphore
+        private let count: Int
+        private let lock = NSLock()
+        private var cancelled = false
+
+        init(count: Int, window: Int) {
+            self.count = count
+            slots = ResultSlots(count: count)
+            ready = (0..<count).map { _ in DispatchSemaphore(value: 0) }
+            self.window = DispatchSemaphore(value: window)
+        }
+
+        private var next = 0
+
+        /// The next tensor index for a worker once a window slot is free, or nil when done or cancelled.
+        func claim() -> Int? {
+            window.wait()
+            lock.lock()
+            defer { lock.unlock() }
+            guard !cancelled, next < count else {
+                window.signal()  // pass the wake-up on to the other workers
+                return nil
+            }
+            next += 1
+            return next - 1
+        }
+
+        /// Stops the workers: no new tensors start, and waiting workers are released.
+        func cancel() {
+            lock.lock()
+            cancelled = true
+            lock.unlock()
+            for _ in 0..<count { window.signal() }
+        }
     }
 
     static func produce(_ t: TensorInfo, baseInfo: TensorInfo, plan: MergePlan) throws -> Produced {

@@ -176,9 +176,10 @@ struct MergeChecker {
     }
 
     private func decodeFloats(_ bytes: UnsafeRawBufferPointer, format: FloatCodec.Format, count: Int) throws -> [Float] {
-        var f = [Float](repeating: 0, count: count)
-        f.withUnsafeMutableBufferPointer { FloatCodec.decode(bytes, format: format, into: $0) }
-        return f
+        [Float](unsafeUninitializedCapacity: count) { buffer, n in
+            FloatCodec.decode(bytes, format: format, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<count]))
+            n = count
+        }
     }
 
     private func decode(_ bytes: UnsafeRawBufferPointer, format: FloatCodec.Format, count: Int) -> [Double] {

@@ -121,14 +121,17 @@ public struct MergePlan: Sendable {
             return nil
         case let .merge(cs, source):
             var w = try startingValue(name, source: source)
-            let finiteBefore = w.withUnsafeBufferPointer(FloatCodec.allFinite)
             let factors = try cs.map { try LoRAFactors($0.module, adapter: adapters[$0.adapter], weight: weights[$0.adapter]) }
             if factors.count == 1 {
                 try factors[0].apply(to: &w)
             } else {
                 try LoRAFactors.concatenated(factors).apply(to: &w)
             }
-            if finiteBefore, !w.withUnsafeBufferPointer(FloatCodec.allFinite) { throw LoRACoreError.nonFinite(module: cs[0].module.module) }
+            // One pass in the common case: only when the result is not finite is the start re-read.
+            if !w.withUnsafeBufferPointer(FloatCodec.allFinite),
+               try startingValue(name, source: source).withUnsafeBufferPointer(FloatCodec.allFinite) {
+                throw LoRACoreError.nonFinite(module: cs[0].module.module)
+            }
             return w
         case let .bias(cs, source):
             var b = try startingValue(name, source: source)

@@ -21,18 +21,22 @@ enum TensorData {
             throw LoRACoreError.invalidModule(module: name, detail: "dtype \(info.dtype.rawValue) cannot be merged (F32, F16 and BF16 can)")
         }
         let n = info.elementCount ?? 0
-        var out = [Float](repeating: 0, count: n)
         let bytes = try ckpt.bytes(of: name)
-        out.withUnsafeMutableBufferPointer { FloatCodec.decode(bytes, format: f, into: $0) }
-        return out
+        // Uninitialized: decode writes every element, and zero-filling first costs a full pass.
+        return [Float](unsafeUninitializedCapacity: n) { buffer, count in
+            FloatCodec.decode(bytes, format: f, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<n]))
+            count = n
+        }
     }
 
     /// `values` narrowed to `format` bytes (one rounding, nearest even).
     static func encode(_ values: [Float], format: FloatCodec.Format) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: values.count * format.size)
-        values.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBytes { FloatCodec.encode(src, format: format, into: $0) }
+        let size = values.count * format.size
+        return [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+            values.withUnsafeBufferPointer { src in
+                FloatCodec.encode(src, format: format, into: UnsafeMutableRawBufferPointer(buffer))
+            }
+            count = size
         }
-        return out
     }
 }

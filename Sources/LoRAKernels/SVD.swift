@@ -1,0 +1,134 @@
+import COpenBLAS
+
+/// Singular value decompositions of row-major float32 matrices.
+///
+/// `full` calls LAPACK `sgesdd` (divide and conquer) through OpenBLAS; `randomized` is Halko,
+/// Martinsson and Tropp's range finder with power iterations for the top `rank` triplets when the rank
+/// is much smaller than the matrix. Both return M ≈ U·diag(S)·Vᵀ with U (m×k) and Vᵀ (k×n) row-major
+/// and S descending.
+public enum SVD {
+    public struct Result: Sendable {
+        /// m × k, row-major.
+        public var u: [Float]
+        /// k, descending.
+        public var s: [Float]
+        /// k × n, row-major.
+        public var vt: [Float]
+        public var k: Int { s.count }
+    }
+
+    /// Thin SVD of the m×n row-major `matrix` (all min(m, n) triplets).
+    /// - Throws: `KernelsError.lapackFailed` when sgesdd does not converge; `.dimensionTooLarge`.
+    public static func full(_ matrix: [Float], m: Int, n: Int) throws -> Result {
+        guard let m32 = Int32(exactly: m), let n32 = Int32(exactly: n) else { throw KernelsError.dimensionTooLarge(max(m, n)) }
+        let k = min(m, n)
+        if k == 0 { return Result(u: [], s: [], vt: []) }
+        // Row-major M is column-major Mᵀ (n×m). SVD(Mᵀ) = U₁ΣV₁ᵀ gives M = V₁ΣU₁ᵀ: the V₁ᵀ buffer
+        // read row-major is U (m×k) and the U₁ buffer read row-major is Vᵀ (k×n). No transposes needed.
+        var a = matrix
+        var s = [Float](repeating: 0, count: k)
+        var u1 = [Float](repeating: 0, count: n * k)
+        var vt1 = [Float](repeating: 0, count: k * m)
+        var iwork = [Int32](repeating: 0, count: 8 * k)
+        var info: Int32 = 0
+        var jobz = Int8(UInt8(ascii: "S"))
+        var rows = n32, cols = m32, lda = max(n32, 1), ldu = max(n32, 1), ldvt = max(Int32(k), 1)
+        var lwork: Int32 = -1
+        var query: Float = 0
+        sgesdd_(&jobz, &rows, &cols, &a, &lda, &s, &u1, &ldu, &vt1, &ldvt, &query, &lwork, &iwork, &info)
+        guard info == 0 else { throw KernelsError.lapackFailed(routine: "sgesdd", info: info) }
+        lwork = Int32(query) + 1
+        var work = [Float](repeating: 0, count: Int(lwork))
+        sgesdd_(&jobz, &rows, &cols, &a, &lda, &s, &u1, &ldu, &vt1, &ldvt, &work, &lwork, &iwork, &info)
+        guard info == 0 else { throw KernelsError.lapackFailed(routine: "sgesdd", info: info) }
+        return Result(u: vt1, s: s, vt: u1)
+    }
+
+    /// The top `rank` triplets of the m×n row-major `matrix` by a randomized range finder with
+    /// `oversampling` extra columns and `powerIterations` subspace iterations (orthonormalized in
+    /// fp64 each time), seeded for reproducibility. Falls back to `full` when the sketch would not be
+    /// smaller than the matrix.
+    public static func randomized(
+        _ matrix: [Float], m: Int, n: Int, rank: Int, oversampling: Int = 10, powerIterations: Int = 3, seed: UInt64 = 0
+    ) throws -> Result {
+        let l = min(rank + oversampling, min(m, n))
+        if l >= min(m, n) / 2 || l >= min(m, n) {
+            var r = try full(matrix, m: m, n: n)
+            r.truncate(to: rank, m: m, n: n)
+            return r
+        }
+        var state = seed ^ 0x5DEE_CE66_D1CE_4E5B
+        func gaussian() -> Float {
+            func uniform() -> Double {
+                state &+= 0x9E37_79B9_7F4A_7C15
+                var z = state
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                return Double((z ^ (z >> 31)) >> 11) * 0x1p-53
+            }
+            let u1 = max(uniform(), 1e-300), u2 = uniform()
+            return Float((-2 * _log(u1)).squareRoot() * _cos(2 * .pi * u2))
+        }
+        let omega = (0..<(n * l)).map { _ in gaussian() }
+        var y = [Float](repeating: 0, count: m * l)  // Y = M·Ω (m×l)
+        try GEMM.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: omega, transposeB: false, beta: 0, c: &y)
+        orthonormalizeColumns(&y, rows: m, cols: l)
+        var z = [Float](repeating: 0, count: n * l)
+        for _ in 0..<powerIterations {
+            try GEMM.multiply(m: n, n: l, k: m, alpha: 1, a: matrix, transposeA: true, b: y, transposeB: false, beta: 0, c: &z)
+            orthonormalizeColumns(&z, rows: n, cols: l)
+            try GEMM.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: z, transposeB: false, beta: 0, c: &y)
+            orthonormalizeColumns(&y, rows: m, cols: l)
+        }
+        // B = Qᵀ·M (l×n), SVD(B) = Ũ·S·Vᵀ, U = Q·Ũ.
+        var b = [Float](repeating: 0, count: l * n)
+        try GEMM.multiply(m: l, n: n, k: m, alpha: 1, a: y, transposeA: true, b: matrix, transposeB: false, beta: 0, c: &b)
+        let small = try full(b, m: l, n: n)
+        var u = [Float](repeating: 0, count: m * small.k)
+        try GEMM.multiply(m: m, n: small.k, k: l, alpha: 1, a: y, transposeA: false, b: small.u, transposeB: false, beta: 0, c: &u)
+        var r = Result(u: u, s: small.s, vt: small.vt)
+        r.truncate(to: rank, m: m, n: n)
+        return r
+    }
+
+    /// Modified Gram–Schmidt (twice, in fp64) on the columns of a row-major rows×cols matrix.
+    static func orthonormalizeColumns(_ a: inout [Float], rows: Int, cols: Int) {
+        var q = [Double](repeating: 0, count: rows * cols)
+        for i in 0..<(rows * cols) { q[i] = Double(a[i]) }
+        for _ in 0..<2 {
+            for j in 0..<cols {
+                for p in 0..<j {
+                    var dot = 0.0
+                    for r in 0..<rows { dot += q[r * cols + p] * q[r * cols + j] }
+                    for r in 0..<rows { q[r * cols + j] -= dot * q[r * cols + p] }
+                }
+                var norm = 0.0
+                for r in 0..<rows { norm += q[r * cols + j] * q[r * cols + j] }
+                norm = norm.squareRoot()
+                let inv = norm > 0 ? 1 / norm : 0
+                for r in 0..<rows { q[r * cols + j] *= inv }
+            }
+        }
+        for i in 0..<(rows * cols) { a[i] = Float(q[i]) }
+    }
+}
+
+extension SVD.Result {
+    /// Keeps the first `rank` triplets.
+    public mutating func truncate(to rank: Int, m: Int, n: Int) {
+        let k = self.k
+        let keep = min(rank, k)
+        guard keep < k else { return }
+        var u2 = [Float](repeating: 0, count: m * keep)
+        for r in 0..<m { for c in 0..<keep { u2[r * keep + c] = u[r * k + c] } }
+        u = u2
+        s = Array(s.prefix(keep))
+        vt = Array(vt.prefix(keep * n))
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+private func _log(_ x: Double) -> Double { log(x) }
+private func _cos(_ x: Double) -> Double { cos(x) }
+#endif
