@@ -95,6 +95,8 @@ struct MergeChecker {
             var gen = ProbeGenerator(seed: seed, name: name)
             let mergedFloats = try decodeFloats(mergedBytes, format: format, count: w0.count)
             var ySide: [Double] = [], yMerged: [Double] = [], scaleRef: [Double] = []
+            // Scale of one rounding per output: ‖W row‖₂·‖x‖₂ ≥ Σ|W||x| (Cauchy–Schwarz), one pass.
+            let rowNorms = ProbeProducts.outputNorms(w0, rows: rows, cols: cols, transposed: m0.transposed)
             // Eight probes per pass over the matrix; the last pass is padded with zero probes.
             var remaining = probes
             while remaining > 0 {
@@ -102,18 +104,23 @@ struct MergeChecker {
                 remaining -= lanes
                 var x = [SIMD8<Double>](repeating: .zero, count: inDim)
                 for p in 0..<lanes { for i in 0..<inDim { x[i][p] = gen.next() } }
-                let absX = x.map(abs8)
+                var xNorm = SIMD8<Double>()
+                for v in x { xNorm += v * v }
+                for p in 0..<8 { xNorm[p] = xNorm[p].squareRoot() }
                 var diff = [SIMD8<Double>](repeating: .zero, count: outDim)
-                var yBase = diff, ref = diff
-                w0.withUnsafeBufferPointer { wp in
-                    mergedFloats.withUnsafeBufferPointer { mp in
-                        ProbeProducts.accumulate(
+                var yBase = diff
+                try w0.withUnsafeBufferPointer { wp in
+                    try mergedFloats.withUnsafeBufferPointer { mp in
+                        // (W' − W)·x exactly per element, in fp64 (the accuracy-critical part), and W·x.
+                        try ProbeProducts.differenceProducts(
                             rows: rows, cols: cols, transposed: m0.transposed, base: wp.baseAddress!, merged: mp.baseAddress!,
-                            x: x, absX: absX, difference: &diff, base: &yBase, magnitude: &ref)
+                            x: x, difference: &diff, base: &yBase, exactBase: doraFactor != nil)
                     }
                 }
+                var ref = rowNorms.map { SIMD8<Double>(repeating: Double($0)) * xNorm }
                 // Side branch: Σ k·B·(A·x), and |k|·|B|·(|A|·|x|) for the reference scale.
                 var side = [SIMD8<Double>](repeating: .zero, count: outDim)
+                let absX = x.map(abs8)
                 for f in factors {
                     let m = f.module
                     var ax = [SIMD8<Double>](repeating: .zero, count: m.rank), aAbsX = ax
@@ -128,13 +135,19 @@ struct MergeChecker {
                     }
                 }
                 for o in 0..<outDim {
-                    var ys = yBase[o] + side[o]
+                    var ys: SIMD8<Double>, ym: SIMD8<Double>
                     var rf = ref[o]
                     if let fac = doraFactor {
-                        ys *= SIMD8(repeating: fac[o])
-                        rf *= SIMD8(repeating: abs(fac[o]))
+                        ys = (yBase[o] + side[o]) * SIMD8(repeating: fac[o])
+                        ym = yBase[o] + diff[o]
+                        rf *= SIMD8(repeating: max(1, abs(fac[o])))
+                    } else {
+                        // y_merged − y_side = (W'−W)·x − Σk·B·A·x, independent of W·x: compare those.
+                        ys = yBase[o] + side[o]
+                        ym = yBase[o] + diff[o]
+                        let e = diff[o] - side[o]
+                        ym = ys + e
                     }
-                    let ym = yBase[o] + diff[o]
                     for p in 0..<lanes {
                         ySide.append(ys[p])
                         yMerged.append(ym[p])

@@ -26,6 +26,12 @@ public enum GEMM {
             m32, n32, k32, alpha, a, max(lda, 1), b, max(ldb, 1), beta, c, max(n32, 1))
     }
 
+    /// Σ a[i]·b[i] over `count` contiguous floats (`cblas_sdot`).
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
+        guard let n = Int32(exactly: count), n > 0 else { return 0 }
+        return cblas_sdot(n, a, 1, b, 1)
+    }
+
     /// Limits OpenBLAS to `threads` threads (so it does not fight tensor-level parallelism).
     public static func setThreads(_ threads: Int) {
         openblas_set_num_threads(Int32(clamping: max(1, threads)))
