@@ -25,7 +25,9 @@ struct MergeChecker {
     }
 
     /// Checks one tensor of the merged output, given its stored bytes and dtype.
-    func check(name: String, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer) throws -> VerifyReport.Entry {
+    /// - Parameter mergedIsMapped: the merged bytes are a read-only file mapping, so pages already
+    ///   compared may be dropped from the resident set (never for heap memory, which that would zero).
+    func check(name: String, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer, mergedIsMapped: Bool = false) throws -> VerifyReport.Entry {
         let family = TensorName(name).family
         func entry(_ kind: VerifyReport.Entry.Kind, passed: Bool, detail: String?, abs: Double = 0, rel: Double = 0, out: Double = 0, tol: Double = 0)
             -> VerifyReport.Entry
@@ -39,10 +41,10 @@ struct MergeChecker {
         }
         switch plan.action(for: name) {
         case .copy:
-            let (ok, why) = try compareExact(kind: .copied, expected: plan.base, expectedName: name, mergedInfo: mergedInfo, mergedBytes: mergedBytes)
+            let (ok, why) = try compareExact(kind: .copied, expected: plan.base, expectedName: name, mergedInfo: mergedInfo, mergedBytes: mergedBytes, mergedIsMapped: mergedIsMapped)
             return entry(.copied, passed: ok, detail: why, rel: ok ? 0 : 1)
         case let .replace(ai, tensor):
-            let (ok, why) = try compareExact(kind: .replaced, expected: plan.adapters[ai].checkpoint, expectedName: tensor, mergedInfo: mergedInfo, mergedBytes: mergedBytes)
+            let (ok, why) = try compareExact(kind: .replaced, expected: plan.adapters[ai].checkpoint, expectedName: tensor, mergedInfo: mergedInfo, mergedBytes: mergedBytes, mergedIsMapped: mergedIsMapped)
             return entry(.replaced, passed: ok, detail: why, rel: ok ? 0 : 1)
         case let .bias(cs, source):
             guard let format = TensorData.format(mergedInfo.dtype) else {
@@ -67,14 +69,17 @@ struct MergeChecker {
             guard let format = TensorData.format(mergedInfo.dtype) else {
                 return entry(.merged, passed: false, detail: "merged dtype \(mergedInfo.dtype.rawValue) is not a float type")
             }
-            let w0 = try plan.startingValue(name, source: source)
             let m0 = cs[0].module
             let rows = m0.transposed ? m0.inFeatures : m0.outFeatures  // stored rows
             let cols = m0.transposed ? m0.outFeatures : m0.inFeatures
+            let (startCkpt, startName) = source.map { (plan.adapters[$0.adapter].checkpoint, $0.tensor) } ?? (plan.base, name)
+            let startInfo = startCkpt.info(startName)!
+            let startBytes = try startCkpt.bytes(of: startName)
             let factors = try cs.map { try Factors64($0, plan: plan) }
             // DoRA row factors m / ‖W + ΔW‖ over the input dimension, in fp64.
             var doraFactor: [Double]?
             if let f = factors.first, let mag = f.magnitude {
+                let w0 = try plan.startingValue(name, source: source)
                 let m = f.module
                 // V = W + k·B·A in the (out, in) layout, fp64.
                 var v = [Double](repeating: 0, count: m.outFeatures * m.inFeatures)
@@ -93,10 +98,7 @@ struct MergeChecker {
             }
             let inDim = m0.inFeatures, outDim = m0.outFeatures
             var gen = ProbeGenerator(seed: seed, name: name)
-            let mergedFloats = try decodeFloats(mergedBytes, format: format, count: w0.count)
             var ySide: [Double] = [], yMerged: [Double] = [], scaleRef: [Double] = []
-            // Scale of one rounding per output: ‖W row‖₂·‖x‖₂ ≥ Σ|W||x| (Cauchy–Schwarz), one pass.
-            let rowNorms = ProbeProducts.outputNorms(w0, rows: rows, cols: cols, transposed: m0.transposed)
             // Eight probes per pass over the matrix; the last pass is padded with zero probes.
             var remaining = probes
             while remaining > 0 {
@@ -107,17 +109,13 @@ struct MergeChecker {
                 var xNorm = SIMD8<Double>()
                 for v in x { xNorm += v * v }
                 for p in 0..<8 { xNorm[p] = xNorm[p].squareRoot() }
-                var diff = [SIMD8<Double>](repeating: .zero, count: outDim)
-                var yBase = diff
-                try w0.withUnsafeBufferPointer { wp in
-                    try mergedFloats.withUnsafeBufferPointer { mp in
-                        // (W' − W)·x exactly per element, in fp64 (the accuracy-critical part), and W·x.
-                        try ProbeProducts.differenceProducts(
-                            rows: rows, cols: cols, transposed: m0.transposed, base: wp.baseAddress!, merged: mp.baseAddress!,
-                            x: x, difference: &diff, base: &yBase, exactBase: doraFactor != nil)
-                    }
-                }
-                var ref = rowNorms.map { SIMD8<Double>(repeating: Double($0)) * xNorm }
+                let products = try ProbeProducts.fused(
+                    rows: rows, cols: cols, transposed: m0.transposed,
+                    base: startBytes, baseFormat: TensorData.format(startInfo.dtype)!,
+                    merged: mergedBytes, mergedFormat: format,
+                    x: x.flatMap { v in (0..<8).map { v[$0] } }, exactBase: doraFactor != nil)
+                // Scale of one rounding per output: ‖W row‖₂·‖x‖₂ ≥ Σ|W||x| (Cauchy–Schwarz).
+                var ref = products.outputNorms.map { SIMD8<Double>(repeating: Double($0)) * xNorm }
                 // Side branch: Σ k·B·(A·x), and |k|·|B|·(|A|·|x|) for the reference scale.
                 var side = [SIMD8<Double>](repeating: .zero, count: outDim)
                 let absX = x.map(abs8)
@@ -135,19 +133,20 @@ struct MergeChecker {
                     }
                 }
                 for o in 0..<outDim {
-                    var ys: SIMD8<Double>, ym: SIMD8<Double>
+                    var ys = SIMD8<Double>(), ym = SIMD8<Double>()
                     var rf = ref[o]
-                    if let fac = doraFactor {
-                        ys = (yBase[o] + side[o]) * SIMD8(repeating: fac[o])
-                        ym = yBase[o] + diff[o]
-                        rf *= SIMD8(repeating: max(1, abs(fac[o])))
-                    } else {
-                        // y_merged − y_side = (W'−W)·x − Σk·B·A·x, independent of W·x: compare those.
-                        ys = yBase[o] + side[o]
-                        ym = yBase[o] + diff[o]
-                        let e = diff[o] - side[o]
-                        ym = ys + e
+                    for p in 0..<8 {
+                        let base = products.base[o * 8 + p], diff = products.difference[o * 8 + p]
+                        if let fac = doraFactor {
+                            ys[p] = (base + side[o][p]) * fac[o]
+                            ym[p] = base + diff
+                        } else {
+                            // y_merged − y_side = (W'−W)·x − Σk·B·A·x exactly, whatever the precision of W·x.
+                            ys[p] = base + side[o][p]
+                            ym[p] = ys[p] + (diff - side[o][p])
+                        }
                     }
+                    if let fac = doraFactor { rf *= SIMD8(repeating: max(1, abs(fac[o]))) }
                     for p in 0..<lanes {
                         ySide.append(ys[p])
                         yMerged.append(ym[p])
@@ -166,12 +165,23 @@ struct MergeChecker {
     /// Exact comparison: byte-identical, or equal to the expected value rounded once to the merged dtype.
     private func compareExact(
         kind: VerifyReport.Entry.Kind, expected ckpt: Checkpoint, expectedName: String,
-        mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer
+        mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer, mergedIsMapped: Bool
     ) throws -> (Bool, String?) {
         let expectedInfo = ckpt.info(expectedName)!
         let expectedBytes = try ckpt.bytes(of: expectedName)
         if expectedInfo.dtype == mergedInfo.dtype {
-            let same = expectedBytes.count == mergedBytes.count && (expectedBytes.count == 0 || memcmp(expectedBytes.baseAddress!, mergedBytes.baseAddress!, expectedBytes.count) == 0)
+            // Compared in 16 MiB chunks, each dropped from the resident set once done, so a large
+            // embedding does not sit in memory twice.
+            var same = expectedBytes.count == mergedBytes.count
+            var offset = 0
+            let chunk = 16 << 20
+            while same && offset < expectedBytes.count {
+                let n = min(chunk, expectedBytes.count - offset)
+                same = memcmp(expectedBytes.baseAddress! + offset, mergedBytes.baseAddress! + offset, n) == 0
+                MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: expectedBytes[offset..<(offset + n)]))
+                if mergedIsMapped { MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: mergedBytes[offset..<(offset + n)])) }
+                offset += n
+            }
             return (same, same ? nil : (kind == .copied ? "not byte-identical to the base" : "not byte-identical to the adapter's '\(expectedName)'"))
         }
         guard let from = TensorData.format(expectedInfo.dtype), let to = TensorData.format(mergedInfo.dtype) else {
@@ -186,13 +196,6 @@ struct MergeChecker {
             if !(want == m[i] || (want.isNaN && m[i].isNaN)) { same = false; break }
         }
         return (same, same ? nil : "not equal to the \(kind == .copied ? "base" : "adapter") value cast to \(mergedInfo.dtype.rawValue)")
-    }
-
-    private func decodeFloats(_ bytes: UnsafeRawBufferPointer, format: FloatCodec.Format, count: Int) throws -> [Float] {
-        [Float](unsafeUninitializedCapacity: count) { buffer, n in
-            FloatCodec.decode(bytes, format: format, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<count]))
-            n = count
-        }
     }
 
     private func decode(_ bytes: UnsafeRawBufferPointer, format: FloatCodec.Format, count: Int) -> [Double] {

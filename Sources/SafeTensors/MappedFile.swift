@@ -67,6 +67,17 @@ public final class MappedFile: @unchecked Sendable {
         return UnsafeRawBufferPointer(start: base + offset, count: count)
     }
 
+    /// Drops the whole pages inside `bytes` — which must lie in a read-only file mapping — from the
+    /// resident set. Never call it on heap memory: the kernel would zero it.
+    public static func releasePages(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let startAddress = (Int(bitPattern: base) + page - 1) / page * page
+        let endAddress = (Int(bitPattern: base) + bytes.count) / page * page
+        guard endAddress > startAddress, let p = UnsafeMutableRawPointer(bitPattern: startAddress) else { return }
+        _ = madvise(p, endAddress - startAddress, MADV_DONTNEED)
+    }
+
     /// Advises the kernel that `[offset, offset+count)` will be read sequentially soon.
     public func adviseSequential(offset: Int, count: Int) {
         guard let base, count > 0 else { return }
