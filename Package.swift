@@ -26,7 +26,7 @@ let package = Package(
         // MARK: - Executable: parses arguments, renders reports
         .executableTarget(
             name: "lora-tool",
-            dependencies: ["LoRACore", "CMalloc", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["LoRACore", "LoRAGraph", "LoRAKernels", "SafeTensors", "CMalloc", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // MARK: - Benchmark (scripts/bench)

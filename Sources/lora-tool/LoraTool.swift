@@ -2,6 +2,8 @@ import ArgumentParser
 import CMalloc
 import Foundation
 import LoRACore
+import LoRAGraph
+import LoRAKernels
 import SafeTensors
 
 /// `lora-tool`: inspect, merge and verify LoRA checkpoints.
@@ -17,7 +19,7 @@ struct LoraTool: ParsableCommand {
             a usage error.
             """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Merge.self, Verify.self])
+        subcommands: [Inspect.self, Merge.self, Verify.self, Extract.self])
 
     static func main() {
         installSignalCleanup()
@@ -30,13 +32,19 @@ struct LoraTool: ParsableCommand {
         do { command = try parseAsRoot() } catch { exit(withError: error) }
         do {
             try command.run()
-        } catch let error as ExitCode {
-            exit(withError: error)
-        } catch {
+        } catch let error where isLibraryError(error) {
             FileHandle.standardError.write(Data("error: \(describe(error))\n".utf8))
             Foundation.exit(1)
+        } catch {
+            // ArgumentParser's own errors: help, usage (64), ExitCode.
+            exit(withError: error)
         }
     }
+}
+
+/// Errors of lora-tool's libraries, reported as one `error:` line with exit status 1.
+func isLibraryError(_ error: Error) -> Bool {
+    error is LoRACoreError || error is SafeTensorsError || error is GraphError || error is KernelsError
 }
 
 /// One line naming what is wrong: the library errors' descriptions, flattened.

@@ -65,6 +65,13 @@ struct CommandLineTests {
         #expect(err.contains("pickle"))
     }
 
+    @Test("Help prints usage and exits 0", arguments: [["--help"], ["merge", "--help"], ["extract", "--help"], ["help", "verify"]])
+    func help(arguments: [String]) throws {
+        let (status, out, _) = try run(arguments)
+        #expect(status == 0)
+        #expect(out.contains("USAGE:") || out.contains("Usage:"))
+    }
+
     @Test("Usage errors exit 64")
     func usage() throws {
         #expect(try run(["merge", "--base", "x", "--output", "y"]).0 == 64)

@@ -1,0 +1,244 @@
+import Foundation
+import LoRAGraph
+import LoRAKernels
+import SafeTensors
+
+/// Options of `extract --base --finetuned`: a low-rank adapter out of a fine-tune by SVD.
+public struct ExtractSVDOptions: Sendable {
+    public enum RankRule: Sendable, Equatable {
+        /// Keep R components (capped by the matrix's own rank).
+        case fixed(Int)
+        /// Keep the fewest components holding this fraction of ‖ΔW‖²_F, at most `maxRank`.
+        case energy(Double, maxRank: Int?)
+    }
+
+    public var base: String
+    public var finetuned: String
+    public var output: String
+    public var rule: RankRule
+    public var targets: TargetSelector?
+    /// Modules whose ‖ΔW‖_F / ‖W‖_F is at most this are skipped (0 skips only exact zeros).
+    public var minDiff: Double = 0
+    public var force = false
+    public var threads = ProcessInfo.processInfo.activeProcessorCount
+
+    public init(base: String, finetuned: String, output: String, rule: RankRule) {
+        self.base = base
+        self.finetuned = finetuned
+        self.output = output
+        self.rule = rule
+    }
+}
+
+/// What `extract --base --finetuned` kept.
+public struct ExtractSVDReport: Sendable {
+    public struct Module: Sendable {
+        public var module: String
+        public var rank: Int
+        /// Σ kept σ² / ‖ΔW‖²_F.
+        public var energyKept: Double
+        /// ‖ΔW − B·A‖_F / ‖ΔW‖_F.
+        public var relativeError: Double
+        public var method: String
+    }
+
+    public var modules: [Module]
+    /// Target modules with no (or negligible) difference.
+    public var skipped: [(module: String, relativeDifference: Double)]
+    /// Non-target tensors that differ between the models, with their relative difference.
+    public var otherDifferences: [(tensor: String, relativeDifference: Double)]
+}
+
+/// `extract --base --finetuned`: ΔW = W_ft − W_base in fp32 per target module; truncated SVD
+/// ΔW ≈ U·S·Vᵀ; A = √S·Vᵀ (r×in), B = U·√S (out×r), both F32; written as a PEFT adapter with
+/// `lora_alpha = r` (scale 1) and `rank_pattern`/`alpha_pattern` where modules keep other ranks.
+/// A randomized SVD is used when r ≪ min(out, in), LAPACK's sgesdd otherwise.
+public enum ExtractSVD {
+    public static func run(_ options: ExtractSVDOptions) throws -> ExtractSVDReport {
+        switch options.rule {
+        case let .fixed(r): guard r > 0 else { throw LoRACoreError.invalidRequest("--rank must be positive, got \(r)") }
+        case let .energy(p, maxRank):
+            guard p > 0, p <= 1 else { throw LoRACoreError.invalidRequest("--energy must be in (0, 1], got \(p)") }
+            if let m = maxRank, m <= 0 { throw LoRACoreError.invalidRequest("--max-rank must be positive, got \(m)") }
+        }
+        try PathSafety.checkOutput(options.output, inputs: [options.base, options.finetuned])
+        let base = try Checkpoint(path: options.base)
+        let tuned = try Checkpoint(path: options.finetuned)
+        let selector = options.targets ?? TargetSelector.projections
+        var targets: [String] = []
+        var others: [(String, Double)] = []
+        for name in base.names {
+            let b = base.info(name)!
+            guard let t = tuned.info(name) else {
+                throw LoRACoreError.baseMismatch(module: TensorName(name).module, detail: "'\(name)' is in the base but not in the fine-tuned model")
+            }
+            guard b.shape == t.shape else {
+                throw LoRACoreError.baseMismatch(module: TensorName(name).module, detail: "'\(name)' has shape \(b.shape) in the base but \(t.shape) in the fine-tuned model")
+            }
+            let parsed = TensorName(name)
+            if b.shape.count == 2, parsed.role == .parameter("weight"), selector.matches(parsed.module),
+               TensorData.format(b.dtype) != nil, TensorData.format(t.dtype) != nil {
+                targets.append(name)
+            } else if try !base.bytes(of: name).elementsEqual(try tuned.bytes(of: name)) {
+                others.append((name, try relativeDifference(base, tuned, name)))
+            }
+        }
+        for name in tuned.names where base.info(name) == nil {
+            throw LoRACoreError.baseMismatch(module: TensorName(name).module, detail: "'\(name)' is in the fine-tuned model but not in the base")
+        }
+        guard !targets.isEmpty else {
+            throw LoRACoreError.invalidRequest("no target modules (2-D float weights matching \(selector.suffixes.joined(separator: ", "))) in \(options.base)")
+        }
+
+        // Each target is independent: decompose `threads` at a time, single-threaded BLAS each.
+        GEMM.setThreads(1)
+        let targetList = targets
+        let results = ExtractSlots(count: targets.count)
+        DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { worker in
+            var i = worker
+            while i < targetList.count {
+                results.set(i, Result { try decompose(targetList[i], base: base, tuned: tuned, options: options) })
+                i += max(1, options.threads)
+            }
+        }
+        var modules: [ExtractSVDReport.Module] = []
+        var skipped: [(String, Double)] = []
+        var tensors: [AdapterWriter.Tensor] = []
+        var ranks: [(module: String, rank: Int)] = []
+        for (i, name) in targets.enumerated() {
+            let module = TensorName(name).module
+            switch try results.get(i).get() {
+            case let .skipped(rel):
+                skipped.append((module, rel))
+            case let .kept(a, b, report):
+                let r = report.rank
+                let info = base.info(name)!
+                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", dtype: .float32, shape: [r, info.shape[1]]) { floatBytes(a) })
+                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", dtype: .float32, shape: [info.shape[0], r]) { floatBytes(b) })
+                ranks.append((module, r))
+                modules.append(ExtractSVDReport.Module(module: module, rank: r, energyKept: report.energy, relativeError: report.error, method: report.method))
+            }
+        }
+        guard !ranks.isEmpty else {
+            throw LoRACoreError.invalidRequest("the fine-tuned model does not differ from the base in any target module; nothing to extract")
+        }
+        let (r, rankPattern) = AdapterWriter.rankSummary(ranks)
+        var config = AdapterWriter.Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: [])
+        // Scale 1 everywhere: alpha equals each module's rank.
+        config.alphaPattern = rankPattern.map { ($0.0, Double($0.1)) }
+        config.targetModules = TargetSelector.minimalSuffixes(
+            selecting: Set(ranks.map(\.module)), among: Set(base.names.map { TensorName($0).module }))
+        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force)
+        return ExtractSVDReport(modules: modules, skipped: skipped, otherDifferences: others)
+    }
+
+    enum Outcome {
+        case skipped(Double)
+        case kept(a: [Float], b: [Float], report: (rank: Int, energy: Double, error: Double, method: String))
+    }
+
+    static func decompose(_ name: String, base: Checkpoint, tuned: Checkpoint, options: ExtractSVDOptions) throws -> Outcome {
+        let info = base.info(name)!
+        let (m, n) = (info.shape[0], info.shape[1])
+        let w0 = try TensorData.floats(base, name)
+        var delta = try TensorData.floats(tuned, name)
+        var total = 0.0, baseNorm = 0.0
+        for i in delta.indices {
+            delta[i] -= w0[i]
+            total += Double(delta[i]) * Double(delta[i])
+            baseNorm += Double(w0[i]) * Double(w0[i])
+        }
+        base.release(name)
+        tuned.release(name)
+        let rel = baseNorm > 0 ? (total / baseNorm).squareRoot() : (total > 0 ? .infinity : 0)
+        if total == 0 || rel <= options.minDiff { return .skipped(rel) }
+        let cap = min(m, n)
+        let svd: SVD.Result
+        let method: String
+        switch options.rule {
+        case let .fixed(r):
+            let k = min(r, cap)
+            if k + 10 < cap / 2 {
+                svd = try SVD.randomized(delta, m: m, n: n, rank: k)
+                method = "randomized"
+            } else {
+                var s = try SVD.full(delta, m: m, n: n)
+                s.truncate(to: k, m: m, n: n)
+                svd = s
+                method = "sgesdd"
+            }
+        case let .energy(_, maxRank):
+            if let maxRank, maxRank + 10 < cap / 2 {
+                svd = try SVD.randomized(delta, m: m, n: n, rank: maxRank)
+                method = "randomized"
+            } else {
+                svd = try SVD.full(delta, m: m, n: n)
+                method = "sgesdd"
+            }
+        }
+        // Components: drop numerically zero singular values (the matrix's own rank), then apply the rule.
+        let sMax = Double(svd.s.first ?? 0)
+        let numericalRank = svd.s.prefix { Double($0) > sMax * Double(max(m, n)) * 0x1p-23 }.count
+        var k = numericalRank
+        var kept = 0.0
+        switch options.rule {
+        case let .fixed(r):
+            k = min(k, r)
+            kept = svd.s.prefix(k).reduce(0.0) { $0 + Double($1) * Double($1) }
+        case let .energy(p, maxRank):
+            k = 0
+            while k < numericalRank && kept < p * total && (maxRank.map { k < $0 } ?? true) {
+                kept += Double(svd.s[k]) * Double(svd.s[k])
+                k += 1
+            }
+        }
+        k = max(k, 1)
+        if kept == 0 { kept = Double(svd.s[0]) * Double(svd.s[0]) }
+        // A = √S·Vᵀ (k×n), B = U·√S (m×k).
+        var a = [Float](repeating: 0, count: k * n), b = [Float](repeating: 0, count: m * k)
+        let full = svd.k
+        for c in 0..<k {
+            let root = Float(Double(svd.s[c]).squareRoot())
+            for j in 0..<n { a[c * n + j] = svd.vt[c * n + j] * root }
+            for i in 0..<m { b[i * k + c] = svd.u[i * full + c] * root }
+        }
+        // Relative Frobenius error of the approximation, measured directly: ‖ΔW − B·A‖_F / ‖ΔW‖_F.
+        var residual = delta
+        try GEMM.multiply(m: m, n: n, k: k, alpha: -1, a: b, transposeA: false, b: a, transposeB: false, beta: 1, c: &residual)
+        let err = (residual.reduce(0.0) { $0 + Double($1) * Double($1) } / total).squareRoot()
+        return .kept(a: a, b: b, report: (k, min(1, kept / total), err, method))
+    }
+
+    static func relativeDifference(_ a: Checkpoint, _ b: Checkpoint, _ name: String) throws -> Double {
+        guard TensorData.format(a.info(name)!.dtype) != nil, TensorData.format(b.info(name)!.dtype) != nil else { return .nan }
+        let x = try TensorData.floats(a, name), y = try TensorData.floats(b, name)
+        var d = 0.0, n = 0.0
+        for i in x.indices {
+            d += Double(y[i] - x[i]) * Double(y[i] - x[i])
+            n += Double(x[i]) * Double(x[i])
+        }
+        return n > 0 ? (d / n).squareRoot() : (d > 0 ? .infinity : 0)
+    }
+
+    static func floatBytes(_ values: [Float]) -> [UInt8] {
+        values.withUnsafeBytes { Array($0) }
+    }
+}
+
+/// Results of the parallel decomposition. `@unchecked Sendable`: each slot is written by exactly
+/// one worker and read after `concurrentPerform` returns.
+final class ExtractSlots: @unchecked Sendable {
+    private let slots: UnsafeMutablePointer<Result<ExtractSVD.Outcome, Error>?>
+    private let count: Int
+    init(count: Int) {
+        self.count = count
+        slots = .allocate(capacity: count)
+        slots.initialize(repeating: nil, count: count)
+    }
+    deinit {
+        slots.deinitialize(count: count)
+        slots.deallocate()
+    }
+    func set(_ i: Int, _ r: Result<ExtractSVD.Outcome, Error>) { slots[i] = r }
+    func get(_ i: Int) -> Result<ExtractSVD.Outcome, Error> { slots[i]! }
+}
