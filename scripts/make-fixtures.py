@@ -247,8 +247,61 @@ def malformed():
     print(f"{len(cases)} malformed fixtures, each rejected by the reference")
 
 
+EXTRACT_FIX = os.path.join(ROOT, "Tests/LoRACoreTests/ExtractFixtures")
+
+
+def extract_cases():
+    """A training checkpoint (PEFT model state_dict) with its save_pretrained output, and
+    (base, fine-tuned) pairs for the SVD mode with numpy's energies as the oracle."""
+    import numpy as np
+    d = fresh(os.path.join(EXTRACT_FIX, "training_dora"))
+    base = tiny_llama(torch.bfloat16)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, use_dora=True, init_lora_weights=False,
+                                                 target_modules=["q_proj", "v_proj", "down_proj"],
+                                                 modules_to_save=["lm_head"], rank_pattern={"down_proj": 2}))
+    randomize_adapter(peft_model, 5)
+    sd = {k: v.detach().contiguous().clone() for k, v in peft_model.state_dict().items()}
+    os.makedirs(os.path.join(d, "training"))
+    save_file(sd, os.path.join(d, "training", "model.safetensors"), metadata={"format": "pt"})
+    peft_model.save_pretrained(os.path.join(d, "expected"))
+    os.remove(os.path.join(d, "expected", "README.md")) if os.path.exists(os.path.join(d, "expected", "README.md")) else None
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(os.path.join(d, "merged"))
+
+    # SVD: fine-tuned = PEFT merge of a rank-4 adapter into an f32 base.
+    d = fresh(os.path.join(EXTRACT_FIX, "svd_rank4"))
+    base = tiny_llama(torch.float32, seed=3)
+    base.save_pretrained(os.path.join(d, "base"))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=SEVEN, init_lora_weights=False))
+    randomize_adapter(peft_model, 9)
+    peft_model.merge_and_unload().save_pretrained(os.path.join(d, "finetuned"))
+
+    # SVD: a full-rank difference (independent noise on q_proj and v_proj), energies from numpy.
+    d = fresh(os.path.join(EXTRACT_FIX, "svd_full_rank"))
+    base = tiny_llama(torch.float32, seed=3)
+    base.save_pretrained(os.path.join(d, "base"))
+    torch.manual_seed(21)
+    expected = {}
+    with torch.no_grad():
+        for n, p in base.named_parameters():
+            if n.endswith("q_proj.weight") or n.endswith("v_proj.weight"):
+                delta = torch.randn_like(p) * 0.01
+                p.add_(delta)
+                s = np.linalg.svd((p.detach().double().numpy() - (p - delta).detach().double().numpy()), compute_uv=False)
+                expected[n[: -len(".weight")]] = {"energy_rank2": float((s[:2] ** 2).sum() / (s ** 2).sum()),
+                                                  "error_rank2": float(np.sqrt((s[2:] ** 2).sum() / (s ** 2).sum()))}
+    base.save_pretrained(os.path.join(d, "finetuned"))
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=2, sort_keys=True)
+    print("extract fixtures")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "extract":
+        extract_cases()
+        raise SystemExit
     python_written()
     malformed()
     samples()
     merge_cases()
+    extract_cases()

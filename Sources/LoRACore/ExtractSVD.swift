@@ -80,7 +80,9 @@ public enum ExtractSVD {
                TensorData.format(b.dtype) != nil, TensorData.format(t.dtype) != nil {
                 targets.append(name)
             } else if try !base.bytes(of: name).elementsEqual(try tuned.bytes(of: name)) {
-                others.append((name, try relativeDifference(base, tuned, name)))
+                // Bytes differ; values may not (a dtype change): report only real differences.
+                let rel = try relativeDifference(base, tuned, name)
+                if rel != 0 { others.append((name, rel)) }
             }
         }
         for name in tuned.names where base.info(name) == nil {
@@ -93,7 +95,7 @@ public enum ExtractSVD {
         // Each target is independent: decompose `threads` at a time, single-threaded BLAS each.
         GEMM.setThreads(1)
         let targetList = targets
-        let results = ExtractSlots(count: targets.count)
+        let results = ParallelSlots<Outcome>(count: targets.count)
         DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { worker in
             var i = worker
             while i < targetList.count {
@@ -158,7 +160,7 @@ public enum ExtractSVD {
         switch options.rule {
         case let .fixed(r):
             let k = min(r, cap)
-            if k + 10 < cap / 2 {
+            if useRandomized(rank: k, cap: cap) {
                 svd = try SVD.randomized(delta, m: m, n: n, rank: k)
                 method = "randomized"
             } else {
@@ -168,7 +170,7 @@ public enum ExtractSVD {
                 method = "sgesdd"
             }
         case let .energy(_, maxRank):
-            if let maxRank, maxRank + 10 < cap / 2 {
+            if let maxRank, useRandomized(rank: maxRank, cap: cap) {
                 svd = try SVD.randomized(delta, m: m, n: n, rank: maxRank)
                 method = "randomized"
             } else {
@@ -209,6 +211,12 @@ public enum ExtractSVD {
         return .kept(a: a, b: b, report: (k, min(1, kept / total), err, method))
     }
 
+    /// The randomized SVD pays off (and matches the full SVD's error) when the sketch is a small
+    /// fraction of a large matrix; small matrices go to sgesdd.
+    static func useRandomized(rank: Int, cap: Int) -> Bool {
+        cap >= 512 && rank + 10 <= cap / 4
+    }
+
     static func relativeDifference(_ a: Checkpoint, _ b: Checkpoint, _ name: String) throws -> Double {
         guard TensorData.format(a.info(name)!.dtype) != nil, TensorData.format(b.info(name)!.dtype) != nil else { return .nan }
         let x = try TensorData.floats(a, name), y = try TensorData.floats(b, name)
@@ -223,22 +231,4 @@ public enum ExtractSVD {
     static func floatBytes(_ values: [Float]) -> [UInt8] {
         values.withUnsafeBytes { Array($0) }
     }
-}
-
-/// Results of the parallel decomposition. `@unchecked Sendable`: each slot is written by exactly
-/// one worker and read after `concurrentPerform` returns.
-final class ExtractSlots: @unchecked Sendable {
-    private let slots: UnsafeMutablePointer<Result<ExtractSVD.Outcome, Error>?>
-    private let count: Int
-    init(count: Int) {
-        self.count = count
-        slots = .allocate(capacity: count)
-        slots.initialize(repeating: nil, count: count)
-    }
-    deinit {
-        slots.deinitialize(count: count)
-        slots.deallocate()
-    }
-    func set(_ i: Int, _ r: Result<ExtractSVD.Outcome, Error>) { slots[i] = r }
-    func get(_ i: Int) -> Result<ExtractSVD.Outcome, Error> { slots[i]! }
 }

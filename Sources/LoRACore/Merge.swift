@@ -207,29 +207,10 @@ public enum Merge {
         }
     }
 
-    /// Results of one parallel batch. `@unchecked Sendable`: each slot is written by exactly one
-    /// worker of `concurrentPerform` and read only after it returns.
-    final class ResultSlots: @unchecked Sendable {
-        private let slots: UnsafeMutablePointer<Result<Produced, Error>?>
-        private let count: Int
-        init(count: Int) {
-            self.count = count
-            slots = .allocate(capacity: count)
-            slots.initialize(repeating: nil, count: count)
-        }
-        deinit {
-            slots.deinitialize(count: count)
-            slots.deallocate()
-        }
-        func set(_ i: Int, _ r: Result<Produced, Error>) { slots[i] = r }
-        func get(_ i: Int) -> Result<Produced, Error> { slots[i]! }
-        func clear(_ i: Int) { slots[i] = nil }
-    }
-
     /// The compute-ahead pipeline's shared state. `@unchecked Sendable`: slots follow the
     /// `ResultSlots` rule, semaphores are thread-safe, and `cancelled` is guarded by `lock`.
     final class Pipeline: @unchecked Sendable {
-        let slots: ResultSlots
+        let slots: ParallelSlots<Produced>
         let ready: [DispatchSemaphore]
         let window: DispatchSemaphore
         private let count: Int
@@ -238,7 +219,7 @@ public enum Merge {
 
         init(count: Int, window: Int) {
             self.count = count
-            slots = ResultSlots(count: count)
+            slots = ParallelSlots(count: count)
             ready = (0..<count).map { _ in DispatchSemaphore(value: 0) }
             self.window = DispatchSemaphore(value: window)
         }

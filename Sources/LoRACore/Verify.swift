@@ -47,7 +47,7 @@ public enum Verify {
         var start = 0
         while start < names.count {
             let batch = Array(names[start..<min(names.count, start + max(1, options.threads))])
-            let slots = EntrySlots(count: batch.count)
+            let slots = ParallelSlots<VerifyReport.Entry>(count: batch.count)
             DispatchQueue.concurrentPerform(iterations: batch.count) { i in
                 let name = batch[i]
                 slots.set(i, Result {
@@ -67,22 +67,4 @@ public enum Verify {
         }
         return VerifyReport(entries: entries, probes: options.probes, seed: options.seed)
     }
-}
-
-/// Results of one parallel batch of checks. `@unchecked Sendable`: each slot is written by exactly
-/// one worker of `concurrentPerform` and read only after it returns.
-final class EntrySlots: @unchecked Sendable {
-    private let slots: UnsafeMutablePointer<Result<VerifyReport.Entry, Error>?>
-    private let count: Int
-    init(count: Int) {
-        self.count = count
-        slots = .allocate(capacity: count)
-        slots.initialize(repeating: nil, count: count)
-    }
-    deinit {
-        slots.deinitialize(count: count)
-        slots.deallocate()
-    }
-    func set(_ i: Int, _ r: Result<VerifyReport.Entry, Error>) { slots[i] = r }
-    func get(_ i: Int) -> Result<VerifyReport.Entry, Error> { slots[i]! }
 }

@@ -15,15 +15,21 @@ public enum GEMM {
         b: UnsafePointer<Float>, transposeB: Bool,
         beta: Float, c: UnsafeMutablePointer<Float>
     ) throws {
+        guard m > 0, n > 0 else { return }
+        let (m32, n32, k32, lda, ldb) = try dimensions(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+        cblas_sgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            m32, n32, k32, alpha, a, lda, b, ldb, beta, c, max(n32, 1))
+    }
+
+    /// BLAS dimensions and leading dimensions of a row-major product, checked to fit Int32.
+    static func dimensions(m: Int, n: Int, k: Int, transposeA: Bool, transposeB: Bool) throws
+        -> (Int32, Int32, Int32, Int32, Int32)
+    {
         guard let m32 = Int32(exactly: m) else { throw KernelsError.dimensionTooLarge(m) }
         guard let n32 = Int32(exactly: n) else { throw KernelsError.dimensionTooLarge(n) }
         guard let k32 = Int32(exactly: k) else { throw KernelsError.dimensionTooLarge(k) }
-        if m == 0 || n == 0 { return }
-        let lda = transposeA ? m32 : k32
-        let ldb = transposeB ? k32 : n32
-        cblas_sgemm(
-            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-            m32, n32, k32, alpha, a, max(lda, 1), b, max(ldb, 1), beta, c, max(n32, 1))
+        return (m32, n32, k32, max(transposeA ? m32 : k32, 1), max(transposeB ? k32 : n32, 1))
     }
 
     /// Σ a[i]·b[i] over `count` contiguous floats (`cblas_sdot`).
@@ -47,14 +53,10 @@ extension GEMM {
         b: UnsafePointer<Double>, transposeB: Bool,
         beta: Double, c: UnsafeMutablePointer<Double>
     ) throws {
-        guard let m32 = Int32(exactly: m) else { throw KernelsError.dimensionTooLarge(m) }
-        guard let n32 = Int32(exactly: n) else { throw KernelsError.dimensionTooLarge(n) }
-        guard let k32 = Int32(exactly: k) else { throw KernelsError.dimensionTooLarge(k) }
-        if m == 0 || n == 0 { return }
-        let lda = transposeA ? m32 : k32
-        let ldb = transposeB ? k32 : n32
+        guard m > 0, n > 0 else { return }
+        let (m32, n32, k32, lda, ldb) = try dimensions(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
         cblas_dgemm(
             CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-            m32, n32, k32, alpha, a, max(lda, 1), b, max(ldb, 1), beta, c, max(n32, 1))
+            m32, n32, k32, alpha, a, lda, b, ldb, beta, c, max(n32, 1))
     }
 }

@@ -1,0 +1,24 @@
+/// Results of work done in parallel, one slot per item.
+///
+/// `@unchecked Sendable`: each slot is written by exactly one worker and read by the coordinating
+/// thread only after that worker signalled completion (or `concurrentPerform` returned).
+final class ParallelSlots<Value>: @unchecked Sendable {
+    private let slots: UnsafeMutablePointer<Result<Value, Error>?>
+    private let count: Int
+
+    init(count: Int) {
+        self.count = count
+        slots = .allocate(capacity: count)
+        slots.initialize(repeating: nil, count: count)
+    }
+
+    deinit {
+        slots.deinitialize(count: count)
+        slots.deallocate()
+    }
+
+    func set(_ i: Int, _ r: Result<Value, Error>) { slots[i] = r }
+    func get(_ i: Int) -> Result<Value, Error> { slots[i]! }
+    /// Frees slot `i` once its value has been consumed.
+    func clear(_ i: Int) { slots[i] = nil }
+}
