@@ -100,6 +100,40 @@ struct LoRAFactors {
         }
     }
 
+    /// The same update on rows `[r0, r0+count)` of the stored tensor, held in `block`
+    /// (count × stored columns). Stored (out, in): W[r0..] += c·B[r0..]·A, then DoRA rescales
+    /// each complete row. Stored (in, out): W[r0..] += c·A[:, r0..]ᵀ·Bᵀ (DoRA needs whole columns
+    /// there and never comes here).
+    func apply(toRows r0: Int, count: Int, block: inout [Float]) throws {
+        let m = module
+        try block.withUnsafeMutableBufferPointer { wp in
+            try a.withUnsafeBufferPointer { ap in
+                try b.withUnsafeBufferPointer { bp in
+                    if m.transposed {
+                        try GEMM.multiply(
+                            m: count, n: m.outFeatures, k: m.rank, alpha: Float(coefficient),
+                            a: ap.baseAddress! + r0, transposeA: true, b: bp.baseAddress!, transposeB: true,
+                            beta: 1, c: wp.baseAddress!, leadingA: m.inFeatures)
+                    } else {
+                        try GEMM.multiply(
+                            m: count, n: m.inFeatures, k: m.rank, alpha: Float(coefficient),
+                            a: bp.baseAddress! + r0 * m.rank, transposeA: false, b: ap.baseAddress!, transposeB: false,
+                            beta: 1, c: wp.baseAddress!)
+                    }
+                }
+            }
+        }
+        if let magnitude {
+            precondition(!m.transposed, "DoRA on transposed storage is merged whole")
+            var row = [Float](repeating: 0, count: m.inFeatures)
+            for r in 0..<count {
+                for i in 0..<m.inFeatures { row[i] = block[r * m.inFeatures + i] }
+                let factor = magnitude[r0 + r] / LoRAFactors.laneSumOfSquares(row).squareRoot()
+                for i in 0..<m.inFeatures { block[r * m.inFeatures + i] *= factor }
+            }
+        }
+    }
+
     /// ‖row o‖₂ of the (out, in) view of `w` in fp32, summed the way torch.linalg.norm does on x86
     /// (AVX2): eight lane accumulators over the row, lanes added in order, then the tail. Matching
     /// its order keeps DoRA merges bit-identical to PEFT's rather than a few ulp away.

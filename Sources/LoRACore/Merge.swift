@@ -82,57 +82,50 @@ public enum Merge {
             return TensorInfo(name: name, dtype: options.dtype.output(for: info.dtype), shape: info.shape)
         }
         let shardPlan = ShardPlan(tensors: outInfos, maxShardSize: options.maxShardSize)
-        let checker = MergeChecker(plan: plan, probes: options.probes, seed: options.seed, tolerance: nil)
-        var entries: [VerifyReport.Entry] = []
         var done = 0, bytesDone = 0
         let bytesTotal = outInfos.reduce(0) { $0 + (TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape) ?? 0) }
         var files: [String] = []
         let workers = max(1, options.threads)
-        // Tensors are computed `workers` at a time (each one single-threaded BLAS) and written in order,
-        // so at most `workers` merged tensors are in memory; copies go file to file in the kernel.
         GEMM.setThreads(1)
         for shard in shardPlan.shards {
             let writer = try SafeTensorsWriter(path: output.path(for: shard.fileName), tensors: shard.tensors)
-            let order = writer.order
-            // Pipeline: up to `workers` tensors are computed ahead on other threads while this one
-            // writes them in file order; a slot is freed only once its tensor is written, so memory
-            // is bounded by `workers` merged tensors.
-            let pipeline = Pipeline(count: order.count, window: workers)
+            let pieces = Piece.plan(writer.order, plan: plan)
+            // Pipeline: workers compute pieces (blocks of rows) ahead, at most `window` in flight, while
+            // this thread writes them in file order: memory is bounded by the block size, not the model.
+            let pipeline = Pipeline(count: pieces.count, window: workers + 2)
+            let cache = FactorCache(plan: plan)
             for _ in 0..<workers {
                 Thread.detachNewThread {
                     while let i = pipeline.claim() {
-                        let t = order[i]
-                        pipeline.slots.set(i, Result { try produce(t, baseInfo: base.info(t.name)!, plan: plan) })
+                        pipeline.slots.set(i, Result { try pieces[i].produce(plan: plan, cache: cache) })
                         pipeline.ready[i].signal()
                     }
                 }
             }
             do {
-                for (i, t) in order.enumerated() {
+                for (i, piece) in pieces.enumerated() {
                     pipeline.ready[i].wait()
                     let produced = try pipeline.slots.get(i).get()
-                    if case let .copied(source) = produced {
+                    let t = piece.tensor
+                    switch produced {
+                    case let .copied(source):
                         try writer.copy(t.name, from: source.file.map.descriptor, offset: source.offset, count: source.count,
                                         fallback: source.file.map.bytes(offset: source.offset, count: source.count))
-                    } else {
-                        try produced.withBytes { bytes in
-                            try writer.write(t.name, bytes: bytes)
-                            if options.verify {
-                                let e = try checker.check(name: t.name, mergedInfo: t, mergedBytes: bytes)
-                                entries.append(e)
-                                if !e.passed {
-                                    throw LoRACoreError.verificationFailed(failures: ["\(t.name): \(e.detail ?? "failed")"])
-                                }
-                            }
-                        }
+                    case let .owned(bytes):
+                        try bytes.withUnsafeBytes { try writer.writeChunk(t.name, bytes: $0) }
+                    case let .mapped(bytes):
+                        try writer.writeChunk(t.name, bytes: bytes)
                     }
                     pipeline.slots.clear(i)
                     pipeline.window.signal()
-                    if case let .replace(ai, tensor) = plan.action(for: t.name) { adapters[ai].checkpoint.release(tensor) }
-                    base.release(t.name)
-                    done += 1
-                    bytesDone += t.byteCount
-                    progress?(Progress(tensorsDone: done, tensorsTotal: outInfos.count, bytesDone: bytesDone, bytesTotal: bytesTotal))
+                    if piece.isLast {
+                        cache.remove(t.name)
+                        if case let .replace(ai, tensor) = plan.action(for: t.name) { adapters[ai].checkpoint.release(tensor) }
+                        base.release(t.name)
+                        done += 1
+                        bytesDone += t.byteCount
+                        progress?(Progress(tensorsDone: done, tensorsTotal: outInfos.count, bytesDone: bytesDone, bytesTotal: bytesTotal))
+                    }
                 }
             } catch {
                 pipeline.cancel()
@@ -148,6 +141,20 @@ public enum Merge {
         }
         if base.indexPath != nil || base.path == base.directory {
             files += try copySideFiles(from: base.directory, to: output, dtype: options.dtype)
+        }
+        var verification: VerifyReport?
+        if options.verify {
+            // The same check as `lora-tool verify`, on the staged output before it gets its name.
+            var v = VerifyOptions(base: options.base, adapters: options.adapters, merged: output.staging)
+            v.probes = options.probes
+            v.seed = options.seed
+            v.targets = options.targets
+            v.threads = workers
+            let report = try Verify.run(v)
+            if !report.passed {
+                throw LoRACoreError.verificationFailed(failures: report.failures.map { "\($0.tensor): \($0.detail ?? "failed")" })
+            }
+            verification = report
         }
         try output.commit()
 
@@ -177,7 +184,7 @@ public enum Merge {
             mergedTensors: merged, replacedTensors: replaced, copiedTensors: plan.names.count - merged - replaced.count,
             skippedModules: plan.skippedModules, outputDTypes: dtypes, bytesWritten: fileSizes.reduce(0, +),
             seconds: Date().timeIntervalSince(start),
-            verification: options.verify ? VerifyReport(entries: entries, probes: options.probes, seed: options.seed) : nil,
+            verification: verification,
             adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) })
     }
 

@@ -8,15 +8,20 @@ public enum GEMM {
     ///   - a: op(A) is m×k; A is stored m×k (`transposeA == false`) or k×m.
     ///   - b: op(B) is k×n; B is stored k×n or n×k.
     ///   - c: m×n, read when `beta != 0`.
+    ///   - leadingA, leadingB: row strides of the stored A and B when they are sub-blocks of larger
+    ///     matrices (default: packed).
     /// - Throws: `KernelsError.dimensionTooLarge` when a dimension exceeds Int32.
     public static func multiply(
         m: Int, n: Int, k: Int, alpha: Float,
         a: UnsafePointer<Float>, transposeA: Bool,
         b: UnsafePointer<Float>, transposeB: Bool,
-        beta: Float, c: UnsafeMutablePointer<Float>
+        beta: Float, c: UnsafeMutablePointer<Float>,
+        leadingA: Int? = nil, leadingB: Int? = nil
     ) throws {
         guard m > 0, n > 0 else { return }
-        let (m32, n32, k32, lda, ldb) = try dimensions(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+        var (m32, n32, k32, lda, ldb) = try dimensions(m: m, n: n, k: k, transposeA: transposeA, transposeB: transposeB)
+        if let leadingA { lda = try Int32(exactly: leadingA) ?? { throw KernelsError.dimensionTooLarge(leadingA) }() }
+        if let leadingB { ldb = try Int32(exactly: leadingB) ?? { throw KernelsError.dimensionTooLarge(leadingB) }() }
         cblas_sgemm(
             CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
             m32, n32, k32, alpha, a, lda, b, ldb, beta, c, max(n32, 1))

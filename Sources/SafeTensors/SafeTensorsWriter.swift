@@ -18,6 +18,8 @@ public final class SafeTensorsWriter {
     public let path: String
     private var fd: Int32
     private var next = 0
+    /// Bytes of `order[next]` already written by `writeChunk`.
+    private var partial = 0
     private var buffer: [UInt8] = []
     private static let bufferLimit = 8 << 20
 
@@ -98,11 +100,28 @@ public final class SafeTensorsWriter {
     /// The tensor whose bytes are expected next, or nil when all are written.
     public var nextTensor: TensorInfo? { next < order.count ? order[next] : nil }
 
+    /// Appends a piece of the next tensor's data; the tensor is complete once its byte count is reached.
+    /// - Throws: `.invalidWrite` when `name` is not next or the pieces overrun it; `.io` on write errors.
+    public func writeChunk(_ name: String, bytes: UnsafeRawBufferPointer) throws {
+        guard next < order.count, order[next].name == name else {
+            throw SafeTensorsError.invalidWrite(path: path, detail: "tensor '\(name)' written out of order")
+        }
+        guard partial + bytes.count <= order[next].byteCount else {
+            throw SafeTensorsError.invalidWrite(path: path, detail: "tensor '\(name)': more bytes than its \(order[next].byteCount)")
+        }
+        partial += bytes.count
+        if partial == order[next].byteCount {
+            next += 1
+            partial = 0
+        }
+        try append(bytes)
+    }
+
     /// Appends the data of the next tensor in `order`.
     /// - Throws: `SafeTensorsError.invalidWrite` when `name` is not next or the byte count is wrong;
     ///   `.io` when the disk write fails (ENOSPC, EFBIG, ...).
     public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
-        guard next < order.count, order[next].name == name else {
+        guard next < order.count, order[next].name == name, partial == 0 else {
             throw SafeTensorsError.invalidWrite(path: path, detail: "tensor '\(name)' written out of order")
         }
         guard bytes.count == order[next].byteCount else {

@@ -31,8 +31,14 @@ struct Bench {
             exit(64)
         }
         let dir = work + "/" + size
+        if args.contains("--generate-only") {
+            try workload.generate(in: dir)
+            return
+        }
         let t0 = Date()
-        try workload.generate(in: dir)
+        // Generate in a child process, so this process stays small and the peak RSS the kernel reports
+        // for the measured children (which start as copies of this one) is theirs alone.
+        _ = try run([CommandLine.arguments[0], "--generate-only", "--size", size, "--work", work], quiet: false)
         let baseBytes = directorySize(dir + "/base")
         print("workload \(size): base \(String(format: "%.2f", Double(baseBytes) / 1e9)) GB (generated or reused in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s)")
 
