@@ -1,4 +1,5 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 let package = Package(
@@ -32,11 +33,24 @@ let package = Package(
         // MARK: - Benchmark (scripts/bench)
         .executableTarget(name: "lora-bench", dependencies: ["SafeTensors"]),
 
+        // MARK: - Fuzzing (bodies; the libFuzzer executables are added below when LORA_TOOL_FUZZ is set)
+        .target(name: "FuzzTargets", dependencies: ["SafeTensors", "LoRAGraph", "LoRACore"]),
+
         // MARK: - Tests
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"]),
         .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels"], exclude: ["Fixtures", "ExtractFixtures"]),
-        .testTarget(name: "LoraToolTests", dependencies: ["lora-tool"]),
+        .testTarget(name: "LoraToolTests", dependencies: ["lora-tool", "FuzzTargets"]),
     ]
 )
+
+// libFuzzer executables have no `main` of their own (libFuzzer provides it), so they only build with
+// `-sanitize=fuzzer`: scripts/fuzz sets LORA_TOOL_FUZZ=1 and builds them in their own scratch folder.
+if ProcessInfo.processInfo.environment["LORA_TOOL_FUZZ"] != nil {
+    for name in ["fuzz-safetensors", "fuzz-json", "fuzz-names"] {
+        package.targets.append(.executableTarget(
+            name: name, dependencies: ["FuzzTargets"], path: "Fuzz/entry/\(name)",
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
+    }
+}

@@ -62,6 +62,10 @@ struct LoRAFactors {
         bias = try module.bBiasName.map { try TensorData.floats(adapter.checkpoint, $0) }
         magnitude = try module.magnitudeName.map { try TensorData.floats(adapter.checkpoint, $0) }
         coefficient = weight * module.scale
+        // Decoded: the mapped pages are not needed again (adapters of large models are 100+ MB).
+        for name in [module.aName, module.bName, module.eName, module.bBiasName, module.magnitudeName].compactMap({ $0 }) {
+            adapter.checkpoint.release(name)
+        }
     }
 
     /// W ← W + coefficient · ΔW in float32, in the stored layout (B·A or (B·A)ᵀ through sgemm, so

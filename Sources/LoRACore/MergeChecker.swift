@@ -25,9 +25,9 @@ struct MergeChecker {
     }
 
     /// Checks one tensor of the merged output, given its stored bytes and dtype.
-    /// - Parameter mergedIsMapped: the merged bytes are a read-only file mapping, so pages already
-    ///   compared may be dropped from the resident set (never for heap memory, which that would zero).
-    func check(name: String, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer, mergedIsMapped: Bool = false) throws -> VerifyReport.Entry {
+    /// `mergedBytes` must be a read-only file mapping (as every input here is): pages already
+    /// compared are dropped from the resident set, which would zero heap memory.
+    func check(name: String, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer) throws -> VerifyReport.Entry {
         let family = TensorName(name).family
         func entry(_ kind: VerifyReport.Entry.Kind, passed: Bool, detail: String?, abs: Double = 0, rel: Double = 0, out: Double = 0, tol: Double = 0)
             -> VerifyReport.Entry
@@ -41,10 +41,10 @@ struct MergeChecker {
         }
         switch plan.action(for: name) {
         case .copy:
-            let (ok, why) = try compareExact(kind: .copied, expected: plan.base, expectedName: name, mergedInfo: mergedInfo, mergedBytes: mergedBytes, mergedIsMapped: mergedIsMapped)
+            let (ok, why) = try compareExact(kind: .copied, expected: plan.base, expectedName: name, mergedInfo: mergedInfo, mergedBytes: mergedBytes)
             return entry(.copied, passed: ok, detail: why, rel: ok ? 0 : 1)
         case let .replace(ai, tensor):
-            let (ok, why) = try compareExact(kind: .replaced, expected: plan.adapters[ai].checkpoint, expectedName: tensor, mergedInfo: mergedInfo, mergedBytes: mergedBytes, mergedIsMapped: mergedIsMapped)
+            let (ok, why) = try compareExact(kind: .replaced, expected: plan.adapters[ai].checkpoint, expectedName: tensor, mergedInfo: mergedInfo, mergedBytes: mergedBytes)
             return entry(.replaced, passed: ok, detail: why, rel: ok ? 0 : 1)
         case let .bias(cs, source):
             guard let format = TensorData.format(mergedInfo.dtype) else {
@@ -113,7 +113,8 @@ struct MergeChecker {
                     rows: rows, cols: cols, transposed: m0.transposed,
                     base: startBytes, baseFormat: TensorData.format(startInfo.dtype)!,
                     merged: mergedBytes, mergedFormat: format,
-                    x: x.flatMap { v in (0..<8).map { v[$0] } }, exactBase: doraFactor != nil)
+                    x: x.flatMap { v in (0..<8).map { v[$0] } }, exactBase: doraFactor != nil,
+                    release: remaining == 0 ? { MappedFile.releasePages($0) } : nil)
                 // Scale of one rounding per output: ‖W row‖₂·‖x‖₂ ≥ Σ|W||x| (Cauchy–Schwarz).
                 var ref = products.outputNorms.map { SIMD8<Double>(repeating: Double($0)) * xNorm }
                 // Side branch: Σ k·B·(A·x), and |k|·|B|·(|A|·|x|) for the reference scale.
@@ -165,7 +166,7 @@ struct MergeChecker {
     /// Exact comparison: byte-identical, or equal to the expected value rounded once to the merged dtype.
     private func compareExact(
         kind: VerifyReport.Entry.Kind, expected ckpt: Checkpoint, expectedName: String,
-        mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer, mergedIsMapped: Bool
+        mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer
     ) throws -> (Bool, String?) {
         let expectedInfo = ckpt.info(expectedName)!
         let expectedBytes = try ckpt.bytes(of: expectedName)
@@ -179,7 +180,7 @@ struct MergeChecker {
                 let n = min(chunk, expectedBytes.count - offset)
                 same = memcmp(expectedBytes.baseAddress! + offset, mergedBytes.baseAddress! + offset, n) == 0
                 MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: expectedBytes[offset..<(offset + n)]))
-                if mergedIsMapped { MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: mergedBytes[offset..<(offset + n)])) }
+                MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: mergedBytes[offset..<(offset + n)]))
                 offset += n
             }
             return (same, same ? nil : (kind == .copied ? "not byte-identical to the base" : "not byte-identical to the adapter's '\(expectedName)'"))
@@ -255,6 +256,9 @@ private struct Factors64 {
         b = try TensorData.floats(ckpt, c.module.bName).map(Double.init)
         magnitude = try c.module.magnitudeName.map { try TensorData.floats(ckpt, $0).map(Double.init) }
         k = plan.weights[c.adapter] * c.module.scale
+        for name in [c.module.aName, c.module.bName, c.module.eName, c.module.magnitudeName].compactMap({ $0 }) {
+            ckpt.release(name)
+        }
     }
 }
 

@@ -52,7 +52,7 @@ public enum Verify {
                 let name = batch[i]
                 slots.set(i, Result {
                     guard let info = merged.info(name) else { return missing(name, .missing, "missing from the merged checkpoint") }
-                    return try checker.check(name: name, mergedInfo: info, mergedBytes: try merged.bytes(of: name), mergedIsMapped: true)
+                    return try checker.check(name: name, mergedInfo: info, mergedBytes: try merged.bytes(of: name))
                 })
             }
             for (i, name) in batch.enumerated() {

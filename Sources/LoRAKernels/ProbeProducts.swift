@@ -21,11 +21,13 @@ public enum ProbeProducts {
     /// - Parameters:
     ///   - rows, cols: stored shape; `transposed` = storage is (in, out).
     ///   - x: inDim × 8 probes, row-major (probe p of input i at [i*8+p]).
+    ///   - release: called with each block's input bytes once read (file mappings drop their pages).
     public static func fused(
         rows: Int, cols: Int, transposed: Bool,
         base: UnsafeRawBufferPointer, baseFormat: FloatCodec.Format,
         merged: UnsafeRawBufferPointer, mergedFormat: FloatCodec.Format,
-        x xd: [Double], exactBase: Bool
+        x xd: [Double], exactBase: Bool,
+        release: ((UnsafeRawBufferPointer) -> Void)? = nil
     ) throws -> Products {
         let outDim = transposed ? cols : rows
         let xf: [Float] = xd.map(Float.init)
@@ -49,6 +51,9 @@ public enum ProbeProducts {
                 FloatCodec.decode(UnsafeRawBufferPointer(rebasing: merged[(r0 * cols * mergedFormat.size)...]), format: mergedFormat,
                                   into: UnsafeMutableBufferPointer(rebasing: p[0..<n]))
             }
+            // Last pass over these rows: let the caller drop their (file-mapped) pages.
+            release?(UnsafeRawBufferPointer(rebasing: base[(r0 * cols * baseFormat.size)..<((r0 * cols + n) * baseFormat.size)]))
+            release?(UnsafeRawBufferPointer(rebasing: merged[(r0 * cols * mergedFormat.size)..<((r0 * cols + n) * mergedFormat.size)]))
             e.withUnsafeMutableBufferPointer { ep in
                 for i in 0..<n { ep[i] = Double(mf[i]) - Double(wf[i]) }
             }

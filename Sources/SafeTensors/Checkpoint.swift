@@ -156,10 +156,12 @@ public final class Checkpoint: Sendable {
     public func file(of name: String) -> SafeTensorsFile? { location[name].map { files[$0.file] } }
 
     /// The raw bytes of `name`, valid while the checkpoint is alive.
-    /// - Throws: `SafeTensorsError.tensorNotFound`.
+    /// - Throws: `SafeTensorsError.tensorNotFound`; `.unsupportedInput` when the file changed size
+    ///   since it was opened (reading it would raise SIGBUS).
     public func bytes(of name: String) throws -> UnsafeRawBufferPointer {
         guard let loc = location[name] else { throw SafeTensorsError.tensorNotFound(tensor: name, in: path) }
         let file = files[loc.file]
+        try file.checkUnchanged()
         return file.bytes(of: file.tensors[loc.tensor])
     }
 

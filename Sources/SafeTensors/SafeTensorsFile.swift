@@ -28,21 +28,41 @@ public final class SafeTensorsFile: Sendable {
         } else {
             map = try MappedFile(path: path)
         }
-        guard map.size >= 8 else { throw SafeTensorsError.headerTooSmall(file: path, size: map.size) }
-        let n = map.bytes(offset: 0, count: 8).loadUnaligned(as: UInt64.self).littleEndian
-        guard n <= Header.maximumLength else { throw SafeTensorsError.headerTooLarge(file: path, length: n) }
-        guard 8 + Int(n) <= map.size else {
-            throw SafeTensorsError.invalidHeaderLength(file: path, length: n, fileSize: map.size)
-        }
-        headerLength = Int(n)
-        let header = try Header.parse(
-            headerBytes: map.bytes(offset: 8, count: headerLength),
-            dataSize: UInt64(map.size - 8 - headerLength), file: path)
+        let (header, length) = try SafeTensorsFile.parse(map.bytes(offset: 0, count: map.size), file: path)
+        headerLength = length
         tensors = header.tensors
         metadata = header.metadata
         var index: [String: Int] = [:]
         for (i, t) in tensors.enumerated() { index[t.name] = i }
         byName = index
+    }
+
+    /// Validates a whole safetensors file held in `bytes` (the length prefix, the header, and that the
+    /// tensors tile the data exactly) and returns its header and header length. Used for mapped files
+    /// and by the fuzz target.
+    /// - Throws: `SafeTensorsError` naming `file`.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, file: String) throws -> (Header, Int) {
+        guard bytes.count >= 8 else { throw SafeTensorsError.headerTooSmall(file: file, size: bytes.count) }
+        let n = bytes.loadUnaligned(as: UInt64.self).littleEndian
+        guard n <= Header.maximumLength else { throw SafeTensorsError.headerTooLarge(file: file, length: n) }
+        guard 8 + Int(n) <= bytes.count else {
+            throw SafeTensorsError.invalidHeaderLength(file: file, length: n, fileSize: bytes.count)
+        }
+        let header = try Header.parse(
+            headerBytes: UnsafeRawBufferPointer(rebasing: bytes[8..<(8 + Int(n))]),
+            dataSize: UInt64(bytes.count - 8 - Int(n)), file: file)
+        return (header, Int(n))
+    }
+
+    /// Throws if the file no longer has the size it had when mapped: reading a mapping past the end
+    /// of a file that shrank would kill the process with SIGBUS.
+    public func checkUnchanged() throws {
+        var st = stat()
+        guard fstat(map.descriptor, &st) == 0 else { throw SafeTensorsError.io(path: path, operation: "stat", errno: errno) }
+        guard Int(st.st_size) == map.size else {
+            throw SafeTensorsError.unsupportedInput(
+                path: path, detail: "file changed size while in use (\(map.size) → \(st.st_size) bytes); was it modified or truncated?")
+        }
     }
 
     /// File offset where the data section begins.

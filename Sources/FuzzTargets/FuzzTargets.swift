@@ -1,0 +1,47 @@
+import LoRACore
+import LoRAGraph
+import SafeTensors
+
+/// The bodies of the fuzz targets, shared by the libFuzzer executables (`scripts/fuzz`) and by the
+/// tests that replay the corpus and every crash ever found. Each must return normally for any input:
+/// bad input throws and is caught here; only a crash or a sanitizer report is a finding.
+public enum FuzzTargets {
+    /// A whole safetensors file: length prefix, header JSON and offsets, then every tensor's bytes.
+    public static func safetensors(_ data: UnsafeRawBufferPointer) {
+        guard let (header, length) = try? SafeTensorsFile.parse(data, file: "fuzz") else { return }
+        var checksum: UInt8 = 0
+        for t in header.tensors {
+            let start = 8 + length + Int(t.dataOffsets.begin)
+            // Validation promised every tensor lies inside the buffer: touch its first and last byte.
+            if t.byteCount > 0 {
+                checksum &+= data[start] &+ data[start + t.byteCount - 1]
+            }
+            _ = TensorName(t.name).module
+        }
+        _ = checksum
+    }
+
+    /// adapter_config.json and index JSON parsing, plus the config's pattern lookups.
+    public static func json(_ data: UnsafeRawBufferPointer) {
+        let bytes = Array(data)
+        if let config = try? AdapterConfig(json: bytes, file: "fuzz") {
+            _ = config.rank(for: "model.layers.0.self_attn.q_proj")
+            _ = config.scale(for: "model.layers.0.mlp.down_proj", rank: 4)
+            _ = config.targets(TensorName("model.layers.1.self_attn.v_proj.weight"))
+        }
+        _ = try? ShardIndex.parse(bytes, file: "fuzz")
+        if let value = try? JSONParser.parse(bytes) { _ = JSONWriter.pretty(value) }
+    }
+
+    /// Tensor-name parsing and target selection on arbitrary (UTF-8-decoded) text.
+    public static func names(_ data: UnsafeRawBufferPointer) {
+        let text = String(decoding: data, as: UTF8.self)
+        let name = TensorName(text)
+        _ = (name.module, name.family, name.baseTensorName, name.layer?.index)
+        if let selector = try? TargetSelector(parsing: text) {
+            _ = selector.matches("model.layers.0.self_attn.q_proj")
+            _ = TargetSelector.minimalSuffixes(selecting: [text], among: [text, "a.b", "q_proj"])
+        }
+        if text.utf8.count < 64, let p = try? PatternMatcher(text, suffixRule: true) { _ = p.matches("model.layers.0.mlp.down_proj") }
+    }
+}
