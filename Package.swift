@@ -48,9 +48,10 @@ let package = Package(
 // libFuzzer executables have no `main` of their own (libFuzzer provides it), so they only build with
 // `-sanitize=fuzzer`: scripts/fuzz sets LORA_TOOL_FUZZ=1 and builds them in their own scratch folder.
 if ProcessInfo.processInfo.environment["LORA_TOOL_FUZZ"] != nil {
+    package.targets.append(.systemLibrary(name: "CFuzzer", path: "Fuzz/CFuzzer"))
     for name in ["fuzz-safetensors", "fuzz-json", "fuzz-names"] {
         package.targets.append(.executableTarget(
-            name: name, dependencies: ["FuzzTargets"], path: "Fuzz/entry/\(name)",
+            name: name, dependencies: ["FuzzTargets", "CFuzzer"], path: "Fuzz/entry/\(name)",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
     }
 }
