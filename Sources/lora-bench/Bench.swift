@@ -5,7 +5,7 @@ import Glibc
 
 /// `lora-bench`: generates the workload and times cp -r, merge, verify and inspect in alternation.
 ///
-/// Usage: lora-bench [--size small|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
+/// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 /// Reports the median and spread of wall time, CPU time and peak RSS per command, GB/s over the base
 /// size, and each time as a ratio to the `cp -r` time measured in the same run. `merge` fsyncs its
 /// output (it must never leave a broken model behind), so `cp -r + sync` is the like-for-like copy.
@@ -27,7 +27,7 @@ struct Bench {
         let bin = value("--bin", URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/lora-tool")
         let markdown = value("--markdown", "")
         guard let workload = Workload.sizes[size] else {
-            FileHandle.standardError.write(Data("error: --size must be small, 1b or 3b\n".utf8))
+            FileHandle.standardError.write(Data("error: --size must be small, medium, 1b or 3b\n".utf8))
             exit(64)
         }
         let dir = work + "/" + size

@@ -13,6 +13,7 @@ struct Workload {
 
     static let sizes: [String: Workload] = [
         "small": Workload(name: "small", hidden: 256, layers: 2, intermediate: 688, vocab: 1000, shards: 2),
+        "medium": Workload(name: "medium", hidden: 1024, layers: 4, intermediate: 2816, vocab: 8000, shards: 2),
         "1b": Workload(name: "1b", hidden: 2048, layers: 16, intermediate: 5632, vocab: 32000, shards: 2),
         "3b": Workload(name: "3b", hidden: 3072, layers: 26, intermediate: 8192, vocab: 32000, shards: 3),
     ]

@@ -53,7 +53,10 @@ func describe(_ error: Error) -> String {
     return text.replacingOccurrences(of: "\n", with: " ")
 }
 
-/// On SIGINT/SIGTERM remove any staging output, then die of the signal as usual.
+/// On SIGINT/SIGTERM remove any staging output, then die of the signal as usual. SIGXFSZ is
+/// ignored so that a file-size limit surfaces as EFBIG ("File too large") from write(2), reported
+/// like any full disk. SIGBUS (an input file shrank under its mapping, despite the size checks made
+/// before each read) is reported in one line instead of killing the process silently.
 private func installSignalCleanup() {
     for sig in [SIGINT, SIGTERM] {
         signal(sig) { s in
@@ -61,5 +64,12 @@ private func installSignalCleanup() {
             signal(s, SIG_DFL)
             raise(s)
         }
+    }
+    signal(SIGXFSZ, SIG_IGN)
+    signal(SIGBUS) { _ in
+        let message = "error: an input file changed size while being read (modified or truncated by another program); no output was written\n"
+        _ = message.withCString { write(2, $0, strlen($0)) }
+        AtomicOutput.removeAllStaging()
+        _exit(1)
     }
 }
