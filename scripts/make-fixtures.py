@@ -139,6 +139,27 @@ def merge_cases():
                second_cfg=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
 
 
+def adalora_case():
+    """AdaLoRA (A, E, B without .weight; scale alpha/(init_r + 1e-5)), merged by PEFT."""
+    from peft import AdaLoraConfig
+    d = fresh(os.path.join(CORE_FIX, "llama_adalora"))
+    base = tiny_llama(torch.float32)
+    save_base(base, os.path.join(d, "base"))
+    cfg = AdaLoraConfig(init_r=6, target_r=4, tinit=0, tfinal=0, total_step=10, lora_alpha=8,
+                        target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, cfg)
+    randomize_adapter(peft_model, 13)
+    peft_model.save_pretrained(os.path.join(d, "adapter"))
+    readme = os.path.join(d, "adapter", "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+    peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print("case llama_adalora")
+
+
 def samples():
     base_dir = fresh(os.path.join(SAMPLES, "tiny-llama"))
     adapter_dir = fresh(os.path.join(SAMPLES, "tiny-llama-lora"))
@@ -300,8 +321,12 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "extract":
         extract_cases()
         raise SystemExit
+    if len(sys.argv) > 1 and sys.argv[1] == "adalora":
+        adalora_case()
+        raise SystemExit
     python_written()
     malformed()
     samples()
     merge_cases()
+    adalora_case()
     extract_cases()

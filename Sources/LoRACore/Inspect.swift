@@ -26,6 +26,8 @@ public struct InspectReport: Sendable {
         public var ranks: [Int]
         public var alpha: Double?
         public var useRslora: Bool
+        /// How the scale is derived, in words: `α/r`, `α/√r`, `α/(init_r + 1e-5)`, `direct`.
+        public var scaleRule: String
         public var targetSuffixes: [String]
         public var layers: [Int]
         public var modules: [Module]
@@ -134,6 +136,7 @@ public enum Inspect {
             summary = InspectReport.AdapterSummary(
                 dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(), alpha: adapter.config.loraAlpha,
                 useRslora: adapter.config.useRslora,
+                scaleRule: adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r"),
                 targetSuffixes: Array(Set(adapter.modules.map(\.family))).sorted(),
                 layers: Array(Set(adapter.modules.compactMap { TensorName($0.baseWeightName).layer?.index })).sorted(),
                 modules: mods, dora: adapter.modules.contains(where: \.isDoRA),
@@ -152,7 +155,7 @@ public enum Inspect {
             let adapterNames = Set(parsed.compactMap(\.adapterName)).sorted()
             summary = InspectReport.AdapterSummary(
                 dialect: "PEFT LoRA tensors without adapter_config.json" + (adapterNames.isEmpty ? "" : " (adapter names: \(adapterNames.joined(separator: ", ")))"),
-                ranks: Array(Set(mods.map(\.rank))).sorted(), alpha: nil, useRslora: false,
+                ranks: Array(Set(mods.map(\.rank))).sorted(), alpha: nil, useRslora: false, scaleRule: "unknown without a config",
                 targetSuffixes: Array(Set(mods.map { TensorName($0.module + ".weight").family })).sorted(),
                 layers: Array(Set(mods.compactMap { TensorName($0.module + ".weight").layer?.index })).sorted(),
                 modules: mods, dora: mods.contains(where: \.dora), embeddingLoRA: mods.contains { $0.kind == "embedding" },

@@ -6,7 +6,7 @@ import Glibc
 /// `lora-bench`: generates the workload and times cp -r, merge, verify and inspect in alternation.
 ///
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
-/// Reports the median and spread of wall time, CPU time and peak RSS per command, GB/s over the base
+/// Measures cp -r, cp -r + sync, merge, verify, extract --rank 16 (base vs merged) and inspect. Reports the median and spread of wall time, CPU time and peak RSS per command, GB/s over the base
 /// size, and each time as a ratio to the `cp -r` time measured in the same run. `merge` fsyncs its
 /// output (it must never leave a broken model behind), so `cp -r + sync` is the like-for-like copy.
 @main
@@ -48,6 +48,7 @@ struct Bench {
             ("cp -r + sync", ["/bin/sh", "-c", "cp -r '\(dir)/base' '\(out)/cps' && sync -f '\(out)/cps'"]),
             ("merge", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged", "--quiet"]),
             ("verify", [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"]),
+            ("extract --rank 16", [bin, "extract", "--base", dir + "/base", "--finetuned", out + "/merged", "--rank", "16", "--output", out + "/extracted"]),
             ("inspect", [bin, "inspect", dir + "/base"]),
         ]
         var samples: [String: [Sample]] = [:]

@@ -49,7 +49,7 @@ extension LoraTool {
             if let a = r.adapter {
                 rows.append(["dialect", a.dialect])
                 rows.append(["rank", a.ranks.map(String.init).joined(separator: ", ")])
-                if let alpha = a.alpha { rows.append(["alpha", Render.number(alpha) + (a.useRslora ? " (rsLoRA: scale α/√r)" : " (scale α/r)")]) }
+                if let alpha = a.alpha { rows.append(["alpha", Render.number(alpha) + " (scale \(a.scaleRule))"]) }
                 let scales = Set(a.modules.compactMap(\.scale)).sorted()
                 if !scales.isEmpty { rows.append(["scales", scales.map(Render.number).joined(separator: ", ")]) }
                 rows.append(["targets", a.targetSuffixes.joined(separator: ", ")])
