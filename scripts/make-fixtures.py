@@ -160,6 +160,58 @@ def adalora_case():
     print("case llama_adalora")
 
 
+def dialect_cases():
+    """kohya and mlx-lm adapters written from a PEFT adapter by the documented key/scale mapping;
+    the expected merge is PEFT's merge_and_unload of that PEFT adapter."""
+    # kohya: lora_te_<module with _>.lora_down.weight = A, .lora_up.weight = B, .alpha scalar;
+    # down_proj has no alpha (alpha = r, scale 1), which PEFT expresses with alpha_pattern.
+    d = fresh(os.path.join(CORE_FIX, "llama_kohya"))
+    base = tiny_llama(torch.float32)
+    save_base(base, os.path.join(d, "base"))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                 alpha_pattern={"down_proj": 4}, init_lora_weights=False))
+    randomize_adapter(peft_model, 17)
+    tensors = {}
+    for n, p in peft_model.named_parameters():
+        if ".lora_A.default." in n or ".lora_B.default." in n:
+            module = n.split("base_model.model.")[1].split(".lora_")[0]
+            key = "lora_te_" + module.replace(".", "_")
+            tensors[key + (".lora_down.weight" if ".lora_A." in n else ".lora_up.weight")] = p.detach().clone().contiguous()
+            if ".lora_A." in n and "down_proj" not in module:
+                tensors[key + ".alpha"] = torch.tensor(8.0, dtype=torch.bfloat16)
+    os.makedirs(os.path.join(d, "adapter"))
+    save_file(tensors, os.path.join(d, "adapter", "tiny_llama_kohya.safetensors"),
+              metadata={"ss_network_dim": "4", "ss_network_alpha": "Dynamic"})
+    peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+    # mlx-lm: lora_a = Aᵀ (in×r), lora_b = Bᵀ (r×out), scale given directly (= α/r of the PEFT adapter).
+    d = fresh(os.path.join(CORE_FIX, "llama_mlx"))
+    base = tiny_llama(torch.float32)
+    save_base(base, os.path.join(d, "base"))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=10, target_modules=["q_proj", "v_proj", "up_proj"],
+                                                 init_lora_weights=False))
+    randomize_adapter(peft_model, 19)
+    tensors = {}
+    for n, p in peft_model.named_parameters():
+        if ".lora_A.default." in n or ".lora_B.default." in n:
+            module = n.split("base_model.model.")[1].split(".lora_")[0]
+            tensors[module + (".lora_a" if ".lora_A." in n else ".lora_b")] = p.detach().t().contiguous().clone()
+    os.makedirs(os.path.join(d, "adapter"))
+    save_file(tensors, os.path.join(d, "adapter", "adapters.safetensors"), metadata={"format": "mlx"})
+    with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
+        json.dump({"fine_tune_type": "lora", "num_layers": 2,
+                   "lora_parameters": {"rank": 4, "scale": 2.5, "dropout": 0.0,
+                                       "keys": ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"]}}, f, indent=2)
+    peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print("dialect cases: kohya, mlx")
+
+
 def samples():
     base_dir = fresh(os.path.join(SAMPLES, "tiny-llama"))
     adapter_dir = fresh(os.path.join(SAMPLES, "tiny-llama-lora"))
@@ -324,9 +376,13 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "adalora":
         adalora_case()
         raise SystemExit
+    if len(sys.argv) > 1 and sys.argv[1] == "dialects":
+        dialect_cases()
+        raise SystemExit
     python_written()
     malformed()
     samples()
     merge_cases()
     adalora_case()
+    dialect_cases()
     extract_cases()

@@ -20,8 +20,25 @@ public final class Adapter: Sendable {
     /// Modules present in the file that the config does not target (layers_to_transform,
     /// target_modules): PEFT would not load them, so they are not merged.
     public let untargeted: [String]
-    /// Human-readable dialect: `PEFT LoRA`, `PEFT LoRA (rsLoRA, DoRA)`, `PEFT AdaLoRA`.
+    /// The file layout and scale convention the adapter was written in.
+    public enum Format: String, Sendable {
+        /// PEFT: adapter_config.json + adapter_model.safetensors, s = α/r (α/√r with rsLoRA).
+        case peft
+        /// kohya / sd-scripts: `lora_down`/`lora_up`/`alpha` per flattened module name, s = alpha/r.
+        case kohya
+        /// mlx-lm: adapters.safetensors with `lora_a` (in×r), `lora_b` (r×out), s = `scale` directly.
+        case mlx
+    }
+
+    public let format: Format
+
+    /// Human-readable dialect: `PEFT LoRA`, `PEFT LoRA (rsLoRA, DoRA)`, `PEFT AdaLoRA`, `kohya LoRA`, `mlx-lm LoRA`.
     public var dialect: String {
+        switch format {
+        case .kohya: return "kohya LoRA (sd-scripts)"
+        case .mlx: return modules.contains(where: \.isDoRA) ? "mlx-lm DoRA" : "mlx-lm LoRA"
+        case .peft: break
+        }
         var extras: [String] = []
         if config.useRslora { extras.append("rsLoRA") }
         if modules.contains(where: \.isDoRA) { extras.append("DoRA") }
@@ -35,34 +52,68 @@ public final class Adapter: Sendable {
     ///   zero-size or absurd ranks; `SafeTensorsError` for a malformed file.
     public init(path: String) throws {
         self.path = path
+        let fm = FileManager.default
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else {
             throw LoRACoreError.invalidRequest("\(path): no such file or directory")
         }
+        let dir = isDir.boolValue ? path : ((path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent)
+        let configFile = (dir as NSString).appendingPathComponent("adapter_config.json")
+        configPath = configFile
+        let configJSON: JSONValue? = try fm.contents(atPath: configFile).map { data in
+            do { return try JSONParser.parse(Array(data)) } catch let error as JSONParser.Failure {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "not valid JSON: \(error.description)")
+            }
+        }
+        let isMLX = configJSON?["lora_parameters"] != nil && configJSON?["peft_type"] == nil
         let weights: String
         if isDir.boolValue {
-            configPath = (path as NSString).appendingPathComponent("adapter_config.json")
-            let plain = (path as NSString).appendingPathComponent("adapter_model.safetensors")
-            let compressed = plain + ".zst"
-            weights = !FileManager.default.fileExists(atPath: plain) && FileManager.default.fileExists(atPath: compressed) ? compressed : plain
-            if !FileManager.default.fileExists(atPath: weights) {
-                if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("adapter_model.bin")) {
-                    throw LoRACoreError.unsupportedAdapter(
-                        path: path, detail: "holds adapter_model.bin, a pickle file that can run code when loaded; convert it to safetensors first")
-                }
-                throw LoRACoreError.unsupportedAdapter(path: path, detail: "no adapter_model.safetensors in this directory")
+            let candidates = isMLX ? ["adapters.safetensors", "adapter_model.safetensors"] : ["adapter_model.safetensors"]
+            let found = candidates.flatMap { [$0, $0 + ".zst"] }.map { (dir as NSString).appendingPathComponent($0) }
+                .first { fm.fileExists(atPath: $0) }
+            if let found {
+                weights = found
+            } else if fm.fileExists(atPath: (dir as NSString).appendingPathComponent("adapter_model.bin")) {
+                throw LoRACoreError.unsupportedAdapter(
+                    path: path, detail: "holds adapter_model.bin, a pickle file that can run code when loaded; convert it to safetensors first")
+            } else if configJSON == nil, let only = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).filter({ $0.hasSuffix(".safetensors") }).sorted().first {
+                weights = (dir as NSString).appendingPathComponent(only)  // a kohya directory: one file, no config
+            } else {
+                throw LoRACoreError.unsupportedAdapter(path: path, detail: "no \(candidates[0]) in this directory")
             }
         } else {
             weights = path
-            let dir = (path as NSString).deletingLastPathComponent
-            configPath = ((dir.isEmpty ? "." : dir) as NSString).appendingPathComponent("adapter_config.json")
         }
-        guard let data = FileManager.default.contents(atPath: configPath) else {
-            throw LoRACoreError.invalidConfig(file: configPath, detail: "missing: an adapter needs its adapter_config.json (rank, alpha, targets)")
-        }
-        config = try AdapterConfig(json: Array(data), file: configPath)
         checkpoint = try Checkpoint(path: weights)
-        (modules, replacements, untargeted) = try Adapter.pair(checkpoint, config: config, file: weights)
+        let isKohya = checkpoint.names.contains { $0.hasSuffix(".lora_down.weight") || $0.hasSuffix(".lora_up.weight") }
+        if isKohya {
+            format = .kohya
+            config = AdapterConfig()
+            (modules, replacements, untargeted) = try KohyaDialect.pair(checkpoint, file: weights)
+        } else if isMLX, let json = configJSON {
+            format = .mlx
+            let mlx = try MLXDialect.Config(json: json, file: configPath)
+            config = AdapterConfig()
+            (modules, replacements, untargeted) = try MLXDialect.pair(checkpoint, config: mlx, file: weights)
+        } else {
+            guard let json = configJSON, let data = fm.contents(atPath: configPath) else {
+                throw LoRACoreError.invalidConfig(file: configPath, detail: "missing: an adapter needs its adapter_config.json (rank, alpha, targets)")
+            }
+            _ = json
+            format = .peft
+            config = try AdapterConfig(json: Array(data), file: configPath)
+            (modules, replacements, untargeted) = try Adapter.pair(checkpoint, config: config, file: weights)
+        }
+    }
+
+    /// The adapter's modules with their names as the base model spells them. PEFT and mlx names
+    /// already are; kohya's flattened names (`lora_te_model_layers_0_self_attn_q_proj`) are matched
+    /// against the base's modules with dots read as underscores.
+    /// - Throws: `LoRACoreError.baseMismatch` naming both candidates when a name is ambiguous, or
+    ///   the module when nothing matches.
+    public func modules(resolvedAgainst base: Checkpoint) throws -> [AdapterModule] {
+        guard format == .kohya else { return modules }
+        return try KohyaDialect.resolve(modules, against: base)
     }
 
     /// Groups LoRA tensors by module and checks each group.

@@ -25,6 +25,8 @@ public struct AdapterModule: Sendable, Equatable {
     public var outFeatures: Int
     public var inFeatures: Int
     public var transposed: Bool
+    /// mlx stores the factors transposed: `lora_a` (in×r) = Aᵀ and `lora_b` (r×out) = Bᵀ.
+    public var factorsTransposed = false
 
     /// The base tensor this module changes: `module.weight`.
     public var baseWeightName: String { module + ".weight" }

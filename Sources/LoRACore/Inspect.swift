@@ -87,7 +87,14 @@ public enum Inspect {
             adapter = a
             ckpt = a.checkpoint
         } else {
-            ckpt = try Checkpoint(path: path)
+            let c = try Checkpoint(path: path)
+            if c.names.contains(where: { $0.hasSuffix(".lora_down.weight") }) {
+                let a = try Adapter(path: path)  // kohya: everything is in the file
+                adapter = a
+                ckpt = a.checkpoint
+            } else {
+                ckpt = c
+            }
         }
         let names = ckpt.names
         let infos = names.map { ckpt.info($0)! }
@@ -129,16 +136,20 @@ public enum Inspect {
 
         var summary: InspectReport.AdapterSummary?
         if let adapter {
-            let mods = adapter.modules.map {
+            let resolved = basePath == nil ? adapter.modules : try adapter.modules(resolvedAgainst: try Checkpoint(path: basePath!))
+            let mods = resolved.map {
                 InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.kind.rawValue, rank: $0.rank, alpha: $0.alpha, scale: $0.scale, dora: $0.isDoRA)
             }
             let all = Set(adapter.modules.map(\.module))
             summary = InspectReport.AdapterSummary(
-                dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(), alpha: adapter.config.loraAlpha,
+                dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(),
+                alpha: adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
                 useRslora: adapter.config.useRslora,
-                scaleRule: adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r"),
-                targetSuffixes: Array(Set(adapter.modules.map(\.family))).sorted(),
-                layers: Array(Set(adapter.modules.compactMap { TensorName($0.baseWeightName).layer?.index })).sorted(),
+                scaleRule: adapter.format == .mlx ? "given directly (mlx scale, no division by r)"
+                    : adapter.format == .kohya ? "alpha/r per module; no alpha means alpha = r"
+                    : adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r"),
+                targetSuffixes: Array(Set(resolved.map(\.family))).sorted(),
+                layers: Array(Set(resolved.compactMap { TensorName($0.baseWeightName).layer?.index })).sorted(),
                 modules: mods, dora: adapter.modules.contains(where: \.isDoRA),
                 embeddingLoRA: adapter.modules.contains { $0.kind == .embedding },
                 replacements: adapter.replacements.map(\.base), untargeted: adapter.untargeted, configPath: adapter.configPath)
@@ -169,7 +180,12 @@ public enum Inspect {
             }
             let base = try Checkpoint(path: basePath)
             var problems: [String] = []
-            for m in adapter.modules {
+            let resolvedModules: [AdapterModule]
+            do { resolvedModules = try adapter.modules(resolvedAgainst: base) } catch let e as LoRACoreError {
+                resolvedModules = []
+                problems.append(e.localizedDescription)
+            }
+            for m in resolvedModules {
                 if let bi = base.info(m.baseWeightName) {
                     if bi.shape != m.expectedBaseShape {
                         problems.append("\(m.module): base shape \(bi.shape), adapter needs \(m.expectedBaseShape)")
@@ -193,7 +209,11 @@ public enum Inspect {
             tensorCount: names.count, parameterCount: params, bytes: infos.reduce(0) { $0 + $1.byteCount },
             dtypes: dtypes.keys.sorted().map { ($0, dtypes[$0]!.0, dtypes[$0]!.1) },
             metadata: (ckpt.metadata ?? []).sorted { utf8Precedes($0.key, $1.key) },
-            families: familyCounts.keys.sorted().map { ($0, familyCounts[$0]!) },
-            layerCount: layers.count, adapter: summary, base: comparison, tensors: infos)
+            families: summary.map { s in
+                var counts: [String: Int] = [:]
+                for m in s.modules { counts[TensorName(m.module + ".weight").family, default: 0] += 1 }
+                return counts.keys.sorted().map { ($0, counts[$0]!) }
+            } ?? familyCounts.keys.sorted().map { ($0, familyCounts[$0]!) },
+            layerCount: summary.map { $0.layers.count } ?? layers.count, adapter: summary, base: comparison, tensors: infos)
     }
 }

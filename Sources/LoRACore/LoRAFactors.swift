@@ -51,6 +51,12 @@ struct LoRAFactors {
     init(_ module: AdapterModule, adapter: Adapter, weight: Double) throws {
         self.module = module
         var a = try TensorData.floats(adapter.checkpoint, module.aName)
+        var b = try TensorData.floats(adapter.checkpoint, module.bName)
+        if module.factorsTransposed {
+            // mlx: lora_a is Aᵀ (in×r), lora_b is Bᵀ (r×out).
+            a = LoRAFactors.transpose(a, rows: module.inFeatures, cols: module.rank)
+            b = LoRAFactors.transpose(b, rows: module.rank, cols: module.outFeatures)
+        }
         if let e = module.eName {
             let eValues = try TensorData.floats(adapter.checkpoint, e)
             for k in 0..<module.rank {
@@ -58,7 +64,7 @@ struct LoRAFactors {
             }
         }
         self.a = a
-        b = try TensorData.floats(adapter.checkpoint, module.bName)
+        self.b = b
         bias = try module.bBiasName.map { try TensorData.floats(adapter.checkpoint, $0) }
         magnitude = try module.magnitudeName.map { try TensorData.floats(adapter.checkpoint, $0) }
         coefficient = weight * module.scale
@@ -66,6 +72,13 @@ struct LoRAFactors {
         for name in [module.aName, module.bName, module.eName, module.bBiasName, module.magnitudeName].compactMap({ $0 }) {
             adapter.checkpoint.release(name)
         }
+    }
+
+    /// The transpose of a row-major rows×cols matrix.
+    static func transpose(_ m: [Float], rows: Int, cols: Int) -> [Float] {
+        var t = [Float](repeating: 0, count: m.count)
+        for r in 0..<rows { for c in 0..<cols { t[c * rows + r] = m[r * cols + c] } }
+        return t
     }
 
     /// W ← W + coefficient · ΔW in float32, in the stored layout (B·A or (B·A)ᵀ through sgemm, so

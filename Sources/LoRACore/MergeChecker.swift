@@ -243,22 +243,13 @@ private struct Factors64 {
     let k: Double
 
     init(_ c: MergePlan.Contribution, plan: MergePlan) throws {
-        let ckpt = plan.adapters[c.adapter].checkpoint
+        // The same loading as the merge (dialect transposes, AdaLoRA's E), widened to fp64.
+        let f = try LoRAFactors(c.module, adapter: plan.adapters[c.adapter], weight: plan.weights[c.adapter])
         module = c.module
-        var a = try TensorData.floats(ckpt, c.module.aName).map(Double.init)
-        if let eName = c.module.eName {
-            let e = try TensorData.floats(ckpt, eName)
-            for r in 0..<c.module.rank {
-                for i in 0..<c.module.inFeatures { a[r * c.module.inFeatures + i] *= Double(e[r]) }
-            }
-        }
-        self.a = a
-        b = try TensorData.floats(ckpt, c.module.bName).map(Double.init)
-        magnitude = try c.module.magnitudeName.map { try TensorData.floats(ckpt, $0).map(Double.init) }
-        k = plan.weights[c.adapter] * c.module.scale
-        for name in [c.module.aName, c.module.bName, c.module.eName, c.module.magnitudeName].compactMap({ $0 }) {
-            ckpt.release(name)
-        }
+        a = f.a.map(Double.init)
+        b = f.b.map(Double.init)
+        magnitude = f.magnitude.map { $0.map(Double.init) }
+        k = f.coefficient
     }
 }
 

@@ -66,7 +66,7 @@ public struct MergePlan: Sendable {
         var merges: [String: [Contribution]] = [:]
         var biases: [String: [Contribution]] = [:]
         for (ai, adapter) in adapters.enumerated() {
-            for m in adapter.modules {
+            for m in try adapter.modules(resolvedAgainst: base) {
                 if let targets, !targets.matches(m.module) {
                     skipped.append(m.module)
                     continue

@@ -54,6 +54,23 @@ struct CommandLineTests {
         #expect(out.split(separator: "\n").contains { $0.hasPrefix("  layers ") && $0.hasSuffix(" 2") })
     }
 
+    @Test("inspect names each dialect and its scale rule", arguments: [
+        ("llama_kohya", "kohya LoRA (sd-scripts)", "alpha/r per module"),
+        ("llama_mlx", "mlx-lm LoRA", "given directly"),
+        ("llama_adalora", "PEFT AdaLoRA", "α/(init_r + 1e-5)"),
+        ("llama_dora", "PEFT LoRA (DoRA)", "α/r"),
+        ("llama_bf16_rslora_patterns", "PEFT LoRA (rsLoRA)", "α/√r"),
+        ("llama_embedding_modules_to_save", "PEFT LoRA (embedding LoRA)", "α/r"),
+    ])
+    func dialects(fixture: String, dialect: String, rule: String) throws {
+        let dir = "Tests/LoRACoreTests/Fixtures/\(fixture)"
+        let (status, out, err) = try run(["inspect", dir + "/adapter", "--base", dir + "/base"])
+        #expect(status == 0, "\(err)")
+        #expect(out.contains("dialect         \(dialect)"))
+        #expect(out.contains(rule))
+        #expect(out.contains("every module finds its base tensor"))
+    }
+
     @Test("Pickle files are refused without being opened")
     func pickle() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pickle-\(UUID().uuidString)").path

@@ -49,7 +49,8 @@ extension LoraTool {
             if let a = r.adapter {
                 rows.append(["dialect", a.dialect])
                 rows.append(["rank", a.ranks.map(String.init).joined(separator: ", ")])
-                if let alpha = a.alpha { rows.append(["alpha", Render.number(alpha) + " (scale \(a.scaleRule))"]) }
+                if let alpha = a.alpha { rows.append(["alpha", Render.number(alpha)]) }
+                rows.append(["scale rule", a.scaleRule])
                 let scales = Set(a.modules.compactMap(\.scale)).sorted()
                 if !scales.isEmpty { rows.append(["scales", scales.map(Render.number).joined(separator: ", ")]) }
                 rows.append(["targets", a.targetSuffixes.joined(separator: ", ")])
@@ -100,6 +101,7 @@ extension LoraTool {
                     ("ranks", .array(a.ranks.map { Render.json($0) })),
                     ("lora_alpha", a.alpha.map(Render.json) ?? .null),
                     ("use_rslora", .bool(a.useRslora)),
+                    ("scale_rule", .string(a.scaleRule)),
                     ("target_suffixes", Render.json(a.targetSuffixes)),
                     ("layers", .array(a.layers.map { Render.json($0) })),
                     ("dora", .bool(a.dora)),

@@ -1,0 +1,91 @@
+import LoRAGraph
+import LoRAKernels
+import SafeTensors
+
+/// kohya / sd-scripts LoRA files.
+///
+/// Keys: `<prefix><module path with dots as underscores>.lora_down.weight` (r×in, the A factor),
+/// `.lora_up.weight` (out×r, B) and an optional scalar `.alpha` (any float dtype). Prefixes:
+/// `lora_unet_`, `lora_te_`, `lora_te1_`, `lora_te2_` (also `lora_transformer_`, plain `lora_`).
+/// Scale s = alpha / r; a missing alpha means alpha = r (s = 1), as sd-scripts reads it.
+/// Example: `lora_te_model_layers_0_self_attn_q_proj.lora_down.weight` adapts the base module
+/// `model.layers.0.self_attn.q_proj` (resolved against the base in `resolve`).
+enum KohyaDialect {
+    static let prefixes = ["lora_unet_", "lora_te1_", "lora_te2_", "lora_te_", "lora_transformer_", "lora_"]
+
+    static func pair(_ ckpt: Checkpoint, file: String) throws -> ([AdapterModule], [(base: String, tensor: String)], [String]) {
+        var groups: [String: [String: String]] = [:]
+        for name in ckpt.names {
+            for suffix in [".lora_down.weight", ".lora_up.weight", ".alpha"] where name.hasSuffix(suffix) {
+                groups[String(name.dropLast(suffix.count)), default: [:]][suffix] = name
+            }
+        }
+        let unknown = ckpt.names.filter { n in !["lora_down.weight", "lora_up.weight", ".alpha"].contains { n.hasSuffix($0) } }
+        if let first = unknown.first {
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "tensor '\(first)' is not a kohya LoRA tensor (lora_down/lora_up/alpha); LyCORIS variants (LoHa, LoKr, ...) are not supported")
+        }
+        var modules: [AdapterModule] = []
+        for key in groups.keys.sorted(by: utf8Precedes) {
+            let g = groups[key]!
+            guard let downName = g[".lora_down.weight"], let upName = g[".lora_up.weight"] else {
+                throw LoRACoreError.invalidModule(module: key, detail: "needs both lora_down.weight and lora_up.weight")
+            }
+            let down = ckpt.info(downName)!, up = ckpt.info(upName)!
+            guard down.shape.count == 2, up.shape.count == 2 else {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(key)' is a convolution LoRA (shapes \(down.shape), \(up.shape)), not supported yet")
+            }
+            let rank = down.shape[0]
+            guard rank > 0, up.shape[1] == rank else {
+                throw LoRACoreError.invalidModule(module: key, detail: "lora_down has rank \(rank) but lora_up has \(up.shape[1]) (shapes \(down.shape) and \(up.shape))")
+            }
+            guard rank <= min(up.shape[0], down.shape[1]) else {
+                throw LoRACoreError.invalidModule(module: key, detail: "rank \(rank) exceeds the matrix size \(up.shape[0])×\(down.shape[1])")
+            }
+            var alpha = Double(rank)
+            if let alphaName = g[".alpha"] {
+                let info = ckpt.info(alphaName)!
+                guard info.elementCount == 1, TensorData.format(info.dtype) != nil || info.dtype == .float64 else {
+                    throw LoRACoreError.invalidModule(module: key, detail: "alpha must be one float, got \(info.dtype.rawValue) \(info.shape)")
+                }
+                if info.dtype == .float64 {
+                    alpha = try ckpt.bytes(of: alphaName).loadUnaligned(as: Double.self)
+                } else {
+                    alpha = Double(try TensorData.floats(ckpt, alphaName)[0])
+                }
+                guard alpha.isFinite else { throw LoRACoreError.invalidModule(module: key, detail: "alpha is not finite") }
+            }
+            modules.append(AdapterModule(
+                module: key, kind: .linear, aName: downName, bName: upName, eName: nil, bBiasName: nil, magnitudeName: nil,
+                rank: rank, alpha: alpha, scale: alpha / Double(rank), outFeatures: up.shape[0], inFeatures: down.shape[1],
+                transposed: false))
+        }
+        return (modules, [], [])
+    }
+
+    /// Maps each flattened kohya name to the base module whose dotted name, with dots read as
+    /// underscores, equals it or ends with `_` + it (after the kohya prefix).
+    static func resolve(_ modules: [AdapterModule], against base: Checkpoint) throws -> [AdapterModule] {
+        var byFlat: [String: [String]] = [:]
+        for name in base.names where name.hasSuffix(".weight") && (base.info(name)?.shape.count ?? 0) >= 2 {
+            let module = String(name.dropLast(".weight".count))
+            byFlat[module.replacingOccurrences(of: ".", with: "_"), default: []].append(module)
+        }
+        let flatNames = byFlat.keys.sorted(by: utf8Precedes)
+        return try modules.map { m in
+            let stripped = prefixes.first { m.module.hasPrefix($0) }.map { String(m.module.dropFirst($0.count)) } ?? m.module
+            var candidates = byFlat[stripped] ?? []
+            if candidates.isEmpty {
+                candidates = flatNames.filter { $0.hasSuffix("_" + stripped) }.flatMap { byFlat[$0]! }
+            }
+            guard !candidates.isEmpty else {
+                throw LoRACoreError.baseMismatch(module: m.module, detail: "no base module matches this kohya name (dots read as underscores)")
+            }
+            guard candidates.count == 1 else {
+                throw LoRACoreError.baseMismatch(module: m.module, detail: "ambiguous: matches both '\(candidates[0])' and '\(candidates[1])'")
+            }
+            var r = m
+            r.module = candidates[0]
+            return r
+        }
+    }
+}
