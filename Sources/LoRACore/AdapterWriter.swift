@@ -58,19 +58,47 @@ struct AdapterWriter {
 
     /// Writes `tensors` and `config` into `directory` (staged, renamed into place when complete).
     /// - Throws: `SafeTensorsError` for write failures or an existing directory without `force`.
-    static func write(_ tensors: [Tensor], config: Config, to directory: String, force: Bool) throws {
+    static func write(_ tensors: [Tensor], config: Config, to directory: String, force: Bool, zstdLevel: Int32? = nil) throws {
+        try writeDirectory(tensors, weightsName: "adapter_model.safetensors", metadata: [("format", "pt")],
+                           sideFiles: [("adapter_config.json", config.json)], to: directory, force: force, zstdLevel: zstdLevel)
+    }
+
+    /// Writes `tensors` as `weightsName` (zstd-compressed to `weightsName.zst` when a level is given)
+    /// plus text side files into `directory`, staged and renamed into place when complete.
+    static func writeDirectory(
+        _ tensors: [Tensor], weightsName: String, metadata: [(key: String, value: String)]?,
+        sideFiles: [(name: String, text: String)], to directory: String, force: Bool, zstdLevel: Int32?
+    ) throws {
         let output = try AtomicOutput(destination: directory, isDirectory: true, force: force)
+        try writeTensors(tensors, to: output.path(for: weightsName), metadata: metadata)
+        if let level = zstdLevel {
+            try Zstd.compressFile(output.path(for: weightsName), to: output.path(for: weightsName + ".zst"), level: level)
+            try FileManager.default.removeItem(atPath: output.path(for: weightsName))
+        }
+        for (name, text) in sideFiles { try Merge.writeFile(output.path(for: name), bytes: Array(text.utf8)) }
+        try output.commit()
+    }
+
+    /// Writes `tensors` as one safetensors file at `path` (staged, renamed into place).
+    static func writeFile(_ tensors: [Tensor], to path: String, metadata: [(key: String, value: String)]?, force: Bool) throws {
+        let output = try AtomicOutput(destination: path, isDirectory: false, force: force)
+        try writeTensors(tensors, to: output.staging, metadata: metadata)
+        try output.commit()
+    }
+
+    private static func writeTensors(_ tensors: [Tensor], to path: String, metadata: [(key: String, value: String)]?) throws {
         let infos = tensors.map { TensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape) }
         let byName = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0) })
-        let writer = try SafeTensorsWriter(path: output.path(for: "adapter_model.safetensors"), tensors: infos)
+        let writer = try SafeTensorsWriter(path: path, tensors: infos, metadata: metadata)
         while let t = writer.nextTensor {
             let bytes = try byName[t.name]!.bytes()
             try bytes.withUnsafeBytes { try writer.write(t.name, bytes: $0) }
         }
         try writer.finish()
-        try Merge.writeFile(output.path(for: "adapter_config.json"), bytes: Array(config.json.utf8))
-        try output.commit()
     }
+
+    /// fp32 values as little-endian bytes.
+    static func floatBytes(_ values: [Float]) -> [UInt8] { values.withUnsafeBytes { Array($0) } }
 
     /// The most common rank (ties to the smaller) and a rank_pattern for the others.
     static func rankSummary(_ ranks: [(module: String, rank: Int)]) -> (r: Int, pattern: [(String, Int)]) {

@@ -10,6 +10,8 @@ public struct ExtractCheckpointOptions: Sendable {
     public var alpha: Double?
     public var baseOutput: String?
     public var force = false
+    /// Compress adapter_model.safetensors with zstd at this level.
+    public var zstdLevel: Int32?
 
     public init(checkpoint: String, output: String) {
         self.checkpoint = checkpoint
@@ -151,7 +153,7 @@ public enum ExtractCheckpoint {
             config.useRslora = c.useRslora
             config.alphaPattern = c.alphaPattern.map { ($0.key, $0.value) }
         }
-        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force)
+        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
 
         var baseCount: Int?
         if let baseOutput = options.baseOutput {

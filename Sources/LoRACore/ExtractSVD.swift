@@ -20,6 +20,8 @@ public struct ExtractSVDOptions: Sendable {
     /// Modules whose ‖ΔW‖_F / ‖W‖_F is at most this are skipped (0 skips only exact zeros).
     public var minDiff: Double = 0
     public var force = false
+    /// Compress adapter_model.safetensors with zstd at this level.
+    public var zstdLevel: Int32?
     public var threads = ProcessInfo.processInfo.activeProcessorCount
 
     public init(base: String, finetuned: String, output: String, rule: RankRule) {
@@ -115,8 +117,8 @@ public enum ExtractSVD {
             case let .kept(a, b, report):
                 let r = report.rank
                 let info = base.info(name)!
-                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", dtype: .float32, shape: [r, info.shape[1]]) { floatBytes(a) })
-                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", dtype: .float32, shape: [info.shape[0], r]) { floatBytes(b) })
+                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", dtype: .float32, shape: [r, info.shape[1]]) { AdapterWriter.floatBytes(a) })
+                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", dtype: .float32, shape: [info.shape[0], r]) { AdapterWriter.floatBytes(b) })
                 ranks.append((module, r))
                 modules.append(ExtractSVDReport.Module(module: module, rank: r, energyKept: report.energy, relativeError: report.error, method: report.method))
             }
@@ -130,7 +132,7 @@ public enum ExtractSVD {
         config.alphaPattern = rankPattern.map { ($0.0, Double($0.1)) }
         config.targetModules = TargetSelector.minimalSuffixes(
             selecting: Set(ranks.map(\.module)), among: Set(base.names.map { TensorName($0).module }))
-        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force)
+        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
         return ExtractSVDReport(modules: modules, skipped: skipped, otherDifferences: others)
     }
 
@@ -226,9 +228,5 @@ public enum ExtractSVD {
             n += Double(x[i]) * Double(x[i])
         }
         return n > 0 ? (d / n).squareRoot() : (d > 0 ? .infinity : 0)
-    }
-
-    static func floatBytes(_ values: [Float]) -> [UInt8] {
-        values.withUnsafeBytes { Array($0) }
     }
 }

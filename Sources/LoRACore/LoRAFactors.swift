@@ -22,6 +22,22 @@ struct LoRAFactors {
         self.coefficient = coefficient
     }
 
+    /// The same factors under another module name (kohya names resolved against a base).
+    func renamed(_ module: String) -> LoRAFactors {
+        var m = self.module
+        m.module = module
+        return LoRAFactors(module: m, a: a, b: b, bias: bias, magnitude: magnitude, coefficient: coefficient)
+    }
+
+    private init(module: AdapterModule, a: [Float], b: [Float], bias: [Float]?, magnitude: [Float]?, coefficient: Double) {
+        self.module = module
+        self.a = a
+        self.b = b
+        self.bias = bias
+        self.magnitude = magnitude
+        self.coefficient = coefficient
+    }
+
     /// Several adapters on one module as one rank-Σr factor pair, as PEFT's `cat` combination builds
     /// it: A' = [A₁·w₁·s₁; A₂·w₂·s₂; …] (rounded to fp32 in that order), B' = [B₁ B₂ …], scale 1.
     /// The merge is then one GEMM, exactly Σ wᵢ·sᵢ·Bᵢ·Aᵢ up to one fp32 rounding per step.

@@ -1,0 +1,121 @@
+import ArgumentParser
+import Foundation
+import LoRACore
+
+extension LoraTool {
+    /// `lora-tool convert`: an adapter in another dialect, same merged weights.
+    struct Convert: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Rewrite an adapter as PEFT, kohya or mlx-lm, with the scale translated exactly.",
+            discussion: """
+                Reads any dialect inspect understands (PEFT LoRA/rsLoRA/DoRA/AdaLoRA, kohya, mlx-lm) and \
+                writes the same ΔW = s·B·A per module: PEFT with α = s·r (alpha_pattern where modules \
+                differ), kohya with a per-module alpha = s·r (OUTPUT ending in .safetensors writes one \
+                file), mlx-lm with one scale. What the target cannot express (DoRA in kohya, embedding or \
+                Conv1D LoRA outside PEFT, mixed ranks in mlx) is refused with the reason. kohya input \
+                needs --base to recover module paths.
+                """)
+
+        @Argument(help: "Adapter directory or file.")
+        var adapter: String
+
+        @Option(help: "Target dialect: peft, kohya or mlx.")
+        var to: String
+
+        @Option(help: "Output directory (or a .safetensors file for kohya).")
+        var output: String
+
+        @Option(help: "Base model: resolves kohya names and gives exact PEFT target_modules.")
+        var base: String?
+
+        @Flag(help: "Compress the weights file with zstd (*.safetensors.zst; lora-tool reads it, PEFT does not).")
+        var zstd = false
+
+        @Option(help: "zstd level with --zstd (1-19).")
+        var zstdLevel: Int32 = 3
+
+        @Flag(help: "Replace an existing output.")
+        var force = false
+
+        func validate() throws {
+            guard Adapter.Format(rawValue: to) != nil else { throw ValidationError("--to must be peft, kohya or mlx") }
+            guard (1...19).contains(zstdLevel) else { throw ValidationError("--zstd-level must be 1 to 19") }
+        }
+
+        func run() throws {
+            var o = ConvertOptions(adapter: adapter, to: Adapter.Format(rawValue: to)!, output: output)
+            o.base = base
+            o.force = force
+            o.zstdLevel = zstd ? zstdLevel : nil
+            let r = try LoRACore.Convert.run(o)
+            var rows = [["from", r.from], ["to", r.to], ["modules", "\(r.modules), scales \(r.scales.map(Render.number).joined(separator: ", "))"]]
+            for n in r.notes { rows.append(["note", n]) }
+            print("\(output): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
+        }
+    }
+
+    /// `lora-tool resize`: lower an adapter's rank by SVD of s·B·A.
+    struct Resize: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Lower an adapter's rank per module by SVD of s·B·A (from the factors, cheaply).",
+            discussion: """
+                QR of B and Aᵀ, then the SVD of the r×r core; keeps --rank components or the fewest \
+                holding --energy of ‖s·B·A‖²_F. Writes a PEFT adapter with scale 1 and reports, per \
+                module, the energy kept and the relative Frobenius error (sd-scripts' sv_fro).
+                """)
+
+        @Argument(help: "Adapter directory (PEFT, AdaLoRA or mlx).")
+        var adapter: String
+
+        @Option(help: "Keep this rank per module.")
+        var rank: Int?
+
+        @Option(help: "Keep the smallest rank holding this fraction of the energy (0 < P ≤ 1).")
+        var energy: Double?
+
+        @Option(help: "With --energy: the largest rank to keep.")
+        var maxRank: Int?
+
+        @Option(help: "Output adapter directory.")
+        var output: String
+
+        @Flag(help: "Compress adapter_model.safetensors with zstd.")
+        var zstd = false
+
+        @Option(help: "zstd level with --zstd (1-19).")
+        var zstdLevel: Int32 = 3
+
+        @Flag(help: "Replace an existing output.")
+        var force = false
+
+        @Flag(help: "Print the report as JSON.")
+        var json = false
+
+        func validate() throws {
+            guard (1...19).contains(zstdLevel) else { throw ValidationError("--zstd-level must be 1 to 19") }
+            guard (rank == nil) != (energy == nil) else { throw ValidationError("give exactly one of --rank and --energy") }
+            if let rank, rank <= 0 { throw ValidationError("--rank must be positive") }
+            if let energy, !(energy > 0 && energy <= 1) { throw ValidationError("--energy must be in (0, 1]") }
+            if maxRank != nil && energy == nil { throw ValidationError("--max-rank goes with --energy") }
+        }
+
+        func run() throws {
+            var o = ResizeOptions(adapter: adapter, output: output, rule: rank.map { .fixed($0) } ?? .energy(energy!, maxRank: maxRank))
+            o.force = force
+            o.zstdLevel = zstd ? zstdLevel : nil
+            let modules = try LoRACore.Resize.run(o)
+            if json {
+                Render.printJSON(.array(modules.map {
+                    .object([("module", .string($0.module)), ("from_rank", Render.json($0.fromRank)), ("rank", Render.json($0.rank)),
+                             ("energy_kept", Render.json($0.energyKept)), ("relative_error", Render.json($0.relativeError))])
+                }))
+                return
+            }
+            var rows = [["  module", "rank", "energy kept", "rel. error"]]
+            for m in modules {
+                rows.append(["  " + m.module, "\(m.fromRank) → \(m.rank)", String(format: "%.6f", m.energyKept), String(format: "%.3g", m.relativeError)])
+            }
+            print("\(output): resized\n" + Render.table(rows))
+        }
+    }
+}
