@@ -6,6 +6,7 @@ import Glibc
 /// `lora-bench`: generates the workload and times cp -r, merge, verify and inspect in alternation.
 ///
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
+///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
 /// Measures cp -r, cp -r + sync, merge, verify, extract --rank 16 (base vs merged) and inspect. Reports the median and spread of wall time, CPU time and peak RSS per command, GB/s over the base
 /// size, and each time as a ratio to the `cp -r` time measured in the same run. `merge` fsyncs its
 /// output (it must never leave a broken model behind), so `cp -r + sync` is the like-for-like copy.
@@ -26,6 +27,7 @@ struct Bench {
         let work = value("--work", FileManager.default.currentDirectoryPath + "/bench-work")
         let bin = value("--bin", URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/lora-tool")
         let markdown = value("--markdown", "")
+        let peftPython = value("--peft-python", "")
         guard let workload = Workload.sizes[size] else {
             FileHandle.standardError.write(Data("error: --size must be small, medium, 1b or 3b\n".utf8))
             exit(64)
@@ -43,7 +45,7 @@ struct Bench {
         print("workload \(size): base \(String(format: "%.2f", Double(baseBytes) / 1e9)) GB (generated or reused in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s)")
 
         let out = dir + "/out"
-        let commands: [(String, [String])] = [
+        var commands: [(String, [String])] = [
             ("cp -r", ["/bin/cp", "-r", dir + "/base", out + "/cp"]),
             ("cp -r + sync", ["/bin/sh", "-c", "cp -r '\(dir)/base' '\(out)/cps' && sync -f '\(out)/cps'"]),
             ("merge", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged", "--quiet"]),
@@ -51,6 +53,12 @@ struct Bench {
             ("extract --rank 16", [bin, "extract", "--base", dir + "/base", "--finetuned", out + "/merged", "--rank", "16", "--output", out + "/extracted"]),
             ("inspect", [bin, "inspect", dir + "/base"]),
         ]
+        if !peftPython.isEmpty {
+            // Optional: PEFT's documented path on the same workload, when torch and peft are installed.
+            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent("scripts/peft-merge.py").path
+            commands.append(("PEFT merge_and_unload", [peftPython, script, dir + "/base", dir + "/adapter", out + "/peft"]))
+        }
         var samples: [String: [Sample]] = [:]
         // Warm the page cache once so every command sees the same state.
         _ = try run(["/bin/cat"] + (try FileManager.default.contentsOfDirectory(atPath: dir + "/base")).map { dir + "/base/" + $0 }, quiet: true)
