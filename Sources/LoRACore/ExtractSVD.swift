@@ -81,7 +81,7 @@ public enum ExtractSVD {
             if b.shape.count == 2, parsed.role == .parameter("weight"), selector.matches(parsed.module),
                TensorData.format(b.dtype) != nil, TensorData.format(t.dtype) != nil {
                 targets.append(name)
-            } else if try !base.bytes(of: name).elementsEqual(try tuned.bytes(of: name)) {
+            } else if try !sameBytes(base, tuned, name) {
                 // Bytes differ; values may not (a dtype change): report only real differences.
                 let rel = try relativeDifference(base, tuned, name)
                 if rel != 0 { others.append((name, rel)) }
@@ -144,16 +144,27 @@ public enum ExtractSVD {
     static func decompose(_ name: String, base: Checkpoint, tuned: Checkpoint, options: ExtractSVDOptions) throws -> Outcome {
         let info = base.info(name)!
         let (m, n) = (info.shape[0], info.shape[1])
-        let w0 = try TensorData.floats(base, name)
+        // ΔW = W_ft − W_base in fp32; the base is widened a block at a time, never whole.
         var delta = try TensorData.floats(tuned, name)
-        var total = 0.0, baseNorm = 0.0
-        for i in delta.indices {
-            delta[i] -= w0[i]
-            total += Double(delta[i]) * Double(delta[i])
-            baseNorm += Double(w0[i]) * Double(w0[i])
-        }
-        base.release(name)
         tuned.release(name)
+        guard let baseFormat = TensorData.format(info.dtype) else { throw LoRACoreError.invalidModule(module: name, detail: "dtype \(info.dtype.rawValue) is not F32, F16 or BF16") }
+        let baseBytes = try base.bytes(of: name)
+        var total = 0.0, baseNorm = 0.0
+        let block = 1 << 20
+        var w0 = [Float](repeating: 0, count: min(block, delta.count))
+        var start = 0
+        while start < delta.count {
+            let count = min(block, delta.count - start)
+            let slice = UnsafeRawBufferPointer(rebasing: baseBytes[(start * baseFormat.size)..<((start + count) * baseFormat.size)])
+            w0.withUnsafeMutableBufferPointer { FloatCodec.decode(slice, format: baseFormat, into: UnsafeMutableBufferPointer(rebasing: $0[0..<count])) }
+            MappedFile.releasePages(slice)
+            for i in 0..<count {
+                delta[start + i] -= w0[i]
+                total += Double(delta[start + i]) * Double(delta[start + i])
+                baseNorm += Double(w0[i]) * Double(w0[i])
+            }
+            start += count
+        }
         let rel = baseNorm > 0 ? (total / baseNorm).squareRoot() : (total > 0 ? .infinity : 0)
         if total == 0 || rel <= options.minDiff { return .skipped(rel) }
         let cap = min(m, n)
@@ -166,9 +177,7 @@ public enum ExtractSVD {
                 svd = try SVD.randomized(delta, m: m, n: n, rank: k)
                 method = "randomized"
             } else {
-                var s = try SVD.full(delta, m: m, n: n)
-                s.truncate(to: k, m: m, n: n)
-                svd = s
+                svd = try SVD.full(delta, m: m, n: n)  // all σ kept: the error sums the tail
                 method = "sgesdd"
             }
         case let .energy(_, maxRank):
@@ -206,10 +215,15 @@ public enum ExtractSVD {
             for j in 0..<n { a[c * n + j] = svd.vt[c * n + j] * root }
             for i in 0..<m { b[i * k + c] = svd.u[i * full + c] * root }
         }
-        // Relative Frobenius error of the approximation, measured directly: ‖ΔW − B·A‖_F / ‖ΔW‖_F.
-        var residual = delta
-        try GEMM.multiply(m: m, n: n, k: k, alpha: -1, a: b, transposeA: false, b: a, transposeB: false, beta: 1, c: &residual)
-        let err = (residual.reduce(0.0) { $0 + Double($1) * Double($1) } / total).squareRoot()
+        // Relative Frobenius error ‖ΔW − B·A‖_F / ‖ΔW‖_F = √(1 − Σ kept σ² / ‖ΔW‖²_F): exact for
+        // the full SVD, and for the randomized one too, since ΔW − Q·B_k splits into the orthogonal
+        // parts (I − QQᵀ)·ΔW and Q·(B − B_k).
+        // With the whole spectrum (sgesdd) the tail Σ_{i>k} σ² is summed directly, which stays
+        // accurate when the error is tiny; the randomized sketch only knows total − kept.
+        let tail = method == "sgesdd"
+            ? svd.s.dropFirst(k).reduce(0.0) { $0 + Double($1) * Double($1) }
+            : max(0, total - kept)
+        let err = (tail / total).squareRoot()
         return .kept(a: a, b: b, report: (k, min(1, kept / total), err, method))
     }
 
@@ -217,6 +231,22 @@ public enum ExtractSVD {
     /// fraction of a large matrix; small matrices go to sgesdd.
     static func useRandomized(rank: Int, cap: Int) -> Bool {
         cap >= 512 && rank + 10 <= cap / 4
+    }
+
+    /// Byte equality in 16 MiB chunks, dropping the compared pages from the resident set.
+    static func sameBytes(_ a: Checkpoint, _ b: Checkpoint, _ name: String) throws -> Bool {
+        let x = try a.bytes(of: name), y = try b.bytes(of: name)
+        guard x.count == y.count else { return false }
+        var offset = 0
+        while offset < x.count {
+            let n = min(16 << 20, x.count - offset)
+            let equal = memcmp(x.baseAddress! + offset, y.baseAddress! + offset, n) == 0
+            MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: x[offset..<(offset + n)]))
+            MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: y[offset..<(offset + n)]))
+            if !equal { return false }
+            offset += n
+        }
+        return true
     }
 
     static func relativeDifference(_ a: Checkpoint, _ b: Checkpoint, _ name: String) throws -> Double {
