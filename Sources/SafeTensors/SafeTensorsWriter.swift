@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -22,6 +24,34 @@ public final class SafeTensorsWriter {
     private var partial = 0
     private var buffer: [UInt8] = []
     private static let bufferLimit = 8 << 20
+    /// Bytes written since the last background `fdatasync` was started.
+    private var unsynced = 0
+    /// Every this many bytes, writeback is started on a background queue so that the final fsync
+    /// (which makes the output durable before it is renamed into place) has little left to wait for.
+    private static let syncInterval = 256 << 20
+    private let syncQueue = DispatchQueue(label: "lora-tool.writer.sync")
+    private let syncGroup = DispatchGroup()
+    private let syncState = SyncState()
+
+    /// The first background sync error. `@unchecked Sendable`: guarded by `lock`.
+    private final class SyncState: @unchecked Sendable {
+        private let lock = NSLock()
+        private var error: Int32 = 0
+        private var running = false
+        func start() -> Bool { lock.lock(); defer { lock.unlock() }; if running { return false }; running = true; return true }
+        func done(_ e: Int32) { lock.lock(); if error == 0 { error = e }; running = false; lock.unlock() }
+        var firstError: Int32 { lock.lock(); defer { lock.unlock() }; return error }
+    }
+
+    private func noteWritten(_ n: Int) {
+        unsynced += n
+        guard unsynced >= SafeTensorsWriter.syncInterval, syncState.start() else { return }
+        unsynced = 0
+        let descriptor = fd, state = syncState
+        syncQueue.async(group: syncGroup) {
+            state.done(fdatasync(descriptor) == 0 ? 0 : errno)
+        }
+    }
 
     /// The header bytes for `tensors` (offsets are assigned here) and their write order.
     /// - Parameter metadata: written as `__metadata__` with keys sorted by bytes; nil omits it.
@@ -92,7 +122,10 @@ public final class SafeTensorsWriter {
         try append(headerBytes.withUnsafeBytes { $0 })
     }
 
-    deinit { if fd >= 0 { close(fd) } }
+    deinit {
+        syncGroup.wait()
+        if fd >= 0 { close(fd) }
+    }
 
     /// Total file size once complete.
     public var fileSize: Int { headerBytes.count + Int(order.last?.dataOffsets.end ?? 0) }
@@ -154,6 +187,7 @@ public final class SafeTensorsWriter {
             }
             if n == 0 { break }
             remaining -= n
+            noteWritten(n)
         }
         guard remaining == 0 else { throw SafeTensorsError.io(path: path, operation: "copy (source shrank)", errno: EIO) }
         next += 1
@@ -188,6 +222,7 @@ public final class SafeTensorsWriter {
             }
             done += n
         }
+        noteWritten(bytes.count)
     }
 
     /// Flushes, fsyncs and closes the file.
@@ -197,6 +232,8 @@ public final class SafeTensorsWriter {
             throw SafeTensorsError.invalidWrite(path: path, detail: "\(order.count - next) tensors were never written, first '\(order[next].name)'")
         }
         try flush()
+        syncGroup.wait()
+        if syncState.firstError != 0 { throw SafeTensorsError.io(path: path, operation: "fdatasync", errno: syncState.firstError) }
         guard fsync(fd) == 0 else { throw SafeTensorsError.io(path: path, operation: "fsync", errno: errno) }
         let rc = close(fd)
         fd = -1
