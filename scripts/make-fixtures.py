@@ -212,6 +212,56 @@ def dialect_cases():
     print("dialect cases: kohya, mlx")
 
 
+def conv_case():
+    """Convolution LoRA (PEFT Conv2d targets, 3×3 and 1×1) on a small custom model, plus the same
+    factors in kohya LoCon form (lora_down (r, in, k, k), lora_up (out, r, 1, 1), alpha)."""
+    import torch.nn as nn
+
+    class TinyConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 1)
+            self.proj = nn.Linear(8, 6)
+
+        def forward(self, x):
+            return self.proj(self.conv2(self.conv1(x)).mean((2, 3)))
+
+    for name, kohya in (("conv_peft", False), ("conv_kohya", True)):
+        d = fresh(os.path.join(CORE_FIX, name))
+        torch.manual_seed(0)
+        model = TinyConv()
+        os.makedirs(os.path.join(d, "base"))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(d, "base", "model.safetensors"),
+                  metadata={"format": "pt"})
+        peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=6, target_modules=["conv1", "conv2", "proj"],
+                                                      init_lora_weights=False))
+        randomize_adapter(peft_model, 23)
+        if kohya:
+            tensors = {}
+            for n, p in peft_model.named_parameters():
+                if ".lora_A.default." in n or ".lora_B.default." in n:
+                    module = n.split("base_model.model.")[1].split(".lora_")[0]
+                    key = "lora_unet_" + module.replace(".", "_")
+                    tensors[key + (".lora_down.weight" if ".lora_A." in n else ".lora_up.weight")] = p.detach().clone().contiguous()
+                    if ".lora_A." in n:
+                        tensors[key + ".alpha"] = torch.tensor(6.0, dtype=torch.float16)
+            os.makedirs(os.path.join(d, "adapter"))
+            save_file(tensors, os.path.join(d, "adapter", "locon.safetensors"))
+        else:
+            peft_model.save_pretrained(os.path.join(d, "adapter"))
+            if os.path.exists(os.path.join(d, "adapter", "README.md")):
+                os.remove(os.path.join(d, "adapter", "README.md"))
+        merged = peft_model.merge_and_unload()
+        os.makedirs(os.path.join(d, "merged"))
+        save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, os.path.join(d, "merged", "model.safetensors"),
+                  metadata={"format": "pt"})
+        with open(os.path.join(d, "case.json"), "w") as f:
+            json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
+            f.write("\n")
+    print("conv cases")
+
+
 def samples():
     base_dir = fresh(os.path.join(SAMPLES, "tiny-llama"))
     adapter_dir = fresh(os.path.join(SAMPLES, "tiny-llama-lora"))
@@ -376,6 +426,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "adalora":
         adalora_case()
         raise SystemExit
+    if len(sys.argv) > 1 and sys.argv[1] == "conv":
+        conv_case()
+        raise SystemExit
     if len(sys.argv) > 1 and sys.argv[1] == "dialects":
         dialect_cases()
         raise SystemExit
@@ -385,4 +438,5 @@ if __name__ == "__main__":
     merge_cases()
     adalora_case()
     dialect_cases()
+    conv_case()
     extract_cases()

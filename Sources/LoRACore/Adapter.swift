@@ -163,11 +163,9 @@ public final class Adapter: Sendable {
             for t in [a, b] where !(t.dtype == .float32 || t.dtype == .float16 || t.dtype == .bfloat16) {
                 throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(t.name)' has dtype \(t.dtype.rawValue); LoRA factors must be F32, F16 or BF16")
             }
-            guard a.shape.count == 2, b.shape.count == 2 else {
-                if a.shape.count == 4 || b.shape.count == 4 {
-                    throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' is a convolution LoRA, not supported yet")
-                }
-                throw LoRACoreError.invalidModule(module: module, detail: "LoRA factors must be 2-D, got \(a.shape) and \(b.shape)")
+            guard let geometry = AdapterModule.factorGeometry(a: a.shape, b: b.shape), !(isEmbedding && geometry.conv != nil) else {
+                throw LoRACoreError.invalidModule(
+                    module: module, detail: "LoRA factors must be 2-D, or a convolution's (r, in, kh, kw) and (out, r, 1, 1); got \(a.shape) and \(b.shape)")
             }
             if config.peftType == .adalora && (a.shape[0] == 0 || b.shape[1] == 0) && a.shape[0] == b.shape[1] {
                 continue  // AdaLoRA pruned this module to rank 0: it contributes nothing.
@@ -176,11 +174,11 @@ public final class Adapter: Sendable {
                 throw LoRACoreError.invalidModule(
                     module: module, detail: "zero-size LoRA tensors \(a.shape) and \(b.shape) (a DeepSpeed ZeRO-3 save without gathering?)")
             }
-            let rank = a.shape[0]
+            let rank = geometry.rank
             guard b.shape[1] == rank else {
                 throw LoRACoreError.invalidModule(module: module, detail: "\(pa.rawValue) has rank \(rank) but \(pb.rawValue) has rank \(b.shape[1]) (shapes \(a.shape) and \(b.shape))")
             }
-            let out = b.shape[0], inF = a.shape[1]
+            let out = geometry.out, inF = geometry.inFlat
             guard rank <= min(out, inF) else {
                 throw LoRACoreError.invalidModule(module: module, detail: "rank \(rank) exceeds the matrix size \(out)×\(inF)")
             }
@@ -210,11 +208,16 @@ public final class Adapter: Sendable {
                 continue
             }
             let alpha = config.alpha(for: module)
-            let transposed = isEmbedding || config.fanInFanOut
-            modules.append(AdapterModule(
+            let transposed = isEmbedding || (config.fanInFanOut && geometry.conv == nil)
+            if geometry.conv != nil && g[.magnitude] != nil {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' is a DoRA convolution, not supported yet")
+            }
+            var entry = AdapterModule(
                 module: module, kind: isEmbedding ? .embedding : .linear, aName: aName, bName: bName, eName: g[.E],
                 bBiasName: g[.bBias], magnitudeName: g[.magnitude], rank: rank, alpha: alpha,
-                scale: config.scale(for: module, rank: rank), outFeatures: out, inFeatures: inF, transposed: transposed))
+                scale: config.scale(for: module, rank: rank), outFeatures: out, inFeatures: inF, transposed: transposed)
+            entry.convShape = geometry.conv
+            modules.append(entry)
         }
         replacements.sort { utf8Precedes($0.base, $1.base) }
         return (modules, replacements, untargeted)

@@ -64,8 +64,8 @@ public enum Convert {
             for f in factors {
                 let key = "lora_te_" + f.module.module.replacingOccurrences(of: ".", with: "_")
                 let m = f.module
-                tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: [m.rank, m.inFeatures]) { AdapterWriter.floatBytes(f.a) })
-                tensors.append(.init(name: key + ".lora_up.weight", dtype: .float32, shape: [m.outFeatures, m.rank]) { AdapterWriter.floatBytes(f.b) })
+                tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterWriter.floatBytes(f.a) })
+                tensors.append(.init(name: key + ".lora_up.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterWriter.floatBytes(f.b) })
                 let alpha = Float(m.scale * Double(m.rank))
                 tensors.append(.init(name: key + ".alpha", dtype: .float32, shape: []) { AdapterWriter.floatBytes([alpha]) })
             }
@@ -140,6 +140,9 @@ public enum Convert {
         if let f = factors.first(where: { $0.module.kind == .embedding }) {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "\(target) cannot express embedding LoRA ('\(f.module.module)')")
         }
+        if target.hasPrefix("mlx"), let f = factors.first(where: { $0.module.convShape != nil }) {
+            throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "\(target) cannot express convolution LoRA ('\(f.module.module)')")
+        }
         if let f = factors.first(where: { $0.module.transposed }) {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "\(target) cannot express fan_in_fan_out (Conv1D) modules ('\(f.module.module)')")
         }
@@ -161,8 +164,8 @@ public enum Convert {
             let m = f.module
             let prefix = "base_model.model." + m.module + "."
             let (aName, bName) = m.kind == .embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
-            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: [m.rank, m.inFeatures]) { AdapterWriter.floatBytes(f.a) })
-            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: [m.outFeatures, m.rank]) { AdapterWriter.floatBytes(f.b) })
+            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: m.factorShapes.a) { AdapterWriter.floatBytes(f.a) })
+            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: m.factorShapes.b) { AdapterWriter.floatBytes(f.b) })
             if let mag = f.magnitude {
                 tensors.append(.init(name: prefix + "lora_magnitude_vector", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(mag) })
             }

@@ -8,6 +8,8 @@ import SafeTensors
 /// `.lora_up.weight` (out×r, B) and an optional scalar `.alpha` (any float dtype). Prefixes:
 /// `lora_unet_`, `lora_te_`, `lora_te1_`, `lora_te2_` (also `lora_transformer_`, plain `lora_`).
 /// Scale s = alpha / r; a missing alpha means alpha = r (s = 1), as sd-scripts reads it.
+/// Convolutions (LoCon): down (r, in, kh, kw), up (out, r, 1, 1), merged as B·A on the flattened
+/// kernel, which is sd-scripts' `conv2d(down.permute(1, 0, 2, 3), up)` (1×1 is the squeezed case).
 /// Example: `lora_te_model_layers_0_self_attn_q_proj.lora_down.weight` adapts the base module
 /// `model.layers.0.self_attn.q_proj` (resolved against the base in `resolve`).
 enum KohyaDialect {
@@ -31,15 +33,16 @@ enum KohyaDialect {
                 throw LoRACoreError.invalidModule(module: key, detail: "needs both lora_down.weight and lora_up.weight")
             }
             let down = ckpt.info(downName)!, up = ckpt.info(upName)!
-            guard down.shape.count == 2, up.shape.count == 2 else {
-                throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(key)' is a convolution LoRA (shapes \(down.shape), \(up.shape)), not supported yet")
+            guard let geometry = AdapterModule.factorGeometry(a: down.shape, b: up.shape) else {
+                throw LoRACoreError.unsupportedAdapter(
+                    path: file, detail: "module '\(key)': lora_down \(down.shape) and lora_up \(up.shape) are neither linear nor a (k×k down, 1×1 up) convolution")
             }
-            let rank = down.shape[0]
+            let rank = geometry.rank
             guard rank > 0, up.shape[1] == rank else {
                 throw LoRACoreError.invalidModule(module: key, detail: "lora_down has rank \(rank) but lora_up has \(up.shape[1]) (shapes \(down.shape) and \(up.shape))")
             }
-            guard rank <= min(up.shape[0], down.shape[1]) else {
-                throw LoRACoreError.invalidModule(module: key, detail: "rank \(rank) exceeds the matrix size \(up.shape[0])×\(down.shape[1])")
+            guard rank <= min(geometry.out, geometry.inFlat) else {
+                throw LoRACoreError.invalidModule(module: key, detail: "rank \(rank) exceeds the matrix size \(geometry.out)×\(geometry.inFlat)")
             }
             var alpha = Double(rank)
             if let alphaName = g[".alpha"] {
@@ -54,10 +57,12 @@ enum KohyaDialect {
                 }
                 guard alpha.isFinite else { throw LoRACoreError.invalidModule(module: key, detail: "alpha is not finite") }
             }
-            modules.append(AdapterModule(
+            var entry = AdapterModule(
                 module: key, kind: .linear, aName: downName, bName: upName, eName: nil, bBiasName: nil, magnitudeName: nil,
-                rank: rank, alpha: alpha, scale: alpha / Double(rank), outFeatures: up.shape[0], inFeatures: down.shape[1],
-                transposed: false))
+                rank: rank, alpha: alpha, scale: alpha / Double(rank), outFeatures: geometry.out, inFeatures: geometry.inFlat,
+                transposed: false)
+            entry.convShape = geometry.conv
+            modules.append(entry)
         }
         return (modules, [], [])
     }

@@ -94,8 +94,10 @@ public enum Resize {
             }
             let prefix = "base_model.model." + m.module + "."
             let (aName, bName) = m.kind == .embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
-            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: [k, m.inFeatures]) { AdapterWriter.floatBytes(newA) })
-            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: [m.outFeatures, k]) { AdapterWriter.floatBytes(newB) })
+            var resized = m
+            resized.rank = k
+            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: resized.factorShapes.a) { AdapterWriter.floatBytes(newA) })
+            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: resized.factorShapes.b) { AdapterWriter.floatBytes(newB) })
             ranks.append((m.module, k))
             let energy = total > 0 ? min(1, kept / total) : 1
             report.append(Module(module: m.module, fromRank: r, rank: k, energyKept: energy, relativeError: max(0, 1 - energy).squareRoot()))

@@ -21,6 +21,8 @@ struct ConvertTests {
         ("llama_kohya", ["peft", "mlx"]),
         ("llama_mlx", ["peft", "kohya"]),
         ("llama_dora", ["peft", "mlx"]),
+        ("conv_peft", ["kohya", "peft"]),
+        ("conv_kohya", ["peft", "kohya"]),
     ])
     func roundTrips(fixture: String, chain: [String]) throws {
         let dir = temporaryDirectory()
@@ -47,6 +49,7 @@ struct ConvertTests {
         ("llama_embedding_modules_to_save", "mlx", "embedding"),
         ("gpt2_conv1d", "kohya", "fan_in_fan_out"),
         ("llama_bf16_rslora_patterns", "mlx", "one rank"),
+        ("conv_peft", "mlx", "convolution"),
     ])
     func refusals(fixture: String, to: String, reason: String) throws {
         let dir = temporaryDirectory()

@@ -66,14 +66,26 @@ struct MergeAgainstPEFTTests {
             let info = try #require(ours.info(name))
             #expect(info.dtype == peft.info(name)!.dtype)
             let d = ulpDistance(try ours.bytes(of: name), try peft.bytes(of: name), dtype: info.dtype)
-            #expect(d <= (info.dtype == .float32 ? 2 : 1), "\(fixture.name): \(name) is \(d) ulp from PEFT")
+            if d > (info.dtype == .float32 ? 2 : 1) {
+                // PEFT merges 3×3 convolution LoRA through conv2d, whose summation order GEMM cannot
+                // reproduce; where W and ΔW cancel, a 1-ulp difference in ΔW is many ulp of the small
+                // result. Judge those elements on the scale of the terms: 2 ulp of |W| + |ΔW|.
+                #expect(info.dtype == .float32 && fixture.name.hasPrefix("conv"), "\(fixture.name): \(name) is \(d) ulp from PEFT")
+                let w = try TensorData.floats(base, name), x = try TensorData.floats(ours, name), y = try TensorData.floats(peft, name)
+                for i in w.indices {
+                    let bound = 2 * (abs(w[i]) + abs(y[i] - w[i])).ulp
+                    #expect(abs(x[i] - y[i]) <= bound, "\(fixture.name): \(name)[\(i)] \(x[i]) vs PEFT \(y[i])")
+                }
+            }
             if case .copy = try MergePlan(base: base, adapters: fixture.adapters.map { try Adapter(path: $0.path) },
                                           weights: fixture.adapters.map(\.weight), targets: nil).action(for: name) {
                 #expect(try ours.bytes(of: name).elementsEqual(try base.bytes(of: name)), "\(name) not copied byte for byte")
             }
         }
         // Side files come along.
-        #expect(FileManager.default.fileExists(atPath: out + "/merged/config.json"))
+        if FileManager.default.fileExists(atPath: fixture.dir + "/base/config.json") {
+            #expect(FileManager.default.fileExists(atPath: out + "/merged/config.json"))
+        }
     }
 
     @Test("verify passes on PEFT's own merged output", arguments: FixtureCase.all)
