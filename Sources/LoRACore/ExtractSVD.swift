@@ -144,6 +144,9 @@ public enum ExtractSVD {
     static func decompose(_ name: String, base: Checkpoint, tuned: Checkpoint, options: ExtractSVDOptions) throws -> Outcome {
         let info = base.info(name)!
         let (m, n) = (info.shape[0], info.shape[1])
+        // ΔW (fp32), plus the full SVD's U and Vᵀ when it is used: refuse up front what cannot fit.
+        try MemoryBudget.check(elements: m * n + (min(m, n) + 10) * (m + n), bytesPerElement: 4 * 2,
+                               what: "module '\(TensorName(name).module)': SVD of a \(m)×\(n) matrix")
         // ΔW = W_ft − W_base in fp32; the base is widened a block at a time, never whole.
         var delta = try TensorData.floats(tuned, name)
         tuned.release(name)

@@ -65,6 +65,8 @@ struct LoRAFactors {
     }
 
     init(_ module: AdapterModule, adapter: Adapter, weight: Double) throws {
+        try MemoryBudget.check(elements: module.rank * (module.inFeatures + module.outFeatures), bytesPerElement: 8,
+                               what: "module '\(module.module)': rank-\(module.rank) factors")
         self.module = module
         var a = try TensorData.floats(adapter.checkpoint, module.aName)
         var b = try TensorData.floats(adapter.checkpoint, module.bName)

@@ -73,6 +73,7 @@ struct Piece: Sendable {
             }
             return .copied(plan.base.location(of: name)!)
         case .whole:
+            try MemoryBudget.check(elements: tensor.elementCount ?? 0, bytesPerElement: 8, what: "tensor '\(name)' (merged whole)")
             return try Merge.produce(tensor, baseInfo: plan.base.info(name)!, plan: plan)
         case let .rows(r0, count, cols):
             var block = try startingRows(name, r0: r0, count: count, cols: cols, plan: plan)

@@ -83,3 +83,19 @@ struct HostileInputTests {
         #expect(throws: SafeTensorsError.self) { try file.bytes(of: "lm_head.weight") }
     }
 }
+
+@Suite("Memory that the machine does not have is refused up front")
+struct MemoryBudgetTests {
+    @Test("Requests beyond half the physical memory, or that overflow, fail with the figure")
+    func refuses() {
+        #expect(throws: Never.self) { try MemoryBudget.check(elements: 1 << 20, bytesPerElement: 8, what: "small") }
+        do {
+            try MemoryBudget.check(elements: 1 << 40, bytesPerElement: 8, what: "module 'x': SVD of a huge matrix")
+            Issue.record("accepted 8 TB")
+        } catch let e as LoRACoreError {
+            #expect(e.localizedDescription.contains("module 'x'"))
+            #expect(e.localizedDescription.contains("8796.1 GB"))
+        } catch { Issue.record("\(error)") }
+        #expect(throws: LoRACoreError.self) { try MemoryBudget.check(elements: Int.max, bytesPerElement: 8, what: "overflow") }
+    }
+}
