@@ -262,6 +262,38 @@ def conv_case():
     print("conv cases")
 
 
+def sora_case():
+    """SoRA: PEFT-like keys plus a gate per module (ΔW = B·diag(g)·A·α/r), with some gates exactly
+    zero. Expected: PEFT's merge of the equivalent LoRA with A ← diag(g)·A."""
+    d = fresh(os.path.join(CORE_FIX, "llama_sora"))
+    base = tiny_llama(torch.float32)
+    save_base(base, os.path.join(d, "base"))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    randomize_adapter(peft_model, 29)
+    tensors = {}
+    torch.manual_seed(31)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if ".lora_A.default." in n:
+                module = n.split(".lora_A.")[0]
+                gate = torch.randn(4)
+                gate[1] = 0.0  # a pruned rank
+                tensors[module + ".lora_A.weight"] = p.detach().clone()
+                tensors[module + ".lora_gate"] = gate.clone()
+                p.mul_(gate[:, None])  # the equivalent plain LoRA factor
+            elif ".lora_B.default." in n:
+                tensors[n.replace(".default", "")] = p.detach().clone()
+    os.makedirs(os.path.join(d, "adapter"))
+    save_file(tensors, os.path.join(d, "adapter", "adapter_model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
+        json.dump({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, f, indent=2, sort_keys=True)
+    peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print("case llama_sora")
+
+
 def samples():
     base_dir = fresh(os.path.join(SAMPLES, "tiny-llama"))
     adapter_dir = fresh(os.path.join(SAMPLES, "tiny-llama-lora"))
@@ -426,6 +458,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "adalora":
         adalora_case()
         raise SystemExit
+    if len(sys.argv) > 1 and sys.argv[1] == "sora":
+        sora_case()
+        raise SystemExit
     if len(sys.argv) > 1 and sys.argv[1] == "conv":
         conv_case()
         raise SystemExit
@@ -439,4 +474,5 @@ if __name__ == "__main__":
     adalora_case()
     dialect_cases()
     conv_case()
+    sora_case()
     extract_cases()

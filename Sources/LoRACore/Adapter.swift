@@ -37,7 +37,8 @@ public final class Adapter: Sendable {
         switch format {
         case .kohya: return "kohya LoRA (sd-scripts)"
         case .mlx: return modules.contains(where: \.isDoRA) ? "mlx-lm DoRA" : "mlx-lm LoRA"
-        case .peft: break
+        case .peft:
+            if modules.contains(where: \.isGated) { return "SoRA (PEFT-like keys with gates)" }
         }
         var extras: [String] = []
         if config.useRslora { extras.append("rsLoRA") }
@@ -188,6 +189,12 @@ public final class Adapter: Sendable {
                     throw LoRACoreError.invalidModule(module: module, detail: "tensors have rank \(rank) but adapter_config.json gives r = \(expected) (r / rank_pattern)")
                 }
             }
+            if let gate = g[.gate], let gi = ckpt.info(gate), gi.elementCount != rank || gi.shape.count > 2 {
+                throw LoRACoreError.invalidModule(module: module, detail: "SoRA gate has shape \(gi.shape), expected [\(rank)] or [1, \(rank)]")
+            }
+            if g[.gate] != nil && g[.E] != nil {
+                throw LoRACoreError.invalidModule(module: module, detail: "has both lora_E (AdaLoRA) and a SoRA gate")
+            }
             if let e = g[.E], let ei = ckpt.info(e), ei.shape != [rank, 1] {
                 throw LoRACoreError.invalidModule(module: module, detail: "lora_E has shape \(ei.shape), expected [\(rank), 1]")
             }
@@ -213,10 +220,11 @@ public final class Adapter: Sendable {
                 throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' is a DoRA convolution, not supported yet")
             }
             var entry = AdapterModule(
-                module: module, kind: isEmbedding ? .embedding : .linear, aName: aName, bName: bName, eName: g[.E],
+                module: module, kind: isEmbedding ? .embedding : .linear, aName: aName, bName: bName, eName: g[.E] ?? g[.gate],
                 bBiasName: g[.bBias], magnitudeName: g[.magnitude], rank: rank, alpha: alpha,
                 scale: config.scale(for: module, rank: rank), outFeatures: out, inFeatures: inF, transposed: transposed)
             entry.convShape = geometry.conv
+            entry.isGated = g[.gate] != nil
             modules.append(entry)
         }
         replacements.sort { utf8Precedes($0.base, $1.base) }

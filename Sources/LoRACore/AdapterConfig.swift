@@ -64,6 +64,17 @@ public struct AdapterConfig: Sendable, Equatable {
             guard let b = v.boolValue else { throw bad(key, "true or false", v) }
             return b
         }
+        if present("peft_type") == nil, let rValue = present("lora_r") {
+            // SoRA / OpenDelta's LoRA config: {"lora_r": r, "lora_alpha": α}; scale α/r as LoRA.
+            guard let n = rValue.intValue, n > 0 else { throw bad("lora_r", "a positive integer", rValue) }
+            r = n
+            loraAlpha = Double(n)
+            if let v = present("lora_alpha") {
+                guard let a = v.doubleValue, a.isFinite else { throw bad("lora_alpha", "a finite number", v) }
+                loraAlpha = a
+            }
+            return
+        }
         guard let typeValue = present("peft_type") else {
             throw LoRACoreError.invalidConfig(file: file, detail: "missing 'peft_type'")
         }

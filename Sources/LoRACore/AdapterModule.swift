@@ -39,6 +39,8 @@ public struct AdapterModule: Sendable, Equatable {
         guard let c = convShape else { return ([rank, inFeatures], [outFeatures, rank]) }
         return ([rank] + Array(c.dropFirst()), [outFeatures, rank, 1, 1])
     }
+    /// SoRA: `eName` is a gate g (length r) and ΔW = s·B·diag(g)·A (AdaLoRA's E is applied the same way).
+    public var isGated = false
     /// mlx stores the factors transposed: `lora_a` (in×r) = Aᵀ and `lora_b` (r×out) = Bᵀ.
     public var factorsTransposed = false
 

@@ -48,9 +48,18 @@ public enum Convert {
         guard !modules.isEmpty else { throw LoRACoreError.invalidRequest("\(options.adapter): no LoRA modules to convert") }
         var notes: [String] = []
         var factors: [LoRAFactors] = []
+        if adapter.modules.contains(where: \.isGated) { notes.append("SoRA gates folded into A (A ← diag(g)·A)") }
         for (m, original) in zip(modules, adapter.modules) {
             // Tensors are read under the adapter's own names, then carry the resolved module name.
-            factors.append(try LoRAFactors(original, adapter: adapter, weight: 1).renamed(m.module))
+            var f = try LoRAFactors(original, adapter: adapter, weight: 1).renamed(m.module)
+            if original.isGated, let gate = original.eName {
+                let before = f.module.rank
+                f = f.droppingZeroRanks(gate: try TensorData.floats(adapter.checkpoint, gate))
+                if f.module.rank < before {
+                    notes.append("\(m.module): \(before - f.module.rank) rank(s) with a zero SoRA gate dropped (rank \(before) → \(f.module.rank))")
+                }
+            }
+            factors.append(f)
         }
         if adapter.config.useRslora && adapter.format == .peft { notes.append("rsLoRA scales written as plain α/r with α = s·r") }
         if adapter.config.peftType == .adalora { notes.append("AdaLoRA written as plain LoRA: A ⊙ E folded into A, α = s·r") }

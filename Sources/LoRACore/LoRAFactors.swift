@@ -22,6 +22,20 @@ struct LoRAFactors {
         self.coefficient = coefficient
     }
 
+    /// Without the ranks whose SoRA gate is exactly zero (they contribute nothing): rows of A and
+    /// columns of B dropped, the rank lowered accordingly.
+    func droppingZeroRanks(gate: [Float]) -> LoRAFactors {
+        let keep = gate.indices.filter { gate[$0] != 0 }
+        guard keep.count < module.rank, !keep.isEmpty else { return self }
+        var m = module
+        let r = module.rank, k = keep.count
+        var a2 = [Float](), b2 = [Float](repeating: 0, count: m.outFeatures * k)
+        for row in keep { a2 += a[(row * m.inFeatures)..<((row + 1) * m.inFeatures)] }
+        for o in 0..<m.outFeatures { for (j, col) in keep.enumerated() { b2[o * k + j] = b[o * r + col] } }
+        m.rank = k
+        return LoRAFactors(module: m, a: a2, b: b2, bias: bias, magnitude: magnitude, coefficient: coefficient)
+    }
+
     /// The same factors under another module name (kohya names resolved against a base).
     func renamed(_ module: String) -> LoRAFactors {
         var m = self.module

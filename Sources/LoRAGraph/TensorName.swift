@@ -8,6 +8,8 @@
 /// - `model.layers.0.self_attn.q_proj.base_layer.weight` → `.baseLayer(parameter: "weight")`
 /// - `lm_head.modules_to_save.default.weight` → module `lm_head`, `.modulesToSave(parameter: "weight")`
 /// - `lora_unet_down_blocks_0_attn.lora_down.weight` → kohya, module `lora_unet_down_blocks_0_attn`
+/// - `encoder.layer.0.attention.self.query.lora.lora_A` / `.lora.gate` → SoRA (OpenDelta), module
+///   `encoder.layer.0.attention.self.query`, roles `.lora(.A)` / `.lora(.gate)`; `X.lora_gate` too
 public struct TensorName: Sendable, Hashable {
     /// The name as stored.
     public let original: String
@@ -46,8 +48,13 @@ public struct TensorName: Sendable, Hashable {
         var adapter: String?
         var role: TensorRole
         var moduleSegments: [String]
+        // SoRA as OpenDelta saves it: a parallel `lora` submodule holding lora_A, lora_B and `gate`.
+        if segments.count > 2, segments[segments.count - 2] == "lora", segments.last == "gate" {
+            segments[segments.count - 1] = "lora_gate"
+        }
         if let i = segments.firstIndex(where: { s in LoRAParameter.allCases.contains { $0.segment == s } }), i > 0 {
             moduleSegments = Array(segments[..<i])
+            if moduleSegments.count > 1, moduleSegments.last == "lora" { moduleSegments.removeLast() }
             var rest = Array(segments[(i + 1)...])
             var param = LoRAParameter.allCases.first { $0.segment == segments[i] }!
             var trailing: String?

@@ -27,7 +27,7 @@ public enum TensorRole: Sendable, Hashable {
 ///
 /// Shapes (PEFT): `A` (r, in), `B` (out, r), `embeddingA` (r, vocab), `embeddingB` (dim, r),
 /// `magnitude` (out,), `E` (r, 1) for AdaLoRA, `bBias` (out,). kohya `down` (r, in[, k, k]), `up`
-/// (out, r[, 1, 1]). mlx `a` (in, r), `b` (r, out).
+/// (out, r[, 1, 1]). mlx `a` (in, r), `b` (r, out). SoRA `gate` (r) or (1, r).
 public enum LoRAParameter: String, Sendable, Hashable, CaseIterable {
     case A = "lora_A"
     case B = "lora_B"
@@ -36,6 +36,8 @@ public enum LoRAParameter: String, Sendable, Hashable, CaseIterable {
     case embeddingB = "lora_embedding_B"
     case magnitude = "lora_magnitude_vector"
     case E = "lora_E"
+    /// SoRA's gate (length r): ΔW = B·diag(g)·A·α/r.
+    case gate = "lora_gate"
     case down = "lora_down"
     case up = "lora_up"
     case mlxA = "lora_a"

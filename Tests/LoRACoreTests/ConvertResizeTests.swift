@@ -22,6 +22,7 @@ struct ConvertTests {
         ("llama_mlx", ["peft", "kohya"]),
         ("llama_dora", ["peft", "mlx"]),
         ("conv_peft", ["kohya", "peft"]),
+        ("llama_sora", ["peft", "mlx"]),
         ("conv_kohya", ["peft", "kohya"]),
     ])
     func roundTrips(fixture: String, chain: [String]) throws {
@@ -61,6 +62,16 @@ struct ConvertTests {
             #expect(e.localizedDescription.contains(reason), "\(e.localizedDescription)")
         }
         #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
+    }
+
+    @Test("SoRA ranks whose gate is exactly zero are dropped when converting to plain LoRA")
+    func soraDropsZeroGates() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let report = try Convert.run(ConvertOptions(adapter: "\(fixtures)/llama_sora/adapter", to: .peft, output: dir + "/p"))
+        #expect(report.notes.contains { $0.contains("rank 4 → 3") })
+        let converted = try Adapter(path: dir + "/p")
+        #expect(converted.modules.count == 4 && converted.modules.allSatisfy { $0.rank == 3 && $0.scale == 2 })
     }
 
     @Test("zstd output is read back with the same tensors")

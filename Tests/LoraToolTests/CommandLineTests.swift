@@ -58,6 +58,8 @@ struct CommandLineTests {
         ("llama_kohya", "kohya LoRA (sd-scripts)", "alpha/r per module"),
         ("llama_mlx", "mlx-lm LoRA", "given directly"),
         ("llama_adalora", "PEFT AdaLoRA", "α/(init_r + 1e-5)"),
+        ("llama_sora", "SoRA (PEFT-like keys with gates)", "α/r"),
+        ("conv_kohya", "kohya LoRA (sd-scripts)", "alpha/r"),
         ("llama_dora", "PEFT LoRA (DoRA)", "α/r"),
         ("llama_bf16_rslora_patterns", "PEFT LoRA (rsLoRA)", "α/√r"),
         ("llama_embedding_modules_to_save", "PEFT LoRA (embedding LoRA)", "α/r"),
