@@ -86,6 +86,12 @@ public final class Adapter: Sendable {
             weights = path
         }
         checkpoint = try Checkpoint(path: weights)
+        if let handWritten = checkpoint.names.first(where: {
+            $0.hasSuffix(".lora.A") || $0.hasSuffix(".lora.B") || $0.contains(".parametrizations.weight.0.lora_")
+        }) {
+            throw LoRACoreError.unsupportedAdapter(
+                path: weights, detail: "'\(handWritten)' belongs to a hand-written LoRA layout (wrapper .lora.A/.lora.B or torch parametrizations), not supported yet")
+        }
         let isKohya = checkpoint.names.contains { $0.hasSuffix(".lora_down.weight") || $0.hasSuffix(".lora_up.weight") }
         if isKohya {
             format = .kohya
