@@ -40,31 +40,42 @@ public enum Verify {
             VerifyReport.Entry(tensor: name, family: TensorName(name).family, kind: kind, maxAbsError: .infinity,
                                relativeError: .infinity, errorRelativeToOutput: .infinity, tolerance: 0, passed: false, detail: detail)
         }
-        // Tensors are checked `threads` at a time, each single-threaded; mapped pages are dropped
-        // from the resident set after each tensor so memory stays at a few tensors.
+        // Workers claim tensors one at a time (no lockstep batches), each single-threaded; mapped
+        // pages are dropped from the resident set after each tensor so memory stays at a few tensors.
         GEMM.setThreads(1)
         let names = plan.names
-        var start = 0
-        while start < names.count {
-            let batch = Array(names[start..<min(names.count, start + max(1, options.threads))])
-            let slots = ParallelSlots<VerifyReport.Entry>(count: batch.count)
-            DispatchQueue.concurrentPerform(iterations: batch.count) { i in
-                let name = batch[i]
+        let slots = ParallelSlots<VerifyReport.Entry>(count: names.count)
+        let counter = ClaimCounter(count: names.count)
+        DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { _ in
+            while let i = counter.next() {
+                let name = names[i]
                 slots.set(i, Result {
                     guard let info = merged.info(name) else { return missing(name, .missing, "missing from the merged checkpoint") }
                     return try checker.check(name: name, mergedInfo: info, mergedBytes: try merged.bytes(of: name))
                 })
-            }
-            for (i, name) in batch.enumerated() {
-                entries.append(try slots.get(i).get())
                 merged.release(name)
                 base.release(name)
             }
-            start += batch.count
         }
+        for i in names.indices { entries.append(try slots.get(i).get()) }
         for name in merged.names where base.info(name) == nil {
             entries.append(missing(name, .extra, "in the merged checkpoint but not in the base"))
         }
         return VerifyReport(entries: entries, probes: options.probes, seed: options.seed)
+    }
+}
+
+/// Hands out indices 0..<count to concurrent workers. `@unchecked Sendable`: guarded by `lock`.
+final class ClaimCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    private let count: Int
+    init(count: Int) { self.count = count }
+    func next() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard value < count else { return nil }
+        value += 1
+        return value - 1
     }
 }
