@@ -294,6 +294,85 @@ def sora_case():
     print("case llama_sora")
 
 
+def hand_written_cases():
+    """Hand-written LoRA layers saved with torch.save-style state dicts (base and LoRA in one file):
+    a LinearWithLoRA wrapper (x @ A @ B · alpha, A (in, r), B (r, out)) and torch parametrizations
+    (W + B @ A · alpha/r). Expected merged models: torch's own — the wrapper's forward folded into a
+    plain Linear (checked on inputs here), and parametrize.remove_parametrizations(leave_parametrized=True)."""
+    import torch.nn as nn
+    import torch.nn.utils.parametrize as parametrize
+
+    class LoRALayer(nn.Module):
+        def __init__(self, in_dim, out_dim, rank, alpha):
+            super().__init__()
+            self.A = nn.Parameter(torch.randn(in_dim, rank) * 0.3)
+            self.B = nn.Parameter(torch.randn(rank, out_dim) * 0.3)
+            self.alpha = alpha
+
+        def forward(self, x):
+            return self.alpha * (x @ self.A @ self.B)
+
+    class LinearWithLoRA(nn.Module):
+        def __init__(self, linear, rank, alpha):
+            super().__init__()
+            self.linear = linear
+            self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha)
+
+        def forward(self, x):
+            return self.linear(x) + self.lora(x)
+
+    torch.manual_seed(41)
+    d = fresh(os.path.join(CORE_FIX, "handwritten_wrapper"))
+    model = nn.Sequential(LinearWithLoRA(nn.Linear(12, 10), 3, 1.5), nn.ReLU(), LinearWithLoRA(nn.Linear(10, 10), 3, 1.5))
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    for sub in ("base", "adapter"):
+        os.makedirs(os.path.join(d, sub))
+        save_file(sd, os.path.join(d, sub, "model.safetensors"), metadata={"format": "pt"})
+    merged = {}
+    for i in (0, 2):
+        layer = model[i]
+        w = layer.linear.weight + layer.lora.alpha * (layer.lora.A @ layer.lora.B).T
+        x = torch.randn(5, layer.linear.in_features)
+        assert torch.allclose(x @ w.T + layer.linear.bias, layer(x), atol=1e-5)
+        merged[f"{i}.weight"] = w.detach().contiguous()
+        merged[f"{i}.bias"] = layer.linear.bias.detach().contiguous()
+    os.makedirs(os.path.join(d, "merged"))
+    save_file(merged, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"adapters": ["adapter"], "weights": [1.0], "scale": 1.5}, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+    class LoRAParametrization(nn.Module):
+        def __init__(self, out_features, in_features, rank, alpha):
+            super().__init__()
+            self.lora_A = nn.Parameter(torch.randn(rank, in_features) * 0.3)
+            self.lora_B = nn.Parameter(torch.randn(out_features, rank) * 0.3)
+            self.scale = alpha / rank
+
+        def forward(self, w):
+            return w + (self.lora_B @ self.lora_A).view(w.shape) * self.scale
+
+    torch.manual_seed(43)
+    d = fresh(os.path.join(CORE_FIX, "handwritten_parametrize"))
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8))
+    for i in (0, 2):
+        layer = model[i]
+        parametrize.register_parametrization(layer, "weight", LoRAParametrization(layer.out_features, layer.in_features, 4, 6.0))
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    for sub in ("base", "adapter"):
+        os.makedirs(os.path.join(d, sub))
+        save_file(sd, os.path.join(d, sub, "model.safetensors"), metadata={"format": "pt"})
+    for i in (0, 2):
+        parametrize.remove_parametrizations(model[i], "weight", leave_parametrized=True)
+    os.makedirs(os.path.join(d, "merged"))
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"adapters": ["adapter"], "weights": [1.0], "alpha": 6.0, "rank": 4}, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print("hand-written cases")
+
+
 def samples():
     base_dir = fresh(os.path.join(SAMPLES, "tiny-llama"))
     adapter_dir = fresh(os.path.join(SAMPLES, "tiny-llama-lora"))
@@ -458,6 +537,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "adalora":
         adalora_case()
         raise SystemExit
+    if len(sys.argv) > 1 and sys.argv[1] == "handwritten":
+        hand_written_cases()
+        raise SystemExit
     if len(sys.argv) > 1 and sys.argv[1] == "sora":
         sora_case()
         raise SystemExit
@@ -475,4 +557,5 @@ if __name__ == "__main__":
     dialect_cases()
     conv_case()
     sora_case()
+    hand_written_cases()
     extract_cases()

@@ -28,7 +28,15 @@ public final class Adapter: Sendable {
         case kohya
         /// mlx-lm: adapters.safetensors with `lora_a` (in×r), `lora_b` (r×out), s = `scale` directly.
         case mlx
+        /// Hand-written layers inside a whole model (`.lora.A`/`.lora.B` wrappers, torch
+        /// parametrizations); the scale comes from `--scale` or `--alpha`/`--rank`.
+        case handWritten = "hand-written"
     }
+
+    /// For layouts stored inside a whole model: base tensor names → plain names in a merged model.
+    public let outputRenames: [String: String]
+    /// LoRA tensors a merged model drops when the base is that same combined file.
+    public let consumedTensors: Set<String>
 
     public let format: Format
 
@@ -36,6 +44,9 @@ public final class Adapter: Sendable {
     public var dialect: String {
         switch format {
         case .kohya: return "kohya LoRA (sd-scripts)"
+        case .handWritten:
+            return checkpoint.names.contains { $0.contains(".parametrizations.weight.0.lora_") }
+                ? "hand-written LoRA (torch parametrizations)" : "hand-written LoRA (wrapper .linear + .lora.A/.lora.B)"
         case .mlx: return modules.contains(where: \.isDoRA) ? "mlx-lm DoRA" : "mlx-lm LoRA"
         case .peft:
             if modules.contains(where: \.isGated) { return "SoRA (PEFT-like keys with gates)" }
@@ -51,7 +62,7 @@ public final class Adapter: Sendable {
     /// Opens and checks an adapter.
     /// - Throws: `LoRACoreError` for a missing or bad config, unpaired or inconsistent LoRA tensors,
     ///   zero-size or absurd ranks; `SafeTensorsError` for a malformed file.
-    public init(path: String) throws {
+    public init(path: String, scale override: AdapterScaleOverride = AdapterScaleOverride()) throws {
         self.path = path
         let fm = FileManager.default
         var isDir: ObjCBool = false
@@ -86,13 +97,18 @@ public final class Adapter: Sendable {
             weights = path
         }
         checkpoint = try Checkpoint(path: weights)
-        if let handWritten = checkpoint.names.first(where: {
-            $0.hasSuffix(".lora.A") || $0.hasSuffix(".lora.B") || $0.contains(".parametrizations.weight.0.lora_")
-        }) {
-            throw LoRACoreError.unsupportedAdapter(
-                path: weights, detail: "'\(handWritten)' belongs to a hand-written LoRA layout (wrapper .lora.A/.lora.B or torch parametrizations), not supported yet")
-        }
         let isKohya = checkpoint.names.contains { $0.hasSuffix(".lora_down.weight") || $0.hasSuffix(".lora_up.weight") }
+        if HandWrittenDialect.isHandWritten(checkpoint.names) {
+            format = .handWritten
+            config = AdapterConfig()
+            let layout = try HandWrittenDialect.pair(checkpoint, scale: override, file: weights)
+            (modules, replacements, untargeted) = (layout.modules, [], [])
+            outputRenames = layout.renames
+            consumedTensors = layout.consumed
+            return
+        }
+        outputRenames = [:]
+        consumedTensors = []
         if isKohya {
             format = .kohya
             config = AdapterConfig()

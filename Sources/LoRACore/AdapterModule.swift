@@ -44,8 +44,10 @@ public struct AdapterModule: Sendable, Equatable {
     /// mlx stores the factors transposed: `lora_a` (in×r) = Aᵀ and `lora_b` (r×out) = Bᵀ.
     public var factorsTransposed = false
 
+    /// Where the base weight lives when it is not `module.weight` (hand-written layouts).
+    public var baseTensorOverride: String?
     /// The base tensor this module changes: `module.weight`.
-    public var baseWeightName: String { module + ".weight" }
+    public var baseWeightName: String { baseTensorOverride ?? module + ".weight" }
     /// The base bias `lora_B.bias` adds to.
     public var baseBiasName: String { module + ".bias" }
     /// The stored shape the base weight must have.

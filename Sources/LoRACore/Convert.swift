@@ -11,6 +11,8 @@ public struct ConvertOptions: Sendable {
     public var base: String?
     public var force = false
     public var zstdLevel: Int32?
+    /// Scale for adapters that store none (hand-written layouts).
+    public var scaleOverride = AdapterScaleOverride()
 
     public init(adapter: String, to: Adapter.Format, output: String) {
         self.adapter = adapter
@@ -39,7 +41,7 @@ public struct ConvertReport: Sendable {
 public enum Convert {
     public static func run(_ options: ConvertOptions) throws -> ConvertReport {
         try PathSafety.checkOutput(options.output, inputs: [options.adapter] + (options.base.map { [$0] } ?? []))
-        let adapter = try Adapter(path: options.adapter)
+        let adapter = try Adapter(path: options.adapter, scale: options.scaleOverride)
         let base = try options.base.map { try Checkpoint(path: $0) }
         var modules = adapter.modules
         if let base { modules = try adapter.modules(resolvedAgainst: base) } else if adapter.format == .kohya && options.to != .kohya {
@@ -65,6 +67,8 @@ public enum Convert {
         if adapter.config.peftType == .adalora { notes.append("AdaLoRA written as plain LoRA: A ⊙ E folded into A, α = s·r") }
 
         switch options.to {
+        case .handWritten:
+            throw LoRACoreError.invalidRequest("hand-written layouts are read, not written; convert to peft, kohya or mlx")
         case .peft:
             try writePEFT(factors, adapter: adapter, base: base, options: options)
         case .kohya:

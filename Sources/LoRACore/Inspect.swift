@@ -73,7 +73,7 @@ public enum Inspect {
     ///   - path: safetensors file, index json, model directory or PEFT adapter directory.
     ///   - base: optional base model to compare an adapter with.
     /// - Throws: `SafeTensorsError` / `LoRACoreError` for unreadable or malformed input.
-    public static func run(path: String, base basePath: String? = nil) throws -> InspectReport {
+    public static func run(path: String, base basePath: String? = nil, scale: AdapterScaleOverride = AdapterScaleOverride()) throws -> InspectReport {
         var isDir: ObjCBool = false
         let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
         let hasConfig = exists && (isDir.boolValue
@@ -83,13 +83,14 @@ public enum Inspect {
         var adapter: Adapter?
         let ckpt: Checkpoint
         if hasConfig {
-            let a = try Adapter(path: path)
+            let a = try Adapter(path: path, scale: scale)
             adapter = a
             ckpt = a.checkpoint
         } else {
             let c = try Checkpoint(path: path)
-            if c.names.contains(where: { $0.hasSuffix(".lora_down.weight") }) {
-                let a = try Adapter(path: path)  // kohya: everything is in the file
+            let handWritten = HandWrittenDialect.isHandWritten(c.names)
+            if c.names.contains(where: { $0.hasSuffix(".lora_down.weight") }) || (handWritten && scale != AdapterScaleOverride()) {
+                let a = try Adapter(path: path, scale: scale)  // kohya / hand-written: everything is in the file
                 adapter = a
                 ckpt = a.checkpoint
             } else {
@@ -145,7 +146,8 @@ public enum Inspect {
                 dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(),
                 alpha: adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
                 useRslora: adapter.config.useRslora,
-                scaleRule: adapter.format == .mlx ? "given directly (mlx scale, no division by r)"
+                scaleRule: adapter.format == .handWritten ? "from --scale or --alpha/--rank (the file stores none)"
+                    : adapter.format == .mlx ? "given directly (mlx scale, no division by r)"
                     : adapter.format == .kohya ? "alpha/r per module; no alpha means alpha = r"
                     : adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r"),
                 targetSuffixes: Array(Set(resolved.map(\.family))).sorted(),

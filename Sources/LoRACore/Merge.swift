@@ -19,6 +19,8 @@ public struct MergeOptions: Sendable {
     public var force = false
     /// Tensors computed in parallel (each with single-threaded BLAS).
     public var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// Scale for adapters that store none (hand-written layouts).
+    public var scaleOverride = AdapterScaleOverride()
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base
@@ -72,14 +74,14 @@ public enum Merge {
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let base = try Checkpoint(path: options.base)
         try refuseQuantizedBase(base)
-        let adapters = try options.adapters.map { try Adapter(path: $0.path) }
+        let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
 
         // Output tensors in name order; shards greedy over that order.
-        let outInfos = plan.names.map { name -> TensorInfo in
-            let info = base.info(name)!
-            return TensorInfo(name: name, dtype: options.dtype.output(for: info.dtype), shape: info.shape)
+        let outInfos = plan.outputs.map { out -> TensorInfo in
+            let info = base.info(out.source)!
+            return TensorInfo(name: out.name, dtype: options.dtype.output(for: info.dtype), shape: info.shape)
         }
         let shardPlan = ShardPlan(tensors: outInfos, maxShardSize: options.maxShardSize)
         var done = 0, bytesDone = 0
@@ -119,9 +121,10 @@ public enum Merge {
                     pipeline.slots.clear(i)
                     pipeline.window.signal()
                     if piece.isLast {
-                        cache.remove(t.name)
-                        if case let .replace(ai, tensor) = plan.action(for: t.name) { adapters[ai].checkpoint.release(tensor) }
-                        base.release(t.name)
+                        let source = plan.source(of: t.name)
+                        cache.remove(source)
+                        if case let .replace(ai, tensor) = plan.action(for: source) { adapters[ai].checkpoint.release(tensor) }
+                        base.release(source)
                         done += 1
                         bytesDone += t.byteCount
                         progress?(Progress(tensorsDone: done, tensorsTotal: outInfos.count, bytesDone: bytesDone, bytesTotal: bytesTotal))
@@ -146,6 +149,7 @@ public enum Merge {
         if options.verify {
             // The same check as `lora-tool verify`, on the staged output before it gets its name.
             var v = VerifyOptions(base: options.base, adapters: options.adapters, merged: output.staging)
+            v.scaleOverride = options.scaleOverride
             v.probes = options.probes
             v.seed = options.seed
             v.targets = options.targets
@@ -181,7 +185,7 @@ public enum Merge {
         return MergeReport(
             output: options.output, files: files,
             families: families.keys.sorted().map { MergeReport.Family(family: $0, modules: families[$0]!.0, scales: families[$0]!.1.sorted()) },
-            mergedTensors: merged, replacedTensors: replaced, copiedTensors: plan.names.count - merged - replaced.count,
+            mergedTensors: merged, replacedTensors: replaced, copiedTensors: plan.outputs.count - merged - replaced.count,
             skippedModules: plan.skippedModules, outputDTypes: dtypes, bytesWritten: fileSizes.reduce(0, +),
             seconds: Date().timeIntervalSince(start),
             verification: verification,
@@ -257,10 +261,11 @@ public enum Merge {
 
     static func produce(_ t: TensorInfo, baseInfo: TensorInfo, plan: MergePlan) throws -> Produced {
         let outFormat = TensorData.format(t.dtype)
-        switch plan.action(for: t.name) {
+        let name = plan.source(of: t.name)
+        switch plan.action(for: name) {
         case .copy:
-            if t.dtype == baseInfo.dtype, let loc = plan.base.location(of: t.name) { return .copied(loc) }
-            return .owned(TensorData.encode(try TensorData.floats(plan.base, t.name), format: outFormat!))
+            if t.dtype == baseInfo.dtype, let loc = plan.base.location(of: name) { return .copied(loc) }
+            return .owned(TensorData.encode(try TensorData.floats(plan.base, name), format: outFormat!))
         case let .replace(ai, tensor):
             let ckpt = plan.adapters[ai].checkpoint
             if ckpt.info(tensor)!.dtype == t.dtype { return .mapped(try ckpt.bytes(of: tensor)) }
@@ -269,7 +274,7 @@ public enum Merge {
             }
             return .owned(TensorData.encode(try TensorData.floats(ckpt, tensor), format: outFormat))
         case .merge, .bias:
-            let value = try plan.mergedValue(t.name)!
+            let value = try plan.mergedValue(name)!
             return .owned(TensorData.encode(value, format: outFormat!))
         }
     }

@@ -33,6 +33,10 @@ public struct MergePlan: Sendable {
     public let actions: [String: Action]
     /// Modules left out by `--targets`, and modules the configs do not target.
     public let skippedModules: [String]
+    /// The merged model's tensors as (output name, base name), sorted by output name. Usually the
+    /// same names; hand-written layouts inside the base get plain names and lose their LoRA tensors.
+    public let outputs: [(name: String, source: String)]
+    private let sourceByOutput: [String: String]
 
     /// Pairs every adapter module and replacement with its base tensor.
     /// - Parameter targets: restricts which adapter modules (and replacements) apply; nil = all.
@@ -103,9 +107,29 @@ public struct MergePlan: Sendable {
         for (name, cs) in biases { actions[name] = .bias(cs, source: replacementOf[name]) }
         self.actions = actions
         skippedModules = Array(Set(skipped)).sorted(by: utf8Precedes)
+        var renames: [String: String] = [:]
+        var consumed = Set<String>()
+        for a in adapters {
+            renames.merge(a.outputRenames) { first, _ in first }
+            consumed.formUnion(a.consumedTensors)
+        }
+        var outs: [(name: String, source: String)] = []
+        var seenOut = Set<String>()
+        for n in names where !consumed.contains(n) {
+            let out = renames[n] ?? n
+            guard seenOut.insert(out).inserted else {
+                throw LoRACoreError.baseMismatch(module: TensorName(out).module, detail: "two base tensors would both be written as '\(out)'")
+            }
+            outs.append((out, n))
+        }
+        outputs = outs.sorted { utf8Precedes($0.name, $1.name) }
+        sourceByOutput = Dictionary(uniqueKeysWithValues: outs.map { ($0.name, $0.source) })
     }
 
     public func action(for name: String) -> Action { actions[name] ?? .copy }
+
+    /// The base tensor an output tensor comes from.
+    public func source(of output: String) -> String { sourceByOutput[output] ?? output }
 
     /// The fp32 starting value of a merged tensor: the replacement when there is one, else the base.
     func startingValue(_ name: String, source: (adapter: Int, tensor: String)?) throws -> [Float] {

@@ -28,8 +28,8 @@ struct Piece: Sendable {
     static func plan(_ order: [TensorInfo], plan: MergePlan) -> [Piece] {
         var pieces: [Piece] = []
         for t in order {
-            let baseInfo = plan.base.info(t.name)!
-            let action = plan.action(for: t.name)
+            let baseInfo = plan.base.info(plan.source(of: t.name))!
+            let action = plan.action(for: plan.source(of: t.name))
             switch action {
             case .copy where t.dtype == baseInfo.dtype:
                 pieces.append(Piece(tensor: t, work: .copy, isLast: true))
@@ -64,7 +64,7 @@ struct Piece: Sendable {
 
     /// Computes this piece's output bytes (or says where to copy them from).
     func produce(plan: MergePlan, cache: FactorCache) throws -> Merge.Produced {
-        let name = tensor.name
+        let name = plan.source(of: tensor.name)
         let outFormat = TensorData.format(tensor.dtype)
         switch work {
         case .copy:

@@ -13,6 +13,8 @@ public struct VerifyOptions: Sendable {
     /// nil = automatic per dtype and rank.
     public var tolerance: Double?
     public var targets: TargetSelector?
+    /// Scale for adapters that store none (hand-written layouts).
+    public var scaleOverride = AdapterScaleOverride()
     /// Tensors checked in parallel.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
 
@@ -31,7 +33,7 @@ public enum Verify {
     /// - Throws: only when an input cannot be read or paired.
     public static func run(_ options: VerifyOptions) throws -> VerifyReport {
         let base = try Checkpoint(path: options.base)
-        let adapters = try options.adapters.map { try Adapter(path: $0.path) }
+        let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         let merged = try Checkpoint(path: options.merged)
         let checker = MergeChecker(plan: plan, probes: options.probes, seed: options.seed, tolerance: options.tolerance)
@@ -43,22 +45,23 @@ public enum Verify {
         // Workers claim tensors one at a time (no lockstep batches), each single-threaded; mapped
         // pages are dropped from the resident set after each tensor so memory stays at a few tensors.
         GEMM.setThreads(1)
-        let names = plan.names
-        let slots = ParallelSlots<VerifyReport.Entry>(count: names.count)
-        let counter = ClaimCounter(count: names.count)
+        let outputs = plan.outputs
+        let slots = ParallelSlots<VerifyReport.Entry>(count: outputs.count)
+        let counter = ClaimCounter(count: outputs.count)
         DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { _ in
             while let i = counter.next() {
-                let name = names[i]
+                let (name, source) = outputs[i]
                 slots.set(i, Result {
                     guard let info = merged.info(name) else { return missing(name, .missing, "missing from the merged checkpoint") }
-                    return try checker.check(name: name, mergedInfo: info, mergedBytes: try merged.bytes(of: name))
+                    return try checker.check(name: source, mergedInfo: info, mergedBytes: try merged.bytes(of: name))
                 })
                 merged.release(name)
-                base.release(name)
+                base.release(source)
             }
         }
-        for i in names.indices { entries.append(try slots.get(i).get()) }
-        for name in merged.names where base.info(name) == nil {
+        for i in outputs.indices { entries.append(try slots.get(i).get()) }
+        let expected = Set(outputs.map(\.name))
+        for name in merged.names where !expected.contains(name) {
             entries.append(missing(name, .extra, "in the merged checkpoint but not in the base"))
         }
         return VerifyReport(entries: entries, probes: options.probes, seed: options.seed)

@@ -73,6 +73,25 @@ struct CommandLineTests {
         #expect(out.contains("every module finds its base tensor"))
     }
 
+    @Test("Hand-written layouts need --scale or --alpha/--rank, and say so; with them they merge to plain names")
+    func handWritten() throws {
+        let dir = "Tests/LoRACoreTests/Fixtures/handwritten_parametrize"
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("hw-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let (s1, _, e1) = try run(["merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out, "--quiet"])
+        #expect(s1 == 1)
+        #expect(e1.contains("--scale") && e1.contains("--alpha"))
+        #expect(!FileManager.default.fileExists(atPath: out))
+        let (s2, _, e2) = try run(["merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--alpha", "6", "--rank", "4", "--output", out, "--quiet"])
+        #expect(s2 == 0, "\(e2)")
+        let (s3, o3, _) = try run(["inspect", out, "--tensors"])
+        #expect(s3 == 0)
+        #expect(o3.contains("0.weight") && !o3.contains("parametrizations"))
+        let (s4, o4, _) = try run(["inspect", dir + "/adapter", "--scale", "1.5"])
+        #expect(s4 == 0)
+        #expect(o4.contains("hand-written LoRA (torch parametrizations)"))
+    }
+
     @Test("Pickle files are refused without being opened")
     func pickle() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pickle-\(UUID().uuidString)").path

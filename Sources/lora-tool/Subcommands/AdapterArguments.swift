@@ -1,4 +1,5 @@
 import ArgumentParser
+import LoRACore
 import LoRAGraph
 
 /// `--adapter PATH ... [--weight W ...]`, shared by merge and verify.
@@ -11,6 +12,8 @@ struct AdapterArguments: ParsableArguments {
 
     @Option(help: "Only these modules: comma-separated suffixes; q k v o gate up down are aliases of q_proj ... down_proj.")
     var targets: String?
+
+    @OptionGroup var scale: ScaleArguments
 
     func validate() throws {
         guard !adapters.isEmpty else { throw ValidationError("give at least one --adapter") }
@@ -26,4 +29,25 @@ struct AdapterArguments: ParsableArguments {
     }
 
     var selector: TargetSelector? { get throws { try targets.map { try TargetSelector(parsing: $0) } } }
+}
+
+/// `--alpha A --rank R` or `--scale S`: the scale of adapters whose files store none (hand-written layouts).
+struct ScaleArguments: ParsableArguments {
+    @Option(help: "For adapters without a stored scale (hand-written layouts): lora alpha, with --rank.")
+    var alpha: Double?
+
+    @Option(help: "For adapters without a stored scale: the rank alpha is divided by.")
+    var rank: Int?
+
+    @Option(help: "For adapters without a stored scale: the scale itself (instead of --alpha/--rank).")
+    var scale: Double?
+
+    func validate() throws {
+        if alpha != nil && rank == nil || rank != nil && alpha == nil { throw ValidationError("--alpha and --rank go together") }
+        if scale != nil && alpha != nil { throw ValidationError("give --scale or --alpha/--rank, not both") }
+        if let rank, rank <= 0 { throw ValidationError("--rank must be positive") }
+        if let s = scale ?? alpha, !s.isFinite { throw ValidationError("--alpha and --scale must be finite") }
+    }
+
+    var override: AdapterScaleOverride { AdapterScaleOverride(alpha: alpha, rank: rank, scale: scale) }
 }

@@ -31,6 +31,8 @@ extension LoraTool {
         @Flag(help: "Compress the weights file with zstd (*.safetensors.zst; lora-tool reads it, PEFT does not).")
         var zstd = false
 
+        @OptionGroup var scale: ScaleArguments
+
         @Option(help: "zstd level with --zstd (1-19).")
         var zstdLevel: Int32 = 3
 
@@ -38,7 +40,7 @@ extension LoraTool {
         var force = false
 
         func validate() throws {
-            guard Adapter.Format(rawValue: to) != nil else { throw ValidationError("--to must be peft, kohya or mlx") }
+            guard ["peft", "kohya", "mlx"].contains(to) else { throw ValidationError("--to must be peft, kohya or mlx") }
             guard (1...19).contains(zstdLevel) else { throw ValidationError("--zstd-level must be 1 to 19") }
         }
 
@@ -47,6 +49,7 @@ extension LoraTool {
             o.base = base
             o.force = force
             o.zstdLevel = zstd ? zstdLevel : nil
+            o.scaleOverride = scale.override
             let r = try LoRACore.Convert.run(o)
             var rows = [["from", r.from], ["to", r.to], ["modules", "\(r.modules), scales \(r.scales.map(Render.number).joined(separator: ", "))"]]
             for n in r.notes { rows.append(["note", n]) }

@@ -28,8 +28,10 @@ extension LoraTool {
         @Flag(help: "Print the report as JSON (stable keys, see the man page).")
         var json = false
 
+        @OptionGroup var scale: ScaleArguments
+
         func run() throws {
-            let report = try LoRACore.Inspect.run(path: path, base: base)
+            let report = try LoRACore.Inspect.run(path: path, base: base, scale: scale.override)
             if json {
                 Render.printJSON(jsonReport(report))
             } else {

@@ -59,6 +59,7 @@ extension LoraTool {
             options.verify = verify
             options.force = force
             options.threads = threads
+            options.scaleOverride = adapterArguments.scale.override
             let bar: ProgressBar? = !quiet && isatty(2) != 0 ? ProgressBar() : nil
             var callback: (@Sendable (LoRACore.Progress) -> Void)?
             if let bar { callback = { bar.update($0) } }

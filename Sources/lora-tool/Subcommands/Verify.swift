@@ -52,6 +52,7 @@ extension LoraTool {
             options.seed = seed
             options.tolerance = tolerance == "auto" ? nil : Double(tolerance)
             options.targets = try adapterArguments.selector
+            options.scaleOverride = adapterArguments.scale.override
             let report = try LoRACore.Verify.run(options)
             if json {
                 Render.printJSON(jsonReport(report))
