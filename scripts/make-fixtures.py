@@ -373,6 +373,47 @@ def hand_written_cases():
     print("hand-written cases")
 
 
+def qlora_cases():
+    """bitsandbytes 4-bit bases saved by transformers (NF4 with double quantization, FP4 without),
+    with bitsandbytes' own dequantize_4bit output as the oracle, a PEFT adapter, and the expected
+    merge: round_bf16(fp32(dequantized W) + fp32 ΔW)."""
+    import bitsandbytes.functional as bnbf
+    from transformers import BitsAndBytesConfig, AutoModelForCausalLM
+    for name, qtype, double in (("qlora_nf4_double", "nf4", True), ("qlora_fp4", "fp4", False)):
+        d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", name))
+        tmp = os.path.join(d, "dense-source")
+        tiny_llama(torch.bfloat16, hidden=64, inter=128, layers=1, vocab=64, seed=5).save_pretrained(tmp)
+        q = AutoModelForCausalLM.from_pretrained(tmp, device_map="cpu", quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=qtype, bnb_4bit_use_double_quant=double, bnb_4bit_compute_dtype=torch.bfloat16))
+        q.save_pretrained(os.path.join(d, "base"))
+        dense = {}
+        for n, p in q.named_parameters():
+            if hasattr(p, "quant_state") and p.quant_state is not None:
+                dense[n] = bnbf.dequantize_4bit(p.data, p.quant_state).contiguous()
+            else:
+                dense[n] = p.detach().contiguous()
+        os.makedirs(os.path.join(d, "dequantized"))
+        save_file(dense, os.path.join(d, "dequantized", "model.safetensors"), metadata={"format": "pt"})
+        shutil.rmtree(tmp)
+        # A LoRA adapter for it, and the expected merge.
+        plain = tiny_llama(torch.bfloat16, hidden=64, inter=128, layers=1, vocab=64, seed=5)
+        peft_model = get_peft_model(plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        randomize_adapter(peft_model, 37)
+        peft_model.save_pretrained(os.path.join(d, "adapter"))
+        if os.path.exists(os.path.join(d, "adapter", "README.md")):
+            os.remove(os.path.join(d, "adapter", "README.md"))
+        merged = dict(dense)
+        for n, p in peft_model.named_parameters():
+            if ".lora_A.default." in n:
+                module = n.split("base_model.model.")[1].split(".lora_A")[0]
+                b = dict(peft_model.named_parameters())[n.replace("lora_A", "lora_B")]
+                delta = (b.detach().float() @ p.detach().float()) * 2.0
+                merged[module + ".weight"] = (dense[module + ".weight"].float() + delta).to(torch.bfloat16).contiguous()
+        os.makedirs(os.path.join(d, "merged"))
+        save_file(merged, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
+    print("qlora cases")
+
+
 def samples():
     base_dir = fresh(os.path.join(SAMPLES, "tiny-llama"))
     adapter_dir = fresh(os.path.join(SAMPLES, "tiny-llama-lora"))
@@ -537,6 +578,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "adalora":
         adalora_case()
         raise SystemExit
+    if len(sys.argv) > 1 and sys.argv[1] == "qlora":
+        qlora_cases()
+        raise SystemExit
     if len(sys.argv) > 1 and sys.argv[1] == "handwritten":
         hand_written_cases()
         raise SystemExit
@@ -558,4 +602,5 @@ if __name__ == "__main__":
     conv_case()
     sora_case()
     hand_written_cases()
+    qlora_cases()
     extract_cases()

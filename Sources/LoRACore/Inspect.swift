@@ -62,6 +62,18 @@ public struct InspectReport: Sendable {
     public var layerCount: Int
     public var adapter: AdapterSummary?
     public var base: BaseComparison?
+    /// bitsandbytes 4-bit details, when the checkpoint has 4-bit weights.
+    public var quantization: Quantization?
+
+    public struct Quantization: Sendable {
+        public var weights: Int
+        public var quantTypes: [String]
+        public var blocksizes: [Int]
+        public var doubleQuantization: Bool
+        public var computeDType: String
+        public var quantizedBytes: Int
+        public var denseBytes: Int
+    }
     /// Every tensor in name order.
     public var tensors: [TensorInfo]
 }
@@ -206,7 +218,17 @@ public enum Inspect {
                 percent: baseParams > 0 ? 100 * Double(loraParams) / Double(baseParams) : 0, problems: problems)
         }
 
-        return InspectReport(
+        var quantization: InspectReport.Quantization?
+        if adapter == nil, let q = try BnbQuantization(ckpt) {
+            let sizes = q.sizes(in: ckpt)
+            quantization = InspectReport.Quantization(
+                weights: q.states.count, quantTypes: Array(Set(q.states.values.map(\.quantType))).sorted(),
+                blocksizes: Array(Set(q.states.values.map(\.blocksize))).sorted(),
+                doubleQuantization: q.states.keys.contains { ckpt.info($0 + ".absmax")?.dtype == .uint8 },
+                computeDType: Set(q.states.values.map(\.dtype.rawValue)).sorted().joined(separator: ", "),
+                quantizedBytes: sizes.quantized, denseBytes: sizes.dense)
+        }
+        var report = InspectReport(
             path: path, kind: kind, files: ckpt.files.map { ($0.path as NSString).lastPathComponent },
             tensorCount: names.count, parameterCount: params, bytes: infos.reduce(0) { $0 + $1.byteCount },
             dtypes: dtypes.keys.sorted().map { ($0, dtypes[$0]!.0, dtypes[$0]!.1) },
@@ -217,5 +239,7 @@ public enum Inspect {
                 return counts.keys.sorted().map { ($0, counts[$0]!) }
             } ?? familyCounts.keys.sorted().map { ($0, familyCounts[$0]!) },
             layerCount: summary.map { $0.layers.count } ?? layers.count, adapter: summary, base: comparison, tensors: infos)
+        report.quantization = quantization
+        return report
     }
 }

@@ -50,6 +50,8 @@ public struct MergeReport: Sendable {
     public var seconds: Double
     public var verification: VerifyReport?
     public var adapters: [(path: String, dialect: String, weight: Double)]
+    /// The base was bitsandbytes 4-bit and was dequantized first.
+    public var dequantizedBase = false
 }
 
 /// Progress of a long operation: tensors and bytes done out of totals.
@@ -72,6 +74,16 @@ public enum Merge {
     public static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)? = nil) throws -> MergeReport {
         let start = Date()
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
+        // A bitsandbytes 4-bit base is dequantized exactly (as bitsandbytes does) into a temporary
+        // dense copy beside the output first; the merge then reads that copy, and the result is dense.
+        if let dense = try Dequantize.denseCopyIfQuantized(options.base, near: options.output) {
+            defer { try? FileManager.default.removeItem(atPath: dense) }
+            var o = options
+            o.base = dense
+            var report = try run(o, progress: progress)
+            report.dequantizedBase = true
+            return report
+        }
         let base = try Checkpoint(path: options.base)
         try refuseQuantizedBase(base)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
@@ -198,6 +210,7 @@ public enum Merge {
         guard let data = FileManager.default.contents(atPath: config), let root = try? JSONParser.parse(Array(data)),
               let q = root["quantization_config"], q != .null else { return }
         let method = q["quant_method"]?.stringValue ?? "unknown"
+        if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true { return }
         throw LoRACoreError.unsupportedAdapter(
             path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
     }
@@ -287,7 +300,7 @@ public enum Merge {
 
     /// Copies every non-weight file of a model directory (config.json, tokenizer files, ...) into the
     /// output, updating config.json's dtype when `--dtype` changes it.
-    static func copySideFiles(from dir: String, to output: AtomicOutput, dtype: OutputDType) throws -> [String] {
+    static func copySideFiles(from dir: String, to output: AtomicOutput, dtype: OutputDType, dropQuantization: Bool = false) throws -> [String] {
         let fm = FileManager.default
         var copied: [String] = []
         let names = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).sorted(by: utf8Precedes)
@@ -296,10 +309,11 @@ public enum Merge {
             var isDir: ObjCBool = false
             guard fm.fileExists(atPath: src, isDirectory: &isDir), !isDir.boolValue else { continue }
             if Checkpoint.pickleExtensions.contains((name as NSString).pathExtension) { continue }
-            if name == "config.json", let torchName = dtype.torchName, let data = fm.contents(atPath: src),
+            if name == "config.json", dtype.torchName != nil || dropQuantization, let data = fm.contents(atPath: src),
                let root = try? JSONParser.parse(Array(data)), case let .object(members) = root {
-                let updated = members.map { kv -> (key: String, value: JSONValue) in
-                    (kv.key == "torch_dtype" || kv.key == "dtype") ? (kv.key, .string(torchName)) : kv
+                let updated = members.filter { !(dropQuantization && $0.key == "quantization_config") }.map { kv -> (key: String, value: JSONValue) in
+                    if let torchName = dtype.torchName, kv.key == "torch_dtype" || kv.key == "dtype" { return (kv.key, .string(torchName)) }
+                    return kv
                 }
                 try writeFile(output.path(for: name), bytes: Array((JSONWriter.pretty(.object(updated)) + "\n").utf8))
             } else {

@@ -32,6 +32,13 @@ public enum Verify {
     /// - Returns: the report; it says whether everything passed (the caller decides the exit code).
     /// - Throws: only when an input cannot be read or paired.
     public static func run(_ options: VerifyOptions) throws -> VerifyReport {
+        // Against a bitsandbytes 4-bit base the side branch runs on the dequantized weights.
+        if let dense = try Dequantize.denseCopyIfQuantized(options.base, near: NSTemporaryDirectory() + "/x") {
+            defer { try? FileManager.default.removeItem(atPath: dense) }
+            var o = options
+            o.base = dense
+            return try run(o)
+        }
         let base = try Checkpoint(path: options.base)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)

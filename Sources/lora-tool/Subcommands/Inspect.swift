@@ -48,6 +48,10 @@ extension LoraTool {
             if !r.metadata.isEmpty { rows.append(["metadata", r.metadata.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")]) }
             rows.append(["modules", r.families.map { "\($0.family) ×\($0.count)" }.joined(separator: ", ")])
             rows.append(["layers", "\(r.layerCount)"])
+            if let q = r.quantization {
+                rows.append(["4-bit", "\(q.weights) bitsandbytes weights, \(q.quantTypes.joined(separator: ", ")), blocksize \(q.blocksizes.map(String.init).joined(separator: ", ")), double quantization \(q.doubleQuantization ? "yes" : "no"), compute dtype \(q.computeDType)"])
+                rows.append(["4-bit size", "\(Render.bytes(q.quantizedBytes)) instead of \(Render.bytes(q.denseBytes)) dense (\(String(format: "%.1f", Double(q.denseBytes) / Double(max(q.quantizedBytes, 1))))× smaller)"])
+            }
             if let a = r.adapter {
                 rows.append(["dialect", a.dialect])
                 rows.append(["rank", a.ranks.map(String.init).joined(separator: ", ")])
@@ -115,6 +119,14 @@ extension LoraTool {
                                  ("alpha", $0.alpha.map(Render.json) ?? .null), ("scale", $0.scale.map(Render.json) ?? .null),
                                  ("dora", .bool($0.dora))])
                     })),
+                ])))
+            }
+            if let q = r.quantization {
+                root.append(("quantization", .object([
+                    ("method", .string("bitsandbytes 4-bit")), ("weights", Render.json(q.weights)),
+                    ("quant_types", Render.json(q.quantTypes)), ("blocksizes", .array(q.blocksizes.map { Render.json($0) })),
+                    ("double_quantization", .bool(q.doubleQuantization)), ("compute_dtype", .string(q.computeDType)),
+                    ("quantized_bytes", Render.json(q.quantizedBytes)), ("dense_bytes", Render.json(q.denseBytes)),
                 ])))
             }
             if let b = r.base {

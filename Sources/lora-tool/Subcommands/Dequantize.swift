@@ -1,0 +1,37 @@
+import ArgumentParser
+import Foundation
+import LoRACore
+
+extension LoraTool {
+    /// `lora-tool dequantize`: a bitsandbytes 4-bit model as a dense one.
+    struct Dequantize: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a bitsandbytes 4-bit (NF4/FP4) model as a dense model.",
+            discussion: """
+                Every 4-bit weight is dequantized exactly as bitsandbytes' dequantize_4bit does (double \
+                quantization included) in its stored compute dtype, or --dtype; the quantization \
+                tensors are dropped and config.json loses quantization_config.
+                """)
+
+        @Option(help: "Model directory or file with bitsandbytes 4-bit weights.")
+        var input: String
+
+        @Option(help: "Output model directory.")
+        var output: String
+
+        @Option(help: "Output dtype of float tensors: keep, f32, f16 or bf16.")
+        var dtype: String = "keep"
+
+        @Flag(help: "Replace an existing output directory.")
+        var force = false
+
+        func validate() throws {
+            guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
+        }
+
+        func run() throws {
+            let n = try LoRACore.Dequantize.run(input: input, output: output, dtype: OutputDType(rawValue: dtype)!, force: force)
+            print("\(output): \(n) 4-bit weights dequantized")
+        }
+    }
+}
