@@ -411,6 +411,19 @@ def qlora_cases():
                 merged[module + ".weight"] = (dense[module + ".weight"].float() + delta).to(torch.bfloat16).contiguous()
         os.makedirs(os.path.join(d, "merged"))
         save_file(merged, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
+        # bitsandbytes' own quantize_4bit of the merged targets: what --requantize must write.
+        expected, offsets = {}, {}
+        for module in ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"):
+            w = merged[module + ".weight"]
+            packed, st = bnbf.quantize_4bit(w, blocksize=64, quant_type=qtype, compress_statistics=double)
+            expected[module + ".weight"] = packed.contiguous()
+            expected[module + ".weight.absmax"] = st.absmax.contiguous()
+            if double:
+                expected[module + ".weight.nested_absmax"] = st.state2.absmax.contiguous()
+                offsets[module + ".weight"] = float(st.offset)
+        save_file(expected, os.path.join(d, "requantized.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(d, "requantized_offsets.json"), "w") as f:
+            json.dump(offsets, f, indent=2, sort_keys=True)
     print("qlora cases")
 
 

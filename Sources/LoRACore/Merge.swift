@@ -21,6 +21,9 @@ public struct MergeOptions: Sendable {
     public var threads = ProcessInfo.processInfo.activeProcessorCount
     /// Scale for adapters that store none (hand-written layouts).
     public var scaleOverride = AdapterScaleOverride()
+    /// With a bitsandbytes 4-bit base: write the merged targets back in this 4-bit type (nf4/fp4,
+    /// which must be the base's), instead of a dense model.
+    public var requantize: String?
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base
@@ -52,6 +55,8 @@ public struct MergeReport: Sendable {
     public var adapters: [(path: String, dialect: String, weight: Double)]
     /// The base was bitsandbytes 4-bit and was dequantized first.
     public var dequantizedBase = false
+    /// With --requantize: per changed weight, how much of the delta the 4-bit codes kept.
+    public var requantization: [Requantize.Survival]?
 }
 
 /// Progress of a long operation: tensors and bytes done out of totals.
@@ -80,9 +85,16 @@ public enum Merge {
             defer { try? FileManager.default.removeItem(atPath: dense) }
             var o = options
             o.base = dense
-            var report = try run(o, progress: progress)
-            report.dequantizedBase = true
-            return report
+            o.requantize = nil
+            guard let type = options.requantize else {
+                var report = try run(o, progress: progress)
+                report.dequantizedBase = true
+                return report
+            }
+            return try requantized(options, type: type, dense: dense, denseOptions: o, progress: progress)
+        }
+        if let type = options.requantize {
+            throw LoRACoreError.invalidRequest("--requantize \(type) needs a bitsandbytes 4-bit base; \(options.base) has no 4-bit weights")
         }
         let base = try Checkpoint(path: options.base)
         try refuseQuantizedBase(base)
@@ -202,6 +214,37 @@ public enum Merge {
             seconds: Date().timeIntervalSince(start),
             verification: verification,
             adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) })
+    }
+
+    /// Merge into the dense copy of a 4-bit base, then write the changed weights back in 4 bits.
+    static func requantized(_ options: MergeOptions, type: String, dense: String, denseOptions: MergeOptions,
+                            progress: (@Sendable (Progress) -> Void)?) throws -> MergeReport {
+        let base = try Checkpoint(path: options.base)
+        let q = try BnbQuantization(base)!
+        let types = Set(q.states.values.map(\.quantType))
+        guard types == [type] else {
+            throw LoRACoreError.invalidRequest("--requantize \(type): the base is \(types.sorted().joined(separator: ", ")); requantizing keeps the base's own format")
+        }
+        let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
+        var o = denseOptions
+        o.output = output.staging + ".dense"
+        o.force = false
+        defer { try? FileManager.default.removeItem(atPath: o.output) }
+        var report = try run(o, progress: progress)
+        let merged = try Checkpoint(path: o.output)
+        let denseBase = try Checkpoint(path: dense)
+        var changed = Set<String>()
+        for name in q.states.keys where try !denseBase.bytes(of: name).elementsEqual(try merged.bytes(of: name)) { changed.insert(name) }
+        report.requantization = try Requantize.write(base: base, quantization: q, merged: merged, changed: changed, output: output)
+        report.files = ((try? FileManager.default.contentsOfDirectory(atPath: output.staging)) ?? []).sorted()
+        if base.path == base.directory || base.indexPath != nil {
+            report.files += try copySideFiles(from: base.directory, to: output, dtype: .keep)
+        }
+        try output.commit()
+        report.output = options.output
+        report.dequantizedBase = true
+        report.outputDTypes = ["4-bit " + type: q.states.count]
+        return report
     }
 
     /// Quantized bases (GPTQ, AWQ, bitsandbytes) cannot be merged exactly: refuse rather than guess.

@@ -48,3 +48,40 @@ struct QuantizationTests {
         #expect(try Inspect.run(path: "\(fixtures)/qlora_fp4/base").quantization?.doubleQuantization == false)
     }
 }
+
+@Suite("merge --requantize")
+struct RequantizeTests {
+    @Test("Requantized codes, absmax and nested absmax equal bitsandbytes' quantize_4bit of the merged weights", arguments: [
+        ("qlora_nf4_double", "nf4"), ("qlora_fp4", "fp4"),
+    ])
+    func matchesBitsandbytes(fixture: String, type: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [("\(fixtures)/\(fixture)/adapter", 1)], output: dir + "/q")
+        o.requantize = type
+        let report = try Merge.run(o)
+        let survival = try #require(report.requantization)
+        #expect(survival.count == 2)
+        #expect(survival.allSatisfy { $0.codesChanged > 0 && $0.deltaCorrelation > 0.9 })
+        let ours = try Checkpoint(path: dir + "/q"), bnb = try Checkpoint(path: "\(fixtures)/\(fixture)/requantized.safetensors")
+        for name in bnb.names { #expect(try ours.bytes(of: name).elementsEqual(try bnb.bytes(of: name)), "\(name)") }
+        // Untouched 4-bit weights are copied as they were.
+        let base = try Checkpoint(path: "\(fixtures)/\(fixture)/base")
+        #expect(try ours.bytes(of: "model.layers.0.mlp.up_proj.weight").elementsEqual(try base.bytes(of: "model.layers.0.mlp.up_proj.weight")))
+        let config = String(decoding: FileManager.default.contents(atPath: dir + "/q/config.json")!, as: UTF8.self)
+        #expect(config.contains("quantization_config"))
+    }
+
+    @Test("Requantizing into another 4-bit type, or without a 4-bit base, is refused")
+    func refusals() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = MergeOptions(base: "\(fixtures)/qlora_nf4_double/base", adapters: [("\(fixtures)/qlora_nf4_double/adapter", 1)], output: dir + "/a")
+        o.requantize = "fp4"
+        #expect(throws: LoRACoreError.self) { try Merge.run(o) }
+        o.base = "\(fixtures)/qlora_nf4_double/dequantized"
+        o.requantize = "nf4"
+        #expect(throws: LoRACoreError.self) { try Merge.run(o) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+    }
+}

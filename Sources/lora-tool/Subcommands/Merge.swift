@@ -36,6 +36,9 @@ extension LoraTool {
         @Flag(help: "Replace an existing output directory.")
         var force = false
 
+        @Option(help: "With a bitsandbytes 4-bit base: write the merged weights back as nf4 or fp4 (the base's type) and report how much of each delta survived.")
+        var requantize: String?
+
         @Option(help: "Tensors computed in parallel (default: the number of cores).")
         var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
@@ -49,6 +52,8 @@ extension LoraTool {
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
             guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+            if let requantize, !["nf4", "fp4"].contains(requantize) { throw ValidationError("--requantize must be nf4 or fp4") }
+            if requantize != nil && verify { throw ValidationError("--verify checks dense merges; requantized output differs by design (see its survival report)") }
         }
 
         func run() throws {
@@ -60,6 +65,7 @@ extension LoraTool {
             options.force = force
             options.threads = threads
             options.scaleOverride = adapterArguments.scale.override
+            options.requantize = requantize
             let bar: ProgressBar? = !quiet && isatty(2) != 0 ? ProgressBar() : nil
             var callback: (@Sendable (LoRACore.Progress) -> Void)?
             if let bar { callback = { bar.update($0) } }
@@ -81,6 +87,13 @@ extension LoraTool {
             if !r.skippedModules.isEmpty { rows.append(["skipped", r.skippedModules.joined(separator: ", ")]) }
             rows.append(["dtype", r.outputDTypes.keys.sorted().map { "\($0) ×\(r.outputDTypes[$0]!)" }.joined(separator: ", ")])
             rows.append(["written", "\(Render.bytes(r.bytesWritten)) in \(r.files.count) files, \(String(format: "%.2f", r.seconds)) s, \(String(format: "%.2f", Double(r.bytesWritten) / max(r.seconds, 1e-9) / 1e9)) GB/s"])
+            if r.dequantizedBase { rows.append(["4-bit base", r.requantization == nil ? "dequantized exactly; the output is dense" : "dequantized, merged, requantized"]) }
+            for s in r.requantization ?? [] {
+                rows.append(["requantized", "\(s.weight): \(String(format: "%.1f", 100 * s.codesChanged))% of codes changed, delta kept: correlation \(String(format: "%.3f", s.deltaCorrelation)), norm ratio \(String(format: "%.3f", s.deltaNormRatio))"])
+                if s.deltaCorrelation < 0.5 {
+                    FileHandle.standardError.write(Data("warning: \(s.weight): less than half of the adapter's change survived 4-bit requantization (correlation \(String(format: "%.2f", s.deltaCorrelation))); consider a dense output (omit --requantize)\n".utf8))
+                }
+            }
             if let v = r.verification {
                 rows.append(["verified", "\(v.entries.count) tensors on \(v.probes) probes: all within tolerance"])
             }
@@ -101,6 +114,11 @@ extension LoraTool {
                 ("bytes_written", Render.json(r.bytesWritten)),
                 ("seconds", Render.json(r.seconds)),
                 ("verified", r.verification.map { .bool($0.passed) } ?? .null),
+                ("dequantized_base", .bool(r.dequantizedBase)),
+                ("requantization", r.requantization.map { list in .array(list.map {
+                    .object([("weight", .string($0.weight)), ("codes_changed", Render.json($0.codesChanged)),
+                             ("delta_correlation", Render.json($0.deltaCorrelation)), ("delta_norm_ratio", Render.json($0.deltaNormRatio))])
+                }) } ?? .null),
             ])
         }
     }
