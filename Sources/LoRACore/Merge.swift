@@ -24,6 +24,9 @@ public struct MergeOptions: Sendable {
     /// With a bitsandbytes 4-bit base: write the merged targets back in this 4-bit type (nf4/fp4,
     /// which must be the base's), instead of a dense model.
     public var requantize: String?
+    /// With a bitsandbytes 4-bit base: keep untouched weights 4-bit and write only the merged ones
+    /// dense (listed in `llm_int8_skip_modules` so transformers loads them as plain Linear layers).
+    public var keepQuantized = false
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base
@@ -57,6 +60,8 @@ public struct MergeReport: Sendable {
     public var dequantizedBase = false
     /// With --requantize: per changed weight, how much of the delta the 4-bit codes kept.
     public var requantization: [Requantize.Survival]?
+    /// With --keep-quantized: untouched weights stayed 4-bit, merged ones are dense.
+    public var keptQuantized = false
 }
 
 /// Progress of a long operation: tensors and bytes done out of totals.
@@ -86,15 +91,16 @@ public enum Merge {
             var o = options
             o.base = dense
             o.requantize = nil
-            guard let type = options.requantize else {
+            o.keepQuantized = false
+            if options.requantize == nil && !options.keepQuantized {
                 var report = try run(o, progress: progress)
                 report.dequantizedBase = true
                 return report
             }
-            return try requantized(options, type: type, dense: dense, denseOptions: o, progress: progress)
+            return try requantized(options, type: options.requantize, dense: dense, denseOptions: o, progress: progress)
         }
-        if let type = options.requantize {
-            throw LoRACoreError.invalidRequest("--requantize \(type) needs a bitsandbytes 4-bit base; \(options.base) has no 4-bit weights")
+        if options.requantize != nil || options.keepQuantized {
+            throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a bitsandbytes 4-bit base; \(options.base) has no 4-bit weights")
         }
         let base = try Checkpoint(path: options.base)
         try refuseQuantizedBase(base)
@@ -217,12 +223,13 @@ public enum Merge {
     }
 
     /// Merge into the dense copy of a 4-bit base, then write the changed weights back in 4 bits.
-    static func requantized(_ options: MergeOptions, type: String, dense: String, denseOptions: MergeOptions,
+    /// `type` nil: `--keep-quantized` (changed weights dense, the rest 4-bit as they were).
+    static func requantized(_ options: MergeOptions, type: String?, dense: String, denseOptions: MergeOptions,
                             progress: (@Sendable (Progress) -> Void)?) throws -> MergeReport {
         let base = try Checkpoint(path: options.base)
         let q = try BnbQuantization(base)!
         let types = Set(q.states.values.map(\.quantType))
-        guard types == [type] else {
+        if let type, types != [type] {
             throw LoRACoreError.invalidRequest("--requantize \(type): the base is \(types.sorted().joined(separator: ", ")); requantizing keeps the base's own format")
         }
         let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
@@ -235,15 +242,22 @@ public enum Merge {
         let denseBase = try Checkpoint(path: dense)
         var changed = Set<String>()
         for name in q.states.keys where try !denseBase.bytes(of: name).elementsEqual(try merged.bytes(of: name)) { changed.insert(name) }
-        report.requantization = try Requantize.write(base: base, quantization: q, merged: merged, changed: changed, output: output)
+        let survival = try Requantize.write(base: base, quantization: q, merged: merged, changed: changed, output: output, keepDense: type == nil)
+        report.requantization = type == nil ? nil : survival
         report.files = ((try? FileManager.default.contentsOfDirectory(atPath: output.staging)) ?? []).sorted()
         if base.path == base.directory || base.indexPath != nil {
-            report.files += try copySideFiles(from: base.directory, to: output, dtype: .keep)
+            // Merged weights, and every 2-D weight that was not 4-bit to begin with (lm_head, ...), which
+            // transformers would otherwise wrap as 4-bit once the skip list is no longer its default.
+            let alreadyDense = base.names.filter { $0.hasSuffix(".weight") && q.states[$0] == nil && !q.companions.contains($0)
+                && (base.info($0)?.shape.count ?? 0) == 2 }
+            let dense = type == nil ? (Array(changed) + alreadyDense).map { String($0.dropLast(".weight".count)) }.sorted() : []
+            report.files += try copySideFiles(from: base.directory, to: output, dtype: .keep, denseModules: dense)
         }
         try output.commit()
         report.output = options.output
         report.dequantizedBase = true
-        report.outputDTypes = ["4-bit " + type: q.states.count]
+        report.outputDTypes = ["4-bit " + types.sorted().joined(separator: ", "): q.states.count - (type == nil ? changed.count : 0)]
+        if type == nil { report.keptQuantized = true }
         return report
     }
 
@@ -343,7 +357,9 @@ public enum Merge {
 
     /// Copies every non-weight file of a model directory (config.json, tokenizer files, ...) into the
     /// output, updating config.json's dtype when `--dtype` changes it.
-    static func copySideFiles(from dir: String, to output: AtomicOutput, dtype: OutputDType, dropQuantization: Bool = false) throws -> [String] {
+    static func copySideFiles(
+        from dir: String, to output: AtomicOutput, dtype: OutputDType, dropQuantization: Bool = false, denseModules: [String] = []
+    ) throws -> [String] {
         let fm = FileManager.default
         var copied: [String] = []
         let names = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).sorted(by: utf8Precedes)
@@ -352,10 +368,18 @@ public enum Merge {
             var isDir: ObjCBool = false
             guard fm.fileExists(atPath: src, isDirectory: &isDir), !isDir.boolValue else { continue }
             if Checkpoint.pickleExtensions.contains((name as NSString).pathExtension) { continue }
-            if name == "config.json", dtype.torchName != nil || dropQuantization, let data = fm.contents(atPath: src),
+            if name == "config.json", dtype.torchName != nil || dropQuantization || !denseModules.isEmpty, let data = fm.contents(atPath: src),
                let root = try? JSONParser.parse(Array(data)), case let .object(members) = root {
                 let updated = members.filter { !(dropQuantization && $0.key == "quantization_config") }.map { kv -> (key: String, value: JSONValue) in
                     if let torchName = dtype.torchName, kv.key == "torch_dtype" || kv.key == "dtype" { return (kv.key, .string(torchName)) }
+                    if kv.key == "quantization_config", !denseModules.isEmpty, case let .object(q) = kv.value {
+                        // Merged weights were written dense: transformers must not wrap them as 4-bit.
+                        let existing = (kv.value["llm_int8_skip_modules"]?.arrayValue ?? []).compactMap(\.stringValue)
+                        let skip = JSONValue.array(Array(Set(existing + denseModules)).sorted().map { .string($0) })
+                        var fields = q.filter { $0.key != "llm_int8_skip_modules" }
+                        fields.append(("llm_int8_skip_modules", skip))
+                        return (kv.key, .object(fields.sorted { $0.key < $1.key }))
+                    }
                     return kv
                 }
                 try writeFile(output.path(for: name), bytes: Array((JSONWriter.pretty(.object(updated)) + "\n").utf8))

@@ -18,8 +18,10 @@ public enum Requantize {
     }
 
     /// Writes `output` from the 4-bit `base` and the dense merge `merged` (same tensor names).
+    /// - Parameter keepDense: write the changed weights dense (compute dtype, companions dropped)
+    ///   instead of requantizing them (`--keep-quantized`).
     static func write(base: Checkpoint, quantization q: BnbQuantization, merged: Checkpoint, changed: Set<String>,
-                      output: AtomicOutput) throws -> [Survival] {
+                      output: AtomicOutput, keepDense: Bool = false) throws -> [Survival] {
         var survival: [Survival] = []
         var produced: [String: [UInt8]] = [:]
         var infos: [TensorInfo] = []
@@ -35,6 +37,10 @@ public enum Requantize {
                 } else {
                     infos.append(merged.info(name) ?? info)
                 }
+                continue
+            }
+            if keepDense {
+                infos.append(merged.info(name)!)
                 continue
             }
             let old = try q.dequantize(name, in: base)
@@ -84,6 +90,8 @@ public enum Requantize {
             while let t = writer.nextTensor {
                 if let bytes = produced[t.name] {
                     try bytes.withUnsafeBytes { try writer.write(t.name, bytes: $0) }
+                } else if keepDense && changed.contains(t.name) {
+                    try writer.write(t.name, bytes: try merged.bytes(of: t.name))
                 } else if q.states[t.name] != nil || q.companions.contains(t.name) || merged.info(t.name) == nil {
                     try writer.write(t.name, bytes: try base.bytes(of: t.name))
                 } else {

@@ -85,3 +85,27 @@ struct RequantizeTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
     }
 }
+
+@Suite("merge --keep-quantized")
+struct KeepQuantizedTests {
+    @Test("Merged weights are written dense and exact, the others stay 4-bit, and config.json skips the dense modules")
+    func keepQuantized() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let f = "\(fixtures)/qlora_nf4_double"
+        var o = MergeOptions(base: f + "/base", adapters: [(f + "/adapter", 1)], output: dir + "/k")
+        o.keepQuantized = true
+        let report = try Merge.run(o)
+        #expect(report.keptQuantized)
+        let ours = try Checkpoint(path: dir + "/k"), expected = try Checkpoint(path: f + "/merged"), base = try Checkpoint(path: f + "/base")
+        for w in ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"] {
+            #expect(ours.info(w)?.dtype == .bfloat16)
+            #expect(try ours.bytes(of: w).elementsEqual(try expected.bytes(of: w)))
+            #expect(ours.info(w + ".absmax") == nil)
+        }
+        #expect(try ours.bytes(of: "model.layers.0.mlp.up_proj.weight").elementsEqual(try base.bytes(of: "model.layers.0.mlp.up_proj.weight")))
+        let config = try JSONParser.parse(Array(FileManager.default.contents(atPath: dir + "/k/config.json")!))
+        let skip = config["quantization_config"]?["llm_int8_skip_modules"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        #expect(skip.contains("model.layers.0.self_attn.q_proj") && skip.contains("lm_head"))
+    }
+}

@@ -39,6 +39,9 @@ extension LoraTool {
         @Option(help: "With a bitsandbytes 4-bit base: write the merged weights back as nf4 or fp4 (the base's type) and report how much of each delta survived.")
         var requantize: String?
 
+        @Flag(help: "With a bitsandbytes 4-bit base: keep untouched weights 4-bit as they were; merged weights are written dense.")
+        var keepQuantized = false
+
         @Option(help: "Tensors computed in parallel (default: the number of cores).")
         var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
@@ -53,6 +56,7 @@ extension LoraTool {
             guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             if let requantize, !["nf4", "fp4"].contains(requantize) { throw ValidationError("--requantize must be nf4 or fp4") }
+            if requantize != nil && keepQuantized { throw ValidationError("give --requantize or --keep-quantized, not both") }
             if requantize != nil && verify { throw ValidationError("--verify checks dense merges; requantized output differs by design (see its survival report)") }
         }
 
@@ -66,6 +70,7 @@ extension LoraTool {
             options.threads = threads
             options.scaleOverride = adapterArguments.scale.override
             options.requantize = requantize
+            options.keepQuantized = keepQuantized
             let bar: ProgressBar? = !quiet && isatty(2) != 0 ? ProgressBar() : nil
             var callback: (@Sendable (LoRACore.Progress) -> Void)?
             if let bar { callback = { bar.update($0) } }
@@ -87,7 +92,10 @@ extension LoraTool {
             if !r.skippedModules.isEmpty { rows.append(["skipped", r.skippedModules.joined(separator: ", ")]) }
             rows.append(["dtype", r.outputDTypes.keys.sorted().map { "\($0) ×\(r.outputDTypes[$0]!)" }.joined(separator: ", ")])
             rows.append(["written", "\(Render.bytes(r.bytesWritten)) in \(r.files.count) files, \(String(format: "%.2f", r.seconds)) s, \(String(format: "%.2f", Double(r.bytesWritten) / max(r.seconds, 1e-9) / 1e9)) GB/s"])
-            if r.dequantizedBase { rows.append(["4-bit base", r.requantization == nil ? "dequantized exactly; the output is dense" : "dequantized, merged, requantized"]) }
+            if r.dequantizedBase {
+                rows.append(["4-bit base", r.requantization != nil ? "dequantized, merged, requantized"
+                    : r.keptQuantized ? "merged weights written dense, the others kept 4-bit" : "dequantized exactly; the output is dense"])
+            }
             for s in r.requantization ?? [] {
                 rows.append(["requantized", "\(s.weight): \(String(format: "%.1f", 100 * s.codesChanged))% of codes changed, delta kept: correlation \(String(format: "%.3f", s.deltaCorrelation)), norm ratio \(String(format: "%.3f", s.deltaNormRatio))"])
                 if s.deltaCorrelation < 0.5 {
