@@ -7,7 +7,7 @@ private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent
 
 @Suite("bitsandbytes 4-bit bases")
 struct QuantizationTests {
-    static let cases = ["qlora_nf4_double", "qlora_fp4"]
+    static let cases = ["qlora_nf4_double", "qlora_fp4", "qlora_nf4", "qlora_nf4_double_b128"]
 
     @Test("Dequantization equals bitsandbytes' dequantize_4bit bit for bit", arguments: cases)
     func dequantize(fixture: String) throws {
@@ -46,13 +46,14 @@ struct QuantizationTests {
         #expect(q.quantTypes == ["nf4"] && q.blocksizes == [64] && q.doubleQuantization && q.computeDType == "BF16")
         #expect(q.denseBytes > 2 * q.quantizedBytes)
         #expect(try Inspect.run(path: "\(fixtures)/qlora_fp4/base").quantization?.doubleQuantization == false)
+        #expect(try Inspect.run(path: "\(fixtures)/qlora_nf4_double_b128/base").quantization?.blocksizes == [128])
     }
 }
 
 @Suite("merge --requantize")
 struct RequantizeTests {
     @Test("Requantized codes, absmax and nested absmax equal bitsandbytes' quantize_4bit of the merged weights", arguments: [
-        ("qlora_nf4_double", "nf4"), ("qlora_fp4", "fp4"),
+        ("qlora_nf4_double", "nf4"), ("qlora_fp4", "fp4"), ("qlora_nf4", "nf4"), ("qlora_nf4_double_b128", "nf4"),
     ])
     func matchesBitsandbytes(fixture: String, type: String) throws {
         let dir = temporaryDirectory()
