@@ -459,6 +459,21 @@ def qlora_cases():
         save_file(expected, os.path.join(d, "requantized.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(d, "requantized_offsets.json"), "w") as f:
             json.dump(offsets, f, indent=2, sort_keys=True)
+    # When lora-tool is built, check that its --requantize and --keep-quantized outputs load back in
+    # transformers with bitsandbytes (the check the issue asks of the generator).
+    tool = next((t for t in (os.path.join(ROOT, ".build/release/lora-tool"), os.path.join(ROOT, ".build/debug/lora-tool"))
+                 if os.path.exists(t)), None)
+    if tool:
+        import subprocess, tempfile
+        d = os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures/qlora_nf4_double")
+        with tempfile.TemporaryDirectory() as out:
+            for flag in (["--requantize", "nf4"], ["--keep-quantized"]):
+                target = os.path.join(out, flag[0].strip("-"))
+                subprocess.run([tool, "merge", "--base", d + "/base", "--adapter", d + "/adapter", "--output", target, "--quiet"] + flag,
+                               check=True, stdout=subprocess.DEVNULL)
+                m = AutoModelForCausalLM.from_pretrained(target, device_map="cpu")
+                kinds = {type(m.model.layers[0].self_attn.q_proj).__name__, type(m.model.layers[0].mlp.up_proj).__name__}
+                print(f"transformers + bitsandbytes load the {flag[0]} output: {sorted(kinds)}")
     print("qlora cases")
 
 

@@ -29,6 +29,8 @@ struct QuantizationTests {
         let adapter = "\(fixtures)/\(fixture)/adapter"
         let report = try Merge.run(MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [(adapter, 1)], output: dir + "/m"))
         #expect(report.dequantizedBase)
+        let config = String(decoding: FileManager.default.contents(atPath: dir + "/m/config.json")!, as: UTF8.self)
+        #expect(!config.contains("quantization_config"))
         let ours = try Checkpoint(path: dir + "/m"), expected = try Checkpoint(path: "\(fixtures)/\(fixture)/merged")
         #expect(ours.names == expected.names)
         for name in expected.names {
