@@ -31,7 +31,7 @@ let package = Package(
         ),
 
         // MARK: - Benchmark (scripts/bench)
-        .executableTarget(name: "lora-bench", dependencies: ["SafeTensors"]),
+        .executableTarget(name: "lora-bench", dependencies: ["SafeTensors", "LoRAKernels"]),
 
         // MARK: - Fuzzing (bodies; the libFuzzer executables are added below when LORA_TOOL_FUZZ is set)
         .target(name: "FuzzTargets", dependencies: ["SafeTensors", "LoRAGraph", "LoRACore"]),

@@ -2,8 +2,9 @@
 """Generate lora-tool's committed fixtures and samples with the real Python stack.
 
 Needs torch, transformers, peft, safetensors (not needed by CI, which reads the committed output).
-Run from the repository root:  python3 scripts/make-fixtures.py
-Deterministic: fixed seeds; rerunning rewrites identical files for a given library version.
+Run from the repository root:  python3 scripts/make-fixtures.py [GROUP...]   (groups: see GROUPS below)
+Deterministic: fixed seeds; rerunning rewrites identical files for a given library version, except the
+order of target_modules in adapter_config.json (PEFT writes a Python set).
 """
 import json, os, shutil, struct, sys
 import torch
@@ -58,6 +59,25 @@ def state_dict_file(model, path):
     save_file(sd, path, metadata={"format": "pt"})
 
 
+def write_case(d, adapters=("adapter",), weights=(1.0,), **extra):
+    """case.json: the adapters a fixture merges, their weights, and any scale their files lack."""
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"adapters": list(adapters), "weights": list(weights), **extra}, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def save_adapter(peft_model, path, **kwargs):
+    """PEFT's save_pretrained without its model-card README.md (bulk, not data)."""
+    peft_model.save_pretrained(path, **kwargs)
+    remove_readme(path)
+
+
+def remove_readme(path):
+    readme = os.path.join(path, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+
+
 def merge_case(name, make_base, lora_cfg, seed=1, shard=None, weights=None, second_cfg=None):
     """base/ (save_pretrained), adapter/ (save_pretrained), merged.safetensors (merge_and_unload)."""
     d = fresh(os.path.join(CORE_FIX, name))
@@ -65,10 +85,7 @@ def merge_case(name, make_base, lora_cfg, seed=1, shard=None, weights=None, seco
     save_base(base, os.path.join(d, "base"), **({"max_shard_size": shard} if shard else {}))
     peft_model = get_peft_model(base, lora_cfg)
     randomize_adapter(peft_model, seed)
-    peft_model.save_pretrained(os.path.join(d, "adapter"))
-    readme = os.path.join(d, "adapter", "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)  # PEFT's model-card template: bulk, not data
+    save_adapter(peft_model, os.path.join(d, "adapter"))
     case = {"adapters": ["adapter"], "weights": [1.0]}
     if second_cfg is not None:
         # Two adapters combined exactly by PEFT's "cat" (sum of full deltas).
@@ -80,8 +97,7 @@ def merge_case(name, make_base, lora_cfg, seed=1, shard=None, weights=None, seco
                     p.copy_(torch.randn_like(p) * 0.2)
         peft_model.save_pretrained(os.path.join(d, "tmp"), selected_adapters=["second"])
         shutil.move(os.path.join(d, "tmp", "second"), os.path.join(d, "adapter2"))
-        if os.path.exists(os.path.join(d, "adapter2", "README.md")):
-            os.remove(os.path.join(d, "adapter2", "README.md"))
+        remove_readme(os.path.join(d, "adapter2"))
         shutil.rmtree(os.path.join(d, "tmp"))
         peft_model.add_weighted_adapter(["default", "second"], weights, "combined", combination_type="cat")
         peft_model.set_adapter("combined")
@@ -91,9 +107,7 @@ def merge_case(name, make_base, lora_cfg, seed=1, shard=None, weights=None, seco
     merged = peft_model.merge_and_unload()
     # PEFT's merge, saved the way users save it (transformers layout; tied weights dropped).
     merged.save_pretrained(os.path.join(d, "merged"))
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump(case, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_case(d, case["adapters"], case["weights"])
     print("case", name)
 
 
@@ -149,14 +163,9 @@ def adalora_case():
                         target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft_model = get_peft_model(base, cfg)
     randomize_adapter(peft_model, 13)
-    peft_model.save_pretrained(os.path.join(d, "adapter"))
-    readme = os.path.join(d, "adapter", "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)
+    save_adapter(peft_model, os.path.join(d, "adapter"))
     peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_case(d)
     print("case llama_adalora")
 
 
@@ -183,9 +192,7 @@ def dialect_cases():
     save_file(tensors, os.path.join(d, "adapter", "tiny_llama_kohya.safetensors"),
               metadata={"ss_network_dim": "4", "ss_network_alpha": "Dynamic"})
     peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_case(d)
 
     # mlx-lm: lora_a = Aᵀ (in×r), lora_b = Bᵀ (r×out), scale given directly (= α/r of the PEFT adapter).
     d = fresh(os.path.join(CORE_FIX, "llama_mlx"))
@@ -206,9 +213,7 @@ def dialect_cases():
                    "lora_parameters": {"rank": 4, "scale": 2.5, "dropout": 0.0,
                                        "keys": ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"]}}, f, indent=2)
     peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_case(d)
     print("dialect cases: kohya, mlx")
 
 
@@ -249,16 +254,12 @@ def conv_case():
             os.makedirs(os.path.join(d, "adapter"))
             save_file(tensors, os.path.join(d, "adapter", "locon.safetensors"))
         else:
-            peft_model.save_pretrained(os.path.join(d, "adapter"))
-            if os.path.exists(os.path.join(d, "adapter", "README.md")):
-                os.remove(os.path.join(d, "adapter", "README.md"))
+            save_adapter(peft_model, os.path.join(d, "adapter"))
         merged = peft_model.merge_and_unload()
         os.makedirs(os.path.join(d, "merged"))
         save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, os.path.join(d, "merged", "model.safetensors"),
                   metadata={"format": "pt"})
-        with open(os.path.join(d, "case.json"), "w") as f:
-            json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_case(d)
     print("conv cases")
 
 
@@ -288,9 +289,7 @@ def sora_case():
     with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
         json.dump({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}, f, indent=2, sort_keys=True)
     peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"adapters": ["adapter"], "weights": [1.0]}, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_case(d)
     print("case llama_sora")
 
 
@@ -338,9 +337,7 @@ def hand_written_cases():
         merged[f"{i}.bias"] = layer.linear.bias.detach().contiguous()
     os.makedirs(os.path.join(d, "merged"))
     save_file(merged, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"adapters": ["adapter"], "weights": [1.0], "scale": 1.5}, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_case(d, scale=1.5)
 
     class LoRAParametrization(nn.Module):
         def __init__(self, out_features, in_features, rank, alpha):
@@ -367,9 +364,7 @@ def hand_written_cases():
     os.makedirs(os.path.join(d, "merged"))
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
               os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"adapters": ["adapter"], "weights": [1.0], "alpha": 6.0, "rank": 4}, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_case(d, alpha=6.0, rank=4)
     print("hand-written cases")
 
 
@@ -434,9 +429,7 @@ def qlora_cases():
         plain = tiny_llama(torch.bfloat16, hidden=64, inter=128, layers=1, vocab=64, seed=5)
         peft_model = get_peft_model(plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
         randomize_adapter(peft_model, 37)
-        peft_model.save_pretrained(os.path.join(d, "adapter"))
-        if os.path.exists(os.path.join(d, "adapter", "README.md")):
-            os.remove(os.path.join(d, "adapter", "README.md"))
+        save_adapter(peft_model, os.path.join(d, "adapter"))
         merged = dict(dense)
         for n, p in peft_model.named_parameters():
             if ".lora_A.default." in n:
@@ -484,9 +477,7 @@ def samples():
     base.save_pretrained(base_dir)
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=SEVEN, init_lora_weights=False))
     randomize_adapter(peft_model, 11)
-    peft_model.save_pretrained(adapter_dir)
-    # README.md that PEFT writes holds a model card template; keep the sample small and to the point.
-    os.remove(os.path.join(adapter_dir, "README.md")) if os.path.exists(os.path.join(adapter_dir, "README.md")) else None
+    save_adapter(peft_model, adapter_dir)
     print("samples written")
 
 
@@ -601,8 +592,7 @@ def extract_cases():
     sd = {k: v.detach().contiguous().clone() for k, v in peft_model.state_dict().items()}
     os.makedirs(os.path.join(d, "training"))
     save_file(sd, os.path.join(d, "training", "model.safetensors"), metadata={"format": "pt"})
-    peft_model.save_pretrained(os.path.join(d, "expected"))
-    os.remove(os.path.join(d, "expected", "README.md")) if os.path.exists(os.path.join(d, "expected", "README.md")) else None
+    save_adapter(peft_model, os.path.join(d, "expected"))
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(os.path.join(d, "merged"))
 
@@ -634,36 +624,22 @@ def extract_cases():
     print("extract fixtures")
 
 
+# Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
+GROUPS = {
+    "safetensors": lambda: (python_written(), malformed()),
+    "samples": samples,
+    "merge": merge_cases,
+    "adalora": adalora_case,
+    "dialects": dialect_cases,
+    "conv": conv_case,
+    "sora": sora_case,
+    "handwritten": hand_written_cases,
+    "qlora": qlora_cases,
+    "extract": extract_cases,
+}
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "extract":
-        extract_cases()
-        raise SystemExit
-    if len(sys.argv) > 1 and sys.argv[1] == "adalora":
-        adalora_case()
-        raise SystemExit
-    if len(sys.argv) > 1 and sys.argv[1] == "qlora":
-        qlora_cases()
-        raise SystemExit
-    if len(sys.argv) > 1 and sys.argv[1] == "handwritten":
-        hand_written_cases()
-        raise SystemExit
-    if len(sys.argv) > 1 and sys.argv[1] == "sora":
-        sora_case()
-        raise SystemExit
-    if len(sys.argv) > 1 and sys.argv[1] == "conv":
-        conv_case()
-        raise SystemExit
-    if len(sys.argv) > 1 and sys.argv[1] == "dialects":
-        dialect_cases()
-        raise SystemExit
-    python_written()
-    malformed()
-    samples()
-    merge_cases()
-    adalora_case()
-    dialect_cases()
-    conv_case()
-    sora_case()
-    hand_written_cases()
-    qlora_cases()
-    extract_cases()
+    for group in sys.argv[1:] or list(GROUPS):
+        if group not in GROUPS:
+            raise SystemExit(f"unknown group {group}; choose from {', '.join(GROUPS)}")
+        GROUPS[group]()

@@ -98,11 +98,10 @@ public enum ExtractSVD {
         GEMM.setThreads(1)
         let targetList = targets
         let results = ParallelSlots<Outcome>(count: targets.count)
-        DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { worker in
-            var i = worker
-            while i < targetList.count {
+        let counter = ClaimCounter(count: targets.count)
+        DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { _ in
+            while let i = counter.next() {
                 results.set(i, Result { try decompose(targetList[i], base: base, tuned: tuned, options: options) })
-                i += max(1, options.threads)
             }
         }
         var modules: [ExtractSVDReport.Module] = []

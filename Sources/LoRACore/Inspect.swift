@@ -153,7 +153,6 @@ public enum Inspect {
             let mods = resolved.map {
                 InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.kind.rawValue, rank: $0.rank, alpha: $0.alpha, scale: $0.scale, dora: $0.isDoRA)
             }
-            let all = Set(adapter.modules.map(\.module))
             summary = InspectReport.AdapterSummary(
                 dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(),
                 alpha: adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
@@ -167,7 +166,6 @@ public enum Inspect {
                 modules: mods, dora: adapter.modules.contains(where: \.isDoRA),
                 embeddingLoRA: adapter.modules.contains { $0.kind == .embedding },
                 replacements: adapter.replacements.map(\.base), untargeted: adapter.untargeted, configPath: adapter.configPath)
-            _ = all
         } else if hasLoRA {
             // LoRA tensors without a config: ranks are known, alpha is not.
             var mods: [InspectReport.AdapterSummary.Module] = []

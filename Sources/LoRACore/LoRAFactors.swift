@@ -118,23 +118,7 @@ struct LoRAFactors {
     /// W ← (m / ‖W‖ per output) ⊙ W with the norm in fp32 over the input dimension.
     func apply(to w: inout [Float]) throws {
         let m = module
-        try w.withUnsafeMutableBufferPointer { wp in
-            try a.withUnsafeBufferPointer { ap in
-                try b.withUnsafeBufferPointer { bp in
-                    if m.transposed {
-                        try GEMM.multiply(
-                            m: m.inFeatures, n: m.outFeatures, k: m.rank, alpha: Float(coefficient),
-                            a: ap.baseAddress!, transposeA: true, b: bp.baseAddress!, transposeB: true,
-                            beta: 1, c: wp.baseAddress!)
-                    } else {
-                        try GEMM.multiply(
-                            m: m.outFeatures, n: m.inFeatures, k: m.rank, alpha: Float(coefficient),
-                            a: bp.baseAddress!, transposeA: false, b: ap.baseAddress!, transposeB: false,
-                            beta: 1, c: wp.baseAddress!)
-                    }
-                }
-            }
-        }
+        try addDelta(toRows: 0, count: m.transposed ? m.inFeatures : m.outFeatures, block: &w)
         if let magnitude {
             let norms = LoRAFactors.outputNorms(w, module: m)
             for o in 0..<m.outFeatures {
@@ -155,6 +139,21 @@ struct LoRAFactors {
     /// there and never comes here).
     func apply(toRows r0: Int, count: Int, block: inout [Float]) throws {
         let m = module
+        try addDelta(toRows: r0, count: count, block: &block)
+        if let magnitude {
+            precondition(!m.transposed, "DoRA on transposed storage is merged whole")
+            var row = [Float](repeating: 0, count: m.inFeatures)
+            for r in 0..<count {
+                for i in 0..<m.inFeatures { row[i] = block[r * m.inFeatures + i] }
+                let factor = magnitude[r0 + r] / LoRAFactors.laneSumOfSquares(row).squareRoot()
+                for i in 0..<m.inFeatures { block[r * m.inFeatures + i] *= factor }
+            }
+        }
+    }
+
+    /// block += coefficient · (rows `[r0, r0+count)` of B·A, or of (B·A)ᵀ for stored-transposed weights).
+    private func addDelta(toRows r0: Int, count: Int, block: inout [Float]) throws {
+        let m = module
         try block.withUnsafeMutableBufferPointer { wp in
             try a.withUnsafeBufferPointer { ap in
                 try b.withUnsafeBufferPointer { bp in
@@ -170,15 +169,6 @@ struct LoRAFactors {
                             beta: 1, c: wp.baseAddress!)
                     }
                 }
-            }
-        }
-        if let magnitude {
-            precondition(!m.transposed, "DoRA on transposed storage is merged whole")
-            var row = [Float](repeating: 0, count: m.inFeatures)
-            for r in 0..<count {
-                for i in 0..<m.inFeatures { row[i] = block[r * m.inFeatures + i] }
-                let factor = magnitude[r0 + r] / LoRAFactors.laneSumOfSquares(row).squareRoot()
-                for i in 0..<m.inFeatures { block[r * m.inFeatures + i] *= factor }
             }
         }
     }

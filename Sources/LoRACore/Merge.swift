@@ -145,8 +145,6 @@ public enum Merge {
                                         fallback: source.file.map.bytes(offset: source.offset, count: source.count))
                     case let .owned(bytes):
                         try bytes.withUnsafeBytes { try writer.writeChunk(t.name, bytes: $0) }
-                    case let .mapped(bytes):
-                        try writer.writeChunk(t.name, bytes: bytes)
                     }
                     pipeline.slots.clear(i)
                     pipeline.window.signal()
@@ -272,17 +270,15 @@ public enum Merge {
             path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
     }
 
-    /// Bytes of one output tensor: an unchanged range of an input file, a range of an input map,
-    /// or computed bytes.
+    /// Bytes of one output tensor: an unchanged range of an input file (copied file to file), or
+    /// computed bytes.
     enum Produced {
         case copied((file: SafeTensorsFile, offset: Int, count: Int))
-        case mapped(UnsafeRawBufferPointer)
         case owned([UInt8])
 
         func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
             switch self {
             case let .copied(s): return try body(s.file.map.bytes(offset: s.offset, count: s.count))
-            case let .mapped(b): return try body(b)
             case let .owned(a): return try a.withUnsafeBytes(body)
             }
         }
@@ -338,7 +334,7 @@ public enum Merge {
             return .owned(TensorData.encode(try TensorData.floats(plan.base, name), format: outFormat!))
         case let .replace(ai, tensor):
             let ckpt = plan.adapters[ai].checkpoint
-            if ckpt.info(tensor)!.dtype == t.dtype { return .mapped(try ckpt.bytes(of: tensor)) }
+            if ckpt.info(tensor)!.dtype == t.dtype, let loc = ckpt.location(of: tensor) { return .copied(loc) }
             guard let outFormat else {
                 throw LoRACoreError.baseMismatch(module: t.name, detail: "replacement '\(tensor)' has dtype \(ckpt.info(tensor)!.dtype.rawValue), base has \(t.dtype.rawValue)")
             }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Results of work done in parallel, one slot per item.
 ///
 /// `@unchecked Sendable`: each slot is written by exactly one worker and read by the coordinating
@@ -21,4 +23,19 @@ final class ParallelSlots<Value>: @unchecked Sendable {
     func get(_ i: Int) -> Result<Value, Error> { slots[i]! }
     /// Frees slot `i` once its value has been consumed.
     func clear(_ i: Int) { slots[i] = nil }
+}
+
+/// Hands out indices 0..<count to concurrent workers. `@unchecked Sendable`: guarded by `lock`.
+final class ClaimCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    private let count: Int
+    init(count: Int) { self.count = count }
+    func next() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard value < count else { return nil }
+        value += 1
+        return value - 1
+    }
 }

@@ -79,9 +79,10 @@ struct Piece: Sendable {
             var block = try startingRows(name, r0: r0, count: count, cols: cols, plan: plan)
             if case let .merge(cs, _) = plan.action(for: name) {
                 let factors = try cache.factors(for: name, contributions: cs)
-                let finiteBefore = block.withUnsafeBufferPointer(FloatCodec.allFinite)
                 try factors.apply(toRows: r0, count: count, block: &block)
-                if finiteBefore, !block.withUnsafeBufferPointer(FloatCodec.allFinite) {
+                // One pass in the common case: only a non-finite result re-reads the starting rows.
+                if !block.withUnsafeBufferPointer(FloatCodec.allFinite),
+                   try startingRows(name, r0: r0, count: count, cols: cols, plan: plan).withUnsafeBufferPointer(FloatCodec.allFinite) {
                     throw LoRACoreError.nonFinite(module: cs[0].module.module)
                 }
             }

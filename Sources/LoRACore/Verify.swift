@@ -74,18 +74,3 @@ public enum Verify {
         return VerifyReport(entries: entries, probes: options.probes, seed: options.seed)
     }
 }
-
-/// Hands out indices 0..<count to concurrent workers. `@unchecked Sendable`: guarded by `lock`.
-final class ClaimCounter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
-    private let count: Int
-    init(count: Int) { self.count = count }
-    func next() -> Int? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard value < count else { return nil }
-        value += 1
-        return value - 1
-    }
-}

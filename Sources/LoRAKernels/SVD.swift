@@ -57,15 +57,9 @@ public enum SVD {
             r.truncate(to: rank, m: m, n: n)
             return r
         }
-        var state = seed ^ 0x5DEE_CE66_D1CE_4E5B
+        var bits = SplitMix64(seed: seed ^ 0x5DEE_CE66_D1CE_4E5B)
         func gaussian() -> Float {
-            func uniform() -> Double {
-                state &+= 0x9E37_79B9_7F4A_7C15
-                var z = state
-                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-                return Double((z ^ (z >> 31)) >> 11) * 0x1p-53
-            }
+            func uniform() -> Double { Double(bits.next() >> 11) * 0x1p-53 }
             let u1 = max(uniform(), 1e-300), u2 = uniform()
             return Float((-2 * _log(u1)).squareRoot() * _cos(2 * .pi * u2))
         }

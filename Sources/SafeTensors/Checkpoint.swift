@@ -178,9 +178,6 @@ public final class Checkpoint: Sendable {
         files[loc.file].release(files[loc.file].tensors[loc.tensor])
     }
 
-    /// Total tensor data bytes across files.
-    public var dataBytes: Int { files.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.byteCount } } }
-
     /// Metadata of the first file (the shards of one model carry the same metadata).
     public var metadata: [(key: String, value: String)]? { files.first?.metadata }
 }

@@ -77,12 +77,4 @@ public final class MappedFile: @unchecked Sendable {
         guard endAddress > startAddress, let p = UnsafeMutableRawPointer(bitPattern: startAddress) else { return }
         _ = madvise(p, endAddress - startAddress, MADV_DONTNEED)
     }
-
-    /// Advises the kernel that `[offset, offset+count)` will be read sequentially soon.
-    public func adviseSequential(offset: Int, count: Int) {
-        guard let base, count > 0 else { return }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = offset / page * page
-        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), count + (offset - start), MADV_WILLNEED)
-    }
 }

@@ -83,7 +83,4 @@ public final class SafeTensorsFile: Sendable {
     public func release(_ tensor: TensorInfo) {
         map.release(offset: dataStart + Int(tensor.dataOffsets.begin), count: tensor.byteCount)
     }
-
-    /// Names sorted by UTF-8 bytes.
-    public var sortedNames: [String] { tensors.map(\.name).sorted(by: utf8Precedes) }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import LoRAKernels
 import SafeTensors
 
 /// The benchmark workload: a Llama-shaped bf16 base in two shards plus a PEFT adapter (fp32 A/B,
@@ -56,7 +57,7 @@ struct Workload {
         let tensors = baseTensors()
         let total = tensors.reduce(0) { $0 + TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape)! }
         let plan = ShardPlan(tensors: tensors, maxShardSize: total / shards + 1)
-        var rng = SplitMix(seed: 42)
+        var rng = SplitMix64(seed: 42)
         for shard in plan.shards {
             let w = try SafeTensorsWriter(path: base + "/" + shard.fileName, tensors: shard.tensors)
             while let t = w.nextTensor {
@@ -104,16 +105,7 @@ struct Workload {
     }
 }
 
-/// SplitMix64 → uniform Float in [-1, 1).
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func uniform() -> Float {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
-        return Float(z >> 40) * 0x1p-23 - 1
-    }
+/// Uniform Float in [-1, 1).
+extension SplitMix64 {
+    mutating func uniform() -> Float { Float(next() >> 40) * 0x1p-23 - 1 }
 }

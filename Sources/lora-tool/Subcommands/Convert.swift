@@ -28,27 +28,22 @@ extension LoraTool {
         @Option(help: "Base model: resolves kohya names and gives exact PEFT target_modules.")
         var base: String?
 
-        @Flag(help: "Compress the weights file with zstd (*.safetensors.zst; lora-tool reads it, PEFT does not).")
-        var zstd = false
+        @OptionGroup var compression: ZstdArguments
 
         @OptionGroup var scale: ScaleArguments
-
-        @Option(help: "zstd level with --zstd (1-19).")
-        var zstdLevel: Int32 = 3
 
         @Flag(help: "Replace an existing output.")
         var force = false
 
         func validate() throws {
             guard ["peft", "kohya", "mlx"].contains(to) else { throw ValidationError("--to must be peft, kohya or mlx") }
-            guard (1...19).contains(zstdLevel) else { throw ValidationError("--zstd-level must be 1 to 19") }
         }
 
         func run() throws {
             var o = ConvertOptions(adapter: adapter, to: Adapter.Format(rawValue: to)!, output: output)
             o.base = base
             o.force = force
-            o.zstdLevel = zstd ? zstdLevel : nil
+            o.zstdLevel = compression.level
             o.scaleOverride = scale.override
             let r = try LoRACore.Convert.run(o)
             var rows = [["from", r.from], ["to", r.to], ["modules", "\(r.modules), scales \(r.scales.map(Render.number).joined(separator: ", "))"]]
@@ -82,11 +77,7 @@ extension LoraTool {
         @Option(help: "Output adapter directory.")
         var output: String
 
-        @Flag(help: "Compress adapter_model.safetensors with zstd.")
-        var zstd = false
-
-        @Option(help: "zstd level with --zstd (1-19).")
-        var zstdLevel: Int32 = 3
+        @OptionGroup var compression: ZstdArguments
 
         @Flag(help: "Replace an existing output.")
         var force = false
@@ -95,7 +86,6 @@ extension LoraTool {
         var json = false
 
         func validate() throws {
-            guard (1...19).contains(zstdLevel) else { throw ValidationError("--zstd-level must be 1 to 19") }
             guard (rank == nil) != (energy == nil) else { throw ValidationError("give exactly one of --rank and --energy") }
             if let rank, rank <= 0 { throw ValidationError("--rank must be positive") }
             if let energy, !(energy > 0 && energy <= 1) { throw ValidationError("--energy must be in (0, 1]") }
@@ -105,7 +95,7 @@ extension LoraTool {
         func run() throws {
             var o = ResizeOptions(adapter: adapter, output: output, rule: rank.map { .fixed($0) } ?? .energy(energy!, maxRank: maxRank))
             o.force = force
-            o.zstdLevel = zstd ? zstdLevel : nil
+            o.zstdLevel = compression.level
             let modules = try LoRACore.Resize.run(o)
             if json {
                 Render.printJSON(.array(modules.map {

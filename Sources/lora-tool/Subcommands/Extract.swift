@@ -53,11 +53,7 @@ extension LoraTool {
         @Option(help: "Output adapter directory.")
         var output: String
 
-        @Flag(help: "Compress adapter_model.safetensors with zstd (lora-tool reads *.safetensors.zst; PEFT does not).")
-        var zstd = false
-
-        @Option(help: "zstd level with --zstd (1-19).")
-        var zstdLevel: Int32 = 3
+        @OptionGroup var compression: ZstdArguments
 
         @Flag(help: "Replace existing output directories.")
         var force = false
@@ -66,7 +62,6 @@ extension LoraTool {
         var json = false
 
         func validate() throws {
-            guard (1...19).contains(zstdLevel) else { throw ValidationError("--zstd-level must be 1 to 19") }
             if checkpoint != nil {
                 guard base == nil, finetuned == nil, rank == nil, energy == nil else {
                     throw ValidationError("--checkpoint cannot be combined with --base/--finetuned/--rank/--energy")
@@ -90,7 +85,7 @@ extension LoraTool {
                 o.alpha = alpha
                 o.baseOutput = baseOutput
                 o.force = force
-                o.zstdLevel = zstd ? zstdLevel : nil
+                o.zstdLevel = compression.level
                 let r = try ExtractCheckpoint.run(o)
                 if json {
                     Render.printJSON(.object([
@@ -119,7 +114,7 @@ extension LoraTool {
             o.targets = try targets.map { try TargetSelector(parsing: $0) }
             o.minDiff = minDiff
             o.force = force
-            o.zstdLevel = zstd ? zstdLevel : nil
+            o.zstdLevel = compression.level
             let r = try ExtractSVD.run(o)
             if json {
                 Render.printJSON(.object([
