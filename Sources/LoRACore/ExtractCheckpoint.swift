@@ -193,8 +193,7 @@ public enum ExtractCheckpoint {
             while let t = writer.nextTensor {
                 let src = source[t.name]!
                 let loc = ckpt.location(of: src)!
-                try writer.copy(t.name, from: loc.file.map.descriptor, offset: loc.offset, count: loc.count,
-                                fallback: loc.file.map.bytes(offset: loc.offset, count: loc.count))
+                try writer.copy(t.name, from: loc.file, offset: loc.offset, count: loc.count)
             }
             try writer.finish()
         }

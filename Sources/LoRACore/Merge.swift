@@ -141,8 +141,7 @@ public enum Merge {
                     let t = piece.tensor
                     switch produced {
                     case let .copied(source):
-                        try writer.copy(t.name, from: source.file.map.descriptor, offset: source.offset, count: source.count,
-                                        fallback: source.file.map.bytes(offset: source.offset, count: source.count))
+                        try writer.copy(t.name, from: source.file, offset: source.offset, count: source.count)
                     case let .owned(bytes):
                         try bytes.withUnsafeBytes { try writer.writeChunk(t.name, bytes: $0) }
                     }

@@ -76,6 +76,12 @@ struct Piece: Sendable {
             try MemoryBudget.check(elements: tensor.elementCount ?? 0, bytesPerElement: 8, what: "tensor '\(name)' (merged whole)")
             return try Merge.produce(tensor, baseInfo: plan.base.info(name)!, plan: plan)
         case let .rows(r0, count, cols):
+            if case let .merge(cs, _) = plan.action(for: name) {
+                let factors = try cache.factors(for: name, contributions: cs)
+                if let fused = try fusedRows(name, r0: r0, count: count, cols: cols, factors: factors, output: outFormat!, plan: plan) {
+                    return .owned(fused)
+                }
+            }
             var block = try startingRows(name, r0: r0, count: count, cols: cols, plan: plan)
             if case let .merge(cs, _) = plan.action(for: name) {
                 let factors = try cache.factors(for: name, contributions: cs)
@@ -90,8 +96,36 @@ struct Piece: Sendable {
         }
     }
 
-    /// Rows `[r0, r0+count)` of the starting value (replacement or base) widened to fp32.
-    private func startingRows(_ name: String, r0: Int, count: Int, cols: Int, plan: MergePlan) throws -> [Float] {
+    /// The merged rows in one pass of the fused kernel (decode, rank-r update, finiteness check and
+    /// rounding per register tile, no fp32 block in memory), with the same arithmetic as the GEMM
+    /// path; nil where that kernel does not apply (transposed storage, DoRA, a CPU without AVX2).
+    private func fusedRows(_ name: String, r0: Int, count: Int, cols: Int, factors: LoRAFactors,
+                           output: FloatCodec.Format, plan: MergePlan) throws -> [UInt8]? {
+        let m = factors.module
+        guard FusedMerge.best != nil, !m.transposed, factors.magnitude == nil, cols == m.inFeatures else { return nil }
+        let (slice, input) = try startingSlice(name, r0: r0, count: count, cols: cols, plan: plan)
+        var outcome: FusedMerge.Outcome?
+        let bytes = [UInt8](unsafeUninitializedCapacity: count * cols * output.size) { buffer, initialized in
+            factors.a.withUnsafeBufferPointer { a in
+                factors.b.withUnsafeBufferPointer { b in
+                    outcome = FusedMerge.rows(
+                        slice, input: input, into: UnsafeMutableRawBufferPointer(buffer), output: output,
+                        rows: count, cols: cols, b: UnsafeBufferPointer(rebasing: b[(r0 * m.rank)...]), rank: m.rank,
+                        a: a, leadingA: m.inFeatures, coefficient: Float(factors.coefficient))
+                }
+            }
+            initialized = outcome == nil ? 0 : count * cols * output.size
+        }
+        guard let outcome else { return nil }
+        MappedFile.releasePages(slice)
+        if outcome.resultNonFinite && !outcome.inputNonFinite { throw LoRACoreError.nonFinite(module: m.module) }
+        return bytes
+    }
+
+    /// Rows `[r0, r0+count)` of the starting value (replacement or base) as stored, with their format.
+    private func startingSlice(_ name: String, r0: Int, count: Int, cols: Int, plan: MergePlan) throws
+        -> (UnsafeRawBufferPointer, FloatCodec.Format)
+    {
         var ckpt = plan.base, source = name
         switch plan.action(for: name) {
         case let .replace(ai, tensor), let .merge(_, (ai, tensor)?):
@@ -105,7 +139,13 @@ struct Piece: Sendable {
         }
         let bytes = try ckpt.bytes(of: source)
         let n = count * cols
-        let slice = UnsafeRawBufferPointer(rebasing: bytes[(r0 * cols * format.size)..<((r0 * cols + n) * format.size)])
+        return (UnsafeRawBufferPointer(rebasing: bytes[(r0 * cols * format.size)..<((r0 * cols + n) * format.size)]), format)
+    }
+
+    /// Rows `[r0, r0+count)` of the starting value (replacement or base) widened to fp32.
+    private func startingRows(_ name: String, r0: Int, count: Int, cols: Int, plan: MergePlan) throws -> [Float] {
+        let (slice, format) = try startingSlice(name, r0: r0, count: count, cols: cols, plan: plan)
+        let n = count * cols
         let values = [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
             FloatCodec.decode(slice, format: format, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<n]))
             initialized = n

@@ -12,6 +12,10 @@ import Darwin
 /// The header is computed up front from names, dtypes and shapes: tensors ordered by descending
 /// dtype alignment then name bytes, offsets consecutive from 0, compact JSON padded with spaces to a
 /// multiple of 8. Data must then be appended in `order`. Nothing is held in memory but a write buffer.
+///
+/// Where the file system supports it, bytes go to the disk with direct I/O (`DirectWriter`), which
+/// makes the final fsync nearly free; elsewhere through the page cache, with writeback started every
+/// 256 MB so the final fsync has little left to wait for.
 public final class SafeTensorsWriter {
     /// Tensors in write order, with their data offsets.
     public let order: [TensorInfo]
@@ -23,6 +27,8 @@ public final class SafeTensorsWriter {
     /// Bytes of `order[next]` already written by `writeChunk`.
     private var partial = 0
     private var buffer: [UInt8] = []
+    /// Direct-I/O staging, or nil when writing through the page cache.
+    private var direct: DirectWriter?
     private static let bufferLimit = 8 << 20
     /// Bytes written since the last background `fdatasync` was started.
     private var unsynced = 0
@@ -118,7 +124,8 @@ public final class SafeTensorsWriter {
         self.path = path
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SafeTensorsError.io(path: path, operation: "create", errno: errno) }
-        buffer.reserveCapacity(SafeTensorsWriter.bufferLimit)
+        direct = DirectWriter(fd: fd, path: path)
+        if direct == nil { buffer.reserveCapacity(SafeTensorsWriter.bufferLimit) }
         try append(headerBytes.withUnsafeBytes { $0 })
     }
 
@@ -165,11 +172,20 @@ public final class SafeTensorsWriter {
         try append(bytes)
     }
 
-    /// Appends the next tensor's data by copying `count` bytes at `offset` of file `source` inside
-    /// the kernel (`sendfile`, file to file: no pages enter this process), falling back to `bytes`.
-    public func copy(_ name: String, from source: Int32, offset: Int, count: Int, fallback bytes: UnsafeRawBufferPointer) throws {
+    /// Appends the next tensor's data: `count` bytes at byte `offset` of `file`, copied file to file
+    /// (`pread` into the direct-I/O buffers, or `sendfile` inside the kernel), never through this
+    /// process's mapping of `file` unless the kernel cannot copy.
+    /// - Throws: as `write`, and `.io` naming `file` when it cannot be read.
+    public func copy(_ name: String, from file: SafeTensorsFile, offset: Int, count: Int) throws {
+        let bytes = file.map.bytes(offset: offset, count: count)
+        let source = file.map.descriptor
         guard next < order.count, order[next].name == name, count == order[next].byteCount else {
             return try write(name, bytes: bytes)
+        }
+        if let direct {
+            try direct.append(from: source, offset: offset, count: count, sourcePath: file.path)
+            next += 1
+            return
         }
         try flush()
         var inOffset = offset
@@ -194,6 +210,7 @@ public final class SafeTensorsWriter {
     }
 
     private func append(_ bytes: UnsafeRawBufferPointer) throws {
+        if let direct { return try direct.append(bytes) }
         if buffer.count + bytes.count <= SafeTensorsWriter.bufferLimit {
             buffer.append(contentsOf: bytes)
             return
@@ -232,6 +249,7 @@ public final class SafeTensorsWriter {
             throw SafeTensorsError.invalidWrite(path: path, detail: "\(order.count - next) tensors were never written, first '\(order[next].name)'")
         }
         try flush()
+        try direct?.finish()
         syncGroup.wait()
         if syncState.firstError != 0 { throw SafeTensorsError.io(path: path, operation: "fdatasync", errno: syncState.firstError) }
         guard fsync(fd) == 0 else { throw SafeTensorsError.io(path: path, operation: "fsync", errno: errno) }

@@ -269,3 +269,46 @@ struct DTypeRoundTripTests {
         #expect(f.headerLength % 8 == 0)
     }
 }
+
+@Suite("Direct-I/O writing of files larger than its staging buffers")
+struct LargeWriteTests {
+    @Test("Chunks, whole writes and file-to-file copies land at their offsets, with an unaligned tail",
+          arguments: [3 * 4096 + 10, (8 << 20) + 6, 3 * (8 << 20) + 4096 * 7 + 2])
+    func largeFile(size: Int) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("big-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A source file to copy from, written first (its own round trip is checked below too).
+        let sourceData = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 7) }
+        let source = try SafeTensorsWriter(path: dir + "/source.safetensors", tensors: [TensorInfo(name: "s", dtype: .uint8, shape: [size])])
+        try sourceData.withUnsafeBytes { try source.write("s", bytes: $0) }
+        try source.finish()
+        let sourceFile = try SafeTensorsFile(path: dir + "/source.safetensors")
+        let location = try #require(sourceFile.info("s"))
+        #expect(Array(sourceFile.bytes(of: location)) == sourceData)
+
+        let chunked = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 29 &+ 3) }
+        let tensors = [TensorInfo(name: "a", dtype: .uint8, shape: [size]), TensorInfo(name: "b", dtype: .uint8, shape: [size]),
+                       TensorInfo(name: "c", dtype: .uint8, shape: [5])]
+        let w = try SafeTensorsWriter(path: dir + "/f.safetensors", tensors: tensors)
+        try chunked.withUnsafeBytes { all in
+            var at = 0
+            for piece in [1, 4095, 100_000, 5 << 20] where at < size {
+                let n = min(piece, size - at)
+                try w.writeChunk("a", bytes: UnsafeRawBufferPointer(rebasing: all[at..<(at + n)]))
+                at += n
+            }
+            if at < size { try w.writeChunk("a", bytes: UnsafeRawBufferPointer(rebasing: all[at...])) }
+        }
+        try w.copy("b", from: sourceFile, offset: sourceFile.dataStart + Int(location.dataOffsets.begin), count: size)
+        try ([9, 8, 7, 6, 5] as [UInt8]).withUnsafeBytes { try w.write("c", bytes: $0) }
+        try w.finish()
+
+        let f = try SafeTensorsFile(path: dir + "/f.safetensors")
+        #expect(Array(f.bytes(of: try #require(f.info("a")))) == chunked)
+        #expect(Array(f.bytes(of: try #require(f.info("b")))) == sourceData)
+        #expect(Array(f.bytes(of: try #require(f.info("c")))) == [9, 8, 7, 6, 5])
+        let fileSize = try #require(try FileManager.default.attributesOfItem(atPath: dir + "/f.safetensors")[.size] as? Int)
+        #expect(fileSize == w.fileSize)
+    }
+}
