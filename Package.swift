@@ -18,12 +18,12 @@ let package = Package(
         .systemLibrary(name: "CMalloc"),
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
 
-        // MARK: - Vector kernel in C (runtime dispatch over AVX2 / AVX-512; only FusedMerge.swift imports it)
-        .target(name: "CMergeKernel"),
+        // MARK: - Vector kernels in C (runtime dispatch over AVX2 / AVX-512; imported only by LoRAKernels)
+        .target(name: "CKernels"),
 
         // MARK: - Libraries: all logic lives here; none prints or parses arguments
         .target(name: "SafeTensors", dependencies: ["CZstd"]),
-        .target(name: "LoRAKernels", dependencies: ["COpenBLAS", "CMergeKernel"]),
+        .target(name: "LoRAKernels", dependencies: ["COpenBLAS", "CKernels"]),
         .target(name: "LoRAGraph", dependencies: ["SafeTensors"]),
         .target(name: "LoRACore", dependencies: ["SafeTensors", "LoRAKernels", "LoRAGraph"]),
 

@@ -17,6 +17,9 @@ public struct MergeOptions: Sendable {
     public var probes = 8
     public var seed: UInt64 = 0
     public var force = false
+    /// Write the output straight to the disk (direct I/O) and fsync it before it gets its name; false
+    /// writes through the page cache with no fsync (as `cp`), leaving durability to the kernel.
+    public var durable = true
     /// Tensors computed in parallel (each with single-threaded BLAS).
     public var threads = ProcessInfo.processInfo.activeProcessorCount
     /// Scale for adapters that store none (hand-written layouts).
@@ -114,54 +117,14 @@ public enum Merge {
             return TensorInfo(name: out.name, dtype: options.dtype.output(for: info.dtype), shape: info.shape)
         }
         let shardPlan = ShardPlan(tensors: outInfos, maxShardSize: options.maxShardSize)
-        var done = 0, bytesDone = 0
         let bytesTotal = outInfos.reduce(0) { $0 + (TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape) ?? 0) }
         var files: [String] = []
         let workers = max(1, options.threads)
         GEMM.setThreads(1)
+        let merge = ChunkedMerge(plan: plan, tensorsTotal: outInfos.count, bytesTotal: bytesTotal, progress: progress)
         for shard in shardPlan.shards {
-            let writer = try SafeTensorsWriter(path: output.path(for: shard.fileName), tensors: shard.tensors)
-            let pieces = Piece.plan(writer.order, plan: plan)
-            // Pipeline: workers compute pieces (blocks of rows) ahead, at most `window` in flight, while
-            // this thread writes them in file order: memory is bounded by the block size, not the model.
-            let pipeline = Pipeline(count: pieces.count, window: workers + 2)
-            let cache = FactorCache(plan: plan)
-            for _ in 0..<workers {
-                Thread.detachNewThread {
-                    while let i = pipeline.claim() {
-                        pipeline.slots.set(i, Result { try pieces[i].produce(plan: plan, cache: cache) })
-                        pipeline.ready[i].signal()
-                    }
-                }
-            }
-            do {
-                for (i, piece) in pieces.enumerated() {
-                    pipeline.ready[i].wait()
-                    let produced = try pipeline.slots.get(i).get()
-                    let t = piece.tensor
-                    switch produced {
-                    case let .copied(source):
-                        try writer.copy(t.name, from: source.file, offset: source.offset, count: source.count)
-                    case let .owned(bytes):
-                        try bytes.withUnsafeBytes { try writer.writeChunk(t.name, bytes: $0) }
-                    }
-                    pipeline.slots.clear(i)
-                    pipeline.window.signal()
-                    if piece.isLast {
-                        let source = plan.source(of: t.name)
-                        cache.remove(source)
-                        if case let .replace(ai, tensor) = plan.action(for: source) { adapters[ai].checkpoint.release(tensor) }
-                        base.release(source)
-                        done += 1
-                        bytesDone += t.byteCount
-                        progress?(Progress(tensorsDone: done, tensorsTotal: outInfos.count, bytesDone: bytesDone, bytesTotal: bytesTotal))
-                    }
-                }
-            } catch {
-                pipeline.cancel()
-                throw error
-            }
-            try writer.finish()
+            try merge.write(ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, buffers: workers + 2, durable: options.durable),
+                            workers: workers)
             files.append(shard.fileName)
         }
         if let index = shardPlan.index {
@@ -280,47 +243,6 @@ public enum Merge {
             case let .copied(s): return try body(s.file.map.bytes(offset: s.offset, count: s.count))
             case let .owned(a): return try a.withUnsafeBytes(body)
             }
-        }
-    }
-
-    /// The compute-ahead pipeline's shared state. `@unchecked Sendable`: slots follow the
-    /// `ResultSlots` rule, semaphores are thread-safe, and `cancelled` is guarded by `lock`.
-    final class Pipeline: @unchecked Sendable {
-        let slots: ParallelSlots<Produced>
-        let ready: [DispatchSemaphore]
-        let window: DispatchSemaphore
-        private let count: Int
-        private let lock = NSLock()
-        private var cancelled = false
-
-        init(count: Int, window: Int) {
-            self.count = count
-            slots = ParallelSlots(count: count)
-            ready = (0..<count).map { _ in DispatchSemaphore(value: 0) }
-            self.window = DispatchSemaphore(value: window)
-        }
-
-        private var next = 0
-
-        /// The next tensor index for a worker once a window slot is free, or nil when done or cancelled.
-        func claim() -> Int? {
-            window.wait()
-            lock.lock()
-            defer { lock.unlock() }
-            guard !cancelled, next < count else {
-                window.signal()  // pass the wake-up on to the other workers
-                return nil
-            }
-            next += 1
-            return next - 1
-        }
-
-        /// Stops the workers: no new tensors start, and waiting workers are released.
-        func cancel() {
-            lock.lock()
-            cancelled = true
-            lock.unlock()
-            for _ in 0..<count { window.signal() }
         }
     }
 

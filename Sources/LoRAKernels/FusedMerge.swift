@@ -1,4 +1,4 @@
-import CMergeKernel
+import CKernels
 
 /// One LoRA merge over a block of stored rows in a single pass (C kernel, AVX2 or AVX-512):
 ///

@@ -73,7 +73,7 @@ struct Workload {
             try w.finish()
         }
         if let index = plan.index {
-            FileManager.default.createFile(atPath: base + "/model.safetensors.index.json", contents: Data(index.serialized()))
+            _ = FileManager.default.createFile(atPath: base + "/model.safetensors.index.json", contents: Data(index.serialized()))
         }
         let config = """
             {
@@ -84,7 +84,7 @@ struct Workload {
             }
 
             """
-        FileManager.default.createFile(atPath: base + "/config.json", contents: Data(config.utf8))
+        _ = FileManager.default.createFile(atPath: base + "/config.json", contents: Data(config.utf8))
         var lora: [TensorInfo] = []
         for t in tensors where t.shape.count == 2 && Workload.projections.contains(where: { t.name.hasSuffix($0 + ".weight") }) {
             let module = "base_model.model." + t.name.dropLast(".weight".count)
@@ -101,7 +101,7 @@ struct Workload {
             {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "use_rslora": false, "use_dora": false, "fan_in_fan_out": false, "bias": "none", "task_type": "CAUSAL_LM"}
 
             """
-        FileManager.default.createFile(atPath: adapter + "/adapter_config.json", contents: Data(adapterConfig.utf8))
+        _ = FileManager.default.createFile(atPath: adapter + "/adapter_config.json", contents: Data(adapterConfig.utf8))
     }
 }
 

@@ -1,0 +1,27 @@
+import Foundation
+
+/// Each merged tensor's LoRA factors, loaded once and shared by the workers computing its blocks.
+/// `@unchecked Sendable`: the dictionary is only touched under `lock`; factors are immutable.
+final class FactorCache: @unchecked Sendable {
+    private let plan: MergePlan
+    private let lock = NSLock()
+    private var loaded: [String: LoRAFactors] = [:]
+
+    init(plan: MergePlan) { self.plan = plan }
+
+    func factors(for name: String, contributions cs: [MergePlan.Contribution]) throws -> LoRAFactors {
+        lock.lock()
+        defer { lock.unlock() }
+        if let f = loaded[name] { return f }
+        let parts = try cs.map { try LoRAFactors($0.module, adapter: plan.adapters[$0.adapter], weight: plan.weights[$0.adapter]) }
+        let f = parts.count == 1 ? parts[0] : LoRAFactors.concatenated(parts)
+        loaded[name] = f
+        return f
+    }
+
+    func remove(_ name: String) {
+        lock.lock()
+        loaded[name] = nil
+        lock.unlock()
+    }
+}

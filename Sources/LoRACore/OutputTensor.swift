@@ -1,0 +1,173 @@
+import Foundation
+import LoRAKernels
+import SafeTensors
+
+/// How one tensor of the merged output is made, and how to make any byte range of it: the unit that
+/// output chunks (`ChunkedMerge`) are filled from.
+///
+/// Kinds:
+/// - `copy`: unchanged bytes of an input file (the base tensor, or a same-dtype replacement), read
+///   straight into the chunk with `pread`.
+/// - `rows`: a merged or cast tensor computed in row-major element ranges. With the fused kernel
+///   (plain LoRA on (out, in) storage, a CPU with AVX2), each range is computed straight into the
+///   chunk, partial rows included; otherwise the rows covering the range are computed in fp32
+///   (GEMM path) and the range is copied out of them.
+/// - `whole`: tensors that need all their values at once (DoRA on transposed storage, biases,
+///   scalars), computed once and shared by the chunks they span (`WholeTensors`).
+struct OutputTensor: Sendable {
+    enum Kind: Sendable {
+        case copy(file: SafeTensorsFile, offset: Int)
+        case rows(cols: Int)
+        case whole
+    }
+
+    /// The output tensor (name, dtype, shape, offsets in its file).
+    let info: TensorInfo
+    /// The base tensor it comes from.
+    let source: String
+    let kind: Kind
+
+    init(_ t: TensorInfo, plan: MergePlan) {
+        info = t
+        source = plan.source(of: t.name)
+        let baseInfo = plan.base.info(source)!
+        switch plan.action(for: source) {
+        case .copy where t.dtype == baseInfo.dtype:
+            let loc = plan.base.location(of: source)!
+            kind = .copy(file: loc.file, offset: loc.offset)
+        case let .replace(ai, tensor) where plan.adapters[ai].checkpoint.info(tensor)!.dtype == t.dtype:
+            let loc = plan.adapters[ai].checkpoint.location(of: tensor)!
+            kind = .copy(file: loc.file, offset: loc.offset)
+        case let .merge(cs, _) where cs.contains { $0.module.isDoRA && $0.module.transposed }:
+            kind = .whole
+        case .bias:
+            kind = .whole
+        default:
+            if t.shape.count >= 2, let n = t.elementCount, n > 0 {
+                kind = .rows(cols: n / t.shape[0])
+            } else {
+                kind = .whole
+            }
+        }
+    }
+
+    /// Writes bytes `range` of this tensor's output data to `destination`.
+    /// - Throws: `LoRACoreError` (non-finite merge, unsupported dtype), `SafeTensorsError.io`.
+    func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer, plan: MergePlan, factors: FactorCache, wholes: WholeTensors) throws {
+        switch kind {
+        case let .copy(file, offset):
+            try OutputTensor.read(file, at: offset + range.lowerBound, count: range.count, into: destination)
+        case .whole:
+            try wholes.withBytes(of: self, plan: plan, delivering: range.count) { bytes in
+                destination.copyMemory(from: bytes.baseAddress! + range.lowerBound, byteCount: range.count)
+            }
+        case let .rows(cols):
+            let size = TensorData.format(info.dtype)!.size
+            let e0 = range.lowerBound / size, e1 = range.upperBound / size
+            if case let .merge(cs, _) = plan.action(for: source) {
+                let f = try factors.factors(for: source, contributions: cs)
+                if try fused(e0..<e1, cols: cols, factors: f, into: destination, plan: plan) { return }
+            }
+            // GEMM path: the whole rows covering the range, then the range out of them.
+            let r0 = e0 / cols, r1 = (e1 + cols - 1) / cols
+            let bytes = try rowBytes(r0: r0, count: r1 - r0, cols: cols, plan: plan, factors: factors)
+            bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + (e0 - r0 * cols) * size, byteCount: range.count) }
+        }
+    }
+
+    /// Elements `elements` (row-major) merged by the fused kernel straight into `destination`, as a
+    /// partial first row, a block of whole rows and a partial last row; false where the kernel does
+    /// not apply (transposed storage, DoRA, a CPU without AVX2), with nothing written.
+    private func fused(_ elements: Range<Int>, cols: Int, factors f: LoRAFactors, into destination: UnsafeMutableRawPointer, plan: MergePlan) throws -> Bool {
+        let m = f.module
+        guard FusedMerge.best != nil, !m.transposed, f.magnitude == nil, cols == m.inFeatures, let output = TensorData.format(info.dtype) else {
+            return false
+        }
+        let (stored, input) = try startingBytes(plan: plan)
+        var e = elements.lowerBound, written = 0
+        var nonFinite = false
+        try f.a.withUnsafeBufferPointer { a in
+            try f.b.withUnsafeBufferPointer { b in
+                while e < elements.upperBound {
+                    let row = e / cols, c0 = e % cols
+                    // A partial row where the range starts or ends inside one, else all whole rows left.
+                    let rows = c0 == 0 ? max(1, (elements.upperBound - e) / cols) : 1
+                    let width = rows == 1 ? min(cols, elements.upperBound - row * cols) - c0 : cols
+                    let count = rows == 1 ? width : rows * cols
+                    let w = UnsafeRawBufferPointer(rebasing: stored[(e * input.size)..<((e + count) * input.size)])
+                    guard let outcome = FusedMerge.rows(
+                        w, input: input, into: UnsafeMutableRawBufferPointer(start: destination + written * output.size, count: count * output.size),
+                        output: output, rows: rows, cols: width, b: UnsafeBufferPointer(rebasing: b[(row * m.rank)...]), rank: m.rank,
+                        a: UnsafeBufferPointer(rebasing: a[c0...]), leadingA: cols, coefficient: Float(f.coefficient))
+                    else { throw LoRACoreError.invalidModule(module: m.module, detail: "the fused merge kernel refused a block it reported it could run") }
+                    if outcome.resultNonFinite && !outcome.inputNonFinite { nonFinite = true }
+                    MappedFile.releasePages(w)
+                    e += count
+                    written += count
+                }
+            }
+        }
+        if nonFinite { throw LoRACoreError.nonFinite(module: m.module) }
+        return true
+    }
+
+    /// Output bytes of rows `[r0, r0+count)` through the GEMM path (merge) or a cast.
+    private func rowBytes(r0: Int, count: Int, cols: Int, plan: MergePlan, factors: FactorCache) throws -> [UInt8] {
+        var block = try startingRows(r0: r0, count: count, cols: cols, plan: plan)
+        if case let .merge(cs, _) = plan.action(for: source) {
+            let f = try factors.factors(for: source, contributions: cs)
+            try f.apply(toRows: r0, count: count, block: &block)
+            // One pass in the common case: only a non-finite result re-reads the starting rows.
+            if !block.withUnsafeBufferPointer(FloatCodec.allFinite),
+               try startingRows(r0: r0, count: count, cols: cols, plan: plan).withUnsafeBufferPointer(FloatCodec.allFinite) {
+                throw LoRACoreError.nonFinite(module: cs[0].module.module)
+            }
+        }
+        return TensorData.encode(block, format: TensorData.format(info.dtype)!)
+    }
+
+    /// The stored starting value (replacement or base) of this tensor, mapped, with its format.
+    private func startingBytes(plan: MergePlan) throws -> (UnsafeRawBufferPointer, FloatCodec.Format) {
+        var ckpt = plan.base, name = source
+        switch plan.action(for: source) {
+        case let .replace(ai, tensor), let .merge(_, (ai, tensor)?):
+            ckpt = plan.adapters[ai].checkpoint
+            name = tensor
+        default: break
+        }
+        let dtype = ckpt.info(name)!.dtype
+        guard let format = TensorData.format(dtype) else {
+            throw LoRACoreError.invalidModule(module: source, detail: "dtype \(dtype.rawValue) cannot be merged or cast (F32, F16 and BF16 can)")
+        }
+        return (try ckpt.bytes(of: name), format)
+    }
+
+    /// Rows `[r0, r0+count)` of the starting value widened to fp32.
+    private func startingRows(r0: Int, count: Int, cols: Int, plan: MergePlan) throws -> [Float] {
+        let (stored, format) = try startingBytes(plan: plan)
+        let n = count * cols
+        let slice = UnsafeRawBufferPointer(rebasing: stored[(r0 * cols * format.size)..<((r0 * cols + n) * format.size)])
+        let values = [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
+            FloatCodec.decode(slice, format: format, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<n]))
+            initialized = n
+        }
+        // These input rows are done with: drop their pages from the resident set (file mapping).
+        MappedFile.releasePages(slice)
+        return values
+    }
+
+    /// `count` bytes of `file` (its descriptor: the decompressed copy for a .zst file) at `offset`,
+    /// read with pread: a kernel copy from the page cache, without faulting pages into this process.
+    static func read(_ file: SafeTensorsFile, at offset: Int, count: Int, into destination: UnsafeMutableRawPointer) throws {
+        var done = 0
+        while done < count {
+            let n = pread(file.map.descriptor, destination + done, count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SafeTensorsError.io(path: file.path, operation: "read", errno: errno)
+            }
+            if n == 0 { throw SafeTensorsError.io(path: file.path, operation: "read (file shrank)", errno: EIO) }
+            done += n
+        }
+    }
+}

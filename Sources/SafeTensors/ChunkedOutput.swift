@@ -1,0 +1,207 @@
+import Dispatch
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A safetensors file written as consecutive fixed-size chunks, each filled by whichever thread
+/// claims it and written at its own offset: no thread orders or copies another's bytes.
+///
+/// The layout (`SafeTensorsWriter.layout`: Python's byte layout) is computed up front, so chunk k
+/// always holds file bytes `[k·chunkSize, min((k+1)·chunkSize, fileSize))`, and `segments(ofChunk:)`
+/// says which header bytes and which byte ranges of which tensors those are. A filled chunk goes to
+/// the disk with direct I/O where the file system supports it (chunks are page-aligned in the file
+/// and in memory), else through the page cache; the unaligned end of the last chunk always goes
+/// through the page cache. Writes run on a background queue while the filling threads go on with
+/// their next chunks; `buffers` bounds the chunks filled or in flight (and so the memory). `finish`
+/// waits for them, checks that every chunk was written, then fsyncs (unless not `durable`).
+public final class ChunkedOutput: @unchecked Sendable {
+    /// One contiguous part of a chunk.
+    public struct Segment: Sendable, Equatable {
+        /// nil for header bytes, else the index into `order`.
+        public var tensor: Int?
+        /// Bytes of the tensor's data (or of the header) that this segment holds.
+        public var bytes: Range<Int>
+        /// Where they start inside the chunk.
+        public var offsetInChunk: Int
+    }
+
+    /// Bytes per chunk: a multiple of every page and logical block size in use.
+    public static let chunkSize = 8 << 20
+
+    public let path: String
+    /// Tensors in file order, with their data offsets.
+    public let order: [TensorInfo]
+    public let headerBytes: [UInt8]
+    public let fileSize: Int
+    public var chunkCount: Int { (fileSize + ChunkedOutput.chunkSize - 1) / ChunkedOutput.chunkSize }
+
+    // `@unchecked Sendable`: the descriptors are only written to (pwrite is thread-safe at distinct
+    // offsets); `written`, `buffers`, `allocated` and `failure` are touched only under `lock`.
+    private let fd: Int32
+    private var directFD: Int32 = -1
+    private let lock = NSLock()
+    private var written: [Bool]
+    private var buffers: [UnsafeMutableRawPointer] = []
+    private var allocated: [UnsafeMutableRawPointer] = []
+    private var failure: SafeTensorsError?
+    private var closed = false
+    private let durable: Bool
+    /// Counts buffers that may be taken (free or not yet allocated).
+    private let available = DispatchSemaphore(value: 0)
+    private let writes = DispatchQueue(label: "lora-tool.chunked-output", attributes: .concurrent)
+    private let inFlight = DispatchGroup()
+
+    /// Creates `path` (which must not exist) for `tensors`.
+    /// - Throws: `SafeTensorsError` from the layout or from creating the file.
+    /// - Parameters:
+    ///   - buffers: chunk buffers at most (filled or being written); at least 1.
+    ///   - durable: direct I/O where available and an fsync in `finish`; false writes through the page
+    ///     cache and leaves flushing to the kernel, as `cp` does.
+    public init(path: String, tensors: [TensorInfo], metadata: [(key: String, value: String)]? = [("format", "pt")],
+                buffers: Int = 4, durable: Bool = true) throws {
+        (order, headerBytes) = try SafeTensorsWriter.layout(tensors, metadata: metadata, path: path)
+        self.path = path
+        fileSize = headerBytes.count + Int(order.last?.dataOffsets.end ?? 0)
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SafeTensorsError.io(path: path, operation: "create", errno: errno) }
+        written = Array(repeating: false, count: (fileSize + ChunkedOutput.chunkSize - 1) / ChunkedOutput.chunkSize)
+        self.durable = durable
+        if durable, let flag = DirectWriter.flag {
+            directFD = open(path, O_WRONLY | O_CLOEXEC | flag)  // -1 where the file system has no direct I/O
+        }
+        // Counted up rather than created at its count: libdispatch traps when a semaphore is
+        // destroyed below its initial value.
+        for _ in 0..<max(1, buffers) { available.signal() }
+    }
+
+    deinit {
+        inFlight.wait()
+        if !closed {
+            close(fd)
+            if directFD >= 0 { close(directFD) }
+        }
+        allocated.forEach { free($0) }
+    }
+
+    /// The header bytes and tensor byte ranges that chunk `k` holds, in file order.
+    public func segments(ofChunk k: Int) -> [Segment] {
+        let start = k * ChunkedOutput.chunkSize, end = min(start + ChunkedOutput.chunkSize, fileSize)
+        var result: [Segment] = []
+        if start < headerBytes.count {
+            result.append(Segment(tensor: nil, bytes: start..<min(end, headerBytes.count), offsetInChunk: 0))
+        }
+        let dataStart = headerBytes.count
+        // The first tensor whose data ends after `start` (binary search: order is by offset).
+        var lo = 0, hi = order.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if dataStart + Int(order[mid].dataOffsets.end) <= start { lo = mid + 1 } else { hi = mid }
+        }
+        var i = lo
+        while i < order.count, dataStart + Int(order[i].dataOffsets.begin) < end {
+            let begin = dataStart + Int(order[i].dataOffsets.begin), finish = dataStart + Int(order[i].dataOffsets.end)
+            let from = max(begin, start), to = min(finish, end)
+            if from < to { result.append(Segment(tensor: i, bytes: (from - begin)..<(to - begin), offsetInChunk: from - start)) }
+            i += 1
+        }
+        return result
+    }
+
+    /// Fills chunk `k` with `fill` (given a page-aligned buffer of exactly the chunk's length) and
+    /// queues its write at its offset. Safe to call from several threads for different chunks.
+    /// - Throws: what `fill` throws; `SafeTensorsError.io` when an earlier write failed.
+    public func write(chunk k: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        let start = k * ChunkedOutput.chunkSize, length = min(ChunkedOutput.chunkSize, fileSize - start)
+        let buffer = try takeBuffer()
+        do {
+            try fill(UnsafeMutableRawBufferPointer(start: buffer, count: length))
+        } catch {
+            giveBuffer(buffer)
+            throw error
+        }
+        let address = UInt(bitPattern: buffer)
+        writes.async(group: inFlight) { [self] in
+            let buffer = UnsafeMutableRawPointer(bitPattern: address)!
+            defer { giveBuffer(buffer) }
+            do {
+                try store(buffer, length: length, at: start)
+                lock.lock()
+                written[k] = true
+                lock.unlock()
+            } catch let e as SafeTensorsError {
+                lock.lock()
+                if failure == nil { failure = e }
+                lock.unlock()
+            } catch {}
+        }
+    }
+
+    /// Writes one filled chunk: its aligned part directly, the rest through the page cache.
+    private func store(_ buffer: UnsafeMutableRawPointer, length: Int, at start: Int) throws {
+        var aligned = length / DirectWriter.alignment * DirectWriter.alignment
+        if directFD >= 0, aligned > 0 {
+            if let failure = DirectWriter.writeAll(directFD, buffer, count: aligned, at: start) {
+                // EINVAL: this device wants coarser alignment; everything through the page cache.
+                guard failure == EINVAL else { throw SafeTensorsError.io(path: path, operation: "write", errno: failure) }
+                aligned = 0
+            }
+        } else {
+            aligned = 0
+        }
+        if let failure = DirectWriter.writeAll(fd, buffer + aligned, count: length - aligned, at: start + aligned) {
+            throw SafeTensorsError.io(path: path, operation: "write", errno: failure)
+        }
+    }
+
+    /// Checks that every chunk was written, fsyncs (when `durable`) and closes the file.
+    /// - Throws: `.invalidWrite` for a chunk never written; `.io` when fsync or close fails.
+    public func finish() throws {
+        inFlight.wait()
+        lock.lock()
+        let failed = failure
+        lock.unlock()
+        if let failed { throw failed }
+        if let missing = written.firstIndex(of: false) {
+            throw SafeTensorsError.invalidWrite(path: path, detail: "chunk \(missing) of \(written.count) was never written")
+        }
+        if durable, fsync(fd) != 0 { throw SafeTensorsError.io(path: path, operation: "fsync", errno: errno) }
+        closed = true
+        if directFD >= 0 { close(directFD) }
+        guard close(fd) == 0 else { throw SafeTensorsError.io(path: path, operation: "close", errno: errno) }
+    }
+
+    /// A page-aligned chunk buffer: a free one, a new one while fewer than `buffers` exist, or the
+    /// next one a finished write gives back.
+    /// - Throws: the first failed write (so that fillers stop), or ENOMEM.
+    private func takeBuffer() throws -> UnsafeMutableRawPointer {
+        available.wait()
+        lock.lock()
+        if let failure {
+            lock.unlock()
+            available.signal()
+            throw failure
+        }
+        if let b = buffers.popLast() {
+            lock.unlock()
+            return b
+        }
+        lock.unlock()
+        var p: UnsafeMutableRawPointer?
+        guard posix_memalign(&p, DirectWriter.alignment, ChunkedOutput.chunkSize) == 0, let p else {
+            available.signal()
+            throw SafeTensorsError.io(path: path, operation: "allocate a write buffer", errno: ENOMEM)
+        }
+        lock.lock()
+        allocated.append(p)
+        lock.unlock()
+        return p
+    }
+
+    private func giveBuffer(_ b: UnsafeMutableRawPointer) {
+        lock.lock()
+        buffers.append(b)
+        lock.unlock()
+        available.signal()
+    }
+}
