@@ -4,77 +4,17 @@
  * inlining into functions with AVX-512 and AVX2 target attributes; the best one this CPU runs is
  * picked at run time. Everything stays in registers: per 4 rows × 16 columns, the rank-r dot products
  * (one load of A per 4 broadcast FMAs), then widen w, add, check finiteness and round. Memory traffic
- * is one read of w and one write of out; A is walked in column blocks that stay in L1. */
+ * is one read of w and one write of out; A is packed tile by tile once per call. */
 #include "merge_kernel.h"
+#include "vectors.h"
 #include <stdlib.h>
 #include <string.h>
 
 /* PEFT rounds the product, the scaled product and the sum separately: no contraction into FMAs
    beyond the explicit ones of the dot product. */
 #pragma STDC FP_CONTRACT OFF
-/* The 16-float helpers below are always inlined into the AVX2 and AVX-512 functions: no vector ever
-   crosses a call boundary, so the ABI note clang gives for 64-byte vectors does not apply. */
-#pragma clang diagnostic ignored "-Wpsabi"
 
 #if defined(__x86_64__) && defined(__clang__)
-
-typedef float v16f __attribute__((vector_size(64)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint16_t v16s __attribute__((vector_size(32)));
-typedef _Float16 v16h __attribute__((vector_size(32)));
-
-#define INLINE static inline __attribute__((always_inline))
-
-INLINE size_t format_size(int format) { return format == LORA_F32 ? 4 : 2; }
-
-INLINE v16f splat(float x) {
-    v16f v;
-    for (int l = 0; l < 16; l++) v[l] = x;
-    return v;
-}
-
-/* 16 (or, with `full` 0, n < 16 then zeros) elements of `format` at p, widened exactly. */
-INLINE v16f load_values(const unsigned char *p, int format, size_t n, int full) {
-    unsigned char padded[64];
-    if (!full) {
-        memset(padded, 0, sizeof padded);
-        memcpy(padded, p, n * format_size(format));
-        p = padded;
-    }
-    if (format == LORA_F32) {
-        v16f v;
-        memcpy(&v, p, 64);
-        return v;
-    }
-    if (format == LORA_BF16) {
-        v16s h;
-        memcpy(&h, p, 32);
-        return (v16f)(__builtin_convertvector(h, v16u) << 16);
-    }
-    v16h h;
-    memcpy(&h, p, 32);
-    return __builtin_convertvector(h, v16f);
-}
-
-/* Rounds y to `format` (nearest even; NaN stays a quiet NaN) and stores 16 (or n) elements at p. */
-INLINE void store_values(unsigned char *p, int format, v16f y, size_t n, int full) {
-    unsigned char staged[64];
-    unsigned char *q = full ? p : staged;
-    if (format == LORA_F32) {
-        memcpy(q, &y, 64);
-    } else if (format == LORA_BF16) {
-        v16u u = (v16u)y;
-        v16u rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16;
-        v16u nan = (v16u)((u & 0x7FFFFFFF) > 0x7F800000);
-        v16u bits = (nan & ((u >> 16) | 0x40)) | (~nan & rounded);
-        v16s h = __builtin_convertvector(bits, v16s);
-        memcpy(q, &h, 32);
-    } else {
-        v16h h = __builtin_convertvector(y, v16h);
-        memcpy(q, &h, 32);
-    }
-    if (!full) memcpy(p, staged, n * format_size(format));
-}
 
 /* Adding 2^23 to the exponent field carries into the sign bit exactly when it is all ones. */
 INLINE v16u nonfinite_bits(v16f v) { return (((v16u)v) & 0x7F800000) + 0x00800000; }
@@ -149,28 +89,9 @@ static uint32_t run_avx512(const struct job *jb, float *pa) { return run(jb, pa)
 __attribute__((target("avx2,fma,f16c")))
 static uint32_t run_avx2(const struct job *jb, float *pa) { return run(jb, pa); }
 
-static int level(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        return LORA_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return LORA_ISA_AVX2;
-    return LORA_ISA_NONE;
-}
-
-int lora_merge_rows_best_isa(void) {
-    static int cached = -1;
-    int l = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (l < 0) {
-        l = level();
-        __atomic_store_n(&cached, l, __ATOMIC_RELAXED);
-    }
-    return l;
-}
-
 uint32_t lora_merge_rows(int isa, const void *w, int in_format, void *out, int out_format, size_t rows, size_t cols,
                          const float *b, size_t rank, const float *a, size_t lda, float coefficient) {
-    int best = lora_merge_rows_best_isa();
+    int best = lora_best_isa();
     if (isa == LORA_ISA_BEST) isa = best;
     if (isa > best) return LORA_UNSUPPORTED;
     struct job jb = {w, in_format, out, out_format, rows, cols, rank, lda, b, a, coefficient};
@@ -189,8 +110,6 @@ uint32_t lora_merge_rows(int isa, const void *w, int in_format, void *out, int o
 }
 
 #else
-
-int lora_merge_rows_best_isa(void) { return LORA_ISA_NONE; }
 
 uint32_t lora_merge_rows(int isa, const void *w, int in_format, void *out, int out_format, size_t rows, size_t cols,
                          const float *b, size_t rank, const float *a, size_t lda, float coefficient) {

@@ -19,6 +19,9 @@ public struct ExtractSVDOptions: Sendable {
     public var targets: TargetSelector?
     /// Modules whose ‖ΔW‖_F / ‖W‖_F is at most this are skipped (0 skips only exact zeros).
     public var minDiff: Double = 0
+    /// Power iterations of the randomized SVD. One already matches the full SVD's error on the spectra
+    /// of fine-tunes to a fraction of a percent (see `SVD.randomized`); each adds two passes over ΔW.
+    public var powerIterations = 1
     public var force = false
     /// Compress adapter_model.safetensors with zstd at this level.
     public var zstdLevel: Int32?
@@ -146,26 +149,29 @@ public enum ExtractSVD {
         // ΔW (fp32), plus the full SVD's U and Vᵀ when it is used: refuse up front what cannot fit.
         try MemoryBudget.check(elements: m * n + (min(m, n) + 10) * (m + n), bytesPerElement: 4 * 2,
                                what: "module '\(TensorName(name).module)': SVD of a \(m)×\(n) matrix")
-        // ΔW = W_ft − W_base in fp32; the base is widened a block at a time, never whole.
-        var delta = try TensorData.floats(tuned, name)
-        tuned.release(name)
+        // ΔW = W_ft − W_base in fp32, a block at a time (both inputs' pages dropped as they are used).
         guard let baseFormat = TensorData.format(info.dtype) else { throw LoRACoreError.invalidModule(module: name, detail: "dtype \(info.dtype.rawValue) is not F32, F16 or BF16") }
-        let baseBytes = try base.bytes(of: name)
+        guard let tunedFormat = TensorData.format(tuned.info(name)!.dtype) else {
+            throw LoRACoreError.invalidModule(module: name, detail: "fine-tuned dtype \(tuned.info(name)!.dtype.rawValue) is not F32, F16 or BF16")
+        }
+        let baseBytes = try base.bytes(of: name), tunedBytes = try tuned.bytes(of: name)
         var total = 0.0, baseNorm = 0.0
         let block = 1 << 20
-        var w0 = [Float](repeating: 0, count: min(block, delta.count))
-        var start = 0
-        while start < delta.count {
-            let count = min(block, delta.count - start)
-            let slice = UnsafeRawBufferPointer(rebasing: baseBytes[(start * baseFormat.size)..<((start + count) * baseFormat.size)])
-            w0.withUnsafeMutableBufferPointer { FloatCodec.decode(slice, format: baseFormat, into: UnsafeMutableBufferPointer(rebasing: $0[0..<count])) }
-            MappedFile.releasePages(slice)
-            for i in 0..<count {
-                delta[start + i] -= w0[i]
-                total += Double(delta[start + i]) * Double(delta[start + i])
-                baseNorm += Double(w0[i]) * Double(w0[i])
+        var delta = [Float](repeating: 0, count: m * n)
+        delta.withUnsafeMutableBufferPointer { dp in
+            var start = 0
+            while start < dp.count {
+                let count = min(block, dp.count - start)
+                let b = UnsafeRawBufferPointer(rebasing: baseBytes[(start * baseFormat.size)..<((start + count) * baseFormat.size)])
+                let t = UnsafeRawBufferPointer(rebasing: tunedBytes[(start * tunedFormat.size)..<((start + count) * tunedFormat.size)])
+                let sums = WeightDifference.compute(tuned: t, tunedFormat: tunedFormat, base: b, baseFormat: baseFormat,
+                                                    into: UnsafeMutableBufferPointer(rebasing: dp[start..<(start + count)]))
+                total += sums.deltaSquares
+                baseNorm += sums.baseSquares
+                MappedFile.releasePages(b)
+                MappedFile.releasePages(t)
+                start += count
             }
-            start += count
         }
         let rel = baseNorm > 0 ? (total / baseNorm).squareRoot() : (total > 0 ? .infinity : 0)
         if total == 0 || rel <= options.minDiff { return .skipped(rel) }
@@ -176,7 +182,7 @@ public enum ExtractSVD {
         case let .fixed(r):
             let k = min(r, cap)
             if useRandomized(rank: k, cap: cap) {
-                svd = try SVD.randomized(delta, m: m, n: n, rank: k)
+                svd = try SVD.randomized(delta, m: m, n: n, rank: k, powerIterations: options.powerIterations)
                 method = "randomized"
             } else {
                 svd = try SVD.full(delta, m: m, n: n)  // all σ kept: the error sums the tail
@@ -184,7 +190,7 @@ public enum ExtractSVD {
             }
         case let .energy(_, maxRank):
             if let maxRank, useRandomized(rank: maxRank, cap: cap) {
-                svd = try SVD.randomized(delta, m: m, n: n, rank: maxRank)
+                svd = try SVD.randomized(delta, m: m, n: n, rank: maxRank, powerIterations: options.powerIterations)
                 method = "randomized"
             } else {
                 svd = try SVD.full(delta, m: m, n: n)

@@ -25,7 +25,7 @@ public enum FusedMerge {
     }
 
     /// The best instruction set of this CPU, or nil when the kernel cannot run here (callers use GEMM).
-    public static let best: InstructionSet? = InstructionSet(rawValue: lora_merge_rows_best_isa())
+    public static let best: InstructionSet? = InstructionSet(rawValue: lora_best_isa())
 
     /// The instruction sets this CPU runs (for tests).
     public static var available: [InstructionSet] { InstructionSet.allCases.filter { $0.rawValue <= (best?.rawValue ?? 0) } }
@@ -52,7 +52,7 @@ public enum FusedMerge {
                        inputNonFinite: flags & UInt32(LORA_INPUT_NONFINITE) != 0)
     }
 
-    private static func code(_ format: FloatCodec.Format) -> Int32 {
+    static func code(_ format: FloatCodec.Format) -> Int32 {
         switch format {
         case .f32: return Int32(LORA_F32.rawValue)
         case .f16: return Int32(LORA_F16.rawValue)

@@ -1,3 +1,5 @@
+import CKernels
+
 /// Probe products for verification, eight probes at a time.
 ///
 /// For a stored matrix pair (base W, merged W'), per output o and probe p: Σᵢ (W'ₒᵢ − Wₒᵢ)·xᵢ in
@@ -8,7 +10,7 @@ public enum ProbeProducts {
     public struct Products: Sendable {
         /// Σᵢ (W'−W)ₒᵢ·xᵢ in fp64, each difference exact.
         public var difference: [Double]
-        /// Σᵢ Wₒᵢ·xᵢ: fp64 when `exactBase`, else fp32 (it only scales the report).
+        /// Σᵢ Wₒᵢ·xᵢ: fp64 from the vector kernel or when `exactBase`, else fp32 (it only scales the report).
         public var base: [Double]
         /// ‖W output row‖₂ (fp32 accumulation: a scale, not a result).
         public var outputNorms: [Float]
@@ -29,6 +31,10 @@ public enum ProbeProducts {
         x xd: [Double], exactBase: Bool,
         release: ((UnsafeRawBufferPointer) -> Void)? = nil
     ) throws -> Products {
+        if !transposed, let kernel = try vectorKernel(rows: rows, cols: cols, base: base, baseFormat: baseFormat, merged: merged,
+                                                      mergedFormat: mergedFormat, x: xd, release: release) {
+            return kernel
+        }
         let outDim = transposed ? cols : rows
         let xf: [Float] = xd.map(Float.init)
         var d = [Double](repeating: 0, count: outDim * 8)
@@ -98,6 +104,44 @@ public enum ProbeProducts {
             r0 += nr
         }
         if !exactBase { for i in 0..<(outDim * 8) { y[i] = Double(yf[i]) } }
+        return Products(difference: d, base: y, outputNorms: norms2.map { Float($0.squareRoot()) })
+    }
+
+    /// The (out, in) case through the C kernel (`lora_probe_rows`), all in fp64, in blocks of rows so
+    /// that `release` can drop each block's pages; nil on a CPU without AVX2 (the BLAS path runs).
+    /// - Parameter instructionSet: the kernel's instruction set (default: the best); tests pin it.
+    static func vectorKernel(
+        rows: Int, cols: Int, base: UnsafeRawBufferPointer, baseFormat: FloatCodec.Format,
+        merged: UnsafeRawBufferPointer, mergedFormat: FloatCodec.Format, x xd: [Double],
+        release: ((UnsafeRawBufferPointer) -> Void)?, instructionSet: FusedMerge.InstructionSet? = nil
+    ) throws -> Products? {
+        guard let isa = instructionSet ?? FusedMerge.best else { return nil }
+        // Probe-major copy of x: probe p's inputs contiguous, as the kernel streams them.
+        var xT = [Double](repeating: 0, count: 8 * cols)
+        for i in 0..<cols { for p in 0..<8 { xT[p * cols + i] = xd[i * 8 + p] } }
+        var d = [Double](repeating: 0, count: rows * 8), y = d
+        var norms2 = [Double](repeating: 0, count: rows)
+        let block = max(1, min(rows, (1 << 20) / max(cols, 1)))
+        var r0 = 0
+        while r0 < rows {
+            let nr = min(block, rows - r0)
+            let b = UnsafeRawBufferPointer(rebasing: base[(r0 * cols * baseFormat.size)..<((r0 + nr) * cols * baseFormat.size)])
+            let m = UnsafeRawBufferPointer(rebasing: merged[(r0 * cols * mergedFormat.size)..<((r0 + nr) * cols * mergedFormat.size)])
+            let status = xT.withUnsafeBufferPointer { xp in
+                d.withUnsafeMutableBufferPointer { dp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        norms2.withUnsafeMutableBufferPointer { np in
+                            lora_probe_rows(isa.rawValue, b.baseAddress, FusedMerge.code(baseFormat), m.baseAddress, FusedMerge.code(mergedFormat), nr, cols,
+                                            xp.baseAddress, dp.baseAddress! + r0 * 8, yp.baseAddress! + r0 * 8, np.baseAddress! + r0)
+                        }
+                    }
+                }
+            }
+            if status != 0 { return nil }
+            release?(b)
+            release?(m)
+            r0 += nr
+        }
         return Products(difference: d, base: y, outputNorms: norms2.map { Float($0.squareRoot()) })
     }
 

@@ -47,9 +47,11 @@ public enum SVD {
     /// The top `rank` triplets of the m×n row-major `matrix` by a randomized range finder with
     /// `oversampling` extra columns and `powerIterations` subspace iterations (orthonormalized in
     /// fp64 each time), seeded for reproducibility. Falls back to `full` when the sketch would not be
-    /// smaller than the matrix.
+    /// smaller than the matrix. Cost: 2 + 2·powerIterations passes over the matrix. Relative error
+    /// above the optimal rank-16 error on 2048² matrices (numpy check): with σⱼ ∝ j^-½, 0.7% for one
+    /// iteration and 0.16% for two; with σⱼ ∝ 1/j, 0.4% and 0.06%; with 0.9ʲ or rank 16 + noise, none.
     public static func randomized(
-        _ matrix: [Float], m: Int, n: Int, rank: Int, oversampling: Int = 10, powerIterations: Int = 2, seed: UInt64 = 0
+        _ matrix: [Float], m: Int, n: Int, rank: Int, oversampling: Int = 10, powerIterations: Int = 1, seed: UInt64 = 0
     ) throws -> Result {
         let l = min(rank + oversampling, min(m, n))
         if l >= min(m, n) / 2 || l >= min(m, n) {

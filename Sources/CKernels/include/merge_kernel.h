@@ -3,8 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Element formats of stored tensors (little-endian, any alignment). */
-enum lora_format { LORA_F32 = 0, LORA_F16 = 1, LORA_BF16 = 2 };
+#include "kernels_isa.h"
 
 /* Flags returned by lora_merge_rows. */
 enum {
@@ -12,13 +11,6 @@ enum {
     LORA_INPUT_NONFINITE = 2,  /* some input value of w is NaN or ±inf */
     LORA_UNSUPPORTED = 4       /* no vector path for the requested instruction set: nothing computed */
 };
-
-/* Instruction sets of lora_merge_rows: the same arithmetic, bit for bit, at two vector widths. */
-enum lora_isa { LORA_ISA_BEST = -1, LORA_ISA_NONE = 0, LORA_ISA_AVX2 = 1, LORA_ISA_AVX512 = 2 };
-
-/* The best instruction set of lora_merge_rows on this CPU (x86-64 with AVX2, FMA and F16C, or
-   AVX-512 F/BW/VL/DQ), or LORA_ISA_NONE: callers then use their BLAS path. */
-int lora_merge_rows_best_isa(void);
 
 /* One LoRA merge over a block of rows, fused: widen, rank-r update, check, round.
  *
@@ -29,7 +21,7 @@ int lora_merge_rows_best_isa(void);
  * Arithmetic in float32 as PEFT's merge does it: the dot product accumulated over k in order with
  * fused multiply-adds, multiplied by the coefficient (one rounding), added to the widened w (one
  * rounding), then rounded once to the output format (nearest even; NaN stays a quiet NaN; F16 and
- * BF16 keep subnormals). `isa` is LORA_ISA_BEST or one at most lora_merge_rows_best_isa(); a higher
+ * BF16 keep subnormals). `isa` is LORA_ISA_BEST or one at most lora_best_isa(); a higher
  * one returns LORA_UNSUPPORTED and computes nothing. Returns LORA_* flags; 0: all finite. */
 uint32_t lora_merge_rows(int isa, const void *w, int in_format, void *out, int out_format, size_t rows, size_t cols,
                          const float *b, size_t rank, const float *a, size_t lda, float coefficient);

@@ -50,6 +50,9 @@ extension LoraTool {
         @Option(help: "SVD mode: skip modules whose ‖ΔW‖/‖W‖ is at most this.")
         var minDiff: Double = 0
 
+        @Option(help: "SVD mode: power iterations of the randomized SVD (each one more pass over ΔW; 2 comes closer to the optimal error on slowly decaying spectra).")
+        var powerIterations: Int = 1
+
         @Option(help: "Output adapter directory.")
         var output: String
 
@@ -73,6 +76,7 @@ extension LoraTool {
                 if let rank, rank <= 0 { throw ValidationError("--rank must be positive") }
                 if let energy, !(energy > 0 && energy <= 1) { throw ValidationError("--energy must be in (0, 1]") }
                 if let maxRank, maxRank <= 0 { throw ValidationError("--max-rank must be positive") }
+                guard (0...8).contains(powerIterations) else { throw ValidationError("--power-iterations must be 0 to 8") }
                 if maxRank != nil && energy == nil { throw ValidationError("--max-rank goes with --energy") }
                 if let targets { _ = try TargetSelector(parsing: targets) }
             }
@@ -113,6 +117,7 @@ extension LoraTool {
             var o = ExtractSVDOptions(base: base!, finetuned: finetuned!, output: output, rule: rule)
             o.targets = try targets.map { try TargetSelector(parsing: $0) }
             o.minDiff = minDiff
+            o.powerIterations = powerIterations
             o.force = force
             o.zstdLevel = compression.level
             let r = try ExtractSVD.run(o)

@@ -138,3 +138,70 @@ struct FusedMergeTests {
         }
     }
 }
+
+/// Verify's probe kernel against plain fp64 sums, and across instruction sets bit for bit.
+@Suite("Probe products kernel")
+struct ProbeKernelTests {
+    @Test("Differences, base products and norms equal fp64 sums; both instruction sets agree exactly",
+          arguments: [(1, 1), (3, 17), (5, 64), (7, 100), (2, 2051)], [FloatCodec.Format.bf16, .f16, .f32])
+    func probes(shape: (rows: Int, cols: Int), format: FloatCodec.Format) throws {
+        let (rows, cols) = shape
+        let w = FusedMergeTests.values(rows * cols, seed: 11, format: format)
+        let m = zip(w, FusedMergeTests.values(rows * cols, seed: 12, format: .f32, scale: 0.01)).map { FloatCodec.roundTrip($0 + $1, format: format) }
+        let x = (0..<(cols * 8)).map { Double(($0 * 7919) % 2001) / 1000 - 1 }  // input i, probe p at [i*8+p]
+        let wb = FusedMergeTests.encode(w, format), mb = FusedMergeTests.encode(m, format)
+        var results: [ProbeProducts.Products] = []
+        for isa in FusedMerge.available {
+            let r = try wb.withUnsafeBytes { wp in
+                try mb.withUnsafeBytes { mp in
+                    try ProbeProducts.vectorKernel(rows: rows, cols: cols, base: wp, baseFormat: format, merged: mp, mergedFormat: format,
+                                                   x: x, release: nil, instructionSet: isa)
+                }
+            }
+            results.append(try #require(r))
+        }
+        for r in results.dropFirst() {
+            #expect(r.difference == results[0].difference && r.base == results[0].base && r.outputNorms == results[0].outputNorms)
+        }
+        let got = try #require(results.first)
+        for o in 0..<rows {
+            var norm = 0.0
+            for i in 0..<cols { norm += Double(w[o * cols + i]) * Double(w[o * cols + i]) }
+            #expect(abs(Double(got.outputNorms[o]) - norm.squareRoot()) <= 1e-6 * norm.squareRoot())
+            for p in 0..<8 {
+                var d = 0.0, y = 0.0, scale = 0.0
+                for i in 0..<cols {
+                    d += (Double(m[o * cols + i]) - Double(w[o * cols + i])) * x[i * 8 + p]
+                    y += Double(w[o * cols + i]) * x[i * 8 + p]
+                    scale += abs(Double(w[o * cols + i]) * x[i * 8 + p]) + abs(Double(m[o * cols + i]) * x[i * 8 + p])
+                }
+                #expect(abs(got.difference[o * 8 + p] - d) <= 1e-13 * max(scale, 1e-300))
+                #expect(abs(got.base[o * 8 + p] - y) <= 1e-13 * max(scale, 1e-300))
+            }
+        }
+    }
+}
+
+/// extract's ΔW kernel against the scalar loop: identical differences, sums equal to rounding.
+@Suite("Weight difference kernel")
+struct WeightDifferenceTests {
+    @Test("Differences equal the scalar fp32 subtraction; sums of squares agree",
+          arguments: FusedMerge.available, [(FloatCodec.Format.bf16, FloatCodec.Format.bf16), (.f32, .bf16), (.f16, .f32)])
+    func difference(isa: FusedMerge.InstructionSet, formats: (tuned: FloatCodec.Format, base: FloatCodec.Format)) {
+        for n in [1, 15, 16, 17, 1000] {
+            let t = FusedMergeTests.values(n, seed: 21, format: formats.tuned), b = FusedMergeTests.values(n, seed: 22, format: formats.base)
+            let tb = FusedMergeTests.encode(t, formats.tuned), bb = FusedMergeTests.encode(b, formats.base)
+            var got = [Float](repeating: .nan, count: n), want = got
+            let sums = tb.withUnsafeBytes { tp in bb.withUnsafeBytes { bp in got.withUnsafeMutableBufferPointer {
+                WeightDifference.compute(tuned: tp, tunedFormat: formats.tuned, base: bp, baseFormat: formats.base, into: $0, using: isa)
+            } } }
+            let reference = tb.withUnsafeBytes { tp in bb.withUnsafeBytes { bp in want.withUnsafeMutableBufferPointer {
+                WeightDifference.scalar(tuned: tp, tunedFormat: formats.tuned, base: bp, baseFormat: formats.base, into: $0)
+            } } }
+            #expect(got == want, "n = \(n)")
+            #expect(abs(sums.deltaSquares - reference.deltaSquares) <= 1e-12 * reference.deltaSquares)
+            #expect(abs(sums.baseSquares - reference.baseSquares) <= 1e-12 * reference.baseSquares)
+            #expect(got == zip(t, b).map { $0 - $1 })
+        }
+    }
+}
