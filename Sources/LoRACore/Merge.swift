@@ -20,6 +20,8 @@ public struct MergeOptions: Sendable {
     /// Write the output straight to the disk (direct I/O) and fsync it before it gets its name; false
     /// writes through the page cache with no fsync (as `cp`), leaving durability to the kernel.
     public var durable = true
+    /// Bytes per output chunk (tests make it small to cross chunk boundaries with small tensors).
+    var chunkSize = ChunkedOutput.defaultChunkSize
     /// Tensors computed in parallel (each with single-threaded BLAS).
     public var threads = ProcessInfo.processInfo.activeProcessorCount
     /// Scale for adapters that store none (hand-written layouts).
@@ -123,7 +125,8 @@ public enum Merge {
         GEMM.setThreads(1)
         let merge = ChunkedMerge(plan: plan, tensorsTotal: outInfos.count, bytesTotal: bytesTotal, progress: progress)
         for shard in shardPlan.shards {
-            try merge.write(ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, buffers: workers + 2, durable: options.durable),
+            try merge.write(ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, chunkSize: options.chunkSize,
+                                                       buffers: workers + 2, durable: options.durable),
                             workers: workers)
             files.append(shard.fileName)
         }

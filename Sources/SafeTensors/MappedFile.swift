@@ -60,6 +60,15 @@ public final class MappedFile: @unchecked Sendable {
         if end > start { _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED) }
     }
 
+    /// Asks the kernel to start reading `[offset, offset+count)` into the page cache now
+    /// (`MADV_WILLNEED`), so that a file not yet cached is read ahead while earlier data is used.
+    public func prefetch(offset: Int, count: Int) {
+        guard let base, count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = offset / page * page
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), min(size, offset + count) - start, MADV_WILLNEED)
+    }
+
     /// The bytes `[offset, offset + count)`; the caller checked the range against `size`.
     public func bytes(offset: Int, count: Int) -> UnsafeRawBufferPointer {
         precondition(offset >= 0 && count >= 0 && offset + count <= size, "range checked by the caller")

@@ -4,7 +4,7 @@ import Testing
 @testable import LoRACore
 @testable import SafeTensors
 
-/// Merges whose output spans several 8 MiB chunks, with chunk boundaries inside rows: every byte of
+/// Merges whose output spans several chunks (8 MiB here), with chunk boundaries inside rows: every byte of
 /// every tensor must come out as if the tensor had been merged whole.
 @Suite("Merges spanning several output chunks")
 struct ChunkedMergeTests {
@@ -42,7 +42,9 @@ struct ChunkedMergeTests {
         let config = #"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "fan_in_fan_out": \#(fanInFanOut)}"#
         try Data(config.utf8).write(to: URL(fileURLWithPath: dir + "/adapter/adapter_config.json"))
 
-        _ = try Merge.run(MergeOptions(base: dir + "/base", adapters: [(dir + "/adapter", 1)], output: dir + "/out"))
+        var options = MergeOptions(base: dir + "/base", adapters: [(dir + "/adapter", 1)], output: dir + "/out")
+        options.chunkSize = 8 << 20
+        _ = try Merge.run(options)
         let merged = try Checkpoint(path: dir + "/out")
         #expect(try Array(merged.bytes(of: "lm_head.weight")) == head.withUnsafeBytes { Array($0) })
         #expect(try Array(merged.bytes(of: "model.norm.weight")) == norm.withUnsafeBytes { Array($0) })
@@ -77,11 +79,11 @@ struct ChunkedMergeTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let tensors = [TensorInfo(name: "a", dtype: .float32, shape: [3_000_000]), TensorInfo(name: "b", dtype: .bfloat16, shape: [5]),
                        TensorInfo(name: "c", dtype: .bfloat16, shape: [9_000_000])]
-        let output = try ChunkedOutput(path: dir + "/f.safetensors", tensors: tensors)
+        let output = try ChunkedOutput(path: dir + "/f.safetensors", tensors: tensors, chunkSize: 8 << 20)
         var position = 0
         for k in 0..<output.chunkCount {
             for s in output.segments(ofChunk: k) {
-                #expect(k * ChunkedOutput.chunkSize + s.offsetInChunk == position)
+                #expect(k * output.chunkSize + s.offsetInChunk == position)
                 let start = s.tensor.map { output.headerBytes.count + Int(output.order[$0].dataOffsets.begin) } ?? 0
                 #expect(start + s.bytes.lowerBound == position)
                 position += s.bytes.count
