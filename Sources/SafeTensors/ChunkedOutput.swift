@@ -52,7 +52,9 @@ public final class ChunkedOutput: @unchecked Sendable {
     private let durable: Bool
     /// Counts buffers that may be taken (free or not yet allocated).
     private let available = DispatchSemaphore(value: 0)
-    private let writes = DispatchQueue(label: "lora-tool.chunked-output", attributes: .concurrent)
+    /// Concurrent for direct writes (the disk takes several at once); serial through the page cache,
+    /// where writers of one file queue on its inode lock and would spin for it on the cores that compute.
+    private let writes: DispatchQueue
     private let inFlight = DispatchGroup()
 
     /// Creates `path` (which must not exist) for `tensors`.
@@ -76,6 +78,7 @@ public final class ChunkedOutput: @unchecked Sendable {
         if durable, let flag = DirectWriter.flag {
             directFD = open(path, O_WRONLY | O_CLOEXEC | flag)  // -1 where the file system has no direct I/O
         }
+        writes = DispatchQueue(label: "lora-tool.chunked-output", attributes: directFD >= 0 ? .concurrent : [])
         // Counted up rather than created at its count: libdispatch traps when a semaphore is
         // destroyed below its initial value.
         for _ in 0..<max(1, buffers) { available.signal() }
