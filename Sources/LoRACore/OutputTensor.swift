@@ -21,6 +21,9 @@ struct OutputTensor: Sendable {
         case whole
     }
 
+    /// Input bytes per fused-kernel call (read into a scratch buffer that stays in L2).
+    static let inputBlock = 512 << 10
+
     /// The output tensor (name, dtype, shape, offsets in its file).
     let info: TensorInfo
     /// The base tensor it comes from.
@@ -83,27 +86,35 @@ struct OutputTensor: Sendable {
         guard FusedMerge.best != nil, !m.transposed, f.magnitude == nil, cols == m.inFeatures, let output = TensorData.format(info.dtype) else {
             return false
         }
-        let (stored, input) = try startingBytes(plan: plan)
+        let (file, offset, input) = try startingLocation(plan: plan)
+        // The input is read (pread, a kernel copy from the page cache) into a small scratch buffer
+        // rather than used through the mapping: mapped page-cache pages count as resident memory in
+        // large-folio-sized pieces, and their number would follow the file system, not this code.
+        let blockElements = max(cols, OutputTensor.inputBlock / input.size)
+        var scratch = [UInt8](repeating: 0, count: blockElements * input.size)
         var e = elements.lowerBound, written = 0
         var nonFinite = false
-        try f.a.withUnsafeBufferPointer { a in
-            try f.b.withUnsafeBufferPointer { b in
-                while e < elements.upperBound {
-                    let row = e / cols, c0 = e % cols
-                    // A partial row where the range starts or ends inside one, else all whole rows left.
-                    let rows = c0 == 0 ? max(1, (elements.upperBound - e) / cols) : 1
-                    let width = rows == 1 ? min(cols, elements.upperBound - row * cols) - c0 : cols
-                    let count = rows == 1 ? width : rows * cols
-                    let w = UnsafeRawBufferPointer(rebasing: stored[(e * input.size)..<((e + count) * input.size)])
-                    guard let outcome = FusedMerge.rows(
-                        w, input: input, into: UnsafeMutableRawBufferPointer(start: destination + written * output.size, count: count * output.size),
-                        output: output, rows: rows, cols: width, b: UnsafeBufferPointer(rebasing: b[(row * m.rank)...]), rank: m.rank,
-                        a: UnsafeBufferPointer(rebasing: a[c0...]), leadingA: cols, coefficient: Float(f.coefficient))
-                    else { throw LoRACoreError.invalidModule(module: m.module, detail: "the fused merge kernel refused a block it reported it could run") }
-                    if outcome.resultNonFinite && !outcome.inputNonFinite { nonFinite = true }
-                    MappedFile.releasePages(w)
-                    e += count
-                    written += count
+        try scratch.withUnsafeMutableBytes { scratch in
+            try f.a.withUnsafeBufferPointer { a in
+                try f.b.withUnsafeBufferPointer { b in
+                    while e < elements.upperBound {
+                        let row = e / cols, c0 = e % cols
+                        // A partial row where the range starts or ends inside one, else whole rows, at
+                        // most one scratch buffer of input per call.
+                        let rows = c0 == 0 ? max(1, min((elements.upperBound - e) / cols, blockElements / cols)) : 1
+                        let width = rows == 1 ? min(cols, elements.upperBound - row * cols) - c0 : cols
+                        let count = rows == 1 ? width : rows * cols
+                        try OutputTensor.read(file, at: offset + e * input.size, count: count * input.size, into: scratch.baseAddress!)
+                        guard let outcome = FusedMerge.rows(
+                            UnsafeRawBufferPointer(rebasing: scratch[0..<(count * input.size)]), input: input,
+                            into: UnsafeMutableRawBufferPointer(start: destination + written * output.size, count: count * output.size),
+                            output: output, rows: rows, cols: width, b: UnsafeBufferPointer(rebasing: b[(row * m.rank)...]), rank: m.rank,
+                            a: UnsafeBufferPointer(rebasing: a[c0...]), leadingA: cols, coefficient: Float(f.coefficient))
+                        else { throw LoRACoreError.invalidModule(module: m.module, detail: "the fused merge kernel refused a block it reported it could run") }
+                        if outcome.resultNonFinite && !outcome.inputNonFinite { nonFinite = true }
+                        e += count
+                        written += count
+                    }
                 }
             }
         }
@@ -126,8 +137,8 @@ struct OutputTensor: Sendable {
         return TensorData.encode(block, format: TensorData.format(info.dtype)!)
     }
 
-    /// The stored starting value (replacement or base) of this tensor, mapped, with its format.
-    private func startingBytes(plan: MergePlan) throws -> (UnsafeRawBufferPointer, FloatCodec.Format) {
+    /// Where the stored starting value (replacement or base) of this tensor is, and its format.
+    private func startingSource(plan: MergePlan) throws -> (Checkpoint, String, FloatCodec.Format) {
         var ckpt = plan.base, name = source
         switch plan.action(for: source) {
         case let .replace(ai, tensor), let .merge(_, (ai, tensor)?):
@@ -139,7 +150,21 @@ struct OutputTensor: Sendable {
         guard let format = TensorData.format(dtype) else {
             throw LoRACoreError.invalidModule(module: source, detail: "dtype \(dtype.rawValue) cannot be merged or cast (F32, F16 and BF16 can)")
         }
+        return (ckpt, name, format)
+    }
+
+    /// The stored starting value, mapped, with its format.
+    private func startingBytes(plan: MergePlan) throws -> (UnsafeRawBufferPointer, FloatCodec.Format) {
+        let (ckpt, name, format) = try startingSource(plan: plan)
         return (try ckpt.bytes(of: name), format)
+    }
+
+    /// The stored starting value's file and absolute offset, with its format (for pread).
+    private func startingLocation(plan: MergePlan) throws -> (SafeTensorsFile, Int, FloatCodec.Format) {
+        let (ckpt, name, format) = try startingSource(plan: plan)
+        _ = try ckpt.bytes(of: name)  // checks the file has not changed size
+        let loc = ckpt.location(of: name)!
+        return (loc.file, loc.offset, format)
     }
 
     /// Rows `[r0, r0+count)` of the starting value widened to fp32.
