@@ -18,11 +18,13 @@ let package = Package(
         .systemLibrary(name: "CMalloc"),
         .systemLibrary(name: "CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
 
-        // MARK: - Vector kernels in C (runtime dispatch over AVX2 / AVX-512; imported only by LoRAKernels)
+        // MARK: - C in a corner: vector kernels (runtime dispatch over AVX2 / AVX-512; imported only by
+        // LoRAKernels) and the file calls glibc hides behind _GNU_SOURCE (imported only by SafeTensors)
         .target(name: "CKernels"),
+        .target(name: "CFiles"),
 
         // MARK: - Libraries: all logic lives here; none prints or parses arguments
-        .target(name: "SafeTensors", dependencies: ["CZstd"]),
+        .target(name: "SafeTensors", dependencies: ["CZstd", "CFiles"]),
         .target(name: "LoRAKernels", dependencies: ["COpenBLAS", "CKernels"]),
         .target(name: "LoRAGraph", dependencies: ["SafeTensors"]),
         .target(name: "LoRACore", dependencies: ["SafeTensors", "LoRAKernels", "LoRAGraph"]),

@@ -1,3 +1,4 @@
+import CFiles
 import Dispatch
 import Foundation
 #if canImport(Glibc)
@@ -73,6 +74,13 @@ public final class ChunkedOutput: @unchecked Sendable {
         fileSize = headerBytes.count + Int(order.last?.dataOffsets.end ?? 0)
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SafeTensorsError.io(path: path, operation: "create", errno: errno) }
+        // Reserve the whole file now: a disk too small fails here, before any work, and writes into
+        // allocated extents cost the file system less than allocating as they go.
+        let reserved = lora_preallocate(fd, Int64(fileSize))
+        if reserved == ENOSPC || reserved == EFBIG || reserved == EDQUOT {
+            close(fd)
+            throw SafeTensorsError.io(path: path, operation: "reserve space (\(fileSize) bytes)", errno: reserved)
+        }
         written = Array(repeating: false, count: (fileSize + chunkSize - 1) / chunkSize)
         self.durable = durable
         if durable, let flag = DirectWriter.flag {
