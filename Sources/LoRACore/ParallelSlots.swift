@@ -31,6 +31,8 @@ final class ClaimCounter: @unchecked Sendable {
     private var value = 0
     private let count: Int
     init(count: Int) { self.count = count }
+    /// How many indices have been handed out.
+    var claimed: Int { lock.lock(); defer { lock.unlock() }; return value }
     func next() -> Int? {
         lock.lock()
         defer { lock.unlock() }

@@ -55,13 +55,12 @@ public enum Verify {
         let outputs = plan.outputs
         let slots = ParallelSlots<VerifyReport.Entry>(count: outputs.count)
         let counter = ClaimCounter(count: outputs.count)
+        // A merged model just written with direct I/O is not in the page cache: read it ahead.
+        let prefetcher = Prefetcher(merged, names: outputs.map(\.name)) { counter.claimed }
+        defer { prefetcher.stop() }
         DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { _ in
             while let i = counter.next() {
                 let (name, source) = outputs[i]
-                // A merged model just written with direct I/O is not in the page cache: have the
-                // kernel read this tensor and the next ahead while this one is checked.
-                merged.prefetch(name)
-                if i + 1 < outputs.count { merged.prefetch(outputs[i + 1].name) }
                 slots.set(i, Result {
                     guard let info = merged.info(name) else { return missing(name, .missing, "missing from the merged checkpoint") }
                     return try checker.check(name: source, mergedInfo: info, mergedBytes: try merged.bytes(of: name))
