@@ -77,11 +77,13 @@ public struct Progress: Sendable {
     public var bytesTotal: Int
 }
 
-/// `merge`: W' = W + Σ wᵢ·ΔWᵢ for every adapted module, streamed tensor by tensor.
+/// `merge`: W' = W + Σ wᵢ·ΔWᵢ for every adapted module, streamed chunk by chunk.
 ///
-/// Numerics: base upcast to fp32 (exact), ΔW = s·B·A through sgemm into the same fp32 buffer, one
-/// rounding (nearest even) to the output dtype. Untouched tensors are copied byte for byte (or cast
-/// once with `--dtype`). Memory: a few tensors at a time; inputs are mapped read-only.
+/// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 (the fused kernel for plain LoRA on
+/// (out, in) storage, sgemm otherwise, with PEFT's rounding steps), one rounding (nearest even) to
+/// the output dtype. Untouched tensors are copied byte for byte (or cast once with `--dtype`).
+/// Output: each file is written as fixed-size chunks by all workers (`ChunkedMerge`), durably by
+/// default. Memory: a few chunk buffers and the factors of the tensors in progress.
 public enum Merge {
     /// Runs the merge.
     /// - Throws: `LoRACoreError`, `SafeTensorsError`; on any error the staging output is removed and

@@ -71,12 +71,24 @@ struct OutputTensor: Sendable {
                 let f = try factors.factors(for: source, contributions: cs)
                 if try fused(e0..<e1, cols: cols, factors: f, into: destination, plan: plan) { return }
             }
-            // GEMM path: the whole rows covering the range, then the range out of them.
-            let r0 = e0 / cols, r1 = (e1 + cols - 1) / cols
-            let bytes = try rowBytes(r0: r0, count: r1 - r0, cols: cols, plan: plan, factors: factors)
-            bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + (e0 - r0 * cols) * size, byteCount: range.count) }
+            // GEMM path: the whole rows covering the range, a block of at most `gemmBlock` values at a
+            // time (its fp32 working copy bounds memory), then the part of the range they hold.
+            var r = e0 / cols
+            let rowsPerBlock = max(1, OutputTensor.gemmBlock / cols)
+            while r * cols < e1 {
+                let count = min(rowsPerBlock, (e1 + cols - 1) / cols - r)
+                let from = max(e0, r * cols), to = min(e1, (r + count) * cols)
+                let bytes = try rowBytes(r0: r, count: count, cols: cols, plan: plan, factors: factors)
+                bytes.withUnsafeBytes {
+                    (destination + (from - e0) * size).copyMemory(from: $0.baseAddress! + (from - r * cols) * size, byteCount: (to - from) * size)
+                }
+                r += count
+            }
         }
     }
+
+    /// fp32 values per GEMM-path block: 4 Mi values, 16 MiB of working memory.
+    static let gemmBlock = 1 << 22
 
     /// Elements `elements` (row-major) merged by the fused kernel straight into `destination`, as a
     /// partial first row, a block of whole rows and a partial last row; false where the kernel does

@@ -8,7 +8,7 @@ import Testing
 /// every tensor must come out as if the tensor had been merged whole.
 @Suite("Merges spanning several output chunks")
 struct ChunkedMergeTests {
-    static let out = 1100, inFeatures = 2000, rank = 2
+    static let inFeatures = 2000, rank = 2
 
     static func values(_ n: Int, seed: UInt64, scale: Float) -> [Float] {
         var rng = SplitMix64(seed: seed)
@@ -22,12 +22,16 @@ struct ChunkedMergeTests {
         try w.finish()
     }
 
-    @Test("Each element equals W + s·B·A, across chunk and row boundaries, for (out, in) and fan_in_fan_out storage",
-          arguments: [false, true])
-    func spansChunks(fanInFanOut: Bool) throws {
+    /// (fan_in_fan_out, out features, chunk size): 8 MiB chunks cut the 8.8 MB tensor mid-row; the
+    /// 17.6 MB fan_in_fan_out one in a 32 MiB chunk takes two GEMM-path blocks of 4 Mi values.
+    static let cases: [(Bool, Int, Int)] = [(false, 1100, 8 << 20), (true, 1100, 8 << 20), (true, 2200, 32 << 20)]
+
+    @Test("Each element equals W + s·B·A, across chunk, row and block boundaries, for (out, in) and fan_in_fan_out storage",
+          arguments: cases)
+    func spansChunks(fanInFanOut: Bool, out: Int, chunkSize: Int) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (o, i, r) = (ChunkedMergeTests.out, ChunkedMergeTests.inFeatures, ChunkedMergeTests.rank)
+        let (o, i, r) = (out, ChunkedMergeTests.inFeatures, ChunkedMergeTests.rank)
         let w = ChunkedMergeTests.values(o * i, seed: 1, scale: 1)  // stored (out, in), or (in, out) with fan_in_fan_out
         let head = ChunkedMergeTests.values(300 * i, seed: 2, scale: 1)
         let norm = ChunkedMergeTests.values(i, seed: 3, scale: 1)
@@ -43,7 +47,7 @@ struct ChunkedMergeTests {
         try Data(config.utf8).write(to: URL(fileURLWithPath: dir + "/adapter/adapter_config.json"))
 
         var options = MergeOptions(base: dir + "/base", adapters: [(dir + "/adapter", 1)], output: dir + "/out")
-        options.chunkSize = 8 << 20
+        options.chunkSize = chunkSize
         _ = try Merge.run(options)
         let merged = try Checkpoint(path: dir + "/out")
         #expect(try Array(merged.bytes(of: "lm_head.weight")) == head.withUnsafeBytes { Array($0) })
