@@ -115,6 +115,20 @@ struct CommandLineTests {
         #expect(try run(["merge", "--base", "x", "--output", "y"]).0 == 64)
         #expect(try run(["merge", "--base", "x", "--adapter", "a", "--weight", "1", "--weight", "2", "--output", "y"]).0 == 64)
         #expect(try run(["merge", "--base", "x", "--adapter", "a", "--output", "y", "--dtype", "f8"]).0 == 64)
+        #expect(try run(["extract", "--base", "x", "--finetuned", "y", "--rank", "4", "--output", "z", "--power-iterations", "9"]).0 == 64)
+    }
+
+    @Test("merge --no-sync writes the same bytes as the durable default")
+    func noSync() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for (out, flags) in [("durable", [String]()), ("page-cache", ["--no-sync"])] {
+            let (status, _, err) = try run(["merge", "--base", "samples/tiny-llama", "--adapter", "samples/tiny-llama-lora", "--output", dir + "/" + out, "--quiet"] + flags)
+            #expect(status == 0, "\(err)")
+        }
+        let durable = FileManager.default.contents(atPath: dir + "/durable/model.safetensors")
+        #expect(durable != nil && durable == FileManager.default.contents(atPath: dir + "/page-cache/model.safetensors"))
     }
 
     @Test("merge then verify on the samples; verify fails on a merge of the wrong scale")

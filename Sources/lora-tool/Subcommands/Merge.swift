@@ -36,7 +36,7 @@ extension LoraTool {
         @Flag(help: "Replace an existing output directory.")
         var force = false
 
-        @Flag(help: "Write through the page cache without fsync, as cp does: faster, but a power failure soon after can leave incomplete files (a killed lora-tool still never does).")
+        @Flag(help: "Write through the page cache without fsync, as cp does: no wait for the disk, but a power failure soon after can leave incomplete files (a killed lora-tool still never does).")
         var noSync = false
 
         @Option(help: "With a bitsandbytes 4-bit base: write the merged weights back as nf4 or fp4 (the base's type) and report how much of each delta survived.")
