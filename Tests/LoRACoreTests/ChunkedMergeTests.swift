@@ -77,6 +77,46 @@ struct ChunkedMergeTests {
         #expect(worst <= 2.0)
     }
 
+    @Test("DoRA on fan_in_fan_out storage (merged whole) comes out right in every chunk it spans")
+    func doraWholeAcrossChunks() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (o, i, r) = (1100, ChunkedMergeTests.inFeatures, ChunkedMergeTests.rank)
+        let w = ChunkedMergeTests.values(o * i, seed: 11, scale: 1)  // stored (in, out)
+        let a = ChunkedMergeTests.values(r * i, seed: 12, scale: 0.1), b = ChunkedMergeTests.values(o * r, seed: 13, scale: 0.1)
+        let magnitude = ChunkedMergeTests.values(o, seed: 14, scale: 1).map { 20 + $0 }
+        try FileManager.default.createDirectory(atPath: dir + "/base", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir + "/adapter", withIntermediateDirectories: true)
+        let q = "model.layers.0.attn.c_attn"
+        try ChunkedMergeTests.write([(q + ".weight", [i, o], w), ("lm_head.weight", [300, i], ChunkedMergeTests.values(300 * i, seed: 15, scale: 1))],
+                                    to: dir + "/base/model.safetensors")
+        try ChunkedMergeTests.write([("base_model.model.\(q).lora_A.weight", [r, i], a), ("base_model.model.\(q).lora_B.weight", [o, r], b),
+                                     ("base_model.model.\(q).lora_magnitude_vector", [o], magnitude)],
+                                    to: dir + "/adapter/adapter_model.safetensors")
+        let config = #"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["c_attn"], "fan_in_fan_out": true, "use_dora": true}"#
+        try Data(config.utf8).write(to: URL(fileURLWithPath: dir + "/adapter/adapter_config.json"))
+        var options = MergeOptions(base: dir + "/base", adapters: [(dir + "/adapter", 1)], output: dir + "/out")
+        options.chunkSize = 4 << 20  // the 8.8 MB tensor spans three chunks
+        _ = try Merge.run(options)
+        let got = try TensorData.floats(try Checkpoint(path: dir + "/out"), q + ".weight")
+        // W' = m ⊙ V / ‖V‖ per output column, V = W + 2·(B·A)ᵀ, in fp64.
+        var worst = 0.0
+        for oo in 0..<o {
+            var column = [Double](repeating: 0, count: i)
+            for ii in 0..<i {
+                var delta = 0.0
+                for k in 0..<r { delta += Double(b[oo * r + k]) * Double(a[k * i + ii]) }
+                column[ii] = Double(w[ii * o + oo]) + 2 * delta
+            }
+            let norm = column.reduce(0) { $0 + $1 * $1 }.squareRoot()
+            for ii in 0..<i {
+                let want = Double(magnitude[oo]) * column[ii] / norm
+                worst = max(worst, abs(Double(got[ii * o + oo]) - want) / (abs(want) + 1e-3))
+            }
+        }
+        #expect(worst <= 1e-5)
+    }
+
     @Test("Chunk segments tile the file: header, then each tensor's bytes in order, with no gap or overlap")
     func segments() throws {
         let dir = temporaryDirectory()
