@@ -237,40 +237,6 @@ public enum Merge {
             path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
     }
 
-    /// Bytes of one output tensor: an unchanged range of an input file (copied file to file), or
-    /// computed bytes.
-    enum Produced {
-        case copied((file: SafeTensorsFile, offset: Int, count: Int))
-        case owned([UInt8])
-
-        func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-            switch self {
-            case let .copied(s): return try body(s.file.map.bytes(offset: s.offset, count: s.count))
-            case let .owned(a): return try a.withUnsafeBytes(body)
-            }
-        }
-    }
-
-    static func produce(_ t: TensorInfo, baseInfo: TensorInfo, plan: MergePlan) throws -> Produced {
-        let outFormat = TensorData.format(t.dtype)
-        let name = plan.source(of: t.name)
-        switch plan.action(for: name) {
-        case .copy:
-            if t.dtype == baseInfo.dtype, let loc = plan.base.location(of: name) { return .copied(loc) }
-            return .owned(TensorData.encode(try TensorData.floats(plan.base, name), format: outFormat!))
-        case let .replace(ai, tensor):
-            let ckpt = plan.adapters[ai].checkpoint
-            if ckpt.info(tensor)!.dtype == t.dtype, let loc = ckpt.location(of: tensor) { return .copied(loc) }
-            guard let outFormat else {
-                throw LoRACoreError.baseMismatch(module: t.name, detail: "replacement '\(tensor)' has dtype \(ckpt.info(tensor)!.dtype.rawValue), base has \(t.dtype.rawValue)")
-            }
-            return .owned(TensorData.encode(try TensorData.floats(ckpt, tensor), format: outFormat))
-        case .merge, .bias:
-            let value = try plan.mergedValue(name)!
-            return .owned(TensorData.encode(value, format: outFormat!))
-        }
-    }
-
     static func writeFile(_ path: String, bytes: [UInt8]) throws {
         guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else {
             throw SafeTensorsError.io(path: path, operation: "write", errno: errno)

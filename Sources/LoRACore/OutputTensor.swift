@@ -59,7 +59,7 @@ struct OutputTensor: Sendable {
     func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer, plan: MergePlan, factors: FactorCache, wholes: WholeTensors) throws {
         switch kind {
         case let .copy(file, offset):
-            try OutputTensor.read(file, at: offset + range.lowerBound, count: range.count, into: destination)
+            try file.read(at: offset + range.lowerBound, count: range.count, into: destination)
         case .whole:
             try wholes.withBytes(of: self, plan: plan, delivering: range.count) { bytes in
                 destination.copyMemory(from: bytes.baseAddress! + range.lowerBound, byteCount: range.count)
@@ -116,7 +116,7 @@ struct OutputTensor: Sendable {
                         let rows = c0 == 0 ? max(1, min((elements.upperBound - e) / cols, blockElements / cols)) : 1
                         let width = rows == 1 ? min(cols, elements.upperBound - row * cols) - c0 : cols
                         let count = rows == 1 ? width : rows * cols
-                        try OutputTensor.read(file, at: offset + e * input.size, count: count * input.size, into: scratch.baseAddress!)
+                        try file.read(at: offset + e * input.size, count: count * input.size, into: scratch.baseAddress!)
                         guard let outcome = FusedMerge.rows(
                             UnsafeRawBufferPointer(rebasing: scratch[0..<(count * input.size)]), input: input,
                             into: UnsafeMutableRawBufferPointer(start: destination + written * output.size, count: count * output.size),
@@ -174,8 +174,8 @@ struct OutputTensor: Sendable {
     /// The stored starting value's file and absolute offset, with its format (for pread).
     private func startingLocation(plan: MergePlan) throws -> (SafeTensorsFile, Int, FloatCodec.Format) {
         let (ckpt, name, format) = try startingSource(plan: plan)
-        _ = try ckpt.bytes(of: name)  // checks the file has not changed size
         let loc = ckpt.location(of: name)!
+        try loc.file.checkUnchanged()
         return (loc.file, loc.offset, format)
     }
 
@@ -191,20 +191,5 @@ struct OutputTensor: Sendable {
         // These input rows are done with: drop their pages from the resident set (file mapping).
         MappedFile.releasePages(slice)
         return values
-    }
-
-    /// `count` bytes of `file` (its descriptor: the decompressed copy for a .zst file) at `offset`,
-    /// read with pread: a kernel copy from the page cache, without faulting pages into this process.
-    static func read(_ file: SafeTensorsFile, at offset: Int, count: Int, into destination: UnsafeMutableRawPointer) throws {
-        var done = 0
-        while done < count {
-            let n = pread(file.map.descriptor, destination + done, count - done, off_t(offset + done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SafeTensorsError.io(path: file.path, operation: "read", errno: errno)
-            }
-            if n == 0 { throw SafeTensorsError.io(path: file.path, operation: "read (file shrank)", errno: EIO) }
-            done += n
-        }
     }
 }

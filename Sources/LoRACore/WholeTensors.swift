@@ -30,8 +30,7 @@ final class WholeTensors: @unchecked Sendable {
         defer { entry.lock.unlock() }
         if entry.bytes == nil {
             try MemoryBudget.check(elements: tensor.info.elementCount ?? 0, bytesPerElement: 8, what: "tensor '\(tensor.source)' (merged whole)")
-            let produced = try Merge.produce(tensor.info, baseInfo: plan.base.info(tensor.source)!, plan: plan)
-            entry.bytes = produced.withBytes { Array($0) }
+            entry.bytes = try WholeTensors.compute(tensor, plan: plan)
         }
         entry.bytes!.withUnsafeBytes(body)
         entry.remaining -= count
@@ -40,6 +39,27 @@ final class WholeTensors: @unchecked Sendable {
             lock.lock()
             entries[tensor.info.name] = nil
             lock.unlock()
+        }
+    }
+
+    /// All output bytes of `tensor`: its merged value (or the stored value, cast when the output
+    /// dtype differs), rounded once to the output dtype.
+    private static func compute(_ tensor: OutputTensor, plan: MergePlan) throws -> [UInt8] {
+        let t = tensor.info, name = tensor.source
+        let outFormat = TensorData.format(t.dtype)
+        switch plan.action(for: name) {
+        case .copy:
+            if t.dtype == plan.base.info(name)!.dtype { return Array(try plan.base.bytes(of: name)) }
+            return TensorData.encode(try TensorData.floats(plan.base, name), format: outFormat!)
+        case let .replace(ai, source):
+            let ckpt = plan.adapters[ai].checkpoint
+            if ckpt.info(source)!.dtype == t.dtype { return Array(try ckpt.bytes(of: source)) }
+            guard let outFormat else {
+                throw LoRACoreError.baseMismatch(module: t.name, detail: "replacement '\(source)' has dtype \(ckpt.info(source)!.dtype.rawValue), base has \(t.dtype.rawValue)")
+            }
+            return TensorData.encode(try TensorData.floats(ckpt, source), format: outFormat)
+        case .merge, .bias:
+            return TensorData.encode(try plan.mergedValue(name)!, format: outFormat!)
         }
     }
 }

@@ -172,12 +172,6 @@ public final class Checkpoint: Sendable {
         return (f, f.dataStart + Int(t.dataOffsets.begin), t.byteCount)
     }
 
-    /// Starts reading `name`'s bytes into the page cache in the background (see `MappedFile.prefetch`).
-    public func prefetch(_ name: String) {
-        guard let loc = location(of: name) else { return }
-        loc.file.map.prefetch(offset: loc.offset, count: loc.count)
-    }
-
     /// Drops `name`'s mapped pages from the resident set (see `MappedFile.release`).
     public func release(_ name: String) {
         guard let loc = location[name] else { return }

@@ -16,6 +16,13 @@ import Glibc
 /// through the page cache. Writes run on a background queue while the filling threads go on with
 /// their next chunks; `buffers` bounds the chunks filled or in flight (and so the memory). `finish`
 /// waits for them, checks that every chunk was written, then fsyncs (unless not `durable`).
+///
+/// Why direct I/O: writing a model through the page cache first copies every byte into freshly
+/// allocated cache pages (on virtual machines a large and very variable cost), and the fsync then
+/// writes it all again. Written directly, the output is on the disk when the last write returns, and
+/// the page cache (holding the input model) is not evicted by it. Space is reserved up front, so a
+/// disk too small fails before any work. `merge` fills chunks from several threads; `SafeTensorsWriter`
+/// fills them in order, one at a time.
 public final class ChunkedOutput: @unchecked Sendable {
     /// One contiguous part of a chunk.
     public struct Segment: Sendable, Equatable {
@@ -26,6 +33,18 @@ public final class ChunkedOutput: @unchecked Sendable {
         /// Where they start inside the chunk.
         public var offsetInChunk: Int
     }
+
+    /// File offset, length and memory alignment of direct writes (a multiple of every common
+    /// logical block size).
+    static let alignment = 4096
+    /// Linux's `O_DIRECT` (Glibc exports it only under _GNU_SOURCE), per architecture; nil elsewhere.
+    #if os(Linux) && (arch(x86_64) || arch(i386))
+    static let directFlag: Int32? = 0o40000
+    #elseif os(Linux) && (arch(arm64) || arch(arm))
+    static let directFlag: Int32? = 0o200000
+    #else
+    static let directFlag: Int32? = nil
+    #endif
 
     /// Bytes per chunk by default: large direct writes keep the disk busiest (32 MiB measured best
     /// of 8, 16 and 32 on the 1b bench), and a few such buffers are all the memory a merge needs.
@@ -67,7 +86,7 @@ public final class ChunkedOutput: @unchecked Sendable {
     ///     cache and leaves flushing to the kernel, as `cp` does.
     public init(path: String, tensors: [TensorInfo], metadata: [(key: String, value: String)]? = [("format", "pt")],
                 chunkSize: Int = ChunkedOutput.defaultChunkSize, buffers: Int = 4, durable: Bool = true) throws {
-        precondition(chunkSize > 0 && chunkSize % DirectWriter.alignment == 0, "chunks are whole pages")
+        precondition(chunkSize > 0 && chunkSize % ChunkedOutput.alignment == 0, "chunks are whole pages")
         self.chunkSize = chunkSize
         (order, headerBytes) = try SafeTensorsWriter.layout(tensors, metadata: metadata, path: path)
         self.path = path
@@ -83,7 +102,7 @@ public final class ChunkedOutput: @unchecked Sendable {
         }
         written = Array(repeating: false, count: (fileSize + chunkSize - 1) / chunkSize)
         self.durable = durable
-        if durable, let flag = DirectWriter.flag {
+        if durable, let flag = ChunkedOutput.directFlag {
             directFD = open(path, O_WRONLY | O_CLOEXEC | flag)  // -1 where the file system has no direct I/O
         }
         writes = DispatchQueue(label: "lora-tool.chunked-output", attributes: directFD >= 0 ? .concurrent : [])
@@ -129,7 +148,7 @@ public final class ChunkedOutput: @unchecked Sendable {
     /// queues its write at its offset. Safe to call from several threads for different chunks.
     /// - Throws: what `fill` throws; `SafeTensorsError.io` when an earlier write failed.
     public func write(chunk k: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
-        let start = k * chunkSize, length = min(chunkSize, fileSize - start)
+        let length = min(chunkSize, fileSize - k * chunkSize)
         let buffer = try takeBuffer()
         do {
             try fill(UnsafeMutableRawBufferPointer(start: buffer, count: length))
@@ -137,6 +156,13 @@ public final class ChunkedOutput: @unchecked Sendable {
             giveBuffer(buffer)
             throw error
         }
+        submit(chunk: k, buffer: buffer, length: length)
+    }
+
+    /// Queues the write of chunk `k` from `buffer` (from `takeBuffer`, holding the chunk's `length`
+    /// bytes); the buffer comes back to the pool once written.
+    func submit(chunk k: Int, buffer: UnsafeMutableRawPointer, length: Int) {
+        let start = k * chunkSize
         let address = UInt(bitPattern: buffer)
         writes.async(group: inFlight) { [self] in
             let buffer = UnsafeMutableRawPointer(bitPattern: address)!
@@ -156,9 +182,9 @@ public final class ChunkedOutput: @unchecked Sendable {
 
     /// Writes one filled chunk: its aligned part directly, the rest through the page cache.
     private func store(_ buffer: UnsafeMutableRawPointer, length: Int, at start: Int) throws {
-        var aligned = length / DirectWriter.alignment * DirectWriter.alignment
+        var aligned = length / ChunkedOutput.alignment * ChunkedOutput.alignment
         if directFD >= 0, aligned > 0 {
-            if let failure = DirectWriter.writeAll(directFD, buffer, count: aligned, at: start) {
+            if let failure = ChunkedOutput.writeAll(directFD, buffer, count: aligned, at: start) {
                 // EINVAL: this device wants coarser alignment; everything through the page cache.
                 guard failure == EINVAL else { throw SafeTensorsError.io(path: path, operation: "write", errno: failure) }
                 aligned = 0
@@ -166,7 +192,7 @@ public final class ChunkedOutput: @unchecked Sendable {
         } else {
             aligned = 0
         }
-        if let failure = DirectWriter.writeAll(fd, buffer + aligned, count: length - aligned, at: start + aligned) {
+        if let failure = ChunkedOutput.writeAll(fd, buffer + aligned, count: length - aligned, at: start + aligned) {
             throw SafeTensorsError.io(path: path, operation: "write", errno: failure)
         }
     }
@@ -191,7 +217,7 @@ public final class ChunkedOutput: @unchecked Sendable {
     /// A page-aligned chunk buffer: a free one, a new one while fewer than `buffers` exist, or the
     /// next one a finished write gives back.
     /// - Throws: the first failed write (so that fillers stop), or ENOMEM.
-    private func takeBuffer() throws -> UnsafeMutableRawPointer {
+    func takeBuffer() throws -> UnsafeMutableRawPointer {
         available.wait()
         lock.lock()
         if let failure {
@@ -218,10 +244,25 @@ public final class ChunkedOutput: @unchecked Sendable {
         return p
     }
 
-    private func giveBuffer(_ b: UnsafeMutableRawPointer) {
+    func giveBuffer(_ b: UnsafeMutableRawPointer) {
         lock.lock()
         buffers.append(b)
         lock.unlock()
         available.signal()
+    }
+
+    /// pwrite until done; the errno of a failure, nil on success.
+    static func writeAll(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int, at offset: Int) -> Int32? {
+        var done = 0
+        while done < count {
+            let n = pwrite(fd, buffer + done, count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            if n == 0 { return EIO }
+            done += n
+        }
+        return nil
     }
 }

@@ -65,6 +65,22 @@ public final class SafeTensorsFile: Sendable {
         }
     }
 
+    /// Copies `count` bytes at file offset `offset` into `destination` with pread: a kernel copy from
+    /// the page cache (of the decompressed copy for a .zst file) that maps nothing into this process.
+    /// - Throws: `SafeTensorsError.io` naming the file when the read fails or comes up short.
+    public func read(at offset: Int, count: Int, into destination: UnsafeMutableRawPointer) throws {
+        var done = 0
+        while done < count {
+            let n = pread(map.descriptor, destination + done, count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SafeTensorsError.io(path: path, operation: "read", errno: errno)
+            }
+            if n == 0 { throw SafeTensorsError.io(path: path, operation: "read (file shrank)", errno: EIO) }
+            done += n
+        }
+    }
+
     /// File offset where the data section begins.
     public var dataStart: Int { 8 + headerLength }
 

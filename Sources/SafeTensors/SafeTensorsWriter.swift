@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -11,53 +10,23 @@ import Darwin
 ///
 /// The header is computed up front from names, dtypes and shapes: tensors ordered by descending
 /// dtype alignment then name bytes, offsets consecutive from 0, compact JSON padded with spaces to a
-/// multiple of 8. Data must then be appended in `order`. Nothing is held in memory but a write buffer.
-///
-/// Where the file system supports it, bytes go to the disk with direct I/O (`DirectWriter`), which
-/// makes the final fsync nearly free; elsewhere through the page cache, with writeback started every
-/// 256 MB so the final fsync has little left to wait for.
+/// multiple of 8. Data must then be appended in `order`. The bytes go to disk through a
+/// `ChunkedOutput` (space reserved up front, direct I/O where the file system allows it, fsync in
+/// `finish`): this writer fills its chunks in order, one at a time, and hands each one over when full.
 public final class SafeTensorsWriter {
     /// Tensors in write order, with their data offsets.
     public let order: [TensorInfo]
     /// The 8-byte length plus padded JSON.
     public let headerBytes: [UInt8]
     public let path: String
-    private var fd: Int32
+    private let output: ChunkedOutput
     private var next = 0
     /// Bytes of `order[next]` already written by `writeChunk`.
     private var partial = 0
-    private var buffer: [UInt8] = []
-    /// Direct-I/O staging, or nil when writing through the page cache.
-    private var direct: DirectWriter?
-    private static let bufferLimit = 8 << 20
-    /// Bytes written since the last background `fdatasync` was started.
-    private var unsynced = 0
-    /// Every this many bytes, writeback is started on a background queue so that the final fsync
-    /// (which makes the output durable before it is renamed into place) has little left to wait for.
-    private static let syncInterval = 256 << 20
-    private let syncQueue = DispatchQueue(label: "lora-tool.writer.sync")
-    private let syncGroup = DispatchGroup()
-    private let syncState = SyncState()
-
-    /// The first background sync error. `@unchecked Sendable`: guarded by `lock`.
-    private final class SyncState: @unchecked Sendable {
-        private let lock = NSLock()
-        private var error: Int32 = 0
-        private var running = false
-        func start() -> Bool { lock.lock(); defer { lock.unlock() }; if running { return false }; running = true; return true }
-        func done(_ e: Int32) { lock.lock(); if error == 0 { error = e }; running = false; lock.unlock() }
-        var firstError: Int32 { lock.lock(); defer { lock.unlock() }; return error }
-    }
-
-    private func noteWritten(_ n: Int) {
-        unsynced += n
-        guard unsynced >= SafeTensorsWriter.syncInterval, syncState.start() else { return }
-        unsynced = 0
-        let descriptor = fd, state = syncState
-        syncQueue.async(group: syncGroup) {
-            state.done(fdatasync(descriptor) == 0 ? 0 : errno)
-        }
-    }
+    /// The chunk being filled, and how much of it is.
+    private var chunk = 0
+    private var current: UnsafeMutableRawPointer?
+    private var filled = 0
 
     /// The header bytes for `tensors` (offsets are assigned here) and their write order.
     /// - Parameter metadata: written as `__metadata__` with keys sorted by bytes; nil omits it.
@@ -117,25 +86,21 @@ public final class SafeTensorsWriter {
         return (sorted, prefix + json)
     }
 
-    /// Creates `path` (which must not exist) and writes its header.
+    /// Creates `path` (which must not exist), reserves its space and writes its header.
     /// - Throws: `SafeTensorsError` from `layout` or from creating the file.
     public init(path: String, tensors: [TensorInfo], metadata: [(key: String, value: String)]? = [("format", "pt")]) throws {
-        (order, headerBytes) = try SafeTensorsWriter.layout(tensors, metadata: metadata, path: path)
+        output = try ChunkedOutput(path: path, tensors: tensors, metadata: metadata)
+        (order, headerBytes) = (output.order, output.headerBytes)
         self.path = path
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SafeTensorsError.io(path: path, operation: "create", errno: errno) }
-        direct = DirectWriter(fd: fd, path: path)
-        if direct == nil { buffer.reserveCapacity(SafeTensorsWriter.bufferLimit) }
         try append(headerBytes.withUnsafeBytes { $0 })
     }
 
     deinit {
-        syncGroup.wait()
-        if fd >= 0 { close(fd) }
+        if let current { output.giveBuffer(current) }
     }
 
     /// Total file size once complete.
-    public var fileSize: Int { headerBytes.count + Int(order.last?.dataOffsets.end ?? 0) }
+    public var fileSize: Int { output.fileSize }
 
     /// The tensor whose bytes are expected next, or nil when all are written.
     public var nextTensor: TensorInfo? { next < order.count ? order[next] : nil }
@@ -172,89 +137,47 @@ public final class SafeTensorsWriter {
         try append(bytes)
     }
 
-    /// Appends the next tensor's data: `count` bytes at byte `offset` of `file`, copied file to file
-    /// (`pread` into the direct-I/O buffers, or `sendfile` inside the kernel), never through this
-    /// process's mapping of `file` unless the kernel cannot copy.
+    /// Appends the next tensor's data: `count` bytes at byte `offset` of `file`, read with pread
+    /// straight into the chunk being filled (never through this process's mapping of `file`).
     /// - Throws: as `write`, and `.io` naming `file` when it cannot be read.
     public func copy(_ name: String, from file: SafeTensorsFile, offset: Int, count: Int) throws {
-        let bytes = file.map.bytes(offset: offset, count: count)
-        let source = file.map.descriptor
-        guard next < order.count, order[next].name == name, count == order[next].byteCount else {
-            return try write(name, bytes: bytes)
+        guard next < order.count, order[next].name == name, partial == 0, count == order[next].byteCount else {
+            return try write(name, bytes: file.map.bytes(offset: offset, count: count))
         }
-        if let direct {
-            try direct.append(from: source, offset: offset, count: count, sourcePath: file.path)
-            next += 1
-            return
-        }
-        try flush()
-        var inOffset = offset
-        var remaining = count
-        while remaining > 0 {
-            let n = sendfile(fd, source, &inOffset, min(remaining, 1 << 30))
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL {
-                    let done = count - remaining
-                    next += 1
-                    return try writeAll(UnsafeRawBufferPointer(rebasing: bytes[done...]))
-                }
-                throw SafeTensorsError.io(path: path, operation: "copy", errno: errno)
-            }
-            if n == 0 { break }
-            remaining -= n
-            noteWritten(n)
-        }
-        guard remaining == 0 else { throw SafeTensorsError.io(path: path, operation: "copy (source shrank)", errno: EIO) }
         next += 1
+        try fill(count) { destination, done, n in try file.read(at: offset + done, count: n, into: destination) }
     }
 
     private func append(_ bytes: UnsafeRawBufferPointer) throws {
-        if let direct { return try direct.append(bytes) }
-        if buffer.count + bytes.count <= SafeTensorsWriter.bufferLimit {
-            buffer.append(contentsOf: bytes)
-            return
-        }
-        try flush()
-        if bytes.count >= SafeTensorsWriter.bufferLimit {
-            try writeAll(bytes)
-        } else {
-            buffer.append(contentsOf: bytes)
-        }
+        try fill(bytes.count) { destination, done, n in destination.copyMemory(from: bytes.baseAddress! + done, byteCount: n) }
     }
 
-    private func flush() throws {
-        guard !buffer.isEmpty else { return }
-        try buffer.withUnsafeBytes { try writeAll($0) }
-        buffer.removeAll(keepingCapacity: true)
-    }
-
-    private func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
+    /// Puts `count` more bytes into the chunks in order, `body(destination, done, n)` providing bytes
+    /// `[done, done+n)` of them; each chunk is handed to the output as soon as it is full.
+    private func fill(_ count: Int, _ body: (UnsafeMutableRawPointer, Int, Int) throws -> Void) throws {
         var done = 0
-        while done < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SafeTensorsError.io(path: path, operation: "write", errno: errno)
-            }
+        while done < count {
+            let length = min(output.chunkSize, output.fileSize - chunk * output.chunkSize)
+            if current == nil { current = try output.takeBuffer() }
+            let n = min(count - done, length - filled)
+            try body(current! + filled, done, n)
+            filled += n
             done += n
+            if filled == length {
+                output.submit(chunk: chunk, buffer: current!, length: length)
+                current = nil
+                filled = 0
+                chunk += 1
+            }
         }
-        noteWritten(bytes.count)
     }
 
-    /// Flushes, fsyncs and closes the file.
-    /// - Throws: `.invalidWrite` when tensors are missing; `.io` when the flush or fsync fails.
+    /// Waits for every write, fsyncs and closes the file.
+    /// - Throws: `.invalidWrite` when tensors are missing; `.io` when a write, the fsync or the close fails.
     public func finish() throws {
         guard next == order.count else {
             throw SafeTensorsError.invalidWrite(path: path, detail: "\(order.count - next) tensors were never written, first '\(order[next].name)'")
         }
-        try flush()
-        try direct?.finish()
-        syncGroup.wait()
-        if syncState.firstError != 0 { throw SafeTensorsError.io(path: path, operation: "fdatasync", errno: syncState.firstError) }
-        guard fsync(fd) == 0 else { throw SafeTensorsError.io(path: path, operation: "fsync", errno: errno) }
-        let rc = close(fd)
-        fd = -1
-        guard rc == 0 else { throw SafeTensorsError.io(path: path, operation: "close", errno: errno) }
+        try output.finish()
     }
 }

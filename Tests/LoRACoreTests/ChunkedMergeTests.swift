@@ -22,6 +22,20 @@ struct ChunkedMergeTests {
         try w.finish()
     }
 
+    /// Writes a base model and a PEFT adapter (fp32 tensors, `config` as adapter_config.json) under
+    /// `dir`, merges them with `chunkSize`, and returns the merged checkpoint.
+    static func merge(in dir: String, base: [(String, [Int], [Float])], adapter: [(String, [Int], [Float])],
+                      config: String, chunkSize: Int) throws -> Checkpoint {
+        for sub in ["base", "adapter"] { try FileManager.default.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
+        try write(base, to: dir + "/base/model.safetensors")
+        try write(adapter, to: dir + "/adapter/adapter_model.safetensors")
+        try Data(config.utf8).write(to: URL(fileURLWithPath: dir + "/adapter/adapter_config.json"))
+        var options = MergeOptions(base: dir + "/base", adapters: [(dir + "/adapter", 1)], output: dir + "/out")
+        options.chunkSize = chunkSize
+        _ = try Merge.run(options)
+        return try Checkpoint(path: dir + "/out")
+    }
+
     /// (fan_in_fan_out, out features, chunk size): 8 MiB chunks cut the 8.8 MB tensor mid-row; the
     /// 17.6 MB fan_in_fan_out one in a 32 MiB chunk takes two GEMM-path blocks of 4 Mi values.
     static let cases: [(Bool, Int, Int)] = [(false, 1100, 8 << 20), (true, 1100, 8 << 20), (true, 2200, 32 << 20)]
@@ -36,20 +50,12 @@ struct ChunkedMergeTests {
         let head = ChunkedMergeTests.values(300 * i, seed: 2, scale: 1)
         let norm = ChunkedMergeTests.values(i, seed: 3, scale: 1)
         let a = ChunkedMergeTests.values(r * i, seed: 4, scale: 0.1), b = ChunkedMergeTests.values(o * r, seed: 5, scale: 0.1)
-        try FileManager.default.createDirectory(atPath: dir + "/base", withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: dir + "/adapter", withIntermediateDirectories: true)
         let q = "model.layers.0.self_attn.q_proj"
-        try ChunkedMergeTests.write([(q + ".weight", fanInFanOut ? [i, o] : [o, i], w), ("lm_head.weight", [300, i], head), ("model.norm.weight", [i], norm)],
-                                    to: dir + "/base/model.safetensors")
-        try ChunkedMergeTests.write([("base_model.model.\(q).lora_A.weight", [r, i], a), ("base_model.model.\(q).lora_B.weight", [o, r], b)],
-                                    to: dir + "/adapter/adapter_model.safetensors")
-        let config = #"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "fan_in_fan_out": \#(fanInFanOut)}"#
-        try Data(config.utf8).write(to: URL(fileURLWithPath: dir + "/adapter/adapter_config.json"))
-
-        var options = MergeOptions(base: dir + "/base", adapters: [(dir + "/adapter", 1)], output: dir + "/out")
-        options.chunkSize = chunkSize
-        _ = try Merge.run(options)
-        let merged = try Checkpoint(path: dir + "/out")
+        let merged = try ChunkedMergeTests.merge(
+            in: dir, base: [(q + ".weight", fanInFanOut ? [i, o] : [o, i], w), ("lm_head.weight", [300, i], head), ("model.norm.weight", [i], norm)],
+            adapter: [("base_model.model.\(q).lora_A.weight", [r, i], a), ("base_model.model.\(q).lora_B.weight", [o, r], b)],
+            config: #"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "fan_in_fan_out": \#(fanInFanOut)}"#,
+            chunkSize: chunkSize)
         #expect(try Array(merged.bytes(of: "lm_head.weight")) == head.withUnsafeBytes { Array($0) })
         #expect(try Array(merged.bytes(of: "model.norm.weight")) == norm.withUnsafeBytes { Array($0) })
         let got = try TensorData.floats(merged, q + ".weight")
@@ -85,20 +91,14 @@ struct ChunkedMergeTests {
         let w = ChunkedMergeTests.values(o * i, seed: 11, scale: 1)  // stored (in, out)
         let a = ChunkedMergeTests.values(r * i, seed: 12, scale: 0.1), b = ChunkedMergeTests.values(o * r, seed: 13, scale: 0.1)
         let magnitude = ChunkedMergeTests.values(o, seed: 14, scale: 1).map { 20 + $0 }
-        try FileManager.default.createDirectory(atPath: dir + "/base", withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: dir + "/adapter", withIntermediateDirectories: true)
         let q = "model.layers.0.attn.c_attn"
-        try ChunkedMergeTests.write([(q + ".weight", [i, o], w), ("lm_head.weight", [300, i], ChunkedMergeTests.values(300 * i, seed: 15, scale: 1))],
-                                    to: dir + "/base/model.safetensors")
-        try ChunkedMergeTests.write([("base_model.model.\(q).lora_A.weight", [r, i], a), ("base_model.model.\(q).lora_B.weight", [o, r], b),
-                                     ("base_model.model.\(q).lora_magnitude_vector", [o], magnitude)],
-                                    to: dir + "/adapter/adapter_model.safetensors")
-        let config = #"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["c_attn"], "fan_in_fan_out": true, "use_dora": true}"#
-        try Data(config.utf8).write(to: URL(fileURLWithPath: dir + "/adapter/adapter_config.json"))
-        var options = MergeOptions(base: dir + "/base", adapters: [(dir + "/adapter", 1)], output: dir + "/out")
-        options.chunkSize = 4 << 20  // the 8.8 MB tensor spans three chunks
-        _ = try Merge.run(options)
-        let got = try TensorData.floats(try Checkpoint(path: dir + "/out"), q + ".weight")
+        let merged = try ChunkedMergeTests.merge(
+            in: dir, base: [(q + ".weight", [i, o], w), ("lm_head.weight", [300, i], ChunkedMergeTests.values(300 * i, seed: 15, scale: 1))],
+            adapter: [("base_model.model.\(q).lora_A.weight", [r, i], a), ("base_model.model.\(q).lora_B.weight", [o, r], b),
+                      ("base_model.model.\(q).lora_magnitude_vector", [o], magnitude)],
+            config: #"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["c_attn"], "fan_in_fan_out": true, "use_dora": true}"#,
+            chunkSize: 4 << 20)  // the 8.8 MB tensor spans three chunks
+        let got = try TensorData.floats(merged, q + ".weight")
         // W' = m ⊙ V / ‖V‖ per output column, V = W + 2·(B·A)ᵀ, in fp64.
         var worst = 0.0
         for oo in 0..<o {

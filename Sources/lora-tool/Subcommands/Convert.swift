@@ -86,14 +86,11 @@ extension LoraTool {
         var json = false
 
         func validate() throws {
-            guard (rank == nil) != (energy == nil) else { throw ValidationError("give exactly one of --rank and --energy") }
-            if let rank, rank <= 0 { throw ValidationError("--rank must be positive") }
-            if let energy, !(energy > 0 && energy <= 1) { throw ValidationError("--energy must be in (0, 1]") }
-            if maxRank != nil && energy == nil { throw ValidationError("--max-rank goes with --energy") }
+            try RankRule.validate(rank: rank, energy: energy, maxRank: maxRank)
         }
 
         func run() throws {
-            var o = ResizeOptions(adapter: adapter, output: output, rule: rank.map { .fixed($0) } ?? .energy(energy!, maxRank: maxRank))
+            var o = ResizeOptions(adapter: adapter, output: output, rule: RankRule.rule(rank: rank, energy: energy, maxRank: maxRank))
             o.force = force
             o.zstdLevel = compression.level
             let modules = try LoRACore.Resize.run(o)

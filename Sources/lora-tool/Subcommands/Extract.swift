@@ -72,12 +72,9 @@ extension LoraTool {
                 if let alpha, !alpha.isFinite { throw ValidationError("--alpha must be a finite number") }
             } else {
                 guard base != nil, finetuned != nil else { throw ValidationError("give --checkpoint, or --base and --finetuned") }
-                guard (rank == nil) != (energy == nil) else { throw ValidationError("give exactly one of --rank and --energy") }
-                if let rank, rank <= 0 { throw ValidationError("--rank must be positive") }
-                if let energy, !(energy > 0 && energy <= 1) { throw ValidationError("--energy must be in (0, 1]") }
+                try RankRule.validate(rank: rank, energy: energy, maxRank: maxRank)
                 if let maxRank, maxRank <= 0 { throw ValidationError("--max-rank must be positive") }
                 guard (0...8).contains(powerIterations) else { throw ValidationError("--power-iterations must be 0 to 8") }
-                if maxRank != nil && energy == nil { throw ValidationError("--max-rank goes with --energy") }
                 if let targets { _ = try TargetSelector(parsing: targets) }
             }
         }
@@ -113,8 +110,7 @@ extension LoraTool {
                 }
                 return
             }
-            let rule: ExtractSVDOptions.RankRule = rank.map { .fixed($0) } ?? .energy(energy!, maxRank: maxRank)
-            var o = ExtractSVDOptions(base: base!, finetuned: finetuned!, output: output, rule: rule)
+            var o = ExtractSVDOptions(base: base!, finetuned: finetuned!, output: output, rule: RankRule.rule(rank: rank, energy: energy, maxRank: maxRank))
             o.targets = try targets.map { try TargetSelector(parsing: $0) }
             o.minDiff = minDiff
             o.powerIterations = powerIterations
