@@ -51,13 +51,18 @@ public enum Dequantize {
     }
 
     /// For merge and verify: a dense copy of a 4-bit `base` in a temporary directory (removed by the
-    /// caller), or nil when the base is not bitsandbytes 4-bit.
+    /// caller with `AtomicOutput.removeTemporary`), or nil when the base is not bitsandbytes 4-bit.
     static func denseCopyIfQuantized(_ base: String, near output: String) throws -> String? {
         let ckpt = try Checkpoint(path: base)
         guard try BnbQuantization(ckpt) != nil else { return nil }
         let parent = (PathSafety.canonical(output) as NSString).deletingLastPathComponent
         let dir = parent + "/.lora-tool-dequantized-\(getpid())-\(UUID().uuidString.prefix(8))"
-        try run(input: base, output: dir)
+        // Registered before it exists: an interrupted run removes it like a staging output.
+        AtomicOutput.registerTemporary(dir)
+        do { try run(input: base, output: dir) } catch {
+            AtomicOutput.removeTemporary(dir)
+            throw error
+        }
         return dir
     }
 }

@@ -94,7 +94,7 @@ public enum Merge {
         // A bitsandbytes 4-bit base is dequantized exactly (as bitsandbytes does) into a temporary
         // dense copy beside the output first; the merge then reads that copy, and the result is dense.
         if let dense = try Dequantize.denseCopyIfQuantized(options.base, near: options.output) {
-            defer { try? FileManager.default.removeItem(atPath: dense) }
+            defer { AtomicOutput.removeTemporary(dense) }
             var o = options
             o.base = dense
             o.requantize = nil
@@ -201,7 +201,8 @@ public enum Merge {
         var o = denseOptions
         o.output = output.staging + ".dense"
         o.force = false
-        defer { try? FileManager.default.removeItem(atPath: o.output) }
+        AtomicOutput.registerTemporary(o.output)
+        defer { AtomicOutput.removeTemporary(o.output) }
         var report = try run(o, progress: progress)
         let merged = try Checkpoint(path: o.output)
         let denseBase = try Checkpoint(path: dense)

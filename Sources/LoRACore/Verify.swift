@@ -34,7 +34,7 @@ public enum Verify {
     public static func run(_ options: VerifyOptions) throws -> VerifyReport {
         // Against a bitsandbytes 4-bit base the side branch runs on the dequantized weights.
         if let dense = try Dequantize.denseCopyIfQuantized(options.base, near: NSTemporaryDirectory() + "/x") {
-            defer { try? FileManager.default.removeItem(atPath: dense) }
+            defer { AtomicOutput.removeTemporary(dense) }
             var o = options
             o.base = dense
             return try run(o)

@@ -1,56 +1,90 @@
+import CFiles
 import Foundation
 
-/// An output (file or directory) built under a temporary name beside its destination and renamed
-/// into place only when complete, so no half-written output ever carries the final name.
+/// An output (a directory, or one file) built in a locked staging directory beside its destination
+/// and moved into place only when complete, without ever deleting anything lora-tool did not write.
 ///
-/// The staging name is `.NAME.lora-tool-partial-PID`; staging leftovers of a killed run are removed
-/// by the next run that writes the same destination.
+/// The rules, in order:
+/// - The path must pass `OutputPath.validate` (not blank, `.`, `..`, `/`, home, or an ancestor of
+///   the working directory).
+/// - Without `force` an existing destination is refused, except an empty directory. With `force`
+///   only an output lora-tool wrote is replaced: a directory carrying the `.lora-tool` marker whose
+///   every entry the marker lists (or, for outputs of versions before the marker, a directory of
+///   regular files with names lora-tool writes), or a safetensors file. Anything else is refused
+///   with a list of what is in the way.
+/// - The staging directory `.NAME.lora-tool-staging` is created under a unique name, locked with
+///   `flock`, then renamed into place, so a second writer of the same output sees a locked staging
+///   directory and refuses; a staging directory nobody holds is a leftover of a killed run and is
+///   removed (only when it holds regular files alone).
+/// - `commit` decides again: a destination that appeared or changed while the command ran is left
+///   alone and the finished output is kept as `NAME.lora-tool-PID` (the error says where). A
+///   replacement swaps old and new in one `renameat2(RENAME_EXCHANGE)`, so no instant has neither;
+///   on file systems without it, the old output is first renamed to `.NAME.lora-tool-old-PID`, which
+///   the next run renames back if the destination is missing (and reports if it is not).
+/// - SIGINT/SIGTERM: `InterruptCleanup` removes every registered staging directory on a normal
+///   thread, never inside a signal handler; commits and cleanup exclude each other.
 public final class AtomicOutput: @unchecked Sendable {
-    // @unchecked: the paths are immutable; `committed` is only touched by the owning thread.
+    // @unchecked: the paths are immutable; `committed`, `lockDescriptor` and `notes` are touched by
+    // the owning thread only, and the registry is guarded by `AtomicOutput.registryLock`.
+
+    /// Name of the marker file every output directory gets: JSON listing the files lora-tool wrote.
+    public static let markerName = ".lora-tool"
+
     public let destination: String
-    public let staging: String
     public let isDirectory: Bool
+    /// The locked staging directory beside the destination.
+    public let stagingDirectory: String
+    /// Where the output is written: the staging directory itself, or the file inside it.
+    public let staging: String
+    /// Things the user should know that are not errors (an interrupted replace recovered, ...).
+    public private(set) var notes: [String] = []
+
+    private let parent: String
+    private let name: String
+    private let force: Bool
+    private var existing: Existing?
+    private var lockDescriptor: Int32 = -1
     private var committed = false
 
-    /// Prepares a staging location.
+    /// What was at the destination when the command started and may be replaced at commit.
+    private enum Existing: Equatable {
+        case emptyDirectory(FileID)
+        case output(FileID)
+    }
+
+    /// Prepares the locked staging location, after refusing every destination it may not replace.
     /// - Parameters:
     ///   - destination: final path.
-    ///   - isDirectory: whether the output is a directory (created empty now) or a single file.
-    ///   - force: allow replacing an existing destination.
-    /// - Throws: `SafeTensorsError.invalidWrite` when the destination exists (a non-empty directory or
-    ///   a file) without `force`, or its parent is missing or not writable — before any work is done.
+    ///   - isDirectory: whether the output is a directory or a single file.
+    ///   - force: allow replacing an output lora-tool wrote.
+    /// - Throws: `SafeTensorsError.unsafeOutput` for paths no command may write, `.outputExists`
+    ///   when the destination may not be replaced, `.outputBusy` when another process is writing
+    ///   it, `.invalidWrite` when the parent is missing or not writable — all before any work.
     public init(destination: String, isDirectory: Bool, force: Bool) throws {
+        try OutputPath.validate(destination)
         let url = URL(fileURLWithPath: destination).standardizedFileURL
         self.destination = url.path
         self.isDirectory = isDirectory
-        let parent = url.deletingLastPathComponent().path
-        let name = url.lastPathComponent
-        let fm = FileManager.default
-        var parentIsDir: ObjCBool = false
-        guard fm.fileExists(atPath: parent, isDirectory: &parentIsDir), parentIsDir.boolValue else {
+        self.force = force
+        parent = url.deletingLastPathComponent().path
+        name = url.lastPathComponent
+        stagingDirectory = parent + "/." + name + ".lora-tool-staging"
+        staging = isDirectory ? stagingDirectory : stagingDirectory + "/" + name
+        var st = stat()
+        guard stat(parent, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
             throw SafeTensorsError.invalidWrite(path: destination, detail: "parent directory \(parent) does not exist")
         }
         guard access(parent, W_OK) == 0 else {
             throw SafeTensorsError.invalidWrite(path: destination, detail: "parent directory \(parent) is not writable")
         }
-        var destIsDir: ObjCBool = false
-        if fm.fileExists(atPath: destination, isDirectory: &destIsDir), !force {
-            let empty = destIsDir.boolValue && ((try? fm.contentsOfDirectory(atPath: destination))?.isEmpty ?? false)
-            if !empty || !isDirectory {
-                throw SafeTensorsError.invalidWrite(path: destination, detail: "already exists; use --force to replace it")
-            }
+        existing = try classifyDestination()
+        try acquireStaging()
+        do {
+            try recoverInterruptedReplace()
+        } catch {
+            abandon()
+            throw error
         }
-        let stem = ".\(name).lora-tool-partial-"
-        for stale in (try? fm.contentsOfDirectory(atPath: parent)) ?? [] where stale.hasPrefix(stem) {
-            try? fm.removeItem(atPath: parent + "/" + stale)
-        }
-        staging = parent + "/" + stem + String(getpid())
-        if isDirectory {
-            do { try fm.createDirectory(atPath: staging, withIntermediateDirectories: false) } catch {
-                throw SafeTensorsError.invalidWrite(path: destination, detail: "cannot create \(staging): \(error.localizedDescription)")
-            }
-        }
-        AtomicOutput.register(staging)
     }
 
     deinit { if !committed { abandon() } }
@@ -58,36 +92,346 @@ public final class AtomicOutput: @unchecked Sendable {
     /// Path of a file inside a staging directory.
     public func path(for fileName: String) -> String { staging + "/" + fileName }
 
-    /// Renames the staging output into place (replacing an old destination when forced) and syncs the parent.
-    /// - Throws: `SafeTensorsError.io` when a rename fails.
+    // MARK: - Deciding what may be replaced
+
+    /// - Throws: `.outputExists` when the destination exists and may not be replaced.
+    private func classifyDestination() throws -> Existing? {
+        var st = stat()
+        guard lstat(destination, &st) == 0 else {
+            if errno == ENOENT { return nil }
+            throw SafeTensorsError.io(path: destination, operation: "stat", errno: errno)
+        }
+        let id = FileID(st)
+        switch st.st_mode & S_IFMT {
+        case S_IFLNK:
+            throw SafeTensorsError.outputExists(path: destination, detail: "is a symbolic link; lora-tool replaces only outputs it wrote itself")
+        case S_IFDIR:
+            guard isDirectory else {
+                throw SafeTensorsError.outputExists(path: destination, detail: "is a directory, and this output is a file")
+            }
+            let entries = try AtomicOutput.entries(of: destination)
+            if entries.isEmpty { return .emptyDirectory(id) }
+            guard force else {
+                throw SafeTensorsError.outputExists(path: destination, detail: "already exists; use --force to replace an output lora-tool wrote")
+            }
+            let foreign = AtomicOutput.foreignEntries(of: destination, entries: entries)
+            guard foreign.isEmpty else {
+                let shown = foreign.prefix(8).map { "'\($0)'" }.joined(separator: ", ") + (foreign.count > 8 ? " and \(foreign.count - 8) more" : "")
+                throw SafeTensorsError.outputExists(
+                    path: destination,
+                    detail: "holds what lora-tool did not write (\(shown)); --force replaces only lora-tool's own outputs: remove them yourself or choose another output")
+            }
+            return .output(id)
+        case S_IFREG:
+            guard !isDirectory else {
+                throw SafeTensorsError.outputExists(path: destination, detail: "is a file, and this output is a directory")
+            }
+            guard force else {
+                throw SafeTensorsError.outputExists(path: destination, detail: "already exists; use --force to replace it")
+            }
+            guard AtomicOutput.isSafeTensorsFile(destination) else {
+                throw SafeTensorsError.outputExists(path: destination, detail: "is not a safetensors file; --force replaces only lora-tool's own outputs")
+            }
+            return .output(id)
+        default:
+            throw SafeTensorsError.outputExists(path: destination, detail: "is not a regular file or directory")
+        }
+    }
+
+    /// The names lora-tool's outputs hold, for directories written before the marker existed.
+    static func isKnownOutputName(_ name: String) -> Bool {
+        let exact: Set<String> = [
+            "adapter_config.json", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+            "chat_template.jinja", "preprocessor_config.json", markerName,
+        ]
+        return exact.contains(name) || name.hasSuffix(".safetensors") || name.hasSuffix(".safetensors.zst")
+            || name.hasSuffix(".safetensors.index.json")
+    }
+
+    /// Entries of `directory` that lora-tool did not write: everything not listed in its marker (or,
+    /// without a marker, not a lora-tool output name), and anything that is not a regular file.
+    static func foreignEntries(of directory: String, entries: [String]) -> [String] {
+        let listed = markerFiles(in: directory)
+        if listed == nil, !entries.contains(where: { $0.hasSuffix(".safetensors") || $0.hasSuffix(".safetensors.zst") }) {
+            return entries
+        }
+        return entries.filter { entry in
+            var st = stat()
+            guard lstat(directory + "/" + entry, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return true }
+            if let listed { return entry != markerName && !listed.contains(entry) }
+            return !isKnownOutputName(entry)
+        }
+    }
+
+    /// The files a directory's marker lists, or nil when it has no readable marker.
+    static func markerFiles(in directory: String) -> Set<String>? {
+        let path = directory + "/" + markerName
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size < 1 << 20,
+              let data = FileManager.default.contents(atPath: path),
+              let root = try? JSONParser.parse(Array(data)), let files = root["files"]?.arrayValue else { return nil }
+        return Set(files.compactMap(\.stringValue))
+    }
+
+    /// Whether `path` starts like a safetensors file (a length prefix and a JSON object) or a zstd frame.
+    static func isSafeTensorsFile(_ path: String) -> Bool {
+        guard path.hasSuffix(".safetensors") || path.hasSuffix(".safetensors.zst") else { return false }
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var head = [UInt8](repeating: 0, count: 9)
+        guard pread(fd, &head, 9, 0) == 9 else { return false }
+        if path.hasSuffix(".zst") { return head[0..<4] == [0x28, 0xB5, 0x2F, 0xFD] }
+        return head[8] == UInt8(ascii: "{")
+    }
+
+    /// Sorted entries of a directory.
+    static func entries(of directory: String) throws -> [String] {
+        do {
+            return try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+        } catch {
+            throw SafeTensorsError.io(path: directory, operation: "list", errno: (error as NSError).code == 0 ? EIO : Int32((error as NSError).code))
+        }
+    }
+
+    // MARK: - The staging directory and its lock
+
+    private func acquireStaging() throws {
+        AtomicOutput.registryLock.lock()
+        defer { AtomicOutput.registryLock.unlock() }
+        removeStaleFreshDirectories()
+        AtomicOutput.sequence += 1
+        let fresh = parent + "/." + name + ".lora-tool-new-\(getpid())-\(AtomicOutput.sequence)"
+        guard mkdir(fresh, 0o755) == 0 else {
+            throw SafeTensorsError.outputIO(path: fresh, operation: "create the staging directory", errno: errno)
+        }
+        AtomicOutput.live.append(fresh)
+        let fd = open(fresh, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, lora_lock_exclusive(fd) == 0 else {
+            let e = errno
+            if fd >= 0 { close(fd) }
+            rmdir(fresh)
+            AtomicOutput.live.removeAll { $0 == fresh }
+            throw SafeTensorsError.outputIO(path: fresh, operation: "lock the staging directory", errno: e)
+        }
+        var failure: Error?
+        for _ in 0..<4 {
+            var r = lora_rename_noreplace(fresh, stagingDirectory)
+            if r == EINVAL || r == ENOSYS {
+                var st = stat()
+                r = lstat(stagingDirectory, &st) == 0 ? EEXIST : (rename(fresh, stagingDirectory) == 0 ? 0 : errno)
+            }
+            if r == 0 {
+                lockDescriptor = fd
+                AtomicOutput.live.removeAll { $0 == fresh }
+                AtomicOutput.live.append(stagingDirectory)
+                return
+            }
+            guard r == EEXIST || r == ENOTEMPTY else {
+                failure = SafeTensorsError.outputIO(path: stagingDirectory, operation: "rename the staging directory", errno: r)
+                break
+            }
+            do { try removeStaleStaging(stagingDirectory) } catch {
+                failure = error
+                break
+            }
+        }
+        close(fd)
+        rmdir(fresh)
+        AtomicOutput.live.removeAll { $0 == fresh }
+        throw failure ?? SafeTensorsError.outputBusy(path: destination, staging: stagingDirectory)
+    }
+
+    /// Staging directories of killed runs that died before renaming theirs into place
+    /// (`.NAME.lora-tool-new-PID-N`, or `-removing-PID` mid-cleanup), when nobody holds them.
+    private func removeStaleFreshDirectories() {
+        let prefixes = ["." + name + ".lora-tool-new-", "." + name + ".lora-tool-staging.lora-tool-removing-"]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] where prefixes.contains(where: entry.hasPrefix) {
+            try? removeStaleStaging(parent + "/" + entry)
+        }
+    }
+
+    /// Removes a staging directory that no live process holds (a killed run's leftover).
+    /// - Throws: `.outputBusy` when another process holds it; `.outputExists` when it holds
+    ///   anything but regular files (then it is not lora-tool's and is left alone).
+    private func removeStaleStaging(_ directory: String) throws {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { return }
+            throw SafeTensorsError.outputExists(path: directory, detail: "is in the way of lora-tool's staging directory and is not one")
+        }
+        defer { close(fd) }
+        let r = lora_lock_exclusive(fd)
+        if r == EWOULDBLOCK { throw SafeTensorsError.outputBusy(path: destination, staging: directory) }
+        guard r == 0 else { throw SafeTensorsError.outputIO(path: directory, operation: "lock", errno: r) }
+        try AtomicOutput.removeFlatDirectory(directory)
+    }
+
+    /// Removes a directory that holds regular files only (lora-tool's own staging or output).
+    /// - Throws: `.outputExists` when it holds anything else, which is then left in place.
+    static func removeFlatDirectory(_ directory: String) throws {
+        let entries = try entries(of: directory)
+        for entry in entries {
+            var st = stat()
+            if lstat(directory + "/" + entry, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+                throw SafeTensorsError.outputExists(path: directory, detail: "holds '\(entry)', which is not a regular file; lora-tool did not write it and leaves the directory alone")
+            }
+        }
+        for entry in entries where unlink(directory + "/" + entry) != 0 && errno != ENOENT {
+            throw SafeTensorsError.outputIO(path: directory + "/" + entry, operation: "remove", errno: errno)
+        }
+        if rmdir(directory) != 0 && errno != ENOENT {
+            throw SafeTensorsError.outputIO(path: directory, operation: "remove", errno: errno)
+        }
+    }
+
+    /// A replace interrupted between its two renames (file systems without RENAME_EXCHANGE) left
+    /// the old output as `.NAME.lora-tool-old-PID`: put it back when the destination is missing,
+    /// otherwise leave it and say where it is. Never deleted.
+    private func recoverInterruptedReplace() throws {
+        let prefix = "." + name + ".lora-tool-old-"
+        let leftovers = ((try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []).filter { $0.hasPrefix(prefix) }.sorted()
+        for leftover in leftovers {
+            let path = parent + "/" + leftover
+            var st = stat()
+            if lstat(destination, &st) != 0, errno == ENOENT, lora_rename_noreplace(path, destination) == 0 || rename(path, destination) == 0 {
+                notes.append("recovered \(destination) from \(path), left by a replace that was interrupted")
+                existing = try classifyDestination()
+            } else {
+                notes.append("\(path) holds an earlier output left by an interrupted replace; remove it when it is no longer needed")
+            }
+        }
+    }
+
+    // MARK: - Commit
+
+    /// Moves the finished output into place: atomically, never over anything it was not allowed to
+    /// replace when the command started, and never leaving neither the old nor the new output.
+    /// - Throws: `.outputAppeared` (the finished output is kept beside it, the error says where)
+    ///   when the destination appeared or changed meanwhile; `.outputIO` when a rename fails.
     public func commit() throws {
-        let fm = FileManager.default
-        if isDirectory { fsyncPath(staging) }
-        if fm.fileExists(atPath: destination) {
-            let old = staging + ".old"
+        AtomicOutput.registryLock.lock()
+        defer { AtomicOutput.registryLock.unlock() }
+        if isDirectory { try writeMarker() }
+        fsyncPath(stagingDirectory)
+        var st = stat()
+        if lstat(destination, &st) != 0 {
+            var r = lora_rename_noreplace(staging, destination)
+            if r == EINVAL || r == ENOSYS {
+                r = lstat(destination, &st) == 0 ? EEXIST : (rename(staging, destination) == 0 ? 0 : errno)
+            }
+            if r == EEXIST || r == ENOTEMPTY { throw keepAside() }
+            guard r == 0 else { throw SafeTensorsError.outputIO(path: destination, operation: "rename into place", errno: r) }
+        } else {
+            guard let approved = existing, try stillReplaceable(FileID(st), approved) else { throw keepAside() }
+            try replace(approved)
+        }
+        committed = true
+        if !isDirectory { rmdir(stagingDirectory) }
+        AtomicOutput.live.removeAll { $0 == stagingDirectory }
+        if lockDescriptor >= 0 { close(lockDescriptor); lockDescriptor = -1 }
+        fsyncPath(parent)
+    }
+
+    /// Whether the destination now is what was approved at the start and still may be replaced.
+    private func stillReplaceable(_ id: FileID, _ approved: Existing) throws -> Bool {
+        switch approved {
+        case let .emptyDirectory(expected):
+            guard id == expected else { return false }
+            return try AtomicOutput.entries(of: destination).isEmpty
+        case let .output(expected):
+            guard id == expected else { return false }
+            if !isDirectory { return AtomicOutput.isSafeTensorsFile(destination) }
+            return AtomicOutput.foreignEntries(of: destination, entries: try AtomicOutput.entries(of: destination)).isEmpty
+        }
+    }
+
+    /// Swaps the new output in and removes the approved old one.
+    private func replace(_ approved: Existing) throws {
+        let expected: FileID
+        switch approved { case let .emptyDirectory(id), let .output(id): expected = id }
+        // Lock the old directory too: once swapped it sits at the staging name, which must stay held.
+        let oldLock = isDirectory ? open(destination, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1
+        defer { if oldLock >= 0 { close(oldLock) } }
+        if oldLock >= 0, lora_lock_exclusive(oldLock) == EWOULDBLOCK {
+            throw SafeTensorsError.outputBusy(path: destination, staging: destination)
+        }
+        let r = lora_rename_exchange(staging, destination)
+        var old = staging
+        if r == 0 {
+            var st = stat()
+            guard lstat(staging, &st) == 0, FileID(st) == expected else {
+                // Something else was swapped out: put it back and keep ours aside.
+                _ = lora_rename_exchange(staging, destination)
+                throw keepAside()
+            }
+        } else if r == EINVAL || r == ENOSYS {
+            old = parent + "/." + name + ".lora-tool-old-\(getpid())"
             guard rename(destination, old) == 0 else {
-                throw SafeTensorsError.io(path: destination, operation: "rename", errno: errno)
+                throw SafeTensorsError.outputIO(path: destination, operation: "rename the old output aside", errno: errno)
             }
             guard rename(staging, destination) == 0 else {
                 let e = errno
                 _ = rename(old, destination)
-                throw SafeTensorsError.io(path: destination, operation: "rename", errno: e)
+                throw SafeTensorsError.outputIO(path: destination, operation: "rename into place", errno: e)
             }
-            try? fm.removeItem(atPath: old)
         } else {
-            guard rename(staging, destination) == 0 else {
-                throw SafeTensorsError.io(path: destination, operation: "rename", errno: errno)
-            }
+            throw SafeTensorsError.outputIO(path: destination, operation: "swap with the old output", errno: r)
         }
-        committed = true
-        AtomicOutput.unregister(staging)
-        fsyncPath((destination as NSString).deletingLastPathComponent)
+        if isDirectory {
+            // Checked at the start and again just now: its entries are lora-tool's own files.
+            try AtomicOutput.removeFlatDirectory(old)
+        } else {
+            unlink(old)
+        }
     }
 
-    /// Removes the staging output.
+    /// Moves the finished output to `NAME.lora-tool-PID` beside the destination and returns the
+    /// error that says so.
+    private func keepAside() -> Error {
+        let kept = parent + "/" + name + ".lora-tool-\(getpid())"
+        if lora_rename_noreplace(staging, kept) == 0 || rename(staging, kept) == 0 {
+            committed = true
+            if !isDirectory { rmdir(stagingDirectory) }
+            AtomicOutput.live.removeAll { $0 == stagingDirectory }
+            if lockDescriptor >= 0 { close(lockDescriptor); lockDescriptor = -1 }
+            return SafeTensorsError.outputAppeared(path: destination, kept: kept)
+        }
+        return SafeTensorsError.outputAppeared(path: destination, kept: staging)
+    }
+
+    /// The marker: which files of this directory lora-tool wrote (so `--force` may replace them).
+    private func writeMarker() throws {
+        let files = try AtomicOutput.entries(of: staging).filter { $0 != AtomicOutput.markerName }
+        let json = JSONValue.object([
+            ("written_by", .string("lora-tool")),
+            ("files", .array(files.map { .string($0) })),
+        ])
+        let path = staging + "/" + AtomicOutput.markerName
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SafeTensorsError.outputIO(path: path, operation: "create", errno: errno) }
+        defer { close(fd) }
+        let bytes = Array((JSONWriter.pretty(json) + "\n").utf8)
+        guard write(fd, bytes, bytes.count) == bytes.count else {
+            throw SafeTensorsError.outputIO(path: path, operation: "write", errno: errno)
+        }
+        _ = fsync(fd)
+    }
+
+    /// Removes the staging output (called on errors; the signal path uses `abandonAll`).
     public func abandon() {
-        try? FileManager.default.removeItem(atPath: staging)
-        AtomicOutput.unregister(staging)
+        AtomicOutput.registryLock.lock()
+        defer { AtomicOutput.registryLock.unlock() }
+        // Only an instance holding the staging lock owns the directory: a failed init (another
+        // process's, or this one's, staging directory at the same name) must not touch it.
+        guard !committed, lockDescriptor >= 0 else { return }
+        if AtomicOutput.live.contains(stagingDirectory) {
+            try? FileManager.default.removeItem(atPath: stagingDirectory)
+            AtomicOutput.live.removeAll { $0 == stagingDirectory }
+        }
+        committed = true
+        if lockDescriptor >= 0 { close(lockDescriptor); lockDescriptor = -1 }
     }
 
     private func fsyncPath(_ path: String) {
@@ -98,16 +442,43 @@ public final class AtomicOutput: @unchecked Sendable {
     // MARK: - Cleanup on SIGINT/SIGTERM
 
     nonisolated(unsafe) private static var live: [String] = []
-    private static let lock = NSLock()
+    nonisolated(unsafe) private static var sequence = 0
+    private static let registryLock = NSLock()
 
-    private static func register(_ path: String) { lock.lock(); live.append(path); lock.unlock() }
-    private static func unregister(_ path: String) { lock.lock(); live.removeAll { $0 == path }; lock.unlock() }
+    /// Registers a temporary directory this process made (a dequantized copy, ...) for removal by
+    /// `abandonAll` if the process is interrupted.
+    public static func registerTemporary(_ path: String) {
+        registryLock.lock(); live.append(path); registryLock.unlock()
+    }
 
-    /// Removes every staging output still in progress; called from the CLI's signal handler.
-    public static func removeAllStaging() {
-        lock.lock()
-        let paths = live
-        lock.unlock()
-        for p in paths { try? FileManager.default.removeItem(atPath: p) }
+    /// Removes `path` (a temporary directory this process made) and forgets it.
+    public static func removeTemporary(_ path: String) {
+        registryLock.lock()
+        defer { registryLock.unlock() }
+        try? FileManager.default.removeItem(atPath: path)
+        live.removeAll { $0 == path }
+    }
+
+    /// Removes every staging output and temporary of this process, then keeps the registry locked
+    /// so no commit can start: called once, on a normal thread, just before the process dies of a
+    /// signal. Each is first renamed aside so threads still writing cannot add files to it.
+    public static func abandonAllForExit() {
+        registryLock.lock()
+        for path in live {
+            let trash = path + ".lora-tool-removing-\(getpid())"
+            let target = rename(path, trash) == 0 ? trash : path
+            try? FileManager.default.removeItem(atPath: target)
+        }
+        live.removeAll()
+    }
+}
+
+/// Device and inode: what a path named when it was checked, compared again before replacing it.
+struct FileID: Equatable {
+    let device: UInt64
+    let inode: UInt64
+    init(_ st: stat) {
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
     }
 }

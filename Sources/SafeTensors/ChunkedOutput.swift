@@ -92,13 +92,13 @@ public final class ChunkedOutput: @unchecked Sendable {
         self.path = path
         fileSize = headerBytes.count + Int(order.last?.dataOffsets.end ?? 0)
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw SafeTensorsError.io(path: path, operation: "create", errno: errno) }
+        guard fd >= 0 else { throw SafeTensorsError.outputIO(path: path, operation: "create", errno: errno) }
         // Reserve the whole file now: a disk too small fails here, before any work, and writes into
         // allocated extents cost the file system less than allocating as they go.
         let reserved = lora_preallocate(fd, Int64(fileSize))
         if reserved == ENOSPC || reserved == EFBIG || reserved == EDQUOT {
             close(fd)
-            throw SafeTensorsError.io(path: path, operation: "reserve space (\(fileSize) bytes)", errno: reserved)
+            throw SafeTensorsError.outputIO(path: path, operation: "reserve space (\(fileSize) bytes)", errno: reserved)
         }
         written = Array(repeating: false, count: (fileSize + chunkSize - 1) / chunkSize)
         self.durable = durable
@@ -186,14 +186,14 @@ public final class ChunkedOutput: @unchecked Sendable {
         if directFD >= 0, aligned > 0 {
             if let failure = ChunkedOutput.writeAll(directFD, buffer, count: aligned, at: start) {
                 // EINVAL: this device wants coarser alignment; everything through the page cache.
-                guard failure == EINVAL else { throw SafeTensorsError.io(path: path, operation: "write", errno: failure) }
+                guard failure == EINVAL else { throw SafeTensorsError.outputIO(path: path, operation: "write", errno: failure) }
                 aligned = 0
             }
         } else {
             aligned = 0
         }
         if let failure = ChunkedOutput.writeAll(fd, buffer + aligned, count: length - aligned, at: start + aligned) {
-            throw SafeTensorsError.io(path: path, operation: "write", errno: failure)
+            throw SafeTensorsError.outputIO(path: path, operation: "write", errno: failure)
         }
     }
 
@@ -208,10 +208,10 @@ public final class ChunkedOutput: @unchecked Sendable {
         if let missing = written.firstIndex(of: false) {
             throw SafeTensorsError.invalidWrite(path: path, detail: "chunk \(missing) of \(written.count) was never written")
         }
-        if durable, fsync(fd) != 0 { throw SafeTensorsError.io(path: path, operation: "fsync", errno: errno) }
+        if durable, fsync(fd) != 0 { throw SafeTensorsError.outputIO(path: path, operation: "fsync", errno: errno) }
         closed = true
         if directFD >= 0 { close(directFD) }
-        guard close(fd) == 0 else { throw SafeTensorsError.io(path: path, operation: "close", errno: errno) }
+        guard close(fd) == 0 else { throw SafeTensorsError.outputIO(path: path, operation: "close", errno: errno) }
     }
 
     /// A page-aligned chunk buffer: a free one, a new one while fewer than `buffers` exist, or the

@@ -36,6 +36,17 @@ public enum SafeTensorsError: Error, Equatable, Sendable {
     case io(path: String, operation: String, errno: Int32)
     /// A request to write something the format cannot represent.
     case invalidWrite(path: String, detail: String)
+    /// An output path no command may write (blank, `.`, `..`, `/`, home, an ancestor of the working
+    /// directory): a usage error.
+    case unsafeOutput(path: String, detail: String)
+    /// The output exists and may not be replaced (no `--force`, or not an output lora-tool wrote).
+    case outputExists(path: String, detail: String)
+    /// Another process holds the output's staging directory: it is writing the same output.
+    case outputBusy(path: String, staging: String)
+    /// The output appeared or changed while the command ran; the finished output was kept at `kept`.
+    case outputAppeared(path: String, kept: String)
+    /// A system call failed on the output side (the disk, the staging directory), not on an input.
+    case outputIO(path: String, operation: String, errno: Int32)
 }
 
 extension SafeTensorsError: LocalizedError {
@@ -73,6 +84,23 @@ extension SafeTensorsError: LocalizedError {
             return "\(path): \(operation) failed: \(String(cString: strerror(code)))"
         case let .invalidWrite(path, detail):
             return "\(path): \(detail)"
+        case let .unsafeOutput(path, detail):
+            return "output \(path): \(detail)"
+        case let .outputExists(path, detail):
+            return "output \(path): \(detail)"
+        case let .outputBusy(path, staging):
+            return "output \(path): another lora-tool process is writing it (it holds \(staging)); wait for it or choose another output"
+        case let .outputAppeared(path, kept):
+            return "output \(path): it appeared or changed while lora-tool was writing, so it was left as it is; the finished output is at \(kept)"
+        case let .outputIO(path, operation, code):
+            let why: String
+            switch code {
+            case ENOENT: why = "the output's staging directory is gone (removed by another program?)"
+            case ENOSPC: why = "no space or no free inodes left on the output's file system"
+            case EDQUOT: why = "disk quota exceeded on the output's file system"
+            default: why = String(cString: strerror(code))
+            }
+            return "output \(path): \(operation) failed: \(why)"
         }
     }
 }

@@ -22,7 +22,7 @@ struct LoraTool: ParsableCommand {
         subcommands: [Inspect.self, Merge.self, Verify.self, Extract.self, Convert.self, Resize.self, Dequantize.self])
 
     static func main() {
-        installSignalCleanup()
+        InterruptCleanup.install()
         // Tensors are processed one after another in buffers of similar sizes: keep freed buffers in
         // the heap for reuse instead of returning them to the kernel, which would fault and zero
         // fresh pages for every tensor (seconds of system time on a 1B model).
@@ -33,7 +33,10 @@ struct LoraTool: ParsableCommand {
         do {
             try command.run()
         } catch let error where isLibraryError(error) {
+            // An interrupted run is torn down by InterruptCleanup; its half-done work's errors are noise.
+            while InterruptCleanup.interrupted { pause() }
             FileHandle.standardError.write(Data("error: \(describe(error))\n".utf8))
+            if case .unsafeOutput = error as? SafeTensorsError { Foundation.exit(64) }
             Foundation.exit(1)
         } catch {
             // ArgumentParser's own errors: help, usage (64), ExitCode.
@@ -47,29 +50,8 @@ func isLibraryError(_ error: Error) -> Bool {
     error is LoRACoreError || error is SafeTensorsError || error is GraphError || error is KernelsError
 }
 
-/// One line naming what is wrong: the library errors' descriptions, flattened.
+/// One line naming what is wrong: the library errors' descriptions, with control characters from
+/// file names, tensor names or metadata escaped so a file cannot drive the terminal.
 func describe(_ error: Error) -> String {
-    let text = (error as? LocalizedError)?.errorDescription ?? String(describing: error)
-    return text.replacingOccurrences(of: "\n", with: " ")
-}
-
-/// On SIGINT/SIGTERM remove any staging output, then die of the signal as usual. SIGXFSZ is
-/// ignored so that a file-size limit surfaces as EFBIG ("File too large") from write(2), reported
-/// like any full disk. SIGBUS (an input file shrank under its mapping, despite the size checks made
-/// before each read) is reported in one line instead of killing the process silently.
-private func installSignalCleanup() {
-    for sig in [SIGINT, SIGTERM] {
-        signal(sig) { s in
-            AtomicOutput.removeAllStaging()
-            signal(s, SIG_DFL)
-            raise(s)
-        }
-    }
-    signal(SIGXFSZ, SIG_IGN)
-    signal(SIGBUS) { _ in
-        let message = "error: an input file changed size while being read (modified or truncated by another program); no output was written\n"
-        _ = message.withCString { write(2, $0, strlen($0)) }
-        AtomicOutput.removeAllStaging()
-        _exit(1)
-    }
+    Render.escaped((error as? LocalizedError)?.errorDescription ?? String(describing: error))
 }

@@ -3,6 +3,23 @@ import SafeTensors
 
 /// Small text helpers shared by the subcommands' renderers.
 enum Render {
+    /// `text` with every control or format character (C0, DEL, C1, bidi overrides, zero-width
+    /// characters…) written as `\u{XX}`: names and metadata come from files and must not be able to
+    /// move the cursor, recolour, retitle or reorder what a terminal shows.
+    static func escaped(_ text: String) -> String {
+        var out = ""
+        out.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
+        for scalar in text.unicodeScalars {
+            switch scalar.properties.generalCategory {
+            case .control, .format, .lineSeparator, .paragraphSeparator, .unassigned, .privateUse, .surrogate:
+                out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            default:
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
     /// 1234567 → "1.23 MB" (decimal units).
     static func bytes(_ n: Int) -> String {
         let units = ["B", "KB", "MB", "GB", "TB"]

@@ -3,21 +3,9 @@ import Testing
 
 private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
-/// Runs the built `lora-tool` and returns (exit status, stdout, stderr).
+/// Runs the built `lora-tool` from the repository root and returns (exit status, stdout, stderr).
 func run(_ arguments: [String]) throws -> (Int32, String, String) {
-    let bin = ProcessInfo.processInfo.environment["BIN"].flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
-        ?? "\(root)/.build/debug/lora-tool"
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: bin)
-    p.arguments = arguments
-    p.currentDirectoryURL = URL(fileURLWithPath: root)
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    try run(arguments, in: root)
 }
 
 @Suite("lora-tool on the command line")

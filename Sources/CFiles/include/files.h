@@ -8,4 +8,26 @@
  * preallocate (callers then just write). Unlike posix_fallocate it never falls back to writing
  * zeros. */
 int lora_preallocate(int fd, int64_t length);
+
+/* rename(2) that never replaces: fails with EEXIST when `to` exists (even as an empty directory).
+ * Returns 0 or the errno; EINVAL / ENOSYS mean the file system or kernel cannot do it atomically. */
+int lora_rename_noreplace(const char *from, const char *to);
+
+/* Atomically swaps two existing paths (Linux RENAME_EXCHANGE): at no instant is either name
+ * missing. Returns 0 or the errno; EINVAL / ENOSYS mean the file system or kernel cannot. */
+int lora_rename_exchange(const char *a, const char *b);
+
+/* flock(fd, LOCK_EX | LOCK_NB). Returns 0, EWOULDBLOCK when another process holds the lock, or
+ * another errno. */
+int lora_lock_exclusive(int fd);
+
+/* Self-pipe signal delivery. lora_signals_install makes SIGINT, SIGTERM and SIGHUP (and SIGBUS)
+ * write their number to a pipe from a handler that does nothing else (async-signal-safe: one
+ * write(2)); SIGBUS also writes `bus_message` to stderr and then sleeps until the process ends
+ * (alarm(10) as a last resort). lora_signals_wait blocks a normal thread until a signal came and
+ * returns its number. lora_die_of_signal restores the default action and re-raises it.
+ * Returns 0 or the errno. */
+int lora_signals_install(const char *bus_message);
+int lora_signals_wait(void);
+void lora_die_of_signal(int sig);
 #endif

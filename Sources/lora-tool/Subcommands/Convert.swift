@@ -36,6 +36,7 @@ extension LoraTool {
         var force = false
 
         func validate() throws {
+            try OutputPathCheck.validate(output, option: "--output")
             guard ["peft", "kohya", "mlx"].contains(to) else { throw ValidationError("--to must be peft, kohya or mlx") }
         }
 
@@ -86,6 +87,7 @@ extension LoraTool {
         var json = false
 
         func validate() throws {
+            try OutputPathCheck.validate(output, option: "--output")
             try RankRule.validate(rank: rank, energy: energy, maxRank: maxRank)
         }
 

@@ -26,6 +26,7 @@ extension LoraTool {
         var force = false
 
         func validate() throws {
+            try OutputPathCheck.validate(output, option: "--output")
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
         }
 

@@ -65,6 +65,8 @@ extension LoraTool {
         var json = false
 
         func validate() throws {
+            try OutputPathCheck.validate(output, option: "--output")
+            try OutputPathCheck.validate(baseOutput, option: "--base-output")
             if checkpoint != nil {
                 guard base == nil, finetuned == nil, rank == nil, energy == nil else {
                     throw ValidationError("--checkpoint cannot be combined with --base/--finetuned/--rank/--energy")

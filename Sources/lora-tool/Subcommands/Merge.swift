@@ -55,6 +55,7 @@ extension LoraTool {
         var quiet = false
 
         func validate() throws {
+            try OutputPathCheck.validate(output, option: "--output")
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
             guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
