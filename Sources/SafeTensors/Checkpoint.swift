@@ -4,6 +4,10 @@ import Foundation
 /// directory of safetensors files.
 ///
 /// Opening reads headers only. Tensor names are unique across files; lookups are by exact name.
+///
+/// Cost: linear in the total header size plus one O(n log n) sort of the names; memory about 1 KB
+/// per tensor plus the headers (see `SafeTensorsFile`). Every file is opened with
+/// `RegularFile.open`, so a FIFO, socket or device named like a checkpoint file is refused by name.
 public final class Checkpoint: Sendable {
     /// What the user named.
     public let path: String
@@ -14,6 +18,10 @@ public final class Checkpoint: Sendable {
     /// Files in sorted name order.
     public let files: [SafeTensorsFile]
     private let location: [String: (file: Int, tensor: Int)]
+    private let sortedNames: [String]
+
+    /// The largest index json accepted, in bytes (a 500,000-tensor index is about 40 MB).
+    public static let maximumIndexSize = 100_000_000
 
     /// Extensions of pickle formats that are refused without being opened.
     public static let pickleExtensions = ["bin", "pt", "pth", "ckpt", "pkl"]
@@ -22,9 +30,15 @@ public final class Checkpoint: Sendable {
     /// `*.safetensors.index.json`, or a directory holding either.
     /// In a directory an index wins over loose files; several indexes are an error unless one is
     /// `model.safetensors.index.json`.
-    /// - Throws: `SafeTensorsError` for a missing path, pickle input, a malformed file, or an index
-    ///   that disagrees with its shards (tensor listed but absent, in two shards, shard missing).
-    public init(path: String) throws {
+    /// - Parameters:
+    ///   - path: the file, index or directory.
+    ///   - headerOnly: open `.zst` files for their headers only (see `SafeTensorsFile.init`): what
+    ///     `inspect` needs. `bytes(of:)` then throws for tensors in those files.
+    /// - Throws: `SafeTensorsError` for a missing path, pickle input, a malformed file, a FIFO,
+    ///   socket, device or directory where a file should be, an index larger than
+    ///   `maximumIndexSize`, or an index that disagrees with its shards (tensor listed but absent, in
+    ///   two shards, shard missing).
+    public init(path: String, headerOnly: Bool = false) throws {
         self.path = path
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -72,17 +86,14 @@ public final class Checkpoint: Sendable {
         var files: [SafeTensorsFile] = []
         var location: [String: (file: Int, tensor: Int)] = [:]
         if let index {
-            let data: Data
-            do { data = try Data(contentsOf: URL(fileURLWithPath: index)) } catch {
-                throw SafeTensorsError.unsupportedInput(path: index, detail: "cannot read index: \(error.localizedDescription)")
-            }
-            let parsed = try ShardIndex.parse(Array(data), file: index)
+            let parsed = try ShardIndex.parse(RegularFile.readAll(index, limit: Checkpoint.maximumIndexSize), file: index)
+            let shardNames = parsed.shardNames
             let dir = (index as NSString).deletingLastPathComponent
             var seenNames = Set<String>()
             for entry in parsed.weightMap where !seenNames.insert(entry.tensor).inserted {
                 throw SafeTensorsError.invalidIndex(file: index, detail: "tensor '\(entry.tensor)' listed twice")
             }
-            for shard in parsed.shardNames {
+            for shard in shardNames {
                 let shardPath = (dir.isEmpty ? "." : dir) + "/" + shard
                 var isLinkOutside = false
                 if let dest = try? FileManager.default.destinationOfSymbolicLink(atPath: shardPath) {
@@ -99,8 +110,8 @@ public final class Checkpoint: Sendable {
                 }
                 filePaths.append(shardPath)
             }
-            for p in filePaths { files.append(try SafeTensorsFile(path: p)) }
-            let fileNumber = Dictionary(uniqueKeysWithValues: parsed.shardNames.enumerated().map { ($1, $0) })
+            for p in filePaths { files.append(try SafeTensorsFile(path: p, headerOnly: headerOnly)) }
+            let fileNumber = Dictionary(uniqueKeysWithValues: shardNames.enumerated().map { ($1, $0) })
             for entry in parsed.weightMap {
                 let f = fileNumber[entry.shard]!
                 guard let t = files[f].position(of: entry.tensor) else {
@@ -120,7 +131,7 @@ public final class Checkpoint: Sendable {
                 }
             }
         } else {
-            for p in filePaths.sorted(by: utf8Precedes) { files.append(try SafeTensorsFile(path: p)) }
+            for p in filePaths.sorted(by: utf8Precedes) { files.append(try SafeTensorsFile(path: p, headerOnly: headerOnly)) }
             for (f, file) in files.enumerated() {
                 for (t, info) in file.tensors.enumerated() {
                     if let prior = location[info.name] {
@@ -133,6 +144,7 @@ public final class Checkpoint: Sendable {
         }
         self.files = files
         self.location = location
+        sortedNames = location.keys.sorted(by: utf8Precedes)
     }
 
     private static func listDirectory(_ path: String) throws -> [String] {
@@ -142,7 +154,7 @@ public final class Checkpoint: Sendable {
     }
 
     /// All tensor names, sorted by UTF-8 bytes.
-    public var names: [String] { location.keys.sorted(by: utf8Precedes) }
+    public var names: [String] { sortedNames }
 
     /// Number of tensors.
     public var count: Int { location.count }

@@ -17,14 +17,38 @@ public struct Header: Sendable, Equatable {
     /// The largest header length the reference accepts.
     public static let maximumLength: UInt64 = 100_000_000
 
+    /// Bytes the tensors declare: the end of the last one's data (0 without tensors). A file with
+    /// this header must be exactly `8 + N + dataSize` bytes long.
+    public var dataSize: UInt64 { tensors.last?.dataOffsets.end ?? 0 }
+
     /// Parses and validates a header against the reference implementation's rules (safetensors
     /// `tensor.rs` `read_metadata` + `validate`), in the same order.
+    ///
+    /// Cost: linear in the header (one pass to validate UTF-8, one to parse, one O(n log n) sort of
+    /// the tensors by offset). Memory: the parsed JSON tree and the returned `TensorInfo`s, about
+    /// 1 KB per tensor plus a few times the header length, never more than the header implies.
     /// - Parameters:
     ///   - headerBytes: the N header bytes after the 8-byte length.
     ///   - dataSize: bytes after the header, which the tensors must tile exactly.
     ///   - file: the name used in error messages.
     /// - Throws: `SafeTensorsError` naming the file and tensor.
     public static func parse(headerBytes: UnsafeRawBufferPointer, dataSize: UInt64, file: String) throws -> Header {
+        let header = try parse(headerBytes: headerBytes, file: file)
+        if header.dataSize != dataSize {
+            throw SafeTensorsError.incompleteBuffer(
+                file: file, dataEnd: header.dataSize, fileSize: Int(clamping: dataSize) + 8 + headerBytes.count)
+        }
+        return header
+    }
+
+    /// Parses and validates a header whose data section has not been read (a `.zst` stream): every
+    /// rule except the last, that the data section be exactly `dataSize` bytes, which the caller
+    /// checks against what follows.
+    /// - Parameters:
+    ///   - headerBytes: the N header bytes after the 8-byte length.
+    ///   - file: the name used in error messages.
+    /// - Throws: `SafeTensorsError` naming the file and tensor.
+    public static func parse(headerBytes: UnsafeRawBufferPointer, file: String) throws -> Header {
         guard let text = String(validating: headerBytes, as: UTF8.self) else { throw SafeTensorsError.headerNotUTF8(file: file) }
         let root: JSONValue
         do { root = try JSONParser.parse(text.utf8) } catch {
@@ -68,10 +92,6 @@ public struct Header: Sendable, Equatable {
                 throw SafeTensorsError.tensorSizeMismatch(file: file, tensor: t.name, expected: bits / 8, actual: e - b)
             }
             runningEnd = e
-        }
-        if runningEnd != dataSize {
-            throw SafeTensorsError.incompleteBuffer(
-                file: file, dataEnd: runningEnd, fileSize: Int(clamping: dataSize) + 8 + headerBytes.count)
         }
         return Header(tensors: tensors, metadata: metadata)
     }

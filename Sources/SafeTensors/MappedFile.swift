@@ -12,15 +12,17 @@ import Darwin
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let size: Int
-    /// A read-only descriptor of the file, kept open for `copy_file_range`.
+    /// A read-only descriptor of the file, kept open for `copy_file_range` and `pread`; -1 for bytes
+    /// held in memory (`init(copying:path:)`).
     public let descriptor: Int32
     private let base: UnsafeRawPointer?
 
-    /// Maps `path` read-only.
-    /// - Throws: `SafeTensorsError.io` when the file cannot be opened, stat'ed or mapped.
+    /// Maps `path` read-only. The file is opened with `RegularFile.open`, so a FIFO, socket, device or
+    /// directory is refused by name instead of blocking or being read without end.
+    /// - Throws: `SafeTensorsError.unsupportedInput` for a file that is not regular; `.io` when the
+    ///   file cannot be opened, stat'ed or mapped.
     public convenience init(path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SafeTensorsError.io(path: path, operation: "open", errno: errno) }
+        let fd = try RegularFile.open(path)
         defer { close(fd) }
         try self.init(descriptor: fd, path: path)
     }
@@ -31,9 +33,12 @@ public final class MappedFile: @unchecked Sendable {
         descriptor = dup(fd)
         guard descriptor >= 0 else { throw SafeTensorsError.io(path: path, operation: "dup", errno: errno) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SafeTensorsError.io(path: path, operation: "stat", errno: errno) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw SafeTensorsError.unsupportedInput(path: path, detail: "not a regular file")
+        do {
+            guard fstat(fd, &st) == 0 else { throw SafeTensorsError.io(path: path, operation: "stat", errno: errno) }
+            try RegularFile.requireRegular(st, path: path)
+        } catch {
+            close(descriptor)
+            throw error
         }
         size = Int(st.st_size)
         if size == 0 {
@@ -41,13 +46,35 @@ public final class MappedFile: @unchecked Sendable {
             return
         }
         let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let p, p != MAP_FAILED else {
+            close(descriptor)
+            throw SafeTensorsError.io(path: path, operation: "mmap", errno: errno)
+        }
+        base = UnsafeRawPointer(p)
+    }
+
+    /// A read-only anonymous mapping holding a copy of `bytes`, with no file behind it
+    /// (`descriptor` is -1): the length prefix and header of a `.zst` file opened for its header only.
+    /// - Throws: `SafeTensorsError.io` when the memory cannot be mapped.
+    public init(copying bytes: [UInt8], path: String) throws {
+        self.path = path
+        descriptor = -1
+        let count = bytes.count
+        size = count
+        if count == 0 {
+            base = nil
+            return
+        }
+        let p = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let p, p != MAP_FAILED else { throw SafeTensorsError.io(path: path, operation: "mmap", errno: errno) }
+        bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: count) }
+        _ = mprotect(p, count, PROT_READ)
         base = UnsafeRawPointer(p)
     }
 
     deinit {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
-        close(descriptor)
+        if descriptor >= 0 { close(descriptor) }
     }
 
     /// Drops `[offset, offset+count)` from this process's resident set (the pages stay in the page
@@ -66,6 +93,7 @@ public final class MappedFile: @unchecked Sendable {
         guard let base, count > 0 else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = offset / page * page
+        guard start < size else { return }
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), min(size, offset + count) - start, MADV_WILLNEED)
     }
 

@@ -6,8 +6,13 @@ import Glibc
 ///
 /// Tensor data stays in the page cache until `bytes(of:)` is read, so a multi-GB file opens in
 /// milliseconds. Data may be unaligned (pre-0.3 writers); read it with `loadUnaligned` or copy it.
+///
+/// Memory: the parsed header, about 1 KB per tensor plus a few times the header length while
+/// parsing (see `Header.parse`); the data is mapped, not read.
 public final class SafeTensorsFile: Sendable {
     public let path: String
+    /// The file's bytes. For a `.zst` file opened with `headerOnly`, only the length prefix and
+    /// header, held in memory (`hasData` is false).
     public let map: MappedFile
     /// Header length N (the JSON and its padding).
     public let headerLength: Int
@@ -15,24 +20,56 @@ public final class SafeTensorsFile: Sendable {
     public let tensors: [TensorInfo]
     /// `__metadata__`, or nil when absent.
     public let metadata: [(key: String, value: String)]?
+    /// False for a `.zst` file opened with `headerOnly`: its tensor data was never decompressed, so
+    /// `bytes(of:)` must not be called, and `read(at:count:into:)` and `checkUnchanged()` throw.
+    public let hasData: Bool
     private let byName: [String: Int]
 
-    /// Opens and validates `path`; a `.zst` file is first decompressed as a stream (see `Zstd`).
-    /// - Throws: `SafeTensorsError` for every malformation the reference rejects.
-    public init(path: String) throws {
+    /// Opens and validates `path`.
+    ///
+    /// A plain file is memory-mapped (whether or not `headerOnly` is set: mapping costs nothing
+    /// until the data is read) and fully validated, data size included. A `.zst` file is
+    /// decompressed as a stream (see `Zstd`): with `headerOnly`, only its length prefix and header,
+    /// and the data section is not checked; otherwise into an unlinked temporary file, never larger
+    /// than its header declares. Every input is opened with `RegularFile.open`, so a FIFO, socket,
+    /// device or directory is refused by name rather than blocking.
+    /// - Parameters:
+    ///   - path: a `.safetensors` file, or a zstd-compressed `.zst` one.
+    ///   - headerOnly: read only what describes the tensors (what `inspect` needs).
+    /// - Throws: `SafeTensorsError` for every malformation the reference rejects, a non-regular file,
+    ///   and corrupt, truncated or oversized zstd data.
+    public init(path: String, headerOnly: Bool = false) throws {
         self.path = path
+        let header: Header
         if path.hasSuffix(".zst") {
-            let fd = try Zstd.decompressToTemporaryFile(path)
-            defer { close(fd) }
-            map = try MappedFile(descriptor: fd, path: path)
+            if headerOnly {
+                let prefix = try Zstd.readHeader(path)
+                map = try MappedFile(copying: prefix.bytes, path: path)
+                header = prefix.header
+                headerLength = prefix.headerLength
+                hasData = false
+            } else {
+                let (fd, prefix) = try Zstd.decompressToTemporaryFile(path)
+                defer { close(fd) }
+                map = try MappedFile(descriptor: fd, path: path)
+                guard UInt64(map.size) == prefix.totalSize else {  // decompress wrote exactly this much
+                    throw SafeTensorsError.unsupportedInput(path: path, detail: "decompressed copy changed size")
+                }
+                header = prefix.header
+                headerLength = prefix.headerLength
+                hasData = true
+            }
         } else {
             map = try MappedFile(path: path)
+            let (parsed, length) = try SafeTensorsFile.parse(map.bytes(offset: 0, count: map.size), file: path)
+            header = parsed
+            headerLength = length
+            hasData = true
         }
-        let (header, length) = try SafeTensorsFile.parse(map.bytes(offset: 0, count: map.size), file: path)
-        headerLength = length
         tensors = header.tensors
         metadata = header.metadata
         var index: [String: Int] = [:]
+        index.reserveCapacity(tensors.count)
         for (i, t) in tensors.enumerated() { index[t.name] = i }
         byName = index
     }
@@ -56,7 +93,10 @@ public final class SafeTensorsFile: Sendable {
 
     /// Throws if the file no longer has the size it had when mapped: reading a mapping past the end
     /// of a file that shrank would kill the process with SIGBUS.
+    /// - Throws: `.unsupportedInput` when the size changed, or when the file was opened header-only
+    ///   (there is no data to read); `.io` when fstat fails.
     public func checkUnchanged() throws {
+        try requireData()
         var st = stat()
         guard fstat(map.descriptor, &st) == 0 else { throw SafeTensorsError.io(path: path, operation: "stat", errno: errno) }
         guard Int(st.st_size) == map.size else {
@@ -69,6 +109,7 @@ public final class SafeTensorsFile: Sendable {
     /// the page cache (of the decompressed copy for a .zst file) that maps nothing into this process.
     /// - Throws: `SafeTensorsError.io` naming the file when the read fails or comes up short.
     public func read(at offset: Int, count: Int, into destination: UnsafeMutableRawPointer) throws {
+        try requireData()
         var done = 0
         while done < count {
             let n = pread(map.descriptor, destination + done, count - done, off_t(offset + done))
@@ -78,6 +119,13 @@ public final class SafeTensorsFile: Sendable {
             }
             if n == 0 { throw SafeTensorsError.io(path: path, operation: "read (file shrank)", errno: EIO) }
             done += n
+        }
+    }
+
+    private func requireData() throws {
+        guard hasData else {
+            throw SafeTensorsError.unsupportedInput(
+                path: path, detail: "opened for its header only; the tensor data of this compressed file was not decompressed")
         }
     }
 
@@ -91,8 +139,11 @@ public final class SafeTensorsFile: Sendable {
     public func info(_ name: String) -> TensorInfo? { byName[name].map { tensors[$0] } }
 
     /// The raw little-endian bytes of `tensor` inside the map. Valid while this file is alive.
+    /// Must not be called on a file opened header-only (`hasData` false): use `Checkpoint.bytes(of:)`
+    /// or `read(at:count:into:)`, which throw instead.
     public func bytes(of tensor: TensorInfo) -> UnsafeRawBufferPointer {
-        map.bytes(offset: dataStart + Int(tensor.dataOffsets.begin), count: tensor.byteCount)
+        precondition(hasData, "\(path) was opened header-only; its tensor data is not available")
+        return map.bytes(offset: dataStart + Int(tensor.dataOffsets.begin), count: tensor.byteCount)
     }
 
     /// Drops the mapped pages of `tensor` from the resident set once it has been used.
