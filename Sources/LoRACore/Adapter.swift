@@ -72,7 +72,8 @@ public final class Adapter: Sendable {
         let dir = isDir.boolValue ? path : ((path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent)
         let configFile = (dir as NSString).appendingPathComponent("adapter_config.json")
         configPath = configFile
-        let configJSON: JSONValue? = try fm.contents(atPath: configFile).map { data in
+        let configBytes: [UInt8]? = fm.fileExists(atPath: configFile) ? try RegularFile.readAll(configFile, limit: SideFiles.jsonLimit) : nil
+        let configJSON: JSONValue? = try configBytes.map { data in
             do { return try JSONParser.parse(Array(data)) } catch let error as JSONParser.Failure {
                 throw LoRACoreError.invalidConfig(file: configFile, detail: "not valid JSON: \(error.description)")
             }
@@ -119,7 +120,7 @@ public final class Adapter: Sendable {
             config = AdapterConfig()
             (modules, replacements, untargeted) = try MLXDialect.pair(checkpoint, config: mlx, file: weights)
         } else {
-            guard let json = configJSON, let data = fm.contents(atPath: configPath) else {
+            guard let json = configJSON, let data = configBytes else {
                 throw LoRACoreError.invalidConfig(file: configPath, detail: "missing: an adapter needs its adapter_config.json (rank, alpha, targets)")
             }
             _ = json

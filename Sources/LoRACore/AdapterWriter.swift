@@ -75,7 +75,7 @@ struct AdapterWriter {
             try Zstd.compressFile(output.path(for: weightsName), to: output.path(for: weightsName + ".zst"), level: level)
             try FileManager.default.removeItem(atPath: output.path(for: weightsName))
         }
-        for (name, text) in sideFiles { try Merge.writeFile(output.path(for: name), bytes: Array(text.utf8)) }
+        for (name, text) in sideFiles { try SideFiles.write(output.path(for: name), bytes: Array(text.utf8)) }
         try output.commit()
     }
 

@@ -42,9 +42,9 @@ public enum Dequantize {
             }
             try writer.finish()
         }
-        if let index = plan.index { try Merge.writeFile(out.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
+        if let index = plan.index { try SideFiles.write(out.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
         if ckpt.path == ckpt.directory || ckpt.indexPath != nil {
-            _ = try Merge.copySideFiles(from: ckpt.directory, to: out, dtype: dtype, dropQuantization: true)
+            _ = try SideFiles.copy(from: ckpt.directory, to: out, dtype: dtype, dropQuantization: true)
         }
         try out.commit()
         return q.states.count

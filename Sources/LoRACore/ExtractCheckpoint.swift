@@ -82,8 +82,8 @@ public enum ExtractCheckpoint {
         var alphaSource = "--alpha"
         var sideConfig: AdapterConfig?
         let configPath = ckpt.directory + "/adapter_config.json"
-        if let data = FileManager.default.contents(atPath: configPath) {
-            sideConfig = try AdapterConfig(json: Array(data), file: configPath)
+        if FileManager.default.fileExists(atPath: configPath) {
+            sideConfig = try AdapterConfig(json: try RegularFile.readAll(configPath, limit: SideFiles.jsonLimit), file: configPath)
         }
         if alpha == nil, let c = sideConfig {
             alpha = c.loraAlpha
@@ -197,7 +197,7 @@ public enum ExtractCheckpoint {
             }
             try writer.finish()
         }
-        if let index = plan.index { try Merge.writeFile(output.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
+        if let index = plan.index { try SideFiles.write(output.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
         if ckpt.path == ckpt.directory || ckpt.indexPath != nil {
             let fm = FileManager.default
             for name in ((try? fm.contentsOfDirectory(atPath: ckpt.directory)) ?? []).sorted()

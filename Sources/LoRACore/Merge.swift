@@ -134,11 +134,11 @@ public enum Merge {
         }
         if let index = shardPlan.index {
             let name = "model.safetensors.index.json"
-            try writeFile(output.path(for: name), bytes: index.serialized())
+            try SideFiles.write(output.path(for: name), bytes: index.serialized())
             files.append(name)
         }
         if base.indexPath != nil || base.path == base.directory {
-            files += try copySideFiles(from: base.directory, to: output, dtype: options.dtype)
+            files += try SideFiles.copy(from: base.directory, to: output, dtype: options.dtype)
         }
         var verification: VerifyReport?
         if options.verify {
@@ -217,7 +217,7 @@ public enum Merge {
             let alreadyDense = base.names.filter { $0.hasSuffix(".weight") && q.states[$0] == nil && !q.companions.contains($0)
                 && (base.info($0)?.shape.count ?? 0) == 2 }
             let dense = type == nil ? (Array(changed) + alreadyDense).map { String($0.dropLast(".weight".count)) }.sorted() : []
-            report.files += try copySideFiles(from: base.directory, to: output, dtype: .keep, denseModules: dense)
+            report.files += try SideFiles.copy(from: base.directory, to: output, dtype: .keep, denseModules: dense)
         }
         try output.commit()
         report.output = options.output
@@ -230,55 +230,10 @@ public enum Merge {
     /// Quantized bases (GPTQ, AWQ, bitsandbytes) cannot be merged exactly: refuse rather than guess.
     static func refuseQuantizedBase(_ base: Checkpoint) throws {
         let config = base.directory + "/config.json"
-        guard let data = FileManager.default.contents(atPath: config), let root = try? JSONParser.parse(Array(data)),
-              let q = root["quantization_config"], q != .null else { return }
+        guard let root = try SideFiles.readJSON(config), let q = root["quantization_config"], q != .null else { return }
         let method = q["quant_method"]?.stringValue ?? "unknown"
         if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true { return }
         throw LoRACoreError.unsupportedAdapter(
             path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
-    }
-
-    static func writeFile(_ path: String, bytes: [UInt8]) throws {
-        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else {
-            throw SafeTensorsError.io(path: path, operation: "write", errno: errno)
-        }
-    }
-
-    /// Copies every non-weight file of a model directory (config.json, tokenizer files, ...) into the
-    /// output, updating config.json's dtype when `--dtype` changes it.
-    static func copySideFiles(
-        from dir: String, to output: AtomicOutput, dtype: OutputDType, dropQuantization: Bool = false, denseModules: [String] = []
-    ) throws -> [String] {
-        let fm = FileManager.default
-        var copied: [String] = []
-        let names = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).sorted(by: utf8Precedes)
-        for name in names where !name.hasSuffix(".safetensors") && !name.hasSuffix(".safetensors.index.json") && !name.hasPrefix(".") {
-            let src = dir + "/" + name
-            var isDir: ObjCBool = false
-            guard fm.fileExists(atPath: src, isDirectory: &isDir), !isDir.boolValue else { continue }
-            if Checkpoint.pickleExtensions.contains((name as NSString).pathExtension) { continue }
-            if name == "config.json", dtype.torchName != nil || dropQuantization || !denseModules.isEmpty, let data = fm.contents(atPath: src),
-               let root = try? JSONParser.parse(Array(data)), case let .object(members) = root {
-                let updated = members.filter { !(dropQuantization && $0.key == "quantization_config") }.map { kv -> (key: String, value: JSONValue) in
-                    if let torchName = dtype.torchName, kv.key == "torch_dtype" || kv.key == "dtype" { return (kv.key, .string(torchName)) }
-                    if kv.key == "quantization_config", !denseModules.isEmpty, case let .object(q) = kv.value {
-                        // Merged weights were written dense: transformers must not wrap them as 4-bit.
-                        let existing = (kv.value["llm_int8_skip_modules"]?.arrayValue ?? []).compactMap(\.stringValue)
-                        let skip = JSONValue.array(Array(Set(existing + denseModules)).sorted().map { .string($0) })
-                        var fields = q.filter { $0.key != "llm_int8_skip_modules" }
-                        fields.append(("llm_int8_skip_modules", skip))
-                        return (kv.key, .object(fields.sorted { $0.key < $1.key }))
-                    }
-                    return kv
-                }
-                try writeFile(output.path(for: name), bytes: Array((JSONWriter.pretty(.object(updated)) + "\n").utf8))
-            } else {
-                do { try fm.copyItem(atPath: src, toPath: output.path(for: name)) } catch {
-                    throw SafeTensorsError.io(path: src, operation: "copy", errno: EIO)
-                }
-            }
-            copied.append(name)
-        }
-        return copied
     }
 }

@@ -100,7 +100,7 @@ public enum Requantize {
             }
             try writer.finish()
         }
-        if let index = plan.index { try Merge.writeFile(output.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
+        if let index = plan.index { try SideFiles.write(output.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
         return survival.sorted { $0.weight.utf8.lexicographicallyPrecedes($1.weight.utf8) }
     }
 

@@ -36,8 +36,15 @@ public final class AtomicOutput: @unchecked Sendable {
     public let stagingDirectory: String
     /// Where the output is written: the staging directory itself, or the file inside it.
     public let staging: String
-    /// Things the user should know that are not errors (an interrupted replace recovered, ...).
-    public private(set) var notes: [String] = []
+    /// Things the user should know that are not errors (an interrupted replace recovered, a side
+    /// file linked from outside its model…); also collected for `takeNotes`.
+    public var notes: [String] = [] {
+        didSet {
+            AtomicOutput.noteLock.lock()
+            AtomicOutput.pendingNotes += notes.dropFirst(oldValue.count)
+            AtomicOutput.noteLock.unlock()
+        }
+    }
 
     private let parent: String
     private let name: String
@@ -437,6 +444,18 @@ public final class AtomicOutput: @unchecked Sendable {
     private func fsyncPath(_ path: String) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd >= 0 { _ = fsync(fd); close(fd) }
+    }
+
+    nonisolated(unsafe) private static var pendingNotes: [String] = []
+    private static let noteLock = NSLock()
+
+    /// The notes of every output of this process not yet taken, in order: the CLI prints them.
+    public static func takeNotes() -> [String] {
+        noteLock.lock()
+        defer { noteLock.unlock() }
+        let taken = pendingNotes
+        pendingNotes = []
+        return taken
     }
 
     // MARK: - Cleanup on SIGINT/SIGTERM

@@ -100,7 +100,10 @@ public final class Checkpoint: Sendable {
                     let resolved = URL(fileURLWithPath: dest, relativeTo: URL(fileURLWithPath: dir.isEmpty ? "." : dir, isDirectory: true))
                         .standardizedFileURL.resolvingSymlinksInPath().deletingLastPathComponent().path
                     let base = URL(fileURLWithPath: dir.isEmpty ? "." : dir).standardizedFileURL.resolvingSymlinksInPath().path
-                    isLinkOutside = resolved != base
+                    // The Hugging Face cache's own layout: snapshots/REV/NAME -> ../../blobs/HASH.
+                    let cacheBlobs = URL(fileURLWithPath: base).deletingLastPathComponent().lastPathComponent == "snapshots"
+                        ? URL(fileURLWithPath: base).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("blobs").path : nil
+                    isLinkOutside = resolved != base && resolved != cacheBlobs
                 }
                 if isLinkOutside {
                     throw SafeTensorsError.invalidIndex(file: index, detail: "shard '\(shard)' is a symbolic link out of the index's directory")

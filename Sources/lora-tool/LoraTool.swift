@@ -30,9 +30,11 @@ struct LoraTool: ParsableCommand {
         _ = mallopt(M_TRIM_THRESHOLD, 1 << 30)
         var command: ParsableCommand
         do { command = try parseAsRoot() } catch { exit(withError: error) }
+        defer { printNotes() }
         do {
             try command.run()
         } catch let error where isLibraryError(error) {
+            printNotes()
             // An interrupted run is torn down by InterruptCleanup; its half-done work's errors are noise.
             while InterruptCleanup.interrupted { pause() }
             FileHandle.standardError.write(Data("error: \(describe(error))\n".utf8))
@@ -42,6 +44,13 @@ struct LoraTool: ParsableCommand {
             // ArgumentParser's own errors: help, usage (64), ExitCode.
             exit(withError: error)
         }
+    }
+}
+
+/// Notes the libraries collected (a recovered output, a side file linked from elsewhere…), on stderr.
+func printNotes() {
+    for note in AtomicOutput.takeNotes() {
+        FileHandle.standardError.write(Data("note: \(Render.escaped(note))\n".utf8))
     }
 }
 

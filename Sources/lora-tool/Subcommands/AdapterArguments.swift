@@ -4,7 +4,7 @@ import LoRAGraph
 
 /// `--adapter PATH ... [--weight W ...]`, shared by merge and verify.
 struct AdapterArguments: ParsableArguments {
-    @Option(name: .customLong("adapter"), help: "PEFT adapter directory, or adapter safetensors file with adapter_config.json beside it. Repeatable.")
+    @Option(name: .customLong("adapter"), help: "PEFT adapter directory, adapter safetensors file with adapter_config.json beside it, or a hub id (org/name[@revision]) in the local Hugging Face cache. Repeatable.")
     var adapters: [String] = []
 
     @Option(name: .customLong("weight"), parsing: .unconditionalSingleValue, help: "Weight of each --adapter, in order (default 1; -1 un-merges).")
@@ -24,8 +24,9 @@ struct AdapterArguments: ParsableArguments {
         if let targets { _ = try TargetSelector(parsing: targets) }
     }
 
+    /// Adapters resolved to local paths (hub ids through the local cache), with their weights.
     var pairs: [(path: String, weight: Double)] {
-        adapters.enumerated().map { ($1, weights.isEmpty ? 1.0 : weights[$0]) }
+        get throws { try adapters.enumerated().map { (try ModelSpecs.resolve($1), weights.isEmpty ? 1.0 : weights[$0]) } }
     }
 
     var selector: TargetSelector? { get throws { try targets.map { try TargetSelector(parsing: $0) } } }

@@ -16,12 +16,15 @@ extension LoraTool {
                 when complete; side files (config.json, tokenizer files) are copied.
                 """)
 
-        @Option(help: "Base model: directory (single or sharded safetensors) or .safetensors file.")
-        var base: String
+        @Option(help: "Base model: directory (single or sharded safetensors), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
+        var base: String?
+
+        @Option(help: "Revision of a hub-id --base (a branch or tag under refs/, or a commit hash); default main.")
+        var revision: String?
 
         @OptionGroup var adapterArguments: AdapterArguments
 
-        @Option(help: "Output model directory (must not exist or be empty, unless --force).")
+        @Option(help: "Output model directory: must not exist (or be an empty directory); --force replaces only an output lora-tool wrote.")
         var output: String
 
         @Option(help: "Output dtype of float tensors: keep, f32, f16 or bf16.")
@@ -65,7 +68,9 @@ extension LoraTool {
         }
 
         func run() throws {
-            var options = MergeOptions(base: base, adapters: adapterArguments.pairs, output: output)
+            let adapters = try adapterArguments.pairs
+            let resolvedBase = try ModelSpecs.base(base, adapter: adapters[0].path, revision: revision)
+            var options = MergeOptions(base: resolvedBase, adapters: adapters, output: output)
             options.dtype = OutputDType(rawValue: dtype)!
             options.maxShardSize = ByteSize.parse(maxShardSize)!
             options.targets = try adapterArguments.selector

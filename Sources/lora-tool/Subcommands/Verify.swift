@@ -19,8 +19,11 @@ extension LoraTool {
                 `lora-tool merge ... --output out && lora-tool verify ... --merged out || exit 1`.
                 """)
 
-        @Option(help: "Base model the adapters were merged into.")
-        var base: String
+        @Option(help: "Base model the adapters were merged into: a path, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
+        var base: String?
+
+        @Option(help: "Revision of a hub-id --base (a branch or tag under refs/, or a commit hash); default main.")
+        var revision: String?
 
         @OptionGroup var adapterArguments: AdapterArguments
 
@@ -47,7 +50,9 @@ extension LoraTool {
         }
 
         func run() throws {
-            var options = VerifyOptions(base: base, adapters: adapterArguments.pairs, merged: merged)
+            let adapters = try adapterArguments.pairs
+            let resolvedBase = try ModelSpecs.base(base, adapter: adapters[0].path, revision: revision)
+            var options = VerifyOptions(base: resolvedBase, adapters: adapters, merged: merged)
             options.probes = probes
             options.seed = seed
             options.tolerance = tolerance == "auto" ? nil : Double(tolerance)
