@@ -25,8 +25,10 @@ public struct Header: Sendable, Equatable {
     /// `tensor.rs` `read_metadata` + `validate`), in the same order.
     ///
     /// Cost: linear in the header (one pass to validate UTF-8, one to parse, one O(n log n) sort of
-    /// the tensors by offset). Memory: the parsed JSON tree and the returned `TensorInfo`s, about
-    /// 1 KB per tensor plus a few times the header length, never more than the header implies.
+    /// the tensors by offset). Memory: no tree of the whole header is built; what stays is the
+    /// returned `TensorInfo`s (about 100 bytes each plus the name) and, while parsing, a set of the
+    /// names (about 30 bytes each), one entry's JSON at a time and, briefly, one copy of the header
+    /// for UTF-8 validation.
     /// - Parameters:
     ///   - headerBytes: the N header bytes after the 8-byte length.
     ///   - dataSize: bytes after the header, which the tensors must tile exactly.
