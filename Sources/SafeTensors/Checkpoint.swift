@@ -5,8 +5,9 @@ import Foundation
 ///
 /// Opening reads headers only. Tensor names are unique across files; lookups are by exact name.
 ///
-/// Cost: linear in the total header size plus one O(n log n) sort of the names; memory about 1 KB
-/// per tensor plus the headers (see `SafeTensorsFile`). Every file is opened with
+/// Cost: linear in the total header size plus one O(n log n) sort of the names; memory about 250
+/// bytes per tensor plus its name (its files' tables, a name → location table, the sorted names),
+/// and while opening what `Header.parse` needs. Every file is opened with
 /// `RegularFile.open`, so a FIFO, socket or device named like a checkpoint file is refused by name.
 public final class Checkpoint: Sendable {
     /// What the user named.

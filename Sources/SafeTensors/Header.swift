@@ -25,8 +25,10 @@ public struct Header: Sendable, Equatable {
     /// `tensor.rs` `read_metadata` + `validate`), in the same order.
     ///
     /// Cost: linear in the header (one pass to validate UTF-8, one to parse, one O(n log n) sort of
-    /// the tensors by offset). Memory: the parsed JSON tree and the returned `TensorInfo`s, about
-    /// 1 KB per tensor plus a few times the header length, never more than the header implies.
+    /// the tensors by offset). Memory: no tree of the whole header is built; what stays is the
+    /// returned `TensorInfo`s (about 100 bytes each plus the name) and, while parsing, a set of the
+    /// names (about 30 bytes each), one entry's JSON at a time and, briefly, one copy of the header
+    /// for UTF-8 validation.
     /// - Parameters:
     ///   - headerBytes: the N header bytes after the 8-byte length.
     ///   - dataSize: bytes after the header, which the tensors must tile exactly.
@@ -49,30 +51,38 @@ public struct Header: Sendable, Equatable {
     ///   - file: the name used in error messages.
     /// - Throws: `SafeTensorsError` naming the file and tensor.
     public static func parse(headerBytes: UnsafeRawBufferPointer, file: String) throws -> Header {
-        guard let text = String(validating: headerBytes, as: UTF8.self) else { throw SafeTensorsError.headerNotUTF8(file: file) }
-        let root: JSONValue
-        do { root = try JSONParser.parse(text.utf8) } catch {
-            throw SafeTensorsError.invalidHeader(file: file, detail: error.description)
-        }
-        guard let members = root.objectMembers else {
-            throw SafeTensorsError.invalidHeader(file: file, detail: "top level is \(root.typeName), not an object")
-        }
+        // Checked whole first, as the reference does; the copy is dropped at once.
+        guard String(validating: headerBytes, as: UTF8.self) != nil else { throw SafeTensorsError.headerNotUTF8(file: file) }
+        // Members are handled as they are parsed, so no tree of the whole header is ever built:
+        // memory is the TensorInfos plus one entry's JSON at a time.
         var tensors: [TensorInfo] = []
         var metadata: [(key: String, value: String)]?
-        var seen: [String: String] = [:]
-        for (key, value) in members {
-            if key == "__metadata__" {
-                metadata = try parseMetadata(value, file: file)
-                continue
+        // Swift String equality and hashing are canonical equivalence: a name equal to an earlier
+        // one is either the same bytes (a duplicate key) or canonically equivalent Unicode; both are
+        // refused, so this set never holds two members of one equivalence class.
+        var seen = Set<String>()
+        let notObject: JSONValue?
+        do {
+            notObject = try JSONParser.forEachMember(in: headerBytes) { key, keyOffset, value in
+                let (inserted, other) = seen.insert(key)
+                if !inserted {
+                    if other.utf8.elementsEqual(key.utf8) {
+                        throw JSONParser.Failure(offset: keyOffset, reason: "duplicate key \"\(key)\"")
+                    }
+                    throw SafeTensorsError.invalidHeader(
+                        file: file, detail: "tensor names '\(other)' and '\(key)' are canonically equivalent Unicode")
+                }
+                if key == "__metadata__" {
+                    metadata = try parseMetadata(value, file: file)
+                } else {
+                    tensors.append(try parseEntry(name: key, value: value, file: file))
+                }
             }
-            // Swift String equality is canonical equivalence: refuse names that only differ that way
-            // rather than conflate two distinct tensors.
-            if let other = seen[key] {
-                throw SafeTensorsError.invalidHeader(
-                    file: file, detail: "tensor names '\(other)' and '\(key)' are canonically equivalent Unicode")
-            }
-            seen[key] = key
-            tensors.append(try parseEntry(name: key, value: value, file: file))
+        } catch let failure as JSONParser.Failure {
+            throw SafeTensorsError.invalidHeader(file: file, detail: failure.description)
+        }
+        if let notObject {
+            throw SafeTensorsError.invalidHeader(file: file, detail: "top level is \(notObject.typeName), not an object")
         }
         tensors.sort { ($0.dataOffsets.begin, $0.dataOffsets.end) < ($1.dataOffsets.begin, $1.dataOffsets.end) }
         var runningEnd: UInt64 = 0

@@ -14,26 +14,91 @@ public struct JSONParser {
 
     public static let maximumDepth = 128
 
-    private let bytes: [UInt8]
+    /// The document; valid for the parser's lifetime (the parse functions keep it alive).
+    private let bytes: UnsafeRawBufferPointer
     private var position = 0
 
-    private init(_ bytes: [UInt8]) { self.bytes = bytes }
+    private init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
     /// Parses one JSON document that must fill `bytes` (whitespace aside).
+    ///
+    /// Linear in the document; memory: a copy of `bytes` plus the returned tree (each value is a
+    /// heap box, so a few hundred bytes per object member).
     /// - Throws: `Failure` naming the first problem and its byte offset.
     public static func parse<Bytes: Collection>(_ bytes: Bytes) throws(Failure) -> JSONValue where Bytes.Element == UInt8 {
-        var parser = JSONParser(Array(bytes))
+        let copy = Array(bytes)
+        let result = copy.withUnsafeBytes { buffer in Result { () throws(Failure) in try parse(buffer: buffer) } }
+        return try result.get()
+    }
+
+    /// Parses one JSON document held in `buffer`, without copying it.
+    static func parse(buffer: UnsafeRawBufferPointer) throws(Failure) -> JSONValue {
+        var parser = JSONParser(buffer)
         parser.skipWhitespace()
         let value = try parser.parseValue(depth: 0)
-        parser.skipWhitespace()
-        if parser.position != parser.bytes.count { throw parser.failure("trailing characters") }
+        try parser.finish()
         return value
+    }
+
+    /// Walks a document that must be one JSON object without building it: `member` gets each key,
+    /// its byte offset and the member's parsed value, to keep or drop, so memory is one member's
+    /// value at a time. Rejecting duplicate keys is `member`'s job.
+    /// - Returns: nil once the object has been walked; the document itself when it is not an object.
+    /// - Throws: `Failure` for malformed JSON; whatever `member` throws.
+    static func forEachMember(
+        in buffer: UnsafeRawBufferPointer, _ member: (_ key: String, _ keyOffset: Int, _ value: JSONValue) throws -> Void
+    ) throws -> JSONValue? {
+        var parser = JSONParser(buffer)
+        parser.skipWhitespace()
+        guard parser.position < buffer.count, buffer[parser.position] == UInt8(ascii: "{") else {
+            let value = try parser.parseValue(depth: 0)
+            try parser.finish()
+            return value
+        }
+        parser.position += 1
+        parser.skipWhitespace()
+        if parser.position < buffer.count, buffer[parser.position] == UInt8(ascii: "}") {
+            parser.position += 1
+            try parser.finish()
+            return nil
+        }
+        while true {
+            parser.skipWhitespace()
+            guard parser.position < buffer.count, buffer[parser.position] == UInt8(ascii: "\"") else {
+                throw parser.failure("expected a string key")
+            }
+            let keyStart = parser.position
+            let key = try parser.parseString()
+            parser.skipWhitespace()
+            guard parser.position < buffer.count, buffer[parser.position] == UInt8(ascii: ":") else { throw parser.failure("expected ':'") }
+            parser.position += 1
+            parser.skipWhitespace()
+            try member(key, keyStart, try parser.parseValue(depth: 1))
+            parser.skipWhitespace()
+            guard parser.position < buffer.count else { throw parser.failure("unexpected end of input") }
+            if buffer[parser.position] == UInt8(ascii: ",") { parser.position += 1; continue }
+            if buffer[parser.position] == UInt8(ascii: "}") { parser.position += 1; break }
+            throw parser.failure("expected ',' or '}'")
+        }
+        try parser.finish()
+        return nil
+    }
+
+    /// Only whitespace may follow the document.
+    private mutating func finish() throws(Failure) {
+        skipWhitespace()
+        if position != bytes.count { throw failure("trailing characters") }
     }
 
     private func failure(_ reason: String) -> Failure { Failure(offset: position, reason: reason) }
 
     private mutating func skipWhitespace() {
-        while position < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[position]) { position += 1 }
+        while position < bytes.count {
+            switch bytes[position] {
+            case 0x20, 0x09, 0x0A, 0x0D: position += 1
+            default: return
+            }
+        }
     }
 
     private mutating func parseValue(depth: Int) throws(Failure) -> JSONValue {
@@ -103,7 +168,7 @@ public struct JSONParser {
 
     private mutating func parseNumber() throws(Failure) -> String {
         let start = position
-        func digits(_ p: inout Int, _ b: [UInt8]) -> Int {
+        func digits(_ p: inout Int, _ b: UnsafeRawBufferPointer) -> Int {
             let s = p
             while p < b.count, b[p] >= UInt8(ascii: "0"), b[p] <= UInt8(ascii: "9") { p += 1 }
             return p - s
@@ -149,6 +214,21 @@ public struct JSONParser {
 
     private mutating func parseString() throws(Failure) -> String {
         position += 1
+        // Fast path: no escapes, so the string is the bytes up to the closing quote (one copy).
+        let start = position
+        var end = position
+        while end < bytes.count {
+            let c = bytes[end]
+            if c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") || c < 0x20 { break }
+            end += 1
+        }
+        if end < bytes.count, bytes[end] == UInt8(ascii: "\"") {
+            guard let string = String(validating: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self) else {
+                throw failure("string is not valid UTF-8")
+            }
+            position = end + 1
+            return string
+        }
         var out: [UInt8] = []
         while true {
             guard position < bytes.count else { throw failure("unterminated string") }

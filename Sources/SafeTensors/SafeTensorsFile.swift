@@ -7,8 +7,8 @@ import Glibc
 /// Tensor data stays in the page cache until `bytes(of:)` is read, so a multi-GB file opens in
 /// milliseconds. Data may be unaligned (pre-0.3 writers); read it with `loadUnaligned` or copy it.
 ///
-/// Memory: the parsed header, about 1 KB per tensor plus a few times the header length while
-/// parsing (see `Header.parse`); the data is mapped, not read.
+/// Memory: the parsed header plus a name → position table, about 150 bytes per tensor plus its
+/// name, and while opening what `Header.parse` needs; the data is mapped, not read.
 public final class SafeTensorsFile: Sendable {
     public let path: String
     /// The file's bytes. For a `.zst` file opened with `headerOnly`, only the length prefix and

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// One tensor's header entry.
 ///
 /// `dataOffsets` are `[begin, end)` byte offsets relative to the start of the data section (file
@@ -49,7 +55,20 @@ public struct TensorInfo: Sendable, Equatable {
 
 /// Byte order used everywhere names are sorted or compared: raw UTF-8, as the reference does.
 /// Swift's `String <` compares by Unicode canonical equivalence, which is not what the format means.
+/// Native strings hold contiguous UTF-8, compared with `memcmp` (sorting 500,000 names with the
+/// generic element-by-element comparison took seconds).
 @inlinable
 public func utf8Precedes(_ a: String, _ b: String) -> Bool {
-    a.utf8.lexicographicallyPrecedes(b.utf8)
+    let fast = a.utf8.withContiguousStorageIfAvailable { x in
+        b.utf8.withContiguousStorageIfAvailable { y -> Bool in
+            let common = min(x.count, y.count)
+            if common > 0 {
+                let order = memcmp(x.baseAddress!, y.baseAddress!, common)
+                if order != 0 { return order < 0 }
+            }
+            return x.count < y.count
+        }
+    }
+    if let result = fast ?? nil { return result }
+    return a.utf8.lexicographicallyPrecedes(b.utf8)
 }
