@@ -99,7 +99,8 @@ public enum Inspect {
             adapter = a
             ckpt = a.checkpoint
         } else {
-            let c = try Checkpoint(path: path)
+            // Headers only: a .zst model is not decompressed past its header to be described.
+            let c = try Checkpoint(path: path, headerOnly: true)
             let handWritten = HandWrittenDialect.isHandWritten(c.names)
             if c.names.contains(where: { $0.hasSuffix(".lora_down.weight") }) || (handWritten && scale != AdapterScaleOverride()) {
                 let a = try Adapter(path: path, scale: scale)  // kohya / hand-written: everything is in the file
@@ -149,7 +150,7 @@ public enum Inspect {
 
         var summary: InspectReport.AdapterSummary?
         if let adapter {
-            let resolved = basePath == nil ? adapter.modules : try adapter.modules(resolvedAgainst: try Checkpoint(path: basePath!))
+            let resolved = basePath == nil ? adapter.modules : try adapter.modules(resolvedAgainst: try Checkpoint(path: basePath!, headerOnly: true))
             let mods = resolved.map {
                 InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.kind.rawValue, rank: $0.rank, alpha: $0.alpha, scale: $0.scale, dora: $0.isDoRA)
             }
@@ -217,7 +218,7 @@ public enum Inspect {
         }
 
         var quantization: InspectReport.Quantization?
-        if adapter == nil, let q = try BnbQuantization(ckpt) {
+        if adapter == nil, let q = try BnbQuantization(ckpt.files.allSatisfy(\.hasData) ? ckpt : try Checkpoint(path: path)) {
             let sizes = q.sizes(in: ckpt)
             quantization = InspectReport.Quantization(
                 weights: q.states.count, quantTypes: Array(Set(q.states.values.map(\.quantType))).sorted(),
