@@ -242,6 +242,11 @@ public final class Adapter: Sendable {
             if geometry.conv != nil && g[.magnitude] != nil {
                 throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' is a DoRA convolution, not supported yet")
             }
+            if config.useDora && g[.magnitude] == nil && !isEmbedding {
+                // Merged as plain LoRA it would silently drop DoRA's rescaling.
+                throw LoRACoreError.invalidModule(
+                    module: module, detail: "adapter_config.json sets use_dora but the module has no lora_magnitude_vector: the file is incomplete")
+            }
             var entry = AdapterModule(
                 module: module, kind: isEmbedding ? .embedding : .linear, aName: aName, bName: bName, eName: g[.E] ?? g[.gate],
                 bBiasName: g[.bBias], magnitudeName: g[.magnitude], rank: rank, alpha: alpha,

@@ -17,9 +17,13 @@ final class ChunkedMerge: @unchecked Sendable {
     private let lock = NSLock()
     private var tensorsDone = 0, bytesDone = 0
     private let tensorsTotal: Int, bytesTotal: Int
+    private let allowOverflow: Bool
+    /// Values each tensor had rounded to ±Inf (with `allowOverflow`), by output name.
+    private(set) var overflowed: [String: Int] = [:]
 
-    init(plan: MergePlan, tensorsTotal: Int, bytesTotal: Int, progress: (@Sendable (Progress) -> Void)?) {
+    init(plan: MergePlan, tensorsTotal: Int, bytesTotal: Int, allowOverflow: Bool = false, progress: (@Sendable (Progress) -> Void)?) {
         self.plan = plan
+        self.allowOverflow = allowOverflow
         factors = FactorCache(plan: plan)
         self.tensorsTotal = tensorsTotal
         self.bytesTotal = bytesTotal
@@ -45,6 +49,7 @@ final class ChunkedMerge: @unchecked Sendable {
                                 continue
                             }
                             try tensors[i].fill(s.bytes, into: destination, plan: plan, factors: factors, wholes: wholes)
+                            if tensors[i].checksRounding { try checkRounding(tensors[i], s.bytes, written: destination) }
                         }
                     }
                     for s in segments {
@@ -57,6 +62,16 @@ final class ChunkedMerge: @unchecked Sendable {
         }
         if let error = failure.error { throw error }
         try output.finish()
+    }
+
+    /// Refuses values rounding turned into ±Inf (or counts them, with `allowOverflow`).
+    private func checkRounding(_ tensor: OutputTensor, _ range: Range<Int>, written: UnsafeRawPointer) throws {
+        let (count, largest) = try tensor.overflows(in: range, written: written, plan: plan, factors: factors)
+        guard count > 0 else { return }
+        guard allowOverflow else { throw LoRACoreError.overflow(tensor: tensor.info.name, dtype: tensor.info.dtype.rawValue, largest: largest) }
+        lock.lock()
+        overflowed[tensor.info.name, default: 0] += count
+        lock.unlock()
     }
 
     /// Every byte of `tensor` is written: drop its factors and its input pages, report progress.

@@ -1,4 +1,6 @@
 import Foundation
+import LoRAKernels
+import SafeTensors
 
 /// Errors of the LoRA operations. Messages name the file, tensor or module at fault.
 public enum LoRACoreError: Error, Equatable, Sendable {
@@ -12,6 +14,10 @@ public enum LoRACoreError: Error, Equatable, Sendable {
     case baseMismatch(module: String, detail: String)
     /// A merged value is NaN or infinite where the base was finite.
     case nonFinite(module: String)
+    /// Values of a tensor exceed the output dtype's range: rounding would write them as ±Inf.
+    case overflow(tensor: String, dtype: String, largest: Float)
+    /// A replacement tensor (modules_to_save, base_layer) holds NaN or Inf.
+    case nonFiniteReplacement(tensor: String, source: String)
     /// A command-line level problem detected by an operation (paths overlapping, bad options).
     case invalidRequest(String)
     /// Verification found mismatches; the report lists them.
@@ -26,6 +32,10 @@ extension LoRACoreError: LocalizedError {
         case let .invalidModule(module, detail): return "module '\(module)': \(detail)"
         case let .baseMismatch(module, detail): return "module '\(module)': \(detail)"
         case let .nonFinite(module): return "module '\(module)': merged weights contain NaN or Inf where the base has none"
+        case let .overflow(tensor, dtype, largest):
+            return "tensor '\(tensor)': values overflow \(dtype) (one is \(largest); the largest finite \(dtype) is \(FloatCodec.largestFinite(TensorData.format(DType(rawValue: dtype) ?? .float16) ?? .f16))) and would be written as Inf; write another --dtype, or give --allow-overflow to accept Inf"
+        case let .nonFiniteReplacement(tensor, source):
+            return "tensor '\(tensor)': its replacement '\(source)' (modules_to_save / base_layer) contains NaN or Inf"
         case let .invalidRequest(detail): return detail
         case let .verificationFailed(failures):
             return "verification failed for \(failures.count) tensor(s): " + failures.prefix(5).joined(separator: ", ")

@@ -32,6 +32,10 @@ public struct MergeOptions: Sendable {
     /// With a bitsandbytes 4-bit base: keep untouched weights 4-bit and write only the merged ones
     /// dense (listed in `llm_int8_skip_modules` so transformers loads them as plain Linear layers).
     public var keepQuantized = false
+    /// Write values that overflow the output dtype as ±Inf (counted in the report) instead of failing.
+    public var allowOverflow = false
+    /// Write a copy of the base when no adapter module applies, instead of failing.
+    public var allowEmpty = false
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base
@@ -67,6 +71,8 @@ public struct MergeReport: Sendable {
     public var requantization: [Requantize.Survival]?
     /// With --keep-quantized: untouched weights stayed 4-bit, merged ones are dense.
     public var keptQuantized = false
+    /// With --allow-overflow: values written as ±Inf because they exceed the output dtype, by tensor.
+    public var overflowed: [(tensor: String, count: Int)] = []
 }
 
 /// Progress of a long operation: tensors and bytes done out of totals.
@@ -113,6 +119,10 @@ public enum Merge {
         try refuseQuantizedBase(base)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
+        if !plan.changesAnything && !options.allowEmpty {
+            throw LoRACoreError.invalidRequest(
+                "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")
+        }
         let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
 
         // Output tensors in name order; shards greedy over that order.
@@ -125,7 +135,7 @@ public enum Merge {
         var files: [String] = []
         let workers = max(1, options.threads)
         GEMM.setThreads(1)
-        let merge = ChunkedMerge(plan: plan, tensorsTotal: outInfos.count, bytesTotal: bytesTotal, progress: progress)
+        let merge = ChunkedMerge(plan: plan, tensorsTotal: outInfos.count, bytesTotal: bytesTotal, allowOverflow: options.allowOverflow, progress: progress)
         for shard in shardPlan.shards {
             try merge.write(ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, chunkSize: options.chunkSize,
                                                        buffers: workers + 2, durable: options.durable),
@@ -184,7 +194,8 @@ public enum Merge {
             skippedModules: plan.skippedModules, outputDTypes: dtypes, bytesWritten: fileSizes.reduce(0, +),
             seconds: Date().timeIntervalSince(start),
             verification: verification,
-            adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) })
+            adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) },
+            overflowed: merge.overflowed.keys.sorted(by: utf8Precedes).map { ($0, merge.overflowed[$0]!) })
     }
 
     /// Merge into the dense copy of a 4-bit base, then write the changed weights back in 4 bits.

@@ -63,6 +63,9 @@ public struct MergePlan: Sendable {
                     throw LoRACoreError.baseMismatch(
                         module: TensorName(baseName).module, detail: "adapter tensor '\(tensor)' has shape \(ri.shape) but base '\(baseName)' has \(bi.shape)")
                 }
+                if let format = TensorData.format(ri.dtype), !FloatCodec.allFinite(try adapter.checkpoint.bytes(of: tensor), format: format) {
+                    throw LoRACoreError.nonFiniteReplacement(tensor: baseName, source: tensor)
+                }
                 replacementOf[baseName] = (ai, tensor)
                 actions[baseName] = .replace(adapter: ai, tensor: tensor)
             }
@@ -127,6 +130,22 @@ public struct MergePlan: Sendable {
     }
 
     public func action(for name: String) -> Action { actions[name] ?? .copy }
+
+    /// Whether any base tensor changes (merged, replaced or biased).
+    public var changesAnything: Bool { !actions.isEmpty }
+
+    /// Why nothing would change, for the refusal: what the adapters hold, what was left out, and
+    /// the base's module families.
+    public var nothingToMergeDetail: String {
+        func families(_ modules: [String]) -> String {
+            let f = Array(Set(modules.map { String($0.split(separator: ".").last ?? Substring($0)) })).sorted()
+            return f.isEmpty ? "none" : f.prefix(12).joined(separator: ", ") + (f.count > 12 ? ", …" : "")
+        }
+        let adapterModules = adapters.flatMap { $0.modules.map(\.module) + $0.untargeted }
+        let baseModules = names.filter { $0.hasSuffix(".weight") }.map { String($0.dropLast(".weight".count)) }
+        return "adapter modules: \(adapterModules.count) (\(families(adapterModules))), of which \(skippedModules.count) left out by --targets, "
+            + "target_modules or layers_to_transform; base modules: \(families(baseModules))"
+    }
 
     /// The base tensor an output tensor comes from.
     public func source(of output: String) -> String { sourceByOutput[output] ?? output }

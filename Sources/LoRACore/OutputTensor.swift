@@ -87,6 +87,53 @@ struct OutputTensor: Sendable {
         }
     }
 
+    /// Whether this tensor's bytes are computed and rounded to a 16-bit format, so that rounding can
+    /// overflow to ±Inf (merged, or cast with `--dtype`); copied bytes are never checked.
+    var checksRounding: Bool {
+        if case .copy = kind { return false }
+        return info.dtype == .float16 || info.dtype == .bfloat16
+    }
+
+    /// The values among bytes `range` of this tensor (already rounded and written at `written`) that
+    /// rounding turned into ±Inf from a finite value, and the largest magnitude among them. Checking
+    /// the stored bytes costs one pass over them; the exact values are recomputed only on a hit.
+    func overflows(in range: Range<Int>, written: UnsafeRawPointer, plan: MergePlan, factors: FactorCache) throws -> (count: Int, largest: Float) {
+        let format = TensorData.format(info.dtype)!
+        let bytes = UnsafeRawBufferPointer(start: written, count: range.count)
+        if FloatCodec.allFinite(bytes, format: format) { return (0, 0) }
+        let e0 = range.lowerBound / format.size, n = range.count / format.size
+        let stored = [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
+            FloatCodec.decode(bytes, format: format, into: buffer)
+            initialized = n
+        }
+        let exact = try exactValues(e0..<(e0 + n), plan: plan, factors: factors)
+        var count = 0, largest: Float = 0
+        for k in 0..<n where !stored[k].isFinite && exact[k].isFinite {
+            count += 1
+            largest = max(largest, abs(exact[k]))
+        }
+        return (count, largest)
+    }
+
+    /// Elements `elements` (row-major) of this tensor in fp32 before the final rounding.
+    private func exactValues(_ elements: Range<Int>, plan: MergePlan, factors: FactorCache) throws -> ArraySlice<Float> {
+        if case let .rows(cols) = kind {
+            let r0 = elements.lowerBound / cols, r1 = (elements.upperBound + cols - 1) / cols
+            var block = try startingRows(r0: r0, count: r1 - r0, cols: cols, plan: plan)
+            if case let .merge(cs, _) = plan.action(for: source) {
+                try factors.factors(for: source, contributions: cs).apply(toRows: r0, count: r1 - r0, block: &block)
+            }
+            return block[(elements.lowerBound - r0 * cols)..<(elements.upperBound - r0 * cols)]
+        }
+        let whole: [Float]
+        switch plan.action(for: source) {
+        case .copy: whole = try TensorData.floats(plan.base, source)
+        case let .replace(ai, tensor): whole = try TensorData.floats(plan.adapters[ai].checkpoint, tensor)
+        case .merge, .bias: whole = try plan.mergedValue(source)!
+        }
+        return whole[elements]
+    }
+
     /// fp32 values per GEMM-path block: 4 Mi values, 16 MiB of working memory.
     static let gemmBlock = 1 << 22
 

@@ -82,6 +82,35 @@ public enum FloatCodec {
         return acc & 0x8000_0000 == 0
     }
 
+    /// Whether every stored value in `bytes` (little-endian `format` elements) is finite. Branch-free
+    /// over the exponent bits so it vectorizes; used to check rounded outputs for overflow.
+    public static func allFinite(_ bytes: UnsafeRawBufferPointer, format: Format) -> Bool {
+        switch format {
+        case .f32:
+            return allFinite(bytes.bindMemory(to: Float.self))
+        case .f16, .bf16:
+            // Adding one to the exponent field carries into the sign bit only for all-ones exponents.
+            let (mask, one): (UInt16, UInt16) = format == .f16 ? (0x7C00, 0x0400) : (0x7F80, 0x0080)
+            var acc: UInt16 = 0
+            let count = bytes.count / 2
+            var i = 0
+            while i < count {
+                acc |= (bytes.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self) & mask) &+ one
+                i += 1
+            }
+            return acc & 0x8000 == 0
+        }
+    }
+
+    /// The largest finite value of `format`.
+    public static func largestFinite(_ format: Format) -> Float {
+        switch format {
+        case .f32: return .greatestFiniteMagnitude
+        case .f16: return 65504
+        case .bf16: return Float(bitPattern: 0x7F7F_0000)
+        }
+    }
+
     /// Rounds `value` as storing it in `format` would, and widens it back.
     @inlinable
     public static func roundTrip(_ value: Float, format: Format) -> Float {

@@ -48,6 +48,12 @@ extension LoraTool {
         @Flag(help: "With a bitsandbytes 4-bit base: keep untouched weights 4-bit as they were; merged weights are written dense.")
         var keepQuantized = false
 
+        @Flag(help: "Write values that overflow the output dtype (e.g. above 65504 with --dtype f16) as ±Inf and count them, instead of failing.")
+        var allowOverflow = false
+
+        @Flag(help: "Write an unchanged copy of the base when no adapter module applies (--targets, target_modules or layers_to_transform match nothing), instead of failing.")
+        var allowEmpty = false
+
         @Option(help: "Tensors computed in parallel (default: the number of cores).")
         var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
@@ -81,11 +87,16 @@ extension LoraTool {
             options.scaleOverride = adapterArguments.scale.override
             options.requantize = requantize
             options.keepQuantized = keepQuantized
+            options.allowOverflow = allowOverflow
+            options.allowEmpty = allowEmpty
             let bar: ProgressBar? = !quiet && isatty(2) != 0 ? ProgressBar() : nil
             var callback: (@Sendable (LoRACore.Progress) -> Void)?
             if let bar { callback = { bar.update($0) } }
             let report = try LoRACore.Merge.run(options, progress: callback)
             bar?.finish()
+            for o in report.overflowed {
+                FileHandle.standardError.write(Data("warning: \(Render.escaped(o.tensor)): \(o.count) values overflowed the output dtype and were written as ±Inf (--allow-overflow)\n".utf8))
+            }
             if json {
                 Render.printJSON(jsonReport(report))
             } else {
@@ -133,6 +144,7 @@ extension LoraTool {
                 ("seconds", Render.json(r.seconds)),
                 ("verified", r.verification.map { .bool($0.passed) } ?? .null),
                 ("dequantized_base", .bool(r.dequantizedBase)),
+                ("overflowed", .object(r.overflowed.map { ($0.tensor, Render.json($0.count)) })),
                 ("requantization", r.requantization.map { list in .array(list.map {
                     .object([("weight", .string($0.weight)), ("codes_changed", Render.json($0.codesChanged)),
                              ("delta_correlation", Render.json($0.deltaCorrelation)), ("delta_norm_ratio", Render.json($0.deltaNormRatio))])
