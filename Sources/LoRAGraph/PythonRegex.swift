@@ -43,9 +43,10 @@ public struct PythonRegex: Sendable {
         try self.init(pattern, reportedAs: pattern, offset: 0)
     }
 
-    /// Compiles `source` but names `reportedAs` in errors, with positions shifted back by `offset` (for a
-    /// pattern pasted into a larger one, as PEFT does).
-    init(_ source: String, reportedAs: String, offset: Int) throws {
+    /// Compiles `source` but names `reportedAs` in errors, with positions shifted back by `offset`: for a
+    /// pattern PEFT pastes as text into a larger one (`source` is the larger one, `offset` where it starts).
+    /// - Throws: as `init(_:)`.
+    public init(_ source: String, reportedAs: String, offset: Int) throws {
         pattern = source
         let parsed: (node: RegexNode, unsupported: String?)
         do {
@@ -87,6 +88,9 @@ public struct PythonRegex: Sendable {
     public func matchEnds(in text: [Unicode.Scalar], from start: Int) -> [Bool] {
         program.run(text, lookResults: lookResults(text), forward: true, start: start)
     }
+
+    /// Python's `\d` for `str` patterns (`str.isdecimal()`).
+    public static func isDecimalDigit(_ s: Unicode.Scalar) -> Bool { RegexScalarSet.isDigit(s) }
 
     private func lookResults(_ text: [Unicode.Scalar]) -> [[Bool]] {
         var results: [[Bool]] = []
