@@ -231,7 +231,7 @@ struct PythonRegexParser {
                 guard last != .repeated else {
                     throw SyntaxError(message: "multiple repeat", position: this.position)
                 }
-                if !match("?") && match("+") { markUnsupported("possessive quantifier '\(this.scalar)+'") }
+                if !match("?") && match("+") { markUnsupported("possessive quantifier '\(this.scalar == "{" ? "{m,n}" : String(this.scalar))+'") }
                 items[items.count - 1] = .repetition(items[items.count - 1], min: lo, max: hi)
                 kinds[kinds.count - 1] = .repeated
             case ".":
