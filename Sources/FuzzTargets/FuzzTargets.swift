@@ -42,6 +42,10 @@ public enum FuzzTargets {
             _ = selector.matches("model.layers.0.self_attn.q_proj")
             _ = TargetSelector.minimalSuffixes(selecting: [text], among: [text, "a.b", "q_proj"])
         }
-        if text.utf8.count < 64, let p = try? PatternMatcher(text, suffixRule: true) { _ = p.matches("model.layers.0.mlp.down_proj") }
+        // Arbitrary text as a Python-re pattern under both PEFT rules (parser, size bound, NFA simulation).
+        if text.utf8.count < 256 {
+            if let p = try? PatternMatcher(text, suffixRule: true) { _ = p.matches("model.layers.0.mlp.down_proj") }
+            if let p = try? PatternMatcher(text, suffixRule: false) { _ = p.matches("model.layers.0.self_attn.q_proj\n") }
+        }
     }
 }

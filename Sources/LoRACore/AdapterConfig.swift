@@ -22,13 +22,23 @@ public struct AdapterConfig: Sendable, Equatable {
     public var useDora = false
     public var fanInFanOut = false
     public var loraBias = false
-    /// `rank_pattern` in file order (PEFT uses the first key that matches).
-    public var rankPattern: [(key: String, value: Int)] = []
-    public var alphaPattern: [(key: String, value: Double)] = []
-    public var targetModules: Targets = .none
-    public var modulesToSave: [String] = []
+    /// `rank_pattern` in file order (PEFT uses the first key that matches, in dict insertion order, which
+    /// is file order: the JSON parser keeps member order and rejects duplicate keys).
+    public private(set) var rankPattern: [(key: String, value: Int)] = []
+    /// `alpha_pattern` in file order.
+    public private(set) var alphaPattern: [(key: String, value: Double)] = []
+    public private(set) var targetModules: Targets = .none
+    /// `modules_to_save`; each entry is also a regex in PEFT's exclusion rule (see `targets(_:)`).
+    public private(set) var modulesToSave: [String] = []
     public var layersToTransform: [Int]?
-    public var layersPattern: [String]?
+    public private(set) var layersPattern: [String]?
+
+    // Every pattern compiled once, when the config is loaded (PythonRegex: Python's `re` semantics).
+    private var rankMatchers: [PatternMatcher] = []
+    private var alphaMatchers: [PatternMatcher] = []
+    private var targetMatcher: PatternMatcher?
+    private var modulesToSaveMatchers: [PythonRegex] = []
+    private var layersPatternRegexes: [PythonRegex] = []
     /// `init_r` (AdaLoRA).
     public var initR: Int?
 
@@ -179,21 +189,63 @@ public struct AdapterConfig: Sendable, Equatable {
         if let v = present("alora_invocation_tokens"), v.arrayValue?.isEmpty == false {
             throw LoRACoreError.unsupportedAdapter(path: file, detail: "aLoRA adapters cannot be merged by design")
         }
+        try compilePatterns(file: file)
     }
 
-    /// The rank PEFT assigns to `module`: the first matching `rank_pattern` key, else `r`.
-    public func rank(for module: String) -> Int {
-        for (key, value) in rankPattern where (try? PatternMatcher(key, suffixRule: true))?.matches(module) == true {
-            return value
+    // MARK: - Patterns (PEFT 0.21.2 rules, Python `re` semantics)
+
+    /// Compiles every pattern the merge may consult, so a pattern lora-tool cannot read exactly is a load
+    /// error, never a silently skipped key.
+    /// - Throws: `LoRACoreError.invalidConfig` (Python's `re` rejects the pattern) or `.unsupportedAdapter`
+    ///   (outside `PythonRegex`'s subset), naming `file`, the field and the pattern.
+    private mutating func compilePatterns(file: String) throws {
+        func compile<T>(_ field: String, _ pattern: String, _ make: () throws -> T) throws -> T {
+            do {
+                return try make()
+            } catch let GraphError.invalidPattern(_, detail) {
+                throw LoRACoreError.invalidConfig(file: file, detail: "\(field) pattern '\(pattern)' is not a valid regular expression: \(detail)")
+            } catch let GraphError.unsupportedPattern(_, construct) {
+                throw LoRACoreError.unsupportedAdapter(
+                    path: file, detail: "\(field) pattern '\(pattern)' uses \(construct), which lora-tool's Python-compatible matcher does not support")
+            }
         }
+        rankMatchers = try rankPattern.map { k, _ in try compile("rank_pattern", k) { try PatternMatcher(k, suffixRule: true) } }
+        alphaMatchers = try alphaPattern.map { k, _ in try compile("alpha_pattern", k) { try PatternMatcher(k, suffixRule: true) } }
+        if case let .regex(p) = targetModules {
+            targetMatcher = try compile("target_modules", p) { try PatternMatcher(p, suffixRule: false) }
+        }
+        // check_target_module_exists: re.match(rf"(^|.*\.){m}($|\..*)", key), m pasted as text.
+        modulesToSaveMatchers = try modulesToSave.map { m in
+            try compile("modules_to_save", m) {
+                try PythonRegex(#"(^|.*\.)"# + m + #"($|\..*)"#, reportedAs: m, offset: 7)
+            }
+        }
+        // Layer filtering only applies to list target_modules with a non-empty layers_to_transform.
+        if case .list = targetModules, layersToTransform?.isEmpty == false, let patterns = layersPattern, !patterns.isEmpty {
+            layersPatternRegexes = try patterns.map { p in
+                let regex = try compile("layers_pattern", p) { try PythonRegex(p) }
+                // PEFT pastes the pattern into (?:^|.*?\.){p}\.(?P<idx>\d+)\. and reads the group Python's
+                // backtracking picks; with a fixed width and no top-level "|" that group is the only one.
+                guard !regex.isTopLevelAlternation, let w = regex.width.max, w == regex.width.min else {
+                    throw LoRACoreError.unsupportedAdapter(
+                        path: file,
+                        detail: "layers_pattern pattern '\(p)' is not a fixed-width pattern without top-level '|', which lora-tool needs to find PEFT's layer index exactly")
+                }
+                return regex
+            }
+        }
+    }
+
+    /// The rank PEFT assigns to `module`: the first `rank_pattern` key (file order) for which
+    /// `re.match(rf"(.*\.)?({key})$", module)` succeeds (`get_pattern_key`), else `r`.
+    public func rank(for module: String) -> Int {
+        for (i, m) in rankMatchers.enumerated() where m.matches(module) { return rankPattern[i].value }
         return r
     }
 
-    /// The alpha PEFT assigns to `module`: the first matching `alpha_pattern` key, else `lora_alpha`.
+    /// The alpha PEFT assigns to `module`: the first matching `alpha_pattern` key (same rule), else `lora_alpha`.
     public func alpha(for module: String) -> Double {
-        for (key, value) in alphaPattern where (try? PatternMatcher(key, suffixRule: true))?.matches(module) == true {
-            return value
-        }
+        for (i, m) in alphaMatchers.enumerated() where m.matches(module) { return alphaPattern[i].value }
         return loraAlpha
     }
 
@@ -209,31 +261,67 @@ public struct AdapterConfig: Sendable, Equatable {
         }
     }
 
-    /// Whether PEFT would have injected LoRA into `module` (target_modules + layers_to_transform).
+    /// Whether PEFT would have injected LoRA into `module` (`check_target_module_exists`, PEFT 0.21.2):
+    /// a module matching `re.match(rf"(^|.*\.){m}($|\..*)")` for a `modules_to_save` entry is excluded; a
+    /// string `target_modules` must `re.fullmatch`; a list entry must equal the name (then no layer check)
+    /// or be a dot-boundary suffix, and then `layers_to_transform` must contain the layer index.
     public func targets(_ name: TensorName) -> Bool {
         let module = name.module
-        if modulesToSave.contains(where: { TargetSelector.suffixMatches(module, $0) }) { return false }
+        if modulesToSaveMatchers.contains(where: { $0.prefixMatch(module) }) { return false }
         switch targetModules {
         case .none: break
+        case .regex: return targetMatcher?.matches(module) == true
         case let .list(items):
-            guard items.contains(where: { TargetSelector.suffixMatches(module, $0) }) else { return false }
-        case let .regex(pattern):
-            guard (try? PatternMatcher(pattern, suffixRule: false))?.matches(module) == true else { return false }
+            if items.contains(module) { return true }
+            guard items.contains(where: { module.hasSuffix("." + $0) }) else { return false }
         }
-        if let layers = layersToTransform {
-            guard let index = layerIndex(of: module) else { return false }
-            return layers.contains(index)
-        }
-        return true
+        guard let layers = layersToTransform, !layers.isEmpty else { return true }
+        guard let index = layerIndex(of: module) else { return false }
+        return layers.contains(index)
     }
 
-    /// PEFT's layer index: the first `.<pattern>.(\d+)` segment pair (any segment when no pattern).
+    /// PEFT's layer index: with no `layers_pattern`, `re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)`; else the
+    /// first pattern p for which `re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", key)` matches. `\d` is any
+    /// Unicode decimal digit (Python's `int()` reads them all). Nil when nothing matches or the index
+    /// overflows `Int` (Python's big integer could not be in `layers_to_transform` either).
     private func layerIndex(of module: String) -> Int? {
-        let parts = module.split(separator: ".").map(String.init)
-        for i in parts.indices.dropFirst() {
-            guard let n = Int(parts[i]) else { continue }
-            if let patterns = layersPattern, !patterns.contains(parts[i - 1]) { continue }
-            return n
+        let t = Array(module.unicodeScalars)
+        // Where `.*?\.` can end: just after a dot with no "\n" before it (`.` stops at newlines), leftmost first.
+        var afterDots: [Int] = []
+        for (i, c) in t.enumerated() {
+            if c == "\n" { break }
+            if c == "." { afterDots.append(i + 1) }
+        }
+        /// `\.(\d+)\.` at `pos`: the digits' value.
+        func index(at pos: Int) -> Int? {
+            guard pos < t.count, t[pos] == "." else { return nil }
+            var j = pos + 1
+            var value = 0
+            var overflow = false
+            while j < t.count, PythonRegex.isDecimalDigit(t[j]) {
+                let (m, o1) = value.multipliedReportingOverflow(by: 10)
+                let (a, o2) = m.addingReportingOverflow(Int(t[j].properties.numericValue ?? 0))
+                overflow = overflow || o1 || o2
+                value = a
+                j += 1
+            }
+            guard j > pos + 1, j < t.count, t[j] == "." else { return nil }
+            return overflow ? nil : value
+        }
+        if layersPatternRegexes.isEmpty {
+            for start in afterDots {
+                // `[^.]*` runs to the next dot (greedy; a shorter run could not be followed by `\.`).
+                guard let dot = t[start...].firstIndex(of: ".") else { return nil }
+                if let v = index(at: dot) { return v }
+            }
+            return nil
+        }
+        for regex in layersPatternRegexes {
+            let width = regex.width.min  // fixed (checked at load): the only end of a match at `start`
+            for start in [0] + afterDots where start + width <= t.count {
+                guard regex.matchEnds(in: t, from: start)[start + width] else { continue }
+                if let v = index(at: start + width) { return v }
+            }
         }
         return nil
     }

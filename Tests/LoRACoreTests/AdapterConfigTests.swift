@@ -1,5 +1,6 @@
 import Testing
 @testable import LoRACore
+import LoRAGraph
 
 @Suite("adapter_config.json")
 struct AdapterConfigTests {
@@ -24,5 +25,86 @@ struct AdapterConfigTests {
     ])
     func rejects(json: String) {
         #expect(throws: LoRACoreError.self) { try AdapterConfig(json: Array(json.utf8), file: "c.json") }
+    }
+
+    private static func config(_ fields: String, file: String = "/ckpt/adapter_config.json") throws -> AdapterConfig {
+        try AdapterConfig(json: Array(#"{"peft_type":"LORA","r":8,"lora_alpha":16"#.utf8) + Array(fields.utf8) + [UInt8(ascii: "}")], file: file)
+    }
+
+    @Test("A lookbehind alpha_pattern key (valid in Python) sets alpha 64 on the module Python selects, the default elsewhere")
+    func lookbehindAlpha() throws {
+        let c = try Self.config(#","alpha_pattern":{"(?<=self_attn\\.)q_proj":64}"#)
+        #expect(c.alpha(for: "model.layers.0.self_attn.q_proj") == 64)
+        #expect(c.scale(for: "model.layers.0.self_attn.q_proj", rank: 8) == 8)
+        for other in ["model.layers.0.self_attn.k_proj", "model.layers.0.cross_attn.q_proj", "q_proj", "model.layers.0.mlp.down_proj"] {
+            #expect(c.alpha(for: other) == 16, "\(other)")
+        }
+    }
+
+    @Test("A rank_pattern key with a backreference fails to load, naming adapter_config.json, rank_pattern and the key")
+    func unsupportedRankPattern() throws {
+        do {
+            _ = try Self.config(#","rank_pattern":{"q_proj":4,"(q)\\3_proj":2}"#)
+            Issue.record("loaded")
+        } catch let e as LoRACoreError {
+            guard case let .unsupportedAdapter(path, detail) = e else { Issue.record("\(e)"); return }
+            #expect(path == "/ckpt/adapter_config.json")
+            #expect(detail.contains("rank_pattern") && detail.contains("'(q)\\3_proj'") && detail.contains("backreference"), "\(detail)")
+            #expect(e.localizedDescription.contains("adapter_config.json"))
+        }
+    }
+
+    @Test("Patterns Python rejects fail to load, naming the field and the pattern", arguments: [
+        (#","alpha_pattern":{"[q":2}"#, "alpha_pattern", "[q"), (#","rank_pattern":{"a**":2}"#, "rank_pattern", "a**"),
+        (#","target_modules":"(?<=a*)q""#, "target_modules", "(?<=a*)q"), (#","modules_to_save":["\\q"]"#, "modules_to_save", "\\q"),
+        (#","target_modules":"(?i)q_proj""#, "target_modules", "(?i)q_proj"),
+        (#","target_modules":["q_proj"],"layers_to_transform":[1],"layers_pattern":"layers|h""#, "layers_pattern", "layers|h"),
+    ])
+    func rejectsPatterns(fields: String, field: String, pattern: String) throws {
+        #expect {
+            try Self.config(fields)
+        } throws: { error in
+            guard let e = error as? LoRACoreError else { return false }
+            let text = e.localizedDescription
+            return text.contains("/ckpt/adapter_config.json") && text.contains(field) && text.contains("'\(pattern)'")
+        }
+    }
+
+    @Test("rank(for:) and alpha(for:) use the first matching key in file order, as PEFT's dict order")
+    func firstMatchOrder() throws {
+        let a = try Self.config(#","rank_pattern":{"q_proj":2,".*":6},"alpha_pattern":{".*_proj":3,"q_proj":5}"#)
+        #expect(a.rank(for: "model.layers.0.self_attn.q_proj") == 2)
+        #expect(a.rank(for: "model.layers.0.self_attn.k_proj") == 6)
+        #expect(a.alpha(for: "model.layers.0.self_attn.q_proj") == 3)
+        let b = try Self.config(#","rank_pattern":{".*":6,"q_proj":2}"#)
+        #expect(b.rank(for: "model.layers.0.self_attn.q_proj") == 6)
+    }
+
+    @Test("Keys match with Python's rules: $ before a final newline, Unicode \\d, [[:alpha:]] as Python reads it")
+    func pythonRules() throws {
+        let c = try Self.config(#","rank_pattern":{"[[:alpha:]]":3,"layers\\.\\d\\.mlp\\.down_proj":5,"q_proj":7}"#)
+        #expect(c.rank(for: "model.layers.\u{663}.mlp.down_proj") == 5)  // ARABIC-INDIC DIGIT THREE is \d
+        #expect(c.rank(for: "model.layers.0.self_attn.q_proj\n") == 7)
+        #expect(c.rank(for: "model.a") == 8)   // Swift's [[:alpha:]] would match; Python's needs "a]"
+        #expect(c.rank(for: "model.a]") == 3)
+    }
+
+    @Test("target_modules, modules_to_save and layers follow PEFT 0.21.2's check_target_module_exists")
+    func targeting() throws {
+        let regex = try Self.config(#","target_modules":".*(?<!mlp)\\.(q|down)_proj""#)
+        #expect(regex.targets(TensorName("model.layers.0.self_attn.q_proj.weight")))
+        #expect(!regex.targets(TensorName("model.layers.0.mlp.down_proj.weight")))
+        let layered = try Self.config(#","target_modules":["q_proj"],"layers_to_transform":[1],"layers_pattern":["blocks","layers"]"#)
+        #expect(layered.targets(TensorName("model.layers.1.self_attn.q_proj.weight")))
+        #expect(!layered.targets(TensorName("model.layers.0.self_attn.q_proj.weight")))
+        #expect(!layered.targets(TensorName("model.layers.1x.self_attn.q_proj.weight")))
+        let plain = try Self.config(#","target_modules":["q_proj","model.layers.0.mlp.up_proj"],"layers_to_transform":[1]"#)
+        #expect(plain.targets(TensorName("model.layers.1.self_attn.q_proj.weight")))
+        #expect(plain.targets(TensorName("model.layers.\u{661}.self_attn.q_proj.weight")))  // int("١") == 1
+        #expect(!plain.targets(TensorName("model.layers.2.self_attn.q_proj.weight")))
+        #expect(plain.targets(TensorName("model.layers.0.mlp.up_proj.weight")))  // an exact name skips the layer check
+        let saved = try Self.config(#","target_modules":["dense","lm_head"],"modules_to_save":["classifier"]"#)
+        #expect(!saved.targets(TensorName("model.classifier.dense.weight")))
+        #expect(saved.targets(TensorName("model.pooler.dense.weight")))
     }
 }
