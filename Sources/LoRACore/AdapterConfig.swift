@@ -28,6 +28,8 @@ public struct AdapterConfig: Sendable, Equatable {
     /// `alpha_pattern` in file order.
     public private(set) var alphaPattern: [(key: String, value: Double)] = []
     public private(set) var targetModules: Targets = .none
+    /// `exclude_modules`: modules PEFT leaves out even when `target_modules` names them.
+    public private(set) var excludeModules: Targets = .none
     /// `modules_to_save`; each entry is also a regex in PEFT's exclusion rule (see `targets(_:)`).
     public private(set) var modulesToSave: [String] = []
     public var layersToTransform: [Int]?
@@ -37,6 +39,7 @@ public struct AdapterConfig: Sendable, Equatable {
     private var rankMatchers: [PatternMatcher] = []
     private var alphaMatchers: [PatternMatcher] = []
     private var targetMatcher: PatternMatcher?
+    private var excludeMatcher: PatternMatcher?
     private var modulesToSaveMatchers: [PythonRegex] = []
     private var layersPatternRegexes: [PythonRegex] = []
     /// `init_r` (AdaLoRA).
@@ -142,6 +145,35 @@ public struct AdapterConfig: Sendable, Equatable {
                 throw bad("target_modules", "a list or a string", v)
             }
         }
+        if let v = present("exclude_modules") {
+            if let s = v.stringValue {
+                excludeModules = .regex(s)
+            } else if let a = v.arrayValue {
+                excludeModules = .list(try a.map { x in
+                    guard let s = x.stringValue else { throw bad("exclude_modules", "strings", x) }
+                    return s
+                })
+            } else {
+                throw bad("exclude_modules", "a list or a string", v)
+            }
+        }
+        // Fields that change what a merge must do and that lora-tool does not implement: refused by
+        // name rather than ignored.
+        if let v = present("target_parameters"), v.arrayValue?.isEmpty != true {
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "target_parameters (LoRA on parameters such as MoE experts) is not supported yet")
+        }
+        if present("trainable_token_indices") != nil {
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "trainable_token_indices (trainable tokens) is not supported yet")
+        }
+        if let v = present("bias"), v.stringValue != "none" {
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "bias '\(v.stringValue ?? "?")': adapters that train the base's biases are not supported yet")
+        }
+        if present("megatron_config") != nil {
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "megatron_config (Megatron parallel layers) is not supported")
+        }
+        if let v = present("use_qalora"), v.boolValue == true {
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "use_qalora adapters are not supported")
+        }
         if let v = present("modules_to_save") {
             guard let a = v.arrayValue else { throw bad("modules_to_save", "a list", v) }
             modulesToSave = try a.map { x in
@@ -181,7 +213,7 @@ public struct AdapterConfig: Sendable, Equatable {
             }
         }
         if let v = present("init_lora_weights"), let s = v.stringValue?.lowercased(),
-           s.hasPrefix("pissa") || s == "olora" || s == "corda" || s == "lora_ga" {
+           s.hasPrefix("pissa") || s == "olora" || s == "corda" || s == "lora_ga" || s == "loftq" {
             throw LoRACoreError.unsupportedAdapter(
                 path: file,
                 detail: "init_lora_weights '\(s)' adapters change the base weights; save them with PEFT's path_initial_model_for_weight_conversion before merging")
@@ -213,6 +245,9 @@ public struct AdapterConfig: Sendable, Equatable {
         alphaMatchers = try alphaPattern.map { k, _ in try compile("alpha_pattern", k) { try PatternMatcher(k, suffixRule: true) } }
         if case let .regex(p) = targetModules {
             targetMatcher = try compile("target_modules", p) { try PatternMatcher(p, suffixRule: false) }
+        }
+        if case let .regex(p) = excludeModules {
+            excludeMatcher = try compile("exclude_modules", p) { try PatternMatcher(p, suffixRule: false) }
         }
         // check_target_module_exists: re.match(rf"(^|.*\.){m}($|\..*)", key), m pasted as text.
         modulesToSaveMatchers = try modulesToSave.map { m in
@@ -268,6 +303,11 @@ public struct AdapterConfig: Sendable, Equatable {
     public func targets(_ name: TensorName) -> Bool {
         let module = name.module
         if modulesToSaveMatchers.contains(where: { $0.prefixMatch(module) }) { return false }
+        switch excludeModules {
+        case .none: break
+        case .regex: if excludeMatcher?.matches(module) == true { return false }
+        case let .list(items): if items.contains(where: { module == $0 || module.hasSuffix("." + $0) }) { return false }
+        }
         switch targetModules {
         case .none: break
         case .regex: return targetMatcher?.matches(module) == true

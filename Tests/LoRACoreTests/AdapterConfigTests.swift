@@ -22,9 +22,26 @@ struct AdapterConfigTests {
         #"{"peft_type":"LORA","lora_alpha":"x"}"#, #"{"peft_type":"LORA","use_rslora":1}"#,
         #"{"peft_type":"LORA","target_modules":5}"#, #"{"peft_type":"LORA","layer_replication":[[0,4]]}"#,
         #"{"peft_type":"LORA","init_lora_weights":"pissa"}"#, "[]", "{",
+        #"{"peft_type":"LORA","init_lora_weights":"loftq"}"#, #"{"peft_type":"LORA","target_parameters":["experts.gate_up_proj"]}"#,
+        #"{"peft_type":"LORA","trainable_token_indices":[1,2]}"#, #"{"peft_type":"LORA","bias":"all"}"#,
+        #"{"peft_type":"LORA","megatron_config":{}}"#, #"{"peft_type":"LORA","use_qalora":true}"#,
+        #"{"peft_type":"LORA","exclude_modules":5}"#,
     ])
     func rejects(json: String) {
         #expect(throws: LoRACoreError.self) { try AdapterConfig(json: Array(json.utf8), file: "c.json") }
+    }
+
+    @Test("exclude_modules leaves modules out as PEFT does: a list by name or dotted suffix, a string by fullmatch")
+    func excludeModules() throws {
+        let list = try Self.config(#","target_modules":["q_proj","v_proj"],"exclude_modules":["layers.1.self_attn.q_proj"]"#)
+        #expect(list.targets(TensorName("model.layers.0.self_attn.q_proj.weight")))
+        #expect(!list.targets(TensorName("model.layers.1.self_attn.q_proj.weight")))
+        #expect(list.targets(TensorName("model.layers.1.self_attn.v_proj.weight")))
+        let regex = try Self.config(#","target_modules":["q_proj","v_proj"],"exclude_modules":".*\\.1\\..*""#)
+        #expect(regex.targets(TensorName("model.layers.0.self_attn.q_proj.weight")))
+        #expect(!regex.targets(TensorName("model.layers.1.self_attn.v_proj.weight")))
+        // Fields at their defaults are fine.
+        _ = try Self.config(#","bias":"none","target_parameters":null,"trainable_token_indices":null,"exclude_modules":null,"megatron_config":null"#)
     }
 
     private static func config(_ fields: String, file: String = "/ckpt/adapter_config.json") throws -> AdapterConfig {
