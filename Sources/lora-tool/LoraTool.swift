@@ -50,7 +50,7 @@ struct LoraTool: ParsableCommand {
 /// Notes the libraries collected (a recovered output, a side file linked from elsewhere…), on stderr.
 func printNotes() {
     for note in AtomicOutput.takeNotes() {
-        FileHandle.standardError.write(Data("note: \(Render.escaped(note))\n".utf8))
+        Render.diagnostic("note: " + note)
     }
 }
 

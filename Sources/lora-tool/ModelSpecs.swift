@@ -20,6 +20,6 @@ enum ModelSpecs {
     }
 
     private static func say(_ note: String) {
-        FileHandle.standardError.write(Data("note: \(Render.escaped(note))\n".utf8))
+        Render.diagnostic("note: " + note)
     }
 }

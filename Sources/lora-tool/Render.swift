@@ -49,8 +49,14 @@ enum Render {
     static func json(_ s: String) -> JSONValue { .string(s) }
     static func json(_ strings: [String]) -> JSONValue { .array(strings.map { .string($0) }) }
 
-    /// Left-aligned columns.
+    /// One diagnostic line on stderr (`warning: …`, `note: …`), escaped as a whole.
+    static func diagnostic(_ line: String) {
+        FileHandle.standardError.write(Data((escaped(line) + "\n").utf8))
+    }
+
+    /// Left-aligned columns; every cell escaped (`escaped`), since names come from files.
     static func table(_ rows: [[String]]) -> String {
+        let rows = rows.map { $0.map(escaped) }
         guard let width = rows.map(\.count).max() else { return "" }
         var widths = [Int](repeating: 0, count: width)
         for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }

@@ -109,3 +109,34 @@ struct OutputSafetyTests {
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []) == ["m"])
     }
 }
+
+@Suite("A file cannot drive the terminal")
+struct TerminalEscapeTests {
+    @Test("Control characters in tensor names, metadata and paths are printed escaped, on stdout and stderr")
+    func escaped() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("esc-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // JSON escapes become raw ESC/BEL/CR/RLO characters once parsed.
+        var header = Array(#"{"__metadata__":{"note":"\u001b[2J\u202e"},"\u001b]0;pwned\u0007w\r":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#.utf8)
+        while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }
+        var bytes = withUnsafeBytes(of: UInt64(header.count).littleEndian) { Array($0) } + header
+        bytes += [0, 0, 128, 63]
+        let file = dir + "/evil.safetensors"
+        _ = FileManager.default.createFile(atPath: file, contents: Data(bytes))
+        let (status, out, err) = try run(["inspect", file, "--tensors"], in: dir)
+        #expect(status == 0, "\(err)")
+        for text in [out, err] {
+            #expect(!text.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 || $0.value == 0x0D || $0.value == 0x202E })
+        }
+        #expect(out.contains(#"\u{1B}]0;pwned\u{7}w\u{D}"#))
+        #expect(out.contains(#"note=\u{1B}[2J\u{202E}"#))
+        // An error naming a path with a control character.
+        let badPath = dir + "/bad\u{1b}[31m.safetensors"
+        _ = FileManager.default.createFile(atPath: badPath, contents: Data([1, 2, 3]))
+        let (s2, _, e2) = try run(["inspect", badPath], in: dir)
+        #expect(s2 == 1)
+        #expect(!e2.unicodeScalars.contains { $0.value == 0x1B })
+        #expect(e2.contains(#"bad\u{1B}[31m.safetensors"#))
+    }
+}

@@ -49,7 +49,7 @@ extension LoraTool {
             let r = try LoRACore.Convert.run(o)
             var rows = [["from", r.from], ["to", r.to], ["modules", "\(r.modules), scales \(r.scales.map(Render.number).joined(separator: ", "))"]]
             for n in r.notes { rows.append(["note", n]) }
-            print("\(output): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
+            print("\(Render.escaped(output)): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
         }
     }
 
@@ -107,7 +107,7 @@ extension LoraTool {
             for m in modules {
                 rows.append(["  " + m.module, "\(m.fromRank) → \(m.rank)", String(format: "%.6f", m.energyKept), String(format: "%.3g", m.relativeError)])
             }
-            print("\(output): resized\n" + Render.table(rows))
+            print("\(Render.escaped(output)): resized\n" + Render.table(rows))
         }
     }
 }

@@ -32,7 +32,7 @@ extension LoraTool {
 
         func run() throws {
             let n = try LoRACore.Dequantize.run(input: input, output: output, dtype: OutputDType(rawValue: dtype)!, force: force)
-            print("\(output): \(n) 4-bit weights dequantized")
+            print("\(Render.escaped(output)): \(n) 4-bit weights dequantized")
         }
     }
 }

@@ -108,7 +108,7 @@ extension LoraTool {
                     ]
                     if !r.modulesToSave.isEmpty { rows.append(["modules_to_save", r.modulesToSave.joined(separator: ", ")]) }
                     if let b = r.baseTensors, let baseOutput { rows.append(["base", "\(baseOutput): \(b) tensors"]) }
-                    print("\(output): adapter extracted from \(checkpoint)\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
+                    print(Render.escaped("\(output): adapter extracted from \(checkpoint)") + "\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
                 }
                 return
             }
@@ -135,12 +135,12 @@ extension LoraTool {
             for m in r.modules {
                 rows.append(["  " + m.module, "\(m.rank)", String(format: "%.6f", m.energyKept), String(format: "%.3g", m.relativeError), m.method])
             }
-            print("\(output): adapter extracted by SVD\n" + Render.table(rows))
+            print("\(Render.escaped(output)): adapter extracted by SVD\n" + Render.table(rows))
             for s in r.skipped {
-                FileHandle.standardError.write(Data("note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))\n".utf8))
+                Render.diagnostic("note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))")
             }
             for d in r.otherDifferences {
-                FileHandle.standardError.write(Data("warning: \(d.tensor) differs between the models (relative \(String(format: "%.3g", d.relativeDifference))) but is not a target; it is not in the adapter\n".utf8))
+                Render.diagnostic("warning: \(d.tensor) differs between the models (relative \(String(format: "%.3g", d.relativeDifference))) but is not a target; it is not in the adapter")
             }
         }
     }

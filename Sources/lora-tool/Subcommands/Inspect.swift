@@ -71,14 +71,14 @@ extension LoraTool {
                 rows.append(["adapter share", String(format: "%.4f%% (%@ of %@ parameters)", b.percent, Render.count(b.adapterParameters), Render.count(b.baseParameters))])
                 rows.append(["base match", b.problems.isEmpty ? "every module finds its base tensor with matching shape" : "\(b.problems.count) problem(s)"])
             }
-            var out = "\(r.path): \(r.kind.rawValue)\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+            var out = "\(Render.escaped(r.path)): \(r.kind.rawValue)\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
             if let a = r.adapter, !a.modules.isEmpty {
                 out += "\n\n" + Render.table([["  module", "kind", "rank", "alpha", "scale", "DoRA"]] + a.modules.map {
                     ["  " + $0.module, $0.kind, "\($0.rank)", $0.alpha.map(Render.number) ?? "?", $0.scale.map(Render.number) ?? "?", $0.dora ? "yes" : ""]
                 })
             }
             if let b = r.base, !b.problems.isEmpty {
-                out += "\n\n" + b.problems.map { "  mismatch: " + $0 }.joined(separator: "\n")
+                out += "\n\n" + b.problems.map { "  mismatch: " + Render.escaped($0) }.joined(separator: "\n")
             }
             if tensors {
                 out += "\n\n" + Render.table([["  tensor", "dtype", "shape", "bytes"]] + r.tensors.map {

@@ -95,7 +95,7 @@ extension LoraTool {
             let report = try LoRACore.Merge.run(options, progress: callback)
             bar?.finish()
             for o in report.overflowed {
-                FileHandle.standardError.write(Data("warning: \(Render.escaped(o.tensor)): \(o.count) values overflowed the output dtype and were written as ±Inf (--allow-overflow)\n".utf8))
+                Render.diagnostic("warning: \(o.tensor): \(o.count) values overflowed the output dtype and were written as ±Inf (--allow-overflow)")
             }
             if json {
                 Render.printJSON(jsonReport(report))
@@ -120,13 +120,13 @@ extension LoraTool {
             for s in r.requantization ?? [] {
                 rows.append(["requantized", "\(s.weight): \(String(format: "%.1f", 100 * s.codesChanged))% of codes changed, delta kept: correlation \(String(format: "%.3f", s.deltaCorrelation)), norm ratio \(String(format: "%.3f", s.deltaNormRatio))"])
                 if s.deltaCorrelation < 0.5 {
-                    FileHandle.standardError.write(Data("warning: \(s.weight): less than half of the adapter's change survived 4-bit requantization (correlation \(String(format: "%.2f", s.deltaCorrelation))); consider a dense output (omit --requantize)\n".utf8))
+                    Render.diagnostic("warning: \(s.weight): less than half of the adapter's change survived 4-bit requantization (correlation \(String(format: "%.2f", s.deltaCorrelation))); consider a dense output (omit --requantize)")
                 }
             }
             if let v = r.verification {
                 rows.append(["verified", "\(v.entries.count) tensors on \(v.probes) probes: all within tolerance"])
             }
-            return "\(r.output): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+            return "\(Render.escaped(r.output)): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
         }
 
         func jsonReport(_ r: MergeReport) -> JSONValue {
