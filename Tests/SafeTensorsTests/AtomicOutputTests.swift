@@ -242,6 +242,22 @@ struct AtomicOutputTests {
         #expect(throws: SafeTensorsError.self) { _ = try AtomicOutput(destination: dir, isDirectory: false, force: true) }
     }
 
+    @Test("A staging directory removed by another program is reported as an output problem, not an input's")
+    func vanishedStaging() throws {
+        let dir = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let output = try AtomicOutput(destination: dir + "/out", isDirectory: true, force: false)
+        try FileManager.default.removeItem(atPath: output.stagingDirectory)
+        do {
+            _ = try ChunkedOutput(path: output.path(for: "model.safetensors"), tensors: [TensorInfo(name: "t", dtype: .float32, shape: [4])])
+            Issue.record("created a file in a vanished directory")
+        } catch let error as SafeTensorsError {
+            guard case .outputIO = error else { Issue.record("\(error)"); return }
+            #expect(error.localizedDescription.hasPrefix("output "))
+            #expect(error.localizedDescription.contains("staging directory is gone"))
+        }
+    }
+
     @Test("Abandoning removes the staging directory and leaves the destination as it was")
     func abandon() throws {
         let dir = try scratch()
