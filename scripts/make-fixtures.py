@@ -153,6 +153,16 @@ def merge_cases():
                second_cfg=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
 
 
+def pattern_cases():
+    """Patterns Python's re reads and Swift's regex engine did not: a lookbehind alpha_pattern key and
+    a rank_pattern class; PEFT's merge_and_unload is the oracle."""
+    os.makedirs(CORE_FIX, exist_ok=True)
+    merge_case("llama_lookbehind_alpha", lambda: tiny_llama(torch.bfloat16),
+               LoraConfig(r=4, lora_alpha=8, target_modules=SEVEN, init_lora_weights=False,
+                          alpha_pattern={r"(?<=self_attn\.)q_proj": 64, r"mlp\.(gate|up)_proj": 2},
+                          rank_pattern={r"layers\.[1]\.self_attn\.(?!q)\w_proj": 2}))
+
+
 def adalora_case():
     """AdaLoRA (A, E, B without .weight; scale alpha/(init_r + 1e-5)), merged by PEFT."""
     from peft import AdaLoraConfig
@@ -629,6 +639,7 @@ GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
     "samples": samples,
     "merge": merge_cases,
+    "patterns": pattern_cases,
     "adalora": adalora_case,
     "dialects": dialect_cases,
     "conv": conv_case,
