@@ -41,23 +41,10 @@ public final class Adapter: Sendable {
     public let format: Format
 
     /// Human-readable dialect: `PEFT LoRA`, `PEFT LoRA (rsLoRA, DoRA)`, `PEFT AdaLoRA`, `kohya LoRA`, `mlx-lm LoRA`.
-    public var dialect: String {
-        switch format {
-        case .kohya: return "kohya LoRA (sd-scripts)"
-        case .handWritten:
-            return checkpoint.names.contains { $0.contains(".parametrizations.weight.0.lora_") }
-                ? "hand-written LoRA (torch parametrizations)" : "hand-written LoRA (wrapper .linear + .lora.A/.lora.B)"
-        case .mlx: return modules.contains(where: \.isDoRA) ? "mlx-lm DoRA" : "mlx-lm LoRA"
-        case .peft:
-            if modules.contains(where: \.isGated) { return "SoRA (PEFT-like keys with gates)" }
-        }
-        var extras: [String] = []
-        if config.useRslora { extras.append("rsLoRA") }
-        if modules.contains(where: \.isDoRA) { extras.append("DoRA") }
-        if modules.contains(where: { $0.kind == .embedding }) { extras.append("embedding LoRA") }
-        let base = config.peftType == .adalora ? "PEFT AdaLoRA" : "PEFT LoRA"
-        return extras.isEmpty ? base : base + " (" + extras.joined(separator: ", ") + ")"
-    }
+    public var dialect: String { AdapterDialects.dialect(for: format).name(of: self) }
+
+    /// How this adapter's files give each module's scale.
+    public var scaleRule: String { AdapterDialects.dialect(for: format).scaleRule(of: self) }
 
     /// Opens and checks an adapter.
     /// - Throws: `LoRACoreError` for a missing or bad config, unpaired or inconsistent LoRA tensors,
@@ -78,7 +65,7 @@ public final class Adapter: Sendable {
                 throw LoRACoreError.invalidConfig(file: configFile, detail: "not valid JSON: \(error.description)")
             }
         }
-        let isMLX = configJSON?["lora_parameters"] != nil && configJSON?["peft_type"] == nil
+        let isMLX = MLXDialect.isMLXConfig(configJSON)
         let weights: String
         if isDir.boolValue {
             let candidates = isMLX ? ["adapters.safetensors", "adapter_model.safetensors"] : ["adapter_model.safetensors"]
@@ -98,36 +85,17 @@ public final class Adapter: Sendable {
             weights = path
         }
         checkpoint = try Checkpoint(path: weights)
-        let isKohya = checkpoint.names.contains { $0.hasSuffix(".lora_down.weight") || $0.hasSuffix(".lora_up.weight") }
-        if HandWrittenDialect.isHandWritten(checkpoint.names) {
-            format = .handWritten
-            config = AdapterConfig()
-            let layout = try HandWrittenDialect.pair(checkpoint, scale: override, file: weights)
-            (modules, replacements, untargeted) = (layout.modules, [], [])
-            outputRenames = layout.renames
-            consumedTensors = layout.consumed
-            return
-        }
-        outputRenames = [:]
-        consumedTensors = []
-        if isKohya {
-            format = .kohya
-            config = AdapterConfig()
-            (modules, replacements, untargeted) = try KohyaDialect.pair(checkpoint, file: weights)
-        } else if isMLX, let json = configJSON {
-            format = .mlx
-            let mlx = try MLXDialect.Config(json: json, file: configPath)
-            config = AdapterConfig()
-            (modules, replacements, untargeted) = try MLXDialect.pair(checkpoint, config: mlx, file: weights)
-        } else {
-            guard let json = configJSON, let data = configBytes else {
-                throw LoRACoreError.invalidConfig(file: configPath, detail: "missing: an adapter needs its adapter_config.json (rank, alpha, targets)")
-            }
-            _ = json
-            format = .peft
-            config = try AdapterConfig(json: Array(data), file: configPath)
-            (modules, replacements, untargeted) = try Adapter.pair(checkpoint, config: config, file: weights)
-        }
+        let files = AdapterFiles(path: path, weights: weights, checkpoint: checkpoint, configPath: configFile,
+                                 configBytes: configBytes, config: configJSON)
+        let dialect = AdapterDialects.detect(files)
+        let layout = try dialect.read(files, scale: override)
+        format = dialect.format
+        config = layout.config
+        modules = layout.modules
+        replacements = layout.replacements
+        untargeted = layout.untargeted
+        outputRenames = layout.renames
+        consumedTensors = layout.consumed
     }
 
     /// The adapter's modules with their names as the base model spells them. PEFT and mlx names
@@ -138,124 +106,5 @@ public final class Adapter: Sendable {
     public func modules(resolvedAgainst base: Checkpoint) throws -> [AdapterModule] {
         guard format == .kohya else { return modules }
         return try KohyaDialect.resolve(modules, against: base)
-    }
-
-    /// Groups LoRA tensors by module and checks each group.
-    static func pair(_ ckpt: Checkpoint, config: AdapterConfig, file: String) throws
-        -> ([AdapterModule], [(base: String, tensor: String)], [String])
-    {
-        var groups: [String: [LoRAParameter: String]] = [:]
-        var replacements: [(base: String, tensor: String)] = []
-        var adapterNames = Set<String>()
-        for name in ckpt.names {
-            let parsed = TensorName(name)
-            if let a = parsed.adapterName { adapterNames.insert(a) }
-            switch parsed.role {
-            case let .lora(p):
-                if groups[parsed.module]?[p] != nil {
-                    throw LoRACoreError.invalidModule(module: parsed.module, detail: "\(p.rawValue) appears twice")
-                }
-                groups[parsed.module, default: [:]][p] = name
-            case .baseLayer, .modulesToSave, .parameter:
-                if let base = parsed.baseTensorName { replacements.append((base, name)) }
-            case .originalModule:
-                continue  // untouched copy of a modules_to_save module
-            case .kohyaAlpha:
-                throw LoRACoreError.unsupportedAdapter(path: file, detail: "kohya-style LoRA ('\(name)') is not supported by this command yet")
-            }
-        }
-        if adapterNames.count > 1 {
-            throw LoRACoreError.unsupportedAdapter(
-                path: file, detail: "holds several adapters (\(adapterNames.sorted().joined(separator: ", "))); extract one first")
-        }
-        var modules: [AdapterModule] = []
-        var untargeted: [String] = []
-        for module in groups.keys.sorted(by: utf8Precedes) {
-            let g = groups[module]!
-            func info(_ p: LoRAParameter) throws -> TensorInfo? {
-                guard let n = g[p] else { return nil }
-                return ckpt.info(n)
-            }
-            let isEmbedding = g[.embeddingA] != nil || g[.embeddingB] != nil
-            let (pa, pb): (LoRAParameter, LoRAParameter) = isEmbedding ? (.embeddingA, .embeddingB) : (.A, .B)
-            if g[.down] != nil || g[.up] != nil || g[.mlxA] != nil || g[.mlxB] != nil {
-                throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' uses kohya/mlx tensor names, not supported by this command yet")
-            }
-            guard let aName = g[pa] else { throw LoRACoreError.invalidModule(module: module, detail: "has \(pb.rawValue) but no \(pa.rawValue)") }
-            guard let bName = g[pb] else { throw LoRACoreError.invalidModule(module: module, detail: "has \(pa.rawValue) but no \(pb.rawValue)") }
-            let a = try info(pa)!, b = try info(pb)!
-            for t in [a, b] where !(t.dtype == .float32 || t.dtype == .float16 || t.dtype == .bfloat16) {
-                throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(t.name)' has dtype \(t.dtype.rawValue); LoRA factors must be F32, F16 or BF16")
-            }
-            guard let geometry = AdapterModule.factorGeometry(a: a.shape, b: b.shape), !(isEmbedding && geometry.conv != nil) else {
-                throw LoRACoreError.invalidModule(
-                    module: module, detail: "LoRA factors must be 2-D, or a convolution's (r, in, kh, kw) and (out, r, 1, 1); got \(a.shape) and \(b.shape)")
-            }
-            if config.peftType == .adalora && (a.shape[0] == 0 || b.shape[1] == 0) && a.shape[0] == b.shape[1] {
-                continue  // AdaLoRA pruned this module to rank 0: it contributes nothing.
-            }
-            if a.elementCount == 0 || b.elementCount == 0 {
-                throw LoRACoreError.invalidModule(
-                    module: module, detail: "zero-size LoRA tensors \(a.shape) and \(b.shape) (a DeepSpeed ZeRO-3 save without gathering?)")
-            }
-            let rank = geometry.rank
-            guard b.shape[1] == rank else {
-                throw LoRACoreError.invalidModule(module: module, detail: "\(pa.rawValue) has rank \(rank) but \(pb.rawValue) has rank \(b.shape[1]) (shapes \(a.shape) and \(b.shape))")
-            }
-            let out = geometry.out, inF = geometry.inFlat
-            guard rank <= min(out, inF) else {
-                throw LoRACoreError.invalidModule(module: module, detail: "rank \(rank) exceeds the matrix size \(out)×\(inF)")
-            }
-            if config.peftType == .lora {
-                let expected = config.rank(for: module)
-                guard expected == rank else {
-                    throw LoRACoreError.invalidModule(module: module, detail: "tensors have rank \(rank) but adapter_config.json gives r = \(expected) (r / rank_pattern)")
-                }
-            }
-            if let gate = g[.gate], let gi = ckpt.info(gate), gi.elementCount != rank || gi.shape.count > 2 {
-                throw LoRACoreError.invalidModule(module: module, detail: "SoRA gate has shape \(gi.shape), expected [\(rank)] or [1, \(rank)]")
-            }
-            if g[.gate] != nil && g[.E] != nil {
-                throw LoRACoreError.invalidModule(module: module, detail: "has both lora_E (AdaLoRA) and a SoRA gate")
-            }
-            if let e = g[.E], let ei = ckpt.info(e), ei.shape != [rank, 1] {
-                throw LoRACoreError.invalidModule(module: module, detail: "lora_E has shape \(ei.shape), expected [\(rank), 1]")
-            }
-            if config.peftType == .adalora && g[.E] == nil {
-                throw LoRACoreError.invalidModule(module: module, detail: "AdaLoRA module has no lora_E")
-            }
-            if let m = g[.magnitude], let mi = ckpt.info(m) {
-                guard mi.shape == [isEmbedding ? out : out] || mi.shape == [out] else {
-                    throw LoRACoreError.invalidModule(module: module, detail: "lora_magnitude_vector has shape \(mi.shape), expected [\(out)]")
-                }
-            }
-            if let bb = g[.bBias], let bi = ckpt.info(bb), bi.shape != [out] {
-                throw LoRACoreError.invalidModule(module: module, detail: "lora_B.bias has shape \(bi.shape), expected [\(out)]")
-            }
-            let parsed = TensorName(module + ".weight")
-            if !config.targets(parsed) {
-                untargeted.append(module)
-                continue
-            }
-            let alpha = config.alpha(for: module)
-            let transposed = isEmbedding || (config.fanInFanOut && geometry.conv == nil)
-            if geometry.conv != nil && g[.magnitude] != nil {
-                throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' is a DoRA convolution, not supported yet")
-            }
-            if config.useDora && g[.magnitude] == nil && !isEmbedding {
-                // Merged as plain LoRA it would silently drop DoRA's rescaling.
-                throw LoRACoreError.invalidModule(
-                    module: module, detail: "adapter_config.json sets use_dora but the module has no lora_magnitude_vector: the file is incomplete")
-            }
-            var entry = AdapterModule(
-                module: module, kind: isEmbedding ? .embedding : .linear, aName: aName, bName: bName, eName: g[.E] ?? g[.gate],
-                bBiasName: g[.bBias], magnitudeName: g[.magnitude], rank: rank, alpha: alpha,
-                scale: config.scale(for: module, rank: rank), outFeatures: out, inFeatures: inF, transposed: transposed)
-            entry.convShape = geometry.conv
-            entry.isGated = g[.gate] != nil
-            modules.append(entry)
-        }
-        replacements.sort { utf8Precedes($0.base, $1.base) }
-        return (modules, replacements, untargeted)
     }
 }

@@ -66,84 +66,7 @@ public enum Convert {
         if adapter.config.useRslora && adapter.format == .peft { notes.append("rsLoRA scales written as plain α/r with α = s·r") }
         if adapter.config.peftType == .adalora { notes.append("AdaLoRA written as plain LoRA: A ⊙ E folded into A, α = s·r") }
 
-        switch options.to {
-        case .handWritten:
-            throw LoRACoreError.invalidRequest("hand-written layouts are read, not written; convert to peft, kohya or mlx")
-        case .peft:
-            try writePEFT(factors, adapter: adapter, base: base, options: options)
-        case .kohya:
-            try refuse(factors, adapter: adapter, into: "kohya LoRA")
-            var tensors: [AdapterWriter.Tensor] = []
-            for f in factors {
-                let key = "lora_te_" + f.module.module.replacingOccurrences(of: ".", with: "_")
-                let m = f.module
-                tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterWriter.floatBytes(f.a) })
-                tensors.append(.init(name: key + ".lora_up.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterWriter.floatBytes(f.b) })
-                let alpha = Float(m.scale * Double(m.rank))
-                tensors.append(.init(name: key + ".alpha", dtype: .float32, shape: []) { AdapterWriter.floatBytes([alpha]) })
-            }
-            let ranks = Set(factors.map(\.module.rank))
-            let metadata: [(key: String, value: String)] = [
-                ("ss_network_module", "networks.lora"),
-                ("ss_network_dim", ranks.count == 1 ? String(ranks.first!) : "Dynamic"),
-                ("ss_network_alpha", Set(factors.map { $0.module.scale * Double($0.module.rank) }).count == 1
-                    ? "\(factors[0].module.scale * Double(factors[0].module.rank))" : "Dynamic"),
-            ]
-            if options.output.hasSuffix(".safetensors") {
-                try AdapterWriter.writeFile(tensors, to: options.output, metadata: metadata, force: options.force)
-            } else {
-                try AdapterWriter.writeDirectory(tensors, weightsName: "adapter.safetensors", metadata: metadata, sideFiles: [],
-                                                 to: options.output, force: options.force, zstdLevel: options.zstdLevel)
-            }
-        case .mlx:
-            try refuse(factors, adapter: adapter, into: "mlx-lm LoRA")
-            let ranks = Set(factors.map(\.module.rank))
-            guard ranks.count == 1 else {
-                throw LoRACoreError.unsupportedAdapter(path: options.adapter, detail: "mlx-lm uses one rank for every module; this adapter has ranks \(ranks.sorted())")
-            }
-            let scales = factors.map(\.module.scale)
-            let global = mostCommon(scales)
-            if Set(scales).count > 1 { notes.append("mlx has one scale (\(global)); B of modules with other scales was multiplied by sᵢ/\(global) (one fp32 rounding)") }
-            let dora = factors.contains { $0.magnitude != nil }
-            var tensors: [AdapterWriter.Tensor] = []
-            var keys = Set<String>()
-            var layers = Set<Int>()
-            for f in factors {
-                let m = f.module
-                let ratio = Float(m.scale / global)
-                let bScaled = ratio == 1 ? f.b : f.b.map { $0 * ratio }
-                tensors.append(.init(name: m.module + ".lora_a", dtype: .float32, shape: [m.inFeatures, m.rank]) {
-                    AdapterWriter.floatBytes(LoRAFactors.transpose(f.a, rows: m.rank, cols: m.inFeatures))
-                })
-                tensors.append(.init(name: m.module + ".lora_b", dtype: .float32, shape: [m.rank, m.outFeatures]) {
-                    AdapterWriter.floatBytes(LoRAFactors.transpose(bScaled, rows: m.outFeatures, cols: m.rank))
-                })
-                if let mag = f.magnitude {
-                    tensors.append(.init(name: m.module + ".m", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(mag) })
-                }
-                let parsed = TensorName(m.module + ".weight")
-                if let layer = parsed.layer {
-                    layers.insert(layer.index)
-                    let marker = ".\(layer.pattern).\(layer.index)."
-                    if let range = m.module.range(of: marker) { keys.insert(String(m.module[range.upperBound...])) }
-                } else {
-                    keys.insert(parsed.family)
-                }
-            }
-            let config = JSONWriter.pretty(.object([
-                ("fine_tune_type", .string(dora ? "dora" : "lora")),
-                ("num_layers", .number(String(max(layers.count, 1)))),
-                ("lora_parameters", .object([
-                    ("rank", .number(String(ranks.first!))),
-                    ("scale", .number("\(global)")),
-                    ("dropout", .number("0.0")),
-                    ("keys", .array(keys.sorted().map { .string($0) })),
-                ])),
-            ])) + "\n"
-            try AdapterWriter.writeDirectory(tensors, weightsName: "adapters.safetensors", metadata: [("format", "mlx")],
-                                             sideFiles: [("adapter_config.json", config)], to: options.output, force: options.force,
-                                             zstdLevel: options.zstdLevel)
-        }
+        try AdapterDialects.dialect(for: options.to).write(factors, adapter: adapter, base: base, options: options, notes: &notes)
         return ConvertReport(from: adapter.dialect, to: options.to.rawValue, modules: factors.count,
                              scales: Array(Set(factors.map(\.module.scale))).sorted(), notes: notes)
     }
@@ -168,44 +91,6 @@ public enum Convert {
         if let r = adapter.replacements.first {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "\(target) cannot hold full replacement tensors ('\(r.base)', modules_to_save)")
         }
-    }
-
-    static func writePEFT(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions) throws {
-        var tensors: [AdapterWriter.Tensor] = []
-        var alphas: [(String, Double)] = []
-        for f in factors {
-            let m = f.module
-            let prefix = "base_model.model." + m.module + "."
-            let (aName, bName) = m.kind == .embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
-            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: m.factorShapes.a) { AdapterWriter.floatBytes(f.a) })
-            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: m.factorShapes.b) { AdapterWriter.floatBytes(f.b) })
-            if let mag = f.magnitude {
-                tensors.append(.init(name: prefix + "lora_magnitude_vector", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(mag) })
-            }
-            if let bias = f.bias {
-                tensors.append(.init(name: prefix + "lora_B.bias", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(bias) })
-            }
-            alphas.append((m.module, m.scale * Double(m.rank)))
-        }
-        let targeted = Set(factors.map(\.module.module))
-        for (baseName, tensor) in adapter.replacements {
-            let parsed = TensorName(baseName)
-            let name = targeted.contains(parsed.module)
-                ? "base_model.model." + parsed.module + ".base_layer." + (parsed.role.baseParameter ?? "weight")
-                : "base_model.model." + baseName
-            let info = adapter.checkpoint.info(tensor)!
-            tensors.append(.init(name: name, dtype: info.dtype, shape: info.shape) { Array(try adapter.checkpoint.bytes(of: tensor)) })
-        }
-        let (r, rankPattern) = AdapterWriter.rankSummary(factors.map { ($0.module.module, $0.module.rank) })
-        let alpha = mostCommon(alphas.map(\.1))
-        var config = AdapterWriter.Config(r: r, loraAlpha: alpha, rankPattern: rankPattern, targetModules: [])
-        config.alphaPattern = alphas.filter { $0.1 != alpha }
-        let all = base.map { Set($0.names.map { TensorName($0).module }) } ?? targeted
-        config.targetModules = TargetSelector.minimalSuffixes(selecting: targeted, among: all.union(targeted))
-        config.useDora = factors.contains { $0.magnitude != nil }
-        config.fanInFanOut = factors.contains { $0.module.transposed && $0.module.kind == .linear }
-        config.modulesToSave = adapter.format == .peft ? adapter.config.modulesToSave : []
-        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
     }
 
     static func mostCommon(_ values: [Double]) -> Double {

@@ -101,8 +101,9 @@ public enum Inspect {
         } else {
             // Headers only: a .zst model is not decompressed past its header to be described.
             let c = try Checkpoint(path: path, headerOnly: true)
-            let handWritten = HandWrittenDialect.isHandWritten(c.names)
-            if c.names.contains(where: { $0.hasSuffix(".lora_down.weight") }) || (handWritten && scale != AdapterScaleOverride()) {
+            // A file without adapter_config.json is an adapter when a dialect claims its tensor names;
+            // hand-written layouts only with a scale, else they are described as the model they are.
+            if let claimed = AdapterDialects.claims(tensorNames: c.names), claimed != HandWrittenDialect.self || scale != AdapterScaleOverride() {
                 let a = try Adapter(path: path, scale: scale)  // kohya / hand-written: everything is in the file
                 adapter = a
                 ckpt = a.checkpoint
@@ -158,10 +159,7 @@ public enum Inspect {
                 dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(),
                 alpha: adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
                 useRslora: adapter.config.useRslora,
-                scaleRule: adapter.format == .handWritten ? "from --scale or --alpha/--rank (the file stores none)"
-                    : adapter.format == .mlx ? "given directly (mlx scale, no division by r)"
-                    : adapter.format == .kohya ? "alpha/r per module; no alpha means alpha = r"
-                    : adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r"),
+                scaleRule: adapter.scaleRule,
                 targetSuffixes: Array(Set(resolved.map(\.family))).sorted(),
                 layers: Array(Set(resolved.compactMap { TensorName($0.baseWeightName).layer?.index })).sorted(),
                 modules: mods, dora: adapter.modules.contains(where: \.isDoRA),

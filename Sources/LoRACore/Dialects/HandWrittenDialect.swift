@@ -4,9 +4,9 @@ import SafeTensors
 /// The scale of adapters whose files do not carry one (hand-written layouts): `--scale`, or
 /// `--alpha` with `--rank` (s = α/r).
 public struct AdapterScaleOverride: Sendable, Equatable {
-    public var alpha: Double?
-    public var rank: Int?
-    public var scale: Double?
+    var alpha: Double?
+    var rank: Int?
+    var scale: Double?
 
     public init(alpha: Double? = nil, rank: Int? = nil, scale: Double? = nil) {
         self.alpha = alpha
@@ -34,7 +34,29 @@ public struct AdapterScaleOverride: Sendable, Equatable {
 /// way round (A (r, in) or (in, r), B (out, r) or (r, out)); when A touches `out` and B `in` instead,
 /// the layer computed `x @ B @ A` and ΔW = (B·A)ᵀ. Merged models use the plain names `P.weight` /
 /// `P.bias`, and the LoRA tensors are dropped.
-enum HandWrittenDialect {
+enum HandWrittenDialect: AdapterDialect {
+    static let format = Adapter.Format.handWritten
+
+    static func claims(tensorNames: [String]) -> Bool { isHandWritten(tensorNames) }
+
+    static func detects(_ files: AdapterFiles) -> Bool { isHandWritten(files.checkpoint.names) }
+
+    static func read(_ files: AdapterFiles, scale: AdapterScaleOverride) throws -> AdapterLayout {
+        let layout = try pair(files.checkpoint, scale: scale, file: files.weights)
+        return AdapterLayout(modules: layout.modules, renames: layout.renames, consumed: layout.consumed)
+    }
+
+    static func name(of adapter: Adapter) -> String {
+        adapter.checkpoint.names.contains { $0.contains(".parametrizations.weight.0.lora_") }
+            ? "hand-written LoRA (torch parametrizations)" : "hand-written LoRA (wrapper .linear + .lora.A/.lora.B)"
+    }
+
+    static func scaleRule(of adapter: Adapter) -> String { "from --scale or --alpha/--rank (the file stores none)" }
+
+    static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
+        throw LoRACoreError.invalidRequest("hand-written layouts are read, not written; convert to peft, kohya or mlx")
+    }
+
     static func isHandWritten(_ names: [String]) -> Bool {
         names.contains { $0.hasSuffix(".lora.A") || $0.hasSuffix(".lora.B") || $0.contains(".parametrizations.weight.0.lora_") }
     }

@@ -12,7 +12,52 @@ import SafeTensors
 /// kernel, which is sd-scripts' `conv2d(down.permute(1, 0, 2, 3), up)` (1×1 is the squeezed case).
 /// Example: `lora_te_model_layers_0_self_attn_q_proj.lora_down.weight` adapts the base module
 /// `model.layers.0.self_attn.q_proj` (resolved against the base in `resolve`).
-enum KohyaDialect {
+enum KohyaDialect: AdapterDialect {
+    static let format = Adapter.Format.kohya
+
+    static func claims(tensorNames: [String]) -> Bool {
+        tensorNames.contains { $0.hasSuffix(".lora_down.weight") || $0.hasSuffix(".lora_up.weight") }
+    }
+
+    static func detects(_ files: AdapterFiles) -> Bool { claims(tensorNames: files.checkpoint.names) }
+
+    static func read(_ files: AdapterFiles, scale: AdapterScaleOverride) throws -> AdapterLayout {
+        let (modules, replacements, untargeted) = try pair(files.checkpoint, file: files.weights)
+        return AdapterLayout(modules: modules, replacements: replacements, untargeted: untargeted)
+    }
+
+    static func name(of adapter: Adapter) -> String { "kohya LoRA (sd-scripts)" }
+
+    static func scaleRule(of adapter: Adapter) -> String { "alpha/r per module; no alpha means alpha = r" }
+
+    /// Writes `lora_te_<module with underscores>.{lora_down,lora_up}.weight` + `.alpha` (α = s·r), with
+    /// sd-scripts' `ss_network_*` metadata, as one file (`.safetensors` output) or a directory.
+    static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
+        try Convert.refuse(factors, adapter: adapter, into: "kohya LoRA")
+        var tensors: [AdapterWriter.Tensor] = []
+        for f in factors {
+            let key = "lora_te_" + f.module.module.replacingOccurrences(of: ".", with: "_")
+            let m = f.module
+            tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterWriter.floatBytes(f.a) })
+            tensors.append(.init(name: key + ".lora_up.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterWriter.floatBytes(f.b) })
+            let alpha = Float(m.scale * Double(m.rank))
+            tensors.append(.init(name: key + ".alpha", dtype: .float32, shape: []) { AdapterWriter.floatBytes([alpha]) })
+        }
+        let ranks = Set(factors.map(\.module.rank))
+        let metadata: [(key: String, value: String)] = [
+            ("ss_network_module", "networks.lora"),
+            ("ss_network_dim", ranks.count == 1 ? String(ranks.first!) : "Dynamic"),
+            ("ss_network_alpha", Set(factors.map { $0.module.scale * Double($0.module.rank) }).count == 1
+                ? "\(factors[0].module.scale * Double(factors[0].module.rank))" : "Dynamic"),
+        ]
+        if options.output.hasSuffix(".safetensors") {
+            try AdapterWriter.writeFile(tensors, to: options.output, metadata: metadata, force: options.force)
+        } else {
+            try AdapterWriter.writeDirectory(tensors, weightsName: "adapter.safetensors", metadata: metadata, sideFiles: [],
+                                             to: options.output, force: options.force, zstdLevel: options.zstdLevel)
+        }
+    }
+
     static let prefixes = ["lora_unet_", "lora_te1_", "lora_te2_", "lora_te_", "lora_transformer_", "lora_"]
 
     static func pair(_ ckpt: Checkpoint, file: String) throws -> ([AdapterModule], [(base: String, tensor: String)], [String]) {

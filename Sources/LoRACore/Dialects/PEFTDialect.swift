@@ -1,0 +1,194 @@
+import Foundation
+import LoRAGraph
+import SafeTensors
+
+/// PEFT adapters: `adapter_config.json` + `adapter_model.safetensors` with keys
+/// `base_model.model.<module>.lora_A.weight` (r×in) and `.lora_B.weight` (out×r), optionally an
+/// adapter-name infix (`.default.`), `lora_embedding_A/B` (transposed, for embeddings),
+/// `lora_magnitude_vector` (DoRA), `lora_E` (AdaLoRA), `lora_B.bias`, and full replacement values
+/// (`modules_to_save`, `*.base_layer.weight`). s = α/r, α/√r with rsLoRA, per-module patterns.
+enum PEFTDialect: AdapterDialect {
+    static let format = Adapter.Format.peft
+
+    static func detects(_ files: AdapterFiles) -> Bool { files.config != nil }
+
+    static func read(_ files: AdapterFiles, scale: AdapterScaleOverride) throws -> AdapterLayout {
+        guard let data = files.configBytes else {
+            throw LoRACoreError.invalidConfig(file: files.configPath, detail: "missing: an adapter needs its adapter_config.json (rank, alpha, targets)")
+        }
+        let config = try AdapterConfig(json: data, file: files.configPath)
+        let (modules, replacements, untargeted) = try pair(files.checkpoint, config: config, file: files.weights)
+        return AdapterLayout(config: config, modules: modules, replacements: replacements, untargeted: untargeted)
+    }
+
+    static func name(of adapter: Adapter) -> String {
+        if adapter.modules.contains(where: \.isGated) { return "SoRA (PEFT-like keys with gates)" }
+        var extras: [String] = []
+        if adapter.config.useRslora { extras.append("rsLoRA") }
+        if adapter.modules.contains(where: \.isDoRA) { extras.append("DoRA") }
+        if adapter.modules.contains(where: { $0.kind == .embedding }) { extras.append("embedding LoRA") }
+        let base = adapter.config.peftType == .adalora ? "PEFT AdaLoRA" : "PEFT LoRA"
+        return extras.isEmpty ? base : base + " (" + extras.joined(separator: ", ") + ")"
+    }
+
+    static func scaleRule(of adapter: Adapter) -> String {
+        adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r")
+    }
+
+    /// Groups LoRA tensors by module and checks each group.
+    static func pair(_ ckpt: Checkpoint, config: AdapterConfig, file: String) throws
+        -> ([AdapterModule], [(base: String, tensor: String)], [String])
+    {
+        var groups: [String: [LoRAParameter: String]] = [:]
+        var replacements: [(base: String, tensor: String)] = []
+        var adapterNames = Set<String>()
+        for name in ckpt.names {
+            let parsed = TensorName(name)
+            if let a = parsed.adapterName { adapterNames.insert(a) }
+            switch parsed.role {
+            case let .lora(p):
+                if groups[parsed.module]?[p] != nil {
+                    throw LoRACoreError.invalidModule(module: parsed.module, detail: "\(p.rawValue) appears twice")
+                }
+                groups[parsed.module, default: [:]][p] = name
+            case .baseLayer, .modulesToSave, .parameter:
+                if let base = parsed.baseTensorName { replacements.append((base, name)) }
+            case .originalModule:
+                continue  // untouched copy of a modules_to_save module
+            case .kohyaAlpha:
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "kohya-style LoRA ('\(name)') is not supported by this command yet")
+            }
+        }
+        if adapterNames.count > 1 {
+            throw LoRACoreError.unsupportedAdapter(
+                path: file, detail: "holds several adapters (\(adapterNames.sorted().joined(separator: ", "))); extract one first")
+        }
+        var modules: [AdapterModule] = []
+        var untargeted: [String] = []
+        for module in groups.keys.sorted(by: utf8Precedes) {
+            let g = groups[module]!
+            func info(_ p: LoRAParameter) throws -> TensorInfo? {
+                guard let n = g[p] else { return nil }
+                return ckpt.info(n)
+            }
+            let isEmbedding = g[.embeddingA] != nil || g[.embeddingB] != nil
+            let (pa, pb): (LoRAParameter, LoRAParameter) = isEmbedding ? (.embeddingA, .embeddingB) : (.A, .B)
+            if g[.down] != nil || g[.up] != nil || g[.mlxA] != nil || g[.mlxB] != nil {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' uses kohya/mlx tensor names, not supported by this command yet")
+            }
+            guard let aName = g[pa] else { throw LoRACoreError.invalidModule(module: module, detail: "has \(pb.rawValue) but no \(pa.rawValue)") }
+            guard let bName = g[pb] else { throw LoRACoreError.invalidModule(module: module, detail: "has \(pa.rawValue) but no \(pb.rawValue)") }
+            let a = try info(pa)!, b = try info(pb)!
+            for t in [a, b] where !(t.dtype == .float32 || t.dtype == .float16 || t.dtype == .bfloat16) {
+                throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(t.name)' has dtype \(t.dtype.rawValue); LoRA factors must be F32, F16 or BF16")
+            }
+            guard let geometry = AdapterModule.factorGeometry(a: a.shape, b: b.shape), !(isEmbedding && geometry.conv != nil) else {
+                throw LoRACoreError.invalidModule(
+                    module: module, detail: "LoRA factors must be 2-D, or a convolution's (r, in, kh, kw) and (out, r, 1, 1); got \(a.shape) and \(b.shape)")
+            }
+            if config.peftType == .adalora && (a.shape[0] == 0 || b.shape[1] == 0) && a.shape[0] == b.shape[1] {
+                continue  // AdaLoRA pruned this module to rank 0: it contributes nothing.
+            }
+            if a.elementCount == 0 || b.elementCount == 0 {
+                throw LoRACoreError.invalidModule(
+                    module: module, detail: "zero-size LoRA tensors \(a.shape) and \(b.shape) (a DeepSpeed ZeRO-3 save without gathering?)")
+            }
+            let rank = geometry.rank
+            guard b.shape[1] == rank else {
+                throw LoRACoreError.invalidModule(module: module, detail: "\(pa.rawValue) has rank \(rank) but \(pb.rawValue) has rank \(b.shape[1]) (shapes \(a.shape) and \(b.shape))")
+            }
+            let out = geometry.out, inF = geometry.inFlat
+            guard rank <= min(out, inF) else {
+                throw LoRACoreError.invalidModule(module: module, detail: "rank \(rank) exceeds the matrix size \(out)×\(inF)")
+            }
+            if config.peftType == .lora {
+                let expected = config.rank(for: module)
+                guard expected == rank else {
+                    throw LoRACoreError.invalidModule(module: module, detail: "tensors have rank \(rank) but adapter_config.json gives r = \(expected) (r / rank_pattern)")
+                }
+            }
+            if let gate = g[.gate], let gi = ckpt.info(gate), gi.elementCount != rank || gi.shape.count > 2 {
+                throw LoRACoreError.invalidModule(module: module, detail: "SoRA gate has shape \(gi.shape), expected [\(rank)] or [1, \(rank)]")
+            }
+            if g[.gate] != nil && g[.E] != nil {
+                throw LoRACoreError.invalidModule(module: module, detail: "has both lora_E (AdaLoRA) and a SoRA gate")
+            }
+            if let e = g[.E], let ei = ckpt.info(e), ei.shape != [rank, 1] {
+                throw LoRACoreError.invalidModule(module: module, detail: "lora_E has shape \(ei.shape), expected [\(rank), 1]")
+            }
+            if config.peftType == .adalora && g[.E] == nil {
+                throw LoRACoreError.invalidModule(module: module, detail: "AdaLoRA module has no lora_E")
+            }
+            if let m = g[.magnitude], let mi = ckpt.info(m) {
+                guard mi.shape == [isEmbedding ? out : out] || mi.shape == [out] else {
+                    throw LoRACoreError.invalidModule(module: module, detail: "lora_magnitude_vector has shape \(mi.shape), expected [\(out)]")
+                }
+            }
+            if let bb = g[.bBias], let bi = ckpt.info(bb), bi.shape != [out] {
+                throw LoRACoreError.invalidModule(module: module, detail: "lora_B.bias has shape \(bi.shape), expected [\(out)]")
+            }
+            let parsed = TensorName(module + ".weight")
+            if !config.targets(parsed) {
+                untargeted.append(module)
+                continue
+            }
+            let alpha = config.alpha(for: module)
+            let transposed = isEmbedding || (config.fanInFanOut && geometry.conv == nil)
+            if geometry.conv != nil && g[.magnitude] != nil {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "module '\(module)' is a DoRA convolution, not supported yet")
+            }
+            if config.useDora && g[.magnitude] == nil && !isEmbedding {
+                // Merged as plain LoRA it would silently drop DoRA's rescaling.
+                throw LoRACoreError.invalidModule(
+                    module: module, detail: "adapter_config.json sets use_dora but the module has no lora_magnitude_vector: the file is incomplete")
+            }
+            var entry = AdapterModule(
+                module: module, kind: isEmbedding ? .embedding : .linear, aName: aName, bName: bName, eName: g[.E] ?? g[.gate],
+                bBiasName: g[.bBias], magnitudeName: g[.magnitude], rank: rank, alpha: alpha,
+                scale: config.scale(for: module, rank: rank), outFeatures: out, inFeatures: inF, transposed: transposed)
+            entry.convShape = geometry.conv
+            entry.isGated = g[.gate] != nil
+            modules.append(entry)
+        }
+        replacements.sort { utf8Precedes($0.base, $1.base) }
+        return (modules, replacements, untargeted)
+    }
+
+    static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
+        var tensors: [AdapterWriter.Tensor] = []
+        var alphas: [(String, Double)] = []
+        for f in factors {
+            let m = f.module
+            let prefix = "base_model.model." + m.module + "."
+            let (aName, bName) = m.kind == .embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
+            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: m.factorShapes.a) { AdapterWriter.floatBytes(f.a) })
+            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: m.factorShapes.b) { AdapterWriter.floatBytes(f.b) })
+            if let mag = f.magnitude {
+                tensors.append(.init(name: prefix + "lora_magnitude_vector", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(mag) })
+            }
+            if let bias = f.bias {
+                tensors.append(.init(name: prefix + "lora_B.bias", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(bias) })
+            }
+            alphas.append((m.module, m.scale * Double(m.rank)))
+        }
+        let targeted = Set(factors.map(\.module.module))
+        for (baseName, tensor) in adapter.replacements {
+            let parsed = TensorName(baseName)
+            let name = targeted.contains(parsed.module)
+                ? "base_model.model." + parsed.module + ".base_layer." + (parsed.role.baseParameter ?? "weight")
+                : "base_model.model." + baseName
+            let info = adapter.checkpoint.info(tensor)!
+            tensors.append(.init(name: name, dtype: info.dtype, shape: info.shape) { Array(try adapter.checkpoint.bytes(of: tensor)) })
+        }
+        let (r, rankPattern) = AdapterWriter.rankSummary(factors.map { ($0.module.module, $0.module.rank) })
+        let alpha = Convert.mostCommon(alphas.map(\.1))
+        var config = AdapterWriter.Config(r: r, loraAlpha: alpha, rankPattern: rankPattern, targetModules: [])
+        config.alphaPattern = alphas.filter { $0.1 != alpha }
+        let all = base.map { Set($0.names.map { TensorName($0).module }) } ?? targeted
+        config.targetModules = TargetSelector.minimalSuffixes(selecting: targeted, among: all.union(targeted))
+        config.useDora = factors.contains { $0.magnitude != nil }
+        config.fanInFanOut = factors.contains { $0.module.transposed && $0.module.kind == .linear }
+        config.modulesToSave = adapter.format == .peft ? adapter.config.modulesToSave : []
+        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
+    }
+}
