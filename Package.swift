@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // MARK: - System libraries (pkg-config; installed by scripts/bootstrap)
@@ -27,7 +28,7 @@ let package = Package(
         .target(name: "SafeTensors", dependencies: ["CZstd", "CFiles"]),
         .target(name: "LoRAKernels", dependencies: ["COpenBLAS", "CKernels"]),
         .target(name: "LoRAGraph", dependencies: ["SafeTensors"]),
-        .target(name: "LoRACore", dependencies: ["SafeTensors", "LoRAKernels", "LoRAGraph"]),
+        .target(name: "LoRACore", dependencies: ["SafeTensors", "LoRAKernels", "LoRAGraph", .product(name: "Yams", package: "Yams")]),
 
         // MARK: - Executable: parses arguments, renders reports
         .executableTarget(

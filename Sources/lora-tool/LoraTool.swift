@@ -19,7 +19,7 @@ struct LoraTool: ParsableCommand {
             a usage error.
             """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Merge.self, Verify.self, Extract.self, Convert.self, Resize.self, Dequantize.self])
+        subcommands: [Inspect.self, Merge.self, Verify.self, Extract.self, Convert.self, Resize.self, Dequantize.self, Run.self])
 
     static func main() {
         InterruptCleanup.install()

@@ -36,7 +36,7 @@ extension LoraTool {
         @Flag(help: "Check every merged module on random probes; fail (and leave no output) if any differs.")
         var verify = false
 
-        @Flag(help: "Replace an existing output directory.")
+        @Flag(help: "Replace an existing output that lora-tool wrote (it carries the .lora-tool marker); anything else is never replaced.")
         var force = false
 
         @Flag(help: "Write through the page cache without fsync, as cp does: no wait for the disk, but a power failure soon after can leave incomplete files (a killed lora-tool still never does).")
@@ -63,6 +63,9 @@ extension LoraTool {
         @Flag(help: "No progress bar.")
         var quiet = false
 
+        @Flag(help: "Print the recipe equivalent to this command line (for `lora-tool run`) and exit without merging.")
+        var printRecipe = false
+
         func validate() throws {
             try OutputPathCheck.validate(output, option: "--output")
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
@@ -74,6 +77,10 @@ extension LoraTool {
         }
 
         func run() throws {
+            if printRecipe {
+                print(Recipe(steps: [recipeStep]).yaml, terminator: "")
+                return
+            }
             let adapters = try adapterArguments.pairs
             let resolvedBase = try ModelSpecs.base(base, adapter: adapters[0].path, revision: revision)
             var options = MergeOptions(base: resolvedBase, adapters: adapters, output: output)
@@ -102,6 +109,35 @@ extension LoraTool {
             } else {
                 print(text(report))
             }
+        }
+
+        /// This command line as a recipe step: every option that differs from its default, in the
+        /// order of `--help` (`--threads` is left out: it describes the machine, not the job).
+        var recipeStep: Recipe.Step {
+            var options: [(key: String, value: Recipe.Step.Value)] = []
+            func add(_ key: String, _ value: String?) { if let value { options.append((key, .text(value))) } }
+            func flag(_ key: String, _ on: Bool) { if on { options.append((key, .flag(true))) } }
+            add("base", base)
+            add("revision", revision)
+            options.append(("adapter", .list(adapterArguments.adapters)))
+            if !adapterArguments.weights.isEmpty { options.append(("weight", .list(adapterArguments.weights.map(Render.number)))) }
+            add("targets", adapterArguments.targets)
+            add("alpha", adapterArguments.scale.alpha.map(Render.number))
+            add("rank", adapterArguments.scale.rank.map(String.init))
+            add("scale", adapterArguments.scale.scale.map(Render.number))
+            add("output", output)
+            if dtype != "keep" { add("dtype", dtype) }
+            if maxShardSize != "5GB" { add("max-shard-size", maxShardSize) }
+            flag("verify", verify)
+            flag("force", force)
+            flag("no-sync", noSync)
+            add("requantize", requantize)
+            flag("keep-quantized", keepQuantized)
+            flag("allow-overflow", allowOverflow)
+            flag("allow-empty", allowEmpty)
+            flag("json", json)
+            flag("quiet", quiet)
+            return Recipe.Step(command: "merge", options: options)
         }
 
         func text(_ r: MergeReport) -> String {
