@@ -1,4 +1,5 @@
 import Foundation
+import LoRAKernels
 import SafeTensors
 
 /// Writes the merged model's files chunk by chunk on several threads: each worker claims the next
@@ -21,10 +22,11 @@ final class ChunkedMerge: @unchecked Sendable {
     /// Values each tensor had rounded to ±Inf (with `allowOverflow`), by output name.
     private(set) var overflowed: [String: Int] = [:]
 
-    init(plan: MergePlan, tensorsTotal: Int, bytesTotal: Int, allowOverflow: Bool = false, progress: (@Sendable (Progress) -> Void)?) {
+    init(plan: MergePlan, instructionSet: InstructionSet, tensorsTotal: Int, bytesTotal: Int, allowOverflow: Bool = false,
+         progress: (@Sendable (Progress) -> Void)?) {
         self.plan = plan
         self.allowOverflow = allowOverflow
-        factors = FactorCache(plan: plan)
+        factors = FactorCache(plan: plan, instructionSet: instructionSet)
         self.tensorsTotal = tensorsTotal
         self.bytesTotal = bytesTotal
         self.progress = progress

@@ -22,8 +22,11 @@ public struct MergeOptions: Sendable {
     public var durable = true
     /// Bytes per output chunk (tests make it small to cross chunk boundaries with small tensors).
     var chunkSize = ChunkedOutput.defaultChunkSize
-    /// Tensors computed in parallel (each with single-threaded BLAS).
+    /// Workers filling output chunks in parallel.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// The merge kernel's instruction set (nil: the process's, `LORA_TOOL_ISA` or the best); tests
+    /// pin it to compare outputs across instruction sets.
+    var instructionSet: InstructionSet?
     /// Scale for adapters that store none (hand-written layouts).
     public var scaleOverride = AdapterScaleOverride()
     /// With a bitsandbytes 4-bit base: write the merged targets back in this 4-bit type (nf4/fp4,
@@ -85,8 +88,9 @@ public struct Progress: Sendable {
 
 /// `merge`: W' = W + Σ wᵢ·ΔWᵢ for every adapted module, streamed chunk by chunk.
 ///
-/// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 (the fused kernel for plain LoRA on
-/// (out, in) storage, sgemm otherwise, with PEFT's rounding steps), one rounding (nearest even) to
+/// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 by the merge kernel (`FusedMerge`:
+/// the rank sum in order with FMAs, × s, + W, PEFT's rounding steps; one order on every CPU and
+/// instruction set, never BLAS), DoRA's row norms in a fixed order, one rounding (nearest even) to
 /// the output dtype. Untouched tensors are copied byte for byte (or cast once with `--dtype`).
 /// Output: each file is written as fixed-size chunks by all workers (`ChunkedMerge`), durably by
 /// default. Memory: a few chunk buffers and the factors of the tensors in progress.
@@ -134,8 +138,7 @@ public enum Merge {
         let bytesTotal = outInfos.reduce(0) { $0 + (TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape) ?? 0) }
         var files: [String] = []
         let workers = max(1, options.threads)
-        GEMM.setThreads(1)
-        let merge = ChunkedMerge(plan: plan, tensorsTotal: outInfos.count, bytesTotal: bytesTotal, allowOverflow: options.allowOverflow, progress: progress)
+        let merge = ChunkedMerge(plan: plan, instructionSet: try options.instructionSet ?? Kernels.instructionSet(), tensorsTotal: outInfos.count, bytesTotal: bytesTotal, allowOverflow: options.allowOverflow, progress: progress)
         for shard in shardPlan.shards {
             try merge.write(ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, chunkSize: options.chunkSize,
                                                        buffers: workers + 2, durable: options.durable),

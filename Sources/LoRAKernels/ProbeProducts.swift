@@ -108,14 +108,15 @@ public enum ProbeProducts {
     }
 
     /// The (out, in) case through the C kernel (`lora_probe_rows`), all in fp64, in blocks of rows so
-    /// that `release` can drop each block's pages; nil on a CPU without AVX2 (the BLAS path runs).
+    /// that `release` can drop each block's pages; nil under the scalar instruction set (the portable path runs).
     /// - Parameter instructionSet: the kernel's instruction set (default: the best); tests pin it.
     static func vectorKernel(
         rows: Int, cols: Int, base: UnsafeRawBufferPointer, baseFormat: FloatCodec.Format,
         merged: UnsafeRawBufferPointer, mergedFormat: FloatCodec.Format, x xd: [Double],
-        release: ((UnsafeRawBufferPointer) -> Void)?, instructionSet: FusedMerge.InstructionSet? = nil
+        release: ((UnsafeRawBufferPointer) -> Void)?, instructionSet: InstructionSet? = nil
     ) throws -> Products? {
-        guard let isa = instructionSet ?? FusedMerge.best else { return nil }
+        let isa = try instructionSet ?? Kernels.instructionSet()
+        guard isa != .scalar else { return nil }
         // Probe-major copy of x: probe p's inputs contiguous, as the kernel streams them.
         var xT = [Double](repeating: 0, count: 8 * cols)
         for i in 0..<cols { for p in 0..<8 { xT[p * cols + i] = xd[i * 8 + p] } }
