@@ -17,8 +17,8 @@ public enum ProbeProducts {
     }
 
     /// One pass over stored base and merged bytes (F32/F16/BF16, any mix), a cache-sized block of
-    /// stored rows at a time: widen both blocks to fp32, take exact fp64 differences, and feed them to
-    /// dgemm with the probes; the base block also goes to sgemm (or dgemm) and the norms. Nothing the
+    /// stored rows at a time: widen both blocks to fp32, take exact fp64 differences, and multiply
+    /// them with the probes (`GEMM`, fixed order, never BLAS); the base block too, and the norms. Nothing the
     /// size of the tensor is allocated.
     /// - Parameters:
     ///   - rows, cols: stored shape; `transposed` = storage is (in, out).
@@ -96,8 +96,9 @@ public enum ProbeProducts {
                         }
                     }
                     for r in 0..<nr {
-                        let row = wp.baseAddress! + r * cols
-                        norms2[r0 + r] = Double(GEMM.dot(row, row, count: cols))
+                        var sum = 0.0
+                        for c in 0..<cols { let v = Double(wp[r * cols + c]); sum += v * v }
+                        norms2[r0 + r] = sum
                     }
                 }
             }

@@ -67,28 +67,28 @@ public enum SVD {
         }
         let omega = (0..<(n * l)).map { _ in gaussian() }
         var y = [Float](repeating: 0, count: m * l)  // Y = M·Ω (m×l)
-        try GEMM.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: omega, transposeB: false, beta: 0, c: &y)
+        try BLAS.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: omega, transposeB: false, beta: 0, c: &y)
         orthonormalizeColumns(&y, rows: m, cols: l)
         var z = [Float](repeating: 0, count: n * l)
         for _ in 0..<powerIterations {
-            try GEMM.multiply(m: n, n: l, k: m, alpha: 1, a: matrix, transposeA: true, b: y, transposeB: false, beta: 0, c: &z)
+            try BLAS.multiply(m: n, n: l, k: m, alpha: 1, a: matrix, transposeA: true, b: y, transposeB: false, beta: 0, c: &z)
             orthonormalizeColumns(&z, rows: n, cols: l)
-            try GEMM.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: z, transposeB: false, beta: 0, c: &y)
+            try BLAS.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: z, transposeB: false, beta: 0, c: &y)
             orthonormalizeColumns(&y, rows: m, cols: l)
         }
         // B = Qᵀ·M (l×n), SVD(B) = Ũ·S·Vᵀ, U = Q·Ũ.
         var b = [Float](repeating: 0, count: l * n)
-        try GEMM.multiply(m: l, n: n, k: m, alpha: 1, a: y, transposeA: true, b: matrix, transposeB: false, beta: 0, c: &b)
+        try BLAS.multiply(m: l, n: n, k: m, alpha: 1, a: y, transposeA: true, b: matrix, transposeB: false, beta: 0, c: &b)
         let small = try full(b, m: l, n: n)
         var u = [Float](repeating: 0, count: m * small.k)
-        try GEMM.multiply(m: m, n: small.k, k: l, alpha: 1, a: y, transposeA: false, b: small.u, transposeB: false, beta: 0, c: &u)
+        try BLAS.multiply(m: m, n: small.k, k: l, alpha: 1, a: y, transposeA: false, b: small.u, transposeB: false, beta: 0, c: &u)
         var r = Result(u: u, s: small.s, vt: small.vt)
         r.truncate(to: rank, m: m, n: n)
         return r
     }
 
     /// Orthonormalizes the columns of a row-major rows×cols matrix (rows ≫ cols): Cholesky QR
-    /// twice (G = YᵀY by GEMM, G = RᵀR in fp64, Y ← Y·R⁻¹ by GEMM), which is as accurate as
+    /// twice (G = YᵀY by sgemm, G = RᵀR in fp64, Y ← Y·R⁻¹ by sgemm), which is as accurate as
     /// Householder for the well-conditioned sketches of a range finder and runs at BLAS speed. A
     /// rank-deficient sketch (Cholesky breaks down) falls back to modified Gram–Schmidt.
     static func orthonormalizeColumns(_ a: inout [Float], rows: Int, cols: Int) {
@@ -103,7 +103,7 @@ public enum SVD {
     /// One Cholesky-QR pass; false when G is not numerically positive definite.
     static func choleskyQRStep(_ a: inout [Float], rows: Int, cols: Int) throws -> Bool {
         var g = [Float](repeating: 0, count: cols * cols)
-        try GEMM.multiply(m: cols, n: cols, k: rows, alpha: 1, a: a, transposeA: true, b: a, transposeB: false, beta: 0, c: &g)
+        try BLAS.multiply(m: cols, n: cols, k: rows, alpha: 1, a: a, transposeA: true, b: a, transposeB: false, beta: 0, c: &g)
         // Cholesky G = RᵀR in fp64 (R upper triangular).
         var r = [Double](repeating: 0, count: cols * cols)
         for i in 0..<cols {
@@ -130,7 +130,7 @@ public enum SVD {
         }
         let invF = inv.map(Float.init)
         var out = [Float](repeating: 0, count: rows * cols)
-        try GEMM.multiply(m: rows, n: cols, k: cols, alpha: 1, a: a, transposeA: false, b: invF, transposeB: false, beta: 0, c: &out)
+        try BLAS.multiply(m: rows, n: cols, k: cols, alpha: 1, a: a, transposeA: false, b: invF, transposeB: false, beta: 0, c: &out)
         a = out
         return true
     }
