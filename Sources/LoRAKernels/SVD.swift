@@ -176,3 +176,28 @@ import Glibc
 private func _log(_ x: Double) -> Double { log(x) }
 private func _cos(_ x: Double) -> Double { cos(x) }
 #endif
+
+/// The OpenBLAS core (kernel family) the SVD runs on. OpenBLAS picks it from the CPU when the
+/// library loads, unless `OPENBLAS_CORETYPE` names one; some versions (0.3.21) misdetect recent
+/// CPUs and fall back to `Prescott` (SSE3) kernels.
+public enum BLASCore {
+    /// The core OpenBLAS loaded with, e.g. "SkylakeX", "Haswell", "Prescott".
+    public static var name: String {
+        guard let p = openblas_get_corename() else { return "unknown" }
+        return String(cString: p)
+    }
+
+    /// The `OPENBLAS_CORETYPE` to load OpenBLAS with instead of the core it picked (`name`), when
+    /// that core lacks the vector width this CPU has (the kernels' own detection): "SkylakeX" on an
+    /// AVX-512 CPU, "Haswell" on an AVX2 one. nil when the loaded core already uses it (Cooperlake,
+    /// Zen, … are kept) or the CPU has neither.
+    public static var replacementCoreType: String? {
+        let loaded = name.lowercased()
+        let avx512Cores = ["skylakex", "cooperlake", "sapphirerapids"]
+        switch InstructionSet.best {
+        case .avx512: return avx512Cores.contains(loaded) ? nil : "SkylakeX"
+        case .avx2: return (avx512Cores + ["haswell", "zen"]).contains(loaded) ? nil : "Haswell"
+        case .scalar: return nil
+        }
+    }
+}
