@@ -33,8 +33,9 @@ final class ChunkedMerge: @unchecked Sendable {
     }
 
     /// Fills and writes every chunk of `output` with `workers` threads, then finishes the file.
+    /// - Returns: the file's SHA-256 (hashed in file order while writing).
     /// - Throws: the first error any chunk met (the others stop at their next chunk).
-    func write(_ output: ChunkedOutput, workers: Int) throws {
+    func write(_ output: ChunkedOutput, workers: Int) throws -> String {
         let tensors = output.order.map { OutputTensor($0, plan: plan) }
         let remaining = RemainingBytes(output.order.map(\.byteCount))
         let counter = ClaimCounter(count: output.chunkCount)
@@ -64,6 +65,7 @@ final class ChunkedMerge: @unchecked Sendable {
         }
         if let error = failure.error { throw error }
         try output.finish()
+        return output.sha256!
     }
 
     /// Refuses values rounding turned into ±Inf (or counts them, with `allowOverflow`).

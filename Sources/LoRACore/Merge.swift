@@ -58,6 +58,9 @@ public struct MergeReport: Sendable {
 
     public var output: String
     public var files: [String]
+    /// SHA-256 (lowercase hex) of each file in `files`: model files hashed while written, the index
+    /// and side files read back once written.
+    public var sha256: [String: String] = [:]
     public var families: [Family]
     public var mergedTensors: Int
     public var replacedTensors: [String]
@@ -137,12 +140,14 @@ public enum Merge {
         let shardPlan = ShardPlan(tensors: outInfos, maxShardSize: options.maxShardSize)
         let bytesTotal = outInfos.reduce(0) { $0 + (TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape) ?? 0) }
         var files: [String] = []
+        var hashes: [String: String] = [:]
         let workers = max(1, options.threads)
         let merge = ChunkedMerge(plan: plan, instructionSet: try options.instructionSet ?? Kernels.instructionSet(), tensorsTotal: outInfos.count, bytesTotal: bytesTotal, allowOverflow: options.allowOverflow, progress: progress)
         for shard in shardPlan.shards {
-            try merge.write(ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, chunkSize: options.chunkSize,
-                                                       buffers: workers + 2, durable: options.durable),
-                            workers: workers)
+            hashes[shard.fileName] = try merge.write(
+                ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, chunkSize: options.chunkSize,
+                              buffers: workers + 2, durable: options.durable),
+                workers: workers)
             files.append(shard.fileName)
         }
         if let index = shardPlan.index {
@@ -168,6 +173,7 @@ public enum Merge {
             }
             verification = report
         }
+        for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
         try output.commit()
 
         var families: [String: (Int, Set<Double>)] = [:]
@@ -191,7 +197,7 @@ public enum Merge {
         for t in outInfos { dtypes[t.dtype.rawValue, default: 0] += 1 }
         let fileSizes = files.compactMap { try? FileManager.default.attributesOfItem(atPath: options.output + "/" + $0)[.size] as? Int }
         return MergeReport(
-            output: options.output, files: files,
+            output: options.output, files: files, sha256: hashes,
             families: families.keys.sorted().map { MergeReport.Family(family: $0, modules: families[$0]!.0, scales: families[$0]!.1.sorted()) },
             mergedTensors: merged, replacedTensors: replaced, copiedTensors: plan.outputs.count - merged - replaced.count,
             skippedModules: plan.skippedModules, outputDTypes: dtypes, bytesWritten: fileSizes.reduce(0, +),
@@ -233,6 +239,7 @@ public enum Merge {
             let dense = type == nil ? (Array(changed) + alreadyDense).map { String($0.dropLast(".weight".count)) }.sorted() : []
             report.files += try SideFiles.copy(from: base.directory, to: output, dtype: .keep, denseModules: dense)
         }
+        report.sha256 = try Dictionary(uniqueKeysWithValues: report.files.map { ($0, try SHA256.file(atPath: output.path(for: $0))) })
         try output.commit()
         report.output = options.output
         report.dequantizedBase = true

@@ -1,4 +1,7 @@
 import CFiles
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// SHA-256 (FIPS 180-4), streaming, in C (`lora_sha256_*`): the x86 SHA extensions when the CPU
 /// has them, portable C otherwise; the same digest either way.
@@ -31,6 +34,29 @@ public struct SHA256: Sendable {
     public static func hash(_ bytes: [UInt8], accelerated: Bool = true) -> String {
         var h = SHA256(accelerated: accelerated)
         bytes.withUnsafeBytes { h.update($0) }
+        return h.finalize()
+    }
+}
+
+extension SHA256 {
+    /// The digest of the file at `path`, read in 1 MiB pieces.
+    /// - Throws: `SafeTensorsError.io` when it cannot be opened or read.
+    public static func file(atPath path: String) throws -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SafeTensorsError.io(path: path, operation: "open", errno: errno) }
+        defer { close(fd) }
+        var h = SHA256()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        defer { buffer.deallocate() }
+        while true {
+            let n = read(fd, buffer.baseAddress, buffer.count)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SafeTensorsError.io(path: path, operation: "read", errno: errno)
+            }
+            if n == 0 { break }
+            h.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
         return h.finalize()
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import LoRACore
 @testable import LoRAKernels
+import SafeTensors
 
 /// The merged bytes do not depend on the machine: every PEFT fixture merged under each instruction
 /// set this CPU runs, with 1 and 2 workers and page-sized chunks (so tensors and rows are cut across
@@ -36,8 +37,13 @@ struct MergeDeterminismTests {
             o.threads = threads
             o.chunkSize = chunk
             o.durable = false
-            _ = try Merge.run(o)
+            let report = try Merge.run(o)
             let got = try MergeDeterminismTests.files(in: "\(out)/\(n)")
+            // The hashes computed while writing (chunks in file order, from any worker) are the files'.
+            #expect(report.files.sorted() == got.keys.filter { !$0.hasPrefix(".") }.sorted())
+            for f in report.files {
+                #expect(report.sha256[f] == (got[f].map { SHA256.hash(Array($0)) }), "\(fixture.name): sha256 of \(f)")
+            }
             #expect(got.keys.sorted() == expected.keys.sorted())
             for (name, bytes) in expected where got[name] != bytes {
                 Issue.record("\(fixture.name): \(name) differs under \(isa), \(threads) workers, \(chunk)-byte chunks")

@@ -126,6 +126,7 @@ extension LoraTool {
             if let v = r.verification {
                 rows.append(["verified", "\(v.entries.count) tensors on \(v.probes) probes: all within tolerance"])
             }
+            for f in r.files { rows.append(["sha256", "\(r.sha256[f] ?? "?")  \(f)"]) }
             return "\(r.output): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
         }
 
@@ -133,6 +134,7 @@ extension LoraTool {
             .object([
                 ("output", .string(r.output)),
                 ("files", Render.json(r.files)),
+                ("sha256", .object(r.files.map { ($0, r.sha256[$0].map(JSONValue.string) ?? .null) })),
                 ("adapters", .array(r.adapters.map { .object([("path", .string($0.path)), ("dialect", .string($0.dialect)), ("weight", Render.json($0.weight))]) })),
                 ("families", .object(r.families.map { ($0.family, .object([("modules", Render.json($0.modules)), ("scales", .array($0.scales.map(Render.json)))])) })),
                 ("merged_tensors", Render.json(r.mergedTensors)),
