@@ -4,6 +4,8 @@
 #include <stdint.h>
 
 #include "kernels_isa.h"
+/* Included here too so that builds whose module cache predates it see it. */
+#include "product_kernel.h"
 
 /* Flags returned by lora_merge_rows. */
 enum {

@@ -13,7 +13,10 @@ extension LoraTool {
                 embedding LoRA, DoRA, lora_B.bias, modules_to_save replacements, layers_to_transform), \
                 computed in fp32 and rounded once to the output dtype. Untouched tensors are copied byte \
                 for byte. The output directory is built under a temporary name and renamed into place \
-                when complete; side files (config.json, tokenizer files) are copied.
+                when complete; side files (config.json, tokenizer files) are copied. The report gives \
+                each written file's SHA-256. The merged bytes are the same on every CPU: the merge \
+                kernel sums in one fixed order on every instruction set (portable C, AVX2, AVX-512) \
+                and never uses BLAS; LORA_TOOL_ISA=scalar|avx2|avx512 forces one.
                 """)
 
         @Option(help: "Base model: directory (single or sharded safetensors), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
