@@ -1,23 +1,28 @@
 /* The fused merge kernel: see include/merge_kernel.h for the contract.
  *
- * Written once over 16-float generic vectors (clang vector extensions) and compiled twice by
- * inlining into functions with AVX-512 and AVX2 target attributes; the best one this CPU runs is
- * picked at run time. Everything stays in registers: per 4 rows × 16 columns, the rank-r dot products
- * (one load of A per 4 broadcast FMAs), then widen w, add, check finiteness and round. Memory traffic
- * is one read of w and one write of out; A is packed tile by tile once per call. */
+ * One summation order, three instruction sets. Per output element (i, j):
+ *
+ *   acc = 0; for k = 0 … rank-1 in order: acc = fma(b[i][k], a[k][j], acc)   (one rounding each)
+ *   delta = acc · coefficient                                                  (one rounding)
+ *   y = w[i][j] + delta                                                        (one rounding)
+ *   out[i][j] = round_out(y)                                                   (nearest even)
+ *
+ * The scalar path below is that loop in portable C (explicit fmaf; no intrinsics, so it builds on
+ * any target). The vector paths are written once over 16-float generic vectors (clang vector
+ * extensions) and compiled twice by inlining into functions with AVX-512 and AVX2 target attributes:
+ * they vectorize across output columns j only, so every lane performs exactly the scalar sequence
+ * of operations above and the three give identical bits. Per 4 rows × 16 columns everything stays
+ * in registers (one load of A per 4 broadcast FMAs), then widen w, add, check finiteness and round.
+ * Memory traffic is one read of w and one write of out; A is packed tile by tile once per call. */
 #include "merge_kernel.h"
 #include "vectors.h"
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* PEFT rounds the product, the scaled product and the sum separately: no contraction into FMAs
-   beyond the explicit ones of the dot product. */
+   beyond the explicit ones of the dot product, in any path. */
 #pragma STDC FP_CONTRACT OFF
-
-#if defined(__x86_64__) && defined(__clang__)
-
-/* Adding 2^23 to the exponent field carries into the sign bit exactly when it is all ones. */
-INLINE v16u nonfinite_bits(v16f v) { return (((v16u)v) & 0x7F800000) + 0x00800000; }
 
 struct job {
     const unsigned char *w;
@@ -28,6 +33,41 @@ struct job {
     const float *b, *a;
     float coefficient;
 };
+
+/* Columns per step of the scalar path: the r-sum of 16 outputs at a time, so A is read row by row. */
+#define SCALAR_COLUMNS 16
+
+static uint32_t run_scalar(const struct job *jb) {
+    uint32_t yflags = 0, wflags = 0;
+    size_t in_size = scalar_format_size(jb->in_format), out_size = scalar_format_size(jb->out_format);
+    float acc[SCALAR_COLUMNS];
+    for (size_t i = 0; i < jb->rows; i++) {
+        for (size_t j0 = 0; j0 < jb->cols; j0 += SCALAR_COLUMNS) {
+            size_t n = jb->cols - j0 < SCALAR_COLUMNS ? jb->cols - j0 : SCALAR_COLUMNS;
+            for (size_t l = 0; l < n; l++) acc[l] = 0.0f;
+            for (size_t k = 0; k < jb->rank; k++) {
+                float bk = jb->b[i * jb->rank + k];
+                const float *ak = jb->a + k * jb->lda + j0;
+                for (size_t l = 0; l < n; l++) acc[l] = fmaf(bk, ak[l], acc[l]);
+            }
+            for (size_t l = 0; l < n; l++) {
+                size_t e = i * jb->cols + j0 + l;
+                float w = scalar_load(jb->w + e * in_size, jb->in_format);
+                float delta = acc[l] * jb->coefficient;
+                float y = w + delta;
+                wflags |= scalar_nonfinite(w);
+                yflags |= scalar_nonfinite(y);
+                scalar_store(jb->out + e * out_size, jb->out_format, y);
+            }
+        }
+    }
+    return (yflags ? LORA_RESULT_NONFINITE : 0) | (wflags ? LORA_INPUT_NONFINITE : 0);
+}
+
+#if LORA_VECTOR_KERNELS
+
+/* Adding 2^23 to the exponent field carries into the sign bit exactly when it is all ones. */
+INLINE v16u nonfinite_bits(v16f v) { return (((v16u)v) & 0x7F800000) + 0x00800000; }
 
 /* Rows [i0, i0 + R) × columns [j, j + 16) (or the n < 16 last ones); `pa` is A's rank × 16 slice
    for these columns, packed contiguously (zeros past n). */
@@ -89,33 +129,24 @@ static uint32_t run_avx512(const struct job *jb, float *pa) { return run(jb, pa)
 __attribute__((target("avx2,fma,f16c")))
 static uint32_t run_avx2(const struct job *jb, float *pa) { return run(jb, pa); }
 
+#endif
+
 uint32_t lora_merge_rows(int isa, const void *w, int in_format, void *out, int out_format, size_t rows, size_t cols,
                          const float *b, size_t rank, const float *a, size_t lda, float coefficient) {
     int best = lora_best_isa();
     if (isa == LORA_ISA_BEST) isa = best;
-    if (isa > best) return LORA_UNSUPPORTED;
+    if (isa < LORA_ISA_SCALAR || isa > best) return LORA_UNSUPPORTED;
     struct job jb = {w, in_format, out, out_format, rows, cols, rank, lda, b, a, coefficient};
+    if (isa == LORA_ISA_SCALAR) return run_scalar(&jb);
+#if LORA_VECTOR_KERNELS
     size_t packed = rank * ((cols + 15) / 16 * 16);
     float stack[4096] __attribute__((aligned(64)));
     float *pa = packed <= 4096 ? stack : aligned_alloc(64, (packed * sizeof(float) + 63) / 64 * 64);
     if (!pa) return LORA_UNSUPPORTED;
-    uint32_t flags;
-    switch (isa) {
-    case LORA_ISA_AVX512: flags = run_avx512(&jb, pa); break;
-    case LORA_ISA_AVX2: flags = run_avx2(&jb, pa); break;
-    default: flags = LORA_UNSUPPORTED;
-    }
+    uint32_t flags = isa == LORA_ISA_AVX512 ? run_avx512(&jb, pa) : run_avx2(&jb, pa);
     if (pa != stack) free(pa);
     return flags;
-}
-
 #else
-
-uint32_t lora_merge_rows(int isa, const void *w, int in_format, void *out, int out_format, size_t rows, size_t cols,
-                         const float *b, size_t rank, const float *a, size_t lda, float coefficient) {
-    (void)isa; (void)w; (void)in_format; (void)out; (void)out_format; (void)rows; (void)cols;
-    (void)b; (void)rank; (void)a; (void)lda; (void)coefficient;
     return LORA_UNSUPPORTED;
-}
-
 #endif
+}

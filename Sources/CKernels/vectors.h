@@ -1,6 +1,8 @@
-/* Private to CKernels: 16-lane generic vectors and the exact widening / rounding of stored
- * elements, shared by the merge and probe kernels. Everything here is always inlined into
- * functions compiled for AVX2 or AVX-512, so no vector crosses a call boundary. */
+/* Private to CKernels: the exact widening / rounding of stored elements, one at a time (portable C,
+ * the scalar paths) and 16-lane generic vectors (the AVX2 / AVX-512 paths), shared by the merge and
+ * probe kernels. Both round alike: nearest even, NaN kept quiet with its top payload bits, F16 and
+ * BF16 subnormals kept. The vector code is always inlined into functions compiled for AVX2 or
+ * AVX-512, so no vector crosses a call boundary. */
 #ifndef LORA_TOOL_VECTORS_H
 #define LORA_TOOL_VECTORS_H
 #include "kernels_isa.h"
@@ -8,7 +10,88 @@
 #include <stdint.h>
 #include <string.h>
 
+/* x86-64 builds with clang have the vector paths; every other build has the scalar path only. */
 #if defined(__x86_64__) && defined(__clang__)
+#define LORA_VECTOR_KERNELS 1
+#else
+#define LORA_VECTOR_KERNELS 0
+#endif
+
+static inline size_t scalar_format_size(int format) { return format == LORA_F32 ? 4 : 2; }
+
+static inline uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float bits_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* 1 when f is NaN or ±inf. */
+static inline uint32_t scalar_nonfinite(float f) { return (float_bits(f) & 0x7F800000u) == 0x7F800000u; }
+
+/* IEEE half → float, exact (integer arithmetic only: no F16C, no compiler runtime). */
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+    if (exp == 0x1F) return bits_float(sign | 0x7F800000u | (man << 13) | (man ? 0x400000u : 0));
+    if (exp == 0) {
+        float v = (float)man * 0x1p-24f; /* exact: man < 2^10 */
+        return bits_float(float_bits(v) | sign);
+    }
+    return bits_float(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+/* float → IEEE half, nearest even, as VCVTPS2PH does it (NaN: quiet, top payload bits kept). */
+static inline uint16_t float_to_half(float f) {
+    uint32_t x = float_bits(f), ax = x & 0x7FFFFFFFu;
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    if (ax > 0x7F800000u) return sign | 0x7E00u | (uint16_t)((ax >> 13) & 0x3FFu);
+    if (ax >= 0x477FF000u) return sign | 0x7C00u; /* ≥ 65520 rounds to inf */
+    if (ax >= 0x38800000u) {                     /* ≥ 2^-14: a normal half */
+        uint32_t r = ax - 0x38000000u;
+        r += 0xFFFu + ((r >> 13) & 1u);
+        return sign | (uint16_t)(r >> 13);
+    }
+    if (ax <= 0x33000000u) return sign; /* ≤ 2^-25 rounds to zero (2^-25 ties to even 0) */
+    uint32_t e = ax >> 23, m = (ax & 0x7FFFFFu) | 0x800000u, shift = 126 - e;
+    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return sign | (uint16_t)q;
+}
+
+/* One element of `format` at p, widened exactly. */
+static inline float scalar_load(const unsigned char *p, int format) {
+    if (format == LORA_F32) {
+        float f;
+        memcpy(&f, p, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return format == LORA_BF16 ? bits_float((uint32_t)h << 16) : half_to_float(h);
+}
+
+/* Rounds y to `format` and stores it at p (the same rounding as store_values). */
+static inline void scalar_store(unsigned char *p, int format, float y) {
+    if (format == LORA_F32) {
+        memcpy(p, &y, 4);
+        return;
+    }
+    uint16_t h;
+    if (format == LORA_BF16) {
+        uint32_t u = float_bits(y);
+        h = (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)((u >> 16) | 0x40u) : (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    } else {
+        h = float_to_half(y);
+    }
+    memcpy(p, &h, 2);
+}
+
+#if LORA_VECTOR_KERNELS
 #pragma clang diagnostic ignored "-Wpsabi"
 
 typedef float v16f __attribute__((vector_size(64)));

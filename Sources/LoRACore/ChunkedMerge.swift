@@ -1,4 +1,5 @@
 import Foundation
+import LoRAKernels
 import SafeTensors
 
 /// Writes the merged model's files chunk by chunk on several threads: each worker claims the next
@@ -21,18 +22,20 @@ final class ChunkedMerge: @unchecked Sendable {
     /// Values each tensor had rounded to ±Inf (with `allowOverflow`), by output name.
     private(set) var overflowed: [String: Int] = [:]
 
-    init(plan: MergePlan, tensorsTotal: Int, bytesTotal: Int, allowOverflow: Bool = false, progress: (@Sendable (Progress) -> Void)?) {
+    init(plan: MergePlan, instructionSet: InstructionSet, tensorsTotal: Int, bytesTotal: Int, allowOverflow: Bool = false,
+         progress: (@Sendable (Progress) -> Void)?) {
         self.plan = plan
         self.allowOverflow = allowOverflow
-        factors = FactorCache(plan: plan)
+        factors = FactorCache(plan: plan, instructionSet: instructionSet)
         self.tensorsTotal = tensorsTotal
         self.bytesTotal = bytesTotal
         self.progress = progress
     }
 
     /// Fills and writes every chunk of `output` with `workers` threads, then finishes the file.
+    /// - Returns: the file's SHA-256 (hashed in file order while writing).
     /// - Throws: the first error any chunk met (the others stop at their next chunk).
-    func write(_ output: ChunkedOutput, workers: Int) throws {
+    func write(_ output: ChunkedOutput, workers: Int) throws -> String {
         let tensors = output.order.map { OutputTensor($0, plan: plan) }
         let remaining = RemainingBytes(output.order.map(\.byteCount))
         let counter = ClaimCounter(count: output.chunkCount)
@@ -62,6 +65,7 @@ final class ChunkedMerge: @unchecked Sendable {
         }
         if let error = failure.error { throw error }
         try output.finish()
+        return output.sha256!
     }
 
     /// Refuses values rounding turned into ±Inf (or counts them, with `allowOverflow`).

@@ -1,13 +1,20 @@
 import Foundation
+import LoRAKernels
 
-/// Each merged tensor's LoRA factors, loaded once and shared by the workers computing its blocks.
+/// Each merged tensor's LoRA factors, loaded once and shared by the workers computing its blocks,
+/// and the instruction set this merge runs the kernel with.
 /// `@unchecked Sendable`: the dictionary is only touched under `lock`; factors are immutable.
 final class FactorCache: @unchecked Sendable {
     private let plan: MergePlan
     private let lock = NSLock()
     private var loaded: [String: LoRAFactors] = [:]
+    /// The merge kernel's instruction set for every tensor of this merge (all give the same bits).
+    let instructionSet: InstructionSet
 
-    init(plan: MergePlan) { self.plan = plan }
+    init(plan: MergePlan, instructionSet: InstructionSet) {
+        self.plan = plan
+        self.instructionSet = instructionSet
+    }
 
     func factors(for name: String, contributions cs: [MergePlan.Contribution]) throws -> LoRAFactors {
         lock.lock()

@@ -1,10 +1,15 @@
 import LoRAKernels
 import SafeTensors
 
-/// A module's LoRA factors in float32, ready for GEMM.
+/// A module's LoRA factors in float32, ready for the merge kernel (`FusedMerge`).
 ///
 /// `a` is r×in row-major (for AdaLoRA already multiplied row-wise by E), `b` is out×r, `bias` and
 /// `magnitude` have `out` elements. `coefficient` = weight × scale, the factor on B·A.
+///
+/// `rowFactors` and `columnFactors` are the same factors laid out for the stored tensor, so that
+/// every storage merges through the kernel with one summation order: stored (out, in) takes B
+/// (out×r) and A (r×in); stored (in, out) (Conv1D with fan_in_fan_out, embeddings) takes Aᵀ (in×r)
+/// and Bᵀ (r×out), and Σₖ Aᵀ[i][k]·Bᵀ[k][j] = (B·A)[j][i] summed over k in the same order.
 struct LoRAFactors {
     let module: AdapterModule
     let a: [Float]
@@ -12,14 +17,18 @@ struct LoRAFactors {
     let bias: [Float]?
     let magnitude: [Float]?
     let coefficient: Double
+    /// Stored rows × rank: B, or Aᵀ for (in, out) storage.
+    let rowFactors: [Float]
+    /// Rank × stored columns: A, or Bᵀ for (in, out) storage.
+    let columnFactors: [Float]
 
     private init(module: AdapterModule, a: [Float], b: [Float], coefficient: Double) {
-        self.module = module
-        self.a = a
-        self.b = b
-        bias = nil
-        magnitude = nil
-        self.coefficient = coefficient
+        self.init(module: module, a: a, b: b, bias: nil, magnitude: nil, coefficient: coefficient)
+    }
+
+    /// Stored rows and columns of the base tensor (flattened kernels of convolutions as (out, in·kh·kw)).
+    var storedShape: (rows: Int, cols: Int) {
+        module.transposed ? (module.inFeatures, module.outFeatures) : (module.outFeatures, module.inFeatures)
     }
 
     /// Without the ranks whose SoRA gate is exactly zero (they contribute nothing): rows of A and
@@ -50,11 +59,18 @@ struct LoRAFactors {
         self.bias = bias
         self.magnitude = magnitude
         self.coefficient = coefficient
+        if module.transposed {
+            rowFactors = LoRAFactors.transpose(a, rows: module.rank, cols: module.inFeatures)
+            columnFactors = LoRAFactors.transpose(b, rows: module.outFeatures, cols: module.rank)
+        } else {
+            rowFactors = b
+            columnFactors = a
+        }
     }
 
     /// Several adapters on one module as one rank-Σr factor pair, as PEFT's `cat` combination builds
     /// it: A' = [A₁·w₁·s₁; A₂·w₂·s₂; …] (rounded to fp32 in that order), B' = [B₁ B₂ …], scale 1.
-    /// The merge is then one GEMM, exactly Σ wᵢ·sᵢ·Bᵢ·Aᵢ up to one fp32 rounding per step.
+    /// The merge is then one kernel call, exactly Σ wᵢ·sᵢ·Bᵢ·Aᵢ up to one fp32 rounding per step.
     static func concatenated(_ parts: [LoRAFactors]) -> LoRAFactors {
         let first = parts[0].module
         let rank = parts.reduce(0) { $0 + $1.module.rank }
@@ -81,7 +97,6 @@ struct LoRAFactors {
     init(_ module: AdapterModule, adapter: Adapter, weight: Double) throws {
         try MemoryBudget.check(elements: module.rank * (module.inFeatures + module.outFeatures), bytesPerElement: 8,
                                what: "module '\(module.module)': rank-\(module.rank) factors")
-        self.module = module
         var a = try TensorData.floats(adapter.checkpoint, module.aName)
         var b = try TensorData.floats(adapter.checkpoint, module.bName)
         if module.factorsTransposed {
@@ -95,11 +110,10 @@ struct LoRAFactors {
                 for j in 0..<module.inFeatures { a[k * module.inFeatures + j] *= eValues[k] }
             }
         }
-        self.a = a
-        self.b = b
-        bias = try module.bBiasName.map { try TensorData.floats(adapter.checkpoint, $0) }
-        magnitude = try module.magnitudeName.map { try TensorData.floats(adapter.checkpoint, $0) }
-        coefficient = weight * module.scale
+        self.init(module: module, a: a, b: b,
+                  bias: try module.bBiasName.map { try TensorData.floats(adapter.checkpoint, $0) },
+                  magnitude: try module.magnitudeName.map { try TensorData.floats(adapter.checkpoint, $0) },
+                  coefficient: weight * module.scale)
         // Decoded: the mapped pages are not needed again (adapters of large models are 100+ MB).
         for name in [module.aName, module.bName, module.eName, module.bBiasName, module.magnitudeName].compactMap({ $0 }) {
             adapter.checkpoint.release(name)
@@ -113,12 +127,12 @@ struct LoRAFactors {
         return t
     }
 
-    /// W ← W + coefficient · ΔW in float32, in the stored layout (B·A or (B·A)ᵀ through sgemm, so
-    /// the product is rounded once to fp32, scaled, and added, as PEFT's merge does). For DoRA, then
-    /// W ← (m / ‖W‖ per output) ⊙ W with the norm in fp32 over the input dimension.
-    func apply(to w: inout [Float]) throws {
+    /// W ← W + coefficient · ΔW in float32, in the stored layout, through the merge kernel (B·A or
+    /// (B·A)ᵀ summed over the rank in order with FMAs, × coefficient, + W: PEFT's rounding steps).
+    /// For DoRA, then W ← (m / ‖W‖ per output) ⊙ W with the norm in fp32 over the input dimension.
+    func apply(to w: inout [Float], using isa: InstructionSet) throws {
         let m = module
-        try addDelta(toRows: 0, count: m.transposed ? m.inFeatures : m.outFeatures, block: &w)
+        try addDelta(toRows: 0, count: storedShape.rows, block: &w, using: isa)
         if let magnitude {
             let norms = LoRAFactors.outputNorms(w, module: m)
             for o in 0..<m.outFeatures {
@@ -134,12 +148,11 @@ struct LoRAFactors {
     }
 
     /// The same update on rows `[r0, r0+count)` of the stored tensor, held in `block`
-    /// (count × stored columns). Stored (out, in): W[r0..] += c·B[r0..]·A, then DoRA rescales
-    /// each complete row. Stored (in, out): W[r0..] += c·A[:, r0..]ᵀ·Bᵀ (DoRA needs whole columns
-    /// there and never comes here).
-    func apply(toRows r0: Int, count: Int, block: inout [Float]) throws {
+    /// (count × stored columns); DoRA then rescales each complete row (stored (in, out) DoRA needs
+    /// whole columns and never comes here).
+    func apply(toRows r0: Int, count: Int, block: inout [Float], using isa: InstructionSet) throws {
         let m = module
-        try addDelta(toRows: r0, count: count, block: &block)
+        try addDelta(toRows: r0, count: count, block: &block, using: isa)
         if let magnitude {
             precondition(!m.transposed, "DoRA on transposed storage is merged whole")
             var row = [Float](repeating: 0, count: m.inFeatures)
@@ -151,26 +164,20 @@ struct LoRAFactors {
         }
     }
 
-    /// block += coefficient · (rows `[r0, r0+count)` of B·A, or of (B·A)ᵀ for stored-transposed weights).
-    private func addDelta(toRows r0: Int, count: Int, block: inout [Float]) throws {
-        let m = module
-        try block.withUnsafeMutableBufferPointer { wp in
-            try a.withUnsafeBufferPointer { ap in
-                try b.withUnsafeBufferPointer { bp in
-                    if m.transposed {
-                        try GEMM.multiply(
-                            m: count, n: m.outFeatures, k: m.rank, alpha: Float(coefficient),
-                            a: ap.baseAddress! + r0, transposeA: true, b: bp.baseAddress!, transposeB: true,
-                            beta: 1, c: wp.baseAddress!, leadingA: m.inFeatures)
-                    } else {
-                        try GEMM.multiply(
-                            m: count, n: m.inFeatures, k: m.rank, alpha: Float(coefficient),
-                            a: bp.baseAddress! + r0 * m.rank, transposeA: false, b: ap.baseAddress!, transposeB: false,
-                            beta: 1, c: wp.baseAddress!)
-                    }
+    /// block += coefficient · (stored rows `[r0, r0+count)` of B·A, or of (B·A)ᵀ), in place, f32.
+    private func addDelta(toRows r0: Int, count: Int, block: inout [Float], using isa: InstructionSet) throws {
+        let cols = storedShape.cols
+        guard count > 0, cols > 0 else { return }
+        let outcome = block.withUnsafeMutableBytes { w in
+            rowFactors.withUnsafeBufferPointer { b in
+                columnFactors.withUnsafeBufferPointer { a in
+                    FusedMerge.rows(UnsafeRawBufferPointer(w), input: .f32, into: w, output: .f32, rows: count, cols: cols,
+                                    b: UnsafeBufferPointer(rebasing: b[(r0 * module.rank)...]), rank: module.rank,
+                                    a: a, leadingA: cols, coefficient: Float(coefficient), using: isa)
                 }
             }
         }
+        if outcome == nil { throw KernelsError.unsupportedInstructionSet(isa.description, available: InstructionSet.available.map(\.description)) }
     }
 
     /// ‖row o‖₂ of the (out, in) view of `w` in fp32, summed the way torch.linalg.norm does on x86

@@ -22,8 +22,11 @@ public struct MergeOptions: Sendable {
     public var durable = true
     /// Bytes per output chunk (tests make it small to cross chunk boundaries with small tensors).
     var chunkSize = ChunkedOutput.defaultChunkSize
-    /// Tensors computed in parallel (each with single-threaded BLAS).
+    /// Workers filling output chunks in parallel.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// The merge kernel's instruction set (nil: the process's, `LORA_TOOL_ISA` or the best); tests
+    /// pin it to compare outputs across instruction sets.
+    var instructionSet: InstructionSet?
     /// Scale for adapters that store none (hand-written layouts).
     public var scaleOverride = AdapterScaleOverride()
     /// With a bitsandbytes 4-bit base: write the merged targets back in this 4-bit type (nf4/fp4,
@@ -55,6 +58,9 @@ public struct MergeReport: Sendable {
 
     public var output: String
     public var files: [String]
+    /// SHA-256 (lowercase hex) of each file in `files`: model files hashed while written, the index
+    /// and side files read back once written.
+    public var sha256: [String: String] = [:]
     public var families: [Family]
     public var mergedTensors: Int
     public var replacedTensors: [String]
@@ -85,8 +91,9 @@ public struct Progress: Sendable {
 
 /// `merge`: W' = W + Σ wᵢ·ΔWᵢ for every adapted module, streamed chunk by chunk.
 ///
-/// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 (the fused kernel for plain LoRA on
-/// (out, in) storage, sgemm otherwise, with PEFT's rounding steps), one rounding (nearest even) to
+/// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 by the merge kernel (`FusedMerge`:
+/// the rank sum in order with FMAs, × s, + W, PEFT's rounding steps; one order on every CPU and
+/// instruction set, never BLAS), DoRA's row norms in a fixed order, one rounding (nearest even) to
 /// the output dtype. Untouched tensors are copied byte for byte (or cast once with `--dtype`).
 /// Output: each file is written as fixed-size chunks by all workers (`ChunkedMerge`), durably by
 /// default. Memory: a few chunk buffers and the factors of the tensors in progress.
@@ -133,13 +140,14 @@ public enum Merge {
         let shardPlan = ShardPlan(tensors: outInfos, maxShardSize: options.maxShardSize)
         let bytesTotal = outInfos.reduce(0) { $0 + (TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape) ?? 0) }
         var files: [String] = []
+        var hashes: [String: String] = [:]
         let workers = max(1, options.threads)
-        GEMM.setThreads(1)
-        let merge = ChunkedMerge(plan: plan, tensorsTotal: outInfos.count, bytesTotal: bytesTotal, allowOverflow: options.allowOverflow, progress: progress)
+        let merge = ChunkedMerge(plan: plan, instructionSet: try options.instructionSet ?? Kernels.instructionSet(), tensorsTotal: outInfos.count, bytesTotal: bytesTotal, allowOverflow: options.allowOverflow, progress: progress)
         for shard in shardPlan.shards {
-            try merge.write(ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, chunkSize: options.chunkSize,
-                                                       buffers: workers + 2, durable: options.durable),
-                            workers: workers)
+            hashes[shard.fileName] = try merge.write(
+                ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, chunkSize: options.chunkSize,
+                              buffers: workers + 2, durable: options.durable),
+                workers: workers)
             files.append(shard.fileName)
         }
         if let index = shardPlan.index {
@@ -165,6 +173,7 @@ public enum Merge {
             }
             verification = report
         }
+        for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
         try output.commit()
 
         var families: [String: (Int, Set<Double>)] = [:]
@@ -188,7 +197,7 @@ public enum Merge {
         for t in outInfos { dtypes[t.dtype.rawValue, default: 0] += 1 }
         let fileSizes = files.compactMap { try? FileManager.default.attributesOfItem(atPath: options.output + "/" + $0)[.size] as? Int }
         return MergeReport(
-            output: options.output, files: files,
+            output: options.output, files: files, sha256: hashes,
             families: families.keys.sorted().map { MergeReport.Family(family: $0, modules: families[$0]!.0, scales: families[$0]!.1.sorted()) },
             mergedTensors: merged, replacedTensors: replaced, copiedTensors: plan.outputs.count - merged - replaced.count,
             skippedModules: plan.skippedModules, outputDTypes: dtypes, bytesWritten: fileSizes.reduce(0, +),
@@ -230,6 +239,7 @@ public enum Merge {
             let dense = type == nil ? (Array(changed) + alreadyDense).map { String($0.dropLast(".weight".count)) }.sorted() : []
             report.files += try SideFiles.copy(from: base.directory, to: output, dtype: .keep, denseModules: dense)
         }
+        report.sha256 = try Dictionary(uniqueKeysWithValues: report.files.map { ($0, try SHA256.file(atPath: output.path(for: $0))) })
         try output.commit()
         report.output = options.output
         report.dequantizedBase = true

@@ -156,9 +156,10 @@ public struct MergePlan: Sendable {
         return try TensorData.floats(base, name)
     }
 
-    /// The merged value of `name` in float32, before rounding to the output dtype.
+    /// The merged value of `name` in float32, before rounding to the output dtype, computed by the
+    /// merge kernel on `isa` (every instruction set gives the same bits).
     /// - Throws: `LoRACoreError.nonFinite` when the result has NaN/Inf where the starting value had none.
-    func mergedValue(_ name: String) throws -> [Float]? {
+    func mergedValue(_ name: String, using isa: InstructionSet) throws -> [Float]? {
         switch action(for: name) {
         case .copy, .replace:
             return nil
@@ -166,9 +167,9 @@ public struct MergePlan: Sendable {
             var w = try startingValue(name, source: source)
             let factors = try cs.map { try LoRAFactors($0.module, adapter: adapters[$0.adapter], weight: weights[$0.adapter]) }
             if factors.count == 1 {
-                try factors[0].apply(to: &w)
+                try factors[0].apply(to: &w, using: isa)
             } else {
-                try LoRAFactors.concatenated(factors).apply(to: &w)
+                try LoRAFactors.concatenated(factors).apply(to: &w, using: isa)
             }
             // One pass in the common case: only when the result is not finite is the start re-read.
             if !w.withUnsafeBufferPointer(FloatCodec.allFinite),

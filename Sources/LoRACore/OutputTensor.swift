@@ -8,10 +8,11 @@ import SafeTensors
 /// Kinds:
 /// - `copy`: unchanged bytes of an input file (the base tensor, or a same-dtype replacement), read
 ///   straight into the chunk with `pread`.
-/// - `rows`: a merged or cast tensor computed in row-major element ranges. With the fused kernel
-///   (plain LoRA on (out, in) storage, a CPU with AVX2), each range is computed straight into the
-///   chunk, partial rows included; otherwise the rows covering the range are computed in fp32
-///   (GEMM path) and the range is copied out of them.
+/// - `rows`: a merged or cast tensor computed in row-major element ranges. A merge without DoRA
+///   (either storage) goes through the fused kernel straight into the chunk, partial rows included;
+///   DoRA on (out, in) storage and casts compute the rows covering the range in fp32 (the same
+///   kernel, then the row norms) and copy the range out of them. No path uses BLAS: the bytes are
+///   the same on every CPU, instruction set, thread count and chunk size.
 /// - `whole`: tensors that need all their values at once (DoRA on transposed storage, biases,
 ///   scalars), computed once and shared by the chunks they span (`WholeTensors`).
 struct OutputTensor: Sendable {
@@ -61,7 +62,7 @@ struct OutputTensor: Sendable {
         case let .copy(file, offset):
             try file.read(at: offset + range.lowerBound, count: range.count, into: destination)
         case .whole:
-            try wholes.withBytes(of: self, plan: plan, delivering: range.count) { bytes in
+            try wholes.withBytes(of: self, plan: plan, using: factors.instructionSet, delivering: range.count) { bytes in
                 destination.copyMemory(from: bytes.baseAddress! + range.lowerBound, byteCount: range.count)
             }
         case let .rows(cols):
@@ -69,12 +70,12 @@ struct OutputTensor: Sendable {
             let e0 = range.lowerBound / size, e1 = range.upperBound / size
             if case let .merge(cs, _) = plan.action(for: source) {
                 let f = try factors.factors(for: source, contributions: cs)
-                if try fused(e0..<e1, cols: cols, factors: f, into: destination, plan: plan) { return }
+                if try fused(e0..<e1, cols: cols, factors: f, into: destination, plan: plan, using: factors.instructionSet) { return }
             }
-            // GEMM path: the whole rows covering the range, a block of at most `gemmBlock` values at a
+            // fp32 rows: the whole rows covering the range, a block of at most `rowBlock` values at a
             // time (its fp32 working copy bounds memory), then the part of the range they hold.
             var r = e0 / cols
-            let rowsPerBlock = max(1, OutputTensor.gemmBlock / cols)
+            let rowsPerBlock = max(1, OutputTensor.rowBlock / cols)
             while r * cols < e1 {
                 let count = min(rowsPerBlock, (e1 + cols - 1) / cols - r)
                 let from = max(e0, r * cols), to = min(e1, (r + count) * cols)
@@ -121,7 +122,7 @@ struct OutputTensor: Sendable {
             let r0 = elements.lowerBound / cols, r1 = (elements.upperBound + cols - 1) / cols
             var block = try startingRows(r0: r0, count: r1 - r0, cols: cols, plan: plan)
             if case let .merge(cs, _) = plan.action(for: source) {
-                try factors.factors(for: source, contributions: cs).apply(toRows: r0, count: r1 - r0, block: &block)
+                try factors.factors(for: source, contributions: cs).apply(toRows: r0, count: r1 - r0, block: &block, using: factors.instructionSet)
             }
             return block[(elements.lowerBound - r0 * cols)..<(elements.upperBound - r0 * cols)]
         }
@@ -129,20 +130,21 @@ struct OutputTensor: Sendable {
         switch plan.action(for: source) {
         case .copy: whole = try TensorData.floats(plan.base, source)
         case let .replace(ai, tensor): whole = try TensorData.floats(plan.adapters[ai].checkpoint, tensor)
-        case .merge, .bias: whole = try plan.mergedValue(source)!
+        case .merge, .bias: whole = try plan.mergedValue(source, using: factors.instructionSet)!
         }
         return whole[elements]
     }
 
-    /// fp32 values per GEMM-path block: 4 Mi values, 16 MiB of working memory.
-    static let gemmBlock = 1 << 22
+    /// fp32 values per block of the fp32 rows path: 4 Mi values, 16 MiB of working memory.
+    static let rowBlock = 1 << 22
 
     /// Elements `elements` (row-major) merged by the fused kernel straight into `destination`, as a
-    /// partial first row, a block of whole rows and a partial last row; false where the kernel does
-    /// not apply (transposed storage, DoRA, a CPU without AVX2), with nothing written.
-    private func fused(_ elements: Range<Int>, cols: Int, factors f: LoRAFactors, into destination: UnsafeMutableRawPointer, plan: MergePlan) throws -> Bool {
+    /// partial first row, a block of whole rows and a partial last row; false for DoRA (its row
+    /// norms need the fp32 rows first), with nothing written.
+    private func fused(_ elements: Range<Int>, cols: Int, factors f: LoRAFactors, into destination: UnsafeMutableRawPointer, plan: MergePlan,
+                       using isa: InstructionSet) throws -> Bool {
         let m = f.module
-        guard FusedMerge.best != nil, !m.transposed, f.magnitude == nil, cols == m.inFeatures, let output = TensorData.format(info.dtype) else {
+        guard f.magnitude == nil, cols == f.storedShape.cols, let output = TensorData.format(info.dtype) else {
             return false
         }
         let (file, offset, input) = try startingLocation(plan: plan)
@@ -154,8 +156,8 @@ struct OutputTensor: Sendable {
         var e = elements.lowerBound, written = 0
         var nonFinite = false
         try scratch.withUnsafeMutableBytes { scratch in
-            try f.a.withUnsafeBufferPointer { a in
-                try f.b.withUnsafeBufferPointer { b in
+            try f.columnFactors.withUnsafeBufferPointer { a in
+                try f.rowFactors.withUnsafeBufferPointer { b in
                     while e < elements.upperBound {
                         let row = e / cols, c0 = e % cols
                         // A partial row where the range starts or ends inside one, else whole rows, at
@@ -168,8 +170,9 @@ struct OutputTensor: Sendable {
                             UnsafeRawBufferPointer(rebasing: scratch[0..<(count * input.size)]), input: input,
                             into: UnsafeMutableRawBufferPointer(start: destination + written * output.size, count: count * output.size),
                             output: output, rows: rows, cols: width, b: UnsafeBufferPointer(rebasing: b[(row * m.rank)...]), rank: m.rank,
-                            a: UnsafeBufferPointer(rebasing: a[c0...]), leadingA: cols, coefficient: Float(f.coefficient))
-                        else { throw LoRACoreError.invalidModule(module: m.module, detail: "the fused merge kernel refused a block it reported it could run") }
+                            a: UnsafeBufferPointer(rebasing: a[c0...]), leadingA: cols, coefficient: Float(f.coefficient),
+                            using: isa)
+                        else { throw KernelsError.unsupportedInstructionSet(isa.description, available: InstructionSet.available.map(\.description)) }
                         if outcome.resultNonFinite && !outcome.inputNonFinite { nonFinite = true }
                         e += count
                         written += count
@@ -181,12 +184,12 @@ struct OutputTensor: Sendable {
         return true
     }
 
-    /// Output bytes of rows `[r0, r0+count)` through the GEMM path (merge) or a cast.
+    /// Output bytes of rows `[r0, r0+count)` through the fp32 rows path (DoRA merge) or a cast.
     private func rowBytes(r0: Int, count: Int, cols: Int, plan: MergePlan, factors: FactorCache) throws -> [UInt8] {
         var block = try startingRows(r0: r0, count: count, cols: cols, plan: plan)
         if case let .merge(cs, _) = plan.action(for: source) {
             let f = try factors.factors(for: source, contributions: cs)
-            try f.apply(toRows: r0, count: count, block: &block)
+            try f.apply(toRows: r0, count: count, block: &block, using: factors.instructionSet)
             // One pass in the common case: only a non-finite result re-reads the starting rows.
             if !block.withUnsafeBufferPointer(FloatCodec.allFinite),
                try startingRows(r0: r0, count: count, cols: cols, plan: plan).withUnsafeBufferPointer(FloatCodec.allFinite) {

@@ -1,4 +1,5 @@
 import Foundation
+import LoRAKernels
 import SafeTensors
 
 /// Output tensors computed whole (see `OutputTensor.Kind.whole`), each computed once by the first
@@ -20,7 +21,7 @@ final class WholeTensors: @unchecked Sendable {
 
     /// Calls `body` with all output bytes of `tensor`, then counts `count` of them as delivered.
     /// - Throws: what computing the tensor throws.
-    func withBytes(of tensor: OutputTensor, plan: MergePlan, delivering count: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws {
+    func withBytes(of tensor: OutputTensor, plan: MergePlan, using isa: InstructionSet, delivering count: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws {
         lock.lock()
         let entry = entries[tensor.info.name] ?? Entry(remaining: tensor.info.byteCount)
         entries[tensor.info.name] = entry
@@ -30,7 +31,7 @@ final class WholeTensors: @unchecked Sendable {
         defer { entry.lock.unlock() }
         if entry.bytes == nil {
             try MemoryBudget.check(elements: tensor.info.elementCount ?? 0, bytesPerElement: 8, what: "tensor '\(tensor.source)' (merged whole)")
-            entry.bytes = try WholeTensors.compute(tensor, plan: plan)
+            entry.bytes = try WholeTensors.compute(tensor, plan: plan, using: isa)
         }
         entry.bytes!.withUnsafeBytes(body)
         entry.remaining -= count
@@ -44,7 +45,7 @@ final class WholeTensors: @unchecked Sendable {
 
     /// All output bytes of `tensor`: its merged value (or the stored value, cast when the output
     /// dtype differs), rounded once to the output dtype.
-    private static func compute(_ tensor: OutputTensor, plan: MergePlan) throws -> [UInt8] {
+    private static func compute(_ tensor: OutputTensor, plan: MergePlan, using isa: InstructionSet) throws -> [UInt8] {
         let t = tensor.info, name = tensor.source
         let outFormat = TensorData.format(t.dtype)
         switch plan.action(for: name) {
@@ -59,7 +60,7 @@ final class WholeTensors: @unchecked Sendable {
             }
             return TensorData.encode(try TensorData.floats(ckpt, source), format: outFormat)
         case .merge, .bias:
-            return TensorData.encode(try plan.mergedValue(name)!, format: outFormat!)
+            return TensorData.encode(try plan.mergedValue(name, using: isa)!, format: outFormat!)
         }
     }
 }

@@ -1,6 +1,6 @@
 import CKernels
 
-/// One LoRA merge over a block of stored rows in a single pass (C kernel, AVX2 or AVX-512):
+/// One LoRA merge over a block of stored rows in a single pass (C kernel: scalar, AVX2 or AVX-512):
 ///
 ///     out[i][j] = round( w[i][j] + coefficient · Σₖ b[i·rank + k] · a[k·leadingA + j] )
 ///
@@ -8,13 +8,10 @@ import CKernels
 /// `b` is rows×rank and `a` rank×cols (row stride `leadingA`), float32. Rounding as PEFT merges: the
 /// dot product accumulated over k in order with fused multiply-adds, then one rounding for × coefficient,
 /// one for + w, one (nearest even, NaN kept quiet, subnormals kept) to the output format.
+/// Every instruction set gives the same bits, for any split of a tensor into calls: this is the one
+/// summation order of every merge (never BLAS, whose order depends on the kernel OpenBLAS picks).
 /// Nothing is allocated: each element of w is read once and each of out written once.
 public enum FusedMerge {
-    /// The kernel's instruction sets; all give identical bits.
-    public enum InstructionSet: Int32, Sendable, CaseIterable {
-        case avx2 = 1
-        case avx512 = 2
-    }
 
     /// What one call saw.
     public struct Outcome: Equatable, Sendable {
@@ -24,25 +21,19 @@ public enum FusedMerge {
         public var inputNonFinite: Bool
     }
 
-    /// The best instruction set of this CPU, or nil when the kernel cannot run here (callers use GEMM).
-    public static let best: InstructionSet? = InstructionSet(rawValue: lora_best_isa())
-
-    /// The instruction sets this CPU runs (for tests).
-    public static var available: [InstructionSet] { InstructionSet.allCases.filter { $0.rawValue <= (best?.rawValue ?? 0) } }
-
-    /// Runs the kernel; nil when `instructionSet` (default: the best) cannot run on this CPU.
+    /// Runs the kernel; nil when `instructionSet` cannot run on this CPU. `out` may be `w` itself
+    /// (the same address, formats of one size).
     /// - Precondition: the buffers hold rows×cols elements of their formats, `b` rows×rank, `a` rank rows of `leadingA ≥ cols`.
     public static func rows(
         _ w: UnsafeRawBufferPointer, input: FloatCodec.Format,
         into out: UnsafeMutableRawBufferPointer, output: FloatCodec.Format,
         rows: Int, cols: Int, b: UnsafeBufferPointer<Float>, rank: Int,
         a: UnsafeBufferPointer<Float>, leadingA: Int, coefficient: Float,
-        using instructionSet: InstructionSet? = nil
+        using isa: InstructionSet
     ) -> Outcome? {
         precondition(rows >= 0 && cols >= 0 && rank >= 0 && leadingA >= cols, "dimensions are consistent")
         precondition(w.count >= rows * cols * input.size && out.count >= rows * cols * output.size, "w and out hold rows×cols")
         precondition(b.count >= rows * rank && (rank == 0 || a.count >= (rank - 1) * leadingA + cols), "a and b hold their factors")
-        guard let isa = instructionSet ?? best else { return nil }
         if rows == 0 || cols == 0 { return Outcome(resultNonFinite: false, inputNonFinite: false) }
         let flags = lora_merge_rows(
             isa.rawValue, w.baseAddress, code(input), out.baseAddress, code(output), rows, cols,

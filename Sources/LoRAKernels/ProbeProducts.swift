@@ -17,8 +17,8 @@ public enum ProbeProducts {
     }
 
     /// One pass over stored base and merged bytes (F32/F16/BF16, any mix), a cache-sized block of
-    /// stored rows at a time: widen both blocks to fp32, take exact fp64 differences, and feed them to
-    /// dgemm with the probes; the base block also goes to sgemm (or dgemm) and the norms. Nothing the
+    /// stored rows at a time: widen both blocks to fp32, take exact fp64 differences, and multiply
+    /// them with the probes (`GEMM`, fixed order, never BLAS); the base block too, and the norms. Nothing the
     /// size of the tensor is allocated.
     /// - Parameters:
     ///   - rows, cols: stored shape; `transposed` = storage is (in, out).
@@ -96,8 +96,9 @@ public enum ProbeProducts {
                         }
                     }
                     for r in 0..<nr {
-                        let row = wp.baseAddress! + r * cols
-                        norms2[r0 + r] = Double(GEMM.dot(row, row, count: cols))
+                        var sum = 0.0
+                        for c in 0..<cols { let v = Double(wp[r * cols + c]); sum += v * v }
+                        norms2[r0 + r] = sum
                     }
                 }
             }
@@ -108,14 +109,15 @@ public enum ProbeProducts {
     }
 
     /// The (out, in) case through the C kernel (`lora_probe_rows`), all in fp64, in blocks of rows so
-    /// that `release` can drop each block's pages; nil on a CPU without AVX2 (the BLAS path runs).
+    /// that `release` can drop each block's pages; nil under the scalar instruction set (the portable path runs).
     /// - Parameter instructionSet: the kernel's instruction set (default: the best); tests pin it.
     static func vectorKernel(
         rows: Int, cols: Int, base: UnsafeRawBufferPointer, baseFormat: FloatCodec.Format,
         merged: UnsafeRawBufferPointer, mergedFormat: FloatCodec.Format, x xd: [Double],
-        release: ((UnsafeRawBufferPointer) -> Void)?, instructionSet: FusedMerge.InstructionSet? = nil
+        release: ((UnsafeRawBufferPointer) -> Void)?, instructionSet: InstructionSet? = nil
     ) throws -> Products? {
-        guard let isa = instructionSet ?? FusedMerge.best else { return nil }
+        let isa = try instructionSet ?? Kernels.instructionSet()
+        guard isa != .scalar else { return nil }
         // Probe-major copy of x: probe p's inputs contiguous, as the kernel streams them.
         var xT = [Double](repeating: 0, count: 8 * cols)
         for i in 0..<cols { for p in 0..<8 { xT[p * cols + i] = xd[i * 8 + p] } }

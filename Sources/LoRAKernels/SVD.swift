@@ -67,28 +67,28 @@ public enum SVD {
         }
         let omega = (0..<(n * l)).map { _ in gaussian() }
         var y = [Float](repeating: 0, count: m * l)  // Y = M·Ω (m×l)
-        try GEMM.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: omega, transposeB: false, beta: 0, c: &y)
+        try BLAS.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: omega, transposeB: false, beta: 0, c: &y)
         orthonormalizeColumns(&y, rows: m, cols: l)
         var z = [Float](repeating: 0, count: n * l)
         for _ in 0..<powerIterations {
-            try GEMM.multiply(m: n, n: l, k: m, alpha: 1, a: matrix, transposeA: true, b: y, transposeB: false, beta: 0, c: &z)
+            try BLAS.multiply(m: n, n: l, k: m, alpha: 1, a: matrix, transposeA: true, b: y, transposeB: false, beta: 0, c: &z)
             orthonormalizeColumns(&z, rows: n, cols: l)
-            try GEMM.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: z, transposeB: false, beta: 0, c: &y)
+            try BLAS.multiply(m: m, n: l, k: n, alpha: 1, a: matrix, transposeA: false, b: z, transposeB: false, beta: 0, c: &y)
             orthonormalizeColumns(&y, rows: m, cols: l)
         }
         // B = Qᵀ·M (l×n), SVD(B) = Ũ·S·Vᵀ, U = Q·Ũ.
         var b = [Float](repeating: 0, count: l * n)
-        try GEMM.multiply(m: l, n: n, k: m, alpha: 1, a: y, transposeA: true, b: matrix, transposeB: false, beta: 0, c: &b)
+        try BLAS.multiply(m: l, n: n, k: m, alpha: 1, a: y, transposeA: true, b: matrix, transposeB: false, beta: 0, c: &b)
         let small = try full(b, m: l, n: n)
         var u = [Float](repeating: 0, count: m * small.k)
-        try GEMM.multiply(m: m, n: small.k, k: l, alpha: 1, a: y, transposeA: false, b: small.u, transposeB: false, beta: 0, c: &u)
+        try BLAS.multiply(m: m, n: small.k, k: l, alpha: 1, a: y, transposeA: false, b: small.u, transposeB: false, beta: 0, c: &u)
         var r = Result(u: u, s: small.s, vt: small.vt)
         r.truncate(to: rank, m: m, n: n)
         return r
     }
 
     /// Orthonormalizes the columns of a row-major rows×cols matrix (rows ≫ cols): Cholesky QR
-    /// twice (G = YᵀY by GEMM, G = RᵀR in fp64, Y ← Y·R⁻¹ by GEMM), which is as accurate as
+    /// twice (G = YᵀY by sgemm, G = RᵀR in fp64, Y ← Y·R⁻¹ by sgemm), which is as accurate as
     /// Householder for the well-conditioned sketches of a range finder and runs at BLAS speed. A
     /// rank-deficient sketch (Cholesky breaks down) falls back to modified Gram–Schmidt.
     static func orthonormalizeColumns(_ a: inout [Float], rows: Int, cols: Int) {
@@ -103,7 +103,7 @@ public enum SVD {
     /// One Cholesky-QR pass; false when G is not numerically positive definite.
     static func choleskyQRStep(_ a: inout [Float], rows: Int, cols: Int) throws -> Bool {
         var g = [Float](repeating: 0, count: cols * cols)
-        try GEMM.multiply(m: cols, n: cols, k: rows, alpha: 1, a: a, transposeA: true, b: a, transposeB: false, beta: 0, c: &g)
+        try BLAS.multiply(m: cols, n: cols, k: rows, alpha: 1, a: a, transposeA: true, b: a, transposeB: false, beta: 0, c: &g)
         // Cholesky G = RᵀR in fp64 (R upper triangular).
         var r = [Double](repeating: 0, count: cols * cols)
         for i in 0..<cols {
@@ -130,7 +130,7 @@ public enum SVD {
         }
         let invF = inv.map(Float.init)
         var out = [Float](repeating: 0, count: rows * cols)
-        try GEMM.multiply(m: rows, n: cols, k: cols, alpha: 1, a: a, transposeA: false, b: invF, transposeB: false, beta: 0, c: &out)
+        try BLAS.multiply(m: rows, n: cols, k: cols, alpha: 1, a: a, transposeA: false, b: invF, transposeB: false, beta: 0, c: &out)
         a = out
         return true
     }
@@ -176,3 +176,28 @@ import Glibc
 private func _log(_ x: Double) -> Double { log(x) }
 private func _cos(_ x: Double) -> Double { cos(x) }
 #endif
+
+/// The OpenBLAS core (kernel family) the SVD runs on. OpenBLAS picks it from the CPU when the
+/// library loads, unless `OPENBLAS_CORETYPE` names one; some versions (0.3.21) misdetect recent
+/// CPUs and fall back to `Prescott` (SSE3) kernels.
+public enum BLASCore {
+    /// The core OpenBLAS loaded with, e.g. "SkylakeX", "Haswell", "Prescott".
+    public static var name: String {
+        guard let p = openblas_get_corename() else { return "unknown" }
+        return String(cString: p)
+    }
+
+    /// The `OPENBLAS_CORETYPE` to load OpenBLAS with instead of the core it picked (`name`), when
+    /// that core lacks the vector width this CPU has (the kernels' own detection): "SkylakeX" on an
+    /// AVX-512 CPU, "Haswell" on an AVX2 one. nil when the loaded core already uses it (Cooperlake,
+    /// Zen, … are kept) or the CPU has neither.
+    public static var replacementCoreType: String? {
+        let loaded = name.lowercased()
+        let avx512Cores = ["skylakex", "cooperlake", "sapphirerapids"]
+        switch InstructionSet.best {
+        case .avx512: return avx512Cores.contains(loaded) ? nil : "SkylakeX"
+        case .avx2: return (avx512Cores + ["haswell", "zen"]).contains(loaded) ? nil : "Haswell"
+        case .scalar: return nil
+        }
+    }
+}

@@ -11,13 +11,13 @@ public enum WeightDifference {
     public static func compute(
         tuned: UnsafeRawBufferPointer, tunedFormat: FloatCodec.Format,
         base: UnsafeRawBufferPointer, baseFormat: FloatCodec.Format,
-        into delta: UnsafeMutableBufferPointer<Float>, using instructionSet: FusedMerge.InstructionSet? = nil
+        into delta: UnsafeMutableBufferPointer<Float>, using instructionSet: InstructionSet? = nil
     ) -> (deltaSquares: Double, baseSquares: Double) {
         let n = delta.count
         precondition(tuned.count >= n * tunedFormat.size && base.count >= n * baseFormat.size, "inputs hold the elements")
         var dsq = 0.0, bsq = 0.0
         guard n > 0 else { return (0, 0) }
-        if let isa = instructionSet ?? FusedMerge.best,
+        if let isa = instructionSet ?? (try? Kernels.instructionSet()), isa != .scalar,
            lora_difference(isa.rawValue, tuned.baseAddress, FusedMerge.code(tunedFormat), base.baseAddress, FusedMerge.code(baseFormat),
                            n, delta.baseAddress, &dsq, &bsq) == 0 {
             return (dsq, bsq)
@@ -25,7 +25,7 @@ public enum WeightDifference {
         return scalar(tuned: tuned, tunedFormat: tunedFormat, base: base, baseFormat: baseFormat, into: delta)
     }
 
-    /// The same, one element at a time (CPUs without AVX2, and the tests' reference).
+    /// The same, one element at a time (the scalar instruction set, and the tests' reference).
     static func scalar(
         tuned: UnsafeRawBufferPointer, tunedFormat: FloatCodec.Format,
         base: UnsafeRawBufferPointer, baseFormat: FloatCodec.Format,

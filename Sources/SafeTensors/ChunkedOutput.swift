@@ -17,6 +17,10 @@ import Glibc
 /// their next chunks; `buffers` bounds the chunks filled or in flight (and so the memory). `finish`
 /// waits for them, checks that every chunk was written, then fsyncs (unless not `durable`).
 ///
+/// The file's SHA-256 is computed while writing: each filled chunk is hashed, in file order, by the
+/// thread that filled it before its write is queued (a thread whose chunk comes early waits for the
+/// ones before it; the others keep filling). With the SHA extensions this costs about 0.5 ms per MiB.
+///
 /// Why direct I/O: writing a model through the page cache first copies every byte into freshly
 /// allocated cache pages (on virtual machines a large and very variable cost), and the fsync then
 /// writes it all again. Written directly, the output is on the disk when the last write returns, and
@@ -76,6 +80,12 @@ public final class ChunkedOutput: @unchecked Sendable {
     /// where writers of one file queue on its inode lock and would spin for it on the cores that compute.
     private let writes: DispatchQueue
     private let inFlight = DispatchGroup()
+    /// The file's hash so far: chunks `0..<hashedChunks` (guarded by `hashTurn`).
+    private var hasher = SHA256()
+    private var hashedChunks = 0
+    private let hashTurn = NSCondition()
+    /// The SHA-256 of the whole file (lowercase hex), once `finish` has returned.
+    public private(set) var sha256: String?
 
     /// Creates `path` (which must not exist) for `tensors`.
     /// - Throws: `SafeTensorsError` from the layout or from creating the file.
@@ -149,14 +159,58 @@ public final class ChunkedOutput: @unchecked Sendable {
     /// - Throws: what `fill` throws; `SafeTensorsError.io` when an earlier write failed.
     public func write(chunk k: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
         let length = min(chunkSize, fileSize - k * chunkSize)
-        let buffer = try takeBuffer()
+        let buffer: UnsafeMutableRawPointer
+        do {
+            buffer = try takeBuffer()
+        } catch {
+            abandon()
+            throw error
+        }
         do {
             try fill(UnsafeMutableRawBufferPointer(start: buffer, count: length))
         } catch {
             giveBuffer(buffer)
+            abandon()
             throw error
         }
+        hash(chunk: k, UnsafeRawBufferPointer(start: buffer, count: length))
         submit(chunk: k, buffer: buffer, length: length)
+    }
+
+    /// Adds chunk `k` to the file's hash once chunks `0..<k` are in it. Chunks are claimed in order
+    /// and a waiting thread holds only its own buffer, so the one the hash waits for always gets one.
+    func hash(chunk k: Int, _ bytes: UnsafeRawBufferPointer) {
+        hashTurn.lock()
+        while hashedChunks != k {
+            if failureHappened {
+                hashTurn.unlock()
+                return
+            }
+            hashTurn.wait()
+        }
+        hasher.update(bytes)
+        hashedChunks += 1
+        hashTurn.broadcast()
+        hashTurn.unlock()
+    }
+
+    /// Whether a write failed or a filler gave up (a chunk may then never be hashed): waiting threads stop.
+    private var failureHappened: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return failure != nil || abandoned
+    }
+    private var abandoned = false
+
+    /// Tells threads waiting to hash their chunk that an earlier chunk will never come (its filler
+    /// failed); the file is then not finished.
+    func abandon() {
+        lock.lock()
+        abandoned = true
+        lock.unlock()
+        hashTurn.lock()
+        hashTurn.broadcast()
+        hashTurn.unlock()
     }
 
     /// Queues the write of chunk `k` from `buffer` (from `takeBuffer`, holding the chunk's `length`
@@ -209,6 +263,7 @@ public final class ChunkedOutput: @unchecked Sendable {
             throw SafeTensorsError.invalidWrite(path: path, detail: "chunk \(missing) of \(written.count) was never written")
         }
         if durable, fsync(fd) != 0 { throw SafeTensorsError.outputIO(path: path, operation: "fsync", errno: errno) }
+        sha256 = hasher.finalize()
         closed = true
         if directFD >= 0 { close(directFD) }
         guard close(fd) == 0 else { throw SafeTensorsError.outputIO(path: path, operation: "close", errno: errno) }

@@ -22,6 +22,7 @@ struct LoraTool: ParsableCommand {
         subcommands: [Inspect.self, Merge.self, Verify.self, Extract.self, Convert.self, Resize.self, Dequantize.self, Run.self])
 
     static func main() {
+        relaunchWithMatchingBLASCore()
         InterruptCleanup.install()
         // Tensors are processed one after another in buffers of similar sizes: keep freed buffers in
         // the heap for reuse instead of returning them to the kernel, which would fault and zero
@@ -32,6 +33,8 @@ struct LoraTool: ParsableCommand {
         do { command = try parseAsRoot() } catch { exit(withError: error) }
         defer { printNotes() }
         do {
+            // A bad LORA_TOOL_ISA fails every command up front, before any output exists.
+            _ = try Kernels.instructionSet()
             try command.run()
         } catch let error where isLibraryError(error) {
             printNotes()
@@ -45,6 +48,21 @@ struct LoraTool: ParsableCommand {
             exit(withError: error)
         }
     }
+}
+
+/// OpenBLAS (the SVD of extract and resize) picks its kernels from the CPU when the library loads,
+/// and 0.3.21 misdetects some CPUs as Prescott (SSE3). For those two commands, when
+/// `OPENBLAS_CORETYPE` is unset and the loaded core lacks the CPU's AVX2 or AVX-512, the process
+/// runs itself again once with the matching core (Haswell / SkylakeX): the variable is only read
+/// when the library loads. A correctly detected core costs nothing (no re-exec).
+func relaunchWithMatchingBLASCore() {
+    let arguments = CommandLine.arguments
+    guard arguments.count > 1, ["extract", "resize"].contains(arguments[1]),
+          getenv("OPENBLAS_CORETYPE") == nil, let core = BLASCore.replacementCoreType else { return }
+    setenv("OPENBLAS_CORETYPE", core, 1)
+    execv("/proc/self/exe", CommandLine.unsafeArgv)
+    // execv returned: it failed; go on with OpenBLAS's own choice.
+    unsetenv("OPENBLAS_CORETYPE")
 }
 
 /// Notes the libraries collected (a recovered output, a side file linked from elsewhere…), on stderr.

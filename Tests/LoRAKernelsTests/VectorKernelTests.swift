@@ -40,7 +40,7 @@ struct FusedMergeTests {
         return encode(y, output)
     }
 
-    static func run(_ isa: FusedMerge.InstructionSet, w: [Float], input: FloatCodec.Format, output: FloatCodec.Format,
+    static func run(_ isa: InstructionSet, w: [Float], input: FloatCodec.Format, output: FloatCodec.Format,
                     a: [Float], b: [Float], rows: Int, cols: Int, rank: Int, coefficient: Float, misalign: Int = 0) -> ([UInt8], FusedMerge.Outcome?) {
         // `misalign` shifts w by that many bytes: stored tensors need not be aligned.
         let wBytes = [UInt8](repeating: 0, count: misalign) + encode(w, input)
@@ -60,8 +60,8 @@ struct FusedMergeTests {
     }
 
     @Test("Bit-equal to the scalar contract for every format pair and shape",
-          arguments: FusedMerge.available, [FloatCodec.Format.f32, .f16, .bf16])
-    func matchesContract(isa: FusedMerge.InstructionSet, input: FloatCodec.Format) {
+          arguments: InstructionSet.available, [FloatCodec.Format.f32, .f16, .bf16])
+    func matchesContract(isa: InstructionSet, input: FloatCodec.Format) {
         for output in FusedMergeTests.formats {
             for (n, shape) in FusedMergeTests.shapes.enumerated() {
                 let (rows, cols, rank) = shape
@@ -79,8 +79,8 @@ struct FusedMergeTests {
         }
     }
 
-    @Test("Specials: ±0, subnormals, overflow to inf, NaN and inf inputs are flagged", arguments: FusedMerge.available)
-    func specials(isa: FusedMerge.InstructionSet) {
+    @Test("Specials: ±0, subnormals, overflow to inf, NaN and inf inputs are flagged", arguments: InstructionSet.available)
+    func specials(isa: InstructionSet) {
         // One row of 20 (a full vector and a tail), rank 1, b = 1, coefficient 1: y = w + a.
         let tiny = Float(bitPattern: 0x0000_0100)  // f32 subnormal: bf16 keeps it (0x0001), f16 flushes it to 0
         var w = [Float](repeating: 0, count: 20), a = [Float](repeating: 0, count: 20)
@@ -112,8 +112,8 @@ struct FusedMergeTests {
         }
     }
 
-    @Test("A column range of one row (a partial row) equals those columns of the full row", arguments: FusedMerge.available)
-    func partialRow(isa: FusedMerge.InstructionSet) {
+    @Test("A column range of one row (a partial row) equals those columns of the full row", arguments: InstructionSet.available)
+    func partialRow(isa: InstructionSet) {
         let cols = 50, rank = 4
         let w = FusedMergeTests.values(cols, seed: 7, format: .bf16)
         let a = FusedMergeTests.values(rank * cols, seed: 8, format: .f32, scale: 0.1)
@@ -140,6 +140,59 @@ struct FusedMergeTests {
 }
 
 /// Verify's probe kernel against plain fp64 sums, and across instruction sets bit for bit.
+@Suite("Merge kernel rounding across instruction sets")
+struct KernelRoundingTests {
+    /// Every f16 and bf16 value, the midpoints between neighbours (ties) and the floats one ulp on
+    /// either side of them, NaNs, infinities, overflow and subnormal boundaries: with rank 0 the
+    /// kernel only rounds w, so this compares the scalar path's integer rounding with F16C / AVX-512.
+    static func boundaryValues() -> [Float] {
+        var v: [Float] = [0, -0, .infinity, -.infinity, .nan, Float(bitPattern: 0x7FA0_0001), Float(bitPattern: 0xFFC0_1234),
+                          65504, 65519.99, 65520, 65536, -65520, 0x1p-24, 0x1p-25, 0x1.8p-25, 0x1p-26, 0x1p-14, 0x1.ff8p-15]
+        for h in UInt16(0)...UInt16(0x7BFF) {
+            let x = Float(Float16(bitPattern: h)), next = Float(Float16(bitPattern: h + 1))
+            let mid = (x + next) / 2
+            v += [x, mid, mid.nextUp, mid.nextDown, -mid]
+        }
+        for top in stride(from: UInt32(0), to: 0x7F80, by: 7) {
+            let tie = Float(bitPattern: (top << 16) | 0x8000)
+            v += [tie, tie.nextUp, tie.nextDown, Float(bitPattern: ((top + 1) << 16) | 0x8000), -tie]
+        }
+        return v
+    }
+
+    @Test("Scalar, AVX2 and AVX-512 round every f16/bf16 boundary, NaN and subnormal to the same bits")
+    func sameRounding() {
+        let w = KernelRoundingTests.boundaryValues()
+        for input in [FloatCodec.Format.f32] {
+            for output in FusedMergeTests.formats {
+                let outputs = InstructionSet.available.map {
+                    FusedMergeTests.run($0, w: w, input: input, output: output, a: [], b: [], rows: 1, cols: w.count, rank: 0, coefficient: 1).0
+                }
+                for (isa, o) in zip(InstructionSet.available, outputs).dropFirst() {
+                    #expect(FusedMergeTests.differingBytes(o, outputs[0]) == 0, "\(isa) vs scalar, \(output)")
+                }
+            }
+        }
+        // Widening every f16 and bf16 bit pattern: the scalar path's decoder against the vector paths'.
+        let all16 = (0...UInt16.max).map { $0 }
+        for input in [FloatCodec.Format.f16, .bf16] {
+            let bytes = all16.flatMap { [UInt8($0 & 0xFF), UInt8($0 >> 8)] }
+            let w = bytes.withUnsafeBytes { raw in
+                [Float](unsafeUninitializedCapacity: all16.count) { buffer, n in
+                    FloatCodec.decode(raw, format: input, into: buffer)
+                    n = all16.count
+                }
+            }
+            let outputs = InstructionSet.available.map {
+                FusedMergeTests.run($0, w: w, input: input, output: .f32, a: [], b: [], rows: 1, cols: w.count, rank: 0, coefficient: 1).0
+            }
+            for (isa, o) in zip(InstructionSet.available, outputs).dropFirst() {
+                #expect(FusedMergeTests.differingBytes(o, outputs[0]) == 0, "\(isa) vs scalar, widening \(input)")
+            }
+        }
+    }
+}
+
 @Suite("Probe products kernel")
 struct ProbeKernelTests {
     @Test("Differences, base products and norms equal fp64 sums; both instruction sets agree exactly",
@@ -151,7 +204,7 @@ struct ProbeKernelTests {
         let x = (0..<(cols * 8)).map { Double(($0 * 7919) % 2001) / 1000 - 1 }  // input i, probe p at [i*8+p]
         let wb = FusedMergeTests.encode(w, format), mb = FusedMergeTests.encode(m, format)
         var results: [ProbeProducts.Products] = []
-        for isa in FusedMerge.available {
+        for isa in InstructionSet.available where isa != .scalar {
             let r = try wb.withUnsafeBytes { wp in
                 try mb.withUnsafeBytes { mp in
                     try ProbeProducts.vectorKernel(rows: rows, cols: cols, base: wp, baseFormat: format, merged: mp, mergedFormat: format,
@@ -186,8 +239,8 @@ struct ProbeKernelTests {
 @Suite("Weight difference kernel")
 struct WeightDifferenceTests {
     @Test("Differences equal the scalar fp32 subtraction; sums of squares agree",
-          arguments: FusedMerge.available, [(FloatCodec.Format.bf16, FloatCodec.Format.bf16), (.f32, .bf16), (.f16, .f32)])
-    func difference(isa: FusedMerge.InstructionSet, formats: (tuned: FloatCodec.Format, base: FloatCodec.Format)) {
+          arguments: InstructionSet.available, [(FloatCodec.Format.bf16, FloatCodec.Format.bf16), (.f32, .bf16), (.f16, .f32)])
+    func difference(isa: InstructionSet, formats: (tuned: FloatCodec.Format, base: FloatCodec.Format)) {
         for n in [1, 15, 16, 17, 1000] {
             let t = FusedMergeTests.values(n, seed: 21, format: formats.tuned), b = FusedMergeTests.values(n, seed: 22, format: formats.base)
             let tb = FusedMergeTests.encode(t, formats.tuned), bb = FusedMergeTests.encode(b, formats.base)

@@ -141,3 +141,51 @@ struct CommandLineTests {
         #expect(e4.contains("already exists"))
     }
 }
+
+@Suite("merge gives the same bytes on every instruction set and BLAS core")
+struct InstructionSetCommandLineTests {
+    /// The fixture's merge command line (first adapter, weight 1), writing to `output`.
+    static func mergeArguments(_ fixture: String, output: String) throws -> [String] {
+        let dir = "\(root)/Tests/LoRACoreTests/Fixtures/\(fixture)"
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/case.json"))) as! [String: Any]
+        let adapters = (json["adapters"] as! [String]).flatMap { ["--adapter", "\(dir)/\($0)"] }
+        return ["merge", "--base", dir + "/base"] + adapters + ["--output", output, "--json"]
+    }
+
+    @Test("LORA_TOOL_ISA=scalar with OPENBLAS_CORETYPE=Prescott writes the default run's bytes (and sha256s), --verify passing",
+          arguments: ["gpt2_conv1d", "llama_dora", "llama_embedding_modules_to_save", "llama_f32", "conv_peft"])
+    func scalarPrescott(fixture: String) throws {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("lora-tool-isa-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let (s1, json1, e1) = try run(InstructionSetCommandLineTests.mergeArguments(fixture, output: out + "/default"), in: root)
+        #expect(s1 == 0, "\(e1)")
+        let (s2, json2, e2) = try run(InstructionSetCommandLineTests.mergeArguments(fixture, output: out + "/scalar") + ["--verify"], in: root,
+                                      environment: ["LORA_TOOL_ISA": "scalar", "OPENBLAS_CORETYPE": "Prescott"])
+        #expect(s2 == 0, "\(e2)")
+        let files = try FileManager.default.contentsOfDirectory(atPath: out + "/default").sorted()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: out + "/scalar").sorted() == files)
+        for f in files {
+            #expect(FileManager.default.contents(atPath: "\(out)/default/\(f)") == FileManager.default.contents(atPath: "\(out)/scalar/\(f)"), "\(f)")
+        }
+        // Both reports give every file's sha256, the same ones.
+        func hashes(_ json: String) -> [String: String] {
+            let o = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+            return o?["sha256"] as? [String: String] ?? [:]
+        }
+        #expect(hashes(json1).keys.sorted() == files.filter { !$0.hasPrefix(".") })
+        #expect(hashes(json1) == hashes(json2))
+    }
+
+    @Test("An unknown LORA_TOOL_ISA value is one error line naming it, exit 1, nothing written")
+    func unknownInstructionSet() throws {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("lora-tool-isa-\(UUID().uuidString)").path
+        let (status, stdout, err) = try run(InstructionSetCommandLineTests.mergeArguments("llama_f32", output: out), in: root,
+                                            environment: ["LORA_TOOL_ISA": "neon"])
+        #expect(status == 1)
+        #expect(stdout.isEmpty)
+        #expect(err.hasPrefix("error: LORA_TOOL_ISA=neon"))
+        #expect(err.split(separator: "\n").count == 1)
+        #expect(!FileManager.default.fileExists(atPath: out))
+    }
+}

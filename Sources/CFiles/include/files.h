@@ -1,6 +1,8 @@
 #ifndef LORA_TOOL_FILES_H
 #define LORA_TOOL_FILES_H
 #include <stdint.h>
+/* Included here too so that builds whose module cache predates it see it. */
+#include "sha256.h"
 
 /* Reserves `length` bytes of disk for the file open on `fd` (Linux fallocate, mode 0: the size
  * becomes `length`, the blocks are allocated as unwritten extents). Returns 0, or the errno:

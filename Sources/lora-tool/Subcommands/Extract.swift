@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LoRACore
 import LoRAGraph
+import LoRAKernels
 import SafeTensors
 
 extension LoraTool {
@@ -128,6 +129,7 @@ extension LoraTool {
                     })),
                     ("skipped", .array(r.skipped.map { .object([("module", .string($0.module)), ("relative_difference", Render.json($0.relativeDifference))]) })),
                     ("other_differences", .array(r.otherDifferences.map { .object([("tensor", .string($0.tensor)), ("relative_difference", Render.json($0.relativeDifference))]) })),
+                    ("blas_core", .string(BLASCore.name)),
                 ]))
                 return
             }
@@ -135,7 +137,8 @@ extension LoraTool {
             for m in r.modules {
                 rows.append(["  " + m.module, "\(m.rank)", String(format: "%.6f", m.energyKept), String(format: "%.3g", m.relativeError), m.method])
             }
-            print("\(Render.escaped(output)): adapter extracted by SVD\n" + Render.table(rows))
+            print("\(Render.escaped(output)): adapter extracted by SVD (OpenBLAS core \(BLASCore.name))
+" + Render.table(rows))
             for s in r.skipped {
                 Render.diagnostic("note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))")
             }

@@ -13,7 +13,10 @@ extension LoraTool {
                 embedding LoRA, DoRA, lora_B.bias, modules_to_save replacements, layers_to_transform), \
                 computed in fp32 and rounded once to the output dtype. Untouched tensors are copied byte \
                 for byte. The output directory is built under a temporary name and renamed into place \
-                when complete; side files (config.json, tokenizer files) are copied.
+                when complete; side files (config.json, tokenizer files) are copied. The report gives \
+                each written file's SHA-256. The merged bytes are the same on every CPU: the merge \
+                kernel sums in one fixed order on every instruction set (portable C, AVX2, AVX-512) \
+                and never uses BLAS; LORA_TOOL_ISA=scalar|avx2|avx512 forces one.
                 """)
 
         @Option(help: "Base model: directory (single or sharded safetensors), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
@@ -162,13 +165,16 @@ extension LoraTool {
             if let v = r.verification {
                 rows.append(["verified", "\(v.entries.count) tensors on \(v.probes) probes: all within tolerance"])
             }
-            return "\(Render.escaped(r.output)): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+            for f in r.files { rows.append(["sha256", "\(r.sha256[f] ?? "?")  \(f)"]) }
+            return "\(Render.escaped(r.output)): merged
+" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
         }
 
         func jsonReport(_ r: MergeReport) -> JSONValue {
             .object([
                 ("output", .string(r.output)),
                 ("files", Render.json(r.files)),
+                ("sha256", .object(r.files.map { ($0, r.sha256[$0].map(JSONValue.string) ?? .null) })),
                 ("adapters", .array(r.adapters.map { .object([("path", .string($0.path)), ("dialect", .string($0.dialect)), ("weight", Render.json($0.weight))]) })),
                 ("families", .object(r.families.map { ($0.family, .object([("modules", Render.json($0.modules)), ("scales", .array($0.scales.map(Render.json)))])) })),
                 ("merged_tensors", Render.json(r.mergedTensors)),
