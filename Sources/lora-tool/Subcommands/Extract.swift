@@ -137,8 +137,7 @@ extension LoraTool {
             for m in r.modules {
                 rows.append(["  " + m.module, "\(m.rank)", String(format: "%.6f", m.energyKept), String(format: "%.3g", m.relativeError), m.method])
             }
-            print("\(Render.escaped(output)): adapter extracted by SVD (OpenBLAS core \(BLASCore.name))
-" + Render.table(rows))
+            print("\(Render.escaped(output)): adapter extracted by SVD (OpenBLAS core \(BLASCore.name))\n" + Render.table(rows))
             for s in r.skipped {
                 Render.diagnostic("note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))")
             }

@@ -166,8 +166,7 @@ extension LoraTool {
                 rows.append(["verified", "\(v.entries.count) tensors on \(v.probes) probes: all within tolerance"])
             }
             for f in r.files { rows.append(["sha256", "\(r.sha256[f] ?? "?")  \(f)"]) }
-            return "\(Render.escaped(r.output)): merged
-" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+            return "\(Render.escaped(r.output)): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
         }
 
         func jsonReport(_ r: MergeReport) -> JSONValue {
