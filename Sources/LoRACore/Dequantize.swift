@@ -9,7 +9,8 @@ public enum Dequantize {
     /// quantization companions dropped, other tensors copied, config.json without `quantization_config`.
     /// - Returns: how many weights were dequantized.
     @discardableResult
-    public static func run(input: String, output: String, dtype: OutputDType = .keep, force: Bool = false) throws -> Int {
+    public static func run(input: String, output: String, dtype: OutputDType = .keep, force: Bool = false,
+                           maxShardSize: Int = 5_000_000_000, allowOverflow: Bool = false) throws -> Int {
         try PathSafety.checkOutput(output, inputs: [input])
         let ckpt = try Checkpoint(path: input)
         guard let q = try BnbQuantization(ckpt) else {
@@ -25,24 +26,18 @@ public enum Dequantize {
                 infos.append(TensorInfo(name: name, dtype: dtype.output(for: i.dtype), shape: i.shape))
             }
         }
-        let plan = ShardPlan(tensors: infos, maxShardSize: 5_000_000_000)
-        for shard in plan.shards {
-            let writer = try SafeTensorsWriter(path: out.path(for: shard.fileName), tensors: shard.tensors)
-            while let t = writer.nextTensor {
-                if q.states[t.name] != nil {
-                    let values = try q.dequantize(t.name, in: ckpt)
-                    try TensorData.encode(values, format: TensorData.format(t.dtype)!).withUnsafeBytes { try writer.write(t.name, bytes: $0) }
-                } else if t.dtype == ckpt.info(t.name)!.dtype {
-                    try writer.write(t.name, bytes: try ckpt.bytes(of: t.name))
-                } else {
-                    try TensorData.encode(try TensorData.floats(ckpt, t.name), format: TensorData.format(t.dtype)!)
-                        .withUnsafeBytes { try writer.write(t.name, bytes: $0) }
-                }
-                ckpt.release(t.name)
+        _ = try ModelDirectory.writeShards(infos, maxShardSize: maxShardSize, into: out) { t, writer in
+            if q.states[t.name] != nil {
+                let bytes = try TensorData.encode(try q.dequantize(t.name, in: ckpt), format: TensorData.format(t.dtype)!, tensor: t.name, allowOverflow: allowOverflow)
+                try bytes.withUnsafeBytes { try writer.write(t.name, bytes: $0) }
+            } else if t.dtype == ckpt.info(t.name)!.dtype {
+                try writer.write(t.name, bytes: try ckpt.bytes(of: t.name))
+            } else {
+                let bytes = try TensorData.encode(try TensorData.floats(ckpt, t.name), format: TensorData.format(t.dtype)!, tensor: t.name, allowOverflow: allowOverflow)
+                try bytes.withUnsafeBytes { try writer.write(t.name, bytes: $0) }
             }
-            try writer.finish()
+            ckpt.release(t.name)
         }
-        if let index = plan.index { try SideFiles.write(out.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
         if ckpt.path == ckpt.directory || ckpt.indexPath != nil {
             _ = try SideFiles.copy(from: ckpt.directory, to: out, dtype: dtype, dropQuantization: true)
         }

@@ -187,22 +187,15 @@ public enum ExtractCheckpoint {
             return TensorInfo(name: m.out, dtype: i.dtype, shape: i.shape)
         }.sorted { utf8Precedes($0.name, $1.name) }
         let source = Dictionary(uniqueKeysWithValues: map.map { ($0.out, $0.source) })
-        let plan = ShardPlan(tensors: infos, maxShardSize: 5_000_000_000)
-        for shard in plan.shards {
-            let writer = try SafeTensorsWriter(path: output.path(for: shard.fileName), tensors: shard.tensors)
-            while let t = writer.nextTensor {
-                let src = source[t.name]!
-                let loc = ckpt.location(of: src)!
-                try writer.copy(t.name, from: loc.file, offset: loc.offset, count: loc.count)
-            }
-            try writer.finish()
+        _ = try ModelDirectory.writeShards(infos, maxShardSize: 5_000_000_000, into: output) { t, writer in
+            let loc = ckpt.location(of: source[t.name]!)!
+            try writer.copy(t.name, from: loc.file, offset: loc.offset, count: loc.count)
         }
-        if let index = plan.index { try SideFiles.write(output.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
         if ckpt.path == ckpt.directory || ckpt.indexPath != nil {
-            let fm = FileManager.default
-            for name in ((try? fm.contentsOfDirectory(atPath: ckpt.directory)) ?? []).sorted()
+            // The model's own side files, as contents (never links), read as regular files only.
+            for name in ((try? FileManager.default.contentsOfDirectory(atPath: ckpt.directory)) ?? []).sorted()
             where name == "config.json" || name == "generation_config.json" || name.hasPrefix("tokenizer") || name == "special_tokens_map.json" {
-                try? fm.copyItem(atPath: ckpt.directory + "/" + name, toPath: output.path(for: name))
+                try SideFiles.copyContents(of: ckpt.directory + "/" + name, to: output.path(for: name))
             }
         }
         try output.commit()

@@ -228,7 +228,8 @@ public enum Merge {
         let denseBase = try Checkpoint(path: dense)
         var changed = Set<String>()
         for name in q.states.keys where try !denseBase.bytes(of: name).elementsEqual(try merged.bytes(of: name)) { changed.insert(name) }
-        let survival = try Requantize.write(base: base, quantization: q, merged: merged, changed: changed, output: output, keepDense: type == nil)
+        let survival = try Requantize.write(base: base, quantization: q, merged: merged, changed: changed, output: output, keepDense: type == nil,
+                                             maxShardSize: options.maxShardSize)
         report.requantization = type == nil ? nil : survival
         report.files = ((try? FileManager.default.contentsOfDirectory(atPath: output.staging)) ?? []).sorted()
         if base.path == base.directory || base.indexPath != nil {

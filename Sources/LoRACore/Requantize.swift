@@ -21,7 +21,7 @@ public enum Requantize {
     /// - Parameter keepDense: write the changed weights dense (compute dtype, companions dropped)
     ///   instead of requantizing them (`--keep-quantized`).
     static func write(base: Checkpoint, quantization q: BnbQuantization, merged: Checkpoint, changed: Set<String>,
-                      output: AtomicOutput, keepDense: Bool = false) throws -> [Survival] {
+                      output: AtomicOutput, keepDense: Bool = false, maxShardSize: Int = 5_000_000_000) throws -> [Survival] {
         var survival: [Survival] = []
         var produced: [String: [UInt8]] = [:]
         var infos: [TensorInfo] = []
@@ -84,23 +84,17 @@ public enum Requantize {
                                      deltaCorrelation: n1 > 0 && n2 > 0 ? dot / (n1 * n2).squareRoot() : 0,
                                      deltaNormRatio: n1 > 0 ? (n2 / n1).squareRoot() : 0))
         }
-        let plan = ShardPlan(tensors: infos.sorted { utf8Precedes($0.name, $1.name) }, maxShardSize: 5_000_000_000)
-        for shard in plan.shards {
-            let writer = try SafeTensorsWriter(path: output.path(for: shard.fileName), tensors: shard.tensors)
-            while let t = writer.nextTensor {
-                if let bytes = produced[t.name] {
-                    try bytes.withUnsafeBytes { try writer.write(t.name, bytes: $0) }
-                } else if keepDense && changed.contains(t.name) {
-                    try writer.write(t.name, bytes: try merged.bytes(of: t.name))
-                } else if q.states[t.name] != nil || q.companions.contains(t.name) || merged.info(t.name) == nil {
-                    try writer.write(t.name, bytes: try base.bytes(of: t.name))
-                } else {
-                    try writer.write(t.name, bytes: try merged.bytes(of: t.name))
-                }
+        _ = try ModelDirectory.writeShards(infos, maxShardSize: maxShardSize, into: output) { t, writer in
+            if let bytes = produced[t.name] {
+                try bytes.withUnsafeBytes { try writer.write(t.name, bytes: $0) }
+            } else if keepDense && changed.contains(t.name) {
+                try writer.write(t.name, bytes: try merged.bytes(of: t.name))
+            } else if q.states[t.name] != nil || q.companions.contains(t.name) || merged.info(t.name) == nil {
+                try writer.write(t.name, bytes: try base.bytes(of: t.name))
+            } else {
+                try writer.write(t.name, bytes: try merged.bytes(of: t.name))
             }
-            try writer.finish()
         }
-        if let index = plan.index { try SideFiles.write(output.path(for: "model.safetensors.index.json"), bytes: index.serialized()) }
         return survival.sorted { $0.weight.utf8.lexicographicallyPrecedes($1.weight.utf8) }
     }
 

@@ -39,4 +39,19 @@ enum TensorData {
             count = size
         }
     }
+
+    /// `encode`, refusing values that rounding turns from finite into ±Inf (overflow of `format`).
+    /// - Throws: `LoRACoreError.overflow` naming `tensor` and the largest such value, unless `allowOverflow`.
+    static func encode(_ values: [Float], format: FloatCodec.Format, tensor: String, allowOverflow: Bool) throws -> [UInt8] {
+        let bytes = encode(values, format: format)
+        if allowOverflow || bytes.withUnsafeBytes({ FloatCodec.allFinite($0, format: format) }) { return bytes }
+        let stored = [Float](unsafeUninitializedCapacity: values.count) { buffer, n in
+            bytes.withUnsafeBytes { FloatCodec.decode($0, format: format, into: buffer) }
+            n = values.count
+        }
+        var largest: Float = 0
+        for (v, s) in zip(values, stored) where v.isFinite && !s.isFinite { largest = max(largest, abs(v)) }
+        guard largest > 0 else { return bytes }
+        throw LoRACoreError.overflow(tensor: tensor, dtype: format.rawValue, largest: largest)
+    }
 }

@@ -32,7 +32,7 @@ extension LoraTool {
 
         @OptionGroup var scale: ScaleArguments
 
-        @Flag(help: "Replace an existing output.")
+        @Flag(help: "Replace an existing output that lora-tool wrote (a directory carrying the .lora-tool marker, or a safetensors file); anything else is never replaced.")
         var force = false
 
         func validate() throws {

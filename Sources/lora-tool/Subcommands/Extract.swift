@@ -59,7 +59,7 @@ extension LoraTool {
 
         @OptionGroup var compression: ZstdArguments
 
-        @Flag(help: "Replace existing output directories.")
+        @Flag(help: "Replace existing outputs that lora-tool wrote (directories carrying the .lora-tool marker); anything else is never replaced.")
         var force = false
 
         @Flag(help: "Print the report as JSON.")

@@ -30,7 +30,7 @@ extension LoraTool {
 
         @OptionGroup var compression: ZstdArguments
 
-        @Flag(help: "Replace an existing output.")
+        @Flag(help: "Replace an existing output that lora-tool wrote (a directory carrying the .lora-tool marker, or a safetensors file); anything else is never replaced.")
         var force = false
 
         @Flag(help: "Print the report as JSON.")
