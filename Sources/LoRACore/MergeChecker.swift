@@ -27,13 +27,18 @@ struct MergeChecker {
     /// Checks one tensor of the merged output, given its stored bytes and dtype.
     /// `mergedBytes` must be a read-only file mapping (as every input here is): pages already
     /// compared are dropped from the resident set, which would zero heap memory.
-    func check(name: String, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer) throws -> VerifyReport.Entry {
-        let family = TensorName(name).family
+    /// - Parameters:
+    ///   - name: the base tensor; `output`: its name in the merged checkpoint (nil: the same).
+    func check(name: String, output: String? = nil, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer) throws -> VerifyReport.Entry {
+        let family = TensorName(output ?? name).family
         func entry(_ kind: VerifyReport.Entry.Kind, passed: Bool, detail: String?, abs: Double = 0, rel: Double = 0, out: Double = 0, tol: Double = 0)
             -> VerifyReport.Entry
         {
-            VerifyReport.Entry(tensor: name, family: family, kind: kind, maxAbsError: abs, relativeError: rel,
-                               errorRelativeToOutput: out, tolerance: tol, passed: passed, detail: detail)
+            let probed = (kind == .merged || kind == .bias) && tol > 0
+            return VerifyReport.Entry(
+                tensor: output ?? name, family: family, kind: kind, exact: nil,
+                probes: probed ? VerifyReport.ProbeResult(maxAbsError: abs, relativeError: rel, errorRelativeToOutput: out, tolerance: tol) : nil,
+                failures: passed ? [] : [detail ?? "failed"])
         }
         let baseInfo = plan.base.info(name)!
         guard mergedInfo.shape == baseInfo.shape else {

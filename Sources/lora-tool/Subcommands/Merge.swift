@@ -124,7 +124,7 @@ extension LoraTool {
                 }
             }
             if let v = r.verification {
-                rows.append(["verified", "\(v.entries.count) tensors on \(v.probes) probes: all within tolerance"])
+                rows.append(["verified", "\(v.entries.count) tensors element by element and on \(v.probes) probes (seed \(v.seed)), side files and metadata: all pass"])
             }
             return "\(r.output): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
         }
