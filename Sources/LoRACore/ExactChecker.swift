@@ -40,6 +40,17 @@ final class ExactChecker: @unchecked Sendable {
         let kind: VerifyReport.Entry.Kind
         /// The dtype of the stored value it comes from (base or replacement), for messages about casts.
         let sourceDType: DType
+        /// Whether the probe check is fed this tensor's blocks (row-aligned blocks of a merged module).
+        let probed: Bool
+    }
+
+    /// What a tensor's last block returns.
+    struct Finished {
+        var tensor: Int
+        var result: VerifyReport.ExactResult
+        var failure: String?
+        /// The probe check's verdict, for a probed target.
+        var probe: VerifyReport.Entry?
     }
 
     enum Bound: Sendable {
@@ -49,6 +60,8 @@ final class ExactChecker: @unchecked Sendable {
         case oneUlp
         /// Within 4·ulp of the tensor's largest magnitude (merged f32 values).
         case normwise
+
+        var isNormwise: Bool { if case .normwise = self { return true } else { return false } }
     }
 
     private let plan: MergePlan
@@ -57,12 +70,17 @@ final class ExactChecker: @unchecked Sendable {
     let targets: [Target]
     private let lock = NSLock()
     private var tallies: [Tally]
+    private let prober: MergeChecker
+    /// Each probed target's probe check, made by its first block.
+    private var probeChecks: [ProbeCheck?]
 
-    init(plan: MergePlan, targets: [Target]) {
+    init(plan: MergePlan, targets: [Target], prober: MergeChecker) {
         self.plan = plan
         self.targets = targets
+        self.prober = prober
         factors = FactorCache(plan: plan)
         tallies = targets.map { Tally(remaining: $0.output.info.byteCount) }
+        probeChecks = targets.map { _ in nil }
     }
 
     /// The blocks of tensor `i`: whole rows of at most `blockSize` bytes when a row fits, else
@@ -80,25 +98,38 @@ final class ExactChecker: @unchecked Sendable {
         return stride(from: 0, to: total, by: step).map { Block(tensor: i, bytes: $0..<min(total, $0 + step)) }
     }
 
-    /// Compares one block; buffers are the worker's own (grown as needed).
+    /// Where block `b`'s bytes are in the merged file.
+    func request(_ b: Block) -> ReadAhead.Request {
+        let t = targets[b.tensor]
+        return ReadAhead.Request(file: t.merged.file, offset: t.merged.offset + b.bytes.lowerBound, count: b.bytes.count)
+    }
+
+    /// Compares one block, whose merged bytes are `got`; the other buffers are the worker's own.
     /// - Returns: the tensor's result when this was its last block, else nil.
     /// - Throws: `SafeTensorsError.io` reading the merged file; errors recomputing the expected
     ///   values (a non-finite merge, say) are recorded as the tensor's failure instead.
-    func check(_ block: Block, scratch: inout Scratch) throws -> (Int, VerifyReport.ExactResult, String?)? {
+    func check(_ block: Block, got: UnsafeRawPointer, scratch: inout Scratch) throws -> Finished? {
         let t = targets[block.tensor]
         let n = block.bytes.count
         scratch.reserve(n)
         var tally = Tally(remaining: 0)
         tally.remaining = -n
         do {
-            try t.merged.file.read(at: t.merged.offset + block.bytes.lowerBound, count: n, into: scratch.got)
             try t.output.fill(block.bytes, into: scratch.expected, plan: plan, factors: factors, wholes: wholes)
-            if memcmp(scratch.got, scratch.expected, n) != 0 {
-                compare(t, block: block, scratch: scratch, into: &tally)
+            if memcmp(got, scratch.expected, n) != 0 {
+                compare(t, block: block, got: got, expected: scratch.expected, into: &tally)
             }
-            if case .normwise = t.bound {
-                tally.maxMagnitude = max(try startingMagnitude(t, block: block, scratch: &scratch),
-                                         largestMagnitude(UnsafeRawBufferPointer(start: scratch.expected, count: n)))
+            let probe = t.probed ? try probeCheck(block.tensor) : nil
+            if t.bound.isNormwise || probe != nil {
+                let (start, format) = try startingValues(t, block: block, scratch: &scratch)
+                if t.bound.isNormwise {
+                    tally.maxMagnitude = max(largestMagnitude(start, format: format),
+                                             largestMagnitude(UnsafeRawBufferPointer(start: scratch.expected, count: n)))
+                }
+                if let probe {
+                    let rowBytes = t.output.info.byteCount / t.output.info.shape[0]
+                    try probe.add(rows: block.bytes.lowerBound / rowBytes, count: n / rowBytes, base: start, merged: UnsafeRawBufferPointer(start: got, count: n))
+                }
             }
         } catch let error as LoRACoreError {
             tally.error = error.localizedDescription
@@ -111,25 +142,39 @@ final class ExactChecker: @unchecked Sendable {
         factors.remove(t.output.source)
         plan.base.release(t.output.source)
         let (result, failure) = finished.result(t)
-        return (block.tensor, result, failure)
+        lock.lock()
+        let probe = probeChecks[block.tensor]
+        probeChecks[block.tensor] = nil
+        lock.unlock()
+        return Finished(tensor: block.tensor, result: result, failure: failure, probe: probe?.entry())
+    }
+
+    /// Target `i`'s probe check, prepared by the first block that asks (others of the same tensor wait).
+    private func probeCheck(_ i: Int) throws -> ProbeCheck? {
+        lock.lock()
+        defer { lock.unlock() }
+        if let p = probeChecks[i] { return p }
+        let t = targets[i]
+        probeChecks[i] = try prober.prepare(name: t.output.source, output: t.output.info.name, mergedInfo: t.output.info)
+        return probeChecks[i]
     }
 
     /// Element by element, for a block whose bytes differ somewhere.
-    private func compare(_ t: Target, block: Block, scratch: borrowing Scratch, into tally: inout Tally) {
+    private func compare(_ t: Target, block: Block, got gotBytes: UnsafeRawPointer, expected: UnsafeRawPointer, into tally: inout Tally) {
         let info = t.output.info
         let e0 = block.bytes.lowerBound / max(1, info.dtype.bitSize / 8)
         guard let format = TensorData.format(info.dtype) else {
             // Not a float type: identical bytes or nothing; name the first element that differs.
             let size = max(1, info.dtype.bitSize / 8)
-            for k in stride(from: 0, to: block.bytes.count, by: size) where memcmp(scratch.got + k, scratch.expected + k, size) != 0 {
+            for k in stride(from: 0, to: block.bytes.count, by: size) where memcmp(gotBytes + k, expected + k, size) != 0 {
                 tally.overBound += 1
                 tally.record(index: e0 + k / size, got: .nan, expected: .nan, ulps: .infinity)
             }
             return
         }
         let n = block.bytes.count / format.size
-        let got = UnsafeRawBufferPointer(start: scratch.got, count: block.bytes.count)
-        let want = UnsafeRawBufferPointer(start: scratch.expected, count: block.bytes.count)
+        let got = UnsafeRawBufferPointer(start: gotBytes, count: block.bytes.count)
+        let want = UnsafeRawBufferPointer(start: expected, count: block.bytes.count)
         func value(_ b: UnsafeRawBufferPointer, _ k: Int) -> Double {
             switch format {
             case .f32: return Double(Float(bitPattern: b.loadUnaligned(fromByteOffset: 4 * k, as: UInt32.self)))
@@ -173,8 +218,9 @@ final class ExactChecker: @unchecked Sendable {
         return bits & sign != 0 ? -(bits & (sign - 1)) : bits
     }
 
-    /// Largest |x| over the starting value's elements in this block (the W of the f32 bound).
-    private func startingMagnitude(_ t: Target, block: Block, scratch: inout Scratch) throws -> Double {
+    /// The starting value's elements in this block (the W of the f32 bound and of the probe check),
+    /// read into `scratch.start`, with their format.
+    private func startingValues(_ t: Target, block: Block, scratch: inout Scratch) throws -> (UnsafeRawBufferPointer, FloatCodec.Format) {
         var ckpt = plan.base, name = t.output.source
         switch plan.action(for: t.output.source) {
         case let .merge(_, (ai, tensor)?), let .bias(_, (ai, tensor)?), let .replace(ai, tensor):
@@ -182,12 +228,14 @@ final class ExactChecker: @unchecked Sendable {
             name = tensor
         default: break
         }
-        guard let info = ckpt.info(name), let format = TensorData.format(info.dtype), let loc = ckpt.location(of: name) else { return 0 }
+        guard let info = ckpt.info(name), let format = TensorData.format(info.dtype), let loc = ckpt.location(of: name) else {
+            throw LoRACoreError.invalidModule(module: name, detail: "dtype \(ckpt.info(name)?.dtype.rawValue ?? "?") cannot be merged (F32, F16 and BF16 can)")
+        }
         let outSize = TensorData.format(t.output.info.dtype)?.size ?? 4
         let e0 = block.bytes.lowerBound / outSize, count = block.bytes.count / outSize
         scratch.reserveStart(count * format.size)
         try loc.file.read(at: loc.offset + e0 * format.size, count: count * format.size, into: scratch.start)
-        return largestMagnitude(UnsafeRawBufferPointer(start: scratch.start, count: count * format.size), format: format)
+        return (UnsafeRawBufferPointer(start: scratch.start, count: count * format.size), format)
     }
 
     private func largestMagnitude(_ bytes: UnsafeRawBufferPointer, format: FloatCodec.Format = .f32) -> Double {
@@ -208,30 +256,25 @@ final class ExactChecker: @unchecked Sendable {
         return Double(m)
     }
 
-    /// A worker's buffers: the merged bytes, the expected bytes, the starting values.
+    /// A worker's buffers: the expected bytes, the starting values.
     struct Scratch: ~Copyable {
-        private(set) var got: UnsafeMutableRawPointer
         private(set) var expected: UnsafeMutableRawPointer
         private(set) var start: UnsafeMutableRawPointer
         private var capacity = 0, startCapacity = 0
 
         init() {
-            got = .allocate(byteCount: 1, alignment: 64)
             expected = .allocate(byteCount: 1, alignment: 64)
             start = .allocate(byteCount: 1, alignment: 64)
         }
 
         deinit {
-            got.deallocate()
             expected.deallocate()
             start.deallocate()
         }
 
         mutating func reserve(_ n: Int) {
             guard n > capacity else { return }
-            got.deallocate()
             expected.deallocate()
-            got = .allocate(byteCount: n, alignment: 64)
             expected = .allocate(byteCount: n, alignment: 64)
             capacity = n
         }

@@ -86,7 +86,8 @@ public enum Verify {
                 continue
             }
             let bound: ExactChecker.Bound = kind == .copied || kind == .replaced ? .identical : (format == .f32 ? .normwise : .oneUlp)
-            targets.append(ExactChecker.Target(output: OutputTensor(info, plan: plan), merged: (loc.file, loc.offset), bound: bound, kind: kind, sourceDType: sourceDType))
+            targets.append(ExactChecker.Target(output: OutputTensor(info, plan: plan), merged: (loc.file, loc.offset), bound: bound, kind: kind,
+                                               sourceDType: sourceDType, probed: options.mode == .both && streamsProbes(plan.action(for: source), info)))
         }
         let expected = Set(plan.outputs.map(\.name))
         for name in merged.names where !expected.contains(name) {
@@ -116,22 +117,25 @@ public enum Verify {
         _ targets: [ExactChecker.Target], plan: MergePlan, merged: Checkpoint, options: VerifyOptions, seed: UInt64
     ) throws -> [VerifyReport.Entry] {
         enum Task: Sendable {
-            case block(ExactChecker.Block)
+            /// An exact block and the number of its read-ahead request.
+            case block(ExactChecker.Block, read: Int)
             case probe(Int)
         }
-        let exact = ExactChecker(plan: plan, targets: targets)
         let prober = MergeChecker(plan: plan, probes: options.probes, seed: seed, tolerance: options.tolerance)
+        let exact = ExactChecker(plan: plan, targets: targets, prober: prober)
         // Tensor by tensor in output order (the merged file's order for lora-tool's merges): its
-        // blocks, then its probe check, which finds the merged bytes just read in the page cache.
+        // blocks (which feed its probe check when `probed`), else its probe check on its own.
         var tasks: [Task] = []
         var taskTensor: [Int] = []
+        var requests: [ReadAhead.Request] = []
         for i in targets.indices {
             if options.mode.exact {
                 let blocks = exact.blocks(of: i)
-                tasks += blocks.map { .block($0) }
+                tasks += blocks.enumerated().map { .block($1, read: requests.count + $0) }
+                requests += blocks.map(exact.request)
                 taskTensor += blocks.map { _ in i }
             }
-            if options.mode == .probes || (options.mode.probes && targets[i].kind == .merged) {
+            if options.mode == .probes || (options.mode.probes && targets[i].kind == .merged && !targets[i].probed) {
                 tasks.append(.probe(i))
                 taskTensor.append(i)
             }
@@ -140,12 +144,16 @@ public enum Verify {
         let results = Results(count: targets.count)
         let counter = ClaimCounter(count: tasks.count)
         let claimedTensors = taskTensor
-        // A merged model just written with direct I/O is not in the page cache: read it ahead.
-        let prefetcher = Prefetcher(merged, names: targets.map(\.output.info.name)) {
+        // A merged model just written with direct I/O is not in the page cache: the probe check,
+        // which reads it through its mapping, has it read ahead (exact blocks read it directly).
+        let prefetcher = options.mode == .probes ? Prefetcher(merged, names: targets.map(\.output.info.name)) {
             let c = counter.claimed
             return c == 0 ? 0 : claimedTensors[min(c, claimedTensors.count) - 1]
-        }
-        defer { prefetcher.stop() }
+        } : nil
+        defer { prefetcher?.stop() }
+        // Exact blocks are read in order, straight from the disk, by a thread of their own.
+        let readAhead = ReadAhead(requests, depth: options.threads + 2, reader: DirectReader())
+        defer { readAhead.stop() }
         // Workers claim blocks one at a time, each with single-threaded BLAS.
         GEMM.setThreads(1)
         DispatchQueue.concurrentPerform(iterations: max(1, min(options.threads, tasks.count))) { _ in
@@ -153,8 +161,11 @@ public enum Verify {
             while !results.failed, let k = counter.next() {
                 do {
                     switch work[k] {
-                    case let .block(b):
-                        if let (i, result, failure) = try exact.check(b, scratch: &scratch) { results.setExact(i, result, failure) }
+                    case let .block(b, read):
+                        if let f = try readAhead.take(read, { try exact.check(b, got: $0, scratch: &scratch) }) {
+                            results.setExact(f.tensor, f.result, f.failure)
+                            if let p = f.probe { results.setProbe(f.tensor, p) }
+                        }
                     case let .probe(i):
                         let t = targets[i], name = t.output.info.name
                         let entry = try prober.check(name: t.output.source, output: name, mergedInfo: t.output.info, mergedBytes: try merged.bytes(of: name))
@@ -179,6 +190,15 @@ public enum Verify {
             return VerifyReport.Entry(tensor: t.output.info.name, family: TensorName(t.output.info.name).family, kind: t.kind,
                                       exact: results.exact[i], probes: probe?.probes, failures: failures)
         }
+    }
+
+    /// Whether exact blocks of this merged tensor can feed its probe check: they are whole stored
+    /// rows (`ExactChecker.blocks`) of the module's stored layout.
+    private static func streamsProbes(_ action: MergePlan.Action, _ info: TensorInfo) -> Bool {
+        guard case let .merge(cs, _) = action, let n = info.elementCount, n > 0, info.shape.count >= 2 else { return false }
+        let m = cs[0].module
+        let rows = m.transposed ? m.inFeatures : m.outFeatures
+        return info.shape[0] == rows && n == m.inFeatures * m.outFeatures && info.byteCount / rows <= ExactChecker.blockSize
     }
 
     private static func kind(of action: MergePlan.Action) -> VerifyReport.Entry.Kind {
