@@ -33,7 +33,7 @@ extension LoraTool {
         @Option(help: "Largest shard, e.g. 500MB, 5GB, 2GiB (decimal units as transformers).")
         var maxShardSize: String = "5GB"
 
-        @Flag(help: "Check every merged module on random probes; fail (and leave no output) if any differs.")
+        @Flag(help: "Verify the output as lora-tool verify does (every element, random probes, side files and metadata) before it gets its name; fail (and leave no output) if anything differs.")
         var verify = false
 
         @Flag(help: "Replace an existing output directory.")
