@@ -28,7 +28,7 @@ final class DirectReader: @unchecked Sendable {
     /// `bufferSize(for: count)` bytes) and returns where in `buffer` they start.
     /// - Throws: `SafeTensorsError.io` when the file cannot be read or is shorter than the range.
     func read(_ file: SafeTensorsFile, at offset: Int, count: Int, into buffer: UnsafeMutableRawPointer) throws -> UnsafeMutableRawPointer {
-        let fd = descriptor(file.path)
+        let fd = descriptor(file)
         if fd >= 0 {
             let start = offset / DirectReader.alignment * DirectReader.alignment
             let end = (offset + count + DirectReader.alignment - 1) / DirectReader.alignment * DirectReader.alignment
@@ -47,11 +47,14 @@ final class DirectReader: @unchecked Sendable {
         return buffer
     }
 
-    private func descriptor(_ path: String) -> Int32 {
+    /// A direct descriptor of what `file` reads: its own open file, reopened through /proc (so a
+    /// `.zst` file's decompressed copy, not the compressed bytes, and never a file renamed in since).
+    private func descriptor(_ file: SafeTensorsFile) -> Int32 {
+        let path = "/proc/self/fd/\(file.map.descriptor)"
         lock.lock()
         defer { lock.unlock() }
         if let fd = descriptors[path] { return fd }
-        let fd = ChunkedOutput.directFlag.map { open(path, O_RDONLY | O_CLOEXEC | $0) } ?? -1
+        let fd = file.map.descriptor >= 0 ? (ChunkedOutput.directFlag.map { open(path, O_RDONLY | O_CLOEXEC | $0) } ?? -1) : -1
         descriptors[path] = fd
         return fd
     }
