@@ -119,17 +119,20 @@ final class ExactChecker: @unchecked Sendable {
             if memcmp(got, scratch.expected, n) != 0 {
                 compare(t, block: block, got: got, expected: scratch.expected, into: &tally)
             }
-            let probe = t.probed ? try probeCheck(block.tensor) : nil
-            if t.bound.isNormwise || probe != nil {
+            if t.bound.isNormwise {
                 let (start, format) = try startingValues(t, block: block, scratch: &scratch)
-                if t.bound.isNormwise {
-                    tally.maxMagnitude = max(largestMagnitude(start, format: format),
-                                             largestMagnitude(UnsafeRawBufferPointer(start: scratch.expected, count: n)))
-                }
-                if let probe {
-                    let rowBytes = t.output.info.byteCount / t.output.info.shape[0]
-                    try probe.add(rows: block.bytes.lowerBound / rowBytes, count: n / rowBytes, base: start, merged: UnsafeRawBufferPointer(start: got, count: n))
-                }
+                tally.maxMagnitude = max(largestMagnitude(start, format: format),
+                                         largestMagnitude(UnsafeRawBufferPointer(start: scratch.expected, count: n)))
+            }
+            if t.probed, let probe = try probeCheck(block.tensor) {
+                // The starting rows through their mapping (in the page cache: `fill` just read them),
+                // dropped from the resident set once their products are taken.
+                let rowBytes = t.output.info.byteCount / t.output.info.shape[0], r0 = block.bytes.lowerBound / rowBytes, nr = n / rowBytes
+                let startRow = probe.cols * probe.start.format.size
+                let stored = try probe.start.ckpt.bytes(of: probe.start.name)
+                let start = UnsafeRawBufferPointer(rebasing: stored[(r0 * startRow)..<((r0 + nr) * startRow)])
+                try probe.add(rows: r0, count: nr, base: start, merged: UnsafeRawBufferPointer(start: got, count: n))
+                MappedFile.releasePages(start)
             }
         } catch let error as LoRACoreError {
             tally.error = error.localizedDescription
@@ -218,7 +221,7 @@ final class ExactChecker: @unchecked Sendable {
         return bits & sign != 0 ? -(bits & (sign - 1)) : bits
     }
 
-    /// The starting value's elements in this block (the W of the f32 bound and of the probe check),
+    /// The starting value's elements in this block (the W of the f32 bound),
     /// read into `scratch.start`, with their format.
     private func startingValues(_ t: Target, block: Block, scratch: inout Scratch) throws -> (UnsafeRawBufferPointer, FloatCodec.Format) {
         var ckpt = plan.base, name = t.output.source
