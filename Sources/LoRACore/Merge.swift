@@ -15,7 +15,8 @@ public struct MergeOptions: Sendable {
     public var targets: TargetSelector?
     public var verify = false
     public var probes = 8
-    public var seed: UInt64 = 0
+    /// Probe seed of `--verify`; nil draws a fresh one.
+    public var seed: UInt64?
     public var force = false
     /// Write the output straight to the disk (direct I/O) and fsync it before it gets its name; false
     /// writes through the page cache with no fsync (as `cp`), leaving durability to the kernel.
@@ -169,7 +170,8 @@ public enum Merge {
             v.threads = workers
             let report = try Verify.run(v)
             if !report.passed {
-                throw LoRACoreError.verificationFailed(failures: report.failures.map { "\($0.tensor): \($0.detail ?? "failed")" })
+                throw LoRACoreError.verificationFailed(
+                    failures: report.failures.map { "\($0.tensor): \($0.detail ?? "failed")" } + report.fileFailures.map { "\($0.file): \($0.detail ?? "differs")" })
             }
             verification = report
         }

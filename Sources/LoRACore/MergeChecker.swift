@@ -27,13 +27,18 @@ struct MergeChecker {
     /// Checks one tensor of the merged output, given its stored bytes and dtype.
     /// `mergedBytes` must be a read-only file mapping (as every input here is): pages already
     /// compared are dropped from the resident set, which would zero heap memory.
-    func check(name: String, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer) throws -> VerifyReport.Entry {
-        let family = TensorName(name).family
+    /// - Parameters:
+    ///   - name: the base tensor; `output`: its name in the merged checkpoint (nil: the same).
+    func check(name: String, output: String? = nil, mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer) throws -> VerifyReport.Entry {
+        let family = TensorName(output ?? name).family
         func entry(_ kind: VerifyReport.Entry.Kind, passed: Bool, detail: String?, abs: Double = 0, rel: Double = 0, out: Double = 0, tol: Double = 0)
             -> VerifyReport.Entry
         {
-            VerifyReport.Entry(tensor: name, family: family, kind: kind, maxAbsError: abs, relativeError: rel,
-                               errorRelativeToOutput: out, tolerance: tol, passed: passed, detail: detail)
+            let probed = (kind == .merged || kind == .bias) && tol > 0
+            return VerifyReport.Entry(
+                tensor: output ?? name, family: family, kind: kind, exact: nil,
+                probes: probed ? VerifyReport.ProbeResult(maxAbsError: abs, relativeError: rel, errorRelativeToOutput: out, tolerance: tol) : nil,
+                failures: passed ? [] : [detail ?? "failed"])
         }
         let baseInfo = plan.base.info(name)!
         guard mergedInfo.shape == baseInfo.shape else {
@@ -63,104 +68,63 @@ struct MergeChecker {
             }
             let merged = decode(mergedBytes, format: format, count: expected.count)
             let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: 1, inFeatures: 1, dora: false)
-            let (absE, rel, out) = errors(merged, expected, scaleSum)
+            let (absE, rel, out) = MergeChecker.errors(merged, expected, scaleSum)
             return entry(.bias, passed: rel <= tol, detail: rel <= tol ? nil : "bias differs from base bias + w·s·lora_B.bias", abs: absE, rel: rel, out: out, tol: tol)
-        case let .merge(cs, source):
-            guard let format = TensorData.format(mergedInfo.dtype) else {
+        case .merge:
+            guard let probe = try prepare(name: name, output: output, mergedInfo: mergedInfo) else {
                 return entry(.merged, passed: false, detail: "merged dtype \(mergedInfo.dtype.rawValue) is not a float type")
             }
-            let m0 = cs[0].module
-            let rows = m0.transposed ? m0.inFeatures : m0.outFeatures  // stored rows
-            let cols = m0.transposed ? m0.outFeatures : m0.inFeatures
-            let (startCkpt, startName) = source.map { (plan.adapters[$0.adapter].checkpoint, $0.tensor) } ?? (plan.base, name)
-            let startInfo = startCkpt.info(startName)!
-            let startBytes = try startCkpt.bytes(of: startName)
-            let factors = try cs.map { try Factors64($0, plan: plan) }
-            // DoRA row factors m / ‖W + ΔW‖ over the input dimension, in fp64.
-            var doraFactor: [Double]?
-            if let f = factors.first, let mag = f.magnitude {
-                let w0 = try plan.startingValue(name, source: source)
-                let m = f.module
-                // V = W + k·B·A in the (out, in) layout, fp64.
-                var v = [Double](repeating: 0, count: m.outFeatures * m.inFeatures)
-                for o in 0..<m.outFeatures {
-                    for i in 0..<m.inFeatures {
-                        v[o * m.inFeatures + i] = Double(m.transposed ? w0[i * m.outFeatures + o] : w0[o * m.inFeatures + i])
-                    }
-                }
-                try GEMM.multiply(m: m.outFeatures, n: m.inFeatures, k: m.rank, alpha: f.k, a: f.b, transposeA: false,
-                                  b: f.a, transposeB: false, beta: 1, c: &v)
-                doraFactor = (0..<m.outFeatures).map { o in
-                    var s = 0.0
-                    for i in 0..<m.inFeatures { s += v[o * m.inFeatures + i] * v[o * m.inFeatures + i] }
-                    return mag[o] / s.squareRoot()
-                }
+            // The whole tensor through its mappings, a block of rows at a time, each dropped from the
+            // resident set once its products are taken.
+            let startBytes = try probe.start.ckpt.bytes(of: probe.start.name)
+            let block = max(1, (16 << 20) / max(1, probe.cols * probe.format.size))
+            var r0 = 0
+            while r0 < probe.rows {
+                let nr = min(block, probe.rows - r0)
+                let b = UnsafeRawBufferPointer(rebasing: startBytes[(r0 * probe.cols * probe.start.format.size)..<((r0 + nr) * probe.cols * probe.start.format.size)])
+                let m = UnsafeRawBufferPointer(rebasing: mergedBytes[(r0 * probe.cols * probe.format.size)..<((r0 + nr) * probe.cols * probe.format.size)])
+                try probe.add(rows: r0, count: nr, base: b, merged: m)
+                MappedFile.releasePages(b)
+                MappedFile.releasePages(m)
+                r0 += nr
             }
-            let inDim = m0.inFeatures, outDim = m0.outFeatures
-            var gen = ProbeGenerator(seed: seed, name: name)
-            var ySide: [Double] = [], yMerged: [Double] = [], scaleRef: [Double] = []
-            // Eight probes per pass over the matrix; the last pass is padded with zero probes.
-            var remaining = probes
-            while remaining > 0 {
-                let lanes = min(8, remaining)
-                remaining -= lanes
-                var x = [SIMD8<Double>](repeating: .zero, count: inDim)
-                for p in 0..<lanes { for i in 0..<inDim { x[i][p] = gen.next() } }
-                var xNorm = SIMD8<Double>()
-                for v in x { xNorm += v * v }
-                for p in 0..<8 { xNorm[p] = xNorm[p].squareRoot() }
-                let products = try ProbeProducts.fused(
-                    rows: rows, cols: cols, transposed: m0.transposed,
-                    base: startBytes, baseFormat: TensorData.format(startInfo.dtype)!,
-                    merged: mergedBytes, mergedFormat: format,
-                    x: x.flatMap { v in (0..<8).map { v[$0] } }, exactBase: doraFactor != nil,
-                    release: remaining == 0 ? { MappedFile.releasePages($0) } : nil)
-                // Scale of one rounding per output: ‖W row‖₂·‖x‖₂ ≥ Σ|W||x| (Cauchy–Schwarz).
-                var ref = products.outputNorms.map { SIMD8<Double>(repeating: Double($0)) * xNorm }
-                // Side branch: Σ k·B·(A·x), and |k|·|B|·(|A|·|x|) for the reference scale.
-                var side = [SIMD8<Double>](repeating: .zero, count: outDim)
-                let absX = x.map(abs8)
-                for f in factors {
-                    let m = f.module
-                    var ax = [SIMD8<Double>](repeating: .zero, count: m.rank), aAbsX = ax
-                    ProbeProducts.multiply(rows: m.rank, cols: inDim, matrix: f.a, x: x, y: &ax)
-                    ProbeProducts.multiply(rows: m.rank, cols: inDim, matrix: f.a.map(abs), x: absX, y: &aAbsX)
-                    var bax = [SIMD8<Double>](repeating: .zero, count: outDim), babs = bax
-                    ProbeProducts.multiply(rows: outDim, cols: m.rank, matrix: f.b, x: ax, y: &bax)
-                    ProbeProducts.multiply(rows: outDim, cols: m.rank, matrix: f.b.map(abs), x: aAbsX, y: &babs)
-                    for o in 0..<outDim {
-                        side[o] += SIMD8(repeating: f.k) * bax[o]
-                        ref[o] += SIMD8(repeating: abs(f.k)) * babs[o]
-                    }
-                }
-                for o in 0..<outDim {
-                    var ys = SIMD8<Double>(), ym = SIMD8<Double>()
-                    var rf = ref[o]
-                    for p in 0..<8 {
-                        let base = products.base[o * 8 + p], diff = products.difference[o * 8 + p]
-                        if let fac = doraFactor {
-                            ys[p] = (base + side[o][p]) * fac[o]
-                            ym[p] = base + diff
-                        } else {
-                            // y_merged − y_side = (W'−W)·x − Σk·B·A·x exactly, whatever the precision of W·x.
-                            ys[p] = base + side[o][p]
-                            ym[p] = ys[p] + (diff - side[o][p])
-                        }
-                    }
-                    if let fac = doraFactor { rf *= SIMD8(repeating: max(1, abs(fac[o]))) }
-                    for p in 0..<lanes {
-                        ySide.append(ys[p])
-                        yMerged.append(ym[p])
-                        scaleRef.append(rf[p])
-                    }
-                }
-            }
-            let dora = doraFactor != nil
-            let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: cs.map(\.module.rank).reduce(0, +), inFeatures: inDim, dora: dora)
-            let (absE, rel, out) = errors(yMerged, ySide, scaleRef)
-            let detail = rel <= tol ? nil : "W'·x differs from W·x + side branch (relative error \(formatted(rel)) > \(formatted(tol)))"
-            return entry(.merged, passed: rel <= tol, detail: detail, abs: absE, rel: rel, out: out, tol: tol)
+            return probe.entry()
         }
+    }
+
+    /// The probe check of a merged module (`.merge` action), prepared from the base and the
+    /// adapters; the merged values are fed to it in blocks of stored rows (`ProbeCheck.add`).
+    /// - Returns: nil when `name` is not merged or the merged dtype is not a float type.
+    func prepare(name: String, output: String?, mergedInfo: TensorInfo) throws -> ProbeCheck? {
+        guard case let .merge(cs, source) = plan.action(for: name), let format = TensorData.format(mergedInfo.dtype) else { return nil }
+        let m0 = cs[0].module
+        let (startCkpt, startName) = source.map { (plan.adapters[$0.adapter].checkpoint, $0.tensor) } ?? (plan.base, name)
+        guard let startFormat = TensorData.format(startCkpt.info(startName)!.dtype) else { return nil }
+        let factors = try cs.map { try Factors64($0, plan: plan) }
+        // DoRA row factors m / ‖W + ΔW‖ over the input dimension, in fp64.
+        var doraFactor: [Double]?
+        if let f = factors.first, let mag = f.magnitude {
+            let w0 = try plan.startingValue(name, source: source)
+            let m = f.module
+            // V = W + k·B·A in the (out, in) layout, fp64.
+            var v = [Double](repeating: 0, count: m.outFeatures * m.inFeatures)
+            for o in 0..<m.outFeatures {
+                for i in 0..<m.inFeatures {
+                    v[o * m.inFeatures + i] = Double(m.transposed ? w0[i * m.outFeatures + o] : w0[o * m.inFeatures + i])
+                }
+            }
+            try GEMM.multiply(m: m.outFeatures, n: m.inFeatures, k: m.rank, alpha: f.k, a: f.b, transposeA: false,
+                              b: f.a, transposeB: false, beta: 1, c: &v)
+            doraFactor = (0..<m.outFeatures).map { o in
+                var s = 0.0
+                for i in 0..<m.inFeatures { s += v[o * m.inFeatures + i] * v[o * m.inFeatures + i] }
+                return mag[o] / s.squareRoot()
+            }
+        }
+        let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: cs.map(\.module.rank).reduce(0, +), inFeatures: m0.inFeatures,
+                                                          dora: doraFactor != nil)
+        return ProbeCheck(name: name, output: output, module: m0, format: format, start: (startCkpt, startName, startFormat), factors: factors,
+                          doraFactor: doraFactor, probes: probes, seed: seed, tolerance: tol)
     }
 
     /// Exact comparison: byte-identical, or equal to the expected value rounded once to the merged dtype.
@@ -206,7 +170,7 @@ struct MergeChecker {
     }
 
     /// (max abs error, normwise relative error, ‖e‖₂/‖y‖₂). NaN anywhere counts as infinite error.
-    private func errors(_ got: [Double], _ want: [Double], _ ref: [Double]) -> (Double, Double, Double) {
+    static func errors(_ got: [Double], _ want: [Double], _ ref: [Double]) -> (Double, Double, Double) {
         var maxAbs = 0.0, maxRef = 0.0, e2 = 0.0, y2 = 0.0
         for i in got.indices {
             let d = abs(got[i] - want[i])
@@ -222,20 +186,8 @@ struct MergeChecker {
     }
 }
 
-/// Runs `body` on the output buffer numbered `which` (0 side, 1 merged, 2 reference).
-private func withTarget(
-    _ which: Int, _ a: inout [Double], _ b: inout [Double], _ c: inout [Double],
-    _ body: (UnsafeMutablePointer<Double>) throws -> Void
-) rethrows {
-    switch which {
-    case 0: try a.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
-    case 1: try b.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
-    default: try c.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
-    }
-}
-
 /// One module's factors in fp64: `a` r×in (AdaLoRA: times E), `b` out×r, k = w·s.
-private struct Factors64 {
+struct Factors64 {
     let module: AdapterModule
     let a: [Double]
     let b: [Double]
@@ -253,7 +205,7 @@ private struct Factors64 {
     }
 }
 
-private func abs8(_ v: SIMD8<Double>) -> SIMD8<Double> {
+func abs8(_ v: SIMD8<Double>) -> SIMD8<Double> {
     var r = v
     for i in 0..<8 { r[i] = abs(v[i]) }
     return r

@@ -40,14 +40,14 @@ public final class ChunkedOutput: @unchecked Sendable {
 
     /// File offset, length and memory alignment of direct writes (a multiple of every common
     /// logical block size).
-    static let alignment = 4096
+    public static let alignment = 4096
     /// Linux's `O_DIRECT` (Glibc exports it only under _GNU_SOURCE), per architecture; nil elsewhere.
     #if os(Linux) && (arch(x86_64) || arch(i386))
-    static let directFlag: Int32? = 0o40000
+    public static let directFlag: Int32? = 0o40000
     #elseif os(Linux) && (arch(arm64) || arch(arm))
-    static let directFlag: Int32? = 0o200000
+    public static let directFlag: Int32? = 0o200000
     #else
-    static let directFlag: Int32? = nil
+    public static let directFlag: Int32? = nil
     #endif
 
     /// Bytes per chunk by default: large direct writes keep the disk busiest (32 MiB measured best

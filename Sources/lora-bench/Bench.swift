@@ -47,12 +47,17 @@ struct Bench {
         print("workload \(size): base \(String(format: "%.2f", Double(baseBytes) / 1e9)) GB (generated or reused in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s)")
 
         let out = dir + "/out"
+        let uncachedMerged = ["/bin/sh", "-c", "for f in \"$1\"/*.safetensors; do dd if=\"$f\" iflag=nocache count=0 status=none; done; shift; exec \"$@\"", "sh", out + "/merged"]
         var commands: [(String, [String])] = [
             ("cp -r", ["/bin/cp", "-r", dir + "/base", out + "/cp"]),
             ("cp -r + sync", ["/bin/sh", "-c", "cp -r '\(dir)/base' '\(out)/cps' && sync -f '\(out)/cps'"]),
             ("merge", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged", "--quiet"]),
             ("merge --no-sync", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged-no-sync", "--quiet", "--no-sync"]),
-            ("verify", [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"]),
+            // Each verify first drops the merged files from the page cache (GNU dd's nocache with count=0),
+            // so every mode reads them from the disk, as right after a merge (which writes with direct I/O).
+            ("verify", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"]),
+            ("verify --mode exact", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged", "--mode", "exact"]),
+            ("verify --mode probes", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged", "--mode", "probes"]),
             ("extract --rank 16", [bin, "extract", "--base", dir + "/base", "--finetuned", out + "/merged", "--rank", "16", "--output", out + "/extracted"]),
             ("inspect", [bin, "inspect", dir + "/base"]),
         ]

@@ -36,7 +36,7 @@ extension LoraTool {
         @Option(help: "Largest shard, e.g. 500MB, 5GB, 2GiB (decimal units as transformers).")
         var maxShardSize: String = "5GB"
 
-        @Flag(help: "Check every merged module on random probes; fail (and leave no output) if any differs.")
+        @Flag(help: "Verify the output as lora-tool verify does (every element, random probes, side files and metadata) before it gets its name; fail (and leave no output) if anything differs.")
         var verify = false
 
         @Flag(help: "Replace an existing output that lora-tool wrote (it carries the .lora-tool marker); anything else is never replaced.")
@@ -163,7 +163,7 @@ extension LoraTool {
                 }
             }
             if let v = r.verification {
-                rows.append(["verified", "\(v.entries.count) tensors on \(v.probes) probes: all within tolerance"])
+                rows.append(["verified", "\(v.entries.count) tensors element by element and on \(v.probes) probes (seed \(v.seed)), side files and metadata: all pass"])
             }
             for f in r.files { rows.append(["sha256", "\(r.sha256[f] ?? "?")  \(f)"]) }
             return "\(Render.escaped(r.output)): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })

@@ -3,19 +3,31 @@ import Foundation
 import LoRACore
 import SafeTensors
 
+extension VerifyMode: ExpressibleByArgument {}
+
 extension LoraTool {
-    /// `lora-tool verify`: prove merged outputs equal side-branch outputs.
+    /// `lora-tool verify`: prove a merged model is what merge writes for base + adapters.
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check that a merged model equals base + adapters (side branch) on random probes.",
+            abstract: "Check that a merged model equals base + adapters, element by element and on random probes.",
             discussion: """
-                For every adapted module, N seeded probe vectors x give y_merged = W'·x and \
-                y_side = W·x + Σ w·s·B(A·x) (DoRA, embeddings and Conv1D as merge), in fp64. The error \
-                max|y_merged − y_side| / max(|W||x| + |w·s||B||A||x|) must stay within the tolerance \
-                (auto: 2× the unit roundoff of the merged dtype plus fp32 accumulation of the rank-r \
-                product). Untouched tensors must be byte-identical (or equal after a dtype cast), \
-                replacements equal to the adapter's copy; missing or extra tensors fail. Exit 0 when \
-                everything passes, 1 otherwise. Use it in CI: \
+                Exact check (--mode exact or both, the default): every output tensor is recomputed with \
+                merge's own code and every element of the merged file compared with it. Copied and \
+                replaced tensors must be identical (or equal to their cast to the merged dtype); merged \
+                bf16/f16 tensors within 1 ulp of the recomputed value; merged f32 tensors within 4 ulp of \
+                the tensor's largest magnitude over W and W' (normwise). A failure names the tensor, the \
+                element (flat index, row and column), the stored and expected values and the distance in ulps. \
+                Probe check (--mode probes or both): for every merged module, N probe vectors x give \
+                y_merged = W'·x and y_side = W·x + Σ w·s·B(A·x) in fp64 (DoRA, embeddings and Conv1D as \
+                merge), and max|y_merged − y_side| / max(|W||x| + |w·s||B||A||x|) must stay within the \
+                tolerance (auto: 2× the unit roundoff of the merged dtype plus fp32 accumulation of the \
+                rank-r product). The probes come from a fresh random seed, printed in the report (--seed \
+                reproduces them). Both modes: missing or extra tensors fail; each merged file's \
+                __metadata__ must be {"format": "pt"}; the merged directory's side files must be the \
+                base's (byte for byte; config.json equal as JSON except torch_dtype/dtype naming the \
+                merged dtype, and quantization_config dropped or llm_int8_skip_modules grown for a 4-bit \
+                base), none missing, none extra. Exit 0 when everything passes, 1 otherwise, with one \
+                error: line per failure. Use it in CI: \
                 `lora-tool merge ... --output out && lora-tool verify ... --merged out || exit 1`.
                 """)
 
@@ -30,20 +42,27 @@ extension LoraTool {
         @Option(help: "The merged model to check.")
         var merged: String
 
+        @Option(help: "exact (every element against merge's recomputation), probes (random probes in fp64, faster), or both.")
+        var mode: VerifyMode = .both
+
         @Option(help: "Probe vectors per module.")
         var probes: Int = 8
 
-        @Option(help: "Seed of the probe vectors.")
-        var seed: UInt64 = 0
+        @Option(help: "Seed of the probe vectors (default: a fresh random seed, printed in the report).")
+        var seed: UInt64?
 
-        @Option(help: "auto, or a relative tolerance such as 1e-3.")
+        @Option(help: "Probe check: auto, or a relative tolerance such as 1e-3.")
         var tolerance: String = "auto"
+
+        @Option(help: "Worker threads.")
+        var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
         @Flag(help: "Print the report as JSON.")
         var json = false
 
         func validate() throws {
             guard probes >= 1 else { throw ValidationError("--probes must be at least 1") }
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             if tolerance != "auto" {
                 guard let t = Double(tolerance), t.isFinite, t >= 0 else { throw ValidationError("--tolerance must be auto or a non-negative number") }
             }
@@ -53,8 +72,10 @@ extension LoraTool {
             let adapters = try adapterArguments.pairs
             let resolvedBase = try ModelSpecs.base(base, adapter: adapters[0].path, revision: revision)
             var options = VerifyOptions(base: resolvedBase, adapters: adapters, merged: merged)
+            options.mode = mode
             options.probes = probes
             options.seed = seed
+            options.threads = threads
             options.tolerance = tolerance == "auto" ? nil : Double(tolerance)
             options.targets = try adapterArguments.selector
             options.scaleOverride = adapterArguments.scale.override
@@ -65,40 +86,73 @@ extension LoraTool {
                 print(text(report))
             }
             if !report.passed {
-                for f in report.failures {
-                    FileHandle.standardError.write(Data("error: \(f.tensor): \(f.detail ?? "failed")\n".utf8))
+                var lines = ""
+                for e in report.failures {
+                    for f in e.failures { lines += "error: \(e.tensor): \(f)\n" }
                 }
+                for f in report.fileFailures { lines += "error: \(f.file): \(f.detail ?? f.status.rawValue)\n" }
+                FileHandle.standardError.write(Data(lines.utf8))
                 throw ExitCode.failure
             }
         }
 
         func text(_ r: VerifyReport) -> String {
             let checked = r.entries.filter { $0.kind == .merged || $0.kind == .bias || !$0.passed }
-            var rows = [["  tensor", "family", "kind", "rel. error", "tolerance", "result"]]
+            var rows = [["  tensor", "family", "kind", "max ulp", "bound", "probe error", "tolerance", "result"]]
             for e in checked {
-                rows.append(["  " + e.tensor, e.family, e.kind.rawValue, formattedError(e.relativeError), formattedError(e.tolerance), e.passed ? "pass" : "FAIL"])
+                let ulp = e.exact.map { formattedError($0.maxUlps) } ?? "-"
+                let bound = e.exact.map { Render.number($0.allowedUlps) + ($0.normwise ? " (normwise)" : "") } ?? "-"
+                rows.append(["  " + e.tensor, e.family, e.kind.rawValue, ulp, bound,
+                             e.probes.map { formattedError($0.relativeError) } ?? "-", e.probes.map { formattedError($0.tolerance) } ?? "-",
+                             e.passed ? "pass" : "FAIL"])
             }
-            let exact = r.entries.filter { ($0.kind == .copied || $0.kind == .replaced) && $0.passed }.count
-            let verdict = r.passed
-                ? "PASS: \(r.entries.count) tensors (\(checked.count) merged within tolerance on \(r.probes) probes, \(exact) exact)"
-                : "FAIL: \(r.failures.count) of \(r.entries.count) tensors differ"
-            return Render.table(rows) + "\n" + verdict
+            var lines = [Render.table(rows)]
+            let identical = r.entries.filter { ($0.kind == .copied || $0.kind == .replaced) && $0.passed }.count
+            let changed = r.files.filter { !$0.expectedChanges.isEmpty }.map { "\($0.file) (\($0.expectedChanges.joined(separator: ", ")) as merge writes it)" }
+            var files = "files: \(r.files.filter(\.passed).count) of \(r.files.count) as merge writes them (side files and __metadata__)"
+            if !changed.isEmpty { files += "; " + changed.joined(separator: ", ") }
+            if let skipped = r.sideFilesSkipped { files += "; side files not compared: \(skipped)" }
+            lines.append(files)
+            if r.mode != .exact { lines.append("probes: \(r.probes) per merged module, seed \(r.seed) (--seed \(r.seed) reproduces them)") }
+            let how = r.mode == .probes ? "on \(r.probes) probes" : (r.mode == .exact ? "element by element" : "element by element and on \(r.probes) probes")
+            lines.append(r.passed
+                ? "PASS: \(r.entries.count) tensors (\(checked.count) merged, checked \(how); \(identical) identical to their source)"
+                : "FAIL: \(r.failures.count) of \(r.entries.count) tensors and \(r.fileFailures.count) of \(r.files.count) files differ")
+            return lines.joined(separator: "\n")
         }
 
         func formattedError(_ x: Double) -> String { x == 0 ? "0" : (x.isFinite ? String(format: "%.3g", x) : "inf") }
 
         func jsonReport(_ r: VerifyReport) -> JSONValue {
-            .object([
+            func exact(_ e: VerifyReport.ExactResult) -> JSONValue {
+                .object([
+                    ("max_ulp", Render.json(e.maxUlps)), ("allowed_ulp", Render.json(e.allowedUlps)), ("normwise", .bool(e.normwise)),
+                    ("over_bound", Render.json(e.overBound)),
+                    ("worst", e.worst.map { w in
+                        .object([("index", Render.json(w.index)), ("row", w.row.map(Render.json) ?? .null), ("col", w.column.map(Render.json) ?? .null),
+                                 ("got", Render.json(w.got)), ("expected", Render.json(w.expected)), ("ulp", Render.json(w.ulps))])
+                    } ?? .null),
+                ])
+            }
+            func probes(_ p: VerifyReport.ProbeResult) -> JSONValue {
+                .object([("max_abs_error", Render.json(p.maxAbsError)), ("relative_error", Render.json(p.relativeError)),
+                         ("error_relative_to_output", Render.json(p.errorRelativeToOutput)), ("tolerance", Render.json(p.tolerance))])
+            }
+            return .object([
                 ("passed", .bool(r.passed)),
+                ("mode", .string(r.mode.rawValue)),
                 ("probes", Render.json(r.probes)),
                 ("seed", .number(String(r.seed))),
                 ("tensors", .array(r.entries.map {
                     .object([("tensor", .string($0.tensor)), ("family", .string($0.family)), ("kind", .string($0.kind.rawValue)),
-                             ("max_abs_error", Render.json($0.maxAbsError)), ("relative_error", Render.json($0.relativeError)),
-                             ("error_relative_to_output", Render.json($0.errorRelativeToOutput)),
-                             ("tolerance", Render.json($0.tolerance)), ("passed", .bool($0.passed)),
-                             ("detail", $0.detail.map { .string($0) } ?? .null)])
+                             ("passed", .bool($0.passed)), ("exact", $0.exact.map(exact) ?? .null), ("probes", $0.probes.map(probes) ?? .null),
+                             ("failures", Render.json($0.failures))])
                 })),
+                ("files", .array(r.files.map {
+                    .object([("file", .string($0.file)), ("status", .string($0.status.rawValue)), ("passed", .bool($0.passed)),
+                             ("expected_changes", Render.json($0.expectedChanges)), ("detail", $0.detail.map { .string($0) } ?? .null)])
+                })),
+                ("side_files_skipped", r.sideFilesSkipped.map { .string($0) } ?? .null),
             ])
         }
     }
