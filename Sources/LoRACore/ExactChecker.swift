@@ -74,11 +74,11 @@ final class ExactChecker: @unchecked Sendable {
     /// Each probed target's probe check, made by its first block.
     private var probeChecks: [ProbeCheck?]
 
-    init(plan: MergePlan, targets: [Target], prober: MergeChecker) {
+    init(plan: MergePlan, targets: [Target], prober: MergeChecker) throws {
         self.plan = plan
         self.targets = targets
         self.prober = prober
-        factors = FactorCache(plan: plan)
+        factors = FactorCache(plan: plan, instructionSet: try Kernels.instructionSet())
         tallies = targets.map { Tally(remaining: $0.output.info.byteCount) }
         probeChecks = targets.map { _ in nil }
     }

@@ -122,7 +122,7 @@ public enum Verify {
             case probe(Int)
         }
         let prober = MergeChecker(plan: plan, probes: options.probes, seed: seed, tolerance: options.tolerance)
-        let exact = ExactChecker(plan: plan, targets: targets, prober: prober)
+        let exact = try ExactChecker(plan: plan, targets: targets, prober: prober)
         // Tensor by tensor in output order (the merged file's order for lora-tool's merges): its
         // blocks (which feed its probe check when `probed`), else its probe check on its own.
         var tasks: [Task] = []
