@@ -77,6 +77,20 @@ public struct PythonRegex: Sendable {
         return program.run(t, lookResults: lookResults(t), forward: true, start: 0)[t.count]
     }
 
+    /// `fullMatch`, with the instructions the simulation visited (lookarounds included) and the
+    /// bound it can never exceed: (text length + 1) × the instructions of every program run.
+    func fullMatchWork(_ text: String) -> (matched: Bool, visits: Int, bound: Int) {
+        let t = Array(text.unicodeScalars)
+        var visits = 0
+        var results: [[Bool]] = []
+        for look in looks {
+            results.append(look.program.run(t, lookResults: results, forward: look.behind, start: nil, visits: &visits))
+        }
+        let matched = program.run(t, lookResults: results, forward: true, start: 0, visits: &visits)[t.count]
+        let instructions = program.instructions.count + looks.reduce(0) { $0 + $1.program.instructions.count }
+        return (matched, visits, (t.count + 1) * instructions)
+    }
+
     /// Python's `re.match(pattern, text) is not None`: a match starting at the beginning, ending anywhere.
     public func prefixMatch(_ text: String) -> Bool {
         let t = Array(text.unicodeScalars)

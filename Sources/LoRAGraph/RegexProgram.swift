@@ -109,8 +109,11 @@ struct RegexProgram: Sendable {
     ///   - forward: consume left to right (a reversed program runs with `forward: false`).
     ///   - start: the only start position, or nil to start at every position.
     ///   - stopAtFirst: return as soon as any position accepts.
+    ///   - visits: counts instruction visits, for tests of the bound: at most one visit of each
+    ///     instruction per text position, so (text.count + 1) × instructions.count in all.
     /// - Returns: for each position 0...text.count, whether some run accepted there.
-    func run(_ text: [Unicode.Scalar], lookResults: [[Bool]], forward: Bool, start: Int?, stopAtFirst: Bool = false) -> [Bool] {
+    func run(_ text: [Unicode.Scalar], lookResults: [[Bool]], forward: Bool, start: Int?, stopAtFirst: Bool = false,
+             visits: UnsafeMutablePointer<Int>? = nil) -> [Bool] {
         let n = text.count
         var accepted = [Bool](repeating: false, count: n + 1)
         var mark = [Int](repeating: -1, count: instructions.count)
@@ -128,6 +131,7 @@ struct RegexProgram: Sendable {
             while let pc = stack.popLast() {
                 if mark[pc] == step { continue }
                 mark[pc] = step
+                visits?.pointee += 1
                 switch instructions[pc] {
                 case .consume: threads.append(pc)
                 case let .split(a, b):
