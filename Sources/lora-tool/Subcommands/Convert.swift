@@ -41,8 +41,8 @@ extension LoraTool {
         }
 
         func run() throws {
-            var o = ConvertOptions(adapter: adapter, to: Adapter.Format(rawValue: to)!, output: output)
-            o.base = base
+            var o = ConvertOptions(adapter: try ModelSpecs.resolve(adapter), to: Adapter.Format(rawValue: to)!, output: output)
+            o.base = try base.map { try ModelSpecs.resolve($0) }
             o.force = force
             o.zstdLevel = compression.level
             o.scaleOverride = scale.override

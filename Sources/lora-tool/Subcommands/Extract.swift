@@ -113,7 +113,7 @@ extension LoraTool {
                 }
                 return
             }
-            var o = ExtractSVDOptions(base: base!, finetuned: finetuned!, output: output, rule: RankRule.rule(rank: rank, energy: energy, maxRank: maxRank))
+            var o = ExtractSVDOptions(base: try ModelSpecs.resolve(base!), finetuned: try ModelSpecs.resolve(finetuned!), output: output, rule: RankRule.rule(rank: rank, energy: energy, maxRank: maxRank))
             o.targets = try targets.map { try TargetSelector(parsing: $0) }
             o.minDiff = minDiff
             o.powerIterations = powerIterations

@@ -31,7 +31,7 @@ extension LoraTool {
         @OptionGroup var scale: ScaleArguments
 
         func run() throws {
-            let report = try LoRACore.Inspect.run(path: path, base: base, scale: scale.override)
+            let report = try LoRACore.Inspect.run(path: try ModelSpecs.resolve(path), base: try base.map { try ModelSpecs.resolve($0) }, scale: scale.override)
             if json {
                 Render.printJSON(jsonReport(report))
             } else {

@@ -42,7 +42,7 @@ extension LoraTool {
         }
 
         func run() throws {
-            var o = ResizeOptions(adapter: adapter, output: output, rule: RankRule.rule(rank: rank, energy: energy, maxRank: maxRank))
+            var o = ResizeOptions(adapter: try ModelSpecs.resolve(adapter), output: output, rule: RankRule.rule(rank: rank, energy: energy, maxRank: maxRank))
             o.force = force
             o.zstdLevel = compression.level
             let modules = try LoRACore.Resize.run(o)
