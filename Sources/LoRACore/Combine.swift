@@ -54,6 +54,10 @@ public enum Combine {
             let context = CombineContext(module: name, rule: rule, density: options.density ?? 1, majoritySign: options.majoritySign,
                                          seed: options.seed)
             let combined = try method.combiner.combine(parts, context: context)
+            let sumOfRanks = parts.reduce(0) { $0 + $1.module.rank }
+            if method == .cat && combined.rank < sumOfRanks {
+                notes.append("\(name): ranks add up to \(sumOfRanks) > min(out, in); written at rank \(combined.rank) by an SVD keeping every direction")
+            }
             let bias = biasChange(parts)
             factors.append(.combined(parts[0].module, rank: combined.rank, a: combined.a, b: combined.b, bias: bias))
             report.append(.init(module: name, inputs: parts.count, rank: combined.rank, energyKept: combined.energyKept,

@@ -348,3 +348,65 @@ struct CombineRefusalTests {
         #expect(r.modules.allSatisfy { $0.relativeError < 1e-6 })
     }
 }
+
+@Suite("combine: every dialect in, every dialect out")
+struct CombineDialectTests {
+    static let fixtures = URL(fileURLWithPath: combineFixtures).deletingLastPathComponent().path + "/Fixtures"
+    static let inputs: [(String, Double)] = [("llama_adalora/adapter", 0.5), ("llama_sora/adapter", -1.25), ("llama_mlx/adapter", 0.75),
+                                             ("llama_kohya/adapter/tiny_llama_kohya.safetensors", 1.5), ("llama_bf16_rslora_patterns/adapter", 0.3)]
+
+    /// Σ wᵢ·sᵢ·Bᵢ·Aᵢ per module, each input read alone (kohya names resolved against the base).
+    static func expected(base: String) throws -> [String: [Double]] {
+        let b = try Checkpoint(path: base)
+        var sum: [String: [Double]] = [:]
+        for (path, w) in inputs {
+            let adapter = try Adapter(path: fixtures + "/" + path)
+            for (stored, named) in zip(adapter.modules, try adapter.modules(resolvedAgainst: b)) {
+                var m = stored
+                m.scale *= w
+                let d = try delta(adapter, m)
+                sum[named.module] = zip(sum[named.module] ?? [Double](repeating: 0, count: d.count), d).map { $0 + $1 }
+            }
+        }
+        return sum
+    }
+
+    @Test("AdaLoRA, SoRA, mlx, kohya and rsLoRA-with-patterns inputs: cat, and svd at full rank, are Σ wᵢ·ΔWᵢ", arguments: [CombineMethod.cat, .svd])
+    func everyDialectIn(method: CombineMethod) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let base = Self.fixtures + "/llama_kohya/base"
+        var o = CombineOptions(adapters: Self.inputs.map { (Self.fixtures + "/" + $0.0, $0.1) }, method: method, output: out + "/c")
+        o.base = base
+        if method == .svd { o.rule = .fixed(64) }
+        let report = try Combine.run(o)
+        let want = try Self.expected(base: base)
+        let ours = try Adapter(path: out + "/c")
+        #expect(Set(ours.modules.map(\.module)) == Set(want.keys))
+        #expect(report.modules.contains { $0.inputs == 5 })
+        for m in ours.modules {
+            let error = relative(try delta(ours, m), want[m.module]!)
+            #expect(error <= 1e-6, "\(method) \(m.module): \(error)")
+        }
+    }
+
+    @Test("--to kohya and --to mlx write the same ΔW as the PEFT output", arguments: [Adapter.Format.kohya, .mlx])
+    func everyDialectOut(format: Adapter.Format) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let c = CombineCase.named("linear")
+        _ = try Combine.run(c.options(output: out + "/peft"))
+        var o = c.options(output: out + (format == .kohya ? "/k.safetensors" : "/mlx"))
+        o.to = format
+        o.base = c.base
+        _ = try Combine.run(o)
+        let peft = try Adapter(path: out + "/peft"), other = try Adapter(path: o.output)
+        #expect(other.format == format)
+        let resolved = try other.modules(resolvedAgainst: try Checkpoint(path: c.base))
+        #expect(resolved.map(\.module) == peft.modules.map(\.module))
+        for ((m, named), p) in zip(zip(other.modules, resolved), peft.modules) {
+            #expect(named.module == p.module)
+            #expect(relative(try delta(other, m), try delta(peft, p)) <= 1e-6, "\(p.module)")
+        }
+    }
+}
