@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"], exclude: ["Fixtures"]),
-        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph"], exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures"]),
+        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph"], exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures", "CombineFixtures"]),
         .testTarget(name: "LoraToolTests", dependencies: ["lora-tool", "FuzzTargets"]),
     ]
 )

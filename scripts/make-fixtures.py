@@ -634,6 +634,185 @@ def extract_cases():
     print("extract fixtures")
 
 
+# MARK: combine (issue 22): PEFT's add_weighted_adapter as the reference, float64 torch where PEFT is wrong
+
+COMBINE_FIX = os.path.join(ROOT, "Tests/LoRACoreTests/CombineFixtures")
+MIXED = ["a1", "a2", "a3"]          # ranks 4, 2 (rsLoRA, second), 6; a1 has an alpha_pattern
+EQUAL = ["a1", "e2", "e3"]          # all rank 4 (factor-wise methods need equal ranks); e2 is rsLoRA
+W3 = [0.7, -0.4, 1.3]
+COMBINE_CASES = [
+    # name, method, adapters, weights, options (PEFT keyword arguments)
+    ("cat", "cat", MIXED, W3, {}),
+    ("svd", "svd", MIXED, W3, {}),
+    ("svd_rank3", "svd", MIXED, W3, {"svd_rank": 3}),
+    ("linear", "linear", EQUAL, W3, {}),
+    ("ties", "ties", EQUAL, W3, {"density": 0.5}),
+    ("ties_frequency", "ties", EQUAL, W3, {"density": 0.5, "majority_sign_method": "frequency"}),
+    ("magnitude_prune", "magnitude_prune", EQUAL, W3, {"density": 0.5}),
+    ("dare_linear_d1", "dare_linear", EQUAL, W3, {"density": 1.0}),
+    ("dare_ties_d1", "dare_ties", EQUAL, W3, {"density": 1.0}),
+    ("ties_svd", "ties_svd", MIXED, W3, {"density": 0.5}),
+    ("magnitude_prune_svd", "magnitude_prune_svd", MIXED, W3, {"density": 0.5}),
+    ("dare_linear_svd_d1", "dare_linear_svd", MIXED, W3, {"density": 1.0}),
+    ("dare_ties_svd_d1", "dare_ties_svd", MIXED, W3, {"density": 1.0}),
+    # Where PEFT 0.21.2 is wrong: rsLoRA first (use_rslora copied to the result), lora_bias (dropped).
+    ("cat_rslora_first", "cat", ["a2", "a1", "a3"], [-0.4, 0.7, 1.3], {}),
+    ("svd_rslora_first", "svd", ["a2", "a1", "a3"], [-0.4, 0.7, 1.3], {}),
+    ("cat_bias", "cat", ["a1", "bias"], [0.6, 0.9], {}),
+    # On a bf16 base PEFT's cat result is itself bf16 (slice-assigned into the new adapter's weights).
+    ("cat_bf16_base", "cat", MIXED, W3, {"base": "base_bf16"}),
+]
+COMBINE_ADAPTERS = {
+    "a1": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], alpha_pattern={"v_proj": 3}),
+    "a2": dict(r=2, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "v_proj", "o_proj"]),
+    "a3": dict(r=6, lora_alpha=6, target_modules=["q_proj", "down_proj"]),
+    "e2": dict(r=4, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "v_proj", "o_proj"]),
+    "e3": dict(r=4, lora_alpha=12, target_modules=["q_proj", "down_proj"]),
+    "bias": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_bias=True),
+}
+
+
+def combine_base(dtype=torch.float32):
+    """f32, so that PEFT's combined factors are f32 too (on a bf16 base its cat writes bf16 factors)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=64, max_position_embeddings=64, tie_word_embeddings=False,
+                      attention_bias=True)  # lora_bias needs a base bias to merge into
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return model.to(dtype)
+
+
+def load_inputs(d, names, base_dir="base"):
+    dtype = torch.bfloat16 if base_dir.endswith("bf16") else torch.float32
+    base = LlamaForCausalLM.from_pretrained(os.path.join(d, base_dir), dtype=dtype)
+    model = PeftModel.from_pretrained(base, os.path.join(d, names[0]), adapter_name=names[0])
+    for n in names[1:]:
+        model.load_adapter(os.path.join(d, n), adapter_name=n)
+    return model
+
+
+def lora_layers(model):
+    from peft.tuners.lora import LoraLayer
+    return [(n.removeprefix("base_model.model."), m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def reference_f64(model, names, weights, ranks):
+    """Σ wᵢ·sᵢ·Bᵢ·Aᵢ and Σ wᵢ·sᵢ·bᵢ per module in float64 from each input's own factors and scaling
+    (independent of add_weighted_adapter), plus its truncated SVD at each rank asked for."""
+    out = {}
+    for name, layer in lora_layers(model):
+        delta, bias = None, None
+        for a, w in zip(names, weights):
+            if a not in layer.lora_A:
+                continue
+            A = layer.lora_A[a].weight.detach().double()
+            B = layer.lora_B[a].weight.detach().double()
+            d = w * layer.scaling[a] * (B @ A)
+            delta = d if delta is None else delta + d
+            if layer.lora_B[a].bias is not None:
+                b = w * layer.scaling[a] * layer.lora_B[a].bias.detach().double()
+                bias = b if bias is None else bias + b
+        if delta is None:
+            continue
+        out[name + ".delta"] = delta
+        if bias is not None:
+            out[name + ".bias"] = bias
+        U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+        for r in ranks:
+            out[name + f".svd{r}"] = (U[:, :r] * S[:r]) @ Vh[:r]
+    return out
+
+
+def combine_cases():
+    d = fresh(COMBINE_FIX)
+    combine_base().save_pretrained(os.path.join(d, "base"))
+    combine_base(torch.bfloat16).save_pretrained(os.path.join(d, "base_bf16"))
+    for i, (n, kw) in enumerate(COMBINE_ADAPTERS.items()):
+        pm = get_peft_model(combine_base(), LoraConfig(init_lora_weights=False, **kw))
+        randomize_adapter(pm, 40 + i)
+        save_adapter(pm, os.path.join(d, n))
+    lora_tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    cases, references = [], {}
+    os.makedirs(os.path.join(d, "peft"))
+    os.makedirs(os.path.join(d, "reference"))
+    for name, method, names, weights, opts in COMBINE_CASES:
+        cd = os.path.join(d, "peft", name)
+        opts = dict(opts)
+        base_dir = opts.pop("base", "base")
+        model = load_inputs(d, names, base_dir)
+        max_rank = max(COMBINE_ADAPTERS[a]["r"] for a in names)
+        # One float64 reference per set of (adapter, weight) pairs: Σ wᵢ·ΔWᵢ does not depend on the order.
+        key = tuple(sorted(zip(names, weights)))
+        if key not in references:
+            references[key] = f"reference/{name}.safetensors"
+            ranks = sorted({c[4].get("svd_rank", max_rank) for c in COMBINE_CASES if tuple(sorted(zip(c[2], c[3]))) == key})
+            ref = reference_f64(model, names, weights, ranks)
+            save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(d, references[key]))
+        ref = load_file(os.path.join(d, references[key]))
+        model.add_weighted_adapter(names, weights, "combined", combination_type=method, **opts)
+        if method == "cat":  # the adapter tensors are compared too
+            model.save_pretrained(os.path.join(d, "tmp"), selected_adapters=["combined"])
+            shutil.move(os.path.join(d, "tmp", "combined"), cd + ".adapter")
+            shutil.rmtree(os.path.join(d, "tmp"))
+            remove_readme(cd + ".adapter")
+        model.set_adapter("combined")
+        for a in names:
+            model.delete_adapter(a)
+        touched = {m for m, _ in lora_layers(model)}
+        merged = model.merge_and_unload().state_dict()
+        keep = {k: v.contiguous() for k, v in merged.items() if k.rsplit(".", 1)[0] in touched}
+        save_file(keep, cd + ".merged.safetensors", metadata={"format": "pt"})
+        case = {"name": name, "method": method, "adapters": names, "weights": weights, "reference": references[key],
+                "base": base_dir}
+        if "density" in opts:
+            case["density"] = opts["density"]
+        if "majority_sign_method" in opts:
+            case["majority_sign"] = opts["majority_sign_method"]
+        if "svd_rank" in opts:
+            case["rank"] = opts["svd_rank"]
+        case["reference_rank"] = opts.get("svd_rank", max_rank)
+        cases.append(case)
+        if os.path.exists(lora_tool):
+            check_lora_tool_combined(d, case, ref)
+        print("combine case", name)
+    with open(os.path.join(d, "cases.json"), "w") as f:
+        json.dump(cases, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def check_lora_tool_combined(d, case, ref):
+    """lora-tool's combined adapter (when the binary is built) loads with PeftModel.from_pretrained, and
+    for the exact methods its merge equals the float64 reference to fp32 precision."""
+    import subprocess, tempfile
+    with tempfile.TemporaryDirectory() as t:
+        out = os.path.join(t, "out")
+        args = [os.path.join(ROOT, ".build/debug/lora-tool"), "combine", "--method", case["method"], "--output", out]
+        for a, w in zip(case["adapters"], case["weights"]):
+            args += ["--adapter", os.path.join(d, a), "--weight", repr(w)]
+        if "density" in case:
+            args += ["--density", repr(case["density"])]
+        if "majority_sign" in case:
+            args += ["--majority-sign", case["majority_sign"]]
+        if "rank" in case:
+            args += ["--rank", str(case["rank"])]
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+        base = LlamaForCausalLM.from_pretrained(os.path.join(d, case["base"]), dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, out)
+        for name, layer in lora_layers(model):
+            got = layer.get_delta_weight("default").double()
+            if case["method"] in ("cat", "svd"):
+                want = ref[name + (".delta" if case["method"] == "cat" else f".svd{case['reference_rank']}")]
+                err = ((got - want).norm() / want.norm()).item()
+                assert err < 1e-5, (case["name"], name, err)
+            if name + ".bias" in ref:
+                got_b = (layer.lora_B["default"].bias.double() * layer.scaling["default"])
+                err = ((got_b - ref[name + ".bias"]).norm() / ref[name + ".bias"].norm()).item()
+                assert err < 1e-6, (case["name"], name, "bias", err)
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -647,6 +826,7 @@ GROUPS = {
     "handwritten": hand_written_cases,
     "qlora": qlora_cases,
     "extract": extract_cases,
+    "combine": combine_cases,
 }
 
 if __name__ == "__main__":

@@ -7,4 +7,8 @@
 void sgesdd_(const char *jobz, const int *m, const int *n, float *a, const int *lda,
              float *s, float *u, const int *ldu, float *vt, const int *ldvt,
              float *work, const int *lwork, int *iwork, int *info);
+/* dgesdd: the same in float64 (combine's small cores and formed deltas). */
+void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda,
+             double *s, double *u, const int *ldu, double *vt, const int *ldvt,
+             double *work, const int *lwork, int *iwork, int *info);
 #endif

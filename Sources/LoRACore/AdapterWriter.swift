@@ -25,6 +25,8 @@ struct AdapterWriter {
         var useDora = false
         var useRslora = false
         var fanInFanOut = false
+        /// `lora_bias`: lora_B has a bias (written only when true; PEFT's default is false).
+        var loraBias = false
         var modulesToSave: [String] = []
         var baseModelPath: String?
 
@@ -41,6 +43,7 @@ struct AdapterWriter {
                 ("layers_pattern", .null),
                 ("layers_to_transform", .null),
                 ("lora_alpha", num(loraAlpha)),
+                ("lora_bias", .bool(true)),
                 ("lora_dropout", .number("0.0")),
                 ("modules_to_save", modulesToSave.isEmpty ? .null : .array(modulesToSave.map { .string($0) })),
                 ("peft_type", .string("LORA")),
@@ -52,7 +55,8 @@ struct AdapterWriter {
                 ("use_dora", .bool(useDora)),
                 ("use_rslora", .bool(useRslora)),
             ]
-            return JSONWriter.pretty(.object(fields.map { (key: $0.0, value: $0.1) }))
+            // lora_bias only when set (PEFT reads a missing key as false), so other outputs keep their bytes.
+            return JSONWriter.pretty(.object(fields.filter { $0.0 != "lora_bias" || loraBias }.map { (key: $0.0, value: $0.1) }))
         }
     }
 

@@ -72,17 +72,22 @@ struct LoRAFactors {
     /// it: A' = [A₁·w₁·s₁; A₂·w₂·s₂; …] (rounded to fp32 in that order), B' = [B₁ B₂ …], scale 1.
     /// The merge is then one kernel call, exactly Σ wᵢ·sᵢ·Bᵢ·Aᵢ up to one fp32 rounding per step.
     static func concatenated(_ parts: [LoRAFactors]) -> LoRAFactors {
-        let first = parts[0].module
-        let rank = parts.reduce(0) { $0 + $1.module.rank }
+        concatenated(parts.map { ($0, $0.coefficient / $0.module.scale) })
+    }
+
+    /// The same with each part's weight wᵢ given (`combine` knows it exactly).
+    static func concatenated(_ parts: [(factors: LoRAFactors, weight: Double)]) -> LoRAFactors {
+        let first = parts[0].factors.module
+        let rank = parts.reduce(0) { $0 + $1.factors.module.rank }
         var a: [Float] = []
         a.reserveCapacity(rank * first.inFeatures)
-        for p in parts {
-            let w = Float(p.coefficient / p.module.scale), s = Float(p.module.scale)
+        for (p, weight) in parts {
+            let w = Float(weight), s = Float(p.module.scale)
             a += p.a.map { $0 * w * s }
         }
         var b = [Float](repeating: 0, count: first.outFeatures * rank)
         var offset = 0
-        for p in parts {
+        for (p, _) in parts {
             let r = p.module.rank
             for o in 0..<first.outFeatures {
                 for k in 0..<r { b[o * rank + offset + k] = p.b[o * r + k] }
@@ -92,6 +97,21 @@ struct LoRAFactors {
         var module = first
         module.rank = rank
         return LoRAFactors(module: module, a: a, b: b, coefficient: 1)
+    }
+
+    /// A combined module's factors (`combine`): A (rank×in) and B (out×rank) with scale 1, and the
+    /// bias change when there is one. `shape` gives the module's name and geometry.
+    static func combined(_ shape: AdapterModule, rank: Int, a: [Float], b: [Float], bias: [Float]?) -> LoRAFactors {
+        var m = shape
+        m.rank = rank
+        m.alpha = Double(rank)
+        m.scale = 1
+        m.eName = nil
+        m.bBiasName = nil
+        m.magnitudeName = nil
+        m.isGated = false
+        m.factorsTransposed = false
+        return LoRAFactors(module: m, a: a, b: b, bias: bias, magnitude: nil, coefficient: 1)
     }
 
     init(_ module: AdapterModule, adapter: Adapter, weight: Double) throws {

@@ -62,11 +62,30 @@ enum BLAS {
         beta: Float, c: UnsafeMutablePointer<Float>
     ) throws {
         guard m > 0, n > 0 else { return }
-        guard let m32 = Int32(exactly: m) else { throw KernelsError.dimensionTooLarge(m) }
-        guard let n32 = Int32(exactly: n) else { throw KernelsError.dimensionTooLarge(n) }
-        guard let k32 = Int32(exactly: k) else { throw KernelsError.dimensionTooLarge(k) }
+        let (m32, n32, k32) = try dimensions(m, n, k)
         cblas_sgemm(
             CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
             m32, n32, k32, alpha, a, max(transposeA ? m32 : k32, 1), b, max(transposeB ? k32 : n32, 1), beta, c, max(n32, 1))
+    }
+
+    /// C ← alpha · op(A) · op(B) + beta · C, row-major float64 (`cblas_dgemm`); shapes as `GEMM.multiply`.
+    /// - Throws: `KernelsError.dimensionTooLarge` when a dimension exceeds Int32.
+    static func multiply(
+        m: Int, n: Int, k: Int, alpha: Double,
+        a: UnsafePointer<Double>, transposeA: Bool,
+        b: UnsafePointer<Double>, transposeB: Bool,
+        beta: Double, c: UnsafeMutablePointer<Double>
+    ) throws {
+        guard m > 0, n > 0 else { return }
+        let (m32, n32, k32) = try dimensions(m, n, k)
+        cblas_dgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            m32, n32, k32, alpha, a, max(transposeA ? m32 : k32, 1), b, max(transposeB ? k32 : n32, 1), beta, c, max(n32, 1))
+    }
+
+    /// BLAS takes Int32 dimensions.
+    private static func dimensions(_ m: Int, _ n: Int, _ k: Int) throws -> (Int32, Int32, Int32) {
+        for d in [m, n, k] where Int32(exactly: d) == nil { throw KernelsError.dimensionTooLarge(d) }
+        return (Int32(m), Int32(n), Int32(k))
     }
 }

@@ -20,28 +20,56 @@ public enum SVD {
     /// Thin SVD of the m×n row-major `matrix` (all min(m, n) triplets).
     /// - Throws: `KernelsError.lapackFailed` when sgesdd does not converge; `.dimensionTooLarge`.
     public static func full(_ matrix: [Float], m: Int, n: Int) throws -> Result {
+        let r = try gesdd(matrix, m: m, n: n, routine: "sgesdd") { sgesdd_($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) }
+        return Result(u: r.u, s: r.s, vt: r.vt)
+    }
+
+    /// A float64 SVD: M ≈ U·diag(S)·Vᵀ, U (m×k) and Vᵀ (k×n) row-major, S descending.
+    public struct Result64: Sendable {
+        public var u: [Double]
+        public var s: [Double]
+        public var vt: [Double]
+        public var k: Int { s.count }
+    }
+
+    /// Thin SVD of the m×n row-major float64 `matrix` (LAPACK `dgesdd`; layout as `full`).
+    /// - Throws: `KernelsError.lapackFailed` when dgesdd does not converge; `.dimensionTooLarge`.
+    public static func full(_ matrix: [Double], m: Int, n: Int) throws -> Result64 {
+        let r = try gesdd(matrix, m: m, n: n, routine: "dgesdd") { dgesdd_($0, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) }
+        return Result64(u: r.u, s: r.s, vt: r.vt)
+    }
+
+    private typealias GESDD<T> = (
+        UnsafePointer<CChar>, UnsafePointer<Int32>, UnsafePointer<Int32>, UnsafeMutablePointer<T>, UnsafePointer<Int32>,
+        UnsafeMutablePointer<T>, UnsafeMutablePointer<T>, UnsafePointer<Int32>, UnsafeMutablePointer<T>, UnsafePointer<Int32>,
+        UnsafeMutablePointer<T>, UnsafePointer<Int32>, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>) -> Void
+
+    /// LAPACK ?gesdd (divide and conquer) on a row-major matrix, with a workspace query first.
+    private static func gesdd<T: BinaryFloatingPoint>(_ matrix: [T], m: Int, n: Int, routine: String, _ call: GESDD<T>) throws
+        -> (u: [T], s: [T], vt: [T])
+    {
         guard let m32 = Int32(exactly: m), let n32 = Int32(exactly: n) else { throw KernelsError.dimensionTooLarge(max(m, n)) }
         let k = min(m, n)
-        if k == 0 { return Result(u: [], s: [], vt: []) }
+        if k == 0 { return ([], [], []) }
         // Row-major M is column-major Mᵀ (n×m). SVD(Mᵀ) = U₁ΣV₁ᵀ gives M = V₁ΣU₁ᵀ: the V₁ᵀ buffer
         // read row-major is U (m×k) and the U₁ buffer read row-major is Vᵀ (k×n). No transposes needed.
         var a = matrix
-        var s = [Float](repeating: 0, count: k)
-        var u1 = [Float](repeating: 0, count: n * k)
-        var vt1 = [Float](repeating: 0, count: k * m)
+        var s = [T](repeating: 0, count: k)
+        var u1 = [T](repeating: 0, count: n * k)
+        var vt1 = [T](repeating: 0, count: k * m)
         var iwork = [Int32](repeating: 0, count: 8 * k)
         var info: Int32 = 0
-        var jobz = Int8(UInt8(ascii: "S"))
+        var jobz = CChar(UInt8(ascii: "S"))
         var rows = n32, cols = m32, lda = max(n32, 1), ldu = max(n32, 1), ldvt = max(Int32(k), 1)
         var lwork: Int32 = -1
-        var query: Float = 0
-        sgesdd_(&jobz, &rows, &cols, &a, &lda, &s, &u1, &ldu, &vt1, &ldvt, &query, &lwork, &iwork, &info)
-        guard info == 0 else { throw KernelsError.lapackFailed(routine: "sgesdd", info: info) }
+        var query: T = 0
+        call(&jobz, &rows, &cols, &a, &lda, &s, &u1, &ldu, &vt1, &ldvt, &query, &lwork, &iwork, &info)
+        guard info == 0 else { throw KernelsError.lapackFailed(routine: routine, info: info) }
         lwork = Int32(query) + 1
-        var work = [Float](repeating: 0, count: Int(lwork))
-        sgesdd_(&jobz, &rows, &cols, &a, &lda, &s, &u1, &ldu, &vt1, &ldvt, &work, &lwork, &iwork, &info)
-        guard info == 0 else { throw KernelsError.lapackFailed(routine: "sgesdd", info: info) }
-        return Result(u: vt1, s: s, vt: u1)
+        var work = [T](repeating: 0, count: Int(lwork))
+        call(&jobz, &rows, &cols, &a, &lda, &s, &u1, &ldu, &vt1, &ldvt, &work, &lwork, &iwork, &info)
+        guard info == 0 else { throw KernelsError.lapackFailed(routine: routine, info: info) }
+        return (vt1, s, u1)
     }
 
     /// The top `rank` triplets of the m×n row-major `matrix` by a randomized range finder with

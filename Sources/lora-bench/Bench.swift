@@ -7,9 +7,10 @@ import Glibc
 ///
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 ///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
-/// Measures cp -r, cp -r + sync, merge, merge --no-sync, verify, extract --rank 16 (base vs merged)
-/// and inspect. Reports the median and spread of wall time, CPU time and peak RSS per command, GB/s
-/// over the base size, and each time as a ratio to the `cp -r` time measured in the same run.
+/// Measures cp -r, cp -r + sync, merge, merge --no-sync, verify, extract --rank 16 (base vs merged),
+/// inspect, and combine of four r = 16 adapters (svd to rank 16, cat). Reports the median and spread
+/// of wall time, CPU time and peak RSS per command, GB/s over the base size, and each time as a ratio
+/// to the `cp -r` time measured in the same run.
 /// `merge` writes its output durably (direct I/O, fsync before the rename), so `cp -r + sync` is its
 /// like-for-like copy; `merge --no-sync` writes through the page cache without fsync, like `cp -r`.
 @main
@@ -61,6 +62,10 @@ struct Bench {
             ("extract --rank 16", [bin, "extract", "--base", dir + "/base", "--finetuned", out + "/merged", "--rank", "16", "--output", out + "/extracted"]),
             ("inspect", [bin, "inspect", dir + "/base"]),
         ]
+        // combine: the four r = 16 adapters (adapter, adapter2…4), weights 0.4/0.3/0.2/0.1.
+        let combineInputs = zip(["adapter"] + Workload.extraAdapters, ["0.4", "0.3", "0.2", "0.1"]).flatMap { ["--adapter", "\(dir)/\($0)", "--weight", $1] }
+        commands.append(("combine svd --rank 16 (4 adapters)", [bin, "combine"] + combineInputs + ["--method", "svd", "--rank", "16", "--output", out + "/combined-svd"]))
+        commands.append(("combine cat (4 adapters)", [bin, "combine"] + combineInputs + ["--method", "cat", "--output", out + "/combined-cat"]))
         if !peftPython.isEmpty {
             // Optional: PEFT's documented path on the same workload, when torch and peft are installed.
             let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -46,8 +46,19 @@ struct Workload {
         return t.sorted { utf8Precedes($0.name, $1.name) }
     }
 
-    /// Writes base/ and adapter/ under `dir` (skipped when already there).
+    /// Inputs of the combine rows besides adapter/: same shapes, other values (seeds 43, 44, 45).
+    static let extraAdapters = ["adapter2", "adapter3", "adapter4"]
+
+    /// Writes base/, adapter/ and the extra adapters under `dir` (each skipped when already there).
     func generate(in dir: String) throws {
+        try generateBaseAndAdapter(in: dir)
+        for (i, name) in Workload.extraAdapters.enumerated() where !FileManager.default.fileExists(atPath: "\(dir)/\(name)/adapter_config.json") {
+            var rng = SplitMix64(seed: 43 + UInt64(i))
+            try writeAdapter(at: "\(dir)/\(name)", rng: &rng)
+        }
+    }
+
+    private func generateBaseAndAdapter(in dir: String) throws {
         let base = dir + "/base", adapter = dir + "/adapter"
         if FileManager.default.fileExists(atPath: base + "/config.json") && FileManager.default.fileExists(atPath: adapter + "/adapter_config.json") { return }
         try? FileManager.default.removeItem(atPath: base)
@@ -85,8 +96,15 @@ struct Workload {
 
             """
         _ = FileManager.default.createFile(atPath: base + "/config.json", contents: Data(config.utf8))
+        try writeAdapter(at: adapter, rng: &rng)
+    }
+
+    /// A PEFT adapter on every projection: fp32 A/B, r = 16, α = 32, values uniform in ±0.01.
+    private func writeAdapter(at adapter: String, rng: inout SplitMix64) throws {
+        try? FileManager.default.removeItem(atPath: adapter)
+        try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
         var lora: [TensorInfo] = []
-        for t in tensors where t.shape.count == 2 && Workload.projections.contains(where: { t.name.hasSuffix($0 + ".weight") }) {
+        for t in baseTensors() where t.shape.count == 2 && Workload.projections.contains(where: { t.name.hasSuffix($0 + ".weight") }) {
             let module = "base_model.model." + t.name.dropLast(".weight".count)
             lora.append(TensorInfo(name: module + ".lora_A.weight", dtype: .float32, shape: [16, t.shape[1]]))
             lora.append(TensorInfo(name: module + ".lora_B.weight", dtype: .float32, shape: [t.shape[0], 16]))

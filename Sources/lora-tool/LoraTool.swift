@@ -19,7 +19,7 @@ struct LoraTool: ParsableCommand {
             a usage error.
             """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Merge.self, Verify.self, Extract.self, Convert.self, Resize.self, Dequantize.self, Run.self])
+        subcommands: [Inspect.self, Merge.self, Verify.self, Extract.self, Convert.self, Resize.self, Combine.self, Dequantize.self, Run.self])
 
     static func main() {
         relaunchWithMatchingBLASCore()
@@ -57,7 +57,7 @@ struct LoraTool: ParsableCommand {
 /// when the library loads. A correctly detected core costs nothing (no re-exec).
 func relaunchWithMatchingBLASCore() {
     let arguments = CommandLine.arguments
-    guard arguments.count > 1, ["extract", "resize"].contains(arguments[1]),
+    guard arguments.count > 1, ["extract", "resize", "combine"].contains(arguments[1]),
           getenv("OPENBLAS_CORETYPE") == nil, let core = BLASCore.replacementCoreType else { return }
     setenv("OPENBLAS_CORETYPE", core, 1)
     execv("/proc/self/exe", CommandLine.unsafeArgv)

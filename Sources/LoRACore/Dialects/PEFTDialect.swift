@@ -188,6 +188,7 @@ enum PEFTDialect: AdapterDialect {
         config.targetModules = TargetSelector.minimalSuffixes(selecting: targeted, among: all.union(targeted))
         config.useDora = factors.contains { $0.magnitude != nil }
         config.fanInFanOut = factors.contains { $0.module.transposed && $0.module.kind == .linear }
+        config.loraBias = factors.contains { $0.bias != nil }
         config.modulesToSave = adapter.format == .peft ? adapter.config.modulesToSave : []
         try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
     }

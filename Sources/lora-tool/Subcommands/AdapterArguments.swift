@@ -16,6 +16,11 @@ struct AdapterArguments: ParsableArguments {
     @OptionGroup var scale: ScaleArguments
 
     func validate() throws {
+        try Self.validate(adapters: adapters, weights: weights, targets: targets)
+    }
+
+    /// The checks of `--adapter`/`--weight`/`--targets`, also for commands that spell the other options differently.
+    static func validate(adapters: [String], weights: [Double], targets: String?) throws {
         guard !adapters.isEmpty else { throw ValidationError("give at least one --adapter") }
         guard weights.isEmpty || weights.count == adapters.count else {
             throw ValidationError("give one --weight per --adapter (\(adapters.count) adapters, \(weights.count) weights)")
@@ -26,7 +31,11 @@ struct AdapterArguments: ParsableArguments {
 
     /// Adapters resolved to local paths (hub ids through the local cache), with their weights.
     var pairs: [(path: String, weight: Double)] {
-        get throws { try adapters.enumerated().map { (try ModelSpecs.resolve($1), weights.isEmpty ? 1.0 : weights[$0]) } }
+        get throws { try Self.pairs(adapters: adapters, weights: weights) }
+    }
+
+    static func pairs(adapters: [String], weights: [Double]) throws -> [(path: String, weight: Double)] {
+        try adapters.enumerated().map { (try ModelSpecs.resolve($1), weights.isEmpty ? 1.0 : weights[$0]) }
     }
 
     var selector: TargetSelector? { get throws { try targets.map { try TargetSelector(parsing: $0) } } }
