@@ -86,12 +86,10 @@ extension LoraTool {
                 print(text(report))
             }
             if !report.passed {
-                var lines = ""
                 for e in report.failures {
-                    for f in e.failures { lines += "error: \(e.tensor): \(f)\n" }
+                    for f in e.failures { Render.diagnostic("error: \(e.tensor): \(f)") }
                 }
-                for f in report.fileFailures { lines += "error: \(f.file): \(f.detail ?? f.status.rawValue)\n" }
-                FileHandle.standardError.write(Data(lines.utf8))
+                for f in report.fileFailures { Render.diagnostic("error: \(f.file): \(f.detail ?? f.status.rawValue)") }
                 throw ExitCode.failure
             }
         }
@@ -112,7 +110,7 @@ extension LoraTool {
             var files = "files: \(r.files.filter(\.passed).count) of \(r.files.count) as merge writes them (side files and __metadata__)"
             if !changed.isEmpty { files += "; " + changed.joined(separator: ", ") }
             if let skipped = r.sideFilesSkipped { files += "; side files not compared: \(skipped)" }
-            lines.append(files)
+            lines.append(Render.escaped(files))
             if r.mode != .exact { lines.append("probes: \(r.probes) per merged module, seed \(r.seed) (--seed \(r.seed) reproduces them)") }
             let how = r.mode == .probes ? "on \(r.probes) probes" : (r.mode == .exact ? "element by element" : "element by element and on \(r.probes) probes")
             lines.append(r.passed
