@@ -10,7 +10,9 @@ import SafeTensors
 /// module missing from some inputs combines with their ΔW = 0. Where PEFT is wrong, the mathematics
 /// (Σ wᵢ·ΔWᵢ) wins: the new adapter is plain LoRA with scale 1 per module (α = r), whatever the first
 /// input's `use_rslora` (PEFT copies it, making the delta √r too large), and `lora_B.bias` becomes
-/// Σ wᵢ·sᵢ·bᵢ (PEFT leaves it zero). DoRA and full replacement tensors are refused with the reason.
+/// Σ wᵢ·sᵢ·bᵢ (PEFT leaves it zero). DoRA modules combine only when every input holding the module
+/// is DoRA there with one shared magnitude vector (the combined adapter keeps it: W' = m ⊙ (W + ΣΔW)
+/// / ‖W + ΣΔW‖ per row); otherwise they, and full replacement tensors, are refused with the reason.
 public enum Combine {
     /// - Throws: `LoRACoreError` for bad options, inputs that cannot be combined (DoRA,
     ///   modules_to_save, shapes that disagree) or that the output dialect cannot express;
@@ -59,7 +61,8 @@ public enum Combine {
                 notes.append("\(name): ranks add up to \(sumOfRanks) > min(out, in); written at rank \(combined.rank) by an SVD keeping every direction")
             }
             let bias = biasChange(parts)
-            factors.append(.combined(parts[0].module, rank: combined.rank, a: combined.a, b: combined.b, bias: bias))
+            let magnitude = try sharedMagnitude(parts, module: name, adapters: adapters)
+            factors.append(.combined(parts[0].module, rank: combined.rank, a: combined.a, b: combined.b, bias: bias, magnitude: magnitude))
             report.append(.init(module: name, inputs: parts.count, rank: combined.rank, energyKept: combined.energyKept,
                                 relativeError: combined.relativeError, bias: bias != nil))
         }
@@ -68,6 +71,9 @@ public enum Combine {
             notes.append("rsLoRA inputs scaled by α/√r each; the output is plain LoRA with scale 1 (α = r)")
         }
         if factors.contains(where: { $0.bias != nil }) { notes.append("lora_B.bias written as Σ wᵢ·sᵢ·bᵢ") }
+        if factors.contains(where: { $0.magnitude != nil }) {
+            notes.append("DoRA inputs share one magnitude vector per module: the combined adapter keeps it and rescales W + ΣΔW")
+        }
         var convert = ConvertOptions(adapter: options.adapters.map(\.path).joined(separator: " + "), to: options.to, output: options.output)
         convert.base = options.base
         convert.force = options.force
@@ -97,14 +103,24 @@ public enum Combine {
         }
     }
 
-    /// DoRA's magnitude rescales ‖W + ΔW‖ per row, which depends on the base and does not add; full
-    /// replacement tensors cannot be weighted.
-    static func refuseUncombinable(_ adapter: Adapter) throws {
-        if let d = adapter.modules.first(where: \.isDoRA) {
+    /// The magnitude vector of a DoRA module, when every input holding it is DoRA there with the same
+    /// one (bit for bit); nil for plain LoRA modules.
+    /// - Throws: `LoRACoreError.unsupportedAdapter` otherwise: DoRA's magnitude rescales ‖W + ΔW‖ row
+    ///   by row, which depends on the base and does not add across adapters.
+    static func sharedMagnitude(_ parts: [CombinePart], module: String, adapters: [Adapter]) throws -> [Float]? {
+        let magnitudes = parts.map(\.factors.magnitude)
+        guard let first = magnitudes.first(where: { $0 != nil }) ?? nil else { return nil }
+        for (p, m) in zip(parts, magnitudes) where m.map({ $0.map(\.bitPattern) != first.map(\.bitPattern) }) ?? true {
             throw LoRACoreError.unsupportedAdapter(
-                path: adapter.path,
-                detail: "DoRA module '\(d.module)': its magnitude rescales ‖W + ΔW‖ row by row, which depends on the base and does not add across adapters; merge DoRA adapters into the base with `merge` instead")
+                path: adapters[p.index].path,
+                detail: "DoRA module '\(module)': " + (m == nil ? "plain LoRA here but DoRA in another input" : "its magnitude vector differs from another input's")
+                    + "; DoRA's magnitude rescales ‖W + ΔW‖ row by row, which depends on the base and does not add across adapters, so only inputs sharing one magnitude vector combine; merge them into the base with `merge` instead")
         }
+        return first
+    }
+
+    /// Full replacement tensors cannot be weighted.
+    static func refuseUncombinable(_ adapter: Adapter) throws {
         if let r = adapter.replacements.first {
             throw LoRACoreError.unsupportedAdapter(
                 path: adapter.path, detail: "holds a full replacement tensor for '\(r.base)' (modules_to_save / base_layer), which cannot be weighted or added")

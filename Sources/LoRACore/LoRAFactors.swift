@@ -101,7 +101,7 @@ struct LoRAFactors {
 
     /// A combined module's factors (`combine`): A (rank×in) and B (out×rank) with scale 1, and the
     /// bias change when there is one. `shape` gives the module's name and geometry.
-    static func combined(_ shape: AdapterModule, rank: Int, a: [Float], b: [Float], bias: [Float]?) -> LoRAFactors {
+    static func combined(_ shape: AdapterModule, rank: Int, a: [Float], b: [Float], bias: [Float]?, magnitude: [Float]? = nil) -> LoRAFactors {
         var m = shape
         m.rank = rank
         m.alpha = Double(rank)
@@ -111,7 +111,7 @@ struct LoRAFactors {
         m.magnitudeName = nil
         m.isGated = false
         m.factorsTransposed = false
-        return LoRAFactors(module: m, a: a, b: b, bias: bias, magnitude: nil, coefficient: 1)
+        return LoRAFactors(module: m, a: a, b: b, bias: bias, magnitude: magnitude, coefficient: 1)
     }
 
     init(_ module: AdapterModule, adapter: Adapter, weight: Double) throws {

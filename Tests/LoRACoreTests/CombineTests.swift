@@ -302,16 +302,54 @@ struct CombinePruningTests {
 
 @Suite("combine refuses what cannot be combined")
 struct CombineRefusalTests {
-    @Test("DoRA is refused with the reason")
-    func dora() throws {
+    /// A copy of the llama_dora fixture's adapter with every tensor named `matching` multiplied by `factor`.
+    static func scaledDoRA(into dir: String, matching: String, factor: Float) throws -> String {
+        let source = URL(fileURLWithPath: combineFixtures).deletingLastPathComponent().path + "/Fixtures/llama_dora/adapter"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: source + "/adapter_config.json", toPath: dir + "/adapter_config.json")
+        let ckpt = try Checkpoint(path: source + "/adapter_model.safetensors")
+        let w = try SafeTensorsWriter(path: dir + "/adapter_model.safetensors", tensors: ckpt.names.map { ckpt.info($0)! })
+        while let t = w.nextTensor {
+            var values = try TensorData.floats(ckpt, t.name)
+            if t.name.contains(matching) { values = values.map { $0 * factor } }
+            try TensorData.encode(values, format: TensorData.format(t.dtype)!).withUnsafeBytes { try w.write(t.name, bytes: $0) }
+        }
+        try w.finish()
+        return dir
+    }
+
+    @Test("DoRA inputs sharing one magnitude vector combine: the result merges as the single adapter with the summed weight")
+    func doraSharedMagnitude() throws {
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let dora = URL(fileURLWithPath: combineFixtures).deletingLastPathComponent().path + "/Fixtures/llama_dora/adapter"
+        let fixtures = URL(fileURLWithPath: combineFixtures).deletingLastPathComponent().path + "/Fixtures/llama_dora"
+        // Same magnitudes, B halved: 1·ΔW + 1·(ΔW/2) = 1.5·ΔW, rescaled by the shared m.
+        let half = try Self.scaledDoRA(into: out + "/half", matching: "lora_B", factor: 0.5)
+        let report = try Combine.run(CombineOptions(adapters: [(fixtures + "/adapter", 1), (half, 1)], method: .cat, output: out + "/combined"))
+        #expect(report.notes.contains { $0.contains("magnitude") })
+        _ = try Merge.run(MergeOptions(base: fixtures + "/base", adapters: [(out + "/combined", 1)], output: out + "/merged-combined"))
+        _ = try Merge.run(MergeOptions(base: fixtures + "/base", adapters: [(fixtures + "/adapter", 1.5)], output: out + "/merged-single"))
+        let got = try Checkpoint(path: out + "/merged-combined"), want = try Checkpoint(path: out + "/merged-single")
+        #expect(got.names == want.names)
+        for name in want.names {
+            let g = try TensorData.floats(got, name), e = try TensorData.floats(want, name)
+            let largest = e.map(abs).max() ?? 0
+            let worst = zip(g, e).map { abs($0 - $1) }.max() ?? 0
+            #expect(worst <= 4 * largest.ulp, "\(name): \(worst) over 4 ulp of \(largest)")
+        }
+    }
+
+    @Test("DoRA inputs with different magnitude vectors are refused with the reason, whatever the weights", arguments: [0.5, 1.0])
+    func doraDifferentMagnitudes(weight: Double) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let fixtures = URL(fileURLWithPath: combineFixtures).deletingLastPathComponent().path + "/Fixtures/llama_dora"
+        let other = try Self.scaledDoRA(into: out + "/other", matching: "lora_magnitude_vector", factor: 1.01)
         do {
-            _ = try Combine.run(CombineOptions(adapters: [(dora, 1), (dora, 1)], method: .cat, output: out + "/o"))
-            Issue.record("combined DoRA")
+            _ = try Combine.run(CombineOptions(adapters: [(fixtures + "/adapter", 1), (other, weight)], method: .cat, output: out + "/o"))
+            Issue.record("combined DoRA adapters with different magnitudes")
         } catch let e as LoRACoreError {
-            #expect(e.localizedDescription.contains("DoRA"))
+            #expect(e.localizedDescription.contains("magnitude vector differs"))
             #expect(e.localizedDescription.contains("does not add"))
         }
         #expect(!FileManager.default.fileExists(atPath: out + "/o"))
