@@ -50,7 +50,7 @@ public enum Dequantize {
     static func denseCopyIfQuantized(_ base: String, near output: String) throws -> String? {
         let ckpt = try Checkpoint(path: base)
         guard try BnbQuantization(ckpt) != nil else { return nil }
-        let parent = (PathSafety.canonical(output) as NSString).deletingLastPathComponent
+        let parent = (OutputPath.realPath(output) as NSString).deletingLastPathComponent
         let dir = parent + "/.lora-tool-dequantized-\(getpid())-\(UUID().uuidString.prefix(8))"
         // Registered before it exists: an interrupted run removes it like a staging output.
         AtomicOutput.registerTemporary(dir)

@@ -100,20 +100,10 @@ struct OutputTensor: Sendable {
     /// the stored bytes costs one pass over them; the exact values are recomputed only on a hit.
     func overflows(in range: Range<Int>, written: UnsafeRawPointer, plan: MergePlan, factors: FactorCache) throws -> (count: Int, largest: Float) {
         let format = TensorData.format(info.dtype)!
-        let bytes = UnsafeRawBufferPointer(start: written, count: range.count)
-        if FloatCodec.allFinite(bytes, format: format) { return (0, 0) }
-        let e0 = range.lowerBound / format.size, n = range.count / format.size
-        let stored = [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
-            FloatCodec.decode(bytes, format: format, into: buffer)
-            initialized = n
+        let e0 = range.lowerBound / format.size
+        return try TensorData.overflows(stored: UnsafeRawBufferPointer(start: written, count: range.count), format: format) {
+            try exactValues(e0..<(e0 + range.count / format.size), plan: plan, factors: factors)
         }
-        let exact = try exactValues(e0..<(e0 + n), plan: plan, factors: factors)
-        var count = 0, largest: Float = 0
-        for k in 0..<n where !stored[k].isFinite && exact[k].isFinite {
-            count += 1
-            largest = max(largest, abs(exact[k]))
-        }
-        return (count, largest)
     }
 
     /// Elements `elements` (row-major) of this tensor in fp32 before the final rounding.

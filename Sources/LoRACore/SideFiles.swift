@@ -24,7 +24,7 @@ public enum SideFiles {
     ) throws -> [String] {
         var copied: [String] = []
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted(by: utf8Precedes)
-        let modelDirectory = realPath(dir)
+        let modelDirectory = OutputPath.realPath(dir)
         for name in names where !name.hasSuffix(".safetensors") && !name.hasSuffix(".safetensors.zst")
             && !name.hasSuffix(".safetensors.index.json") && !name.hasPrefix(".") {
             let src = dir + "/" + name
@@ -36,7 +36,7 @@ public enum SideFiles {
             if (st.st_mode & S_IFMT) == S_IFDIR { continue }
             if Checkpoint.pickleExtensions.contains((name as NSString).pathExtension) { continue }
             if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: src), target.hasPrefix("/"),
-               !realPath(src).hasPrefix(modelDirectory + "/") {
+               !OutputPath.realPath(src).hasPrefix(modelDirectory + "/") {
                 output.notes.append("\(src) is a link to \(target), outside the model directory: copied its contents")
             }
             if name == "config.json", dtype.torchName != nil || dropQuantization || !denseModules.isEmpty,
@@ -110,12 +110,5 @@ public enum SideFiles {
             }
             done += n
         }
-    }
-
-    /// Absolute path with every symbolic link resolved (the path itself when it cannot be).
-    static func realPath(_ path: String) -> String {
-        guard let r = realpath(path, nil) else { return path }
-        defer { free(r) }
-        return String(cString: r)
     }
 }

@@ -44,14 +44,28 @@ enum TensorData {
     /// - Throws: `LoRACoreError.overflow` naming `tensor` and the largest such value, unless `allowOverflow`.
     static func encode(_ values: [Float], format: FloatCodec.Format, tensor: String, allowOverflow: Bool) throws -> [UInt8] {
         let bytes = encode(values, format: format)
-        if allowOverflow || bytes.withUnsafeBytes({ FloatCodec.allFinite($0, format: format) }) { return bytes }
-        let stored = [Float](unsafeUninitializedCapacity: values.count) { buffer, n in
-            bytes.withUnsafeBytes { FloatCodec.decode($0, format: format, into: buffer) }
-            n = values.count
+        if allowOverflow { return bytes }
+        let (count, largest) = bytes.withUnsafeBytes { overflows(stored: $0, format: format, exact: { values[...] }) }
+        if count > 0 { throw LoRACoreError.overflow(tensor: tensor, dtype: format.rawValue, largest: largest) }
+        return bytes
+    }
+
+    /// The values of `stored` (rounded to `format`) that are ±Inf although their exact value was
+    /// finite, and the largest magnitude among those exact values. One pass over `stored`; `exact`
+    /// (the fp32 values before rounding, element for element) is asked for only when one is not finite.
+    static func overflows(stored: UnsafeRawBufferPointer, format: FloatCodec.Format,
+                          exact: () throws -> ArraySlice<Float>) rethrows -> (count: Int, largest: Float) {
+        if FloatCodec.allFinite(stored, format: format) { return (0, 0) }
+        let n = stored.count / format.size
+        let decoded = [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
+            FloatCodec.decode(stored, format: format, into: buffer)
+            initialized = n
         }
-        var largest: Float = 0
-        for (v, s) in zip(values, stored) where v.isFinite && !s.isFinite { largest = max(largest, abs(v)) }
-        guard largest > 0 else { return bytes }
-        throw LoRACoreError.overflow(tensor: tensor, dtype: format.rawValue, largest: largest)
+        var count = 0, largest: Float = 0
+        for (s, x) in zip(decoded, try exact()) where !s.isFinite && x.isFinite {
+            count += 1
+            largest = max(largest, abs(x))
+        }
+        return (count, largest)
     }
 }

@@ -34,8 +34,9 @@ public enum OutputPath {
         }
     }
 
-    /// Absolute path with symlinks resolved for the part that exists (the rest appended as given).
-    static func realPath(_ path: String) -> String {
+    /// Absolute path with symlinks resolved for the part that exists (the rest appended as given):
+    /// how outputs are compared with inputs and with the working and home directories.
+    public static func realPath(_ path: String) -> String {
         var url = URL(fileURLWithPath: path).standardizedFileURL
         var tail: [String] = []
         while url.path != "/", !FileManager.default.fileExists(atPath: url.path) {
