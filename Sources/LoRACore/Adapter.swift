@@ -103,7 +103,7 @@ public final class Adapter: Sendable {
     /// against the base's modules with dots read as underscores.
     /// - Throws: `LoRACoreError.baseMismatch` naming both candidates when a name is ambiguous, or
     ///   the module when nothing matches.
-    public func modules(resolvedAgainst base: Checkpoint) throws -> [AdapterModule] {
+    public func modules(resolvedAgainst base: any TensorStore) throws -> [AdapterModule] {
         guard format == .kohya else { return modules }
         return try KohyaDialect.resolve(modules, against: base)
     }

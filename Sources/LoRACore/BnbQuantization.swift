@@ -30,9 +30,24 @@ public struct BnbQuantization: Sendable {
     static let companionSuffixes = [".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
                                     ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4"]
 
+    /// The 4-bit weights among `names` (by their quant_state tensor), with their type, and every
+    /// companion: from names alone.
+    static func quantizedWeights(names: [String]) -> (weights: [String: String], companions: Set<String>) {
+        var weights: [String: String] = [:]
+        for name in names {
+            for type in ["nf4", "fp4"] where name.hasSuffix(".quant_state.bitsandbytes__" + type) {
+                weights[String(name.dropLast(".quant_state.bitsandbytes__".count + type.count))] = type
+            }
+        }
+        let all = Set(names)
+        var companions = Set<String>()
+        for w in weights.keys { for s in companionSuffixes where all.contains(w + s) { companions.insert(w + s) } }
+        return (weights, companions)
+    }
+
     /// Finds the 4-bit weights of `ckpt`; nil when it has none.
     /// - Throws: `LoRACoreError.invalidModule` for a malformed quant state.
-    public init?(_ ckpt: Checkpoint) throws {
+    public init?(_ ckpt: any TensorStore) throws {
         var states: [String: State] = [:]
         var companions = Set<String>()
         for name in ckpt.names {
@@ -65,49 +80,8 @@ public struct BnbQuantization: Sendable {
         self.companions = companions
     }
 
-    /// The dense values of `weight` in fp32, each already rounded to the state's dtype (bit-exact
-    /// with bitsandbytes' `dequantize_4bit`).
-    public func dequantize(_ weight: String, in ckpt: Checkpoint) throws -> [Float] {
-        guard let s = states[weight] else { throw SafeTensorsError.tensorNotFound(tensor: weight, in: ckpt.path) }
-        let n = s.shape.reduce(1, *)
-        try MemoryBudget.check(elements: n, bytesPerElement: 8, what: "4-bit weight '\(weight)'")
-        let codes = try ckpt.bytes(of: weight)
-        guard codes.count * 2 >= n else {
-            throw LoRACoreError.invalidModule(module: weight, detail: "\(codes.count) code bytes cannot hold \(n) values")
-        }
-        let quantMap = try TensorData.floats(ckpt, weight + ".quant_map")
-        guard quantMap.count == 16 else { throw LoRACoreError.invalidModule(module: weight, detail: "quant_map must have 16 values") }
-        let blocks = (n + s.blocksize - 1) / s.blocksize
-        var absmax: [Float]
-        let absInfo = ckpt.info(weight + ".absmax")!
-        if absInfo.dtype == .uint8 {
-            guard let nestedBlock = s.nestedBlocksize, nestedBlock > 0, let offset = s.nestedOffset,
-                  ckpt.info(weight + ".nested_quant_map") != nil, ckpt.info(weight + ".nested_absmax") != nil else {
-                throw LoRACoreError.invalidModule(module: weight, detail: "U8 absmax needs nested_quant_map, nested_absmax and nested_offset")
-            }
-            let codesAbs = Array(try ckpt.bytes(of: weight + ".absmax"))
-            let nestedMap = try TensorData.floats(ckpt, weight + ".nested_quant_map")
-            let nestedAbs = try TensorData.floats(ckpt, weight + ".nested_absmax")
-            guard codesAbs.count >= blocks, nestedMap.count == 256, nestedAbs.count * nestedBlock >= blocks else {
-                throw LoRACoreError.invalidModule(module: weight, detail: "absmax tables are too short for \(blocks) blocks")
-            }
-            absmax = (0..<blocks).map { j in nestedMap[Int(codesAbs[j])] * nestedAbs[j / nestedBlock] + offset }
-        } else {
-            absmax = try TensorData.floats(ckpt, weight + ".absmax")
-            guard absmax.count >= blocks else { throw LoRACoreError.invalidModule(module: weight, detail: "absmax has \(absmax.count) blocks, needs \(blocks)") }
-        }
-        let format = TensorData.format(s.dtype)!
-        var out = [Float](repeating: 0, count: n)
-        for i in 0..<n {
-            let byte = codes[i / 2]
-            let code = i % 2 == 0 ? Int(byte >> 4) : Int(byte & 0x0F)
-            out[i] = FloatCodec.roundTrip(quantMap[code] * absmax[i / s.blocksize], format: format)
-        }
-        return out
-    }
-
     /// Bytes the 4-bit form takes versus the dense dtype, for inspect.
-    public func sizes(in ckpt: Checkpoint) -> (quantized: Int, dense: Int) {
+    public func sizes(in ckpt: any TensorStore) -> (quantized: Int, dense: Int) {
         var q = 0, d = 0
         for (w, s) in states {
             q += ckpt.info(w)?.byteCount ?? 0

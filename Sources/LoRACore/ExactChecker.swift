@@ -4,8 +4,8 @@ import SafeTensors
 
 /// Exact mode of `verify`: every element of the merged file against the value merge itself computes.
 ///
-/// Each output tensor is recomputed with merge's own machinery (`OutputTensor.fill` over the
-/// `MergePlan`, with a shared `FactorCache` and `WholeTensors`), block by block, and compared with
+/// Each output tensor is recomputed with merge's own machinery (the sources `ApplyAdaptersPass`
+/// and `CastPass` make, filled over the `MergePlan`), block by block, and compared with
 /// the same bytes of the merged file read with `pread`. Memory is two blocks per worker (three for
 /// merged f32 tensors, whose bound needs the starting values) plus the factors of the tensors in
 /// progress, whatever the model's size.
@@ -34,7 +34,13 @@ final class ExactChecker: @unchecked Sendable {
 
     /// A tensor to check: the merged file's entry and how merge makes it.
     struct Target: Sendable {
-        let output: OutputTensor
+        /// The tensor's name in the merged file, and the base tensor it comes from.
+        let name: String
+        let baseName: String
+        /// The merged file's entry for it.
+        let info: TensorInfo
+        /// What merge writes for it, in the merged file's dtype (`ApplyAdaptersPass`, `CastPass`).
+        let expected: any TensorSource
         let merged: (file: SafeTensorsFile, offset: Int)
         let bound: Bound
         let kind: VerifyReport.Entry.Kind
@@ -65,8 +71,6 @@ final class ExactChecker: @unchecked Sendable {
     }
 
     private let plan: MergePlan
-    private let factors: FactorCache
-    private let wholes = WholeTensors()
     let targets: [Target]
     private let lock = NSLock()
     private var tallies: [Tally]
@@ -78,15 +82,14 @@ final class ExactChecker: @unchecked Sendable {
         self.plan = plan
         self.targets = targets
         self.prober = prober
-        factors = FactorCache(plan: plan, instructionSet: try Kernels.instructionSet())
-        tallies = targets.map { Tally(remaining: $0.output.info.byteCount) }
+        tallies = targets.map { Tally(remaining: $0.info.byteCount) }
         probeChecks = targets.map { _ in nil }
     }
 
     /// The blocks of tensor `i`: whole rows of at most `blockSize` bytes when a row fits, else
     /// element-aligned pieces.
     func blocks(of i: Int) -> [Block] {
-        let info = targets[i].output.info
+        let info = targets[i].info
         let total = info.byteCount
         guard total > 0 else { return [Block(tensor: i, bytes: 0..<0)] }
         let elementSize = max(1, info.dtype.bitSize / 8)
@@ -115,7 +118,7 @@ final class ExactChecker: @unchecked Sendable {
         var tally = Tally(remaining: 0)
         tally.remaining = -n
         do {
-            try t.output.fill(block.bytes, into: scratch.expected, plan: plan, factors: factors, wholes: wholes)
+            try t.expected.fill(block.bytes, into: scratch.expected)
             if memcmp(got, scratch.expected, n) != 0 {
                 compare(t, block: block, got: got, expected: scratch.expected, into: &tally)
             }
@@ -127,7 +130,7 @@ final class ExactChecker: @unchecked Sendable {
             if t.probed, let probe = try probeCheck(block.tensor) {
                 // The starting rows through their mapping (in the page cache: `fill` just read them),
                 // dropped from the resident set once their products are taken.
-                let rowBytes = t.output.info.byteCount / t.output.info.shape[0], r0 = block.bytes.lowerBound / rowBytes, nr = n / rowBytes
+                let rowBytes = t.info.byteCount / t.info.shape[0], r0 = block.bytes.lowerBound / rowBytes, nr = n / rowBytes
                 let startRow = probe.cols * probe.start.format.size
                 let stored = try probe.start.ckpt.bytes(of: probe.start.name)
                 let start = UnsafeRawBufferPointer(rebasing: stored[(r0 * startRow)..<((r0 + nr) * startRow)])
@@ -142,8 +145,8 @@ final class ExactChecker: @unchecked Sendable {
         let finished = tallies[block.tensor].remaining == 0 ? tallies[block.tensor] : nil
         lock.unlock()
         guard let finished else { return nil }
-        factors.remove(t.output.source)
-        plan.base.release(t.output.source)
+        t.expected.finished()
+        plan.base.release(t.baseName)
         let (result, failure) = finished.result(t)
         lock.lock()
         let probe = probeChecks[block.tensor]
@@ -158,13 +161,13 @@ final class ExactChecker: @unchecked Sendable {
         defer { lock.unlock() }
         if let p = probeChecks[i] { return p }
         let t = targets[i]
-        probeChecks[i] = try prober.prepare(name: t.output.source, output: t.output.info.name, mergedInfo: t.output.info)
+        probeChecks[i] = try prober.prepare(name: t.baseName, output: t.info.name, mergedInfo: t.info)
         return probeChecks[i]
     }
 
     /// Element by element, for a block whose bytes differ somewhere.
     private func compare(_ t: Target, block: Block, got gotBytes: UnsafeRawPointer, expected: UnsafeRawPointer, into tally: inout Tally) {
-        let info = t.output.info
+        let info = t.info
         let e0 = block.bytes.lowerBound / max(1, info.dtype.bitSize / 8)
         guard let format = TensorData.format(info.dtype) else {
             // Not a float type: identical bytes or nothing; name the first element that differs.
@@ -224,20 +227,14 @@ final class ExactChecker: @unchecked Sendable {
     /// The starting value's elements in this block (the W of the f32 bound),
     /// read into `scratch.start`, with their format.
     private func startingValues(_ t: Target, block: Block, scratch: inout Scratch) throws -> (UnsafeRawBufferPointer, FloatCodec.Format) {
-        var ckpt = plan.base, name = t.output.source
-        switch plan.action(for: t.output.source) {
-        case let .merge(_, (ai, tensor)?), let .bias(_, (ai, tensor)?), let .replace(ai, tensor):
-            ckpt = plan.adapters[ai].checkpoint
-            name = tensor
-        default: break
+        let start = plan.startingSource(of: t.baseName)
+        guard let format = TensorData.format(start.dtype) else {
+            throw LoRACoreError.invalidModule(module: t.baseName, detail: "dtype \(start.dtype.rawValue) cannot be merged (F32, F16 and BF16 can)")
         }
-        guard let info = ckpt.info(name), let format = TensorData.format(info.dtype), let loc = ckpt.location(of: name) else {
-            throw LoRACoreError.invalidModule(module: name, detail: "dtype \(ckpt.info(name)?.dtype.rawValue ?? "?") cannot be merged (F32, F16 and BF16 can)")
-        }
-        let outSize = TensorData.format(t.output.info.dtype)?.size ?? 4
+        let outSize = TensorData.format(t.info.dtype)?.size ?? 4
         let e0 = block.bytes.lowerBound / outSize, count = block.bytes.count / outSize
         scratch.reserveStart(count * format.size)
-        try loc.file.read(at: loc.offset + e0 * format.size, count: count * format.size, into: scratch.start)
+        try start.fill((e0 * format.size)..<((e0 + count) * format.size), into: scratch.start)
         return (UnsafeRawBufferPointer(start: scratch.start, count: count * format.size), format)
     }
 
@@ -328,7 +325,7 @@ final class ExactChecker: @unchecked Sendable {
 
         /// The tensor's result and its failure sentence (nil when it passed).
         func result(_ t: Target) -> (VerifyReport.ExactResult, String?) {
-            let info = t.output.info
+            let info = t.info
             var worst = self.worst
             if let w = worst, info.shape.count >= 2, info.shape[0] > 0, let n = info.elementCount {
                 let cols = n / info.shape[0]

@@ -182,15 +182,9 @@ public enum ExtractCheckpoint {
             throw LoRACoreError.invalidRequest("\(ckpt.path): base tensor '\(m.out)' appears twice (several wrappers?)")
         }
         let output = try AtomicOutput(destination: dir, isDirectory: true, force: force)
-        let infos = map.map { m -> TensorInfo in
-            let i = ckpt.info(m.source)!
-            return TensorInfo(name: m.out, dtype: i.dtype, shape: i.shape)
-        }.sorted { utf8Precedes($0.name, $1.name) }
-        let source = Dictionary(uniqueKeysWithValues: map.map { ($0.out, $0.source) })
-        _ = try ModelDirectory.writeShards(infos, maxShardSize: 5_000_000_000, into: output) { t, writer in
-            let loc = ckpt.location(of: source[t.name]!)!
-            try writer.copy(t.name, from: loc.file, offset: loc.offset, count: loc.count)
-        }
+        // The base half renamed: stored tensors under their plain names, through the model writer.
+        let stream = TensorStream(map.map { ($0.out, StoredTensor(ckpt, $0.source)!) }, path: ckpt.path, sideFiles: nil)
+        _ = try ModelDirectorySink(output: output, options: ModelWriteOptions(), context: try RunContext()).consume(stream)
         if ckpt.path == ckpt.directory || ckpt.indexPath != nil {
             // The model's own side files, as contents (never links), read as regular files only.
             for name in ((try? FileManager.default.contentsOfDirectory(atPath: ckpt.directory)) ?? []).sorted()
@@ -199,6 +193,6 @@ public enum ExtractCheckpoint {
             }
         }
         try output.commit()
-        return infos.count
+        return stream.names.count
     }
 }

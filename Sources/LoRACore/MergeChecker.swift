@@ -98,7 +98,7 @@ struct MergeChecker {
     func prepare(name: String, output: String?, mergedInfo: TensorInfo) throws -> ProbeCheck? {
         guard case let .merge(cs, source) = plan.action(for: name), let format = TensorData.format(mergedInfo.dtype) else { return nil }
         let m0 = cs[0].module
-        let (startCkpt, startName) = source.map { (plan.adapters[$0.adapter].checkpoint, $0.tensor) } ?? (plan.base, name)
+        let (startCkpt, startName): (any TensorStore, String) = source.map { (plan.adapters[$0.adapter].checkpoint, $0.tensor) } ?? (plan.base, name)
         guard let startFormat = TensorData.format(startCkpt.info(startName)!.dtype) else { return nil }
         let factors = try cs.map { try Factors64($0, plan: plan) }
         // DoRA row factors m / ‖W + ΔW‖ over the input dimension, in fp64.
@@ -129,7 +129,7 @@ struct MergeChecker {
 
     /// Exact comparison: byte-identical, or equal to the expected value rounded once to the merged dtype.
     private func compareExact(
-        kind: VerifyReport.Entry.Kind, expected ckpt: Checkpoint, expectedName: String,
+        kind: VerifyReport.Entry.Kind, expected ckpt: any TensorStore, expectedName: String,
         mergedInfo: TensorInfo, mergedBytes: UnsafeRawBufferPointer
     ) throws -> (Bool, String?) {
         let expectedInfo = ckpt.info(expectedName)!

@@ -20,7 +20,7 @@ final class ProbeCheck: @unchecked Sendable {
     /// The merged dtype's format.
     let format: FloatCodec.Format
     /// Where the starting value (base, or a replacement) is stored.
-    let start: (ckpt: Checkpoint, name: String, format: FloatCodec.Format)
+    let start: (ckpt: any TensorStore, name: String, format: FloatCodec.Format)
     let rows: Int, cols: Int
     private let factors: [Factors64]
     private let doraFactor: [Double]?
@@ -31,7 +31,7 @@ final class ProbeCheck: @unchecked Sendable {
     private var difference: [[Double]], base: [[Double]]
     private var norms2: [Double]
 
-    init(name: String, output: String?, module m: AdapterModule, format: FloatCodec.Format, start: (ckpt: Checkpoint, name: String, format: FloatCodec.Format),
+    init(name: String, output: String?, module m: AdapterModule, format: FloatCodec.Format, start: (ckpt: any TensorStore, name: String, format: FloatCodec.Format),
          factors: [Factors64], doraFactor: [Double]?, probes: Int, seed: UInt64, tolerance: Double) {
         self.name = name
         self.output = output

@@ -15,7 +15,7 @@ enum TensorData {
 
     /// `name` widened to float32 (exact), row-major.
     /// - Throws: `LoRACoreError.invalidModule` for a dtype that is not F32/F16/BF16.
-    static func floats(_ ckpt: Checkpoint, _ name: String) throws -> [Float] {
+    static func floats(_ ckpt: any TensorStore, _ name: String) throws -> [Float] {
         guard let info = ckpt.info(name) else { throw SafeTensorsError.tensorNotFound(tensor: name, in: ckpt.path) }
         guard let f = format(info.dtype) else {
             throw LoRACoreError.invalidModule(module: name, detail: "dtype \(info.dtype.rawValue) cannot be merged (F32, F16 and BF16 can)")
@@ -38,16 +38,6 @@ enum TensorData {
             }
             count = size
         }
-    }
-
-    /// `encode`, refusing values that rounding turns from finite into ±Inf (overflow of `format`).
-    /// - Throws: `LoRACoreError.overflow` naming `tensor` and the largest such value, unless `allowOverflow`.
-    static func encode(_ values: [Float], format: FloatCodec.Format, tensor: String, allowOverflow: Bool) throws -> [UInt8] {
-        let bytes = encode(values, format: format)
-        if allowOverflow { return bytes }
-        let (count, largest) = bytes.withUnsafeBytes { overflows(stored: $0, format: format, exact: { values[...] }) }
-        if count > 0 { throw LoRACoreError.overflow(tensor: tensor, dtype: format.rawValue, largest: largest) }
-        return bytes
     }
 
     /// The values of `stored` (rounded to `format`) that are ±Inf although their exact value was

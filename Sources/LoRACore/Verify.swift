@@ -20,9 +20,6 @@ public struct VerifyOptions: Sendable {
     public var scaleOverride = AdapterScaleOverride()
     /// Blocks and tensors checked in parallel.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
-    /// The model whose side files the merged ones are compared with, when it is not `base`: the
-    /// original 4-bit base, whose dense copy the tensors are checked against.
-    var sideFilesBase: (path: String, quantized: Bool)?
 
     public init(base: String, adapters: [(path: String, weight: Double)], merged: String) {
         self.base = base
@@ -44,19 +41,17 @@ public enum Verify {
     /// - Returns: the report; it says whether everything passed (the caller decides the exit code).
     /// - Throws: only when an input cannot be read or paired.
     public static func run(_ options: VerifyOptions) throws -> VerifyReport {
-        // Against a bitsandbytes 4-bit base, merge works on the dequantized weights: so does verify.
-        if let dense = try Dequantize.denseCopyIfQuantized(options.base, near: NSTemporaryDirectory() + "/x") {
-            defer { AtomicOutput.removeTemporary(dense) }
-            var o = options
-            o.base = dense
-            o.sideFilesBase = (options.base, true)
-            return try run(o)
-        }
         let seed = options.seed ?? UInt64.random(in: .min ... .max)
-        let base = try Checkpoint(path: options.base)
+        // Against a bitsandbytes 4-bit base, merge works on the dequantized weights: so does verify,
+        // decoding them block by block as it reads them.
+        let opened = TensorStream(model: try Checkpoint(path: options.base))
+        let base = try Dequantize4bitPass().apply(to: opened)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         let merged = try Checkpoint(path: options.merged)
+        // What merge writes, recomputed (overflows are the comparison's business, not errors here).
+        let context = try RunContext(threads: options.threads, allowOverflow: true)
+        let recomputed = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
 
         // The tensor list, shapes and dtypes, before any value is read.
         var entries: [VerifyReport.Entry] = []
@@ -86,7 +81,8 @@ public enum Verify {
                 continue
             }
             let bound: ExactChecker.Bound = kind == .copied || kind == .replaced ? .identical : (format == .f32 ? .normwise : .oneUlp)
-            targets.append(ExactChecker.Target(output: OutputTensor(info, plan: plan), merged: (loc.file, loc.offset), bound: bound, kind: kind,
+            targets.append(ExactChecker.Target(name: name, baseName: source, info: info,
+                                               expected: CastPass.cast(recomputed.source(name)!, named: name, to: info.dtype, context: context), merged: (loc.file, loc.offset), bound: bound, kind: kind,
                                                sourceDType: sourceDType, probed: options.mode == .both && streamsProbes(plan.action(for: source), info)))
         }
         let expected = Set(plan.outputs.map(\.name))
@@ -99,9 +95,9 @@ public enum Verify {
         // Side files and metadata.
         var files = SideFileCheck.compareMetadata(merged)
         var skipped: String?
-        let sideBase = options.sideFilesBase ?? (options.base, false)
+        let sideBase = (path: options.base, quantized: base !== opened)
         if let baseDir = modelDirectory(sideBase.path), let mergedDir = modelDirectory(options.merged) {
-            let floatDTypes = Set(targets.map(\.output.info.dtype).filter { TensorData.format($0) != nil })
+            let floatDTypes = Set(targets.map(\.info.dtype).filter { TensorData.format($0) != nil })
             files += SideFileCheck.compare(base: baseDir, merged: mergedDir, outputDType: floatDTypes.count == 1 ? floatDTypes.first : nil,
                                            quantizedBase: sideBase.quantized)
         } else {
@@ -146,7 +142,7 @@ public enum Verify {
         let claimedTensors = taskTensor
         // A merged model just written with direct I/O is not in the page cache: the probe check,
         // which reads it through its mapping, has it read ahead (exact blocks read it directly).
-        let prefetcher = options.mode == .probes ? Prefetcher(merged, names: targets.map(\.output.info.name)) {
+        let prefetcher = options.mode == .probes ? Prefetcher(merged, names: targets.map(\.name)) {
             let c = counter.claimed
             return c == 0 ? 0 : claimedTensors[min(c, claimedTensors.count) - 1]
         } : nil
@@ -167,10 +163,10 @@ public enum Verify {
                             if let p = f.probe { results.setProbe(f.tensor, p) }
                         }
                     case let .probe(i):
-                        let t = targets[i], name = t.output.info.name
-                        let entry = try prober.check(name: t.output.source, output: name, mergedInfo: t.output.info, mergedBytes: try merged.bytes(of: name))
+                        let t = targets[i], name = t.name
+                        let entry = try prober.check(name: t.baseName, output: name, mergedInfo: t.info, mergedBytes: try merged.bytes(of: name))
                         merged.release(name)
-                        plan.base.release(t.output.source)
+                        plan.base.release(t.baseName)
                         results.setProbe(i, entry)
                     }
                 } catch {
@@ -187,7 +183,7 @@ public enum Verify {
             if let p = probe, !p.passed {
                 failures += p.failures.map { t.kind == .merged || t.kind == .bias ? "on \(options.probes) probes of seed \(seed): \($0)" : $0 }
             }
-            return VerifyReport.Entry(tensor: t.output.info.name, family: TensorName(t.output.info.name).family, kind: t.kind,
+            return VerifyReport.Entry(tensor: t.name, family: TensorName(t.name).family, kind: t.kind,
                                       exact: results.exact[i], probes: probe?.probes, failures: failures)
         }
     }

@@ -464,21 +464,7 @@ public final class AtomicOutput: @unchecked Sendable {
     nonisolated(unsafe) private static var sequence = 0
     private static let registryLock = NSLock()
 
-    /// Registers a temporary directory this process made (a dequantized copy, ...) for removal by
-    /// `abandonAll` if the process is interrupted.
-    public static func registerTemporary(_ path: String) {
-        registryLock.lock(); live.append(path); registryLock.unlock()
-    }
-
-    /// Removes `path` (a temporary directory this process made) and forgets it.
-    public static func removeTemporary(_ path: String) {
-        registryLock.lock()
-        defer { registryLock.unlock() }
-        try? FileManager.default.removeItem(atPath: path)
-        live.removeAll { $0 == path }
-    }
-
-    /// Removes every staging output and temporary of this process, then keeps the registry locked
+    /// Removes every staging output of this process, then keeps the registry locked
     /// so no commit can start: called once, on a normal thread, just before the process dies of a
     /// signal. Each is first renamed aside so threads still writing cannot add files to it.
     public static func abandonAllForExit() {

@@ -91,7 +91,7 @@ struct MergeAgainstPEFTTests {
         let peft = try Checkpoint(path: fixture.dir + "/merged")
         let base = try Checkpoint(path: fixture.dir + "/base")
         #expect(ours.names == peft.names)
-        let plan = try MergePlan(base: base, adapters: fixture.adapters.map { try Adapter(path: $0.path, scale: fixture.scaleOverride) },
+        let plan = try MergePlan(base: TensorStream(model: base), adapters: fixture.adapters.map { try Adapter(path: $0.path, scale: fixture.scaleOverride) },
                                  weights: fixture.adapters.map(\.weight), targets: nil)
         for name in peft.names {
             let info = try #require(ours.info(name))

@@ -114,7 +114,7 @@ enum KohyaDialect: AdapterDialect {
 
     /// Maps each flattened kohya name to the base module whose dotted name, with dots read as
     /// underscores, equals it or ends with `_` + it (after the kohya prefix).
-    static func resolve(_ modules: [AdapterModule], against base: Checkpoint) throws -> [AdapterModule] {
+    static func resolve(_ modules: [AdapterModule], against base: any TensorStore) throws -> [AdapterModule] {
         var byFlat: [String: [String]] = [:]
         for name in base.names where name.hasSuffix(".weight") && (base.info(name)?.shape.count ?? 0) >= 2 {
             let module = String(name.dropLast(".weight".count))

@@ -25,7 +25,8 @@ public struct MergePlan: Sendable {
         case bias([Contribution], source: (adapter: Int, tensor: String)?)
     }
 
-    public let base: Checkpoint
+    /// The base's tensors (4-bit weights already decoded when the stream was dequantized).
+    public let base: TensorStream
     public let adapters: [Adapter]
     public let weights: [Double]
     /// Base tensor names, sorted by bytes.
@@ -42,7 +43,7 @@ public struct MergePlan: Sendable {
     /// - Parameter targets: restricts which adapter modules (and replacements) apply; nil = all.
     /// - Throws: `LoRACoreError.baseMismatch` naming the module when a base tensor is missing, its
     ///   shape differs (both shapes given), or its dtype cannot be merged.
-    public init(base: Checkpoint, adapters: [Adapter], weights: [Double], targets: TargetSelector?) throws {
+    public init(base: TensorStream, adapters: [Adapter], weights: [Double], targets: TargetSelector?) throws {
         self.base = base
         self.adapters = adapters
         self.weights = weights
@@ -149,6 +150,17 @@ public struct MergePlan: Sendable {
 
     /// The base tensor an output tensor comes from.
     public func source(of output: String) -> String { sourceByOutput[output] ?? output }
+
+    /// Where a changed tensor's starting value comes from: its replacement when there is one, else
+    /// the base tensor.
+    func startingSource(of name: String) -> any TensorSource {
+        switch action(for: name) {
+        case let .replace(ai, tensor), let .merge(_, (ai, tensor)?), let .bias(_, (ai, tensor)?):
+            return StoredTensor(adapters[ai].checkpoint, tensor)!
+        default:
+            return base.source(name)!
+        }
+    }
 
     /// The fp32 starting value of a merged tensor: the replacement when there is one, else the base.
     func startingValue(_ name: String, source: (adapter: Int, tensor: String)?) throws -> [Float] {

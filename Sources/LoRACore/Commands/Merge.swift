@@ -92,12 +92,16 @@ public struct Progress: Sendable {
 
 /// `merge`: W' = W + Σ wᵢ·ΔWᵢ for every adapted module, streamed chunk by chunk.
 ///
+/// The composition: open the base → `Dequantize4bitPass` (bitsandbytes 4-bit bases, decoded block
+/// by block as the merge reads them; no temporary model) → `ApplyAdaptersPass` →
+/// `Requantize4bitPass` (`--requantize`, `--keep-quantized`) → `CastPass` (`--dtype`) →
+/// `ModelDirectorySink`, with `verify` on the staged output before it gets its name.
+///
 /// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 by the merge kernel (`FusedMerge`:
 /// the rank sum in order with FMAs, × s, + W, PEFT's rounding steps; one order on every CPU and
 /// instruction set, never BLAS), DoRA's row norms in a fixed order, one rounding (nearest even) to
 /// the output dtype. Untouched tensors are copied byte for byte (or cast once with `--dtype`).
-/// Output: each file is written as fixed-size chunks by all workers (`ChunkedMerge`), durably by
-/// default. Memory: a few chunk buffers and the factors of the tensors in progress.
+/// Memory: a few chunk buffers and the factors of the tensors in progress.
 public enum Merge {
     /// Runs the merge.
     /// - Throws: `LoRACoreError`, `SafeTensorsError`; on any error the staging output is removed and
@@ -105,26 +109,17 @@ public enum Merge {
     public static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)? = nil) throws -> MergeReport {
         let start = Date()
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
-        // A bitsandbytes 4-bit base is dequantized exactly (as bitsandbytes does) into a temporary
-        // dense copy beside the output first; the merge then reads that copy, and the result is dense.
-        if let dense = try Dequantize.denseCopyIfQuantized(options.base, near: options.output) {
-            defer { AtomicOutput.removeTemporary(dense) }
-            var o = options
-            o.base = dense
-            o.requantize = nil
-            o.keepQuantized = false
-            if options.requantize == nil && !options.keepQuantized {
-                var report = try run(o, progress: progress)
-                report.dequantizedBase = true
-                return report
-            }
-            return try requantized(options, type: options.requantize, dense: dense, denseOptions: o, progress: progress)
-        }
-        if options.requantize != nil || options.keepQuantized {
+        let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
+        let opened = TensorStream(model: try Checkpoint(path: options.base))
+        try Dequantize4bitPass.refuseOtherQuantization(opened)
+        let base = try Dequantize4bitPass().apply(to: opened)
+        let quantizedBase = base !== opened
+        if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
             throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a bitsandbytes 4-bit base; \(options.base) has no 4-bit weights")
         }
-        let base = try Checkpoint(path: options.base)
-        try refuseQuantizedBase(base)
+        if options.verify && (options.requantize != nil || options.keepQuantized) {
+            throw LoRACoreError.invalidRequest("--verify checks a dense merge: with --requantize or --keep-quantized, merge dense and verify that, or verify the requantized model's dense merge")
+        }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         if !plan.changesAnything && !options.allowEmpty {
@@ -133,32 +128,19 @@ public enum Merge {
         }
         let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
 
-        // Output tensors in name order; shards greedy over that order.
-        let outInfos = plan.outputs.map { out -> TensorInfo in
-            let info = base.info(out.source)!
-            return TensorInfo(name: out.name, dtype: options.dtype.output(for: info.dtype), shape: info.shape)
+        var stream = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
+        var requantize: Requantize4bitPass?
+        if quantizedBase && (options.requantize != nil || options.keepQuantized) {
+            requantize = Requantize4bitPass(type: options.requantize, context: context)
+            stream = try requantize!.apply(to: stream)
         }
-        let shardPlan = ShardPlan(tensors: outInfos, maxShardSize: options.maxShardSize)
-        let bytesTotal = outInfos.reduce(0) { $0 + (TensorInfo.byteCount(dtype: $1.dtype, shape: $1.shape) ?? 0) }
-        var files: [String] = []
-        var hashes: [String: String] = [:]
-        let workers = max(1, options.threads)
-        let merge = ChunkedMerge(plan: plan, instructionSet: try options.instructionSet ?? Kernels.instructionSet(), tensorsTotal: outInfos.count, bytesTotal: bytesTotal, allowOverflow: options.allowOverflow, progress: progress)
-        for shard in shardPlan.shards {
-            hashes[shard.fileName] = try merge.write(
-                ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors, chunkSize: options.chunkSize,
-                              buffers: workers + 2, durable: options.durable),
-                workers: workers)
-            files.append(shard.fileName)
-        }
-        if let index = shardPlan.index {
-            let name = "model.safetensors.index.json"
-            try SideFiles.write(output.path(for: name), bytes: index.serialized())
-            files.append(name)
-        }
-        if base.indexPath != nil || base.path == base.directory {
-            files += try SideFiles.copy(from: base.directory, to: output, dtype: options.dtype)
-        }
+        stream = CastPass(options.dtype, context: context).apply(to: stream)
+        var write = ModelWriteOptions()
+        write.maxShardSize = options.maxShardSize
+        write.durable = options.durable
+        write.chunkSize = options.chunkSize
+        let written = try ModelDirectorySink(output: output, options: write, context: context).consume(stream)
+
         var verification: VerifyReport?
         if options.verify {
             // The same check as `lora-tool verify`, on the staged output before it gets its name.
@@ -167,7 +149,7 @@ public enum Merge {
             v.probes = options.probes
             v.seed = options.seed
             v.targets = options.targets
-            v.threads = workers
+            v.threads = context.threads
             let report = try Verify.run(v)
             if !report.passed {
                 throw LoRACoreError.verificationFailed(
@@ -175,7 +157,6 @@ public enum Merge {
             }
             verification = report
         }
-        for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
         try output.commit()
 
         var families: [String: (Int, Set<Double>)] = [:]
@@ -195,69 +176,34 @@ public enum Merge {
             case .copy: break
             }
         }
-        var dtypes: [String: Int] = [:]
-        for t in outInfos { dtypes[t.dtype.rawValue, default: 0] += 1 }
-        let fileSizes = files.compactMap { try? FileManager.default.attributesOfItem(atPath: options.output + "/" + $0)[.size] as? Int }
-        return MergeReport(
-            output: options.output, files: files, sha256: hashes,
+        let fileSizes = written.files.compactMap { try? FileManager.default.attributesOfItem(atPath: options.output + "/" + $0)[.size] as? Int }
+        var report = MergeReport(
+            output: options.output, files: written.files, sha256: written.sha256,
             families: families.keys.sorted().map { MergeReport.Family(family: $0, modules: families[$0]!.0, scales: families[$0]!.1.sorted()) },
             mergedTensors: merged, replacedTensors: replaced, copiedTensors: plan.outputs.count - merged - replaced.count,
-            skippedModules: plan.skippedModules, outputDTypes: dtypes, bytesWritten: fileSizes.reduce(0, +),
+            skippedModules: plan.skippedModules, outputDTypes: outputDTypes(stream), bytesWritten: fileSizes.reduce(0, +),
             seconds: Date().timeIntervalSince(start),
             verification: verification,
             adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) },
-            overflowed: merge.overflowed.keys.sorted(by: utf8Precedes).map { ($0, merge.overflowed[$0]!) })
-    }
-
-    /// Merge into the dense copy of a 4-bit base, then write the changed weights back in 4 bits.
-    /// `type` nil: `--keep-quantized` (changed weights dense, the rest 4-bit as they were).
-    static func requantized(_ options: MergeOptions, type: String?, dense: String, denseOptions: MergeOptions,
-                            progress: (@Sendable (Progress) -> Void)?) throws -> MergeReport {
-        let base = try Checkpoint(path: options.base)
-        let q = try BnbQuantization(base)!
-        let types = Set(q.states.values.map(\.quantType))
-        if let type, types != [type] {
-            throw LoRACoreError.invalidRequest("--requantize \(type): the base is \(types.sorted().joined(separator: ", ")); requantizing keeps the base's own format")
-        }
-        let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
-        var o = denseOptions
-        o.output = output.staging + ".dense"
-        o.force = false
-        AtomicOutput.registerTemporary(o.output)
-        defer { AtomicOutput.removeTemporary(o.output) }
-        var report = try run(o, progress: progress)
-        let merged = try Checkpoint(path: o.output)
-        let denseBase = try Checkpoint(path: dense)
-        var changed = Set<String>()
-        for name in q.states.keys where try !denseBase.bytes(of: name).elementsEqual(try merged.bytes(of: name)) { changed.insert(name) }
-        let survival = try Requantize.write(base: base, quantization: q, merged: merged, changed: changed, output: output, keepDense: type == nil,
-                                             maxShardSize: options.maxShardSize)
-        report.requantization = type == nil ? nil : survival
-        report.files = ((try? FileManager.default.contentsOfDirectory(atPath: output.staging)) ?? []).sorted()
-        if base.path == base.directory || base.indexPath != nil {
-            // Merged weights, and every 2-D weight that was not 4-bit to begin with (lm_head, ...), which
-            // transformers would otherwise wrap as 4-bit once the skip list is no longer its default.
-            let alreadyDense = base.names.filter { $0.hasSuffix(".weight") && q.states[$0] == nil && !q.companions.contains($0)
-                && (base.info($0)?.shape.count ?? 0) == 2 }
-            let dense = type == nil ? (Array(changed) + alreadyDense).map { String($0.dropLast(".weight".count)) }.sorted() : []
-            report.files += try SideFiles.copy(from: base.directory, to: output, dtype: .keep, denseModules: dense)
-        }
-        report.sha256 = try Dictionary(uniqueKeysWithValues: report.files.map { ($0, try SHA256.file(atPath: output.path(for: $0))) })
-        try output.commit()
-        report.output = options.output
-        report.dequantizedBase = true
-        report.outputDTypes = ["4-bit " + types.sorted().joined(separator: ", "): q.states.count - (type == nil ? changed.count : 0)]
-        if type == nil { report.keptQuantized = true }
+            overflowed: context.overflows)
+        report.dequantizedBase = quantizedBase
+        report.requantization = options.requantize == nil ? nil : requantize?.survival.sorted
+        report.keptQuantized = options.requantize == nil && options.keepQuantized
         return report
     }
 
-    /// Quantized bases (GPTQ, AWQ, bitsandbytes) cannot be merged exactly: refuse rather than guess.
-    static func refuseQuantizedBase(_ base: Checkpoint) throws {
-        let config = base.directory + "/config.json"
-        guard let root = try SideFiles.readJSON(config), let q = root["quantization_config"], q != .null else { return }
-        let method = q["quant_method"]?.stringValue ?? "unknown"
-        if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true { return }
-        throw LoRACoreError.unsupportedAdapter(
-            path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
+    /// Tensors per dtype in the written stream; a 4-bit weight (its codes) counts as "4-bit nf4"
+    /// (or fp4) and its companions not at all.
+    static func outputDTypes(_ stream: TensorStream) -> [String: Int] {
+        let quantized = BnbQuantization.quantizedWeights(names: stream.names)
+        var dtypes: [String: Int] = [:]
+        for name in stream.names {
+            if let type = quantized.weights[name] {
+                dtypes["4-bit " + type, default: 0] += 1
+            } else if !quantized.companions.contains(name) {
+                dtypes[stream.source(name)!.dtype.rawValue, default: 0] += 1
+            }
+        }
+        return dtypes
     }
 }

@@ -1,0 +1,53 @@
+import SafeTensors
+
+/// Replaces every bitsandbytes 4-bit weight of a stream by its dense values (`Dequantized4bit`)
+/// and drops the quantization companions; other tensors pass through. The side files lose
+/// `quantization_config`. A stream without 4-bit weights is returned as it is (or refused, with
+/// `required`).
+///
+/// ```swift
+/// let base = try Dequantize4bitPass().apply(to: TensorStream(model: Checkpoint(path: "llama-nf4")))
+/// let q = base.source("model.layers.0.mlp.up_proj.weight") as? Dequantized4bit   // its codes stay reachable
+/// ```
+public struct Dequantize4bitPass: Sendable {
+    /// Refuse a stream with no 4-bit weights (the `dequantize` command).
+    public var required = false
+
+    public init(required: Bool = false) { self.required = required }
+
+    /// - Throws: `LoRACoreError.invalidModule` for a malformed quant state or companion,
+    ///   `.invalidRequest` with `required` and nothing to dequantize.
+    public func apply(to stream: TensorStream) throws -> TensorStream {
+        guard let q = try BnbQuantization(stream) else {
+            if required {
+                throw LoRACoreError.invalidRequest("\(stream.path): no bitsandbytes 4-bit weights (X.weight.quant_state.bitsandbytes__nf4/fp4) to dequantize")
+            }
+            return stream
+        }
+        var tensors: [(name: String, source: any TensorSource)] = []
+        for (name, source) in stream.tensors where !q.companions.contains(name) {
+            guard let state = q.states[name] else {
+                tensors.append((name, source))
+                continue
+            }
+            let stored = ([name] + BnbQuantization.companionSuffixes.map { name + $0 }).compactMap { n in stream.source(n).map { (n, $0) } }
+            tensors.append((name, try Dequantized4bit(weight: name, state: state, in: stream, stored: stored)))
+        }
+        var side = stream.sideFiles
+        side?.dropQuantization = true
+        return stream.with(tensors, sideFiles: side)
+    }
+
+    /// Quantized bases other than bitsandbytes 4-bit (GPTQ, AWQ, 8-bit) cannot be merged exactly:
+    /// refused by their `quant_method` rather than guessed at.
+    /// - Throws: `LoRACoreError.unsupportedAdapter` naming config.json.
+    public static func refuseOtherQuantization(_ stream: TensorStream) throws {
+        guard let dir = stream.sideFiles?.directory else { return }
+        let config = dir + "/config.json"
+        guard let root = try SideFiles.readJSON(config), let q = root["quantization_config"], q != .null else { return }
+        let method = q["quant_method"]?.stringValue ?? "unknown"
+        if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true { return }
+        throw LoRACoreError.unsupportedAdapter(
+            path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
+    }
+}

@@ -1,0 +1,41 @@
+import Foundation
+import LoRAKernels
+import SafeTensors
+
+/// What `merge --requantize` reports, and the quant_state JSON it writes (`Requantize4bitPass`).
+public enum Requantize {
+    /// How much of one module's intended change the 4-bit codes kept.
+    public struct Survival: Sendable {
+        public var weight: String
+        /// Fraction of 4-bit codes that changed.
+        public var codesChanged: Double
+        /// Cosine of the stored delta dequant(requant(W')) − dequant(W) with the intended W' − dequant(W).
+        public var deltaCorrelation: Double
+        /// ‖stored delta‖ / ‖intended delta‖.
+        public var deltaNormRatio: Double
+    }
+
+    /// The quant_state JSON with the new nested_offset, in Python's `json.dumps` layout.
+    static func stateJSON(_ stored: [UInt8], name: String, offset: Float?) throws -> [UInt8] {
+        guard case let .object(members)? = try? JSONParser.parse(stored) else {
+            throw LoRACoreError.invalidModule(module: name, detail: "quant_state is not a JSON object")
+        }
+        let parts = members.map { kv -> String in
+            let value: String
+            if kv.key == "nested_offset", let offset { value = "\(Double(offset))" } else { value = compact(kv.value) }
+            return JSONWriter.pythonString(kv.key) + ": " + value
+        }
+        return Array(("{" + parts.joined(separator: ", ") + "}").utf8)
+    }
+
+    private static func compact(_ v: JSONValue) -> String {
+        switch v {
+        case .null: return "null"
+        case let .bool(b): return b ? "true" : "false"
+        case let .number(n): return n
+        case let .string(s): return JSONWriter.pythonString(s)
+        case let .array(a): return "[" + a.map(compact).joined(separator: ", ") + "]"
+        case let .object(m): return "{" + m.map { JSONWriter.pythonString($0.key) + ": " + compact($0.value) }.joined(separator: ", ") + "}"
+        }
+    }
+}

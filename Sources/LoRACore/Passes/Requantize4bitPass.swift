@@ -1,0 +1,134 @@
+import Foundation
+import SafeTensors
+
+/// Writes a merge on a bitsandbytes 4-bit base back in 4 bits (`merge --requantize`), or keeps the
+/// merged weights dense inside the 4-bit model (`--keep-quantized`).
+///
+/// It looks at provenance, not bytes: a `MergedTensor` whose start is a `Dequantized4bit` is a
+/// weight the merge changed; it becomes a `RequantizedWeight` (codes, absmax, nested absmax, quant
+/// maps, quant_state) or, with `keepDense`, stays dense and is listed in `llm_int8_skip_modules`.
+/// A `Dequantized4bit` that nothing changed goes back to its stored 4-bit tensors, byte for byte.
+/// Other tensors pass through; config.json keeps `quantization_config`.
+///
+/// With double quantization the quant_state JSON holds `nested_offset`, the mean of the new absmax,
+/// and its length goes into the file header before any data: so this pass streams once over each
+/// changed weight to resolve it (in parallel over weights), then the sink streams again to write.
+///
+/// ```swift
+/// let c = try RunContext()
+/// var s = try Dequantize4bitPass().apply(to: TensorStream(model: Checkpoint(path: "llama-nf4")))
+/// s = try ApplyAdaptersPass(plan: MergePlan(base: s, adapters: [adapter], weights: [1], targets: nil), context: c).apply(to: s)
+/// s = try Requantize4bitPass(type: "nf4", context: c).apply(to: s)
+/// ```
+public struct Requantize4bitPass: Sendable {
+    /// The 4-bit type to write (it must be the base's); nil keeps merged weights dense.
+    public let type: String?
+    let context: RunContext
+    /// Each requantized weight's survival, filled as the sink writes them.
+    public let survival = SurvivalLog()
+
+    public init(type: String?, context: RunContext) {
+        self.type = type
+        self.context = context
+    }
+
+    /// - Throws: `LoRACoreError.invalidRequest` when the stream has no 4-bit weights or `type` is
+    ///   not the base's; errors computing the offsets.
+    public func apply(to stream: TensorStream) throws -> TensorStream {
+        var quantized: [Dequantized4bit] = []
+        for (_, source) in stream.tensors {
+            if let q = source as? Dequantized4bit { quantized.append(q) }
+            if let m = source as? MergedTensor, let q = m.start as? Dequantized4bit { quantized.append(q) }
+        }
+        guard !quantized.isEmpty else {
+            throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a bitsandbytes 4-bit base; \(stream.path) has no 4-bit weights")
+        }
+        let types = Set(quantized.map(\.state.quantType))
+        if let type, types != [type] {
+            throw LoRACoreError.invalidRequest("--requantize \(type): the base is \(types.sorted().joined(separator: ", ")); requantizing keeps the base's own format")
+        }
+        let changed = stream.tensors.compactMap { t -> (name: String, merged: MergedTensor, original: Dequantized4bit)? in
+            guard let m = t.source as? MergedTensor, let q = m.start as? Dequantized4bit else { return nil }
+            return (t.name, m, q)
+        }
+        let offsets = type == nil ? [:] : try resolveOffsets(changed)
+        var tensors: [(name: String, source: any TensorSource)] = []
+        var denseModules: [String] = []
+        for (name, source) in stream.tensors {
+            if let q = source as? Dequantized4bit {
+                tensors += q.stored
+            } else if let m = source as? MergedTensor, let q = m.start as? Dequantized4bit {
+                if type == nil {
+                    tensors.append((name, source))
+                    denseModules.append(String(name.dropLast(".weight".count)))
+                } else {
+                    tensors += try requantized(name, merged: m, original: q, offset: offsets[name])
+                }
+            } else {
+                tensors.append((name, source))
+                // Every other 2-D weight (lm_head, ...) is dense too: once the skip list is no longer
+                // transformers' default, it must name them or they would be wrapped as 4-bit.
+                if type == nil, name.hasSuffix(".weight"), source.shape.count == 2 { denseModules.append(String(name.dropLast(".weight".count))) }
+            }
+        }
+        var side = stream.sideFiles
+        side?.dropQuantization = false
+        side?.denseModules = denseModules.sorted()
+        return stream.with(tensors, sideFiles: side)
+    }
+
+    /// The parts of one requantized weight, in the base's layout.
+    private func requantized(_ name: String, merged: MergedTensor, original q: Dequantized4bit, offset: Float?) throws -> [(name: String, source: any TensorSource)] {
+        func stored(_ suffix: String) -> (any TensorSource)? { q.stored.first { $0.name == name + suffix }?.source }
+        let quantMap = try RequantizedWeight.values(of: stored(".quant_map")!, 0..<16)
+        var nested: (map: [Float], blocksize: Int, offset: Float)?
+        if let offset, let nb = q.state.nestedBlocksize, let map = stored(".nested_quant_map") {
+            nested = (try RequantizedWeight.values(of: map, 0..<map.elementCount), nb, offset)
+        }
+        let parts = q.stored.filter { $0.name == name || $0.name == name + ".absmax" || $0.name == name + ".nested_absmax" }.count
+        let weight = RequantizedWeight(name: name, merged: merged, original: q, quantMap: quantMap, nested: nested, parts: parts, survival: survival)
+        return try q.stored.map { part in
+            let s = part.source
+            switch part.name {
+            case name: return (part.name, RequantizedPart(weight: weight, part: .codes, dtype: s.dtype, shape: s.shape))
+            case name + ".absmax": return (part.name, RequantizedPart(weight: weight, part: .absmax, dtype: s.dtype, shape: s.shape))
+            case name + ".nested_absmax": return (part.name, RequantizedPart(weight: weight, part: .nestedAbsmax, dtype: s.dtype, shape: s.shape))
+            case _ where part.name.hasPrefix(name + ".quant_state."):
+                return (part.name, ConstantTensor(bytes: try Requantize.stateJSON(try s.allBytes(), name: part.name, offset: nested?.offset), dtype: s.dtype))
+            default: return part  // quant maps: the base's
+            }
+        }
+    }
+
+    /// The double-quantization offset of every changed weight that has one, one streaming pass over
+    /// each, weights in parallel.
+    private func resolveOffsets(_ changed: [(name: String, merged: MergedTensor, original: Dequantized4bit)]) throws -> [String: Float] {
+        let doubled = changed.filter { c in c.original.state.nestedBlocksize != nil && c.original.stored.contains { $0.name == c.name + ".nested_quant_map" } }
+        let results = OffsetResults(count: doubled.count)
+        let counter = ClaimCounter(count: doubled.count)
+        DispatchQueue.concurrentPerform(iterations: max(1, min(context.threads, doubled.count))) { _ in
+            while !results.failed, let k = counter.next() {
+                do {
+                    let c = doubled[k]
+                    let bs = c.original.state.blocksize
+                    results.set(k, try RequantizedWeight.absmaxMean(of: c.merged, blocksize: bs, step: max(1, (1 << 20) / bs) * bs))
+                } catch {
+                    results.record(error)
+                }
+            }
+        }
+        if let error = results.error { throw error }
+        return Dictionary(uniqueKeysWithValues: doubled.indices.map { (doubled[$0].name, results.offsets[$0]) })
+    }
+
+    /// `@unchecked Sendable`: guarded by `lock`.
+    private final class OffsetResults: @unchecked Sendable {
+        private let lock = NSLock()
+        private(set) var offsets: [Float]
+        private(set) var error: Error?
+        init(count: Int) { offsets = Array(repeating: 0, count: count) }
+        var failed: Bool { lock.lock(); defer { lock.unlock() }; return error != nil }
+        func set(_ k: Int, _ v: Float) { lock.lock(); offsets[k] = v; lock.unlock() }
+        func record(_ e: Error) { lock.lock(); if error == nil { error = e }; lock.unlock() }
+    }
+}

@@ -1,0 +1,175 @@
+import Foundation
+import SafeTensors
+
+/// How a model directory is written.
+public struct ModelWriteOptions: Sendable {
+    /// Bytes of tensor data per shard (decimal, transformers' convention).
+    public var maxShardSize = 5_000_000_000
+    /// Write straight to the disk (direct I/O) and fsync before the output gets its name; false
+    /// writes through the page cache with no fsync (as `cp`), leaving durability to the kernel.
+    public var durable = true
+    /// Bytes per output chunk (tests make it small to cross chunk boundaries with small tensors).
+    public var chunkSize = ChunkedOutput.defaultChunkSize
+
+    public init() {}
+}
+
+/// What a sink wrote into the staging directory.
+public struct WrittenFiles: Sendable {
+    /// File names: shards, the index when there is more than one shard, then side files.
+    public var files: [String]
+    /// SHA-256 (lowercase hex) of each file: shards hashed while written, the rest read back.
+    public var sha256: [String: String]
+    /// Bytes of tensor data written.
+    public var tensorBytes: Int
+}
+
+/// The one writer of model directories: a stream's tensors as safetensors shards (greedy over the
+/// names in byte order, at most `maxShardSize` bytes of data each, transformers' file names), the
+/// index when there is more than one, and the side files the stream carries, into the staging
+/// directory of an `AtomicOutput` (the command commits it, after a verification if asked).
+///
+/// Each file is written as fixed-size chunks by `context.threads` workers: a worker claims the next
+/// chunk, fills it from the sources it spans (`TensorSource.fill`, straight into the chunk buffer) and
+/// queues its write. Nothing waits for another thread's chunk, no byte is copied twice, and memory
+/// is one chunk buffer per worker plus what the sources in progress hold.
+///
+/// ```swift
+/// let output = try AtomicOutput(destination: "out", isDirectory: true, force: false)
+/// let written = try ModelDirectorySink(output: output, options: ModelWriteOptions(), context: try RunContext())
+///     .consume(TensorStream(model: try Checkpoint(path: "model")))
+/// try output.commit()
+/// ```
+public struct ModelDirectorySink: Sendable {
+    public let output: AtomicOutput
+    public let options: ModelWriteOptions
+    let context: RunContext
+
+    public init(output: AtomicOutput, options: ModelWriteOptions, context: RunContext) {
+        self.output = output
+        self.options = options
+        self.context = context
+    }
+
+    /// Writes every tensor of `stream`, then its side files.
+    /// - Throws: the first error any source met (the other workers stop at their next chunk);
+    ///   `SafeTensorsError` writing.
+    public func consume(_ stream: TensorStream) throws -> WrittenFiles {
+        let infos = stream.tensors.map { $0.source.info(named: $0.name) }
+        let plan = ShardPlan(tensors: infos, maxShardSize: options.maxShardSize)
+        let progress = ProgressTally(tensors: infos.count, bytes: infos.reduce(0) { $0 + $1.byteCount }, report: context.progress)
+        var files: [String] = []
+        var hashes: [String: String] = [:]
+        for shard in plan.shards {
+            let file = try ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors,
+                                         chunkSize: options.chunkSize, buffers: context.threads + 2, durable: options.durable)
+            hashes[shard.fileName] = try write(file, sources: file.order.map { stream.source($0.name)! }, progress: progress)
+            files.append(shard.fileName)
+        }
+        if let index = plan.index {
+            let name = "model.safetensors.index.json"
+            try SideFiles.write(output.path(for: name), bytes: index.serialized())
+            files.append(name)
+        }
+        if let side = stream.sideFiles {
+            files += try SideFiles.copy(from: side.directory, to: output, dtype: side.dtype, dropQuantization: side.dropQuantization,
+                                        denseModules: side.denseModules)
+        }
+        for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
+        return WrittenFiles(files: files, sha256: hashes, tensorBytes: progress.bytesTotal)
+    }
+
+    /// Fills and writes every chunk of `file` on the context's workers, then finishes the file.
+    /// - Returns: the file's SHA-256 (hashed in file order while writing).
+    private func write(_ file: ChunkedOutput, sources: [any TensorSource], progress: ProgressTally) throws -> String {
+        let remaining = RemainingBytes(file.order.map(\.byteCount))
+        let counter = ClaimCounter(count: file.chunkCount)
+        let failure = FirstError()
+        DispatchQueue.concurrentPerform(iterations: max(1, min(context.threads, file.chunkCount))) { _ in
+            while !failure.happened, let k = counter.next() {
+                do {
+                    let segments = file.segments(ofChunk: k)
+                    try file.write(chunk: k) { buffer in
+                        for s in segments {
+                            let destination = buffer.baseAddress! + s.offsetInChunk
+                            guard let i = s.tensor else {
+                                file.headerBytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + s.bytes.lowerBound, byteCount: s.bytes.count) }
+                                continue
+                            }
+                            try ModelDirectorySink.fillAligned(sources[i], s.bytes, into: destination)
+                        }
+                    }
+                    for s in segments {
+                        if let i = s.tensor, remaining.subtract(s.bytes.count, from: i) {
+                            sources[i].finished()
+                            progress.add(bytes: file.order[i].byteCount)
+                        }
+                    }
+                } catch {
+                    failure.record(error)
+                }
+            }
+        }
+        if let error = failure.error { throw error }
+        try file.finish()
+        return file.sha256!
+    }
+
+    /// Fills `range` of `source`, which may start or end inside an element (a chunk boundary after
+    /// a tensor of odd length): the elements covering it are filled aside and the range copied out,
+    /// so that sources only ever see element-aligned ranges.
+    static func fillAligned(_ source: any TensorSource, _ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
+        let size = max(1, source.dtype.bitSize / 8)
+        if range.lowerBound % size == 0 && range.upperBound % size == 0 {
+            try source.fill(range, into: destination)
+            return
+        }
+        let lower = range.lowerBound / size * size, upper = (range.upperBound + size - 1) / size * size
+        var aside = [UInt8](repeating: 0, count: upper - lower)
+        try aside.withUnsafeMutableBytes { try source.fill(lower..<upper, into: $0.baseAddress!) }
+        aside.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + (range.lowerBound - lower), byteCount: range.count) }
+    }
+
+    /// Bytes of each tensor not yet written. `@unchecked Sendable`: guarded by `lock`.
+    private final class RemainingBytes: @unchecked Sendable {
+        private let lock = NSLock()
+        private var bytes: [Int]
+        init(_ bytes: [Int]) { self.bytes = bytes }
+        /// True when this made tensor `i` complete.
+        func subtract(_ n: Int, from i: Int) -> Bool {
+            lock.lock()
+            defer { lock.unlock() }
+            bytes[i] -= n
+            return bytes[i] == 0
+        }
+    }
+
+    /// Tensors and bytes done, reported as they complete. `@unchecked Sendable`: guarded by `lock`.
+    private final class ProgressTally: @unchecked Sendable {
+        private let lock = NSLock()
+        private var tensorsDone = 0, bytesDone = 0
+        let tensorsTotal: Int, bytesTotal: Int
+        let report: (@Sendable (Progress) -> Void)?
+        init(tensors: Int, bytes: Int, report: (@Sendable (Progress) -> Void)?) {
+            tensorsTotal = tensors
+            bytesTotal = bytes
+            self.report = report
+        }
+        func add(bytes: Int) {
+            lock.lock()
+            tensorsDone += 1
+            bytesDone += bytes
+            report?(Progress(tensorsDone: tensorsDone, tensorsTotal: tensorsTotal, bytesDone: bytesDone, bytesTotal: bytesTotal))
+            lock.unlock()
+        }
+    }
+
+    /// The first error of any worker. `@unchecked Sendable`: guarded by `lock`.
+    private final class FirstError: @unchecked Sendable {
+        private let lock = NSLock()
+        private var first: Error?
+        var happened: Bool { lock.lock(); defer { lock.unlock() }; return first != nil }
+        var error: Error? { lock.lock(); defer { lock.unlock() }; return first }
+        func record(_ e: Error) { lock.lock(); if first == nil { first = e }; lock.unlock() }
+    }
+}
