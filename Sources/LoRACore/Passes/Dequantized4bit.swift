@@ -97,7 +97,7 @@ public struct Dequantized4bit: TensorSource {
         }
         var codes = [UInt8](repeating: 0, count: blocks.count)
         try codes.withUnsafeMutableBytes { try input.read(weight + ".absmax", bytes: blocks, into: $0.baseAddress!) }
-        return blocks.indices.map { j in
+        return (0..<blocks.count).map { j in
             let b = blocks.lowerBound + j
             let scaled = nested.map[Int(codes[j])] * nested.absmax[b / nested.blocksize]
             return scaled + nested.offset
