@@ -34,14 +34,14 @@ enum KohyaDialect: AdapterDialect {
     /// sd-scripts' `ss_network_*` metadata, as one file (`.safetensors` output) or a directory.
     static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
         try Convert.refuse(factors, adapter: adapter, into: "kohya LoRA")
-        var tensors: [AdapterWriter.Tensor] = []
+        var tensors: [AdapterSink.Tensor] = []
         for f in factors {
             let key = "lora_te_" + f.module.module.replacingOccurrences(of: ".", with: "_")
             let m = f.module
-            tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterWriter.floatBytes(f.a) })
-            tensors.append(.init(name: key + ".lora_up.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterWriter.floatBytes(f.b) })
+            tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterSink.floatBytes(f.a) })
+            tensors.append(.init(name: key + ".lora_up.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterSink.floatBytes(f.b) })
             let alpha = Float(m.scale * Double(m.rank))
-            tensors.append(.init(name: key + ".alpha", dtype: .float32, shape: []) { AdapterWriter.floatBytes([alpha]) })
+            tensors.append(.init(name: key + ".alpha", dtype: .float32, shape: []) { AdapterSink.floatBytes([alpha]) })
         }
         let ranks = Set(factors.map(\.module.rank))
         let metadata: [(key: String, value: String)] = [
@@ -51,9 +51,9 @@ enum KohyaDialect: AdapterDialect {
                 ? "\(factors[0].module.scale * Double(factors[0].module.rank))" : "Dynamic"),
         ]
         if options.output.hasSuffix(".safetensors") {
-            try AdapterWriter.writeFile(tensors, to: options.output, metadata: metadata, force: options.force)
+            try AdapterSink.writeFile(tensors, to: options.output, metadata: metadata, force: options.force)
         } else {
-            try AdapterWriter.writeDirectory(tensors, weightsName: "adapter.safetensors", metadata: metadata, sideFiles: [],
+            try AdapterSink.writeDirectory(tensors, weightsName: "adapter.safetensors", metadata: metadata, sideFiles: [],
                                              to: options.output, force: options.force, zstdLevel: options.zstdLevel)
         }
     }

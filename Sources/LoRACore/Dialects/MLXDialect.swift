@@ -36,7 +36,7 @@ enum MLXDialect: AdapterDialect {
         let global = Convert.mostCommon(scales)
         if Set(scales).count > 1 { notes.append("mlx has one scale (\(global)); B of modules with other scales was multiplied by sᵢ/\(global) (one fp32 rounding)") }
         let dora = factors.contains { $0.magnitude != nil }
-        var tensors: [AdapterWriter.Tensor] = []
+        var tensors: [AdapterSink.Tensor] = []
         var keys = Set<String>()
         var layers = Set<Int>()
         for f in factors {
@@ -44,13 +44,13 @@ enum MLXDialect: AdapterDialect {
             let ratio = Float(m.scale / global)
             let bScaled = ratio == 1 ? f.b : f.b.map { $0 * ratio }
             tensors.append(.init(name: m.module + ".lora_a", dtype: .float32, shape: [m.inFeatures, m.rank]) {
-                AdapterWriter.floatBytes(LoRAFactors.transpose(f.a, rows: m.rank, cols: m.inFeatures))
+                AdapterSink.floatBytes(LoRAFactors.transpose(f.a, rows: m.rank, cols: m.inFeatures))
             })
             tensors.append(.init(name: m.module + ".lora_b", dtype: .float32, shape: [m.rank, m.outFeatures]) {
-                AdapterWriter.floatBytes(LoRAFactors.transpose(bScaled, rows: m.outFeatures, cols: m.rank))
+                AdapterSink.floatBytes(LoRAFactors.transpose(bScaled, rows: m.outFeatures, cols: m.rank))
             })
             if let mag = f.magnitude {
-                tensors.append(.init(name: m.module + ".m", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(mag) })
+                tensors.append(.init(name: m.module + ".m", dtype: .float32, shape: [m.outFeatures]) { AdapterSink.floatBytes(mag) })
             }
             let parsed = TensorName(m.module + ".weight")
             if let layer = parsed.layer {
@@ -71,7 +71,7 @@ enum MLXDialect: AdapterDialect {
                 ("keys", .array(keys.sorted().map { .string($0) })),
             ])),
         ])) + "\n"
-        try AdapterWriter.writeDirectory(tensors, weightsName: "adapters.safetensors", metadata: [("format", "mlx")],
+        try AdapterSink.writeDirectory(tensors, weightsName: "adapters.safetensors", metadata: [("format", "mlx")],
                                          sideFiles: [("adapter_config.json", config)], to: options.output, force: options.force,
                                          zstdLevel: options.zstdLevel)
     }

@@ -155,19 +155,19 @@ enum PEFTDialect: AdapterDialect {
     }
 
     static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
-        var tensors: [AdapterWriter.Tensor] = []
+        var tensors: [AdapterSink.Tensor] = []
         var alphas: [(String, Double)] = []
         for f in factors {
             let m = f.module
             let prefix = "base_model.model." + m.module + "."
             let (aName, bName) = m.kind == .embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
-            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: m.factorShapes.a) { AdapterWriter.floatBytes(f.a) })
-            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: m.factorShapes.b) { AdapterWriter.floatBytes(f.b) })
+            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: m.factorShapes.a) { AdapterSink.floatBytes(f.a) })
+            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: m.factorShapes.b) { AdapterSink.floatBytes(f.b) })
             if let mag = f.magnitude {
-                tensors.append(.init(name: prefix + "lora_magnitude_vector", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(mag) })
+                tensors.append(.init(name: prefix + "lora_magnitude_vector", dtype: .float32, shape: [m.outFeatures]) { AdapterSink.floatBytes(mag) })
             }
             if let bias = f.bias {
-                tensors.append(.init(name: prefix + "lora_B.bias", dtype: .float32, shape: [m.outFeatures]) { AdapterWriter.floatBytes(bias) })
+                tensors.append(.init(name: prefix + "lora_B.bias", dtype: .float32, shape: [m.outFeatures]) { AdapterSink.floatBytes(bias) })
             }
             alphas.append((m.module, m.scale * Double(m.rank)))
         }
@@ -180,9 +180,9 @@ enum PEFTDialect: AdapterDialect {
             let info = adapter.checkpoint.info(tensor)!
             tensors.append(.init(name: name, dtype: info.dtype, shape: info.shape) { Array(try adapter.checkpoint.bytes(of: tensor)) })
         }
-        let (r, rankPattern) = AdapterWriter.rankSummary(factors.map { ($0.module.module, $0.module.rank) })
+        let (r, rankPattern) = AdapterSink.rankSummary(factors.map { ($0.module.module, $0.module.rank) })
         let alpha = Convert.mostCommon(alphas.map(\.1))
-        var config = AdapterWriter.Config(r: r, loraAlpha: alpha, rankPattern: rankPattern, targetModules: [])
+        var config = AdapterSink.Config(r: r, loraAlpha: alpha, rankPattern: rankPattern, targetModules: [])
         config.alphaPattern = alphas.filter { $0.1 != alpha }
         let all = base.map { Set($0.names.map { TensorName($0).module }) } ?? targeted
         config.targetModules = TargetSelector.minimalSuffixes(selecting: targeted, among: all.union(targeted))
@@ -190,6 +190,6 @@ enum PEFTDialect: AdapterDialect {
         config.fanInFanOut = factors.contains { $0.module.transposed && $0.module.kind == .linear }
         config.loraBias = factors.contains { $0.bias != nil }
         config.modulesToSave = adapter.format == .peft ? adapter.config.modulesToSave : []
-        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
+        try AdapterSink.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
     }
 }

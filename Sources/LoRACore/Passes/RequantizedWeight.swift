@@ -147,9 +147,9 @@ final class RequantizedWeight: @unchecked Sendable {
                                          deltaCorrelation: n1 > 0 && n2 > 0 ? dot / (n1 * n2).squareRoot() : 0,
                                          deltaNormRatio: n1 > 0 ? (n2 / n1).squareRoot() : 0))
         if nested != nil {
-            return (packed, absmaxCodes, AdapterWriter.floatBytes(nestedAbsmax))
+            return (packed, absmaxCodes, AdapterSink.floatBytes(nestedAbsmax))
         }
-        return (packed, AdapterWriter.floatBytes(absmax), [])
+        return (packed, AdapterSink.floatBytes(absmax), [])
     }
 }
 

@@ -5,7 +5,7 @@ import SafeTensors
 /// Writes a PEFT adapter directory: `adapter_model.safetensors` (the tensors as PEFT's
 /// `save_pretrained` names them) and `adapter_config.json` (sorted keys, 2-space indent, as PEFT
 /// writes it), atomically.
-struct AdapterWriter {
+struct AdapterSink {
     /// One output tensor and where its bytes come from.
     struct Tensor {
         var name: String

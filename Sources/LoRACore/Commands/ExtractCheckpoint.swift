@@ -93,7 +93,7 @@ public enum ExtractCheckpoint {
             throw LoRACoreError.invalidRequest("\(options.checkpoint): lora_alpha is not stored in a checkpoint; give --alpha (or put the training adapter_config.json beside it)")
         }
 
-        var tensors: [AdapterWriter.Tensor] = []
+        var tensors: [AdapterSink.Tensor] = []
         var ranks: [(module: String, rank: Int)] = []
         var loraModules = Set<String>()
         var saved = Set<String>()
@@ -143,9 +143,9 @@ public enum ExtractCheckpoint {
             default: return nil
             }
         })
-        let (r, rankPattern) = AdapterWriter.rankSummary(ranks.sorted { $0.module < $1.module })
+        let (r, rankPattern) = AdapterSink.rankSummary(ranks.sorted { $0.module < $1.module })
         let targets = TargetSelector.minimalSuffixes(selecting: loraModules, among: allModules.subtracting(saved))
-        var config = AdapterWriter.Config(r: r, loraAlpha: alpha, rankPattern: rankPattern, targetModules: targets)
+        var config = AdapterSink.Config(r: r, loraAlpha: alpha, rankPattern: rankPattern, targetModules: targets)
         config.useDora = dora
         config.fanInFanOut = fanInFanOut
         config.modulesToSave = Array(Set(saved.map { TensorName($0 + ".weight").family })).sorted()
@@ -153,7 +153,7 @@ public enum ExtractCheckpoint {
             config.useRslora = c.useRslora
             config.alphaPattern = c.alphaPattern.map { ($0.key, $0.value) }
         }
-        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
+        try AdapterSink.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
 
         var baseCount: Int?
         if let baseOutput = options.baseOutput {

@@ -109,7 +109,7 @@ public enum ExtractSVD {
         }
         var modules: [ExtractSVDReport.Module] = []
         var skipped: [(String, Double)] = []
-        var tensors: [AdapterWriter.Tensor] = []
+        var tensors: [AdapterSink.Tensor] = []
         var ranks: [(module: String, rank: Int)] = []
         for (i, name) in targets.enumerated() {
             let module = TensorName(name).module
@@ -119,8 +119,8 @@ public enum ExtractSVD {
             case let .kept(a, b, report):
                 let r = report.rank
                 let info = base.info(name)!
-                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", dtype: .float32, shape: [r, info.shape[1]]) { AdapterWriter.floatBytes(a) })
-                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", dtype: .float32, shape: [info.shape[0], r]) { AdapterWriter.floatBytes(b) })
+                tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", dtype: .float32, shape: [r, info.shape[1]]) { AdapterSink.floatBytes(a) })
+                tensors.append(.init(name: "base_model.model.\(module).lora_B.weight", dtype: .float32, shape: [info.shape[0], r]) { AdapterSink.floatBytes(b) })
                 ranks.append((module, r))
                 modules.append(ExtractSVDReport.Module(module: module, rank: r, energyKept: report.energy, relativeError: report.error, method: report.method))
             }
@@ -128,13 +128,13 @@ public enum ExtractSVD {
         guard !ranks.isEmpty else {
             throw LoRACoreError.invalidRequest("the fine-tuned model does not differ from the base in any target module; nothing to extract")
         }
-        let (r, rankPattern) = AdapterWriter.rankSummary(ranks)
-        var config = AdapterWriter.Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: [])
+        let (r, rankPattern) = AdapterSink.rankSummary(ranks)
+        var config = AdapterSink.Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: [])
         // Scale 1 everywhere: alpha equals each module's rank.
         config.alphaPattern = rankPattern.map { ($0.0, Double($0.1)) }
         config.targetModules = TargetSelector.minimalSuffixes(
             selecting: Set(ranks.map(\.module)), among: Set(base.names.map { TensorName($0).module }))
-        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
+        try AdapterSink.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
         return ExtractSVDReport(modules: modules, skipped: skipped, otherDifferences: others)
     }
 

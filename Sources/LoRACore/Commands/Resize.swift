@@ -45,7 +45,7 @@ public enum Resize {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "resizing DoRA ('\(d.module)') would change the magnitudes' meaning; not supported")
         }
         var report: [Module] = []
-        var tensors: [AdapterWriter.Tensor] = []
+        var tensors: [AdapterSink.Tensor] = []
         var ranks: [(module: String, rank: Int)] = []
         for m in adapter.modules {
             let f = try LoRAFactors(m, adapter: adapter, weight: 1)
@@ -96,8 +96,8 @@ public enum Resize {
             let (aName, bName) = m.kind == .embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
             var resized = m
             resized.rank = k
-            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: resized.factorShapes.a) { AdapterWriter.floatBytes(newA) })
-            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: resized.factorShapes.b) { AdapterWriter.floatBytes(newB) })
+            tensors.append(.init(name: prefix + aName, dtype: .float32, shape: resized.factorShapes.a) { AdapterSink.floatBytes(newA) })
+            tensors.append(.init(name: prefix + bName, dtype: .float32, shape: resized.factorShapes.b) { AdapterSink.floatBytes(newB) })
             ranks.append((m.module, k))
             let energy = total > 0 ? min(1, kept / total) : 1
             report.append(Module(module: m.module, fromRank: r, rank: k, energyKept: energy, relativeError: max(0, 1 - energy).squareRoot()))
@@ -107,13 +107,13 @@ public enum Resize {
             tensors.append(.init(name: tensor.hasPrefix("base_model.model.") ? tensor : "base_model.model." + baseName,
                                  dtype: info.dtype, shape: info.shape) { Array(try adapter.checkpoint.bytes(of: tensor)) })
         }
-        let (r, rankPattern) = AdapterWriter.rankSummary(ranks)
-        var config = AdapterWriter.Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: [])
+        let (r, rankPattern) = AdapterSink.rankSummary(ranks)
+        var config = AdapterSink.Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: [])
         config.alphaPattern = rankPattern.map { ($0.0, Double($0.1)) }
         config.targetModules = TargetSelector.minimalSuffixes(selecting: Set(ranks.map(\.module)), among: Set(ranks.map(\.module)))
         config.fanInFanOut = adapter.modules.contains { $0.transposed && $0.kind == .linear }
         config.modulesToSave = adapter.format == .peft ? adapter.config.modulesToSave : []
-        try AdapterWriter.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
+        try AdapterSink.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
         return report
     }
 
