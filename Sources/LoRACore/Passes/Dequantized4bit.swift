@@ -62,28 +62,33 @@ public struct Dequantized4bit: TensorSource {
 
     public func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
         let format = TensorData.format(state.dtype)!
-        let e0 = range.lowerBound / format.size, e1 = range.upperBound / format.size
-        var values = [Float](repeating: 0, count: e1 - e0)
-        try values.withUnsafeMutableBufferPointer { try decode(e0..<e1, into: $0) }
-        values.withUnsafeBufferPointer {
-            FloatCodec.encode($0, format: format, into: UnsafeMutableRawBufferPointer(start: destination, count: range.count))
-        }
+        try decode(range.lowerBound / format.size..<(range.upperBound / format.size), into: UnsafeMutableRawBufferPointer(start: destination, count: range.count))
     }
 
     /// Elements `elements` in fp32, each already rounded to the state's dtype.
     func decode(_ elements: Range<Int>, into out: UnsafeMutableBufferPointer<Float>) throws {
+        let format = TensorData.format(state.dtype)!
+        var bytes = [UInt8](repeating: 0, count: elements.count * format.size)
+        try bytes.withUnsafeMutableBytes { try decode(elements, into: $0) }
+        bytes.withUnsafeBytes { FloatCodec.decode($0, format: format, into: out) }
+    }
+
+    /// Elements `elements` as bytes of the state's dtype: the codes and absmax of the blocks they
+    /// touch are read (from the first touched block's start, so both tables share one origin) and
+    /// decoded by the `Bnb4bit` kernel.
+    private func decode(_ elements: Range<Int>, into out: UnsafeMutableRawBufferPointer) throws {
         guard !elements.isEmpty else { return }
         let bs = state.blocksize
         let b0 = elements.lowerBound / bs, b1 = (elements.upperBound + bs - 1) / bs
+        let origin = b0 * bs  // even: blocks hold an even number of values
         let absmax = try resolvedAbsmax(b0..<b1)
-        let c0 = elements.lowerBound / 2, c1 = (elements.upperBound + 1) / 2
-        var codes = [UInt8](repeating: 0, count: c1 - c0)
-        try codes.withUnsafeMutableBytes { try input.read(weight, bytes: c0..<c1, into: $0.baseAddress!) }
-        let format = TensorData.format(state.dtype)!
-        for (k, i) in elements.enumerated() {
-            let byte = codes[i / 2 - c0]
-            let code = i % 2 == 0 ? Int(byte >> 4) : Int(byte & 0x0F)
-            out[k] = FloatCodec.roundTrip(quantMap[code] * absmax[i / bs - b0], format: format)
+        var codes = [UInt8](repeating: 0, count: (elements.upperBound - origin + 1) / 2)
+        try codes.withUnsafeMutableBytes { try input.read(weight, bytes: (origin / 2)..<(origin / 2 + $0.count), into: $0.baseAddress!) }
+        codes.withUnsafeBytes { packed in
+            absmax.withUnsafeBufferPointer { a in
+                Bnb4bit.decode(packed, elements: (elements.lowerBound - origin)..<(elements.upperBound - origin), absmax: a, blocksize: bs,
+                               quantMap: quantMap, into: out, format: TensorData.format(state.dtype)!)
+            }
         }
     }
 
@@ -95,12 +100,22 @@ public struct Dequantized4bit: TensorSource {
             try a.withUnsafeMutableBytes { try input.read(weight + ".absmax", bytes: (blocks.lowerBound * 4)..<(blocks.upperBound * 4), into: $0.baseAddress!) }
             return a
         }
-        var codes = [UInt8](repeating: 0, count: blocks.count)
-        try codes.withUnsafeMutableBytes { try input.read(weight + ".absmax", bytes: blocks, into: $0.baseAddress!) }
-        return (0..<blocks.count).map { j in
-            let b = blocks.lowerBound + j
-            let scaled = nested.map[Int(codes[j])] * nested.absmax[b / nested.blocksize]
-            return scaled + nested.offset
+        // Codes from the start of the first block's nested group, so that the kernel's block
+        // numbers index the codes and the nested absmax alike.
+        let origin = blocks.lowerBound / nested.blocksize * nested.blocksize
+        let local = (blocks.lowerBound - origin)..<(blocks.upperBound - origin)
+        var codes = [UInt8](repeating: 0, count: local.upperBound)
+        try codes.withUnsafeMutableBytes { try input.read(weight + ".absmax", bytes: blocks, into: $0.baseAddress! + local.lowerBound) }
+        var resolved = [Float](repeating: 0, count: blocks.count)
+        codes.withUnsafeBytes { c in
+            nested.absmax.withUnsafeBufferPointer { n in
+                resolved.withUnsafeMutableBufferPointer {
+                    Bnb4bit.resolveAbsmax(codes: c, blocks: local, nestedMap: nested.map,
+                                          nestedAbsmax: UnsafeBufferPointer(rebasing: n[(origin / nested.blocksize)...]),
+                                          nestedBlocksize: nested.blocksize, offset: nested.offset, into: $0)
+                }
+            }
         }
+        return resolved
     }
 }

@@ -100,6 +100,7 @@ final class RequantizedWeight: @unchecked Sendable {
         let s = original.state
         let n = merged.elementCount, bs = s.blocksize
         let blocks = (n + bs - 1) / bs
+        let (bounds, order) = Bnb4bit.bucketizer(code: quantMap)
         var packed = [UInt8](repeating: 0, count: (n + 1) / 2)
         var absmax = [Float](repeating: 0, count: blocks)
         var absmaxCodes = [UInt8](repeating: 0, count: nested == nil ? 0 : blocks)
@@ -110,11 +111,20 @@ final class RequantizedWeight: @unchecked Sendable {
         var dot = 0.0, n1 = 0.0, n2 = 0.0
         var e = 0
         while e < n {
-            let m = min(step, n - e)
+            let m = min(step, n - e), b0 = e / bs, mb = (m + bs - 1) / bs
             let target = try RequantizedWeight.values(of: merged, e..<(e + m))
-            var (codes, blockMax) = BnbQuantizer.blockwise(target, blocksize: bs, code: quantMap)
-            let b0 = e / bs
-            // The absmax bitsandbytes reads back: stored, or through the nested quantization.
+            // Codes and block absmax by the kernel, straight into this chunk's part of the output.
+            var blockMax = [Float](repeating: 0, count: mb)
+            let bytes = (e / 2)..<((e + m + 1) / 2)
+            target.withUnsafeBufferPointer { t in
+                packed.withUnsafeMutableBytes { p in
+                    blockMax.withUnsafeMutableBufferPointer {
+                        Bnb4bit.quantize(t, blocksize: bs, bounds: bounds, order: order, packed: UnsafeMutableRawBufferPointer(rebasing: p[bytes]), absmax: $0)
+                    }
+                }
+            }
+            // The absmax bitsandbytes reads back: stored, or through the nested quantization (whole
+            // 256-block groups per chunk, the offset known beforehand).
             var stored = blockMax
             if let nested {
                 let (c, na) = BnbQuantizer.blockwise(blockMax.map { $0 - nested.offset }, blocksize: nested.blocksize, code: nested.map)
@@ -125,17 +135,25 @@ final class RequantizedWeight: @unchecked Sendable {
                 nestedAbsmax += na
             }
             for j in blockMax.indices { absmax[b0 + j] = blockMax[j] }
-            if codes.count % 2 == 1 { codes.append(0) }
-            for j in 0..<(codes.count / 2) { packed[e / 2 + j] = codes[2 * j] << 4 | codes[2 * j + 1] }
             // Survival: what the codes kept of the intended change, summed in element order.
-            var old = [Float](repeating: 0, count: m)
+            var old = [Float](repeating: 0, count: m), back = [Float](repeating: 0, count: m)
             try old.withUnsafeMutableBufferPointer { try original.decode(e..<(e + m), into: $0) }
+            var backBytes = [UInt8](repeating: 0, count: m * format.size)
+            packed.withUnsafeBytes { p in
+                stored.withUnsafeBufferPointer { a in
+                    backBytes.withUnsafeMutableBytes {
+                        Bnb4bit.decode(UnsafeRawBufferPointer(rebasing: p[bytes]), elements: 0..<m, absmax: a, blocksize: bs, quantMap: quantMap, into: $0, format: format)
+                    }
+                }
+            }
+            backBytes.withUnsafeBytes { b in back.withUnsafeMutableBufferPointer { FloatCodec.decode(b, format: format, into: $0) } }
+            for j in bytes {
+                let x = oldCodes[j] ^ packed[j]
+                if x & 0xF0 != 0 { changedCodes += 1 }
+                if x & 0x0F != 0 && 2 * j + 1 < n { changedCodes += 1 }
+            }
             for k in 0..<m {
-                let i = e + k
-                let a = i % 2 == 0 ? oldCodes[i / 2] >> 4 : oldCodes[i / 2] & 15
-                if a != codes[k] { changedCodes += 1 }
-                let back = FloatCodec.roundTrip(quantMap[Int(codes[k])] * stored[k / bs], format: format)
-                let want = Double(target[k]) - Double(old[k]), got = Double(back) - Double(old[k])
+                let want = Double(target[k]) - Double(old[k]), got = Double(back[k]) - Double(old[k])
                 dot += want * got
                 n1 += want * want
                 n2 += got * got

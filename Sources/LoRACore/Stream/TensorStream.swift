@@ -9,11 +9,12 @@ import SafeTensors
 /// UTF-8 bytes, the order of every file lora-tool writes.
 ///
 /// ```swift
-/// var stream = try TensorStream(model: Checkpoint(path: "llama-nf4"))
-/// stream = try Dequantize4bitPass().apply(to: stream)
-/// stream = CastPass(.bf16).apply(to: stream)
-/// let sink = ModelDirectorySink(output: "llama-dense", options: ModelWriteOptions())
-/// let written = try sink.consume(stream)
+/// let context = try RunContext()
+/// var stream = try Dequantize4bitPass().apply(to: TensorStream(model: Checkpoint(path: "llama-nf4")))
+/// stream = CastPass(.bf16, context: context).apply(to: stream)
+/// let output = try AtomicOutput(destination: "llama-dense", isDirectory: true, force: false)
+/// _ = try ModelDirectorySink(output: output, options: ModelWriteOptions(), context: context).consume(stream)
+/// try output.commit()
 /// ```
 public final class TensorStream: TensorStore, @unchecked Sendable {
     public let path: String
