@@ -6,6 +6,7 @@
 #include "kernels_isa.h"
 /* Included here too so that builds whose module cache predates it see it. */
 #include "product_kernel.h"
+#include "bnb4_kernel.h"
 
 /* Flags returned by lora_merge_rows. */
 enum {
