@@ -209,7 +209,7 @@ public enum Bnb4bit {
     /// Double-quantizes block scales: offset = mean(absmax) (accumulated in fp64, rounded once to
     /// fp32, as torch's fp32 mean gives for these sizes); then `absmax − offset` (fp32) is quantized
     /// blockwise by `nestedBlocksize` with the 256-value `nestedMap`, by the scaling and bucketing of
-    /// `quantize` (per nested block m = max |x|, code = order[number of bounds < clamp(x / m)]).
+    /// `quantize` (per nested block m = max |x|, code = order[number of bounds < clamp(x · (1 / m))]).
     /// `resolveAbsmax` inverts it up to the code's error. Plain Swift: it sees one value per block.
     /// - Parameters:
     ///   - absmax: the fp32 block scales of one weight (at least one).
@@ -223,6 +223,7 @@ public enum Bnb4bit {
         var codes = [UInt8](repeating: 0, count: absmax.count)
         var nested: [Float] = []
         nested.reserveCapacity((absmax.count - 1) / nestedBlocksize + 1)
+        let counter = BoundCounter(bounds)
         var start = 0
         while start < absmax.count {
             let end = min(start + nestedBlocksize, absmax.count)
@@ -232,21 +233,36 @@ public enum Bnb4bit {
             let inv = 1 / max(m, 1e-38)
             for i in start..<end {
                 let scaled = min(max((absmax[i] - offset) * inv, -1), 1)
-                codes[i] = order[firstBound(notBelow: scaled, in: bounds)]
+                codes[i] = order[counter.count(below: scaled)]
             }
             start = end
         }
         return NestedAbsmax(codes: codes, nestedAbsmax: nested, offset: offset)
     }
 
-    /// Index of the first bound ≥ x (the number of bounds < x for sorted bounds; 0 for NaN).
-    static func firstBound(notBelow x: Float, in bounds: [Float]) -> Int {
-        var lo = 0, hi = bounds.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if bounds[mid] < x { lo = mid + 1 } else { hi = mid }
+    /// The count of `bounds` below a value, which for the sorted bounds of `bucketizer` is
+    /// BnbQuantizer.bucket's binary search result (the index of the first bound ≥ x; 0 for NaN).
+    /// Two levels of 16-lane compares instead of a search: the bounds padded with +inf to groups of
+    /// 16, first the count of groups whose last (largest) bound is below x, then the count within
+    /// the next group. No branch and no chain of dependent loads; up to 256 bounds.
+    struct BoundCounter {
+        let groups: [SIMD16<Float>]
+        let lasts: SIMD16<Float>
+
+        init(_ bounds: [Float]) {
+            precondition(bounds.count <= 256, "at most 256 bounds")
+            let padded = bounds + [Float](repeating: .infinity, count: 256 - bounds.count)
+            let groups = (0..<16).map { g in SIMD16(padded[(g * 16)..<(g * 16 + 16)]) }
+            self.groups = groups
+            lasts = SIMD16(groups.map { $0[15] })
         }
-        return lo
+
+        func count(below x: Float) -> Int {
+            let v = SIMD16<Float>(repeating: x)
+            let full = Int(SIMD16<Int32>(repeating: 0).replacing(with: 1, where: lasts .< v).wrappedSum())
+            guard full < 16 else { return 256 }
+            return full * 16 + Int(SIMD16<Int32>(repeating: 0).replacing(with: 1, where: groups[full] .< v).wrappedSum())
+        }
     }
 
     static func resolved(_ isa: InstructionSet?) -> InstructionSet {

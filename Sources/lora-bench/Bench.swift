@@ -7,15 +7,17 @@ import Glibc
 ///
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 ///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
-/// Measures cp -r, cp -r + sync, merge, merge --no-sync, verify, extract --rank 16 (base vs merged),
-/// inspect, and combine of four r = 16 adapters (svd to rank 16, cat). Reports the median and spread
-/// of wall time, CPU time and peak RSS per command, GB/s over the base size, and each time as a ratio
-/// to the `cp -r` time measured in the same run.
+/// Measures cp -r, cp -r + sync, merge, merge --no-sync, merge into the NF4 base (dense output, and
+/// --requantize nf4), verify, extract --rank 16 (base vs merged), inspect, and combine of four r = 16
+/// adapters (svd to rank 16, cat). Reports the median and spread of wall time, CPU time and peak RSS
+/// per command, GB/s over the (dense) base size, each time as a ratio to the `cp -r` time measured in
+/// the same run, and the peak extra disk space each command took beyond its final output (free space
+/// of the output's file system sampled every 50 ms; other writers on that file system add noise).
 /// `merge` writes its output durably (direct I/O, fsync before the rename), so `cp -r + sync` is its
 /// like-for-like copy; `merge --no-sync` writes through the page cache without fsync, like `cp -r`.
 @main
 struct Bench {
-    struct Sample { var wall: Double; var cpu: Double; var maxRSS: Int }
+    struct Sample { var wall: Double; var cpu: Double; var maxRSS: Int; var extraDisk: Int = 0 }
 
     static func main() throws {
         var args = Array(CommandLine.arguments.dropFirst())
@@ -49,53 +51,64 @@ struct Bench {
 
         let out = dir + "/out"
         let uncachedMerged = ["/bin/sh", "-c", "for f in \"$1\"/*.safetensors; do dd if=\"$f\" iflag=nocache count=0 status=none; done; shift; exec \"$@\"", "sh", out + "/merged"]
-        var commands: [(String, [String])] = [
-            ("cp -r", ["/bin/cp", "-r", dir + "/base", out + "/cp"]),
-            ("cp -r + sync", ["/bin/sh", "-c", "cp -r '\(dir)/base' '\(out)/cps' && sync -f '\(out)/cps'"]),
-            ("merge", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged", "--quiet"]),
-            ("merge --no-sync", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged-no-sync", "--quiet", "--no-sync"]),
+        // (row name, argv, output path whose final size is not counted as extra disk use)
+        var commands: [(String, [String], String?)] = [
+            ("cp -r", ["/bin/cp", "-r", dir + "/base", out + "/cp"], out + "/cp"),
+            ("cp -r + sync", ["/bin/sh", "-c", "cp -r '\(dir)/base' '\(out)/cps' && sync -f '\(out)/cps'"], out + "/cps"),
+            ("merge", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged", "--quiet"], out + "/merged"),
+            ("merge --no-sync", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged-no-sync", "--quiet", "--no-sync"],
+             out + "/merged-no-sync"),
+            // The NF4 base (Workload+NF4.swift): a dense merged output, and one requantized to NF4.
+            ("merge (NF4 base)", [bin, "merge", "--base", dir + "/base-nf4", "--adapter", dir + "/adapter", "--output", out + "/merged-nf4", "--quiet"],
+             out + "/merged-nf4"),
+            ("merge --requantize nf4 (NF4 base)", [bin, "merge", "--base", dir + "/base-nf4", "--adapter", dir + "/adapter", "--output", out + "/requantized-nf4",
+                                                   "--quiet", "--requantize", "nf4"], out + "/requantized-nf4"),
             // Each verify first drops the merged files from the page cache (GNU dd's nocache with count=0),
             // so every mode reads them from the disk, as right after a merge (which writes with direct I/O).
-            ("verify", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"]),
-            ("verify --mode exact", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged", "--mode", "exact"]),
-            ("verify --mode probes", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged", "--mode", "probes"]),
-            ("extract --rank 16", [bin, "extract", "--base", dir + "/base", "--finetuned", out + "/merged", "--rank", "16", "--output", out + "/extracted"]),
-            ("inspect", [bin, "inspect", dir + "/base"]),
+            ("verify", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"], nil),
+            ("verify --mode exact", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged", "--mode", "exact"], nil),
+            ("verify --mode probes", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged", "--mode", "probes"], nil),
+            ("extract --rank 16", [bin, "extract", "--base", dir + "/base", "--finetuned", out + "/merged", "--rank", "16", "--output", out + "/extracted"], out + "/extracted"),
+            ("inspect", [bin, "inspect", dir + "/base"], nil),
         ]
         // combine: the four r = 16 adapters (adapter, adapter2…4), weights 0.4/0.3/0.2/0.1.
         let combineInputs = zip(["adapter"] + Workload.extraAdapters, ["0.4", "0.3", "0.2", "0.1"]).flatMap { ["--adapter", "\(dir)/\($0)", "--weight", $1] }
-        commands.append(("combine svd --rank 16 (4 adapters)", [bin, "combine"] + combineInputs + ["--method", "svd", "--rank", "16", "--output", out + "/combined-svd"]))
-        commands.append(("combine cat (4 adapters)", [bin, "combine"] + combineInputs + ["--method", "cat", "--output", out + "/combined-cat"]))
+        commands.append(("combine svd --rank 16 (4 adapters)", [bin, "combine"] + combineInputs + ["--method", "svd", "--rank", "16", "--output", out + "/combined-svd"],
+                          out + "/combined-svd"))
+        commands.append(("combine cat (4 adapters)", [bin, "combine"] + combineInputs + ["--method", "cat", "--output", out + "/combined-cat"], out + "/combined-cat"))
         if !peftPython.isEmpty {
             // Optional: PEFT's documented path on the same workload, when torch and peft are installed.
             let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                 .deletingLastPathComponent().appendingPathComponent("scripts/peft-merge.py").path
-            commands.append(("PEFT merge_and_unload", [peftPython, script, dir + "/base", dir + "/adapter", out + "/peft"]))
+            commands.append(("PEFT merge_and_unload", [peftPython, script, dir + "/base", dir + "/adapter", out + "/peft"], out + "/peft"))
         }
         var samples: [String: [Sample]] = [:]
         // Warm the page cache once so every command sees the same state.
-        _ = try run(["/bin/cat"] + (try FileManager.default.contentsOfDirectory(atPath: dir + "/base")).map { dir + "/base/" + $0 }, quiet: true)
+        for model in ["base", "base-nf4"] {
+            _ = try run(["/bin/cat"] + (try FileManager.default.contentsOfDirectory(atPath: dir + "/" + model)).map { dir + "/\(model)/" + $0 }, quiet: true)
+        }
         for r in 0..<repeats {
             try? FileManager.default.removeItem(atPath: out)
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            for (name, argv) in commands {
+            for (name, argv, output) in commands {
                 // Start every command with no dirty pages pending, so nobody pays for another's writeback.
                 _ = try run(["/bin/sync"], quiet: true)
-                let s = try run(argv, quiet: true)
+                let s = try run(argv, quiet: true, diskOf: out, output: output)
                 samples[name, default: []].append(s)
-                for copy in ["cp", "cps", "merged-no-sync"] { try? FileManager.default.removeItem(atPath: out + "/" + copy) }
+                for copy in ["cp", "cps", "merged-no-sync", "merged-nf4", "requantized-nf4"] { try? FileManager.default.removeItem(atPath: out + "/" + copy) }
             }
             print("repetition \(r + 1)/\(repeats) done")
         }
         try? FileManager.default.removeItem(atPath: out)
         let cp = median(samples["cp -r"]!.map(\.wall))
-        var rows = ["| command | wall median (s) | spread (s) | CPU (s) | peak RSS (MB) | GB/s | × cp |", "|---|---|---|---|---|---|---|"]
-        for (name, _) in commands {
+        var rows = ["| command | wall median (s) | spread (s) | CPU (s) | peak RSS (MB) | GB/s | × cp | peak extra disk (MB) |",
+                    "|---|---|---|---|---|---|---|---|"]
+        for (name, _, _) in commands {
             let s = samples[name]!
             let wall = median(s.map(\.wall))
             let spread = (s.map(\.wall).max()! - s.map(\.wall).min()!)
-            rows.append(String(format: "| %@ | %.3f | %.3f | %.2f | %.0f | %.2f | %.2f |", name, wall, spread, median(s.map(\.cpu)),
-                               Double(s.map(\.maxRSS).max()!) / 1024, Double(baseBytes) / wall / 1e9, wall / cp))
+            rows.append(String(format: "| %@ | %.3f | %.3f | %.2f | %.0f | %.2f | %.2f | %.0f |", name, wall, spread, median(s.map(\.cpu)),
+                               Double(s.map(\.maxRSS).max()!) / 1024, Double(baseBytes) / wall / 1e9, wall / cp, Double(s.map(\.extraDisk).max()!) / 1e6))
         }
         let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory / 1_073_741_824) GiB"
         let table = rows.joined(separator: "\n")
@@ -114,7 +127,10 @@ struct Bench {
     }
 
     /// Runs argv, returning wall time, user+sys CPU and peak RSS (KiB) of that child alone (wait4).
-    static func run(_ argv: [String], quiet: Bool) throws -> Sample {
+    /// With `diskOf`, also the peak extra disk use (bytes): the largest growth of the used space of
+    /// that path's file system while the command ran (sampled every 50 ms, and once at its end),
+    /// minus the space `output` occupies afterwards (nothing when nil).
+    static func run(_ argv: [String], quiet: Bool, diskOf: String? = nil, output: String? = nil) throws -> Sample {
         var pid: pid_t = 0
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -124,16 +140,23 @@ struct Bench {
         }
         let cargs = argv.map { strdup($0) } + [nil]
         defer { cargs.forEach { free($0) } }
+        let sampler = diskOf.map { DiskSampler(path: $0) }
+        sampler?.start()
         let start = Date()
         let rc = posix_spawn(&pid, argv[0], &actions, nil, cargs, environ)
-        guard rc == 0 else { throw NSError(domain: "bench", code: Int(rc), userInfo: [NSLocalizedDescriptionKey: "cannot run \(argv[0])"]) }
+        guard rc == 0 else {
+            _ = sampler?.stop()
+            throw NSError(domain: "bench", code: Int(rc), userInfo: [NSLocalizedDescriptionKey: "cannot run \(argv[0])"])
+        }
         var status: Int32 = 0
         var usage = rusage()
         _ = wait4(pid, &status, 0, &usage)
         let wall = Date().timeIntervalSince(start)
+        let peakGrowth = sampler?.stop() ?? 0
         guard status == 0 else { throw NSError(domain: "bench", code: Int(status), userInfo: [NSLocalizedDescriptionKey: "\(argv.joined(separator: " ")) failed (\(status))"]) }
         let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-        return Sample(wall: wall, cpu: cpu, maxRSS: usage.ru_maxrss)
+        let extra = sampler == nil ? 0 : max(0, peakGrowth - (output.map(allocatedSize) ?? 0))
+        return Sample(wall: wall, cpu: cpu, maxRSS: usage.ru_maxrss, extraDisk: extra)
     }
 
     static func median(_ xs: [Double]) -> Double {
@@ -141,9 +164,68 @@ struct Bench {
         return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
     }
 
+    /// Bytes allocated on disk to `path` (a file, or a directory with its files, recursively).
+    static func allocatedSize(_ path: String) -> Int {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return 0 }
+        var total = Int(st.st_blocks) * 512
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] { total += allocatedSize(path + "/" + name) }
+        }
+        return total
+    }
+
     static func directorySize(_ dir: String) -> Int {
         ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).reduce(0) {
             $0 + ((try? FileManager.default.attributesOfItem(atPath: dir + "/" + $1)[.size] as? Int) ?? 0)
         }
+    }
+}
+
+/// Samples the used space of one file system on a thread of its own while a command runs.
+/// `@unchecked Sendable`: `peak` and `running` are only touched under `lock`; `path` is immutable.
+final class DiskSampler: @unchecked Sendable {
+    let path: String
+    private let lock = NSLock()
+    private var running = true
+    private var baseline = 0
+    private var peak = 0
+    private let done = DispatchSemaphore(value: 0)
+
+    init(path: String) { self.path = path }
+
+    /// Used bytes of the file system: (blocks − free blocks) × fragment size. ext4 counts delayed
+    /// allocations and fallocate'd space as used at once.
+    func used() -> Int {
+        var s = statvfs()
+        guard statvfs(path, &s) == 0 else { return 0 }
+        return Int(s.f_blocks - s.f_bfree) * Int(s.f_frsize)
+    }
+
+    func start() {
+        baseline = used()
+        Thread.detachNewThread { [self] in
+            while true {
+                let u = used()
+                lock.lock()
+                peak = max(peak, u - baseline)
+                let go = running
+                lock.unlock()
+                if !go { break }
+                usleep(50_000)
+            }
+            done.signal()
+        }
+    }
+
+    /// Stops sampling (after one last sample) and returns the largest growth over the baseline.
+    func stop() -> Int {
+        lock.lock()
+        running = false
+        lock.unlock()
+        done.wait()
+        lock.lock()
+        defer { lock.unlock() }
+        return peak
     }
 }

@@ -3,7 +3,8 @@ import LoRAKernels
 import SafeTensors
 
 /// The benchmark workload: a Llama-shaped bf16 base in two shards plus a PEFT adapter (fp32 A/B,
-/// r = 16, α = 32, all seven projections), generated deterministically with our own writer.
+/// r = 16, α = 32, all seven projections), generated deterministically with our own writer, and
+/// the same base quantized NF4 (Workload+NF4.swift).
 struct Workload {
     let name: String
     let hidden: Int
@@ -49,9 +50,11 @@ struct Workload {
     /// Inputs of the combine rows besides adapter/: same shapes, other values (seeds 43, 44, 45).
     static let extraAdapters = ["adapter2", "adapter3", "adapter4"]
 
-    /// Writes base/, adapter/ and the extra adapters under `dir` (each skipped when already there).
+    /// Writes base/, adapter/, the extra adapters and base-nf4/ under `dir` (each skipped when
+    /// already there; base-nf4/ is redone whenever base/ is).
     func generate(in dir: String) throws {
         try generateBaseAndAdapter(in: dir)
+        try generateNF4Base(in: dir)
         for (i, name) in Workload.extraAdapters.enumerated() where !FileManager.default.fileExists(atPath: "\(dir)/\(name)/adapter_config.json") {
             var rng = SplitMix64(seed: 43 + UInt64(i))
             try writeAdapter(at: "\(dir)/\(name)", rng: &rng)
@@ -63,6 +66,7 @@ struct Workload {
         if FileManager.default.fileExists(atPath: base + "/config.json") && FileManager.default.fileExists(atPath: adapter + "/adapter_config.json") { return }
         try? FileManager.default.removeItem(atPath: base)
         try? FileManager.default.removeItem(atPath: adapter)
+        try? FileManager.default.removeItem(atPath: dir + "/base-nf4")
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
         let tensors = baseTensors()
@@ -86,17 +90,21 @@ struct Workload {
         if let index = plan.index {
             _ = FileManager.default.createFile(atPath: base + "/model.safetensors.index.json", contents: Data(index.serialized()))
         }
-        let config = """
-            {
-              "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": \(hidden),
-              "intermediate_size": \(intermediate), "num_hidden_layers": \(layers), "num_attention_heads": \(hidden / 64),
-              "num_key_value_heads": \(hidden / 64), "vocab_size": \(vocab), "max_position_embeddings": 2048,
-              "rms_norm_eps": 1e-05, "tie_word_embeddings": false, "torch_dtype": "bfloat16"
-            }
-
-            """
-        _ = FileManager.default.createFile(atPath: base + "/config.json", contents: Data(config.utf8))
+        _ = FileManager.default.createFile(atPath: base + "/config.json", contents: Data(config().utf8))
         try writeAdapter(at: adapter, rng: &rng)
+    }
+
+    /// The model's config.json; with `quantization`, that quantization_config object too.
+    func config(quantization: String? = nil) -> String {
+        """
+        {
+          "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": \(hidden),
+          "intermediate_size": \(intermediate), "num_hidden_layers": \(layers), "num_attention_heads": \(hidden / 64),
+          "num_key_value_heads": \(hidden / 64), "vocab_size": \(vocab), "max_position_embeddings": 2048,
+          "rms_norm_eps": 1e-05, "tie_word_embeddings": false, "torch_dtype": "bfloat16"\(quantization.map { ",\n  \"quantization_config\": " + $0 } ?? "")
+        }
+
+        """
     }
 
     /// A PEFT adapter on every projection: fp32 A/B, r = 16, α = 32, values uniform in ±0.01.

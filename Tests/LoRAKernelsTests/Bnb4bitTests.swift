@@ -1,5 +1,5 @@
 import Foundation
-import LoRAKernels
+@testable import LoRAKernels
 import Testing
 
 /// The formulas the kernels must reproduce, copied from LoRACore's `BnbQuantization.dequantize`
@@ -341,6 +341,20 @@ struct Bnb4bitTests {
         let want = Reference.bucketizer(code)
         #expect(Bnb4bitTests.differingBits(bounds, want.bounds) == 0)
         #expect(order.map(Int.init) == want.order)
+    }
+
+    @Test("The nested quantization's two-level bound count equals BnbQuantizer.bucket's binary search",
+          arguments: ["nested", "nf4", "fp4", "random"])
+    func boundCounter(map: String) {
+        let code = map == "nested" ? Bnb4bit.nestedMap : Bnb4bitTests.code(map)
+        let (bounds, _) = Bnb4bit.bucketizer(code: code)
+        let counter = Bnb4bit.BoundCounter(bounds)
+        var probes: [Float] = [.nan, .infinity, -.infinity, 0, -0.0, 1, -1, 2, -2]
+        for b in bounds { probes += [b, b.nextUp, b.nextDown] }
+        var rng = SplitMix64(seed: 5)
+        for _ in 0..<2000 { probes.append(Bnb4bitTests.uniform(&rng) * 1.1) }
+        let wrong = probes.filter { counter.count(below: $0) != Reference.bucket($0, bounds) }
+        #expect(wrong.isEmpty, "\(wrong.prefix(5))")
     }
 
     @Test("quantizeAbsmax equals BnbQuantizer's double quantization", arguments: [1, 255, 256, 257, 5000])
