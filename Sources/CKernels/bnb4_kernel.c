@@ -369,3 +369,102 @@ void lora_bnb4_quantize(const float *values, size_t count, size_t blocksize, con
                         const uint8_t order[16], uint8_t *packed, float *absmax) {
     lora_bnb4_quantize_isa(LORA_ISA_BEST, values, count, blocksize, bounds, order, packed, absmax);
 }
+
+/* MARK: - Requantize helpers */
+
+void lora_bnb4_block_absmax(const float *values, size_t count, size_t blocksize, float *absmax) {
+#if LORA_VECTOR_KERNELS
+    int vector = lora_best_isa() != LORA_ISA_SCALAR;
+#endif
+    for (size_t b = 0, i = 0; i < count; b++, i += blocksize) {
+        size_t n = count - i < blocksize ? count - i : blocksize;
+#if LORA_VECTOR_KERNELS
+        if (vector) { absmax[b] = absmax_avx2(values + i, n); continue; }
+#endif
+        absmax[b] = absmax_scalar(values + i, n);
+    }
+}
+
+/* n elements of `format` at p widened exactly to fp32. */
+static void widen(const unsigned char *p, int format, size_t n, float *out) {
+    if (format == LORA_F32) {
+        memcpy(out, p, n * 4);
+        return;
+    }
+    if (format == LORA_BF16) {
+        /* A shift per element: a loop the compiler vectorizes. */
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            uint32_t bits = (uint32_t)h << 16;
+            memcpy(out + i, &bits, 4);
+        }
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        out[i] = half_to_float(h);
+    }
+}
+
+/* Lane l of each accumulator sums the elements whose index is l mod 4, in index order. */
+static void delta_lanes_scalar(const float *t, const float *o, const float *g, size_t n, double *d, double *w, double *q) {
+    for (size_t k = 0; k < n; k += 4) {
+        for (int l = 0; l < 4; l++) {
+            double ov = o[k + l], a = (double)t[k + l] - ov, b = (double)g[k + l] - ov;
+            d[l] += a * b;
+            w[l] += a * a;
+            q[l] += b * b;
+        }
+    }
+}
+
+#if LORA_VECTOR_KERNELS
+/* The same four lanes, four doubles per AVX register (separate multiplies and adds: no FMA). */
+AVX2_TARGET static void delta_lanes_avx2(const float *t, const float *o, const float *g, size_t n, double *d, double *w, double *q) {
+    __m256d vd = _mm256_loadu_pd(d), vw = _mm256_loadu_pd(w), vq = _mm256_loadu_pd(q);
+    for (size_t k = 0; k < n; k += 4) {
+        __m256d ov = _mm256_cvtps_pd(_mm_loadu_ps(o + k));
+        __m256d a = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(t + k)), ov);
+        __m256d b = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(g + k)), ov);
+        vd = _mm256_add_pd(vd, _mm256_mul_pd(a, b));
+        vw = _mm256_add_pd(vw, _mm256_mul_pd(a, a));
+        vq = _mm256_add_pd(vq, _mm256_mul_pd(b, b));
+    }
+    _mm256_storeu_pd(d, vd);
+    _mm256_storeu_pd(w, vw);
+    _mm256_storeu_pd(q, vq);
+}
+#endif
+
+void lora_delta_sums(const float *target, const void *old, const void *back, int format, size_t count, double sums[3]) {
+    const unsigned char *o = old, *g = back;
+    size_t size = scalar_format_size(format);
+    double d[4] = {0, 0, 0, 0}, w[4] = {0, 0, 0, 0}, q[4] = {0, 0, 0, 0};
+#if LORA_VECTOR_KERNELS
+    int vector = lora_best_isa() != LORA_ISA_SCALAR;
+#endif
+    enum { SPAN = 1024 };
+    float ow[SPAN], gw[SPAN];
+    size_t whole = count / 4 * 4;
+    for (size_t k = 0; k < whole; k += SPAN) {
+        size_t n = whole - k < SPAN ? whole - k : SPAN;
+        widen(o + k * size, format, n, ow);
+        widen(g + k * size, format, n, gw);
+#if LORA_VECTOR_KERNELS
+        if (vector) { delta_lanes_avx2(target + k, ow, gw, n, d, w, q); continue; }
+#endif
+        delta_lanes_scalar(target + k, ow, gw, n, d, w, q);
+    }
+    for (size_t k = whole; k < count; k++) {
+        double ov = scalar_load(o + k * size, format);
+        double a = (double)target[k] - ov, b = (double)scalar_load(g + k * size, format) - ov;
+        d[0] += a * b;
+        w[0] += a * a;
+        q[0] += b * b;
+    }
+    sums[0] = (d[0] + d[1]) + (d[2] + d[3]);
+    sums[1] = (w[0] + w[1]) + (w[2] + w[3]);
+    sums[2] = (q[0] + q[1]) + (q[2] + q[3]);
+}

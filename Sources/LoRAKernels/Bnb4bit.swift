@@ -240,16 +240,39 @@ public enum Bnb4bit {
         return NestedAbsmax(codes: codes, nestedAbsmax: nested, offset: offset)
     }
 
+    /// max |x| per block of `values` (blocks of `blocksize`, the last may be shorter; NaN ignored):
+    /// the absmax `quantize` computes, without the codes. `absmax` holds one value per block.
+    public static func blockAbsmax(_ values: UnsafeBufferPointer<Float>, blocksize: Int, into absmax: UnsafeMutableBufferPointer<Float>) {
+        precondition(blocksize > 0 && absmax.count >= (values.count + blocksize - 1) / blocksize, "a block size and room for every block")
+        guard !values.isEmpty else { return }
+        lora_bnb4_block_absmax(values.baseAddress, values.count, blocksize, absmax.baseAddress)
+    }
+
+    /// Σ want·got, Σ want², Σ got² with want = target − old, got = back − old (fp64; `old` and
+    /// `back` hold `target.count` values of `format`), each summed in four partial sums by index
+    /// mod 4 and added as (s0 + s1) + (s2 + s3): one order on every CPU.
+    public static func deltaSums(target: UnsafeBufferPointer<Float>, old: UnsafeRawBufferPointer, back: UnsafeRawBufferPointer,
+                                 format: FloatCodec.Format) -> (dot: Double, want: Double, got: Double) {
+        precondition(old.count >= target.count * format.size && back.count >= target.count * format.size, "old and back hold every element")
+        var sums = (0.0, 0.0, 0.0)
+        guard !target.isEmpty else { return sums }
+        withUnsafeMutableBytes(of: &sums) {
+            lora_delta_sums(target.baseAddress, old.baseAddress, back.baseAddress, FusedMerge.code(format), target.count,
+                            $0.baseAddress!.assumingMemoryBound(to: Double.self))
+        }
+        return sums
+    }
+
     /// The count of `bounds` below a value, which for the sorted bounds of `bucketizer` is
     /// BnbQuantizer.bucket's binary search result (the index of the first bound ≥ x; 0 for NaN).
     /// Two levels of 16-lane compares instead of a search: the bounds padded with +inf to groups of
     /// 16, first the count of groups whose last (largest) bound is below x, then the count within
     /// the next group. No branch and no chain of dependent loads; up to 256 bounds.
-    struct BoundCounter {
+    public struct BoundCounter: Sendable {
         let groups: [SIMD16<Float>]
         let lasts: SIMD16<Float>
 
-        init(_ bounds: [Float]) {
+        public init(_ bounds: [Float]) {
             precondition(bounds.count <= 256, "at most 256 bounds")
             let padded = bounds + [Float](repeating: .infinity, count: 256 - bounds.count)
             let groups = (0..<16).map { g in SIMD16(padded[(g * 16)..<(g * 16 + 16)]) }
@@ -257,7 +280,7 @@ public enum Bnb4bit {
             lasts = SIMD16(groups.map { $0[15] })
         }
 
-        func count(below x: Float) -> Int {
+        public func count(below x: Float) -> Int {
             let v = SIMD16<Float>(repeating: x)
             let full = Int(SIMD16<Int32>(repeating: 0).replacing(with: 1, where: lasts .< v).wrappedSum())
             guard full < 16 else { return 256 }

@@ -64,4 +64,15 @@ void lora_bnb4_quantize(const float *values, size_t count, size_t blocksize, con
  * AVX2 code). All give the same bytes. Returns LORA_BNB4_UNSUPPORTED (nothing written) or 0. */
 uint32_t lora_bnb4_quantize_isa(int isa, const float *values, size_t count, size_t blocksize, const float bounds[15],
                                 const uint8_t order[16], uint8_t *packed, float *absmax);
+/* absmax[b] = max |x| over block b of `count` fp32 values (blocks of `blocksize`, the last may be
+ * shorter; NaN values ignored; +0 for an all-zero block): the absmax lora_bnb4_quantize computes,
+ * without the codes. */
+void lora_bnb4_block_absmax(const float *values, size_t count, size_t blocksize, float *absmax);
+
+/* For the requantize report: with want = target − old and got = back − old per element (target
+ * fp32; old and back in `format`, widened exactly; the differences and products in double),
+ *   sums = { Σ want·got, Σ want², Σ got² }
+ * each accumulated in four partial sums by element index mod 4 (the tail in the first) and added
+ * as (s0 + s1) + (s2 + s3): one order, the same result on every CPU. No fused multiply-adds. */
+void lora_delta_sums(const float *target, const void *old, const void *back, int format, size_t count, double sums[3]);
 #endif

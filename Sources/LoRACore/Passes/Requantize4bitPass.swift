@@ -51,7 +51,7 @@ public struct Requantize4bitPass: Sendable {
             guard let m = t.source as? MergedTensor, let q = m.start as? Dequantized4bit else { return nil }
             return (t.name, m, q)
         }
-        let offsets = type == nil ? [:] : try resolveOffsets(changed)
+        let nested = type == nil ? [:] : try resolveNested(changed)
         var tensors: [(name: String, source: any TensorSource)] = []
         var denseModules: [String] = []
         for (name, source) in stream.tensors {
@@ -62,7 +62,7 @@ public struct Requantize4bitPass: Sendable {
                     tensors.append((name, source))
                     denseModules.append(String(name.dropLast(".weight".count)))
                 } else {
-                    tensors += try requantized(name, merged: m, original: q, offset: offsets[name])
+                    tensors += try requantized(name, merged: m, original: q, nested: nested[name])
                 }
             } else {
                 tensors.append((name, source))
@@ -78,15 +78,12 @@ public struct Requantize4bitPass: Sendable {
     }
 
     /// The parts of one requantized weight, in the base's layout.
-    private func requantized(_ name: String, merged: MergedTensor, original q: Dequantized4bit, offset: Float?) throws -> [(name: String, source: any TensorSource)] {
+    private func requantized(_ name: String, merged: MergedTensor, original q: Dequantized4bit, nested: RequantizedWeight.Nested?) throws
+        -> [(name: String, source: any TensorSource)]
+    {
         func stored(_ suffix: String) -> (any TensorSource)? { q.stored.first { $0.name == name + suffix }?.source }
         let quantMap = try RequantizedWeight.values(of: stored(".quant_map")!, 0..<16)
-        var nested: (map: [Float], blocksize: Int, offset: Float)?
-        if let offset, let nb = q.state.nestedBlocksize, let map = stored(".nested_quant_map") {
-            nested = (try RequantizedWeight.values(of: map, 0..<map.elementCount), nb, offset)
-        }
-        let parts = q.stored.filter { $0.name == name || $0.name == name + ".absmax" || $0.name == name + ".nested_absmax" }.count
-        let weight = RequantizedWeight(name: name, merged: merged, original: q, quantMap: quantMap, nested: nested, parts: parts, survival: survival)
+        let weight = RequantizedWeight(name: name, merged: merged, original: q, quantMap: quantMap, nested: nested, survival: survival)
         return try q.stored.map { part in
             let s = part.source
             switch part.name {
@@ -100,35 +97,26 @@ public struct Requantize4bitPass: Sendable {
         }
     }
 
-    /// The double-quantization offset of every changed weight that has one, one streaming pass over
-    /// each, weights in parallel.
-    private func resolveOffsets(_ changed: [(name: String, merged: MergedTensor, original: Dequantized4bit)]) throws -> [String: Float] {
-        let doubled = changed.filter { c in c.original.state.nestedBlocksize != nil && c.original.stored.contains { $0.name == c.name + ".nested_quant_map" } }
-        let results = OffsetResults(count: doubled.count)
+    /// The double quantization (offset and nested absmax) of every changed weight that has one: one
+    /// streaming pass over each, weights in parallel.
+    private func resolveNested(_ changed: [(name: String, merged: MergedTensor, original: Dequantized4bit)]) throws -> [String: RequantizedWeight.Nested] {
+        let doubled = changed.filter { c in
+            c.original.state.nestedBlocksize != nil && c.original.stored.contains { $0.name == c.name + ".nested_quant_map" }
+                && c.original.stored.contains { $0.name == c.name + ".absmax" && $0.source.dtype == .uint8 }
+        }
+        let results = ParallelSlots<RequantizedWeight.Nested>(count: doubled.count)
         let counter = ClaimCounter(count: doubled.count)
         DispatchQueue.concurrentPerform(iterations: max(1, min(context.threads, doubled.count))) { _ in
-            while !results.failed, let k = counter.next() {
-                do {
-                    let c = doubled[k]
-                    let bs = c.original.state.blocksize
-                    results.set(k, try RequantizedWeight.absmaxMean(of: c.merged, blocksize: bs, step: max(1, (1 << 20) / bs) * bs))
-                } catch {
-                    results.record(error)
-                }
+            while let k = counter.next() {
+                let c = doubled[k]
+                results.set(k, Result {
+                    let map = c.original.stored.first { $0.name == c.name + ".nested_quant_map" }!.source
+                    return try RequantizedWeight.resolveNested(of: c.merged, blocksize: c.original.state.blocksize,
+                                                               map: try RequantizedWeight.values(of: map, 0..<map.elementCount),
+                                                               nestedBlocksize: c.original.state.nestedBlocksize!)
+                })
             }
         }
-        if let error = results.error { throw error }
-        return Dictionary(uniqueKeysWithValues: doubled.indices.map { (doubled[$0].name, results.offsets[$0]) })
-    }
-
-    /// `@unchecked Sendable`: guarded by `lock`.
-    private final class OffsetResults: @unchecked Sendable {
-        private let lock = NSLock()
-        private(set) var offsets: [Float]
-        private(set) var error: Error?
-        init(count: Int) { offsets = Array(repeating: 0, count: count) }
-        var failed: Bool { lock.lock(); defer { lock.unlock() }; return error != nil }
-        func set(_ k: Int, _ v: Float) { lock.lock(); offsets[k] = v; lock.unlock() }
-        func record(_ e: Error) { lock.lock(); if error == nil { error = e }; lock.unlock() }
+        return try Dictionary(uniqueKeysWithValues: doubled.indices.map { (doubled[$0].name, try results.get($0).get()) })
     }
 }

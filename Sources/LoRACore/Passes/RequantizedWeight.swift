@@ -2,172 +2,245 @@ import Foundation
 import LoRAKernels
 import SafeTensors
 
-/// One merged weight written back in its base's bitsandbytes 4-bit format: the codes, absmax (and
-/// nested absmax) tensors computed together from the merged values, shared by the sources of its
-/// parts (`RequantizedPart`), computed by the first part asked for and dropped once every part has
-/// been written. The quant maps are the base's, unchanged.
+/// One merged weight written back in its base's bitsandbytes 4-bit format: its codes, absmax and
+/// nested absmax tensors (`RequantizedPart`), computed from the merged values when the sink first
+/// asks for them and dropped once written. The quant maps are the base's, unchanged.
 ///
 /// Numerics: the merged values in the base's compute dtype (the dense merge's bytes), quantized as
-/// `BnbQuantizer` does (bit-exact with bitsandbytes); with double quantization the absmax offset is
-/// known beforehand (`Requantize4bitPass` resolves it), so the nested step runs per 256 blocks as
-/// the values stream. Memory: the packed codes and absmax of this weight, plus one block of values.
+/// bitsandbytes does (`Bnb4bit.quantize`, bit-exact). With double quantization the absmax offset
+/// (the mean of the new absmax) and the nested absmax (per 256 blocks) are resolved before the
+/// file header is laid out (`resolveNested`), so the absmax codes of any 256 blocks follow from
+/// their own values.
+///
+/// Memory: safetensors files hold their F32 tensors first and their U8 tensors last, so a weight's
+/// nested absmax (F32, kilobytes, resolved beforehand) is written long before its codes and absmax
+/// codes (U8, adjacent): those two are computed together, kept in pages of their own until both are
+/// written. A single-quantized weight's fp32 absmax (F32, early) is computed on its own when asked
+/// for. Either way a few weights are in memory at a time, whatever the model's size; each weight's
+/// merged values are computed twice (once to resolve the scales, once for the codes).
 final class RequantizedWeight: @unchecked Sendable {
     enum Part: Sendable { case codes, absmax, nestedAbsmax }
+
+    /// Double quantization: the nested code, its block size, and what `resolveNested` found.
+    struct Nested: Sendable {
+        var map: [Float]
+        var blocksize: Int
+        /// Mean of the weight's block absmax (fp64 sum in block order, rounded once: torch's fp32 mean).
+        var offset: Float
+        /// max |absmax − offset| per `blocksize` blocks.
+        var absmax: [Float]
+    }
 
     let name: String
     /// The dense merge (in the base's compute dtype) and the 4-bit weight it started from.
     let merged: any TensorSource
     let original: Dequantized4bit
     let quantMap: [Float]
-    /// Double quantization: the nested map and block size, and the offset (mean of the new absmax).
-    let nested: (map: [Float], blocksize: Int, offset: Float)?
+    let nested: Nested?
     private let survival: SurvivalLog
     private let lock = NSLock()
-    private var result: (codes: [UInt8], absmax: [UInt8], nestedAbsmax: [UInt8])?
-    private var partsLeft: Int
+    /// Codes (and absmax codes, when double-quantized), until both are written.
+    private var codes: (packed: PageBuffer, absmaxCodes: PageBuffer?)?
+    private var codePartsLeft: Int
+    /// A single-quantized weight's fp32 absmax, until written.
+    private var scales: PageBuffer?
 
-    init(name: String, merged: any TensorSource, original: Dequantized4bit, quantMap: [Float], nested: (map: [Float], blocksize: Int, offset: Float)?,
-         parts: Int, survival: SurvivalLog) {
+    init(name: String, merged: any TensorSource, original: Dequantized4bit, quantMap: [Float], nested: Nested?, survival: SurvivalLog) {
         self.name = name
         self.merged = merged
         self.original = original
         self.quantMap = quantMap
         self.nested = nested
-        self.partsLeft = parts
         self.survival = survival
+        codePartsLeft = nested == nil ? 1 : 2
     }
 
     /// Elements per step: whole 256-block nested groups, about a million values.
-    private var step: Int {
-        let unit = original.state.blocksize * (nested?.blocksize ?? 1)
+    static func step(blocksize: Int, nestedBlocksize: Int?) -> Int {
+        let unit = blocksize * (nestedBlocksize ?? 1)
         return max(1, (1 << 20) / unit) * unit
     }
 
-    /// The mean of the merged weight's per-block absmax, accumulated in fp64 in block order and
-    /// rounded once (torch's fp32 mean), streaming over the merged values.
-    static func absmaxMean(of merged: any TensorSource, blocksize: Int, step: Int) throws -> Float {
+    /// Streams `merged` once and resolves its double quantization's offset and nested absmax.
+    static func resolveNested(of merged: any TensorSource, blocksize: Int, map: [Float], nestedBlocksize: Int) throws -> Nested {
+        let absmax = try blockAbsmax(of: merged, blocksize: blocksize, step: step(blocksize: blocksize, nestedBlocksize: nestedBlocksize))
+        merged.finished()
+        let offset = Float(absmax.reduce(0.0) { $0 + Double($1) } / Double(max(1, absmax.count)))
+        var nestedAbsmax: [Float] = []
+        var start = 0
+        while start < absmax.count {
+            var m: Float = 0
+            for i in start..<min(start + nestedBlocksize, absmax.count) { m = max(m, abs(absmax[i] - offset)) }
+            nestedAbsmax.append(m)
+            start += nestedBlocksize
+        }
+        return Nested(map: map, blocksize: nestedBlocksize, offset: offset, absmax: nestedAbsmax)
+    }
+
+    /// max |x| per block of `merged`'s values, streamed `step` values at a time.
+    static func blockAbsmax(of merged: any TensorSource, blocksize: Int, step: Int) throws -> [Float] {
         let n = merged.elementCount
-        var sum = 0.0, blocks = 0
+        var absmax = [Float](repeating: 0, count: (n + blocksize - 1) / blocksize)
+        var raw: [UInt8] = []
+        var values = [Float](repeating: 0, count: min(n, step))
         var e = 0
         while e < n {
-            let values = try RequantizedWeight.values(of: merged, e..<min(n, e + step))
-            var start = 0
-            while start < values.count {
-                var m: Float = 0
-                for i in start..<min(start + blocksize, values.count) { m = max(m, abs(values[i])) }
-                sum += Double(m)
-                blocks += 1
-                start += blocksize
+            let count = min(n - e, step), b0 = e / blocksize, mb = (count + blocksize - 1) / blocksize
+            try values.withUnsafeMutableBufferPointer { v in
+                try RequantizedWeight.values(of: merged, e..<(e + count), into: UnsafeMutableBufferPointer(rebasing: v[0..<count]), raw: &raw)
+                absmax.withUnsafeMutableBufferPointer {
+                    Bnb4bit.blockAbsmax(UnsafeBufferPointer(rebasing: v[0..<count]), blocksize: blocksize, into: UnsafeMutableBufferPointer(rebasing: $0[b0..<(b0 + mb)]))
+                }
             }
-            e += step
+            e += count
         }
-        merged.finished()
-        return Float(sum / Double(max(1, blocks)))
+        return absmax
     }
 
     /// Elements `elements` of a float source in fp32.
     static func values(of source: any TensorSource, _ elements: Range<Int>) throws -> [Float] {
+        var raw: [UInt8] = []
+        var values = [Float](repeating: 0, count: elements.count)
+        try values.withUnsafeMutableBufferPointer { try RequantizedWeight.values(of: source, elements, into: $0, raw: &raw) }
+        return values
+    }
+
+    /// Elements `elements` of a float source in fp32 into `out`, through `raw` (reused).
+    static func values(of source: any TensorSource, _ elements: Range<Int>, into out: UnsafeMutableBufferPointer<Float>, raw: inout [UInt8]) throws {
         let format = TensorData.format(source.dtype)!
-        var raw = [UInt8](repeating: 0, count: elements.count * format.size)
-        try raw.withUnsafeMutableBytes { try source.fill((elements.lowerBound * format.size)..<(elements.upperBound * format.size), into: $0.baseAddress!) }
-        return [Float](unsafeUninitializedCapacity: elements.count) { buffer, count in
-            raw.withUnsafeBytes { FloatCodec.decode($0, format: format, into: buffer) }
-            count = elements.count
+        let n = elements.count * format.size
+        if raw.count < n { raw = [UInt8](repeating: 0, count: n) }
+        try raw.withUnsafeMutableBytes {
+            try source.fill((elements.lowerBound * format.size)..<(elements.upperBound * format.size), into: $0.baseAddress!)
+            FloatCodec.decode(UnsafeRawBufferPointer(rebasing: $0[0..<n]), format: format, into: out)
         }
     }
 
-    /// Calls `body` with the bytes of `part`, computing the weight first if no part has.
+    /// Calls `body` with the bytes of `part`, computing them first if needed.
     func withBytes<R>(of part: Part, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         lock.lock()
         defer { lock.unlock() }
-        if result == nil { result = try compute() }
-        switch part {
-        case .codes: return try result!.codes.withUnsafeBytes(body)
-        case .absmax: return try result!.absmax.withUnsafeBytes(body)
-        case .nestedAbsmax: return try result!.nestedAbsmax.withUnsafeBytes(body)
+        switch (part, nested) {
+        case let (.nestedAbsmax, nested?):
+            return try nested.absmax.withUnsafeBytes(body)
+        case (.absmax, nil):
+            if scales == nil {
+                let absmax = try RequantizedWeight.blockAbsmax(of: merged, blocksize: original.state.blocksize,
+                                                               step: RequantizedWeight.step(blocksize: original.state.blocksize, nestedBlocksize: nil))
+                merged.finished()
+                let page = try PageBuffer(count: absmax.count * 4)
+                absmax.withUnsafeBytes { page.bytes.copyMemory(from: $0) }
+                scales = page
+            }
+            return try body(UnsafeRawBufferPointer(scales!.bytes))
+        default:
+            if codes == nil { codes = try computeCodes() }
+            return try body(UnsafeRawBufferPointer(part == .codes ? codes!.packed.bytes : codes!.absmaxCodes!.bytes))
         }
     }
 
-    /// One part is fully written; the last one frees the weight.
-    func partFinished() {
+    /// One part is fully written: drop what only it needed.
+    func partFinished(_ part: Part) {
         lock.lock()
-        partsLeft -= 1
-        if partsLeft == 0 { result = nil }
-        lock.unlock()
+        defer { lock.unlock() }
+        switch (part, nested) {
+        case (.nestedAbsmax, _): break
+        case (.absmax, nil): scales = nil
+        default:
+            codePartsLeft -= 1
+            if codePartsLeft == 0 { codes = nil }
+        }
     }
 
-    private func compute() throws -> (codes: [UInt8], absmax: [UInt8], nestedAbsmax: [UInt8]) {
+    /// How many 4-bit codes differ between two packed code arrays of the same length (a padding
+    /// nibble is 0 in both), eight bytes at a time.
+    static func changedNibbles(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int {
+        var count = 0, i = 0
+        while i + 8 <= a.count {
+            let x = a.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ b.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            count += ((x | x >> 1 | x >> 2 | x >> 3) & 0x1111_1111_1111_1111).nonzeroBitCount
+            i += 8
+        }
+        while i < a.count {
+            let x = a[i] ^ b[i]
+            count += (x & 0xF0 != 0 ? 1 : 0) + (x & 0x0F != 0 ? 1 : 0)
+            i += 1
+        }
+        return count
+    }
+
+    /// The packed codes (and the absmax codes), streaming over the merged values, with the survival.
+    private func computeCodes() throws -> (packed: PageBuffer, absmaxCodes: PageBuffer?) {
         let s = original.state
         let n = merged.elementCount, bs = s.blocksize
         let blocks = (n + bs - 1) / bs
         let (bounds, order) = Bnb4bit.bucketizer(code: quantMap)
-        var packed = [UInt8](repeating: 0, count: (n + 1) / 2)
-        var absmax = [Float](repeating: 0, count: blocks)
-        var absmaxCodes = [UInt8](repeating: 0, count: nested == nil ? 0 : blocks)
-        var nestedAbsmax: [Float] = []
-        let oldCodes = try original.stored.first { $0.name == name }!.source.allBytes()
+        let packed = try PageBuffer(count: (n + 1) / 2)
+        let absmaxCodes = try nested.map { _ in try PageBuffer(count: blocks) }
+        let nestedSearch = nested.map { n in (Bnb4bit.bucketizer(code: n.map), Bnb4bit.BoundCounter(Bnb4bit.bucketizer(code: n.map).bounds)) }
+        let codesSource = original.stored.first { $0.name == name }!.source
         let format = TensorData.format(s.dtype)!
+        let step = RequantizedWeight.step(blocksize: bs, nestedBlocksize: nested?.blocksize)
+        let stepElements = min(step, n), stepBlocks = (stepElements + bs - 1) / bs
+        var raw: [UInt8] = []
+        var target = [Float](repeating: 0, count: stepElements)
+        var oldBytes = [UInt8](repeating: 0, count: stepElements * format.size), backBytes = oldBytes
+        var oldCodes = [UInt8](repeating: 0, count: (stepElements + 1) / 2)
+        var blockMax = [Float](repeating: 0, count: stepBlocks), stored = blockMax
         var changedCodes = 0
         var dot = 0.0, n1 = 0.0, n2 = 0.0
         var e = 0
         while e < n {
             let m = min(step, n - e), b0 = e / bs, mb = (m + bs - 1) / bs
-            let target = try RequantizedWeight.values(of: merged, e..<(e + m))
-            // Codes and block absmax by the kernel, straight into this chunk's part of the output.
-            var blockMax = [Float](repeating: 0, count: mb)
             let bytes = (e / 2)..<((e + m + 1) / 2)
+            try target.withUnsafeMutableBufferPointer { try RequantizedWeight.values(of: merged, e..<(e + m), into: UnsafeMutableBufferPointer(rebasing: $0[0..<m]), raw: &raw) }
+            // Codes and block absmax by the kernel, straight into this step's part of the output.
             target.withUnsafeBufferPointer { t in
-                packed.withUnsafeMutableBytes { p in
-                    blockMax.withUnsafeMutableBufferPointer {
-                        Bnb4bit.quantize(t, blocksize: bs, bounds: bounds, order: order, packed: UnsafeMutableRawBufferPointer(rebasing: p[bytes]), absmax: $0)
-                    }
+                blockMax.withUnsafeMutableBufferPointer {
+                    Bnb4bit.quantize(UnsafeBufferPointer(rebasing: t[0..<m]), blocksize: bs, bounds: bounds, order: order,
+                                     packed: UnsafeMutableRawBufferPointer(rebasing: packed.bytes[bytes]), absmax: UnsafeMutableBufferPointer(rebasing: $0[0..<mb]))
                 }
             }
-            // The absmax bitsandbytes reads back: stored, or through the nested quantization (whole
-            // 256-block groups per chunk, the offset known beforehand).
-            var stored = blockMax
-            if let nested {
-                let (c, na) = BnbQuantizer.blockwise(blockMax.map { $0 - nested.offset }, blocksize: nested.blocksize, code: nested.map)
-                for j in c.indices {
-                    absmaxCodes[b0 + j] = c[j]
-                    stored[j] = nested.map[Int(c[j])] * na[j / nested.blocksize] + nested.offset
+            // The absmax bitsandbytes reads back: the block absmax, or its nested code's value. The
+            // code of (absmax − offset) scaled by its group's nested absmax, as bitsandbytes'
+            // blockwise quantization of the absmax computes it.
+            if let nested, let absmaxCodes, let (search, counter) = nestedSearch {
+                for j in 0..<mb {
+                    let scale = nested.absmax[(b0 + j) / nested.blocksize]
+                    let scaled = min(max((blockMax[j] - nested.offset) * (1 / max(scale, 1e-38)), -1), 1)
+                    let code = search.order[counter.count(below: scaled)]
+                    absmaxCodes.bytes[b0 + j] = code
+                    stored[j] = nested.map[Int(code)] * scale + nested.offset
                 }
-                nestedAbsmax += na
+            } else {
+                for j in 0..<mb { stored[j] = blockMax[j] }
             }
-            for j in blockMax.indices { absmax[b0 + j] = blockMax[j] }
-            // Survival: what the codes kept of the intended change, summed in element order.
-            var old = [Float](repeating: 0, count: m), back = [Float](repeating: 0, count: m)
-            try old.withUnsafeMutableBufferPointer { try original.decode(e..<(e + m), into: $0) }
-            var backBytes = [UInt8](repeating: 0, count: m * format.size)
-            packed.withUnsafeBytes { p in
-                stored.withUnsafeBufferPointer { a in
-                    backBytes.withUnsafeMutableBytes {
-                        Bnb4bit.decode(UnsafeRawBufferPointer(rebasing: p[bytes]), elements: 0..<m, absmax: a, blocksize: bs, quantMap: quantMap, into: $0, format: format)
-                    }
+            // Survival: what the codes kept of the intended change.
+            try oldBytes.withUnsafeMutableBytes { try original.fill((e * format.size)..<((e + m) * format.size), into: $0.baseAddress!) }
+            stored.withUnsafeBufferPointer { a in
+                backBytes.withUnsafeMutableBytes {
+                    Bnb4bit.decode(UnsafeRawBufferPointer(rebasing: packed.bytes[bytes]), elements: 0..<m, absmax: a, blocksize: bs, quantMap: quantMap, into: $0, format: format)
                 }
             }
-            backBytes.withUnsafeBytes { b in back.withUnsafeMutableBufferPointer { FloatCodec.decode(b, format: format, into: $0) } }
-            for j in bytes {
-                let x = oldCodes[j] ^ packed[j]
-                if x & 0xF0 != 0 { changedCodes += 1 }
-                if x & 0x0F != 0 && 2 * j + 1 < n { changedCodes += 1 }
+            try oldCodes.withUnsafeMutableBytes { try codesSource.fill(bytes, into: $0.baseAddress!) }
+            changedCodes += oldCodes.withUnsafeBytes {
+                RequantizedWeight.changedNibbles(UnsafeRawBufferPointer(rebasing: $0[0..<bytes.count]), UnsafeRawBufferPointer(rebasing: packed.bytes[bytes]))
             }
-            for k in 0..<m {
-                let want = Double(target[k]) - Double(old[k]), got = Double(back[k]) - Double(old[k])
-                dot += want * got
-                n1 += want * want
-                n2 += got * got
+            let sums = target.withUnsafeBufferPointer { t in
+                oldBytes.withUnsafeBytes { o in
+                    backBytes.withUnsafeBytes { Bnb4bit.deltaSums(target: UnsafeBufferPointer(rebasing: t[0..<m]), old: o, back: $0, format: format) }
+                }
             }
+            dot += sums.dot
+            n1 += sums.want
+            n2 += sums.got
             e += m
         }
         merged.finished()
         survival.add(Requantize.Survival(weight: name, codesChanged: Double(changedCodes) / Double(n),
                                          deltaCorrelation: n1 > 0 && n2 > 0 ? dot / (n1 * n2).squareRoot() : 0,
                                          deltaNormRatio: n1 > 0 ? (n2 / n1).squareRoot() : 0))
-        if nested != nil {
-            return (packed, absmaxCodes, AdapterSink.floatBytes(nestedAbsmax))
-        }
-        return (packed, AdapterSink.floatBytes(absmax), [])
+        return (packed, absmaxCodes)
     }
 }
 
@@ -182,7 +255,7 @@ struct RequantizedPart: TensorSource {
         try weight.withBytes(of: part) { destination.copyMemory(from: $0.baseAddress! + range.lowerBound, byteCount: range.count) }
     }
 
-    func finished() { weight.partFinished() }
+    func finished() { weight.partFinished(part) }
 }
 
 /// Bytes known when the pass runs (a quant_state JSON).

@@ -50,6 +50,9 @@ public final class TensorStream: TensorStore, @unchecked Sendable {
 
     deinit { computed.values.forEach { $0.deallocate() } }
 
+    /// Below this many bytes, `bytes(of:)` reads a stored tensor instead of mapping it.
+    static let smallTensor = 1 << 20
+
     public func source(_ name: String) -> (any TensorSource)? { sources[name] }
 
     public func info(_ name: String) -> TensorInfo? { sources[name].map { $0.info(named: name) } }
@@ -64,7 +67,10 @@ public final class TensorStream: TensorStore, @unchecked Sendable {
 
     public func bytes(of name: String) throws -> UnsafeRawBufferPointer {
         guard let source = sources[name] else { throw SafeTensorsError.tensorNotFound(tensor: name, in: path) }
-        if let stored = source as? StoredTensor { return try stored.checkpoint.bytes(of: stored.name) }
+        // Large stored tensors through their mapping (the checkers drop the pages as they go); small
+        // ones (quant maps, scales, quant states) read into memory: mapping them would make the
+        // page cache's large folios around them resident, megabytes for each few bytes.
+        if let stored = source as? StoredTensor, stored.byteCount >= TensorStream.smallTensor { return try stored.checkpoint.bytes(of: stored.name) }
         lock.lock()
         defer { lock.unlock() }
         if let b = computed[name] { return UnsafeRawBufferPointer(b) }
@@ -85,7 +91,7 @@ public final class TensorStream: TensorStore, @unchecked Sendable {
 
     public func release(_ name: String) {
         guard let source = sources[name] else { return }
-        if let stored = source as? StoredTensor { stored.checkpoint.release(stored.name); return }
+        if let stored = source as? StoredTensor, stored.byteCount >= TensorStream.smallTensor { stored.checkpoint.release(stored.name); return }
         lock.lock()
         let b = computed.removeValue(forKey: name)
         lock.unlock()
