@@ -8,7 +8,7 @@ import Glibc
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 ///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
 /// Measures cp -r, cp -r + sync, merge, merge --no-sync, merge into the NF4 base (dense output, and
-/// --requantize nf4), verify, extract --rank 16 (base vs merged), inspect, and combine of four r = 16
+/// --requantize nf4) and verify of that merge, verify, extract --rank 16 (base vs merged), inspect, and combine of four r = 16
 /// adapters (svd to rank 16, cat). Reports the median and spread of wall time, CPU time and peak RSS
 /// per command, GB/s over the (dense) base size, each time as a ratio to the `cp -r` time measured in
 /// the same run, and the peak extra disk space each command took beyond its final output (free space
@@ -63,6 +63,9 @@ struct Bench {
              out + "/merged-nf4"),
             ("merge --requantize nf4 (NF4 base)", [bin, "merge", "--base", dir + "/base-nf4", "--adapter", dir + "/adapter", "--output", out + "/requantized-nf4",
                                                    "--quiet", "--requantize", "nf4"], out + "/requantized-nf4"),
+            // verify against the NF4 base reads the merged files from the disk, decoding the base's 4-bit blocks as it goes.
+            ("verify (NF4 base)", ["/bin/sh", "-c", "for f in \"$1\"/*.safetensors; do dd if=\"$f\" iflag=nocache count=0 status=none; done; shift; exec \"$@\"", "sh",
+                                   out + "/merged-nf4", bin, "verify", "--base", dir + "/base-nf4", "--adapter", dir + "/adapter", "--merged", out + "/merged-nf4"], nil),
             // Each verify first drops the merged files from the page cache (GNU dd's nocache with count=0),
             // so every mode reads them from the disk, as right after a merge (which writes with direct I/O).
             ("verify", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"], nil),
@@ -95,7 +98,7 @@ struct Bench {
                 _ = try run(["/bin/sync"], quiet: true)
                 let s = try run(argv, quiet: true, diskOf: out, output: output)
                 samples[name, default: []].append(s)
-                for copy in ["cp", "cps", "merged-no-sync", "merged-nf4", "requantized-nf4"] { try? FileManager.default.removeItem(atPath: out + "/" + copy) }
+                for copy in ["cp", "cps", "merged-no-sync", "requantized-nf4"] { try? FileManager.default.removeItem(atPath: out + "/" + copy) }
             }
             print("repetition \(r + 1)/\(repeats) done")
         }

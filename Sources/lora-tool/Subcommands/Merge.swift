@@ -158,12 +158,17 @@ extension LoraTool {
             }
             for s in r.requantization ?? [] {
                 rows.append(["requantized", "\(s.weight): \(String(format: "%.1f", 100 * s.codesChanged))% of codes changed, delta kept: correlation \(String(format: "%.3f", s.deltaCorrelation)), norm ratio \(String(format: "%.3f", s.deltaNormRatio))"])
-                if s.deltaCorrelation < 0.5 {
-                    Render.diagnostic("warning: \(s.weight): less than half of the adapter's change survived 4-bit requantization (correlation \(String(format: "%.2f", s.deltaCorrelation))); consider a dense output (omit --requantize)")
-                }
+            }
+            // One warning for all the weights whose change mostly did not survive, naming the worst.
+            let weak = (r.requantization ?? []).filter { $0.deltaCorrelation < 0.5 }
+            if let worst = weak.min(by: { $0.deltaCorrelation < $1.deltaCorrelation }) {
+                let which = weak.count == 1 ? worst.weight : "\(weak.count) of \(r.requantization!.count) requantized weights (lowest: \(worst.weight))"
+                Render.diagnostic("warning: \(which): less than half of the adapter's change survived 4-bit requantization (correlation \(String(format: "%.2f", worst.deltaCorrelation))); consider a dense output (omit --requantize)")
             }
             if let v = r.verification {
-                rows.append(["verified", "\(v.entries.count) tensors element by element and on \(v.probes) probes (seed \(v.seed)), side files and metadata: all pass"])
+                rows.append(["verified", v.mode == .probes
+                    ? "\(v.entries.count) merged tensors on \(v.probes) probes (seed \(v.seed)), as computed before requantizing: all pass"
+                    : "\(v.entries.count) tensors element by element and on \(v.probes) probes (seed \(v.seed)), side files and metadata: all pass"])
             }
             for f in r.files { rows.append(["sha256", "\(r.sha256[f] ?? "?")  \(f)"]) }
             return "\(Render.escaped(r.output)): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
