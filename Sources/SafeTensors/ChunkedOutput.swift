@@ -38,6 +38,12 @@ public final class ChunkedOutput: @unchecked Sendable {
         public var offsetInChunk: Int
     }
 
+    /// Bytes per `pwrite` through the page cache. One 32 MiB call copies into the page cache at a
+    /// tenth of the speed of 1 MiB calls (measured with dd on this project's VM, Linux 6.18 ext4:
+    /// 0.54 vs 5.2 GB/s): the kernel's copy into freshly allocated folios slows down with the size
+    /// of one call.
+    static let pageCacheWrite = 1 << 20
+
     /// File offset, length and memory alignment of direct writes (a multiple of every common
     /// logical block size).
     public static let alignment = 4096
@@ -246,7 +252,7 @@ public final class ChunkedOutput: @unchecked Sendable {
         } else {
             aligned = 0
         }
-        if let failure = ChunkedOutput.writeAll(fd, buffer + aligned, count: length - aligned, at: start + aligned) {
+        if let failure = ChunkedOutput.writeAll(fd, buffer + aligned, count: length - aligned, at: start + aligned, piece: ChunkedOutput.pageCacheWrite) {
             throw SafeTensorsError.outputIO(path: path, operation: "write", errno: failure)
         }
     }
@@ -307,10 +313,10 @@ public final class ChunkedOutput: @unchecked Sendable {
     }
 
     /// pwrite until done; the errno of a failure, nil on success.
-    static func writeAll(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int, at offset: Int) -> Int32? {
+    static func writeAll(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, count: Int, at offset: Int, piece: Int = .max) -> Int32? {
         var done = 0
         while done < count {
-            let n = pwrite(fd, buffer + done, count - done, off_t(offset + done))
+            let n = pwrite(fd, buffer + done, min(piece, count - done), off_t(offset + done))
             if n < 0 {
                 if errno == EINTR { continue }
                 return errno
