@@ -17,9 +17,14 @@ public protocol TensorStore: AnyObject, Sendable {
     func read(_ name: String, bytes range: Range<Int>, into destination: UnsafeMutableRawPointer) throws
     /// `name` is done with: drop its pages or its computed bytes.
     func release(_ name: String)
+    /// Bytes of `name` (from `bytes(of:)`) already used: drop their pages from the resident set
+    /// when they are a file mapping; computed bytes are left alone.
+    func dropPages(_ bytes: UnsafeRawBufferPointer, of name: String)
 }
 
 extension Checkpoint: TensorStore {
+    public func dropPages(_ bytes: UnsafeRawBufferPointer, of name: String) { MappedFile.releasePages(bytes) }
+
     public func read(_ name: String, bytes range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
         guard let loc = location(of: name) else { throw SafeTensorsError.tensorNotFound(tensor: name, in: path) }
         try loc.file.checkUnchanged()

@@ -89,6 +89,10 @@ public final class TensorStream: TensorStore, @unchecked Sendable {
         try source.fill(range, into: destination)
     }
 
+    public func dropPages(_ bytes: UnsafeRawBufferPointer, of name: String) {
+        if let stored = sources[name] as? StoredTensor, stored.byteCount >= TensorStream.smallTensor { MappedFile.releasePages(bytes) }
+    }
+
     public func release(_ name: String) {
         guard let source = sources[name] else { return }
         if let stored = source as? StoredTensor, stored.byteCount >= TensorStream.smallTensor { stored.checkpoint.release(stored.name); return }

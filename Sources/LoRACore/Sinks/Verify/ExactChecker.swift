@@ -130,12 +130,22 @@ final class ExactChecker: @unchecked Sendable {
             if t.probed, let probe = try probeCheck(block.tensor) {
                 // The starting rows through their mapping (in the page cache: `fill` just read them),
                 // dropped from the resident set once their products are taken.
+                // A computed start (decoded 4-bit blocks) has no mapping: its rows are filled instead.
                 let rowBytes = t.info.byteCount / t.info.shape[0], r0 = block.bytes.lowerBound / rowBytes, nr = n / rowBytes
                 let startRow = probe.cols * probe.start.format.size
-                let stored = try probe.start.ckpt.bytes(of: probe.start.name)
-                let start = UnsafeRawBufferPointer(rebasing: stored[(r0 * startRow)..<((r0 + nr) * startRow)])
-                try probe.add(rows: r0, count: nr, base: start, merged: UnsafeRawBufferPointer(start: got, count: n))
-                MappedFile.releasePages(start)
+                let rows = (r0 * startRow)..<((r0 + nr) * startRow)
+                let source = plan.startingSource(of: t.baseName)
+                if source is StoredTensor {
+                    let stored = try probe.start.ckpt.bytes(of: probe.start.name)
+                    let start = UnsafeRawBufferPointer(rebasing: stored[rows])
+                    try probe.add(rows: r0, count: nr, base: start, merged: UnsafeRawBufferPointer(start: got, count: n))
+                    probe.start.ckpt.dropPages(start, of: probe.start.name)
+                } else {
+                    scratch.reserveStart(rows.count)
+                    try source.fill(rows, into: scratch.start)
+                    try probe.add(rows: r0, count: nr, base: UnsafeRawBufferPointer(start: scratch.start, count: rows.count),
+                                  merged: UnsafeRawBufferPointer(start: got, count: n))
+                }
             }
         } catch let error as LoRACoreError {
             tally.error = error.localizedDescription

@@ -84,7 +84,7 @@ struct MergeChecker {
                 let b = UnsafeRawBufferPointer(rebasing: startBytes[(r0 * probe.cols * probe.start.format.size)..<((r0 + nr) * probe.cols * probe.start.format.size)])
                 let m = UnsafeRawBufferPointer(rebasing: mergedBytes[(r0 * probe.cols * probe.format.size)..<((r0 + nr) * probe.cols * probe.format.size)])
                 try probe.add(rows: r0, count: nr, base: b, merged: m)
-                MappedFile.releasePages(b)
+                probe.start.ckpt.dropPages(b, of: probe.start.name)
                 MappedFile.releasePages(m)
                 r0 += nr
             }
@@ -143,7 +143,7 @@ struct MergeChecker {
             while same && offset < expectedBytes.count {
                 let n = min(chunk, expectedBytes.count - offset)
                 same = memcmp(expectedBytes.baseAddress! + offset, mergedBytes.baseAddress! + offset, n) == 0
-                MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: expectedBytes[offset..<(offset + n)]))
+                ckpt.dropPages(UnsafeRawBufferPointer(rebasing: expectedBytes[offset..<(offset + n)]), of: expectedName)
                 MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: mergedBytes[offset..<(offset + n)]))
                 offset += n
             }
