@@ -21,7 +21,7 @@ public struct CastTensor: TensorSource {
         let from = TensorData.format(input.dtype)!, to = TensorData.format(dtype)!
         var e = range.lowerBound / to.size
         let end = range.upperBound / to.size
-        var raw = [UInt8](repeating: 0, count: min(end - e, CastTensor.blockElements) * from.size)
+        var raw = [UInt8](uninitializedCount: min(end - e, CastTensor.blockElements) * from.size)
         var values = [Float](repeating: 0, count: min(end - e, CastTensor.blockElements))
         while e < end {
             let n = min(end - e, CastTensor.blockElements)

@@ -68,7 +68,7 @@ public struct Dequantized4bit: TensorSource {
     /// Elements `elements` in fp32, each already rounded to the state's dtype.
     func decode(_ elements: Range<Int>, into out: UnsafeMutableBufferPointer<Float>) throws {
         let format = TensorData.format(state.dtype)!
-        var bytes = [UInt8](repeating: 0, count: elements.count * format.size)
+        var bytes = [UInt8](uninitializedCount: elements.count * format.size)
         try bytes.withUnsafeMutableBytes { try decode(elements, into: $0) }
         bytes.withUnsafeBytes { FloatCodec.decode($0, format: format, into: out) }
     }
@@ -82,7 +82,7 @@ public struct Dequantized4bit: TensorSource {
         let b0 = elements.lowerBound / bs, b1 = (elements.upperBound + bs - 1) / bs
         let origin = b0 * bs  // even: blocks hold an even number of values
         let absmax = try resolvedAbsmax(b0..<b1)
-        var codes = [UInt8](repeating: 0, count: (elements.upperBound - origin + 1) / 2)
+        var codes = [UInt8](uninitializedCount: (elements.upperBound - origin + 1) / 2)
         try codes.withUnsafeMutableBytes { try input.read(weight, bytes: (origin / 2)..<(origin / 2 + $0.count), into: $0.baseAddress!) }
         codes.withUnsafeBytes { packed in
             absmax.withUnsafeBufferPointer { a in

@@ -166,7 +166,7 @@ public struct MergedTensor: TensorSource {
         // page-cache pages count as resident memory in large-folio-sized pieces, and their number
         // would follow the file system, not this code.
         let blockElements = max(cols, MergedTensor.inputBlock / input.size)
-        var scratch = [UInt8](repeating: 0, count: blockElements * input.size)
+        var scratch = [UInt8](uninitializedCount: blockElements * input.size)
         var e = elements.lowerBound, written = 0
         var nonFinite = false
         try scratch.withUnsafeMutableBytes { scratch in
@@ -225,7 +225,7 @@ public struct MergedTensor: TensorSource {
     private func startingRows(r0: Int, count: Int, cols: Int) throws -> [Float] {
         let format = try startFormat()
         let n = count * cols
-        var raw = [UInt8](repeating: 0, count: n * format.size)
+        var raw = [UInt8](uninitializedCount: n * format.size)
         try raw.withUnsafeMutableBytes { try start.fill((r0 * cols * format.size)..<((r0 * cols + n) * format.size), into: $0.baseAddress!) }
         return [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
             raw.withUnsafeBytes { FloatCodec.decode($0, format: format, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<n])) }

@@ -55,10 +55,14 @@ final class RequantizedWeight: @unchecked Sendable {
         codePartsLeft = nested == nil ? 1 : 2
     }
 
-    /// Elements per step: whole 256-block nested groups, about a million values.
+    /// Values per step: small enough that a step's fp32 values, old and new codes and their decoded
+    /// bytes stay in the L2 cache between the kernels that pass over them.
+    static let stepValues = 1 << 16
+
+    /// Elements per step: whole nested groups (16384 values at blocksize 64), about `stepValues`.
     static func step(blocksize: Int, nestedBlocksize: Int?) -> Int {
         let unit = blocksize * (nestedBlocksize ?? 1)
-        return max(1, (1 << 20) / unit) * unit
+        return max(1, RequantizedWeight.stepValues / unit) * unit
     }
 
     /// Streams `merged` once and resolves its double quantization's offset and nested absmax.
