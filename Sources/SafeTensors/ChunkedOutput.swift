@@ -80,8 +80,6 @@ public final class ChunkedOutput: @unchecked Sendable {
     private var failure: SafeTensorsError?
     private var closed = false
     private let durable: Bool
-    /// Chunks are filled in a shared mapping of the file (page-cache writes with reserved space).
-    private let mapsFile: Bool
     /// Counts buffers that may be taken (free or not yet allocated).
     private let available = DispatchSemaphore(value: 0)
     /// Concurrent for direct writes (the disk takes several at once); serial through the page cache,
@@ -109,7 +107,7 @@ public final class ChunkedOutput: @unchecked Sendable {
         (order, headerBytes) = try SafeTensorsWriter.layout(tensors, metadata: metadata, path: path)
         self.path = path
         fileSize = headerBytes.count + Int(order.last?.dataOffsets.end ?? 0)
-        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)  // read too: a shared mapping needs it
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SafeTensorsError.outputIO(path: path, operation: "create", errno: errno) }
         // Reserve the whole file now: a disk too small fails here, before any work, and writes into
         // allocated extents cost the file system less than allocating as they go.
@@ -120,10 +118,6 @@ public final class ChunkedOutput: @unchecked Sendable {
         }
         written = Array(repeating: false, count: (fileSize + chunkSize - 1) / chunkSize)
         self.durable = durable
-        // Through the page cache, chunks are filled in place in a shared mapping of the file when
-        // its space is reserved (so that writeback cannot run out of space, which would be a
-        // SIGBUS): no copy from a buffer into the page cache at all.
-        mapsFile = !durable && reserved == 0 && fileSize > 0 && ProcessInfo.processInfo.environment["LORA_TOOL_NO_MMAP_WRITE"] == nil
         if durable, let flag = ChunkedOutput.directFlag {
             directFD = open(path, O_WRONLY | O_CLOEXEC | flag)  // -1 where the file system has no direct I/O
         }
@@ -171,10 +165,6 @@ public final class ChunkedOutput: @unchecked Sendable {
     /// - Throws: what `fill` throws; `SafeTensorsError.io` when an earlier write failed.
     public func write(chunk k: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
         let length = min(chunkSize, fileSize - k * chunkSize)
-        if mapsFile {
-            try writeMapped(chunk: k, length: length, fill)
-            return
-        }
         let buffer: UnsafeMutableRawPointer
         do {
             buffer = try takeBuffer()
@@ -191,37 +181,6 @@ public final class ChunkedOutput: @unchecked Sendable {
         }
         hash(chunk: k, UnsafeRawBufferPointer(start: buffer, count: length))
         submit(chunk: k, buffer: buffer, length: length)
-    }
-
-    /// Fills chunk `k` in a shared mapping of its part of the file, hashes it and unmaps it (its
-    /// pages stay dirty in the page cache for the kernel to write back, as after `pwrite`).
-    private func writeMapped(chunk k: Int, length: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
-        available.wait()
-        defer { available.signal() }
-        lock.lock()
-        let failed = failure
-        lock.unlock()
-        if let failed {
-            abandon()
-            throw failed
-        }
-        let m = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, off_t(k * chunkSize))
-        guard let m, m != MAP_FAILED else {
-            let e = errno
-            abandon()
-            throw SafeTensorsError.outputIO(path: path, operation: "map for writing", errno: e)
-        }
-        defer { munmap(m, length) }
-        do {
-            try fill(UnsafeMutableRawBufferPointer(start: m, count: length))
-        } catch {
-            abandon()
-            throw error
-        }
-        hash(chunk: k, UnsafeRawBufferPointer(start: m, count: length))
-        lock.lock()
-        written[k] = true
-        lock.unlock()
     }
 
     /// Adds chunk `k` to the file's hash once chunks `0..<k` are in it. Chunks are claimed in order
