@@ -124,4 +124,17 @@ struct StreamTests {
             #expect(try TensorData.floats(out, "renamed." + name) == expected, "\(name)")
         }
     }
+
+    @Test("extract --finetuned from a 4-bit base writes the adapter it writes from that base's bitsandbytes dequantization")
+    func extractFromQuantizedBase() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let f = "\(quant)/qlora_nf4_double"
+        let fromQuantized = try ExtractSVD.run(ExtractSVDOptions(base: f + "/base", finetuned: f + "/merged", output: dir + "/q", rule: .fixed(4)))
+        let fromDense = try ExtractSVD.run(ExtractSVDOptions(base: f + "/dequantized", finetuned: f + "/merged", output: dir + "/d", rule: .fixed(4)))
+        #expect(fromQuantized.modules.map(\.module) == fromDense.modules.map(\.module) && !fromDense.modules.isEmpty)
+        for file in ["adapter_model.safetensors", "adapter_config.json"] {
+            #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/q/" + file)) == Data(contentsOf: URL(fileURLWithPath: dir + "/d/" + file)), "\(file)")
+        }
+    }
 }

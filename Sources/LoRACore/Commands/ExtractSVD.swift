@@ -67,8 +67,10 @@ public enum ExtractSVD {
             if let m = maxRank, m <= 0 { throw LoRACoreError.invalidRequest("--max-rank must be positive, got \(m)") }
         }
         try PathSafety.checkOutput(options.output, inputs: [options.base, options.finetuned])
-        let base = try Checkpoint(path: options.base)
-        let tuned = try Checkpoint(path: options.finetuned)
+        // open → dequantize (a bitsandbytes 4-bit base or fine-tune is read as its dense values) →
+        // difference and factorization per target → PEFT adapter.
+        let base = try Dequantize4bitPass().apply(to: TensorStream(model: try Checkpoint(path: options.base)))
+        let tuned = try Dequantize4bitPass().apply(to: TensorStream(model: try Checkpoint(path: options.finetuned)))
         let selector = options.targets ?? TargetSelector.projections
         var targets: [String] = []
         var others: [(String, Double)] = []
@@ -143,33 +145,36 @@ public enum ExtractSVD {
         case kept(a: [Float], b: [Float], report: (rank: Int, energy: Double, error: Double, method: String))
     }
 
-    static func decompose(_ name: String, base: Checkpoint, tuned: Checkpoint, options: ExtractSVDOptions) throws -> Outcome {
+    static func decompose(_ name: String, base: TensorStream, tuned: TensorStream, options: ExtractSVDOptions) throws -> Outcome {
         let info = base.info(name)!
         let (m, n) = (info.shape[0], info.shape[1])
         // ΔW (fp32), plus the full SVD's U and Vᵀ when it is used: refuse up front what cannot fit.
         try MemoryBudget.check(elements: m * n + (min(m, n) + 10) * (m + n), bytesPerElement: 4 * 2,
                                what: "module '\(TensorName(name).module)': SVD of a \(m)×\(n) matrix")
-        // ΔW = W_ft − W_base in fp32, a block at a time (both inputs' pages dropped as they are used).
+        // ΔW = W_ft − W_base in fp32, a block at a time, each input read (or decoded) into a buffer.
         guard let baseFormat = TensorData.format(info.dtype) else { throw LoRACoreError.invalidModule(module: name, detail: "dtype \(info.dtype.rawValue) is not F32, F16 or BF16") }
         guard let tunedFormat = TensorData.format(tuned.info(name)!.dtype) else {
             throw LoRACoreError.invalidModule(module: name, detail: "fine-tuned dtype \(tuned.info(name)!.dtype.rawValue) is not F32, F16 or BF16")
         }
-        let baseBytes = try base.bytes(of: name), tunedBytes = try tuned.bytes(of: name)
         var total = 0.0, baseNorm = 0.0
         let block = 1 << 20
         var delta = [Float](repeating: 0, count: m * n)
-        delta.withUnsafeMutableBufferPointer { dp in
+        var baseBlock = [UInt8](uninitializedCount: min(block, m * n) * baseFormat.size), tunedBlock = [UInt8](uninitializedCount: min(block, m * n) * tunedFormat.size)
+        try delta.withUnsafeMutableBufferPointer { dp in
             var start = 0
             while start < dp.count {
                 let count = min(block, dp.count - start)
-                let b = UnsafeRawBufferPointer(rebasing: baseBytes[(start * baseFormat.size)..<((start + count) * baseFormat.size)])
-                let t = UnsafeRawBufferPointer(rebasing: tunedBytes[(start * tunedFormat.size)..<((start + count) * tunedFormat.size)])
-                let sums = WeightDifference.compute(tuned: t, tunedFormat: tunedFormat, base: b, baseFormat: baseFormat,
-                                                    into: UnsafeMutableBufferPointer(rebasing: dp[start..<(start + count)]))
+                try baseBlock.withUnsafeMutableBytes { try base.read(name, bytes: (start * baseFormat.size)..<((start + count) * baseFormat.size), into: $0.baseAddress!) }
+                try tunedBlock.withUnsafeMutableBytes { try tuned.read(name, bytes: (start * tunedFormat.size)..<((start + count) * tunedFormat.size), into: $0.baseAddress!) }
+                let sums = baseBlock.withUnsafeBytes { b in
+                    tunedBlock.withUnsafeBytes { t in
+                        WeightDifference.compute(tuned: UnsafeRawBufferPointer(rebasing: t[0..<(count * tunedFormat.size)]), tunedFormat: tunedFormat,
+                                                 base: UnsafeRawBufferPointer(rebasing: b[0..<(count * baseFormat.size)]), baseFormat: baseFormat,
+                                                 into: UnsafeMutableBufferPointer(rebasing: dp[start..<(start + count)]))
+                    }
+                }
                 total += sums.deltaSquares
                 baseNorm += sums.baseSquares
-                MappedFile.releasePages(b)
-                MappedFile.releasePages(t)
                 start += count
             }
         }
@@ -241,23 +246,23 @@ public enum ExtractSVD {
         cap >= 512 && rank + 10 <= cap / 4
     }
 
-    /// Byte equality in 16 MiB chunks, dropping the compared pages from the resident set.
-    static func sameBytes(_ a: Checkpoint, _ b: Checkpoint, _ name: String) throws -> Bool {
-        let x = try a.bytes(of: name), y = try b.bytes(of: name)
-        guard x.count == y.count else { return false }
+    /// Byte equality in 16 MiB blocks, each read (or decoded) into a buffer.
+    static func sameBytes(_ a: TensorStream, _ b: TensorStream, _ name: String) throws -> Bool {
+        let count = a.source(name)!.byteCount
+        guard count == b.source(name)!.byteCount else { return false }
+        var x = [UInt8](uninitializedCount: min(count, 16 << 20)), y = x
         var offset = 0
-        while offset < x.count {
-            let n = min(16 << 20, x.count - offset)
-            let equal = memcmp(x.baseAddress! + offset, y.baseAddress! + offset, n) == 0
-            MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: x[offset..<(offset + n)]))
-            MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: y[offset..<(offset + n)]))
-            if !equal { return false }
+        while offset < count {
+            let n = min(16 << 20, count - offset)
+            try x.withUnsafeMutableBytes { try a.read(name, bytes: offset..<(offset + n), into: $0.baseAddress!) }
+            try y.withUnsafeMutableBytes { try b.read(name, bytes: offset..<(offset + n), into: $0.baseAddress!) }
+            if memcmp(x, y, n) != 0 { return false }
             offset += n
         }
         return true
     }
 
-    static func relativeDifference(_ a: Checkpoint, _ b: Checkpoint, _ name: String) throws -> Double {
+    static func relativeDifference(_ a: TensorStream, _ b: TensorStream, _ name: String) throws -> Double {
         guard TensorData.format(a.info(name)!.dtype) != nil, TensorData.format(b.info(name)!.dtype) != nil else { return .nan }
         let x = try TensorData.floats(a, name), y = try TensorData.floats(b, name)
         var d = 0.0, n = 0.0

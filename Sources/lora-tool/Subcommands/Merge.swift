@@ -36,7 +36,7 @@ extension LoraTool {
         @Option(help: "Largest shard, e.g. 500MB, 5GB, 2GiB (decimal units as transformers).")
         var maxShardSize: String = "5GB"
 
-        @Flag(help: "Verify the output as lora-tool verify does (every element, random probes, side files and metadata) before it gets its name; fail (and leave no output) if anything differs.")
+        @Flag(help: "Verify the output as lora-tool verify does (every element, random probes, side files and metadata) before it gets its name; fail (and leave no output) if anything differs. With --requantize or --keep-quantized: the dense merge is checked on random probes as computed, before it is written 4-bit.")
         var verify = false
 
         @Flag(help: "Replace an existing output that lora-tool wrote (it carries the .lora-tool marker); anything else is never replaced.")
