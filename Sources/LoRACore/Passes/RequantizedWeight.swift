@@ -55,9 +55,10 @@ final class RequantizedWeight: @unchecked Sendable {
         codePartsLeft = nested == nil ? 1 : 2
     }
 
-    /// Values per step: small enough that a step's fp32 values, old and new codes and their decoded
-    /// bytes stay in the L2 cache between the kernels that pass over them.
-    static let stepValues = 1 << 16
+    /// Values per step: one merge-kernel call each (the kernel packs the factors per call, so much
+    /// smaller steps pay for that packing more than they gain in cache), and a step's buffers
+    /// (a few MB) stay in the last-level cache between the kernels that pass over them.
+    static let stepValues = 1 << 18
 
     /// Elements per step: whole nested groups (16384 values at blocksize 64), about `stepValues`.
     static func step(blocksize: Int, nestedBlocksize: Int?) -> Int {
