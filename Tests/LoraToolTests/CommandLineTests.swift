@@ -119,6 +119,17 @@ struct CommandLineTests {
         #expect(durable != nil && durable == FileManager.default.contents(atPath: dir + "/page-cache/model.safetensors"))
     }
 
+    @Test("merge --requantize --verify probes the dense merge before it is written 4-bit")
+    func requantizeVerify() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let q = "Tests/LoRACoreTests/QuantFixtures/qlora_nf4_double"
+        let (status, out, err) = try run(["merge", "--base", q + "/base", "--adapter", q + "/adapter", "--output", dir + "/q", "--requantize", "nf4", "--verify"])
+        #expect(status == 0, "\(err)")
+        #expect(out.contains("2 merged tensors on 8 probes") && out.contains("as computed before requantizing: all pass"))
+    }
+
     @Test("merge then verify on the samples; verify fails on a merge of the wrong scale")
     func mergeVerify() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
