@@ -137,4 +137,33 @@ struct StreamTests {
             #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/q/" + file)) == Data(contentsOf: URL(fileURLWithPath: dir + "/d/" + file)), "\(file)")
         }
     }
+
+    @Test("--dtype with --requantize or --keep-quantized casts the dense tensors only: every 4-bit weight's codes and F32 tables stay as written", arguments: ["f32", "f16"])
+    func castSparesQuantized(dtype: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let f = "\(quant)/qlora_nf4_double"
+        for keep in [false, true] {
+            var o = MergeOptions(base: f + "/base", adapters: [(f + "/adapter", 1)], output: dir + "/plain-\(keep)")
+            if keep { o.keepQuantized = true } else { o.requantize = "nf4" }
+            _ = try Merge.run(o)
+            o.output = dir + "/cast-\(keep)"
+            o.dtype = OutputDType(rawValue: dtype)!
+            _ = try Merge.run(o)
+            let plain = try Checkpoint(path: o.output.replacingOccurrences(of: "/cast-", with: "/plain-")), cast = try Checkpoint(path: o.output)
+            #expect(plain.names == cast.names)
+            let companions = BnbQuantization.quantizedWeights(names: plain.names).companions
+            #expect(!companions.isEmpty)
+            for name in plain.names {
+                let p = plain.info(name)!
+                if companions.contains(name) || p.dtype == .uint8 {
+                    #expect(try cast.bytes(of: name).elementsEqual(try plain.bytes(of: name)), "\(name)")
+                } else {
+                    #expect(cast.info(name)!.dtype == OutputDType(rawValue: dtype)!.dtype, "\(name)")
+                }
+            }
+            let config = String(decoding: FileManager.default.contents(atPath: o.output + "/config.json")!, as: UTF8.self)
+            #expect(config.contains(dtype == "f32" ? "\"float32\"" : "\"float16\"") && config.contains("quantization_config"))
+        }
+    }
 }

@@ -2,8 +2,10 @@ import SafeTensors
 
 /// Converts every float tensor of a stream to one dtype (`--dtype`), with one rounding: a tensor
 /// that is computed in fp32 (a merge) is asked for the new dtype directly, a cast is re-cast from its
-/// own input, anything else is wrapped in a `CastTensor`. Non-float tensors (and 4-bit codes) pass
-/// through. config.json's `torch_dtype`/`dtype` follow.
+/// own input, anything else is wrapped in a `CastTensor`. Non-float tensors pass through, and so do
+/// the tensors of a bitsandbytes 4-bit weight (codes, and its F32 absmax, quant maps and nested
+/// tables, which bitsandbytes reads as F32 whatever the model's dtype). config.json's
+/// `torch_dtype`/`dtype` follow.
 ///
 /// ```swift
 /// var stream = TensorStream(model: try Checkpoint(path: "base"))
@@ -22,8 +24,10 @@ public struct CastPass: Sendable {
         guard dtype != .keep else { return stream }
         var side = stream.sideFiles
         side?.dtype = dtype
-        return stream.with(stream.tensors.map { ($0.name, CastPass.cast($0.source, named: $0.name, to: dtype.output(for: $0.source.dtype), context: context)) },
-                           sideFiles: side)
+        let quantized = BnbQuantization.quantizedWeights(names: stream.names).companions
+        return stream.with(stream.tensors.map { t in
+            quantized.contains(t.name) ? t : (t.name, CastPass.cast(t.source, named: t.name, to: dtype.output(for: t.source.dtype), context: context))
+        }, sideFiles: side)
     }
 
     /// `source` as `dtype` with one rounding from its fp32 values; itself when it already is.
