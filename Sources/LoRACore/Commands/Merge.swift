@@ -88,6 +88,8 @@ public struct Progress: Sendable {
     public var tensorsTotal: Int
     public var bytesDone: Int
     public var bytesTotal: Int
+    /// What is being done, when it is not writing the output (e.g. requantize resolving its scales).
+    public var phase: String? = nil
 }
 
 /// `merge`: W' = W + Σ wᵢ·ΔWᵢ for every adapted module, streamed chunk by chunk.

@@ -106,9 +106,16 @@ public struct Requantize4bitPass: Sendable {
         }
         let results = ParallelSlots<RequantizedWeight.Nested>(count: doubled.count)
         let counter = ClaimCounter(count: doubled.count)
+        let bytesTotal = doubled.reduce(0) { $0 + $1.merged.byteCount }
+        let done = ProgressCounter()
         DispatchQueue.concurrentPerform(iterations: max(1, min(context.threads, doubled.count))) { _ in
             while let k = counter.next() {
                 let c = doubled[k]
+                defer {
+                    let (tensors, bytes) = done.add(c.merged.byteCount)
+                    context.progress?(Progress(tensorsDone: tensors, tensorsTotal: doubled.count, bytesDone: bytes, bytesTotal: bytesTotal,
+                                               phase: "resolving 4-bit scales"))
+                }
                 results.set(k, Result {
                     let map = c.original.stored.first { $0.name == c.name + ".nested_quant_map" }!.source
                     return try RequantizedWeight.resolveNested(of: c.merged, blocksize: c.original.state.blocksize,
@@ -118,5 +125,18 @@ public struct Requantize4bitPass: Sendable {
             }
         }
         return try Dictionary(uniqueKeysWithValues: doubled.indices.map { (doubled[$0].name, try results.get($0).get()) })
+    }
+
+    /// Weights and bytes done. `@unchecked Sendable`: guarded by `lock`.
+    private final class ProgressCounter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var tensors = 0, bytes = 0
+        func add(_ n: Int) -> (Int, Int) {
+            lock.lock()
+            defer { lock.unlock() }
+            tensors += 1
+            bytes += n
+            return (tensors, bytes)
+        }
     }
 }

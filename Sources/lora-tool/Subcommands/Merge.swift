@@ -201,12 +201,23 @@ extension LoraTool {
 
 /// A one-line progress bar on stderr: tensors, bytes, rate, ETA.
 final class ProgressBar: @unchecked Sendable {
-    // @unchecked: updated from the merge's single thread only.
-    private let start = Date()
+    // @unchecked: updates are serialized by `lock` (they come from the merge's workers).
+    private let lock = NSLock()
+    private var start = Date()
     private var last = Date.distantPast
+    private var phase: String?
 
     func update(_ p: LoRACore.Progress) {
+        lock.lock()
+        defer { lock.unlock() }
         let now = Date()
+        if p.phase != phase {
+            // A new phase (resolving scales, then writing): its own line, its own rate.
+            if phase != nil { FileHandle.standardError.write(Data("\n".utf8)) }
+            phase = p.phase
+            start = now
+            last = .distantPast
+        }
         guard now.timeIntervalSince(last) > 0.1 || p.tensorsDone == p.tensorsTotal else { return }
         last = now
         let elapsed = now.timeIntervalSince(start)
@@ -214,7 +225,7 @@ final class ProgressBar: @unchecked Sendable {
         let eta = rate > 0 ? Double(p.bytesTotal - p.bytesDone) / rate : 0
         let frac = p.bytesTotal > 0 ? Double(p.bytesDone) / Double(p.bytesTotal) : 1
         let filled = Int(frac * 30)
-        let line = String(format: "\r[%@%@] %d/%d tensors  %@/%@  %@/s  ETA %.0fs ",
+        let line = (p.phase.map { "\r" + $0 + ": " } ?? "\r") + String(format: "[%@%@] %d/%d tensors  %@/%@  %@/s  ETA %.0fs ",
                           String(repeating: "#", count: filled), String(repeating: " ", count: 30 - filled),
                           p.tensorsDone, p.tensorsTotal, Render.bytes(p.bytesDone), Render.bytes(p.bytesTotal), Render.bytes(Int(rate)), eta)
         FileHandle.standardError.write(Data(line.utf8))
