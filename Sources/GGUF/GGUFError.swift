@@ -1,0 +1,78 @@
+import Foundation
+
+/// Everything that can be wrong with a GGUF file.
+///
+/// Messages are one lowercase line that names the file and, where there is one, the key or tensor.
+public enum GGUFError: Error, Equatable, Sendable {
+    /// The file does not start with the magic `GGUF`.
+    case notGGUF(file: String)
+    /// The magic is right but the version reads as a byte-swapped 2 or 3: a big-endian file.
+    case bigEndian(file: String)
+    /// A version other than 2 or 3 (v1 had 32-bit counts and is not read).
+    case unsupportedVersion(file: String, version: UInt32)
+    /// The file ends inside `what`, which needs bytes up to `needed`.
+    case truncated(file: String, what: String, needed: UInt64, fileSize: Int)
+    /// A count or length that cannot fit in what is left of the file (or overflows).
+    case countTooLarge(file: String, what: String, count: UInt64, remaining: Int)
+    /// A key, string value or tensor name that is not valid UTF-8.
+    case notUTF8(file: String, what: String)
+    /// A metadata value type number GGUF does not define.
+    case unknownValueType(file: String, key: String, type: UInt32)
+    /// A value that its type does not allow (a bool other than 0 or 1).
+    case invalidValue(file: String, key: String, detail: String)
+    /// Arrays nested deeper than `GGUFFile.maximumNesting`.
+    case nestingTooDeep(file: String, key: String)
+    /// The same metadata key twice.
+    case duplicateKey(file: String, key: String)
+    /// `general.alignment` is not a UINT32 power of two.
+    case invalidAlignment(file: String, detail: String)
+    /// A tensor info is malformed: dimension count, a dimension, its size.
+    case invalidTensor(file: String, tensor: String, detail: String)
+    /// A ggml type number this reader does not know.
+    case unknownGGMLType(file: String, tensor: String, type: UInt32)
+    /// A tensor's data offset is unaligned, outside the file, or overlaps another tensor.
+    case invalidOffset(file: String, tensor: String, detail: String)
+    /// The same tensor name twice.
+    case duplicateTensor(file: String, tensor: String)
+    /// No tensor of that name.
+    case tensorNotFound(file: String, tensor: String)
+}
+
+extension GGUFError: LocalizedError {
+    public var errorDescription: String? {
+        switch self {
+        case let .notGGUF(file):
+            return "\(file): not a GGUF file (no GGUF magic)"
+        case let .bigEndian(file):
+            return "\(file): big-endian GGUF files are not supported"
+        case let .unsupportedVersion(file, version):
+            return "\(file): GGUF version \(version) is not supported (only 2 and 3)"
+        case let .truncated(file, what, needed, size):
+            return "\(file): truncated: \(what) needs \(needed) bytes but the file is \(size) bytes"
+        case let .countTooLarge(file, what, count, remaining):
+            return "\(file): \(what) \(count) cannot fit in the \(remaining) bytes left in the file"
+        case let .notUTF8(file, what):
+            return "\(file): \(what) is not valid UTF-8"
+        case let .unknownValueType(file, key, type):
+            return "\(file): key '\(key)': unknown metadata value type \(type)"
+        case let .invalidValue(file, key, detail):
+            return "\(file): key '\(key)': \(detail)"
+        case let .nestingTooDeep(file, key):
+            return "\(file): key '\(key)': arrays nested deeper than \(GGUFFile.maximumNesting) levels"
+        case let .duplicateKey(file, key):
+            return "\(file): metadata key '\(key)' appears twice"
+        case let .invalidAlignment(file, detail):
+            return "\(file): invalid general.alignment: \(detail)"
+        case let .invalidTensor(file, tensor, detail):
+            return "\(file): tensor '\(tensor)': \(detail)"
+        case let .unknownGGMLType(file, tensor, type):
+            return "\(file): tensor '\(tensor)': unknown ggml type \(type)"
+        case let .invalidOffset(file, tensor, detail):
+            return "\(file): tensor '\(tensor)': invalid data offset: \(detail)"
+        case let .duplicateTensor(file, tensor):
+            return "\(file): tensor '\(tensor)' appears twice"
+        case let .tensorNotFound(file, tensor):
+            return "\(file): no tensor named '\(tensor)'"
+        }
+    }
+}
