@@ -125,6 +125,10 @@ def write(name, kvs, tensors, alignment=None, version=None):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "ggml-types.json"), "w") as f:  # gguf's ggml type table
+        json.dump([{"name": t.name, "type": int(t), "block_size": b, "type_size": s}
+                   for t, (b, s) in gguf.GGML_QUANT_SIZES.items()], f, indent=1)
+        f.write("\n")
     rng = np.random.default_rng(18)
     scalars = [
         ("test.u8", 200, VT.UINT8, None), ("test.i8", -100, VT.INT8, None),

@@ -77,6 +77,19 @@ struct GGUFFixtureTests {
         #expect(type.typeSize == size)
     }
 
+    @Test("the type table equals gguf's GGML_QUANT_SIZES, type for type")
+    func typeTableMatchesGGUF() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/ggml-types.json"))
+        let table = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        #expect(table.count == GGMLType.allCases.count)
+        for row in table {
+            let type = try #require(GGMLType(rawValue: UInt32(row["type"] as? Int ?? -1)), "\(row)")
+            #expect(type.name == row["name"] as? String)
+            #expect(type.blockSize == row["block_size"] as? Int, "\(type.name)")
+            #expect(type.typeSize == row["type_size"] as? Int, "\(type.name)")
+        }
+    }
+
     @Test("a tensor's bytes by name; an unknown name is a typed error")
     func bytesByName() throws {
         let file = try GGUFFile(path: "\(fixtures)/quantized.gguf")
