@@ -34,7 +34,7 @@ let package = Package(
         // MARK: - Executable: parses arguments, renders reports
         .executableTarget(
             name: "lora-tool",
-            dependencies: ["LoRACore", "LoRAGraph", "LoRAKernels", "SafeTensors", "CMalloc", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["LoRACore", "LoRAGraph", "LoRAKernels", "SafeTensors", "GGUF", "CMalloc", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // MARK: - Benchmark (scripts/bench)

@@ -50,7 +50,7 @@ extension GGUFError: LocalizedError {
         case let .truncated(file, what, needed, size):
             return "\(file): truncated: \(what) needs \(needed) bytes but the file is \(size) bytes"
         case let .countTooLarge(file, what, count, remaining):
-            return "\(file): \(what) \(count) cannot fit in the \(remaining) bytes left in the file"
+            return "\(file): \(what) \(count) cannot fit in the \(remaining) bytes left in the file (truncated or corrupt)"
         case let .notUTF8(file, what):
             return "\(file): \(what) is not valid UTF-8"
         case let .unknownValueType(file, key, type):

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SafeTensors
 
 /// One GGUF file (v2 or v3, little-endian), memory-mapped; opening it parses and validates the
@@ -42,6 +45,21 @@ public final class GGUFFile: Sendable {
     /// True when `bytes` starts with the GGUF magic.
     public static func hasMagic(_ bytes: UnsafeRawBufferPointer) -> Bool {
         bytes.count >= 4 && bytes[0] == 0x47 && bytes[1] == 0x47 && bytes[2] == 0x55 && bytes[3] == 0x46
+    }
+
+    /// True when `path` names a regular file that starts with the GGUF magic, or ends in `.gguf`
+    /// (so that a `.gguf` without the magic is reported as a bad GGUF, not as something else).
+    /// Never blocks: a FIFO or device is not opened.
+    public static func looksLikeGGUF(path: String) -> Bool {
+        if path.hasSuffix(".gguf") { return true }
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return false }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var magic = [UInt8](repeating: 0, count: 4)
+        guard pread(fd, &magic, 4, 0) == 4 else { return false }
+        return magic.withUnsafeBytes { hasMagic($0) }
     }
 
     /// The tensor named `name`, or nil.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CMalloc
+import GGUF
 import Foundation
 import LoRACore
 import LoRAGraph
@@ -74,7 +75,7 @@ func printNotes() {
 
 /// Errors of lora-tool's libraries, reported as one `error:` line with exit status 1.
 func isLibraryError(_ error: Error) -> Bool {
-    error is LoRACoreError || error is SafeTensorsError || error is GraphError || error is KernelsError
+    error is LoRACoreError || error is SafeTensorsError || error is GGUFError || error is GraphError || error is KernelsError
 }
 
 /// One line naming what is wrong: the library errors' descriptions, with control characters from

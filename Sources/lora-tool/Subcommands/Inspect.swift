@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GGUF
 import LoRACore
 import SafeTensors
 
@@ -9,14 +10,16 @@ extension LoraTool {
         static let configuration = CommandConfiguration(
             abstract: "Describe a model, adapter or training checkpoint (headers only).",
             discussion: """
-                PATH is a .safetensors file, a *.safetensors.index.json, a model directory, or a PEFT \
-                adapter directory (adapter_config.json + adapter_model.safetensors). Reports tensors, \
+                PATH is a .safetensors file, a *.safetensors.index.json, a model directory, a PEFT \
+                adapter directory (adapter_config.json + adapter_model.safetensors), or a GGUF file \
+                (recognized by its magic or a .gguf name). Reports tensors, \
                 parameters, bytes, dtypes, metadata and module families; for adapters also the dialect, \
                 ranks, alpha, the scale of every module, targets, layers, DoRA, embedding LoRA and \
-                full replacement tensors.
+                full replacement tensors. For GGUF: version, architecture, name, file type, alignment, \
+                tensors and bytes per ggml type, and the metadata (arrays as their type and length).
                 """)
 
-        @Argument(help: "Checkpoint file, index json, model directory or adapter directory.")
+        @Argument(help: "Checkpoint file, index json, model directory, adapter directory or GGUF file.")
         var path: String
 
         @Option(help: "Base model to check the adapter against (shapes, parameter share).")
@@ -31,6 +34,10 @@ extension LoraTool {
         @OptionGroup var scale: ScaleArguments
 
         func run() throws {
+            if GGUFFile.looksLikeGGUF(path: path) {
+                try runGGUF()
+                return
+            }
             let report = try LoRACore.Inspect.run(path: try ModelSpecs.resolve(path), base: try base.map { try ModelSpecs.resolve($0) }, scale: scale.override)
             if json {
                 Render.printJSON(jsonReport(report))
@@ -145,6 +152,93 @@ extension LoraTool {
                 })))
             }
             return .object(root)
+        }
+    }
+}
+
+
+extension LoraTool.Inspect {
+    /// `inspect` of a GGUF file: the header only (`GGUFInspectReport`), as text or JSON.
+    func runGGUF() throws {
+        if base != nil { throw ValidationError("--base is not supported for GGUF files yet") }
+        let report = try GGUFInspectReport.inspect(path: path)
+        if json {
+            Render.printJSON(ggufJSON(report))
+        } else {
+            print(ggufText(report))
+        }
+    }
+
+    /// Longest metadata string shown in the text report (chat templates run to kilobytes).
+    static let ggufStringLimit = 80
+
+    func ggufText(_ r: GGUFInspectReport) -> String {
+        var rows: [[String]] = []
+        if let a = r.architecture { rows.append(["architecture", a]) }
+        if let n = r.name { rows.append(["name", n]) }
+        if let t = r.fileType { rows.append(["file type", r.fileTypeName.map { "\($0) (\(t))" } ?? "\(t)"]) }
+        rows.append(["alignment", "\(r.alignment)"])
+        rows.append(["tensors", "\(r.tensorCount) (\(Render.count(r.parameterCount)) parameters, \(Render.bytes(r.bytes)))"])
+        rows.append(["types", r.types.map { "\($0.type.name) ×\($0.tensors) (\(Render.bytes($0.bytes)))" }.joined(separator: ", ")])
+        rows.append(["metadata", "\(r.metadata.count) keys"])
+        var out = "\(Render.escaped(r.path)): GGUF v\(r.version)\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+        if !r.metadata.isEmpty {
+            out += "\n\n" + Render.table([["  key", "value"]] + r.metadata.map { ["  " + $0.key, Self.shortText($0.value)] })
+        }
+        if tensors {
+            out += "\n\n" + Render.table([["  tensor", "type", "dims", "bytes"]] + r.tensors.map {
+                ["  " + $0.name, $0.type.name, "[" + $0.dims.map(String.init).joined(separator: ", ") + "]", "\($0.byteCount)"]
+            })
+        }
+        return out
+    }
+
+    /// A metadata value on one line: long strings cut at `ggufStringLimit` characters.
+    static func shortText(_ v: GGUFValue) -> String {
+        if let s = v.string, s.count > ggufStringLimit { return "\"" + s.prefix(ggufStringLimit) + "…\" (\(s.utf8.count) bytes)" }
+        return v.summary
+    }
+
+    func ggufJSON(_ r: GGUFInspectReport) -> JSONValue {
+        var root: [(key: String, value: JSONValue)] = [
+            ("path", .string(r.path)),
+            ("kind", .string("gguf")),
+            ("version", Render.json(Int(r.version))),
+            ("architecture", r.architecture.map(JSONValue.string) ?? .null),
+            ("name", r.name.map(JSONValue.string) ?? .null),
+            ("file_type", r.fileType.map { .number(String($0)) } ?? .null),
+            ("file_type_name", r.fileTypeName.map(JSONValue.string) ?? .null),
+            ("alignment", Render.json(r.alignment)),
+            ("file_size", Render.json(r.fileSize)),
+            ("data_start", Render.json(r.dataStart)),
+            ("tensor_count", Render.json(r.tensorCount)),
+            ("parameter_count", Render.json(r.parameterCount)),
+            ("bytes", Render.json(r.bytes)),
+            ("types", .object(r.types.map {
+                ($0.type.name, .object([("tensors", Render.json($0.tensors)), ("parameters", Render.json($0.parameters)), ("bytes", Render.json($0.bytes))]))
+            })),
+            ("metadata", .object(r.metadata.map { ($0.key, Self.json($0.value)) })),
+        ]
+        if tensors {
+            root.append(("tensors", .array(r.tensors.map {
+                .object([("name", .string($0.name)), ("type", .string($0.type.name)),
+                         ("dims", .array($0.dims.map { .number(String($0)) })), ("offset", .number(String($0.offset))),
+                         ("bytes", Render.json($0.byteCount))])
+            })))
+        }
+        return .object(root)
+    }
+
+    /// A metadata value as JSON: numbers, booleans and strings as themselves (non-finite floats as
+    /// null); arrays as `{"element_type", "count"}` (a vocabulary holds 100k strings).
+    static func json(_ v: GGUFValue) -> JSONValue {
+        switch v {
+        case let .float32(x): return x.isFinite ? .number("\(x)") : .null
+        case let .float64(x): return x.isFinite ? .number("\(x)") : .null
+        case let .bool(b): return .bool(b)
+        case let .string(s): return .string(s)
+        case let .array(t, items): return .object([("element_type", .string(t.name)), ("count", Render.json(items.count))])
+        default: return .number(v.summary)
         }
     }
 }
