@@ -41,7 +41,7 @@ let package = Package(
         .executableTarget(name: "lora-bench", dependencies: ["SafeTensors", "LoRAKernels"]),
 
         // MARK: - Fuzzing (bodies; the libFuzzer executables are added below when LORA_TOOL_FUZZ is set)
-        .target(name: "FuzzTargets", dependencies: ["SafeTensors", "LoRAGraph", "LoRACore"]),
+        .target(name: "FuzzTargets", dependencies: ["SafeTensors", "GGUF", "LoRAGraph", "LoRACore"]),
 
         // MARK: - Tests
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"], exclude: ["Fixtures"]),
@@ -57,7 +57,7 @@ let package = Package(
 // `-sanitize=fuzzer`: scripts/fuzz sets LORA_TOOL_FUZZ=1 and builds them in their own scratch folder.
 if ProcessInfo.processInfo.environment["LORA_TOOL_FUZZ"] != nil {
     package.targets.append(.systemLibrary(name: "CFuzzer", path: "Fuzz/CFuzzer"))
-    for name in ["fuzz-safetensors", "fuzz-json", "fuzz-names"] {
+    for name in ["fuzz-safetensors", "fuzz-json", "fuzz-names", "fuzz-gguf"] {
         package.targets.append(.executableTarget(
             name: name, dependencies: ["FuzzTargets", "CFuzzer"], path: "Fuzz/entry/\(name)",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]))

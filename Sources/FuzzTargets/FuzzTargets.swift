@@ -1,3 +1,4 @@
+import GGUF
 import LoRACore
 import LoRAGraph
 import SafeTensors
@@ -18,6 +19,19 @@ public enum FuzzTargets {
             }
             _ = TensorName(t.name).module
         }
+        _ = checksum
+    }
+
+    /// A whole GGUF file: header, metadata, tensor infos and offsets, then every tensor's bytes.
+    public static func gguf(_ data: UnsafeRawBufferPointer) {
+        guard let header = try? GGUFFile.parse(data, file: "fuzz") else { return }
+        var checksum: UInt8 = 0
+        for t in header.tensors where t.byteCount > 0 {
+            // Validation promised every tensor lies inside the buffer: touch its first and last byte.
+            let start = header.dataStart + Int(t.offset)
+            checksum &+= data[start] &+ data[start + t.byteCount - 1]
+        }
+        for (_, value) in header.metadata { _ = value.summary }
         _ = checksum
     }
 
