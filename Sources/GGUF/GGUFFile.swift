@@ -20,6 +20,9 @@ import SafeTensors
 /// overflow, and data offsets that are unaligned, overlap or run past the end of the file.
 ///
 /// Memory: the metadata values (a tokenizer vocabulary is held as strings) and the tensor infos.
+/// Every count is checked against the bytes left before anything is reserved for it, but an array
+/// element is a `GGUFValue` (at most 24 bytes, tested), so a file made of one-byte array elements
+/// costs up to 24 times its size.
 public final class GGUFFile: Sendable {
     /// Arrays may hold arrays; deeper nesting than this is refused rather than recursed into.
     public static let maximumNesting = 16

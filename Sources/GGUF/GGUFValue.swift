@@ -1,5 +1,7 @@
-/// One metadata value. Integers keep their signedness and width, floats their bits.
-public indirect enum GGUFValue: Equatable, Sendable {
+/// One metadata value. Integers keep their signedness and width, floats their bits. Not `indirect`:
+/// an array's elements live in its own buffer, so a scalar element costs `MemoryLayout<GGUFValue>.stride`
+/// bytes and no allocation of its own.
+public enum GGUFValue: Equatable, Sendable {
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
     case uint64(UInt64), int64(Int64), float32(Float), float64(Double), bool(Bool), string(String)
     /// An array: its element type as written, and the elements (arrays may nest).

@@ -92,6 +92,11 @@ struct GGUFMalformedTests {
         #expect(message.hasPrefix("t.gguf: ") && !message.contains("\n"))
     }
 
+    @Test("an array element costs at most 24 bytes (the memory bound GGUFFile documents)")
+    func elementSize() {
+        #expect(MemoryLayout<GGUFValue>.stride <= 24)
+    }
+
     @Test("a valid hand-built file parses (the builder itself is right)")
     func builderIsValid() throws {
         let h = try parse(GGUFBytes.file(tensors: [("a", [4], 0, 0), ("b", [32, 2], 8, 32)], dataBytes: 32 + 68))
