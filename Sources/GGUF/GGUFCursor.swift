@@ -1,17 +1,32 @@
 /// Reads little-endian fields from an untrusted buffer, throwing `GGUFError` instead of reading past
 /// its end.
+///
+/// `bytes` may be only the start of a file of `fileSize` bytes (header-only reading): counts are
+/// checked against the file, and a field that lies in the file but past `bytes` throws `NeedMore`
+/// so that the caller reads further and parses again.
 struct GGUFCursor {
     let bytes: UnsafeRawBufferPointer
     let file: String
+    let fileSize: Int
     var position = 0
 
-    /// Bytes left after `position`.
-    var remaining: Int { bytes.count - position }
+    /// Thrown when a field lies past `bytes` but inside the file: read at least `needed` bytes.
+    struct NeedMore: Error { let needed: Int }
+
+    init(bytes: UnsafeRawBufferPointer, file: String, fileSize: Int? = nil) {
+        self.bytes = bytes
+        self.file = file
+        self.fileSize = fileSize ?? bytes.count
+    }
+
+    /// Bytes of the file left after `position`.
+    var remaining: Int { fileSize - position }
 
     mutating func take(_ count: Int, _ what: @autoclosure () -> String) throws -> UnsafeRawBufferPointer {
         guard count <= remaining else {
-            throw GGUFError.truncated(file: file, what: what(), needed: UInt64(position) + UInt64(count), fileSize: bytes.count)
+            throw GGUFError.truncated(file: file, what: what(), needed: UInt64(position) + UInt64(count), fileSize: fileSize)
         }
+        guard count <= bytes.count - position else { throw NeedMore(needed: position + count) }
         defer { position += count }
         return UnsafeRawBufferPointer(rebasing: bytes[position..<(position + count)])
     }

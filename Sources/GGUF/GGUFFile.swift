@@ -4,7 +4,8 @@ import Glibc
 import SafeTensors
 
 /// One GGUF file (v2 or v3, little-endian), memory-mapped; opening it parses and validates the
-/// header only, and tensor data stays unread until `bytes(of:)`.
+/// header only, and tensor data stays unread until `bytes(of:)`. `readHeader(path:)` reads the
+/// header alone, with pread and no mapping (what `inspect` uses).
 ///
 /// Layout (ggml's docs/gguf.md): magic `GGUF`, version (uint32), tensor count (uint64), metadata
 /// count (uint64); the metadata as key (GGUF string), value type (uint32), value; the tensor infos
@@ -85,10 +86,53 @@ public final class GGUFFile: Sendable {
     /// against its size). Used for mapped files and by the fuzz target.
     /// - Throws: `GGUFError` naming `file`.
     public static func parse(_ bytes: UnsafeRawBufferPointer, file: String) throws -> GGUFHeader {
-        var c = GGUFCursor(bytes: bytes, file: file)
+        do {
+            return try parse(bytes, file: file, fileSize: bytes.count)
+        } catch let more as GGUFCursor.NeedMore {
+            preconditionFailure("a whole file never needs more than itself (\(more.needed) bytes)")
+        }
+    }
+
+    /// Reads and validates only the header of `path` with pread (the data section is neither read
+    /// nor mapped): first 1 MiB, more when the metadata runs longer (a tokenizer holds megabytes).
+    /// Offsets are still checked against the file's size.
+    /// - Throws: `GGUFError` for a malformed header; `SafeTensorsError` when the file cannot be
+    ///   opened or read, or is not a regular file.
+    public static func readHeader(path: String) throws -> GGUFHeader {
+        let fd = try RegularFile.open(path)
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SafeTensorsError.io(path: path, operation: "stat", errno: errno) }
+        let size = Int(st.st_size)
+        var length = min(size, 1 << 20)
+        while true {
+            var buffer = [UInt8](repeating: 0, count: length)
+            var done = 0
+            while done < length {
+                let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, length - done, off_t(done)) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw SafeTensorsError.io(path: path, operation: "read", errno: errno)
+                }
+                if n == 0 { throw SafeTensorsError.io(path: path, operation: "read (file shrank)", errno: EIO) }
+                done += n
+            }
+            do {
+                return try buffer.withUnsafeBytes { try parse($0, file: path, fileSize: size) }
+            } catch let more as GGUFCursor.NeedMore {
+                length = min(size, max(more.needed, 2 * length))
+            }
+        }
+    }
+
+    /// `parse` of the first `bytes.count` bytes of a `fileSize`-byte file; throws
+    /// `GGUFCursor.NeedMore` when the header runs past `bytes`.
+    static func parse(_ bytes: UnsafeRawBufferPointer, file: String, fileSize: Int) throws -> GGUFHeader {
+        var c = GGUFCursor(bytes: bytes, file: file, fileSize: fileSize)
         guard bytes.count >= 4 else {
             guard "GGUF".utf8.starts(with: bytes) else { throw GGUFError.notGGUF(file: file) }
-            throw GGUFError.truncated(file: file, what: "magic", needed: 4, fileSize: bytes.count)
+            if fileSize >= 4 { throw GGUFCursor.NeedMore(needed: 4) }
+            throw GGUFError.truncated(file: file, what: "magic", needed: 4, fileSize: fileSize)
         }
         guard hasMagic(bytes) else { throw GGUFError.notGGUF(file: file) }
         c.position = 4
@@ -155,9 +199,9 @@ public final class GGUFFile: Sendable {
 
         let (padded, overflow) = c.position.addingReportingOverflow(alignment - 1)
         let dataStart = overflow ? Int.max : padded / alignment * alignment
-        let dataSize = bytes.count >= dataStart ? UInt64(bytes.count - dataStart) : 0
-        if !tensors.isEmpty && dataStart > bytes.count {
-            throw GGUFError.truncated(file: file, what: "data section", needed: UInt64(dataStart), fileSize: bytes.count)
+        let dataSize = fileSize >= dataStart ? UInt64(fileSize - dataStart) : 0
+        if !tensors.isEmpty && dataStart > fileSize {
+            throw GGUFError.truncated(file: file, what: "data section", needed: UInt64(dataStart), fileSize: fileSize)
         }
         var previousEnd: UInt64 = 0
         var previousName = ""
@@ -175,7 +219,7 @@ public final class GGUFFile: Sendable {
             previousName = t.name
         }
         return GGUFHeader(version: version, metadata: metadata, tensors: tensors, alignment: alignment,
-                          infoEnd: c.position, dataStart: dataStart, fileSize: bytes.count)
+                          infoEnd: c.position, dataStart: dataStart, fileSize: fileSize)
     }
 
     /// `dims[0] / blockSize × typeSize × dims[1] × dims[2] × dims[3]`, as ggml computes `nbytes`;

@@ -31,10 +31,9 @@ public struct GGUFInspectReport: Sendable {
     /// Every tensor, in file order.
     public var tensors: [GGUFTensorInfo]
 
-    /// Builds the report of an opened file.
-    public init(_ file: GGUFFile) {
-        let h = file.header
-        path = file.path
+    /// Builds the report of the file at `path` whose header is `h`.
+    public init(path: String, header h: GGUFHeader) {
+        self.path = path
         version = h.version
         architecture = h.value("general.architecture")?.string
         name = h.value("general.name")?.string
@@ -57,10 +56,11 @@ public struct GGUFInspectReport: Sendable {
         tensors = h.tensors
     }
 
-    /// Opens `path` header-first and builds its report.
-    /// - Throws: `GGUFError`, or `SafeTensorsError` when the file cannot be opened.
+    /// Reads only the header of `path` (`GGUFFile.readHeader`: nothing of the data is read or
+    /// mapped) and builds its report.
+    /// - Throws: `GGUFError`, or `SafeTensorsError` when the file cannot be opened or read.
     public static func inspect(path: String) throws -> GGUFInspectReport {
-        GGUFInspectReport(try GGUFFile(path: path))
+        GGUFInspectReport(path: path, header: try GGUFFile.readHeader(path: path))
     }
 
     /// llama.cpp's `llama_ftype` names (gguf-py `LlamaFileType`, gguf 0.19.0).
