@@ -187,5 +187,53 @@ def main():
           [(f"t{i}", rng.standard_normal(i + 1).astype(np.float32), None, None) for i in range(4)], alignment=64)
 
 
+def malformed():
+    """Fixtures/malformed/*.gguf: one hand-built file per way a GGUF can be wrong (written byte by
+    byte: the gguf writer refuses to make them). Each must be refused with a one-line error."""
+    out = os.path.join(OUT, "malformed")
+    os.makedirs(out, exist_ok=True)
+    u32 = lambda v: struct.pack("<I", v)
+    u64 = lambda v: struct.pack("<Q", v)
+    gstr = lambda b: u64(len(b)) + b
+
+    def gguf(kvs=b"", n_kv=0, infos=b"", n_t=0, data=b"", version=3, magic=b"GGUF", align=32):
+        head = magic + u32(version) + u64(n_t) + u64(n_kv) + kvs + infos
+        head += b"\0" * (-len(head) % align)
+        return head + data
+
+    kv = gstr(b"k") + u32(4) + u32(1)
+    info = lambda name, dims, t, off: gstr(name) + u32(len(dims)) + b"".join(u64(d) for d in dims) + u32(t) + u64(off)
+    good = gguf(kv, 1, info(b"t", [4], 0, 0), 1, b"\0" * 16)
+    files = {
+        "truncated-header": good[:30],
+        "truncated-data": good[:-4],
+        "bad-magic": b"GGML" + good[4:],
+        "version-1": gguf(kv, 1, version=1),
+        "big-endian": gguf(kv, 1, version=0x03000000),
+        "huge-kv-count": gguf(kv, 1 << 62),
+        "huge-tensor-count": gguf(kv, 1, n_t=1 << 62),
+        "huge-string-length": gguf(gstr(b"k")[:0] + u64(1 << 62) + b"k", 1),
+        "huge-array-count": gguf(gstr(b"k") + u32(9) + u32(0) + u64(1 << 62), 1),
+        "unknown-value-type": gguf(gstr(b"k") + u32(13) + u32(0), 1),
+        "key-not-utf8": gguf(gstr(b"k\xff") + u32(0) + b"\1", 1),
+        "value-not-utf8": gguf(gstr(b"k") + u32(8) + gstr(b"\xc3\x28"), 1),
+        "duplicate-key": gguf(kv + kv, 2),
+        "alignment-not-power-of-two": gguf(gstr(b"general.alignment") + u32(4) + u32(48), 1),
+        "too-many-dims": gguf(kv, 1, info(b"t", [1, 1, 1, 1, 1], 0, 0), 1, b"\0" * 16),
+        "unknown-ggml-type": gguf(kv, 1, info(b"t", [4], 4, 0), 1, b"\0" * 16),
+        "partial-block": gguf(kv, 1, info(b"t", [33], 8, 0), 1, b"\0" * 68),
+        "dims-overflow": gguf(kv, 1, info(b"t", [1 << 32, 1 << 32], 0, 0), 1, b"\0" * 16),
+        "unaligned-offset": gguf(kv, 1, info(b"t", [4], 0, 4), 1, b"\0" * 64),
+        "offset-past-end": gguf(kv, 1, info(b"t", [4], 0, 1 << 40), 1, b"\0" * 16),
+        "overlapping-tensors": gguf(kv, 1, info(b"a", [16], 0, 0) + info(b"b", [4], 0, 32), 2, b"\0" * 64),
+        "duplicate-tensor": gguf(kv, 1, info(b"a", [4], 0, 0) + info(b"a", [4], 0, 32), 2, b"\0" * 64),
+    }
+    for name, data in files.items():
+        with open(os.path.join(out, name + ".gguf"), "wb") as f:
+            f.write(data)
+    print(f"malformed/: {len(files)} files")
+
+
 if __name__ == "__main__":
+    malformed()
     sys.exit(main())

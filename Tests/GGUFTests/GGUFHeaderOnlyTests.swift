@@ -17,6 +17,19 @@ struct GGUFHeaderOnlyTests {
         return dir + "/" + name
     }
 
+    static let malformed = try! FileManager.default.contentsOfDirectory(atPath: "\(fixtures)/malformed").sorted()
+
+    @Test("each malformed fixture is the same GGUFError mapped and header-only", arguments: malformed)
+    func malformedFixture(file: String) throws {
+        let path = "\(fixtures)/malformed/\(file)"
+        var mapped: GGUFError?
+        do { _ = try GGUFFile(path: path) } catch let e as GGUFError { mapped = e }
+        var headerOnly: GGUFError?
+        do { _ = try GGUFFile.readHeader(path: path) } catch let e as GGUFError { headerOnly = e }
+        #expect(mapped != nil)
+        #expect(mapped == headerOnly)
+    }
+
     @Test("readHeader reads what the mapped parse reads", arguments: fixtureNames)
     func sameAsMapped(name: String) throws {
         let path = "\(fixtures)/\(name).gguf"

@@ -4,6 +4,18 @@ import Testing
 @Suite("lora-tool inspect on GGUF files")
 struct GGUFInspectCommandTests {
     static let fixtures = "Tests/GGUFTests/Fixtures"
+    static let malformed = try! FileManager.default.contentsOfDirectory(
+        atPath: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().path + "/GGUFTests/Fixtures/malformed").sorted()
+
+    @Test("inspect on each malformed GGUF: exit 1, one error line naming the file, no crash", arguments: malformed)
+    func malformedFile(file: String) throws {
+        let path = "\(Self.fixtures)/malformed/\(file)"
+        let (status, out, err) = try run(["inspect", path])
+        #expect(status == 1)
+        #expect(out.isEmpty)
+        #expect(err.hasPrefix("error: \(path): "))
+        #expect(err.split(separator: "\n").count == 1)
+    }
 
     @Test("text report: architecture, name, file type, alignment, tensors and bytes per type, metadata")
     func text() throws {
