@@ -36,8 +36,9 @@ struct PythonRegexParser {
 
     /// Python's `MAXREPEAT` (64-bit builds): a repeat count at or above it is an `OverflowError`.
     static let maxRepeat = 4_294_967_295
-    /// Deepest group nesting accepted (Python's own limit is its recursion limit); deeper is unsupported.
-    static let maxNesting = 200
+    /// Deepest group nesting accepted (Python's own limit is its recursion limit); deeper is refused
+    /// at once, before the recursion can exhaust the stack (200 levels did under AddressSanitizer).
+    static let maxNesting = 64
 
     private let tokens: [Token]
     private let end: Int
@@ -158,7 +159,9 @@ struct PythonRegexParser {
 
     /// `_parse_sub`: branches separated by `|`.
     private mutating func parseAlternation(nested: Int) throws -> RegexNode {
-        if nested > Self.maxNesting { markUnsupported("groups nested more than \(Self.maxNesting) deep") }
+        if nested > Self.maxNesting {
+            throw SyntaxError(message: "groups nested more than \(Self.maxNesting) deep are not supported", position: tokens[min(index, tokens.count - 1)].position)
+        }
         var branches: [RegexNode] = []
         repeat {
             branches.append(try parseSequence(nested: nested + 1, first: nested == 0 && branches.isEmpty))
