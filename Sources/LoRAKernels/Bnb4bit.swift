@@ -2,7 +2,7 @@ import CKernels
 
 /// bitsandbytes 4-bit (NF4 / FP4) blockwise codes, decoded and encoded by C kernels (portable C,
 /// and AVX2 table lookups picked at run time), bit-exact with bitsandbytes and with the reference
-/// Swift loops of LoRACore (`BnbQuantization.dequantize`, `BnbQuantizer.blockwise`).
+/// Swift loops the tests keep as the reference (checked against bitsandbytes' own outputs).
 ///
 /// Layout, as transformers serializes a 4-bit weight: the flattened weight's element `i` has its
 /// 4-bit code in byte `i / 2` of the packed codes, in the **high** nibble when `i` is even and the
@@ -218,26 +218,48 @@ public enum Bnb4bit {
     public static func quantizeAbsmax(_ absmax: UnsafeBufferPointer<Float>, nestedMap: [Float] = Bnb4bit.nestedMap,
                                       nestedBlocksize: Int = Bnb4bit.nestedBlocksize) -> NestedAbsmax {
         precondition(!absmax.isEmpty && nestedBlocksize > 0 && nestedMap.count == 256, "scales, nested blocksize and 256 code values")
-        let offset = Float(absmax.reduce(0.0) { $0 + Double($1) } / Double(absmax.count))
-        let (bounds, order) = bucketizer(code: nestedMap)
+        let (offset, nested) = nestedScales(absmax, nestedBlocksize: nestedBlocksize)
         var codes = [UInt8](repeating: 0, count: absmax.count)
-        var nested: [Float] = []
-        nested.reserveCapacity((absmax.count - 1) / nestedBlocksize + 1)
-        let counter = BoundCounter(bounds)
-        var start = 0
-        while start < absmax.count {
-            let end = min(start + nestedBlocksize, absmax.count)
-            var m: Float = 0
-            for i in start..<end { m = max(m, abs(absmax[i] - offset)) }
-            nested.append(m)
-            let inv = 1 / max(m, 1e-38)
-            for i in start..<end {
-                let scaled = min(max((absmax[i] - offset) * inv, -1), 1)
-                codes[i] = order[counter.count(below: scaled)]
-            }
-            start = end
+        codes.withUnsafeMutableBufferPointer {
+            nestedCodes(absmax, firstBlock: 0, offset: offset, nestedAbsmax: nested, nestedMap: nestedMap, nestedBlocksize: nestedBlocksize, into: $0)
         }
         return NestedAbsmax(codes: codes, nestedAbsmax: nested, offset: offset)
+    }
+
+    /// The first half of `quantizeAbsmax`, for a weight whose scales are known before its codes are
+    /// needed: offset = mean(absmax) (fp64 sum in block order, rounded once) and, per
+    /// `nestedBlocksize` blocks, max |absmax − offset| (fp32).
+    public static func nestedScales(_ absmax: UnsafeBufferPointer<Float>, nestedBlocksize: Int) -> (offset: Float, nestedAbsmax: [Float]) {
+        precondition(nestedBlocksize > 0, "a nested block size")
+        let offset = Float(absmax.reduce(0.0) { $0 + Double($1) } / Double(max(1, absmax.count)))
+        var nested: [Float] = []
+        nested.reserveCapacity(absmax.isEmpty ? 0 : (absmax.count - 1) / nestedBlocksize + 1)
+        var start = 0
+        while start < absmax.count {
+            var m: Float = 0
+            for i in start..<min(start + nestedBlocksize, absmax.count) { m = max(m, abs(absmax[i] - offset)) }
+            nested.append(m)
+            start += nestedBlocksize
+        }
+        return (offset, nested)
+    }
+
+    /// The second half of `quantizeAbsmax`, for any run of blocks: the code of each scale, blocks
+    /// `firstBlock ..< firstBlock + absmax.count` of the weight, given the weight's offset and nested
+    /// scales (`nestedScales`): code = order[number of bounds < clamp((absmax − offset) · (1 / m))],
+    /// m the block's nested scale.
+    public static func nestedCodes(_ absmax: UnsafeBufferPointer<Float>, firstBlock: Int, offset: Float, nestedAbsmax: [Float],
+                                   nestedMap: [Float] = Bnb4bit.nestedMap, nestedBlocksize: Int = Bnb4bit.nestedBlocksize,
+                                   into codes: UnsafeMutableBufferPointer<UInt8>) {
+        precondition(nestedMap.count == 256 && nestedBlocksize > 0 && codes.count >= absmax.count, "256 code values, a nested block size, room for the codes")
+        precondition(absmax.isEmpty || nestedAbsmax.count > (firstBlock + absmax.count - 1) / nestedBlocksize, "a nested scale for every block")
+        let (bounds, order) = bucketizer(code: nestedMap)
+        let counter = BoundCounter(bounds)
+        for j in 0..<absmax.count {
+            let scale = nestedAbsmax[(firstBlock + j) / nestedBlocksize]
+            let scaled = min(max((absmax[j] - offset) * (1 / max(scale, 1e-38)), -1), 1)
+            codes[j] = order[counter.count(below: scaled)]
+        }
     }
 
     /// max |x| per block of `values` (blocks of `blocksize`, the last may be shorter; NaN ignored):
@@ -264,7 +286,7 @@ public enum Bnb4bit {
     }
 
     /// The count of `bounds` below a value, which for the sorted bounds of `bucketizer` is
-    /// BnbQuantizer.bucket's binary search result (the index of the first bound ≥ x; 0 for NaN).
+    /// the index of the first bound ≥ x (torch.bucketize, right = false; 0 for NaN).
     /// Two levels of 16-lane compares instead of a search: the bounds padded with +inf to groups of
     /// 16, first the count of groups whose last (largest) bound is below x, then the count within
     /// the next group. No branch and no chain of dependent loads; up to 256 bounds.

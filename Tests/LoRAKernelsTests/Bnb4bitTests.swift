@@ -2,9 +2,9 @@ import Foundation
 @testable import LoRAKernels
 import Testing
 
-/// The formulas the kernels must reproduce, copied from LoRACore's `BnbQuantization.dequantize`
-/// and `BnbQuantizer` (themselves checked against bitsandbytes' fixtures): plain Swift loops, one
-/// element at a time.
+/// The formulas the kernels must reproduce, copied from the Swift loops LoRACore used before them
+/// (`BnbQuantization.dequantize`, `BnbQuantizer`; checked against bitsandbytes' fixtures): plain
+/// Swift loops, one element at a time. (The test names keep `BnbQuantizer` for that reference.)
 private enum Reference {
     static func bucketizer(_ code: [Float]) -> (bounds: [Float], order: [Int]) {
         let order = code.indices.sorted { code[$0] < code[$1] || (code[$0] == code[$1] && $0 < $1) }
@@ -41,7 +41,7 @@ private enum Reference {
         return (codes, absmax)
     }
 
-    /// blockwise + packing, as BnbQuantizer.quantize.
+    /// blockwise + packing, as LoRACore's former BnbQuantizer.quantize.
     static func quantize(_ values: [Float], blocksize: Int, code: [Float]) -> (packed: [UInt8], absmax: [Float]) {
         var (codes, absmax) = blockwise(values, blocksize: blocksize, code: code)
         if codes.count % 2 == 1 { codes.append(0) }
@@ -50,7 +50,7 @@ private enum Reference {
         return (packed, absmax)
     }
 
-    /// BnbQuantizer.quantize's double quantization of the scales.
+    /// LoRACore's former BnbQuantizer.quantize's double quantization of the scales.
     static func nested(_ absmax: [Float], map: [Float], blocksize: Int) -> (codes: [UInt8], nestedAbsmax: [Float], offset: Float) {
         let offset = Float(absmax.reduce(0.0) { $0 + Double($1) } / Double(absmax.count))
         let (codes, nested) = blockwise(absmax.map { $0 - offset }, blocksize: blocksize, code: map)

@@ -18,20 +18,17 @@ public struct CastTensor: TensorSource {
     static let blockElements = 1 << 20
 
     public func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
-        let from = TensorData.format(input.dtype)!, to = TensorData.format(dtype)!
+        let to = TensorData.format(dtype)!
         var e = range.lowerBound / to.size
         let end = range.upperBound / to.size
-        var raw = [UInt8](uninitializedCount: min(end - e, CastTensor.blockElements) * from.size)
-        var values = [Float](repeating: 0, count: min(end - e, CastTensor.blockElements))
+        var raw: [UInt8] = []
+        var values = [Float](uninitializedCount: min(end - e, CastTensor.blockElements))
         while e < end {
             let n = min(end - e, CastTensor.blockElements)
             let out = destination + (e - range.lowerBound / to.size) * to.size
-            try raw.withUnsafeMutableBytes { raw in
-                try input.fill((e * from.size)..<((e + n) * from.size), into: raw.baseAddress!)
-                values.withUnsafeMutableBufferPointer { v in
-                    FloatCodec.decode(UnsafeRawBufferPointer(rebasing: raw[0..<(n * from.size)]), format: from, into: UnsafeMutableBufferPointer(rebasing: v[0..<n]))
-                    FloatCodec.encode(UnsafeBufferPointer(rebasing: v[0..<n]), format: to, into: UnsafeMutableRawBufferPointer(start: out, count: n * to.size))
-                }
+            try values.withUnsafeMutableBufferPointer { v in
+                try input.floats(e..<(e + n), into: UnsafeMutableBufferPointer(rebasing: v[0..<n]), raw: &raw)
+                FloatCodec.encode(UnsafeBufferPointer(rebasing: v[0..<n]), format: to, into: UnsafeMutableRawBufferPointer(start: out, count: n * to.size))
             }
             if to != .f32 {
                 let (count, largest) = TensorData.overflows(stored: UnsafeRawBufferPointer(start: out, count: n * to.size), format: to) { values[0..<n] }

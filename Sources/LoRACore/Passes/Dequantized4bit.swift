@@ -65,14 +65,6 @@ public struct Dequantized4bit: TensorSource {
         try decode(range.lowerBound / format.size..<(range.upperBound / format.size), into: UnsafeMutableRawBufferPointer(start: destination, count: range.count))
     }
 
-    /// Elements `elements` in fp32, each already rounded to the state's dtype.
-    func decode(_ elements: Range<Int>, into out: UnsafeMutableBufferPointer<Float>) throws {
-        let format = TensorData.format(state.dtype)!
-        var bytes = [UInt8](uninitializedCount: elements.count * format.size)
-        try bytes.withUnsafeMutableBytes { try decode(elements, into: $0) }
-        bytes.withUnsafeBytes { FloatCodec.decode($0, format: format, into: out) }
-    }
-
     /// Elements `elements` as bytes of the state's dtype: the codes and absmax of the blocks they
     /// touch are read (from the first touched block's start, so both tables share one origin) and
     /// decoded by the `Bnb4bit` kernel.

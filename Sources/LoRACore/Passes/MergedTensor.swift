@@ -223,13 +223,7 @@ public struct MergedTensor: TensorSource {
 
     /// Rows `[r0, r0+count)` of the starting value widened to fp32.
     private func startingRows(r0: Int, count: Int, cols: Int) throws -> [Float] {
-        let format = try startFormat()
-        let n = count * cols
-        var raw = [UInt8](uninitializedCount: n * format.size)
-        try raw.withUnsafeMutableBytes { try start.fill((r0 * cols * format.size)..<((r0 * cols + n) * format.size), into: $0.baseAddress!) }
-        return [Float](unsafeUninitializedCapacity: n) { buffer, initialized in
-            raw.withUnsafeBytes { FloatCodec.decode($0, format: format, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<n])) }
-            initialized = n
-        }
+        _ = try startFormat()
+        return try start.floats((r0 * cols)..<((r0 + count) * cols))
     }
 }

@@ -35,11 +35,13 @@ public struct Requantize4bitPass: Sendable {
     /// - Throws: `LoRACoreError.invalidRequest` when the stream has no 4-bit weights or `type` is
     ///   not the base's; errors computing the offsets.
     public func apply(to stream: TensorStream) throws -> TensorStream {
-        var quantized: [Dequantized4bit] = []
-        for (_, source) in stream.tensors {
-            if let q = source as? Dequantized4bit { quantized.append(q) }
-            if let m = source as? MergedTensor, let q = m.start as? Dequantized4bit { quantized.append(q) }
+        // A merged tensor over decoded 4-bit weights is a weight the merge changed; a decoded weight
+        // left alone is one it did not.
+        let changed = stream.tensors.compactMap { t -> (name: String, merged: MergedTensor, original: Dequantized4bit)? in
+            guard let m = t.source as? MergedTensor, let q = m.start as? Dequantized4bit else { return nil }
+            return (t.name, m, q)
         }
+        let quantized = stream.tensors.compactMap { $0.source as? Dequantized4bit } + changed.map(\.original)
         guard !quantized.isEmpty else {
             throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a bitsandbytes 4-bit base; \(stream.path) has no 4-bit weights")
         }
@@ -47,22 +49,19 @@ public struct Requantize4bitPass: Sendable {
         if let type, types != [type] {
             throw LoRACoreError.invalidRequest("--requantize \(type): the base is \(types.sorted().joined(separator: ", ")); requantizing keeps the base's own format")
         }
-        let changed = stream.tensors.compactMap { t -> (name: String, merged: MergedTensor, original: Dequantized4bit)? in
-            guard let m = t.source as? MergedTensor, let q = m.start as? Dequantized4bit else { return nil }
-            return (t.name, m, q)
-        }
         let nested = type == nil ? [:] : try resolveNested(changed)
+        let changedByName = Dictionary(uniqueKeysWithValues: changed.map { ($0.name, $0) })
         var tensors: [(name: String, source: any TensorSource)] = []
         var denseModules: [String] = []
         for (name, source) in stream.tensors {
             if let q = source as? Dequantized4bit {
                 tensors += q.stored
-            } else if let m = source as? MergedTensor, let q = m.start as? Dequantized4bit {
+            } else if let c = changedByName[name] {
                 if type == nil {
                     tensors.append((name, source))
                     denseModules.append(String(name.dropLast(".weight".count)))
                 } else {
-                    tensors += try requantized(name, merged: m, original: q, nested: nested[name])
+                    tensors += try requantized(name, merged: c.merged, original: c.original, nested: nested[name])
                 }
             } else {
                 tensors.append((name, source))
@@ -82,7 +81,7 @@ public struct Requantize4bitPass: Sendable {
         -> [(name: String, source: any TensorSource)]
     {
         func stored(_ suffix: String) -> (any TensorSource)? { q.stored.first { $0.name == name + suffix }?.source }
-        let quantMap = try RequantizedWeight.values(of: stored(".quant_map")!, 0..<16)
+        let quantMap = try stored(".quant_map")!.floats(0..<16)
         let weight = RequantizedWeight(name: name, merged: merged, original: q, quantMap: quantMap, nested: nested, survival: survival)
         return try q.stored.map { part in
             let s = part.source
@@ -106,37 +105,20 @@ public struct Requantize4bitPass: Sendable {
         }
         let results = ParallelSlots<RequantizedWeight.Nested>(count: doubled.count)
         let counter = ClaimCounter(count: doubled.count)
-        let bytesTotal = doubled.reduce(0) { $0 + $1.merged.byteCount }
-        let done = ProgressCounter()
+        let progress = ProgressTally(tensors: doubled.count, bytes: doubled.reduce(0) { $0 + $1.merged.byteCount }, phase: "resolving 4-bit scales",
+                                     report: context.progress)
         DispatchQueue.concurrentPerform(iterations: max(1, min(context.threads, doubled.count))) { _ in
             while let k = counter.next() {
                 let c = doubled[k]
-                defer {
-                    let (tensors, bytes) = done.add(c.merged.byteCount)
-                    context.progress?(Progress(tensorsDone: tensors, tensorsTotal: doubled.count, bytesDone: bytes, bytesTotal: bytesTotal,
-                                               phase: "resolving 4-bit scales"))
-                }
+                defer { progress.add(bytes: c.merged.byteCount) }
                 results.set(k, Result {
                     let map = c.original.stored.first { $0.name == c.name + ".nested_quant_map" }!.source
                     return try RequantizedWeight.resolveNested(of: c.merged, blocksize: c.original.state.blocksize,
-                                                               map: try RequantizedWeight.values(of: map, 0..<map.elementCount),
+                                                               map: try map.floats(0..<map.elementCount),
                                                                nestedBlocksize: c.original.state.nestedBlocksize!)
                 })
             }
         }
         return try Dictionary(uniqueKeysWithValues: doubled.indices.map { (doubled[$0].name, try results.get($0).get()) })
-    }
-
-    /// Weights and bytes done. `@unchecked Sendable`: guarded by `lock`.
-    private final class ProgressCounter: @unchecked Sendable {
-        private let lock = NSLock()
-        private var tensors = 0, bytes = 0
-        func add(_ n: Int) -> (Int, Int) {
-            lock.lock()
-            defer { lock.unlock() }
-            tensors += 1
-            bytes += n
-            return (tensors, bytes)
-        }
     }
 }

@@ -70,15 +70,7 @@ final class RequantizedWeight: @unchecked Sendable {
     static func resolveNested(of merged: any TensorSource, blocksize: Int, map: [Float], nestedBlocksize: Int) throws -> Nested {
         let absmax = try blockAbsmax(of: merged, blocksize: blocksize, step: step(blocksize: blocksize, nestedBlocksize: nestedBlocksize))
         merged.finished()
-        let offset = Float(absmax.reduce(0.0) { $0 + Double($1) } / Double(max(1, absmax.count)))
-        var nestedAbsmax: [Float] = []
-        var start = 0
-        while start < absmax.count {
-            var m: Float = 0
-            for i in start..<min(start + nestedBlocksize, absmax.count) { m = max(m, abs(absmax[i] - offset)) }
-            nestedAbsmax.append(m)
-            start += nestedBlocksize
-        }
+        let (offset, nestedAbsmax) = absmax.withUnsafeBufferPointer { Bnb4bit.nestedScales($0, nestedBlocksize: nestedBlocksize) }
         return Nested(map: map, blocksize: nestedBlocksize, offset: offset, absmax: nestedAbsmax)
     }
 
@@ -92,7 +84,7 @@ final class RequantizedWeight: @unchecked Sendable {
         while e < n {
             let count = min(n - e, step), b0 = e / blocksize, mb = (count + blocksize - 1) / blocksize
             try values.withUnsafeMutableBufferPointer { v in
-                try RequantizedWeight.values(of: merged, e..<(e + count), into: UnsafeMutableBufferPointer(rebasing: v[0..<count]), raw: &raw)
+                try merged.floats(e..<(e + count), into: UnsafeMutableBufferPointer(rebasing: v[0..<count]), raw: &raw)
                 absmax.withUnsafeMutableBufferPointer {
                     Bnb4bit.blockAbsmax(UnsafeBufferPointer(rebasing: v[0..<count]), blocksize: blocksize, into: UnsafeMutableBufferPointer(rebasing: $0[b0..<(b0 + mb)]))
                 }
@@ -100,25 +92,6 @@ final class RequantizedWeight: @unchecked Sendable {
             e += count
         }
         return absmax
-    }
-
-    /// Elements `elements` of a float source in fp32.
-    static func values(of source: any TensorSource, _ elements: Range<Int>) throws -> [Float] {
-        var raw: [UInt8] = []
-        var values = [Float](repeating: 0, count: elements.count)
-        try values.withUnsafeMutableBufferPointer { try RequantizedWeight.values(of: source, elements, into: $0, raw: &raw) }
-        return values
-    }
-
-    /// Elements `elements` of a float source in fp32 into `out`, through `raw` (reused).
-    static func values(of source: any TensorSource, _ elements: Range<Int>, into out: UnsafeMutableBufferPointer<Float>, raw: inout [UInt8]) throws {
-        let format = TensorData.format(source.dtype)!
-        let n = elements.count * format.size
-        if raw.count < n { raw = [UInt8](repeating: 0, count: n) }
-        try raw.withUnsafeMutableBytes {
-            try source.fill((elements.lowerBound * format.size)..<(elements.upperBound * format.size), into: $0.baseAddress!)
-            FloatCodec.decode(UnsafeRawBufferPointer(rebasing: $0[0..<n]), format: format, into: out)
-        }
     }
 
     /// Calls `body` with the bytes of `part`, computing them first if needed.
@@ -182,7 +155,6 @@ final class RequantizedWeight: @unchecked Sendable {
         let (bounds, order) = Bnb4bit.bucketizer(code: quantMap)
         let packed = try PageBuffer(count: (n + 1) / 2)
         let absmaxCodes = try nested.map { _ in try PageBuffer(count: blocks) }
-        let nestedSearch = nested.map { n in (Bnb4bit.bucketizer(code: n.map), Bnb4bit.BoundCounter(Bnb4bit.bucketizer(code: n.map).bounds)) }
         let codesSource = original.stored.first { $0.name == name }!.source
         let format = TensorData.format(s.dtype)!
         let step = RequantizedWeight.step(blocksize: bs, nestedBlocksize: nested?.blocksize)
@@ -198,7 +170,7 @@ final class RequantizedWeight: @unchecked Sendable {
         while e < n {
             let m = min(step, n - e), b0 = e / bs, mb = (m + bs - 1) / bs
             let bytes = (e / 2)..<((e + m + 1) / 2)
-            try target.withUnsafeMutableBufferPointer { try RequantizedWeight.values(of: merged, e..<(e + m), into: UnsafeMutableBufferPointer(rebasing: $0[0..<m]), raw: &raw) }
+            try target.withUnsafeMutableBufferPointer { try merged.floats(e..<(e + m), into: UnsafeMutableBufferPointer(rebasing: $0[0..<m]), raw: &raw) }
             // Codes and block absmax by the kernel, straight into this step's part of the output.
             target.withUnsafeBufferPointer { t in
                 blockMax.withUnsafeMutableBufferPointer {
@@ -209,13 +181,18 @@ final class RequantizedWeight: @unchecked Sendable {
             // The absmax bitsandbytes reads back: the block absmax, or its nested code's value. The
             // code of (absmax − offset) scaled by its group's nested absmax, as bitsandbytes'
             // blockwise quantization of the absmax computes it.
-            if let nested, let absmaxCodes, let (search, counter) = nestedSearch {
-                for j in 0..<mb {
-                    let scale = nested.absmax[(b0 + j) / nested.blocksize]
-                    let scaled = min(max((blockMax[j] - nested.offset) * (1 / max(scale, 1e-38)), -1), 1)
-                    let code = search.order[counter.count(below: scaled)]
-                    absmaxCodes.bytes[b0 + j] = code
-                    stored[j] = nested.map[Int(code)] * scale + nested.offset
+            if let nested, let absmaxCodes {
+                let blocks = b0..<(b0 + mb)
+                blockMax.withUnsafeBufferPointer { m in
+                    Bnb4bit.nestedCodes(UnsafeBufferPointer(rebasing: m[0..<mb]), firstBlock: b0, offset: nested.offset, nestedAbsmax: nested.absmax,
+                                        nestedMap: nested.map, nestedBlocksize: nested.blocksize,
+                                        into: UnsafeMutableBufferPointer(rebasing: absmaxCodes.bytes.bindMemory(to: UInt8.self)[blocks]))
+                }
+                stored.withUnsafeMutableBufferPointer { out in
+                    nested.absmax.withUnsafeBufferPointer {
+                        Bnb4bit.resolveAbsmax(codes: UnsafeRawBufferPointer(absmaxCodes.bytes), blocks: blocks, nestedMap: nested.map, nestedAbsmax: $0,
+                                              nestedBlocksize: nested.blocksize, offset: nested.offset, into: UnsafeMutableBufferPointer(rebasing: out[0..<mb]))
+                    }
                 }
             } else {
                 for j in 0..<mb { stored[j] = blockMax[j] }

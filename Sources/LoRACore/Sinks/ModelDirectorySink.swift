@@ -144,26 +144,6 @@ public struct ModelDirectorySink: Sendable {
         }
     }
 
-    /// Tensors and bytes done, reported as they complete. `@unchecked Sendable`: guarded by `lock`.
-    private final class ProgressTally: @unchecked Sendable {
-        private let lock = NSLock()
-        private var tensorsDone = 0, bytesDone = 0
-        let tensorsTotal: Int, bytesTotal: Int
-        let report: (@Sendable (Progress) -> Void)?
-        init(tensors: Int, bytes: Int, report: (@Sendable (Progress) -> Void)?) {
-            tensorsTotal = tensors
-            bytesTotal = bytes
-            self.report = report
-        }
-        func add(bytes: Int) {
-            lock.lock()
-            tensorsDone += 1
-            bytesDone += bytes
-            report?(Progress(tensorsDone: tensorsDone, tensorsTotal: tensorsTotal, bytesDone: bytesDone, bytesTotal: bytesTotal))
-            lock.unlock()
-        }
-    }
-
     /// The first error of any worker. `@unchecked Sendable`: guarded by `lock`.
     private final class FirstError: @unchecked Sendable {
         private let lock = NSLock()

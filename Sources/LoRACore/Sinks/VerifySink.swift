@@ -38,19 +38,14 @@ public struct VerifySink: Sendable {
         let checked = plan.outputs.filter {
             switch plan.action(for: $0.source) { case .merge, .bias: return true; default: return false }
         }
-        let entries = LockedEntries(count: checked.count)
+        let entries = ParallelSlots<VerifyReport.Entry>(count: checked.count)
         let counter = ClaimCounter(count: checked.count)
         DispatchQueue.concurrentPerform(iterations: max(1, min(threads, checked.count))) { _ in
-            while !entries.failed, let k = counter.next() {
-                do {
-                    entries.set(k, try check(checked[k].name, source: checked[k].source, in: stream, prober: prober))
-                } catch {
-                    entries.record(error)
-                }
+            while let k = counter.next() {
+                entries.set(k, Result { try check(checked[k].name, source: checked[k].source, in: stream, prober: prober) })
             }
         }
-        if let error = entries.error { throw error }
-        return VerifyReport(entries: entries.values.map { $0! }, files: [],
+        return VerifyReport(entries: try checked.indices.map { try entries.get($0).get() }, files: [],
                             sideFilesSkipped: "the merge was checked as computed, before it was written", mode: .probes, probes: probes, seed: seed)
     }
 
@@ -90,16 +85,5 @@ public struct VerifySink: Sendable {
                 failures: report.failures.map { "\($0.tensor): \($0.detail ?? "failed")" } + report.fileFailures.map { "\($0.file): \($0.detail ?? "differs")" })
         }
         return report
-    }
-
-    /// `@unchecked Sendable`: guarded by `lock`.
-    private final class LockedEntries: @unchecked Sendable {
-        private let lock = NSLock()
-        private(set) var values: [VerifyReport.Entry?]
-        private(set) var error: Error?
-        init(count: Int) { values = Array(repeating: nil, count: count) }
-        var failed: Bool { lock.lock(); defer { lock.unlock() }; return error != nil }
-        func set(_ k: Int, _ e: VerifyReport.Entry) { lock.lock(); values[k] = e; lock.unlock() }
-        func record(_ e: Error) { lock.lock(); if error == nil { error = e }; lock.unlock() }
     }
 }

@@ -1,3 +1,4 @@
+import LoRAKernels
 import SafeTensors
 
 /// One tensor of a `TensorStream`: its dtype and shape, known from headers alone, and its bytes on
@@ -40,6 +41,29 @@ extension TensorSource {
     /// The tensor's header entry under `name`, its data at offsets `0..<byteCount`.
     public func info(named name: String) -> TensorInfo {
         TensorInfo(name: name, dtype: dtype, shape: shape, dataOffsets: (0, UInt64(byteCount)))
+    }
+
+    /// Elements `elements` (row-major) of a float tensor widened to fp32 (exact) into `out`, its
+    /// bytes filled through `raw`, which grows as needed and is meant to be reused between calls.
+    /// - Throws: `LoRACoreError.invalidRequest` for a dtype that is not F32, F16 or BF16; what `fill` throws.
+    func floats(_ elements: Range<Int>, into out: UnsafeMutableBufferPointer<Float>, raw: inout [UInt8]) throws {
+        guard let format = TensorData.format(dtype) else {
+            throw LoRACoreError.invalidRequest("a \(dtype.rawValue) tensor cannot be read as floats (F32, F16 and BF16 can)")
+        }
+        let n = elements.count * format.size
+        if raw.count < n { raw = [UInt8](uninitializedCount: n) }
+        try raw.withUnsafeMutableBytes {
+            try fill((elements.lowerBound * format.size)..<(elements.upperBound * format.size), into: $0.baseAddress!)
+            FloatCodec.decode(UnsafeRawBufferPointer(rebasing: $0[0..<n]), format: format, into: out)
+        }
+    }
+
+    /// Elements `elements` of a float tensor in fp32.
+    func floats(_ elements: Range<Int>) throws -> [Float] {
+        var raw: [UInt8] = []
+        var values = [Float](uninitializedCount: elements.count)
+        try values.withUnsafeMutableBufferPointer { try floats(elements, into: $0, raw: &raw) }
+        return values
     }
 
     /// All of the tensor's bytes (tests, small tensors, and the few consumers that need a whole one).

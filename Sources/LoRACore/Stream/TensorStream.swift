@@ -53,6 +53,12 @@ public final class TensorStream: TensorStore, @unchecked Sendable {
     /// Below this many bytes, `bytes(of:)` reads a stored tensor instead of mapping it.
     static let smallTensor = 1 << 20
 
+    /// `name` when `bytes(of:)` hands out its file mapping: a stored tensor of at least `smallTensor` bytes.
+    private func mapped(_ name: String) -> StoredTensor? {
+        guard let stored = sources[name] as? StoredTensor, stored.byteCount >= TensorStream.smallTensor else { return nil }
+        return stored
+    }
+
     public func source(_ name: String) -> (any TensorSource)? { sources[name] }
 
     public func info(_ name: String) -> TensorInfo? { sources[name].map { $0.info(named: name) } }
@@ -70,7 +76,7 @@ public final class TensorStream: TensorStore, @unchecked Sendable {
         // Large stored tensors through their mapping (the checkers drop the pages as they go); small
         // ones (quant maps, scales, quant states) read into memory: mapping them would make the
         // page cache's large folios around them resident, megabytes for each few bytes.
-        if let stored = source as? StoredTensor, stored.byteCount >= TensorStream.smallTensor { return try stored.checkpoint.bytes(of: stored.name) }
+        if let stored = mapped(name) { return try stored.checkpoint.bytes(of: stored.name) }
         lock.lock()
         defer { lock.unlock() }
         if let b = computed[name] { return UnsafeRawBufferPointer(b) }
@@ -90,12 +96,12 @@ public final class TensorStream: TensorStore, @unchecked Sendable {
     }
 
     public func dropPages(_ bytes: UnsafeRawBufferPointer, of name: String) {
-        if let stored = sources[name] as? StoredTensor, stored.byteCount >= TensorStream.smallTensor { MappedFile.releasePages(bytes) }
+        if mapped(name) != nil { MappedFile.releasePages(bytes) }
     }
 
     public func release(_ name: String) {
-        guard let source = sources[name] else { return }
-        if let stored = source as? StoredTensor, stored.byteCount >= TensorStream.smallTensor { stored.checkpoint.release(stored.name); return }
+        guard sources[name] != nil else { return }
+        if let stored = mapped(name) { stored.checkpoint.release(stored.name); return }
         lock.lock()
         let b = computed.removeValue(forKey: name)
         lock.unlock()
