@@ -49,21 +49,33 @@ static void blocks_shani(uint32_t state[8], const unsigned char *p, size_t block
     __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);                                          /* ABEF */
     s1 = _mm_blend_epi16(s1, tmp, 0xF0);                                               /* CDGH */
     while (blocks--) {
-        __m128i abef = s0, cdgh = s1, m[4];
-        for (int g = 0; g < 16; g++) {
-            __m128i w;
-            if (g < 4) {
-                w = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * g)), swap);
-            } else {
-                __m128i x = _mm_sha256msg1_epu32(m[g & 3], m[(g + 1) & 3]);
-                x = _mm_add_epi32(x, _mm_alignr_epi8(m[(g + 3) & 3], m[(g + 2) & 3], 4));
-                w = _mm_sha256msg2_epu32(x, m[(g + 3) & 3]);
-            }
-            m[g & 3] = w;
-            __m128i msg = _mm_add_epi32(w, _mm_loadu_si128((const __m128i *)&K[4 * g]));
-            s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
-            s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(msg, 0x0E));
-        }
+        const __m128i abef = s0, cdgh = s1;
+        __m128i m0, m1, m2, m3, msg;
+        /* Fully unrolled: the message schedule stays in registers (an indexed array spills). */
+#define ROUNDS(g, w) \
+        msg = _mm_add_epi32(w, _mm_loadu_si128((const __m128i *)&K[4 * (g)])); \
+        s1 = _mm_sha256rnds2_epu32(s1, s0, msg); \
+        s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(msg, 0x0E));
+#define SCHEDULE(a, b, c, d) \
+        a = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(a, b), _mm_alignr_epi8(d, c, 4)), d);
+        m0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 0)), swap);  ROUNDS(0, m0)
+        m1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16)), swap); ROUNDS(1, m1)
+        m2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 32)), swap); ROUNDS(2, m2)
+        m3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 48)), swap); ROUNDS(3, m3)
+        SCHEDULE(m0, m1, m2, m3) ROUNDS(4, m0)
+        SCHEDULE(m1, m2, m3, m0) ROUNDS(5, m1)
+        SCHEDULE(m2, m3, m0, m1) ROUNDS(6, m2)
+        SCHEDULE(m3, m0, m1, m2) ROUNDS(7, m3)
+        SCHEDULE(m0, m1, m2, m3) ROUNDS(8, m0)
+        SCHEDULE(m1, m2, m3, m0) ROUNDS(9, m1)
+        SCHEDULE(m2, m3, m0, m1) ROUNDS(10, m2)
+        SCHEDULE(m3, m0, m1, m2) ROUNDS(11, m3)
+        SCHEDULE(m0, m1, m2, m3) ROUNDS(12, m0)
+        SCHEDULE(m1, m2, m3, m0) ROUNDS(13, m1)
+        SCHEDULE(m2, m3, m0, m1) ROUNDS(14, m2)
+        SCHEDULE(m3, m0, m1, m2) ROUNDS(15, m3)
+#undef SCHEDULE
+#undef ROUNDS
         s0 = _mm_add_epi32(s0, abef);
         s1 = _mm_add_epi32(s1, cdgh);
         p += 64;
