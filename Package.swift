@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph"], exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures", "CombineFixtures"]),
-        .testTarget(name: "LoraToolTests", dependencies: ["lora-tool", "FuzzTargets"]),
+        .testTarget(name: "LoraToolTests", dependencies: ["lora-tool", "FuzzTargets", .product(name: "Yams", package: "Yams")]),
     ]
 )
 

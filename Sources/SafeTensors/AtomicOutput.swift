@@ -277,7 +277,7 @@ public final class AtomicOutput: @unchecked Sendable {
 
     /// Removes a directory that holds regular files only (lora-tool's own staging or output).
     /// - Throws: `.outputExists` when it holds anything else, which is then left in place.
-    static func removeFlatDirectory(_ directory: String) throws {
+    public static func removeFlatDirectory(_ directory: String) throws {
         let entries = try entries(of: directory)
         for entry in entries {
             var st = stat()

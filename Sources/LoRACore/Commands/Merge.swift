@@ -40,6 +40,8 @@ public struct MergeOptions: Sendable {
     public var allowOverflow = false
     /// Write a copy of the base when no adapter module applies, instead of failing.
     public var allowEmpty = false
+    /// Write only this part of the output, into the parts directory beside it, for `Assemble`.
+    public var part: PartSelection?
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base
@@ -80,6 +82,20 @@ public struct MergeReport: Sendable {
     public var keptQuantized = false
     /// With --allow-overflow: values written as ±Inf because they exceed the output dtype, by tensor.
     public var overflowed: [(tensor: String, count: Int)] = []
+    /// With --part: which part, and the committed part directory (`files` are inside it).
+    public var part: (selection: PartSelection, directory: String, shards: Int)?
+}
+
+extension MergeOptions {
+    /// The options that shape the output bytes, one `key=value` line each (`PlanFingerprint`): not
+    /// paths, threads, durability or checks, which every part may choose for itself.
+    var fingerprintLines: [String] {
+        ["dtype=\(dtype.rawValue)", "max-shard-size=\(maxShardSize)",
+         "weights=\(adapters.map { String($0.weight) }.joined(separator: ","))",
+         "targets=\(targets.map { $0.matchesAll ? "all" : $0.suffixes.joined(separator: ",") } ?? "-")",
+         "scale=\(scaleOverride)", "requantize=\(requantize ?? "-")", "keep-quantized=\(keepQuantized)",
+         "allow-overflow=\(allowOverflow)", "allow-empty=\(allowEmpty)"]
+    }
 }
 
 /// Progress of a long operation: tensors and bytes done out of totals.
@@ -125,7 +141,20 @@ public enum Merge {
             throw LoRACoreError.invalidRequest(
                 "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")
         }
-        let output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
+        let output: AtomicOutput
+        var fingerprint = ""
+        if let part = options.part {
+            guard !options.verify else {
+                throw LoRACoreError.invalidRequest("--verify checks a whole model: run lora-tool verify --part \(part) on the assembled output instead")
+            }
+            let parts = PartsDirectory(output: options.output)
+            try parts.prepare(force: options.force)
+            fingerprint = try PlanFingerprint.compute(options: options.fingerprintLines, inputs: [options.base] + options.adapters.map(\.path))
+            // A part's own directory is lora-tool's: re-running the part replaces it.
+            output = try AtomicOutput(destination: parts.path(for: part), isDirectory: true, force: true)
+        } else {
+            output = try AtomicOutput(destination: options.output, isDirectory: true, force: options.force)
+        }
 
         let dense = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
         var stream = dense
@@ -139,6 +168,7 @@ public enum Merge {
         write.maxShardSize = options.maxShardSize
         write.durable = options.durable
         write.chunkSize = options.chunkSize
+        write.part = options.part
         let written = try ModelDirectorySink(output: output, options: write, context: context).consume(stream)
 
         var verification: VerifyReport?
@@ -156,6 +186,11 @@ public enum Merge {
             v.targets = options.targets
             v.threads = context.threads
             verification = try VerifySink.passing(Verify.run(v))
+        }
+        if let part = options.part {
+            let files = written.files.map { PartManifest.File(name: $0, bytes: fileSize(output.path(for: $0)), sha256: written.sha256[$0]!) }
+            try SideFiles.write(output.path(for: PartManifest.fileName),
+                                bytes: Array(PartManifest(part: part, fingerprint: fingerprint, shards: written.shards, files: files).json.utf8))
         }
         try output.commit()
 
@@ -176,7 +211,7 @@ public enum Merge {
             case .copy: break
             }
         }
-        let fileSizes = written.files.compactMap { try? FileManager.default.attributesOfItem(atPath: options.output + "/" + $0)[.size] as? Int }
+        let fileSizes = written.files.map { fileSize(output.destination + "/" + $0) }
         var report = MergeReport(
             output: options.output, files: written.files, sha256: written.sha256,
             families: families.keys.sorted().map { MergeReport.Family(family: $0, modules: families[$0]!.0, scales: families[$0]!.1.sorted()) },
@@ -189,7 +224,13 @@ public enum Merge {
         report.dequantizedBase = quantizedBase
         report.requantization = options.requantize == nil ? nil : requantize?.survival.sorted
         report.keptQuantized = options.requantize == nil && options.keepQuantized
+        report.part = options.part.map { ($0, output.destination, written.shards.count) }
         return report
+    }
+
+    static func fileSize(_ path: String) -> Int {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_size) : 0
     }
 
     /// Tensors per dtype in the written stream; a 4-bit weight (its codes) counts as "4-bit nf4"

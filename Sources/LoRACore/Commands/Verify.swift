@@ -20,6 +20,9 @@ public struct VerifyOptions: Sendable {
     public var scaleOverride = AdapterScaleOverride()
     /// Blocks and tensors checked in parallel.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// Check only the tensors of the merged files this part owns (`PartSelection.assign` over their
+    /// data bytes); part 0 also checks the tensor list, side files and metadata.
+    public var part: PartSelection?
 
     public init(base: String, adapters: [(path: String, weight: Double)], merged: String) {
         self.base = base
@@ -90,6 +93,17 @@ public enum Verify {
             entries.append(VerifyReport.Entry(tensor: name, family: TensorName(name).family, kind: .extra, failures: ["in the merged checkpoint but not in the base"]))
         }
 
+        if let part = options.part {
+            let owner = PartSelection.assign(sizes: merged.files.map { $0.tensors.reduce(0) { $0 + $1.byteCount } }, parts: part.count)
+            let mine = Set(merged.files.indices.filter { owner[$0] == part.index }.map { merged.files[$0].path })
+            targets = targets.filter { mine.contains($0.merged.file.path) }
+            if part.index != 0 {
+                var report = VerifyReport(entries: try check(targets, plan: plan, merged: merged, options: options, seed: seed), files: [],
+                                          sideFilesSkipped: "checked by part 0", mode: options.mode, probes: options.probes, seed: seed)
+                report.part = part
+                return report
+            }
+        }
         entries += try check(targets, plan: plan, merged: merged, options: options, seed: seed)
 
         // Side files and metadata.
@@ -105,7 +119,9 @@ public enum Verify {
                 ? "the base is a single file (merge copies side files only from a model directory)"
                 : "the merged model is a single file, not a directory"
         }
-        return VerifyReport(entries: entries, files: files, sideFilesSkipped: skipped, mode: options.mode, probes: options.probes, seed: seed)
+        var report = VerifyReport(entries: entries, files: files, sideFilesSkipped: skipped, mode: options.mode, probes: options.probes, seed: seed)
+        report.part = options.part
+        return report
     }
 
     /// Runs the exact blocks and probe checks of `targets` on `options.threads` workers.

@@ -10,6 +10,9 @@ public struct ModelWriteOptions: Sendable {
     public var durable = true
     /// Bytes per output chunk (tests make it small to cross chunk boundaries with small tensors).
     public var chunkSize = ChunkedOutput.defaultChunkSize
+    /// Write only the shards this part owns (`PartSelection.assign` over their data bytes), and the
+    /// index and side files only in part 0; nil writes everything.
+    public var part: PartSelection?
 
     public init() {}
 }
@@ -22,6 +25,8 @@ public struct WrittenFiles: Sendable {
     public var sha256: [String: String]
     /// Bytes of tensor data written.
     public var tensorBytes: Int
+    /// Every shard of the plan, in order (more than `files` holds when writing one part).
+    public var shards: [String]
 }
 
 /// The one writer of model directories: a stream's tensors as safetensors shards (greedy over the
@@ -57,26 +62,33 @@ public struct ModelDirectorySink: Sendable {
     public func consume(_ stream: TensorStream) throws -> WrittenFiles {
         let infos = stream.tensors.map { $0.source.info(named: $0.name) }
         let plan = ShardPlan(tensors: infos, maxShardSize: options.maxShardSize)
-        let progress = ProgressTally(tensors: infos.count, bytes: infos.reduce(0) { $0 + $1.byteCount }, report: context.progress)
+        var shards = plan.shards
+        if let part = options.part {
+            let owner = PartSelection.assign(sizes: shards.map { $0.tensors.reduce(0) { $0 + $1.byteCount } }, parts: part.count)
+            shards = shards.indices.filter { owner[$0] == part.index }.map { shards[$0] }
+        }
+        let written = shards.flatMap(\.tensors)
+        let progress = ProgressTally(tensors: written.count, bytes: written.reduce(0) { $0 + $1.byteCount }, report: context.progress)
         var files: [String] = []
         var hashes: [String: String] = [:]
-        for shard in plan.shards {
+        for shard in shards {
             let file = try ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors,
                                          chunkSize: options.chunkSize, buffers: context.threads + 2, durable: options.durable)
             hashes[shard.fileName] = try write(file, sources: file.order.map { stream.source($0.name)! }, progress: progress)
             files.append(shard.fileName)
         }
-        if let index = plan.index {
+        let writesShared = (options.part?.index ?? 0) == 0
+        if writesShared, let index = plan.index {
             let name = "model.safetensors.index.json"
             try SideFiles.write(output.path(for: name), bytes: index.serialized())
             files.append(name)
         }
-        if let side = stream.sideFiles {
+        if writesShared, let side = stream.sideFiles {
             files += try SideFiles.copy(from: side.directory, to: output, dtype: side.dtype, dropQuantization: side.dropQuantization,
                                         denseModules: side.denseModules)
         }
         for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
-        return WrittenFiles(files: files, sha256: hashes, tensorBytes: progress.bytesTotal)
+        return WrittenFiles(files: files, sha256: hashes, tensorBytes: progress.bytesTotal, shards: plan.shards.map(\.fileName))
     }
 
     /// Fills and writes every chunk of `file` on the context's workers, then finishes the file.

@@ -15,13 +15,15 @@ struct AdapterArguments: ParsableArguments {
 
     @OptionGroup var scale: ScaleArguments
 
+    /// The checks that hold in every mode; whether --adapter is required is the command's call
+    /// (`merge --assemble` and `merge --adapters-from` take none).
     func validate() throws {
-        try Self.validate(adapters: adapters, weights: weights, targets: targets)
+        try Self.validate(adapters: adapters, weights: weights, targets: targets, requireAdapter: false)
     }
 
     /// The checks of `--adapter`/`--weight`/`--targets`, also for commands that spell the other options differently.
-    static func validate(adapters: [String], weights: [Double], targets: String?) throws {
-        guard !adapters.isEmpty else { throw ValidationError("give at least one --adapter") }
+    static func validate(adapters: [String], weights: [Double], targets: String?, requireAdapter: Bool = true) throws {
+        guard !adapters.isEmpty || !requireAdapter else { throw ValidationError("give at least one --adapter") }
         guard weights.isEmpty || weights.count == adapters.count else {
             throw ValidationError("give one --weight per --adapter (\(adapters.count) adapters, \(weights.count) weights)")
         }

@@ -28,7 +28,7 @@ extension LoraTool {
         @OptionGroup var adapterArguments: AdapterArguments
 
         @Option(help: "Output model directory: must not exist (or be an empty directory); --force replaces only an output lora-tool wrote.")
-        var output: String
+        var output: String?
 
         @Option(help: "Output dtype of float tensors: keep, f32, f16 or bf16.")
         var dtype: String = "keep"
@@ -69,7 +69,48 @@ extension LoraTool {
         @Flag(help: "Print the recipe equivalent to this command line (for `lora-tool run`) and exit without merging.")
         var printRecipe = false
 
+        @Option(help: ArgumentHelp("Write only part I (0-based) of N of the output's shards, for a job array; 'auto' reads $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT or $JOB_COMPLETION_INDEX (with --parts). Parts wait beside the output until --assemble. With --adapters-from: merge only this part's adapters.", valueName: "I/N|auto"))
+        var part: String?
+
+        @Option(help: "The number of parts, for --part auto when the scheduler does not export it (Kubernetes Indexed Jobs).")
+        var parts: Int?
+
+        @Option(help: ArgumentHelp("Assemble the parts of a partitioned merge (--part) into OUT, after checking that all are present and consistent; no other input is needed.", valueName: "OUT"))
+        var assemble: String?
+
+        @Option(help: ArgumentHelp("Merge each adapter listed in this file (one path per line) into the base, one output each (--output-template).", valueName: "LIST"))
+        var adaptersFrom: String?
+
+        @Option(help: ArgumentHelp("Output path of each --adapters-from adapter; {name} is replaced by the adapter's directory name.", valueName: "TEMPLATE"))
+        var outputTemplate: String?
+
         func validate() throws {
+            let adapterGiven = !adapterArguments.adapters.isEmpty
+            if let assemble {
+                try OutputPathCheck.validate(assemble, option: "--assemble")
+                let others = [("--base", base != nil), ("--adapter", adapterGiven), ("--output", output != nil), ("--adapters-from", adaptersFrom != nil),
+                              ("--part", part != nil), ("--verify", verify), ("--dtype", dtype != "keep"), ("--max-shard-size", maxShardSize != "5GB"),
+                              ("--requantize", requantize != nil), ("--keep-quantized", keepQuantized), ("--targets", adapterArguments.targets != nil),
+                              ("--weight", !adapterArguments.weights.isEmpty), ("--print-recipe", printRecipe)]
+                if let given = others.first(where: \.1) { throw ValidationError("--assemble takes only the output (and --force, --json): the parts recorded everything else; \(given.0) is not used") }
+                return
+            }
+            if adaptersFrom != nil {
+                guard outputTemplate != nil else { throw ValidationError("--adapters-from needs --output-template (e.g. 'merged/{name}')") }
+                guard !adapterGiven, output == nil else { throw ValidationError("give --adapters-from with --output-template, or --adapter with --output, not both") }
+                guard adapterArguments.weights.isEmpty else { throw ValidationError("--weight is per --adapter; a batch merges each listed adapter with weight 1") }
+                guard !printRecipe else { throw ValidationError("--print-recipe describes one merge, not a batch") }
+            } else {
+                guard adapterGiven else { throw ValidationError("give at least one --adapter (or --adapters-from LIST)") }
+                guard output != nil else { throw ValidationError("give --output") }
+                guard outputTemplate == nil else { throw ValidationError("--output-template goes with --adapters-from") }
+            }
+            if let part {
+                if part != "auto" { do { _ = try PartSelection.parse(part, parts: parts, environment: [:]) } catch { throw ValidationError(error.localizedDescription) } }
+                if verify && adaptersFrom == nil { throw ValidationError("--verify checks a whole model: run lora-tool verify --part \(part) on the assembled output instead") }
+            } else if parts != nil {
+                throw ValidationError("--parts goes with --part auto")
+            }
             try OutputPathCheck.validate(output, option: "--output")
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
             guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
@@ -83,9 +124,56 @@ extension LoraTool {
                 print(Recipe(steps: [recipeStep]).yaml, terminator: "")
                 return
             }
-            let adapters = try adapterArguments.pairs
+            if let assemble {
+                let report = try LoRACore.Assemble.run(output: assemble, force: force)
+                if json { Render.printJSON(jsonReport(report)) } else { print(text(report)) }
+                return
+            }
+            let selection = try part.map { try PartSelection.parse($0, parts: parts) }
+            if let adaptersFrom {
+                try runBatch(LoRACore.BatchMerge.jobs(list: adaptersFrom, template: outputTemplate!, part: selection))
+                return
+            }
+            let report = try merge(adapters: adapterArguments.pairs, output: output!, part: selection)
+            if json {
+                Render.printJSON(jsonReport(report))
+            } else {
+                print(text(report))
+            }
+        }
+
+        /// Merges each job's adapter in turn; a failure is reported and the others still run.
+        func runBatch(_ jobs: [LoRACore.BatchMerge.Job]) throws {
+            // A template pointing nowhere fails once, before any merge, not once per adapter.
+            for job in jobs {
+                let parent = URL(fileURLWithPath: job.output).deletingLastPathComponent().path
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), isDirectory.boolValue else {
+                    throw LoRACoreError.invalidRequest("--output-template: the directory \(parent) of \(job.output) does not exist")
+                }
+            }
+            var reports: [JSONValue] = []
+            var failed: [String] = []
+            for job in jobs {
+                do {
+                    let report = try merge(adapters: [(try ModelSpecs.resolve(job.adapter), 1)], output: job.output, part: nil)
+                    if json { reports.append(jsonReport(report)) } else { print(text(report)) }
+                } catch {
+                    Render.diagnostic("error: \(Render.escaped(job.adapter)): \(Render.escaped(error.localizedDescription))")
+                    failed.append(job.name)
+                    if json { reports.append(.object([("adapter", .string(job.adapter)), ("output", .string(job.output)), ("error", .string(error.localizedDescription))])) }
+                }
+            }
+            if json { Render.printJSON(.array(reports)) }
+            if !json { print("batch: \(jobs.count - failed.count) of \(jobs.count) adapters merged" + (failed.isEmpty ? "" : "; failed: " + failed.joined(separator: ", "))) }
+            if !failed.isEmpty { throw ExitCode.failure }
+        }
+
+        /// One merge with this command's options.
+        func merge(adapters: [(path: String, weight: Double)], output: String, part: PartSelection?) throws -> MergeReport {
             let resolvedBase = try ModelSpecs.base(base, adapter: adapters[0].path, revision: revision)
             var options = MergeOptions(base: resolvedBase, adapters: adapters, output: output)
+            options.part = part
             options.dtype = OutputDType(rawValue: dtype)!
             options.maxShardSize = ByteSize.parse(maxShardSize)!
             options.targets = try adapterArguments.selector
@@ -106,11 +194,7 @@ extension LoraTool {
             for o in report.overflowed {
                 Render.diagnostic("warning: \(o.tensor): \(o.count) values overflowed the output dtype and were written as ±Inf (--allow-overflow)")
             }
-            if json {
-                Render.printJSON(jsonReport(report))
-            } else {
-                print(text(report))
-            }
+            return report
         }
 
         /// This command line as a recipe step: every option that differs from its default, in the
@@ -128,6 +212,8 @@ extension LoraTool {
             add("rank", adapterArguments.scale.rank.map(String.init))
             add("scale", adapterArguments.scale.scale.map(Render.number))
             add("output", output)
+            add("part", part)
+            add("parts", parts.map(String.init))
             if dtype != "keep" { add("dtype", dtype) }
             if maxShardSize != "5GB" { add("max-shard-size", maxShardSize) }
             flag("verify", verify)
@@ -170,7 +256,27 @@ extension LoraTool {
                     : "\(v.entries.count) tensors element by element and on \(v.probes) probes (seed \(v.seed)), side files and metadata: all pass"])
             }
             for f in r.files { rows.append(["sha256", "\(r.sha256[f] ?? "?")  \(f)"]) }
+            if let p = r.part {
+                rows.append(["part", "\(p.selection) written to \(Render.escaped(p.directory)) (\(r.files.filter { $0.hasSuffix(".safetensors") }.count) of \(p.shards) shards); when every part is done: lora-tool merge --assemble \(Render.escaped(r.output))"])
+                return "\(Render.escaped(r.output)): part \(p.selection) merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+            }
             return "\(Render.escaped(r.output)): merged\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+        }
+
+        func text(_ r: AssembleReport) -> String {
+            var rows = [["assembled", "\(r.parts) parts, \(r.files.count) files, \(Render.bytes(r.bytes))"]]
+            for f in r.files { rows.append(["sha256", "\(r.sha256[f] ?? "?")  \(f)"]) }
+            return "\(Render.escaped(r.output)): assembled\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] })
+        }
+
+        func jsonReport(_ r: AssembleReport) -> JSONValue {
+            .object([
+                ("output", .string(r.output)),
+                ("parts", Render.json(r.parts)),
+                ("files", Render.json(r.files)),
+                ("sha256", .object(r.files.map { ($0, r.sha256[$0].map(JSONValue.string) ?? .null) })),
+                ("bytes", Render.json(r.bytes)),
+            ])
         }
 
         func jsonReport(_ r: MergeReport) -> JSONValue {
@@ -187,6 +293,7 @@ extension LoraTool {
                 ("dtypes", .object(r.outputDTypes.keys.sorted().map { ($0, Render.json(r.outputDTypes[$0]!)) })),
                 ("bytes_written", Render.json(r.bytesWritten)),
                 ("seconds", Render.json(r.seconds)),
+                ("part", r.part.map { .string($0.selection.description) } ?? .null),
                 ("verified", r.verification.map { .bool($0.passed) } ?? .null),
                 ("dequantized_base", .bool(r.dequantizedBase)),
                 ("overflowed", .object(r.overflowed.map { ($0.tensor, Render.json($0.count)) })),

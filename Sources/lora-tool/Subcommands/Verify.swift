@@ -60,7 +60,16 @@ extension LoraTool {
         @Flag(help: "Print the report as JSON.")
         var json = false
 
+        @Option(help: ArgumentHelp("Check only part I (0-based) of N of the merged model's files (balanced by bytes, as merge --part splits them); part 0 also checks the tensor list, side files and metadata. 'auto' reads the scheduler's variables as merge --part auto does.", valueName: "I/N|auto"))
+        var part: String?
+
+        @Option(help: "The number of parts, for --part auto when the scheduler does not export it.")
+        var parts: Int?
+
         func validate() throws {
+            guard !adapterArguments.adapters.isEmpty else { throw ValidationError("give at least one --adapter") }
+            if let part, part != "auto" { do { _ = try PartSelection.parse(part, parts: parts, environment: [:]) } catch { throw ValidationError(error.localizedDescription) } }
+            if part == nil && parts != nil { throw ValidationError("--parts goes with --part auto") }
             guard probes >= 1 else { throw ValidationError("--probes must be at least 1") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             if tolerance != "auto" {
@@ -78,6 +87,7 @@ extension LoraTool {
             options.threads = threads
             options.tolerance = tolerance == "auto" ? nil : Double(tolerance)
             options.targets = try adapterArguments.selector
+            options.part = try part.map { try PartSelection.parse($0, parts: parts) }
             options.scaleOverride = adapterArguments.scale.override
             let report = try LoRACore.Verify.run(options)
             if json {
@@ -113,9 +123,10 @@ extension LoraTool {
             lines.append(Render.escaped(files))
             if r.mode != .exact { lines.append("probes: \(r.probes) per merged module, seed \(r.seed) (--seed \(r.seed) reproduces them)") }
             let how = r.mode == .probes ? "on \(r.probes) probes" : (r.mode == .exact ? "element by element" : "element by element and on \(r.probes) probes")
-            lines.append(r.passed
+            let scope = r.part.map { "part \($0): " } ?? ""
+            lines.append(scope + (r.passed
                 ? "PASS: \(r.entries.count) tensors (\(checked.count) merged, checked \(how); \(identical) identical to their source)"
-                : "FAIL: \(r.failures.count) of \(r.entries.count) tensors and \(r.fileFailures.count) of \(r.files.count) files differ")
+                : "FAIL: \(r.failures.count) of \(r.entries.count) tensors and \(r.fileFailures.count) of \(r.files.count) files differ"))
             return lines.joined(separator: "\n")
         }
 
@@ -141,6 +152,7 @@ extension LoraTool {
                 ("mode", .string(r.mode.rawValue)),
                 ("probes", Render.json(r.probes)),
                 ("seed", .number(String(r.seed))),
+                ("part", r.part.map { .string($0.description) } ?? .null),
                 ("tensors", .array(r.entries.map {
                     .object([("tensor", .string($0.tensor)), ("family", .string($0.family)), ("kind", .string($0.kind.rawValue)),
                              ("passed", .bool($0.passed)), ("exact", $0.exact.map(exact) ?? .null), ("probes", $0.probes.map(probes) ?? .null),

@@ -113,6 +113,9 @@ public struct VerifyReport: Sendable {
     public var probes: Int
     /// The probe seed used (give it to `--seed` to reproduce the probes).
     public var seed: UInt64
+    /// With `verify --part`: the part checked (its files' tensors; part 0 also the tensor list,
+    /// side files and metadata).
+    public var part: PartSelection?
 
     public var failures: [Entry] { entries.filter { !$0.passed } }
     public var fileFailures: [FileCheck] { files.filter { !$0.passed } }
