@@ -8,7 +8,9 @@ import Glibc
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 ///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
 /// Measures cp -r, cp -r + sync, merge, merge --no-sync, merge into the NF4 base (dense output, and
-/// --requantize nf4) and verify of that merge, verify, extract --rank 16 (base vs merged), inspect, and combine of four r = 16
+/// --requantize nf4) and verify of that merge, verify, a merge in 500 MB shards whole and as two
+/// concurrent parts plus the assembly (outputs compared byte for byte), extract --rank 16 (base vs
+/// merged), inspect, and combine of four r = 16
 /// adapters (svd to rank 16, cat). Reports the median and spread of wall time, CPU time and peak RSS
 /// per command, GB/s over the (dense) base size, each time as a ratio to the `cp -r` time measured in
 /// the same run, and the peak extra disk space each command took beyond its final output (free space
@@ -71,6 +73,15 @@ struct Bench {
             ("verify", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged"], nil),
             ("verify --mode exact", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged", "--mode", "exact"], nil),
             ("verify --mode probes", uncachedMerged + [bin, "verify", "--base", dir + "/base", "--adapter", dir + "/adapter", "--merged", out + "/merged", "--mode", "probes"], nil),
+            // Partitioned merge (issue 19): the same merge in 500 MB shards, once whole and once as two
+            // concurrent part processes plus the assembly; the two outputs are compared byte for byte.
+            ("merge --max-shard-size 500MB", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged-500",
+                                              "--quiet", "--max-shard-size", "500MB"], out + "/merged-500"),
+            ("merge --part 0/2 & 1/2, --assemble", ["/bin/sh", "-c", """
+                "$1" merge --base "$2" --adapter "$3" --output "$4" --quiet --max-shard-size 500MB --part 0/2 & a=$!
+                "$1" merge --base "$2" --adapter "$3" --output "$4" --quiet --max-shard-size 500MB --part 1/2 & b=$!
+                wait $a && wait $b && "$1" merge --assemble "$4" >/dev/null
+                """, "sh", bin, dir + "/base", dir + "/adapter", out + "/merged-parts"], out + "/merged-parts"),
             ("extract --rank 16", [bin, "extract", "--base", dir + "/base", "--finetuned", out + "/merged", "--rank", "16", "--output", out + "/extracted"], out + "/extracted"),
             ("inspect", [bin, "inspect", dir + "/base"], nil),
         ]
@@ -98,7 +109,14 @@ struct Bench {
                 _ = try run(["/bin/sync"], quiet: true)
                 let s = try run(argv, quiet: true, diskOf: out, output: output)
                 samples[name, default: []].append(s)
-                for copy in ["cp", "cps", "merged-no-sync", "requantized-nf4"] { try? FileManager.default.removeItem(atPath: out + "/" + copy) }
+                if name.hasPrefix("merge --part") {
+                    for f in try FileManager.default.contentsOfDirectory(atPath: out + "/merged-500") where f != ".lora-tool" {
+                        _ = try run(["/usr/bin/cmp", "-s", out + "/merged-500/" + f, out + "/merged-parts/" + f], quiet: true)
+                    }
+                }
+                for copy in ["cp", "cps", "merged-no-sync", "requantized-nf4", "merged-500", "merged-parts"] where !name.hasPrefix("merge --max-shard-size") {
+                    try? FileManager.default.removeItem(atPath: out + "/" + copy)
+                }
             }
             print("repetition \(r + 1)/\(repeats) done")
         }

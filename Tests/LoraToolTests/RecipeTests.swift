@@ -75,10 +75,11 @@ struct RecipeTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        _ = FileManager.default.createFile(atPath: dir + "/r.yaml", contents: Data(text.utf8))
+        // The recipes' output goes to this test's own directory, so that nothing else can be mistaken for it.
+        _ = FileManager.default.createFile(atPath: dir + "/r.yaml", contents: Data(text.replacingOccurrences(of: "/tmp/x", with: dir + "/x").utf8))
         let (status, _, err) = try run(["run", dir + "/r.yaml"], in: root)
         #expect(status == 1 || status == 64)
         #expect(err.contains(message), "\(err)")
-        #expect(!FileManager.default.fileExists(atPath: "/tmp/x"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/x"))
     }
 }
