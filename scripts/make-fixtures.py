@@ -813,6 +813,127 @@ def check_lora_tool_combined(d, case, ref):
                 assert err < 1e-6, (case["name"], name, "bias", err)
 
 
+def fp8_cases():
+    """FP8 block-scaled bases (transformers' fine-grained FP8: X.weight F8_E4M3 + X.weight_scale_inv
+    F32 per block), quantized by transformers' own Fp8Quantize._quantize_one (transformers refuses to
+    quantize without a GPU, so its op is called directly), with Fp8Dequantize._dequantize_one as the
+    dequantization oracle, a PEFT adapter, the expected dense merge round_bf16(fp32(dequantized W) +
+    fp32 ΔW), and _quantize_one of that merge: what --requantize must write.
+
+    fp8_block: every projection divisible by the 32×32 block (transformers' layout; loaded back with
+    transformers' dequantize=True to prove it). fp8_block_partial: 80-row/column MLP weights with a
+    ⌈80/32⌉ = 3 block grid whose last blocks are partial (DeepSeek's layout, which its weight_dequant
+    accepts; transformers would leave such weights unquantized): the reference op is applied to the
+    zero-padded weight and cropped, which is the same per-block arithmetic."""
+    from transformers import FineGrainedFP8Config, AutoModelForCausalLM
+    from transformers.integrations.finegrained_fp8 import Fp8Quantize, Fp8Dequantize
+    cfg = FineGrainedFP8Config(weight_block_size=[32, 32])
+
+    class Quantizer:
+        quantization_config = cfg
+    quantize_op, dequantize_op = Fp8Quantize(Quantizer()), Fp8Dequantize(Quantizer())
+
+    def quantize(name, w):
+        rows, cols = w.shape
+        pr, pc = -rows % 32, -cols % 32
+        q = quantize_op._quantize_one(name, torch.nn.functional.pad(w, (0, pc, 0, pr)))
+        return q[name][:rows, :cols].contiguous(), q[name[: -len("weight")] + "weight_scale_inv"].contiguous()
+
+    def dequantize(q, s):
+        rows, cols = q.shape
+        pr, pc = -rows % 32, -cols % 32
+        padded = torch.nn.functional.pad(q.float(), (0, pc, 0, pr)).to(torch.float8_e4m3fn)
+        return dequantize_op._dequantize_one(padded, s, torch.bfloat16)[:rows, :cols].contiguous()
+
+    for name, inter in (("fp8_block", 96), ("fp8_block_partial", 80)):
+        d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", name))
+        model = tiny_llama(torch.bfloat16, hidden=64, inter=inter, layers=1, vocab=64, seed=11)
+        model.save_pretrained(os.path.join(d, "base"))
+        sd = load_file(os.path.join(d, "base", "model.safetensors"))
+        base, dense = {}, {}
+        for k, v in sd.items():
+            if k.endswith("_proj.weight"):
+                q, s = quantize(k, v)
+                base[k], base[k[: -len("weight")] + "weight_scale_inv"] = q, s
+                dense[k] = dequantize(q, s)
+            else:
+                base[k] = dense[k] = v
+        save_file(base, os.path.join(d, "base", "model.safetensors"), metadata={"format": "pt"})
+        config = json.load(open(os.path.join(d, "base", "config.json")))
+        qc = cfg.to_dict()
+        qc["quant_method"] = "fp8"
+        config["quantization_config"] = {k: qc[k] for k in sorted(qc)}
+        with open(os.path.join(d, "base", "config.json"), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        if inter == 96:
+            # transformers loads it back (dequantize=True works on CPU) to exactly the oracle's values.
+            loaded = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), device_map="cpu",
+                                                          quantization_config=FineGrainedFP8Config(dequantize=True, weight_block_size=[32, 32]))
+            for k, p in loaded.named_parameters():
+                assert torch.equal(p.data, dense[k]), k
+        os.makedirs(os.path.join(d, "dequantized"))
+        save_file(dense, os.path.join(d, "dequantized", "model.safetensors"), metadata={"format": "pt"})
+        plain = tiny_llama(torch.bfloat16, hidden=64, inter=inter, layers=1, vocab=64, seed=11)
+        peft_model = get_peft_model(plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                                                      init_lora_weights=False))
+        randomize_adapter(peft_model, 41)
+        save_adapter(peft_model, os.path.join(d, "adapter"))
+        params = dict(peft_model.named_parameters())
+        merged, expected = dict(dense), {}
+        for n, p in params.items():
+            if ".lora_A.default." in n:
+                module = n.split("base_model.model.")[1].split(".lora_A")[0]
+                delta = (params[n.replace("lora_A", "lora_B")].detach().float() @ p.detach().float()) * 2.0
+                merged[module + ".weight"] = (dense[module + ".weight"].float() + delta).to(torch.bfloat16).contiguous()
+                # lora-tool's dense merge differs from PEFT's (another summation order) by up to 1 bf16
+                # ulp, which can move a block's amax and so its scale: --requantize is checked against
+                # the reference quantizer applied to lora-tool's own documented arithmetic, emulated
+                # exactly (fused multiply-adds in rank order, × scale, + W, each rounded to fp32).
+                ours = lora_tool_merge(dense[module + ".weight"], params[n.replace("lora_A", "lora_B")].detach(), p.detach(), 2.0)
+                expected[module + ".weight"], expected[module + ".weight_scale_inv"] = quantize(module + ".weight", ours)
+        os.makedirs(os.path.join(d, "merged"))
+        save_file(merged, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
+        save_file(expected, os.path.join(d, "requantized.safetensors"), metadata={"format": "pt"})
+    print("fp8 cases")
+
+
+def round_f32(x):
+    """The fp32 value nearest the exact rational x, ties to even (subnormals included)."""
+    from fractions import Fraction
+    if x == 0:
+        return 0.0
+    sign, x = (-1 if x < 0 else 1), abs(x)
+    e = x.numerator.bit_length() - x.denominator.bit_length()
+    if Fraction(2) ** e > x:
+        e -= 1
+    ulp = Fraction(2) ** (max(e, -126) - 23)
+    q = x / ulp
+    whole = q.numerator // q.denominator
+    rest = q - whole
+    if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and whole % 2 == 1):
+        whole += 1
+    return sign * float(whole * ulp)
+
+
+def lora_tool_merge(w, b, a, coefficient):
+    """lora-tool's merge kernel, exactly: acc = fma(b[i,k], a[k,j], acc) for k in order (one fp32
+    rounding each), delta = fp32(acc·coefficient), y = fp32(w + delta), rounded once to w's dtype."""
+    from fractions import Fraction
+    w32, b32, a32 = w.float().tolist(), b.float().tolist(), a.float().tolist()
+    out = torch.empty(w.shape, dtype=torch.float32)
+    for i in range(len(w32)):
+        row = []
+        for j in range(len(w32[0])):
+            acc = 0.0
+            for k in range(len(a32)):
+                acc = round_f32(Fraction(b32[i][k]) * Fraction(a32[k][j]) + Fraction(acc))
+            delta = round_f32(Fraction(acc) * Fraction(coefficient))
+            row.append(round_f32(Fraction(w32[i][j]) + Fraction(delta)))
+        out[i] = torch.tensor(row, dtype=torch.float32)
+    return out.to(w.dtype)
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -825,6 +946,7 @@ GROUPS = {
     "sora": sora_case,
     "handwritten": hand_written_cases,
     "qlora": qlora_cases,
+    "fp8": fp8_cases,
     "extract": extract_cases,
     "combine": combine_cases,
 }

@@ -69,8 +69,8 @@ public enum ExtractSVD {
         try PathSafety.checkOutput(options.output, inputs: [options.base, options.finetuned])
         // open → dequantize (a bitsandbytes 4-bit base or fine-tune is read as its dense values) →
         // difference and factorization per target → PEFT adapter.
-        let base = try Dequantize4bitPass().apply(to: TensorStream(model: try Checkpoint(path: options.base)))
-        let tuned = try Dequantize4bitPass().apply(to: TensorStream(model: try Checkpoint(path: options.finetuned)))
+        let base = try DequantizePass().apply(to: TensorStream(model: try Checkpoint(path: options.base)))
+        let tuned = try DequantizePass().apply(to: TensorStream(model: try Checkpoint(path: options.finetuned)))
         let selector = options.targets ?? TargetSelector.projections
         var targets: [String] = []
         var others: [(String, Double)] = []

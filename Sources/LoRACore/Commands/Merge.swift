@@ -76,7 +76,7 @@ public struct MergeReport: Sendable {
     public var adapters: [(path: String, dialect: String, weight: Double)]
     /// The base was bitsandbytes 4-bit and was dequantized first.
     public var dequantizedBase = false
-    /// With --requantize: per changed weight, how much of the delta the 4-bit codes kept.
+    /// With --requantize: per changed weight, how much of the delta the requantized codes kept.
     public var requantization: [Requantize.Survival]?
     /// With --keep-quantized: untouched weights stayed 4-bit, merged ones are dense.
     public var keptQuantized = false
@@ -112,7 +112,7 @@ public struct Progress: Sendable {
 ///
 /// The composition: open the base → `Dequantize4bitPass` (bitsandbytes 4-bit bases, decoded block
 /// by block as the merge reads them; no temporary model) → `ApplyAdaptersPass` →
-/// `Requantize4bitPass` (`--requantize`, `--keep-quantized`) → `CastPass` (`--dtype`) →
+/// `Requantize4bitPass` or `RequantizeFP8BlockPass` (`--requantize`, `--keep-quantized`) → `CastPass` (`--dtype`) →
 /// `ModelDirectorySink`, with `verify` on the staged output before it gets its name.
 ///
 /// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 by the merge kernel (`FusedMerge`:
@@ -129,11 +129,10 @@ public enum Merge {
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
         let opened = TensorStream(model: try Checkpoint(path: options.base))
-        try Dequantize4bitPass.refuseOtherQuantization(opened)
-        let base = try Dequantize4bitPass().apply(to: opened)
+        let base = try DequantizePass().apply(to: opened)
         let quantizedBase = base !== opened
         if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
-            throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a bitsandbytes 4-bit base; \(options.base) has no 4-bit weights")
+            throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or fp8); \(options.base) has no quantized weights")
         }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
@@ -158,10 +157,19 @@ public enum Merge {
 
         let dense = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
         var stream = dense
-        var requantize: Requantize4bitPass?
-        if options.requantize != nil || options.keepQuantized {
-            requantize = Requantize4bitPass(type: options.requantize, context: context)
-            stream = try requantize!.apply(to: stream)
+        var survival: SurvivalLog?
+        if RequantizeFP8BlockPass.applies(to: stream), options.requantize != nil || options.keepQuantized {
+            guard let type = options.requantize, type == "keep" || type == "fp8" else {
+                throw LoRACoreError.invalidRequest("\(options.base) is an fp8 base: write the merge back with --requantize keep (or fp8), or omit it for a dense model")
+            }
+            let pass = RequantizeFP8BlockPass()
+            stream = try pass.apply(to: stream)
+            survival = pass.survival
+        } else if options.requantize != nil || options.keepQuantized {
+            if options.requantize == "fp8" { throw LoRACoreError.invalidRequest("--requantize fp8 needs an fp8 base; \(options.base) is bitsandbytes 4-bit") }
+            let pass = Requantize4bitPass(type: options.requantize, context: context)
+            stream = try pass.apply(to: stream)
+            survival = pass.survival
         }
         stream = CastPass(options.dtype, context: context).apply(to: stream)
         var write = ModelWriteOptions()
@@ -172,7 +180,7 @@ public enum Merge {
         let written = try ModelDirectorySink(output: output, options: write, context: context).consume(stream)
 
         var verification: VerifyReport?
-        if options.verify && requantize != nil {
+        if options.verify && survival != nil {
             // The 4-bit output is not a merge to compare with: the dense merge it was quantized from is
             // checked as computed, with the probe check.
             let sink = VerifySink(plan: plan, probes: options.probes, seed: options.seed ?? UInt64.random(in: .min ... .max), threads: context.threads)
@@ -222,7 +230,7 @@ public enum Merge {
             adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) },
             overflowed: context.overflows)
         report.dequantizedBase = quantizedBase
-        report.requantization = options.requantize == nil ? nil : requantize?.survival.sorted
+        report.requantization = options.requantize == nil ? nil : survival?.sorted
         report.keptQuantized = options.requantize == nil && options.keepQuantized
         report.part = options.part.map { ($0, output.destination, written.shards.count) }
         return report

@@ -48,7 +48,7 @@ public enum Verify {
         // Against a bitsandbytes 4-bit base, merge works on the dequantized weights: so does verify,
         // decoding them block by block as it reads them.
         let opened = TensorStream(model: try Checkpoint(path: options.base))
-        let base = try Dequantize4bitPass().apply(to: opened)
+        let base = try DequantizePass().apply(to: opened)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         let merged = try Checkpoint(path: options.merged)

@@ -38,16 +38,4 @@ public struct Dequantize4bitPass: Sendable {
         return stream.with(tensors, sideFiles: side)
     }
 
-    /// Quantized bases other than bitsandbytes 4-bit (GPTQ, AWQ, 8-bit) cannot be merged exactly:
-    /// refused by their `quant_method` rather than guessed at.
-    /// - Throws: `LoRACoreError.unsupportedAdapter` naming config.json.
-    public static func refuseOtherQuantization(_ stream: TensorStream) throws {
-        guard let dir = stream.sideFiles?.directory else { return }
-        let config = dir + "/config.json"
-        guard let root = try SideFiles.readJSON(config), let q = root["quantization_config"], q != .null else { return }
-        let method = q["quant_method"]?.stringValue ?? "unknown"
-        if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true { return }
-        throw LoRACoreError.unsupportedAdapter(
-            path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
-    }
 }

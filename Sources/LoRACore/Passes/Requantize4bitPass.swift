@@ -21,7 +21,8 @@ import SafeTensors
 /// s = try Requantize4bitPass(type: "nf4", context: c).apply(to: s)
 /// ```
 public struct Requantize4bitPass: Sendable {
-    /// The 4-bit type to write (it must be the base's); nil keeps merged weights dense.
+    /// The 4-bit type to write (it must be the base's; "keep": each weight's own); nil keeps merged
+    /// weights dense.
     public let type: String?
     let context: RunContext
     /// Each requantized weight's survival, filled as the sink writes them.
@@ -46,7 +47,7 @@ public struct Requantize4bitPass: Sendable {
             throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a bitsandbytes 4-bit base; \(stream.path) has no 4-bit weights")
         }
         let types = Set(quantized.map(\.state.quantType))
-        if let type, types != [type] {
+        if let type, type != "keep", types != [type] {
             throw LoRACoreError.invalidRequest("--requantize \(type): the base is \(types.sorted().joined(separator: ", ")); requantizing keeps the base's own format")
         }
         let nested = type == nil ? [:] : try resolveNested(changed)
@@ -86,9 +87,9 @@ public struct Requantize4bitPass: Sendable {
         return try q.stored.map { part in
             let s = part.source
             switch part.name {
-            case name: return (part.name, RequantizedPart(weight: weight, part: .codes, dtype: s.dtype, shape: s.shape))
-            case name + ".absmax": return (part.name, RequantizedPart(weight: weight, part: .absmax, dtype: s.dtype, shape: s.shape))
-            case name + ".nested_absmax": return (part.name, RequantizedPart(weight: weight, part: .nestedAbsmax, dtype: s.dtype, shape: s.shape))
+            case name: return (part.name, WeightPart(weight: weight, part: .codes, dtype: s.dtype, shape: s.shape))
+            case name + ".absmax": return (part.name, WeightPart(weight: weight, part: .absmax, dtype: s.dtype, shape: s.shape))
+            case name + ".nested_absmax": return (part.name, WeightPart(weight: weight, part: .nestedAbsmax, dtype: s.dtype, shape: s.shape))
             case _ where part.name.hasPrefix(name + ".quant_state."):
                 return (part.name, ConstantTensor(bytes: try Requantize.stateJSON(try s.allBytes(), name: part.name, offset: nested?.offset), dtype: s.dtype))
             default: return part  // quant maps: the base's

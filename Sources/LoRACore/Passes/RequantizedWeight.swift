@@ -3,7 +3,7 @@ import LoRAKernels
 import SafeTensors
 
 /// One merged weight written back in its base's bitsandbytes 4-bit format: its codes, absmax and
-/// nested absmax tensors (`RequantizedPart`), computed from the merged values when the sink first
+/// nested absmax tensors (`WeightPart`s), computed from the merged values when the sink first
 /// asks for them and dropped once written. The quant maps are the base's, unchanged.
 ///
 /// Numerics: the merged values in the base's compute dtype (the dense merge's bytes), quantized as
@@ -18,7 +18,7 @@ import SafeTensors
 /// written. A single-quantized weight's fp32 absmax (F32, early) is computed on its own when asked
 /// for. Either way a few weights are in memory at a time, whatever the model's size; each weight's
 /// merged values are computed twice (once to resolve the scales, once for the codes).
-final class RequantizedWeight: @unchecked Sendable {
+final class RequantizedWeight: PartedWeight, @unchecked Sendable {
     enum Part: Sendable { case codes, absmax, nestedAbsmax }
 
     /// Double quantization: the nested code, its block size, and what `resolveNested` found.
@@ -95,6 +95,10 @@ final class RequantizedWeight: @unchecked Sendable {
     }
 
     /// Calls `body` with the bytes of `part`, computing them first if needed.
+    func fill(_ part: Part, _ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
+        try withBytes(of: part) { destination.copyMemory(from: $0.baseAddress! + range.lowerBound, byteCount: range.count) }
+    }
+
     func withBytes<R>(of part: Part, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         lock.lock()
         defer { lock.unlock() }
@@ -224,20 +228,6 @@ final class RequantizedWeight: @unchecked Sendable {
                                          deltaNormRatio: n1 > 0 ? (n2 / n1).squareRoot() : 0))
         return (packed, absmaxCodes)
     }
-}
-
-/// One stored tensor of a `RequantizedWeight` (codes, absmax or nested absmax).
-struct RequantizedPart: TensorSource {
-    let weight: RequantizedWeight
-    let part: RequantizedWeight.Part
-    let dtype: DType
-    let shape: [Int]
-
-    func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
-        try weight.withBytes(of: part) { destination.copyMemory(from: $0.baseAddress! + range.lowerBound, byteCount: range.count) }
-    }
-
-    func finished() { weight.partFinished(part) }
 }
 
 /// Bytes known when the pass runs (a quant_state JSON).

@@ -4,17 +4,19 @@ import LoRACore
 import SafeTensors
 
 extension LoraTool {
-    /// `lora-tool dequantize`: a bitsandbytes 4-bit model as a dense one.
+    /// `lora-tool dequantize`: a quantized model (bitsandbytes 4-bit, FP8) as a dense one.
     struct Dequantize: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write a bitsandbytes 4-bit (NF4/FP4) model as a dense model.",
+            abstract: "Write a quantized model (bitsandbytes NF4/FP4, block-scaled FP8) as a dense model.",
             discussion: """
-                Every 4-bit weight is dequantized exactly as bitsandbytes' dequantize_4bit does (double \
-                quantization included) in its stored compute dtype, or --dtype; the quantization \
-                tensors are dropped and config.json loses quantization_config.
+                Every quantized weight is dequantized exactly as its reference does: bitsandbytes' \
+                dequantize_4bit (double quantization included) for 4-bit weights, transformers' FP8 \
+                dequantization (fp32 q·scale, per block of weight_block_size) for F8_E4M3 weights; in \
+                the compute dtype, or --dtype. The scales and other quantization tensors are dropped and \
+                config.json loses quantization_config.
                 """)
 
-        @Option(help: "Model directory or file with bitsandbytes 4-bit weights.")
+        @Option(help: "Model directory with bitsandbytes 4-bit or fp8 weights (or a 4-bit .safetensors file).")
         var input: String
 
         @Option(help: "Output model directory.")
@@ -41,7 +43,7 @@ extension LoraTool {
         func run() throws {
             let n = try LoRACore.Dequantize.run(input: try ModelSpecs.resolve(input), output: output, dtype: OutputDType(rawValue: dtype)!, force: force,
                                                 maxShardSize: ByteSize.parse(maxShardSize)!, allowOverflow: allowOverflow)
-            print("\(Render.escaped(output)): \(n) 4-bit weights dequantized")
+            print("\(Render.escaped(output)): \(n) quantized weights dequantized")
         }
     }
 }

@@ -55,6 +55,10 @@ extension LoraTool {
             if !r.metadata.isEmpty { rows.append(["metadata", r.metadata.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")]) }
             rows.append(["modules", r.families.map { "\($0.family) ×\($0.count)" }.joined(separator: ", ")])
             rows.append(["layers", "\(r.layerCount)"])
+            if let q = r.fp8 {
+                rows.append(["fp8", "\(q.weights) weights F8_E4M3, block \(q.blockSize.map(String.init).joined(separator: "×"))" + (q.partialWeights > 0 ? " (\(q.partialWeights) with partial edge blocks)" : "")
+                    + ", compute dtype \(q.computeDType), \(Render.bytes(q.quantizedBytes)) (\(Render.bytes(q.denseBytes)) dense)"])
+            }
             if let q = r.quantization {
                 rows.append(["4-bit", "\(q.weights) bitsandbytes weights, \(q.quantTypes.joined(separator: ", ")), blocksize \(q.blocksizes.map(String.init).joined(separator: ", ")), double quantization \(q.doubleQuantization ? "yes" : "no"), compute dtype \(q.computeDType)"])
                 rows.append(["4-bit size", "\(Render.bytes(q.quantizedBytes)) instead of \(Render.bytes(q.denseBytes)) dense (\(String(format: "%.1f", Double(q.denseBytes) / Double(max(q.quantizedBytes, 1))))× smaller)"])
@@ -126,6 +130,13 @@ extension LoraTool {
                                  ("alpha", $0.alpha.map(Render.json) ?? .null), ("scale", $0.scale.map(Render.json) ?? .null),
                                  ("dora", .bool($0.dora))])
                     })),
+                ])))
+            }
+            if let q = r.fp8 {
+                root.append(("quantization", .object([
+                    ("method", .string("fp8")), ("weights", Render.json(q.weights)), ("block_size", .array(q.blockSize.map { Render.json($0) })),
+                    ("partial_weights", Render.json(q.partialWeights)), ("compute_dtype", .string(q.computeDType)),
+                    ("quantized_bytes", Render.json(q.quantizedBytes)), ("dense_bytes", Render.json(q.denseBytes)),
                 ])))
             }
             if let q = r.quantization {

@@ -36,7 +36,7 @@ extension LoraTool {
         @Option(help: "Largest shard, e.g. 500MB, 5GB, 2GiB (decimal units as transformers).")
         var maxShardSize: String = "5GB"
 
-        @Flag(help: "Verify the output as lora-tool verify does (every element, random probes, side files and metadata) before it gets its name; fail (and leave no output) if anything differs. With --requantize or --keep-quantized: the dense merge is checked on random probes as computed, before it is written 4-bit.")
+        @Flag(help: "Verify the output as lora-tool verify does (every element, random probes, side files and metadata) before it gets its name; fail (and leave no output) if anything differs. With --requantize or --keep-quantized: the dense merge is checked on random probes as computed, before it is requantized.")
         var verify = false
 
         @Flag(help: "Replace an existing output that lora-tool wrote (it carries the .lora-tool marker); anything else is never replaced.")
@@ -45,7 +45,7 @@ extension LoraTool {
         @Flag(help: "Write through the page cache without fsync, as cp does: no wait for the disk, but a power failure soon after can leave incomplete files (a killed lora-tool still never does).")
         var noSync = false
 
-        @Option(help: "With a bitsandbytes 4-bit base: write the merged weights back as nf4 or fp4 (the base's type) and report how much of each delta survived.")
+        @Option(help: "With a quantized base: write the merged weights back in the base's format (keep; or its name: nf4, fp4, fp8) and report how much of each delta survived.")
         var requantize: String?
 
         @Flag(help: "With a bitsandbytes 4-bit base: keep untouched weights 4-bit as they were; merged weights are written dense.")
@@ -115,7 +115,7 @@ extension LoraTool {
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
             guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-            if let requantize, !["nf4", "fp4"].contains(requantize) { throw ValidationError("--requantize must be nf4 or fp4") }
+            if let requantize, !["keep", "nf4", "fp4", "fp8"].contains(requantize) { throw ValidationError("--requantize must be keep, nf4, fp4 or fp8") }
             if requantize != nil && keepQuantized { throw ValidationError("give --requantize or --keep-quantized, not both") }
         }
 
@@ -238,7 +238,7 @@ extension LoraTool {
             rows.append(["dtype", r.outputDTypes.keys.sorted().map { "\($0) ×\(r.outputDTypes[$0]!)" }.joined(separator: ", ")])
             rows.append(["written", "\(Render.bytes(r.bytesWritten)) in \(r.files.count) files, \(String(format: "%.2f", r.seconds)) s, \(String(format: "%.2f", Double(r.bytesWritten) / max(r.seconds, 1e-9) / 1e9)) GB/s"])
             if r.dequantizedBase {
-                rows.append(["4-bit base", r.requantization != nil ? "dequantized, merged, requantized"
+                rows.append(["quantized base", r.requantization != nil ? "dequantized, merged, requantized"
                     : r.keptQuantized ? "merged weights written dense, the others kept 4-bit" : "dequantized exactly; the output is dense"])
             }
             for s in r.requantization ?? [] {
@@ -248,7 +248,7 @@ extension LoraTool {
             let weak = (r.requantization ?? []).filter { $0.deltaCorrelation < 0.5 }
             if let worst = weak.min(by: { $0.deltaCorrelation < $1.deltaCorrelation }) {
                 let which = weak.count == 1 ? worst.weight : "\(weak.count) of \(r.requantization!.count) requantized weights (lowest: \(worst.weight))"
-                Render.diagnostic("warning: \(which): less than half of the adapter's change survived 4-bit requantization (correlation \(String(format: "%.2f", worst.deltaCorrelation))); consider a dense output (omit --requantize)")
+                Render.diagnostic("warning: \(which): less than half of the adapter's change survived requantization (correlation \(String(format: "%.2f", worst.deltaCorrelation))); consider a dense output (omit --requantize)")
             }
             if let v = r.verification {
                 rows.append(["verified", v.mode == .probes

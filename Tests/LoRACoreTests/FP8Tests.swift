@@ -1,0 +1,127 @@
+import Foundation
+import LoRAKernels
+import Testing
+@testable import LoRACore
+@testable import SafeTensors
+
+private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("QuantFixtures").path
+
+/// A copy of `fixture`'s base whose config.json has `edit` applied to its text.
+private func baseWithConfig(_ fixture: String, in dir: String, _ edit: (String) -> String) throws -> String {
+    let base = dir + "/edited"
+    try FileManager.default.copyItem(atPath: "\(fixtures)/\(fixture)/base", toPath: base)
+    let text = try String(contentsOfFile: base + "/config.json", encoding: .utf8)
+    try edit(text).write(toFile: base + "/config.json", atomically: true, encoding: .utf8)
+    return base
+}
+
+@Suite("E4M3 codes")
+struct FP8E4M3Tests {
+    @Test("Every finite code decodes and encodes back to itself; the two NaNs stay NaN")
+    func roundTrip() {
+        for code in 0...255 {
+            let v = FP8E4M3.decode(UInt8(code))
+            if code & 0x7F == 0x7F { #expect(v.isNaN && FP8E4M3.encode(v) & 0x7F == 0x7F) } else { #expect(FP8E4M3.encode(v) == UInt8(code), "\(code)") }
+        }
+        #expect(FP8E4M3.values.filter(\.isFinite).max() == 448)
+    }
+
+    @Test("Rounding to nearest, ties to even, in the normal and subnormal ranges (hand-computed)", arguments: [
+        (Float(448), UInt8(0x7E)), (464, 0x7E), (465, 0x7F), (480, 0x7F), (-448, 0xFE),
+        (1.0625, 0x38), (1.1875, 0x3A), (1.0624, 0x38), (1.0626, 0x39),
+        (0x1p-9, 0x01), (0x1p-10, 0x00), (0x3p-10, 0x02), (0x5p-10, 0x02), (0x7p-10, 0x04), (0x1p-6, 0x08), (0x15p-10, 0x0A),
+        (-0.0, 0x80), (0, 0x00),
+    ])
+    func rounding(value: Float, code: UInt8) {
+        #expect(FP8E4M3.encode(value) == code, "\(value)")
+    }
+}
+
+@Suite("Block-scaled FP8 bases (transformers fine-grained fp8)")
+struct FP8BlockTests {
+    static let cases = ["fp8_block", "fp8_block_partial"]
+
+    @Test("Dequantization equals transformers' Fp8Dequantize bit for bit", arguments: cases)
+    func dequantize(fixture: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try Dequantize.run(input: "\(fixtures)/\(fixture)/base", output: dir + "/dense") == 7)
+        let ours = try Checkpoint(path: dir + "/dense"), reference = try Checkpoint(path: "\(fixtures)/\(fixture)/dequantized")
+        #expect(ours.names == reference.names)
+        for name in reference.names { #expect(try ours.bytes(of: name).elementsEqual(try reference.bytes(of: name)), "\(name)") }
+        let config = try String(contentsOfFile: dir + "/dense/config.json", encoding: .utf8)
+        #expect(!config.contains("quantization_config"))
+    }
+
+    @Test("A dense merge into the fp8 base equals PEFT's merge on the dequantized model, and verify passes", arguments: cases)
+    func merge(fixture: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let adapter = "\(fixtures)/\(fixture)/adapter"
+        let report = try Merge.run(MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [(adapter, 1)], output: dir + "/m"))
+        #expect(report.dequantizedBase && report.mergedTensors == 4)
+        let ours = try Checkpoint(path: dir + "/m"), expected = try Checkpoint(path: "\(fixtures)/\(fixture)/merged")
+        #expect(ours.names == expected.names)
+        for name in expected.names {
+            let d = ulpDistance(try ours.bytes(of: name), try expected.bytes(of: name), dtype: ours.info(name)!.dtype)
+            #expect(d <= 1, "\(name): \(d) ulp")
+        }
+        #expect(try Verify.run(VerifyOptions(base: "\(fixtures)/\(fixture)/base", adapters: [(adapter, 1)], merged: dir + "/m")).passed)
+    }
+
+    @Test("--requantize keep writes transformers' Fp8Quantize of the merge; untouched weights and config stay as they were", arguments: cases)
+    func requantize(fixture: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [("\(fixtures)/\(fixture)/adapter", 1)], output: dir + "/q")
+        o.requantize = "keep"
+        o.verify = true
+        let report = try Merge.run(o)
+        let survival = try #require(report.requantization)
+        #expect(survival.map(\.weight) == ["model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.up_proj.weight",
+                                           "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"])
+        #expect(survival.allSatisfy { $0.codesChanged > 0.5 && $0.deltaCorrelation > 0.99 && abs($0.deltaNormRatio - 1) < 0.01 })
+        let ours = try Checkpoint(path: dir + "/q"), expected = try Checkpoint(path: "\(fixtures)/\(fixture)/requantized.safetensors")
+        let base = try Checkpoint(path: "\(fixtures)/\(fixture)/base")
+        #expect(ours.names == base.names)
+        for name in base.names {
+            let reference = expected.info(name) != nil ? expected : base
+            #expect(ours.info(name)!.dtype == reference.info(name)!.dtype && ours.info(name)!.shape == reference.info(name)!.shape, "\(name)")
+            #expect(try ours.bytes(of: name).elementsEqual(try reference.bytes(of: name)), "\(name)")
+        }
+        let config = try String(contentsOfFile: dir + "/q/config.json", encoding: .utf8)
+        #expect(config == (try String(contentsOfFile: "\(fixtures)/\(fixture)/base/config.json", encoding: .utf8)))
+    }
+
+    @Test("inspect names the scheme, its block size and the partial-block weights")
+    func inspect() throws {
+        let r = try Inspect.run(path: "\(fixtures)/fp8_block_partial/base")
+        let fp8 = try #require(r.fp8)
+        #expect(fp8.weights == 7 && fp8.blockSize == [32, 32] && fp8.partialWeights == 3 && fp8.computeDType == "BF16")
+        #expect(try Inspect.run(path: "\(fixtures)/fp8_block/base").fp8?.partialWeights == 0)
+    }
+
+    @Test("Refused by name: unknown config keys, power-of-two scales, another --requantize type, --keep-quantized, a scale grid that does not fit")
+    func refusals() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func merge(_ base: String, requantize: String? = nil, keep: Bool = false) throws {
+            var o = MergeOptions(base: base, adapters: [("\(fixtures)/fp8_block/adapter", 1)], output: dir + "/out")
+            o.requantize = requantize
+            o.keepQuantized = keep
+            _ = try Merge.run(o)
+        }
+        let unknown = try baseWithConfig("fp8_block", in: dir) { $0.replacingOccurrences(of: "\"activation_scheme\"", with: "\"activation_scheme_v2\": 1,\n    \"activation_scheme\"") }
+        #expect { try merge(unknown) } throws: { $0.localizedDescription.contains("unknown key 'activation_scheme_v2'") }
+        try FileManager.default.removeItem(atPath: unknown)
+        let ue8m0 = try baseWithConfig("fp8_block", in: dir) { $0.replacingOccurrences(of: "\"scale_fmt\": \"float\"", with: "\"scale_fmt\": \"ue8m0\"") }
+        #expect { try merge(ue8m0) } throws: { $0.localizedDescription.contains("scale_fmt 'ue8m0' is not supported") }
+        try FileManager.default.removeItem(atPath: ue8m0)
+        let base = "\(fixtures)/fp8_block/base"
+        #expect { try merge(base, requantize: "nf4") } throws: { $0.localizedDescription.contains("write the merge back with --requantize keep") }
+        #expect { try merge(base, keep: true) } throws: { $0.localizedDescription.contains("--requantize keep") }
+        let block = try baseWithConfig("fp8_block", in: dir) { $0.replacingOccurrences(of: "\"weight_block_size\": [\n      32,\n      32\n    ]", with: "\"weight_block_size\": [64, 64]") }
+        #expect { try merge(block) } throws: { $0.localizedDescription.contains("weight_scale_inv is F32 [1, 2]; a [32, 64] weight in 64×64 blocks needs F32 [1, 1]") || $0.localizedDescription.contains("needs F32") }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
+    }
+}
