@@ -872,30 +872,70 @@ def fp8_cases():
                                                           quantization_config=FineGrainedFP8Config(dequantize=True, weight_block_size=[32, 32]))
             for k, p in loaded.named_parameters():
                 assert torch.equal(p.data, dense[k]), k
-        os.makedirs(os.path.join(d, "dequantized"))
-        save_file(dense, os.path.join(d, "dequantized", "model.safetensors"), metadata={"format": "pt"})
-        plain = tiny_llama(torch.bfloat16, hidden=64, inter=inter, layers=1, vocab=64, seed=11)
-        peft_model = get_peft_model(plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                                                      init_lora_weights=False))
-        randomize_adapter(peft_model, 41)
-        save_adapter(peft_model, os.path.join(d, "adapter"))
-        params = dict(peft_model.named_parameters())
-        merged, expected = dict(dense), {}
-        for n, p in params.items():
-            if ".lora_A.default." in n:
-                module = n.split("base_model.model.")[1].split(".lora_A")[0]
-                delta = (params[n.replace("lora_A", "lora_B")].detach().float() @ p.detach().float()) * 2.0
-                merged[module + ".weight"] = (dense[module + ".weight"].float() + delta).to(torch.bfloat16).contiguous()
-                # lora-tool's dense merge differs from PEFT's (another summation order) by up to 1 bf16
-                # ulp, which can move a block's amax and so its scale: --requantize is checked against
-                # the reference quantizer applied to lora-tool's own documented arithmetic, emulated
-                # exactly (fused multiply-adds in rank order, × scale, + W, each rounded to fp32).
-                ours = lora_tool_merge(dense[module + ".weight"], params[n.replace("lora_A", "lora_B")].detach(), p.detach(), 2.0)
-                expected[module + ".weight"], expected[module + ".weight_scale_inv"] = quantize(module + ".weight", ours)
-        os.makedirs(os.path.join(d, "merged"))
-        save_file(merged, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
-        save_file(expected, os.path.join(d, "requantized.safetensors"), metadata={"format": "pt"})
+        write_quantized_case(d, dense, inter, 11, 41, lambda name, w: dict(zip((name, name[: -len("weight")] + "weight_scale_inv"), quantize(name, w))))
     print("fp8 cases")
+
+
+def int8_case():
+    """A bitsandbytes LLM.int8 base saved by transformers (X.weight I8, X.SCB F32 per row,
+    X.weight_format U8), with transformers' dequantize path (bitsandbytes' int8_vectorwise_dequant,
+    then the model dtype) as the oracle, a PEFT adapter, the expected dense merge, and
+    Int8Params' quantization (int8_vectorwise_quant of the fp16 weight) of lora-tool's merge
+    (exactly emulated, see lora_tool_merge): what --requantize must write."""
+    import bitsandbytes.functional as bnbf
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "int8"))
+    tmp = os.path.join(d, "dense-source")
+    tiny_llama(torch.bfloat16, hidden=64, inter=96, layers=1, vocab=64, seed=13).save_pretrained(tmp)
+    q = AutoModelForCausalLM.from_pretrained(tmp, device_map="cpu", quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    q.save_pretrained(os.path.join(d, "base"))
+    shutil.rmtree(tmp)
+    sd = load_file(os.path.join(d, "base", "model.safetensors"))
+    dense = {}
+    for k, v in sd.items():
+        if k.endswith(".SCB") or k.endswith(".weight_format"):
+            continue
+        if v.dtype == torch.int8:
+            dense[k] = bnbf.int8_vectorwise_dequant(v, sd[k[: -len("weight")] + "SCB"]).to(torch.bfloat16).contiguous()
+        else:
+            dense[k] = v
+    # transformers' own dequantize() gives the same values.
+    loaded = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), device_map="cpu")
+    loaded.dequantize()
+    for k, p in loaded.named_parameters():
+        assert torch.equal(p.data, dense[k]), k
+    def quantize(name, w):
+        cb, scb, _ = bnbf.int8_vectorwise_quant(w.to(torch.float16))
+        return {name: cb.contiguous(), name[: -len("weight")] + "SCB": scb.contiguous()}
+    write_quantized_case(d, dense, 96, 13, 43, quantize)
+    print("int8 case")
+
+
+def write_quantized_case(d, dense, inter, model_seed, adapter_seed, quantize):
+    """The rest of a quantized-base fixture: the dequantized oracle `dense`, a PEFT adapter (r=4 on
+    q, v, up, down), PEFT's merge on the dequantized model, and `quantize(name, weight)` (the
+    scheme's reference quantizer) of lora-tool's merge, emulated exactly (lora_tool_merge): its dense
+    merge differs from PEFT's (another summation order) by up to 1 ulp, which can move a block's
+    scale, so --requantize is checked against the reference quantizer applied to lora-tool's own
+    documented arithmetic."""
+    os.makedirs(os.path.join(d, "dequantized"))
+    save_file(dense, os.path.join(d, "dequantized", "model.safetensors"), metadata={"format": "pt"})
+    plain = tiny_llama(torch.bfloat16, hidden=64, inter=inter, layers=1, vocab=64, seed=model_seed)
+    peft_model = get_peft_model(plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                                                  init_lora_weights=False))
+    randomize_adapter(peft_model, adapter_seed)
+    save_adapter(peft_model, os.path.join(d, "adapter"))
+    params = dict(peft_model.named_parameters())
+    merged, expected = dict(dense), {}
+    for n, p in params.items():
+        if ".lora_A.default." in n:
+            module = n.split("base_model.model.")[1].split(".lora_A")[0]
+            b = params[n.replace("lora_A", "lora_B")].detach()
+            merged[module + ".weight"] = (dense[module + ".weight"].float() + (b.float() @ p.detach().float()) * 2.0).to(torch.bfloat16).contiguous()
+            expected.update(quantize(module + ".weight", lora_tool_merge(dense[module + ".weight"], b, p.detach(), 2.0)))
+    os.makedirs(os.path.join(d, "merged"))
+    save_file(merged, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
+    save_file(expected, os.path.join(d, "requantized.safetensors"), metadata={"format": "pt"})
 
 
 def round_f32(x):
@@ -947,6 +987,7 @@ GROUPS = {
     "handwritten": hand_written_cases,
     "qlora": qlora_cases,
     "fp8": fp8_cases,
+    "int8": int8_case,
     "extract": extract_cases,
     "combine": combine_cases,
 }

@@ -64,13 +64,13 @@ public struct InspectReport: Sendable {
     public var base: BaseComparison?
     /// bitsandbytes 4-bit details, when the checkpoint has 4-bit weights.
     public var quantization: Quantization?
-    /// Block-scaled FP8 details, when config.json says `quant_method: "fp8"`.
-    public var fp8: FP8?
+    /// Block-scaled details (FP8, bitsandbytes int8), when config.json names such a scheme.
+    public var blockScaled: BlockScaled?
 
-    public struct FP8: Sendable {
+    public struct BlockScaled: Sendable {
+        /// "fp8, block 128×128", "bitsandbytes int8, per row".
+        public var scheme: String
         public var weights: Int
-        /// Rows × columns per scale.
-        public var blockSize: [Int]
         /// Weights whose last blocks are partial (their shape is not a multiple of the block).
         public var partialWeights: Int
         public var computeDType: String
@@ -250,11 +250,10 @@ public enum Inspect {
             } ?? familyCounts.keys.sorted().map { ($0, familyCounts[$0]!) },
             layerCount: summary.map { $0.layers.count } ?? layers.count, adapter: summary, base: comparison, tensors: infos)
         report.quantization = quantization
-        if adapter == nil, let q = try FP8BlockQuantization(TensorStream(model: ckpt)) {
-            let quantized = q.weights.keys.reduce(0) { $0 + (ckpt.info($1)?.byteCount ?? 0) + (ckpt.info($1 + FP8BlockQuantization.scaleSuffix)?.byteCount ?? 0) }
-            report.fp8 = InspectReport.FP8(
-                weights: q.weights.count, blockSize: [q.blockSize.rows, q.blockSize.cols],
-                partialWeights: q.weights.values.filter { $0.shape[0] % q.blockSize.rows != 0 || $0.shape[1] % q.blockSize.cols != 0 }.count,
+        if adapter == nil, let q = try BlockScaledQuantization.read(TensorStream(model: ckpt)) {
+            let quantized = q.weights.reduce(0) { sum, w in sum + ([w.key, w.value.scaleName] + w.value.extras).reduce(0) { $0 + (ckpt.info($1)?.byteCount ?? 0) } }
+            report.blockScaled = InspectReport.BlockScaled(
+                scheme: q.description, weights: q.weights.count, partialWeights: q.weights.values.filter(\.hasPartialBlocks).count,
                 computeDType: q.computeDType.rawValue, quantizedBytes: quantized,
                 denseBytes: q.weights.values.reduce(0) { $0 + $1.shape.reduce(1, *) * q.computeDType.bitSize / 8 })
         }

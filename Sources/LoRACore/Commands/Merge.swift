@@ -112,7 +112,7 @@ public struct Progress: Sendable {
 ///
 /// The composition: open the base → `Dequantize4bitPass` (bitsandbytes 4-bit bases, decoded block
 /// by block as the merge reads them; no temporary model) → `ApplyAdaptersPass` →
-/// `Requantize4bitPass` or `RequantizeFP8BlockPass` (`--requantize`, `--keep-quantized`) → `CastPass` (`--dtype`) →
+/// `Requantize4bitPass` or `RequantizeBlockScaledPass` (`--requantize`, `--keep-quantized`) → `CastPass` (`--dtype`) →
 /// `ModelDirectorySink`, with `verify` on the staged output before it gets its name.
 ///
 /// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 by the merge kernel (`FusedMerge`:
@@ -158,15 +158,17 @@ public enum Merge {
         let dense = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
         var stream = dense
         var survival: SurvivalLog?
-        if RequantizeFP8BlockPass.applies(to: stream), options.requantize != nil || options.keepQuantized {
-            guard let type = options.requantize, type == "keep" || type == "fp8" else {
-                throw LoRACoreError.invalidRequest("\(options.base) is an fp8 base: write the merge back with --requantize keep (or fp8), or omit it for a dense model")
+        if let scheme = RequantizeBlockScaledPass.scheme(of: stream), options.requantize != nil || options.keepQuantized {
+            guard let type = options.requantize, type == "keep" || type == scheme else {
+                throw LoRACoreError.invalidRequest("\(options.base) is an \(scheme) base: write the merge back with --requantize keep (or \(scheme)), or omit it for a dense model")
             }
-            let pass = RequantizeFP8BlockPass()
+            let pass = RequantizeBlockScaledPass()
             stream = try pass.apply(to: stream)
             survival = pass.survival
         } else if options.requantize != nil || options.keepQuantized {
-            if options.requantize == "fp8" { throw LoRACoreError.invalidRequest("--requantize fp8 needs an fp8 base; \(options.base) is bitsandbytes 4-bit") }
+            if let type = options.requantize, type == "fp8" || type == "int8" {
+                throw LoRACoreError.invalidRequest("--requantize \(type) needs an \(type) base; \(options.base) is bitsandbytes 4-bit")
+            }
             let pass = Requantize4bitPass(type: options.requantize, context: context)
             stream = try pass.apply(to: stream)
             survival = pass.survival

@@ -4,8 +4,8 @@ import SafeTensors
 /// that is computed in fp32 (a merge) is asked for the new dtype directly, a cast is re-cast from its
 /// own input, anything else is wrapped in a `CastTensor`. Non-float tensors pass through, and so do
 /// the tensors of a bitsandbytes 4-bit weight (codes, and its F32 absmax, quant maps and nested
-/// tables, which bitsandbytes reads as F32 whatever the model's dtype) and the F32
-/// `weight_scale_inv` of an FP8 weight (read as F32 by transformers). config.json's
+/// tables, which bitsandbytes reads as F32 whatever the model's dtype) and the F32 scales of FP8
+/// and int8 weights (`weight_scale_inv`, `SCB`). config.json's
 /// `torch_dtype`/`dtype` follow.
 ///
 /// ```swift
@@ -26,7 +26,11 @@ public struct CastPass: Sendable {
         var side = stream.sideFiles
         side?.dtype = dtype
         var quantized = BnbQuantization.quantizedWeights(names: stream.names).companions
-        for t in stream.tensors where t.source.dtype == .float8E4M3 { quantized.insert(t.name + FP8BlockQuantization.scaleSuffix) }
+        // The F32 scales of block-scaled weights (FP8 `weight_scale_inv`, int8 `SCB`), which their readers take as F32.
+        for t in stream.tensors where t.name.hasSuffix(".weight") {
+            if t.source.dtype == .float8E4M3 { quantized.insert(t.name + "_scale_inv") }
+            if t.source.dtype == .int8 { quantized.insert(String(t.name.dropLast(".weight".count)) + ".SCB") }
+        }
         return stream.with(stream.tensors.map { t in
             quantized.contains(t.name) ? t : (t.name, CastPass.cast(t.source, named: t.name, to: dtype.output(for: t.source.dtype), context: context))
         }, sideFiles: side)

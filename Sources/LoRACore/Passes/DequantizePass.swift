@@ -1,7 +1,8 @@
 import SafeTensors
 
 /// Every quantized base lora-tool reads, decoded as a merge reads it: bitsandbytes 4-bit
-/// (`Dequantize4bitPass`) and block-scaled FP8 (`DequantizeFP8BlockPass`), each weight streamed
+/// (`Dequantize4bitPass`) and the block-scaled schemes, FP8 and bitsandbytes int8
+/// (`DequantizeBlockScaledPass`), each weight streamed
 /// block by block, never a temporary model. A base quantized any other way is refused by its
 /// `quant_method` rather than read as something else.
 ///
@@ -18,14 +19,14 @@ public struct DequantizePass: Sendable {
     ///   errors for malformed weights, `.invalidRequest` with `required` and nothing to do.
     public func apply(to stream: TensorStream) throws -> TensorStream {
         try DequantizePass.refuseOtherQuantization(stream)
-        let dense = try DequantizeFP8BlockPass().apply(to: try Dequantize4bitPass().apply(to: stream))
+        let dense = try DequantizeBlockScaledPass().apply(to: try Dequantize4bitPass().apply(to: stream))
         if required && dense === stream {
-            throw LoRACoreError.invalidRequest("\(stream.path): no quantized weights to dequantize (bitsandbytes 4-bit, or fp8 with weight_scale_inv)")
+            throw LoRACoreError.invalidRequest("\(stream.path): no quantized weights to dequantize (bitsandbytes 4-bit or int8, fp8 with weight_scale_inv)")
         }
         return dense
     }
 
-    /// Quantized bases other than these (GPTQ, AWQ, 8-bit, compressed-tensors …) cannot be merged
+    /// Quantized bases other than these (GPTQ, AWQ, compressed-tensors, MXFP4 …) cannot be merged
     /// exactly yet: refused by their `quant_method` rather than guessed at.
     /// - Throws: `LoRACoreError.unsupportedAdapter` naming config.json.
     public static func refuseOtherQuantization(_ stream: TensorStream) throws {
@@ -33,7 +34,8 @@ public struct DequantizePass: Sendable {
         let config = dir + "/config.json"
         guard let root = try SideFiles.readJSON(config), let q = root["quantization_config"], q != .null else { return }
         let method = q["quant_method"]?.stringValue ?? "unknown"
-        if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true { return }
+        if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true
+            || q["load_in_8bit"]?.boolValue == true || q["_load_in_8bit"]?.boolValue == true { return }
         if method == "fp8" { return }
         throw LoRACoreError.unsupportedAdapter(
             path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")

@@ -55,8 +55,8 @@ extension LoraTool {
             if !r.metadata.isEmpty { rows.append(["metadata", r.metadata.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")]) }
             rows.append(["modules", r.families.map { "\($0.family) ×\($0.count)" }.joined(separator: ", ")])
             rows.append(["layers", "\(r.layerCount)"])
-            if let q = r.fp8 {
-                rows.append(["fp8", "\(q.weights) weights F8_E4M3, block \(q.blockSize.map(String.init).joined(separator: "×"))" + (q.partialWeights > 0 ? " (\(q.partialWeights) with partial edge blocks)" : "")
+            if let q = r.blockScaled {
+                rows.append(["quantized", "\(q.scheme): \(q.weights) weights" + (q.partialWeights > 0 ? " (\(q.partialWeights) with partial edge blocks)" : "")
                     + ", compute dtype \(q.computeDType), \(Render.bytes(q.quantizedBytes)) (\(Render.bytes(q.denseBytes)) dense)"])
             }
             if let q = r.quantization {
@@ -132,9 +132,9 @@ extension LoraTool {
                     })),
                 ])))
             }
-            if let q = r.fp8 {
+            if let q = r.blockScaled {
                 root.append(("quantization", .object([
-                    ("method", .string("fp8")), ("weights", Render.json(q.weights)), ("block_size", .array(q.blockSize.map { Render.json($0) })),
+                    ("method", .string(q.scheme)), ("weights", Render.json(q.weights)),
                     ("partial_weights", Render.json(q.partialWeights)), ("compute_dtype", .string(q.computeDType)),
                     ("quantized_bytes", Render.json(q.quantizedBytes)), ("dense_bytes", Render.json(q.denseBytes)),
                 ])))

@@ -37,11 +37,11 @@ struct FP8E4M3Tests {
     }
 }
 
-@Suite("Block-scaled FP8 bases (transformers fine-grained fp8)")
-struct FP8BlockTests {
-    static let cases = ["fp8_block", "fp8_block_partial"]
+@Suite("Block-scaled bases: transformers' fine-grained FP8, bitsandbytes int8")
+struct BlockScaledTests {
+    static let cases = ["fp8_block", "fp8_block_partial", "int8"]
 
-    @Test("Dequantization equals transformers' Fp8Dequantize bit for bit", arguments: cases)
+    @Test("Dequantization equals the reference (transformers' Fp8Dequantize; bitsandbytes' int8_vectorwise_dequant as transformers' dequantize calls it) bit for bit", arguments: cases)
     func dequantize(fixture: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -53,7 +53,7 @@ struct FP8BlockTests {
         #expect(!config.contains("quantization_config"))
     }
 
-    @Test("A dense merge into the fp8 base equals PEFT's merge on the dequantized model, and verify passes", arguments: cases)
+    @Test("A dense merge into the quantized base equals PEFT's merge on the dequantized model, and verify passes", arguments: cases)
     func merge(fixture: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -69,7 +69,7 @@ struct FP8BlockTests {
         #expect(try Verify.run(VerifyOptions(base: "\(fixtures)/\(fixture)/base", adapters: [(adapter, 1)], merged: dir + "/m")).passed)
     }
 
-    @Test("--requantize keep writes transformers' Fp8Quantize of the merge; untouched weights and config stay as they were", arguments: cases)
+    @Test("--requantize keep writes the reference quantizer's codes and scales (Fp8Quantize; Int8Params' int8_vectorwise_quant) of the merge; untouched weights and config stay as they were", arguments: cases)
     func requantize(fixture: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -96,12 +96,14 @@ struct FP8BlockTests {
     @Test("inspect names the scheme, its block size and the partial-block weights")
     func inspect() throws {
         let r = try Inspect.run(path: "\(fixtures)/fp8_block_partial/base")
-        let fp8 = try #require(r.fp8)
-        #expect(fp8.weights == 7 && fp8.blockSize == [32, 32] && fp8.partialWeights == 3 && fp8.computeDType == "BF16")
-        #expect(try Inspect.run(path: "\(fixtures)/fp8_block/base").fp8?.partialWeights == 0)
+        let fp8 = try #require(r.blockScaled)
+        #expect(fp8.scheme == "fp8, block 32×32" && fp8.weights == 7 && fp8.partialWeights == 3 && fp8.computeDType == "BF16")
+        #expect(try Inspect.run(path: "\(fixtures)/fp8_block/base").blockScaled?.partialWeights == 0)
+        let int8 = try #require(try Inspect.run(path: "\(fixtures)/int8/base").blockScaled)
+        #expect(int8.scheme == "bitsandbytes int8, per row" && int8.weights == 7 && int8.partialWeights == 0)
     }
 
-    @Test("Refused by name: unknown config keys, power-of-two scales, another --requantize type, --keep-quantized, a scale grid that does not fit")
+    @Test("FP8 refused by name: unknown config keys, power-of-two scales, another --requantize type, --keep-quantized, a scale grid that does not fit")
     func refusals() throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -122,6 +124,33 @@ struct FP8BlockTests {
         #expect { try merge(base, keep: true) } throws: { $0.localizedDescription.contains("--requantize keep") }
         let block = try baseWithConfig("fp8_block", in: dir) { $0.replacingOccurrences(of: "\"weight_block_size\": [\n      32,\n      32\n    ]", with: "\"weight_block_size\": [64, 64]") }
         #expect { try merge(block) } throws: { $0.localizedDescription.contains("weight_scale_inv is F32 [1, 2]; a [32, 64] weight in 64×64 blocks needs F32 [1, 1]") || $0.localizedDescription.contains("needs F32") }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
+    }
+
+    @Test("int8 refused by name: fp16 master weights, a weight_format other than row-major, --requantize fp8")
+    func int8Refusals() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func merge(_ base: String, requantize: String? = nil) throws {
+            var o = MergeOptions(base: base, adapters: [("\(fixtures)/int8/adapter", 1)], output: dir + "/out")
+            o.requantize = requantize
+            _ = try Merge.run(o)
+        }
+        let fp16 = try baseWithConfig("int8", in: dir) { $0.replacingOccurrences(of: "\"llm_int8_has_fp16_weight\": false", with: "\"llm_int8_has_fp16_weight\": true") }
+        #expect { try merge(fp16) } throws: { $0.localizedDescription.contains("llm_int8_has_fp16_weight") }
+        try FileManager.default.removeItem(atPath: fp16)
+        #expect { try merge("\(fixtures)/int8/base", requantize: "fp8") } throws: { $0.localizedDescription.contains("is an int8 base: write the merge back with --requantize keep (or int8)") }
+        // A column-major (weight_format 1) weight.
+        let base = dir + "/edited"
+        try FileManager.default.copyItem(atPath: "\(fixtures)/int8/base", toPath: base)
+        let ckpt = try Checkpoint(path: base + "/model.safetensors")
+        let formatName = "model.layers.0.self_attn.q_proj.weight_format"
+        let offset = try #require(ckpt.location(of: formatName)).offset
+        let handle = try #require(FileHandle(forWritingAtPath: base + "/model.safetensors"))
+        try handle.seek(toOffset: UInt64(offset))
+        try handle.write(contentsOf: Data([1]))
+        try handle.close()
+        #expect { try merge(base) } throws: { $0.localizedDescription.contains("weight_format must be 0") }
         #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
     }
 }

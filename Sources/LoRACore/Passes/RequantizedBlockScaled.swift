@@ -2,34 +2,34 @@ import Foundation
 import LoRAKernels
 import SafeTensors
 
-/// One merged weight written back in its base's block-scaled FP8 layout: `X.weight` F8_E4M3 codes
-/// and `X.weight_scale_inv` F32 per block (`FP8BlockQuantization`), computed from the merged
-/// weight in the compute dtype (the dense merge's bytes) exactly as transformers'
-/// `Fp8Quantize._quantize_one` does, with the base's block size and grid (partial edge blocks too).
+/// One merged weight written back in its base's block-scaled layout (FP8 codes and
+/// `weight_scale_inv`, int8 codes and `SCB`), computed from the merged weight in the compute dtype
+/// (the dense merge's bytes) exactly as the scheme's reference quantizer does
+/// (`BlockScaledFormat`), with the base's block size and grid (partial edge blocks too).
 ///
-/// The scales need every value of a block row, and the sink writes the F32 scales before the F8
-/// codes, so the first request streams the merged weight once, block row by block row, to find
+/// The scales need every value of a block row, and the sink writes the F32 scales before the
+/// one-byte codes, so the first request streams the merged weight once, block row by block row, to find
 /// them (kilobytes, kept until both parts are written); the codes are then computed range by range
 /// as the sink asks, from a second pass over the merged values. Memory: the scales and one block
 /// row's values, whatever the weight's size. The survival (codes changed, the share of the delta
 /// kept) is summed per range and added up in range order, so it is the same on every run.
-final class RequantizedFP8Block: PartedWeight, @unchecked Sendable {
+final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
     enum Part: Sendable { case codes, scales }
 
     let name: String
-    /// The dense merge (in the compute dtype) and the FP8 weight it started from.
+    /// The dense merge (in the compute dtype) and the quantized weight it started from.
     let merged: any TensorSource
-    let original: DequantizedFP8Block
+    let original: DequantizedBlockScaled
     private let survival: SurvivalLog
     private let lock = NSLock()
-    /// Per block: the forward scale 448/amax and the stored inverse, once resolved.
+    /// Per block: the scale the quantizer multiplies by and the one stored, once resolved.
     private var resolved: (forward: [Float], inverse: [Float])?
     private var partsLeft = 2
     /// Survival sums of the code ranges written so far, by their first element.
     private var sums: [Int: (changed: Int, dot: Double, want: Double, got: Double)] = [:]
     private var elementsDone = 0
 
-    init(name: String, merged: any TensorSource, original: DequantizedFP8Block, survival: SurvivalLog) {
+    init(name: String, merged: any TensorSource, original: DequantizedBlockScaled, survival: SurvivalLog) {
         self.name = name
         self.merged = merged
         self.original = original
@@ -41,30 +41,25 @@ final class RequantizedFP8Block: PartedWeight, @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let resolved { return resolved }
-        let (rows, cols) = (original.shape[0], original.shape[1])
-        let (bm, bn) = original.blockSize
-        let gridCols = original.layout.grid[1]
-        var amax = [Float](repeating: 0, count: original.layout.grid[0] * gridCols)
-        var values = [Float](repeating: 0, count: min(bm, rows) * cols)
+        let layout = original.layout, format = original.format
+        let (rows, cols) = (layout.shape[0], layout.shape[1])
+        var amax = [Float](repeating: 0, count: layout.gridRows * layout.gridCols)
+        let step = max(1, (1 << 18) / cols / layout.blockRows) * layout.blockRows  // whole block rows, about 256 Ki values
+        var values = [Float](repeating: 0, count: min(step, rows) * cols)
         var raw: [UInt8] = []
-        for r0 in stride(from: 0, to: rows, by: bm) {
-            let r1 = min(rows, r0 + bm)
+        for r0 in stride(from: 0, to: rows, by: step) {
+            let r1 = min(rows, r0 + step)
             try values.withUnsafeMutableBufferPointer {
                 try merged.floats((r0 * cols)..<(r1 * cols), into: UnsafeMutableBufferPointer(rebasing: $0[0..<((r1 - r0) * cols)]), raw: &raw)
             }
-            let row = (r0 / bm) * gridCols
             for k in 0..<((r1 - r0) * cols) {
-                let b = row + (k % cols) / bn
-                amax[b] = Swift.max(amax[b], abs(values[k]))
+                let b = layout.block(ofElement: r0 * cols + k)
+                amax[b] = Swift.max(amax[b], abs(format.prepared(values[k])))
             }
         }
         merged.finished()
-        // transformers: scale = 448/amax (1 for an all-zero block), stored inverse = 1/scale. torch
-        // computes a Python number over a tensor as the tensor's reciprocal times the number, so
-        // scale = fp32(fp32(1/amax)·448) and inverse = fp32(1/scale) (a true 448/amax differs in the
-        // last bit on about a quarter of blocks).
-        let forward = amax.map { $0 > 0 ? (1 / $0) * FP8E4M3.max : 1 }
-        let result = (forward, forward.map { 1 / $0 })
+        let pairs = amax.map(format.scales)
+        let result = (pairs.map(\.forward), pairs.map(\.stored))
         resolved = result
         return result
     }
@@ -80,33 +75,32 @@ final class RequantizedFP8Block: PartedWeight, @unchecked Sendable {
         }
     }
 
-    /// Codes of elements `elements` (one byte each): e4m3(clamp(w·scale, ±448)), and their survival.
+    /// Codes of elements `elements` (one byte each), and their survival.
     private func codes(_ elements: Range<Int>, forward: [Float], inverse: [Float], into out: UnsafeMutablePointer<UInt8>) throws {
         let n = elements.count
         guard n > 0 else { return }
-        let format = TensorData.format(original.dtype)!
+        let dense = TensorData.format(original.dtype)!
         var target = [Float](repeating: 0, count: n)
         var raw: [UInt8] = []
         try target.withUnsafeMutableBufferPointer { try merged.floats(elements, into: $0, raw: &raw) }
-        let cols = original.shape[1], (bm, bn) = original.blockSize, gridCols = original.layout.grid[1]
+        let layout = original.layout, format = original.format
         var back = [Float](repeating: 0, count: n)
         for k in 0..<n {
-            let e = elements.lowerBound + k
-            let b = (e / cols / bm) * gridCols + (e % cols) / bn
-            let code = FP8E4M3.encode(Swift.min(Swift.max(target[k] * forward[b], -FP8E4M3.max), FP8E4M3.max))
+            let b = layout.block(ofElement: elements.lowerBound + k)
+            let code = format.code(of: format.prepared(target[k]), forward: forward[b])
             out[k] = code
-            back[k] = FP8E4M3.decode(code) * inverse[b]  // what transformers' dequantize reads back, before its rounding
+            back[k] = format.value(of: code, scale: inverse[b])  // what the reference dequantizes back, before its rounding
         }
         // Survival: what the codes kept of the intended change, against the base's own values.
         var oldCodes = [UInt8](repeating: 0, count: n)
         try oldCodes.withUnsafeMutableBytes { try original.stored[0].source.fill(elements, into: $0.baseAddress!) }
         var changed = 0
         for k in 0..<n where oldCodes[k] != out[k] { changed += 1 }
-        var oldBytes = [UInt8](repeating: 0, count: n * format.size), backBytes = oldBytes
-        try oldBytes.withUnsafeMutableBytes { try original.fill((elements.lowerBound * format.size)..<(elements.upperBound * format.size), into: $0.baseAddress!) }
-        back.withUnsafeBufferPointer { b in backBytes.withUnsafeMutableBytes { FloatCodec.encode(b, format: format, into: $0) } }
+        var oldBytes = [UInt8](repeating: 0, count: n * dense.size), backBytes = oldBytes
+        try oldBytes.withUnsafeMutableBytes { try original.fill((elements.lowerBound * dense.size)..<(elements.upperBound * dense.size), into: $0.baseAddress!) }
+        back.withUnsafeBufferPointer { b in backBytes.withUnsafeMutableBytes { FloatCodec.encode(b, format: dense, into: $0) } }
         let d = target.withUnsafeBufferPointer { t in
-            oldBytes.withUnsafeBytes { o in backBytes.withUnsafeBytes { Bnb4bit.deltaSums(target: t, old: o, back: $0, format: format) } }
+            oldBytes.withUnsafeBytes { o in backBytes.withUnsafeBytes { Bnb4bit.deltaSums(target: t, old: o, back: $0, format: dense) } }
         }
         lock.lock()
         sums[elements.lowerBound] = (changed, d.dot, d.want, d.got)

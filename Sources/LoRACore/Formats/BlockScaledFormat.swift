@@ -1,0 +1,75 @@
+import SafeTensors
+
+/// A quantization that stores one byte per value and one fp32 scale per rectangular block of a
+/// 2-D weight: block-scaled FP8 (`FP8Block`) and bitsandbytes LLM.int8 (`BnbInt8`, one block per
+/// row). The schemes differ only in the arithmetic given here; reading, streaming, the layout and
+/// the survival report are shared (`DequantizedBlockScaled`, `RequantizedBlockScaled`).
+public protocol BlockScaledFormat: Sendable {
+    /// For reports and `--requantize`: "fp8", "int8".
+    var name: String { get }
+    /// The dense value of `code` in a block whose stored scale is `scale`, in fp32, before the one
+    /// rounding to the compute dtype.
+    func value(of code: UInt8, scale: Float) -> Float
+    /// A merged value (in the compute dtype) as the quantizer reads it (int8: rounded to fp16).
+    func prepared(_ value: Float) -> Float
+    /// The scale the quantizer multiplies by, and the scale stored, of a block whose largest
+    /// magnitude (of prepared values) is `amax`.
+    func scales(amax: Float) -> (forward: Float, stored: Float)
+    /// The code of a prepared value in a block whose forward scale is `forward`.
+    func code(of value: Float, forward: Float) -> UInt8
+}
+
+/// Where one block-scaled weight's tensors are and how its blocks tile it.
+public struct BlockScaledLayout: Sendable, Equatable {
+    /// [rows, cols] of the weight.
+    public var shape: [Int]
+    /// Rows × columns per scale (the last blocks of a row or column may be partial).
+    public var blockRows: Int
+    public var blockCols: Int
+    /// The scale tensor (F32, ⌈rows/blockRows⌉·⌈cols/blockCols⌉ values, row-major over the grid).
+    public var scaleName: String
+    /// Other stored tensors that travel with the weight unchanged (bitsandbytes' `weight_format`).
+    public var extras: [String] = []
+
+    /// Blocks per row of the grid.
+    public var gridCols: Int { (shape[1] + blockCols - 1) / blockCols }
+    public var gridRows: Int { (shape[0] + blockRows - 1) / blockRows }
+    /// Whether the shape is not a multiple of the block.
+    public var hasPartialBlocks: Bool { shape[0] % blockRows != 0 || shape[1] % blockCols != 0 }
+
+    /// The block of element `e` (row-major), as an index into the scales.
+    @inline(__always)
+    func block(ofElement e: Int) -> Int { (e / shape[1] / blockRows) * gridCols + (e % shape[1]) / blockCols }
+}
+
+/// The block-scaled weights of a model, as a scheme's reader found them.
+public struct BlockScaledQuantization: Sendable {
+    public let format: any BlockScaledFormat
+    /// The dtype weights dequantize to (config.json's `torch_dtype`/`dtype`).
+    public let computeDType: DType
+    /// Quantized weight name → its layout.
+    public let weights: [String: BlockScaledLayout]
+    /// "fp8, block 128×128", "bitsandbytes int8, per row", for reports.
+    public let description: String
+
+    /// Scale and extra tensors, which a dense model drops.
+    public var companions: Set<String> { Set(weights.values.flatMap { [$0.scaleName] + $0.extras }) }
+
+    /// Every block-scaled scheme, asked in turn: the first that recognizes a stream reads it.
+    static let readers: [@Sendable (TensorStream) throws -> BlockScaledQuantization?] = [FP8Block.read, BnbInt8.read]
+
+    /// The block-scaled weights of `stream`, by whichever scheme's config it has; nil for none.
+    public static func read(_ stream: TensorStream) throws -> BlockScaledQuantization? {
+        for read in readers { if let q = try read(stream) { return q } }
+        return nil
+    }
+
+    /// config.json's compute dtype.
+    static func computeDType(_ root: JSONValue, config: String, scheme: String) throws -> DType {
+        let name = root["torch_dtype"]?.stringValue ?? root["dtype"]?.stringValue
+        guard let name, let dtype = ["bfloat16": DType.bfloat16, "float16": .float16, "float32": .float32][name] else {
+            throw LoRACoreError.invalidConfig(file: config, detail: "torch_dtype '\(name ?? "missing")': the compute dtype \(scheme) weights dequantize to must be bfloat16, float16 or float32")
+        }
+        return dtype
+    }
+}

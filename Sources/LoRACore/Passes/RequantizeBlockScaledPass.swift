@@ -1,0 +1,56 @@
+import SafeTensors
+
+/// Writes a merge on a block-scaled base (FP8, int8) back in its scheme (`merge --requantize
+/// keep|fp8|int8`): a `MergedTensor` whose start is a `DequantizedBlockScaled` is a weight the
+/// merge changed and becomes a `RequantizedBlockScaled` (codes and scales, same block size and
+/// grid; companions such as `weight_format` as stored); a `DequantizedBlockScaled` that nothing
+/// changed goes back to its stored tensors, byte for byte. Other tensors pass through; config.json
+/// keeps `quantization_config`.
+///
+/// ```swift
+/// let c = try RunContext()
+/// var s = try DequantizePass().apply(to: TensorStream(model: Checkpoint(path: "qwen3-fp8")))
+/// s = try ApplyAdaptersPass(plan: MergePlan(base: s, adapters: [adapter], weights: [1], targets: nil), context: c).apply(to: s)
+/// s = try RequantizeBlockScaledPass().apply(to: s)
+/// ```
+public struct RequantizeBlockScaledPass: Sendable {
+    /// Each requantized weight's survival, filled as the sink writes them.
+    public let survival = SurvivalLog()
+
+    public init() {}
+
+    /// The scheme of the block-scaled weights `stream` holds ("fp8", "int8"), or nil.
+    public static func scheme(of stream: TensorStream) -> String? {
+        for t in stream.tensors {
+            if let q = (t.source as? DequantizedBlockScaled) ?? ((t.source as? MergedTensor)?.start as? DequantizedBlockScaled) { return q.format.name }
+        }
+        return nil
+    }
+
+    /// - Throws: `LoRACoreError.invalidRequest` when the stream has no FP8 weights.
+    public func apply(to stream: TensorStream) throws -> TensorStream {
+        guard RequantizeBlockScaledPass.scheme(of: stream) != nil else {
+            throw LoRACoreError.invalidRequest("\(stream.path) has no block-scaled weights (fp8, int8) to write back")
+        }
+        var tensors: [(name: String, source: any TensorSource)] = []
+        for (name, source) in stream.tensors {
+            if let q = source as? DequantizedBlockScaled {
+                tensors += q.stored
+            } else if let m = source as? MergedTensor, let q = m.start as? DequantizedBlockScaled {
+                let weight = RequantizedBlockScaled(name: name, merged: m, original: q, survival: survival)
+                tensors += q.stored.map { part in
+                    switch part.name {
+                    case name: return (part.name, WeightPart(weight: weight, part: .codes, dtype: part.source.dtype, shape: part.source.shape))
+                    case q.layout.scaleName: return (part.name, WeightPart(weight: weight, part: .scales, dtype: part.source.dtype, shape: part.source.shape))
+                    default: return part
+                    }
+                }
+            } else {
+                tensors.append((name, source))
+            }
+        }
+        var side = stream.sideFiles
+        side?.dropQuantization = false
+        return stream.with(tensors, sideFiles: side)
+    }
+}
