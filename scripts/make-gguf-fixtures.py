@@ -5,6 +5,9 @@ for each, an expected JSON read back by gguf's own GGUFReader.
     python3 -m venv /work/venv-gguf && /work/venv-gguf/bin/pip install gguf numpy
     /work/venv-gguf/bin/python scripts/make-gguf-fixtures.py
 
+With LLAMA_CPP_SDIST set it also writes the codec oracle (codecs.gguf, codecs-stress.json) through
+scripts/make-gguf-codec-fixtures.py.
+
 Expected JSON (`NAME.expected.json`): version, alignment, data_start (file offset of the data
 section), keys in file order as {key, canonical}, tensors in file order as {name, type (ggml type
 number), dims (ggml order, as stored), offset (relative to data_start), bytes, sha256}.
@@ -17,6 +20,7 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -234,6 +238,17 @@ def malformed():
     print(f"malformed/: {len(files)} files")
 
 
+def codecs():
+    """codecs.gguf and codecs-stress.json (scripts/make-gguf-codec-fixtures.py), which need
+    llama.cpp's C reference from the llama-cpp-python sdist named by LLAMA_CPP_SDIST."""
+    if not os.environ.get("LLAMA_CPP_SDIST"):
+        print("codecs.gguf: not regenerated (set LLAMA_CPP_SDIST, see make-gguf-codec-fixtures.py)", file=sys.stderr)
+        return
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "make-gguf-codec-fixtures.py")
+    subprocess.run([sys.executable, script], check=True)
+
+
 if __name__ == "__main__":
     malformed()
-    sys.exit(main())
+    main()
+    codecs()

@@ -36,6 +36,13 @@ public enum GGUFError: Error, Equatable, Sendable {
     case duplicateTensor(file: String, tensor: String)
     /// No tensor of that name.
     case tensorNotFound(file: String, tensor: String)
+    /// A ggml type that `GGMLDequantizer` or `GGMLQuantizer` (`operation`: "dequantizing" or
+    /// "quantizing") does not implement; `tensor` is empty when no name was given.
+    case unsupportedType(type: GGMLType, operation: String, tensor: String)
+    /// A row range outside the tensor.
+    case invalidRowRange(file: String, tensor: String, rows: Range<Int>, rowCount: Int)
+    /// A NaN or infinity among the values to quantize (ggml's reference has no defined codes for them).
+    case nonFiniteValue(type: GGMLType, tensor: String, index: Int, value: Float)
 }
 
 extension GGUFError: LocalizedError {
@@ -73,6 +80,15 @@ extension GGUFError: LocalizedError {
             return "\(file): tensor '\(tensor)' appears twice"
         case let .tensorNotFound(file, tensor):
             return "\(file): no tensor named '\(tensor)'"
+        case let .unsupportedType(type, operation, tensor):
+            let subject = tensor.isEmpty ? "" : "tensor '\(tensor)': "
+            let supported = operation == "quantizing" ? GGMLQuantizer.supportedTypes : GGMLDequantizer.supportedTypes
+            return "\(subject)\(operation) \(type.name) is not supported (only \(supported.map(\.name).joined(separator: ", ")))"
+        case let .invalidRowRange(file, tensor, rows, rowCount):
+            return "\(file): tensor '\(tensor)': rows \(rows.lowerBound)..<\(rows.upperBound) outside its \(rowCount) rows"
+        case let .nonFiniteValue(type, tensor, index, value):
+            let subject = tensor.isEmpty ? "" : "tensor '\(tensor)': "
+            return "\(subject)cannot quantize \(value) (element \(index)) to \(type.name)"
         }
     }
 }

@@ -16,4 +16,14 @@ public struct GGUFTensorInfo: Equatable, Sendable {
 
     /// Element count (the product of the dimensions; checked not to overflow when read).
     public var elementCount: Int { dims.reduce(1) { $0 * Int($1) } }
+
+    /// Elements per row: `dims[0]`, the contiguous dimension (a PyTorch `[out, in]` weight's `in`);
+    /// 1 for a tensor without dimensions.
+    public var rowLength: Int { Int(dims.first ?? 1) }
+
+    /// Rows: the product of the dimensions after the first (`out` for an `[out, in]` weight).
+    public var rowCount: Int { dims.dropFirst().reduce(1) { $0 * Int($1) } }
+
+    /// Bytes per row: `rowLength / blockSize × typeSize` (a row is always whole blocks).
+    public var rowByteCount: Int { rowLength / type.blockSize * type.typeSize }
 }
