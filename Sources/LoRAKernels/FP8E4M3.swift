@@ -11,7 +11,7 @@ public enum FP8E4M3 {
     public static let values: [Float] = (0..<256).map { decodeSlow(UInt8($0)) }
 
     /// Largest finite magnitude.
-    public static let max: Float = 448
+    public static var max: Float { 448 }
 
     private static func decodeSlow(_ code: UInt8) -> Float {
         let sign: Float = code & 0x80 != 0 ? -1 : 1
@@ -21,12 +21,18 @@ public enum FP8E4M3 {
         return sign * magnitude
     }
 
-    /// The value of `code`.
-    @inline(__always)
-    public static func decode(_ code: UInt8) -> Float { values[Int(code)] }
+    /// The value of `code` (bit arithmetic: no table, so no lazy global on the hot path; inlinable
+    /// so that the per-value loops of other modules compile it in).
+    @inlinable @inline(__always)
+    public static func decode(_ code: UInt8) -> Float {
+        let sign = UInt32(code & 0x80) << 24, e = UInt32((code >> 3) & 0xF), m = UInt32(code & 7)
+        if e == 0 { return Float(bitPattern: sign | (Float(m) * 0x1p-9).bitPattern) }  // subnormal: exact
+        if e == 15 && m == 7 { return .nan }
+        return Float(bitPattern: sign | (e + 120) << 23 | m << 20)
+    }
 
     /// `x` rounded to the nearest E4M3 value, ties to even.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func encode(_ x: Float) -> UInt8 {
         let bits = x.bitPattern
         let sign = UInt8(truncatingIfNeeded: (bits >> 24) & 0x80)

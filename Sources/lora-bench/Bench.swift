@@ -8,7 +8,7 @@ import Glibc
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 ///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
 /// Measures cp -r, cp -r + sync, merge, merge --no-sync, merge into the NF4 base (dense output, and
-/// --requantize nf4) and verify of that merge, verify, a merge in 500 MB shards whole and as two
+/// --requantize nf4) and verify of that merge, merge into the FP8 base (dense, and --requantize keep), verify, a merge in 500 MB shards whole and as two
 /// concurrent parts plus the assembly (outputs compared byte for byte), extract --rank 16 (base vs
 /// merged), inspect, and combine of four r = 16
 /// adapters (svd to rank 16, cat). Reports the median and spread of wall time, CPU time and peak RSS
@@ -65,6 +65,11 @@ struct Bench {
              out + "/merged-nf4"),
             ("merge --requantize nf4 (NF4 base)", [bin, "merge", "--base", dir + "/base-nf4", "--adapter", dir + "/adapter", "--output", out + "/requantized-nf4",
                                                    "--quiet", "--requantize", "nf4"], out + "/requantized-nf4"),
+            // The FP8 base (Workload+FP8.swift): a dense merged output, and one written back in FP8.
+            ("merge (FP8 base)", [bin, "merge", "--base", dir + "/base-fp8", "--adapter", dir + "/adapter", "--output", out + "/merged-fp8", "--quiet"],
+             out + "/merged-fp8"),
+            ("merge --requantize keep (FP8 base)", [bin, "merge", "--base", dir + "/base-fp8", "--adapter", dir + "/adapter", "--output", out + "/requantized-fp8",
+                                                    "--quiet", "--requantize", "keep"], out + "/requantized-fp8"),
             // verify against the NF4 base reads the merged files from the disk, decoding the base's 4-bit blocks as it goes.
             ("verify (NF4 base)", ["/bin/sh", "-c", "for f in \"$1\"/*.safetensors; do dd if=\"$f\" iflag=nocache count=0 status=none; done; shift; exec \"$@\"", "sh",
                                    out + "/merged-nf4", bin, "verify", "--base", dir + "/base-nf4", "--adapter", dir + "/adapter", "--merged", out + "/merged-nf4"], nil),
@@ -98,7 +103,7 @@ struct Bench {
         }
         var samples: [String: [Sample]] = [:]
         // Warm the page cache once so every command sees the same state.
-        for model in ["base", "base-nf4"] {
+        for model in ["base", "base-nf4", "base-fp8"] {
             _ = try run(["/bin/cat"] + (try FileManager.default.contentsOfDirectory(atPath: dir + "/" + model)).map { dir + "/\(model)/" + $0 }, quiet: true)
         }
         for r in 0..<repeats {
@@ -114,7 +119,7 @@ struct Bench {
                         _ = try run(["/usr/bin/cmp", "-s", out + "/merged-500/" + f, out + "/merged-parts/" + f], quiet: true)
                     }
                 }
-                for copy in ["cp", "cps", "merged-no-sync", "requantized-nf4", "merged-500", "merged-parts"] where !name.hasPrefix("merge --max-shard-size") {
+                for copy in ["cp", "cps", "merged-no-sync", "requantized-nf4", "merged-fp8", "requantized-fp8", "merged-500", "merged-parts"] where !name.hasPrefix("merge --max-shard-size") {
                     try? FileManager.default.removeItem(atPath: out + "/" + copy)
                 }
             }

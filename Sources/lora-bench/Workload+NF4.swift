@@ -96,26 +96,40 @@ extension Workload {
 
         // Pass 2: the files, tensor by tensor in each writer's order (F32 companions first, then the
         // bf16 tensors, then the U8 codes, as safetensors orders them).
+        try writeQuantizedBase(tensors: tensors, from: dense, into: partial, quantization: Workload.nf4QuantizationConfig) { t, w in
+            let owner = Workload.nf4Companions.first { t.name.hasSuffix($0) && nested[String(t.name.dropLast($0.count))] != nil }
+                .map { (weight: String(t.name.dropLast($0.count)), suffix: $0) }
+            if nested[t.name] != nil {
+                let result = try encoder.encode(t.name)
+                precondition(result.nestedAbsmax == nested[t.name]!.nestedAbsmax, "quantization is deterministic")
+                try result.packed.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+            } else if let owner {
+                let weight = owner.weight
+                switch owner.suffix {
+                case ".absmax": try encoder.encode(weight).codes.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+                case ".nested_absmax": try nested[weight]!.nestedAbsmax.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+                case ".nested_quant_map": try Bnb4bit.nestedMap.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+                case ".quant_map": try Bnb4bit.nf4Map.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+                default: try nested[weight]!.state.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+                }
+            } else {
+                return false
+            }
+            return true
+        }
+        try FileManager.default.moveItem(atPath: partial, toPath: target)
+    }
+
+    /// Writes a quantized base's shards (transformers' 5 GB default: one file here), index and
+    /// config.json into `partial`: `write` writes the tensors it makes and returns false for those
+    /// copied from `dense` as they are.
+    func writeQuantizedBase(tensors: [TensorInfo], from dense: Checkpoint, into partial: String, quantization: String,
+                            write: (TensorInfo, SafeTensorsWriter) throws -> Bool) throws {
         let plan = ShardPlan(tensors: tensors, maxShardSize: Workload.nf4MaxShardSize)
         for shard in plan.shards {
             let w = try SafeTensorsWriter(path: partial + "/" + shard.fileName, tensors: shard.tensors)
             while let t = w.nextTensor {
-                let owner = Workload.nf4Companions.first { t.name.hasSuffix($0) && nested[String(t.name.dropLast($0.count))] != nil }
-                    .map { (weight: String(t.name.dropLast($0.count)), suffix: $0) }
-                if nested[t.name] != nil {
-                    let result = try encoder.encode(t.name)
-                    precondition(result.nestedAbsmax == nested[t.name]!.nestedAbsmax, "quantization is deterministic")
-                    try result.packed.withUnsafeBytes { try w.write(t.name, bytes: $0) }
-                } else if let owner {
-                    let weight = owner.weight
-                    switch owner.suffix {
-                    case ".absmax": try encoder.encode(weight).codes.withUnsafeBytes { try w.write(t.name, bytes: $0) }
-                    case ".nested_absmax": try nested[weight]!.nestedAbsmax.withUnsafeBytes { try w.write(t.name, bytes: $0) }
-                    case ".nested_quant_map": try Bnb4bit.nestedMap.withUnsafeBytes { try w.write(t.name, bytes: $0) }
-                    case ".quant_map": try Bnb4bit.nf4Map.withUnsafeBytes { try w.write(t.name, bytes: $0) }
-                    default: try nested[weight]!.state.withUnsafeBytes { try w.write(t.name, bytes: $0) }
-                    }
-                } else {
+                if try !write(t, w) {
                     let loc = dense.location(of: t.name)!
                     try w.copy(t.name, from: loc.file, offset: loc.offset, count: loc.count)
                 }
@@ -125,8 +139,7 @@ extension Workload {
         if let index = plan.index {
             _ = FileManager.default.createFile(atPath: partial + "/model.safetensors.index.json", contents: Data(index.serialized()))
         }
-        _ = FileManager.default.createFile(atPath: partial + "/config.json", contents: Data(config(quantization: Workload.nf4QuantizationConfig).utf8))
-        try FileManager.default.moveItem(atPath: partial, toPath: target)
+        _ = FileManager.default.createFile(atPath: partial + "/config.json", contents: Data(config(quantization: quantization).utf8))
     }
 }
 

@@ -50,11 +50,12 @@ struct Workload {
     /// Inputs of the combine rows besides adapter/: same shapes, other values (seeds 43, 44, 45).
     static let extraAdapters = ["adapter2", "adapter3", "adapter4"]
 
-    /// Writes base/, adapter/, the extra adapters and base-nf4/ under `dir` (each skipped when
-    /// already there; base-nf4/ is redone whenever base/ is).
+    /// Writes base/, adapter/, the extra adapters, base-nf4/ and base-fp8/ under `dir` (each skipped
+    /// when already there; the quantized bases are redone whenever base/ is).
     func generate(in dir: String) throws {
         try generateBaseAndAdapter(in: dir)
         try generateNF4Base(in: dir)
+        try generateFP8Base(in: dir)
         for (i, name) in Workload.extraAdapters.enumerated() where !FileManager.default.fileExists(atPath: "\(dir)/\(name)/adapter_config.json") {
             var rng = SplitMix64(seed: 43 + UInt64(i))
             try writeAdapter(at: "\(dir)/\(name)", rng: &rng)
@@ -67,6 +68,7 @@ struct Workload {
         try? FileManager.default.removeItem(atPath: base)
         try? FileManager.default.removeItem(atPath: adapter)
         try? FileManager.default.removeItem(atPath: dir + "/base-nf4")
+        try? FileManager.default.removeItem(atPath: dir + "/base-fp8")
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
         let tensors = baseTensors()

@@ -22,6 +22,8 @@ struct FP8E4M3Tests {
         for code in 0...255 {
             let v = FP8E4M3.decode(UInt8(code))
             if code & 0x7F == 0x7F { #expect(v.isNaN && FP8E4M3.encode(v) & 0x7F == 0x7F) } else { #expect(FP8E4M3.encode(v) == UInt8(code), "\(code)") }
+            // The bit-arithmetic decoding equals the definition (1 + m/8)·2^(e−7), m·2⁻⁹ for e = 0.
+            #expect(v.bitPattern == FP8E4M3.values[code].bitPattern || v.isNaN && FP8E4M3.values[code].isNaN, "\(code)")
         }
         #expect(FP8E4M3.values.filter(\.isFinite).max() == 448)
     }

@@ -17,6 +17,38 @@ public protocol BlockScaledFormat: Sendable {
     func scales(amax: Float) -> (forward: Float, stored: Float)
     /// The code of a prepared value in a block whose forward scale is `forward`.
     func code(of value: Float, forward: Float) -> UInt8
+
+    // Runs of values inside one block: what the streaming code calls (one dynamic call per run;
+    // the defaults below are compiled for each scheme, so the per-value work is static).
+
+    /// `value(of:scale:)` of each code.
+    func values(of codes: UnsafeBufferPointer<UInt8>, scale: Float, into out: UnsafeMutableBufferPointer<Float>)
+    /// max |prepared(v)| over `values` (0 for none).
+    func largestMagnitude(of values: UnsafeBufferPointer<Float>) -> Float
+    /// The code of each prepared value, and the value it decodes back to with the stored scale.
+    func codes(of values: UnsafeBufferPointer<Float>, forward: Float, stored: Float, into codes: UnsafeMutableBufferPointer<UInt8>,
+               back: UnsafeMutableBufferPointer<Float>)
+}
+
+extension BlockScaledFormat {
+    public func values(of codes: UnsafeBufferPointer<UInt8>, scale: Float, into out: UnsafeMutableBufferPointer<Float>) {
+        for i in 0..<codes.count { out[i] = value(of: codes[i], scale: scale) }
+    }
+
+    public func largestMagnitude(of values: UnsafeBufferPointer<Float>) -> Float {
+        var m: Float = 0
+        for v in values { m = Swift.max(m, abs(prepared(v))) }
+        return m
+    }
+
+    public func codes(of values: UnsafeBufferPointer<Float>, forward: Float, stored: Float, into codes: UnsafeMutableBufferPointer<UInt8>,
+                      back: UnsafeMutableBufferPointer<Float>) {
+        for i in 0..<values.count {
+            let c = code(of: prepared(values[i]), forward: forward)
+            codes[i] = c
+            back[i] = value(of: c, scale: stored)
+        }
+    }
 }
 
 /// Where one block-scaled weight's tensors are and how its blocks tile it.
@@ -40,6 +72,20 @@ public struct BlockScaledLayout: Sendable, Equatable {
     /// The block of element `e` (row-major), as an index into the scales.
     @inline(__always)
     func block(ofElement e: Int) -> Int { (e / shape[1] / blockRows) * gridCols + (e % shape[1]) / blockCols }
+
+    /// Calls `body` for each run of `elements` that lies in one block (the rest of a row inside one
+    /// block column), with the run's offsets relative to `elements.lowerBound` and its block.
+    @inline(__always)
+    func forEachRun(in elements: Range<Int>, _ body: (Range<Int>, Int) -> Void) {
+        let cols = shape[1]
+        var k = elements.lowerBound
+        while k < elements.upperBound {
+            let j = k % cols
+            let end = Swift.min(elements.upperBound, k + Swift.min(cols - j, blockCols - j % blockCols))
+            body((k - elements.lowerBound)..<(end - elements.lowerBound), block(ofElement: k))
+            k = end
+        }
+    }
 }
 
 /// The block-scaled weights of a model, as a scheme's reader found them.

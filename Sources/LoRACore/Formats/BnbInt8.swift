@@ -12,6 +12,8 @@ import SafeTensors
 /// to fp16; SCB = max|w| per row; codes = round-half-even(fp32(w·fp32(fp32(1/SCB)·127))) (torch
 /// evaluates `127.0 / SCB` as the reciprocal times 127). An all-zero row gets codes 0.
 public struct BnbInt8: BlockScaledFormat {
+    public init() {}
+
     public var name: String { "int8" }
 
     /// bitsandbytes' reciprocal of 127, as the fp32 its kernel multiplies by.

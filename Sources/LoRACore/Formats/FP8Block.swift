@@ -16,6 +16,8 @@ import SafeTensors
 /// many blocks); codes = e4m3(clamp(fp32(w·scale), ±448)), nearest even; an all-zero block gets
 /// scale 1.
 public struct FP8Block: BlockScaledFormat {
+    public init() {}
+
     public var name: String { "fp8" }
 
     public func value(of code: UInt8, scale: Float) -> Float { FP8E4M3.decode(code) * scale }

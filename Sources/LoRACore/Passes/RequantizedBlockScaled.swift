@@ -45,16 +45,17 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
         let (rows, cols) = (layout.shape[0], layout.shape[1])
         var amax = [Float](repeating: 0, count: layout.gridRows * layout.gridCols)
         let step = max(1, (1 << 18) / cols / layout.blockRows) * layout.blockRows  // whole block rows, about 256 Ki values
-        var values = [Float](repeating: 0, count: min(step, rows) * cols)
+        var values = [Float](uninitializedCount: min(step, rows) * cols)
         var raw: [UInt8] = []
         for r0 in stride(from: 0, to: rows, by: step) {
             let r1 = min(rows, r0 + step)
             try values.withUnsafeMutableBufferPointer {
                 try merged.floats((r0 * cols)..<(r1 * cols), into: UnsafeMutableBufferPointer(rebasing: $0[0..<((r1 - r0) * cols)]), raw: &raw)
             }
-            for k in 0..<((r1 - r0) * cols) {
-                let b = layout.block(ofElement: r0 * cols + k)
-                amax[b] = Swift.max(amax[b], abs(format.prepared(values[k])))
+            values.withUnsafeBufferPointer { v in
+                layout.forEachRun(in: (r0 * cols)..<(r1 * cols)) { run, block in
+                    amax[block] = Swift.max(amax[block], format.largestMagnitude(of: UnsafeBufferPointer(rebasing: v[run])))
+                }
             }
         }
         merged.finished()
@@ -75,36 +76,53 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
         }
     }
 
-    /// Codes of elements `elements` (one byte each), and their survival.
+    /// Codes of elements `elements` (one byte each), and their survival, `DequantizedBlockScaled.step`
+    /// values at a time.
     private func codes(_ elements: Range<Int>, forward: [Float], inverse: [Float], into out: UnsafeMutablePointer<UInt8>) throws {
-        let n = elements.count
-        guard n > 0 else { return }
+        guard !elements.isEmpty else { return }
         let dense = TensorData.format(original.dtype)!
-        var target = [Float](repeating: 0, count: n)
+        let step = min(elements.count, DequantizedBlockScaled.step)
+        var target = [Float](uninitializedCount: step), back = target, old = target
+        var oldCodes = [UInt8](uninitializedCount: step)
+        var oldBytes = [UInt8](uninitializedCount: step * dense.size), backBytes = oldBytes
         var raw: [UInt8] = []
-        try target.withUnsafeMutableBufferPointer { try merged.floats(elements, into: $0, raw: &raw) }
-        let layout = original.layout, format = original.format
-        var back = [Float](repeating: 0, count: n)
-        for k in 0..<n {
-            let b = layout.block(ofElement: elements.lowerBound + k)
-            let code = format.code(of: format.prepared(target[k]), forward: forward[b])
-            out[k] = code
-            back[k] = format.value(of: code, scale: inverse[b])  // what the reference dequantizes back, before its rounding
-        }
-        // Survival: what the codes kept of the intended change, against the base's own values.
-        var oldCodes = [UInt8](repeating: 0, count: n)
-        try oldCodes.withUnsafeMutableBytes { try original.stored[0].source.fill(elements, into: $0.baseAddress!) }
-        var changed = 0
-        for k in 0..<n where oldCodes[k] != out[k] { changed += 1 }
-        var oldBytes = [UInt8](repeating: 0, count: n * dense.size), backBytes = oldBytes
-        try oldBytes.withUnsafeMutableBytes { try original.fill((elements.lowerBound * dense.size)..<(elements.upperBound * dense.size), into: $0.baseAddress!) }
-        back.withUnsafeBufferPointer { b in backBytes.withUnsafeMutableBytes { FloatCodec.encode(b, format: dense, into: $0) } }
-        let d = target.withUnsafeBufferPointer { t in
-            oldBytes.withUnsafeBytes { o in backBytes.withUnsafeBytes { Bnb4bit.deltaSums(target: t, old: o, back: $0, format: dense) } }
+        var changed = 0, dot = 0.0, want = 0.0, got = 0.0
+        var e = elements.lowerBound
+        while e < elements.upperBound {
+            let n = min(step, elements.upperBound - e), span = e..<(e + n)
+            let codes = UnsafeMutableBufferPointer(start: out + (e - elements.lowerBound), count: n)
+            try target.withUnsafeMutableBufferPointer { try merged.floats(span, into: UnsafeMutableBufferPointer(rebasing: $0[0..<n]), raw: &raw) }
+            target.withUnsafeBufferPointer { t in
+                back.withUnsafeMutableBufferPointer { b in
+                    original.layout.forEachRun(in: span) { run, block in
+                        original.format.codes(of: UnsafeBufferPointer(rebasing: t[run]), forward: forward[block], stored: inverse[block],
+                                              into: UnsafeMutableBufferPointer(rebasing: codes[run]), back: UnsafeMutableBufferPointer(rebasing: b[run]))
+                    }
+                }
+            }
+            // Survival: what the codes kept of the intended change, against the base's own values.
+            try oldCodes.withUnsafeMutableBytes { try original.stored[0].source.fill(span, into: $0.baseAddress!) }
+            changed += oldCodes.withUnsafeBufferPointer { o in (0..<n).reduce(0) { $0 + (o[$1] != codes[$1] ? 1 : 0) } }
+            oldCodes.withUnsafeBufferPointer { c in
+                old.withUnsafeMutableBufferPointer { original.decode(UnsafeBufferPointer(rebasing: c[0..<n]), of: span, into: UnsafeMutableBufferPointer(rebasing: $0[0..<n])) }
+            }
+            old.withUnsafeBufferPointer { o in
+                oldBytes.withUnsafeMutableBytes { FloatCodec.encode(UnsafeBufferPointer(rebasing: o[0..<n]), format: dense, into: $0) }
+            }
+            back.withUnsafeBufferPointer { b in
+                backBytes.withUnsafeMutableBytes { FloatCodec.encode(UnsafeBufferPointer(rebasing: b[0..<n]), format: dense, into: $0) }
+            }
+            let d = target.withUnsafeBufferPointer { t in
+                oldBytes.withUnsafeBytes { o in backBytes.withUnsafeBytes { Bnb4bit.deltaSums(target: UnsafeBufferPointer(rebasing: t[0..<n]), old: o, back: $0, format: dense) } }
+            }
+            dot += d.dot
+            want += d.want
+            got += d.got
+            e += n
         }
         lock.lock()
-        sums[elements.lowerBound] = (changed, d.dot, d.want, d.got)
-        elementsDone += n
+        sums[elements.lowerBound] = (changed, dot, want, got)
+        elementsDone += elements.count
         let complete = elementsDone == original.elementCount
         lock.unlock()
         if complete { record() }
