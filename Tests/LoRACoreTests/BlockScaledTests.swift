@@ -155,4 +155,17 @@ struct BlockScaledTests {
         #expect { try merge(base) } throws: { $0.localizedDescription.contains("weight_format must be 0") }
         #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
     }
+
+    @Test("Other quantized bases are refused by quant_method with the reason, before any output", arguments: [
+        ("gptq", "calibration data"), ("awq", "calibration data"), ("compressed-tensors", "not read yet"), ("mxfp4", "Mxfp4Config(dequantize=True)"),
+        ("hqq", "cannot be exact"),
+    ])
+    func otherSchemes(method: String, reason: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let base = try baseWithConfig("fp8_block", in: dir) { $0.replacingOccurrences(of: "\"quant_method\": \"fp8\"", with: "\"quant_method\": \"\(method)\"") }
+        let o = MergeOptions(base: base, adapters: [("\(fixtures)/fp8_block/adapter", 1)], output: dir + "/out")
+        #expect { try Merge.run(o) } throws: { $0.localizedDescription.contains("quant_method \(method)") && $0.localizedDescription.contains(reason) }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
+    }
 }

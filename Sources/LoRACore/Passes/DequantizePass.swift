@@ -37,7 +37,17 @@ public struct DequantizePass: Sendable {
         if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true
             || q["load_in_8bit"]?.boolValue == true || q["_load_in_8bit"]?.boolValue == true { return }
         if method == "fp8" { return }
-        throw LoRACoreError.unsupportedAdapter(
-            path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
+        let why: String
+        switch method {
+        case "gptq", "awq":
+            why = "\(method.uppercased()) int4 weights (qweight/qzeros/scales) are not read yet, and writing the merge back would need calibration data a merge does not have: merge into the unquantized model"
+        case "compressed-tensors":
+            why = "compressed-tensors checkpoints are not read yet: merge into the unquantized model, or dequantize with transformers first"
+        case "mxfp4":
+            why = "MXFP4 experts (gpt-oss) are not read yet: load with transformers' Mxfp4Config(dequantize=True), save, and merge into that"
+        default:
+            why = "merging into it cannot be exact: merge into the unquantized model"
+        }
+        throw LoRACoreError.unsupportedAdapter(path: config, detail: "the base is quantized (quant_method \(method)); " + why)
     }
 }
