@@ -23,20 +23,6 @@ struct TypeCase: CustomStringConvertible, Sendable {
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
-/// Rewrites element `index` of `tensor` in the (single-file) model at `dir` through `change` on its bits.
-private func corrupt(_ dir: String, tensor: String, index: Int, _ change: (UInt32) -> UInt32) throws {
-    let ckpt = try Checkpoint(path: dir)
-    let loc = try #require(ckpt.location(of: tensor))
-    let size = ckpt.info(tensor)!.dtype == .float32 ? 4 : 2
-    var data = try Data(contentsOf: URL(fileURLWithPath: loc.file.path))
-    let at = loc.offset + index * size
-    var bits: UInt32 = 0
-    for k in 0..<size { bits |= UInt32(data[at + k]) << (8 * k) }
-    bits = change(bits)
-    for k in 0..<size { data[at + k] = UInt8((bits >> (8 * k)) & 0xff) }
-    try data.write(to: URL(fileURLWithPath: loc.file.path))
-}
-
 /// A copy of a LyCORIS fixture file with `extra` tensors added (f32, values 0.1), written to `path`.
 private func lycorisFile(from source: String, adding extra: [(name: String, shape: [Int])], to path: String) throws {
     let ckpt = try Checkpoint(path: source)
@@ -95,13 +81,13 @@ struct AdapterTypeTests {
         try FileManager.default.copyItem(atPath: c.reference, toPath: out + "/merged")
         let tensor = "model.layers.0.mlp.down_proj.weight"
         // 2 ulp in bf16 (1 is allowed); in f32 2⁻¹⁰ relative, far above 4 ulp of the largest magnitude.
-        try corrupt(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + 2 : $0 + (1 << 13) }
+        try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + 2 : $0 + (1 << 13) }
         var options = VerifyOptions(base: c.base, adapters: [(c.adapter, 1)], merged: out + "/merged")
         let exact = try Verify.run(options)
         #expect(!exact.passed)
         #expect(exact.failures.map(\.tensor) == [tensor])
         // The probes see the element multiplied by 16 (exponent + 4).
-        try corrupt(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + (4 << 7) : $0 + (4 << 23) }
+        try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + (4 << 7) : $0 + (4 << 23) }
         options.mode = .probes
         let probes = try Verify.run(options)
         #expect(!probes.passed)
