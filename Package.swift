@@ -48,7 +48,7 @@ let package = Package(
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "SafeTensors"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"], exclude: ["Fixtures"]),
-        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph"], exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures", "CombineFixtures"]),
+        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph"], exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures", "CombineFixtures", "AdapterTypeFixtures"]),
         .testTarget(name: "LoraToolTests", dependencies: ["lora-tool", "FuzzTargets", .product(name: "Yams", package: "Yams")]),
     ]
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate lora-tool's committed fixtures and samples with the real Python stack.
 
-Needs torch, transformers, peft, safetensors (not needed by CI, which reads the committed output).
+Needs torch, transformers, peft, safetensors, lycoris-lora 4.1.3 for `types` (not needed by CI, which reads the committed output).
 Run from the repository root:  python3 scripts/make-fixtures.py [GROUP...]   (groups: see GROUPS below)
 Deterministic: fixed seeds; rerunning rewrites identical files for a given library version, except the
 order of target_modules in adapter_config.json (PEFT writes a Python set).
@@ -974,6 +974,150 @@ def lora_tool_merge(w, b, a, coefficient):
     return out.to(w.dtype)
 
 
+# --- LoHa, LoKr, IA³ (PEFT) and LyCORIS files -------------------------------------------------
+TYPES_FIX = os.path.join(ROOT, "Tests/LoRACoreTests/AdapterTypeFixtures")
+TYPE_TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
+
+
+def types_base():
+    """One layer, hidden 16 (LoKr factors 4×4, 2×4, 4×8), attention biases (IA³ scales them)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, vocab_size=32, max_position_embeddings=32,
+                      tie_word_embeddings=False, attention_bias=True)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def randomize_types(model, seed):
+    """Every trainable adapter tensor random: LoHa/LoKr/IA³ initialise to zero or identity."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".ia3_l" in n:
+                p.copy_(1.0 + torch.randn_like(p) * 0.3)
+            elif ".hada_" in n or ".lokr_" in n:
+                p.copy_(torch.randn_like(p) * 0.3)
+
+
+def save_model(model, path):
+    model.save_pretrained(path)
+    remove_readme(path)
+
+
+def peft_type_case(name, cfg, seed):
+    """adapter/ from PEFT, merged-f32/ and merged-bf16/ from PEFT's merge_and_unload on each base."""
+    from peft import PeftModel
+    d = fresh(os.path.join(TYPES_FIX, name))
+    peft_model = get_peft_model(types_base(), cfg)
+    randomize_types(peft_model, seed)
+    save_adapter(peft_model, os.path.join(d, "adapter"))
+    save_model(peft_model.merge_and_unload(), os.path.join(d, "merged-f32"))
+    bf16 = PeftModel.from_pretrained(types_base().to(torch.bfloat16), os.path.join(d, "adapter"))
+    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l"))}
+    assert dtypes == {torch.float32}, dtypes  # PEFT's autocast_adapter_dtype: fp32 factors on a bf16 base
+    save_model(bf16.merge_and_unload(), os.path.join(d, "merged-bf16"))
+    write_case(d, reference="peft merge_and_unload", peft_type=cfg.peft_type.value)
+    print("case", name)
+
+
+def lycoris_delta(sd, module):
+    """ΔW of one LyCORIS module in float64, from the file's tensors alone: the network's forward
+    (lycoris 4.1.3 LohaModule/LokrModule.get_weight · multiplier 1), written independently."""
+    t = {k.split(".", 1)[1]: v.double() for k, v in sd.items() if k.split(".", 1)[0] == module}
+    alpha = float(t["alpha"]) if "alpha" in t else 0.0
+    if "hada_w1_a" in t:
+        dim = t["hada_w1_b"].shape[0]
+        scale = (alpha if alpha != 0 else dim) / dim
+        return (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * scale
+    w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
+    w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
+    if "lokr_w1" in t and "lokr_w2" in t:
+        scale = 1.0  # lokr.py: both factors full matrices → alpha := lora_dim
+    else:
+        dim = t["lokr_w1_a"].shape[1] if "lokr_w1_a" in t else t["lokr_w2_a"].shape[1]
+        scale = (alpha if alpha != 0 else dim) / dim
+    return torch.kron(w1, w2) * scale
+
+
+def lycoris_case(name, algo, file_dtype, seed, **kwargs):
+    """adapter.safetensors from lycoris-lora (kohya names lora_te_…), merged-f32/ and merged-bf16/
+    = W + ΔW computed in float64 by `lycoris_delta` and rounded once; checked against lycoris' own
+    forward pass, and lycoris' merge_to measured against it."""
+    from lycoris import create_lycoris, create_lycoris_from_weights, LycorisNetwork
+    d = fresh(os.path.join(TYPES_FIX, name))
+    LycorisNetwork.apply_preset({"target_module": [], "target_name": ["*" + t for t in TYPE_TARGETS], "use_fnmatch": True,
+                                 "lora_prefix": "lora_te", "name_algo_map": {"*q_proj": {"algo": algo, "dim": 1, "alpha": 1}}})
+    model = types_base()
+    net = create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, algo=algo, **kwargs)
+    net.apply_to()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    path = os.path.join(d, "adapter.safetensors")
+    net.save_weights(path, file_dtype, None)
+    sd = load_file(path)
+    modules = sorted({k.split(".", 1)[0] for k in sd})
+    facts = {}
+    for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+        merged = types_base().to(dtype)
+        deltas = {}
+        with torch.no_grad():
+            for mod_name, mod in merged.named_modules():
+                key = "lora_te_" + mod_name.replace(".", "_")
+                if key in modules:
+                    deltas[mod_name] = lycoris_delta(sd, key)
+                    mod.weight.copy_((mod.weight.double() + deltas[mod_name]).to(dtype))
+        save_model(merged, os.path.join(d, "merged-" + tag))
+        if tag == "f32":
+            # The reference equals lycoris' forward pass (network applied to the f32 base) ...
+            base = types_base()
+            lyco, _ = create_lycoris_from_weights(1.0, path, base)
+            lyco.apply_to()
+            x = torch.randint(0, 32, (2, 8))
+            with torch.no_grad():
+                forward = base(x).logits
+                ours = merged(x).logits
+            facts["forward_max_abs_diff"] = float((forward - ours).abs().max())
+            assert facts["forward_max_abs_diff"] < 1e-5, facts
+            # ... and lycoris' merge_to does not: it applies alpha/dim twice.
+            base = types_base()
+            lyco, _ = create_lycoris_from_weights(1.0, path, base)
+            lyco.merge_to(1.0)
+            orig = dict(types_base().named_modules())
+            ratios = {}
+            for mod_name, delta in deltas.items():
+                got = dict(base.named_modules())[mod_name].weight.detach().double() - orig[mod_name].weight.double()
+                ratios[mod_name] = round(float(got.norm() / delta.norm()), 4)
+            facts["merge_to_over_forward_norm_ratio"] = ratios
+    write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW in float64, rounded once",
+               lycoris=facts)
+    print("case", name, facts)
+
+
+def adapter_type_cases():
+    from peft import LoHaConfig, LoKrConfig, IA3Config
+    peft_type_case("peft_loha", LoHaConfig(r=4, alpha=6, target_modules=TYPE_TARGETS, rank_pattern={"v_proj": 2},
+                                           alpha_pattern={"down_proj": 3}), seed=11)
+    # q_proj (r=1): lokr_w1_a/b and lokr_w2_a/b; v_proj: both full (PEFT still scales by alpha/r);
+    # up/down: full w1, decomposed w2.
+    peft_type_case("peft_lokr", LoKrConfig(r=2, alpha=3, target_modules=TYPE_TARGETS, decompose_both=True,
+                                           rank_pattern={"q_proj": 1}), seed=12)
+    # q/v scale rows (and their biases), down_proj (feedforward) scales columns.
+    peft_type_case("peft_ia3", IA3Config(target_modules=["q_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
+                   seed=13)
+    lycoris_case("lycoris_loha", "loha", torch.float32, seed=21)
+    # q_proj (dim 1): both halves decomposed; v_proj: both full (LyCORIS: scale 1); up/down: w2 decomposed.
+    lycoris_case("lycoris_lokr", "lokr", torch.bfloat16, seed=22, decompose_both=True)
+    d = fresh(os.path.join(TYPES_FIX, "bases"))
+    save_model(types_base(), os.path.join(d, "f32"))
+    save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -990,6 +1134,7 @@ GROUPS = {
     "int8": int8_case,
     "extract": extract_cases,
     "combine": combine_cases,
+    "types": adapter_type_cases,
 }
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ private func verify(_ fixture: FixtureCase, merged: String, base: String? = nil,
 
 /// Rewrites element `index` of `tensor` in the safetensors file(s) of `dir` through `change`,
 /// which gets and returns the stored bit pattern (16 or 32 bits).
-private func rewrite(_ dir: String, tensor: String, index: Int, _ change: (UInt32) -> UInt32) throws {
+func rewrite(_ dir: String, tensor: String, index: Int, _ change: (UInt32) -> UInt32) throws {
     let ckpt = try Checkpoint(path: dir)
     let loc = try #require(ckpt.location(of: tensor))
     let size = ckpt.info(tensor)!.dtype == .float32 ? 4 : 2

@@ -159,6 +159,8 @@ public enum Inspect {
             }
             if let l = p.layer { layers.insert(l.index) }
         }
+        // LoHa/LoKr/IA³ modules carry no LoRA roles: the adapter's own modules name them.
+        if let adapter { moduleSet.formUnion(adapter.modules.filter { $0.update != nil }.map(\.module)) }
         var familyCounts: [String: Int] = [:]
         for m in moduleSet { familyCounts[TensorName(m + ".weight").family, default: 0] += 1 }
 
@@ -166,11 +168,13 @@ public enum Inspect {
         if let adapter {
             let resolved = basePath == nil ? adapter.modules : try adapter.modules(resolvedAgainst: try Checkpoint(path: basePath!, headerOnly: true))
             let mods = resolved.map {
-                InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.kind.rawValue, rank: $0.rank, alpha: $0.alpha, scale: $0.scale, dora: $0.isDoRA)
+                InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.update == nil ? $0.kind.rawValue : $0.typeName, rank: $0.rank, alpha: $0.alpha,
+                                                    scale: $0.scale, dora: $0.isDoRA)
             }
             summary = InspectReport.AdapterSummary(
                 dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(),
-                alpha: adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
+                alpha: adapter.config.peftType == .ia3 ? nil
+                    : adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
                 useRslora: adapter.config.useRslora,
                 scaleRule: adapter.scaleRule,
                 targetSuffixes: Array(Set(resolved.map(\.family))).sorted(),
@@ -211,8 +215,8 @@ public enum Inspect {
             }
             for m in resolvedModules {
                 if let bi = base.info(m.baseWeightName) {
-                    if bi.shape != m.expectedBaseShape {
-                        problems.append("\(m.module): base shape \(bi.shape), adapter needs \(m.expectedBaseShape)")
+                    if !m.fits(bi.shape) {
+                        problems.append("\(m.module): base shape \(bi.shape), adapter needs \(m.expectedShapeDescription)")
                     }
                 } else {
                     problems.append("\(m.module): no base tensor '\(m.baseWeightName)'")
@@ -222,7 +226,7 @@ public enum Inspect {
                 problems.append("\(r.base): replaced by the adapter but missing from the base")
             }
             let baseParams = base.names.reduce(0) { $0 + (base.info($1)?.elementCount ?? 0) }
-            let loraParams = adapter.modules.reduce(0) { $0 + $1.rank * ($1.inFeatures + $1.outFeatures) }
+            let loraParams = adapter.modules.reduce(0) { $0 + ($1.update?.parameterCount ?? $1.rank * ($1.inFeatures + $1.outFeatures)) }
             comparison = InspectReport.BaseComparison(
                 basePath: basePath, baseParameters: baseParams, adapterParameters: loraParams,
                 percent: baseParams > 0 ? 100 * Double(loraParams) / Double(baseParams) : 0, problems: problems)

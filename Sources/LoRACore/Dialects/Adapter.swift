@@ -2,7 +2,7 @@ import Foundation
 import LoRAGraph
 import SafeTensors
 
-/// A LoRA adapter opened from disk: its config, its tensors, and its modules paired and checked.
+/// An adapter (LoRA and its variants, LoHa, LoKr, IA³) opened from disk: its config, its tensors, and its modules paired and checked.
 ///
 /// Accepts a PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`) or a
 /// safetensors file with `adapter_config.json` beside it. Keys may carry `base_model.model.` and an
@@ -26,6 +26,8 @@ public final class Adapter: Sendable {
         case peft
         /// kohya / sd-scripts: `lora_down`/`lora_up`/`alpha` per flattened module name, s = alpha/r.
         case kohya
+        /// LyCORIS: kohya-style names with LoHa/LoKr tensors and `alpha`, LyCORIS' scale rules.
+        case lycoris
         /// mlx-lm: adapters.safetensors with `lora_a` (in×r), `lora_b` (r×out), s = `scale` directly.
         case mlx
         /// Hand-written layers inside a whole model (`.lora.A`/`.lora.B` wrappers, torch
@@ -40,7 +42,8 @@ public final class Adapter: Sendable {
 
     public let format: Format
 
-    /// Human-readable dialect: `PEFT LoRA`, `PEFT LoRA (rsLoRA, DoRA)`, `PEFT AdaLoRA`, `kohya LoRA`, `mlx-lm LoRA`.
+    /// Human-readable dialect: `PEFT LoRA`, `PEFT LoRA (rsLoRA, DoRA)`, `PEFT AdaLoRA`, `PEFT LoHa`,
+    /// `LyCORIS LoKr (kohya names)`, `kohya LoRA`, `mlx-lm LoRA`.
     public var dialect: String { AdapterDialects.dialect(for: format).name(of: self) }
 
     /// How this adapter's files give each module's scale.
@@ -104,7 +107,7 @@ public final class Adapter: Sendable {
     /// - Throws: `LoRACoreError.baseMismatch` naming both candidates when a name is ambiguous, or
     ///   the module when nothing matches.
     public func modules(resolvedAgainst base: any TensorStore) throws -> [AdapterModule] {
-        guard format == .kohya else { return modules }
+        guard format == .kohya || format == .lycoris else { return modules }
         return try KohyaDialect.resolve(modules, against: base)
     }
 }

@@ -7,7 +7,19 @@ import SafeTensors
 /// Missing fields take PEFT's defaults (old configs lack newer fields). Types are checked: a wrong
 /// type, a non-positive `r`, or a non-finite `lora_alpha` is an error, never a guess.
 public struct AdapterConfig: Sendable, Equatable {
-    public enum PEFTType: String, Sendable { case lora = "LORA", adalora = "ADALORA" }
+    public enum PEFTType: String, Sendable, CaseIterable {
+        case lora = "LORA", adalora = "ADALORA", loha = "LOHA", lokr = "LOKR", ia3 = "IA3"
+
+        /// The registered update type reading this PEFT type's tensors (nil for LoRA and AdaLoRA).
+        var updateType: (any AdapterUpdateType.Type)? {
+            switch self {
+            case .lora, .adalora: return nil
+            case .loha: return LoHa.self
+            case .lokr: return LoKr.self
+            case .ia3: return IA3.self
+            }
+        }
+    }
     /// How `target_modules` was given.
     public enum Targets: Sendable, Equatable {
         case list([String])
@@ -94,7 +106,7 @@ public struct AdapterConfig: Sendable, Equatable {
         guard let typeName = typeValue.stringValue else { throw bad("peft_type", "a string", typeValue) }
         guard let type = PEFTType(rawValue: typeName) else {
             throw LoRACoreError.unsupportedAdapter(
-                path: file, detail: "peft_type '\(typeName)' is not a LoRA adapter (supported: LORA, ADALORA)")
+                path: file, detail: "peft_type '\(typeName)' is not supported (supported: \(PEFTType.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
         peftType = type
         if let v = present("r") {
@@ -102,12 +114,17 @@ public struct AdapterConfig: Sendable, Equatable {
             guard n > 0 else { throw LoRACoreError.invalidConfig(file: file, detail: "'r' is \(n), must be positive") }
             r = n
         }
-        if let v = present("lora_alpha") {
-            guard let a = v.doubleValue else { throw bad("lora_alpha", "a number", v) }
-            guard a.isFinite else { throw LoRACoreError.invalidConfig(file: file, detail: "'lora_alpha' is not finite") }
+        // LoHa/LoKr (LycorisConfig) call it `alpha` (default 8); IA³ has no scale.
+        let alphaKey = type == .loha || type == .lokr ? "alpha" : "lora_alpha"
+        if let v = present(alphaKey) {
+            guard let a = v.doubleValue else { throw bad(alphaKey, "a number", v) }
+            guard a.isFinite else { throw LoRACoreError.invalidConfig(file: file, detail: "'\(alphaKey)' is not finite") }
             loraAlpha = a
         } else {
-            loraAlpha = Double(r)
+            loraAlpha = type == .loha || type == .lokr ? 8 : Double(r)
+        }
+        if type == .ia3, try bool("fan_in_fan_out") == true {
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "IA3 with fan_in_fan_out (GPT-2 Conv1D) is not supported yet")
         }
         useRslora = try bool("use_rslora") ?? false
         useDora = try bool("use_dora") ?? false
@@ -115,7 +132,7 @@ public struct AdapterConfig: Sendable, Equatable {
         loraBias = try bool("lora_bias") ?? false
         if let v = present("rank_pattern") {
             guard let m = v.objectMembers else { throw bad("rank_pattern", "an object", v) }
-            if type == .lora {
+            if type == .lora || type == .loha || type == .lokr {
                 rankPattern = try m.map { k, x in
                     guard let n = x.intValue, n > 0 else {
                         throw LoRACoreError.invalidConfig(file: file, detail: "rank_pattern['\(k)'] must be a positive integer")
@@ -293,6 +310,10 @@ public struct AdapterConfig: Sendable, Equatable {
             return alpha / (Double(initR ?? self.r) + 1e-5)
         case .lora:
             return useRslora ? a / Double(rank).squareRoot() : a / Double(rank)
+        case .loha, .lokr:
+            return a / Double(rank)
+        case .ia3:
+            return 1
         }
     }
 

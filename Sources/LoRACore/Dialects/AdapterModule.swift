@@ -10,6 +10,7 @@ public struct AdapterModule: Sendable, Equatable {
     public static func == (l: AdapterModule, r: AdapterModule) -> Bool {
         l.module == r.module && l.aName == r.aName && l.bName == r.bName && l.rank == r.rank && l.scale == r.scale
             && l.convShape == r.convShape && l.transposed == r.transposed && l.factorsTransposed == r.factorsTransposed
+            && l.update == r.update
     }
 
     public enum Kind: String, Sendable { case linear, embedding }
@@ -44,6 +45,12 @@ public struct AdapterModule: Sendable, Equatable {
     /// mlx stores the factors transposed: `lora_a` (in×r) = Aᵀ and `lora_b` (r×out) = Bᵀ.
     public var factorsTransposed = false
 
+    /// LoHa, LoKr, IA³: the update its registered type reads and loads (`AdapterUpdateType`); the
+    /// LoRA fields above (A, B, E, bias, magnitude) are then unused. nil for LoRA.
+    public var update: ModuleUpdate?
+    /// `LoRA`, or the update's type (`LoHa`, `LoKr`, `IA3`).
+    public var typeName: String { update?.typeName ?? "LoRA" }
+
     /// Where the base weight lives when it is not `module.weight` (hand-written layouts).
     public var baseTensorOverride: String?
     /// The base tensor this module changes: `module.weight`.
@@ -58,6 +65,38 @@ public struct AdapterModule: Sendable, Equatable {
 }
 
 extension AdapterModule {
+    /// A module changed by a non-LoRA update, over the flat (out, in·…) view of its weight; a
+    /// dimension 0 is taken from the base (IA³ knows only one of them).
+    init(updating module: String, update: ModuleUpdate, rank: Int, alpha: Double, scale: Double, out: Int, in inFeatures: Int) {
+        self.init(module: module, kind: .linear, aName: "", bName: "", eName: nil, bBiasName: nil, magnitudeName: nil, rank: rank,
+                  alpha: alpha, scale: scale, outFeatures: out, inFeatures: inFeatures, transposed: false)
+        self.update = update
+    }
+
+    /// Whether the base weight's stored shape fits this module.
+    func fits(_ shape: [Int]) -> Bool {
+        guard update != nil else { return shape == expectedBaseShape }
+        guard let flat = UpdateMath.flat(shape) else { return false }
+        return (outFeatures == 0 || flat.rows == outFeatures) && (inFeatures == 0 || flat.cols == inFeatures)
+            && (update!.inputChannels == nil || shape[1] == update!.inputChannels)
+    }
+
+    /// This module with the dimensions it left open taken from the base weight's `shape` (which fits).
+    func fitted(to shape: [Int]) -> AdapterModule {
+        guard update != nil, let flat = UpdateMath.flat(shape) else { return self }
+        var m = self
+        m.outFeatures = flat.rows
+        m.inFeatures = flat.cols
+        return m
+    }
+
+    /// The base shape this module needs, for messages (`?` where any size fits).
+    var expectedShapeDescription: String {
+        guard update != nil else { return "\(expectedBaseShape)" }
+        if let c = update!.inputChannels { return "[\(outFeatures == 0 ? "?" : String(outFeatures)), \(c), …]" }
+        return "[\(outFeatures == 0 ? "?" : String(outFeatures)), \(inFeatures == 0 ? "?" : String(inFeatures))] (flattened)"
+    }
+
     /// Reads A/B shapes as a linear LoRA (2-D) or a convolution LoRA (A (r, in, kh, kw), B (out, r, 1, 1)).
     /// - Returns: (rank, out, flattened in, conv base shape or nil), or nil when the shapes are neither.
     static func factorGeometry(a: [Int], b: [Int]) -> (rank: Int, out: Int, inFlat: Int, conv: [Int]?)? {

@@ -69,7 +69,7 @@ enum KohyaDialect: AdapterDialect {
         }
         let unknown = ckpt.names.filter { n in !["lora_down.weight", "lora_up.weight", ".alpha"].contains { n.hasSuffix($0) } }
         if let first = unknown.first {
-            throw LoRACoreError.unsupportedAdapter(path: file, detail: "tensor '\(first)' is not a kohya LoRA tensor (lora_down/lora_up/alpha); LyCORIS variants (LoHa, LoKr, ...) are not supported")
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "tensor '\(first)' is not a kohya LoRA tensor (lora_down/lora_up/alpha)")
         }
         var modules: [AdapterModule] = []
         for key in groups.keys.sorted(by: utf8Precedes) {
@@ -89,19 +89,7 @@ enum KohyaDialect: AdapterDialect {
             guard rank <= min(geometry.out, geometry.inFlat) else {
                 throw LoRACoreError.invalidModule(module: key, detail: "rank \(rank) exceeds the matrix size \(geometry.out)×\(geometry.inFlat)")
             }
-            var alpha = Double(rank)
-            if let alphaName = g[".alpha"] {
-                let info = ckpt.info(alphaName)!
-                guard info.elementCount == 1, TensorData.format(info.dtype) != nil || info.dtype == .float64 else {
-                    throw LoRACoreError.invalidModule(module: key, detail: "alpha must be one float, got \(info.dtype.rawValue) \(info.shape)")
-                }
-                if info.dtype == .float64 {
-                    alpha = try ckpt.bytes(of: alphaName).loadUnaligned(as: Double.self)
-                } else {
-                    alpha = Double(try TensorData.floats(ckpt, alphaName)[0])
-                }
-                guard alpha.isFinite else { throw LoRACoreError.invalidModule(module: key, detail: "alpha is not finite") }
-            }
+            let alpha = try g[".alpha"].map { try readAlpha(ckpt, $0, module: key) } ?? Double(rank)
             var entry = AdapterModule(
                 module: key, kind: .linear, aName: downName, bName: upName, eName: nil, bBiasName: nil, magnitudeName: nil,
                 rank: rank, alpha: alpha, scale: alpha / Double(rank), outFeatures: geometry.out, inFeatures: geometry.inFlat,
@@ -110,6 +98,18 @@ enum KohyaDialect: AdapterDialect {
             modules.append(entry)
         }
         return (modules, [], [])
+    }
+
+    /// A module's scalar `.alpha` tensor (any float dtype, F64 included).
+    /// - Throws: `LoRACoreError.invalidModule` for a non-scalar, non-float or non-finite alpha.
+    static func readAlpha(_ ckpt: Checkpoint, _ name: String, module: String) throws -> Double {
+        let info = ckpt.info(name)!
+        guard info.elementCount == 1, TensorData.format(info.dtype) != nil || info.dtype == .float64 else {
+            throw LoRACoreError.invalidModule(module: module, detail: "alpha must be one float, got \(info.dtype.rawValue) \(info.shape)")
+        }
+        let alpha = info.dtype == .float64 ? try ckpt.bytes(of: name).loadUnaligned(as: Double.self) : Double(try TensorData.floats(ckpt, name)[0])
+        guard alpha.isFinite else { throw LoRACoreError.invalidModule(module: module, detail: "alpha is not finite") }
+        return alpha
     }
 
     /// Maps each flattened kohya name to the base module whose dotted name, with dots read as

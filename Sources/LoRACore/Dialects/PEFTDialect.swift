@@ -17,11 +17,50 @@ enum PEFTDialect: AdapterDialect {
             throw LoRACoreError.invalidConfig(file: files.configPath, detail: "missing: an adapter needs its adapter_config.json (rank, alpha, targets)")
         }
         let config = try AdapterConfig(json: data, file: files.configPath)
+        if let type = config.peftType.updateType {
+            return try readUpdates(files, config: config, type: type)
+        }
         let (modules, replacements, untargeted) = try pair(files.checkpoint, config: config, file: files.weights)
         return AdapterLayout(config: config, modules: modules, replacements: replacements, untargeted: untargeted)
     }
 
+    /// LoHa, LoKr, IA³ (`peft_type` LOHA, LOKR, IA3): `base_model.model.<module>.<role>` tensors
+    /// (`hada_w1_a`, `lokr_w1`, `ia3_l`, …) read by the type's `AdapterUpdateType`, r and α from the
+    /// config's `r`/`alpha` and patterns; every other tensor is a replacement (`modules_to_save`).
+    private static func readUpdates(_ files: AdapterFiles, config: AdapterConfig, type: any AdapterUpdateType.Type) throws -> AdapterLayout {
+        let prefix = "base_model.model."
+        let (modules, untargeted, rest) = try UpdatePairing.pair(
+            files.checkpoint,
+            split: { name in
+                let n = name.hasPrefix(prefix) ? String(name.dropFirst(prefix.count)) : name
+                guard let dot = n.lastIndex(of: ".") else { return nil }
+                return (String(n[..<dot]), String(n[n.index(after: dot)...]))
+            },
+            origin: { module in
+                guard config.targets(TensorName(module + ".weight")) else { return nil }
+                return .peft(rank: config.rank(for: module), alpha: config.alpha(for: module))
+            })
+        if let other = modules.first(where: { $0.update!.typeName != type.name }) {
+            throw LoRACoreError.invalidModule(module: other.module, detail: "holds \(other.typeName) tensors but adapter_config.json says peft_type \(config.peftType.rawValue)")
+        }
+        var replacements: [(base: String, tensor: String)] = []
+        for name in rest {
+            let parsed = TensorName(name)
+            switch parsed.role {
+            case .baseLayer, .modulesToSave, .parameter:
+                if let base = parsed.baseTensorName { replacements.append((base, name)) }
+            case .originalModule:
+                continue
+            case .lora, .kohyaAlpha:
+                throw LoRACoreError.unsupportedAdapter(path: files.weights, detail: "tensor '\(name)' is not a \(type.name) tensor (peft_type \(config.peftType.rawValue))")
+            }
+        }
+        replacements.sort { utf8Precedes($0.base, $1.base) }
+        return AdapterLayout(config: config, modules: modules, replacements: replacements, untargeted: untargeted)
+    }
+
     static func name(of adapter: Adapter) -> String {
+        if let type = adapter.config.peftType.updateType { return "PEFT \(type.name)" }
         if adapter.modules.contains(where: \.isGated) { return "SoRA (PEFT-like keys with gates)" }
         var extras: [String] = []
         if adapter.config.useRslora { extras.append("rsLoRA") }
@@ -32,7 +71,9 @@ enum PEFTDialect: AdapterDialect {
     }
 
     static func scaleRule(of adapter: Adapter) -> String {
-        adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r")
+        if adapter.config.peftType == .ia3 { return "none (W ⊙ l)" }
+        if adapter.config.peftType.updateType != nil { return "α/r (alpha, rank_pattern, alpha_pattern)" }
+        return adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r")
     }
 
     /// Groups LoRA tensors by module and checks each group.

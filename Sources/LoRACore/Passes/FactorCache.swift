@@ -1,13 +1,13 @@
 import Foundation
 import LoRAKernels
 
-/// Each merged tensor's LoRA factors, loaded once and shared by the workers computing its blocks,
+/// Each merged tensor's update (LoRA factors, or LoHa/LoKr/IA³ steps), loaded once and shared by the workers computing its blocks,
 /// and the instruction set this merge runs the kernel with.
 /// `@unchecked Sendable`: the dictionary is only touched under `lock`; factors are immutable.
 final class FactorCache: @unchecked Sendable {
     private let plan: MergePlan
     private let lock = NSLock()
-    private var loaded: [String: LoRAFactors] = [:]
+    private var loaded: [String: TensorUpdate] = [:]
     /// The merge kernel's instruction set for every tensor of this merge (all give the same bits).
     let instructionSet: InstructionSet
 
@@ -16,12 +16,11 @@ final class FactorCache: @unchecked Sendable {
         self.instructionSet = instructionSet
     }
 
-    func factors(for name: String, contributions cs: [MergePlan.Contribution]) throws -> LoRAFactors {
+    func factors(for name: String, contributions cs: [MergePlan.Contribution]) throws -> TensorUpdate {
         lock.lock()
         defer { lock.unlock() }
         if let f = loaded[name] { return f }
-        let parts = try cs.map { try LoRAFactors($0.module, adapter: plan.adapters[$0.adapter], weight: plan.weights[$0.adapter]) }
-        let f = parts.count == 1 ? parts[0] : LoRAFactors.concatenated(parts)
+        let f = try TensorUpdate(cs, plan: plan)
         loaded[name] = f
         return f
     }

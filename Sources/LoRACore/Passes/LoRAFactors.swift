@@ -114,7 +114,13 @@ struct LoRAFactors {
         return LoRAFactors(module: m, a: a, b: b, bias: bias, magnitude: magnitude, coefficient: 1)
     }
 
+    /// - Throws: `LoRACoreError.unsupportedAdapter` for a LoHa/LoKr/IA³ module (it has no A/B factors:
+    ///   `convert`, `combine` and `resize` work on LoRA only), `MemoryBudget` and read errors.
     init(_ module: AdapterModule, adapter: Adapter, weight: Double) throws {
+        if let u = module.update {
+            throw LoRACoreError.unsupportedAdapter(
+                path: adapter.path, detail: "module '\(module.module)' is \(u.typeName), not LoRA: this command works on LoRA factors only")
+        }
         try MemoryBudget.check(elements: module.rank * (module.inFeatures + module.outFeatures), bytesPerElement: 8,
                                what: "module '\(module.module)': rank-\(module.rank) factors")
         var a = try TensorData.floats(adapter.checkpoint, module.aName)

@@ -21,7 +21,7 @@ public struct MergePlan: Sendable {
         case replace(adapter: Int, tensor: String)
         /// W' = W + Σ wᵢ·ΔWᵢ (DoRA rescaled), W from the base or from a replacement tensor.
         case merge([Contribution], source: (adapter: Int, tensor: String)?)
-        /// b' = b + Σ wᵢ·sᵢ·lora_B.bias.
+        /// b' = b + Σ wᵢ·sᵢ·lora_B.bias (IA³ on output rows: b ⊙ l), in adapter order.
         case bias([Contribution], source: (adapter: Int, tensor: String)?)
     }
 
@@ -74,25 +74,37 @@ public struct MergePlan: Sendable {
         var merges: [String: [Contribution]] = [:]
         var biases: [String: [Contribution]] = [:]
         for (ai, adapter) in adapters.enumerated() {
-            for m in try adapter.modules(resolvedAgainst: base) {
-                if let targets, !targets.matches(m.module) {
-                    skipped.append(m.module)
+            for read in try adapter.modules(resolvedAgainst: base) {
+                if let targets, !targets.matches(read.module) {
+                    skipped.append(read.module)
                     continue
                 }
-                guard let bi = base.info(m.baseWeightName) else {
-                    throw LoRACoreError.baseMismatch(module: m.module, detail: "no base tensor '\(m.baseWeightName)' in \(base.path)")
+                guard let bi = base.info(read.baseWeightName) else {
+                    throw LoRACoreError.baseMismatch(module: read.module, detail: "no base tensor '\(read.baseWeightName)' in \(base.path)")
                 }
-                guard bi.shape == m.expectedBaseShape else {
-                    let hint = bi.shape == m.expectedBaseShape.reversed() && m.kind == .linear
-                        ? (m.transposed ? " (the base is not Conv1D-shaped: fan_in_fan_out should be false)" : " (a Conv1D base: fan_in_fan_out should be true)")
+                guard read.fits(bi.shape) else {
+                    let hint = read.update == nil && bi.shape == read.expectedBaseShape.reversed() && read.kind == .linear
+                        ? (read.transposed ? " (the base is not Conv1D-shaped: fan_in_fan_out should be false)" : " (a Conv1D base: fan_in_fan_out should be true)")
                         : ""
                     throw LoRACoreError.baseMismatch(
-                        module: m.module, detail: "base '\(m.baseWeightName)' has shape \(bi.shape) but the adapter needs \(m.expectedBaseShape)\(hint)")
+                        module: read.module, detail: "base '\(read.baseWeightName)' has shape \(bi.shape) but the adapter needs \(read.expectedShapeDescription)\(hint)")
+                }
+                let m = read.fitted(to: bi.shape)
+                if let u = m.update, u.isMultiplicative, weights[ai] != 1 {
+                    throw LoRACoreError.invalidModule(
+                        module: m.module,
+                        detail: "\(u.typeName) multiplies the weight (W ⊙ l), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use weight 1")
                 }
                 guard TensorData.format(bi.dtype) != nil else {
                     throw LoRACoreError.baseMismatch(module: m.module, detail: "base '\(m.baseWeightName)' has dtype \(bi.dtype.rawValue); only F32, F16 and BF16 weights can be merged")
                 }
                 merges[m.baseWeightName, default: []].append(Contribution(adapter: ai, module: m))
+                if m.update?.scalesBias == true, let bb = base.info(m.baseBiasName) {
+                    guard bb.shape == [m.outFeatures], TensorData.format(bb.dtype) != nil else {
+                        throw LoRACoreError.baseMismatch(module: m.module, detail: "bias '\(m.baseBiasName)' has shape \(bb.shape) and dtype \(bb.dtype.rawValue); \(m.typeName) needs a float bias of shape [\(m.outFeatures)]")
+                    }
+                    biases[m.baseBiasName, default: []].append(Contribution(adapter: ai, module: m))
+                }
                 if m.bBiasName != nil {
                     guard let bb = base.info(m.baseBiasName), bb.shape == [m.outFeatures], TensorData.format(bb.dtype) != nil else {
                         throw LoRACoreError.baseMismatch(module: m.module, detail: "lora_B.bias needs a float base bias '\(m.baseBiasName)' of shape [\(m.outFeatures)]")
@@ -177,12 +189,7 @@ public struct MergePlan: Sendable {
             return nil
         case let .merge(cs, source):
             var w = try startingValue(name, source: source)
-            let factors = try cs.map { try LoRAFactors($0.module, adapter: adapters[$0.adapter], weight: weights[$0.adapter]) }
-            if factors.count == 1 {
-                try factors[0].apply(to: &w, using: isa)
-            } else {
-                try LoRAFactors.concatenated(factors).apply(to: &w, using: isa)
-            }
+            try TensorUpdate(cs, plan: self).apply(to: &w, using: isa)
             // One pass in the common case: only when the result is not finite is the start re-read.
             if !w.withUnsafeBufferPointer(FloatCodec.allFinite),
                try startingValue(name, source: source).withUnsafeBufferPointer(FloatCodec.allFinite) {
@@ -193,6 +200,12 @@ public struct MergePlan: Sendable {
             var b = try startingValue(name, source: source)
             let finiteBefore = b.allSatisfy(\.isFinite)
             for c in cs {
+                if let u = c.module.update {
+                    // IA³ on output rows: b ⊙ l, one fp32 product (PEFT's torch.mul, then the dtype).
+                    let factors = try u.type.load(c.module, from: adapters[c.adapter].checkpoint).biasFactors!
+                    for i in b.indices { b[i] *= factors[i] }
+                    continue
+                }
                 let bias = try TensorData.floats(adapters[c.adapter].checkpoint, c.module.bBiasName!)
                 let k = Float(weights[c.adapter] * c.module.scale)
                 for i in b.indices { b[i] += bias[i] * k }

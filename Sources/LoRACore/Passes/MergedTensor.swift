@@ -21,11 +21,12 @@ final class MergeState: Sendable {
 /// computed for any byte range, in the output dtype with one rounding from fp32.
 ///
 /// Kinds:
-/// - `rows`: computed in row-major element ranges. A merge without DoRA (either storage) goes
+/// - `rows`: computed in row-major element ranges. A LoRA merge without DoRA (either storage) goes
 ///   through the fused kernel straight into the destination, partial rows included, reading its
 ///   starting value (`start`: the base tensor, decoded 4-bit weights, or a replacement) a 512 KiB
 ///   block at a time; DoRA on (out, in) storage computes the rows covering the range in fp32 (the
-///   same kernel, then the row norms) and copies the range out of them. No path uses BLAS: the bytes
+///   same kernel, then the row norms) and copies the range out of them, and so do LoHa, LoKr and
+///   IA³ (`TensorUpdate` steps on the fp32 rows). No path uses BLAS: the bytes
 ///   are the same on every CPU, instruction set, thread count and chunk size.
 /// - `whole`: tensors that need all their values at once (DoRA on transposed storage, biases,
 ///   scalars), computed once and shared by the chunks they span (`WholeTensors`).
@@ -104,8 +105,8 @@ public struct MergedTensor: TensorSource {
             let size = TensorData.format(info.dtype)!.size
             let e0 = range.lowerBound / size, e1 = range.upperBound / size
             if case let .merge(cs, _) = plan.action(for: source) {
-                let f = try factors.factors(for: source, contributions: cs)
-                if try fused(e0..<e1, cols: cols, factors: f, into: destination, using: factors.instructionSet) { return }
+                if let f = try factors.factors(for: source, contributions: cs).lowRank,
+                   try fused(e0..<e1, cols: cols, factors: f, into: destination, using: factors.instructionSet) { return }
             }
             // fp32 rows: the whole rows covering the range, a block of at most `rowBlock` values at a
             // time (its fp32 working copy bounds memory), then the part of the range they hold.

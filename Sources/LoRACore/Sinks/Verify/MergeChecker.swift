@@ -4,7 +4,8 @@ import SafeTensors
 
 /// Checks merged tensors against base + side branch on random probes, in fp64.
 ///
-/// For a merged module: y_side = W·x + Σ wᵢ·sᵢ·Bᵢ(Aᵢ·x) (DoRA: (m/‖W+ΔW‖) ⊙ (W·x + ΔW·x)), and
+/// For a merged module: y_side = W·x + Σ wᵢ·sᵢ·Bᵢ(Aᵢ·x) (DoRA: (m/‖W+ΔW‖) ⊙ (W·x + ΔW·x); LoHa,
+/// LoKr, IA³: W·x + (W'₆₄ − W)·x, see `ProbeCheck`), and
 /// y_merged = W'·x, where W' is read back from the merged checkpoint. With stored-transposed weights
 /// (Conv1D, embeddings) W·x means Wᵀ·x. The error is normwise,
 /// max|y_merged − y_side| / max(|W|·|x| + Σ|wᵢsᵢ|·|Bᵢ|·|Aᵢ|·|x|), which one rounding of W' to its dtype
@@ -59,6 +60,15 @@ struct MergeChecker {
             var expected = b
             var scaleSum = b.map(abs)
             for c in cs {
+                if let u = c.module.update {
+                    // IA³ on output rows: b ⊙ l.
+                    let l = try u.type.load(c.module, from: plan.adapters[c.adapter].checkpoint).biasFactors!
+                    for i in expected.indices {
+                        expected[i] *= Double(l[i])
+                        scaleSum[i] = abs(expected[i])
+                    }
+                    continue
+                }
                 let bias = try TensorData.floats(plan.adapters[c.adapter].checkpoint, c.module.bBiasName!)
                 let k = plan.weights[c.adapter] * c.module.scale
                 for i in expected.indices {
@@ -100,6 +110,15 @@ struct MergeChecker {
         let m0 = cs[0].module
         let (startCkpt, startName): (any TensorStore, String) = source.map { (plan.adapters[$0.adapter].checkpoint, $0.tensor) } ?? (plan.base, name)
         guard let startFormat = TensorData.format(startCkpt.info(startName)!.dtype) else { return nil }
+        if cs.contains(where: { $0.module.update != nil }) {
+            let steps: [ProbeStep] = try cs.map { c in
+                guard let u = c.module.update else { return .lora(try Factors64(c, plan: plan)) }
+                return .other(try u.type.load(c.module, from: plan.adapters[c.adapter].checkpoint), weight: plan.weights[c.adapter])
+            }
+            let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: cs.map(\.module.rank).reduce(0, +), inFeatures: m0.inFeatures, dora: false)
+            return ProbeCheck(name: name, output: output, module: m0, format: format, start: (startCkpt, startName, startFormat), factors: [],
+                              steps: steps, doraFactor: nil, probes: probes, seed: seed, tolerance: tol)
+        }
         let factors = try cs.map { try Factors64($0, plan: plan) }
         // DoRA row factors m / ‖W + ΔW‖ over the input dimension, in fp64.
         var doraFactor: [Double]?

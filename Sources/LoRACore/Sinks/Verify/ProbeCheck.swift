@@ -6,6 +6,9 @@ import SafeTensors
 /// The probe check of one merged module, fed the stored base and merged values a block of stored
 /// rows at a time, in any order and from any thread (`add`), then judged (`entry`).
 ///
+/// LoHa, LoKr and IA³ (`steps`) have no B·A: their side branch is (W'₆₄ − W)·x, W'₆₄ the
+/// contributions applied to each block's starting rows in fp64 by the types' `apply64`.
+///
 /// Per pass of eight probes, the products y_W = W·x, d = (W' − W)·x and the row norms ‖W‖ are
 /// accumulated over the blocks (`ProbeProducts.fused` on each block: rows of (out, in) storage give
 /// their own outputs; rows of (in, out) storage add to every output). `entry` adds the side branch
@@ -23,6 +26,9 @@ final class ProbeCheck: @unchecked Sendable {
     let start: (ckpt: any TensorStore, name: String, format: FloatCodec.Format)
     let rows: Int, cols: Int
     private let factors: [Factors64]
+    /// LoHa, LoKr, IA³ (alone or mixed with LoRA): the contributions in adapter order, applied in
+    /// fp64 to each block's starting rows; the side branch is then (W'₆₄ − W)·x, summed per block.
+    private let steps: [ProbeStep]?
     private let doraFactor: [Double]?
     private let tolerance: Double
     /// Per pass: the probes (inDim × 8, row-major, unused lanes zero) and how many lanes are used.
@@ -30,15 +36,18 @@ final class ProbeCheck: @unchecked Sendable {
     private let lock = NSLock()
     private var difference: [[Double]], base: [[Double]]
     private var norms2: [Double]
+    /// Per pass, for `steps`: the side branch and its reference scale |ΔW|·|x| (outDim × 8).
+    private var stepSide: [[Double]], stepScale: [[Double]]
 
     init(name: String, output: String?, module m: AdapterModule, format: FloatCodec.Format, start: (ckpt: any TensorStore, name: String, format: FloatCodec.Format),
-         factors: [Factors64], doraFactor: [Double]?, probes: Int, seed: UInt64, tolerance: Double) {
+         factors: [Factors64], steps: [ProbeStep]? = nil, doraFactor: [Double]?, probes: Int, seed: UInt64, tolerance: Double) {
         self.name = name
         self.output = output
         module = m
         self.format = format
         self.start = start
         self.factors = factors
+        self.steps = steps
         self.doraFactor = doraFactor
         self.tolerance = tolerance
         rows = m.transposed ? m.inFeatures : m.outFeatures  // stored rows
@@ -57,13 +66,57 @@ final class ProbeCheck: @unchecked Sendable {
         self.passes = passes
         difference = passes.map { _ in [Double](repeating: 0, count: m.outFeatures * 8) }
         base = difference
+        stepSide = difference
+        stepScale = difference
         norms2 = [Double](repeating: 0, count: m.outFeatures)
+    }
+
+    /// The change `steps` make to stored rows `[r0, r0 + count)` (starting values `start`), in fp64.
+    private func stepChange(rows r0: Int, count nr: Int, start: UnsafeRawBufferPointer) -> [Double] {
+        var w32 = [Float](repeating: 0, count: nr * cols)
+        w32.withUnsafeMutableBufferPointer { FloatCodec.decode(start, format: self.start.format, into: $0) }
+        let w = w32.map(Double.init)
+        var v = w
+        for step in steps ?? [] {
+            switch step {
+            case let .lora(f):
+                for r in 0..<nr {
+                    for k in 0..<f.module.rank {
+                        let bk = f.k * f.b[(r0 + r) * f.module.rank + k]
+                        for j in 0..<cols { v[r * cols + j] += bk * f.a[k * cols + j] }
+                    }
+                }
+            case let .other(u, weight):
+                u.apply64(toRows: r0, count: nr, cols: cols, block: &v, weight: weight)
+            }
+        }
+        for i in v.indices { v[i] -= w[i] }
+        return v
     }
 
     /// Adds stored rows `[r0, r0 + count)`: `base` and `merged` hold exactly those rows' bytes.
     /// - Throws: what the BLAS path throws.
     func add(rows r0: Int, count nr: Int, base b: UnsafeRawBufferPointer, merged w: UnsafeRawBufferPointer) throws {
         let transposed = module.transposed
+        if steps != nil {
+            // Stored (out, in) rows: each output's side branch is complete within its block.
+            let change = stepChange(rows: r0, count: nr, start: b)
+            lock.lock()
+            for (p, pass) in passes.enumerated() {
+                for r in 0..<nr {
+                    for l in 0..<8 {
+                        var side = 0.0, scale = 0.0
+                        for j in 0..<cols {
+                            side += change[r * cols + j] * pass.x[j * 8 + l]
+                            scale += abs(change[r * cols + j]) * abs(pass.x[j * 8 + l])
+                        }
+                        stepSide[p][(r0 + r) * 8 + l] = side
+                        stepScale[p][(r0 + r) * 8 + l] = scale
+                    }
+                }
+            }
+            lock.unlock()
+        }
         for (p, pass) in passes.enumerated() {
             // Stored (in, out): these rows are inputs r0..<r0+nr, so only their probe values take part.
             let x = transposed ? Array(pass.x[(r0 * 8)..<((r0 + nr) * 8)]) : pass.x
@@ -116,6 +169,12 @@ final class ProbeCheck: @unchecked Sendable {
                     ref[o] += SIMD8(repeating: abs(f.k)) * babs[o]
                 }
             }
+            if steps != nil {
+                for o in 0..<outDim {
+                    side[o] = SIMD8((0..<8).map { stepSide[p][o * 8 + $0] })
+                    ref[o] += SIMD8((0..<8).map { stepScale[p][o * 8 + $0] })
+                }
+            }
             for o in 0..<outDim {
                 var ys = SIMD8<Double>(), ym = SIMD8<Double>()
                 var rf = ref[o]
@@ -145,4 +204,10 @@ final class ProbeCheck: @unchecked Sendable {
             probes: VerifyReport.ProbeResult(maxAbsError: absE, relativeError: rel, errorRelativeToOutput: out, tolerance: tolerance),
             failures: passed ? [] : ["W'·x differs from W·x + side branch (relative error \(formatted(rel)) > \(formatted(tolerance)))"])
     }
+}
+
+/// One contribution to a probed weight, for the fp64 side branch of LoHa, LoKr and IA³ merges.
+enum ProbeStep {
+    case lora(Factors64)
+    case other(any LoadedUpdate, weight: Double)
 }

@@ -1,0 +1,101 @@
+import SafeTensors
+
+/// An adapter type other than LoRA (LoHa, LoKr, IA³): it recognises its tensors, reads one
+/// module's tensors into the canonical `AdapterModule` (with a `ModuleUpdate`), and loads them into
+/// a `LoadedUpdate` that changes any block of rows of the target weight.
+///
+/// Merge, verify and inspect only see those three things, so adding a type is one file with a type
+/// conforming to this protocol plus its line in `AdapterUpdateTypes.registered`.
+///
+/// Every type reads the flat view of the target weight: (rows, cols) = (shape[0], product of the
+/// rest), row-major, as PEFT's and LyCORIS' `weight.reshape(base.weight.shape)` lays it out.
+protocol AdapterUpdateType: Sendable {
+    /// The word `inspect` prints: `LoHa`, `LoKr`, `IA3`.
+    static var name: String { get }
+    /// The tensor suffixes (PEFT and LyCORIS spell them alike) that make up one module.
+    static var roles: Set<String> { get }
+    /// Suffixes of this type that lora-tool does not merge, with the reason (named in the refusal).
+    static var refusedRoles: [String: String] { get }
+    /// Reads one module: checks the tensors' shapes against each other and resolves the scale by the
+    /// rule of the package that wrote the file (`origin`).
+    /// - Parameter tensors: role → the tensor's header entry.
+    /// - Throws: `LoRACoreError.invalidModule` naming the module and the tensors at fault.
+    static func module(_ module: String, tensors: [String: TensorInfo], origin: UpdateOrigin) throws -> AdapterModule
+    /// Loads a module read by `module(_:tensors:origin:)`, its geometry fitted to the base weight.
+    static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate
+}
+
+/// Which package's rules a module's scale follows.
+enum UpdateOrigin: Sendable {
+    /// PEFT: r and α from adapter_config.json (`rank_pattern`/`alpha_pattern` resolved).
+    case peft(rank: Int, alpha: Double)
+    /// LyCORIS: the module's `alpha` tensor (nil when absent), the rank from the tensors.
+    case lycoris(alpha: Double?)
+}
+
+/// A module's update as read from its files, before loading: its type and its tensors.
+public struct ModuleUpdate: Sendable, Equatable {
+    public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
+        l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount
+    }
+
+    let type: any AdapterUpdateType.Type
+    /// `LoHa`, `LoKr`, `IA3`.
+    public var typeName: String { type.name }
+    /// Role (`hada_w1_a`, `lokr_w1`, `ia3_l`, …) → tensor name in the adapter file.
+    public let tensors: [String: String]
+    /// Trained values stored for the module (for the parameter share `inspect` reports).
+    public let parameterCount: Int
+    /// Whether the update multiplies the weight (IA³) rather than adding a delta: such updates
+    /// cannot take a `--weight` other than 1.
+    public let isMultiplicative: Bool
+    /// Whether the update also changes the module's bias (IA³ on output rows, as PEFT merges it).
+    public let scalesBias: Bool
+    /// IA³ on input columns: the number of input channels (the base weight's shape[1]).
+    public var inputChannels: Int? = nil
+}
+
+/// A module's update loaded in fp32, applied to blocks of rows of the target weight's flat view.
+protocol LoadedUpdate: Sendable {
+    /// Rows `[r0, r0 + count)` of the weight (fp32, row-major, `cols` wide) in `block` ← the
+    /// updated rows, in the reference package's rounding order, the delta multiplied by `weight`
+    /// (rounded once, after the reference's own steps) before it is added.
+    func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float)
+    /// The same update in fp64, written independently of `apply` (the probe check of verify).
+    func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double)
+    /// The factors the bias is multiplied by (IA³ on output rows), nil when the bias is unchanged.
+    var biasFactors: [Float]? { get }
+}
+
+extension LoadedUpdate {
+    var biasFactors: [Float]? { nil }
+}
+
+/// The adapter types besides LoRA that lora-tool merges.
+enum AdapterUpdateTypes {
+    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self]
+
+    /// The type a module's tensor suffixes belong to.
+    /// - Throws: `LoRACoreError.invalidModule` for a suffix refused by its type (with the reason), or
+    ///   for suffixes of two types in one module.
+    static func owner(of module: String, roles: [String: String]) throws -> (any AdapterUpdateType.Type)? {
+        // Plain values first: throwing from a loop over the existential metatypes crashes swift 6.3.1's SILGen.
+        let refusals: [String: String] = registered.reduce(into: [:]) { all, t in
+            for (role, why) in t.refusedRoles { all[role] = "\(t.name) \(role) \(why)" }
+        }
+        if let (role, why) = roles.keys.sorted().compactMap({ r in refusals[r].map { (r, $0) } }).first {
+            throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(roles[role]!)': \(why)")
+        }
+        let owners = registered.filter { t in roles.keys.contains { t.roles.contains($0) } }
+        let names = owners.map { $0.name }
+        guard names.count <= 1 else {
+            throw LoRACoreError.invalidModule(module: module, detail: "mixes \(names.joined(separator: " and ")) tensors")
+        }
+        return owners.first
+    }
+
+    /// Whether a tensor suffix belongs to a registered type (refused ones included).
+    static func isRole(_ role: String) -> Bool {
+        registered.contains { $0.roles.contains(role) || $0.refusedRoles[role] != nil }
+    }
+}

@@ -1,0 +1,90 @@
+import SafeTensors
+
+/// LoHa (PEFT `LoHaConfig`, LyCORIS `LohaModule`): ΔW = ((w1a·w1b) ⊙ (w2a·w2b)) · scale.
+///
+/// Tensors: `hada_w1_a`, `hada_w2_a` (out × r) and `hada_w1_b`, `hada_w2_b` (r × in, or
+/// r × in·kh·kw for a convolution without Tucker cores, whose ΔW is the flattened kernel).
+/// Scale: PEFT α/r from adapter_config.json (`alpha`, `rank_pattern`, `alpha_pattern`); LyCORIS
+/// alpha/r with r = hada_w1_b's rows and a missing or zero alpha meaning r (scale 1).
+///
+/// Rounding, as PEFT's `HadaWeight.forward` on fp32 factors: each product fp32 (FMAs over r in
+/// order), their elementwise product rounded, × fp32(scale) rounded, × weight rounded, + W rounded,
+/// then once to the output dtype. LyCORIS' forward computes the same ΔW from its file's factors
+/// (widened to fp32 here); lycoris' `merge_to` is not followed (it applies the scale twice).
+enum LoHa: AdapterUpdateType {
+    static let name = "LoHa"
+    static let roles: Set<String> = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"]
+    static let refusedRoles = [
+        "hada_t1": "(a convolution's Tucker core, use_effective_conv2d) is not supported yet",
+        "hada_t2": "(a convolution's Tucker core, use_effective_conv2d) is not supported yet",
+    ]
+
+    static func module(_ module: String, tensors: [String: TensorInfo], origin: UpdateOrigin) throws -> AdapterModule {
+        let s = try UpdateMath.shapes(["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"], in: tensors, module: module, type: name)
+        let w1a = s["hada_w1_a"]!, w1b = s["hada_w1_b"]!, w2a = s["hada_w2_a"]!, w2b = s["hada_w2_b"]!
+        let rank = w1b.rows
+        guard w1a.cols == rank, w2a.cols == rank, w2b.rows == rank, w2a.rows == w1a.rows, w2b.cols == w1b.cols else {
+            throw LoRACoreError.invalidModule(
+                module: module,
+                detail: "LoHa factors do not fit: hada_w1_a \(tensors["hada_w1_a"]!.shape), hada_w1_b \(tensors["hada_w1_b"]!.shape), "
+                    + "hada_w2_a \(tensors["hada_w2_a"]!.shape), hada_w2_b \(tensors["hada_w2_b"]!.shape)")
+        }
+        let alpha: Double
+        switch origin {
+        case let .peft(r, a):
+            guard r == rank else {
+                throw LoRACoreError.invalidModule(module: module, detail: "LoHa tensors have rank \(rank) but adapter_config.json gives r = \(r) (r / rank_pattern)")
+            }
+            alpha = a
+        case let .lycoris(a):
+            alpha = (a == nil || a == 0) ? Double(rank) : a!
+        }
+        let update = ModuleUpdate(type: LoHa.self, tensors: tensors.mapValues(\.name), parameterCount: tensors.values.reduce(0) { $0 + ($1.elementCount ?? 0) },
+                                  isMultiplicative: false, scalesBias: false)
+        return AdapterModule(updating: module, update: update, rank: rank, alpha: alpha, scale: alpha / Double(rank), out: w1a.rows, in: w1b.cols)
+    }
+
+    static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
+        let t = module.update!.tensors
+        func read(_ role: String) throws -> [Float] { try UpdateMath.floats(checkpoint, t[role]!, module: module.module) }
+        return Loaded(w1a: try read("hada_w1_a"), w1b: try read("hada_w1_b"), w2a: try read("hada_w2_a"), w2b: try read("hada_w2_b"),
+                      rank: module.rank, scale: module.scale)
+    }
+
+    /// The four factors in fp32; each row of ΔW is computed when asked for (O(cols·r) per row).
+    struct Loaded: LoadedUpdate {
+        let w1a: [Float], w1b: [Float], w2a: [Float], w2b: [Float]
+        let rank: Int
+        let scale: Double
+
+        func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
+            let s = Float(scale)
+            for r in 0..<count {
+                let i = r0 + r
+                for j in 0..<cols {
+                    var m1: Float = 0, m2: Float = 0
+                    for k in 0..<rank {
+                        m1 = m1.addingProduct(w1a[i * rank + k], w1b[k * cols + j])
+                        m2 = m2.addingProduct(w2a[i * rank + k], w2b[k * cols + j])
+                    }
+                    let delta = ((m1 * m2) * s) * weight
+                    block[r * cols + j] += delta
+                }
+            }
+        }
+
+        func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {
+            for r in 0..<count {
+                let i = r0 + r
+                for j in 0..<cols {
+                    var m1 = 0.0, m2 = 0.0
+                    for k in 0..<rank {
+                        m1 += Double(w1a[i * rank + k]) * Double(w1b[k * cols + j])
+                        m2 += Double(w2a[i * rank + k]) * Double(w2b[k * cols + j])
+                    }
+                    block[r * cols + j] += m1 * m2 * scale * weight
+                }
+            }
+        }
+    }
+}

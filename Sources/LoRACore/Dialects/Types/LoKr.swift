@@ -1,0 +1,115 @@
+import SafeTensors
+
+/// LoKr (PEFT `LoKrConfig`, LyCORIS `LokrModule`): ΔW = kron(w1, w2) · scale.
+///
+/// w1 (a × b) is `lokr_w1`, or `lokr_w1_a` (a × r) · `lokr_w1_b` (r × b) (`decompose_both`); w2
+/// (c × d) is `lokr_w2`, or `lokr_w2_a` (c × r) · `lokr_w2_b` (r × d). ΔW is (a·c) × (b·d):
+/// ΔW[i][j] = w1[i / c][j / d] · w2[i % c][j % d]. A convolution's w2 (c, in_n, kh, kw) or
+/// w2_b (r, in_n·kh·kw) is read flattened, which is the flattened kernel of torch's 4-D kron.
+///
+/// Scale, each package's own rule for its own files (they differ when both halves are full):
+/// - PEFT: α/r from adapter_config.json (`alpha`, `rank_pattern`, `alpha_pattern`), always.
+/// - LyCORIS: 1 when both `lokr_w1` and `lokr_w2` are full matrices (`lokr.py` sets alpha = dim);
+///   else alpha/r, r the inner dimension of w1_a (else w2_a), a missing or zero alpha meaning r.
+///
+/// Rounding, as PEFT's `make_kron` on fp32 factors: w1 and w2 fp32 (FMAs over r in order), each
+/// kron element one fp32 product, × fp32(scale) rounded, × weight rounded, + W rounded, then once
+/// to the output dtype.
+enum LoKr: AdapterUpdateType {
+    static let name = "LoKr"
+    static let roles: Set<String> = ["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"]
+    static let refusedRoles = ["lokr_t2": "(a convolution's Tucker core, use_effective_conv2d) is not supported yet"]
+
+    /// One half of the Kronecker product: full, or a product of two factors.
+    private static func half(_ n: Int, _ s: [String: (rows: Int, cols: Int)], _ tensors: [String: TensorInfo], module: String) throws
+        -> (rows: Int, cols: Int, rank: Int?)
+    {
+        let full = "lokr_w\(n)", a = "lokr_w\(n)_a", b = "lokr_w\(n)_b"
+        switch (s[full], s[a], s[b]) {
+        case let (f?, nil, nil):
+            return (f.rows, f.cols, nil)
+        case let (nil, fa?, fb?):
+            guard fa.cols == fb.rows else {
+                throw LoRACoreError.invalidModule(module: module, detail: "\(a) \(tensors[a]!.shape) and \(b) \(tensors[b]!.shape) do not multiply")
+            }
+            return (fa.rows, fb.cols, fa.cols)
+        default:
+            throw LoRACoreError.invalidModule(
+                module: module, detail: "LoKr needs \(full), or \(a) with \(b) (has \(tensors.keys.sorted().joined(separator: ", ")))")
+        }
+    }
+
+    static func module(_ module: String, tensors: [String: TensorInfo], origin: UpdateOrigin) throws -> AdapterModule {
+        let s = try UpdateMath.shapes(tensors.keys.sorted(), in: tensors, module: module, type: name)
+        let w1 = try half(1, s, tensors, module: module), w2 = try half(2, s, tensors, module: module)
+        let inner = [w1.rank, w2.rank].compactMap { $0 }
+        let rank: Int, alpha: Double, scale: Double
+        switch origin {
+        case let .peft(r, a):
+            if let bad = inner.first(where: { $0 != r }) {
+                throw LoRACoreError.invalidModule(module: module, detail: "LoKr tensors have rank \(bad) but adapter_config.json gives r = \(r) (r / rank_pattern)")
+            }
+            (rank, alpha, scale) = (r, a, a / Double(r))
+        case let .lycoris(a):
+            if inner.isEmpty {
+                (rank, alpha, scale) = (1, 1, 1)
+            } else {
+                rank = inner[0]
+                alpha = (a == nil || a == 0) ? Double(rank) : a!
+                scale = alpha / Double(rank)
+            }
+        }
+        let update = ModuleUpdate(type: LoKr.self, tensors: tensors.mapValues(\.name), parameterCount: tensors.values.reduce(0) { $0 + ($1.elementCount ?? 0) },
+                                  isMultiplicative: false, scalesBias: false)
+        return AdapterModule(updating: module, update: update, rank: rank, alpha: alpha, scale: scale,
+                             out: w1.rows * w2.rows, in: w1.cols * w2.cols)
+    }
+
+    static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
+        let t = module.update!.tensors
+        // Each half in fp32 (the merge) and in fp64 from the same stored factors (verify's probes).
+        func half(_ n: Int) throws -> (values: [Float], exact: [Double], rows: Int, cols: Int) {
+            if let full = t["lokr_w\(n)"] {
+                let f = UpdateMath.flat(checkpoint.info(full)!.shape)!
+                let v = try UpdateMath.floats(checkpoint, full, module: module.module)
+                return (v, v.map(Double.init), f.rows, f.cols)
+            }
+            let a = t["lokr_w\(n)_a"]!, b = t["lokr_w\(n)_b"]!
+            let fa = UpdateMath.flat(checkpoint.info(a)!.shape)!, fb = UpdateMath.flat(checkpoint.info(b)!.shape)!
+            let va = try UpdateMath.floats(checkpoint, a, module: module.module), vb = try UpdateMath.floats(checkpoint, b, module: module.module)
+            return (UpdateMath.product(va, vb, rows: fa.rows, inner: fa.cols, cols: fb.cols),
+                    UpdateMath.product(va.map(Double.init), vb.map(Double.init), rows: fa.rows, inner: fa.cols, cols: fb.cols), fa.rows, fb.cols)
+        }
+        let w1 = try half(1), w2 = try half(2)
+        return Loaded(w1: w1.values, w2: w2.values, w1Exact: w1.exact, w2Exact: w2.exact, w1Cols: w1.cols, w2Rows: w2.rows, w2Cols: w2.cols,
+                      scale: module.scale)
+    }
+
+    /// w1 and w2 formed in fp32 and in fp64 (they are small: their sizes multiply to the weight's).
+    struct Loaded: LoadedUpdate {
+        let w1: [Float], w2: [Float]
+        let w1Exact: [Double], w2Exact: [Double]
+        let w1Cols: Int, w2Rows: Int, w2Cols: Int
+        let scale: Double
+
+        func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
+            let s = Float(scale)
+            for r in 0..<count {
+                let i = r0 + r, i1 = i / w2Rows, i2 = i % w2Rows
+                for j in 0..<cols {
+                    let kron = w1[i1 * w1Cols + j / w2Cols] * w2[i2 * w2Cols + j % w2Cols]
+                    block[r * cols + j] += (kron * s) * weight
+                }
+            }
+        }
+
+        func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {
+            for r in 0..<count {
+                let i = r0 + r, i1 = i / w2Rows, i2 = i % w2Rows
+                for j in 0..<cols {
+                    block[r * cols + j] += w1Exact[i1 * w1Cols + j / w2Cols] * w2Exact[i2 * w2Cols + j % w2Cols] * scale * weight
+                }
+            }
+        }
+    }
+}

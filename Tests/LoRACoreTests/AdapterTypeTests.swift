@@ -1,0 +1,183 @@
+import Foundation
+import Testing
+@testable import LoRACore
+@testable import SafeTensors
+
+private let typeFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("AdapterTypeFixtures").path
+
+/// A LoHa/LoKr/IA³ fixture of scripts/make-fixtures.py (`types`): an adapter (PEFT directory or
+/// LyCORIS file) over the shared base in `bases/<dtype>`, and the reference merge in
+/// `merged-<dtype>` (PEFT's merge_and_unload, or W + LyCORIS' forward ΔW in float64 rounded once).
+struct TypeCase: CustomStringConvertible, Sendable {
+    let name: String
+    let dtype: String
+    var description: String { "\(name) \(dtype)" }
+    var dir: String { "\(typeFixtures)/\(name)" }
+    var base: String { "\(typeFixtures)/bases/\(dtype)" }
+    var reference: String { "\(dir)/merged-\(dtype)" }
+    var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
+    /// The word `inspect` must print.
+    var typeName: String { ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3"][String(name.split(separator: "_").last!)]! }
+
+    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "lycoris_loha", "lycoris_lokr"]
+    static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
+}
+
+/// A copy of a LyCORIS fixture file with `extra` tensors added (f32, values 0.1), written to `path`.
+private func lycorisFile(from source: String, adding extra: [(name: String, shape: [Int])], to path: String) throws {
+    let ckpt = try Checkpoint(path: source)
+    var tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
+        let info = ckpt.info(n)!
+        return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: info.shape) { Array(try ckpt.bytes(of: n)) }
+    }
+    for (name, shape) in extra {
+        tensors.append(.init(name: name, dtype: .float32, shape: shape) { AdapterSink.floatBytes([Float](repeating: 0.1, count: shape.reduce(1, *))) })
+    }
+    try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: path, metadata: nil, force: true)
+}
+
+@Suite("LoHa, LoKr, IA³: PEFT adapters and LyCORIS files")
+struct AdapterTypeTests {
+    @Test("Merge equals the reference within the fidelity bound (1 ulp bf16, 4 ulp of the largest magnitude f32); untouched tensors byte-identical",
+          arguments: TypeCase.all)
+    func matchesReference(c: TypeCase) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let report = try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 1)], output: out + "/merged"))
+        #expect(report.mergedTensors >= 4)
+        let ours = try Checkpoint(path: out + "/merged"), ref = try Checkpoint(path: c.reference), base = try Checkpoint(path: c.base)
+        #expect(ours.names == ref.names)
+        var changed = 0
+        for name in ref.names {
+            #expect(ours.info(name)!.dtype == ref.info(name)!.dtype)
+            if let failure = try MergeAgainstPEFTTests.withinFidelityBound(ours: ours, peft: ref, base: base, name: name, baseName: name) {
+                Issue.record("\(c): \(failure)")
+            }
+            let same = try ref.bytes(of: name).elementsEqual(try base.bytes(of: name))
+            if same {
+                #expect(try ours.bytes(of: name).elementsEqual(try base.bytes(of: name)), "\(name) not copied byte for byte")
+            } else {
+                changed += 1
+            }
+        }
+        // Every targeted weight (and IA³'s q/v biases) changed in the reference.
+        #expect(changed == (c.name == "peft_ia3" ? 5 : 4))
+    }
+
+    @Test("verify passes on the reference merge, every element and probes checked", arguments: TypeCase.all)
+    func verifyAcceptsReference(c: TypeCase) throws {
+        let report = try Verify.run(VerifyOptions(base: c.base, adapters: [(c.adapter, 1)], merged: c.reference))
+        #expect(report.passed, "\(report.failures.map { "\($0.tensor): \($0.detail ?? "")" })")
+        let merged = report.entries.filter { $0.kind == .merged }
+        #expect(merged.count == (c.name == "peft_ia3" ? 3 : 4))
+        #expect(merged.allSatisfy { $0.probes != nil && $0.exact != nil })
+    }
+
+    @Test("verify fails on a reference merge with one element of a merged weight moved (exact mode and, for a large move, probes)",
+          arguments: TypeCase.all)
+    func verifyRejectsCorrupted(c: TypeCase) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try FileManager.default.copyItem(atPath: c.reference, toPath: out + "/merged")
+        let tensor = "model.layers.0.mlp.down_proj.weight"
+        // 2 ulp in bf16 (1 is allowed); in f32 2⁻¹⁰ relative, far above 4 ulp of the largest magnitude.
+        try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + 2 : $0 + (1 << 13) }
+        var options = VerifyOptions(base: c.base, adapters: [(c.adapter, 1)], merged: out + "/merged")
+        let exact = try Verify.run(options)
+        #expect(!exact.passed)
+        #expect(exact.failures.map(\.tensor) == [tensor])
+        // The probes see the element multiplied by 16 (exponent + 4).
+        try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + (4 << 7) : $0 + (4 << 23) }
+        options.mode = .probes
+        let probes = try Verify.run(options)
+        #expect(!probes.passed)
+        #expect(probes.failures.map(\.tensor) == [tensor])
+    }
+
+    @Test("inspect names the type, its modules and scales", arguments: TypeCase.names)
+    func inspectNamesType(name: String) throws {
+        let c = TypeCase(name: name, dtype: "f32")
+        let report = try Inspect.run(path: c.adapter, base: c.base)
+        let summary = try #require(report.adapter)
+        #expect(summary.dialect.contains(c.typeName))
+        #expect(summary.dialect.hasPrefix(name.hasPrefix("peft") ? "PEFT" : "LyCORIS"))
+        #expect(summary.modules.count == (name == "peft_ia3" ? 3 : 4))
+        #expect(summary.modules.allSatisfy { $0.kind == c.typeName })
+        #expect(report.base?.problems == [])
+        #expect((report.base?.adapterParameters ?? 0) > 0)
+        if name == "lycoris_lokr" {
+            // LyCORIS: both halves full (v_proj) means scale 1 whatever alpha says; PEFT keeps α/r.
+            #expect(summary.modules.first { $0.module.hasSuffix("v_proj") }?.scale == 1)
+            #expect(summary.modules.first { $0.module.hasSuffix("up_proj") }?.scale == 1.5)
+        }
+        if name == "peft_lokr" {
+            #expect(summary.modules.first { $0.module.hasSuffix("v_proj") }?.scale == 1.5)
+            #expect(summary.modules.first { $0.module.hasSuffix("q_proj") }?.scale == 3)
+        }
+    }
+
+    @Test("LyCORIS Tucker cores, DoRA scales, LoCon modules and other algorithms are refused in one line naming the tensor",
+          arguments: [
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.hada_t1", [1, 1, 3, 3], "LoHa hada_t1 (a convolution's Tucker core"),
+              ("lycoris_lokr", "lora_te_model_layers_0_mlp_up_proj.lokr_t2", [2, 2, 3, 3], "LoKr lokr_t2 (a convolution's Tucker core"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [16, 1], "LyCORIS DoRA"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.lora_down.weight", [2, 16], "a LoRA/LoCon module in a LyCORIS file"),
+              ("lycoris_lokr", "lora_te_model_layers_0_self_attn_k_proj.oft_blocks", [2, 4, 4], "not a LoHa or LoKr tensor"),
+          ])
+    func lycorisRefusals(fixture: String, tensor: String, shape: [Int], reason: String) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try lycorisFile(from: TypeCase(name: fixture, dtype: "f32").adapter, adding: [(tensor, shape)], to: out + "/a.safetensors")
+        let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/a.safetensors") }
+        let message = error?.localizedDescription ?? ""
+        #expect(message.contains(tensor) && message.contains(reason), "\(message)")
+        #expect(!message.contains("\n"))
+    }
+
+    @Test("IA³ refuses a weight other than 1, naming the module and why")
+    func ia3Weight() throws {
+        let c = TypeCase(name: "peft_ia3", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let error = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 0.5)], output: out + "/m")) }
+        #expect(error?.localizedDescription.contains("multiplies the weight") == true)
+        #expect(error?.localizedDescription.contains("model.layers.0.") == true)
+    }
+
+    @Test("A LoHa weighted 0.5 merges half its delta; LoHa after LoKr on one base is both deltas in order")
+    func weightsAndMixes() throws {
+        let loha = TypeCase(name: "peft_loha", dtype: "f32"), lokr = TypeCase(name: "lycoris_lokr", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        _ = try Merge.run(MergeOptions(base: loha.base, adapters: [(loha.adapter, 0.5)], output: out + "/half"))
+        _ = try Merge.run(MergeOptions(base: loha.base, adapters: [(lokr.adapter, 1), (loha.adapter, 1)], output: out + "/mix"))
+        let base = try Checkpoint(path: loha.base), half = try Checkpoint(path: out + "/half"), mix = try Checkpoint(path: out + "/mix")
+        let full1 = try Checkpoint(path: loha.reference), full2 = try Checkpoint(path: lokr.reference)
+        for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight"] {
+            let w = try TensorData.floats(base, name), h = try TensorData.floats(half, name), m = try TensorData.floats(mix, name)
+            let d1 = zip(try TensorData.floats(full1, name), w).map { $0 - $1 }, d2 = zip(try TensorData.floats(full2, name), w).map { $0 - $1 }
+            for i in w.indices {
+                #expect(abs(h[i] - (w[i] + 0.5 * d1[i])) <= 4 * w.map(abs).max()!.ulp)
+                #expect(abs(m[i] - (w[i] + d1[i] + d2[i])) <= 8 * w.map(abs).max()!.ulp)
+            }
+        }
+        // And verify accepts both.
+        #expect(try Verify.run(VerifyOptions(base: loha.base, adapters: [(loha.adapter, 0.5)], merged: out + "/half")).passed)
+        #expect(try Verify.run(VerifyOptions(base: loha.base, adapters: [(lokr.adapter, 1), (loha.adapter, 1)], merged: out + "/mix")).passed)
+    }
+
+    @Test("convert refuses a LoHa adapter, naming the module; other PEFT types are refused by name")
+    func otherRefusals() throws {
+        let c = TypeCase(name: "peft_loha", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let convert = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: c.adapter, to: .kohya, output: out + "/k.safetensors")) }
+        #expect(convert?.localizedDescription.contains("is LoHa, not LoRA") == true)
+        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/oft")
+        let config = out + "/oft/adapter_config.json"
+        let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "\"LOHA\"", with: "\"OFT\"")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        let oft = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
+        #expect(oft?.localizedDescription.contains("peft_type 'OFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3)") == true)
+    }
+}
