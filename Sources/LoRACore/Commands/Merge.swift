@@ -42,6 +42,8 @@ public struct MergeOptions: Sendable {
     public var allowEmpty = false
     /// Write only this part of the output, into the parts directory beside it, for `Assemble`.
     public var part: PartSelection?
+    /// With a GGUF base (`GGUFMerge`): the ggml type of the merged tensors (`keep`: each its base's).
+    public var ggufType: GGUFOutputType = .keep
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base
@@ -125,6 +127,7 @@ public enum Merge {
     /// - Throws: `LoRACoreError`, `SafeTensorsError`; on any error the staging output is removed and
     ///   nothing is left under the output name.
     public static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)? = nil) throws -> MergeReport {
+        if GGUFMerge.applies(to: options) { return try GGUFMerge.run(options, progress: progress) }
         let start = Date()
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
