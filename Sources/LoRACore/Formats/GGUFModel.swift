@@ -25,7 +25,13 @@ public final class GGUFModel: Sendable {
     /// - Throws: `GGUFError` for a malformed file, an architecture outside `GGUFTensorNameMap`,
     ///   missing head counts (llama), or q/k rows the heads do not divide; `SafeTensorsError`
     ///   when the file cannot be opened.
-    public init(path: String) throws {
+    public convenience init(path: String) throws {
+        try self.init(path: path, undoRopePermutation: true)
+    }
+
+    /// - Parameter undoRopePermutation: false exposes q/k rows as stored (tests show that the merge
+    ///   is then wrong: what the permutation is for).
+    init(path: String, undoRopePermutation: Bool) throws {
         file = try GGUFFile(path: path)
         guard let arch = file.header.value("general.architecture")?.string else {
             throw GGUFError.missingKey(file: path, key: "general.architecture")
@@ -47,7 +53,7 @@ public final class GGUFModel: Sendable {
         for info in file.header.tensors {
             let name = names.transformersName(of: info.name) ?? info.name
             var permutation: GGUFRowPermutation?
-            if let role = names.ropeRole(of: info.name), let heads {
+            if let role = names.ropeRole(of: info.name), let heads, undoRopePermutation {
                 let n = role == .query ? heads.query : heads.key
                 let rows = Int(info.dims.last ?? 1)
                 guard let p = GGUFRowPermutation(heads: n, rows: rows), info.dims.count <= 2 else {
