@@ -171,10 +171,18 @@ def make_adapter(model, directory, seed):
             elif "lora_B" in name:
                 p.copy_(0.05 * torch.randn_like(p))
     peft_model.save_pretrained(directory, safe_serialization=True)
-    # The tensors only: no README/model card noise in a fixture.
+    # The tensors only: no README/model card noise in a fixture; target_modules (a set, saved in
+    # hash order) sorted so that regenerating writes the same bytes.
     for f in os.listdir(directory):
         if f not in ("adapter_config.json", "adapter_model.safetensors"):
             os.remove(os.path.join(directory, f))
+    path = os.path.join(directory, "adapter_config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
     return peft_model
 
 
