@@ -53,26 +53,11 @@ enum GGUFMerge {
         let written = try sink.write(to: output.staging, durable: options.durable)
         try output.commit()
 
-        var families: [String: (Int, Set<Double>)] = [:]
-        var mergedCount = 0
-        var replaced: [String] = []
-        for name in plan.names {
-            switch plan.action(for: name) {
-            case let .merge(cs, _):
-                mergedCount += 1
-                for c in cs {
-                    families[c.module.family, default: (0, [])].0 += 1
-                    families[c.module.family]!.1.insert(c.module.scale)
-                }
-            case .replace: replaced.append(name)
-            case .bias: mergedCount += 1
-            case .copy: break
-            }
-        }
+        let (families, mergedCount, replaced) = plan.summary
         let file = URL(fileURLWithPath: output.destination).lastPathComponent
         var report = MergeReport(
             output: options.output, files: [file], sha256: [file: written.sha256],
-            families: families.keys.sorted().map { MergeReport.Family(family: $0, modules: families[$0]!.0, scales: families[$0]!.1.sorted()) },
+            families: families,
             mergedTensors: mergedCount, replacedTensors: replaced, copiedTensors: model.tensors.count - written.computed.count,
             skippedModules: plan.skippedModules, outputDTypes: written.types, bytesWritten: written.bytes,
             seconds: Date().timeIntervalSince(start), verification: nil,
