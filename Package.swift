@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "GGUF", dependencies: ["SafeTensors"]),
         .target(name: "LoRAKernels", dependencies: ["COpenBLAS", "CKernels"]),
         .target(name: "LoRAGraph", dependencies: ["SafeTensors"]),
-        .target(name: "LoRACore", dependencies: ["SafeTensors", "LoRAKernels", "LoRAGraph", .product(name: "Yams", package: "Yams")]),
+        .target(name: "LoRACore", dependencies: ["SafeTensors", "GGUF", "LoRAKernels", "LoRAGraph", .product(name: "Yams", package: "Yams")]),
 
         // MARK: - Executable: parses arguments, renders reports
         .executableTarget(
@@ -48,7 +48,8 @@ let package = Package(
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "SafeTensors"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"], exclude: ["Fixtures"]),
-        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph"], exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures", "CombineFixtures", "AdapterTypeFixtures"]),
+        .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph", "GGUF"],
+                    exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures", "CombineFixtures", "AdapterTypeFixtures", "GGUFMergeFixtures"]),
         .testTarget(name: "LoraToolTests", dependencies: ["lora-tool", "FuzzTargets", .product(name: "Yams", package: "Yams")]),
     ]
 )

@@ -43,6 +43,14 @@ public enum GGUFError: Error, Equatable, Sendable {
     case invalidRowRange(file: String, tensor: String, rows: Range<Int>, rowCount: Int)
     /// A NaN or infinity among the values to quantize (ggml's reference has no defined codes for them).
     case nonFiniteValue(type: GGMLType, tensor: String, index: Int, value: Float)
+    /// `general.architecture` names a model family whose tensor names and layout lora-tool does not
+    /// map to transformers' (`GGUFTensorNameMap.architectures` lists those it does).
+    case unsupportedArchitecture(file: String, architecture: String)
+    /// A metadata key the operation needs is missing or has a non-integer/non-string value.
+    case missingKey(file: String, key: String)
+    /// A tensor whose shape does not fit what the operation needs (heads that do not divide its rows,
+    /// a row length that is not a whole number of the output type's blocks).
+    case incompatibleTensor(file: String, tensor: String, detail: String)
 }
 
 extension GGUFError: LocalizedError {
@@ -89,6 +97,12 @@ extension GGUFError: LocalizedError {
         case let .nonFiniteValue(type, tensor, index, value):
             let subject = tensor.isEmpty ? "" : "tensor '\(tensor)': "
             return "\(subject)cannot quantize \(value) (element \(index)) to \(type.name)"
+        case let .unsupportedArchitecture(file, architecture):
+            return "\(file): GGUF architecture '\(architecture)' is not supported for merging (supported: \(GGUFTensorNameMap.architectures.joined(separator: ", ")))"
+        case let .missingKey(file, key):
+            return "\(file): metadata key '\(key)' is missing or not of the expected type"
+        case let .incompatibleTensor(file, tensor, detail):
+            return "\(file): tensor '\(tensor)': \(detail)"
         }
     }
 }

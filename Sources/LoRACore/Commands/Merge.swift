@@ -42,6 +42,8 @@ public struct MergeOptions: Sendable {
     public var allowEmpty = false
     /// Write only this part of the output, into the parts directory beside it, for `Assemble`.
     public var part: PartSelection?
+    /// With a GGUF base (`GGUFMerge`): the ggml type of the merged tensors (`keep`: each its base's).
+    public var ggufType: GGUFOutputType = .keep
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base
@@ -125,6 +127,7 @@ public enum Merge {
     /// - Throws: `LoRACoreError`, `SafeTensorsError`; on any error the staging output is removed and
     ///   nothing is left under the output name.
     public static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)? = nil) throws -> MergeReport {
+        if GGUFMerge.applies(to: options) { return try GGUFMerge.run(options, progress: progress) }
         let start = Date()
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
@@ -204,27 +207,11 @@ public enum Merge {
         }
         try output.commit()
 
-        var families: [String: (Int, Set<Double>)] = [:]
-        var merged = 0
-        var replaced: [String] = []
-        for name in plan.names {
-            switch plan.action(for: name) {
-            case let .merge(cs, _):
-                merged += 1
-                for c in cs {
-                    let f = c.module.family
-                    families[f, default: (0, [])].0 += 1
-                    families[f]!.1.insert(c.module.scale)
-                }
-            case .replace: replaced.append(name)
-            case .bias: merged += 1
-            case .copy: break
-            }
-        }
+        let (families, merged, replaced) = plan.summary
         let fileSizes = written.files.map { fileSize(output.destination + "/" + $0) }
         var report = MergeReport(
             output: options.output, files: written.files, sha256: written.sha256,
-            families: families.keys.sorted().map { MergeReport.Family(family: $0, modules: families[$0]!.0, scales: families[$0]!.1.sorted()) },
+            families: families,
             mergedTensors: merged, replacedTensors: replaced, copiedTensors: plan.outputs.count - merged - replaced.count,
             skippedModules: plan.skippedModules, outputDTypes: outputDTypes(stream), bytesWritten: fileSizes.reduce(0, +),
             seconds: Date().timeIntervalSince(start),

@@ -51,6 +51,9 @@ extension LoraTool {
         @Flag(help: "With a bitsandbytes 4-bit base: keep untouched weights 4-bit as they were; merged weights are written dense.")
         var keepQuantized = false
 
+        @Option(help: "With a GGUF base (llama.cpp; the output is then a .gguf file): the ggml type of the merged tensors: keep (each its base tensor's type, requantized with ggml's reference quantizers), f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k. Untouched tensors are copied as stored.")
+        var ggufType: String = "keep"
+
         @Flag(help: "Write values that overflow the output dtype (e.g. above 65504 with --dtype f16) as ±Inf and count them, instead of failing.")
         var allowOverflow = false
 
@@ -117,6 +120,9 @@ extension LoraTool {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             if let requantize, !["keep", "nf4", "fp4", "fp8", "int8"].contains(requantize) { throw ValidationError("--requantize must be keep, nf4, fp4, fp8 or int8") }
             if requantize != nil && keepQuantized { throw ValidationError("give --requantize or --keep-quantized, not both") }
+            guard GGUFOutputType(rawValue: ggufType) != nil else {
+                throw ValidationError("--gguf-type must be one of \(GGUFOutputType.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
         }
 
         func run() throws {
@@ -186,6 +192,7 @@ extension LoraTool {
             options.keepQuantized = keepQuantized
             options.allowOverflow = allowOverflow
             options.allowEmpty = allowEmpty
+            options.ggufType = GGUFOutputType(rawValue: ggufType)!
             let bar: ProgressBar? = !quiet && isatty(2) != 0 ? ProgressBar() : nil
             var callback: (@Sendable (LoRACore.Progress) -> Void)?
             if let bar { callback = { bar.update($0) } }
@@ -221,6 +228,7 @@ extension LoraTool {
             flag("no-sync", noSync)
             add("requantize", requantize)
             flag("keep-quantized", keepQuantized)
+            if ggufType != "keep" { add("gguf-type", ggufType) }
             flag("allow-overflow", allowOverflow)
             flag("allow-empty", allowEmpty)
             flag("json", json)

@@ -1,0 +1,71 @@
+import Foundation
+import GGUF
+import SafeTensors
+
+/// `merge` with a GGUF base (llama.cpp's format, the Llama family): W' = W + Σ wᵢ·ΔWᵢ into a
+/// GGUF file, streamed tensor by tensor.
+///
+/// The composition: `GGUFModel` (the base under transformers names, rows in transformers order,
+/// block types decoded exactly to f32 as read) → `MergePlan` + `ApplyAdaptersPass` (every dialect
+/// and adapter type, the same kernel and rounding as a safetensors merge) → `GGUFSink` (the base's
+/// metadata and tensor order, untouched tensors byte for byte, merged ones in `options.ggufType`:
+/// `keep` requantizes each to its base type with ggml's reference quantizers, from the exact f32
+/// merge) into an `AtomicOutput` file: staged beside the destination, fsynced unless
+/// `durable` is false, renamed into place when complete; nothing is left under the output name on
+/// any error.
+///
+/// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, a `.gguf` output from
+/// a safetensors base (not implemented yet), and the options of safetensors outputs (`--dtype`,
+/// `--requantize`, `--keep-quantized`, `--part`, `--verify`).
+enum GGUFMerge {
+    /// Whether `options` describe a GGUF merge: a GGUF base or a `.gguf` output.
+    static func applies(to options: MergeOptions) -> Bool {
+        options.output.hasSuffix(".gguf") || GGUFFile.looksLikeGGUF(path: options.base)
+    }
+
+    /// Runs the merge.
+    /// - Throws: `LoRACoreError`, `GGUFError` (naming the file and tensor), `SafeTensorsError`.
+    static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)?) throws -> MergeReport {
+        let start = Date()
+        guard GGUFFile.looksLikeGGUF(path: options.base) else {
+            throw LoRACoreError.invalidRequest("--output \(options.output) is a GGUF file: merging a safetensors base into GGUF is not supported yet (issue 18); give a .gguf base, or a directory output")
+        }
+        guard options.output.hasSuffix(".gguf") else {
+            throw LoRACoreError.invalidRequest("\(options.base) is a GGUF base: the merged model is written as GGUF, so --output must end in .gguf")
+        }
+        let unsupported = [("--dtype", options.dtype != .keep), ("--requantize", options.requantize != nil),
+                           ("--keep-quantized", options.keepQuantized), ("--part", options.part != nil), ("--verify", options.verify)]
+        if let given = unsupported.first(where: \.1) {
+            throw LoRACoreError.invalidRequest("\(given.0) does not apply to a GGUF merge (use --gguf-type for the merged tensors' type)")
+        }
+        try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
+        let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
+        let model = try GGUFModel(path: options.base)
+        let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        let plan = try MergePlan(base: model.stream, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
+        if !plan.changesAnything && !options.allowEmpty {
+            throw LoRACoreError.invalidRequest(
+                "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")
+        }
+        let merged = try ApplyAdaptersPass(plan: plan, context: context).apply(to: model.stream)
+        let sink = try GGUFSink(model: model, stream: merged, type: options.ggufType, context: context)
+        let output = try AtomicOutput(destination: options.output, isDirectory: false, force: options.force)
+        let written = try sink.write(to: output.staging, durable: options.durable)
+        try output.commit()
+
+        let (families, mergedCount, replaced) = plan.summary
+        let file = URL(fileURLWithPath: output.destination).lastPathComponent
+        var report = MergeReport(
+            output: options.output, files: [file], sha256: [file: written.sha256],
+            families: families,
+            mergedTensors: mergedCount, replacedTensors: replaced, copiedTensors: model.tensors.count - written.computed.count,
+            skippedModules: plan.skippedModules, outputDTypes: written.types, bytesWritten: written.bytes,
+            seconds: Date().timeIntervalSince(start), verification: nil,
+            adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) },
+            overflowed: context.overflows)
+        let computed = Set(written.computed)
+        report.dequantizedBase = model.tensors.contains { computed.contains($0.info.name) && $0.info.type.blockSize > 1 }
+        report.requantization = written.survival.isEmpty ? nil : written.survival
+        return report
+    }
+}

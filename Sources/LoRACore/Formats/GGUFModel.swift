@@ -1,0 +1,75 @@
+import GGUF
+import SafeTensors
+
+/// A GGUF model of the Llama family opened as a `TensorStream` under transformers' names, so that
+/// the merge plan pairs adapters with it as with a safetensors model.
+///
+/// Every tensor becomes a `GGUFTensor` (transformers shape and row order, block types decoded to
+/// f32 as read); names come from `GGUFTensorNameMap` (tensors outside its table, such as
+/// `rope_freqs.weight`, keep their GGUF names). For `llama`, `attn_q` rows are un-permuted with
+/// `{arch}.attention.head_count` heads and `attn_k` rows with `head_count_kv` (or `head_count`
+/// when absent), exactly undoing `convert_hf_to_gguf.py`'s `LlamaModel.permute`; the GGUF sink
+/// permutes them back. Merging in transformers order and permuting the result is the same
+/// arithmetic, element for element, as permuting B's rows (and any per-row quantity of any adapter
+/// type) and merging in GGUF order.
+///
+/// Opening reads the header only (the file is mapped; tensor bytes are read when filled).
+public final class GGUFModel: Sendable {
+    public let file: GGUFFile
+    public let names: GGUFTensorNameMap
+    /// The file's tensors in file order, each with its name in `stream`.
+    public let tensors: [(info: GGUFTensorInfo, name: String)]
+    /// The tensors under transformers names (sorted), no side files.
+    public let stream: TensorStream
+
+    /// - Throws: `GGUFError` for a malformed file, an architecture outside `GGUFTensorNameMap`,
+    ///   missing head counts (llama), or q/k rows the heads do not divide; `SafeTensorsError`
+    ///   when the file cannot be opened.
+    public convenience init(path: String) throws {
+        try self.init(path: path, undoRopePermutation: true)
+    }
+
+    /// - Parameter undoRopePermutation: false exposes q/k rows as stored (tests show that the merge
+    ///   is then wrong: what the permutation is for).
+    init(path: String, undoRopePermutation: Bool) throws {
+        file = try GGUFFile(path: path)
+        guard let arch = file.header.value("general.architecture")?.string else {
+            throw GGUFError.missingKey(file: path, key: "general.architecture")
+        }
+        names = try GGUFTensorNameMap(architecture: arch, file: path)
+        var heads: (query: Int, key: Int)?
+        if names.permutesQueryKey {
+            guard let q = file.header.value("\(arch).attention.head_count")?.integer, q > 0 else {
+                throw GGUFError.missingKey(file: path, key: "\(arch).attention.head_count")
+            }
+            let kvKey = "\(arch).attention.head_count_kv"
+            let kv = file.header.value(kvKey).map(\.integer) ?? q
+            guard let kv, kv > 0 else { throw GGUFError.missingKey(file: path, key: kvKey) }
+            heads = (Int(q), Int(kv))
+        }
+        var list: [(info: GGUFTensorInfo, name: String)] = []
+        var sources: [(name: String, source: any TensorSource)] = []
+        var seen = Set<String>()
+        for info in file.header.tensors {
+            let name = names.transformersName(of: info.name) ?? info.name
+            var permutation: GGUFRowPermutation?
+            if let role = names.ropeRole(of: info.name), let heads, undoRopePermutation {
+                let n = role == .query ? heads.query : heads.key
+                let rows = Int(info.dims.last ?? 1)
+                guard let p = GGUFRowPermutation(heads: n, rows: rows), info.dims.count <= 2 else {
+                    throw GGUFError.incompatibleTensor(
+                        file: path, tensor: info.name,
+                        detail: "\(rows) rows (dims \(info.dims)) cannot be llama.cpp's rope permutation of \(n) heads (an even number of rows per head)")
+                }
+                permutation = p
+            }
+            guard seen.insert(name).inserted else {
+                throw GGUFError.incompatibleTensor(file: path, tensor: info.name, detail: "its transformers name '\(name)' is also another tensor's")
+            }
+            list.append((info, name))
+            sources.append((name, GGUFTensor(file: file, info: info, permutation: permutation)))
+        }
+        tensors = list
+        stream = TensorStream(sources, path: path, sideFiles: nil, metadata: nil)
+    }
+}

@@ -1,0 +1,247 @@
+import Foundation
+import GGUF
+import LoRAKernels
+import SafeTensors
+
+/// Writes a stream over a `GGUFModel` (after passes such as the merge) as one GGUF v3 file.
+///
+/// Layout: the base's metadata, every key and value in the base's order (`general.alignment`
+/// included, and honoured), then the tensor infos in the base's order with the base's GGUF names
+/// and dimensions, the data section at the alignment, each tensor padded to it (gguf-py's and
+/// llama.cpp's layout: a base written by either and merged with `keep` keeps its offsets).
+///
+/// Tensors: a tensor whose source is still the base's own `GGUFTensor` is copied byte for byte
+/// from the base (any ggml type, quantized or not). Every other one (merged, replaced) is written
+/// in `GGUFOutputType.type(forBase:)`: F32/F16/BF16 as the merge rounded once from f32 (a
+/// `MergedTensor` produces that dtype itself), block types by `GGMLQuantizer` (ggml's reference
+/// quantizers, bit for bit) from the exact f32 merge, rows put back in llama.cpp's order
+/// (`GGUFRowPermutation`). A tensor is computed in groups of whole GGUF rows (whole heads when
+/// permuted) of about 64 Ki values, `threads` groups at a time, each group's bytes a pure function
+/// of its rows: the same file on every thread count. For block types the sink records how much of
+/// the change each tensor kept (`Requantize.Survival`: blocks changed, correlation and norm ratio
+/// of the stored delta with the intended one, sums per group added in group order).
+///
+/// Memory: a window of groups (threads × 2 groups) and what the sources hold for the tensor in
+/// progress; the output is written sequentially, fsynced when `durable`.
+public final class GGUFSink: Sendable {
+    /// What was written.
+    public struct Report: Sendable {
+        public var sha256: String
+        public var bytes: Int
+        /// Tensors per ggml type name in the output.
+        public var types: [String: Int]
+        /// Each tensor written in a block type other than as stored, by GGUF name.
+        public var survival: [Requantize.Survival]
+        /// GGUF names of the tensors computed (not copied), in file order.
+        public var computed: [String]
+    }
+
+    struct Entry: Sendable {
+        var info: GGUFTensorInfo
+        var name: String
+        var source: any TensorSource
+        var base: GGUFTensor
+        var type: GGMLType
+        var changed: Bool
+    }
+
+    let model: GGUFModel
+    let entries: [Entry]
+    let header: [UInt8]
+    let offsets: [UInt64]
+    public let fileSize: Int
+    let context: RunContext
+
+    /// Values per group of rows.
+    static let groupValues = 1 << 16
+
+    /// Plans the file: output types and layout, from headers only.
+    /// - Throws: `GGUFError.unsupportedType` for a computed tensor whose base type cannot be decoded
+    ///   or whose output type cannot be written; `GGUFError.incompatibleTensor` when its row length
+    ///   is not a whole number of the output type's blocks; `LoRACoreError.invalidRequest` when the
+    ///   stream's tensors are not the model's.
+    public init(model: GGUFModel, stream: TensorStream, type: GGUFOutputType, context: RunContext) throws {
+        self.model = model
+        self.context = context
+        var entries: [Entry] = []
+        for (info, name) in model.tensors {
+            guard let source = stream.source(name), let base = model.stream.source(name) as? GGUFTensor else {
+                throw LoRACoreError.invalidRequest("\(model.file.path): tensor '\(info.name)' ('\(name)') is missing from the merged stream")
+            }
+            let unchanged = (source as? GGUFTensor).map { $0.info == info && $0.file === model.file } ?? false
+            let out = unchanged ? info.type : type.type(forBase: info.type)
+            if !unchanged {
+                guard GGMLDequantizer.supportedTypes.contains(info.type) else {
+                    throw GGUFError.unsupportedType(type: info.type, operation: "dequantizing", tensor: info.name)
+                }
+                guard GGMLQuantizer.supportedTypes.contains(out) else {
+                    throw GGUFError.unsupportedType(type: out, operation: "quantizing", tensor: info.name)
+                }
+                guard info.rowLength % out.blockSize == 0 else {
+                    throw GGUFError.incompatibleTensor(
+                        file: model.file.path, tensor: info.name,
+                        detail: "rows of \(info.rowLength) values are not whole \(out.name) blocks of \(out.blockSize): write it as another --gguf-type")
+                }
+            }
+            entries.append(Entry(info: info, name: name, source: source, base: base, type: out, changed: !unchanged))
+        }
+        guard stream.names.count == entries.count else {
+            let extra = Set(stream.names).subtracting(entries.map(\.name)).sorted(by: utf8Precedes)
+            throw LoRACoreError.invalidRequest("\(model.file.path): the merged stream has tensors the GGUF base does not: \(extra.prefix(5).joined(separator: ", "))")
+        }
+        self.entries = entries
+        (header, offsets, fileSize) = GGUFHeaderEncoder.layout(
+            metadata: model.file.header.metadata, tensors: entries.map { ($0.info.name, $0.info.dims, $0.type) },
+            alignment: model.file.header.alignment)
+    }
+
+    /// Writes the file at `path` (which must not exist).
+    /// - Parameter durable: fsync the file before returning.
+    /// - Throws: `SafeTensorsError.outputIO` for write failures; what computing a tensor throws
+    ///   (`LoRACoreError.nonFinite`, `.overflow`, `GGUFError.nonFiniteValue`).
+    public func write(to path: String, durable: Bool) throws -> Report {
+        let out = try GGUFFileWriter(path: path, size: fileSize)
+        try header.withUnsafeBytes { try out.append($0) }
+        let alignment = model.file.header.alignment
+        let dataStart = header.count
+        var types: [String: Int] = [:]
+        var survival: [Requantize.Survival] = []
+        var computed: [String] = []
+        let total = entries.reduce(0) { $0 + GGUFHeaderEncoder.byteCount(dims: $1.info.dims, type: $1.type) }
+        var done = 0
+        for (i, e) in entries.enumerated() {
+            try out.pad(to: dataStart + Int(offsets[i]))
+            if e.changed {
+                if let s = try writeComputed(e, to: out) { survival.append(s) }
+                computed.append(e.info.name)
+            } else {
+                let bytes = model.file.bytes(of: e.info)
+                var at = 0
+                while at < bytes.count {
+                    let n = min(4 << 20, bytes.count - at)
+                    try out.append(UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
+                    at += n
+                }
+                MappedFile.releasePages(bytes)
+            }
+            types[e.type.name, default: 0] += 1
+            done += GGUFHeaderEncoder.byteCount(dims: e.info.dims, type: e.type)
+            context.progress?(Progress(tensorsDone: i + 1, tensorsTotal: entries.count, bytesDone: done, bytesTotal: total))
+            try out.pad(to: GGUFHeaderEncoder.padded(out.position, alignment))
+        }
+        precondition(out.position == fileSize, "the layout and the writes agree")
+        let sha = try out.finish(durable: durable)
+        return Report(sha256: sha, bytes: fileSize, types: types, survival: survival, computed: computed)
+    }
+
+    // MARK: - Computed tensors
+
+    /// Writes a merged (or replaced) tensor in `e.type`; its survival when that is a block type.
+    private func writeComputed(_ e: Entry, to out: GGUFFileWriter) throws -> Requantize.Survival? {
+        let t = e.type
+        let plain = t == .f32 || t == .f16 || t == .bf16
+        let dtype: DType = t == .f16 ? .float16 : t == .bf16 ? .bfloat16 : .float32
+        // One rounding from the exact f32 merge: a merged tensor produces the output dtype itself
+        // (or f32 for the quantizer), never a rounding of its rounding.
+        let source: any TensorSource = (e.source as? MergedTensor)?.producing(dtype) ?? e.source
+        let rowLength = e.info.rowLength, rows = e.info.rowCount
+        let outRowBytes = rowLength / t.blockSize * t.typeSize
+        var groupRows = max(1, GGUFSink.groupValues / rowLength)
+        if let p = e.base.permutation, e.info.dims.count >= 2 { groupRows = (groupRows + p.headRows - 1) / p.headRows * p.headRows }
+        if e.info.dims.count < 2 { groupRows = rows }  // 1-D: one row, permuted (if at all) element by element
+        let groups = (rows + groupRows - 1) / groupRows
+        let window = max(1, context.threads * 2)
+        var stats = GGMLRequantizationStats()
+        var changedBlocks = 0
+        var g = 0
+        while g < groups {
+            let n = min(window, groups - g)
+            let results = ParallelSlots<(bytes: [UInt8], stats: GGMLRequantizationStats, changed: Int)>(count: n)
+            let counter = ClaimCounter(count: n)
+            let (first, step) = (g, groupRows)
+            DispatchQueue.concurrentPerform(iterations: min(n, context.threads)) { _ in
+                while let k = counter.next() {
+                    let r0 = (first + k) * step, r1 = min(rows, r0 + step)
+                    results.set(k, Result { try self.group(e, source: source, rows: r0..<r1, plain: plain, dtype: dtype, outRowBytes: outRowBytes) })
+                }
+            }
+            // In group order: the first failing group's error, the bytes and sums in file order.
+            for k in 0..<n {
+                let r = try results.get(k).get()
+                try r.bytes.withUnsafeBytes { try out.append($0) }
+                stats.merge(r.stats)
+                changedBlocks += r.changed
+            }
+            g += n
+        }
+        source.finished()
+        e.source.finished()
+        e.base.finished()
+        guard !plain else { return nil }
+        let blocks = rows * (rowLength / t.blockSize)
+        return Requantize.Survival(weight: e.info.name,
+                                   codesChanged: t == e.info.type ? Double(changedBlocks) / Double(max(1, blocks)) : 1,
+                                   deltaCorrelation: stats.deltaCorrelation,
+                                   deltaNormRatio: stats.intendedDelta > 0 ? (stats.storedDelta / stats.intendedDelta).squareRoot() : 0)
+    }
+
+    /// GGUF rows `rows` of a computed tensor in its output type, and (block types) their survival sums.
+    private func group(_ e: Entry, source: any TensorSource, rows: Range<Int>, plain: Bool, dtype: DType,
+                       outRowBytes: Int) throws -> (bytes: [UInt8], stats: GGMLRequantizationStats, changed: Int) {
+        let rowLength = e.info.rowLength
+        let size = TensorData.format(source.dtype).map(\.size) ?? 4
+        let raw = try ggufOrder(source, rows: rows, rowLength: rowLength, size: size, permutation: e.base.permutation, oneDimensional: e.info.dims.count < 2)
+        if plain && source.dtype == dtype {
+            return (raw, GGMLRequantizationStats(), 0)
+        }
+        var bytes = [UInt8](repeating: 0, count: rows.count * outRowBytes)
+        guard let format = TensorData.format(source.dtype) else {
+            throw LoRACoreError.invalidModule(module: e.name, detail: "dtype \(source.dtype.rawValue) cannot be written to GGUF")
+        }
+        let n = rows.count * rowLength
+        var target = [Float](uninitializedCount: n)
+        raw.withUnsafeBytes { r in target.withUnsafeMutableBufferPointer { FloatCodec.decode(r, format: format, into: $0) } }
+        try target.withUnsafeBufferPointer { v in
+            try bytes.withUnsafeMutableBytes { try GGMLQuantizer.quantize(v, type: e.type, into: $0, tensor: e.info.name) }
+        }
+        guard !plain else { return (bytes, GGMLRequantizationStats(), 0) }
+        // Survival: base values (GGUF order, decoded), the target, and what the blocks decode to.
+        let base = try model.file.dequantize(e.info, rows: rows)
+        let stored = try bytes.withUnsafeBytes { try GGMLDequantizer.dequantize($0, type: e.type, tensor: e.info.name) }
+        var stats = GGMLRequantizationStats()
+        base.withUnsafeBufferPointer { b in target.withUnsafeBufferPointer { t in stored.withUnsafeBufferPointer { stats.add(base: b, target: t, stored: $0) } } }
+        var changed = 0
+        if e.type == e.info.type {
+            let old = model.file.bytes(of: e.info)
+            let block = e.type.typeSize
+            bytes.withUnsafeBytes { new in
+                let start = rows.lowerBound * outRowBytes
+                for k in stride(from: 0, to: new.count, by: block) where memcmp(new.baseAddress! + k, old.baseAddress! + start + k, block) != 0 {
+                    changed += 1
+                }
+            }
+        }
+        return (bytes, stats, changed)
+    }
+
+    /// The bytes of GGUF rows `rows` of `source` (a transformers-ordered tensor), in GGUF order:
+    /// whole heads read at once and their rows permuted back; a 1-D tensor whole, permuted by element.
+    private func ggufOrder(_ source: any TensorSource, rows: Range<Int>, rowLength: Int, size: Int,
+                           permutation: GGUFRowPermutation?, oneDimensional: Bool) throws -> [UInt8] {
+        let rowBytes = oneDimensional ? size : rowLength * size
+        let (first, count) = oneDimensional ? (0, rowLength) : (rows.lowerBound, rows.count)
+        var hf = [UInt8](uninitializedCount: count * rowBytes)
+        try hf.withUnsafeMutableBytes { try source.fill((first * rowBytes)..<((first + count) * rowBytes), into: $0.baseAddress!) }
+        guard let p = permutation else { return hf }
+        var out = [UInt8](uninitializedCount: hf.count)
+        hf.withUnsafeBytes { from in
+            out.withUnsafeMutableBytes { to in
+                for g in first..<(first + count) {
+                    let r = p.transformersRow(ofGGUFRow: g)
+                    (to.baseAddress! + (g - first) * rowBytes).copyMemory(from: from.baseAddress! + (r - first) * rowBytes, byteCount: rowBytes)
+                }
+            }
+        }
+        return out
+    }
+}

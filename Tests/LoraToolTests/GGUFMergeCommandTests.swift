@@ -1,0 +1,31 @@
+import Foundation
+import Testing
+
+@Suite("lora-tool merge into GGUF on the command line")
+struct GGUFMergeCommandTests {
+    static let fixtures = "Tests/LoRACoreTests/GGUFMergeFixtures"
+
+    @Test("merge a Q8_0 GGUF base: report with requantization, then inspect reads the merged file")
+    func mergeThenInspect() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-merge-cli-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let output = dir + "/merged.gguf"
+        var (status, out, err) = try run(["merge", "--base", "\(Self.fixtures)/tiny/base-q8_0.gguf", "--adapter", "\(Self.fixtures)/tiny/adapter",
+                                          "--output", output, "--quiet"])
+        #expect(status == 0, "\(err)")
+        #expect(out.hasPrefix("\(output): merged\n"))
+        #expect(out.contains("  dtype           F32 ×5, Q8_0 ×16"))
+        #expect(out.contains("requantized     blk.0.attn_q.weight: 100.0% of codes changed"))
+        (status, out, err) = try run(["inspect", output])
+        #expect(status == 0, "\(err)")
+        #expect(out.hasPrefix("\(output): GGUF v3\n"))
+        #expect(out.contains("  architecture  llama"))
+        #expect(out.contains("Q8_0 ×16"))
+        // Existing output: refused without --force; --gguf-type validated before any work.
+        (status, _, err) = try run(["merge", "--base", "\(Self.fixtures)/tiny/base-q8_0.gguf", "--adapter", "\(Self.fixtures)/tiny/adapter", "--output", output])
+        #expect(status == 1 && err.contains("already exists"))
+        (status, _, err) = try run(["merge", "--base", "\(Self.fixtures)/tiny/base-q8_0.gguf", "--adapter", "\(Self.fixtures)/tiny/adapter", "--output", dir + "/x.gguf", "--gguf-type", "iq2_xxs"])
+        #expect(status == 64 && err.contains("--gguf-type must be one of keep, f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k"))
+    }
+}

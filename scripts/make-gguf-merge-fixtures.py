@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+"""Writes Tests/LoRACoreTests/GGUFMergeFixtures: GGUF bases made by llama.cpp's own converter, PEFT
+adapters, and the expected results of `lora-tool merge --base X.gguf --output Y.gguf`.
+
+    python3 -m venv /work/venv-gguf && /work/venv-gguf/bin/pip install gguf==0.19.0 numpy
+    LLAMA_CPP_SDIST=/path/llama_cpp_python-0.3.36.tar.gz GGUF_SITE=/work/venv-gguf/lib/python3.11/site-packages \\
+        SENTENCEPIECE_SITE=/work/pydeps-sentencepiece /work/venv/bin/python scripts/make-gguf-merge-fixtures.py
+
+The Python that runs it needs torch, transformers, peft and tokenizers, and sentencepiece for the
+converter (it imports it before looking for tokenizer.model; SENTENCEPIECE_SITE adds a directory
+holding it, e.g. from `pip install --target DIR sentencepiece==0.2.1`, to the converter's path); `gguf` (0.19.0) is taken from
+GGUF_SITE when it is not importable (only the package itself is put on the path, so the numpy of the
+running Python is used): it dequantizes and quantizes (Q8_0) the expected results and gives the
+name table. llama.cpp's `convert_hf_to_gguf.py`, its `conversion/` package and its own `gguf-py`
+are extracted from the sdist into a temporary directory (nothing of it is committed) and the
+converter runs with that gguf-py, its default: it needs a newer gguf-py than PyPI's 0.19.0
+(`gguf.LazyChunkedTensor`), although both say 0.19.0. ggml-quants.c is built from the sdist as
+make-gguf-codec-fixtures.py does (quantize_row_q4_K_ref / q6_K for the K-quant base and results).
+
+The models are Llama (`LlamaForCausalLM`) with a tiny BPE tokenizer trained here with `tokenizers`
+(byte_fallback, Llama-2's tokenizer.json layout, so the converter takes its `_set_vocab_llama_hf`
+path). Weights are random, rounded to bf16 values and saved in f32 (so f16 holds them exactly).
+Heads 4 / kv heads 2 (tiny, hidden 64) and 8 / 2 (kquant, hidden 256: K-quant rows are 256-blocks),
+so llama.cpp's Q/K row permutation (`LlamaModel.permute`) differs between q_proj and k_proj.
+
+tiny/ (2 layers):
+  base-f16.gguf, base-q8_0.gguf    convert_hf_to_gguf.py --outtype f16 / q8_0 of the HF model
+  adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down (B non-zero)
+  expected-f16.gguf                merged tensors only: dequantize (gguf) -> merge in f32 with
+                                   B's rows permuted as the converter permutes q/k (lora-tool's
+                                   kernel arithmetic, emulated exactly) -> f16 (one rounding)
+  expected-q8_0.gguf               the same from base-q8_0, quantized by gguf.quants (Q8_0)
+  expected-q8_0-as-f16.gguf        base-q8_0 merged, written as F16 (--gguf-type f16)
+  converter-merged-f16.gguf        independent check: PEFT merge_and_unload of the HF model (f32),
+                                   then convert_hf_to_gguf.py --outtype f16
+kquant/ (1 layer, hidden 256):
+  base-q4_k.gguf                   convert_hf_to_gguf.py --outtype f32, then 2-D weights quantized
+                                   by ggml's C reference as llama-quantize Q4_K_M picks types:
+                                   Q6_K for output, attn_v, ffn_down; Q4_K for the others
+  adapter/, expected-q4_k.gguf     the merge requantized to each tensor's own type (C reference)
+names.json                         gguf-py's TensorNameMap (HF name -> GGUF name) for llama,
+                                   qwen2 and qwen3, blocks 0 and 1: the oracle of lora-tool's table
+permutation.json                   LlamaModel.permute applied to row indices (n_head, n_head_kv, rows)
+Regenerating writes the same bytes.
+"""
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "Tests", "LoRACoreTests", "GGUFMergeFixtures")
+
+
+def import_gguf(tmp):
+    try:
+        import gguf  # noqa: F401
+        return tmp and None
+    except ImportError:
+        site = os.environ.get("GGUF_SITE")
+        if not site:
+            sys.exit("gguf is not importable: set GGUF_SITE to a site-packages holding gguf 0.19.0")
+        only = os.path.join(tmp, "gguf-only")
+        os.makedirs(only, exist_ok=True)
+        os.symlink(os.path.join(site, "gguf"), os.path.join(only, "gguf"))
+        sys.path.insert(0, only)
+        return only
+
+
+def codec_helpers():
+    spec = importlib.util.spec_from_file_location("codecfix", os.path.join(HERE, "make-gguf-codec-fixtures.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def extract_converter(tmp):
+    with tarfile.open(os.environ["LLAMA_CPP_SDIST"]) as tar:
+        def wanted(n):
+            return (n.endswith("/vendor/llama.cpp/convert_hf_to_gguf.py") or "/vendor/llama.cpp/conversion/" in n
+                    or "/vendor/llama.cpp/gguf-py/gguf/" in n)
+        members = [m for m in tar.getmembers() if m.isfile() and wanted(m.name)]
+        tar.extractall(tmp, members=members, filter="data")
+    return next(os.path.join(d, "convert_hf_to_gguf.py") for d, _, fs in os.walk(tmp) if "convert_hf_to_gguf.py" in fs)
+
+
+def convert(converter, model_dir, outtype, outfile):
+    # The converter with its own gguf-py (its default): the sdist's converter needs a newer gguf-py
+    # than PyPI's 0.19.0 (gguf.LazyChunkedTensor), although both call themselves 0.19.0.
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_LOCAL_GGUF", "PYTHONPATH")}
+    # It imports sentencepiece before looking for tokenizer.model, even for tokenizer.json models.
+    if os.environ.get("SENTENCEPIECE_SITE"):
+        env["PYTHONPATH"] = os.environ["SENTENCEPIECE_SITE"]
+    r = subprocess.run([sys.executable, converter, model_dir, "--outtype", outtype, "--outfile", outfile],
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"convert_hf_to_gguf.py {model_dir} --outtype {outtype} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+
+
+def converter_permute(converter):
+    """`LlamaModel.permute` from the converter's source (its module imports the sdist's gguf-py, so
+    the function is taken from the text and run alone)."""
+    import ast
+    path = os.path.join(os.path.dirname(converter), "conversion", "llama.py")
+    tree = ast.parse(open(path).read())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LlamaModel")
+    fn = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "permute")
+    fn.decorator_list = []
+    namespace = {}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), path, "exec"), {"Tensor": object, "__annotations__": {}}, namespace)
+    return namespace["permute"]
+
+
+def make_tokenizer(directory, vocab_size):
+    from tokenizers import Tokenizer, models, normalizers, decoders, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    corpus = ["the quick brown fox jumps over the lazy dog", "a merged adapter is the base plus its delta",
+              "llama cpp reads gguf files", "low rank adaptation of large language models"] * 8
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    from transformers import PreTrainedTokenizerFast
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(directory)
+    return tok.get_vocab_size()
+
+
+def bf16_values(t):
+    import torch
+    return t.to(torch.bfloat16).to(torch.float32)
+
+
+def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    vocab = make_tokenizer(directory, 96)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
+                         tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(bf16_values(1.0 + 0.1 * torch.randn_like(p)))
+            else:
+                p.copy_(bf16_values(0.05 * torch.randn_like(p)))
+    model.save_pretrained(directory, safe_serialization=True)
+    return model
+
+
+def make_adapter(model, directory, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                        lora_dropout=0.0, bias="none")
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+            elif "lora_B" in name:
+                p.copy_(0.05 * torch.randn_like(p))
+    peft_model.save_pretrained(directory, safe_serialization=True)
+    # The tensors only: no README/model card noise in a fixture; target_modules (a set, saved in
+    # hash order) sorted so that regenerating writes the same bytes.
+    for f in os.listdir(directory):
+        if f not in ("adapter_config.json", "adapter_model.safetensors"):
+            os.remove(os.path.join(directory, f))
+    path = os.path.join(directory, "adapter_config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return peft_model
+
+
+def fma_f32(a, b, c):
+    """fp32 fma(a, b, c) with one rounding, vectorized: a·b is exact in f64; the f64 sum is made
+    round-to-odd (TwoSum error folded into the last bit), so rounding it to f32 is correct."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c = c.astype(np.float64)
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    bits = s.view(np.uint64)
+    inexact = (err != 0) & ((bits & 1) == 0)
+    toward = np.nextafter(s, np.where(err > 0, np.inf, -np.inf))
+    s = np.where(inexact, toward, s)
+    return s.astype(np.float32)
+
+
+def kernel_merge(w, b, a, coefficient):
+    """lora-tool's merge kernel: acc = fma(b[i,k], a[k,j], acc) for k in order, delta = fp32(acc·c),
+    fp32(w + delta) (two f32 values: their f64 sum rounded to f32 is the correctly rounded sum)."""
+    w = np.asarray(w, np.float32)
+    acc = np.zeros(w.shape, np.float32)
+    for k in range(a.shape[0]):
+        acc = fma_f32(np.broadcast_to(b[:, k:k + 1], w.shape), np.broadcast_to(a[k:k + 1, :], w.shape), acc)
+    delta = (acc.astype(np.float64) * np.float64(np.float32(coefficient))).astype(np.float32)
+    return (w.astype(np.float64) + delta.astype(np.float64)).astype(np.float32)
+
+
+HF_TO_GGUF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+
+
+def adapter_factors(directory):
+    from safetensors.numpy import load_file
+    with open(os.path.join(directory, "adapter_config.json")) as f:
+        cfg = json.load(f)
+    t = load_file(os.path.join(directory, "adapter_model.safetensors"))
+    out = {}
+    for name in t:
+        if ".lora_A." not in name:
+            continue
+        module = name[len("base_model.model."):-len(".lora_A.weight")]
+        parts = module.split(".")  # model.layers.N.self_attn.q_proj
+        gguf_name = f"blk.{parts[2]}.{HF_TO_GGUF[parts[-1]]}.weight"
+        out[gguf_name] = (t[name].astype(np.float32), t[name.replace("lora_A", "lora_B")].astype(np.float32), parts[-1])
+    return out, cfg["lora_alpha"] / cfg["r"]
+
+
+def expected_tensors(base_path, adapter_dir, n_head, n_kv, out_type, quantize, gguf, permute):
+    """{gguf name: (bytes as a 2-D uint8/float array, type)} of the merged tensors."""
+    from gguf import GGUFReader, GGMLQuantizationType as QT
+    import torch
+    r = GGUFReader(base_path)
+    factors, scale = adapter_factors(adapter_dir)
+    out = {}
+    for t in r.tensors:
+        if t.name not in factors:
+            continue
+        a, b, module = factors[t.name]
+        if module == "q_proj":
+            b = permute(torch.from_numpy(b), n_head, n_head).numpy()
+        elif module == "k_proj":
+            b = permute(torch.from_numpy(b), n_head, n_kv).numpy()
+        raw = np.asarray(t.data)
+        rows = int(t.shape[1])
+        w = gguf.quants.dequantize(raw.reshape(rows, -1) if t.tensor_type not in (QT.F32, QT.F16, QT.BF16) else raw, t.tensor_type)
+        w = np.asarray(w, np.float32).reshape(rows, -1)
+        merged = kernel_merge(w, b, a, scale)
+        typ = t.tensor_type if out_type is None else out_type
+        out[t.name] = (quantize(merged, typ), typ)
+    return out
+
+
+def write_tensors(path, tensors, arch):
+    from gguf import GGUFWriter, GGMLQuantizationType as QT
+    w = GGUFWriter(path, arch=arch)
+    for name in sorted(tensors):
+        data, typ = tensors[name]
+        if typ in (QT.F32, QT.F16):
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data, raw_dtype=typ)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def copy_with_types(src, dst, type_of, quantize):
+    """A GGUF like `src` (every key and value, tensor order) with tensors re-typed by `type_of(name, info)`."""
+    from gguf import GGUFReader, GGUFWriter, GGUFValueType as VT, GGMLQuantizationType as QT
+    r = GGUFReader(src)
+    arch = r.fields["general.architecture"].contents()
+    w = GGUFWriter(dst, arch=arch)
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = field.contents()
+        if key == "general.file_type":
+            value = 15  # LlamaFileType.MOSTLY_Q4_K_M
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == VT.ARRAY else None
+        w.add_key_value(key, value, vtype, sub_type=sub)
+    for t in r.tensors:
+        data = np.asarray(t.data)
+        typ = type_of(t)
+        if typ == QT.F32:
+            w.add_tensor(t.name, data.reshape([int(d) for d in reversed(t.shape)]))
+        else:
+            rows = data.reshape(-1, int(t.shape[0]))
+            w.add_tensor(t.name, quantize(rows, typ), raw_dtype=typ)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def peft_merged(model_dir, adapter_dir, out_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from peft import PeftModel
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    for f in os.listdir(model_dir):
+        if f.startswith("tokenizer") or f == "special_tokens_map.json":
+            shutil.copy(os.path.join(model_dir, f), out_dir)
+
+
+def main():
+    if not os.environ.get("LLAMA_CPP_SDIST"):
+        sys.exit("set LLAMA_CPP_SDIST to llama-cpp-python's sdist (.tar.gz), see the docstring")
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf_path = import_gguf(tmp)
+        import gguf
+        from gguf import GGMLQuantizationType as QT
+        codec = codec_helpers()
+        lib = codec.build_reference(os.path.join(tmp, "ggml"))
+        converter = extract_converter(os.path.join(tmp, "llama"))
+        permute = converter_permute(converter)
+
+        def quantize(x, typ):
+            x = np.ascontiguousarray(x, np.float32)
+            if typ == QT.F32:
+                return x
+            if typ == QT.F16:
+                return x.astype(np.float16)
+            if typ in (QT.Q4_K, QT.Q5_K, QT.Q6_K):
+                return codec.c_quantize(lib, x, typ)
+            return gguf.quants.quantize(x, typ)
+
+        if os.path.isdir(OUT):
+            shutil.rmtree(OUT)
+        os.makedirs(OUT)
+
+        # tiny: f16 and q8_0 bases from the converter.
+        tiny = os.path.join(OUT, "tiny")
+        os.makedirs(tiny)
+        hf = os.path.join(tmp, "tiny-hf")
+        model = make_model(hf, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, seed=18)
+        make_adapter(model, os.path.join(tiny, "adapter"), seed=19)
+        for outtype in ("f16", "q8_0"):
+            convert(converter, hf, outtype, os.path.join(tiny, f"base-{outtype}.gguf"))
+        for base, out_type, name in (("f16", None, "expected-f16"), ("q8_0", None, "expected-q8_0"), ("q8_0", QT.F16, "expected-q8_0-as-f16")):
+            tensors = expected_tensors(os.path.join(tiny, f"base-{base}.gguf"), os.path.join(tiny, "adapter"), 4, 2, out_type, quantize, gguf, permute)
+            write_tensors(os.path.join(tiny, f"{name}.gguf"), tensors, "llama")
+        merged_hf = os.path.join(tmp, "tiny-merged-hf")
+        peft_merged(hf, os.path.join(tiny, "adapter"), merged_hf)
+        convert(converter, merged_hf, "f16", os.path.join(tiny, "converter-merged-f16.gguf"))
+
+        # kquant: a Q4_K_M-like base quantized by the C reference.
+        kq = os.path.join(OUT, "kquant")
+        os.makedirs(kq)
+        hf = os.path.join(tmp, "kquant-hf")
+        model = make_model(hf, hidden=256, intermediate=256, layers=1, heads=8, kv_heads=2, seed=28)
+        make_adapter(model, os.path.join(kq, "adapter"), seed=29)
+        f32 = os.path.join(tmp, "kquant-f32.gguf")
+        convert(converter, hf, "f32", f32)
+
+        def q4_k_m(t):
+            if len(t.shape) < 2:
+                return QT.F32
+            if t.name == "output.weight" or t.name.endswith((".attn_v.weight", ".ffn_down.weight")):
+                return QT.Q6_K
+            return QT.Q4_K
+        copy_with_types(f32, os.path.join(kq, "base-q4_k.gguf"), q4_k_m, quantize)
+        tensors = expected_tensors(os.path.join(kq, "base-q4_k.gguf"), os.path.join(kq, "adapter"), 8, 2, None, quantize, gguf, permute)
+        write_tensors(os.path.join(kq, "expected-q4_k.gguf"), tensors, "llama")
+
+        # The name table and the permutation, from gguf-py and the converter.
+        names = {}
+        for arch_name in ("llama", "qwen2", "qwen3"):
+            arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
+            nmap = gguf.get_tensor_name_map(arch, 2)
+            table = {}
+            hf_names = ["model.embed_tokens", "model.norm", "lm_head"]
+            for n in range(2):
+                hf_names += [f"model.layers.{n}.{m}" for m in (
+                    "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                    "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+            for h in hf_names:
+                for suffix in (".weight", ".bias"):
+                    g = nmap.get_name(h + suffix, try_suffixes=(".weight", ".bias"))
+                    if g is not None:
+                        table[h + suffix] = g
+            names[arch_name] = dict(sorted(table.items()))
+        with open(os.path.join(OUT, "names.json"), "w") as f:
+            json.dump(names, f, indent=1, sort_keys=True)
+            f.write("\n")
+        import torch
+        cases = []
+        for n_head, n_kv, rows in ((4, 4, 64), (4, 2, 32), (8, 2, 64), (32, 8, 1024)):
+            idx = torch.arange(rows).reshape(rows, 1)
+            perm = permute(idx, n_head, n_kv).reshape(-1).tolist()
+            cases.append({"n_head": n_head, "n_head_kv": n_kv, "rows": rows, "gguf_row_to_hf_row": perm})
+        with open(os.path.join(OUT, "permutation.json"), "w") as f:
+            json.dump(cases, f)
+            f.write("\n")
+
+    for d, _, fs in sorted(os.walk(OUT)):
+        for f in sorted(fs):
+            p = os.path.join(d, f)
+            print(f"{os.path.relpath(p, OUT)}: {os.path.getsize(p)} bytes, sha256 {hashlib.sha256(open(p, 'rb').read()).hexdigest()[:16]}")
+
+
+if __name__ == "__main__":
+    main()
