@@ -10,7 +10,7 @@ import Foundation
 /// - Without `force` an existing destination is refused, except an empty directory. With `force`
 ///   only an output lora-tool wrote is replaced: a directory carrying the `.lora-tool` marker whose
 ///   every entry the marker lists (or, for outputs of versions before the marker, a directory of
-///   regular files with names lora-tool writes), or a safetensors file. Anything else is refused
+///   regular files with names lora-tool writes), or a safetensors or GGUF file. Anything else is refused
 ///   with a list of what is in the way.
 /// - The staging directory `.NAME.lora-tool-staging` is created under a unique name, locked with
 ///   `flock`, then renamed into place, so a second writer of the same output sees a locked staging
@@ -136,8 +136,8 @@ public final class AtomicOutput: @unchecked Sendable {
             guard force else {
                 throw SafeTensorsError.outputExists(path: destination, detail: "already exists; use --force to replace it")
             }
-            guard AtomicOutput.isSafeTensorsFile(destination) else {
-                throw SafeTensorsError.outputExists(path: destination, detail: "is not a safetensors file; --force replaces only lora-tool's own outputs")
+            guard AtomicOutput.isReplaceableFile(destination) else {
+                throw SafeTensorsError.outputExists(path: destination, detail: "is not a safetensors or GGUF file; --force replaces only lora-tool's own outputs")
             }
             return .output(id)
         default:
@@ -179,6 +179,21 @@ public final class AtomicOutput: @unchecked Sendable {
               let data = FileManager.default.contents(atPath: path),
               let root = try? JSONParser.parse(Array(data)), let files = root["files"]?.arrayValue else { return nil }
         return Set(files.compactMap(\.stringValue))
+    }
+
+    /// Whether a single-file output may be replaced with `--force`: a file of a kind lora-tool writes
+    /// (one file cannot carry the marker), named and starting as one.
+    static func isReplaceableFile(_ path: String) -> Bool { isSafeTensorsFile(path) || isGGUFFile(path) }
+
+    /// Whether `path` is named `.gguf` and starts with the GGUF magic and a version lora-tool writes.
+    static func isGGUFFile(_ path: String) -> Bool {
+        guard path.hasSuffix(".gguf") else { return false }
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var head = [UInt8](repeating: 0, count: 8)
+        guard pread(fd, &head, 8, 0) == 8 else { return false }
+        return head == [0x47, 0x47, 0x55, 0x46, 3, 0, 0, 0]  // "GGUF", version 3 little-endian
     }
 
     /// Whether `path` starts like a safetensors file (a length prefix and a JSON object) or a zstd frame.
@@ -349,7 +364,7 @@ public final class AtomicOutput: @unchecked Sendable {
             return try AtomicOutput.entries(of: destination).isEmpty
         case let .output(expected):
             guard id == expected else { return false }
-            if !isDirectory { return AtomicOutput.isSafeTensorsFile(destination) }
+            if !isDirectory { return AtomicOutput.isReplaceableFile(destination) }
             return AtomicOutput.foreignEntries(of: destination, entries: try AtomicOutput.entries(of: destination)).isEmpty
         }
     }

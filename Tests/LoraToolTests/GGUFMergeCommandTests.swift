@@ -25,6 +25,17 @@ struct GGUFMergeCommandTests {
         // Existing output: refused without --force; --gguf-type validated before any work.
         (status, _, err) = try run(["merge", "--base", "\(Self.fixtures)/tiny/base-q8_0.gguf", "--adapter", "\(Self.fixtures)/tiny/adapter", "--output", output])
         #expect(status == 1 && err.contains("already exists"))
+        // --force replaces a GGUF file (one file carries no marker: its kind and magic decide), never anything else.
+        let before = try Data(contentsOf: URL(fileURLWithPath: output))
+        (status, _, err) = try run(["merge", "--base", "\(Self.fixtures)/tiny/base-q8_0.gguf", "--adapter", "\(Self.fixtures)/tiny/adapter",
+                                    "--weight", "0.5", "--output", output, "--force", "--quiet"])
+        #expect(status == 0, "\(err)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: output)) != before)
+        try Data("not a model".utf8).write(to: URL(fileURLWithPath: dir + "/notes.gguf"))
+        (status, _, err) = try run(["merge", "--base", "\(Self.fixtures)/tiny/base-q8_0.gguf", "--adapter", "\(Self.fixtures)/tiny/adapter",
+                                    "--output", dir + "/notes.gguf", "--force"])
+        #expect(status == 1 && err.contains("is not a safetensors or GGUF file"))
+        #expect(try String(contentsOfFile: dir + "/notes.gguf", encoding: .utf8) == "not a model")
         (status, _, err) = try run(["merge", "--base", "\(Self.fixtures)/tiny/base-q8_0.gguf", "--adapter", "\(Self.fixtures)/tiny/adapter", "--output", dir + "/x.gguf", "--gguf-type", "iq2_xxs"])
         #expect(status == 64 && err.contains("--gguf-type must be one of keep, f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k"))
     }

@@ -94,7 +94,7 @@ extension LoraTool {
                 let others = [("--base", base != nil), ("--adapter", adapterGiven), ("--output", output != nil), ("--adapters-from", adaptersFrom != nil),
                               ("--part", part != nil), ("--verify", verify), ("--dtype", dtype != "keep"), ("--max-shard-size", maxShardSize != "5GB"),
                               ("--requantize", requantize != nil), ("--keep-quantized", keepQuantized), ("--targets", adapterArguments.targets != nil),
-                              ("--weight", !adapterArguments.weights.isEmpty), ("--print-recipe", printRecipe)]
+                              ("--weight", !adapterArguments.weights.isEmpty), ("--print-recipe", printRecipe), ("--gguf-type", ggufType != "keep")]
                 if let given = others.first(where: \.1) { throw ValidationError("--assemble takes only the output (and --force, --json): the parts recorded everything else; \(given.0) is not used") }
                 return
             }
