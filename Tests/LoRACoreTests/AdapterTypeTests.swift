@@ -134,7 +134,7 @@ struct AdapterTypeTests {
         #expect(!message.contains("\n"))
     }
 
-    @Test("IA³ refuses a weight other than 1, naming the module and why")
+    @Test("IA³ refuses a weight other than 1 or -1, naming the module and why")
     func ia3Weight() throws {
         let c = TypeCase(name: "peft_ia3", dtype: "f32")
         let out = temporaryDirectory()
@@ -142,6 +142,25 @@ struct AdapterTypeTests {
         let error = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 0.5)], output: out + "/m")) }
         #expect(error?.localizedDescription.contains("multiplies the weight") == true)
         #expect(error?.localizedDescription.contains("model.layers.0.") == true)
+    }
+
+    @Test("IA³ un-merges (--weight -1) by exact division: back to the base within 1 ulp elementwise in f32, and verify accepts it", arguments: ["f32", "bf16"])
+    func ia3Unmerge(dtype: String) throws {
+        let c = TypeCase(name: "peft_ia3", dtype: dtype)
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        _ = try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 1)], output: out + "/m"))
+        _ = try Merge.run(MergeOptions(base: out + "/m", adapters: [(c.adapter, -1)], output: out + "/u"))
+        #expect(try Verify.run(VerifyOptions(base: out + "/m", adapters: [(c.adapter, -1)], merged: out + "/u")).passed)
+        let base = try Checkpoint(path: c.base), back = try Checkpoint(path: out + "/u")
+        var moved = 0
+        for name in base.names {
+            let d = ulpDistance(try back.bytes(of: name), try base.bytes(of: name), dtype: base.info(name)!.dtype)
+            // f32: one rounding each way, so at most 1 ulp; bf16: the merged weight was rounded to bf16 first.
+            #expect(d <= (dtype == "f32" ? 1 : 2), "\(name): \(d) ulp")
+            if d > 0 { moved += 1 }
+        }
+        #expect(moved > 0, "the round trip went through real roundings")
     }
 
     @Test("A LoHa weighted 0.5 merges half its delta; LoHa after LoKr on one base is both deltas in order")

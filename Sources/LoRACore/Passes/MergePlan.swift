@@ -91,9 +91,16 @@ public struct MergePlan: Sendable {
                 }
                 let m = read.fitted(to: bi.shape)
                 if let u = m.update, u.isMultiplicative, weights[ai] != 1 {
-                    throw LoRACoreError.invalidModule(
-                        module: m.module,
-                        detail: "\(u.typeName) multiplies the weight (W ⊙ l), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use weight 1")
+                    guard weights[ai] == -1 else {
+                        throw LoRACoreError.invalidModule(
+                            module: m.module,
+                            detail: "\(u.typeName) multiplies the weight (W ⊙ l), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1 to merge or -1 to un-merge")
+                    }
+                    // Un-merging divides by l: a zero factor erased what it multiplied.
+                    let factors = try UpdateMath.floats(adapters[ai].checkpoint, u.tensors.values.sorted()[0], module: m.module)
+                    if let zero = factors.firstIndex(of: 0) {
+                        throw LoRACoreError.invalidModule(module: m.module, detail: "\(u.typeName) factor \(zero) is 0: W ⊙ l lost those values, so --weight -1 cannot undo it")
+                    }
                 }
                 guard TensorData.format(bi.dtype) != nil else {
                     throw LoRACoreError.baseMismatch(module: m.module, detail: "base '\(m.baseWeightName)' has dtype \(bi.dtype.rawValue); only F32, F16 and BF16 weights can be merged")
@@ -203,7 +210,7 @@ public struct MergePlan: Sendable {
                 if let u = c.module.update {
                     // IA³ on output rows: b ⊙ l, one fp32 product (PEFT's torch.mul, then the dtype).
                     let factors = try u.type.load(c.module, from: adapters[c.adapter].checkpoint).biasFactors!
-                    for i in b.indices { b[i] *= factors[i] }
+                    if weights[c.adapter] < 0 { for i in b.indices { b[i] /= factors[i] } } else { for i in b.indices { b[i] *= factors[i] } }
                     continue
                 }
                 let bias = try TensorData.floats(adapters[c.adapter].checkpoint, c.module.bBiasName!)

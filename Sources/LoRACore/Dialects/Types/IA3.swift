@@ -6,7 +6,9 @@ import SafeTensors
 /// merge does), or (1, in) for `feedforward_modules`, which scales input columns (convolutions:
 /// (out, 1, 1, 1) / (1, in, 1, 1), a column factor per input channel over its kh·kw kernel). The
 /// stored shape decides, which is what PEFT's `feedforward_modules` produced when it saved the file.
-/// Multiplicative: a `--weight` other than 1 is refused (W ⊙ l^w and W ⊙ (1 + w·(l − 1)) are both
+/// Multiplicative: `--weight -1` un-merges by exact division, W = W' ⊘ l (one fp32 division per
+/// element, rounded once: PEFT divides by l + 1e-8, which misses by many ulp; a zero factor cannot be
+/// undone and is refused); other weights are refused (W ⊙ l^w and W ⊙ (1 + w·(l − 1)) are both
 /// defensible and PEFT defines neither), and so is `fan_in_fan_out`.
 enum IA3: AdapterUpdateType {
     static let name = "IA3"
@@ -41,17 +43,24 @@ enum IA3: AdapterUpdateType {
 
         var biasFactors: [Float]? { onInput ? nil : l }
 
+        /// weight 1 multiplies by l; weight -1 (un-merge) divides by it.
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
             let perChannel = onInput ? cols / l.count : cols
             for r in 0..<count {
-                for j in 0..<cols { block[r * cols + j] *= onInput ? l[j / perChannel] : l[r0 + r] }
+                for j in 0..<cols {
+                    let f = onInput ? l[j / perChannel] : l[r0 + r]
+                    if weight < 0 { block[r * cols + j] /= f } else { block[r * cols + j] *= f }
+                }
             }
         }
 
         func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {
             let perChannel = onInput ? cols / l.count : cols
             for r in 0..<count {
-                for j in 0..<cols { block[r * cols + j] *= Double(onInput ? l[j / perChannel] : l[r0 + r]) }
+                for j in 0..<cols {
+                    let f = Double(onInput ? l[j / perChannel] : l[r0 + r])
+                    if weight < 0 { block[r * cols + j] /= f } else { block[r * cols + j] *= f }
+                }
             }
         }
     }

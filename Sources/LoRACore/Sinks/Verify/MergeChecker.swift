@@ -64,7 +64,7 @@ struct MergeChecker {
                     // IA³ on output rows: b ⊙ l.
                     let l = try u.type.load(c.module, from: plan.adapters[c.adapter].checkpoint).biasFactors!
                     for i in expected.indices {
-                        expected[i] *= Double(l[i])
+                        if plan.weights[c.adapter] < 0 { expected[i] /= Double(l[i]) } else { expected[i] *= Double(l[i]) }
                         scaleSum[i] = abs(expected[i])
                     }
                     continue
