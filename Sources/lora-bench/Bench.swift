@@ -8,7 +8,8 @@ import Glibc
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 ///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
 /// Measures cp -r, cp -r + sync, merge, merge --no-sync, merge into the NF4 base (dense output, and
-/// --requantize nf4) and verify of that merge, merge into the FP8 base (dense, and --requantize keep), verify, a merge in 500 MB shards whole and as two
+/// --requantize nf4) and verify of that merge, merge into the FP8 base (dense, and --requantize keep), merge into
+/// the base converted to a Q8_0 GGUF file (Q8_0 output, and --gguf-type f16), verify, a merge in 500 MB shards whole and as two
 /// concurrent parts plus the assembly (outputs compared byte for byte), extract --rank 16 (base vs
 /// merged), inspect, and combine of four r = 16
 /// adapters (svd to rank 16, cat). Reports the median and spread of wall time, CPU time and peak RSS
@@ -70,6 +71,12 @@ struct Bench {
              out + "/merged-fp8"),
             ("merge --requantize keep (FP8 base)", [bin, "merge", "--base", dir + "/base-fp8", "--adapter", dir + "/adapter", "--output", out + "/requantized-fp8",
                                                     "--quiet", "--requantize", "keep"], out + "/requantized-fp8"),
+            // The Q8_0 GGUF base (Workload+GGUF.swift, issue 18): merged tensors requantized to Q8_0 (the
+            // default --gguf-type keep), and written as F16.
+            ("merge (Q8_0 GGUF base)", [bin, "merge", "--base", dir + "/base-q8_0.gguf", "--adapter", dir + "/adapter", "--output", out + "/merged.gguf", "--quiet"],
+             out + "/merged.gguf"),
+            ("merge --gguf-type f16 (Q8_0 GGUF base)", [bin, "merge", "--base", dir + "/base-q8_0.gguf", "--adapter", dir + "/adapter", "--output", out + "/merged-f16.gguf",
+                                                        "--quiet", "--gguf-type", "f16"], out + "/merged-f16.gguf"),
             // verify against the NF4 base reads the merged files from the disk, decoding the base's 4-bit blocks as it goes.
             ("verify (NF4 base)", ["/bin/sh", "-c", "for f in \"$1\"/*.safetensors; do dd if=\"$f\" iflag=nocache count=0 status=none; done; shift; exec \"$@\"", "sh",
                                    out + "/merged-nf4", bin, "verify", "--base", dir + "/base-nf4", "--adapter", dir + "/adapter", "--merged", out + "/merged-nf4"], nil),
@@ -106,6 +113,7 @@ struct Bench {
         for model in ["base", "base-nf4", "base-fp8"] {
             _ = try run(["/bin/cat"] + (try FileManager.default.contentsOfDirectory(atPath: dir + "/" + model)).map { dir + "/\(model)/" + $0 }, quiet: true)
         }
+        _ = try run(["/bin/cat", dir + "/base-q8_0.gguf"], quiet: true)
         for r in 0..<repeats {
             try? FileManager.default.removeItem(atPath: out)
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
@@ -119,7 +127,7 @@ struct Bench {
                         _ = try run(["/usr/bin/cmp", "-s", out + "/merged-500/" + f, out + "/merged-parts/" + f], quiet: true)
                     }
                 }
-                for copy in ["cp", "cps", "merged-no-sync", "requantized-nf4", "merged-fp8", "requantized-fp8", "merged-500", "merged-parts"] where !name.hasPrefix("merge --max-shard-size") {
+                for copy in ["cp", "cps", "merged-no-sync", "requantized-nf4", "merged-fp8", "requantized-fp8", "merged.gguf", "merged-f16.gguf", "merged-500", "merged-parts"] where !name.hasPrefix("merge --max-shard-size") {
                     try? FileManager.default.removeItem(atPath: out + "/" + copy)
                 }
             }

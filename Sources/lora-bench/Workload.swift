@@ -4,7 +4,8 @@ import SafeTensors
 
 /// The benchmark workload: a Llama-shaped bf16 base in two shards plus a PEFT adapter (fp32 A/B,
 /// r = 16, α = 32, all seven projections), generated deterministically with our own writer, and
-/// the same base quantized NF4 (Workload+NF4.swift).
+/// the same base quantized NF4 (Workload+NF4.swift), FP8 (Workload+FP8.swift) and as a Q8_0 GGUF
+/// file (Workload+GGUF.swift).
 struct Workload {
     let name: String
     let hidden: Int
@@ -50,12 +51,13 @@ struct Workload {
     /// Inputs of the combine rows besides adapter/: same shapes, other values (seeds 43, 44, 45).
     static let extraAdapters = ["adapter2", "adapter3", "adapter4"]
 
-    /// Writes base/, adapter/, the extra adapters, base-nf4/ and base-fp8/ under `dir` (each skipped
+    /// Writes base/, adapter/, the extra adapters, base-nf4/, base-fp8/ and base-q8_0.gguf under `dir` (each skipped
     /// when already there; the quantized bases are redone whenever base/ is).
     func generate(in dir: String) throws {
         try generateBaseAndAdapter(in: dir)
         try generateNF4Base(in: dir)
         try generateFP8Base(in: dir)
+        try generateGGUFBase(in: dir)
         for (i, name) in Workload.extraAdapters.enumerated() where !FileManager.default.fileExists(atPath: "\(dir)/\(name)/adapter_config.json") {
             var rng = SplitMix64(seed: 43 + UInt64(i))
             try writeAdapter(at: "\(dir)/\(name)", rng: &rng)
@@ -69,6 +71,7 @@ struct Workload {
         try? FileManager.default.removeItem(atPath: adapter)
         try? FileManager.default.removeItem(atPath: dir + "/base-nf4")
         try? FileManager.default.removeItem(atPath: dir + "/base-fp8")
+        try? FileManager.default.removeItem(atPath: dir + "/base-q8_0.gguf")
         try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
         let tensors = baseTensors()
