@@ -102,6 +102,31 @@ struct ClusterTests {
         for name in ["a", "e"] { #expect(snapshot(dir + "/out/" + name) == snapshot(dir + "/single")) }
     }
 
+    @Test("The Kubernetes batch Job's command, run for every JOB_COMPLETION_INDEX: every listed adapter merged and verified")
+    func kubernetesBatch() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createSymbolicLink(atPath: dir + "/base", withDestinationPath: root + "/samples/tiny-llama")
+        var list = ""
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            try FileManager.default.copyItem(atPath: root + "/samples/tiny-llama-lora", toPath: dir + "/" + name)
+            list += dir + "/" + name + "\n"
+        }
+        try list.write(toFile: dir + "/adapters.txt", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: dir + "/merged", withIntermediateDirectories: true)
+        let text = try String(contentsOfFile: root + "/samples/cluster/batch-indexed-job.yaml", encoding: .utf8)
+        let spec = try #require(try Yams.compose(yaml: text)?["spec"])
+        let sequence = try #require(spec["template"]?["spec"]?["containers"]?[0]?["command"]?.sequence)
+        let command = sequence.compactMap { $0.string }.map { $0.replacingOccurrences(of: "/models", with: dir) }
+        let completions = try #require(spec["completions"]?.int)
+        #expect(together(try (0..<completions).map {
+            try start(binary, Array(command.dropFirst()), environment: ["JOB_COMPLETION_INDEX": String($0)])
+        }) == [Int32](repeating: 0, count: completions))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/merged").sorted() == ["a", "b", "c", "d", "e", "f"])
+        #expect(try run(["merge", "--base", "samples/tiny-llama", "--adapter", "samples/tiny-llama-lora", "--quiet", "--output", dir + "/single"]).0 == 0)
+        for name in ["a", "f"] { #expect(snapshot(dir + "/merged/" + name) == snapshot(dir + "/single")) }
+    }
+
     @Test("Part i of a batch takes adapters i, i+N, …; a failing adapter is reported and the others still merge")
     func batchPartsAndFailures() throws {
         let dir = try temporaryDirectory()
