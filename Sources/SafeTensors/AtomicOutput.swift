@@ -266,12 +266,21 @@ public final class AtomicOutput: @unchecked Sendable {
     }
 
     /// Staging directories of killed runs that died before renaming theirs into place
-    /// (`.NAME.lora-tool-new-PID-N`, or `-removing-PID` mid-cleanup), when nobody holds them.
+    /// (`.NAME.lora-tool-new-PID-N`, or `-removing-PID` mid-cleanup), when nobody holds them and
+    /// the process named in them is gone: another writer's directory exists, unlocked, between its
+    /// `mkdir` and its `flock`, and must not be taken for a leftover then.
     private func removeStaleFreshDirectories() {
         let prefixes = ["." + name + ".lora-tool-new-", "." + name + ".lora-tool-staging.lora-tool-removing-"]
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] where prefixes.contains(where: entry.hasPrefix) {
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? [] {
+            guard let prefix = prefixes.first(where: entry.hasPrefix), !AtomicOutput.ownerIsRunning(entry, after: prefix) else { continue }
             try? removeStaleStaging(parent + "/" + entry)
         }
+    }
+
+    /// Whether the process whose id follows `prefix` in `entry` is another process still running.
+    static func ownerIsRunning(_ entry: String, after prefix: String) -> Bool {
+        guard let text = entry.dropFirst(prefix.count).split(separator: "-").first, let pid = Int32(text), pid > 0, pid != getpid() else { return false }
+        return kill(pid, 0) == 0 || errno == EPERM
     }
 
     /// Removes a staging directory that no live process holds (a killed run's leftover).

@@ -193,6 +193,26 @@ struct AtomicOutputTests {
         #expect(listing(dir) == ["out"])
     }
 
+    @Test("Another writer's new staging directory, not yet locked, is left alone while its process runs; a dead process's is removed")
+    func unlockedFreshStaging() throws {
+        let dir = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A running process (this test's child) in the window between its mkdir and its flock.
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        child.arguments = ["30"]
+        try child.run()
+        defer { child.terminate() }
+        let running = dir + "/.out.lora-tool-new-\(child.processIdentifier)-1"
+        try FileManager.default.createDirectory(atPath: running, withIntermediateDirectories: false)
+        // A process that no longer exists (pid_max on Linux is at most 2^22).
+        let dead = dir + "/.out.lora-tool-new-4194305-1"
+        try FileManager.default.createDirectory(atPath: dead, withIntermediateDirectories: false)
+        try writeOutput(dir + "/out", force: false).commit()
+        #expect(FileManager.default.fileExists(atPath: running))
+        #expect(!FileManager.default.fileExists(atPath: dead))
+    }
+
     @Test("A staging-named directory holding a subdirectory is not lora-tool's and is left alone")
     func foreignStaging() throws {
         let dir = try scratch()
