@@ -110,6 +110,17 @@ public struct BlockScaledQuantization: Sendable {
         return nil
     }
 
+    /// The scale tensor stored beside a block-scaled weight `name` whose codes have `dtype` (FP8's
+    /// `X.weight_scale_inv`, int8's `X.SCB`), nil for other dtypes: the readers' naming, which
+    /// `CastPass` also needs to leave those F32 scales alone.
+    static func scaleName(ofWeight name: String, dtype: DType) -> String? {
+        switch dtype {
+        case .float8E4M3: return FP8Block.scaleName(ofWeight: name)
+        case .int8: return BnbInt8.scaleName(ofWeight: name)
+        default: return nil
+        }
+    }
+
     /// config.json's compute dtype.
     static func computeDType(_ root: JSONValue, config: String, scheme: String) throws -> DType {
         let name = root["torch_dtype"]?.stringValue ?? root["dtype"]?.stringValue

@@ -29,6 +29,9 @@ public struct BnbInt8: BlockScaledFormat {
         UInt8(bitPattern: Int8(Swift.min(Swift.max((value * forward).rounded(.toNearestOrEven), -128), 127)))
     }
 
+    /// `X.SCB` of `X.weight`.
+    static func scaleName(ofWeight name: String) -> String { String(name.dropLast(".weight".count)) + ".SCB" }
+
     /// quantization_config keys transformers' `BitsAndBytesConfig` writes.
     static let knownKeys: Set<String> = [
         "quant_method", "load_in_8bit", "load_in_4bit", "_load_in_8bit", "_load_in_4bit", "llm_int8_threshold", "llm_int8_skip_modules",
@@ -54,9 +57,9 @@ public struct BnbInt8: BlockScaledFormat {
         var weights: [String: BlockScaledLayout] = [:]
         for name in stream.names where name.hasSuffix(".weight") {
             guard let info = stream.source(name), info.dtype == .int8 else { continue }
-            let module = String(name.dropLast(".weight".count))
-            guard info.shape.count == 2, let scb = stream.source(module + ".SCB"), scb.dtype == .float32, scb.shape == [info.shape[0]] else {
-                throw LoRACoreError.invalidModule(module: name, detail: "an I8 weight needs a 2-D shape and \(module).SCB F32 [rows]")
+            let scaleName = BnbInt8.scaleName(ofWeight: name)
+            guard info.shape.count == 2, let scb = stream.source(scaleName), scb.dtype == .float32, scb.shape == [info.shape[0]] else {
+                throw LoRACoreError.invalidModule(module: name, detail: "an I8 weight needs a 2-D shape and \(scaleName) F32 [rows]")
             }
             var extras: [String] = []
             if let format = stream.source(name + "_format") {
@@ -65,7 +68,7 @@ public struct BnbInt8: BlockScaledFormat {
                 }
                 extras.append(name + "_format")
             }
-            weights[name] = BlockScaledLayout(shape: info.shape, blockRows: 1, blockCols: info.shape[1], scaleName: module + ".SCB", extras: extras)
+            weights[name] = BlockScaledLayout(shape: info.shape, blockRows: 1, blockCols: info.shape[1], scaleName: scaleName, extras: extras)
         }
         return BlockScaledQuantization(format: BnbInt8(), computeDType: dtype, weights: weights, description: "bitsandbytes int8, per row")
     }

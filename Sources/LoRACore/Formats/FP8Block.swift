@@ -33,6 +33,9 @@ public struct FP8Block: BlockScaledFormat {
         FP8E4M3.encode(Swift.min(Swift.max(value * forward, -FP8E4M3.max), FP8E4M3.max))
     }
 
+    /// `X.weight_scale_inv` of `X.weight`.
+    static func scaleName(ofWeight name: String) -> String { name + "_scale_inv" }
+
     /// quantization_config keys transformers' `FineGrainedFP8Config` writes; anything else is refused.
     static let knownKeys: Set<String> = ["quant_method", "activation_scheme", "weight_block_size", "dequantize", "scale_fmt", "expert_dtype",
                                          "modules_to_not_convert", "modules_to_convert", "ignored_layers", "fmt"]
@@ -60,7 +63,7 @@ public struct FP8Block: BlockScaledFormat {
         var weights: [String: BlockScaledLayout] = [:]
         for name in stream.names where name.hasSuffix(".weight") {
             guard let info = stream.source(name), info.dtype == .float8E4M3 else { continue }
-            let scaleName = name + "_scale_inv"
+            let scaleName = FP8Block.scaleName(ofWeight: name)
             guard let scales = stream.source(scaleName) else {
                 throw LoRACoreError.invalidModule(module: name, detail: "an F8_E4M3 weight without its \(scaleName)")
             }

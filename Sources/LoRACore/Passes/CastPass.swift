@@ -28,8 +28,7 @@ public struct CastPass: Sendable {
         var quantized = BnbQuantization.quantizedWeights(names: stream.names).companions
         // The F32 scales of block-scaled weights (FP8 `weight_scale_inv`, int8 `SCB`), which their readers take as F32.
         for t in stream.tensors where t.name.hasSuffix(".weight") {
-            if t.source.dtype == .float8E4M3 { quantized.insert(t.name + "_scale_inv") }
-            if t.source.dtype == .int8 { quantized.insert(String(t.name.dropLast(".weight".count)) + ".SCB") }
+            if let scale = BlockScaledQuantization.scaleName(ofWeight: t.name, dtype: t.source.dtype) { quantized.insert(scale) }
         }
         return stream.with(stream.tensors.map { t in
             quantized.contains(t.name) ? t : (t.name, CastPass.cast(t.source, named: t.name, to: dtype.output(for: t.source.dtype), context: context))
