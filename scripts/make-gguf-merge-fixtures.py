@@ -11,7 +11,7 @@ converter (it imports it before looking for tokenizer.model; SENTENCEPIECE_SITE 
 holding it, e.g. from `pip install --target DIR sentencepiece==0.2.1`, to the converter's path); `gguf` (0.19.0) is taken from
 GGUF_SITE when it is not importable (only the package itself is put on the path, so the numpy of the
 running Python is used): it dequantizes and quantizes (Q8_0) the expected results and gives the
-name table. llama.cpp's `convert_hf_to_gguf.py`, its `conversion/` package and its own `gguf-py`
+name table. llama.cpp's `convert_hf_to_gguf.py`, `convert_lora_to_gguf.py`, its `conversion/` package and its own `gguf-py`
 are extracted from the sdist into a temporary directory (nothing of it is committed) and the
 converter runs with that gguf-py, its default: it needs a newer gguf-py than PyPI's 0.19.0
 (`gguf.LazyChunkedTensor`), although both say 0.19.0. ggml-quants.c is built from the sdist as
@@ -33,6 +33,9 @@ tiny/ (2 layers):
   expected-q8_0-as-f16.gguf        base-q8_0 merged, written as F16 (--gguf-type f16)
   converter-merged-f16.gguf        independent check: PEFT merge_and_unload of the HF model (f32),
                                    then convert_hf_to_gguf.py --outtype f16
+  converter-adapter-{f32,f16,bf16,q8_0}.gguf
+                                   convert_lora_to_gguf.py --base HF --outtype T of adapter/: the
+                                   oracle of `convert --to gguf-lora`
 kquant/ (1 layer, hidden 256):
   base-q4_k.gguf                   convert_hf_to_gguf.py --outtype f32, then 2-D weights quantized
                                    by ggml's C reference as llama-quantize Q4_K_M picks types:
@@ -84,7 +87,8 @@ def codec_helpers():
 def extract_converter(tmp):
     with tarfile.open(os.environ["LLAMA_CPP_SDIST"]) as tar:
         def wanted(n):
-            return (n.endswith("/vendor/llama.cpp/convert_hf_to_gguf.py") or "/vendor/llama.cpp/conversion/" in n
+            return (n.endswith(("/vendor/llama.cpp/convert_hf_to_gguf.py", "/vendor/llama.cpp/convert_lora_to_gguf.py"))
+                    or "/vendor/llama.cpp/conversion/" in n
                     or "/vendor/llama.cpp/gguf-py/gguf/" in n)
         members = [m for m in tar.getmembers() if m.isfile() and wanted(m.name)]
         tar.extractall(tmp, members=members, filter="data")
@@ -102,6 +106,18 @@ def convert(converter, model_dir, outtype, outfile):
                        env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"convert_hf_to_gguf.py {model_dir} --outtype {outtype} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+
+
+def convert_lora(converter, model_dir, adapter_dir, outtype, outfile):
+    """llama.cpp's convert_lora_to_gguf.py (beside `converter`) with the base's config."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_LOCAL_GGUF", "PYTHONPATH")}
+    if os.environ.get("SENTENCEPIECE_SITE"):
+        env["PYTHONPATH"] = os.environ["SENTENCEPIECE_SITE"]
+    script = os.path.join(os.path.dirname(converter), "convert_lora_to_gguf.py")
+    r = subprocess.run([sys.executable, script, "--base", model_dir, "--outtype", outtype, "--outfile", outfile, adapter_dir],
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"convert_lora_to_gguf.py {adapter_dir} --outtype {outtype} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
 
 
 def converter_permute(converter):
@@ -350,6 +366,8 @@ def main():
         for base, out_type, name in (("f16", None, "expected-f16"), ("q8_0", None, "expected-q8_0"), ("q8_0", QT.F16, "expected-q8_0-as-f16")):
             tensors = expected_tensors(os.path.join(tiny, f"base-{base}.gguf"), os.path.join(tiny, "adapter"), 4, 2, out_type, quantize, gguf, permute)
             write_tensors(os.path.join(tiny, f"{name}.gguf"), tensors, "llama")
+        for outtype in ("f32", "f16", "bf16", "q8_0"):
+            convert_lora(converter, hf, os.path.join(tiny, "adapter"), outtype, os.path.join(tiny, f"converter-adapter-{outtype}.gguf"))
         merged_hf = os.path.join(tmp, "tiny-merged-hf")
         peft_merged(hf, os.path.join(tiny, "adapter"), merged_hf)
         convert(converter, merged_hf, "f16", os.path.join(tiny, "converter-merged-f16.gguf"))

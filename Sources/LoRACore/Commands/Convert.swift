@@ -49,6 +49,19 @@ public enum Convert {
         }
         guard !modules.isEmpty else { throw LoRACoreError.invalidRequest("\(options.adapter): no LoRA modules to convert") }
         var notes: [String] = []
+        let factors = try Convert.factors(of: adapter, modules: modules, notes: &notes)
+        if adapter.config.useRslora && adapter.format == .peft { notes.append("rsLoRA scales written as plain α/r with α = s·r") }
+        if adapter.config.peftType == .adalora { notes.append("AdaLoRA written as plain LoRA: A ⊙ E folded into A, α = s·r") }
+
+        try AdapterDialects.dialect(for: options.to).write(factors, adapter: adapter, base: base, options: options, notes: &notes)
+        return ConvertReport(from: adapter.dialect, to: options.to.rawValue, modules: factors.count,
+                             scales: Array(Set(factors.map(\.module.scale))).sorted(), notes: notes)
+    }
+
+    /// Each module's fp32 factors (scale in the module), read under the adapter's own names and
+    /// carrying the resolved `modules`' names; SoRA gates folded into A and zero-gate ranks dropped
+    /// (noted).
+    static func factors(of adapter: Adapter, modules: [AdapterModule], notes: inout [String]) throws -> [LoRAFactors] {
         var factors: [LoRAFactors] = []
         if adapter.modules.contains(where: \.isGated) { notes.append("SoRA gates folded into A (A ← diag(g)·A)") }
         for (m, original) in zip(modules, adapter.modules) {
@@ -63,12 +76,7 @@ public enum Convert {
             }
             factors.append(f)
         }
-        if adapter.config.useRslora && adapter.format == .peft { notes.append("rsLoRA scales written as plain α/r with α = s·r") }
-        if adapter.config.peftType == .adalora { notes.append("AdaLoRA written as plain LoRA: A ⊙ E folded into A, α = s·r") }
-
-        try AdapterDialects.dialect(for: options.to).write(factors, adapter: adapter, base: base, options: options, notes: &notes)
-        return ConvertReport(from: adapter.dialect, to: options.to.rawValue, modules: factors.count,
-                             scales: Array(Set(factors.map(\.module.scale))).sorted(), notes: notes)
+        return factors
     }
 
     /// kohya and mlx hold only linear LoRA factors (mlx also DoRA magnitudes).

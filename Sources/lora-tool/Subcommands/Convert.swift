@@ -1,12 +1,13 @@
 import ArgumentParser
 import Foundation
+import GGUF
 import LoRACore
 
 extension LoraTool {
     /// `lora-tool convert`: an adapter in another dialect, same merged weights.
     struct Convert: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Rewrite an adapter as PEFT, kohya or mlx-lm, with the scale translated exactly.",
+            abstract: "Rewrite an adapter as PEFT, kohya, mlx-lm or llama.cpp GGUF, with the scale translated exactly.",
             discussion: """
                 Reads any dialect inspect understands (PEFT LoRA/rsLoRA/DoRA/AdaLoRA, kohya, mlx-lm) and \
                 writes the same ΔW = s·B·A per module: PEFT with α = s·r (alpha_pattern where modules \
@@ -14,19 +15,32 @@ extension LoraTool {
                 file), mlx-lm with one scale. What the target cannot express (DoRA in kohya, embedding or \
                 Conv1D LoRA outside PEFT, mixed ranks in mlx) is refused with the reason. kohya input \
                 needs --base to recover module paths.
+
+                --to gguf-lora writes the adapter GGUF llama.cpp loads (llama-cli --lora, \
+                llama-export-lora), as convert_lora_to_gguf.py lays it out, for llama (Mistral), qwen2 and \
+                qwen3: --base is the GGUF model or the transformers directory (config.json) it is for; \
+                q/k rows in llama.cpp's rope order; every module at its own scale (adapter.lora.alpha = \
+                s·r when all modules agree, else 0 with each B multiplied by its s, which rsLoRA with \
+                mixed ranks and alpha_pattern need); --gguf-type f32 (default), f16, bf16 or q8_0.
                 """)
 
         @Argument(help: "Adapter directory or file.")
         var adapter: String
 
-        @Option(help: "Target dialect: peft, kohya or mlx.")
+        @Option(help: "Target dialect: peft, kohya, mlx or gguf-lora.")
         var to: String
 
-        @Option(help: "Output directory (or a .safetensors file for kohya).")
+        @Option(help: "Output directory (or a .safetensors file for kohya, a .gguf file for gguf-lora).")
         var output: String
 
-        @Option(help: "Base model: resolves kohya names and gives exact PEFT target_modules.")
+        @Option(help: "Base model: resolves kohya names and gives exact PEFT target_modules; for gguf-lora the GGUF model or transformers directory the adapter is for.")
         var base: String?
+
+        @Option(name: .customLong("gguf-type"), help: "With --to gguf-lora: the factors' type, f32, f16, bf16 or q8_0 (rows that are not whole Q8_0 blocks as f16).")
+        var ggufType: String?
+
+        @Flag(name: .customLong("no-sync"), help: "With --to gguf-lora: do not fsync the output (faster; a crash may leave it incomplete, never under its final name).")
+        var noSync = false
 
         @OptionGroup var compression: ZstdArguments
 
@@ -37,10 +51,21 @@ extension LoraTool {
 
         func validate() throws {
             try OutputPathCheck.validate(output, option: "--output")
-            guard ["peft", "kohya", "mlx"].contains(to) else { throw ValidationError("--to must be peft, kohya or mlx") }
+            guard ["peft", "kohya", "mlx", "gguf-lora"].contains(to) else { throw ValidationError("--to must be peft, kohya, mlx or gguf-lora") }
+            if to == "gguf-lora" {
+                guard base != nil else { throw ValidationError("--to gguf-lora needs --base: the GGUF model or transformers directory the adapter is for") }
+                if let ggufType, !["f32", "f16", "bf16", "q8_0"].contains(ggufType) {
+                    throw ValidationError("--gguf-type must be f32, f16, bf16 or q8_0 for an adapter")
+                }
+                if compression.level != nil { throw ValidationError("--zstd does not apply to a GGUF output") }
+            } else {
+                if ggufType != nil { throw ValidationError("--gguf-type applies to --to gguf-lora only") }
+                if noSync { throw ValidationError("--no-sync applies to --to gguf-lora only") }
+            }
         }
 
         func run() throws {
+            if to == "gguf-lora" { return try convertToGGUF() }
             var o = ConvertOptions(adapter: try ModelSpecs.resolve(adapter), to: Adapter.Format(rawValue: to)!, output: output)
             o.base = try base.map { try ModelSpecs.resolve($0) }
             o.force = force
@@ -48,6 +73,21 @@ extension LoraTool {
             o.scaleOverride = scale.override
             let r = try LoRACore.Convert.run(o)
             var rows = [["from", r.from], ["to", r.to], ["modules", "\(r.modules), scales \(r.scales.map(Render.number).joined(separator: ", "))"]]
+            for n in r.notes { rows.append(["note", n]) }
+            print("\(Render.escaped(output)): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
+        }
+
+        private func convertToGGUF() throws {
+            var o = ConvertToGGUFOptions(adapter: try ModelSpecs.resolve(adapter), output: output, base: try ModelSpecs.resolve(base!))
+            o.type = GGMLType.allCases.first { $0.name.lowercased() == (ggufType ?? "f32") }!
+            o.force = force
+            o.durable = !noSync
+            o.scaleOverride = scale.override
+            let r = try ConvertToGGUF.run(o)
+            var rows = [["from", r.from], ["to", "llama.cpp LoRA GGUF (\(r.architecture))"],
+                        ["modules", "\(r.modules), adapter.lora.alpha \(Render.number(Double(r.alpha)))\(r.folded ? " (scales in B)" : "")"],
+                        ["types", r.types.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")],
+                        ["sha256", "\(r.sha256)  \(URL(fileURLWithPath: output).lastPathComponent)"]]
             for n in r.notes { rows.append(["note", n]) }
             print("\(Render.escaped(output)): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
         }
