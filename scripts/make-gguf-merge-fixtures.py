@@ -36,6 +36,11 @@ tiny/ (2 layers):
   converter-adapter-{f32,f16,bf16,q8_0}.gguf
                                    convert_lora_to_gguf.py --base HF --outtype T of adapter/: the
                                    oracle of `convert --to gguf-lora`
+qwen2/, qwen3/ (1 layer, a tiny SentencePiece tokenizer.model):
+  base-f16.gguf                    convert_hf_to_gguf.py --outtype f16 (rows not permuted; qwen2 has
+                                   q/k/v biases, qwen3 q/k norms)
+  adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down
+  converter-merged-f16.gguf        PEFT merge_and_unload, then convert_hf_to_gguf.py --outtype f16
 kquant/ (1 layer, hidden 256):
   base-q4_k.gguf                   convert_hf_to_gguf.py --outtype f32, then 2-D weights quantized
                                    by ggml's C reference as llama-quantize Q4_K_M picks types:
@@ -154,15 +159,40 @@ def bf16_values(t):
     return t.to(torch.bfloat16).to(torch.float32)
 
 
-def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed):
+def make_sentencepiece(directory):
+    """A tiny SentencePiece BPE `tokenizer.model` (the converter's `_set_vocab_sentencepiece` path,
+    which qwen2/qwen3 take when it exists; their BPE path needs a tokenizer whose hash it knows)."""
+    if os.environ.get("SENTENCEPIECE_SITE"):
+        sys.path.insert(0, os.environ["SENTENCEPIECE_SITE"])
+    import io
+    import sentencepiece as spm
+    corpus = ["the quick brown fox jumps over the lazy dog", "a merged adapter is the base plus its delta",
+              "llama cpp reads gguf files", "low rank adaptation of large language models"] * 8
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=64, model_type="bpe",
+                                   character_coverage=1.0, minloglevel=2, num_threads=1)
+    with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+        f.write(model.getvalue())
+    return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+
+
+def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed, family="llama"):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    vocab = make_tokenizer(directory, 96)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
-                         tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    import transformers
+    if family == "llama":
+        vocab = make_tokenizer(directory, 96)
+    else:
+        os.makedirs(directory, exist_ok=True)
+        vocab = make_sentencepiece(directory)
+    names = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM")}[family]
+    config = getattr(transformers, names[0])(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
+        tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+        **({"head_dim": hidden // heads} if family == "qwen3" else {}))
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = getattr(transformers, names[1])(config).to(torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:
@@ -371,6 +401,18 @@ def main():
         merged_hf = os.path.join(tmp, "tiny-merged-hf")
         peft_merged(hf, os.path.join(tiny, "adapter"), merged_hf)
         convert(converter, merged_hf, "f16", os.path.join(tiny, "converter-merged-f16.gguf"))
+
+        # qwen2 (q/k/v biases) and qwen3 (q/k norms): stored in transformers' row order.
+        for family, seed in (("qwen2", 38), ("qwen3", 48)):
+            out = os.path.join(OUT, family)
+            os.makedirs(out)
+            hf = os.path.join(tmp, f"{family}-hf")
+            model = make_model(hf, hidden=64, intermediate=128, layers=1, heads=4, kv_heads=2, seed=seed, family=family)
+            make_adapter(model, os.path.join(out, "adapter"), seed=seed + 1)
+            convert(converter, hf, "f16", os.path.join(out, "base-f16.gguf"))
+            merged_hf = os.path.join(tmp, f"{family}-merged-hf")
+            peft_merged(hf, os.path.join(out, "adapter"), merged_hf)
+            convert(converter, merged_hf, "f16", os.path.join(out, "converter-merged-f16.gguf"))
 
         # kquant: a Q4_K_M-like base quantized by the C reference.
         kq = os.path.join(OUT, "kquant")
