@@ -67,9 +67,19 @@ def write_case(d, adapters=("adapter",), weights=(1.0,), **extra):
 
 
 def save_adapter(peft_model, path, **kwargs):
-    """PEFT's save_pretrained without its model-card README.md (bulk, not data)."""
+    """PEFT's save_pretrained without its model-card README.md (bulk, not data), target_modules
+    sorted (PEFT keeps a set and saves it in hash order, which changes from run to run)."""
     peft_model.save_pretrained(path, **kwargs)
     remove_readme(path)
+    for d, _, files in os.walk(path):
+        if "adapter_config.json" in files:
+            p = os.path.join(d, "adapter_config.json")
+            with open(p) as f:
+                cfg = json.load(f)
+            if isinstance(cfg.get("target_modules"), list):
+                cfg["target_modules"] = sorted(cfg["target_modules"])
+                with open(p, "w") as f:
+                    json.dump(cfg, f, indent=2, sort_keys=True)
 
 
 def remove_readme(path):
@@ -993,13 +1003,13 @@ def types_base():
 
 
 def randomize_types(model, seed):
-    """Every trainable adapter tensor random: LoHa/LoKr/IA³ initialise to zero or identity."""
+    """Every trainable adapter tensor random: LoHa/LoKr/IA³/VeRA initialise to zero or identity."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if ".ia3_l" in n:
                 p.copy_(1.0 + torch.randn_like(p) * 0.3)
-            elif ".hada_" in n or ".lokr_" in n:
+            elif ".hada_" in n or ".lokr_" in n or ".vera_lambda_" in n:
                 p.copy_(torch.randn_like(p) * 0.3)
 
 
@@ -1017,7 +1027,7 @@ def peft_type_case(name, cfg, seed):
     save_adapter(peft_model, os.path.join(d, "adapter"))
     save_model(peft_model.merge_and_unload(), os.path.join(d, "merged-f32"))
     bf16 = PeftModel.from_pretrained(types_base().to(torch.bfloat16), os.path.join(d, "adapter"))
-    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l"))}
+    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l", ".vera_lambda_"))}
     assert dtypes == {torch.float32}, dtypes  # PEFT's autocast_adapter_dtype: fp32 factors on a bf16 base
     save_model(bf16.merge_and_unload(), os.path.join(d, "merged-bf16"))
     write_case(d, reference="peft merge_and_unload", peft_type=cfg.peft_type.value)
@@ -1100,7 +1110,7 @@ def lycoris_case(name, algo, file_dtype, seed, **kwargs):
 
 
 def adapter_type_cases():
-    from peft import LoHaConfig, LoKrConfig, IA3Config
+    from peft import LoHaConfig, LoKrConfig, IA3Config, VeraConfig
     peft_type_case("peft_loha", LoHaConfig(r=4, alpha=6, target_modules=TYPE_TARGETS, rank_pattern={"v_proj": 2},
                                            alpha_pattern={"down_proj": 3}), seed=11)
     # q_proj (r=1): lokr_w1_a/b and lokr_w2_a/b; v_proj: both full (PEFT still scales by alpha/r);
@@ -1110,6 +1120,8 @@ def adapter_type_cases():
     # q/v scale rows (and their biases), down_proj (feedforward) scales columns.
     peft_type_case("peft_ia3", IA3Config(target_modules=["q_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]),
                    seed=13)
+    # Shared vera_A (4 × 32) and vera_B (32 × 4): q/v/down use their leading rows and columns.
+    peft_type_case("peft_vera", VeraConfig(r=4, target_modules=TYPE_TARGETS), seed=14)
     lycoris_case("lycoris_loha", "loha", torch.float32, seed=21)
     # q_proj (dim 1): both halves decomposed; v_proj: both full (LyCORIS: scale 1); up/down: w2 decomposed.
     lycoris_case("lycoris_lokr", "lokr", torch.bfloat16, seed=22, decompose_both=True)

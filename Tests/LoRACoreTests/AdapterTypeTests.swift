@@ -17,9 +17,9 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3"][String(name.split(separator: "_").last!)]! }
+    var typeName: String { ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA"][String(name.split(separator: "_").last!)]! }
 
-    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "lycoris_loha", "lycoris_lokr"]
+    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "lycoris_loha", "lycoris_lokr"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -36,7 +36,7 @@ private func lycorisFile(from source: String, adding extra: [(name: String, shap
     try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: path, metadata: nil, force: true)
 }
 
-@Suite("LoHa, LoKr, IA³: PEFT adapters and LyCORIS files")
+@Suite("LoHa, LoKr, IA³, VeRA: PEFT adapters and LyCORIS files")
 struct AdapterTypeTests {
     @Test("Merge equals the reference within the fidelity bound (1 ulp bf16, 4 ulp of the largest magnitude f32); untouched tensors byte-identical",
           arguments: TypeCase.all)
@@ -197,6 +197,22 @@ struct AdapterTypeTests {
         let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "\"LOHA\"", with: "\"OFT\"")
         try text.write(toFile: config, atomically: true, encoding: .utf8)
         let oft = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
-        #expect(oft?.localizedDescription.contains("peft_type 'OFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3)") == true)
+        #expect(oft?.localizedDescription.contains("peft_type 'OFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA)") == true)
+    }
+
+    @Test("VeRA without its stored projections (save_projection false) or with fan_in_fan_out is refused by name",
+          arguments: [("\"save_projection\": true", "\"save_projection\": false", "save_projection false"),
+                      ("\"fan_in_fan_out\": false", "\"fan_in_fan_out\": true", "VeRA with fan_in_fan_out")])
+    func veraRefusals(from: String, to: String, reason: String) throws {
+        let c = TypeCase(name: "peft_vera", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/vera")
+        let config = out + "/vera/adapter_config.json"
+        let text = try String(contentsOfFile: config, encoding: .utf8)
+        #expect(text.contains(from))
+        try text.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
+        let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/vera") }
+        #expect(error?.localizedDescription.contains(reason) == true)
     }
 }

@@ -8,7 +8,7 @@ import SafeTensors
 /// type, a non-positive `r`, or a non-finite `lora_alpha` is an error, never a guess.
 public struct AdapterConfig: Sendable, Equatable {
     public enum PEFTType: String, Sendable, CaseIterable {
-        case lora = "LORA", adalora = "ADALORA", loha = "LOHA", lokr = "LOKR", ia3 = "IA3"
+        case lora = "LORA", adalora = "ADALORA", loha = "LOHA", lokr = "LOKR", ia3 = "IA3", vera = "VERA"
 
         /// The registered update type reading this PEFT type's tensors (nil for LoRA and AdaLoRA).
         var updateType: (any AdapterUpdateType.Type)? {
@@ -17,6 +17,7 @@ public struct AdapterConfig: Sendable, Equatable {
             case .loha: return LoHa.self
             case .lokr: return LoKr.self
             case .ia3: return IA3.self
+            case .vera: return VeRA.self
             }
         }
     }
@@ -123,8 +124,12 @@ public struct AdapterConfig: Sendable, Equatable {
         } else {
             loraAlpha = type == .loha || type == .lokr ? 8 : Double(r)
         }
-        if type == .ia3, try bool("fan_in_fan_out") == true {
-            throw LoRACoreError.unsupportedAdapter(path: file, detail: "IA3 with fan_in_fan_out (GPT-2 Conv1D) is not supported yet")
+        if type == .ia3 || type == .vera, try bool("fan_in_fan_out") == true {
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "\(type == .ia3 ? "IA3" : "VeRA") with fan_in_fan_out (GPT-2 Conv1D) is not supported yet")
+        }
+        if type == .vera, try bool("save_projection") == false {
+            throw LoRACoreError.unsupportedAdapter(
+                path: file, detail: "VeRA saved with save_projection false: the shared vera_A/vera_B are not in the file (PEFT regenerates them from projection_prng_key with torch's generator)")
         }
         useRslora = try bool("use_rslora") ?? false
         useDora = try bool("use_dora") ?? false
@@ -312,7 +317,7 @@ public struct AdapterConfig: Sendable, Equatable {
             return useRslora ? a / Double(rank).squareRoot() : a / Double(rank)
         case .loha, .lokr:
             return a / Double(rank)
-        case .ia3:
+        case .ia3, .vera:
             return 1
         }
     }

@@ -24,12 +24,14 @@ enum PEFTDialect: AdapterDialect {
         return AdapterLayout(config: config, modules: modules, replacements: replacements, untargeted: untargeted)
     }
 
-    /// LoHa, LoKr, IA³ (`peft_type` LOHA, LOKR, IA3): `base_model.model.<module>.<role>` tensors
-    /// (`hada_w1_a`, `lokr_w1`, `ia3_l`, …) read by the type's `AdapterUpdateType`, r and α from the
-    /// config's `r`/`alpha` and patterns; every other tensor is a replacement (`modules_to_save`).
+    /// LoHa, LoKr, IA³, VeRA (`peft_type` LOHA, LOKR, IA3, VERA): `base_model.model.<module>.<role>`
+    /// tensors (`hada_w1_a`, `lokr_w1`, `ia3_l`, `vera_lambda_b`, …) read by the type's
+    /// `AdapterUpdateType`, r and α from the config's `r`/`alpha` and patterns; the type's shared
+    /// tensors (`base_model.vera_A`) given to every module; every other tensor is a replacement
+    /// (`modules_to_save`).
     private static func readUpdates(_ files: AdapterFiles, config: AdapterConfig, type: any AdapterUpdateType.Type) throws -> AdapterLayout {
         let prefix = "base_model.model."
-        let (modules, untargeted, rest) = try UpdatePairing.pair(
+        let (paired, untargeted, rest) = try UpdatePairing.pair(
             files.checkpoint,
             split: { name in
                 let n = name.hasPrefix(prefix) ? String(name.dropFirst(prefix.count)) : name
@@ -40,11 +42,26 @@ enum PEFTDialect: AdapterDialect {
                 guard config.targets(TensorName(module + ".weight")) else { return nil }
                 return .peft(rank: config.rank(for: module), alpha: config.alpha(for: module))
             })
-        if let other = modules.first(where: { $0.update!.typeName != type.name }) {
+        if let other = paired.first(where: { $0.update!.typeName != type.name }) {
             throw LoRACoreError.invalidModule(module: other.module, detail: "holds \(other.typeName) tensors but adapter_config.json says peft_type \(config.peftType.rawValue)")
         }
-        var replacements: [(base: String, tensor: String)] = []
+        // Tensors every module shares (VeRA's vera_A/vera_B, `base_model.vera_A`), by role.
+        var shared: [String: String] = [:]
         for name in rest {
+            guard let dot = name.lastIndex(of: "."), type.sharedRoles.contains(String(name[name.index(after: dot)...])) else { continue }
+            let role = String(name[name.index(after: dot)...])
+            if let other = shared[role] {
+                throw LoRACoreError.unsupportedAdapter(path: files.weights, detail: "two shared \(role) tensors: '\(other)' and '\(name)'")
+            }
+            shared[role] = name
+        }
+        let modules = shared.isEmpty ? paired : paired.map { m in
+            var m = m
+            m.update = m.update!.adding(shared: shared)
+            return m
+        }
+        var replacements: [(base: String, tensor: String)] = []
+        for name in rest where !shared.values.contains(name) {
             let parsed = TensorName(name)
             switch parsed.role {
             case .baseLayer, .modulesToSave, .parameter:
@@ -72,6 +89,7 @@ enum PEFTDialect: AdapterDialect {
 
     static func scaleRule(of adapter: Adapter) -> String {
         if adapter.config.peftType == .ia3 { return "none (W ⊙ l)" }
+        if adapter.config.peftType == .vera { return "none ((λb ⊙ B)·(λd ⊙ A), shared A and B)" }
         if adapter.config.peftType.updateType != nil { return "α/r (alpha, rank_pattern, alpha_pattern)" }
         return adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r")
     }

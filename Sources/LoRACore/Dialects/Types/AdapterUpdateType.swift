@@ -1,6 +1,6 @@
 import SafeTensors
 
-/// An adapter type other than LoRA (LoHa, LoKr, IA³): it recognises its tensors, reads one
+/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA): it recognises its tensors, reads one
 /// module's tensors into the canonical `AdapterModule` (with a `ModuleUpdate`), and loads them into
 /// a `LoadedUpdate` that changes any block of rows of the target weight.
 ///
@@ -16,6 +16,9 @@ protocol AdapterUpdateType: Sendable {
     static var roles: Set<String> { get }
     /// Suffixes of this type that lora-tool does not merge, with the reason (named in the refusal).
     static var refusedRoles: [String: String] { get }
+    /// Tensors stored once for every module (VeRA's projections), given to each module's update
+    /// under these roles by the dialect.
+    static var sharedRoles: Set<String> { get }
     /// Reads one module: checks the tensors' shapes against each other and resolves the scale by the
     /// rule of the package that wrote the file (`origin`).
     /// - Parameter tensors: role → the tensor's header entry.
@@ -23,6 +26,10 @@ protocol AdapterUpdateType: Sendable {
     static func module(_ module: String, tensors: [String: TensorInfo], origin: UpdateOrigin) throws -> AdapterModule
     /// Loads a module read by `module(_:tensors:origin:)`, its geometry fitted to the base weight.
     static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate
+}
+
+extension AdapterUpdateType {
+    static var sharedRoles: Set<String> { [] }
 }
 
 /// Which package's rules a module's scale follows.
@@ -53,6 +60,12 @@ public struct ModuleUpdate: Sendable, Equatable {
     public let scalesBias: Bool
     /// IA³ on input columns: the number of input channels (the base weight's shape[1]).
     public var inputChannels: Int? = nil
+
+    /// The same update with `shared` (role → tensor name) added to its tensors.
+    func adding(shared: [String: String]) -> ModuleUpdate {
+        ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
+                     isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels)
+    }
 }
 
 /// A module's update loaded in fp32, applied to blocks of rows of the target weight's flat view.
@@ -73,7 +86,7 @@ extension LoadedUpdate {
 
 /// The adapter types besides LoRA that lora-tool merges.
 enum AdapterUpdateTypes {
-    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self]
+    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self, VeRA.self]
 
     /// The type a module's tensor suffixes belong to.
     /// - Throws: `LoRACoreError.invalidModule` for a suffix refused by its type (with the reason), or
