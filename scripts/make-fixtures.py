@@ -1009,7 +1009,7 @@ def randomize_types(model, seed):
         for n, p in model.named_parameters():
             if ".ia3_l" in n:
                 p.copy_(1.0 + torch.randn_like(p) * 0.3)
-            elif ".hada_" in n or ".lokr_" in n or ".vera_lambda_" in n:
+            elif ".hada_" in n or ".lokr_" in n or ".vera_lambda_" in n or "trainable_tokens_delta" in n or ".lora_B" in n:
                 p.copy_(torch.randn_like(p) * 0.3)
 
 
@@ -1027,7 +1027,7 @@ def peft_type_case(name, cfg, seed):
     save_adapter(peft_model, os.path.join(d, "adapter"))
     save_model(peft_model.merge_and_unload(), os.path.join(d, "merged-f32"))
     bf16 = PeftModel.from_pretrained(types_base().to(torch.bfloat16), os.path.join(d, "adapter"))
-    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l", ".vera_lambda_"))}
+    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l", ".vera_lambda_", ".lora_"))}
     assert dtypes == {torch.float32}, dtypes  # PEFT's autocast_adapter_dtype: fp32 factors on a bf16 base
     save_model(bf16.merge_and_unload(), os.path.join(d, "merged-bf16"))
     write_case(d, reference="peft merge_and_unload", peft_type=cfg.peft_type.value)
@@ -1122,6 +1122,9 @@ def adapter_type_cases():
                    seed=13)
     # Shared vera_A (4 × 32) and vera_B (32 × 4): q/v/down use their leading rows and columns.
     peft_type_case("peft_vera", VeraConfig(r=4, target_modules=TYPE_TARGETS), seed=14)
+    # LoRA on q/v plus trained embedding rows for tokens 3, 5 and 30 (PEFT's index_copy).
+    peft_type_case("peft_tokens", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], trainable_token_indices=[3, 5, 30]),
+                   seed=15)
     lycoris_case("lycoris_loha", "loha", torch.float32, seed=21)
     # q_proj (dim 1): both halves decomposed; v_proj: both full (LyCORIS: scale 1); up/down: w2 decomposed.
     lycoris_case("lycoris_lokr", "lokr", torch.bfloat16, seed=22, decompose_both=True)

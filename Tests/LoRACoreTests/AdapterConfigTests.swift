@@ -23,7 +23,7 @@ struct AdapterConfigTests {
         #"{"peft_type":"LORA","target_modules":5}"#, #"{"peft_type":"LORA","layer_replication":[[0,4]]}"#,
         #"{"peft_type":"LORA","init_lora_weights":"pissa"}"#, "[]", "{",
         #"{"peft_type":"LORA","init_lora_weights":"loftq"}"#, #"{"peft_type":"LORA","target_parameters":["experts.gate_up_proj"]}"#,
-        #"{"peft_type":"LORA","trainable_token_indices":[1,2]}"#, #"{"peft_type":"LORA","bias":"all"}"#,
+        #"{"peft_type":"LORA","trainable_token_indices":[1,"x"]}"#, #"{"peft_type":"LOHA","trainable_token_indices":[1]}"#, #"{"peft_type":"LORA","bias":"all"}"#,
         #"{"peft_type":"LORA","megatron_config":{}}"#, #"{"peft_type":"LORA","use_qalora":true}"#,
         #"{"peft_type":"LORA","exclude_modules":5}"#,
     ])

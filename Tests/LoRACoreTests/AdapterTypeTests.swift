@@ -17,9 +17,14 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA"][String(name.split(separator: "_").last!)]! }
+    var typeName: String { ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens"][String(name.split(separator: "_").last!)]! }
 
-    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "lycoris_loha", "lycoris_lokr"]
+    /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; else q, v, up, down).
+    var modules: Int { name == "peft_ia3" || name == "peft_tokens" ? 3 : 4 }
+    /// Tensors the reference merge changed (IA³ also the q/v biases).
+    var changed: Int { name == "peft_ia3" ? 5 : modules }
+
+    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -36,7 +41,7 @@ private func lycorisFile(from source: String, adding extra: [(name: String, shap
     try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: path, metadata: nil, force: true)
 }
 
-@Suite("LoHa, LoKr, IA³, VeRA: PEFT adapters and LyCORIS files")
+@Suite("LoHa, LoKr, IA³, VeRA, trainable tokens: PEFT adapters and LyCORIS files")
 struct AdapterTypeTests {
     @Test("Merge equals the reference within the fidelity bound (1 ulp bf16, 4 ulp of the largest magnitude f32); untouched tensors byte-identical",
           arguments: TypeCase.all)
@@ -44,7 +49,7 @@ struct AdapterTypeTests {
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
         let report = try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 1)], output: out + "/merged"))
-        #expect(report.mergedTensors >= 4)
+        #expect(report.mergedTensors >= c.modules)
         let ours = try Checkpoint(path: out + "/merged"), ref = try Checkpoint(path: c.reference), base = try Checkpoint(path: c.base)
         #expect(ours.names == ref.names)
         var changed = 0
@@ -61,7 +66,7 @@ struct AdapterTypeTests {
             }
         }
         // Every targeted weight (and IA³'s q/v biases) changed in the reference.
-        #expect(changed == (c.name == "peft_ia3" ? 5 : 4))
+        #expect(changed == c.changed)
     }
 
     @Test("verify passes on the reference merge, every element and probes checked", arguments: TypeCase.all)
@@ -69,7 +74,7 @@ struct AdapterTypeTests {
         let report = try Verify.run(VerifyOptions(base: c.base, adapters: [(c.adapter, 1)], merged: c.reference))
         #expect(report.passed, "\(report.failures.map { "\($0.tensor): \($0.detail ?? "")" })")
         let merged = report.entries.filter { $0.kind == .merged }
-        #expect(merged.count == (c.name == "peft_ia3" ? 3 : 4))
+        #expect(merged.count == c.modules)
         #expect(merged.allSatisfy { $0.probes != nil && $0.exact != nil })
     }
 
@@ -99,10 +104,16 @@ struct AdapterTypeTests {
         let c = TypeCase(name: name, dtype: "f32")
         let report = try Inspect.run(path: c.adapter, base: c.base)
         let summary = try #require(report.adapter)
-        #expect(summary.dialect.contains(c.typeName))
         #expect(summary.dialect.hasPrefix(name.hasPrefix("peft") ? "PEFT" : "LyCORIS"))
-        #expect(summary.modules.count == (name == "peft_ia3" ? 3 : 4))
-        #expect(summary.modules.allSatisfy { $0.kind == c.typeName })
+        #expect(summary.modules.count == c.modules)
+        if name == "peft_tokens" {
+            // Trainable tokens come beside LoRA: the adapter is PEFT LoRA, the embedding its own kind.
+            #expect(summary.dialect == "PEFT LoRA")
+            #expect(summary.modules.map(\.kind) == ["trainable tokens", "linear", "linear"])
+        } else {
+            #expect(summary.dialect.contains(c.typeName))
+            #expect(summary.modules.allSatisfy { $0.kind == c.typeName })
+        }
         #expect(report.base?.problems == [])
         #expect((report.base?.adapterParameters ?? 0) > 0)
         if name == "lycoris_lokr" {
@@ -214,5 +225,31 @@ struct AdapterTypeTests {
         try text.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
         let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/vera") }
         #expect(error?.localizedDescription.contains(reason) == true)
+    }
+
+    @Test("Trainable tokens replace rows: --weight other than 1 is refused, and so are indices outside the embedding, repeated ones, and rows without indices",
+          arguments: [("weight", "has no meaning"), ("\"trainable_token_indices\": [\n    3,\n    5,\n    30\n  ]", "outside the embedding's 32 rows"),
+                      ("repeat", "repeats a token"), ("none", "no trainable_token_indices")])
+    func tokenRefusals(edit: String, reason: String) throws {
+        let c = TypeCase(name: "peft_tokens", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/t")
+        let config = out + "/t/adapter_config.json"
+        let text = try String(contentsOfFile: config, encoding: .utf8)
+        let indices = "\"trainable_token_indices\": [\n    3,\n    5,\n    30\n  ]"
+        #expect(text.contains(indices))
+        var weight = 1.0
+        switch edit {
+        case "weight": weight = 0.5
+        case "repeat": try text.replacingOccurrences(of: indices, with: "\"trainable_token_indices\": [3, 5, 3]").write(toFile: config, atomically: true, encoding: .utf8)
+        case "none": try text.replacingOccurrences(of: indices, with: "\"trainable_token_indices\": null").write(toFile: config, atomically: true, encoding: .utf8)
+        default: try text.replacingOccurrences(of: indices, with: "\"trainable_token_indices\": [3, 5, 32]").write(toFile: config, atomically: true, encoding: .utf8)
+        }
+        var o = MergeOptions(base: c.base, adapters: [(out + "/t", weight)], output: out + "/m")
+        o.durable = false
+        let error = #expect(throws: LoRACoreError.self) { _ = try Merge.run(o) }
+        #expect(error?.localizedDescription.contains(reason) == true, "\(error?.localizedDescription ?? "")")
+        #expect(!FileManager.default.fileExists(atPath: out + "/m"))
     }
 }

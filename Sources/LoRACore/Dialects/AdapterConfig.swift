@@ -57,6 +57,18 @@ public struct AdapterConfig: Sendable, Equatable {
     private var layersPatternRegexes: [PythonRegex] = []
     /// `init_r` (AdaLoRA).
     public var initR: Int?
+    /// `trainable_token_indices`: the tokens whose embedding rows were trained, for the input
+    /// embedding (module nil: a plain list) or per module name (PEFT's dict form), in file order.
+    public private(set) var trainableTokenIndices: [(module: String?, indices: [Int])] = []
+
+    /// The trained token indices of embedding `module` (its full name): the dict entry that is the
+    /// module's name or a dot-boundary suffix of it, else the plain list.
+    func tokenIndices(for module: String) -> [Int]? {
+        if let e = trainableTokenIndices.first(where: { e in e.module.map { module == $0 || module.hasSuffix("." + $0) } ?? false }) {
+            return e.indices
+        }
+        return trainableTokenIndices.first { $0.module == nil }?.indices
+    }
 
     public static func == (l: AdapterConfig, r: AdapterConfig) -> Bool {
         l.peftType == r.peftType && l.r == r.r && l.loraAlpha == r.loraAlpha && l.useRslora == r.useRslora
@@ -184,8 +196,24 @@ public struct AdapterConfig: Sendable, Equatable {
         if let v = present("target_parameters"), v.arrayValue?.isEmpty != true {
             throw LoRACoreError.unsupportedAdapter(path: file, detail: "target_parameters (LoRA on parameters such as MoE experts) is not supported yet")
         }
-        if present("trainable_token_indices") != nil {
-            throw LoRACoreError.unsupportedAdapter(path: file, detail: "trainable_token_indices (trainable tokens) is not supported yet")
+        if let v = present("trainable_token_indices") {
+            func indices(_ x: JSONValue, _ field: String) throws -> [Int] {
+                guard let a = x.arrayValue else { throw bad(field, "a list of token indices", x) }
+                return try a.map { i in
+                    guard let n = i.intValue else { throw bad(field, "integers", i) }
+                    return n
+                }
+            }
+            if v.arrayValue != nil {
+                trainableTokenIndices = [(nil, try indices(v, "trainable_token_indices"))]
+            } else if let m = v.objectMembers {
+                trainableTokenIndices = try m.map { k, x in (k, try indices(x, "trainable_token_indices['\(k)']")) }
+            } else {
+                throw bad("trainable_token_indices", "a list or an object of lists", v)
+            }
+            guard type == .lora else {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "trainable_token_indices with peft_type \(type.rawValue): PEFT trains tokens beside LoRA only")
+            }
         }
         if let v = present("bias"), v.stringValue != "none" {
             throw LoRACoreError.unsupportedAdapter(path: file, detail: "bias '\(v.stringValue ?? "?")': adapters that train the base's biases are not supported yet")

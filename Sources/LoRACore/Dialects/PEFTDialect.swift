@@ -101,7 +101,13 @@ enum PEFTDialect: AdapterDialect {
         var groups: [String: [LoRAParameter: String]] = [:]
         var replacements: [(base: String, tensor: String)] = []
         var adapterNames = Set<String>()
+        var tokens: [(module: String, tensor: String)] = []
         for name in ckpt.names {
+            if name.hasSuffix(TrainableTokens.suffix) {
+                let module = String(name.dropLast(TrainableTokens.suffix.count))
+                tokens.append((module.hasPrefix("base_model.model.") ? String(module.dropFirst("base_model.model.".count)) : module, name))
+                continue
+            }
             let parsed = TensorName(name)
             if let a = parsed.adapterName { adapterNames.insert(a) }
             switch parsed.role {
@@ -209,6 +215,18 @@ enum PEFTDialect: AdapterDialect {
             entry.isGated = g[.gate] != nil
             modules.append(entry)
         }
+        // Trainable tokens: new rows of an embedding, with their indices from the config.
+        for (module, tensor) in tokens {
+            guard let indices = config.tokenIndices(for: module) else {
+                throw LoRACoreError.invalidConfig(
+                    file: file, detail: "tensor '\(tensor)' holds trainable tokens but adapter_config.json has no trainable_token_indices for '\(module)'")
+            }
+            modules.append(try TrainableTokens.module(module, delta: ckpt.info(tensor)!, indices: indices))
+        }
+        if !config.trainableTokenIndices.isEmpty && tokens.isEmpty {
+            throw LoRACoreError.invalidConfig(file: file, detail: "trainable_token_indices is set but the adapter has no trainable_tokens_delta tensor")
+        }
+        modules.sort { utf8Precedes($0.module, $1.module) }
         replacements.sort { utf8Precedes($0.base, $1.base) }
         return (modules, replacements, untargeted)
     }

@@ -90,6 +90,11 @@ public struct MergePlan: Sendable {
                         module: read.module, detail: "base '\(read.baseWeightName)' has shape \(bi.shape) but the adapter needs \(read.expectedShapeDescription)\(hint)")
                 }
                 let m = read.fitted(to: bi.shape)
+                if let u = m.update, u.tokenIndices != nil, weights[ai] != 1 {
+                    throw LoRACoreError.invalidModule(
+                        module: m.module,
+                        detail: "trainable tokens replace embedding rows, so --weight \(weights[ai]) has no meaning (and the original rows are not stored to un-merge): use 1")
+                }
                 if let u = m.update, u.isMultiplicative, weights[ai] != 1 {
                     guard weights[ai] == -1 else {
                         throw LoRACoreError.invalidModule(

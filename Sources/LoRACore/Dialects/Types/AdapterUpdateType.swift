@@ -60,11 +60,13 @@ public struct ModuleUpdate: Sendable, Equatable {
     public let scalesBias: Bool
     /// IA³ on input columns: the number of input channels (the base weight's shape[1]).
     public var inputChannels: Int? = nil
+    /// Trainable tokens: the rows the update replaces (so `--weight` must be 1).
+    public var tokenIndices: [Int]? = nil
 
     /// The same update with `shared` (role → tensor name) added to its tensors.
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
-                     isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels)
+                     isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices)
     }
 }
 
