@@ -1131,6 +1131,22 @@ def adapter_type_cases():
     d = fresh(os.path.join(TYPES_FIX, "bases"))
     save_model(types_base(), os.path.join(d, "f32"))
     save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
+    # The oracle of `convert --to lora`: the singular values of each changed 2-D weight's ΔW
+    # (reference merge − base, f32 files, in float64), from torch's SVD.
+    base = load_file(os.path.join(d, "f32", "model.safetensors"))
+    for name in sorted(os.listdir(TYPES_FIX)):
+        merged_path = os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")
+        if not os.path.exists(merged_path):
+            continue
+        merged = load_file(merged_path)
+        spectra = {}
+        for k in sorted(merged):
+            if merged[k].dim() == 2 and not torch.equal(merged[k], base[k]):
+                delta = merged[k].double() - base[k].double()
+                spectra[k[: -len(".weight")]] = [float(x) for x in torch.linalg.svdvals(delta)]
+        with open(os.path.join(TYPES_FIX, name, "svd.json"), "w") as f:
+            json.dump(spectra, f, indent=1, sort_keys=True)
+            f.write("\n")
 
 
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]

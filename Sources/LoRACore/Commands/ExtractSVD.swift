@@ -180,14 +180,23 @@ public enum ExtractSVD {
         }
         let rel = baseNorm > 0 ? (total / baseNorm).squareRoot() : (total > 0 ? .infinity : 0)
         if total == 0 || rel <= options.minDiff { return .skipped(rel) }
+        let f = try factorize(delta, m: m, n: n, total: total, rule: options.rule, powerIterations: options.powerIterations)
+        return .kept(a: f.a, b: f.b, report: f.report)
+    }
+
+    /// ΔW (m×n, row-major fp32, ‖ΔW‖²_F = `total`) ≈ B·A by truncated SVD under `rule`:
+    /// A = √S·Vᵀ (k×n), B = U·√S (m×k), with the energy kept and the relative Frobenius error.
+    static func factorize(_ delta: [Float], m: Int, n: Int, total: Double, rule: ExtractSVDOptions.RankRule, powerIterations: Int) throws
+        -> (a: [Float], b: [Float], report: (rank: Int, energy: Double, error: Double, method: String))
+    {
         let cap = min(m, n)
         let svd: SVD.Result
         let method: String
-        switch options.rule {
+        switch rule {
         case let .fixed(r):
             let k = min(r, cap)
             if useRandomized(rank: k, cap: cap) {
-                svd = try SVD.randomized(delta, m: m, n: n, rank: k, powerIterations: options.powerIterations)
+                svd = try SVD.randomized(delta, m: m, n: n, rank: k, powerIterations: powerIterations)
                 method = "randomized"
             } else {
                 svd = try SVD.full(delta, m: m, n: n)  // all σ kept: the error sums the tail
@@ -195,7 +204,7 @@ public enum ExtractSVD {
             }
         case let .energy(_, maxRank):
             if let maxRank, useRandomized(rank: maxRank, cap: cap) {
-                svd = try SVD.randomized(delta, m: m, n: n, rank: maxRank, powerIterations: options.powerIterations)
+                svd = try SVD.randomized(delta, m: m, n: n, rank: maxRank, powerIterations: powerIterations)
                 method = "randomized"
             } else {
                 svd = try SVD.full(delta, m: m, n: n)
@@ -207,7 +216,7 @@ public enum ExtractSVD {
         let numericalRank = svd.s.prefix { Double($0) > sMax * Double(max(m, n)) * 0x1p-23 }.count
         var k = numericalRank
         var kept = 0.0
-        switch options.rule {
+        switch rule {
         case let .fixed(r):
             k = min(k, r)
             kept = svd.s.prefix(k).reduce(0.0) { $0 + Double($1) * Double($1) }
@@ -237,7 +246,7 @@ public enum ExtractSVD {
             ? svd.s.dropFirst(k).reduce(0.0) { $0 + Double($1) * Double($1) }
             : max(0, total - kept)
         let err = (tail / total).squareRoot()
-        return .kept(a: a, b: b, report: (k, min(1, kept / total), err, method))
+        return (a, b, (k, min(1, kept / total), err, method))
     }
 
     /// The randomized SVD pays off (and matches the full SVD's error) when the sketch is a small

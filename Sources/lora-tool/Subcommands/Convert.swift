@@ -16,6 +16,11 @@ extension LoraTool {
                 Conv1D LoRA outside PEFT, mixed ranks in mlx) is refused with the reason. kohya input \
                 needs --base to recover module paths.
 
+                --to lora writes any additive adapter (LoHa, LoKr, VeRA, LoRA; IA³ as W ⊙ l − W, with \
+                --base) as plain PEFT LoRA with scale 1: each module's ΔW, computed as merge computes it, \
+                factored by truncated SVD (--svd-rank R, or --energy P [--max-rank M]), with each module's \
+                relative error reported. VeRA and IA³ need --base.
+
                 --to gguf-lora writes the adapter GGUF llama.cpp loads (llama-cli --lora, \
                 llama-export-lora), as convert_lora_to_gguf.py lays it out, for llama (Mistral), qwen2 and \
                 qwen3: --base is the GGUF model or the transformers directory (config.json) it is for; \
@@ -27,7 +32,7 @@ extension LoraTool {
         @Argument(help: "Adapter directory or file.")
         var adapter: String
 
-        @Option(help: "Target dialect: peft, kohya, mlx or gguf-lora.")
+        @Option(help: "Target dialect: peft, kohya, mlx, gguf-lora, or lora (any additive type as plain LoRA by SVD).")
         var to: String
 
         @Option(help: "Output directory (or a .safetensors file for kohya, a .gguf file for gguf-lora).")
@@ -38,6 +43,15 @@ extension LoraTool {
 
         @Option(name: .customLong("gguf-type"), help: "With --to gguf-lora: the factors' type, f32, f16, bf16 or q8_0 (rows that are not whole Q8_0 blocks as f16).")
         var ggufType: String?
+
+        @Option(name: .customLong("svd-rank"), help: "With --to lora: keep this rank per module (capped by the matrix's own rank).")
+        var svdRank: Int?
+
+        @Option(help: "With --to lora: keep the smallest rank holding this fraction of ‖ΔW‖² (0 < P ≤ 1).")
+        var energy: Double?
+
+        @Option(name: .customLong("max-rank"), help: "With --to lora --energy: the largest rank to keep.")
+        var maxRank: Int?
 
         @Flag(name: .customLong("no-sync"), help: "With --to gguf-lora: do not fsync the output (faster; a crash may leave it incomplete, never under its final name).")
         var noSync = false
@@ -51,7 +65,14 @@ extension LoraTool {
 
         func validate() throws {
             try OutputPathCheck.validate(output, option: "--output")
-            guard ["peft", "kohya", "mlx", "gguf-lora"].contains(to) else { throw ValidationError("--to must be peft, kohya, mlx or gguf-lora") }
+            guard ["peft", "kohya", "mlx", "gguf-lora", "lora"].contains(to) else { throw ValidationError("--to must be peft, kohya, mlx, gguf-lora or lora") }
+            if to == "lora" {
+                guard (svdRank == nil) != (energy == nil) else { throw ValidationError("--to lora needs exactly one of --svd-rank and --energy") }
+                try RankRule.validate(rank: svdRank, energy: energy, maxRank: maxRank)
+                if let maxRank, maxRank <= 0 { throw ValidationError("--max-rank must be positive") }
+            } else if svdRank != nil || energy != nil || maxRank != nil {
+                throw ValidationError("--svd-rank, --energy and --max-rank apply to --to lora only")
+            }
             if to == "gguf-lora" {
                 guard base != nil else { throw ValidationError("--to gguf-lora needs --base: the GGUF model or transformers directory the adapter is for") }
                 if let ggufType, !["f32", "f16", "bf16", "q8_0"].contains(ggufType) {
@@ -66,6 +87,7 @@ extension LoraTool {
 
         func run() throws {
             if to == "gguf-lora" { return try convertToGGUF() }
+            if to == "lora" { return try convertToLoRA() }
             var o = ConvertOptions(adapter: try ModelSpecs.resolve(adapter), to: Adapter.Format(rawValue: to)!, output: output)
             o.base = try base.map { try ModelSpecs.resolve($0) }
             o.force = force
@@ -75,6 +97,21 @@ extension LoraTool {
             var rows = [["from", r.from], ["to", r.to], ["modules", "\(r.modules), scales \(r.scales.map(Render.number).joined(separator: ", "))"]]
             for n in r.notes { rows.append(["note", n]) }
             print("\(Render.escaped(output)): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
+        }
+
+        private func convertToLoRA() throws {
+            var o = ConvertToLoRAOptions(adapter: try ModelSpecs.resolve(adapter), output: output, rule: RankRule.rule(rank: svdRank, energy: energy, maxRank: maxRank))
+            o.base = try base.map { try ModelSpecs.resolve($0) }
+            o.force = force
+            o.zstdLevel = compression.level
+            o.scaleOverride = scale.override
+            let r = try ConvertToLoRA.run(o)
+            var rows = [["  module", "rank", "energy kept", "rel. error", "method"]]
+            for m in r.modules {
+                rows.append(["  " + m.module, "\(m.rank)", String(format: "%.6f", m.energyKept), String(format: "%.3g", m.relativeError), m.method])
+            }
+            for s in r.skipped { rows.append(["  " + s.module, "–", "ΔW = 0, skipped", "", ""]) }
+            print("\(Render.escaped(output)): converted to plain LoRA (scale 1)\n" + Render.table(rows))
         }
 
         private func convertToGGUF() throws {
