@@ -1149,11 +1149,50 @@ def adapter_type_cases():
             f.write("\n")
 
 
+def layer_replication_case():
+    """Tests/LoRACoreTests/Fixtures/llama_layer_replication: a 2-layer base, a LoRA trained with
+    layer_replication [[0, 2], [1, 2]] (layers 0, 1, 1), and merged/: the 3-layer model whose every
+    layer holds its source weights plus its own adapter's delta, made by PEFT's merge_and_unload
+    after giving each replicated layer its own storage. PEFT's own merge leaves the copies sharing
+    one tensor, so both copies get both deltas: case.json records how far its logits are from the
+    unmerged forward, and that merged/ matches it."""
+    d = fresh(os.path.join(CORE_FIX, "llama_layer_replication"))
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"], layer_replication=[[0, 2], [1, 2]])
+    save_base(tiny_llama(torch.float32), os.path.join(d, "base"))
+    x = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(5))
+    facts = {}
+    for own_storage in (False, True):
+        peft_model = get_peft_model(tiny_llama(torch.float32), cfg)
+        randomize_adapter(peft_model, 31)
+        if own_storage:
+            save_adapter(peft_model, os.path.join(d, "adapter"))
+        with torch.no_grad():
+            unmerged = peft_model(x).logits
+            if own_storage:
+                for layer in peft_model.base_model.model.model.layers:
+                    for m in layer.modules():
+                        # clone_module(share_weights=True) gave the copies the same Parameter objects.
+                        for name, p in list(m.named_parameters(recurse=False)):
+                            setattr(m, name, torch.nn.Parameter(p.data.clone(), requires_grad=p.requires_grad))
+            merged = peft_model.merge_and_unload()
+            logits = merged(x).logits
+        key = "merged_own_storage_max_logit_diff" if own_storage else "peft_shared_merge_max_logit_diff"
+        facts[key] = float((logits - unmerged).abs().max())
+        if own_storage:
+            assert facts[key] < 1e-5, facts
+            assert merged.config.num_hidden_layers == 3, merged.config.num_hidden_layers
+            save_model(merged, os.path.join(d, "merged"))
+    write_case(d, reference="PEFT merge_and_unload with each replicated layer in its own storage (= PEFT's unmerged forward)",
+               layer_replication=facts)
+    print("case llama_layer_replication", facts)
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
     "samples": samples,
     "merge": merge_cases,
+    "replication": layer_replication_case,
     "patterns": pattern_cases,
     "adalora": adalora_case,
     "dialects": dialect_cases,

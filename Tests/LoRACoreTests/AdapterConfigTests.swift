@@ -20,7 +20,7 @@ struct AdapterConfigTests {
     @Test("Wrong types, bad values and non-LoRA types are errors", arguments: [
         #"{"r":8}"#, #"{"peft_type":"OFT"}"#, #"{"peft_type":"IA3","fan_in_fan_out":true}"#, #"{"peft_type":"LOHA","alpha":"x"}"#, #"{"peft_type":"LORA","r":-1}"#, #"{"peft_type":"LORA","r":"8"}"#,
         #"{"peft_type":"LORA","lora_alpha":"x"}"#, #"{"peft_type":"LORA","use_rslora":1}"#,
-        #"{"peft_type":"LORA","target_modules":5}"#, #"{"peft_type":"LORA","layer_replication":[[0,4]]}"#,
+        #"{"peft_type":"LORA","target_modules":5}"#, #"{"peft_type":"LORA","layer_replication":[[4,0]]}"#,
         #"{"peft_type":"LORA","init_lora_weights":"pissa"}"#, "[]", "{",
         #"{"peft_type":"LORA","init_lora_weights":"loftq"}"#, #"{"peft_type":"LORA","target_parameters":["experts.gate_up_proj"]}"#,
         #"{"peft_type":"LORA","trainable_token_indices":[1,"x"]}"#, #"{"peft_type":"LOHA","trainable_token_indices":[1]}"#, #"{"peft_type":"LORA","bias":"all"}"#,

@@ -42,6 +42,9 @@ enum GGUFMerge {
         let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
         let model = try GGUFModel(path: options.base)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        if try LayerReplicationPass.forAdapters(adapters) != nil {
+            throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF base's metadata and tensor table cannot take yet: merge into the transformers model")
+        }
         let plan = try MergePlan(base: model.stream, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         if !plan.changesAnything && !options.allowEmpty {
             throw LoRACoreError.invalidRequest(

@@ -113,7 +113,8 @@ public struct Progress: Sendable {
 /// `merge`: W' = W + Σ wᵢ·ΔWᵢ for every adapted module, streamed chunk by chunk.
 ///
 /// The composition: open the base → `Dequantize4bitPass` (bitsandbytes 4-bit bases, decoded block
-/// by block as the merge reads them; no temporary model) → `ApplyAdaptersPass` →
+/// by block as the merge reads them; no temporary model) → `LayerReplicationPass` (adapters with
+/// `layer_replication`) → `ApplyAdaptersPass` →
 /// `Requantize4bitPass` or `RequantizeBlockScaledPass` (`--requantize`, `--keep-quantized`) → `CastPass` (`--dtype`) →
 /// `ModelDirectorySink`, with `verify` on the staged output before it gets its name.
 ///
@@ -132,12 +133,13 @@ public enum Merge {
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
         let opened = TensorStream(model: try Checkpoint(path: options.base))
-        let base = try DequantizePass().apply(to: opened)
+        var base = try DequantizePass().apply(to: opened)
         let quantizedBase = base !== opened
         if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
             throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or fp8); \(options.base) has no quantized weights")
         }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        if let replicate = try LayerReplicationPass.forAdapters(adapters) { base = try replicate.apply(to: base) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         if !plan.changesAnything && !options.allowEmpty {
             throw LoRACoreError.invalidRequest(

@@ -48,8 +48,9 @@ public enum Verify {
         // Against a bitsandbytes 4-bit base, merge works on the dequantized weights: so does verify,
         // decoding them block by block as it reads them.
         let opened = TensorStream(model: try Checkpoint(path: options.base))
-        let base = try DequantizePass().apply(to: opened)
+        let dequantized = try DequantizePass().apply(to: opened)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        let base = try LayerReplicationPass.forAdapters(adapters)?.apply(to: dequantized) ?? dequantized
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         let merged = try Checkpoint(path: options.merged)
         // What merge writes, recomputed (overflows are the comparison's business, not errors here).
@@ -109,11 +110,11 @@ public enum Verify {
         // Side files and metadata.
         var files = SideFileCheck.compareMetadata(merged)
         var skipped: String?
-        let sideBase = (path: options.base, quantized: base !== opened)
+        let sideBase = (path: options.base, quantized: dequantized !== opened)
         if let baseDir = modelDirectory(sideBase.path), let mergedDir = modelDirectory(options.merged) {
             let floatDTypes = Set(targets.map(\.info.dtype).filter { TensorData.format($0) != nil })
             files += SideFileCheck.compare(base: baseDir, merged: mergedDir, outputDType: floatDTypes.count == 1 ? floatDTypes.first : nil,
-                                           quantizedBase: sideBase.quantized)
+                                           quantizedBase: sideBase.quantized, layerSources: base.sideFiles?.layerSources)
         } else {
             skipped = modelDirectory(sideBase.path) == nil
                 ? "the base is a single file (merge copies side files only from a model directory)"

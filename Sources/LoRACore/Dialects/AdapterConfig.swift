@@ -57,6 +57,9 @@ public struct AdapterConfig: Sendable, Equatable {
     private var layersPatternRegexes: [PythonRegex] = []
     /// `init_r` (AdaLoRA).
     public var initR: Int?
+    /// `layer_replication`: the model's layers listed again as [start, end) ranges (PEFT's
+    /// `replicate_layers`), applied by `LayerReplicationPass`.
+    public private(set) var layerReplication: [(start: Int, end: Int)]?
     /// `trainable_token_indices`: the tokens whose embedding rows were trained, for the input
     /// embedding (module nil: a plain list) or per module name (PEFT's dict form), in file order.
     public private(set) var trainableTokenIndices: [(module: String?, indices: [Int])] = []
@@ -258,8 +261,14 @@ public struct AdapterConfig: Sendable, Equatable {
             initR = n
         }
         if let v = present("layer_replication") {
-            if v.arrayValue?.isEmpty != true {
-                throw LoRACoreError.unsupportedAdapter(path: file, detail: "layer_replication adapters cannot be merged (PEFT refuses too)")
+            guard let ranges = v.arrayValue else { throw bad("layer_replication", "a list of [start, end] pairs", v) }
+            if !ranges.isEmpty {
+                layerReplication = try ranges.map { r in
+                    guard let pair = r.arrayValue, pair.count == 2, let a = pair[0].intValue, let b = pair[1].intValue, a >= 0, a < b else {
+                        throw bad("layer_replication", "[start, end] pairs with 0 ≤ start < end", r)
+                    }
+                    return (a, b)
+                }
             }
         }
         if let v = present("init_lora_weights"), let s = v.stringValue?.lowercased(),

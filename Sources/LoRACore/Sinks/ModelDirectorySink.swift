@@ -85,7 +85,7 @@ public struct ModelDirectorySink: Sendable {
         }
         if writesShared, let side = stream.sideFiles {
             files += try SideFiles.copy(from: side.directory, to: output, dtype: side.dtype, dropQuantization: side.dropQuantization,
-                                        denseModules: side.denseModules)
+                                        denseModules: side.denseModules, layerSources: side.layerSources)
         }
         for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
         return WrittenFiles(files: files, sha256: hashes, tensorBytes: progress.bytesTotal, shards: plan.shards.map(\.fileName))

@@ -11,6 +11,9 @@ public struct SideFilePlan: Sendable, Equatable {
     public var dropQuantization = false
     /// Modules written dense inside a 4-bit model, added to `llm_int8_skip_modules`.
     public var denseModules: [String] = []
+    /// Layers replicated (`LayerReplicationPass`): the source layer of each new one, which sets
+    /// `num_hidden_layers` and lists `layer_types` again.
+    public var layerSources: [Int]?
 
     public init(directory: String) { self.directory = directory }
 }

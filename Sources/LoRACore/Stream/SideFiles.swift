@@ -20,7 +20,8 @@ public enum SideFiles {
     /// - Throws: `SafeTensorsError.unsupportedInput` for a side file that is not a regular file,
     ///   `.io` reading it, `.outputIO` writing its copy.
     static func copy(
-        from dir: String, to output: AtomicOutput, dtype: OutputDType, dropQuantization: Bool = false, denseModules: [String] = []
+        from dir: String, to output: AtomicOutput, dtype: OutputDType, dropQuantization: Bool = false, denseModules: [String] = [],
+        layerSources: [Int]? = nil
     ) throws -> [String] {
         var copied: [String] = []
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted(by: utf8Precedes)
@@ -39,9 +40,9 @@ public enum SideFiles {
                !OutputPath.realPath(src).hasPrefix(modelDirectory + "/") {
                 output.notes.append("\(src) is a link to \(target), outside the model directory: copied its contents")
             }
-            if name == "config.json", dtype.torchName != nil || dropQuantization || !denseModules.isEmpty,
+            if name == "config.json", dtype.torchName != nil || dropQuantization || !denseModules.isEmpty || layerSources != nil,
                let root = try readJSON(src), case let .object(members) = root {
-                let updated = members.filter { !(dropQuantization && $0.key == "quantization_config") }.map { kv -> (key: String, value: JSONValue) in
+                let updated = replicatingLayers(members, sources: layerSources).filter { !(dropQuantization && $0.key == "quantization_config") }.map { kv -> (key: String, value: JSONValue) in
                     if let torchName = dtype.torchName, kv.key == "torch_dtype" || kv.key == "dtype" { return (kv.key, .string(torchName)) }
                     if kv.key == "quantization_config", !denseModules.isEmpty, case let .object(q) = kv.value {
                         // Merged weights were written dense: transformers must not wrap them as 4-bit.
@@ -60,6 +61,21 @@ public enum SideFiles {
             copied.append(name)
         }
         return copied
+    }
+
+    /// config.json's members for the layers `sources` lists (`LayerReplicationPass`): the new
+    /// `num_hidden_layers`, and `layer_types` (one entry per layer) listed for the new layers.
+    static func replicatingLayers(_ members: [(key: String, value: JSONValue)], sources: [Int]?) -> [(key: String, value: JSONValue)] {
+        guard let sources else { return members }
+        return members.map { kv in
+            switch kv.key {
+            case "num_hidden_layers": return (kv.key, .number(String(sources.count)))
+            case "layer_types":
+                guard let types = kv.value.arrayValue, sources.allSatisfy({ $0 < types.count }) else { return kv }
+                return (kv.key, .array(sources.map { types[$0] }))
+            default: return kv
+            }
+        }
     }
 
     /// The JSON in `path`, or nil when there is no such file.

@@ -34,7 +34,9 @@ enum SideFileCheck {
     ///     config.json's `torch_dtype`/`dtype` may carry after `--dtype`).
     ///   - quantizedBase: the base is bitsandbytes 4-bit (config.json may drop `quantization_config`,
     ///     or list more `llm_int8_skip_modules`).
-    static func compare(base: String, merged: String, outputDType: DType?, quantizedBase: Bool) -> [VerifyReport.FileCheck] {
+    ///   - layerSources: the source layer of each layer after `layer_replication` (config.json then
+    ///     has their count as `num_hidden_layers`, and `layer_types` listed for them).
+    static func compare(base: String, merged: String, outputDType: DType?, quantizedBase: Bool, layerSources: [Int]? = nil) -> [VerifyReport.FileCheck] {
         let baseNames = names(in: base, includePickles: false), mergedNames = names(in: merged, includePickles: true)
         let inBase = Set(baseNames), inMerged = Set(mergedNames)
         var checks: [VerifyReport.FileCheck] = []
@@ -48,7 +50,7 @@ enum SideFileCheck {
             let a = base + "/" + name, b = merged + "/" + name
             do {
                 if name == "config.json" {
-                    checks.append(try compareConfig(a, b, outputDType: outputDType, quantizedBase: quantizedBase))
+                    checks.append(try compareConfig(a, b, outputDType: outputDType, quantizedBase: quantizedBase, layerSources: layerSources))
                 } else if let offset = try firstDifference(a, b) {
                     checks.append(.init(file: name, status: .differs, detail: "differs from the base's copy from byte \(offset) (merge copies it unchanged)"))
                 } else {
@@ -75,8 +77,10 @@ enum SideFileCheck {
     }
 
     /// config.json: equal as JSON (member order aside) up to the keys merge changes.
-    private static func compareConfig(_ base: String, _ merged: String, outputDType: DType?, quantizedBase: Bool) throws -> VerifyReport.FileCheck {
-        guard let b = try SideFiles.readJSON(base)?.objectMembers else {
+    private static func compareConfig(_ base: String, _ merged: String, outputDType: DType?, quantizedBase: Bool, layerSources: [Int]?) throws
+        -> VerifyReport.FileCheck
+    {
+        guard let original = try SideFiles.readJSON(base)?.objectMembers else {
             // Not an object: merge copies it as it is.
             return try firstDifference(base, merged).map { .init(file: "config.json", status: .differs, detail: "differs from the base's copy from byte \($0)") }
                 ?? .init(file: "config.json", status: .equal)
@@ -84,6 +88,8 @@ enum SideFileCheck {
         guard let m = try SideFiles.readJSON(merged)?.objectMembers else {
             return .init(file: "config.json", status: .differs, detail: "is not a JSON object (the base's is)")
         }
+        // What merge writes for replicated layers is the expected config.
+        let b = SideFiles.replicatingLayers(original, sources: layerSources)
         let bm = Dictionary(b.map { ($0.key, $0.value) }, uniquingKeysWith: { first, _ in first })
         let mm = Dictionary(m.map { ($0.key, $0.value) }, uniquingKeysWith: { first, _ in first })
         var problems: [String] = [], expected: [String] = []
