@@ -122,7 +122,9 @@ extension LoraTool {
             if let skipped = r.sideFilesSkipped { files += "; side files not compared: \(skipped)" }
             lines.append(Render.escaped(files))
             if r.mode != .exact { lines.append("probes: \(r.probes) per merged module, seed \(r.seed) (--seed \(r.seed) reproduces them)") }
-            let how = r.mode == .probes ? "on \(r.probes) probes" : (r.mode == .exact ? "element by element" : "element by element and on \(r.probes) probes")
+            if let skipped = r.probesSkipped { lines.append("probes not run: \(skipped)") }
+            let how = r.mode == .probes ? "on \(r.probes) probes"
+                : (r.mode == .exact ? "element by element" : "element by element and on \(r.probes) probes" + (r.probesSkipped == nil ? "" : " where they apply"))
             let scope = r.part.map { "part \($0): " } ?? ""
             lines.append(scope + (r.passed
                 ? "PASS: \(r.entries.count) tensors (\(checked.count) merged, checked \(how); \(identical) identical to their source)"
@@ -163,6 +165,7 @@ extension LoraTool {
                              ("expected_changes", Render.json($0.expectedChanges)), ("detail", $0.detail.map { .string($0) } ?? .null)])
                 })),
                 ("side_files_skipped", r.sideFilesSkipped.map { .string($0) } ?? .null),
+                ("probes_skipped", r.probesSkipped.map { .string($0) } ?? .null),
             ])
         }
     }
