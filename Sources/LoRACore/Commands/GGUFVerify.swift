@@ -32,10 +32,12 @@ enum GGUFVerify {
     }
 
     /// Runs the checks.
+    /// - Parameter mergedName: the merged file's name in messages (default: its path's last component;
+    ///   `merge --verify` checks a staged file under another name).
     /// - Throws: `LoRACoreError.invalidRequest` when one side is not GGUF, for `--part`, and for
     ///   `--mode probes` on block-type tensors; `GGUFError` and `SafeTensorsError` for inputs that
     ///   cannot be read.
-    static func run(_ options: VerifyOptions) throws -> VerifyReport {
+    static func run(_ options: VerifyOptions, mergedName: String? = nil) throws -> VerifyReport {
         guard GGUFFile.looksLikeGGUF(path: options.base) else {
             throw LoRACoreError.invalidRequest("\(options.merged) is a GGUF file but the base \(options.base) is not: merge writes GGUF only from a GGUF base")
         }
@@ -118,7 +120,7 @@ enum GGUFVerify {
         entries += try checks.indices.map { try results.get($0).get() }
 
         // The header: every key and value the base's, in its order.
-        let name = URL(fileURLWithPath: options.merged).lastPathComponent + " metadata"
+        let name = (mergedName ?? URL(fileURLWithPath: options.merged).lastPathComponent) + " metadata"
         let keys = merged.file.header.metadata, baseKeys = base.file.header.metadata
         var file = VerifyReport.FileCheck(file: name, status: .equal)
         if let i = keys.indices.first(where: { $0 < baseKeys.count && (keys[$0].key != baseKeys[$0].key || keys[$0].value != baseKeys[$0].value) }) {
