@@ -48,12 +48,16 @@ private func flip(_ path: String, tensor: String, offset: Int, mask: UInt8 = 0x0
     try bytes.write(to: URL(fileURLWithPath: path))
 }
 
-/// Rewrites the GGUF file at `path` with the tensors `edit` makes of its (name, dims, type, bytes) list.
-private func rewrite(_ path: String, _ edit: (inout [(name: String, dims: [UInt64], type: GGMLType, bytes: [UInt8])]) throws -> Void) throws {
+/// Rewrites the GGUF file at `path` with the metadata and the (name, dims, type, bytes) list of
+/// tensors its edits make of its own.
+private func rewrite(_ path: String, metadata editMetadata: (inout [(key: String, value: GGUFValue)]) -> Void = { _ in },
+                     tensors edit: (inout [(name: String, dims: [UInt64], type: GGMLType, bytes: [UInt8])]) throws -> Void = { _ in }) throws {
     let file = try GGUFFile(path: path)
+    var metadata = file.header.metadata
+    editMetadata(&metadata)
     var tensors = file.header.tensors.map { (name: $0.name, dims: $0.dims, type: $0.type, bytes: [UInt8](file.bytes(of: $0))) }
     try edit(&tensors)
-    let (header, offsets, size) = GGUFHeaderEncoder.layout(metadata: file.header.metadata, tensors: tensors.map { ($0.name, $0.dims, $0.type) },
+    let (header, offsets, size) = GGUFHeaderEncoder.layout(metadata: metadata, tensors: tensors.map { ($0.name, $0.dims, $0.type) },
                                                            alignment: file.header.alignment)
     var bytes = header + [UInt8](repeating: 0, count: size - header.count)
     for (i, t) in tensors.enumerated() {
@@ -144,7 +148,7 @@ struct GGUFVerifyTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let out = try merge(c, in: dir).path
         var name = mergedTensor
-        try rewrite(out) { tensors in
+        try rewrite(out, tensors: { tensors in
             switch change {
             case "missing":
                 tensors.removeAll { $0.name == mergedTensor }
@@ -159,7 +163,7 @@ struct GGUFVerifyTests {
                 tensors[i].bytes = try values.withUnsafeBufferPointer { try GGMLQuantizer.quantize($0, type: .f16) }
                 tensors[i].type = .f16
             }
-        }
+        })
         let report = try verify(c, merged: out)
         #expect(report.failures.map(\.tensor) == [name], "\(describe(report))")
         let failure = report.failures[0]
@@ -169,6 +173,21 @@ struct GGUFVerifyTests {
         case "retyped": #expect(failure.kind == .merged && failure.detail!.contains("type F16, but merge writes Q8_0 here"))
         default: #expect(failure.kind == .copied && failure.detail!.contains("type F16, but the base's is Q8_0"))
         }
+    }
+
+    @Test("A changed metadata value fails naming the key; the tensors still pass")
+    func alteredMetadata() throws {
+        let c = GGUFCase(base: "tiny/base-q8_0.gguf", type: .keep)
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let out = try merge(c, in: dir).path
+        try rewrite(out, metadata: { metadata in
+            let k = metadata.firstIndex { $0.key == "llama.context_length" }!
+            metadata[k].value = .uint32(12345)
+        })
+        let report = try verify(c, merged: out)
+        #expect(report.failures.isEmpty && report.fileFailures.count == 1)
+        #expect(report.fileFailures[0].file == "out.gguf metadata" && report.fileFailures[0].detail!.contains("'llama.context_length'"))
     }
 
     @Test("A merge at the wrong scale fails on every merged tensor, each named", arguments: [GGUFOutputType.keep, .f16, .f32])

@@ -31,14 +31,15 @@ struct GGUFExactCheck: Sendable {
 
     /// Compares tensor `e` of the sink's plan with the merged file's tensor `stored` (same name,
     /// dims and type: the caller checked them).
-    /// - Throws: errors reading the inputs; errors recomputing the tensor (a non-finite merge) are
-    ///   reported as its failure instead.
+    /// - Throws: errors reading the inputs; errors recomputing or encoding the tensor (a non-finite
+    ///   merge) are reported as its failure instead.
     func check(_ e: GGUFSink.Entry, stored: GGUFTensorInfo, kind: VerifyReport.Entry.Kind) throws -> VerifyReport.Entry {
         let failure: String?
         var result: VerifyReport.ExactResult
         do {
             (result, failure) = e.changed ? try computed(e, stored: stored, kind: kind) : copied(e, stored: stored)
-        } catch let error as LoRACoreError {
+        } catch let error where error is LoRACoreError || error is GGUFError {
+            // A merge with no finite value, or none a block type can encode.
             result = VerifyReport.ExactResult(maxUlps: .infinity, allowedUlps: 0, normwise: false, overBound: 0, worst: nil)
             failure = "cannot recompute the expected values: \(error.localizedDescription)"
         }
