@@ -175,7 +175,7 @@ struct GGUFVerifyTests {
         }
     }
 
-    @Test("A changed metadata value fails naming the key; the tensors still pass")
+    @Test("A changed metadata value fails naming the key, tensors in another order fail the header; the tensors themselves still pass")
     func alteredMetadata() throws {
         let c = GGUFCase(base: "tiny/base-q8_0.gguf", type: .keep)
         let dir = temporaryDirectory()
@@ -188,6 +188,13 @@ struct GGUFVerifyTests {
         let report = try verify(c, merged: out)
         #expect(report.failures.isEmpty && report.fileFailures.count == 1)
         #expect(report.fileFailures[0].file == "out.gguf metadata" && report.fileFailures[0].detail!.contains("'llama.context_length'"))
+        // The tensors in another order (each one right): the header differs from what merge writes.
+        let second = try merge(c, in: temporaryDirectory()).path
+        defer { try? FileManager.default.removeItem(atPath: (second as NSString).deletingLastPathComponent) }
+        try rewrite(second, tensors: { $0.swapAt(2, 3) })
+        let swapped = try verify(c, merged: second)
+        #expect(swapped.failures.isEmpty && swapped.fileFailures.count == 1)
+        #expect(swapped.fileFailures[0].detail!.contains("merge writes the base's tensor order"))
     }
 
     @Test("A merge at the wrong scale fails on every merged tensor, each named", arguments: [GGUFOutputType.keep, .f16, .f32])

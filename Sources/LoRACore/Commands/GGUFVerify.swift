@@ -24,7 +24,8 @@ import SafeTensors
 ///   probe bound: its distance from base + side branch is its quantization error (up to half a
 ///   quantization step of each block, set by the block's values, not by the adapter), so
 ///   `--mode probes` is refused for such a file and `--mode both` checks those tensors exactly only.
-/// - Metadata: every key and value of the merged header the base's, in the base's order.
+/// - The header: every key and value of the merged header the base's, in the base's order, and
+///   the tensors in the base's order.
 enum GGUFVerify {
     /// Whether `options` verify a GGUF merge: a GGUF base or a GGUF merged file.
     static func applies(to options: VerifyOptions) -> Bool {
@@ -119,11 +120,17 @@ enum GGUFVerify {
         }
         entries += try checks.indices.map { try results.get($0).get() }
 
-        // The header: every key and value the base's, in its order.
+        // The header: every key and value the base's, in its order; the tensors in the base's order
+        // (those both have: missing and extra ones are failures of their own).
         let name = (mergedName ?? URL(fileURLWithPath: options.merged).lastPathComponent) + " metadata"
         let keys = merged.file.header.metadata, baseKeys = base.file.header.metadata
         var file = VerifyReport.FileCheck(file: name, status: .equal)
-        if let i = keys.indices.first(where: { $0 < baseKeys.count && (keys[$0].key != baseKeys[$0].key || keys[$0].value != baseKeys[$0].value) }) {
+        let order = merged.file.header.tensors.map(\.name).filter { base.file.info($0) != nil }
+        let baseOrder = base.file.header.tensors.map(\.name).filter { merged.file.info($0) != nil }
+        if let i = order.indices.first(where: { order[$0] != baseOrder[$0] }) {
+            file.status = .differs
+            file.detail = "tensor '\(order[i])' is where the base has '\(baseOrder[i])' (merge writes the base's tensor order)"
+        } else if let i = keys.indices.first(where: { $0 < baseKeys.count && (keys[$0].key != baseKeys[$0].key || keys[$0].value != baseKeys[$0].value) }) {
             file.status = .differs
             file.detail = "key \(i) ('\(keys[i].key)') is not the base's ('\(baseKeys[i].key)' with its value)"
         } else if keys.count != baseKeys.count {

@@ -24,6 +24,8 @@ import SafeTensors
 struct GGUFExactCheck: Sendable {
     /// Values recomputed per step.
     static let stepValues = 1 << 18
+    /// Bytes of a copied tensor compared per step.
+    static let stepBytes = 16 << 20
 
     let plan: MergePlan
     /// The merged file, opened as the base is (rows readable in transformers order).
@@ -47,19 +49,26 @@ struct GGUFExactCheck: Sendable {
                                   failures: failure.map { [$0] } ?? [])
     }
 
-    /// An untouched tensor: the base's bytes.
+    /// An untouched tensor: the base's bytes, compared `stepBytes` at a time (each piece's pages
+    /// dropped from the resident set once compared).
     private func copied(_ e: GGUFSink.Entry, stored: GGUFTensorInfo) -> (VerifyReport.ExactResult, String?) {
         let want = e.base.file.bytes(of: e.info), got = merged.file.bytes(of: stored)
-        defer {
-            MappedFile.releasePages(want)
-            MappedFile.releasePages(got)
+        var differs: Int?
+        var at = 0
+        while at < want.count, differs == nil {
+            let piece = at..<min(want.count, at + GGUFExactCheck.stepBytes)
+            let a = UnsafeRawBufferPointer(rebasing: got[piece]), b = UnsafeRawBufferPointer(rebasing: want[piece])
+            if memcmp(a.baseAddress!, b.baseAddress!, piece.count) != 0 { differs = piece.lowerBound + (0..<piece.count).first { a[$0] != b[$0] }! }
+            MappedFile.releasePages(a)
+            MappedFile.releasePages(b)
+            at = piece.upperBound
         }
-        guard let at = firstDifference(got, want) else {
+        guard let differs else {
             return (VerifyReport.ExactResult(maxUlps: 0, allowedUlps: 0, normwise: false, overBound: 0, worst: nil), nil)
         }
         let rowBytes = max(1, e.info.rowByteCount)
         let result = VerifyReport.ExactResult(maxUlps: .infinity, allowedUlps: 0, normwise: false, overBound: 1, worst: nil)
-        return (result, "byte \(at) (GGUF row \(at / rowBytes)) differs from the base's \(e.info.type.name) bytes, which an untouched tensor must equal")
+        return (result, "byte \(differs) (GGUF row \(differs / rowBytes)) differs from the base's \(e.info.type.name) bytes, which an untouched tensor must equal")
     }
 
     /// A merged, bias or replaced tensor against the sink's encoding of its recomputed value.
@@ -110,6 +119,10 @@ struct GGUFExactCheck: Sendable {
                                      expected: UnsafeRawBufferPointer(rebasing: want[((r - r0) * outRowBytes)..<((r - r0 + 1) * outRowBytes)]))
                 }
             }
+            if permutation == nil || oneDimensional {
+                // These stored rows are done with (permuted rows are released with the tensor).
+                MappedFile.releasePages(UnsafeRawBufferPointer(rebasing: all[(r0 * outRowBytes)..<((r0 + nr) * outRowBytes)]))
+            }
             r0 += nr
         }
         return tally.result(source: kind == .replaced ? "the adapter's replacement value" : "merge's value")
@@ -136,12 +149,6 @@ struct GGUFExactCheck: Sendable {
             }
         }
         return out
-    }
-
-    private func firstDifference(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int? {
-        guard a.count == b.count else { return min(a.count, b.count) }
-        if a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0 { return nil }
-        return (0..<a.count).first { a[$0] != b[$0] } ?? 0
     }
 
     /// What the rows of one computed tensor found so far, and its verdict.
