@@ -175,6 +175,38 @@ struct GGUFVerifyTests {
         }
     }
 
+    @Test("A replacement (modules_to_save lm_head) is checked as the requantization of the adapter's value: passes, and a changed block fails naming it")
+    func replacement() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The tiny adapter plus a saved lm_head (GGUF output.weight, Q8_0 in the base).
+        let source = "\(fixtures)/tiny/adapter", adapter = dir + "/adapter"
+        try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
+        let config = try String(contentsOfFile: source + "/adapter_config.json", encoding: .utf8)
+        try config.replacingOccurrences(of: #""modules_to_save": null"#, with: #""modules_to_save": ["lm_head"]"#)
+            .write(toFile: adapter + "/adapter_config.json", atomically: true, encoding: .utf8)
+        let ckpt = try Checkpoint(path: source + "/adapter_model.safetensors")
+        let head = TensorInfo(name: "base_model.model.lm_head.weight", dtype: .float32, shape: [96, 64])
+        let w = try SafeTensorsWriter(path: adapter + "/adapter_model.safetensors", tensors: ckpt.names.map { ckpt.info($0)! } + [head])
+        while let t = w.nextTensor {
+            let values = t.name == head.name ? (0..<(96 * 64)).map { Float(sin(Double($0))) * 0.05 } : try TensorData.floats(ckpt, t.name)
+            try TensorData.encode(values, format: .f32).withUnsafeBytes { try w.write(t.name, bytes: $0) }
+        }
+        try w.finish()
+        var options = MergeOptions(base: "\(fixtures)/tiny/base-q8_0.gguf", adapters: [(adapter, 1)], output: dir + "/out.gguf")
+        options.durable = false
+        _ = try Merge.run(options)
+        var v = VerifyOptions(base: options.base, adapters: [(adapter, 1)], merged: options.output)
+        v.seed = 1
+        let report = try Verify.run(v)
+        #expect(report.passed, "\(describe(report))")
+        #expect(report.entries.first { $0.tensor == "output.weight" }?.kind == .replaced)
+        try flip(options.output, tensor: "output.weight", offset: 34 * 2 + 9)
+        let failed = try Verify.run(v)
+        #expect(failed.failures.map(\.tensor) == ["output.weight"])
+        #expect(failed.failures[0].detail!.contains("GGUF row 1, block 0 is not the Q8_0 requantization of the adapter's replacement value"))
+    }
+
     @Test("A changed metadata value fails naming the key, tensors in another order fail the header; the tensors themselves still pass")
     func alteredMetadata() throws {
         let c = GGUFCase(base: "tiny/base-q8_0.gguf", type: .keep)
