@@ -39,4 +39,23 @@ struct GGUFMergeCommandTests {
         (status, _, err) = try run(["merge", "--base", "\(Self.fixtures)/tiny/base-q8_0.gguf", "--adapter", "\(Self.fixtures)/tiny/adapter", "--output", dir + "/x.gguf", "--gguf-type", "iq2_xxs"])
         #expect(status == 64 && err.contains("--gguf-type must be one of keep, f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k"))
     }
+
+    @Test("merge --verify then verify pass on a Q4_K merge; a merge at the wrong scale fails with one error: line per merged tensor; --mode probes is refused in one line")
+    func mergeThenVerify() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-verify-cli-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let inputs = ["--base", "\(Self.fixtures)/kquant/base-q4_k.gguf", "--adapter", "\(Self.fixtures)/kquant/adapter"]
+        var (status, out, err) = try run(["merge"] + inputs + ["--output", dir + "/m.gguf", "--verify"])
+        #expect(status == 0 && out.contains("verified"), "\(err)")
+        (status, out, err) = try run(["verify"] + inputs + ["--merged", dir + "/m.gguf"])
+        #expect(status == 0 && out.contains("PASS: 12 tensors") && out.contains("probes not run"), "\(err)")
+        _ = try run(["merge"] + inputs + ["--weight", "0.5", "--output", dir + "/half.gguf"])
+        (status, _, err) = try run(["verify"] + inputs + ["--merged", dir + "/half.gguf", "--mode", "exact"])
+        let lines = err.split(separator: "\n")
+        #expect(status == 1 && lines.count == 7)
+        #expect(lines.allSatisfy { $0.hasPrefix("error: blk.0.") && $0.contains("requantization") })
+        (status, _, err) = try run(["verify"] + inputs + ["--merged", dir + "/m.gguf", "--mode", "probes"])
+        #expect(status == 1 && err.hasPrefix("error: --mode probes cannot check") && err.split(separator: "\n").count == 1)
+    }
 }

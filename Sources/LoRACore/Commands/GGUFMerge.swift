@@ -14,9 +14,12 @@ import SafeTensors
 /// `durable` is false, renamed into place when complete; nothing is left under the output name on
 /// any error.
 ///
+/// With `verify`, the staged file is checked by `GGUFVerify` (as `lora-tool verify` checks it)
+/// before it gets its name; a failure leaves no output.
+///
 /// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, a `.gguf` output from
 /// a safetensors base (not implemented yet), and the options of safetensors outputs (`--dtype`,
-/// `--requantize`, `--keep-quantized`, `--part`, `--verify`).
+/// `--requantize`, `--keep-quantized`, `--part`).
 enum GGUFMerge {
     /// Whether `options` describe a GGUF merge: a GGUF base or a `.gguf` output.
     static func applies(to options: MergeOptions) -> Bool {
@@ -34,7 +37,7 @@ enum GGUFMerge {
             throw LoRACoreError.invalidRequest("\(options.base) is a GGUF base: the merged model is written as GGUF, so --output must end in .gguf")
         }
         let unsupported = [("--dtype", options.dtype != .keep), ("--requantize", options.requantize != nil),
-                           ("--keep-quantized", options.keepQuantized), ("--part", options.part != nil), ("--verify", options.verify)]
+                           ("--keep-quantized", options.keepQuantized), ("--part", options.part != nil)]
         if let given = unsupported.first(where: \.1) {
             throw LoRACoreError.invalidRequest("\(given.0) does not apply to a GGUF merge (use --gguf-type for the merged tensors' type)")
         }
@@ -54,6 +57,17 @@ enum GGUFMerge {
         let sink = try GGUFSink(model: model, stream: merged, type: options.ggufType, context: context)
         let output = try AtomicOutput(destination: options.output, isDirectory: false, force: options.force)
         let written = try sink.write(to: output.staging, durable: options.durable)
+        var verification: VerifyReport?
+        if options.verify {
+            // The same check as `lora-tool verify`, on the staged file before it gets its name.
+            var v = VerifyOptions(base: options.base, adapters: options.adapters, merged: output.staging)
+            v.scaleOverride = options.scaleOverride
+            v.probes = options.probes
+            v.seed = options.seed
+            v.targets = options.targets
+            v.threads = context.threads
+            verification = try VerifySink.passing(GGUFVerify.run(v, mergedName: URL(fileURLWithPath: options.output).lastPathComponent))
+        }
         try output.commit()
 
         let (families, mergedCount, replaced) = plan.summary
@@ -63,7 +77,7 @@ enum GGUFMerge {
             families: families,
             mergedTensors: mergedCount, replacedTensors: replaced, copiedTensors: model.tensors.count - written.computed.count,
             skippedModules: plan.skippedModules, outputDTypes: written.types, bytesWritten: written.bytes,
-            seconds: Date().timeIntervalSince(start), verification: nil,
+            seconds: Date().timeIntervalSince(start), verification: verification,
             adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) },
             overflowed: context.overflows)
         let computed = Set(written.computed)

@@ -38,12 +38,13 @@ public struct VerifyOptions: Sendable {
 /// 1 ulp for merged bf16/f16, 4 ulp of the tensor's largest magnitude for merged f32). The probe
 /// check (`MergeChecker`) is independent of merge's code: it compares W'·x with W·x + Σ w·s·B(A·x)
 /// in fp64 on seeded random probes. Side files and metadata are compared with what merge writes
-/// (`SideFileCheck`); missing and extra tensors fail.
+/// (`SideFileCheck`); missing and extra tensors fail. A GGUF base or merged file is `GGUFVerify`'s.
 public enum Verify {
     /// Runs the checks of `options.mode`, plus side files, metadata and the tensor list.
     /// - Returns: the report; it says whether everything passed (the caller decides the exit code).
     /// - Throws: only when an input cannot be read or paired.
     public static func run(_ options: VerifyOptions) throws -> VerifyReport {
+        if GGUFVerify.applies(to: options) { return try GGUFVerify.run(options) }
         let seed = options.seed ?? UInt64.random(in: .min ... .max)
         // Against a bitsandbytes 4-bit base, merge works on the dequantized weights: so does verify,
         // decoding them block by block as it reads them.
@@ -214,7 +215,7 @@ public enum Verify {
         return info.shape[0] == rows && n == m.inFeatures * m.outFeatures && info.byteCount / rows <= ExactChecker.blockSize
     }
 
-    private static func kind(of action: MergePlan.Action) -> VerifyReport.Entry.Kind {
+    static func kind(of action: MergePlan.Action) -> VerifyReport.Entry.Kind {
         switch action {
         case .copy: return .copied
         case .replace: return .replaced

@@ -49,7 +49,9 @@ public struct VerifySink: Sendable {
                             sideFilesSkipped: "the merge was checked as computed, before it was written", mode: .probes, probes: probes, seed: seed)
     }
 
-    private func check(_ name: String, source: String, in stream: TensorStream, prober: MergeChecker) throws -> VerifyReport.Entry {
+    /// The probe check of merged tensor `name` (from base tensor `source`) as `stream` computes or
+    /// reads it; `GGUFVerify` gives it a merged GGUF file's stream.
+    func check(_ name: String, source: String, in stream: TensorStream, prober: MergeChecker) throws -> VerifyReport.Entry {
         let merged = stream.source(name)!
         let info = merged.info(named: name)
         defer { merged.finished() }

@@ -26,7 +26,17 @@ extension LoraTool {
                 __metadata__ must be {"format": "pt"}; the merged directory's side files must be the \
                 base's (byte for byte; config.json equal as JSON except torch_dtype/dtype naming the \
                 merged dtype, and quantization_config dropped or llm_int8_skip_modules grown for a 4-bit \
-                base), none missing, none extra. Exit 0 when everything passes, 1 otherwise, with one \
+                base), none missing, none extra. \
+                GGUF (a .gguf --base and --merged, as merge writes them): both files are read as merge \
+                reads its base (block types dequantized exactly, llama.cpp's Q/K row order undone) and \
+                each merged tensor is compared with what merge writes for it in its ggml type: block \
+                types (Q8_0, Q4_K, ...) must hold the very codes of the requantization of base + delta, \
+                F32/F16/BF16 values the bounds above; untouched tensors must be the base's bytes, and \
+                the header the base's metadata; merged tensors must all be in the types of one \
+                --gguf-type. Probes apply to F32/F16/BF16 merged tensors only (a quantized tensor's \
+                distance from the side branch is its quantization error, which no tolerance bounds): \
+                --mode probes is refused for a file with block-type merged tensors, and --mode both \
+                checks those exactly only. Exit 0 when everything passes, 1 otherwise, with one \
                 error: line per failure. Use it in CI: \
                 `lora-tool merge ... --output out && lora-tool verify ... --merged out || exit 1`.
                 """)
@@ -122,7 +132,9 @@ extension LoraTool {
             if let skipped = r.sideFilesSkipped { files += "; side files not compared: \(skipped)" }
             lines.append(Render.escaped(files))
             if r.mode != .exact { lines.append("probes: \(r.probes) per merged module, seed \(r.seed) (--seed \(r.seed) reproduces them)") }
-            let how = r.mode == .probes ? "on \(r.probes) probes" : (r.mode == .exact ? "element by element" : "element by element and on \(r.probes) probes")
+            if let skipped = r.probesSkipped { lines.append("probes not run: \(skipped)") }
+            let how = r.mode == .probes ? "on \(r.probes) probes"
+                : (r.mode == .exact ? "element by element" : "element by element and on \(r.probes) probes" + (r.probesSkipped == nil ? "" : " where they apply"))
             let scope = r.part.map { "part \($0): " } ?? ""
             lines.append(scope + (r.passed
                 ? "PASS: \(r.entries.count) tensors (\(checked.count) merged, checked \(how); \(identical) identical to their source)"
@@ -163,6 +175,7 @@ extension LoraTool {
                              ("expected_changes", Render.json($0.expectedChanges)), ("detail", $0.detail.map { .string($0) } ?? .null)])
                 })),
                 ("side_files_skipped", r.sideFilesSkipped.map { .string($0) } ?? .null),
+                ("probes_skipped", r.probesSkipped.map { .string($0) } ?? .null),
             ])
         }
     }

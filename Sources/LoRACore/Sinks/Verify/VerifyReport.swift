@@ -109,6 +109,8 @@ public struct VerifyReport: Sendable {
     public var files: [FileCheck]
     /// Why side files were not compared (the base is a single file), or nil.
     public var sideFilesSkipped: String?
+    /// Why some merged tensors had no probe check in a probes mode (GGUF block types), or nil.
+    public var probesSkipped: String?
     public var mode: VerifyMode
     public var probes: Int
     /// The probe seed used (give it to `--seed` to reproduce the probes).

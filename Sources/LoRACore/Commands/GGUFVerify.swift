@@ -1,0 +1,163 @@
+import Foundation
+import GGUF
+import LoRAGraph
+import LoRAKernels
+import SafeTensors
+
+/// `verify` of a GGUF merge: proves a merged `.gguf` file is what `merge` (`GGUFMerge`) writes for
+/// a GGUF base + adapters.
+///
+/// Both files are opened as the merge opens its base (`GGUFModel`: transformers names, rows in
+/// transformers order, block types decoded exactly); the merge is recomputed over the base with
+/// merge's own plan and passes, and `GGUFSink` decides, as when it writes, which tensors are
+/// computed and which are copied.
+///
+/// - The tensor list: every base tensor present under its GGUF name with the base's dimensions;
+///   no extra tensor; copied tensors in the base's type; computed tensors all in the types one
+///   `--gguf-type` gives (the one most of them agree with is taken as the merge's: a tensor in
+///   another type fails by name).
+/// - Exact mode (`GGUFExactCheck`): copied tensors byte for byte; computed tensors against the
+///   recomputation in their type (identical codes for block types, the project's ulp bounds for
+///   merged F32/F16/BF16 values).
+/// - Probes mode (`MergeChecker`, as `VerifySink` streams it): merged modules and biases written
+///   in F32/F16/BF16, on seeded random probes in fp64. A tensor written in a block type has no
+///   probe bound: its distance from base + side branch is its quantization error (up to half a
+///   quantization step of each block, set by the block's values, not by the adapter), so
+///   `--mode probes` is refused for such a file and `--mode both` checks those tensors exactly only.
+/// - The header: every key and value of the merged header the base's, in the base's order, and
+///   the tensors in the base's order.
+enum GGUFVerify {
+    /// Whether `options` verify a GGUF merge: a GGUF base or a GGUF merged file.
+    static func applies(to options: VerifyOptions) -> Bool {
+        GGUFFile.looksLikeGGUF(path: options.base) || GGUFFile.looksLikeGGUF(path: options.merged)
+    }
+
+    /// Runs the checks.
+    /// - Parameter mergedName: the merged file's name in messages (default: its path's last component;
+    ///   `merge --verify` checks a staged file under another name).
+    /// - Throws: `LoRACoreError.invalidRequest` when one side is not GGUF, for `--part`, and for
+    ///   `--mode probes` on block-type tensors; `GGUFError` and `SafeTensorsError` for inputs that
+    ///   cannot be read.
+    static func run(_ options: VerifyOptions, mergedName: String? = nil) throws -> VerifyReport {
+        guard GGUFFile.looksLikeGGUF(path: options.base) else {
+            throw LoRACoreError.invalidRequest("\(options.merged) is a GGUF file but the base \(options.base) is not: merge writes GGUF only from a GGUF base")
+        }
+        guard GGUFFile.looksLikeGGUF(path: options.merged) else {
+            throw LoRACoreError.invalidRequest("\(options.base) is a GGUF base, so its merge is a GGUF file, and \(options.merged) is not one")
+        }
+        if let part = options.part {
+            throw LoRACoreError.invalidRequest("--part \(part) does not apply to a GGUF merge (one file): verify it whole")
+        }
+        let seed = options.seed ?? UInt64.random(in: .min ... .max)
+        let base = try GGUFModel(path: options.base)
+        let merged = try GGUFModel(path: options.merged)
+        let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        if try LayerReplicationPass.forAdapters(adapters) != nil {
+            throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF merge does not take yet: nothing to verify against")
+        }
+        let plan = try MergePlan(base: base.stream, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
+        // What merge writes, recomputed (overflows are the comparison's business, not errors here).
+        let context = try RunContext(threads: options.threads, allowOverflow: true)
+        let recomputed = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base.stream)
+        let sink = try GGUFSink(model: base, stream: recomputed, type: .keep, context: context)
+        let outputType = inferredType(sink.entries, merged: merged.file)
+
+        // The tensor list, dimensions and types, before any value is read.
+        var entries: [VerifyReport.Entry] = []
+        var checks: [(entry: GGUFSink.Entry, stored: GGUFTensorInfo, kind: VerifyReport.Entry.Kind)] = []
+        for e in sink.entries {
+            let kind = e.changed ? Verify.kind(of: plan.action(for: e.name)) : .copied
+            func fail(_ k: VerifyReport.Entry.Kind, _ why: String) {
+                entries.append(VerifyReport.Entry(tensor: e.info.name, family: TensorName(e.name).family, kind: k, failures: [why]))
+            }
+            guard let stored = merged.file.info(e.info.name) else {
+                fail(.missing, "missing from the merged GGUF file")
+                continue
+            }
+            guard stored.dims == e.info.dims else {
+                fail(kind, "dims \(stored.dims), the base's are \(e.info.dims)")
+                continue
+            }
+            let type = e.changed ? outputType.type(forBase: e.info.type) : e.info.type
+            guard stored.type == type else {
+                fail(kind, e.changed
+                     ? "type \(stored.type.name), but merge writes \(type.name) here: every merged tensor is written in one --gguf-type, and the others are in --gguf-type \(outputType.rawValue)'s types"
+                     : "type \(stored.type.name), but the base's is \(type.name) (untouched tensors are copied as stored)")
+                continue
+            }
+            checks.append((e, stored, kind))
+        }
+        for (t, name) in merged.tensors where base.file.info(t.name) == nil {
+            entries.append(VerifyReport.Entry(tensor: t.name, family: TensorName(name).family, kind: .extra, failures: ["in the merged GGUF file but not in the base"]))
+        }
+
+        let quantized = checks.filter { $0.entry.changed && ($0.kind == .merged || $0.kind == .bias) && !isPlain($0.stored.type) }
+        if options.mode == .probes, let q = quantized.first {
+            throw LoRACoreError.invalidRequest(
+                "--mode probes cannot check \(options.merged): tensor '\(q.stored.name)' is \(q.stored.type.name), and a quantized tensor differs from base + side branch by its quantization error (up to half a step of each block's scale, set by the block's values, not by the adapter), which no probe tolerance bounds; use --mode exact, which compares its codes with merge's requantization")
+        }
+
+        let exact = GGUFExactCheck(plan: plan, merged: merged)
+        let prober = MergeChecker(plan: plan, probes: options.probes, seed: seed, tolerance: options.tolerance)
+        let probeSink = VerifySink(plan: plan, probes: options.probes, seed: seed, threads: 1)
+        let work = checks
+        let results = ParallelSlots<VerifyReport.Entry>(count: checks.count)
+        let counter = ClaimCounter(count: checks.count)
+        GEMM.setThreads(1)
+        DispatchQueue.concurrentPerform(iterations: max(1, min(options.threads, checks.count))) { _ in
+            while let k = counter.next() {
+                let c = work[k]
+                results.set(k, Result {
+                    // Copied and replaced tensors are compared exactly in every mode (probes do not apply to them).
+                    var entry = options.mode.exact || c.kind == .copied || c.kind == .replaced
+                        ? try exact.check(c.entry, stored: c.stored, kind: c.kind)
+                        : VerifyReport.Entry(tensor: c.stored.name, family: TensorName(c.entry.name).family, kind: c.kind, failures: [])
+                    if options.mode.probes, c.kind == .merged || c.kind == .bias, isPlain(c.stored.type) {
+                        let p = try probeSink.check(c.entry.name, source: c.entry.name, in: merged.stream, prober: prober)
+                        entry.probes = p.probes
+                        entry.failures += p.failures.map { "on \(options.probes) probes of seed \(seed): \($0)" }
+                    }
+                    return entry
+                })
+            }
+        }
+        entries += try checks.indices.map { try results.get($0).get() }
+
+        // The header: every key and value the base's, in its order; the tensors in the base's order
+        // (those both have: missing and extra ones are failures of their own).
+        let name = (mergedName ?? URL(fileURLWithPath: options.merged).lastPathComponent) + " metadata"
+        let keys = merged.file.header.metadata, baseKeys = base.file.header.metadata
+        var file = VerifyReport.FileCheck(file: name, status: .equal)
+        let order = merged.file.header.tensors.map(\.name).filter { base.file.info($0) != nil }
+        let baseOrder = base.file.header.tensors.map(\.name).filter { merged.file.info($0) != nil }
+        if let i = order.indices.first(where: { order[$0] != baseOrder[$0] }) {
+            file.status = .differs
+            file.detail = "tensor '\(order[i])' is where the base has '\(baseOrder[i])' (merge writes the base's tensor order)"
+        } else if let i = keys.indices.first(where: { $0 < baseKeys.count && (keys[$0].key != baseKeys[$0].key || keys[$0].value != baseKeys[$0].value) }) {
+            file.status = .differs
+            file.detail = "key \(i) ('\(keys[i].key)') is not the base's ('\(baseKeys[i].key)' with its value)"
+        } else if keys.count != baseKeys.count {
+            file.status = .differs
+            file.detail = "\(keys.count) keys, the base has \(baseKeys.count)"
+        }
+        var report = VerifyReport(entries: entries, files: [file], sideFilesSkipped: "a GGUF file has none (its metadata is compared)",
+                                  mode: options.mode, probes: options.probes, seed: seed)
+        if options.mode.probes, !quantized.isEmpty {
+            let types = Set(quantized.map(\.stored.type.name)).sorted().joined(separator: ", ")
+            report.probesSkipped = "\(quantized.count) merged tensors in block types (\(types)) are checked exactly only: their quantization error has no probe bound"
+        }
+        return report
+    }
+
+    private static func isPlain(_ type: GGMLType) -> Bool { type == .f32 || type == .f16 || type == .bf16 }
+
+    /// The `--gguf-type` the merged file's computed tensors agree with most (ties: the first in
+    /// `GGUFOutputType.allCases`, `keep` first).
+    static func inferredType(_ entries: [GGUFSink.Entry], merged: GGUFFile) -> GGUFOutputType {
+        let pairs = entries.filter(\.changed).compactMap { e in merged.info(e.info.name).map { (base: e.info.type, stored: $0.type) } }
+        func agreeing(_ t: GGUFOutputType) -> Int { pairs.filter { t.type(forBase: $0.base) == $0.stored }.count }
+        var best = GGUFOutputType.keep
+        for t in GGUFOutputType.allCases where agreeing(t) > agreeing(best) { best = t }
+        return best
+    }
+}
