@@ -1,0 +1,240 @@
+/* ggml Q8_0 block kernels: see include/q8_0_kernel.h for the contracts.
+ *
+ * Portable C runs one element at a time with the reference's operations. The AVX2 path does the
+ * same operations eight lanes at a time: the block's absmax as a float max of magnitudes (all
+ * values finite, so the order of the maxima does not matter), the scale and its half in scalar C
+ * (the same functions as the portable path), the codes as one fp32 multiply, roundf built from
+ * truncation (t = trunc(v); t ± 1 when |v − t| ≥ ½, both exact), VCVTTPS2DQ (which gives INT32_MIN
+ * exactly where cvttss2si does) and the low bytes. The report's double sums keep four lanes by
+ * element index mod 4, one AVX register per sum, so every path adds the same numbers in the same
+ * order. */
+#include "q8_0_kernel.h"
+#include "vectors.h"
+#include <math.h>
+#include <string.h>
+
+/* One fp32 multiply per product; the report's products and sums rounded separately. */
+#pragma STDC FP_CONTRACT OFF
+
+enum { QK = 32, BLOCK_BYTES = 34 };
+
+/* MARK: - Shared scalar pieces */
+
+/* C's float-to-int32 conversion as x86-64's cvttss2si performs it (toward zero, INT32_MIN for NaN
+   and out-of-range values, where C leaves it undefined). */
+static inline int32_t truncated(float f) { return (f > -2147483904.0f && f < 2147483648.0f) ? (int32_t)f : INT32_MIN; }
+
+/* The block's scale from its absmax: writes the half, returns the inverse scale used for the codes. */
+static inline float scale_block(float amax, uint8_t *block) {
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t h = float_to_half(d);
+    memcpy(block, &h, 2);
+    return id;
+}
+
+static inline float block_scale(const uint8_t *block) {
+    uint16_t h;
+    memcpy(&h, block, 2);
+    return half_to_float(h);
+}
+
+/* Index + 1 of the first non-finite of 32 values, 0 when all are finite. */
+static inline size_t first_nonfinite(const float *x) {
+    for (size_t j = 0; j < QK; j++)
+        if (scalar_nonfinite(x[j])) return j + 1;
+    return 0;
+}
+
+/* MARK: - Portable C */
+
+static void decode_scalar(const uint8_t *in, size_t blocks, float *out) {
+    for (size_t b = 0; b < blocks; b++, in += BLOCK_BYTES, out += QK) {
+        float d = block_scale(in);
+        for (size_t j = 0; j < QK; j++) out[j] = (float)(int8_t)in[2 + j] * d;
+    }
+}
+
+static void encode_block_scalar(const float *x, uint8_t *y) {
+    float amax = 0.0f;
+    for (size_t j = 0; j < QK; j++) {
+        float a = fabsf(x[j]);
+        amax = a > amax ? a : amax;
+    }
+    float id = scale_block(amax, y);
+    for (size_t j = 0; j < QK; j++) y[2 + j] = (uint8_t)truncated(roundf(x[j] * id));
+}
+
+/* Adds one block's report terms to lanes d, w, q (element j to lane j mod 4). */
+static void sums_block_scalar(const float *x, const uint8_t *y, const uint8_t *old, double *d, double *w, double *q) {
+    float dn = block_scale(y), dold = block_scale(old);
+    for (size_t j = 0; j < QK; j++) {
+        double b = (double)((float)(int8_t)old[2 + j] * dold);
+        double want = (double)x[j] - b, got = (double)((float)(int8_t)y[2 + j] * dn) - b;
+        d[j & 3] += want * got;
+        w[j & 3] += want * want;
+        q[j & 3] += got * got;
+    }
+}
+
+static size_t encode_scalar(const float *x, size_t blocks, uint8_t *y, const uint8_t *old, double *d, double *w, double *q,
+                            size_t *changed) {
+    for (size_t b = 0; b < blocks; b++, x += QK, y += BLOCK_BYTES) {
+        size_t bad = first_nonfinite(x);
+        if (bad) return b * QK + bad;
+        encode_block_scalar(x, y);
+        if (old) {
+            sums_block_scalar(x, y, old, d, w, q);
+            *changed += memcmp(y, old, BLOCK_BYTES) != 0;
+            old += BLOCK_BYTES;
+        }
+    }
+    return 0;
+}
+
+/* MARK: - AVX2 */
+
+#if LORA_VECTOR_KERNELS
+#include <immintrin.h>
+
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+AVX2_TARGET static inline __m256 codes_as_floats(const uint8_t *codes, float scale) {
+    __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)codes));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(scale));
+}
+
+AVX2_TARGET static void decode_avx2(const uint8_t *in, size_t blocks, float *out) {
+    for (size_t b = 0; b < blocks; b++, in += BLOCK_BYTES, out += QK) {
+        float d = block_scale(in);
+        for (size_t j = 0; j < QK; j += 8) _mm256_storeu_ps(out + j, codes_as_floats(in + 2 + j, d));
+    }
+}
+
+/* roundf of eight lanes, then cvttss2si's conversion (both exact: see the file comment). */
+AVX2_TARGET static inline __m256i rounded_codes(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(v, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f)));
+    return _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+}
+
+/* Encodes one block of finite values; returns 0, or the index + 1 of its first non-finite value. */
+AVX2_TARGET static inline size_t encode_block_avx2(const float *x, uint8_t *y) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+    __m256 v[4], m = _mm256_setzero_ps();
+    __m256i nonfinite = _mm256_setzero_si256();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        __m256i bits = _mm256_castps_si256(v[k]);
+        nonfinite = _mm256_or_si256(nonfinite, _mm256_cmpeq_epi32(_mm256_and_si256(bits, exponent), exponent));
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+    }
+    if (!_mm256_testz_si256(nonfinite, nonfinite)) return first_nonfinite(x);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    __m256 id = _mm256_set1_ps(scale_block(_mm_cvtss_f32(m4), y));
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) q[k] = _mm256_and_si256(rounded_codes(_mm256_mul_ps(v[k], id)), _mm256_set1_epi32(0xFF));
+    /* The low bytes (0…255 after the mask, so the unsigned packs never saturate), back in order. */
+    __m256i packed = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3]));
+    packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)(y + 2), packed);
+    return 0;
+}
+
+/* The report's terms of eight elements, lanes as the scalar path: elements 0–3 then 4–7 to lanes 0–3. */
+AVX2_TARGET static inline void sums_eight(__m256 t, __m256 b, __m256 s, __m256d *d, __m256d *w, __m256d *q) {
+    for (int half = 0; half < 2; half++) {
+        __m128 t4 = half ? _mm256_extractf128_ps(t, 1) : _mm256_castps256_ps128(t);
+        __m128 b4 = half ? _mm256_extractf128_ps(b, 1) : _mm256_castps256_ps128(b);
+        __m128 s4 = half ? _mm256_extractf128_ps(s, 1) : _mm256_castps256_ps128(s);
+        __m256d bd = _mm256_cvtps_pd(b4);
+        __m256d want = _mm256_sub_pd(_mm256_cvtps_pd(t4), bd), got = _mm256_sub_pd(_mm256_cvtps_pd(s4), bd);
+        *d = _mm256_add_pd(*d, _mm256_mul_pd(want, got));
+        *w = _mm256_add_pd(*w, _mm256_mul_pd(want, want));
+        *q = _mm256_add_pd(*q, _mm256_mul_pd(got, got));
+    }
+}
+
+AVX2_TARGET static size_t encode_avx2(const float *x, size_t blocks, uint8_t *y, const uint8_t *old, double *d, double *w,
+                                      double *q, size_t *changed) {
+    __m256d vd = _mm256_loadu_pd(d), vw = _mm256_loadu_pd(w), vq = _mm256_loadu_pd(q);
+    size_t result = 0;
+    for (size_t b = 0; b < blocks; b++, x += QK, y += BLOCK_BYTES) {
+        size_t bad = encode_block_avx2(x, y);
+        if (bad) {
+            result = b * QK + bad;
+            break;
+        }
+        if (old) {
+            float dn = block_scale(y), dold = block_scale(old);
+            for (size_t j = 0; j < QK; j += 8)
+                sums_eight(_mm256_loadu_ps(x + j), codes_as_floats(old + 2 + j, dold), codes_as_floats(y + 2 + j, dn), &vd, &vw, &vq);
+            *changed += memcmp(y, old, BLOCK_BYTES) != 0;
+            old += BLOCK_BYTES;
+        }
+    }
+    _mm256_storeu_pd(d, vd);
+    _mm256_storeu_pd(w, vw);
+    _mm256_storeu_pd(q, vq);
+    return result;
+}
+#endif
+
+/* MARK: - Entry points */
+
+static int supported(int isa) { return isa == LORA_ISA_BEST || (isa >= LORA_ISA_SCALAR && isa <= lora_best_isa()); }
+
+static int vector(int isa) {
+#if LORA_VECTOR_KERNELS
+    return (isa == LORA_ISA_BEST ? lora_best_isa() : isa) != LORA_ISA_SCALAR;
+#else
+    (void)isa;
+    return 0;
+#endif
+}
+
+uint32_t lora_q8_0_decode_isa(int isa, const uint8_t *in, size_t blocks, float *out) {
+    if (!supported(isa)) return LORA_Q8_0_UNSUPPORTED;
+#if LORA_VECTOR_KERNELS
+    if (vector(isa)) {
+        decode_avx2(in, blocks, out);
+        return 0;
+    }
+#endif
+    decode_scalar(in, blocks, out);
+    return 0;
+}
+
+static size_t encode(int isa, const float *values, const uint8_t *old, size_t blocks, uint8_t *out, double sums[3],
+                     size_t *changed, uint32_t *status) {
+    *status = supported(isa) ? 0 : LORA_Q8_0_UNSUPPORTED;
+    if (*status) return 0;
+    double d[4] = {0, 0, 0, 0}, w[4] = {0, 0, 0, 0}, q[4] = {0, 0, 0, 0};
+    size_t count = 0, bad;
+#if LORA_VECTOR_KERNELS
+    if (vector(isa)) bad = encode_avx2(values, blocks, out, old, d, w, q, &count);
+    else
+#endif
+        bad = encode_scalar(values, blocks, out, old, d, w, q, &count);
+    if (old) {
+        sums[0] = (d[0] + d[1]) + (d[2] + d[3]);
+        sums[1] = (w[0] + w[1]) + (w[2] + w[3]);
+        sums[2] = (q[0] + q[1]) + (q[2] + q[3]);
+        *changed = count;
+    }
+    return bad;
+}
+
+size_t lora_q8_0_encode_isa(int isa, const float *values, size_t blocks, uint8_t *out, uint32_t *status) {
+    return encode(isa, values, NULL, blocks, out, NULL, NULL, status);
+}
+
+size_t lora_q8_0_requantize_isa(int isa, const float *values, const uint8_t *old, size_t blocks, uint8_t *out,
+                                double sums[3], size_t *changed, uint32_t *status) {
+    return encode(isa, values, old, blocks, out, sums, changed, status);
+}
