@@ -2,8 +2,9 @@
  *
  * Portable C runs one element at a time with the reference's operations. The AVX2 path does the
  * same operations eight lanes at a time: the block's absmax as a float max of magnitudes (all
- * values finite, so the order of the maxima does not matter), the scale and its half in scalar C
- * (the same functions as the portable path), the codes as one fp32 multiply, roundf built from
+ * values finite, so the order of the maxima does not matter), the scale's two divisions in scalar
+ * fp32 as the portable path, its half by F16C (VCVTPS2PH / VCVTPH2PS: the rounding and widening of
+ * float_to_half / half_to_float, without their branches), the codes as one fp32 multiply, roundf built from
  * truncation (t = trunc(v); t ± 1 when |v − t| ≥ ½, both exact), VCVTTPS2DQ (which gives INT32_MIN
  * exactly where cvttss2si does) and the low bytes. The report's double sums keep four lanes by
  * element index mod 4, one AVX register per sum, so every path adds the same numbers in the same
@@ -104,9 +105,16 @@ AVX2_TARGET static inline __m256 codes_as_floats(const uint8_t *codes, float sca
     return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(scale));
 }
 
+/* The scale of the block at `block`, widened by F16C (exact, as half_to_float). */
+AVX2_TARGET static inline float block_scale_f16c(const uint8_t *block) {
+    uint16_t h;
+    memcpy(&h, block, 2);
+    return _cvtsh_ss(h);
+}
+
 AVX2_TARGET static void decode_avx2(const uint8_t *in, size_t blocks, float *out) {
     for (size_t b = 0; b < blocks; b++, in += BLOCK_BYTES, out += QK) {
-        float d = block_scale(in);
+        float d = block_scale_f16c(in);
         for (size_t j = 0; j < QK; j += 8) _mm256_storeu_ps(out + j, codes_as_floats(in + 2 + j, d));
     }
 }
@@ -120,8 +128,12 @@ AVX2_TARGET static inline __m256i rounded_codes(__m256 v) {
     return _mm256_cvttps_epi32(_mm256_add_ps(t, step));
 }
 
-/* Encodes one block of finite values; returns 0, or the index + 1 of its first non-finite value. */
-AVX2_TARGET static inline size_t encode_block_avx2(const float *x, uint8_t *y) {
+/* Encodes one block of finite values; returns 0, or the index + 1 of its first non-finite value.
+   The scale's half and its widening by F16C (VCVTPS2PH rounds to nearest even, overflowing to
+   infinity, as float_to_half; VCVTPH2PS is exact, as half_to_float): no branches and no integer
+   code between the division and the codes. `*scale` is the stored scale widened, `*codes` the 32
+   codes as stored. */
+AVX2_TARGET static inline size_t encode_block_avx2(const float *x, uint8_t *y, float *scale, __m256i *codes) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i exponent = _mm256_set1_epi32(0x7F800000);
     __m256 v[4], m = _mm256_setzero_ps();
@@ -136,13 +148,19 @@ AVX2_TARGET static inline size_t encode_block_avx2(const float *x, uint8_t *y) {
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    __m256 id = _mm256_set1_ps(scale_block(_mm_cvtss_f32(m4), y));
+    float d = _mm_cvtss_f32(m4) / 127.0f;
+    float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t h = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+    memcpy(y, &h, 2);
+    *scale = _cvtsh_ss(h);
+    __m256 id = _mm256_set1_ps(inverse);
     __m256i q[4];
     for (int k = 0; k < 4; k++) q[k] = _mm256_and_si256(rounded_codes(_mm256_mul_ps(v[k], id)), _mm256_set1_epi32(0xFF));
     /* The low bytes (0…255 after the mask, so the unsigned packs never saturate), back in order. */
     __m256i packed = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3]));
     packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i *)(y + 2), packed);
+    *codes = packed;
     return 0;
 }
 
@@ -165,16 +183,23 @@ AVX2_TARGET static size_t encode_avx2(const float *x, size_t blocks, uint8_t *y,
     __m256d vd = _mm256_loadu_pd(d), vw = _mm256_loadu_pd(w), vq = _mm256_loadu_pd(q);
     size_t result = 0;
     for (size_t b = 0; b < blocks; b++, x += QK, y += BLOCK_BYTES) {
-        size_t bad = encode_block_avx2(x, y);
+        float dn;
+        __m256i codes;
+        size_t bad = encode_block_avx2(x, y, &dn, &codes);
         if (bad) {
             result = b * QK + bad;
             break;
         }
         if (old) {
-            float dn = block_scale(y), dold = block_scale(old);
+            uint16_t hold;
+            memcpy(&hold, old, 2);
+            float dold = block_scale_f16c(old);
             for (size_t j = 0; j < QK; j += 8)
                 sums_eight(_mm256_loadu_ps(x + j), codes_as_floats(old + 2 + j, dold), codes_as_floats(y + 2 + j, dn), &vd, &vw, &vq);
-            *changed += memcmp(y, old, BLOCK_BYTES) != 0;
+            __m256i same = _mm256_cmpeq_epi8(codes, _mm256_loadu_si256((const __m256i *)(old + 2)));
+            uint16_t hnew;
+            memcpy(&hnew, y, 2);
+            *changed += (uint32_t)_mm256_movemask_epi8(same) != 0xFFFFFFFFu || hnew != hold;
             old += BLOCK_BYTES;
         }
     }

@@ -186,17 +186,26 @@ public final class GGUFSink: Sendable {
                        outRowBytes: Int) throws -> (bytes: [UInt8], survival: DeltaComparison) {
         let rowLength = e.info.rowLength
         let size = TensorData.format(source.dtype).map(\.size) ?? 4
-        let raw = try ggufOrder(source, rows: rows, rowLength: rowLength, size: size, permutation: e.base.permutation, oneDimensional: e.info.dims.count < 2)
+        let n = rows.count * rowLength
+        let inGGUFOrder = { (destination: UnsafeMutableRawPointer) in
+            try self.ggufOrder(source, rows: rows, rowLength: rowLength, size: size, permutation: e.base.permutation,
+                               oneDimensional: e.info.dims.count < 2, into: destination)
+        }
         if plain && source.dtype == dtype {
-            return (raw, DeltaComparison())
+            return (try [UInt8](unsafeUninitializedCapacity: n * size) { try inGGUFOrder($0.baseAddress!); $1 = n * size }, DeltaComparison())
         }
         var bytes = [UInt8](repeating: 0, count: rows.count * outRowBytes)
         guard let format = TensorData.format(source.dtype) else {
             throw LoRACoreError.invalidModule(module: e.name, detail: "dtype \(source.dtype.rawValue) cannot be written to GGUF")
         }
-        let n = rows.count * rowLength
+        // The f32 values to write: read in place when the source produces f32, else widened.
         var target = [Float](uninitializedCount: n)
-        raw.withUnsafeBytes { r in target.withUnsafeMutableBufferPointer { FloatCodec.decode(r, format: format, into: $0) } }
+        if format == .f32 {
+            try target.withUnsafeMutableBytes { try inGGUFOrder($0.baseAddress!) }
+        } else {
+            let raw = try [UInt8](unsafeUninitializedCapacity: n * size) { try inGGUFOrder($0.baseAddress!); $1 = n * size }
+            raw.withUnsafeBytes { r in target.withUnsafeMutableBufferPointer { FloatCodec.decode(r, format: format, into: $0) } }
+        }
         if e.type == .q8_0 && e.info.type == .q8_0 {
             let all = model.file.bytes(of: e.info)
             let old = UnsafeRawBufferPointer(rebasing: all[(rows.lowerBound * outRowBytes)..<(rows.upperBound * outRowBytes)])
@@ -232,24 +241,25 @@ public final class GGUFSink: Sendable {
         return (bytes, DeltaComparison(dot: sums.dot, want: sums.want, got: sums.got, changedBlocks: changed))
     }
 
-    /// The bytes of GGUF rows `rows` of `source` (a transformers-ordered tensor), in GGUF order:
-    /// whole heads read at once and their rows permuted back; a 1-D tensor whole, permuted by element.
+    /// The bytes of GGUF rows `rows` of `source` (a transformers-ordered tensor), in GGUF order, into
+    /// `destination` (`rows.count × rowLength × size` bytes): whole heads read at once and their rows
+    /// permuted back; a 1-D tensor whole, permuted by element. Unpermuted rows are filled in place.
     private func ggufOrder(_ source: any TensorSource, rows: Range<Int>, rowLength: Int, size: Int,
-                           permutation: GGUFRowPermutation?, oneDimensional: Bool) throws -> [UInt8] {
+                           permutation: GGUFRowPermutation?, oneDimensional: Bool, into destination: UnsafeMutableRawPointer) throws {
         let rowBytes = oneDimensional ? size : rowLength * size
         let (first, count) = oneDimensional ? (0, rowLength) : (rows.lowerBound, rows.count)
+        let bytes = (first * rowBytes)..<((first + count) * rowBytes)
+        guard let p = permutation else {
+            try source.fill(bytes, into: destination)
+            return
+        }
         var hf = [UInt8](uninitializedCount: count * rowBytes)
-        try hf.withUnsafeMutableBytes { try source.fill((first * rowBytes)..<((first + count) * rowBytes), into: $0.baseAddress!) }
-        guard let p = permutation else { return hf }
-        var out = [UInt8](uninitializedCount: hf.count)
+        try hf.withUnsafeMutableBytes { try source.fill(bytes, into: $0.baseAddress!) }
         hf.withUnsafeBytes { from in
-            out.withUnsafeMutableBytes { to in
-                for g in first..<(first + count) {
-                    let r = p.transformersRow(ofGGUFRow: g)
-                    (to.baseAddress! + (g - first) * rowBytes).copyMemory(from: from.baseAddress! + (r - first) * rowBytes, byteCount: rowBytes)
-                }
+            for g in first..<(first + count) {
+                let r = p.transformersRow(ofGGUFRow: g)
+                (destination + (g - first) * rowBytes).copyMemory(from: from.baseAddress! + (r - first) * rowBytes, byteCount: rowBytes)
             }
         }
-        return out
     }
 }
