@@ -1,12 +1,13 @@
 /* ggml Q8_0 block kernels: see include/q8_0_kernel.h for the contracts.
  *
  * Portable C runs one element at a time with the reference's operations. The AVX2 path does the
- * same operations eight lanes at a time: the block's absmax as a float max of magnitudes (all
- * values finite, so the order of the maxima does not matter), the scale's two divisions in scalar
- * fp32 as the portable path, its half by F16C (VCVTPS2PH / VCVTPH2PS: the rounding and widening of
- * float_to_half / half_to_float, without their branches), the codes as one fp32 multiply, roundf built from
- * truncation (t = trunc(v); t ± 1 when |v − t| ≥ ½, both exact), VCVTTPS2DQ (which gives INT32_MIN
- * exactly where cvttss2si does) and the low bytes. The report's double sums keep four lanes by
+ * same operations eight lanes at a time: each block's absmax as a float max of magnitudes (all
+ * values finite, so the order of the maxima does not matter); the scales of eight blocks at once
+ * (lane b = block b: the same correctly rounded divisions, the half by VCVTPS2PH and its widening
+ * by VCVTPH2PS, the rounding and widening of float_to_half / half_to_float without their
+ * branches); the codes as one fp32 multiply, roundf built from truncation (t = trunc(v); t ± 1
+ * when |v − t| ≥ ½, both exact), VCVTTPS2DQ (which gives INT32_MIN exactly where cvttss2si does)
+ * and the low bytes. The report's double sums keep four lanes by
  * element index mod 4, one AVX register per sum, so every path adds the same numbers in the same
  * order. */
 #include "q8_0_kernel.h"
@@ -128,40 +129,63 @@ AVX2_TARGET static inline __m256i rounded_codes(__m256 v) {
     return _mm256_cvttps_epi32(_mm256_add_ps(t, step));
 }
 
-/* Encodes one block of finite values; returns 0, or the index + 1 of its first non-finite value.
-   The scale's half and its widening by F16C (VCVTPS2PH rounds to nearest even, overflowing to
-   infinity, as float_to_half; VCVTPH2PS is exact, as half_to_float): no branches and no integer
-   code between the division and the codes. `*scale` is the stored scale widened, `*codes` the 32
-   codes as stored. */
-AVX2_TARGET static inline size_t encode_block_avx2(const float *x, uint8_t *y, float *scale, __m256i *codes) {
+/* The eight partial maxima of |x| over a block's 32 values (their max is the block's amax: all
+   finite, so the order of the maxima does not matter); *nonfinite gets lanes set for NaN and ±inf. */
+AVX2_TARGET static inline __m256 block_maxima(const float *x, __m256i *nonfinite) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i exponent = _mm256_set1_epi32(0x7F800000);
-    __m256 v[4], m = _mm256_setzero_ps();
-    __m256i nonfinite = _mm256_setzero_si256();
+    __m256 m = _mm256_setzero_ps();
     for (int k = 0; k < 4; k++) {
-        v[k] = _mm256_loadu_ps(x + 8 * k);
-        __m256i bits = _mm256_castps_si256(v[k]);
-        nonfinite = _mm256_or_si256(nonfinite, _mm256_cmpeq_epi32(_mm256_and_si256(bits, exponent), exponent));
-        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+        __m256 v = _mm256_loadu_ps(x + 8 * k);
+        __m256i bits = _mm256_castps_si256(v);
+        *nonfinite = _mm256_or_si256(*nonfinite, _mm256_cmpeq_epi32(_mm256_and_si256(bits, exponent), exponent));
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
     }
-    if (!_mm256_testz_si256(nonfinite, nonfinite)) return first_nonfinite(x);
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    float d = _mm_cvtss_f32(m4) / 127.0f;
-    float inverse = d != 0.0f ? 1.0f / d : 0.0f;
-    uint16_t h = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
-    memcpy(y, &h, 2);
-    *scale = _cvtsh_ss(h);
+    return m;
+}
+
+/* The scales of eight blocks from their amax (lane b = block b), as the portable path computes
+   them one at a time: d = amax / 127 and id = d ≠ 0 ? 1 / d : 0 (correctly rounded divisions, the
+   same in every lane), the half of d by VCVTPS2PH (nearest even, overflowing to infinity, as
+   float_to_half) and its widening by VCVTPH2PS (exact, as half_to_float). */
+AVX2_TARGET static inline void scales(__m256 amax, float inverse[8], uint16_t halves[8], float stored[8]) {
+    __m256 d = _mm256_div_ps(amax, _mm256_set1_ps(127.0f));
+    __m256 nonzero = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_OQ);
+    _mm256_storeu_ps(inverse, _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0f), d)));
+    __m128i h = _mm256_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128((__m128i *)halves, h);
+    _mm256_storeu_ps(stored, _mm256_cvtph_ps(h));
+}
+
+/* The max of each of eight vectors, lane b of the result = the max of m[b]'s eight lanes. */
+AVX2_TARGET static inline __m256 lane_maxima(const __m256 m[8]) {
+    __m256 a = _mm256_max_ps(_mm256_permute2f128_ps(m[0], m[4], 0x20), _mm256_permute2f128_ps(m[0], m[4], 0x31));
+    __m256 b = _mm256_max_ps(_mm256_permute2f128_ps(m[1], m[5], 0x20), _mm256_permute2f128_ps(m[1], m[5], 0x31));
+    __m256 c = _mm256_max_ps(_mm256_permute2f128_ps(m[2], m[6], 0x20), _mm256_permute2f128_ps(m[2], m[6], 0x31));
+    __m256 d = _mm256_max_ps(_mm256_permute2f128_ps(m[3], m[7], 0x20), _mm256_permute2f128_ps(m[3], m[7], 0x31));
+    __m256 ab = _mm256_max_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    __m256 cd = _mm256_max_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+    return _mm256_max_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+/* Writes a block's half scale and its 32 codes (the low bytes of rounded_codes of x · inverse, each
+   product one fp32 multiply) and returns the codes. */
+AVX2_TARGET static inline __m256i encode_codes(const float *x, float inverse, uint16_t half, uint8_t *y) {
     __m256 id = _mm256_set1_ps(inverse);
     __m256i q[4];
-    for (int k = 0; k < 4; k++) q[k] = _mm256_and_si256(rounded_codes(_mm256_mul_ps(v[k], id)), _mm256_set1_epi32(0xFF));
+    for (int k = 0; k < 4; k++)
+        q[k] = _mm256_and_si256(rounded_codes(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), id)), _mm256_set1_epi32(0xFF));
     /* The low bytes (0…255 after the mask, so the unsigned packs never saturate), back in order. */
     __m256i packed = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3]));
     packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    memcpy(y, &half, 2);
     _mm256_storeu_si256((__m256i *)(y + 2), packed);
-    *codes = packed;
-    return 0;
+    return packed;
+}
+
+/* Eight codes (as eight signed bytes in the low half of `codes`) times `scale`, one fp32 multiply each. */
+AVX2_TARGET static inline __m256 scaled(__m128i codes, __m256 scale) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes)), scale);
 }
 
 /* The report's terms of eight elements, lanes as the scalar path: elements 0–3 then 4–7 to lanes 0–3. */
@@ -178,34 +202,83 @@ AVX2_TARGET static inline void sums_eight(__m256 t, __m256 b, __m256 s, __m256d 
     }
 }
 
+/* The accumulators of the report's three sums (lane l: elements l mod 4) and the changed blocks. */
+typedef struct {
+    __m256d d, w, q;
+    size_t changed;
+} comparison;
+
+/* Adds a new block (values x, codes `codes`, stored scale `stored`, half `half`) compared with the
+   old block at `old` to `c`. */
+AVX2_TARGET static inline void compare_block(const float *x, __m256i codes, float stored, uint16_t half, const uint8_t *old,
+                                             comparison *c) {
+    uint16_t old_half;
+    memcpy(&old_half, old, 2);
+    __m256 scale_new = _mm256_set1_ps(stored), scale_old = _mm256_set1_ps(_cvtsh_ss(old_half));
+    __m256i old_codes = _mm256_loadu_si256((const __m256i *)(old + 2));
+    __m128i lo = _mm256_castsi256_si128(codes), hi = _mm256_extracti128_si256(codes, 1);
+    __m128i olo = _mm256_castsi256_si128(old_codes), ohi = _mm256_extracti128_si256(old_codes, 1);
+    __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    __m128i old_parts[4] = {olo, _mm_srli_si128(olo, 8), ohi, _mm_srli_si128(ohi, 8)};
+    for (int k = 0; k < 4; k++)
+        sums_eight(_mm256_loadu_ps(x + 8 * k), scaled(old_parts[k], scale_old), scaled(parts[k], scale_new), &c->d, &c->w, &c->q);
+    __m256i same = _mm256_cmpeq_epi8(codes, old_codes);
+    c->changed += (uint32_t)_mm256_movemask_epi8(same) != 0xFFFFFFFFu || half != old_half;
+}
+
+/* Encodes one block (and compares it when `old`); returns 0, or the index + 1 of its first
+   non-finite value (nothing written). */
+AVX2_TARGET static inline size_t encode_block_avx2(const float *x, uint8_t *y, const uint8_t *old, comparison *c) {
+    __m256i nonfinite = _mm256_setzero_si256();
+    __m256 m = block_maxima(x, &nonfinite);
+    if (!_mm256_testz_si256(nonfinite, nonfinite)) return first_nonfinite(x);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    float inverse[8], stored[8];
+    uint16_t halves[8];
+    scales(_mm256_set1_ps(_mm_cvtss_f32(m4)), inverse, halves, stored);
+    __m256i codes = encode_codes(x, inverse[0], halves[0], y);
+    if (old) compare_block(x, codes, stored[0], halves[0], old, c);
+    return 0;
+}
+
+/* Eight blocks at once: their scales by one vector division each (no division latency between a
+   block's amax and its codes). Returns 0, or 1 when one of them has a NaN or infinity (nothing
+   written: the caller encodes them one by one to find it). */
+AVX2_TARGET static inline int encode_eight_avx2(const float *x, uint8_t *y, const uint8_t *old, comparison *c) {
+    __m256i nonfinite = _mm256_setzero_si256();
+    __m256 m[8];
+    for (int b = 0; b < 8; b++) m[b] = block_maxima(x + QK * b, &nonfinite);
+    if (!_mm256_testz_si256(nonfinite, nonfinite)) return 1;
+    float inverse[8], stored[8];
+    uint16_t halves[8];
+    scales(lane_maxima(m), inverse, halves, stored);
+    for (int b = 0; b < 8; b++) {
+        __m256i codes = encode_codes(x + QK * b, inverse[b], halves[b], y + BLOCK_BYTES * b);
+        if (old) compare_block(x + QK * b, codes, stored[b], halves[b], old + BLOCK_BYTES * b, c);
+    }
+    return 0;
+}
+
 AVX2_TARGET static size_t encode_avx2(const float *x, size_t blocks, uint8_t *y, const uint8_t *old, double *d, double *w,
                                       double *q, size_t *changed) {
-    __m256d vd = _mm256_loadu_pd(d), vw = _mm256_loadu_pd(w), vq = _mm256_loadu_pd(q);
-    size_t result = 0;
-    for (size_t b = 0; b < blocks; b++, x += QK, y += BLOCK_BYTES) {
-        float dn;
-        __m256i codes;
-        size_t bad = encode_block_avx2(x, y, &dn, &codes);
+    comparison c = {_mm256_loadu_pd(d), _mm256_loadu_pd(w), _mm256_loadu_pd(q), 0};
+    size_t result = 0, b = 0;
+    for (; b + 8 <= blocks; b += 8) {
+        if (encode_eight_avx2(x + QK * b, y + BLOCK_BYTES * b, old ? old + BLOCK_BYTES * b : NULL, &c)) break;
+    }
+    for (; b < blocks; b++) {
+        size_t bad = encode_block_avx2(x + QK * b, y + BLOCK_BYTES * b, old ? old + BLOCK_BYTES * b : NULL, &c);
         if (bad) {
             result = b * QK + bad;
             break;
         }
-        if (old) {
-            uint16_t hold;
-            memcpy(&hold, old, 2);
-            float dold = block_scale_f16c(old);
-            for (size_t j = 0; j < QK; j += 8)
-                sums_eight(_mm256_loadu_ps(x + j), codes_as_floats(old + 2 + j, dold), codes_as_floats(y + 2 + j, dn), &vd, &vw, &vq);
-            __m256i same = _mm256_cmpeq_epi8(codes, _mm256_loadu_si256((const __m256i *)(old + 2)));
-            uint16_t hnew;
-            memcpy(&hnew, y, 2);
-            *changed += (uint32_t)_mm256_movemask_epi8(same) != 0xFFFFFFFFu || hnew != hold;
-            old += BLOCK_BYTES;
-        }
     }
-    _mm256_storeu_pd(d, vd);
-    _mm256_storeu_pd(w, vw);
-    _mm256_storeu_pd(q, vq);
+    _mm256_storeu_pd(d, c.d);
+    _mm256_storeu_pd(w, c.w);
+    _mm256_storeu_pd(q, c.q);
+    *changed += c.changed;
     return result;
 }
 #endif
