@@ -194,7 +194,7 @@ public final class GGUFSink: Sendable {
         if plain && source.dtype == dtype {
             return (try [UInt8](unsafeUninitializedCapacity: n * size) { try inGGUFOrder($0.baseAddress!); $1 = n * size }, DeltaComparison())
         }
-        var bytes = [UInt8](repeating: 0, count: rows.count * outRowBytes)
+        var bytes = [UInt8](uninitializedCount: rows.count * outRowBytes)  // every byte is written by the quantizer
         guard let format = TensorData.format(source.dtype) else {
             throw LoRACoreError.invalidModule(module: e.name, detail: "dtype \(source.dtype.rawValue) cannot be written to GGUF")
         }
