@@ -7,7 +7,9 @@ import SafeTensors
 /// the next bytes while earlier ones are hashed and written; at most `depth` appends wait in the
 /// queue (the memory they hold is bounded by the caller's pieces). `position` counts the bytes
 /// appended so far, queued or written. One owner appends (never two threads at once); `finish`
-/// waits for the queue and reports the first failure.
+/// waits for the queue and reports the first failure. When the file is to be durable, the written
+/// bytes are handed to the disk every `writebackStep` bytes (`Writeback`), so the final fsync waits
+/// only for the last of them.
 final class GGUFFileWriter: @unchecked Sendable {
     let path: String
     /// Bytes appended so far (queued or written); touched only by the owner.
@@ -16,6 +18,8 @@ final class GGUFFileWriter: @unchecked Sendable {
     static let depth = 16
     /// Bytes per `pwrite` (through the page cache, large single calls copy more slowly: see `ChunkedOutput`).
     static let piece = 1 << 20
+    /// Bytes written between two starts of writeback.
+    static let writebackStep = 32 << 20
     private static let zeros = [UInt8](repeating: 0, count: 4096)
 
     // `@unchecked Sendable`: `fd` and `hasher` are used only on `queue` once created (and by
@@ -27,11 +31,16 @@ final class GGUFFileWriter: @unchecked Sendable {
     private let slots = DispatchSemaphore(value: 0)
     private let lock = NSLock()
     private var failure: (any Error)?
+    private let durable: Bool
+    /// Bytes handed to the disk so far (on the queue only).
+    private var writtenBack = 0
 
     /// Creates `path` (which must not exist) and reserves `size` bytes.
+    /// - Parameter durable: start the writeback as the file grows (for `finish(durable: true)`).
     /// - Throws: `SafeTensorsError.outputIO`.
-    init(path: String, size: Int) throws {
+    init(path: String, size: Int, durable: Bool) throws {
         self.path = path
+        self.durable = durable
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SafeTensorsError.outputIO(path: path, operation: "create", errno: errno) }
         let r = posix_fallocate(fd, 0, off_t(size))
@@ -140,5 +149,10 @@ final class GGUFFileWriter: @unchecked Sendable {
             done += n
         }
         hasher.update(bytes)
+        let end = at + bytes.count
+        if durable && end - writtenBack >= GGUFFileWriter.writebackStep {
+            Writeback.start(fd, offset: writtenBack, count: end - writtenBack)
+            writtenBack = end
+        }
     }
 }

@@ -102,7 +102,7 @@ public final class GGUFSink: Sendable {
     /// - Throws: `SafeTensorsError.outputIO` for write failures; what computing a tensor throws
     ///   (`LoRACoreError.nonFinite`, `.overflow`, `GGUFError.nonFiniteValue`).
     public func write(to path: String, durable: Bool) throws -> Report {
-        let out = try GGUFFileWriter(path: path, size: fileSize)
+        let out = try GGUFFileWriter(path: path, size: fileSize, durable: durable)
         try out.append(header)
         let alignment = model.file.header.alignment
         let dataStart = header.count
