@@ -26,7 +26,7 @@ let package = Package(
 
         // MARK: - Libraries: all logic lives here; none prints or parses arguments
         .target(name: "SafeTensors", dependencies: ["CZstd", "CFiles"]),
-        .target(name: "GGUF", dependencies: ["SafeTensors"]),
+        .target(name: "GGUF", dependencies: ["SafeTensors", "LoRAKernels"]),
         .target(name: "LoRAKernels", dependencies: ["COpenBLAS", "CKernels"]),
         .target(name: "LoRAGraph", dependencies: ["SafeTensors"]),
         .target(name: "LoRACore", dependencies: ["SafeTensors", "GGUF", "LoRAKernels", "LoRAGraph", .product(name: "Yams", package: "Yams")]),
@@ -45,7 +45,7 @@ let package = Package(
 
         // MARK: - Tests
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "CJSONC"], exclude: ["Fixtures"]),
-        .testTarget(name: "GGUFTests", dependencies: ["GGUF", "SafeTensors"], exclude: ["Fixtures"]),
+        .testTarget(name: "GGUFTests", dependencies: ["GGUF", "SafeTensors", "LoRAKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph", "GGUF"],

@@ -19,6 +19,15 @@ int lora_preallocate(int fd, int64_t length) {
 #endif
 }
 
+int lora_start_writeback(int fd, int64_t offset, int64_t length) {
+#ifdef __linux__
+    return sync_file_range(fd, (off_t)offset, (off_t)length, SYNC_FILE_RANGE_WRITE) == 0 ? 0 : errno;
+#else
+    (void)fd; (void)offset; (void)length;
+    return ENOSYS;
+#endif
+}
+
 int lora_rename_noreplace(const char *from, const char *to) {
 #ifdef __linux__
     return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0 ? 0 : errno;

@@ -1,3 +1,5 @@
+import LoRAKernels
+
 /// Decodes ggml tensor data to `Float`, exactly as ggml's reference `dequantize_row_*`
 /// (ggml/src/ggml-quants.c) and gguf-py's `gguf.quants.dequantize` (0.19.0), bit for bit.
 ///
@@ -10,6 +12,9 @@
 /// - Q8_0 `q·d`; Q4_0 `(q−8)·d`; Q5_0 `(q−16)·d`; Q4_1 and Q5_1 `q·d + m`.
 /// - Q2_K `(d·sc)·q − dmin·m`; Q3_K `(d·(sc−32))·(q−4·!h)`; Q4_K and Q5_K `(d·sc)·q − dmin·m`;
 ///   Q6_K `(d·sc)·(q−32)` (sc a signed byte).
+///
+/// Q8_0 runs as a C kernel (`Q8_0Blocks`, the same bits on every instruction set; the block decoder
+/// here is its reference in the tests); other types one block at a time in Swift.
 ///
 /// Other types are refused with `GGUFError.unsupportedType` naming the type and tensor.
 public enum GGMLDequantizer {
@@ -35,6 +40,10 @@ public enum GGMLDequantizer {
             throw GGUFError.unsupportedType(type: type, operation: "dequantizing", tensor: tensor)
         }
         guard blocks > 0, let src = bytes.baseAddress, let dst = out.baseAddress else { return }
+        if type == .q8_0 {
+            Q8_0Blocks.decode(bytes, into: out)
+            return
+        }
         for b in 0..<blocks {
             decode(src + b * type.typeSize, dst + b * type.blockSize)
         }

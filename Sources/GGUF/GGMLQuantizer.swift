@@ -1,3 +1,5 @@
+import LoRAKernels
+
 /// Encodes `Float` values as ggml tensor data with ggml's reference (non-imatrix) quantizers:
 /// the `quantize_row_*_ref` functions of ggml/src/ggml-quants.c, which `llama-quantize` uses when
 /// no importance matrix is given. The codes equal those of gguf-py's `gguf.quants.quantize`
@@ -9,6 +11,9 @@
 /// Layout and decoding: see `GGMLDequantizer`. Scales are rounded to halves to nearest even
 /// (a scale beyond the half range is stored as infinity, as ggml does); F16 and BF16 round to
 /// nearest even (BF16 quiets NaN as ggml's `ggml_compute_fp32_to_bf16`).
+///
+/// Q8_0 runs as a C kernel (`Q8_0Blocks`, the same bits on every instruction set; the block encoder
+/// here is its reference in the tests); other types one block at a time in Swift.
 ///
 /// The quantized types refuse NaN and infinity (`GGUFError.nonFiniteValue`): ggml's reference
 /// has no defined codes for them. Float-to-integer conversions that can only go out of range
@@ -37,6 +42,12 @@ public enum GGMLQuantizer {
             throw GGUFError.unsupportedType(type: type, operation: "quantizing", tensor: tensor)
         }
         guard blocks > 0, let src = values.baseAddress, let dst = out.baseAddress else { return }
+        if type == .q8_0 {
+            if let bad = Q8_0Blocks.encode(values, into: out) {
+                throw GGUFError.nonFiniteValue(type: type, tensor: tensor, index: bad, value: values[bad])
+            }
+            return
+        }
         if type.blockSize > 1, let bad = values.firstIndex(where: { !$0.isFinite }) {
             throw GGUFError.nonFiniteValue(type: type, tensor: tensor, index: bad, value: values[bad])
         }

@@ -118,7 +118,7 @@ public enum Bnb4bit {
         precondition(packed.count >= (elements.upperBound + 1) / 2, "packed holds the elements' codes")
         precondition(absmax.count > (elements.upperBound - 1) / blocksize, "absmax holds the elements' blocks")
         precondition(out.count >= n * format.size, "out holds the decoded elements")
-        let isa = resolved(isa)
+        let isa = Kernels.resolved(isa)
         let status = quantMap.withUnsafeBufferPointer { q in
             lora_bnb4_decode_isa(isa.rawValue, packed.baseAddress!.assumingMemoryBound(to: UInt8.self), elements.lowerBound, n,
                                  absmax.baseAddress, blocksize, q.baseAddress, FusedMerge.code(format), out.baseAddress)
@@ -186,7 +186,7 @@ public enum Bnb4bit {
         let n = values.count
         guard n > 0 else { return }
         precondition(packed.count >= (n + 1) / 2 && absmax.count >= (n - 1) / blocksize + 1, "packed and absmax have room")
-        let isa = resolved(isa)
+        let isa = Kernels.resolved(isa)
         let status = bounds.withUnsafeBufferPointer { b in
             order.withUnsafeBufferPointer { o in
                 lora_bnb4_quantize_isa(isa.rawValue, values.baseAddress, n, blocksize, b.baseAddress, o.baseAddress,
@@ -308,9 +308,5 @@ public enum Bnb4bit {
             guard full < 16 else { return 256 }
             return full * 16 + Int(SIMD16<Int32>(repeating: 0).replacing(with: 1, where: groups[full] .< v).wrappedSum())
         }
-    }
-
-    static func resolved(_ isa: InstructionSet?) -> InstructionSet {
-        isa ?? (try? Kernels.instructionSet()) ?? .best
     }
 }

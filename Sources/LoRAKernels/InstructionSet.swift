@@ -61,6 +61,12 @@ public enum Kernels {
         return try fromEnvironment.get()
     }
 
+    /// `isa`, or when nil the process-wide choice (the best this CPU has when `LORA_TOOL_ISA` is invalid):
+    /// the instruction set of a kernel call that takes an optional one.
+    static func resolved(_ isa: InstructionSet?) -> InstructionSet {
+        isa ?? (try? instructionSet()) ?? .best
+    }
+
     /// Replaces the process-wide choice (nil: back to `LORA_TOOL_ISA` or the best); for tests, which
     /// cannot change the environment once it has been read.
     static func setInstructionSet(_ isa: InstructionSet?) {

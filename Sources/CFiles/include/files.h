@@ -11,6 +11,11 @@
  * zeros. */
 int lora_preallocate(int fd, int64_t length);
 
+/* Starts writing the dirty page-cache pages of bytes [offset, offset + length) of `fd` to the disk
+ * without waiting (Linux sync_file_range with SYNC_FILE_RANGE_WRITE), so that a later fsync has
+ * less left to wait for. Durability still needs that fsync. Returns 0 or the errno (ENOSYS /
+ * EOPNOTSUPP elsewhere: callers just go on). */
+int lora_start_writeback(int fd, int64_t offset, int64_t length);
 /* rename(2) that never replaces: fails with EEXIST when `to` exists (even as an empty directory).
  * Returns 0 or the errno; EINVAL / ENOSYS mean the file system or kernel cannot do it atomically. */
 int lora_rename_noreplace(const char *from, const char *to);

@@ -19,10 +19,12 @@ import SafeTensors
 /// permuted) of about 64 Ki values, `threads` groups at a time, each group's bytes a pure function
 /// of its rows: the same file on every thread count. For block types the sink records how much of
 /// the change each tensor kept (`Requantize.Survival`: blocks changed, correlation and norm ratio
-/// of the stored delta with the intended one, sums per group added in group order).
+/// of the stored delta with the intended one: `DeltaComparison` sums per group, added in group order).
 ///
-/// Memory: a window of groups (threads × 2 groups) and what the sources hold for the tensor in
-/// progress; the output is written sequentially, fsynced when `durable`.
+/// Memory: a window of groups (threads × 2 groups), the groups queued for writing (`GGUFFileWriter`
+/// hashes and writes them in file order on a background thread while the next window is computed,
+/// at most `GGUFFileWriter.depth` queued), and what the sources hold for the tensor in progress;
+/// fsynced when `durable`.
 public final class GGUFSink: Sendable {
     /// What was written.
     public struct Report: Sendable {
@@ -100,8 +102,8 @@ public final class GGUFSink: Sendable {
     /// - Throws: `SafeTensorsError.outputIO` for write failures; what computing a tensor throws
     ///   (`LoRACoreError.nonFinite`, `.overflow`, `GGUFError.nonFiniteValue`).
     public func write(to path: String, durable: Bool) throws -> Report {
-        let out = try GGUFFileWriter(path: path, size: fileSize)
-        try header.withUnsafeBytes { try out.append($0) }
+        let out = try GGUFFileWriter(path: path, size: fileSize, durable: durable)
+        try out.append(header)
         let alignment = model.file.header.alignment
         let dataStart = header.count
         var types: [String: Int] = [:]
@@ -115,14 +117,7 @@ public final class GGUFSink: Sendable {
                 if let s = try writeComputed(e, to: out) { survival.append(s) }
                 computed.append(e.info.name)
             } else {
-                let bytes = model.file.bytes(of: e.info)
-                var at = 0
-                while at < bytes.count {
-                    let n = min(4 << 20, bytes.count - at)
-                    try out.append(UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
-                    at += n
-                }
-                MappedFile.releasePages(bytes)
+                try out.append(mapped: model.file.bytes(of: e.info), releasingPages: true)
             }
             types[e.type.name, default: 0] += 1
             done += GGUFHeaderEncoder.byteCount(dims: e.info.dims, type: e.type)
@@ -151,12 +146,11 @@ public final class GGUFSink: Sendable {
         if e.info.dims.count < 2 { groupRows = rows }  // 1-D: one row, permuted (if at all) element by element
         let groups = (rows + groupRows - 1) / groupRows
         let window = max(1, context.threads * 2)
-        var stats = GGMLRequantizationStats()
-        var changedBlocks = 0
+        var survival = DeltaComparison()
         var g = 0
         while g < groups {
             let n = min(window, groups - g)
-            let results = ParallelSlots<(bytes: [UInt8], stats: GGMLRequantizationStats, changed: Int)>(count: n)
+            let results = ParallelSlots<(bytes: [UInt8], survival: DeltaComparison)>(count: n)
             let counter = ClaimCounter(count: n)
             let (first, step) = (g, groupRows)
             DispatchQueue.concurrentPerform(iterations: min(n, context.threads)) { _ in
@@ -168,9 +162,8 @@ public final class GGUFSink: Sendable {
             // In group order: the first failing group's error, the bytes and sums in file order.
             for k in 0..<n {
                 let r = try results.get(k).get()
-                try r.bytes.withUnsafeBytes { try out.append($0) }
-                stats.merge(r.stats)
-                changedBlocks += r.changed
+                try out.append(r.bytes)
+                survival.add(r.survival)
             }
             g += n
         }
@@ -180,36 +173,60 @@ public final class GGUFSink: Sendable {
         guard !plain else { return nil }
         let blocks = rows * (rowLength / t.blockSize)
         return Requantize.Survival(weight: e.info.name,
-                                   codesChanged: t == e.info.type ? Double(changedBlocks) / Double(max(1, blocks)) : 1,
-                                   deltaCorrelation: stats.deltaCorrelation,
-                                   deltaNormRatio: stats.intendedDelta > 0 ? (stats.storedDelta / stats.intendedDelta).squareRoot() : 0)
+                                   codesChanged: t == e.info.type ? Double(survival.changedBlocks) / Double(max(1, blocks)) : 1,
+                                   deltaCorrelation: survival.correlation, deltaNormRatio: survival.normRatio)
     }
 
     /// GGUF rows `rows` of a computed tensor in its output type, and (block types) their survival sums.
+    ///
+    /// Survival: Q8_0 requantized from a Q8_0 base in one pass of the kernel (codes, sums and changed
+    /// blocks from the base's blocks, nothing decoded into arrays); other block types decode the
+    /// base rows and the new blocks and sum them with `Bnb4bit.deltaSums`, the same order.
     private func group(_ e: Entry, source: any TensorSource, rows: Range<Int>, plain: Bool, dtype: DType,
-                       outRowBytes: Int) throws -> (bytes: [UInt8], stats: GGMLRequantizationStats, changed: Int) {
+                       outRowBytes: Int) throws -> (bytes: [UInt8], survival: DeltaComparison) {
         let rowLength = e.info.rowLength
         let size = TensorData.format(source.dtype).map(\.size) ?? 4
-        let raw = try ggufOrder(source, rows: rows, rowLength: rowLength, size: size, permutation: e.base.permutation, oneDimensional: e.info.dims.count < 2)
-        if plain && source.dtype == dtype {
-            return (raw, GGMLRequantizationStats(), 0)
+        let n = rows.count * rowLength
+        let inGGUFOrder = { (destination: UnsafeMutableRawPointer) in
+            try self.ggufOrder(source, rows: rows, rowLength: rowLength, size: size, permutation: e.base.permutation,
+                               oneDimensional: e.info.dims.count < 2, into: destination)
         }
-        var bytes = [UInt8](repeating: 0, count: rows.count * outRowBytes)
+        if plain && source.dtype == dtype {
+            return (try [UInt8](unsafeUninitializedCapacity: n * size) { try inGGUFOrder($0.baseAddress!); $1 = n * size }, DeltaComparison())
+        }
+        var bytes = [UInt8](uninitializedCount: rows.count * outRowBytes)  // every byte is written by the quantizer
         guard let format = TensorData.format(source.dtype) else {
             throw LoRACoreError.invalidModule(module: e.name, detail: "dtype \(source.dtype.rawValue) cannot be written to GGUF")
         }
-        let n = rows.count * rowLength
+        // The f32 values to write: read in place when the source produces f32, else widened.
         var target = [Float](uninitializedCount: n)
-        raw.withUnsafeBytes { r in target.withUnsafeMutableBufferPointer { FloatCodec.decode(r, format: format, into: $0) } }
+        if format == .f32 {
+            try target.withUnsafeMutableBytes { try inGGUFOrder($0.baseAddress!) }
+        } else {
+            let raw = try [UInt8](unsafeUninitializedCapacity: n * size) { try inGGUFOrder($0.baseAddress!); $1 = n * size }
+            raw.withUnsafeBytes { r in target.withUnsafeMutableBufferPointer { FloatCodec.decode(r, format: format, into: $0) } }
+        }
+        if e.type == .q8_0 && e.info.type == .q8_0 {
+            let all = model.file.bytes(of: e.info)
+            let old = UnsafeRawBufferPointer(rebasing: all[(rows.lowerBound * outRowBytes)..<(rows.upperBound * outRowBytes)])
+            let result = target.withUnsafeBufferPointer { v in
+                bytes.withUnsafeMutableBytes { Q8_0Blocks.requantize(v, old: old, into: $0, using: context.instructionSet) }
+            }
+            switch result {
+            case let .success(survival): return (bytes, survival)
+            case let .failure(bad): throw GGUFError.nonFiniteValue(type: e.type, tensor: e.info.name, index: bad.index, value: target[bad.index])
+            }
+        }
         try target.withUnsafeBufferPointer { v in
             try bytes.withUnsafeMutableBytes { try GGMLQuantizer.quantize(v, type: e.type, into: $0, tensor: e.info.name) }
         }
-        guard !plain else { return (bytes, GGMLRequantizationStats(), 0) }
+        guard !plain else { return (bytes, DeltaComparison()) }
         // Survival: base values (GGUF order, decoded), the target, and what the blocks decode to.
         let base = try model.file.dequantize(e.info, rows: rows)
         let stored = try bytes.withUnsafeBytes { try GGMLDequantizer.dequantize($0, type: e.type, tensor: e.info.name) }
-        var stats = GGMLRequantizationStats()
-        base.withUnsafeBufferPointer { b in target.withUnsafeBufferPointer { t in stored.withUnsafeBufferPointer { stats.add(base: b, target: t, stored: $0) } } }
+        let sums = target.withUnsafeBufferPointer { t in
+            base.withUnsafeBytes { b in stored.withUnsafeBytes { Bnb4bit.deltaSums(target: t, old: b, back: $0, format: .f32) } }
+        }
         var changed = 0
         if e.type == e.info.type {
             let old = model.file.bytes(of: e.info)
@@ -221,27 +238,28 @@ public final class GGUFSink: Sendable {
                 }
             }
         }
-        return (bytes, stats, changed)
+        return (bytes, DeltaComparison(dot: sums.dot, want: sums.want, got: sums.got, changedBlocks: changed))
     }
 
-    /// The bytes of GGUF rows `rows` of `source` (a transformers-ordered tensor), in GGUF order:
-    /// whole heads read at once and their rows permuted back; a 1-D tensor whole, permuted by element.
+    /// The bytes of GGUF rows `rows` of `source` (a transformers-ordered tensor), in GGUF order, into
+    /// `destination` (`rows.count × rowLength × size` bytes): whole heads read at once and their rows
+    /// permuted back; a 1-D tensor whole, permuted by element. Unpermuted rows are filled in place.
     private func ggufOrder(_ source: any TensorSource, rows: Range<Int>, rowLength: Int, size: Int,
-                           permutation: GGUFRowPermutation?, oneDimensional: Bool) throws -> [UInt8] {
+                           permutation: GGUFRowPermutation?, oneDimensional: Bool, into destination: UnsafeMutableRawPointer) throws {
         let rowBytes = oneDimensional ? size : rowLength * size
         let (first, count) = oneDimensional ? (0, rowLength) : (rows.lowerBound, rows.count)
+        let bytes = (first * rowBytes)..<((first + count) * rowBytes)
+        guard let p = permutation else {
+            try source.fill(bytes, into: destination)
+            return
+        }
         var hf = [UInt8](uninitializedCount: count * rowBytes)
-        try hf.withUnsafeMutableBytes { try source.fill((first * rowBytes)..<((first + count) * rowBytes), into: $0.baseAddress!) }
-        guard let p = permutation else { return hf }
-        var out = [UInt8](uninitializedCount: hf.count)
+        try hf.withUnsafeMutableBytes { try source.fill(bytes, into: $0.baseAddress!) }
         hf.withUnsafeBytes { from in
-            out.withUnsafeMutableBytes { to in
-                for g in first..<(first + count) {
-                    let r = p.transformersRow(ofGGUFRow: g)
-                    (to.baseAddress! + (g - first) * rowBytes).copyMemory(from: from.baseAddress! + (r - first) * rowBytes, byteCount: rowBytes)
-                }
+            for g in first..<(first + count) {
+                let r = p.transformersRow(ofGGUFRow: g)
+                (destination + (g - first) * rowBytes).copyMemory(from: from.baseAddress! + (r - first) * rowBytes, byteCount: rowBytes)
             }
         }
-        return out
     }
 }

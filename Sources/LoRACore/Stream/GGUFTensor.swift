@@ -86,7 +86,8 @@ public struct GGUFTensor: TensorSource {
     }
 
     /// Stored elements `elements` (GGUF order) as `dtype` bytes: copied, or decoded from the
-    /// blocks of the GGUF rows they lie in, `step` elements at a time.
+    /// blocks of the GGUF rows they lie in, `step` elements at a time (whole rows straight into
+    /// `destination`, partial ones through a scratch buffer).
     private func stored(_ elements: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
         if isPlain {
             let size = dtype == .float32 ? 4 : 2
@@ -105,11 +106,16 @@ public struct GGUFTensor: TensorSource {
             let g0 = e / rowLength
             let g1 = min(info.rowCount, max(g0 + 1, (min(elements.upperBound, e + GGUFTensor.step) + rowLength - 1) / rowLength))
             let n = (g1 - g0) * rowLength
+            let to = min(elements.upperBound, g1 * rowLength)
+            if e == g0 * rowLength && to == g1 * rowLength {  // whole rows: decoded in place
+                try file.dequantize(info, rows: g0..<g1, into: UnsafeMutableBufferPointer(start: out + (e - elements.lowerBound), count: n))
+                e = to
+                continue
+            }
             if values.count < n { values = [Float](uninitializedCount: n) }
             try values.withUnsafeMutableBufferPointer {
                 try file.dequantize(info, rows: g0..<g1, into: UnsafeMutableBufferPointer(rebasing: $0[0..<n]))
             }
-            let to = min(elements.upperBound, g1 * rowLength)
             values.withUnsafeBufferPointer {
                 (out + (e - elements.lowerBound)).update(from: $0.baseAddress! + (e - g0 * rowLength), count: to - e)
             }
