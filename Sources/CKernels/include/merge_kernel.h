@@ -7,6 +7,7 @@
 /* Included here too so that builds whose module cache predates it see it. */
 #include "product_kernel.h"
 #include "bnb4_kernel.h"
+#include "q8_0_kernel.h"
 
 /* Flags returned by lora_merge_rows. */
 enum {

@@ -102,13 +102,13 @@ struct GGUFAdapterSink {
         ]
         let layout = GGUFHeaderEncoder.layout(metadata: metadata, tensors: tensors.map { ($0.name, $0.dims, $0.type) },
                                               alignment: GGUFAdapterSink.alignment)
-        let out = try GGUFFileWriter(path: path, size: layout.fileSize)
-        try layout.header.withUnsafeBytes { try out.append($0) }
+        let out = try GGUFFileWriter(path: path, size: layout.fileSize, durable: durable)
+        try out.append(layout.header)
         var types: [String: Int] = [:]
         for (t, offset) in zip(tensors, layout.offsets) {
             try out.pad(to: layout.header.count + Int(offset))
             let bytes = try t.values().withUnsafeBufferPointer { try GGMLQuantizer.quantize($0, type: t.type, tensor: t.name) }
-            try bytes.withUnsafeBytes { try out.append($0) }
+            try out.append(bytes)
             types[t.type.name, default: 0] += 1
         }
         try out.pad(to: layout.fileSize)
