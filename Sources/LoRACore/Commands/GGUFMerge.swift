@@ -60,12 +60,7 @@ enum GGUFMerge {
         var verification: VerifyReport?
         if options.verify {
             // The same check as `lora-tool verify`, on the staged file before it gets its name.
-            var v = VerifyOptions(base: options.base, adapters: options.adapters, merged: output.staging)
-            v.scaleOverride = options.scaleOverride
-            v.probes = options.probes
-            v.seed = options.seed
-            v.targets = options.targets
-            v.threads = context.threads
+            let v = options.verifyOptions(merged: output.staging, threads: context.threads)
             verification = try VerifySink.passing(GGUFVerify.run(v, mergedName: URL(fileURLWithPath: options.output).lastPathComponent))
         }
         try output.commit()

@@ -89,6 +89,17 @@ public struct MergeReport: Sendable {
 }
 
 extension MergeOptions {
+    /// The check `merge --verify` runs: `lora-tool verify` of these inputs against `merged`.
+    func verifyOptions(merged: String, threads: Int) -> VerifyOptions {
+        var v = VerifyOptions(base: base, adapters: adapters, merged: merged)
+        v.scaleOverride = scaleOverride
+        v.probes = probes
+        v.seed = seed
+        v.targets = targets
+        v.threads = threads
+        return v
+    }
+
     /// The options that shape the output bytes, one `key=value` line each (`PlanFingerprint`): not
     /// paths, threads, durability or checks, which every part may choose for itself.
     var fingerprintLines: [String] {
@@ -194,12 +205,7 @@ public enum Merge {
             verification = try VerifySink.passing(sink.consume(dense))
         } else if options.verify {
             // The same check as `lora-tool verify`, on the staged output before it gets its name.
-            var v = VerifyOptions(base: options.base, adapters: options.adapters, merged: output.staging)
-            v.scaleOverride = options.scaleOverride
-            v.probes = options.probes
-            v.seed = options.seed
-            v.targets = options.targets
-            v.threads = context.threads
+            let v = options.verifyOptions(merged: output.staging, threads: context.threads)
             verification = try VerifySink.passing(Verify.run(v))
         }
         if let part = options.part {
