@@ -82,8 +82,9 @@ static void decode_run_scalar(const uint8_t *codes, size_t n, float scale, int f
 
 /* MARK: - Vector paths */
 
-#if LORA_VECTOR_KERNELS
 typedef uint8_t v16b __attribute__((vector_size(16)));
+
+#if LORA_VECTOR_KERNELS
 
 INLINE v16u select_u(v16u mask, v16u a, v16u b) { return (mask & a) | (~mask & b); }
 
@@ -112,16 +113,25 @@ INLINE v16f clamp_v(v16f t) {
     return (v16f)select_u((v16u)(hi < t), (v16u)hi, (v16u)t);
 }
 
-/* 16 (or n < 16, zeros after) codes widened to lanes. */
+/* 16 (or n < 16, zeros after) codes widened to lanes; fixed-size copies for whole vectors. */
 INLINE v16u load_codes(const uint8_t *p, size_t n) {
     v16b b = {0};
-    memcpy(&b, p, n);
+    if (n == 16) memcpy(&b, p, 16);
+    else memcpy(&b, p, n);
     return __builtin_convertvector(b, v16u);
 }
 
 INLINE void store_codes(uint8_t *p, v16u code, size_t n) {
     v16b b = __builtin_convertvector(code, v16b);
-    memcpy(p, &b, n);
+    if (n == 16) memcpy(p, &b, 16);
+    else memcpy(p, &b, n);
+}
+
+INLINE v16f load_floats(const float *p, size_t n) {
+    v16f v = {0};
+    if (n == 16) memcpy(&v, p, 64);
+    else memcpy(&v, p, n * 4);
+    return v;
 }
 
 /* max over the magnitude bits with NaN lanes zeroed: for non-negative non-NaN floats the bit
@@ -147,9 +157,7 @@ INLINE void quantize_run_v(const float *x, size_t n, float forward, float stored
     size_t size = format_size(format);
     for (size_t i = 0; i < n; i += 16) {
         size_t m = n - i < 16 ? n - i : 16;
-        v16f v = {0};
-        memcpy(&v, x + i, m * 4);
-        v16u c = encode_v(clamp_v(v * forward));
+        v16u c = encode_v(clamp_v(load_floats(x + i, m) * forward));
         store_codes(codes + i, c, m);
         store_values(back + i * size, format, decode_v(c) * stored, m, m == 16);
     }
@@ -246,7 +254,19 @@ uint32_t lora_fp8_block_decode_isa(int isa, const uint8_t *codes, size_t first, 
 }
 
 size_t lora_bytes_differing(const uint8_t *a, const uint8_t *b, size_t count) {
-    size_t n = 0;
-    for (size_t i = 0; i < count; i++) n += a[i] != b[i];
+    /* 16 bytes at a time (a generic vector: SSE2 on any x86-64), each lane counting up to 255. */
+    size_t n = 0, i = 0;
+    while (count - i >= 16) {
+        size_t stop = count - i >= 16 * 255 ? i + 16 * 255 : i + (count - i) / 16 * 16;
+        v16b lanes = {0};
+        for (; i < stop; i += 16) {
+            v16b x, y;
+            memcpy(&x, a + i, 16);
+            memcpy(&y, b + i, 16);
+            lanes -= (v16b)(x != y);
+        }
+        for (int l = 0; l < 16; l++) n += lanes[l];
+    }
+    for (; i < count; i++) n += a[i] != b[i];
     return n;
 }
