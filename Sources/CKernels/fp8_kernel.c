@@ -22,16 +22,28 @@
 
 /* MARK: - Runs */
 
-/* Calls body(offset, n, block) for each run of [first, first + count), offset = run start - first. */
+/* Calls body(offset, n, block) for each run of [first, first + count), offset = run start - first.
+   Divisions only once per range: the row, column and block advance by counting. */
 #define FOR_EACH_RUN(first, count, cols, block_rows, block_cols, body)                                              \
     do {                                                                                                            \
         size_t grid_cols_ = ((cols) + (block_cols) - 1) / (block_cols), k_ = (first), end_ = (first) + (count);     \
+        size_t row_ = k_ / (cols), j_ = k_ % (cols), bc_ = j_ / (block_cols), br_ = row_ / (block_rows);               \
+        size_t in_rows_ = row_ % (block_rows), bend_ = (bc_ + 1) * (block_cols) < (cols) ? (bc_ + 1) * (block_cols) : (cols); \
         while (k_ < end_) {                                                                                         \
-            size_t row_ = k_ / (cols), j_ = k_ % (cols), in_block_ = (block_cols) - j_ % (block_cols);                 \
-            size_t left_ = (cols) - j_ < in_block_ ? (cols) - j_ : in_block_;                                       \
-            size_t n_ = end_ - k_ < left_ ? end_ - k_ : left_;                                                      \
-            body(k_ - (first), n_, (row_ / (block_rows)) * grid_cols_ + j_ / (block_cols));                         \
+            size_t n_ = bend_ - j_ < end_ - k_ ? bend_ - j_ : end_ - k_;                                            \
+            body(k_ - (first), n_, br_ * grid_cols_ + bc_);                                                         \
             k_ += n_;                                                                                               \
+            j_ += n_;                                                                                               \
+            if (j_ == bend_) {                                                                                      \
+                if (j_ == (cols)) {                                                                                 \
+                    j_ = 0;                                                                                         \
+                    bc_ = 0;                                                                                        \
+                    if (++in_rows_ == (block_rows)) { in_rows_ = 0; br_++; }                                        \
+                } else {                                                                                            \
+                    bc_++;                                                                                          \
+                }                                                                                                   \
+                bend_ = (bc_ + 1) * (block_cols) < (cols) ? (bc_ + 1) * (block_cols) : (cols);                      \
+            }                                                                                                       \
         }                                                                                                           \
     } while (0)
 
