@@ -94,14 +94,7 @@ static inline void put_code(uint8_t *packed, size_t i, uint8_t code) {
 }
 
 /* max |x| over n values as the reference's `m = max(m, abs(x))` from +0: NaN never wins. */
-static inline float absmax_scalar(const float *x, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        m = (a >= m) ? a : m;
-    }
-    return m;
-}
+static inline float absmax_scalar(const float *x, size_t n) { return scalar_absmax(x, n, 0.0f); }
 
 static inline float inverse_of(float m) {
     float limited = (BNB4_TINY >= m) ? BNB4_TINY : m;
@@ -239,12 +232,7 @@ AVX2_TARGET static float absmax_avx2(const float *x, size_t n) {
     _mm256_storeu_si256((__m256i *)lanes, m0);
     uint32_t best = 0;
     for (int l = 0; l < 8; l++) best = lanes[l] > best ? lanes[l] : best;
-    float m = bits_float(best);
-    for (; i < n; i++) {
-        float a = fabsf(x[i]);
-        m = (a >= m) ? a : m;
-    }
-    return m;
+    return scalar_absmax(x + i, n - i, bits_float(best));
 }
 
 /* The bounds arranged for a four-step branchless binary search: for non-decreasing bounds the

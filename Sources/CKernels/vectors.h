@@ -91,6 +91,16 @@ static inline void scalar_store(unsigned char *p, int format, float y) {
     memcpy(p, &h, 2);
 }
 
+/* max |x[i]| over n floats, from `start`, as the reference's `m = max(m, abs(x))`: NaN never wins. */
+static inline float scalar_absmax(const float *x, size_t n, float start) {
+    float m = start;
+    for (size_t i = 0; i < n; i++) {
+        float a = bits_float(float_bits(x[i]) & 0x7FFFFFFFu);
+        m = (a >= m) ? a : m;
+    }
+    return m;
+}
+
 #if LORA_VECTOR_KERNELS
 #pragma clang diagnostic ignored "-Wpsabi"
 

@@ -1,3 +1,5 @@
+import CKernels
+
 /// OCP FP8 E4M3 ("fn": finite, no infinities), as torch's `float8_e4m3fn`: 1 sign, 4 exponent
 /// (bias 7), 3 mantissa bits; largest finite ±448 (`0x7E`), NaN `0x7F`/`0xFF`, subnormals
 /// m·2⁻⁹ for m = 1…7.
@@ -47,5 +49,76 @@ public enum FP8E4M3 {
         let odd = (magnitude >> 20) & 1
         let rounded = (magnitude + 0x7FFFF + odd) >> 20
         return sign | UInt8(truncatingIfNeeded: rounded - (120 << 3))
+    }
+}
+
+// MARK: - Block-scaled kernels
+
+/// How the blocks of a block-scaled [rows, cols] weight tile it (transformers' fine-grained FP8):
+/// row-major elements, element `e` (row `e / cols`, column `e % cols`) in block
+/// `(row / blockRows) · gridCols + column / blockCols` with `gridCols = ⌈cols / blockCols⌉`; the
+/// last blocks of a row or column may be partial.
+public struct BlockGrid: Sendable, Equatable {
+    public var cols: Int
+    public var blockRows: Int
+    public var blockCols: Int
+
+    public init(cols: Int, blockRows: Int, blockCols: Int) {
+        precondition(cols > 0 && blockRows > 0 && blockCols > 0, "positive columns and block sizes")
+        self.cols = cols
+        self.blockRows = blockRows
+        self.blockCols = blockCols
+    }
+}
+
+/// Block-scaled FP8 E4M3 weights by C kernels (portable C, and 16-lane vectors for AVX2 and
+/// AVX-512 picked at run time), bit for bit the per-value Swift rules of `FP8E4M3` on every
+/// instruction set. Each function takes a range of elements starting at element `first` of a
+/// weight tiled by `grid`: its per-element buffers hold just the range, its per-block arrays
+/// (`amax`, scales) are indexed by absolute block number and must cover every block the range
+/// touches. Products are one fp32 multiply; outputs in a 16-bit format are rounded once, to
+/// nearest with ties to even, as `FloatCodec.encode` (NaN stays a quiet NaN).
+extension FP8E4M3 {
+    /// For each block the values touch: `amax[block] = max(amax[block], max |v|)` (NaN ignored).
+    /// - Parameter isa: instruction set; nil uses `Kernels.instructionSet()` (or the best when that fails).
+    public static func blockAbsmax(_ values: UnsafeBufferPointer<Float>, first: Int, grid: BlockGrid, into amax: UnsafeMutableBufferPointer<Float>,
+                                   using isa: InstructionSet? = nil) {
+        guard !values.isEmpty else { return }
+        let isa = Bnb4bit.resolved(isa)
+        let status = lora_fp8_block_absmax_isa(isa.rawValue, values.baseAddress, first, values.count, grid.cols, grid.blockRows, grid.blockCols,
+                                               amax.baseAddress)
+        precondition(status == 0, "instruction set \(isa) runs on this CPU")
+    }
+
+    /// The codes of `values`, `codes[i] = encode(min(max(values[i] · forward[b], −448), 448))`, and
+    /// the values they decode back to with the stored scale, `back[i] = decode(codes[i]) · stored[b]`
+    /// rounded to `format` (`values.count` elements of it).
+    public static func quantize(_ values: UnsafeBufferPointer<Float>, first: Int, grid: BlockGrid, forward: UnsafeBufferPointer<Float>,
+                                stored: UnsafeBufferPointer<Float>, codes: UnsafeMutableBufferPointer<UInt8>, back: UnsafeMutableRawBufferPointer,
+                                format: FloatCodec.Format, using isa: InstructionSet? = nil) {
+        precondition(codes.count >= values.count && back.count >= values.count * format.size, "room for every code and value")
+        guard !values.isEmpty else { return }
+        let isa = Bnb4bit.resolved(isa)
+        let status = lora_fp8_block_quantize_isa(isa.rawValue, values.baseAddress, first, values.count, grid.cols, grid.blockRows, grid.blockCols,
+                                                 forward.baseAddress, stored.baseAddress, codes.baseAddress, FusedMerge.code(format), back.baseAddress)
+        precondition(status == 0, "instruction set \(isa) runs on this CPU")
+    }
+
+    /// `out[i] = decode(codes[i]) · scales[b]` rounded to `format` (`codes.count` elements of it).
+    public static func decode(_ codes: UnsafeBufferPointer<UInt8>, first: Int, grid: BlockGrid, scales: UnsafeBufferPointer<Float>,
+                              into out: UnsafeMutableRawBufferPointer, format: FloatCodec.Format, using isa: InstructionSet? = nil) {
+        precondition(out.count >= codes.count * format.size, "room for every value")
+        guard !codes.isEmpty else { return }
+        let isa = Bnb4bit.resolved(isa)
+        let status = lora_fp8_block_decode_isa(isa.rawValue, codes.baseAddress, first, codes.count, grid.cols, grid.blockRows, grid.blockCols,
+                                               scales.baseAddress, FusedMerge.code(format), out.baseAddress)
+        precondition(status == 0, "instruction set \(isa) runs on this CPU")
+    }
+
+    /// The number of positions where `a` and `b` (of equal length) differ.
+    public static func differing(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Int {
+        precondition(a.count == b.count, "equal lengths")
+        guard !a.isEmpty else { return 0 }
+        return lora_bytes_differing(a.baseAddress, b.baseAddress, a.count)
     }
 }

@@ -1,3 +1,4 @@
+import LoRAKernels
 import SafeTensors
 
 /// A quantization that stores one byte per value and one fp32 scale per rectangular block of a
@@ -28,6 +29,23 @@ public protocol BlockScaledFormat: Sendable {
     /// The code of each prepared value, and the value it decodes back to with the stored scale.
     func codes(of values: UnsafeBufferPointer<Float>, forward: Float, stored: Float, into codes: UnsafeMutableBufferPointer<UInt8>,
                back: UnsafeMutableBufferPointer<Float>)
+
+    // Ranges of a weight, any number of blocks: what the streaming code calls (one dynamic call per
+    // range). The defaults walk the runs with the methods above; a scheme may give kernels with the
+    // same results. Per-element buffers hold elements `elements` of the weight tiled by `layout`;
+    // per-block arrays are indexed by block number over the whole grid.
+
+    /// `amax[block] = max(amax[block], largestMagnitude(of: run))` for each run of the values.
+    func accumulateLargestMagnitudes(_ values: UnsafeBufferPointer<Float>, of elements: Range<Int>, layout: BlockScaledLayout,
+                                     into amax: UnsafeMutableBufferPointer<Float>)
+    /// The codes of the values (`codes(of:forward:stored:…)`, each block with its scales) and the
+    /// values they decode back to, rounded once to `format` (as `FloatCodec.encode`).
+    func quantize(_ values: UnsafeBufferPointer<Float>, of elements: Range<Int>, layout: BlockScaledLayout, forward: UnsafeBufferPointer<Float>,
+                  stored: UnsafeBufferPointer<Float>, into codes: UnsafeMutableBufferPointer<UInt8>, back: UnsafeMutableRawBufferPointer,
+                  format: FloatCodec.Format)
+    /// `value(of:scale:)` of each code with its block's scale, rounded once to `format`.
+    func decode(_ codes: UnsafeBufferPointer<UInt8>, of elements: Range<Int>, layout: BlockScaledLayout, scales: UnsafeBufferPointer<Float>,
+                into out: UnsafeMutableRawBufferPointer, format: FloatCodec.Format)
 }
 
 extension BlockScaledFormat {
@@ -49,6 +67,37 @@ extension BlockScaledFormat {
             back[i] = value(of: c, scale: stored)
         }
     }
+
+    public func accumulateLargestMagnitudes(_ values: UnsafeBufferPointer<Float>, of elements: Range<Int>, layout: BlockScaledLayout,
+                                            into amax: UnsafeMutableBufferPointer<Float>) {
+        layout.forEachRun(in: elements) { run, block in
+            amax[block] = Swift.max(amax[block], largestMagnitude(of: UnsafeBufferPointer(rebasing: values[run])))
+        }
+    }
+
+    public func quantize(_ values: UnsafeBufferPointer<Float>, of elements: Range<Int>, layout: BlockScaledLayout, forward: UnsafeBufferPointer<Float>,
+                         stored: UnsafeBufferPointer<Float>, into codes: UnsafeMutableBufferPointer<UInt8>, back: UnsafeMutableRawBufferPointer,
+                         format: FloatCodec.Format) {
+        var floats = [Float](uninitializedCount: elements.count)
+        floats.withUnsafeMutableBufferPointer { b in
+            layout.forEachRun(in: elements) { run, block in
+                self.codes(of: UnsafeBufferPointer(rebasing: values[run]), forward: forward[block], stored: stored[block],
+                           into: UnsafeMutableBufferPointer(rebasing: codes[run]), back: UnsafeMutableBufferPointer(rebasing: b[run]))
+            }
+            FloatCodec.encode(UnsafeBufferPointer(b), format: format, into: back)
+        }
+    }
+
+    public func decode(_ codes: UnsafeBufferPointer<UInt8>, of elements: Range<Int>, layout: BlockScaledLayout, scales: UnsafeBufferPointer<Float>,
+                       into out: UnsafeMutableRawBufferPointer, format: FloatCodec.Format) {
+        var floats = [Float](uninitializedCount: elements.count)
+        floats.withUnsafeMutableBufferPointer { v in
+            layout.forEachRun(in: elements) { run, block in
+                values(of: UnsafeBufferPointer(rebasing: codes[run]), scale: scales[block], into: UnsafeMutableBufferPointer(rebasing: v[run]))
+            }
+            FloatCodec.encode(UnsafeBufferPointer(v), format: format, into: out)
+        }
+    }
 }
 
 /// Where one block-scaled weight's tensors are and how its blocks tile it.
@@ -66,6 +115,8 @@ public struct BlockScaledLayout: Sendable, Equatable {
     /// Blocks per row of the grid.
     public var gridCols: Int { (shape[1] + blockCols - 1) / blockCols }
     public var gridRows: Int { (shape[0] + blockRows - 1) / blockRows }
+    /// The tiling as the kernels take it.
+    var grid: BlockGrid { BlockGrid(cols: shape[1], blockRows: blockRows, blockCols: blockCols) }
     /// Whether the shape is not a multiple of the block.
     public var hasPartialBlocks: Bool { shape[0] % blockRows != 0 || shape[1] % blockCols != 0 }
 

@@ -33,6 +33,24 @@ public struct FP8Block: BlockScaledFormat {
         FP8E4M3.encode(Swift.min(Swift.max(value * forward, -FP8E4M3.max), FP8E4M3.max))
     }
 
+    // The range methods by the C kernels of `FP8E4M3` (the same bits as the per-value rules above).
+
+    public func accumulateLargestMagnitudes(_ values: UnsafeBufferPointer<Float>, of elements: Range<Int>, layout: BlockScaledLayout,
+                                            into amax: UnsafeMutableBufferPointer<Float>) {
+        FP8E4M3.blockAbsmax(values, first: elements.lowerBound, grid: layout.grid, into: amax)
+    }
+
+    public func quantize(_ values: UnsafeBufferPointer<Float>, of elements: Range<Int>, layout: BlockScaledLayout, forward: UnsafeBufferPointer<Float>,
+                         stored: UnsafeBufferPointer<Float>, into codes: UnsafeMutableBufferPointer<UInt8>, back: UnsafeMutableRawBufferPointer,
+                         format: FloatCodec.Format) {
+        FP8E4M3.quantize(values, first: elements.lowerBound, grid: layout.grid, forward: forward, stored: stored, codes: codes, back: back, format: format)
+    }
+
+    public func decode(_ codes: UnsafeBufferPointer<UInt8>, of elements: Range<Int>, layout: BlockScaledLayout, scales: UnsafeBufferPointer<Float>,
+                       into out: UnsafeMutableRawBufferPointer, format: FloatCodec.Format) {
+        FP8E4M3.decode(codes, first: elements.lowerBound, grid: layout.grid, scales: scales, into: out, format: format)
+    }
+
     /// `X.weight_scale_inv` of `X.weight`.
     static func scaleName(ofWeight name: String) -> String { name + "_scale_inv" }
 

@@ -53,8 +53,9 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
                 try merged.floats((r0 * cols)..<(r1 * cols), into: UnsafeMutableBufferPointer(rebasing: $0[0..<((r1 - r0) * cols)]), raw: &raw)
             }
             values.withUnsafeBufferPointer { v in
-                layout.forEachRun(in: (r0 * cols)..<(r1 * cols)) { run, block in
-                    amax[block] = Swift.max(amax[block], format.largestMagnitude(of: UnsafeBufferPointer(rebasing: v[run])))
+                amax.withUnsafeMutableBufferPointer {
+                    format.accumulateLargestMagnitudes(UnsafeBufferPointer(rebasing: v[0..<((r1 - r0) * cols)]), of: (r0 * cols)..<(r1 * cols),
+                                                       layout: layout, into: $0)
                 }
             }
         }
@@ -77,12 +78,14 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
     }
 
     /// Codes of elements `elements` (one byte each), and their survival, `DequantizedBlockScaled.step`
-    /// values at a time.
+    /// values at a time: the merged values in fp32 (`target`), the codes written straight to `out`
+    /// with the values they decode back to (`back`, in the compute dtype), the base's stored codes
+    /// and their values (`old`, in the compute dtype), then the survival sums.
     private func codes(_ elements: Range<Int>, forward: [Float], inverse: [Float], into out: UnsafeMutablePointer<UInt8>) throws {
         guard !elements.isEmpty else { return }
         let dense = TensorData.format(original.dtype)!
         let step = min(elements.count, DequantizedBlockScaled.step)
-        var target = [Float](uninitializedCount: step), back = target, old = target
+        var target = [Float](uninitializedCount: step)
         var oldCodes = [UInt8](uninitializedCount: step)
         var oldBytes = [UInt8](uninitializedCount: step * dense.size), backBytes = oldBytes
         var raw: [UInt8] = []
@@ -92,32 +95,30 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
             let n = min(step, elements.upperBound - e), span = e..<(e + n)
             let codes = UnsafeMutableBufferPointer(start: out + (e - elements.lowerBound), count: n)
             try target.withUnsafeMutableBufferPointer { try merged.floats(span, into: UnsafeMutableBufferPointer(rebasing: $0[0..<n]), raw: &raw) }
-            target.withUnsafeBufferPointer { t in
-                back.withUnsafeMutableBufferPointer { b in
-                    original.layout.forEachRun(in: span) { run, block in
-                        original.format.codes(of: UnsafeBufferPointer(rebasing: t[run]), forward: forward[block], stored: inverse[block],
-                                              into: UnsafeMutableBufferPointer(rebasing: codes[run]), back: UnsafeMutableBufferPointer(rebasing: b[run]))
+            try target.withUnsafeBufferPointer { t in
+                try oldCodes.withUnsafeMutableBufferPointer { c in
+                    try oldBytes.withUnsafeMutableBytes { o in
+                        try backBytes.withUnsafeMutableBytes { b in
+                            let t = UnsafeBufferPointer(rebasing: t[0..<n]), c = UnsafeMutableBufferPointer(rebasing: c[0..<n])
+                            let o = UnsafeMutableRawBufferPointer(rebasing: o[0..<(n * dense.size)])
+                            let b = UnsafeMutableRawBufferPointer(rebasing: b[0..<(n * dense.size)])
+                            forward.withUnsafeBufferPointer { f in
+                                inverse.withUnsafeBufferPointer {
+                                    original.format.quantize(t, of: span, layout: original.layout, forward: f, stored: $0, into: codes, back: b, format: dense)
+                                }
+                            }
+                            // Survival: what the codes kept of the intended change, against the base's own values.
+                            try original.stored[0].source.fill(span, into: c.baseAddress!)
+                            changed += FP8E4M3.differing(UnsafeBufferPointer(c), UnsafeBufferPointer(codes))
+                            original.decode(UnsafeBufferPointer(c), of: span, into: o)
+                            let d = Bnb4bit.deltaSums(target: t, old: UnsafeRawBufferPointer(o), back: UnsafeRawBufferPointer(b), format: dense)
+                            dot += d.dot
+                            want += d.want
+                            got += d.got
+                        }
                     }
                 }
             }
-            // Survival: what the codes kept of the intended change, against the base's own values.
-            try oldCodes.withUnsafeMutableBytes { try original.stored[0].source.fill(span, into: $0.baseAddress!) }
-            changed += oldCodes.withUnsafeBufferPointer { o in (0..<n).reduce(0) { $0 + (o[$1] != codes[$1] ? 1 : 0) } }
-            oldCodes.withUnsafeBufferPointer { c in
-                old.withUnsafeMutableBufferPointer { original.decode(UnsafeBufferPointer(rebasing: c[0..<n]), of: span, into: UnsafeMutableBufferPointer(rebasing: $0[0..<n])) }
-            }
-            old.withUnsafeBufferPointer { o in
-                oldBytes.withUnsafeMutableBytes { FloatCodec.encode(UnsafeBufferPointer(rebasing: o[0..<n]), format: dense, into: $0) }
-            }
-            back.withUnsafeBufferPointer { b in
-                backBytes.withUnsafeMutableBytes { FloatCodec.encode(UnsafeBufferPointer(rebasing: b[0..<n]), format: dense, into: $0) }
-            }
-            let d = target.withUnsafeBufferPointer { t in
-                oldBytes.withUnsafeBytes { o in backBytes.withUnsafeBytes { Bnb4bit.deltaSums(target: UnsafeBufferPointer(rebasing: t[0..<n]), old: o, back: $0, format: dense) } }
-            }
-            dot += d.dot
-            want += d.want
-            got += d.got
             e += n
         }
         lock.lock()
