@@ -84,7 +84,7 @@ extension FP8E4M3 {
     public static func blockAbsmax(_ values: UnsafeBufferPointer<Float>, first: Int, grid: BlockGrid, into amax: UnsafeMutableBufferPointer<Float>,
                                    using isa: InstructionSet? = nil) {
         guard !values.isEmpty else { return }
-        let isa = Bnb4bit.resolved(isa)
+        let isa = Kernels.resolved(isa)
         let status = lora_fp8_block_absmax_isa(isa.rawValue, values.baseAddress, first, values.count, grid.cols, grid.blockRows, grid.blockCols,
                                                amax.baseAddress)
         precondition(status == 0, "instruction set \(isa) runs on this CPU")
@@ -98,7 +98,7 @@ extension FP8E4M3 {
                                 format: FloatCodec.Format, using isa: InstructionSet? = nil) {
         precondition(codes.count >= values.count && back.count >= values.count * format.size, "room for every code and value")
         guard !values.isEmpty else { return }
-        let isa = Bnb4bit.resolved(isa)
+        let isa = Kernels.resolved(isa)
         let status = lora_fp8_block_quantize_isa(isa.rawValue, values.baseAddress, first, values.count, grid.cols, grid.blockRows, grid.blockCols,
                                                  forward.baseAddress, stored.baseAddress, codes.baseAddress, FusedMerge.code(format), back.baseAddress)
         precondition(status == 0, "instruction set \(isa) runs on this CPU")
@@ -109,7 +109,7 @@ extension FP8E4M3 {
                               into out: UnsafeMutableRawBufferPointer, format: FloatCodec.Format, using isa: InstructionSet? = nil) {
         precondition(out.count >= codes.count * format.size, "room for every value")
         guard !codes.isEmpty else { return }
-        let isa = Bnb4bit.resolved(isa)
+        let isa = Kernels.resolved(isa)
         let status = lora_fp8_block_decode_isa(isa.rawValue, codes.baseAddress, first, codes.count, grid.cols, grid.blockRows, grid.blockCols,
                                                scales.baseAddress, FusedMerge.code(format), out.baseAddress)
         precondition(status == 0, "instruction set \(isa) runs on this CPU")

@@ -8,6 +8,7 @@
 #include "product_kernel.h"
 #include "bnb4_kernel.h"
 #include "q8_0_kernel.h"
+#include "fp8_kernel.h"
 
 /* Flags returned by lora_merge_rows. */
 enum {
