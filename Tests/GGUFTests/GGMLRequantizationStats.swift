@@ -1,4 +1,7 @@
-/// How far requantization moved a tensor, and how much of an intended change it kept: sums over
+import GGUF
+
+/// The tests' measure of a codec round trip (the merge reports survival with `DeltaComparison`): how
+/// far requantization moved a tensor, and how much of an intended change it kept: sums over
 /// elements in `Double`, so a streaming pass adds one row range at a time (in order, the same
 /// totals as one pass over the whole tensor).
 ///
