@@ -1,5 +1,6 @@
 import Foundation
 import SafeTensors
+import LoRACore
 
 /// Small text helpers shared by the subcommands' renderers.
 enum Render {
@@ -68,5 +69,12 @@ enum Render {
 
     static func printJSON(_ value: JSONValue) {
         print(JSONWriter.pretty(value))
+    }
+
+    /// The table of modules factored by SVD (extract, convert --to lora): rank, energy kept,
+    /// relative error, method.
+    static func svdModules(_ modules: [ExtractSVDReport.Module]) -> [[String]] {
+        [["  module", "rank", "energy kept", "rel. error", "method"]]
+            + modules.map { ["  " + $0.module, "\($0.rank)", String(format: "%.6f", $0.energyKept), String(format: "%.3g", $0.relativeError), $0.method] }
     }
 }

@@ -83,13 +83,12 @@ public enum ConvertToGGUF {
                 }
             }
         }
-        let sink = GGUFAdapterSink(factors: factors, target: target, type: options.type)
-        if sink.commonAlpha == nil {
+        let output = try AtomicOutput(destination: options.output, isDirectory: false, force: options.force)
+        let written = try GGUFAdapterSink(factors: factors, target: target, type: options.type).write(to: output.staging, durable: options.durable)
+        try output.commit()
+        if written.folded {
             notes.append("modules differ in s·r: adapter.lora.alpha = 0 (llama.cpp then scales by 1) and each B multiplied by its own s (one fp32 rounding)")
         }
-        let output = try AtomicOutput(destination: options.output, isDirectory: false, force: options.force)
-        let written = try sink.write(to: output.staging, durable: options.durable)
-        try output.commit()
         return ConvertToGGUFReport(from: adapter.dialect, architecture: target.architecture, modules: factors.count, alpha: written.alpha,
                                    folded: written.folded, types: written.types, sha256: written.sha256, bytes: written.bytes, notes: notes)
     }
@@ -98,14 +97,8 @@ public enum ConvertToGGUF {
     static func target(of base: String) throws -> (GGUFAdapterSink.Target, [String: [UInt64]]?) {
         if GGUFFile.looksLikeGGUF(path: base) {
             let model = try GGUFModel(path: base)
-            let header = model.file.header
-            let arch = model.names.architecture
-            var heads: (query: Int, key: Int)?
-            if model.names.permutesQueryKey, let q = header.value("\(arch).attention.head_count")?.integer {
-                heads = (Int(q), Int(header.value("\(arch).attention.head_count_kv")?.integer ?? q))
-            }
             let shapes = Dictionary(model.tensors.map { ($0.info.name, $0.info.dims) }, uniquingKeysWith: { a, _ in a })
-            return (GGUFAdapterSink.Target(architecture: arch, names: model.names, heads: heads), shapes)
+            return (GGUFAdapterSink.Target(architecture: model.names.architecture, names: model.names, heads: model.ropeHeads), shapes)
         }
         let path = URL(fileURLWithPath: base).appendingPathComponent("config.json").path
         guard let config = try SideFiles.readJSON(path) else {

@@ -71,13 +71,12 @@ public enum ConvertToLoRA {
             report.modules.append(.init(module: m.module, rank: f.report.rank, energyKept: f.report.energy, relativeError: f.report.error, method: f.report.method))
         }
         guard !ranks.isEmpty else { throw LoRACoreError.invalidRequest("\(options.adapter): every module's ΔW is zero; nothing to convert") }
-        let (r, rankPattern) = AdapterSink.rankSummary(ranks)
-        var config = AdapterSink.Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: [])
-        config.alphaPattern = rankPattern.map { ($0.0, Double($0.1)) }  // scale 1: α equals each rank
         let selected = Set(ranks.map(\.module))
         // Without the model, the full names: a suffix could also select modules the adapter never had.
-        config.targetModules = base.map { b in TargetSelector.minimalSuffixes(selecting: selected, among: Set(b.names.map { TensorName($0).module })) }
-            ?? selected.sorted(by: utf8Precedes)
+        let config = AdapterSink.Config.unitScale(
+            ranks: ranks,
+            targetModules: base.map { b in TargetSelector.minimalSuffixes(selecting: selected, among: Set(b.names.map { TensorName($0).module })) }
+                ?? selected.sorted(by: utf8Precedes))
         try AdapterSink.write(tensors.sorted { utf8Precedes($0.name, $1.name) }, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
         return report
     }

@@ -130,12 +130,8 @@ public enum ExtractSVD {
         guard !ranks.isEmpty else {
             throw LoRACoreError.invalidRequest("the fine-tuned model does not differ from the base in any target module; nothing to extract")
         }
-        let (r, rankPattern) = AdapterSink.rankSummary(ranks)
-        var config = AdapterSink.Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: [])
-        // Scale 1 everywhere: alpha equals each module's rank.
-        config.alphaPattern = rankPattern.map { ($0.0, Double($0.1)) }
-        config.targetModules = TargetSelector.minimalSuffixes(
-            selecting: Set(ranks.map(\.module)), among: Set(base.names.map { TensorName($0).module }))
+        let config = AdapterSink.Config.unitScale(
+            ranks: ranks, targetModules: TargetSelector.minimalSuffixes(selecting: Set(ranks.map(\.module)), among: Set(base.names.map { TensorName($0).module })))
         try AdapterSink.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
         return ExtractSVDReport(modules: modules, skipped: skipped, otherDifferences: others)
     }

@@ -107,10 +107,8 @@ public enum Resize {
             tensors.append(.init(name: tensor.hasPrefix("base_model.model.") ? tensor : "base_model.model." + baseName,
                                  dtype: info.dtype, shape: info.shape) { Array(try adapter.checkpoint.bytes(of: tensor)) })
         }
-        let (r, rankPattern) = AdapterSink.rankSummary(ranks)
-        var config = AdapterSink.Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: [])
-        config.alphaPattern = rankPattern.map { ($0.0, Double($0.1)) }
-        config.targetModules = TargetSelector.minimalSuffixes(selecting: Set(ranks.map(\.module)), among: Set(ranks.map(\.module)))
+        var config = AdapterSink.Config.unitScale(
+            ranks: ranks, targetModules: TargetSelector.minimalSuffixes(selecting: Set(ranks.map(\.module)), among: Set(ranks.map(\.module))))
         config.fanInFanOut = adapter.modules.contains { $0.transposed && $0.kind == .linear }
         config.modulesToSave = adapter.format == .peft ? adapter.config.modulesToSave : []
         try AdapterSink.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)

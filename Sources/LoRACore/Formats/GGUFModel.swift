@@ -21,6 +21,8 @@ public final class GGUFModel: Sendable {
     public let tensors: [(info: GGUFTensorInfo, name: String)]
     /// The tensors under transformers names (sorted), no side files.
     public let stream: TensorStream
+    /// `head_count` and `head_count_kv` when the architecture permutes q/k rows (llama), else nil.
+    public let ropeHeads: (query: Int, key: Int)?
 
     /// - Throws: `GGUFError` for a malformed file, an architecture outside `GGUFTensorNameMap`,
     ///   missing head counts (llama), or q/k rows the heads do not divide; `SafeTensorsError`
@@ -70,6 +72,7 @@ public final class GGUFModel: Sendable {
             sources.append((name, GGUFTensor(file: file, info: info, permutation: permutation)))
         }
         tensors = list
+        ropeHeads = heads
         stream = TensorStream(sources, path: path, sideFiles: nil, metadata: nil)
     }
 }

@@ -30,6 +30,15 @@ struct AdapterSink {
         var modulesToSave: [String] = []
         var baseModelPath: String?
 
+        /// Scale 1 in every module (α equal to each module's rank), as SVD factors are written:
+        /// `r` the most common rank, the others in `rank_pattern` and `alpha_pattern`.
+        static func unitScale(ranks: [(module: String, rank: Int)], targetModules: [String]) -> Config {
+            let (r, rankPattern) = AdapterSink.rankSummary(ranks)
+            var config = Config(r: r, loraAlpha: Double(r), rankPattern: rankPattern, targetModules: targetModules)
+            config.alphaPattern = rankPattern.map { ($0.0, Double($0.1)) }
+            return config
+        }
+
         /// adapter_config.json text, as PEFT writes it (`json.dumps(..., indent=2, sort_keys=True)`).
         var json: String {
             func num(_ x: Double) -> JSONValue { x == x.rounded() && abs(x) < 1e15 ? .number(String(Int(x))) : .number("\(x)") }

@@ -48,7 +48,7 @@ struct GGUFAdapterSink {
     let type: GGMLType
 
     /// The α every module agrees on (s·r in fp32), or nil when they differ.
-    var commonAlpha: Float? {
+    private var commonAlpha: Float? {
         let alphas = Set(factors.map { Float($0.module.scale * Double($0.module.rank)) })
         return alphas.count == 1 ? alphas.first! : nil
     }

@@ -106,10 +106,7 @@ extension LoraTool {
             o.zstdLevel = compression.level
             o.scaleOverride = scale.override
             let r = try ConvertToLoRA.run(o)
-            var rows = [["  module", "rank", "energy kept", "rel. error", "method"]]
-            for m in r.modules {
-                rows.append(["  " + m.module, "\(m.rank)", String(format: "%.6f", m.energyKept), String(format: "%.3g", m.relativeError), m.method])
-            }
+            var rows = Render.svdModules(r.modules)
             for s in r.skipped { rows.append(["  " + s.module, "–", "ΔW = 0, skipped", "", ""]) }
             print("\(Render.escaped(output)): converted to plain LoRA (scale 1)\n" + Render.table(rows))
         }

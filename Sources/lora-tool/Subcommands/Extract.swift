@@ -133,11 +133,7 @@ extension LoraTool {
                 ]))
                 return
             }
-            var rows = [["  module", "rank", "energy kept", "rel. error", "method"]]
-            for m in r.modules {
-                rows.append(["  " + m.module, "\(m.rank)", String(format: "%.6f", m.energyKept), String(format: "%.3g", m.relativeError), m.method])
-            }
-            print("\(Render.escaped(output)): adapter extracted by SVD (OpenBLAS core \(BLASCore.name))\n" + Render.table(rows))
+            print("\(Render.escaped(output)): adapter extracted by SVD (OpenBLAS core \(BLASCore.name))\n" + Render.table(Render.svdModules(r.modules)))
             for s in r.skipped {
                 Render.diagnostic("note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))")
             }
