@@ -25,6 +25,9 @@ so llama.cpp's Q/K row permutation (`LlamaModel.permute`) differs between q_proj
 
 tiny/ (2 layers):
   base-f16.gguf, base-q8_0.gguf    convert_hf_to_gguf.py --outtype f16 / q8_0 of the HF model
+  hf/                              that HF model (config.json, model.safetensors, tokenizer files):
+                                   the input of the export tests (`convert --to gguf`, `merge
+                                   --output X.gguf` from a safetensors base)
   adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down (B non-zero)
   expected-f16.gguf                merged tensors only: dequantize (gguf) -> merge in f32 with
                                    B's rows permuted as the converter permutes q/k (lora-tool's
@@ -39,6 +42,7 @@ tiny/ (2 layers):
 qwen2/, qwen3/ (1 layer, a tiny SentencePiece tokenizer.model):
   base-f16.gguf                    convert_hf_to_gguf.py --outtype f16 (rows not permuted; qwen2 has
                                    q/k/v biases, qwen3 q/k norms)
+  hf/                              the HF model it was converted from
   adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down
   converter-merged-f16.gguf        PEFT merge_and_unload, then convert_hf_to_gguf.py --outtype f16
 kquant/ (1 layer, hidden 256):
@@ -347,6 +351,16 @@ def copy_with_types(src, dst, type_of, quantize):
     w.close()
 
 
+def keep_hf(model_dir, out_dir):
+    """The transformers model the converter read, for the export tests (`convert --to gguf`,
+    `merge --output X.gguf` from a safetensors base): its files as saved (no generation_config.json,
+    which the converter does not read)."""
+    os.makedirs(out_dir)
+    for f in sorted(os.listdir(model_dir)):
+        if f != "generation_config.json":
+            shutil.copy(os.path.join(model_dir, f), out_dir)
+
+
 def peft_merged(model_dir, adapter_dir, out_dir):
     import torch
     from transformers import AutoModelForCausalLM
@@ -393,6 +407,7 @@ def main():
         make_adapter(model, os.path.join(tiny, "adapter"), seed=19)
         for outtype in ("f16", "q8_0"):
             convert(converter, hf, outtype, os.path.join(tiny, f"base-{outtype}.gguf"))
+        keep_hf(hf, os.path.join(tiny, "hf"))
         for base, out_type, name in (("f16", None, "expected-f16"), ("q8_0", None, "expected-q8_0"), ("q8_0", QT.F16, "expected-q8_0-as-f16")):
             tensors = expected_tensors(os.path.join(tiny, f"base-{base}.gguf"), os.path.join(tiny, "adapter"), 4, 2, out_type, quantize, gguf, permute)
             write_tensors(os.path.join(tiny, f"{name}.gguf"), tensors, "llama")
@@ -410,6 +425,7 @@ def main():
             model = make_model(hf, hidden=64, intermediate=128, layers=1, heads=4, kv_heads=2, seed=seed, family=family)
             make_adapter(model, os.path.join(out, "adapter"), seed=seed + 1)
             convert(converter, hf, "f16", os.path.join(out, "base-f16.gguf"))
+            keep_hf(hf, os.path.join(out, "hf"))
             merged_hf = os.path.join(tmp, f"{family}-merged-hf")
             peft_merged(hf, os.path.join(out, "adapter"), merged_hf)
             convert(converter, merged_hf, "f16", os.path.join(out, "converter-merged-f16.gguf"))

@@ -17,9 +17,15 @@ import SafeTensors
 /// With `verify`, the staged file is checked by `GGUFVerify` (as `lora-tool verify` checks it)
 /// before it gets its name; a failure leaves no output.
 ///
-/// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, a `.gguf` output from
-/// a safetensors base (not implemented yet), and the options of safetensors outputs (`--dtype`,
-/// `--requantize`, `--keep-quantized`, `--part`).
+/// A transformers (safetensors) base with a `.gguf` output is merged the same way and written as
+/// llama.cpp's `convert_hf_to_gguf.py` writes the merged model (`GGUFExportPlan`: its metadata,
+/// tokenizer and tensor table; `--gguf-type` f32, f16 (`keep`'s meaning here: the converter's
+/// default), bf16 or q8_0); every tensor is computed from the safetensors values (rounded once).
+/// With no adapter (`allowEmpty`) this is `convert MODEL --to gguf`.
+///
+/// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, `--verify` of an export
+/// (not implemented yet), and the options of safetensors outputs (`--dtype`, `--requantize`,
+/// `--keep-quantized`, `--part`).
 enum GGUFMerge {
     /// Whether `options` describe a GGUF merge: a GGUF base or a `.gguf` output.
     static func applies(to options: MergeOptions) -> Bool {
@@ -30,9 +36,7 @@ enum GGUFMerge {
     /// - Throws: `LoRACoreError`, `GGUFError` (naming the file and tensor), `SafeTensorsError`.
     static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)?) throws -> MergeReport {
         let start = Date()
-        guard GGUFFile.looksLikeGGUF(path: options.base) else {
-            throw LoRACoreError.invalidRequest("--output \(options.output) is a GGUF file: merging a safetensors base into GGUF is not supported yet (issue 18); give a .gguf base, or a directory output")
-        }
+        let fromGGUF = GGUFFile.looksLikeGGUF(path: options.base)
         guard options.output.hasSuffix(".gguf") else {
             throw LoRACoreError.invalidRequest("\(options.base) is a GGUF base: the merged model is written as GGUF, so --output must end in .gguf")
         }
@@ -41,20 +45,28 @@ enum GGUFMerge {
         if let given = unsupported.first(where: \.1) {
             throw LoRACoreError.invalidRequest("\(given.0) does not apply to a GGUF merge (use --gguf-type for the merged tensors' type)")
         }
+        if !fromGGUF && options.verify {
+            throw LoRACoreError.invalidRequest("--verify checks GGUF merges into a GGUF base; a transformers model exported to GGUF is not verified yet: run `lora-tool verify` on a merge into its GGUF conversion")
+        }
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
-        let model = try GGUFModel(path: options.base)
+        let model = try fromGGUF ? GGUFModel(path: options.base) : nil
+        let checkpoint = try fromGGUF ? nil : Checkpoint(path: options.base, headerOnly: false)
+        let base = model?.stream ?? TensorStream(model: checkpoint!)
+        // Planned before any adapter is read: what the model cannot be written as is refused first.
+        let export = try checkpoint.map { try GGUFExportPlan(directory: $0.directory, model: $0, type: options.ggufType == .keep ? .f16 : options.ggufType) }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         if try LayerReplicationPass.forAdapters(adapters) != nil {
-            throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF base's metadata and tensor table cannot take yet: merge into the transformers model")
+            throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF model's metadata and tensor table cannot take yet: merge into the transformers model")
         }
-        let plan = try MergePlan(base: model.stream, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
+        let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         if !plan.changesAnything && !options.allowEmpty {
             throw LoRACoreError.invalidRequest(
                 "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")
         }
-        let merged = try ApplyAdaptersPass(plan: plan, context: context).apply(to: model.stream)
-        let sink = try GGUFSink(model: model, stream: merged, type: options.ggufType, context: context)
+        let merged = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
+        let sink = try export.map { try GGUFSink(export: $0, stream: merged, context: context) }
+            ?? GGUFSink(model: model!, stream: merged, type: options.ggufType, context: context)
         let output = try AtomicOutput(destination: options.output, isDirectory: false, force: options.force)
         let written = try sink.write(to: output.staging, durable: options.durable)
         var verification: VerifyReport?
@@ -67,16 +79,19 @@ enum GGUFMerge {
 
         let (families, mergedCount, replaced) = plan.summary
         let file = URL(fileURLWithPath: output.destination).lastPathComponent
+        // Copied: byte for byte from a GGUF base; from a transformers model, written unmerged.
+        let copied: Int
+        if let model { copied = model.tensors.count - written.computed.count } else { copied = export!.tensors.count - mergedCount - replaced.count }
         var report = MergeReport(
             output: options.output, files: [file], sha256: [file: written.sha256],
             families: families,
-            mergedTensors: mergedCount, replacedTensors: replaced, copiedTensors: model.tensors.count - written.computed.count,
+            mergedTensors: mergedCount, replacedTensors: replaced, copiedTensors: copied,
             skippedModules: plan.skippedModules, outputDTypes: written.types, bytesWritten: written.bytes,
             seconds: Date().timeIntervalSince(start), verification: verification,
             adapters: zip(adapters, options.adapters).map { ($1.path, $0.dialect, $1.weight) },
             overflowed: context.overflows)
         let computed = Set(written.computed)
-        report.dequantizedBase = model.tensors.contains { computed.contains($0.info.name) && $0.info.type.blockSize > 1 }
+        report.dequantizedBase = model?.tensors.contains { computed.contains($0.info.name) && $0.info.type.blockSize > 1 } ?? false
         report.requantization = written.survival.isEmpty ? nil : written.survival
         return report
     }

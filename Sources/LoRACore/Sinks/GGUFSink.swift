@@ -3,7 +3,9 @@ import GGUF
 import LoRAKernels
 import SafeTensors
 
-/// Writes a stream over a `GGUFModel` (after passes such as the merge) as one GGUF v3 file.
+/// Writes a stream over a `GGUFModel` (after passes such as the merge) as one GGUF v3 file; or a
+/// stream over a transformers model as the file `convert_hf_to_gguf.py` writes (`GGUFExportPlan`:
+/// its metadata and tensor table, alignment 32, every tensor computed as below).
 ///
 /// Layout: the base's metadata, every key and value in the base's order (`general.alignment`
 /// included, and honoured), then the tensor infos in the base's order with the base's GGUF names
@@ -39,18 +41,29 @@ public final class GGUFSink: Sendable {
     }
 
     struct Entry: Sendable {
-        var info: GGUFTensorInfo
+        /// The GGUF tensor written: its name and dimensions (innermost first).
+        var ggufName: String
+        var dims: [UInt64]
+        /// Its name in the stream, and its source there.
         var name: String
         var source: any TensorSource
-        var base: GGUFTensor
+        /// The base model's tensor (merging into a GGUF model); nil when a transformers model is exported.
+        var base: GGUFTensor?
+        /// llama.cpp's rope order of its rows, when it has one (the source's rows are transformers').
+        var permutation: GGUFRowPermutation?
         var type: GGMLType
         var changed: Bool
+
+        /// The base tensor's info: only for the entries of a merge into a GGUF base (verify reads it).
+        var info: GGUFTensorInfo { base!.info }
+        var rowLength: Int { Int(dims.first ?? 1) }
+        var rowCount: Int { dims.dropFirst().reduce(1) { $0 * Int($1) } }
     }
 
-    let model: GGUFModel
     let entries: [Entry]
     let header: [UInt8]
     let offsets: [UInt64]
+    let alignment: Int
     public let fileSize: Int
     let context: RunContext
 
@@ -62,9 +75,7 @@ public final class GGUFSink: Sendable {
     ///   or whose output type cannot be written; `GGUFError.incompatibleTensor` when its row length
     ///   is not a whole number of the output type's blocks; `LoRACoreError.invalidRequest` when the
     ///   stream's tensors are not the model's.
-    public init(model: GGUFModel, stream: TensorStream, type: GGUFOutputType, context: RunContext) throws {
-        self.model = model
-        self.context = context
+    public convenience init(model: GGUFModel, stream: TensorStream, type: GGUFOutputType, context: RunContext) throws {
         var entries: [Entry] = []
         for (info, name) in model.tensors {
             guard let source = stream.source(name), let base = model.stream.source(name) as? GGUFTensor else {
@@ -76,25 +87,54 @@ public final class GGUFSink: Sendable {
                 guard GGMLDequantizer.supportedTypes.contains(info.type) else {
                     throw GGUFError.unsupportedType(type: info.type, operation: "dequantizing", tensor: info.name)
                 }
-                guard GGMLQuantizer.supportedTypes.contains(out) else {
-                    throw GGUFError.unsupportedType(type: out, operation: "quantizing", tensor: info.name)
-                }
-                guard info.rowLength % out.blockSize == 0 else {
-                    throw GGUFError.incompatibleTensor(
-                        file: model.file.path, tensor: info.name,
-                        detail: "rows of \(info.rowLength) values are not whole \(out.name) blocks of \(out.blockSize): write it as another --gguf-type")
-                }
+                try GGUFSink.checkWritable(out, rowLength: info.rowLength, file: model.file.path, tensor: info.name)
             }
-            entries.append(Entry(info: info, name: name, source: source, base: base, type: out, changed: !unchanged))
+            entries.append(Entry(ggufName: info.name, dims: info.dims, name: name, source: source, base: base,
+                                 permutation: base.permutation, type: out, changed: !unchanged))
         }
         guard stream.names.count == entries.count else {
             let extra = Set(stream.names).subtracting(entries.map(\.name)).sorted(by: utf8Precedes)
             throw LoRACoreError.invalidRequest("\(model.file.path): the merged stream has tensors the GGUF base does not: \(extra.prefix(5).joined(separator: ", "))")
         }
+        self.init(entries: entries, metadata: model.file.header.metadata, alignment: model.file.header.alignment, context: context)
+    }
+
+    /// Plans the export of a transformers model (after passes such as the merge) as
+    /// `convert_hf_to_gguf.py` writes it (`GGUFExportPlan`): every tensor computed from the stream.
+    /// - Throws: `LoRACoreError.invalidRequest` when the stream's tensors are not the plan's;
+    ///   `GGUFError.incompatibleTensor` for rows that are not whole blocks of the tensor's type.
+    convenience init(export plan: GGUFExportPlan, stream: TensorStream, context: RunContext) throws {
+        var entries: [Entry] = []
+        for t in plan.tensors {
+            guard let source = stream.source(t.source) else {
+                throw LoRACoreError.invalidRequest("\(stream.path): tensor '\(t.source)' is missing from the merged stream")
+            }
+            try GGUFSink.checkWritable(t.type, rowLength: Int(t.dims.first ?? 1), file: stream.path, tensor: t.source)
+            entries.append(Entry(ggufName: t.name, dims: t.dims, name: t.source, source: source, base: nil,
+                                 permutation: t.permutation, type: t.type, changed: true))
+        }
+        self.init(entries: entries, metadata: plan.metadata, alignment: 32, context: context)
+    }
+
+    private init(entries: [Entry], metadata: [(key: String, value: GGUFValue)], alignment: Int, context: RunContext) {
         self.entries = entries
+        self.alignment = alignment
+        self.context = context
         (header, offsets, fileSize) = GGUFHeaderEncoder.layout(
-            metadata: model.file.header.metadata, tensors: entries.map { ($0.info.name, $0.info.dims, $0.type) },
-            alignment: model.file.header.alignment)
+            metadata: metadata, tensors: entries.map { ($0.ggufName, $0.dims, $0.type) }, alignment: alignment)
+    }
+
+    /// - Throws: `GGUFError.unsupportedType` when `type` cannot be written, `.incompatibleTensor`
+    ///   when rows of `rowLength` values are not whole blocks of it.
+    private static func checkWritable(_ type: GGMLType, rowLength: Int, file: String, tensor: String) throws {
+        guard GGMLQuantizer.supportedTypes.contains(type) else {
+            throw GGUFError.unsupportedType(type: type, operation: "quantizing", tensor: tensor)
+        }
+        guard rowLength % type.blockSize == 0 else {
+            throw GGUFError.incompatibleTensor(
+                file: file, tensor: tensor,
+                detail: "rows of \(rowLength) values are not whole \(type.name) blocks of \(type.blockSize): write it as another --gguf-type")
+        }
     }
 
     /// Writes the file at `path` (which must not exist).
@@ -104,23 +144,22 @@ public final class GGUFSink: Sendable {
     public func write(to path: String, durable: Bool) throws -> Report {
         let out = try GGUFFileWriter(path: path, size: fileSize, durable: durable)
         try out.append(header)
-        let alignment = model.file.header.alignment
         let dataStart = header.count
         var types: [String: Int] = [:]
         var survival: [Requantize.Survival] = []
         var computed: [String] = []
-        let total = entries.reduce(0) { $0 + GGUFHeaderEncoder.byteCount(dims: $1.info.dims, type: $1.type) }
+        let total = entries.reduce(0) { $0 + GGUFHeaderEncoder.byteCount(dims: $1.dims, type: $1.type) }
         var done = 0
         for (i, e) in entries.enumerated() {
             try out.pad(to: dataStart + Int(offsets[i]))
             if e.changed {
                 if let s = try writeComputed(e, to: out) { survival.append(s) }
-                computed.append(e.info.name)
-            } else {
-                try out.append(mapped: model.file.bytes(of: e.info), releasingPages: true)
+                computed.append(e.ggufName)
+            } else if let base = e.base {
+                try out.append(mapped: base.file.bytes(of: base.info), releasingPages: true)
             }
             types[e.type.name, default: 0] += 1
-            done += GGUFHeaderEncoder.byteCount(dims: e.info.dims, type: e.type)
+            done += GGUFHeaderEncoder.byteCount(dims: e.dims, type: e.type)
             context.progress?(Progress(tensorsDone: i + 1, tensorsTotal: entries.count, bytesDone: done, bytesTotal: total))
             try out.pad(to: GGUFHeaderEncoder.padded(out.position, alignment))
         }
@@ -139,11 +178,11 @@ public final class GGUFSink: Sendable {
         // One rounding from the exact f32 merge: a merged tensor produces the output dtype itself
         // (or f32 for the quantizer), never a rounding of its rounding.
         let source: any TensorSource = (e.source as? MergedTensor)?.producing(dtype) ?? e.source
-        let rowLength = e.info.rowLength, rows = e.info.rowCount
+        let rowLength = e.rowLength, rows = e.rowCount
         let outRowBytes = rowLength / t.blockSize * t.typeSize
         var groupRows = max(1, GGUFSink.groupValues / rowLength)
-        if let p = e.base.permutation, e.info.dims.count >= 2 { groupRows = (groupRows + p.headRows - 1) / p.headRows * p.headRows }
-        if e.info.dims.count < 2 { groupRows = rows }  // 1-D: one row, permuted (if at all) element by element
+        if let p = e.permutation, e.dims.count >= 2 { groupRows = (groupRows + p.headRows - 1) / p.headRows * p.headRows }
+        if e.dims.count < 2 { groupRows = rows }  // 1-D: one row, permuted (if at all) element by element
         let groups = (rows + groupRows - 1) / groupRows
         let window = max(1, context.threads * 2)
         var survival = DeltaComparison()
@@ -169,11 +208,11 @@ public final class GGUFSink: Sendable {
         }
         source.finished()
         e.source.finished()
-        e.base.finished()
-        guard !plain else { return nil }
+        e.base?.finished()
+        guard !plain, let base = e.base else { return nil }
         let blocks = rows * (rowLength / t.blockSize)
-        return Requantize.Survival(weight: e.info.name,
-                                   codesChanged: t == e.info.type ? Double(survival.changedBlocks) / Double(max(1, blocks)) : 1,
+        return Requantize.Survival(weight: e.ggufName,
+                                   codesChanged: t == base.info.type ? Double(survival.changedBlocks) / Double(max(1, blocks)) : 1,
                                    deltaCorrelation: survival.correlation, deltaNormRatio: survival.normRatio)
     }
 
@@ -184,12 +223,12 @@ public final class GGUFSink: Sendable {
     /// base rows and the new blocks and sum them with `Bnb4bit.deltaSums`, the same order.
     private func group(_ e: Entry, source: any TensorSource, rows: Range<Int>, plain: Bool, dtype: DType,
                        outRowBytes: Int) throws -> (bytes: [UInt8], survival: DeltaComparison) {
-        let rowLength = e.info.rowLength
+        let rowLength = e.rowLength
         let size = TensorData.format(source.dtype).map(\.size) ?? 4
         let n = rows.count * rowLength
         let inGGUFOrder = { (destination: UnsafeMutableRawPointer) in
-            try self.ggufOrder(source, rows: rows, rowLength: rowLength, size: size, permutation: e.base.permutation,
-                               oneDimensional: e.info.dims.count < 2, into: destination)
+            try self.ggufOrder(source, rows: rows, rowLength: rowLength, size: size, permutation: e.permutation,
+                               oneDimensional: e.dims.count < 2, into: destination)
         }
         if plain && source.dtype == dtype {
             return (try [UInt8](unsafeUninitializedCapacity: n * size) { try inGGUFOrder($0.baseAddress!); $1 = n * size }, DeltaComparison())
@@ -206,30 +245,30 @@ public final class GGUFSink: Sendable {
             let raw = try [UInt8](unsafeUninitializedCapacity: n * size) { try inGGUFOrder($0.baseAddress!); $1 = n * size }
             raw.withUnsafeBytes { r in target.withUnsafeMutableBufferPointer { FloatCodec.decode(r, format: format, into: $0) } }
         }
-        if e.type == .q8_0 && e.info.type == .q8_0 {
-            let all = model.file.bytes(of: e.info)
+        if e.type == .q8_0, let base = e.base, base.info.type == .q8_0 {
+            let all = base.file.bytes(of: base.info)
             let old = UnsafeRawBufferPointer(rebasing: all[(rows.lowerBound * outRowBytes)..<(rows.upperBound * outRowBytes)])
             let result = target.withUnsafeBufferPointer { v in
                 bytes.withUnsafeMutableBytes { Q8_0Blocks.requantize(v, old: old, into: $0, using: context.instructionSet) }
             }
             switch result {
             case let .success(survival): return (bytes, survival)
-            case let .failure(bad): throw GGUFError.nonFiniteValue(type: e.type, tensor: e.info.name, index: bad.index, value: target[bad.index])
+            case let .failure(bad): throw GGUFError.nonFiniteValue(type: e.type, tensor: e.ggufName, index: bad.index, value: target[bad.index])
             }
         }
         try target.withUnsafeBufferPointer { v in
-            try bytes.withUnsafeMutableBytes { try GGMLQuantizer.quantize(v, type: e.type, into: $0, tensor: e.info.name) }
+            try bytes.withUnsafeMutableBytes { try GGMLQuantizer.quantize(v, type: e.type, into: $0, tensor: e.ggufName) }
         }
-        guard !plain else { return (bytes, DeltaComparison()) }
+        guard !plain, let baseTensor = e.base else { return (bytes, DeltaComparison()) }
         // Survival: base values (GGUF order, decoded), the target, and what the blocks decode to.
-        let base = try model.file.dequantize(e.info, rows: rows)
-        let stored = try bytes.withUnsafeBytes { try GGMLDequantizer.dequantize($0, type: e.type, tensor: e.info.name) }
+        let base = try baseTensor.file.dequantize(baseTensor.info, rows: rows)
+        let stored = try bytes.withUnsafeBytes { try GGMLDequantizer.dequantize($0, type: e.type, tensor: e.ggufName) }
         let sums = target.withUnsafeBufferPointer { t in
             base.withUnsafeBytes { b in stored.withUnsafeBytes { Bnb4bit.deltaSums(target: t, old: b, back: $0, format: .f32) } }
         }
         var changed = 0
-        if e.type == e.info.type {
-            let old = model.file.bytes(of: e.info)
+        if e.type == baseTensor.info.type {
+            let old = baseTensor.file.bytes(of: baseTensor.info)
             let block = e.type.typeSize
             bytes.withUnsafeBytes { new in
                 let start = rows.lowerBound * outRowBytes

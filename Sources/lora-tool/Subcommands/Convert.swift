@@ -27,21 +27,28 @@ extension LoraTool {
                 q/k rows in llama.cpp's rope order; every module at its own scale (adapter.lora.alpha = \
                 s·r when all modules agree, else 0 with each B multiplied by its s, which rsLoRA with \
                 mixed ranks and alpha_pattern need); --gguf-type f32 (default), f16, bf16 or q8_0.
+
+                --to gguf writes a transformers model (the argument is then its directory; no adapter) \
+                as the GGUF model llama.cpp's convert_hf_to_gguf.py writes, for LlamaForCausalLM, \
+                MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM with a SentencePiece \
+                tokenizer.model or a Llama 2 style tokenizer.json: the converter's metadata, tokenizer and \
+                tensors (q/k rows in rope order, norms and biases F32); --gguf-type f16 (default), f32, \
+                bf16 or q8_0. `merge --base MODEL_DIR --output X.gguf` does the same with adapters merged.
                 """)
 
-        @Argument(help: "Adapter directory or file.")
+        @Argument(help: "Adapter directory or file (with --to gguf: the transformers model directory).")
         var adapter: String
 
-        @Option(help: "Target dialect: peft, kohya, mlx, gguf-lora, or lora (any additive type as plain LoRA by SVD).")
+        @Option(help: "Target dialect: peft, kohya, mlx, gguf-lora, or lora (any additive type as plain LoRA by SVD); or gguf (a transformers model as a GGUF model).")
         var to: String
 
-        @Option(help: "Output directory (or a .safetensors file for kohya, a .gguf file for gguf-lora).")
+        @Option(help: "Output directory (or a .safetensors file for kohya, a .gguf file for gguf-lora and gguf).")
         var output: String
 
         @Option(help: "Base model: resolves kohya names and gives exact PEFT target_modules; for gguf-lora the GGUF model or transformers directory the adapter is for.")
         var base: String?
 
-        @Option(name: .customLong("gguf-type"), help: "With --to gguf-lora: the factors' type, f32, f16, bf16 or q8_0 (rows that are not whole Q8_0 blocks as f16).")
+        @Option(name: .customLong("gguf-type"), help: "With --to gguf-lora: the factors' type, f32 (default), f16, bf16 or q8_0; with --to gguf: the weights' type, f16 (default), f32, bf16 or q8_0 (rows that are not whole Q8_0 blocks as f16).")
         var ggufType: String?
 
         @Option(name: .customLong("svd-rank"), help: "With --to lora: keep this rank per module (capped by the matrix's own rank).")
@@ -53,7 +60,7 @@ extension LoraTool {
         @Option(name: .customLong("max-rank"), help: "With --to lora --energy: the largest rank to keep.")
         var maxRank: Int?
 
-        @Flag(name: .customLong("no-sync"), help: "With --to gguf-lora: do not fsync the output (faster; a crash may leave it incomplete, never under its final name).")
+        @Flag(name: .customLong("no-sync"), help: "With --to gguf-lora or gguf: do not fsync the output (faster; a crash may leave it incomplete, never under its final name).")
         var noSync = false
 
         @OptionGroup var compression: ZstdArguments
@@ -65,7 +72,7 @@ extension LoraTool {
 
         func validate() throws {
             try OutputPathCheck.validate(output, option: "--output")
-            guard ["peft", "kohya", "mlx", "gguf-lora", "lora"].contains(to) else { throw ValidationError("--to must be peft, kohya, mlx, gguf-lora or lora") }
+            guard ["peft", "kohya", "mlx", "gguf-lora", "lora", "gguf"].contains(to) else { throw ValidationError("--to must be peft, kohya, mlx, gguf-lora, lora or gguf") }
             if to == "lora" {
                 guard (svdRank == nil) != (energy == nil) else { throw ValidationError("--to lora needs exactly one of --svd-rank and --energy") }
                 try RankRule.validate(rank: svdRank, energy: energy, maxRank: maxRank)
@@ -73,20 +80,29 @@ extension LoraTool {
             } else if svdRank != nil || energy != nil || maxRank != nil {
                 throw ValidationError("--svd-rank, --energy and --max-rank apply to --to lora only")
             }
-            if to == "gguf-lora" {
+            if to == "gguf" {
+                guard output.hasSuffix(".gguf") else { throw ValidationError("--to gguf writes one GGUF file: --output must end in .gguf") }
+                if base != nil { throw ValidationError("--to gguf converts the model given as the argument: --base does not apply") }
+                if let ggufType, !["f32", "f16", "bf16", "q8_0"].contains(ggufType) {
+                    throw ValidationError("--gguf-type must be f32, f16, bf16 or q8_0 for a model written as convert_hf_to_gguf.py writes it")
+                }
+                if compression.level != nil { throw ValidationError("--zstd does not apply to a GGUF output") }
+                if scale.override != AdapterScaleOverride() { throw ValidationError("--alpha and --rank apply to adapters, not to --to gguf") }
+            } else if to == "gguf-lora" {
                 guard base != nil else { throw ValidationError("--to gguf-lora needs --base: the GGUF model or transformers directory the adapter is for") }
                 if let ggufType, !["f32", "f16", "bf16", "q8_0"].contains(ggufType) {
                     throw ValidationError("--gguf-type must be f32, f16, bf16 or q8_0 for an adapter")
                 }
                 if compression.level != nil { throw ValidationError("--zstd does not apply to a GGUF output") }
             } else {
-                if ggufType != nil { throw ValidationError("--gguf-type applies to --to gguf-lora only") }
-                if noSync { throw ValidationError("--no-sync applies to --to gguf-lora only") }
+                if ggufType != nil { throw ValidationError("--gguf-type applies to --to gguf-lora and gguf only") }
+                if noSync { throw ValidationError("--no-sync applies to --to gguf-lora and gguf only") }
             }
         }
 
         func run() throws {
             if to == "gguf-lora" { return try convertToGGUF() }
+            if to == "gguf" { return try convertModelToGGUF() }
             if to == "lora" { return try convertToLoRA() }
             var o = ConvertOptions(adapter: try ModelSpecs.resolve(adapter), to: Adapter.Format(rawValue: to)!, output: output)
             o.base = try base.map { try ModelSpecs.resolve($0) }
@@ -109,6 +125,21 @@ extension LoraTool {
             var rows = Render.svdModules(r.modules)
             for s in r.skipped { rows.append(["  " + s.module, "–", "ΔW = 0, skipped", "", ""]) }
             print("\(Render.escaped(output)): converted to plain LoRA (scale 1)\n" + Render.table(rows))
+        }
+
+        /// `--to gguf`: the export of `merge --base MODEL --output X.gguf` with no adapter.
+        private func convertModelToGGUF() throws {
+            var o = MergeOptions(base: try ModelSpecs.resolve(adapter), adapters: [], output: output)
+            o.allowEmpty = true
+            o.ggufType = GGUFOutputType(rawValue: ggufType ?? "f16")!
+            o.force = force
+            o.durable = !noSync
+            let r = try LoRACore.Merge.run(o)
+            let file = r.files.first ?? ""
+            let rows = [["to", "llama.cpp GGUF model"], ["tensors", "\(r.outputDTypes.values.reduce(0, +))"],
+                        ["types", r.outputDTypes.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")],
+                        ["sha256", "\(r.sha256[file] ?? "")  \(file)"]]
+            print("\(Render.escaped(output)): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
         }
 
         private func convertToGGUF() throws {

@@ -51,7 +51,7 @@ extension LoraTool {
         @Flag(help: "With a bitsandbytes 4-bit base: keep untouched weights 4-bit as they were; merged weights are written dense.")
         var keepQuantized = false
 
-        @Option(help: "With a GGUF base (llama.cpp; the output is then a .gguf file): the ggml type of the merged tensors: keep (each its base tensor's type, requantized with ggml's reference quantizers), f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k. Untouched tensors are copied as stored.")
+        @Option(help: "With a GGUF base (llama.cpp; the output is then a .gguf file): the ggml type of the merged tensors: keep (each its base tensor's type, requantized with ggml's reference quantizers), f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k. Untouched tensors are copied as stored. With a transformers base and a .gguf output (written as convert_hf_to_gguf.py writes it): the weights' type, f16 (keep), f32, bf16 or q8_0.")
         var ggufType: String = "keep"
 
         @Flag(help: "Write values that overflow the output dtype (e.g. above 65504 with --dtype f16) as ±Inf and count them, instead of failing.")

@@ -52,7 +52,7 @@ struct GGUFExactCheck: Sendable {
     /// An untouched tensor: the base's bytes, compared `stepBytes` at a time (each piece's pages
     /// dropped from the resident set once compared).
     private func copied(_ e: GGUFSink.Entry, stored: GGUFTensorInfo) -> (VerifyReport.ExactResult, String?) {
-        let want = e.base.file.bytes(of: e.info), got = merged.file.bytes(of: stored)
+        let want = e.base!.file.bytes(of: e.info), got = merged.file.bytes(of: stored)
         var differs: Int?
         var at = 0
         while at < want.count, differs == nil {
@@ -88,7 +88,7 @@ struct GGUFExactCheck: Sendable {
         }
         let rowLength = e.info.rowLength, rows = e.info.rowCount
         let outRowBytes = stored.rowByteCount
-        let permutation = e.base.permutation
+        let permutation = e.base!.permutation
         let oneDimensional = e.info.dims.count < 2
         let all = merged.file.bytes(of: stored)
         defer { MappedFile.releasePages(all) }

@@ -1,0 +1,273 @@
+import Foundation
+import GGUF
+import SafeTensors
+
+/// What llama.cpp's `convert_hf_to_gguf.py` writes for a transformers model of the Llama family
+/// (`LlamaForCausalLM`, `MistralForCausalLM` → `llama`; `Qwen2ForCausalLM` → `qwen2`;
+/// `Qwen3ForCausalLM` → `qwen3`), planned from config.json, the tokenizer files and the tensor
+/// headers: the GGUF metadata in the converter's order and the tensor table.
+///
+/// Metadata: `general.architecture`, `general.type`, `general.name` (the directory's name: the
+/// converter's fallback; its model-card heuristics and authorship keys are not reproduced) and
+/// `general.size_label` (gguf's rounding of the parameter count); then `TextModel.set_gguf_parameters`
+/// (block count, context, embedding and feed-forward lengths, head counts, causal flag, linear and
+/// YaRN rope scaling, rope base, norm epsilons, key/value lengths from `head_dim`, file type), for
+/// llama `vocab_size` and `rope.dimension_count`, `general.quantization_version`, then the tokenizer
+/// (`GGUFVocabulary`, `GGUFSpecialVocabulary`, llama's `add_space_prefix`).
+///
+/// Tensors: in the converter's order (model part files by name, each file's tensors by name), GGUF
+/// names from `GGUFTensorNameMap`, dimensions reversed; 1-D tensors, `*_norm.weight` and anything not
+/// ending in `.weight` (biases) as F32, the other weights in the requested type, Q8_0 rows that are
+/// not whole blocks as F16 (the converter's fallback); llama's q/k rows (weights and biases) in
+/// ggml's rope order (`GGUFRowPermutation`).
+///
+/// Refused by name (where the converter would write something lora-tool does not): other
+/// architectures, nested `text_config`, quantized checkpoints, mixture-of-experts and grouped-router
+/// fields, multimodal rope sections, sliding-window rope bases, rope types other than default,
+/// linear and YaRN (Llama 3's `llama3` rope needs the `rope_freqs` tensor the converter computes),
+/// sentence-transformers pooling, Qwen3 rerankers, byte-level BPE tokenizers (`GGUFVocabulary`).
+struct GGUFExportPlan {
+    struct Tensor {
+        /// The GGUF name, and the transformers name it is read under.
+        var name: String
+        var source: String
+        /// GGUF dimensions (innermost first).
+        var dims: [UInt64]
+        var type: GGMLType
+        var permutation: GGUFRowPermutation?
+    }
+
+    let architecture: String
+    let metadata: [(key: String, value: GGUFValue)]
+    let tensors: [Tensor]
+
+    /// The converter class of each supported `architectures[0]`, as its GGUF architecture.
+    static let architectures = ["LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
+                                "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"]
+    /// gguf's `LlamaFileType` for each output type.
+    static let fileTypes: [GGUFOutputType: UInt32] = [.f32: 0, .f16: 1, .q8_0: 7, .bf16: 32]
+    /// Fields whose meaning the converter turns into metadata or tensors lora-tool does not write.
+    static let refusedFields = [
+        "text_config": "a nested text model (multimodal)", "quantization_config": "a quantized checkpoint",
+        "num_local_experts": "mixture of experts", "num_experts": "mixture of experts", "n_routed_experts": "mixture of experts",
+        "num_experts_per_tok": "mixture of experts", "num_experts_per_token": "mixture of experts", "top_k_experts": "mixture of experts",
+        "n_group": "grouped expert routing", "topk_group": "grouped expert routing",
+        "score_function": "expert gating", "scoring_func": "expert gating", "score_func": "expert gating",
+        "local_rope_theta": "a sliding-window rope base", "rope_local_theta": "a sliding-window rope base",
+        "rope_theta_local": "a sliding-window rope base", "swa_rope_theta": "a sliding-window rope base",
+        "rope_local_base_freq": "a sliding-window rope base", "classifier_pooling": "a classification head",
+    ]
+
+    /// - Parameters:
+    ///   - directory: the transformers model directory (config.json, tokenizer files).
+    ///   - model: its tensors (header only is enough).
+    ///   - type: the type of the 2-D weights: f32, f16, bf16 or q8_0.
+    /// - Throws: `LoRACoreError.invalidConfig` naming the file and field, `.invalidRequest` for a
+    ///   type the converter does not write, `GGUFError.incompatibleTensor` for a tensor without a
+    ///   llama.cpp name or a q/k shape the heads do not divide.
+    init(directory: String, model: Checkpoint, type: GGUFOutputType) throws {
+        guard let fileType = GGUFExportPlan.fileTypes[type] else {
+            throw LoRACoreError.invalidRequest("--gguf-type \(type.rawValue): a transformers model is written to GGUF as f32, f16, bf16 or q8_0 (the types of convert_hf_to_gguf.py)")
+        }
+        let configFile = directory + "/config.json"
+        guard let config = try SideFiles.readJSON(configFile), let fields = config.objectMembers else {
+            throw LoRACoreError.invalidConfig(file: configFile, detail: "missing or not an object: a GGUF model's metadata comes from it")
+        }
+        let hfArch = config["architectures"]?.arrayValue?.first?.stringValue
+        guard let hfArch, let arch = GGUFExportPlan.architectures[hfArch] else {
+            throw LoRACoreError.invalidConfig(
+                file: configFile,
+                detail: "architectures \(hfArch.map { "'\($0)'" } ?? "missing"): GGUF export supports \(GGUFExportPlan.architectures.keys.sorted().joined(separator: ", "))")
+        }
+        architecture = arch
+        for (key, why) in GGUFExportPlan.refusedFields.sorted(by: { $0.key < $1.key }) {
+            if let v = config[key], v != .null {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "'\(key)' (\(why)) is not written to GGUF by lora-tool yet")
+            }
+        }
+        if arch != "llama" {
+            if FileManager.default.fileExists(atPath: directory + "/modules.json") {
+                throw LoRACoreError.invalidConfig(file: directory + "/modules.json", detail: "a sentence-transformers pooling model is not written to GGUF by lora-tool yet")
+            }
+            if arch == "qwen3", try GGUFExportPlan.isQwen3Reranker(directory: directory, config: config) {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "a Qwen3 reranker (the converter writes a classifier head) is not written to GGUF by lora-tool yet")
+            }
+        }
+        func find(_ keys: [String]) -> JSONValue? {
+            keys.lazy.compactMap { k in fields.first { $0.key == k }?.value }.first
+        }
+        func count(_ keys: [String]) throws -> UInt32? {
+            guard let v = find(keys), v != .null else { return nil }
+            guard let n = v.intValue, let u = UInt32(exactly: n) else {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "'\(keys.first { config[$0] != nil }!)' is \(v.typeName), not a count")
+            }
+            return u
+        }
+        func real(_ v: JSONValue?, _ name: String) throws -> Float? {
+            guard let v, v != .null else { return nil }
+            guard let d = v.doubleValue else { throw LoRACoreError.invalidConfig(file: configFile, detail: "'\(name)' is \(v.typeName), not a number") }
+            return Float(d)
+        }
+
+        var meta: [(key: String, value: GGUFValue)] = []
+        let p = arch + "."
+        guard let blocks = try count(["n_layers", "num_hidden_layers", "n_layer", "num_layers"]) else {
+            throw LoRACoreError.invalidConfig(file: configFile, detail: "no layer count (num_hidden_layers)")
+        }
+        meta.append((p + "block_count", .uint32(blocks)))
+        if let n = try count(["max_position_embeddings", "n_ctx", "n_positions", "max_length", "max_sequence_length", "model_max_length"]) {
+            meta.append((p + "context_length", .uint32(n)))
+        }
+        let hidden = try count(["hidden_size", "n_embd", "dim"])
+        if let hidden { meta.append((p + "embedding_length", .uint32(hidden))) }
+        if let n = try count(["prefix_dense_intermediate_size", "dense_intermediate_size", "intermediate_size", "n_inner", "hidden_dim"]) {
+            meta.append((p + "feed_forward_length", .uint32(n)))
+        }
+        let heads = try count(["num_attention_heads", "n_head", "n_heads"])
+        if let heads { meta.append((p + "attention.head_count", .uint32(heads))) }
+        let kvHeads = try count(["num_key_value_heads", "n_kv_heads"])
+        if let kvHeads { meta.append((p + "attention.head_count_kv", .uint32(kvHeads))) }
+        if config["is_causal"]?.boolValue == false { meta.append((p + "attention.causal", .bool(false))) }
+
+        // Rope: `rope_parameters` (transformers 5) or `rope_scaling`, with a top-level rope_theta mirrored in.
+        var rope = (config["rope_parameters"] ?? config["rope_scaling"])?.objectMembers ?? []
+        let ropeName = config["rope_parameters"] != nil ? "rope_parameters" : "rope_scaling"
+        for k in ["full_attention", "sliding_attention", "mrope_section"] where rope.contains(where: { $0.key == k }) {
+            throw LoRACoreError.invalidConfig(file: configFile, detail: "\(ropeName).\(k) is not written to GGUF by lora-tool yet")
+        }
+        if !rope.contains(where: { $0.key == "rope_theta" }),
+           let theta = find(["global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta", "rotary_emb_base"]), theta != .null {
+            rope.append(("rope_theta", theta))
+        }
+        let ropeObject = JSONValue.object(rope)
+        let ropeType = ropeObject["rope_type"]?.stringValue ?? ropeObject["type"]?.stringValue
+        let factor = try real(ropeObject["factor"], "\(ropeName).factor")
+        switch (ropeType, factor) {
+        case (nil, _), ("default"?, _):
+            break
+        case let ("linear"?, factor?):
+            meta.append((p + "rope.scaling.type", .string("linear")))
+            meta.append((p + "rope.scaling.factor", .float32(factor)))
+        case let ("yarn"?, factor?):
+            meta.append((p + "rope.scaling.type", .string("yarn")))
+            meta.append((p + "rope.scaling.factor", .float32(factor)))
+            guard let original = ropeObject["original_max_position_embeddings"]?.intValue ?? config["original_max_position_embeddings"]?.intValue,
+                  let o = UInt32(exactly: original) else {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "\(ropeName): YaRN needs original_max_position_embeddings")
+            }
+            meta.append((p + "rope.scaling.original_context_length", .uint32(o)))
+            for (key, names) in [("yarn_ext_factor", ["extrapolation_factor"]), ("yarn_attn_factor", ["attention_factor", "attn_factor"]),
+                                 ("yarn_beta_fast", ["beta_fast"]), ("yarn_beta_slow", ["beta_slow"])] {
+                if let v = try real(names.lazy.compactMap { ropeObject[$0] }.first, "\(ropeName).\(names[0])") {
+                    meta.append((p + "rope.scaling.\(key)", .float32(v)))
+                }
+            }
+        default:
+            throw LoRACoreError.invalidConfig(
+                file: configFile,
+                detail: "\(ropeName): rope type '\(ropeType!)'\(factor == nil ? " without a factor" : "") is not written to GGUF by lora-tool yet (default, linear and yarn are)")
+        }
+        if let theta = try real(ropeObject["rope_theta"], "rope_theta") { meta.append((p + "rope.freq_base", .float32(theta))) }
+        if let eps = try real(find(["rms_norm_eps", "norm_eps"]), "rms_norm_eps") {
+            meta.append((p + "attention.layer_norm_rms_epsilon", .float32(eps)))
+        }
+        if let eps = try real(find(["layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"]), "layer_norm_eps") {
+            meta.append((p + "attention.layer_norm_epsilon", .float32(eps)))
+        }
+        let headDim = try count(["head_dim"])
+        if let headDim, config["head_dim"] != .null {
+            meta.append((p + "attention.key_length", .uint32(headDim)))
+            meta.append((p + "attention.value_length", .uint32(headDim)))
+        }
+        meta.append(("general.file_type", .uint32(fileType)))
+        let vocabularySize = try count(["vocab_size"]).map(Int.init)
+        if arch == "llama" {
+            guard let vocabularySize, let hidden, let heads, heads > 0 else {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "llama needs vocab_size, hidden_size and num_attention_heads")
+            }
+            // The llama converter's special cases by vocabulary size: CodeLlama's infill tokens, Granite's add_bos.
+            if vocabularySize == 32016 || vocabularySize == 49152 {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "vocab_size \(vocabularySize) (\(vocabularySize == 32016 ? "CodeLlama's infill tokens" : "Granite's add_bos_token")): the converter's special case is not written by lora-tool yet")
+            }
+            meta.append((p + "vocab_size", .uint32(UInt32(vocabularySize))))
+            meta.append((p + "rope.dimension_count", .uint32(headDim ?? hidden / heads)))
+        }
+        meta.append(("general.quantization_version", .uint32(2)))
+
+        // Tokenizer.
+        if arch == "llama", let add = try SideFiles.readJSON(directory + "/tokenizer_config.json")?["add_prefix_space"]?.boolValue {
+            meta.append(("tokenizer.ggml.add_space_prefix", .bool(add)))
+        }
+        let vocabulary = try GGUFVocabulary.read(directory: directory, vocabularySize: vocabularySize, llamaHF: arch == "llama")
+        meta += vocabulary.metadata
+        meta += try GGUFSpecialVocabulary(directory: directory, vocabularySize: vocabulary.tokens.count).metadata
+
+        // Tensors.
+        let names = try GGUFTensorNameMap(architecture: arch, file: directory)
+        let permuted: (query: Int, key: Int)? = arch == "llama" ? try {
+            guard let heads, heads > 0 else { throw LoRACoreError.invalidConfig(file: configFile, detail: "llama needs num_attention_heads") }
+            return (Int(heads), Int(kvHeads.map { $0 == heads ? heads : $0 } ?? heads))
+        }() : nil
+        var tensors: [Tensor] = []
+        let ordered = model.names.sorted { a, b in
+            let (fa, fb) = (model.file(of: a)?.path ?? "", model.file(of: b)?.path ?? "")
+            return fa != fb ? utf8Precedes(URL(fileURLWithPath: fa).lastPathComponent, URL(fileURLWithPath: fb).lastPathComponent) : utf8Precedes(a, b)
+        }
+        for source in ordered where !source.hasSuffix(".attention.masked_bias") && !source.hasSuffix(".attention.bias") && !source.hasSuffix(".rotary_emb.inv_freq") {
+            let info = model.info(source)!
+            guard [.float32, .float16, .bfloat16].contains(info.dtype) else {
+                throw GGUFError.incompatibleTensor(file: model.path, tensor: source, detail: "dtype \(info.dtype.rawValue): only F32, F16 and BF16 tensors are written to GGUF")
+            }
+            guard let name = names.ggufName(of: source) else {
+                throw GGUFError.incompatibleTensor(file: model.path, tensor: source, detail: "no llama.cpp name for it in lora-tool's \(arch) table")
+            }
+            let dims = info.shape.reversed().map { UInt64($0) }
+            var t: GGMLType
+            if info.shape.count <= 1 || name.hasSuffix("_norm.weight") || !name.hasSuffix(".weight") {
+                t = .f32
+            } else {
+                t = type.type(forBase: .f32)
+                if t.blockSize > 1 && Int(dims[0]) % t.blockSize != 0 { t = .f16 }
+            }
+            var permutation: GGUFRowPermutation?
+            if let permuted, let role = names.ropeRole(of: name.hasSuffix(".bias") ? String(name.dropLast(5)) + ".weight" : name) {
+                let n = role == .query ? permuted.query : permuted.key
+                guard let rows = info.shape.first, let perm = GGUFRowPermutation(heads: n, rows: rows), info.shape.count <= 2 else {
+                    throw GGUFError.incompatibleTensor(file: model.path, tensor: source, detail: "shape \(info.shape) cannot take llama.cpp's rope permutation of \(n) heads")
+                }
+                permutation = perm
+            }
+            tensors.append(Tensor(name: name, source: source, dims: dims, type: t, permutation: permutation))
+        }
+        self.tensors = tensors
+
+        let parameters = tensors.reduce(0) { $0 + $1.dims.reduce(1) { $0 * Int($1) } }
+        var general: [(key: String, value: GGUFValue)] = [
+            ("general.architecture", .string(arch)), ("general.type", .string("model")),
+            ("general.name", .string(URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent)),
+        ]
+        if parameters > 0 { general.append(("general.size_label", .string(GGUFExportPlan.sizeLabel(parameters)))) }
+        metadata = general + meta
+    }
+
+    /// gguf's `model_weight_count_rounded_notation(n, min_digits=2)`: `86K`, `1.2B`, `7.2B`, `70B`.
+    static func sizeLabel(_ n: Int) -> String {
+        let x = Double(n)
+        let (scaled, suffix) = x > 1e12 ? (x * 1e-12, "T") : x > 1e9 ? (x * 1e-9, "B") : x > 1e6 ? (x * 1e-6, "M") : (x * 1e-3, "K")
+        let whole = String(Int(scaled.rounded(.toNearestOrEven)))
+        let digits = whole.drop { $0 == "0" }.count
+        return String(format: "%.\(max(2 - digits, 0))f", scaled) + suffix
+    }
+
+    /// `Qwen3Model._is_qwen3_reranker`.
+    static func isQwen3Reranker(directory: String, config: JSONValue) throws -> Bool {
+        if let readme = try? RegularFile.readAll(directory + "/README.md", limit: 64 << 20) {
+            let text = String(decoding: readme, as: UTF8.self).lowercased()
+            if text.contains("# qwen3-reranker") || text.contains("# qwen3-vl-reranker") { return true }
+        }
+        let hints = [URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent, config["_name_or_path"]?.stringValue ?? "",
+                     config["model_type"]?.stringValue ?? "", config["architectures"]?.arrayValue?.first?.stringValue ?? ""].map { $0.lowercased() }
+        if hints.contains(where: { $0.contains("qwen3-reranker") || $0.contains("qwen3-vl-reranker") }) { return true }
+        return (config["architectures"]?.arrayValue?.first?.stringValue ?? "").lowercased().contains("sequenceclassification")
+    }
+}

@@ -1,0 +1,163 @@
+import Foundation
+import GGUF
+import Testing
+@testable import LoRACore
+@testable import SafeTensors
+
+private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("GGUFMergeFixtures").path
+
+/// Writes the transformers model `model` (with `adapter` merged, when given) to `dir/out.gguf`.
+private func export(_ model: String, adapter: String? = nil, type: GGUFOutputType = .keep, in dir: String, threads: Int = 2) throws -> String {
+    var options = MergeOptions(base: model, adapters: adapter.map { [($0, 1)] } ?? [], output: dir + "/out.gguf")
+    options.allowEmpty = adapter == nil
+    options.ggufType = type
+    options.threads = threads
+    options.durable = false
+    _ = try Merge.run(options)
+    return dir + "/out.gguf"
+}
+
+/// A copy of the fixture model `family/hf` in `dir`, for tests that change one of its files.
+private func copyModel(_ family: String, to dir: String) throws -> String {
+    let copy = dir + "/model"
+    try FileManager.default.copyItem(atPath: "\(fixtures)/\(family)/hf", toPath: copy)
+    return copy
+}
+
+/// Rewrites the JSON object at `path` with `change` applied to its members.
+private func editJSON(_ path: String, _ change: (inout [(key: String, value: JSONValue)]) -> Void) throws {
+    var members = try SideFiles.readJSON(path)!.objectMembers!
+    change(&members)
+    try Data(JSONWriter.pretty(.object(members)).utf8).write(to: URL(fileURLWithPath: path))
+}
+
+/// Asserts that `ours` is the converter's file `theirs`: every metadata key in order with the same
+/// value (but `general.name`, which the converter takes from its model-card heuristics), every
+/// tensor with the same name, type, dimensions and bytes, in the same order.
+private func expectSameFile(_ ours: String, _ theirs: String) throws {
+    let a = try GGUFFile(path: ours), b = try GGUFFile(path: theirs)
+    #expect(a.header.metadata.map(\.key) == b.header.metadata.map(\.key))
+    for (x, y) in zip(a.header.metadata, b.header.metadata) where x.key != "general.name" {
+        #expect(x.value == y.value, "\(x.key): \(x.value.summary) vs \(y.value.summary)")
+    }
+    #expect(a.header.tensors.map(\.name) == b.header.tensors.map(\.name))
+    for (x, y) in zip(a.header.tensors, b.header.tensors) {
+        #expect(x.type == y.type && x.dims == y.dims, "\(x.name): \(x.type.name) \(x.dims) vs \(y.type.name) \(y.dims)")
+        #expect(a.bytes(of: x).elementsEqual(b.bytes(of: y)), "\(x.name)")
+    }
+}
+
+@Suite("Transformers models written as llama.cpp's converter writes them (convert --to gguf, merge --output X.gguf)")
+struct GGUFExportTests {
+    @Test("convert --to gguf equals convert_hf_to_gguf.py's file: metadata (tokenizer included) and tensors, byte for byte: llama with a Llama 2 style tokenizer.json (q/k rows permuted), qwen2 and qwen3 with a SentencePiece tokenizer.model",
+          arguments: [("tiny", GGUFOutputType.keep, "tiny/base-f16.gguf"), ("tiny", .q8_0, "tiny/base-q8_0.gguf"),
+                      ("qwen2", .f16, "qwen2/base-f16.gguf"), ("qwen3", .keep, "qwen3/base-f16.gguf")])
+    func convertEqualsConverter(family: String, type: GGUFOutputType, reference: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try expectSameFile(try export("\(fixtures)/\(family)/hf", type: type, in: dir), "\(fixtures)/\(reference)")
+    }
+
+    @Test("merge --base MODEL --output X.gguf equals the converter run on PEFT's merge_and_unload (every tensor bit for bit, the same metadata)",
+          arguments: ["tiny", "qwen2", "qwen3"])
+    func mergeEqualsConverterOnPEFTMerge(family: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let out = try export("\(fixtures)/\(family)/hf", adapter: "\(fixtures)/\(family)/adapter", in: dir)
+        try expectSameFile(out, "\(fixtures)/\(family)/converter-merged-f16.gguf")
+        // And the adapter changed something: the merged file is not the base's conversion.
+        let merged = try GGUFFile(path: out), base = try GGUFFile(path: "\(fixtures)/\(family)/base-f16.gguf")
+        let q = merged.info("blk.0.attn_q.weight")!
+        #expect(!merged.bytes(of: q).elementsEqual(base.bytes(of: base.info(q.name)!)))
+    }
+
+    @Test("The same bytes on 1 and 3 threads, and with bf16 weights")
+    func deterministic() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var hashes: [[UInt8]] = []
+        for threads in [1, 3] {
+            let sub = dir + "/\(threads)"
+            try FileManager.default.createDirectory(atPath: sub, withIntermediateDirectories: true)
+            let path = try export("\(fixtures)/tiny/hf", adapter: "\(fixtures)/tiny/adapter", type: .bf16, in: sub, threads: threads)
+            hashes.append(try RegularFile.readAll(path, limit: 1 << 24))
+        }
+        #expect(hashes[0] == hashes[1])
+        // bf16 weights are the f16 file's values rounded to bf16 (the fixture's are bf16-exact:
+        // the unmerged norms, F32 in both, and the base weights agree).
+        let bf16 = try GGUFFile(path: dir + "/1/out.gguf")
+        #expect(bf16.info("blk.0.attn_q.weight")?.type == .bf16 && bf16.info("blk.0.attn_norm.weight")?.type == .f32)
+    }
+
+    @Test("gguf's size label (model_weight_count_rounded_notation, 2 digits), values from gguf 0.19.0",
+          arguments: [(86016, "86K"), (45000, "45K"), (500, "0.50K"), (999_999, "1000K"), (1_000_001, "1.0M"),
+                      (1_235_814_400, "1.2B"), (7_241_732_096, "7.2B"), (70_553_706_496, "71B"), (1_500_000_000_000, "1.5T")])
+    func sizeLabel(count: Int, label: String) {
+        #expect(GGUFExportPlan.sizeLabel(count) == label)
+    }
+
+    @Test("What the converter would write differently is refused by name, and nothing is written")
+    func refusals() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func refused(_ family: String, _ edit: (String) throws -> Void, type: GGUFOutputType = .keep, verify: Bool = false, mentions: String) throws {
+            let work = dir + "/case"
+            try? FileManager.default.removeItem(atPath: work)
+            try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+            let model = try copyModel(family, to: work)
+            try edit(model)
+            var options = MergeOptions(base: model, adapters: [], output: work + "/out.gguf")
+            options.allowEmpty = true
+            options.ggufType = type
+            options.verify = verify
+            options.durable = false
+            #expect { _ = try Merge.run(options) } throws: { (($0 as? any LocalizedError)?.errorDescription ?? "\($0)").contains(mentions) }
+            #expect(!FileManager.default.fileExists(atPath: work + "/out.gguf"))
+        }
+        try refused("tiny", { try editJSON($0 + "/config.json") { m in m[m.firstIndex { $0.key == "architectures" }!].value = .array([.string("GemmaForCausalLM")]) } },
+                    mentions: "architectures 'GemmaForCausalLM'")
+        try refused("tiny", { try editJSON($0 + "/config.json") { m in
+            m[m.firstIndex { $0.key == "rope_parameters" }!].value = .object([("rope_theta", .number("500000.0")), ("rope_type", .string("llama3")), ("factor", .number("8.0"))])
+        } }, mentions: "rope type 'llama3'")
+        try refused("tiny", { try editJSON($0 + "/config.json") { m in m.append(("num_local_experts", .number("8"))) } }, mentions: "'num_local_experts' (mixture of experts)")
+        try refused("tiny", { try editJSON($0 + "/tokenizer.json") { m in
+            let i = m.firstIndex { $0.key == "model" }!
+            var model = m[i].value.objectMembers!
+            model[model.firstIndex { $0.key == "byte_fallback" }!].value = .bool(false)
+            m[i].value = .object(model)
+        } }, mentions: "byte-level BPE tokenizer")
+        try refused("qwen2", { try FileManager.default.removeItem(atPath: $0 + "/tokenizer.model") }, mentions: "no tokenizer.model or tokenizer.json")
+        try refused("qwen2", { try Data([0x0a, 0x40, 0x01]).write(to: URL(fileURLWithPath: $0 + "/tokenizer.model")) }, mentions: "tokenizer.model: not a SentencePiece model")
+        try refused("qwen3", { _ in }, type: .q4_k, mentions: "--gguf-type q4_k")
+        try refused("qwen3", { _ in }, verify: true, mentions: "--verify")
+    }
+
+    @Test("Added tokens and special-token settings follow the converter: added_tokens.json and added_tokens_decoder entries (control when special or looking special, else user-defined with ▁ as a space), ids past the vocabulary skipped, add_bos_token/chat template from tokenizer_config.json")
+    func sentencePieceAddedTokens() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let model = try copyModel("qwen2", to: dir)
+        try Data(#"{"<extra▁a>": 60, "<past>": 999}"#.utf8).write(to: URL(fileURLWithPath: model + "/added_tokens.json"))
+        try Data(#"""
+            {"add_bos_token": true, "bos_token": "<s>", "chat_template": "{{ messages }}",
+             "added_tokens_decoder": {"61": {"content": "<|im_end|>", "special": false}, "62": {"content": "my▁word", "special": false},
+                                      "63": {"content": "<tool>", "special": true}, "500": {"content": "<far>", "special": true}}}
+            """#.utf8).write(to: URL(fileURLWithPath: model + "/tokenizer_config.json"))
+        let out = try GGUFFile(path: try export(model, in: dir))
+        guard case let .array(_, tokens)? = out.header.value("tokenizer.ggml.tokens"),
+              case let .array(_, types)? = out.header.value("tokenizer.ggml.token_type"),
+              case let .array(_, scores)? = out.header.value("tokenizer.ggml.scores") else {
+            Issue.record("no token arrays")
+            return
+        }
+        #expect(tokens.count == 64)
+        #expect(tokens[60] == .string("<extra▁a>") && types[60] == .int32(4) && scores[60] == .float32(-1000))
+        #expect(tokens[61] == .string("<|im_end|>") && types[61] == .int32(3))
+        #expect(tokens[62] == .string("my word") && types[62] == .int32(4))
+        #expect(tokens[63] == .string("<tool>") && types[63] == .int32(3))
+        #expect(out.header.value("tokenizer.ggml.add_bos_token") == .bool(true))
+        #expect(out.header.value("tokenizer.chat_template") == .string("{{ messages }}"))
+        // bos from config.json (id 1): tokenizer_config's "<s>" is not among tokenizer.json's added tokens (there is none).
+        #expect(out.header.value("tokenizer.ggml.bos_token_id") == .uint32(1))
+    }
+}
