@@ -176,6 +176,22 @@ def make_sentencepiece(directory):
     return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
+# Config values beyond the shared ones. Gemma ties lm_head to the embedding (its converter drops
+# lm_head); Phi-3's pad token (default 32000) must be in the tiny vocabulary, and its longrope
+# factors (head_dim / 2 of each) make the converter write rope_factors_long/short.
+FAMILY_CONFIG = {
+    "gemma": {"tie_word_embeddings": True}, "gemma2": {"tie_word_embeddings": True},
+    "gemma3": {"tie_word_embeddings": True},
+    "phi3": {"pad_token_id": 0, "max_position_embeddings": 256, "original_max_position_embeddings": 128,
+             "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
+                                 "long_factor": [1.0 + 0.25 * i for i in range(8)], "short_factor": [1.0 + 0.125 * i for i in range(8)]}},
+}
+
+# PEFT target_modules: Phi-3 keeps q/k/v and gate/up fused in transformers as in GGUF.
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
 def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed, family="llama"):
     import torch
     import transformers
@@ -185,12 +201,15 @@ def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed, f
         os.makedirs(directory, exist_ok=True)
         vocab = make_sentencepiece(directory)
     names = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM")}[family]
-    config = getattr(transformers, names[0])(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
-        tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-        **({"head_dim": hidden // heads} if family == "qwen3" else {}))
+             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "gemma": ("GemmaConfig", "GemmaForCausalLM"),
+             "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+             "phi3": ("Phi3Config", "Phi3ForCausalLM")}[family]
+    values = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
+                  tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    if family in ("qwen3", "gemma", "gemma2", "gemma3"):
+        values["head_dim"] = hidden // heads
+    config = getattr(transformers, names[0])(**(values | FAMILY_CONFIG.get(family, {})))
     torch.manual_seed(seed)
     model = getattr(transformers, names[1])(config).to(torch.float32)
     with torch.no_grad():
@@ -203,11 +222,10 @@ def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed, f
     return model
 
 
-def make_adapter(model, directory, seed):
+def make_adapter(model, directory, seed, targets=LLAMA_TARGETS):
     import torch
     from peft import LoraConfig, get_peft_model
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                        lora_dropout=0.0, bias="none")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0, bias="none")
     peft_model = get_peft_model(model, config)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -403,12 +421,14 @@ def main():
         convert(converter, merged_hf, "f16", os.path.join(tiny, "converter-merged-f16.gguf"))
 
         # qwen2 (q/k/v biases) and qwen3 (q/k norms): stored in transformers' row order.
-        for family, seed in (("qwen2", 38), ("qwen3", 48)):
+        # gemma, gemma2, gemma3 (norms stored as 1 + w, tied embeddings) and phi3 (fused qkv_proj and
+        # gate_up_proj, rope factors): not permuted either.
+        for family, seed in (("qwen2", 38), ("qwen3", 48), ("gemma", 58), ("gemma2", 68), ("gemma3", 78), ("phi3", 88)):
             out = os.path.join(OUT, family)
             os.makedirs(out)
             hf = os.path.join(tmp, f"{family}-hf")
             model = make_model(hf, hidden=64, intermediate=128, layers=1, heads=4, kv_heads=2, seed=seed, family=family)
-            make_adapter(model, os.path.join(out, "adapter"), seed=seed + 1)
+            make_adapter(model, os.path.join(out, "adapter"), seed=seed + 1, targets=PHI3_TARGETS if family == "phi3" else LLAMA_TARGETS)
             convert(converter, hf, "f16", os.path.join(out, "base-f16.gguf"))
             merged_hf = os.path.join(tmp, f"{family}-merged-hf")
             peft_merged(hf, os.path.join(out, "adapter"), merged_hf)
@@ -434,16 +454,21 @@ def main():
         write_tensors(os.path.join(kq, "expected-q4_k.gguf"), tensors, "llama")
 
         # The name table and the permutation, from gguf-py and the converter.
+        # Each architecture probed with its transformers modules (Llama's list, which also covers qwen2
+        # and qwen3; Gemma 2 and 3's extra norms; Phi-3's fused projections).
+        llama_modules = ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                         "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+        gemma_modules = llama_modules + ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+        phi3_modules = ("input_layernorm", "post_attention_layernorm", "self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
         names = {}
-        for arch_name in ("llama", "qwen2", "qwen3"):
+        for arch_name, modules in (("llama", llama_modules), ("qwen2", llama_modules), ("qwen3", llama_modules), ("gemma", gemma_modules),
+                                   ("gemma2", gemma_modules), ("gemma3", gemma_modules), ("phi3", phi3_modules)):
             arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
             nmap = gguf.get_tensor_name_map(arch, 2)
             table = {}
             hf_names = ["model.embed_tokens", "model.norm", "lm_head"]
             for n in range(2):
-                hf_names += [f"model.layers.{n}.{m}" for m in (
-                    "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                    "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+                hf_names += [f"model.layers.{n}.{m}" for m in modules]
             for h in hf_names:
                 for suffix in (".weight", ".bias"):
                     g = nmap.get_name(h + suffix, try_suffixes=(".weight", ".bias"))
