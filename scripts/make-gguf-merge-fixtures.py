@@ -36,18 +36,23 @@ tiny/ (2 layers):
   converter-adapter-{f32,f16,bf16,q8_0}.gguf
                                    convert_lora_to_gguf.py --base HF --outtype T of adapter/: the
                                    oracle of `convert --to gguf-lora`
-qwen2/, qwen3/ (1 layer, a tiny SentencePiece tokenizer.model):
+qwen2/, qwen3/, gemma/, gemma2/, gemma3/, phi3/ (1 layer, a tiny SentencePiece tokenizer.model):
   base-f16.gguf                    convert_hf_to_gguf.py --outtype f16 (rows not permuted; qwen2 has
-                                   q/k/v biases, qwen3 q/k norms)
-  adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down
+                                   q/k/v biases, qwen3 q/k norms; gemma* tie lm_head to the embedding
+                                   and store norms as 1 + w; phi3 has fused qkv_proj and gate_up_proj
+                                   and longrope factors, written as rope_factors_long/short)
+  adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down (phi3: qkv_proj,
+                                   o_proj, gate_up_proj, down_proj)
   converter-merged-f16.gguf        PEFT merge_and_unload, then convert_hf_to_gguf.py --outtype f16
+  converter-adapter-f32.gguf       (gemma*, phi3) convert_lora_to_gguf.py --outtype f32 of adapter/
 kquant/ (1 layer, hidden 256):
   base-q4_k.gguf                   convert_hf_to_gguf.py --outtype f32, then 2-D weights quantized
                                    by ggml's C reference as llama-quantize Q4_K_M picks types:
                                    Q6_K for output, attn_v, ffn_down; Q4_K for the others
   adapter/, expected-q4_k.gguf     the merge requantized to each tensor's own type (C reference)
 names.json                         gguf-py's TensorNameMap (HF name -> GGUF name) for llama,
-                                   qwen2 and qwen3, blocks 0 and 1: the oracle of lora-tool's table
+                                   qwen2, qwen3, gemma, gemma2, gemma3 and phi3 (each probed with its
+                                   model's modules), blocks 0 and 1: the oracle of lora-tool's table
 permutation.json                   LlamaModel.permute applied to row indices (n_head, n_head_kv, rows)
 Regenerating writes the same bytes.
 """
@@ -430,6 +435,8 @@ def main():
             model = make_model(hf, hidden=64, intermediate=128, layers=1, heads=4, kv_heads=2, seed=seed, family=family)
             make_adapter(model, os.path.join(out, "adapter"), seed=seed + 1, targets=PHI3_TARGETS if family == "phi3" else LLAMA_TARGETS)
             convert(converter, hf, "f16", os.path.join(out, "base-f16.gguf"))
+            if family not in ("qwen2", "qwen3"):
+                convert_lora(converter, hf, os.path.join(out, "adapter"), "f32", os.path.join(out, "converter-adapter-f32.gguf"))
             merged_hf = os.path.join(tmp, f"{family}-merged-hf")
             peft_merged(hf, os.path.join(out, "adapter"), merged_hf)
             convert(converter, merged_hf, "f16", os.path.join(out, "converter-merged-f16.gguf"))
