@@ -33,7 +33,10 @@
 /// transformers' order (their converter classes never call `permute`). The gemma converters store
 /// every `…norm.weight` as 1 + w (Gemma's RMSNorm multiplies by 1 + w; rounded in the checkpoint's
 /// dtype, so not invertible in general): `storedTransformation(of:)` names those tensors, whose
-/// stored values are not the transformers values an adapter was trained against.
+/// stored values are not the transformers values an adapter was trained against. The gemma3
+/// converter also drops `token_embd` rows beyond the tokenizer's vocabulary: the rows kept are the
+/// transformers rows, and a change of the whole embedding then no longer fits its shape (a shape
+/// mismatch, which the merge plan reports by name).
 public struct GGUFTensorNameMap: Sendable {
     /// The `general.architecture` values this map handles.
     public static let architectures = ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"]
