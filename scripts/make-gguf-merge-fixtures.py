@@ -39,19 +39,24 @@ tiny/ (2 layers):
   converter-adapter-{f32,f16,bf16,q8_0}.gguf
                                    convert_lora_to_gguf.py --base HF --outtype T of adapter/: the
                                    oracle of `convert --to gguf-lora`
-qwen2/, qwen3/ (1 layer, a tiny SentencePiece tokenizer.model):
+qwen2/, qwen3/, gemma/, gemma2/, gemma3/, phi3/ (1 layer, a tiny SentencePiece tokenizer.model):
   base-f16.gguf                    convert_hf_to_gguf.py --outtype f16 (rows not permuted; qwen2 has
-                                   q/k/v biases, qwen3 q/k norms)
-  hf/                              the HF model it was converted from
-  adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down
+                                   q/k/v biases, qwen3 q/k norms; gemma* tie lm_head to the embedding
+                                   and store norms as 1 + w; phi3 has fused qkv_proj and gate_up_proj
+                                   and longrope factors, written as rope_factors_long/short)
+  hf/                              (qwen2, qwen3) the HF model it was converted from
+  adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down (phi3: qkv_proj,
+                                   o_proj, gate_up_proj, down_proj)
   converter-merged-f16.gguf        PEFT merge_and_unload, then convert_hf_to_gguf.py --outtype f16
+  converter-adapter-f32.gguf       (gemma*, phi3) convert_lora_to_gguf.py --outtype f32 of adapter/
 kquant/ (1 layer, hidden 256):
   base-q4_k.gguf                   convert_hf_to_gguf.py --outtype f32, then 2-D weights quantized
                                    by ggml's C reference as llama-quantize Q4_K_M picks types:
                                    Q6_K for output, attn_v, ffn_down; Q4_K for the others
   adapter/, expected-q4_k.gguf     the merge requantized to each tensor's own type (C reference)
 names.json                         gguf-py's TensorNameMap (HF name -> GGUF name) for llama,
-                                   qwen2 and qwen3, blocks 0 and 1: the oracle of lora-tool's table
+                                   qwen2, qwen3, gemma, gemma2, gemma3 and phi3 (each probed with its
+                                   model's modules), blocks 0 and 1: the oracle of lora-tool's table
 permutation.json                   LlamaModel.permute applied to row indices (n_head, n_head_kv, rows)
 Regenerating writes the same bytes.
 """
@@ -180,6 +185,22 @@ def make_sentencepiece(directory):
     return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
+# Config values beyond the shared ones. Gemma ties lm_head to the embedding (its converter drops
+# lm_head); Phi-3's pad token (default 32000) must be in the tiny vocabulary, and its longrope
+# factors (head_dim / 2 of each) make the converter write rope_factors_long/short.
+FAMILY_CONFIG = {
+    "gemma": {"tie_word_embeddings": True}, "gemma2": {"tie_word_embeddings": True},
+    "gemma3": {"tie_word_embeddings": True},
+    "phi3": {"pad_token_id": 0, "max_position_embeddings": 256, "original_max_position_embeddings": 128,
+             "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
+                                 "long_factor": [1.0 + 0.25 * i for i in range(8)], "short_factor": [1.0 + 0.125 * i for i in range(8)]}},
+}
+
+# PEFT target_modules: Phi-3 keeps q/k/v and gate/up fused in transformers as in GGUF.
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PHI3_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
 def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed, family="llama"):
     import torch
     import transformers
@@ -189,12 +210,15 @@ def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed, f
         os.makedirs(directory, exist_ok=True)
         vocab = make_sentencepiece(directory)
     names = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM")}[family]
-    config = getattr(transformers, names[0])(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
-        tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-        **({"head_dim": hidden // heads} if family == "qwen3" else {}))
+             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "gemma": ("GemmaConfig", "GemmaForCausalLM"),
+             "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+             "phi3": ("Phi3Config", "Phi3ForCausalLM")}[family]
+    values = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                  num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
+                  tie_word_embeddings=False, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    if family in ("qwen3", "gemma", "gemma2", "gemma3"):
+        values["head_dim"] = hidden // heads
+    config = getattr(transformers, names[0])(**(values | FAMILY_CONFIG.get(family, {})))
     torch.manual_seed(seed)
     model = getattr(transformers, names[1])(config).to(torch.float32)
     with torch.no_grad():
@@ -207,11 +231,10 @@ def make_model(directory, hidden, intermediate, layers, heads, kv_heads, seed, f
     return model
 
 
-def make_adapter(model, directory, seed):
+def make_adapter(model, directory, seed, targets=LLAMA_TARGETS):
     import torch
     from peft import LoraConfig, get_peft_model
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                        lora_dropout=0.0, bias="none")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0, bias="none")
     peft_model = get_peft_model(model, config)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -418,14 +441,19 @@ def main():
         convert(converter, merged_hf, "f16", os.path.join(tiny, "converter-merged-f16.gguf"))
 
         # qwen2 (q/k/v biases) and qwen3 (q/k norms): stored in transformers' row order.
-        for family, seed in (("qwen2", 38), ("qwen3", 48)):
+        # gemma, gemma2, gemma3 (norms stored as 1 + w, tied embeddings) and phi3 (fused qkv_proj and
+        # gate_up_proj, rope factors): not permuted either.
+        for family, seed in (("qwen2", 38), ("qwen3", 48), ("gemma", 58), ("gemma2", 68), ("gemma3", 78), ("phi3", 88)):
             out = os.path.join(OUT, family)
             os.makedirs(out)
             hf = os.path.join(tmp, f"{family}-hf")
             model = make_model(hf, hidden=64, intermediate=128, layers=1, heads=4, kv_heads=2, seed=seed, family=family)
-            make_adapter(model, os.path.join(out, "adapter"), seed=seed + 1)
+            make_adapter(model, os.path.join(out, "adapter"), seed=seed + 1, targets=PHI3_TARGETS if family == "phi3" else LLAMA_TARGETS)
             convert(converter, hf, "f16", os.path.join(out, "base-f16.gguf"))
-            keep_hf(hf, os.path.join(out, "hf"))
+            if family in ("qwen2", "qwen3"):
+                keep_hf(hf, os.path.join(out, "hf"))
+            if family not in ("qwen2", "qwen3"):
+                convert_lora(converter, hf, os.path.join(out, "adapter"), "f32", os.path.join(out, "converter-adapter-f32.gguf"))
             merged_hf = os.path.join(tmp, f"{family}-merged-hf")
             peft_merged(hf, os.path.join(out, "adapter"), merged_hf)
             convert(converter, merged_hf, "f16", os.path.join(out, "converter-merged-f16.gguf"))
@@ -450,16 +478,21 @@ def main():
         write_tensors(os.path.join(kq, "expected-q4_k.gguf"), tensors, "llama")
 
         # The name table and the permutation, from gguf-py and the converter.
+        # Each architecture probed with its transformers modules (Llama's list, which also covers qwen2
+        # and qwen3; Gemma 2 and 3's extra norms; Phi-3's fused projections).
+        llama_modules = ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                         "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+        gemma_modules = llama_modules + ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+        phi3_modules = ("input_layernorm", "post_attention_layernorm", "self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
         names = {}
-        for arch_name in ("llama", "qwen2", "qwen3"):
+        for arch_name, modules in (("llama", llama_modules), ("qwen2", llama_modules), ("qwen3", llama_modules), ("gemma", gemma_modules),
+                                   ("gemma2", gemma_modules), ("gemma3", gemma_modules), ("phi3", phi3_modules)):
             arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
             nmap = gguf.get_tensor_name_map(arch, 2)
             table = {}
             hf_names = ["model.embed_tokens", "model.norm", "lm_head"]
             for n in range(2):
-                hf_names += [f"model.layers.{n}.{m}" for m in (
-                    "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                    "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+                hf_names += [f"model.layers.{n}.{m}" for m in modules]
             for h in hf_names:
                 for suffix in (".weight", ".bias"):
                     g = nmap.get_name(h + suffix, try_suffixes=(".weight", ".bias"))

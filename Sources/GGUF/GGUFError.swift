@@ -51,6 +51,10 @@ public enum GGUFError: Error, Equatable, Sendable {
     /// A tensor whose shape does not fit what the operation needs (heads that do not divide its rows,
     /// a row length that is not a whole number of the output type's blocks).
     case incompatibleTensor(file: String, tensor: String, detail: String)
+    /// A tensor that llama.cpp's converter stored transformed (`transformation`, e.g. Gemma's norm
+    /// weights as 1 + w) and that an operation would change: its stored values are not the
+    /// transformers values an adapter was trained against, and the inverse is not exact.
+    case transformedTensor(file: String, tensor: String, transformation: String)
 }
 
 extension GGUFError: LocalizedError {
@@ -103,6 +107,8 @@ extension GGUFError: LocalizedError {
             return "\(file): metadata key '\(key)' is missing or not of the expected type"
         case let .incompatibleTensor(file, tensor, detail):
             return "\(file): tensor '\(tensor)': \(detail)"
+        case let .transformedTensor(file, tensor, transformation):
+            return "\(file): tensor '\(tensor)' is stored as \(transformation), not as the transformers weight an adapter changes: merging into it is refused"
         }
     }
 }

@@ -34,6 +34,20 @@ private func floats(_ file: GGUFFile, _ name: String) throws -> [Float] {
     return (0..<(bytes.count / 4)).map { bytes.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
 }
 
+/// Expects `ours` to hold `theirs`'s tensors (names in order, types, dims, bytes) and the keys
+/// llama.cpp reads from an adapter.
+private func expectSameAdapter(_ ours: GGUFFile, _ theirs: GGUFFile) throws {
+    #expect(ours.header.tensors.map(\.name) == theirs.header.tensors.map(\.name))
+    for t in theirs.header.tensors {
+        let o = try #require(ours.info(t.name))
+        #expect(o.type == t.type && o.dims == t.dims, "\(t.name)")
+        #expect(Array(try ours.bytes(of: t.name)) == Array(try theirs.bytes(of: t.name)), "\(t.name)")
+    }
+    for key in ["general.architecture", "general.type", "adapter.type", "adapter.lora.alpha"] {
+        #expect(ours.header.value(key)?.summary == theirs.header.value(key)?.summary, "\(key)")
+    }
+}
+
 @Suite("Adapters written as llama.cpp LoRA GGUF (convert --to gguf-lora)")
 struct GGUFAdapterExportTests {
     @Test("Every tensor equals convert_lora_to_gguf.py's (names, order, types, dims, bytes; q/k B rows in rope order) and the keys llama.cpp reads match",
@@ -42,17 +56,24 @@ struct GGUFAdapterExportTests {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let (path, report) = try export(tiny + "/adapter", base: tiny + "/base-f16.gguf", type: type, in: dir)
-        let ours = try GGUFFile(path: path), theirs = try GGUFFile(path: "\(tiny)/converter-adapter-\(suffix).gguf")
-        #expect(ours.header.tensors.map(\.name) == theirs.header.tensors.map(\.name))
-        for t in theirs.header.tensors {
-            let o = try #require(ours.info(t.name))
-            #expect(o.type == t.type && o.dims == t.dims, "\(t.name)")
-            #expect(Array(try ours.bytes(of: t.name)) == Array(try theirs.bytes(of: t.name)), "\(t.name)")
-        }
-        for key in ["general.architecture", "general.type", "adapter.type", "adapter.lora.alpha"] {
-            #expect(ours.header.value(key)?.summary == theirs.header.value(key)?.summary, "\(key)")
-        }
+        try expectSameAdapter(GGUFFile(path: path), GGUFFile(path: "\(tiny)/converter-adapter-\(suffix).gguf"))
         #expect(report.alpha == 8 && !report.folded && report.modules == 14)
+    }
+
+    @Test("gemma, gemma2, gemma3 and phi3 (fused qkv_proj, gate_up_proj): every tensor and key equals convert_lora_to_gguf.py's (f32), from the GGUF base and from config.json's model_type alike",
+          arguments: [("gemma", "gemma", 7), ("gemma2", "gemma2", 7), ("gemma3", "gemma3_text", 7), ("phi3", "phi3", 4)])
+    func matchesConverterOtherArchitectures(family: String, modelType: String, modules: Int) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let hf = dir + "/hf"
+        try FileManager.default.createDirectory(atPath: hf, withIntermediateDirectories: true)
+        try #"{"model_type": "\#(modelType)"}"#.write(toFile: hf + "/config.json", atomically: true, encoding: .utf8)
+        let theirs = try GGUFFile(path: "\(fixtures)/\(family)/converter-adapter-f32.gguf")
+        for base in ["\(fixtures)/\(family)/base-f16.gguf", hf] {
+            let (path, report) = try export("\(fixtures)/\(family)/adapter", base: base, in: dir, name: "\(base == hf ? "hf" : "gguf").gguf")
+            try expectSameAdapter(GGUFFile(path: path), theirs)
+            #expect(report.architecture == family && report.modules == modules && theirs.header.tensors.count == 2 * modules)
+        }
     }
 
     @Test("A transformers directory's config.json gives the same file as the GGUF base")

@@ -56,8 +56,8 @@ struct GGUFMergeTests {
         }
     }
 
-    @Test("A merged F16 GGUF equals llama.cpp's convert_hf_to_gguf.py run on PEFT's merge_and_unload of the HF model (within 1 f16 ulp; measured 0): llama (q/k rows permuted), qwen2 (q/k/v biases), qwen3 (q/k norms, rows not permuted)",
-          arguments: [("tiny", 70000), ("qwen2", 30000), ("qwen3", 30000)])
+    @Test("A merged F16 GGUF equals llama.cpp's convert_hf_to_gguf.py run on PEFT's merge_and_unload of the HF model (within 1 f16 ulp; measured 0): llama (q/k rows permuted), qwen2 (q/k/v biases), qwen3 (q/k norms, rows not permuted), gemma, gemma2, gemma3 (norms stored as 1 + w, tied embeddings), phi3 (fused qkv_proj and gate_up_proj, rope factors)",
+          arguments: [("tiny", 70000), ("qwen2", 30000), ("qwen3", 30000), ("gemma", 30000), ("gemma2", 30000), ("gemma3", 30000), ("phi3", 30000)])
     func matchesConverterOnPEFTMerge(family: String, values: Int) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -115,25 +115,53 @@ struct GGUFMergeTests {
         #expect(GGUFRowPermutation(heads: 4, rows: 36) == nil)
     }
 
-    @Test("GGUFTensorNameMap agrees with gguf-py's TensorNameMap for llama, qwen2 and qwen3; only llama permutes q/k")
+    @Test("GGUFTensorNameMap agrees with gguf-py's TensorNameMap for llama, qwen2, qwen3, gemma, gemma2, gemma3 and phi3; only llama permutes q/k; only gemma's norms are stored transformed")
     func names() throws {
         let data = try Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/names.json"))
         let table = try #require(try JSONSerialization.jsonObject(with: data) as? [String: [String: String]])
-        #expect(Set(table.keys) == ["llama", "qwen2", "qwen3"])
+        #expect(Set(table.keys) == Set(GGUFTensorNameMap.architectures))
         for (arch, names) in table {
             let map = try GGUFTensorNameMap(architecture: arch, file: "x.gguf")
-            #expect(names.count > 40)
+            #expect(names.count >= 30)
             for (hf, gguf) in names {
                 #expect(map.ggufName(of: hf) == gguf, "\(arch): \(hf)")
                 #expect(map.transformersName(of: gguf) == hf, "\(arch): \(gguf)")
+                let shifted = arch.hasPrefix("gemma") && hf.hasSuffix("norm.weight")
+                #expect((map.storedTransformation(of: gguf) != nil) == shifted, "\(arch): \(gguf)")
             }
             #expect(map.permutesQueryKey == (arch == "llama"))
         }
+        // What gguf-py maps to nothing for these models: gemma's lm_head (the converter drops it),
+        // phi3's separate projections (its ffn_up is gate_up_proj).
+        for (arch, hf) in [("gemma", "lm_head.weight"), ("gemma2", "lm_head.weight"), ("phi3", "model.layers.0.mlp.up_proj.weight"),
+                           ("phi3", "model.layers.0.mlp.gate_proj.weight"), ("phi3", "model.layers.0.self_attn.q_proj.weight")] {
+            #expect(try GGUFTensorNameMap(architecture: arch, file: "x.gguf").ggufName(of: hf) == nil, "\(arch): \(hf)")
+        }
+        #expect(try GGUFTensorNameMap(architecture: "gemma", file: "x.gguf").transformersName(of: "output.weight") == nil)
+        #expect(try GGUFTensorNameMap(architecture: "phi3", file: "x.gguf").transformersName(of: "rope_factors_long.weight") == nil)
         let llama = try GGUFTensorNameMap(architecture: "llama", file: "x.gguf")
         #expect(llama.ropeRole(of: "blk.3.attn_q.weight") == .query && llama.ropeRole(of: "blk.3.attn_k.bias") == .key)
         #expect(llama.ropeRole(of: "blk.3.attn_v.weight") == nil && llama.transformersName(of: "rope_freqs.weight") == nil)
         #expect(llama.transformersName(of: "blk.01.attn_q.weight") == nil && llama.ggufName(of: "model.layers.x.mlp.up_proj.weight") == nil)
-        #expect(throws: GGUFError.unsupportedArchitecture(file: "m.gguf", architecture: "phi3")) { try GGUFTensorNameMap(architecture: "phi3", file: "m.gguf") }
+        #expect(throws: GGUFError.unsupportedArchitecture(file: "m.gguf", architecture: "phi2")) { try GGUFTensorNameMap(architecture: "phi2", file: "m.gguf") }
+    }
+
+    @Test("An adapter that changes a tensor gemma's converter stored as 1 + w (a saved norm) is refused by merge and verify naming the file and tensor; no output is left",
+          arguments: [("gemma", "model.layers.0.input_layernorm", 64, "blk.0.attn_norm.weight"), ("gemma2", "model.layers.0.post_feedforward_layernorm", 64, "blk.0.post_ffw_norm.weight"),
+                      ("gemma3", "model.layers.0.self_attn.q_norm", 16, "blk.0.attn_q_norm.weight")])
+    func transformedTensorRefused(family: String, module: String, size: Int, tensor: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let adapter = try adapterSaving(module, shape: [size], from: "\(fixtures)/\(family)/adapter", in: dir)
+        let base = "\(fixtures)/\(family)/base-f16.gguf"
+        let refusal = GGUFError.transformedTensor(file: base, tensor: tensor, transformation: "1 + w (\(family)'s RMSNorm weight, shifted by convert_hf_to_gguf.py)")
+        #expect(throws: refusal) { try merge(base, adapter, in: dir) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["adapter"])
+        // verify refuses it too, before comparing anything (here against the base itself).
+        #expect(throws: refusal) { try Verify.run(VerifyOptions(base: base, adapters: [(adapter, 1)], merged: base)) }
+        #expect(refusal.localizedDescription == "\(base): tensor '\(tensor)' is stored as 1 + w (\(family)'s RMSNorm weight, shifted by convert_hf_to_gguf.py), not as the transformers weight an adapter changes: merging into it is refused")
+        // The same adapter without the saved norm merges.
+        _ = try merge(base, "\(fixtures)/\(family)/adapter", in: dir)
     }
 
     @Test("Every thread count writes the same bytes (K-quant requantization in parallel row groups)")

@@ -67,6 +67,25 @@ private func rewrite(_ path: String, metadata editMetadata: (inout [(key: String
     try Data(bytes).write(to: URL(fileURLWithPath: path))
 }
 
+/// `source` (a PEFT LoRA fixture) copied to `dir/adapter` with `modules_to_save: [module]` and a
+/// saved `module.weight` of `shape` (values 0.05·sin(i)): a replacement of that base tensor.
+func adapterSaving(_ module: String, shape: [Int], from source: String, in dir: String) throws -> String {
+    let adapter = dir + "/adapter"
+    try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
+    let config = try String(contentsOfFile: source + "/adapter_config.json", encoding: .utf8)
+    try config.replacingOccurrences(of: #""modules_to_save": null"#, with: #""modules_to_save": ["\#(module.split(separator: ".").last!)"]"#)
+        .write(toFile: adapter + "/adapter_config.json", atomically: true, encoding: .utf8)
+    let ckpt = try Checkpoint(path: source + "/adapter_model.safetensors")
+    let saved = TensorInfo(name: "base_model.model.\(module).weight", dtype: .float32, shape: shape)
+    let w = try SafeTensorsWriter(path: adapter + "/adapter_model.safetensors", tensors: ckpt.names.map { ckpt.info($0)! } + [saved])
+    while let t = w.nextTensor {
+        let values = t.name == saved.name ? (0..<shape.reduce(1, *)).map { Float(sin(Double($0))) * 0.05 } : try TensorData.floats(ckpt, t.name)
+        try TensorData.encode(values, format: .f32).withUnsafeBytes { try w.write(t.name, bytes: $0) }
+    }
+    try w.finish()
+    return adapter
+}
+
 /// A merged tensor of each fixture (GGUF names).
 private let mergedTensor = "blk.1.attn_q.weight"
 private let untouchedTensor = "token_embd.weight"
@@ -78,7 +97,9 @@ struct GGUFVerifyTests {
         GGUFCase(base: "tiny/base-q8_0.gguf", type: .f32), GGUFCase(base: "tiny/base-q8_0.gguf", type: .bf16),
         GGUFCase(base: "tiny/base-q8_0.gguf", type: .q8_0), GGUFCase(base: "tiny/base-f16.gguf", type: .keep),
         GGUFCase(base: "kquant/base-q4_k.gguf", type: .keep), GGUFCase(base: "kquant/base-q4_k.gguf", type: .q4_k),
-        GGUFCase(base: "kquant/base-q4_k.gguf", type: .q8_0),
+        GGUFCase(base: "kquant/base-q4_k.gguf", type: .q8_0), GGUFCase(base: "gemma/base-f16.gguf", type: .keep),
+        GGUFCase(base: "gemma2/base-f16.gguf", type: .keep), GGUFCase(base: "gemma3/base-f16.gguf", type: .q8_0),
+        GGUFCase(base: "phi3/base-f16.gguf", type: .keep), GGUFCase(base: "phi3/base-f16.gguf", type: .q8_0),
     ]
 
     @Test("merge then verify passes, every tensor checked exactly; float outputs also on probes", arguments: cases)
@@ -90,8 +111,9 @@ struct GGUFVerifyTests {
         #expect(report.passed, "\(describe(report))")
         #expect(report.entries.allSatisfy { $0.exact != nil })
         let merged = report.entries.filter { $0.kind == .merged }
-        #expect(merged.count == (c.base.hasPrefix("tiny") ? 14 : 7))
-        let floatOutput = [.f16, .f32, .bf16].contains(c.type) || c.base.hasSuffix("f16.gguf")
+        // One merged tensor per adapter module: 2 layers × 7 (tiny), phi3's 4 fused ones, else 7.
+        #expect(merged.count == (c.base.hasPrefix("tiny") ? 14 : c.base.hasPrefix("phi3") ? 4 : 7))
+        let floatOutput = [.f16, .f32, .bf16].contains(c.type) || (c.type == .keep && c.base.hasSuffix("f16.gguf"))
         #expect(merged.allSatisfy { ($0.probes != nil) == floatOutput })
         #expect((report.probesSkipped == nil) == floatOutput)
         #expect(report.files.map(\.file) == ["out.gguf metadata"] && report.files.allSatisfy(\.passed))
@@ -180,19 +202,7 @@ struct GGUFVerifyTests {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // The tiny adapter plus a saved lm_head (GGUF output.weight, Q8_0 in the base).
-        let source = "\(fixtures)/tiny/adapter", adapter = dir + "/adapter"
-        try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
-        let config = try String(contentsOfFile: source + "/adapter_config.json", encoding: .utf8)
-        try config.replacingOccurrences(of: #""modules_to_save": null"#, with: #""modules_to_save": ["lm_head"]"#)
-            .write(toFile: adapter + "/adapter_config.json", atomically: true, encoding: .utf8)
-        let ckpt = try Checkpoint(path: source + "/adapter_model.safetensors")
-        let head = TensorInfo(name: "base_model.model.lm_head.weight", dtype: .float32, shape: [96, 64])
-        let w = try SafeTensorsWriter(path: adapter + "/adapter_model.safetensors", tensors: ckpt.names.map { ckpt.info($0)! } + [head])
-        while let t = w.nextTensor {
-            let values = t.name == head.name ? (0..<(96 * 64)).map { Float(sin(Double($0))) * 0.05 } : try TensorData.floats(ckpt, t.name)
-            try TensorData.encode(values, format: .f32).withUnsafeBytes { try w.write(t.name, bytes: $0) }
-        }
-        try w.finish()
+        let adapter = try adapterSaving("lm_head", shape: [96, 64], from: "\(fixtures)/tiny/adapter", in: dir)
         var options = MergeOptions(base: "\(fixtures)/tiny/base-q8_0.gguf", adapters: [(adapter, 1)], output: dir + "/out.gguf")
         options.durable = false
         _ = try Merge.run(options)

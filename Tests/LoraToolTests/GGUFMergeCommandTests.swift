@@ -40,6 +40,21 @@ struct GGUFMergeCommandTests {
         #expect(status == 64 && err.contains("--gguf-type must be one of keep, f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k"))
     }
 
+    @Test("gemma and phi3 GGUF bases: merge --verify, verify and inspect on the command line (phi3's fused modules by name)",
+          arguments: [("gemma", "q_proj ×1 (scale 2)", 7), ("phi3", "qkv_proj ×1 (scale 2)", 4)])
+    func otherArchitectures(family: String, module: String, merged: Int) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-arch-cli-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let inputs = ["--base", "\(Self.fixtures)/\(family)/base-f16.gguf", "--adapter", "\(Self.fixtures)/\(family)/adapter"]
+        var (status, out, err) = try run(["merge"] + inputs + ["--output", dir + "/m.gguf", "--verify", "--quiet"])
+        #expect(status == 0 && out.contains("verified") && out.contains(" \(merged) tensors: ") && out.contains(module), "\(out)\(err)")
+        (status, out, err) = try run(["verify"] + inputs + ["--merged", dir + "/m.gguf"])
+        #expect(status == 0 && out.contains("PASS: ") && out.contains("(\(merged) merged, checked element by element"), "\(out)\(err)")
+        (status, out, err) = try run(["inspect", dir + "/m.gguf"])
+        #expect(status == 0 && out.contains("  architecture  \(family)\n"), "\(err)")
+    }
+
     @Test("merge --verify then verify pass on a Q4_K merge; a merge at the wrong scale fails with one error: line per merged tensor; --mode probes is refused in one line")
     func mergeThenVerify() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-verify-cli-\(UUID().uuidString)").path

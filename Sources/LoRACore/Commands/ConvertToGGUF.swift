@@ -41,9 +41,10 @@ public struct ConvertToGGUFReport: Sendable {
 /// module in llama.cpp's adapter format (`GGUFAdapterSink`), every module at its own scale,
 /// staged and committed atomically like every output.
 ///
-/// Architectures: llama (also Mistral's), qwen2, qwen3, as `GGUFTensorNameMap`; from a GGUF base
-/// its `general.architecture` and head counts, checked against each module's tensor shape; from a
-/// transformers directory its config.json (`model_type` llama, mistral, qwen2 or qwen3,
+/// Architectures: llama (also Mistral's), qwen2, qwen3, gemma, gemma2, gemma3, phi3, as
+/// `GGUFTensorNameMap`; from a GGUF base its `general.architecture` and head counts, checked
+/// against each module's tensor shape; from a transformers directory its config.json (`model_type`
+/// llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text or phi3; for llama
 /// `num_attention_heads`, `num_key_value_heads`). Refused with the reason: DoRA, embedding,
 /// convolution and Conv1D LoRA, lora_B biases, full replacement tensors, LoHa/LoKr/IA³, and modules
 /// llama.cpp has no tensor for.
@@ -104,11 +105,14 @@ public enum ConvertToGGUF {
         guard let config = try SideFiles.readJSON(path) else {
             throw LoRACoreError.invalidRequest("\(base): neither a GGUF file nor a model directory with config.json (the architecture and heads come from it)")
         }
-        // convert_hf_to_gguf.py writes Mistral's LlamaForCausalLM-style models as llama.
-        let architectures = ["llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"]
+        // convert_hf_to_gguf.py writes Mistral's LlamaForCausalLM-style models as llama, and
+        // Gemma3ForCausalLM (model_type gemma3_text) as gemma3.
+        let architectures = ["llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
+                             "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3"]
         guard let type = config["model_type"]?.stringValue, let arch = architectures[type] else {
             let given = config["model_type"]?.stringValue.map { "'\($0)'" } ?? "missing"
-            throw LoRACoreError.invalidConfig(file: path, detail: "model_type \(given): llama.cpp adapters are written for llama, mistral, qwen2 and qwen3")
+            throw LoRACoreError.invalidConfig(
+                file: path, detail: "model_type \(given): llama.cpp adapters are written for \(architectures.keys.sorted().joined(separator: ", "))")
         }
         let names = try GGUFTensorNameMap(architecture: arch, file: path)
         var heads: (query: Int, key: Int)?

@@ -25,7 +25,8 @@ import SafeTensors
 ///
 /// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, `--verify` of an export
 /// (not implemented yet), and the options of safetensors outputs (`--dtype`, `--requantize`,
-/// `--keep-quantized`, `--part`).
+/// `--keep-quantized`, `--part`). An adapter that changes a tensor the converter stored transformed
+/// (gemma's norms) is refused by `GGUFModel.refuseTransformedTensors`.
 enum GGUFMerge {
     /// Whether `options` describe a GGUF merge: a GGUF base or a `.gguf` output.
     static func applies(to options: MergeOptions) -> Bool {
@@ -60,6 +61,7 @@ enum GGUFMerge {
             throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF model's metadata and tensor table cannot take yet: merge into the transformers model")
         }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
+        try model?.refuseTransformedTensors(changedBy: plan)
         if !plan.changesAnything && !options.allowEmpty {
             throw LoRACoreError.invalidRequest(
                 "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")

@@ -56,6 +56,7 @@ enum GGUFVerify {
             throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF merge does not take yet: nothing to verify against")
         }
         let plan = try MergePlan(base: base.stream, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
+        try base.refuseTransformedTensors(changedBy: plan)
         // What merge writes, recomputed (overflows are the comparison's business, not errors here).
         let context = try RunContext(threads: options.threads, allowOverflow: true)
         let recomputed = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base.stream)

@@ -6,9 +6,11 @@ import SafeTensors
 ///
 /// Every tensor becomes a `GGUFTensor` (transformers shape and row order, block types decoded to
 /// f32 as read); names come from `GGUFTensorNameMap` (tensors outside its table, such as
-/// `rope_freqs.weight`, keep their GGUF names). For `llama`, `attn_q` rows are un-permuted with
-/// `{arch}.attention.head_count` heads and `attn_k` rows with `head_count_kv` (or `head_count`
-/// when absent), exactly undoing `convert_hf_to_gguf.py`'s `LlamaModel.permute`; the GGUF sink
+/// `rope_freqs.weight`, keep their GGUF names; tensors the converter stored transformed, gemma's
+/// norms as 1 + w, are exposed as stored, and `refuseTransformedTensors` keeps merges off them).
+/// For `llama`, `attn_q` rows are un-permuted with `{arch}.attention.head_count` heads and
+/// `attn_k` rows with `head_count_kv` (or `head_count` when absent), exactly undoing
+/// `convert_hf_to_gguf.py`'s `LlamaModel.permute` (no other architecture is permuted); the GGUF sink
 /// permutes them back. Merging in transformers order and permuting the result is the same
 /// arithmetic, element for element, as permuting B's rows (and any per-row quantity of any adapter
 /// type) and merging in GGUF order.
@@ -74,5 +76,17 @@ public final class GGUFModel: Sendable {
         tensors = list
         ropeHeads = heads
         stream = TensorStream(sources, path: path, sideFiles: nil, metadata: nil)
+    }
+
+    /// Refuses a merge that changes a tensor the converter stored transformed
+    /// (`GGUFTensorNameMap.storedTransformation`: gemma's norm weights as 1 + w), whose values are
+    /// not the transformers values `plan`'s adapters change.
+    /// - Throws: `GGUFError.transformedTensor` naming the file and the first such tensor (file order).
+    public func refuseTransformedTensors(changedBy plan: MergePlan) throws {
+        for (info, name) in tensors where plan.actions[name] != nil {
+            if let transformation = names.storedTransformation(of: info.name) {
+                throw GGUFError.transformedTensor(file: file.path, tensor: info.name, transformation: transformation)
+            }
+        }
     }
 }

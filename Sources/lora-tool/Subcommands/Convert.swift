@@ -22,8 +22,9 @@ extension LoraTool {
                 relative error reported. VeRA and IA³ need --base.
 
                 --to gguf-lora writes the adapter GGUF llama.cpp loads (llama-cli --lora, \
-                llama-export-lora), as convert_lora_to_gguf.py lays it out, for llama (Mistral), qwen2 and \
-                qwen3: --base is the GGUF model or the transformers directory (config.json) it is for; \
+                llama-export-lora), as convert_lora_to_gguf.py lays it out, for llama (Mistral), qwen2, \
+                qwen3, gemma, gemma2, gemma3 and phi3: --base is the GGUF model or the transformers \
+                directory (config.json) it is for; \
                 q/k rows in llama.cpp's rope order; every module at its own scale (adapter.lora.alpha = \
                 s·r when all modules agree, else 0 with each B multiplied by its s, which rsLoRA with \
                 mixed ranks and alpha_pattern need); --gguf-type f32 (default), f16, bf16 or q8_0.
