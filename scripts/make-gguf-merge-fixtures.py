@@ -54,6 +54,14 @@ kquant/ (1 layer, hidden 256):
                                    by ggml's C reference as llama-quantize Q4_K_M picks types:
                                    Q6_K for output, attn_v, ffn_down; Q4_K for the others
   adapter/, expected-q4_k.gguf     the merge requantized to each tensor's own type (C reference)
+bpe/ (byte-level BPE tokenizers, the converter's `_set_vocab_gpt2` path):
+  pre-tokenizers.json              the converter's chktxt and its hash → tokenizer.ggml.pre table
+  tokenizers/{gpt2,llama3,qwen2}.json
+                                   tiny tokenizers trained here with each pre-tokenizer style
+  encodings.json                   `tokenizers`' ids of chktxt and other texts for each, chktxt's hash
+  hf/, base-f16.gguf               a tiny Llama (tied embeddings) with the llama3-style tokenizer, and
+                                   the converter's f16 file, its get_vocab_base_pre answering
+                                   "llama-bpe" (the tiny tokenizer's hash is in no table)
 names.json                         gguf-py's TensorNameMap (HF name -> GGUF name) for llama,
                                    qwen2, qwen3, gemma, gemma2, gemma3 and phi3 (each probed with its
                                    model's modules), blocks 0 and 1: the oracle of lora-tool's table
@@ -395,6 +403,122 @@ def peft_merged(model_dir, adapter_dir, out_dir):
         if f.startswith("tokenizer") or f == "special_tokens_map.json":
             shutil.copy(os.path.join(model_dir, f), out_dir)
 
+LLAMA3_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+BPE_TEXTS = ["Hello world! It's 2026, isn't it?", "  leading spaces\n\n\tand tabs   ", "数字123456和English混合 ½ ⅷ",
+             "don't STOP 'Re-run' ALL CAPS 'S 'LL", "emoji 🦙🦙🦙 and ZWJ 👩\u200d💻 e\u0301 é"]
+
+
+def converter_pre_tokenizers(converter):
+    """`get_vocab_base_pre`'s hash → name table (a later `if` wins, as its sequence of ifs does) and
+    its `chktxt`, read from the converter's source."""
+    import ast
+    import re
+    src = open(os.path.join(os.path.dirname(converter), "conversion", "base.py")).read()
+    body = src[src.index("def get_vocab_base_pre"):src.index("Marker: End get_vocab_base_pre")]
+    table = {}
+    for h, name in re.findall(r'if chkhsh == "([0-9a-f]{64})":\s*\n(?:\s*#[^\n]*\n)*\s*res = "([^"]+)"', body):
+        table[h] = name
+    chktxt = ast.literal_eval(re.search(r"chktxt = ('.*')\n", body).group(1))
+    return chktxt, dict(sorted(table.items()))
+
+
+def byte_level_tokenizer(style, chktxt):
+    """A tiny byte-level BPE tokenizer trained here, pre-tokenized as GPT-2 (ByteLevel's own regex),
+    Llama 3 (its Split regex, ignore_merges, a BOS template) or Qwen2 (NFC, its Split regex)."""
+    from tokenizers import Tokenizer, Regex, models, pre_tokenizers, normalizers, processors, decoders, trainers
+    specials = {"gpt2": ["<|endoftext|>"], "llama3": ["<|begin_of_text|>", "<|end_of_text|>"],
+                "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]}[style]
+    tok = Tokenizer(models.BPE())
+    if style == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        pattern = LLAMA3_PATTERN if style == "llama3" else QWEN2_PATTERN
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if style == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    tok.decoder = decoders.ByteLevel()
+    corpus = [chktxt] + BPE_TEXTS + ["the quick brown fox jumps over the lazy dog", "a merged adapter is the base plus its delta"] * 4
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    if style == "llama3":
+        j = json.loads(tok.to_str())
+        j["model"]["ignore_merges"] = True
+        tok = Tokenizer.from_str(json.dumps(j))
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+                                          special_tokens=[("<|begin_of_text|>", bos)])])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def convert_with_pre(converter, model_dir, outtype, outfile, pre):
+    """convert_hf_to_gguf.py with `get_vocab_base_pre` answering `pre` (a tiny trained tokenizer's
+    hash is in no table; everything else is the converter's own)."""
+    code = "\n".join([
+        "import sys, runpy",
+        f"sys.argv = [{converter!r}, {model_dir!r}, '--outtype', {outtype!r}, '--outfile', {outfile!r}]",
+        f"sys.path.insert(0, {os.path.dirname(converter)!r})",
+        f"sys.path.insert(1, {os.path.join(os.path.dirname(converter), 'gguf-py')!r})",
+        "import conversion.base as base",
+        f"base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}",
+        f"runpy.run_path({converter!r}, run_name='__main__')"])
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_LOCAL_GGUF", "PYTHONPATH")}
+    if os.environ.get("SENTENCEPIECE_SITE"):
+        env["PYTHONPATH"] = os.environ["SENTENCEPIECE_SITE"]
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"convert_hf_to_gguf.py {model_dir} (pre {pre}) failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+
+
+def make_bpe_fixtures(converter, tmp):
+    """bpe/: the pre-tokenizer table and test text, tiny byte-level tokenizers with `tokenizers`'
+    encodings, and a tiny Llama with the Llama 3 style one converted by the converter."""
+    import torch
+    import transformers
+    from transformers import PreTrainedTokenizerFast
+    out = os.path.join(OUT, "bpe")
+    os.makedirs(os.path.join(out, "tokenizers"))
+    chktxt, table = converter_pre_tokenizers(converter)
+    with open(os.path.join(out, "pre-tokenizers.json"), "w") as f:
+        json.dump({"chktxt": chktxt, "hashes": table}, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    encodings = {}
+    for style in ("gpt2", "llama3", "qwen2"):
+        tok = byte_level_tokenizer(style, chktxt)
+        tok.save(os.path.join(out, "tokenizers", f"{style}.json"))
+        ids = tok.encode(chktxt).ids
+        encodings[style] = {"hash": hashlib.sha256(str(ids).encode()).hexdigest(),
+                            "texts": [[t, tok.encode(t).ids] for t in [chktxt] + BPE_TEXTS]}
+    with open(os.path.join(out, "encodings.json"), "w") as f:
+        json.dump(encodings, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+    # The tiny Llama 3 style model: tokenizer files as transformers saves them, tied embeddings.
+    hf = os.path.join(out, "hf")
+    tok = byte_level_tokenizer("llama3", chktxt)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    fast.save_pretrained(hf)
+    config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                      tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=fast.bos_token_id,
+                                      eos_token_id=fast.eos_token_id)
+    torch.manual_seed(58)
+    model = transformers.LlamaForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(bf16_values((1.0 if p.dim() == 1 else 0.0) + (0.1 if p.dim() == 1 else 0.05) * torch.randn_like(p)))
+    model.save_pretrained(hf, safe_serialization=True)
+    for f in os.listdir(hf):
+        if f == "generation_config.json":
+            os.remove(os.path.join(hf, f))
+    convert_with_pre(converter, hf, "f16", os.path.join(out, "base-f16.gguf"), "llama-bpe")
+
 
 def main():
     if not os.environ.get("LLAMA_CPP_SDIST"):
@@ -476,6 +600,8 @@ def main():
         copy_with_types(f32, os.path.join(kq, "base-q4_k.gguf"), q4_k_m, quantize)
         tensors = expected_tensors(os.path.join(kq, "base-q4_k.gguf"), os.path.join(kq, "adapter"), 8, 2, None, quantize, gguf, permute)
         write_tensors(os.path.join(kq, "expected-q4_k.gguf"), tensors, "llama")
+
+        make_bpe_fixtures(converter, tmp)
 
         # The name table and the permutation, from gguf-py and the converter.
         # Each architecture probed with its transformers modules (Llama's list, which also covers qwen2

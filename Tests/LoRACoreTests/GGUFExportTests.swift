@@ -125,7 +125,7 @@ struct GGUFExportTests {
             var model = m[i].value.objectMembers!
             model[model.firstIndex { $0.key == "byte_fallback" }!].value = .bool(false)
             m[i].value = .object(model)
-        } }, mentions: "byte-level BPE tokenizer")
+        } }, mentions: "cannot encode like Hugging Face tokenizers (normalizer Prepend)")
         try refused("qwen2", { try FileManager.default.removeItem(atPath: $0 + "/tokenizer.model") }, mentions: "no tokenizer.model or tokenizer.json")
         try refused("qwen2", { try Data([0x0a, 0x40, 0x01]).write(to: URL(fileURLWithPath: $0 + "/tokenizer.model")) }, mentions: "tokenizer.model: not a SentencePiece model")
         try refused("qwen3", { _ in }, type: .q4_k, mentions: "--gguf-type q4_k")
@@ -159,5 +159,74 @@ struct GGUFExportTests {
         #expect(out.header.value("tokenizer.chat_template") == .string("{{ messages }}"))
         // bos from config.json (id 1): tokenizer_config's "<s>" is not among tokenizer.json's added tokens (there is none).
         #expect(out.header.value("tokenizer.ggml.bos_token_id") == .uint32(1))
+    }
+}
+
+@Suite("Byte-level BPE tokenizers: encoded as Hugging Face tokenizers encodes them, named as llama.cpp's converter names them")
+struct ByteLevelBPETests {
+    static let bpe = fixtures + "/bpe"
+
+    static func json(_ path: String) throws -> JSONValue { try SideFiles.readJSON(path)! }
+
+    @Test("The pre-tokenizer table and test text are the converter's (extracted from convert_hf_to_gguf.py by the fixture script)")
+    func table() throws {
+        let reference = try Self.json(Self.bpe + "/pre-tokenizers.json")
+        #expect(Array(GGUFPreTokenizerTable.checkText.unicodeScalars) == Array(reference["chktxt"]!.stringValue!.unicodeScalars))
+        let hashes = reference["hashes"]!.objectMembers!
+        #expect(hashes.count == GGUFPreTokenizerTable.names.count)
+        for (hash, name) in hashes { #expect(GGUFPreTokenizerTable.names[hash] == name.stringValue, "\(hash)") }
+    }
+
+    @Test("Token ids equal tokenizers' on the converter's test text and others (scripts, digits, contractions in any case, emoji, ZWJ, combining marks), and so does the hash",
+          arguments: ["gpt2", "llama3", "qwen2"])
+    func encodes(style: String) throws {
+        let tokenizer = try Self.json("\(Self.bpe)/tokenizers/\(style).json")
+        let reference = try Self.json(Self.bpe + "/encodings.json")[style]!
+        let encoder = try ByteLevelBPE(tokenizer: tokenizer)
+        let texts = reference["texts"]!.arrayValue!
+        #expect(texts.count == 6)
+        for pair in texts {
+            let text = pair.arrayValue![0].stringValue!, ids = pair.arrayValue![1].arrayValue!.map { $0.intValue! }
+            #expect(try encoder.encode(text) == ids, "\(style): \(text.debugDescription)")
+        }
+        let ids = try encoder.encode(GGUFPreTokenizerTable.checkText)
+        #expect(SHA256.hash(Array(("[" + ids.map(String.init).joined(separator: ", ") + "]").utf8)) == reference["hash"]!.stringValue!)
+    }
+
+    @Test("Leftmost-first matching with Oniguruma's priorities: greedy and lazy repetition, ordered alternation, lookahead, case-insensitive groups, categories")
+    func regex() throws {
+        func pieces(_ pattern: String, _ text: String) throws -> [String] {
+            let scalars = Array(text.unicodeScalars)
+            return try PreTokenizerRegex(pattern).splitPieces(scalars).map { String(String.UnicodeScalarView(scalars[$0.range])) }
+        }
+        #expect(try pieces(#"\s+(?!\S)|\s+"#, "a   b") == ["a", "  ", " ", "b"])
+        #expect(try pieces(#"(?i:'s|'t)| ?\p{L}+"#, "it'S ſ'ſ") == ["it", "'S", " ſ", "'ſ"])
+        #expect(try pieces(#"\p{N}{1,3}"#, "1234567") == ["123", "456", "7"])
+        #expect(try pieces(#"a+?b|a"#, "aab") == ["aab"])
+        #expect(try pieces(#"[^\r\n\p{L}\p{N}]?\p{L}+"#, "(hello)") == ["(hello", ")"])
+        for bad in [#"\p{Han}"#, #"(?<=a)b"#, #"a++"#, #"^a"#, #"(a"#] {
+            #expect(throws: PreTokenizerRegex.Unsupported.self) { _ = try PreTokenizerRegex(bad) }
+        }
+    }
+
+    @Test("A tiny Llama with a Llama 3 style tokenizer written as the converter writes it: model gpt2, the named pre-tokenizer, tokens, types, merges, BOS added by the template, tensors")
+    func export() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let model = Self.bpe + "/hf"
+        let checkpoint = try Checkpoint(path: model)
+        // The tiny tokenizer's hash is in no table: the fixture's converter was told "llama-bpe" too.
+        let hash = try Self.json(Self.bpe + "/encodings.json")["llama3"]!["hash"]!.stringValue!
+        #expect { _ = try GGUFExportPlan(directory: model, model: checkpoint, type: .f16) } throws: {
+            (($0 as? any LocalizedError)?.errorDescription ?? "").contains("a BPE pre-tokenizer llama.cpp does not know (hash \(hash)")
+        }
+        let plan = try GGUFExportPlan(directory: model, model: checkpoint, type: .f16, extraPreTokenizers: [hash: "llama-bpe"])
+        let context = try RunContext(threads: 2, instructionSet: nil, allowOverflow: false, progress: nil)
+        let sink = try GGUFSink(export: plan, stream: TensorStream(model: checkpoint), context: context)
+        _ = try sink.write(to: dir + "/out.gguf", durable: false)
+        try expectSameFile(dir + "/out.gguf", Self.bpe + "/base-f16.gguf")
+        let out = try GGUFFile(path: dir + "/out.gguf")
+        #expect(out.header.value("tokenizer.ggml.model") == .string("gpt2") && out.header.value("tokenizer.ggml.pre") == .string("llama-bpe"))
+        #expect(out.header.value("tokenizer.ggml.add_bos_token") == .bool(true) && out.header.value("tokenizer.ggml.scores") == nil)
     }
 }

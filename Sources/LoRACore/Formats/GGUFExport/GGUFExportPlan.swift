@@ -25,7 +25,7 @@ import SafeTensors
 /// architectures, nested `text_config`, quantized checkpoints, mixture-of-experts and grouped-router
 /// fields, multimodal rope sections, sliding-window rope bases, rope types other than default,
 /// linear and YaRN (Llama 3's `llama3` rope needs the `rope_freqs` tensor the converter computes),
-/// sentence-transformers pooling, Qwen3 rerankers, byte-level BPE tokenizers (`GGUFVocabulary`).
+/// sentence-transformers pooling, Qwen3 rerankers, tokenizers `GGUFVocabulary` refuses.
 struct GGUFExportPlan {
     struct Tensor {
         /// The GGUF name, and the transformers name it is read under.
@@ -65,7 +65,8 @@ struct GGUFExportPlan {
     /// - Throws: `LoRACoreError.invalidConfig` naming the file and field, `.invalidRequest` for a
     ///   type the converter does not write, `GGUFError.incompatibleTensor` for a tensor without a
     ///   llama.cpp name or a q/k shape the heads do not divide.
-    init(directory: String, model: Checkpoint, type: GGUFOutputType) throws {
+    /// - Parameter extraPreTokenizers: byte-level BPE pre-tokenizer hashes → names beyond llama.cpp's (tests).
+    init(directory: String, model: Checkpoint, type: GGUFOutputType, extraPreTokenizers: [String: String] = [:]) throws {
         guard let fileType = GGUFExportPlan.fileTypes[type] else {
             throw LoRACoreError.invalidRequest("--gguf-type \(type.rawValue): a transformers model is written to GGUF as f32, f16, bf16 or q8_0 (the types of convert_hf_to_gguf.py)")
         }
@@ -198,9 +199,11 @@ struct GGUFExportPlan {
         if arch == "llama", let add = try SideFiles.readJSON(directory + "/tokenizer_config.json")?["add_prefix_space"]?.boolValue {
             meta.append(("tokenizer.ggml.add_space_prefix", .bool(add)))
         }
-        let vocabulary = try GGUFVocabulary.read(directory: directory, vocabularySize: vocabularySize, llamaHF: arch == "llama")
+        let vocabulary = try GGUFVocabulary.read(directory: directory, vocabularySize: vocabularySize, llamaHF: arch == "llama",
+                                                 extraPreTokenizers: extraPreTokenizers)
         meta += vocabulary.metadata
-        meta += try GGUFSpecialVocabulary(directory: directory, vocabularySize: vocabulary.tokens.count).metadata
+        let byteLevel = vocabulary.model == "gpt2"
+        meta += try GGUFSpecialVocabulary(directory: directory, vocabularySize: byteLevel ? nil : vocabulary.tokens.count, loadMerges: byteLevel).metadata
 
         // Tensors.
         let names = try GGUFTensorNameMap(architecture: arch, file: directory)

@@ -14,16 +14,21 @@ import SafeTensors
 /// `*_token_id` for types still unset. Ids at or past `vocabularySize` are skipped, as the
 /// reference skips them; types without a GGUF key (cls) are dropped as it drops them.
 ///
+/// With `loadMerges` (the byte-level BPE path), tokenizer.json's merges come first.
+///
 /// Refused by name (rather than written differently): several named chat templates
-/// (`additional_chat_templates/`, a list), merges (not needed by these tokenizers).
+/// (`additional_chat_templates/`, a list), merges only in merges.txt.
 struct GGUFSpecialVocabulary {
+    /// `tokenizer.json`'s merges as `"a b"` (spaces inside a part as U+0120), when loaded.
+    private(set) var merges: [String] = []
     private(set) var tokenIDs: [(type: String, id: Int)] = []
     private(set) var addTokens: [(type: String, add: Bool)] = []
     private(set) var chatTemplate: String?
     private(set) var normalizerLowercase: Bool?
     private(set) var normalizerStripAccents: Bool?
     private var types = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"]
-    private let vocabularySize: Int
+    /// Ids must be below it (nil: any id, as the byte-level BPE path creates it without one).
+    private let vocabularySize: Int?
 
     /// The GGUF key of each special token type that has one (gguf-py's `add_{type}_token_id`).
     static let idKeys = ["bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
@@ -36,9 +41,9 @@ struct GGUFSpecialVocabulary {
 
     /// - Throws: `LoRACoreError.invalidConfig` naming the file for JSON that is not valid, a negative
     ///   token id, or a chat template lora-tool does not write.
-    init(directory: String, vocabularySize: Int) throws {
+    init(directory: String, vocabularySize: Int?, loadMerges: Bool = false) throws {
         self.vocabularySize = vocabularySize
-        try loadTokenizerFiles(directory)
+        try loadTokenizerFiles(directory, loadMerges: loadMerges)
         if let config = try SideFiles.readJSON(directory + "/config.json") {
             for t in types {
                 let id = config["\(t)_token_id"] ?? config["text_config"]?["\(t)_token_id"]
@@ -50,6 +55,7 @@ struct GGUFSpecialVocabulary {
     /// The metadata, in the order `SpecialVocab.add_to_gguf` writes it.
     var metadata: [(key: String, value: GGUFValue)] {
         var out: [(key: String, value: GGUFValue)] = []
+        if !merges.isEmpty { out.append(("tokenizer.ggml.merges", .array(.string, merges.map { .string($0) }))) }
         for (t, id) in tokenIDs {
             if let key = GGUFSpecialVocabulary.idKeys[t] { out.append((key, .uint32(UInt32(id)))) }
         }
@@ -67,7 +73,7 @@ struct GGUFSpecialVocabulary {
     private mutating func setToken(_ type: String, _ id: Int?, file: String) throws {
         guard let id else { return }
         guard id >= 0 else { throw LoRACoreError.invalidConfig(file: file, detail: "invalid value for special token type \(type): \(id)") }
-        guard id < vocabularySize, !tokenIDs.contains(where: { $0.type == type }) else { return }
+        guard id < (vocabularySize ?? Int.max), !tokenIDs.contains(where: { $0.type == type }) else { return }
         tokenIDs.append((type, id))
     }
 
@@ -93,8 +99,23 @@ struct GGUFSpecialVocabulary {
     }
 
     /// `_try_load_from_tokenizer_json`: tokenizer.json and tokenizer_config.json.
-    private mutating func loadTokenizerFiles(_ directory: String) throws {
+    private mutating func loadTokenizerFiles(_ directory: String, loadMerges: Bool) throws {
         let tokenizer = try SideFiles.readJSON(directory + "/tokenizer.json")
+        if loadMerges {
+            for m in tokenizer?["model"]?["merges"]?.arrayValue ?? [] {
+                if let s = m.stringValue {
+                    merges.append(s)
+                } else if let pair = m.arrayValue, pair.count == 2, let a = pair[0].stringValue, let b = pair[1].stringValue {
+                    // transformers ≥ 4.45's pairs: spaces inside a part written as U+0120, as gguf-py does.
+                    merges.append([a, b].map { $0.replacingOccurrences(of: " ", with: "\u{0120}") }.joined(separator: " "))
+                } else {
+                    throw LoRACoreError.invalidConfig(file: directory + "/tokenizer.json", detail: "model.merges: an entry that is neither \"a b\" nor [a, b]")
+                }
+            }
+            if merges.isEmpty {
+                throw LoRACoreError.invalidConfig(file: directory + "/tokenizer.json", detail: "no model.merges (merges.txt is not read): a BPE tokenizer needs them")
+            }
+        }
         let configFile = directory + "/tokenizer_config.json"
         var config = try SideFiles.readJSON(configFile)?.objectMembers
         if let normalizer = tokenizer?["normalizer"], normalizer != .null { parseNormalizer(normalizer) }
