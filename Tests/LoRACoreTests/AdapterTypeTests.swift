@@ -17,14 +17,16 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens"][String(name.split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens"][String(name.split(separator: "_").last!)]! }
 
-    /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; else q, v, up, down).
-    var modules: Int { name == "peft_ia3" || name == "peft_tokens" ? 3 : 4 }
+    /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
+    /// down and the embedding; else q, v, up, down).
+    var modules: Int { name == "peft_ia3" || name == "peft_tokens" ? 3 : name == "peft_oft" ? 5 : 4 }
     /// Tensors the reference merge changed (IA³ also the q/v biases).
     var changed: Int { name == "peft_ia3" ? 5 : modules }
 
-    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr"]
+    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr",
+                        "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -41,7 +43,17 @@ private func lycorisFile(from source: String, adding extra: [(name: String, shap
     try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: path, metadata: nil, force: true)
 }
 
-@Suite("LoHa, LoKr, IA³, VeRA, trainable tokens: PEFT adapters and LyCORIS files")
+/// A copy of the PEFT adapter directory `adapter` at `copy` with `from` (which it must contain)
+/// replaced by `to` in its adapter_config.json.
+private func adapterCopy(_ adapter: String, at copy: String, replacing from: String, with to: String) throws {
+    try FileManager.default.copyItem(atPath: adapter, toPath: copy)
+    let config = copy + "/adapter_config.json"
+    let text = try String(contentsOfFile: config, encoding: .utf8)
+    #expect(text.contains(from))
+    try text.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
+}
+
+@Suite("LoHa, LoKr, IA³, VeRA, OFT, trainable tokens: PEFT adapters and LyCORIS files")
 struct AdapterTypeTests {
     @Test("Merge equals the reference within the fidelity bound (1 ulp bf16, 4 ulp of the largest magnitude f32); untouched tensors byte-identical",
           arguments: TypeCase.all)
@@ -203,12 +215,9 @@ struct AdapterTypeTests {
         defer { try? FileManager.default.removeItem(atPath: out) }
         let convert = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: c.adapter, to: .kohya, output: out + "/k.safetensors")) }
         #expect(convert?.localizedDescription.contains("is LoHa, not LoRA") == true)
-        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/oft")
-        let config = out + "/oft/adapter_config.json"
-        let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "\"LOHA\"", with: "\"OFT\"")
-        try text.write(toFile: config, atomically: true, encoding: .utf8)
-        let oft = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
-        #expect(oft?.localizedDescription.contains("peft_type 'OFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA)") == true)
+        try adapterCopy(c.adapter, at: out + "/oft", replacing: "\"LOHA\"", with: "\"FOURIERFT\"")
+        let other = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
+        #expect(other?.localizedDescription.contains("peft_type 'FOURIERFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA, OFT)") == true)
     }
 
     @Test("VeRA without its stored projections (save_projection false) or with fan_in_fan_out is refused by name",
@@ -218,11 +227,7 @@ struct AdapterTypeTests {
         let c = TypeCase(name: "peft_vera", dtype: "f32")
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
-        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/vera")
-        let config = out + "/vera/adapter_config.json"
-        let text = try String(contentsOfFile: config, encoding: .utf8)
-        #expect(text.contains(from))
-        try text.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
+        try adapterCopy(c.adapter, at: out + "/vera", replacing: from, with: to)
         let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/vera") }
         #expect(error?.localizedDescription.contains(reason) == true)
     }
@@ -251,5 +256,52 @@ struct AdapterTypeTests {
         let error = #expect(throws: LoRACoreError.self) { _ = try Merge.run(o) }
         #expect(error?.localizedDescription.contains(reason) == true, "\(error?.localizedDescription ?? "")")
         #expect(!FileManager.default.fileExists(atPath: out + "/m"))
+    }
+}
+
+@Suite("OFT: refusals by name")
+struct OFTRefusalTests {
+    @Test("A config field lora-tool cannot honour is refused in one line naming it",
+          arguments: [("peft_oft", "\"fan_in_fan_out\": false", "\"fan_in_fan_out\": true", "OFT with fan_in_fan_out"),
+                      ("peft_oft", "\"peft_version\": \"0.21.2\"", "\"peft_version\": \"0.17.1\"", "use_cayley_neumann OFT saved by PEFT 0.17.1"),
+                      ("peft_oft_cayley", "\"peft_version\": \"0.21.2\"", "\"peft_version\": \"0.17.1\"", ""),
+                      ("peft_oft", "\"oft_block_size\": 4,", "", "OFT without oft_block_size"),
+                      ("peft_oft", "\"block_share\": false", "\"block_share\": true", "sets block_share but"),
+                      ("peft_oft", "\"bias\": \"none\"", "\"bias\": \"all\"", "bias 'all'")])
+    func configRefusals(fixture: String, from: String, to: String, reason: String) throws {
+        let c = TypeCase(name: fixture, dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try adapterCopy(c.adapter, at: out + "/oft", replacing: from, with: to)
+        guard !reason.isEmpty else {
+            // The exact Cayley transform did not change in 0.18: an older file merges.
+            #expect(try Adapter(path: out + "/oft").modules.count == 4)
+            return
+        }
+        let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
+        let message = error?.localizedDescription ?? ""
+        #expect(message.contains(reason), "\(message)")
+        #expect(!message.contains("\n"))
+    }
+
+    @Test("OFT refuses --weight other than 1 and a convolution base, naming the module")
+    func mergeRefusals() throws {
+        let c = TypeCase(name: "peft_oft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let weight = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, -1)], output: out + "/m")) }
+        #expect(weight?.localizedDescription.contains("OFT multiplies each weight row by a rotation") == true)
+        #expect(weight?.localizedDescription.contains("model.embed_tokens") == true)
+        // The same base with q_proj stored as a (16, 4, 2, 2) kernel: PEFT's Conv2d OFT, refused.
+        let base = try Checkpoint(path: c.base + "/model.safetensors")
+        let tensors: [AdapterSink.Tensor] = base.names.map { n in
+            let info = base.info(n)!
+            let shape = n == "model.layers.0.self_attn.q_proj.weight" ? [16, 4, 2, 2] : info.shape
+            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: shape) { Array(try base.bytes(of: n)) }
+        }
+        try AdapterSink.writeFile(tensors, to: out + "/conv.safetensors", metadata: nil, force: true)
+        let conv = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: out + "/conv.safetensors", adapters: [(c.adapter, 1)], output: out + "/m")) }
+        let message = conv?.localizedDescription ?? ""
+        #expect(message.contains("q_proj") && message.contains("OFT on convolutions is not supported"), "\(message)")
     }
 }
