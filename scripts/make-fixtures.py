@@ -1011,6 +1011,8 @@ def randomize_types(model, seed):
                 p.copy_(1.0 + torch.randn_like(p) * 0.3)
             elif ".hada_" in n or ".lokr_" in n or ".vera_lambda_" in n or "trainable_tokens_delta" in n or ".lora_B" in n:
                 p.copy_(torch.randn_like(p) * 0.3)
+            elif ".boft_s" in n:
+                p.copy_(1.0 + torch.randn_like(p) * 0.1)  # BOFT's output-row scale (initialised to 1)
             elif ".oft_" in n or ".boft_" in n:
                 # The skew-symmetric generators (zero = identity rotation); 0.1 keeps R near a rotation.
                 p.copy_(torch.randn_like(p) * 0.1)
@@ -1171,6 +1173,28 @@ def oft_cases():
                                                target_modules=TYPE_TARGETS), seed=44)
 
 
+def boft_cases():
+    """BOFT (PEFT BOFTConfig): W' = (B·Wᵀ)ᵀ ⊙ boft_s, B the product of the butterfly factors."""
+    from peft import BOFTConfig
+    import peft.tuners.boft.layer as boft_layer
+    # Without its CUDA extension (here) PEFT trains and merges one factor, and the saved config still
+    # says 2: lora-tool reads the factor count from boft_R's shape (1, blocks, b, b).
+    peft_type_case("peft_boft", BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=2, target_modules=TYPE_TARGETS), seed=51)
+    # Three factors, as trained with the extension: PEFT's fbd_cuda forward (a block-diagonal matrix
+    # per factor, fbd_cuda_kernel.cu) stood in by torch.block_diag, the rest PEFT's own merge.
+    class TorchFBD:
+        @staticmethod
+        def forward(x):
+            return [torch.stack([torch.block_diag(*torch.unbind(x[z])) for z in range(x.shape[0])])]
+    saved = boft_layer.get_fbd_cuda
+    boft_layer.get_fbd_cuda = lambda: TorchFBD
+    try:
+        peft_type_case("peft_boft_butterfly", BOFTConfig(boft_block_size=2, boft_n_butterfly_factor=3, target_modules=TYPE_TARGETS),
+                       seed=52)
+    finally:
+        boft_layer.get_fbd_cuda = saved
+
+
 def layer_replication_case():
     """Tests/LoRACoreTests/Fixtures/llama_layer_replication: a 2-layer base, a LoRA trained with
     layer_replication [[0, 2], [1, 2]] (layers 0, 1, 1), and merged/: the 3-layer model whose every
@@ -1228,6 +1252,7 @@ GROUPS = {
     "combine": combine_cases,
     "types": adapter_type_cases,
     "oft": oft_cases,
+    "boft": boft_cases,
 }
 
 if __name__ == "__main__":

@@ -5,9 +5,17 @@ import Testing
 
 private let typeFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("AdapterTypeFixtures").path
 
-/// A LoHa/LoKr/IA³ fixture of scripts/make-fixtures.py (`types`): an adapter (PEFT directory or
-/// LyCORIS file) over the shared base in `bases/<dtype>`, and the reference merge in
+/// A LoHa/LoKr/IA³ fixture of scripts/make-fixtures.py (`types`, `oft`, `boft`): an adapter (PEFT
+/// directory or LyCORIS file) over the shared base in `bases/<dtype>`, and the reference merge in
 /// `merged-<dtype>` (PEFT's merge_and_unload, or W + LyCORIS' forward ΔW in float64 rounded once).
+///
+/// OFT and BOFT: bf16 bit-identical to PEFT. In f32 PEFT solves the Cayley transform with LAPACK in
+/// fp32 (library-dependent order) and lora-tool in fp64: measured against the same merge in fp64,
+/// PEFT is off by up to 3.55 ulp of the largest magnitude (peft_boft_butterfly) and lora-tool by
+/// 1.9, and lora-tool is 4.0 from PEFT there (the bound), 2 on peft_boft and peft_oft_cayley, ≤ 1 on
+/// the Cayley–Neumann cases. peft_boft's config says boft_n_butterfly_factor 2 while boft_R holds the
+/// one factor PEFT trained without its CUDA extension; peft_boft_butterfly holds 3 (PEFT's block-
+/// diagonal CUDA kernel stood in by torch.block_diag).
 struct TypeCase: CustomStringConvertible, Sendable {
     let name: String
     let dtype: String
@@ -17,7 +25,7 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens"][String(name.split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens"][String(name.split(separator: "_").last!)]! }
 
     /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
     /// down and the embedding; else q, v, up, down).
@@ -26,7 +34,7 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var changed: Int { name == "peft_ia3" ? 5 : modules }
 
     static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr",
-                        "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share"]
+                        "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -53,7 +61,7 @@ private func adapterCopy(_ adapter: String, at copy: String, replacing from: Str
     try text.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
 }
 
-@Suite("LoHa, LoKr, IA³, VeRA, OFT, trainable tokens: PEFT adapters and LyCORIS files")
+@Suite("LoHa, LoKr, IA³, VeRA, OFT, BOFT, trainable tokens: PEFT adapters and LyCORIS files")
 struct AdapterTypeTests {
     @Test("Merge equals the reference within the fidelity bound (1 ulp bf16, 4 ulp of the largest magnitude f32); untouched tensors byte-identical",
           arguments: TypeCase.all)
@@ -217,7 +225,7 @@ struct AdapterTypeTests {
         #expect(convert?.localizedDescription.contains("is LoHa, not LoRA") == true)
         try adapterCopy(c.adapter, at: out + "/oft", replacing: "\"LOHA\"", with: "\"FOURIERFT\"")
         let other = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
-        #expect(other?.localizedDescription.contains("peft_type 'FOURIERFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA, OFT)") == true)
+        #expect(other?.localizedDescription.contains("peft_type 'FOURIERFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA, OFT, BOFT)") == true)
     }
 
     @Test("VeRA without its stored projections (save_projection false) or with fan_in_fan_out is refused by name",
@@ -259,7 +267,7 @@ struct AdapterTypeTests {
     }
 }
 
-@Suite("OFT: refusals by name")
+@Suite("OFT and BOFT: refusals by name")
 struct OFTRefusalTests {
     @Test("A config field lora-tool cannot honour is refused in one line naming it",
           arguments: [("peft_oft", "\"fan_in_fan_out\": false", "\"fan_in_fan_out\": true", "OFT with fan_in_fan_out"),
@@ -267,14 +275,17 @@ struct OFTRefusalTests {
                       ("peft_oft_cayley", "\"peft_version\": \"0.21.2\"", "\"peft_version\": \"0.17.1\"", ""),
                       ("peft_oft", "\"oft_block_size\": 4,", "", "OFT without oft_block_size"),
                       ("peft_oft", "\"block_share\": false", "\"block_share\": true", "sets block_share but"),
-                      ("peft_oft", "\"bias\": \"none\"", "\"bias\": \"all\"", "bias 'all'")])
+                      ("peft_oft", "\"bias\": \"none\"", "\"bias\": \"all\"", "bias 'all'"),
+                      ("peft_boft", "\"fan_in_fan_out\": false", "\"fan_in_fan_out\": true", "BOFT with fan_in_fan_out"),
+                      ("peft_boft", "\"boft_n_butterfly_factor\": 2", "\"boft_n_butterfly_factor\": 5", "")])
     func configRefusals(fixture: String, from: String, to: String, reason: String) throws {
         let c = TypeCase(name: fixture, dtype: "f32")
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
         try adapterCopy(c.adapter, at: out + "/oft", replacing: from, with: to)
         guard !reason.isEmpty else {
-            // The exact Cayley transform did not change in 0.18: an older file merges.
+            // The exact Cayley transform did not change in 0.18: an older file merges; BOFT's factor
+            // count is boft_R's, whatever the config says.
             #expect(try Adapter(path: out + "/oft").modules.count == 4)
             return
         }
@@ -282,6 +293,16 @@ struct OFTRefusalTests {
         let message = error?.localizedDescription ?? ""
         #expect(message.contains(reason), "\(message)")
         #expect(!message.contains("\n"))
+    }
+
+    @Test("BOFT refuses --weight other than 1, naming the module")
+    func boftWeight() throws {
+        let c = TypeCase(name: "peft_boft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let error = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 0.5)], output: out + "/m")) }
+        #expect(error?.localizedDescription.contains("BOFT multiplies each weight row") == true)
+        #expect(error?.localizedDescription.contains("model.layers.0.mlp.down_proj") == true)
     }
 
     @Test("OFT refuses --weight other than 1 and a convolution base, naming the module")

@@ -8,7 +8,7 @@ import SafeTensors
 /// type, a non-positive `r`, or a non-finite `lora_alpha` is an error, never a guess.
 public struct AdapterConfig: Sendable, Equatable {
     public enum PEFTType: String, Sendable, CaseIterable {
-        case lora = "LORA", adalora = "ADALORA", loha = "LOHA", lokr = "LOKR", ia3 = "IA3", vera = "VERA", oft = "OFT"
+        case lora = "LORA", adalora = "ADALORA", loha = "LOHA", lokr = "LOKR", ia3 = "IA3", vera = "VERA", oft = "OFT", boft = "BOFT"
 
         /// The registered update type reading this PEFT type's tensors (nil for LoRA and AdaLoRA).
         var updateType: (any AdapterUpdateType.Type)? {
@@ -19,6 +19,7 @@ public struct AdapterConfig: Sendable, Equatable {
             case .ia3: return IA3.self
             case .vera: return VeRA.self
             case .oft: return OFT.self
+            case .boft: return BOFT.self
             }
         }
     }
@@ -143,9 +144,9 @@ public struct AdapterConfig: Sendable, Equatable {
         } else {
             loraAlpha = type == .loha || type == .lokr ? 8 : Double(r)
         }
-        if type == .ia3 || type == .vera || type == .oft, try bool("fan_in_fan_out") == true {
-            throw LoRACoreError.unsupportedAdapter(
-                path: file, detail: "\(type.updateType!.name) with fan_in_fan_out (GPT-2 Conv1D) is not supported\(type == .oft ? " (PEFT's OFT has no Conv1D layer)" : " yet")")
+        if type == .ia3 || type == .vera || type == .oft || type == .boft, try bool("fan_in_fan_out") == true {
+            let why = type == .oft || type == .boft ? " (PEFT's \(type.updateType!.name) has no Conv1D layer)" : " yet"
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "\(type.updateType!.name) with fan_in_fan_out (GPT-2 Conv1D) is not supported\(why)")
         }
         if type == .oft {
             // PEFT's OFTConfig.check_kwargs: an OFT saved before 0.14 has no oft_block_size and another layout.
@@ -385,7 +386,7 @@ public struct AdapterConfig: Sendable, Equatable {
             return useRslora ? a / Double(rank).squareRoot() : a / Double(rank)
         case .loha, .lokr:
             return a / Double(rank)
-        case .ia3, .vera, .oft:
+        case .ia3, .vera, .oft, .boft:
             return 1
         }
     }

@@ -95,7 +95,7 @@ public struct MergePlan: Sendable {
                         module: m.module,
                         detail: "trainable tokens replace embedding rows, so --weight \(weights[ai]) has no meaning (and the original rows are not stored to un-merge): use 1")
                 }
-                if let u = m.update, u.rotation != nil, weights[ai] != 1 {
+                if let u = m.update, u.rotatesInputs, weights[ai] != 1 {
                     throw LoRACoreError.invalidModule(
                         module: m.module,
                         detail: "\(u.typeName) multiplies each weight row by a rotation R (W·Rᵀ), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1")

@@ -1,6 +1,6 @@
 import SafeTensors
 
-/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT): it recognises its tensors, reads one
+/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT, BOFT): it recognises its tensors, reads one
 /// module's tensors into the canonical `AdapterModule` (with a `ModuleUpdate`), and loads them into
 /// a `LoadedUpdate` that changes any block of rows of the target weight.
 ///
@@ -64,15 +64,17 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var inputChannels: Int? = nil
     /// Trainable tokens: the rows the update replaces (so `--weight` must be 1).
     public var tokenIndices: [Int]? = nil
-    /// OFT: the settings that build each block's rotation R. The update multiplies each weight row
-    /// by R over its input columns, so `--weight` must be 1 and the base a matrix (Linear, Embedding).
-    public var rotation: OFTSettings? = nil
+    /// OFT, BOFT: the update multiplies each weight row by a matrix R over its input columns, so
+    /// `--weight` must be 1 and the base a matrix (Linear, Embedding), not a convolution.
+    public var rotatesInputs = false
+    /// OFT: the settings that build each block's R.
+    public var oft: OFTSettings? = nil
 
     /// The same update with `shared` (role → tensor name) added to its tensors.
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
-                     rotation: rotation)
+                     rotatesInputs: rotatesInputs, oft: oft)
     }
 }
 
@@ -94,7 +96,7 @@ extension LoadedUpdate {
 
 /// The adapter types besides LoRA that lora-tool merges.
 enum AdapterUpdateTypes {
-    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self, VeRA.self, OFT.self]
+    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self, VeRA.self, OFT.self, BOFT.self]
 
     /// The type a module's tensor suffixes belong to.
     /// - Throws: `LoRACoreError.invalidModule` for a suffix refused by its type (with the reason), or

@@ -71,12 +71,13 @@ enum OFT: AdapterUpdateType {
         }
         var update = ModuleUpdate(type: OFT.self, tensors: tensors.mapValues(\.name), parameterCount: t.elementCount ?? 0,
                                   isMultiplicative: true, scalesBias: false)
-        update.rotation = settings
+        update.rotatesInputs = true
+        update.oft = settings
         return AdapterModule(updating: module, update: update, rank: blocks, alpha: 1, scale: 1, out: 0, in: settings.blockShare ? 0 : blocks * b)
     }
 
     static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
-        let u = module.update!, settings = u.rotation!
+        let u = module.update!, settings = u.oft!
         let (role, name) = u.tensors.first!
         let shape = checkpoint.info(name)!.shape
         let stored = shape[0], n = shape[1], b = blockSize(forElements: n)!
@@ -205,7 +206,7 @@ enum OFT: AdapterUpdateType {
         /// Linear: out[c] = Σₖ R[c][k]·w[k]; Embedding: out[c] = Σₖ w[k]·R[k][c].
         let linear: Bool
 
-        /// `weight` is 1 (the merge plan refuses others for a rotation).
+        /// `weight` is 1 (the merge plan refuses others for `rotatesInputs`).
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
             let b = size
             var x = [Float](repeating: 0, count: b)
