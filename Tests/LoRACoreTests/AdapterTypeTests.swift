@@ -295,6 +295,26 @@ struct OFTRefusalTests {
         #expect(!message.contains("\n"))
     }
 
+    @Test("BOFT refuses boft_R factors PEFT's butterfly permutation cannot pair, naming the tensor")
+    func boftFactors() throws {
+        let c = TypeCase(name: "peft_boft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/b")
+        let file = out + "/b/adapter_model.safetensors"
+        let ckpt = try Checkpoint(path: c.adapter + "/adapter_model.safetensors")
+        // q_proj's (1, 4, 4, 4) read as 4 factors of one block: 1 block is not a multiple of 2³.
+        let tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
+            let info = ckpt.info(n)!
+            let shape = n.hasSuffix("q_proj.boft_R") ? [4, 1, 4, 4] : info.shape
+            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: shape) { Array(try ckpt.bytes(of: n)) }
+        }
+        try AdapterSink.writeFile(tensors, to: file, metadata: nil, force: true)
+        let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/b") }
+        let message = error?.localizedDescription ?? ""
+        #expect(message.contains("q_proj") && message.contains("4 butterfly factors need an even block size and a block count divisible by 2^3"), "\(message)")
+    }
+
     @Test("BOFT refuses --weight other than 1, naming the module")
     func boftWeight() throws {
         let c = TypeCase(name: "peft_boft", dtype: "f32")

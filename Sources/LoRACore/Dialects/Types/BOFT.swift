@@ -39,9 +39,9 @@ enum BOFT: AdapterUpdateType {
             throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(s.name)' is \(s.dtype.rawValue) \(s.shape); boft_s is F32, F16 or BF16 (out, 1)")
         }
         let factors = r.shape[0], blocks = r.shape[1], b = r.shape[2]
-        if factors > 1 && (b % 2 != 0 || blocks % (1 << (factors - 1)) != 0) {
+        if factors > 1 && (b % 2 != 0 || factors > 32 || blocks % (1 << (factors - 1)) != 0) {
             throw LoRACoreError.invalidModule(
-                module: module, detail: "boft_R \(r.shape): \(factors) butterfly factors need an even block size and a block count divisible by \(1 << (factors - 1))")
+                module: module, detail: "boft_R \(r.shape): \(factors) butterfly factors need an even block size and a block count divisible by 2^\(factors - 1)")
         }
         var update = ModuleUpdate(type: BOFT.self, tensors: tensors.mapValues(\.name), parameterCount: (r.elementCount ?? 0) + (s.elementCount ?? 0),
                                   isMultiplicative: true, scalesBias: false)
