@@ -1011,6 +1011,11 @@ def randomize_types(model, seed):
                 p.copy_(1.0 + torch.randn_like(p) * 0.3)
             elif ".hada_" in n or ".lokr_" in n or ".vera_lambda_" in n or "trainable_tokens_delta" in n or ".lora_B" in n:
                 p.copy_(torch.randn_like(p) * 0.3)
+            elif ".boft_s" in n:
+                p.copy_(1.0 + torch.randn_like(p) * 0.1)  # BOFT's output-row scale (initialised to 1)
+            elif ".oft_" in n or ".boft_" in n:
+                # The skew-symmetric generators (zero = identity rotation); 0.1 keeps R near a rotation.
+                p.copy_(torch.randn_like(p) * 0.1)
 
 
 def save_model(model, path):
@@ -1018,16 +1023,16 @@ def save_model(model, path):
     remove_readme(path)
 
 
-def peft_type_case(name, cfg, seed):
+def peft_type_case(name, cfg, seed, **save_kwargs):
     """adapter/ from PEFT, merged-f32/ and merged-bf16/ from PEFT's merge_and_unload on each base."""
     from peft import PeftModel
     d = fresh(os.path.join(TYPES_FIX, name))
     peft_model = get_peft_model(types_base(), cfg)
     randomize_types(peft_model, seed)
-    save_adapter(peft_model, os.path.join(d, "adapter"))
+    save_adapter(peft_model, os.path.join(d, "adapter"), **save_kwargs)
     save_model(peft_model.merge_and_unload(), os.path.join(d, "merged-f32"))
     bf16 = PeftModel.from_pretrained(types_base().to(torch.bfloat16), os.path.join(d, "adapter"))
-    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l", ".vera_lambda_", ".lora_"))}
+    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l", ".vera_lambda_", ".lora_", ".oft_", ".boft_"))}
     assert dtypes == {torch.float32}, dtypes  # PEFT's autocast_adapter_dtype: fp32 factors on a bf16 base
     save_model(bf16.merge_and_unload(), os.path.join(d, "merged-bf16"))
     write_case(d, reference="peft merge_and_unload", peft_type=cfg.peft_type.value)
@@ -1149,6 +1154,47 @@ def adapter_type_cases():
             f.write("\n")
 
 
+def oft_cases():
+    """OFT (PEFT OFTConfig) over the `types` base: R per block of the input columns from the stored
+    upper-triangular generator, W' = W·Rᵀ (Linear) or W·R (Embedding), by PEFT's merge_and_unload."""
+    from peft import OFTConfig
+    # Default Cayley-Neumann (5 terms), blocks of 4; the embedding too (W·R rather than W·Rᵀ).
+    # save_embedding_layers=False: by default PEFT also saves the f32 embedding (base_layer.weight),
+    # which lora-tool merges from as stored, while PEFT on the bf16 base rounds it to bf16 first.
+    peft_type_case("peft_oft", OFTConfig(r=0, oft_block_size=4, target_modules=TYPE_TARGETS + ["embed_tokens"]), seed=41,
+                   save_embedding_layers=False)
+    # The exact Cayley transform (I − Q)(I + Q)⁻¹, r = 2 blocks per module (8 wide, 16 for down_proj).
+    peft_type_case("peft_oft_cayley", OFTConfig(r=2, oft_block_size=0, use_cayley_neumann=False, target_modules=TYPE_TARGETS), seed=42)
+    # COFT: generators with ‖Q‖_F > eps/√blocks scaled onto that sphere (some blocks are, some not); 7 Neumann terms.
+    peft_type_case("peft_oft_coft", OFTConfig(r=0, oft_block_size=4, coft=True, eps=0.7, num_cayley_neumann_terms=7,
+                                              target_modules=TYPE_TARGETS), seed=43)
+    # One generator shared by every block of a module (stored as (1, n)), with COFT on it.
+    peft_type_case("peft_oft_share", OFTConfig(r=0, oft_block_size=4, block_share=True, coft=True, eps=0.3,
+                                               target_modules=TYPE_TARGETS), seed=44)
+
+
+def boft_cases():
+    """BOFT (PEFT BOFTConfig): W' = (B·Wᵀ)ᵀ ⊙ boft_s, B the product of the butterfly factors."""
+    from peft import BOFTConfig
+    import peft.tuners.boft.layer as boft_layer
+    # Without its CUDA extension (here) PEFT trains and merges one factor, and the saved config still
+    # says 2: lora-tool reads the factor count from boft_R's shape (1, blocks, b, b).
+    peft_type_case("peft_boft", BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=2, target_modules=TYPE_TARGETS), seed=51)
+    # Three factors, as trained with the extension: PEFT's fbd_cuda forward (a block-diagonal matrix
+    # per factor, fbd_cuda_kernel.cu) stood in by torch.block_diag, the rest PEFT's own merge.
+    class TorchFBD:
+        @staticmethod
+        def forward(x):
+            return [torch.stack([torch.block_diag(*torch.unbind(x[z])) for z in range(x.shape[0])])]
+    saved = boft_layer.get_fbd_cuda
+    boft_layer.get_fbd_cuda = lambda: TorchFBD
+    try:
+        peft_type_case("peft_boft_butterfly", BOFTConfig(boft_block_size=2, boft_n_butterfly_factor=3, target_modules=TYPE_TARGETS),
+                       seed=52)
+    finally:
+        boft_layer.get_fbd_cuda = saved
+
+
 def layer_replication_case():
     """Tests/LoRACoreTests/Fixtures/llama_layer_replication: a 2-layer base, a LoRA trained with
     layer_replication [[0, 2], [1, 2]] (layers 0, 1, 1), and merged/: the 3-layer model whose every
@@ -1205,6 +1251,8 @@ GROUPS = {
     "extract": extract_cases,
     "combine": combine_cases,
     "types": adapter_type_cases,
+    "oft": oft_cases,
+    "boft": boft_cases,
 }
 
 if __name__ == "__main__":

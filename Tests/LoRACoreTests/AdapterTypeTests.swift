@@ -5,9 +5,17 @@ import Testing
 
 private let typeFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("AdapterTypeFixtures").path
 
-/// A LoHa/LoKr/IA³ fixture of scripts/make-fixtures.py (`types`): an adapter (PEFT directory or
-/// LyCORIS file) over the shared base in `bases/<dtype>`, and the reference merge in
+/// A LoHa/LoKr/IA³ fixture of scripts/make-fixtures.py (`types`, `oft`, `boft`): an adapter (PEFT
+/// directory or LyCORIS file) over the shared base in `bases/<dtype>`, and the reference merge in
 /// `merged-<dtype>` (PEFT's merge_and_unload, or W + LyCORIS' forward ΔW in float64 rounded once).
+///
+/// OFT and BOFT: bf16 bit-identical to PEFT. In f32 PEFT solves the Cayley transform with LAPACK in
+/// fp32 (library-dependent order) and lora-tool in fp64: measured against the same merge in fp64,
+/// PEFT is off by up to 3.55 ulp of the largest magnitude (peft_boft_butterfly) and lora-tool by
+/// 1.9, and lora-tool is 4.0 from PEFT there (the bound), 2 on peft_boft and peft_oft_cayley, ≤ 1 on
+/// the Cayley–Neumann cases. peft_boft's config says boft_n_butterfly_factor 2 while boft_R holds the
+/// one factor PEFT trained without its CUDA extension; peft_boft_butterfly holds 3 (PEFT's block-
+/// diagonal CUDA kernel stood in by torch.block_diag).
 struct TypeCase: CustomStringConvertible, Sendable {
     let name: String
     let dtype: String
@@ -17,14 +25,16 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens"][String(name.split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens"][String(name.split(separator: "_").last!)]! }
 
-    /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; else q, v, up, down).
-    var modules: Int { name == "peft_ia3" || name == "peft_tokens" ? 3 : 4 }
+    /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
+    /// down and the embedding; else q, v, up, down).
+    var modules: Int { name == "peft_ia3" || name == "peft_tokens" ? 3 : name == "peft_oft" ? 5 : 4 }
     /// Tensors the reference merge changed (IA³ also the q/v biases).
     var changed: Int { name == "peft_ia3" ? 5 : modules }
 
-    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr"]
+    static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr",
+                        "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -41,7 +51,17 @@ private func lycorisFile(from source: String, adding extra: [(name: String, shap
     try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: path, metadata: nil, force: true)
 }
 
-@Suite("LoHa, LoKr, IA³, VeRA, trainable tokens: PEFT adapters and LyCORIS files")
+/// A copy of the PEFT adapter directory `adapter` at `copy` with `from` (which it must contain)
+/// replaced by `to` in its adapter_config.json.
+private func adapterCopy(_ adapter: String, at copy: String, replacing from: String, with to: String) throws {
+    try FileManager.default.copyItem(atPath: adapter, toPath: copy)
+    let config = copy + "/adapter_config.json"
+    let text = try String(contentsOfFile: config, encoding: .utf8)
+    #expect(text.contains(from))
+    try text.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
+}
+
+@Suite("LoHa, LoKr, IA³, VeRA, OFT, BOFT, trainable tokens: PEFT adapters and LyCORIS files")
 struct AdapterTypeTests {
     @Test("Merge equals the reference within the fidelity bound (1 ulp bf16, 4 ulp of the largest magnitude f32); untouched tensors byte-identical",
           arguments: TypeCase.all)
@@ -203,12 +223,9 @@ struct AdapterTypeTests {
         defer { try? FileManager.default.removeItem(atPath: out) }
         let convert = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: c.adapter, to: .kohya, output: out + "/k.safetensors")) }
         #expect(convert?.localizedDescription.contains("is LoHa, not LoRA") == true)
-        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/oft")
-        let config = out + "/oft/adapter_config.json"
-        let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "\"LOHA\"", with: "\"OFT\"")
-        try text.write(toFile: config, atomically: true, encoding: .utf8)
-        let oft = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
-        #expect(oft?.localizedDescription.contains("peft_type 'OFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA)") == true)
+        try adapterCopy(c.adapter, at: out + "/oft", replacing: "\"LOHA\"", with: "\"FOURIERFT\"")
+        let other = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
+        #expect(other?.localizedDescription.contains("peft_type 'FOURIERFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA, OFT, BOFT)") == true)
     }
 
     @Test("VeRA without its stored projections (save_projection false) or with fan_in_fan_out is refused by name",
@@ -218,11 +235,7 @@ struct AdapterTypeTests {
         let c = TypeCase(name: "peft_vera", dtype: "f32")
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
-        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/vera")
-        let config = out + "/vera/adapter_config.json"
-        let text = try String(contentsOfFile: config, encoding: .utf8)
-        #expect(text.contains(from))
-        try text.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
+        try adapterCopy(c.adapter, at: out + "/vera", replacing: from, with: to)
         let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/vera") }
         #expect(error?.localizedDescription.contains(reason) == true)
     }
@@ -251,5 +264,85 @@ struct AdapterTypeTests {
         let error = #expect(throws: LoRACoreError.self) { _ = try Merge.run(o) }
         #expect(error?.localizedDescription.contains(reason) == true, "\(error?.localizedDescription ?? "")")
         #expect(!FileManager.default.fileExists(atPath: out + "/m"))
+    }
+}
+
+@Suite("OFT and BOFT: refusals by name")
+struct OFTRefusalTests {
+    @Test("A config field lora-tool cannot honour is refused in one line naming it",
+          arguments: [("peft_oft", "\"fan_in_fan_out\": false", "\"fan_in_fan_out\": true", "OFT with fan_in_fan_out"),
+                      ("peft_oft", "\"peft_version\": \"0.21.2\"", "\"peft_version\": \"0.17.1\"", "use_cayley_neumann OFT saved by PEFT 0.17.1"),
+                      ("peft_oft_cayley", "\"peft_version\": \"0.21.2\"", "\"peft_version\": \"0.17.1\"", ""),
+                      ("peft_oft", "\"oft_block_size\": 4,", "", "OFT without oft_block_size"),
+                      ("peft_oft", "\"block_share\": false", "\"block_share\": true", "sets block_share but"),
+                      ("peft_oft", "\"bias\": \"none\"", "\"bias\": \"all\"", "bias 'all'"),
+                      ("peft_boft", "\"fan_in_fan_out\": false", "\"fan_in_fan_out\": true", "BOFT with fan_in_fan_out"),
+                      ("peft_boft", "\"boft_n_butterfly_factor\": 2", "\"boft_n_butterfly_factor\": 5", "")])
+    func configRefusals(fixture: String, from: String, to: String, reason: String) throws {
+        let c = TypeCase(name: fixture, dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try adapterCopy(c.adapter, at: out + "/oft", replacing: from, with: to)
+        guard !reason.isEmpty else {
+            // The exact Cayley transform did not change in 0.18: an older file merges; BOFT's factor
+            // count is boft_R's, whatever the config says.
+            #expect(try Adapter(path: out + "/oft").modules.count == 4)
+            return
+        }
+        let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
+        let message = error?.localizedDescription ?? ""
+        #expect(message.contains(reason), "\(message)")
+        #expect(!message.contains("\n"))
+    }
+
+    @Test("BOFT refuses boft_R factors PEFT's butterfly permutation cannot pair, naming the tensor")
+    func boftFactors() throws {
+        let c = TypeCase(name: "peft_boft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/b")
+        let file = out + "/b/adapter_model.safetensors"
+        let ckpt = try Checkpoint(path: c.adapter + "/adapter_model.safetensors")
+        // q_proj's (1, 4, 4, 4) read as 4 factors of one block: 1 block is not a multiple of 2³.
+        let tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
+            let info = ckpt.info(n)!
+            let shape = n.hasSuffix("q_proj.boft_R") ? [4, 1, 4, 4] : info.shape
+            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: shape) { Array(try ckpt.bytes(of: n)) }
+        }
+        try AdapterSink.writeFile(tensors, to: file, metadata: nil, force: true)
+        let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/b") }
+        let message = error?.localizedDescription ?? ""
+        #expect(message.contains("q_proj") && message.contains("4 butterfly factors need an even block size and a block count divisible by 2^3"), "\(message)")
+    }
+
+    @Test("BOFT refuses --weight other than 1, naming the module")
+    func boftWeight() throws {
+        let c = TypeCase(name: "peft_boft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let error = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 0.5)], output: out + "/m")) }
+        #expect(error?.localizedDescription.contains("BOFT multiplies each weight row") == true)
+        #expect(error?.localizedDescription.contains("model.layers.0.mlp.down_proj") == true)
+    }
+
+    @Test("OFT refuses --weight other than 1 and a convolution base, naming the module")
+    func mergeRefusals() throws {
+        let c = TypeCase(name: "peft_oft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let weight = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, -1)], output: out + "/m")) }
+        #expect(weight?.localizedDescription.contains("OFT multiplies each weight row by a rotation") == true)
+        #expect(weight?.localizedDescription.contains("model.embed_tokens") == true)
+        // The same base with q_proj stored as a (16, 4, 2, 2) kernel: PEFT's Conv2d OFT, refused.
+        let base = try Checkpoint(path: c.base + "/model.safetensors")
+        let tensors: [AdapterSink.Tensor] = base.names.map { n in
+            let info = base.info(n)!
+            let shape = n == "model.layers.0.self_attn.q_proj.weight" ? [16, 4, 2, 2] : info.shape
+            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: shape) { Array(try base.bytes(of: n)) }
+        }
+        try AdapterSink.writeFile(tensors, to: out + "/conv.safetensors", metadata: nil, force: true)
+        let conv = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: out + "/conv.safetensors", adapters: [(c.adapter, 1)], output: out + "/m")) }
+        let message = conv?.localizedDescription ?? ""
+        #expect(message.contains("q_proj") && message.contains("OFT on convolutions is not supported"), "\(message)")
     }
 }

@@ -8,7 +8,7 @@ import SafeTensors
 /// type, a non-positive `r`, or a non-finite `lora_alpha` is an error, never a guess.
 public struct AdapterConfig: Sendable, Equatable {
     public enum PEFTType: String, Sendable, CaseIterable {
-        case lora = "LORA", adalora = "ADALORA", loha = "LOHA", lokr = "LOKR", ia3 = "IA3", vera = "VERA"
+        case lora = "LORA", adalora = "ADALORA", loha = "LOHA", lokr = "LOKR", ia3 = "IA3", vera = "VERA", oft = "OFT", boft = "BOFT"
 
         /// The registered update type reading this PEFT type's tensors (nil for LoRA and AdaLoRA).
         var updateType: (any AdapterUpdateType.Type)? {
@@ -18,6 +18,8 @@ public struct AdapterConfig: Sendable, Equatable {
             case .lokr: return LoKr.self
             case .ia3: return IA3.self
             case .vera: return VeRA.self
+            case .oft: return OFT.self
+            case .boft: return BOFT.self
             }
         }
     }
@@ -35,6 +37,8 @@ public struct AdapterConfig: Sendable, Equatable {
     public var useDora = false
     public var fanInFanOut = false
     public var loraBias = false
+    /// OFT's fields (`coft`, `eps`, `block_share`, `use_cayley_neumann`, `num_cayley_neumann_terms`).
+    public var oft = OFTSettings()
     /// `rank_pattern` in file order (PEFT uses the first key that matches, in dict insertion order, which
     /// is file order: the JSON parser keeps member order and rejects duplicate keys).
     public private(set) var rankPattern: [(key: String, value: Int)] = []
@@ -79,7 +83,7 @@ public struct AdapterConfig: Sendable, Equatable {
             && l.rankPattern.map(\.key) == r.rankPattern.map(\.key) && l.rankPattern.map(\.value) == r.rankPattern.map(\.value)
             && l.alphaPattern.map(\.key) == r.alphaPattern.map(\.key) && l.alphaPattern.map(\.value) == r.alphaPattern.map(\.value)
             && l.modulesToSave == r.modulesToSave && l.layersToTransform == r.layersToTransform
-            && l.layersPattern == r.layersPattern && l.loraBias == r.loraBias
+            && l.layersPattern == r.layersPattern && l.loraBias == r.loraBias && l.oft == r.oft
     }
 
     public init() {}
@@ -127,7 +131,8 @@ public struct AdapterConfig: Sendable, Equatable {
         peftType = type
         if let v = present("r") {
             guard let n = v.intValue else { throw bad("r", "an integer", v) }
-            guard n > 0 else { throw LoRACoreError.invalidConfig(file: file, detail: "'r' is \(n), must be positive") }
+            // OFT: r (blocks) or oft_block_size, the other 0; the stored generator's shape decides.
+            guard n > 0 || (type == .oft && n == 0) else { throw LoRACoreError.invalidConfig(file: file, detail: "'r' is \(n), must be positive") }
             r = n
         }
         // LoHa/LoKr (LycorisConfig) call it `alpha` (default 8); IA³ has no scale.
@@ -139,8 +144,35 @@ public struct AdapterConfig: Sendable, Equatable {
         } else {
             loraAlpha = type == .loha || type == .lokr ? 8 : Double(r)
         }
-        if type == .ia3 || type == .vera, try bool("fan_in_fan_out") == true {
-            throw LoRACoreError.unsupportedAdapter(path: file, detail: "\(type == .ia3 ? "IA3" : "VeRA") with fan_in_fan_out (GPT-2 Conv1D) is not supported yet")
+        if type == .ia3 || type == .vera || type == .oft || type == .boft, try bool("fan_in_fan_out") == true {
+            let why = type == .oft || type == .boft ? " (PEFT's \(type.updateType!.name) has no Conv1D layer)" : " yet"
+            throw LoRACoreError.unsupportedAdapter(path: file, detail: "\(type.updateType!.name) with fan_in_fan_out (GPT-2 Conv1D) is not supported\(why)")
+        }
+        if type == .oft {
+            // PEFT's OFTConfig.check_kwargs: an OFT saved before 0.14 has no oft_block_size and another layout.
+            guard root["oft_block_size"] != nil else {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "OFT without oft_block_size was saved by PEFT before 0.14, whose OFT layout PEFT itself no longer loads")
+            }
+            oft.coft = try bool("coft") ?? false
+            oft.blockShare = try bool("block_share") ?? false
+            oft.cayleyNeumann = try bool("use_cayley_neumann") ?? true
+            if let v = present("eps") {
+                guard let e = v.doubleValue, e.isFinite, e >= 0 else { throw bad("eps", "a finite number ≥ 0", v) }
+                oft.eps = e
+            }
+            if let v = present("num_cayley_neumann_terms") {
+                guard let n = v.intValue, n >= 1 else { throw bad("num_cayley_neumann_terms", "a positive integer", v) }
+                oft.neumannTerms = n
+            }
+            if oft.cayleyNeumann {
+                // PEFT 0.18 changed the series (check_kwargs warns and merges with the new one).
+                let version = present("peft_version")?.stringValue?.split(separator: "@").first.map(String.init) ?? "0.0.0"
+                let parts = version.split(separator: ".").prefix(2).map { Int($0) ?? 0 }
+                if parts.count < 2 || parts[0] == 0 && parts[1] < 18 {
+                    throw LoRACoreError.unsupportedAdapter(
+                        path: file, detail: "use_cayley_neumann OFT saved by PEFT \(version == "0.0.0" ? "before 0.18 (no peft_version)" : version): its series differs from PEFT 0.18's, which PEFT applies anyway")
+                }
+            }
         }
         if type == .vera, try bool("save_projection") == false {
             throw LoRACoreError.unsupportedAdapter(
@@ -354,7 +386,7 @@ public struct AdapterConfig: Sendable, Equatable {
             return useRslora ? a / Double(rank).squareRoot() : a / Double(rank)
         case .loha, .lokr:
             return a / Double(rank)
-        case .ia3, .vera:
+        case .ia3, .vera, .oft, .boft:
             return 1
         }
     }

@@ -24,8 +24,9 @@ enum PEFTDialect: AdapterDialect {
         return AdapterLayout(config: config, modules: modules, replacements: replacements, untargeted: untargeted)
     }
 
-    /// LoHa, LoKr, IA³, VeRA (`peft_type` LOHA, LOKR, IA3, VERA): `base_model.model.<module>.<role>`
-    /// tensors (`hada_w1_a`, `lokr_w1`, `ia3_l`, `vera_lambda_b`, …) read by the type's
+    /// LoHa, LoKr, IA³, VeRA, OFT, BOFT (`peft_type` LOHA, LOKR, IA3, VERA, OFT, BOFT):
+    /// `base_model.model.<module>.<role>` tensors (`hada_w1_a`, `lokr_w1`, `ia3_l`, `vera_lambda_b`,
+    /// `oft_R.weight`, `boft_R`, …) read by the type's
     /// `AdapterUpdateType`, r and α from the config's `r`/`alpha` and patterns; the type's shared
     /// tensors (`base_model.vera_A`) given to every module; every other tensor is a replacement
     /// (`modules_to_save`).
@@ -36,11 +37,15 @@ enum PEFTDialect: AdapterDialect {
             split: { name in
                 let n = name.hasPrefix(prefix) ? String(name.dropFirst(prefix.count)) : name
                 guard let dot = n.lastIndex(of: ".") else { return nil }
+                // A two-component role first (OFT's `<module>.oft_R.weight`).
+                if let inner = n[..<dot].lastIndex(of: "."), AdapterUpdateTypes.isRole(String(n[n.index(after: inner)...])) {
+                    return (String(n[..<inner]), String(n[n.index(after: inner)...]))
+                }
                 return (String(n[..<dot]), String(n[n.index(after: dot)...]))
             },
             origin: { module in
                 guard config.targets(TensorName(module + ".weight")) else { return nil }
-                return .peft(rank: config.rank(for: module), alpha: config.alpha(for: module))
+                return .peft(rank: config.rank(for: module), alpha: config.alpha(for: module), config: config)
             })
         if let other = paired.first(where: { $0.update!.typeName != type.name }) {
             throw LoRACoreError.invalidModule(module: other.module, detail: "holds \(other.typeName) tensors but adapter_config.json says peft_type \(config.peftType.rawValue)")
@@ -90,6 +95,8 @@ enum PEFTDialect: AdapterDialect {
     static func scaleRule(of adapter: Adapter) -> String {
         if adapter.config.peftType == .ia3 { return "none (W ⊙ l)" }
         if adapter.config.peftType == .vera { return "none ((λb ⊙ B)·(λd ⊙ A), shared A and B)" }
+        if adapter.config.peftType == .oft { return "none (W·Rᵀ, R block-diagonal over the input columns)" }
+        if adapter.config.peftType == .boft { return "none ((W·Bᵀ) ⊙ s, B the product of the butterfly factors)" }
         if adapter.config.peftType.updateType != nil { return "α/r (alpha, rank_pattern, alpha_pattern)" }
         return adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r")
     }

@@ -95,6 +95,11 @@ public struct MergePlan: Sendable {
                         module: m.module,
                         detail: "trainable tokens replace embedding rows, so --weight \(weights[ai]) has no meaning (and the original rows are not stored to un-merge): use 1")
                 }
+                if let u = m.update, u.rotatesInputs, weights[ai] != 1 {
+                    throw LoRACoreError.invalidModule(
+                        module: m.module,
+                        detail: "\(u.typeName) multiplies each weight row by a rotation R (W·Rᵀ), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1")
+                }
                 if let u = m.update, u.isMultiplicative, weights[ai] != 1 {
                     guard weights[ai] == -1 else {
                         throw LoRACoreError.invalidModule(

@@ -1,6 +1,6 @@
 import SafeTensors
 
-/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA): it recognises its tensors, reads one
+/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT, BOFT): it recognises its tensors, reads one
 /// module's tensors into the canonical `AdapterModule` (with a `ModuleUpdate`), and loads them into
 /// a `LoadedUpdate` that changes any block of rows of the target weight.
 ///
@@ -12,7 +12,8 @@ import SafeTensors
 protocol AdapterUpdateType: Sendable {
     /// The word `inspect` prints: `LoHa`, `LoKr`, `IA3`.
     static var name: String { get }
-    /// The tensor suffixes (PEFT and LyCORIS spell them alike) that make up one module.
+    /// The tensor suffixes (PEFT and LyCORIS spell them alike) that make up one module; a suffix may
+    /// span two name components (OFT's `oft_R.weight`).
     static var roles: Set<String> { get }
     /// Suffixes of this type that lora-tool does not merge, with the reason (named in the refusal).
     static var refusedRoles: [String: String] { get }
@@ -34,8 +35,9 @@ extension AdapterUpdateType {
 
 /// Which package's rules a module's scale follows.
 enum UpdateOrigin: Sendable {
-    /// PEFT: r and α from adapter_config.json (`rank_pattern`/`alpha_pattern` resolved).
-    case peft(rank: Int, alpha: Double)
+    /// PEFT: r and α from adapter_config.json (`rank_pattern`/`alpha_pattern` resolved), and the
+    /// config itself for the type's own fields (OFT's `coft`, `block_share`, …).
+    case peft(rank: Int, alpha: Double, config: AdapterConfig)
     /// LyCORIS: the module's `alpha` tensor (nil when absent), the rank from the tensors.
     case lycoris(alpha: Double?)
 }
@@ -62,11 +64,17 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var inputChannels: Int? = nil
     /// Trainable tokens: the rows the update replaces (so `--weight` must be 1).
     public var tokenIndices: [Int]? = nil
+    /// OFT, BOFT: the update multiplies each weight row by a matrix R over its input columns, so
+    /// `--weight` must be 1 and the base a matrix (Linear, Embedding), not a convolution.
+    public var rotatesInputs = false
+    /// OFT: the settings that build each block's R.
+    public var oft: OFTSettings? = nil
 
     /// The same update with `shared` (role → tensor name) added to its tensors.
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
-                     isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices)
+                     isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
+                     rotatesInputs: rotatesInputs, oft: oft)
     }
 }
 
@@ -88,7 +96,7 @@ extension LoadedUpdate {
 
 /// The adapter types besides LoRA that lora-tool merges.
 enum AdapterUpdateTypes {
-    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self, VeRA.self]
+    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self, VeRA.self, OFT.self, BOFT.self]
 
     /// The type a module's tensor suffixes belong to.
     /// - Throws: `LoRACoreError.invalidModule` for a suffix refused by its type (with the reason), or

@@ -31,7 +31,7 @@ enum LoHa: AdapterUpdateType {
         }
         let alpha: Double
         switch origin {
-        case let .peft(r, a):
+        case let .peft(r, a, _):
             guard r == rank else {
                 throw LoRACoreError.invalidModule(module: module, detail: "LoHa tensors have rank \(rank) but adapter_config.json gives r = \(r) (r / rank_pattern)")
             }

@@ -45,7 +45,7 @@ enum LoKr: AdapterUpdateType {
         let inner = [w1.rank, w2.rank].compactMap { $0 }
         let rank: Int, alpha: Double, scale: Double
         switch origin {
-        case let .peft(r, a):
+        case let .peft(r, a, _):
             if let bad = inner.first(where: { $0 != r }) {
                 throw LoRACoreError.invalidModule(module: module, detail: "LoKr tensors have rank \(bad) but adapter_config.json gives r = \(r) (r / rank_pattern)")
             }

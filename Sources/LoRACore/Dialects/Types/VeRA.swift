@@ -26,7 +26,7 @@ enum VeRA: AdapterUpdateType {
             throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(t.name)' is \(t.dtype.rawValue) \(t.shape); VeRA's lambdas are F32, F16 or BF16 vectors")
         }
         let rank = d.shape[0]
-        if case let .peft(r, _) = origin, r != rank {
+        if case let .peft(r, _, _) = origin, r != rank {
             throw LoRACoreError.invalidModule(module: module, detail: "vera_lambda_d has \(rank) values but adapter_config.json gives r = \(r)")
         }
         let update = ModuleUpdate(type: VeRA.self, tensors: tensors.mapValues(\.name), parameterCount: b.shape[0] + rank,
