@@ -59,7 +59,8 @@ bpe/ (byte-level BPE tokenizers, the converter's `_set_vocab_gpt2` path):
   tokenizers/{gpt2,llama3,qwen2}.json
                                    tiny tokenizers trained here with each pre-tokenizer style
   encodings.json                   `tokenizers`' ids of chktxt and other texts for each, chktxt's hash
-  hf/, base-f16.gguf               a tiny Llama (tied embeddings) with the llama3-style tokenizer, and
+  hf/, base-f16.gguf               a tiny Llama (tied embeddings, Llama 3.2's llama3 rope: the
+                                   converter's rope_freqs tensor) with the llama3-style tokenizer, and
                                    the converter's f16 file, its get_vocab_base_pre answering
                                    "llama-bpe" (the tiny tokenizer's hash is in no table)
 names.json                         gguf-py's TensorNameMap (HF name -> GGUF name) for llama,
@@ -504,10 +505,14 @@ def make_bpe_fixtures(converter, tmp):
     tok = byte_level_tokenizer("llama3", chktxt)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
     fast.save_pretrained(hf)
+    # Llama 3.2's rope (llama3: the converter computes a rope_freqs tensor); head_dim 64 puts three of
+    # its 32 frequencies in the smoothed band.
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
     config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                                      tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=fast.bos_token_id,
-                                      eos_token_id=fast.eos_token_id)
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=131072,
+                                      rope_parameters=rope, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
     torch.manual_seed(58)
     model = transformers.LlamaForCausalLM(config).to(torch.float32)
     with torch.no_grad():

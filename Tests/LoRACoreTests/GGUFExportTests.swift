@@ -117,6 +117,9 @@ struct GGUFExportTests {
         try refused("tiny", { try editJSON($0 + "/config.json") { m in m[m.firstIndex { $0.key == "architectures" }!].value = .array([.string("GemmaForCausalLM")]) } },
                     mentions: "architectures 'GemmaForCausalLM'")
         try refused("tiny", { try editJSON($0 + "/config.json") { m in
+            m[m.firstIndex { $0.key == "rope_parameters" }!].value = .object([("rope_theta", .number("500000.0")), ("rope_type", .string("dynamic")), ("factor", .number("8.0"))])
+        } }, mentions: "rope type 'dynamic'")
+        try refused("qwen2", { try editJSON($0 + "/config.json") { m in
             m[m.firstIndex { $0.key == "rope_parameters" }!].value = .object([("rope_theta", .number("500000.0")), ("rope_type", .string("llama3")), ("factor", .number("8.0"))])
         } }, mentions: "rope type 'llama3'")
         try refused("tiny", { try editJSON($0 + "/config.json") { m in m.append(("num_local_experts", .number("8"))) } }, mentions: "'num_local_experts' (mixture of experts)")
@@ -228,5 +231,10 @@ struct ByteLevelBPETests {
         let out = try GGUFFile(path: dir + "/out.gguf")
         #expect(out.header.value("tokenizer.ggml.model") == .string("gpt2") && out.header.value("tokenizer.ggml.pre") == .string("llama-bpe"))
         #expect(out.header.value("tokenizer.ggml.add_bos_token") == .bool(true) && out.header.value("tokenizer.ggml.scores") == nil)
+        // Llama 3.2's rope: the converter's rope_freqs, first, with three of its 32 factors in the smoothed band.
+        let freqs = try #require(out.header.tensors.first)
+        #expect(freqs.name == "rope_freqs.weight" && freqs.dims == [32] && freqs.type == .f32)
+        let factors = out.bytes(of: freqs).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        #expect(factors.filter { $0 != 1 && $0 != 32 }.count == 3)
     }
 }

@@ -230,11 +230,25 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
     }
 }
 
-/// Bytes known when the pass runs (a quant_state JSON).
+/// Bytes known when the pass runs (a quant_state JSON; a tensor the GGUF converter computes).
 struct ConstantTensor: TensorSource {
     let bytes: [UInt8]
     let dtype: DType
-    var shape: [Int] { [bytes.count] }
+    let shape: [Int]
+
+    /// Bytes as a 1-D tensor of `dtype` (one element per byte for U8).
+    init(bytes: [UInt8], dtype: DType) {
+        self.bytes = bytes
+        self.dtype = dtype
+        shape = [bytes.count]
+    }
+
+    /// F32 values, little-endian, as a 1-D tensor.
+    init(floats: [Float]) {
+        bytes = floats.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) }
+        dtype = .float32
+        shape = [floats.count]
+    }
 
     func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
         bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + range.lowerBound, byteCount: range.count) }

@@ -106,7 +106,7 @@ public final class GGUFSink: Sendable {
     convenience init(export plan: GGUFExportPlan, stream: TensorStream, context: RunContext) throws {
         var entries: [Entry] = []
         for t in plan.tensors {
-            guard let source = stream.source(t.source) else {
+            guard let source = t.values.map({ ConstantTensor(floats: $0) }) ?? stream.source(t.source) else {
                 throw LoRACoreError.invalidRequest("\(stream.path): tensor '\(t.source)' is missing from the merged stream")
             }
             try GGUFSink.checkWritable(t.type, rowLength: Int(t.dims.first ?? 1), file: stream.path, tensor: t.source)

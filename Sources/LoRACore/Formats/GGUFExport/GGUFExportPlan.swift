@@ -24,7 +24,7 @@ import SafeTensors
 /// Refused by name (where the converter would write something lora-tool does not): other
 /// architectures, nested `text_config`, quantized checkpoints, mixture-of-experts and grouped-router
 /// fields, multimodal rope sections, sliding-window rope bases, rope types other than default,
-/// linear and YaRN (Llama 3's `llama3` rope needs the `rope_freqs` tensor the converter computes),
+/// linear, YaRN and (llama) Llama 3's `llama3`, whose `rope_freqs` tensor is computed as the converter computes it,
 /// sentence-transformers pooling, Qwen3 rerankers, tokenizers `GGUFVocabulary` refuses.
 struct GGUFExportPlan {
     struct Tensor {
@@ -35,6 +35,8 @@ struct GGUFExportPlan {
         var dims: [UInt64]
         var type: GGMLType
         var permutation: GGUFRowPermutation?
+        /// Values the converter computes rather than reads (llama 3's `rope_freqs`), nil for model tensors.
+        var values: [Float]? = nil
     }
 
     let architecture: String
@@ -163,10 +165,12 @@ struct GGUFExportPlan {
                     meta.append((p + "rope.scaling.\(key)", .float32(v)))
                 }
             }
+        case ("llama3"?, _) where arch == "llama":
+            break  // no metadata: the `rope_freqs` tensor below
         default:
             throw LoRACoreError.invalidConfig(
                 file: configFile,
-                detail: "\(ropeName): rope type '\(ropeType!)'\(factor == nil ? " without a factor" : "") is not written to GGUF by lora-tool yet (default, linear and yarn are)")
+                detail: "\(ropeName): rope type '\(ropeType!)'\(factor == nil ? " without a factor" : "") is not written to GGUF by lora-tool yet (default, linear, yarn and, for llama, llama3 are)")
         }
         if let theta = try real(ropeObject["rope_theta"], "rope_theta") { meta.append((p + "rope.freq_base", .float32(theta))) }
         if let eps = try real(find(["rms_norm_eps", "norm_eps"]), "rms_norm_eps") {
@@ -242,6 +246,18 @@ struct GGUFExportPlan {
             }
             tensors.append(Tensor(name: name, source: source, dims: dims, type: t, permutation: permutation))
         }
+        if ropeType == "llama3" {
+            // `LlamaModel.generate_extra_tensors`, written before the model's tensors.
+            guard let heads, heads > 0, let hidden else { throw LoRACoreError.invalidConfig(file: configFile, detail: "llama3 rope needs hidden_size and num_attention_heads") }
+            let dim = Int(headDim ?? hidden / heads)
+            let original = ropeObject["original_max_position_embeddings"]?.doubleValue ?? 8192
+            let values = GGUFExportPlan.llama3RopeFactors(
+                base: ropeObject["rope_theta"]?.doubleValue ?? 10000, dim: dim, factor: Double(factor ?? 8),
+                low: try real(ropeObject["low_freq_factor"], "low_freq_factor").map(Double.init) ?? 1,
+                high: try real(ropeObject["high_freq_factor"], "high_freq_factor").map(Double.init) ?? 4, original: original)
+            tensors.insert(Tensor(name: "rope_freqs.weight", source: "rope_freqs.weight", dims: [UInt64(values.count)], type: .f32,
+                                  permutation: nil, values: values), at: 0)
+        }
         self.tensors = tensors
 
         let parameters = tensors.reduce(0) { $0 + $1.dims.reduce(1) { $0 * Int($1) } }
@@ -251,6 +267,27 @@ struct GGUFExportPlan {
         ]
         if parameters > 0 { general.append(("general.size_label", .string(GGUFExportPlan.sizeLabel(parameters)))) }
         metadata = general + meta
+    }
+
+    /// Llama 3's rope frequency factors as `LlamaModel.generate_extra_tensors` computes them, in its
+    /// float32 tensor arithmetic step by step (torch divides by a Python number as a float32 division,
+    /// and a Python number by a tensor as the tensor's reciprocal times the number):
+    /// freq = 1 / base^(i/dim) for even i (the power correctly rounded to f32), wavelen = 2π/freq;
+    /// factor 1 below `original / high`, `factor` above `original / low`, between them
+    /// 1 / ((1 − s)/factor + s) with s = (original/wavelen − low) / (high − low). The same bits as the
+    /// converter on 45 configurations (bases 1e4, 5e5, 1e6; dims 16–256; factors 8, 16, 32).
+    static func llama3RopeFactors(base: Double, dim: Int, factor: Double, low: Double, high: Double, original: Double) -> [Float] {
+        let twoPi = Float(2 * Double.pi)
+        let (highWavelength, lowWavelength) = (Float(original / high), Float(original / low))
+        return stride(from: 0, to: dim, by: 2).map { i in
+            let exponent = Float(i) / Float(dim)
+            let frequency = 1 / Float(Foundation.pow(base, Double(exponent)))
+            let wavelength = (1 / frequency) * twoPi
+            if wavelength < highWavelength { return 1 }
+            if wavelength > lowWavelength { return Float(factor) }
+            let smooth = ((1 / wavelength) * Float(original) - Float(low)) / Float(high - low)
+            return 1 / ((1 - smooth) / Float(factor) + smooth)
+        }
     }
 
     /// gguf's `model_weight_count_rounded_notation(n, min_digits=2)`: `86K`, `1.2B`, `7.2B`, `70B`.
