@@ -51,6 +51,9 @@ public enum GGUFError: Error, Equatable, Sendable {
     /// A tensor whose shape does not fit what the operation needs (heads that do not divide its rows,
     /// a row length that is not a whole number of the output type's blocks).
     case incompatibleTensor(file: String, tensor: String, detail: String)
+    /// A shard of a split GGUF model (`X-00001-of-0000N.gguf`, `GGUFSplit`) that is missing, or whose
+    /// `split.*` keys or tensors do not agree with the first shard's.
+    case invalidSplit(file: String, detail: String)
 }
 
 extension GGUFError: LocalizedError {
@@ -103,6 +106,8 @@ extension GGUFError: LocalizedError {
             return "\(file): metadata key '\(key)' is missing or not of the expected type"
         case let .incompatibleTensor(file, tensor, detail):
             return "\(file): tensor '\(tensor)': \(detail)"
+        case let .invalidSplit(file, detail):
+            return "\(file): split GGUF model: \(detail)"
         }
     }
 }
