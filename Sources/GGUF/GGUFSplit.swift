@@ -74,6 +74,8 @@ public enum GGUFSplit {
 
     /// Opens the model at `path`: that file alone when it has no `split.count` above 1, else all
     /// its shards in order, `path` being the first (`X-00001-of-0000n.gguf`).
+    /// - Parameter shards: the shards' paths in order (`path` first), when they are not beside it
+    ///   under their names (a merge's staged shards); nil finds them by name.
     ///
     /// Checked, with a `GGUFError.invalidSplit` naming the file: `path` is shard 1 (`split.no` 0)
     /// and named as one; every other shard exists under its name and has `split.no` its number,
@@ -81,7 +83,7 @@ public enum GGUFSplit {
     /// `split.tensors.count` tensors in all; and a tensor name in two shards is
     /// `GGUFError.duplicateTensor` naming the second.
     /// - Throws: also what `GGUFFile.init` throws for each shard.
-    public static func open(_ path: String) throws -> [GGUFFile] {
+    public static func open(_ path: String, shards: [String]? = nil) throws -> [GGUFFile] {
         let first = try GGUFFile(path: path)
         let h = first.header
         guard let countValue = h.value(countKey) else { return [first] }
@@ -99,11 +101,14 @@ public enum GGUFSplit {
             throw GGUFError.invalidSplit(file: path, detail: "shard 1 of \(count) is not named …\(suffix), so its other shards cannot be found")
         }
         guard let total = h.value(tensorsCountKey)?.integer else { throw GGUFError.missingKey(file: path, key: tensorsCountKey) }
+        if let shards, shards.count != count {
+            throw GGUFError.invalidSplit(file: path, detail: "\(countKey) is \(count), and \(shards.count) shards were given")
+        }
         let output = String(path.dropLast(suffix.count)) + ".gguf"
         var files = [first]
         var names = Set(h.tensors.map(\.name))
         for k in 1..<Int(count) {
-            let shard = shardPath(output, number: k + 1, count: Int(count))
+            let shard = shards?[k] ?? shardPath(output, number: k + 1, count: Int(count))
             guard FileManager.default.fileExists(atPath: shard) else {
                 throw GGUFError.invalidSplit(file: shard, detail: "missing: shard \(k + 1) of \(count) of \(path)")
             }

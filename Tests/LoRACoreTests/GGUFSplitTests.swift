@@ -14,13 +14,15 @@ private let splitShards = (1...3).map { tiny + "/split/base-f16-0000\($0)-of-000
 /// `dir/name` split by `splitMaxSize`, and returns the report.
 @discardableResult
 private func merge(_ base: String, in dir: String, name: String = "out.gguf", weight: Double? = 1, splitMaxSize: Int? = nil,
-                   force: Bool = false) throws -> MergeReport {
+                   force: Bool = false, verify: Bool = false) throws -> MergeReport {
     var options = MergeOptions(base: base, adapters: weight.map { [(tiny + "/adapter", $0)] } ?? [], output: dir + "/" + name)
     options.allowEmpty = weight == nil
     options.ggufSplitMaxSize = splitMaxSize
     options.durable = false
     options.threads = 2
     options.force = force
+    options.verify = verify
+    options.seed = 7
     return try Merge.run(options)
 }
 
@@ -126,6 +128,16 @@ struct GGUFSplitTests {
         try merge(splitBase, in: dir, name: "whole.gguf", splitMaxSize: 1_000_000_000)
         try merge(tiny + "/base-f16.gguf", in: dir, name: "reference.gguf")
         try expectSameBytes(dir + "/whole.gguf", dir + "/reference.gguf")
+    }
+
+    @Test("merge --verify checks every staged shard of a split output before any gets its name")
+    func mergeVerifiesShards() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let report = try merge(tiny + "/base-f16.gguf", in: dir, splitMaxSize: 60_000, verify: true)
+        let verification = try #require(report.verification)
+        #expect(verification.passed && verification.entries.count == 21)
+        #expect(try entries(dir) == (1...3).map { "out-0000\($0)-of-00003.gguf" })
     }
 
     @Test("verify catches a changed tensor in a later shard of a split merge")

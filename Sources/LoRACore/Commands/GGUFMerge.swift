@@ -14,8 +14,8 @@ import SafeTensors
 /// `durable` is false, renamed into place when complete; nothing is left under the output name on
 /// any error.
 ///
-/// With `verify`, the staged file is checked by `GGUFVerify` (as `lora-tool verify` checks it)
-/// before it gets its name; a failure leaves no output.
+/// With `verify`, the staged file (or all staged shards) is checked by `GGUFVerify` (as
+/// `lora-tool verify` checks it) before it gets its name; a failure leaves no output.
 ///
 /// Split outputs (`GGUFSplit`, llama.cpp's `X-00001-of-0000n.gguf`): with `ggufSplitMaxSize` the
 /// output is cut as gguf-py cuts it (`split_max_size`; one file when the model fits); without it a
@@ -32,9 +32,8 @@ import SafeTensors
 /// With no adapter (`allowEmpty`) this is `convert MODEL --to gguf`.
 ///
 /// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, `--verify` of an export
-/// (not implemented yet) or of a split output (run `lora-tool verify` on its first shard once
-/// written), a split output of a base whose `general.alignment` is not 32, and the options of
-/// safetensors outputs (`--dtype`, `--requantize`, `--keep-quantized`, `--part`).
+/// (not implemented yet), a split output of a base whose `general.alignment` is not 32, and the
+/// options of safetensors outputs (`--dtype`, `--requantize`, `--keep-quantized`, `--part`).
 enum GGUFMerge {
     /// Whether `options` describe a GGUF merge: a GGUF base or a `.gguf` output.
     static func applies(to options: MergeOptions) -> Bool {
@@ -79,9 +78,6 @@ enum GGUFMerge {
         let sink = try export.map { try GGUFSink(export: $0, stream: merged, split: split, context: context) }
             ?? GGUFSink(model: model!, stream: merged, type: options.ggufType, split: split, context: context)
         let paths = GGUFSplit.shardPaths(options.output, count: sink.fileCount)
-        if paths.count > 1 && options.verify {
-            throw LoRACoreError.invalidRequest("--verify checks one staged GGUF file, and this output is \(paths.count) shards: merge without --verify, then run `lora-tool verify --merged \(paths[0])`")
-        }
         let inputs = (model?.files.map(\.path) ?? [options.base]) + options.adapters.map(\.path)
         for path in paths { try PathSafety.checkOutput(path, inputs: inputs) }
         let outputs = try paths.map { try AtomicOutput(destination: $0, isDirectory: false, force: options.force) }
@@ -89,7 +85,8 @@ enum GGUFMerge {
         var verification: VerifyReport?
         if options.verify {
             // The same check as `lora-tool verify`, on the staged file before it gets its name.
-            let v = options.verifyOptions(merged: outputs[0].staging, threads: context.threads)
+            var v = options.verifyOptions(merged: outputs[0].staging, threads: context.threads)
+            v.mergedShards = outputs.count > 1 ? outputs.map(\.staging) : nil
             verification = try VerifySink.passing(GGUFVerify.run(v, mergedName: URL(fileURLWithPath: options.output).lastPathComponent))
         }
         try AtomicOutput.commitAll(outputs)

@@ -54,7 +54,7 @@ enum GGUFVerify {
         }
         let seed = options.seed ?? UInt64.random(in: .min ... .max)
         let base = try GGUFModel(path: options.base)
-        let merged = try GGUFModel(path: options.merged)
+        let merged = try GGUFModel(path: options.merged, undoRopePermutation: true, shards: options.mergedShards)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         if try LayerReplicationPass.forAdapters(adapters) != nil {
             throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF merge does not take yet: nothing to verify against")

@@ -38,10 +38,12 @@ public final class GGUFModel: Sendable {
         try self.init(path: path, undoRopePermutation: true)
     }
 
-    /// - Parameter undoRopePermutation: false exposes q/k rows as stored (tests show that the merge
-    ///   is then wrong: what the permutation is for).
-    init(path: String, undoRopePermutation: Bool) throws {
-        files = try GGUFSplit.open(path)
+    /// - Parameters:
+    ///   - undoRopePermutation: false exposes q/k rows as stored (tests show that the merge is then
+    ///     wrong: what the permutation is for).
+    ///   - shards: a split model's shards in order, when they are not beside `path` (`GGUFSplit.open`).
+    init(path: String, undoRopePermutation: Bool, shards: [String]? = nil) throws {
+        files = try GGUFSplit.open(path, shards: shards)
         file = files[0]
         guard let arch = file.header.value("general.architecture")?.string else {
             throw GGUFError.missingKey(file: path, key: "general.architecture")

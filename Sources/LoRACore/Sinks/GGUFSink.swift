@@ -87,12 +87,12 @@ public final class GGUFSink: Sendable {
     /// Values per group of rows.
     static let groupValues = 1 << 16
 
-    /// Plans the file: output types and layout, from headers only.
+    /// Plans the file (or the shards `split` cuts it into): output types and layout, from headers only.
     /// - Throws: `GGUFError.unsupportedType` for a computed tensor whose base type cannot be decoded
     ///   or whose output type cannot be written; `GGUFError.incompatibleTensor` when its row length
     ///   is not a whole number of the output type's blocks; `LoRACoreError.invalidRequest` when the
-    ///   stream's tensors are not the model's.
-    ///   `split` cuts the output into more than one shard and the base's `general.alignment` is not 32.
+    ///   stream's tensors are not the model's, or when `split` cuts the output into more than one
+    ///   shard and the base's `general.alignment` is not 32.
     public convenience init(model: GGUFModel, stream: TensorStream, type: GGUFOutputType, split: GGUFSplitLayout = .none,
                             context: RunContext) throws {
         var entries: [Entry] = []
@@ -120,7 +120,8 @@ public final class GGUFSink: Sendable {
     }
 
     /// Plans the export of a transformers model (after passes such as the merge) as
-    /// `convert_hf_to_gguf.py` writes it (`GGUFExportPlan`): every tensor computed from the stream.
+    /// `convert_hf_to_gguf.py` writes it (`GGUFExportPlan`), in the shards `split` cuts it into:
+    /// every tensor computed from the stream.
     /// - Throws: `LoRACoreError.invalidRequest` when the stream's tensors are not the plan's;
     ///   `GGUFError.incompatibleTensor` for rows that are not whole blocks of the tensor's type.
     convenience init(export plan: GGUFExportPlan, stream: TensorStream, split: GGUFSplitLayout = .none, context: RunContext) throws {

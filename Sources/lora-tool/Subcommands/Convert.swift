@@ -60,7 +60,7 @@ extension LoraTool {
         @Option(name: .customLong("max-rank"), help: "With --to lora --energy: the largest rank to keep.")
         var maxRank: Int?
 
-        @Option(help: ArgumentHelp("With --to gguf: write llama.cpp's split model, X-00001-of-0000N.gguf …, each shard holding at most N bytes of tensors (K, M, G: powers of 1000), as convert_hf_to_gguf.py --split-max-size does; a model that fits is one file.", valueName: "N[K|M|G]"))
+        @Option(help: ArgumentHelp("With --to gguf: write llama.cpp's split model (X-00001-of-00003.gguf and so on), each shard holding at most SIZE bytes of tensors (a number, or with K, M or G: powers of 1000), as convert_hf_to_gguf.py --split-max-size does; a model that fits is one file.", valueName: "SIZE"))
         var splitMaxSize: String?
 
         @Flag(name: .customLong("no-sync"), help: "With --to gguf-lora or gguf: do not fsync the output (faster; a crash may leave it incomplete, never under its final name).")

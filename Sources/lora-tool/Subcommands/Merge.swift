@@ -55,7 +55,7 @@ extension LoraTool {
         @Option(help: "With a GGUF base (llama.cpp; the output is then a .gguf file): the ggml type of the merged tensors: keep (each its base tensor's type, requantized with ggml's reference quantizers), f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k. Untouched tensors are copied as stored. With a transformers base and a .gguf output (written as convert_hf_to_gguf.py writes it): the weights' type, f16 (keep), f32, bf16 or q8_0.")
         var ggufType: String = "keep"
 
-        @Option(help: ArgumentHelp("With a .gguf output: write it as llama.cpp's split model, X-00001-of-0000N.gguf …, each shard holding at most N bytes of tensors (K, M, G: powers of 1000), as convert_hf_to_gguf.py --split-max-size does; a model that fits is one file. Without it a split GGUF base (give its first shard) keeps its shards.", valueName: "N[K|M|G]"))
+        @Option(help: ArgumentHelp("With a .gguf output: write it as llama.cpp's split model (X-00001-of-00003.gguf and so on), each shard holding at most SIZE bytes of tensors (a number, or with K, M or G: powers of 1000), as convert_hf_to_gguf.py --split-max-size does; a model that fits is one file. Without it a split GGUF base (give its first shard) keeps its shards.", valueName: "SIZE"))
         var splitMaxSize: String?
 
         @Flag(help: "Write values that overflow the output dtype (e.g. above 65504 with --dtype f16) as ±Inf and count them, instead of failing.")
