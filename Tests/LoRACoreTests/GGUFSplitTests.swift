@@ -213,6 +213,22 @@ struct GGUFSplitTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/out-00001-of-00003.gguf")) != first)
     }
 
+    @Test("An output whose shard names are the split base's own is refused, --force or not, and the base is untouched")
+    func outputOverBase() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let copies = (1...3).map { dir + "/m-0000\($0)-of-00003.gguf" }
+        for (from, to) in zip(splitShards, copies) { try FileManager.default.copyItem(atPath: from, toPath: to) }
+        do {
+            try merge(copies[0], in: dir, name: "m.gguf", force: true)
+            Issue.record("written over its base")
+        } catch let LoRACoreError.invalidRequest(message) {
+            #expect(message.contains("is the input"))
+        }
+        for (copy, original) in zip(copies, splitShards) { try expectSameBytes(copy, original) }
+        #expect(try entries(dir) == copies.map { URL(fileURLWithPath: $0).lastPathComponent })
+    }
+
     @Test("A merge that fails in a later shard leaves no shard and no staging directory")
     func failureLeavesNothing() throws {
         let dir = temporaryDirectory()
