@@ -25,6 +25,8 @@ so llama.cpp's Q/K row permutation (`LlamaModel.permute`) differs between q_proj
 
 tiny/ (2 layers):
   base-f16.gguf, base-q8_0.gguf    convert_hf_to_gguf.py --outtype f16 / q8_0 of the HF model
+  split/base-f16-0000k-of-00003.gguf  convert_hf_to_gguf.py --outtype f16 --split-max-size 60K
+                                   (gguf-py's split_max_size: 3 shards, split.* keys)
   hf/                              that HF model (config.json, model.safetensors, tokenizer files):
                                    the input of the export tests (`convert --to gguf`, `merge
                                    --output X.gguf` from a safetensors base)
@@ -118,14 +120,15 @@ def extract_converter(tmp):
     return next(os.path.join(d, "convert_hf_to_gguf.py") for d, _, fs in os.walk(tmp) if "convert_hf_to_gguf.py" in fs)
 
 
-def convert(converter, model_dir, outtype, outfile):
+def convert(converter, model_dir, outtype, outfile, split_max_size=None):
     # The converter with its own gguf-py (its default): the sdist's converter needs a newer gguf-py
     # than PyPI's 0.19.0 (gguf.LazyChunkedTensor), although both call themselves 0.19.0.
     env = {k: v for k, v in os.environ.items() if k not in ("NO_LOCAL_GGUF", "PYTHONPATH")}
     # It imports sentencepiece before looking for tokenizer.model, even for tokenizer.json models.
     if os.environ.get("SENTENCEPIECE_SITE"):
         env["PYTHONPATH"] = os.environ["SENTENCEPIECE_SITE"]
-    r = subprocess.run([sys.executable, converter, model_dir, "--outtype", outtype, "--outfile", outfile],
+    split = ["--split-max-size", split_max_size] if split_max_size else []
+    r = subprocess.run([sys.executable, converter, model_dir, "--outtype", outtype, "--outfile", outfile] + split,
                        env=env, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"convert_hf_to_gguf.py {model_dir} --outtype {outtype} failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
@@ -560,6 +563,9 @@ def main():
         for outtype in ("f16", "q8_0"):
             convert(converter, hf, outtype, os.path.join(tiny, f"base-{outtype}.gguf"))
         keep_hf(hf, os.path.join(tiny, "hf"))
+        # The f16 base split by gguf-py's GGUFWriter (split_max_size 60 000 bytes: 3 shards).
+        os.makedirs(os.path.join(tiny, "split"))
+        convert(converter, hf, "f16", os.path.join(tiny, "split", "base-f16.gguf"), split_max_size="60K")
         for base, out_type, name in (("f16", None, "expected-f16"), ("q8_0", None, "expected-q8_0"), ("q8_0", QT.F16, "expected-q8_0-as-f16")):
             tensors = expected_tensors(os.path.join(tiny, f"base-{base}.gguf"), os.path.join(tiny, "adapter"), 4, 2, out_type, quantize, gguf, permute)
             write_tensors(os.path.join(tiny, f"{name}.gguf"), tensors, "llama")

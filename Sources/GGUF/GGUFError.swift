@@ -55,6 +55,9 @@ public enum GGUFError: Error, Equatable, Sendable {
     /// weights as 1 + w) and that an operation would change: its stored values are not the
     /// transformers values an adapter was trained against, and the inverse is not exact.
     case transformedTensor(file: String, tensor: String, transformation: String)
+    /// A shard of a split GGUF model (`X-00001-of-0000N.gguf`, `GGUFSplit`) that is missing, or whose
+    /// `split.*` keys or tensors do not agree with the first shard's.
+    case invalidSplit(file: String, detail: String)
 }
 
 extension GGUFError: LocalizedError {
@@ -109,6 +112,8 @@ extension GGUFError: LocalizedError {
             return "\(file): tensor '\(tensor)': \(detail)"
         case let .transformedTensor(file, tensor, transformation):
             return "\(file): tensor '\(tensor)' is stored as \(transformation), not as the transformers weight an adapter changes: merging into it is refused"
+        case let .invalidSplit(file, detail):
+            return "\(file): split GGUF model: \(detail)"
         }
     }
 }

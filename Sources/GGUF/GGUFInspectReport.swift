@@ -17,6 +17,10 @@ public struct GGUFInspectReport: Sendable {
     /// `general.file_type` (llama.cpp's `llama_ftype`) and its name, e.g. 15, "MOSTLY_Q4_K_M".
     public var fileType: Int64?
     public var fileTypeName: String?
+    /// A split model's shard (`GGUFSplit`): its 1-based number, the shard count and the model's
+    /// tensors in all shards, from `split.no`, `split.count` and `split.tensors.count`; nil for a
+    /// file without them.
+    public var split: (number: Int, count: Int, tensors: Int?)?
     public var alignment: Int
     public var fileSize: Int
     public var dataStart: Int
@@ -39,6 +43,9 @@ public struct GGUFInspectReport: Sendable {
         name = h.value("general.name")?.string
         fileType = h.value("general.file_type")?.integer
         fileTypeName = fileType.flatMap { GGUFInspectReport.fileTypeNames[$0] }
+        if let n = h.value(GGUFSplit.numberKey)?.integer, let c = h.value(GGUFSplit.countKey)?.integer {
+            split = (Int(n) + 1, Int(c), h.value(GGUFSplit.tensorsCountKey)?.integer.map { Int($0) })
+        }
         alignment = h.alignment
         fileSize = h.fileSize
         dataStart = h.dataStart

@@ -365,6 +365,43 @@ public final class AtomicOutput: @unchecked Sendable {
         fsyncPath(parent)
     }
 
+    /// Commits single-file outputs that are parts of one output (a split GGUF model's shards), all
+    /// or none: every destination is first checked as `commit` checks it, and when one appeared or
+    /// changed meanwhile its output is kept aside (`.outputAppeared`, as `commit` does) and none is
+    /// moved into place (the others are removed when released, as on any error). Then each is
+    /// committed in order; when one of those renames fails, the ones already in place are removed
+    /// again (only while their destination is still the file this process wrote), so no final name
+    /// is left holding part of the output. An old output one of them replaced is not restored.
+    /// - Throws: `.outputAppeared`, `.outputIO`, as `commit`.
+    public static func commitAll(_ outputs: [AtomicOutput]) throws {
+        for output in outputs {
+            var st = stat()
+            guard lstat(output.destination, &st) == 0 else { continue }
+            guard let approved = output.existing, try output.stillReplaceable(FileID(st), approved) else {
+                AtomicOutput.registryLock.lock()
+                defer { AtomicOutput.registryLock.unlock() }
+                throw output.keepAside()
+            }
+        }
+        var placed: [(destination: String, id: FileID)] = []
+        do {
+            for output in outputs {
+                var st = stat()
+                guard lstat(output.staging, &st) == 0 else {
+                    throw SafeTensorsError.outputIO(path: output.staging, operation: "stat", errno: errno)
+                }
+                try output.commit()
+                placed.append((output.destination, FileID(st)))
+            }
+        } catch {
+            for (destination, id) in placed {
+                var st = stat()
+                if lstat(destination, &st) == 0, FileID(st) == id { unlink(destination) }
+            }
+            throw error
+        }
+    }
+
     /// Whether the destination now is what was approved at the start and still may be replaced.
     private func stillReplaceable(_ id: FileID, _ approved: Existing) throws -> Bool {
         switch approved {

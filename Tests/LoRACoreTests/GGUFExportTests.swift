@@ -34,7 +34,7 @@ private func editJSON(_ path: String, _ change: (inout [(key: String, value: JSO
 /// Asserts that `ours` is the converter's file `theirs`: every metadata key in order with the same
 /// value (but `general.name`, which the converter takes from its model-card heuristics), every
 /// tensor with the same name, type, dimensions and bytes, in the same order.
-private func expectSameFile(_ ours: String, _ theirs: String) throws {
+func expectSameFile(_ ours: String, _ theirs: String) throws {
     let a = try GGUFFile(path: ours), b = try GGUFFile(path: theirs)
     #expect(a.header.metadata.map(\.key) == b.header.metadata.map(\.key))
     for (x, y) in zip(a.header.metadata, b.header.metadata) where x.key != "general.name" {

@@ -55,6 +55,33 @@ struct GGUFMergeCommandTests {
         #expect(status == 0 && out.contains("  architecture  \(family)\n"), "\(err)")
     }
 
+    @Test("--split-max-size: convert writes three shards and lists each; merge and verify take the first shard; a later shard and bad sizes are refused in one line")
+    func splitModels() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-split-cli-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let shards = (1...3).map { dir + "/m-0000\($0)-of-00003.gguf" }
+        var (status, out, err) = try run(["convert", "\(Self.fixtures)/tiny/hf", "--to", "gguf", "--split-max-size", "60K", "--output", dir + "/m.gguf"])
+        #expect(status == 0, "\(err)")
+        #expect(shards.allSatisfy { out.contains("  " + URL(fileURLWithPath: $0).lastPathComponent + "\n") && FileManager.default.fileExists(atPath: $0) })
+        let adapter = ["--adapter", "\(Self.fixtures)/tiny/adapter"]
+        (status, out, err) = try run(["merge", "--base", shards[0]] + adapter + ["--output", dir + "/merged.gguf", "--quiet", "--verify"])
+        #expect(status == 0 && out.contains("in 3 files") && out.contains("merged-00003-of-00003.gguf"), "\(err)")
+        (status, out, err) = try run(["verify", "--base", shards[0]] + adapter + ["--merged", dir + "/merged-00001-of-00003.gguf"])
+        #expect(status == 0 && out.contains("PASS: 21 tensors"), "\(err)")
+        (status, out, err) = try run(["inspect", shards[1]])
+        #expect(status == 0 && out.contains("  split      shard 2 of 3, 21 tensors in the model (its metadata is in shard 1)\n") && out.contains("8 ("), "\(err)")
+        (status, _, err) = try run(["merge", "--base", shards[1]] + adapter + ["--output", dir + "/x.gguf"])
+        #expect(status == 1 && err == "error: \(shards[1]): split GGUF model: this is shard 2 of 3: give the first shard (…-00001-of-00003.gguf)\n")
+        for (args, message) in [(["merge", "--base", shards[0]] + adapter + ["--output", dir + "/x.gguf", "--split-max-size", "1.5G"], "--split-max-size '1.5G' is not"),
+                                (["merge", "--base", shards[0]] + adapter + ["--output", dir + "/x", "--split-max-size", "1G"], "--output must end in .gguf"),
+                                (["convert", "\(Self.fixtures)/tiny/adapter", "--to", "peft", "--output", dir + "/p", "--split-max-size", "1G"], "applies to --to gguf only")] {
+            (status, _, err) = try run(args)
+            #expect(status == 64 && err.contains(message), "\(err)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("x") || $0.hasPrefix("p") }.isEmpty)
+    }
+
     @Test("merge --verify then verify pass on a Q4_K merge; a merge at the wrong scale fails with one error: line per merged tensor; --mode probes is refused in one line")
     func mergeThenVerify() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-verify-cli-\(UUID().uuidString)").path

@@ -129,6 +129,32 @@ struct AtomicOutputTests {
         #expect(read(out + "/model.safetensors") == "first")
     }
 
+    @Test("commitAll puts no part in place when one part's destination appeared meanwhile: that part is kept aside, the others are removed")
+    func commitAllIsAllOrNothing() throws {
+        let dir = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let names = ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]
+        var parts = try names.map { try AtomicOutput(destination: dir + "/" + $0, isDirectory: false, force: false) }
+        for (part, name) in zip(parts, names) { write(name, to: part.staging) }
+        write("user's", to: dir + "/" + names[1])
+        do {
+            try AtomicOutput.commitAll(parts)
+            Issue.record("committed over a file that appeared")
+        } catch let SafeTensorsError.outputAppeared(path, kept) {
+            #expect(path == dir + "/" + names[1] && read(kept) == names[1])
+        }
+        parts = []
+        #expect(listing(dir) == [names[1], names[1] + ".lora-tool-\(getpid())"])
+        #expect(read(dir + "/" + names[1]) == "user's")
+        // Nothing in the way: every part is committed.
+        try FileManager.default.removeItem(atPath: dir + "/" + names[1])
+        try FileManager.default.removeItem(atPath: dir + "/" + names[1] + ".lora-tool-\(getpid())")
+        parts = try names.map { try AtomicOutput(destination: dir + "/" + $0, isDirectory: false, force: false) }
+        for (part, name) in zip(parts, names) { write(name, to: part.staging) }
+        try AtomicOutput.commitAll(parts)
+        #expect(listing(dir) == names && names.allSatisfy { read(dir + "/" + $0) == $0 })
+    }
+
     @Test("A directory that appears at the output while the command runs is never deleted")
     func appearsDuringRun() throws {
         let dir = try scratch()

@@ -14,8 +14,16 @@ import SafeTensors
 /// `durable` is false, renamed into place when complete; nothing is left under the output name on
 /// any error.
 ///
-/// With `verify`, the staged file is checked by `GGUFVerify` (as `lora-tool verify` checks it)
-/// before it gets its name; a failure leaves no output.
+/// With `verify`, the staged file (or all staged shards) is checked by `GGUFVerify` (as
+/// `lora-tool verify` checks it) before it gets its name; a failure leaves no output.
+///
+/// Split outputs (`GGUFSplit`, llama.cpp's `X-00001-of-0000n.gguf`): with `ggufSplitMaxSize` the
+/// output is cut as gguf-py cuts it (`split_max_size`; one file when the model fits); without it a
+/// split base's output keeps the base's shards (the same tensors in each), and any other output is
+/// one file. Every shard is an `AtomicOutput` of its own, checked (`--force` replaces a shard name
+/// only as it replaces a single GGUF output) before anything is computed, staged, and committed
+/// only when all are written (`AtomicOutput.commitAll`): no shard is left under its name on an error.
+/// A split base is read whole from its first shard (`GGUFModel`).
 ///
 /// A transformers (safetensors) base with a `.gguf` output is merged the same way and written as
 /// llama.cpp's `convert_hf_to_gguf.py` writes the merged model (`GGUFExportPlan`: its metadata,
@@ -24,8 +32,8 @@ import SafeTensors
 /// With no adapter (`allowEmpty`) this is `convert MODEL --to gguf`.
 ///
 /// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, `--verify` of an export
-/// (not implemented yet), and the options of safetensors outputs (`--dtype`, `--requantize`,
-/// `--keep-quantized`, `--part`). An adapter that changes a tensor the converter stored transformed
+/// (not implemented yet), a split output of a base whose `general.alignment` is not 32, and the
+/// options of safetensors outputs (`--dtype`, `--requantize`, `--keep-quantized`, `--part`). An adapter that changes a tensor the converter stored transformed
 /// (gemma's norms) is refused by `GGUFModel.refuseTransformedTensors`.
 enum GGUFMerge {
     /// Whether `options` describe a GGUF merge: a GGUF base or a `.gguf` output.
@@ -67,25 +75,31 @@ enum GGUFMerge {
                 "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")
         }
         let merged = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
-        let sink = try export.map { try GGUFSink(export: $0, stream: merged, context: context) }
-            ?? GGUFSink(model: model!, stream: merged, type: options.ggufType, context: context)
-        let output = try AtomicOutput(destination: options.output, isDirectory: false, force: options.force)
-        let written = try sink.write(to: output.staging, durable: options.durable)
+        let split: GGUFSplitLayout = options.ggufSplitMaxSize.map { .maxSize($0) }
+            ?? (model.map { $0.files.count > 1 ? .tensorCounts($0.tensorCounts) : .none } ?? .none)
+        let sink = try export.map { try GGUFSink(export: $0, stream: merged, split: split, context: context) }
+            ?? GGUFSink(model: model!, stream: merged, type: options.ggufType, split: split, context: context)
+        let paths = GGUFSplit.shardPaths(options.output, count: sink.fileCount)
+        let inputs = (model?.files.map(\.path) ?? [options.base]) + options.adapters.map(\.path)
+        for path in paths { try PathSafety.checkOutput(path, inputs: inputs) }
+        let outputs = try paths.map { try AtomicOutput(destination: $0, isDirectory: false, force: options.force) }
+        let written = try sink.write(to: outputs.map(\.staging), durable: options.durable)
         var verification: VerifyReport?
         if options.verify {
             // The same check as `lora-tool verify`, on the staged file before it gets its name.
-            let v = options.verifyOptions(merged: output.staging, threads: context.threads)
+            var v = options.verifyOptions(merged: outputs[0].staging, threads: context.threads)
+            v.mergedShards = outputs.count > 1 ? outputs.map(\.staging) : nil
             verification = try VerifySink.passing(GGUFVerify.run(v, mergedName: URL(fileURLWithPath: options.output).lastPathComponent))
         }
-        try output.commit()
+        try AtomicOutput.commitAll(outputs)
 
         let (families, mergedCount, replaced) = plan.summary
-        let file = URL(fileURLWithPath: output.destination).lastPathComponent
+        let files = outputs.map { URL(fileURLWithPath: $0.destination).lastPathComponent }
         // Copied: byte for byte from a GGUF base; from a transformers model, written unmerged.
         let copied: Int
         if let model { copied = model.tensors.count - written.computed.count } else { copied = export!.tensors.count - mergedCount - replaced.count }
         var report = MergeReport(
-            output: options.output, files: [file], sha256: [file: written.sha256],
+            output: paths[0], files: files, sha256: Dictionary(uniqueKeysWithValues: zip(files, written.sha256)),
             families: families,
             mergedTensors: mergedCount, replacedTensors: replaced, copiedTensors: copied,
             skippedModules: plan.skippedModules, outputDTypes: written.types, bytesWritten: written.bytes,

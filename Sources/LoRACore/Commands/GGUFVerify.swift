@@ -26,6 +26,10 @@ import SafeTensors
 ///   `--mode probes` is refused for such a file and `--mode both` checks those tensors exactly only.
 /// - The header: every key and value of the merged header the base's, in the base's order, and
 ///   the tensors in the base's order.
+///
+/// Either side may be a split model (`GGUFSplit`), given by its first shard and read whole
+/// (`GGUFModel`): the tensors are compared wherever their shard is, and the split keys are left
+/// out of the header comparison (a merge may cut its output into other shards than the base's).
 enum GGUFVerify {
     /// Whether `options` verify a GGUF merge: a GGUF base or a GGUF merged file.
     static func applies(to options: VerifyOptions) -> Bool {
@@ -50,7 +54,7 @@ enum GGUFVerify {
         }
         let seed = options.seed ?? UInt64.random(in: .min ... .max)
         let base = try GGUFModel(path: options.base)
-        let merged = try GGUFModel(path: options.merged)
+        let merged = try GGUFModel(path: options.merged, undoRopePermutation: true, shards: options.mergedShards)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         if try LayerReplicationPass.forAdapters(adapters) != nil {
             throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF merge does not take yet: nothing to verify against")
@@ -61,7 +65,7 @@ enum GGUFVerify {
         let context = try RunContext(threads: options.threads, allowOverflow: true)
         let recomputed = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base.stream)
         let sink = try GGUFSink(model: base, stream: recomputed, type: .keep, context: context)
-        let outputType = inferredType(sink.entries, merged: merged.file)
+        let outputType = inferredType(sink.entries, merged: merged)
 
         // The tensor list, dimensions and types, before any value is read.
         var entries: [VerifyReport.Entry] = []
@@ -71,7 +75,7 @@ enum GGUFVerify {
             func fail(_ k: VerifyReport.Entry.Kind, _ why: String) {
                 entries.append(VerifyReport.Entry(tensor: e.info.name, family: TensorName(e.name).family, kind: k, failures: [why]))
             }
-            guard let stored = merged.file.info(e.info.name) else {
+            guard let stored = merged.info(e.info.name) else {
                 fail(.missing, "missing from the merged GGUF file")
                 continue
             }
@@ -88,7 +92,7 @@ enum GGUFVerify {
             }
             checks.append((e, stored, kind))
         }
-        for (t, name) in merged.tensors where base.file.info(t.name) == nil {
+        for (t, name) in merged.tensors where base.info(t.name) == nil {
             entries.append(VerifyReport.Entry(tensor: t.name, family: TensorName(name).family, kind: .extra, failures: ["in the merged GGUF file but not in the base"]))
         }
 
@@ -127,10 +131,10 @@ enum GGUFVerify {
         // The header: every key and value the base's, in its order; the tensors in the base's order
         // (those both have: missing and extra ones are failures of their own).
         let name = (mergedName ?? URL(fileURLWithPath: options.merged).lastPathComponent) + " metadata"
-        let keys = merged.file.header.metadata, baseKeys = base.file.header.metadata
+        let keys = merged.modelMetadata, baseKeys = base.modelMetadata
         var file = VerifyReport.FileCheck(file: name, status: .equal)
-        let order = merged.file.header.tensors.map(\.name).filter { base.file.info($0) != nil }
-        let baseOrder = base.file.header.tensors.map(\.name).filter { merged.file.info($0) != nil }
+        let order = merged.tensors.map(\.info.name).filter { base.info($0) != nil }
+        let baseOrder = base.tensors.map(\.info.name).filter { merged.info($0) != nil }
         if let i = order.indices.first(where: { order[$0] != baseOrder[$0] }) {
             file.status = .differs
             file.detail = "tensor '\(order[i])' is where the base has '\(baseOrder[i])' (merge writes the base's tensor order)"
@@ -154,7 +158,7 @@ enum GGUFVerify {
 
     /// The `--gguf-type` the merged file's computed tensors agree with most (ties: the first in
     /// `GGUFOutputType.allCases`, `keep` first).
-    static func inferredType(_ entries: [GGUFSink.Entry], merged: GGUFFile) -> GGUFOutputType {
+    static func inferredType(_ entries: [GGUFSink.Entry], merged: GGUFModel) -> GGUFOutputType {
         let pairs = entries.filter(\.changed).compactMap { e in merged.info(e.info.name).map { (base: e.info.type, stored: $0.type) } }
         func agreeing(_ t: GGUFOutputType) -> Int { pairs.filter { t.type(forBase: $0.base) == $0.stored }.count }
         var best = GGUFOutputType.keep

@@ -44,6 +44,10 @@ public struct MergeOptions: Sendable {
     public var part: PartSelection?
     /// With a GGUF base (`GGUFMerge`): the ggml type of the merged tensors (`keep`: each its base's).
     public var ggufType: GGUFOutputType = .keep
+    /// With a `.gguf` output: write it as a split model (`GGUFSplit`) of shards holding at most this
+    /// many tensor bytes each (`--split-max-size`, gguf-py's `split_max_size`). Nil: a split GGUF
+    /// base's shard boundaries (its tensors per shard), else one file.
+    public var ggufSplitMaxSize: Int?
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String) {
         self.base = base

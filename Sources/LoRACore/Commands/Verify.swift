@@ -8,6 +8,9 @@ public struct VerifyOptions: Sendable {
     public var base: String
     public var adapters: [(path: String, weight: Double)]
     public var merged: String
+    /// `merge --verify` of a split output: its staged shards in order (`merged` first), which are
+    /// not beside each other under their names.
+    var mergedShards: [String]?
     /// Exact (every element against merge's recomputation), probes (side branch in fp64), or both.
     public var mode: VerifyMode = .both
     public var probes = 8

@@ -15,9 +15,16 @@ import SafeTensors
 /// arithmetic, element for element, as permuting B's rows (and any per-row quantity of any adapter
 /// type) and merging in GGUF order.
 ///
+/// A split model (`X-00001-of-0000n.gguf`, `GGUFSplit`) is opened from its first shard as one
+/// model: the metadata is the first shard's, the tensors are every shard's in shard order, each
+/// read from its own file.
+///
 /// Opening reads the header only (the file is mapped; tensor bytes are read when filled).
 public final class GGUFModel: Sendable {
+    /// The file (a split model's first shard, which holds its metadata).
     public let file: GGUFFile
+    /// Every file of the model in order: `[file]`, or a split model's shards.
+    public let files: [GGUFFile]
     public let names: GGUFTensorNameMap
     /// The file's tensors in file order, each with its name in `stream`.
     public let tensors: [(info: GGUFTensorInfo, name: String)]
@@ -33,10 +40,13 @@ public final class GGUFModel: Sendable {
         try self.init(path: path, undoRopePermutation: true)
     }
 
-    /// - Parameter undoRopePermutation: false exposes q/k rows as stored (tests show that the merge
-    ///   is then wrong: what the permutation is for).
-    init(path: String, undoRopePermutation: Bool) throws {
-        file = try GGUFFile(path: path)
+    /// - Parameters:
+    ///   - undoRopePermutation: false exposes q/k rows as stored (tests show that the merge is then
+    ///     wrong: what the permutation is for).
+    ///   - shards: a split model's shards in order, when they are not beside `path` (`GGUFSplit.open`).
+    init(path: String, undoRopePermutation: Bool, shards: [String]? = nil) throws {
+        files = try GGUFSplit.open(path, shards: shards)
+        file = files[0]
         guard let arch = file.header.value("general.architecture")?.string else {
             throw GGUFError.missingKey(file: path, key: "general.architecture")
         }
@@ -54,7 +64,7 @@ public final class GGUFModel: Sendable {
         var list: [(info: GGUFTensorInfo, name: String)] = []
         var sources: [(name: String, source: any TensorSource)] = []
         var seen = Set<String>()
-        for info in file.header.tensors {
+        for (file, info) in files.flatMap({ f in f.header.tensors.map { (f, $0) } }) {
             let name = names.transformersName(of: info.name) ?? info.name
             var permutation: GGUFRowPermutation?
             if let role = names.ropeRole(of: info.name), let heads, undoRopePermutation {
@@ -62,13 +72,13 @@ public final class GGUFModel: Sendable {
                 let rows = Int(info.dims.last ?? 1)
                 guard let p = GGUFRowPermutation(heads: n, rows: rows), info.dims.count <= 2 else {
                     throw GGUFError.incompatibleTensor(
-                        file: path, tensor: info.name,
+                        file: file.path, tensor: info.name,
                         detail: "\(rows) rows (dims \(info.dims)) cannot be llama.cpp's rope permutation of \(n) heads (an even number of rows per head)")
                 }
                 permutation = p
             }
             guard seen.insert(name).inserted else {
-                throw GGUFError.incompatibleTensor(file: path, tensor: info.name, detail: "its transformers name '\(name)' is also another tensor's")
+                throw GGUFError.incompatibleTensor(file: file.path, tensor: info.name, detail: "its transformers name '\(name)' is also another tensor's")
             }
             list.append((info, name))
             sources.append((name, GGUFTensor(file: file, info: info, permutation: permutation)))

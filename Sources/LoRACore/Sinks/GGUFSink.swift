@@ -3,14 +3,19 @@ import GGUF
 import LoRAKernels
 import SafeTensors
 
-/// Writes a stream over a `GGUFModel` (after passes such as the merge) as one GGUF v3 file; or a
-/// stream over a transformers model as the file `convert_hf_to_gguf.py` writes (`GGUFExportPlan`:
-/// its metadata and tensor table, alignment 32, every tensor computed as below).
+/// Writes a stream over a `GGUFModel` (after passes such as the merge) as one GGUF v3 file or as
+/// a split model's shards; or a stream over a transformers model as the file(s)
+/// `convert_hf_to_gguf.py` writes (`GGUFExportPlan`: its metadata and tensor table, alignment 32,
+/// every tensor computed as below).
 ///
 /// Layout: the base's metadata, every key and value in the base's order (`general.alignment`
-/// included, and honoured), then the tensor infos in the base's order with the base's GGUF names
-/// and dimensions, the data section at the alignment, each tensor padded to it (gguf-py's and
-/// llama.cpp's layout: a base written by either and merged with `keep` keeps its offsets).
+/// included, and honoured; a split base's `split.*` keys left out), then the tensor infos in the
+/// base's order with the base's GGUF names and dimensions, the data section at the alignment,
+/// each tensor padded to it (gguf-py's and llama.cpp's layout: a base written by either and merged
+/// with `keep` keeps its offsets). Split (`GGUFSplitLayout`, with more than one shard): the
+/// tensors in the same order, cut into shards as `GGUFSplit` describes, the metadata in the first
+/// shard followed by the split keys, the other shards holding the split keys only, so each shard
+/// is the file gguf-py's `GGUFWriter` writes with the same boundaries.
 ///
 /// Tensors: a tensor whose source is still the base's own `GGUFTensor` is copied byte for byte
 /// from the base (any ggml type, quantized or not). Every other one (merged, replaced) is written
@@ -30,7 +35,9 @@ import SafeTensors
 public final class GGUFSink: Sendable {
     /// What was written.
     public struct Report: Sendable {
-        public var sha256: String
+        /// Each file's SHA-256 (lowercase hex), in shard order (one for an unsplit output).
+        public var sha256: [String]
+        /// All files' bytes.
         public var bytes: Int
         /// Tensors per ggml type name in the output.
         public var types: [String: Int]
@@ -60,28 +67,40 @@ public final class GGUFSink: Sendable {
         var rowCount: Int { dims.dropFirst().reduce(1) { $0 * Int($1) } }
     }
 
+    /// One output file: a run of the entries, its header and their data offsets.
+    struct Shard: Sendable {
+        var entries: Range<Int>
+        var header: [UInt8]
+        var offsets: [UInt64]
+        var fileSize: Int
+    }
+
     let entries: [Entry]
-    let header: [UInt8]
-    let offsets: [UInt64]
+    /// The output files, in order: one, or a split model's shards.
+    let shards: [Shard]
     let alignment: Int
-    public let fileSize: Int
     let context: RunContext
+
+    /// The number of files `write` writes.
+    public var fileCount: Int { shards.count }
 
     /// Values per group of rows.
     static let groupValues = 1 << 16
 
-    /// Plans the file: output types and layout, from headers only.
+    /// Plans the file (or the shards `split` cuts it into): output types and layout, from headers only.
     /// - Throws: `GGUFError.unsupportedType` for a computed tensor whose base type cannot be decoded
     ///   or whose output type cannot be written; `GGUFError.incompatibleTensor` when its row length
     ///   is not a whole number of the output type's blocks; `LoRACoreError.invalidRequest` when the
-    ///   stream's tensors are not the model's.
-    public convenience init(model: GGUFModel, stream: TensorStream, type: GGUFOutputType, context: RunContext) throws {
+    ///   stream's tensors are not the model's, or when `split` cuts the output into more than one
+    ///   shard and the base's `general.alignment` is not 32.
+    public convenience init(model: GGUFModel, stream: TensorStream, type: GGUFOutputType, split: GGUFSplitLayout = .none,
+                            context: RunContext) throws {
         var entries: [Entry] = []
         for (info, name) in model.tensors {
             guard let source = stream.source(name), let base = model.stream.source(name) as? GGUFTensor else {
                 throw LoRACoreError.invalidRequest("\(model.file.path): tensor '\(info.name)' ('\(name)') is missing from the merged stream")
             }
-            let unchanged = (source as? GGUFTensor).map { $0.info == info && $0.file === model.file } ?? false
+            let unchanged = (source as? GGUFTensor).map { $0.info == info && $0.file === base.file } ?? false
             let out = unchanged ? info.type : type.type(forBase: info.type)
             if !unchanged {
                 guard GGMLDequantizer.supportedTypes.contains(info.type) else {
@@ -96,14 +115,16 @@ public final class GGUFSink: Sendable {
             let extra = Set(stream.names).subtracting(entries.map(\.name)).sorted(by: utf8Precedes)
             throw LoRACoreError.invalidRequest("\(model.file.path): the merged stream has tensors the GGUF base does not: \(extra.prefix(5).joined(separator: ", "))")
         }
-        self.init(entries: entries, metadata: model.file.header.metadata, alignment: model.file.header.alignment, context: context)
+        try self.init(entries: entries, metadata: model.modelMetadata, alignment: model.file.header.alignment, split: split,
+                      file: model.file.path, context: context)
     }
 
     /// Plans the export of a transformers model (after passes such as the merge) as
-    /// `convert_hf_to_gguf.py` writes it (`GGUFExportPlan`): every tensor computed from the stream.
+    /// `convert_hf_to_gguf.py` writes it (`GGUFExportPlan`), in the shards `split` cuts it into:
+    /// every tensor computed from the stream.
     /// - Throws: `LoRACoreError.invalidRequest` when the stream's tensors are not the plan's;
     ///   `GGUFError.incompatibleTensor` for rows that are not whole blocks of the tensor's type.
-    convenience init(export plan: GGUFExportPlan, stream: TensorStream, context: RunContext) throws {
+    convenience init(export plan: GGUFExportPlan, stream: TensorStream, split: GGUFSplitLayout = .none, context: RunContext) throws {
         var entries: [Entry] = []
         for t in plan.tensors {
             guard let source = t.values.map({ ConstantTensor(floats: $0) }) ?? stream.source(t.source) else {
@@ -113,15 +134,32 @@ public final class GGUFSink: Sendable {
             entries.append(Entry(ggufName: t.name, dims: t.dims, name: t.source, source: source, base: nil,
                                  permutation: t.permutation, type: t.type, changed: true))
         }
-        self.init(entries: entries, metadata: plan.metadata, alignment: 32, context: context)
+        try self.init(entries: entries, metadata: plan.metadata, alignment: GGUFFile.defaultAlignment, split: split,
+                      file: stream.path, context: context)
     }
 
-    private init(entries: [Entry], metadata: [(key: String, value: GGUFValue)], alignment: Int, context: RunContext) {
+    /// - Throws: `LoRACoreError.invalidRequest` naming `file` when `split` gives more than one shard
+    ///   and `alignment` is not the default (the other shards have no `general.alignment`).
+    private init(entries: [Entry], metadata: [(key: String, value: GGUFValue)], alignment: Int, split: GGUFSplitLayout,
+                 file: String, context: RunContext) throws {
         self.entries = entries
         self.alignment = alignment
         self.context = context
-        (header, offsets, fileSize) = GGUFHeaderEncoder.layout(
-            metadata: metadata, tensors: entries.map { ($0.ggufName, $0.dims, $0.type) }, alignment: alignment)
+        let counts = try split.tensorCounts(entries.map { GGUFHeaderEncoder.byteCount(dims: $0.dims, type: $0.type) }, file: file)
+        if counts.count > 1 && alignment != GGUFFile.defaultAlignment {
+            throw LoRACoreError.invalidRequest(
+                "\(file): general.alignment is \(alignment), and a split output cannot keep it (gguf-py writes the shards after the first without it, so they are read at \(GGUFFile.defaultAlignment)): write it unsplit")
+        }
+        var shards: [Shard] = [], start = 0
+        for (k, n) in counts.enumerated() {
+            let keys = counts.count == 1 ? [] : GGUFSplit.keys(number: k, count: counts.count, tensors: entries.count)
+            let range = start..<(start + n)
+            let (header, offsets, size) = GGUFHeaderEncoder.layout(
+                metadata: (k == 0 ? metadata : []) + keys, tensors: entries[range].map { ($0.ggufName, $0.dims, $0.type) }, alignment: alignment)
+            shards.append(Shard(entries: range, header: header, offsets: offsets, fileSize: size))
+            start += n
+        }
+        self.shards = shards
     }
 
     /// - Throws: `GGUFError.unsupportedType` when `type` cannot be written, `.incompatibleTensor`
@@ -137,35 +175,46 @@ public final class GGUFSink: Sendable {
         }
     }
 
-    /// Writes the file at `path` (which must not exist).
+    /// Writes the file at `path` (which must not exist), when the output is one file.
     /// - Parameter durable: fsync the file before returning.
     /// - Throws: `SafeTensorsError.outputIO` for write failures; what computing a tensor throws
     ///   (`LoRACoreError.nonFinite`, `.overflow`, `GGUFError.nonFiniteValue`).
     public func write(to path: String, durable: Bool) throws -> Report {
-        let out = try GGUFFileWriter(path: path, size: fileSize, durable: durable)
-        try out.append(header)
-        let dataStart = header.count
+        try write(to: [path], durable: durable)
+    }
+
+    /// Writes each file at its path in `paths` (one per shard, `fileCount`, none existing), in order.
+    /// - Parameter durable: fsync each file before the next is started.
+    /// - Throws: as `write(to:durable:)`; the files written so far are left for the caller to remove.
+    public func write(to paths: [String], durable: Bool) throws -> Report {
+        precondition(paths.count == shards.count, "one path per shard")
         var types: [String: Int] = [:]
         var survival: [Requantize.Survival] = []
         var computed: [String] = []
+        var hashes: [String] = []
         let total = entries.reduce(0) { $0 + GGUFHeaderEncoder.byteCount(dims: $1.dims, type: $1.type) }
         var done = 0
-        for (i, e) in entries.enumerated() {
-            try out.pad(to: dataStart + Int(offsets[i]))
-            if e.changed {
-                if let s = try writeComputed(e, to: out) { survival.append(s) }
-                computed.append(e.ggufName)
-            } else if let base = e.base {
-                try out.append(mapped: base.file.bytes(of: base.info), releasingPages: true)
+        for (shard, path) in zip(shards, paths) {
+            let out = try GGUFFileWriter(path: path, size: shard.fileSize, durable: durable)
+            try out.append(shard.header)
+            let dataStart = shard.header.count
+            for (i, e) in zip(shard.entries, entries[shard.entries]) {
+                try out.pad(to: dataStart + Int(shard.offsets[i - shard.entries.lowerBound]))
+                if e.changed {
+                    if let s = try writeComputed(e, to: out) { survival.append(s) }
+                    computed.append(e.ggufName)
+                } else if let base = e.base {
+                    try out.append(mapped: base.file.bytes(of: base.info), releasingPages: true)
+                }
+                types[e.type.name, default: 0] += 1
+                done += GGUFHeaderEncoder.byteCount(dims: e.dims, type: e.type)
+                context.progress?(Progress(tensorsDone: i + 1, tensorsTotal: entries.count, bytesDone: done, bytesTotal: total))
+                try out.pad(to: GGUFHeaderEncoder.padded(out.position, alignment))
             }
-            types[e.type.name, default: 0] += 1
-            done += GGUFHeaderEncoder.byteCount(dims: e.dims, type: e.type)
-            context.progress?(Progress(tensorsDone: i + 1, tensorsTotal: entries.count, bytesDone: done, bytesTotal: total))
-            try out.pad(to: GGUFHeaderEncoder.padded(out.position, alignment))
+            precondition(out.position == shard.fileSize, "the layout and the writes agree")
+            hashes.append(try out.finish(durable: durable))
         }
-        precondition(out.position == fileSize, "the layout and the writes agree")
-        let sha = try out.finish(durable: durable)
-        return Report(sha256: sha, bytes: fileSize, types: types, survival: survival, computed: computed)
+        return Report(sha256: hashes, bytes: shards.reduce(0) { $0 + $1.fileSize }, types: types, survival: survival, computed: computed)
     }
 
     // MARK: - Computed tensors

@@ -61,6 +61,9 @@ extension LoraTool {
         @Option(name: .customLong("max-rank"), help: "With --to lora --energy: the largest rank to keep.")
         var maxRank: Int?
 
+        @Option(help: ArgumentHelp("With --to gguf: write llama.cpp's split model (X-00001-of-00003.gguf and so on), each shard holding at most SIZE bytes of tensors (a number, or with K, M or G: powers of 1000), as convert_hf_to_gguf.py --split-max-size does; a model that fits is one file.", valueName: "SIZE"))
+        var splitMaxSize: String?
+
         @Flag(name: .customLong("no-sync"), help: "With --to gguf-lora or gguf: do not fsync the output (faster; a crash may leave it incomplete, never under its final name).")
         var noSync = false
 
@@ -81,8 +84,10 @@ extension LoraTool {
             } else if svdRank != nil || energy != nil || maxRank != nil {
                 throw ValidationError("--svd-rank, --energy and --max-rank apply to --to lora only")
             }
+            if to != "gguf" && splitMaxSize != nil { throw ValidationError("--split-max-size applies to --to gguf only") }
             if to == "gguf" {
-                guard output.hasSuffix(".gguf") else { throw ValidationError("--to gguf writes one GGUF file: --output must end in .gguf") }
+                guard output.hasSuffix(".gguf") else { throw ValidationError("--to gguf writes a GGUF file: --output must end in .gguf") }
+                if let splitMaxSize { try SplitSize.validate(splitMaxSize) }
                 if base != nil { throw ValidationError("--to gguf converts the model given as the argument: --base does not apply") }
                 if let ggufType, !["f32", "f16", "bf16", "q8_0"].contains(ggufType) {
                     throw ValidationError("--gguf-type must be f32, f16, bf16 or q8_0 for a model written as convert_hf_to_gguf.py writes it")
@@ -133,13 +138,13 @@ extension LoraTool {
             var o = MergeOptions(base: try ModelSpecs.resolve(adapter), adapters: [], output: output)
             o.allowEmpty = true
             o.ggufType = GGUFOutputType(rawValue: ggufType ?? "f16")!
+            o.ggufSplitMaxSize = splitMaxSize.flatMap(GGUFSplit.parseSize)
             o.force = force
             o.durable = !noSync
             let r = try LoRACore.Merge.run(o)
-            let file = r.files.first ?? ""
             let rows = [["to", "llama.cpp GGUF model"], ["tensors", "\(r.outputDTypes.values.reduce(0, +))"],
-                        ["types", r.outputDTypes.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")],
-                        ["sha256", "\(r.sha256[file] ?? "")  \(file)"]]
+                        ["types", r.outputDTypes.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")]]
+                + r.files.map { ["sha256", "\(r.sha256[$0] ?? "")  \($0)"] }
             print("\(Render.escaped(output)): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
         }
 

@@ -16,7 +16,8 @@ extension LoraTool {
                 parameters, bytes, dtypes, metadata and module families; for adapters also the dialect, \
                 ranks, alpha, the scale of every module, targets, layers, DoRA, embedding LoRA and \
                 full replacement tensors. For GGUF: version, architecture, name, file type, alignment, \
-                tensors and bytes per ggml type, and the metadata (arrays as their type and length).
+                the shard of a split model (one file's header: give each shard to see each), tensors \
+                and bytes per ggml type, and the metadata (arrays as their type and length).
                 """)
 
         @Argument(help: "Checkpoint file, index json, model directory, adapter directory or GGUF file.")
@@ -189,6 +190,10 @@ extension LoraTool.Inspect {
         if let n = r.name { rows.append(["name", n]) }
         if let t = r.fileType { rows.append(["file type", r.fileTypeName.map { "\($0) (\(t))" } ?? "\(t)"]) }
         rows.append(["alignment", "\(r.alignment)"])
+        if let s = r.split {
+            rows.append(["split", "shard \(s.number) of \(s.count)" + (s.tensors.map { ", \($0) tensors in the model" } ?? "")
+                         + (s.number == 1 ? "" : " (its metadata is in shard 1)")])
+        }
         rows.append(["tensors", "\(r.tensorCount) (\(Render.count(r.parameterCount)) parameters, \(Render.bytes(r.bytes)))"])
         rows.append(["types", r.types.map { "\($0.type.name) ×\($0.tensors) (\(Render.bytes($0.bytes)))" }.joined(separator: ", ")])
         rows.append(["metadata", "\(r.metadata.count) keys"])
@@ -220,6 +225,9 @@ extension LoraTool.Inspect {
             ("file_type", r.fileType.map { .number(String($0)) } ?? .null),
             ("file_type_name", r.fileTypeName.map(JSONValue.string) ?? .null),
             ("alignment", Render.json(r.alignment)),
+            ("split", r.split.map { s in
+                .object([("shard", Render.json(s.number)), ("count", Render.json(s.count)), ("tensors", s.tensors.map { Render.json($0) } ?? .null)])
+            } ?? .null),
             ("file_size", Render.json(r.fileSize)),
             ("data_start", Render.json(r.dataStart)),
             ("tensor_count", Render.json(r.tensorCount)),

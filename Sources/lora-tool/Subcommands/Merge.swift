@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GGUF
 import LoRACore
 import SafeTensors
 
@@ -54,6 +55,9 @@ extension LoraTool {
         @Option(help: "With a GGUF base (llama.cpp; the output is then a .gguf file): the ggml type of the merged tensors: keep (each its base tensor's type, requantized with ggml's reference quantizers), f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or q6_k. Untouched tensors are copied as stored. With a transformers base and a .gguf output (written as convert_hf_to_gguf.py writes it): the weights' type, f16 (keep), f32, bf16 or q8_0.")
         var ggufType: String = "keep"
 
+        @Option(help: ArgumentHelp("With a .gguf output: write it as llama.cpp's split model (X-00001-of-00003.gguf and so on), each shard holding at most SIZE bytes of tensors (a number, or with K, M or G: powers of 1000), as convert_hf_to_gguf.py --split-max-size does; a model that fits is one file. Without it a split GGUF base (give its first shard) keeps its shards.", valueName: "SIZE"))
+        var splitMaxSize: String?
+
         @Flag(help: "Write values that overflow the output dtype (e.g. above 65504 with --dtype f16) as ±Inf and count them, instead of failing.")
         var allowOverflow = false
 
@@ -94,7 +98,8 @@ extension LoraTool {
                 let others = [("--base", base != nil), ("--adapter", adapterGiven), ("--output", output != nil), ("--adapters-from", adaptersFrom != nil),
                               ("--part", part != nil), ("--verify", verify), ("--dtype", dtype != "keep"), ("--max-shard-size", maxShardSize != "5GB"),
                               ("--requantize", requantize != nil), ("--keep-quantized", keepQuantized), ("--targets", adapterArguments.targets != nil),
-                              ("--weight", !adapterArguments.weights.isEmpty), ("--print-recipe", printRecipe), ("--gguf-type", ggufType != "keep")]
+                              ("--weight", !adapterArguments.weights.isEmpty), ("--print-recipe", printRecipe), ("--gguf-type", ggufType != "keep"),
+                              ("--split-max-size", splitMaxSize != nil)]
                 if let given = others.first(where: \.1) { throw ValidationError("--assemble takes only the output (and --force, --json): the parts recorded everything else; \(given.0) is not used") }
                 return
             }
@@ -122,6 +127,10 @@ extension LoraTool {
             if requantize != nil && keepQuantized { throw ValidationError("give --requantize or --keep-quantized, not both") }
             guard GGUFOutputType(rawValue: ggufType) != nil else {
                 throw ValidationError("--gguf-type must be one of \(GGUFOutputType.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            if let splitMaxSize {
+                try SplitSize.validate(splitMaxSize)
+                guard (output ?? outputTemplate ?? "").hasSuffix(".gguf") else { throw ValidationError("--split-max-size splits a GGUF output: --output must end in .gguf") }
             }
         }
 
@@ -193,6 +202,7 @@ extension LoraTool {
             options.allowOverflow = allowOverflow
             options.allowEmpty = allowEmpty
             options.ggufType = GGUFOutputType(rawValue: ggufType)!
+            options.ggufSplitMaxSize = splitMaxSize.flatMap(GGUFSplit.parseSize)
             let bar: ProgressBar? = !quiet && isatty(2) != 0 ? ProgressBar() : nil
             var callback: (@Sendable (LoRACore.Progress) -> Void)?
             if let bar { callback = { bar.update($0) } }
@@ -229,6 +239,7 @@ extension LoraTool {
             add("requantize", requantize)
             flag("keep-quantized", keepQuantized)
             if ggufType != "keep" { add("gguf-type", ggufType) }
+            add("split-max-size", splitMaxSize)
             flag("allow-overflow", allowOverflow)
             flag("allow-empty", allowEmpty)
             flag("json", json)

@@ -52,7 +52,7 @@ struct GGUFExactCheck: Sendable {
     /// An untouched tensor: the base's bytes, compared `stepBytes` at a time (each piece's pages
     /// dropped from the resident set once compared).
     private func copied(_ e: GGUFSink.Entry, stored: GGUFTensorInfo) -> (VerifyReport.ExactResult, String?) {
-        let want = e.base!.file.bytes(of: e.info), got = merged.file.bytes(of: stored)
+        let want = e.base!.file.bytes(of: e.info), got = merged.bytes(of: stored)
         var differs: Int?
         var at = 0
         while at < want.count, differs == nil {
@@ -90,7 +90,7 @@ struct GGUFExactCheck: Sendable {
         let outRowBytes = stored.rowByteCount
         let permutation = e.base!.permutation
         let oneDimensional = e.info.dims.count < 2
-        let all = merged.file.bytes(of: stored)
+        let all = merged.bytes(of: stored)
         defer { MappedFile.releasePages(all) }
         var tally = Tally(bound: !plain || kind == .replaced ? .identical : (type == .f32 ? .normwise : .oneUlp), type: type, rowLength: rowLength)
         let step = max(1, GGUFExactCheck.stepValues / max(1, rowLength))
