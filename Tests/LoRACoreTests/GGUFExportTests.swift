@@ -71,6 +71,39 @@ struct GGUFExportTests {
         #expect(!merged.bytes(of: q).elementsEqual(base.bytes(of: base.info(q.name)!)))
     }
 
+    @Test("verify checks an export against the transformers base + adapter: the converter's own merged file passes (an independent oracle), its unmerged conversion fails on every merged tensor by name, a q8_0 export passes and fails once one byte of it changes; merge --verify passes",
+          arguments: ["tiny", "qwen2", "qwen3"])
+    func verifyExport(family: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func verify(_ merged: String) throws -> VerifyReport {
+            var v = VerifyOptions(base: "\(fixtures)/\(family)/hf", adapters: [("\(fixtures)/\(family)/adapter", 1)], merged: merged)
+            v.seed = 5
+            v.threads = 2
+            return try Verify.run(v)
+        }
+        let converter = try verify("\(fixtures)/\(family)/converter-merged-f16.gguf")
+        #expect(converter.passed && converter.entries.filter { $0.kind == .merged }.count == (family == "tiny" ? 14 : 7))
+        let unmerged = try verify("\(fixtures)/\(family)/base-f16.gguf")
+        #expect(!unmerged.passed && unmerged.entries.filter { !$0.failures.isEmpty }.map(\.tensor).contains("blk.0.attn_q.weight"))
+        #expect(unmerged.entries.filter { !$0.failures.isEmpty }.allSatisfy { $0.kind == .merged })
+
+        var options = MergeOptions(base: "\(fixtures)/\(family)/hf", adapters: [("\(fixtures)/\(family)/adapter", 1)], output: dir + "/q.gguf")
+        options.ggufType = .q8_0
+        options.durable = false
+        options.verify = true
+        let merged = try Merge.run(options)
+        #expect(merged.verification?.passed == true)
+        let file = try GGUFFile(path: dir + "/q.gguf")
+        let q = file.info("blk.0.attn_v.weight")!
+        #expect(q.type == .q8_0)
+        var bytes = try RegularFile.readAll(dir + "/q.gguf", limit: 1 << 24)
+        bytes[file.header.dataStart + Int(q.offset) + 2] ^= 0x01  // a code of the first block
+        try Data(bytes).write(to: URL(fileURLWithPath: dir + "/tampered.gguf"))
+        let tampered = try verify(dir + "/tampered.gguf")
+        #expect(!tampered.passed && tampered.entries.filter { !$0.failures.isEmpty }.map(\.tensor) == ["blk.0.attn_v.weight"])
+    }
+
     @Test("The same bytes on 1 and 3 threads, and with bf16 weights")
     func deterministic() throws {
         let dir = temporaryDirectory()
@@ -100,7 +133,7 @@ struct GGUFExportTests {
     func refusals() throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        func refused(_ family: String, _ edit: (String) throws -> Void, type: GGUFOutputType = .keep, verify: Bool = false, mentions: String) throws {
+        func refused(_ family: String, _ edit: (String) throws -> Void, type: GGUFOutputType = .keep, mentions: String) throws {
             let work = dir + "/case"
             try? FileManager.default.removeItem(atPath: work)
             try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
@@ -109,7 +142,6 @@ struct GGUFExportTests {
             var options = MergeOptions(base: model, adapters: [], output: work + "/out.gguf")
             options.allowEmpty = true
             options.ggufType = type
-            options.verify = verify
             options.durable = false
             #expect { _ = try Merge.run(options) } throws: { (($0 as? any LocalizedError)?.errorDescription ?? "\($0)").contains(mentions) }
             #expect(!FileManager.default.fileExists(atPath: work + "/out.gguf"))
@@ -132,7 +164,6 @@ struct GGUFExportTests {
         try refused("qwen2", { try FileManager.default.removeItem(atPath: $0 + "/tokenizer.model") }, mentions: "no tokenizer.model or tokenizer.json")
         try refused("qwen2", { try Data([0x0a, 0x40, 0x01]).write(to: URL(fileURLWithPath: $0 + "/tokenizer.model")) }, mentions: "tokenizer.model: not a SentencePiece model")
         try refused("qwen3", { _ in }, type: .q4_k, mentions: "--gguf-type q4_k")
-        try refused("qwen3", { _ in }, verify: true, mentions: "--verify")
     }
 
     @Test("Added tokens and special-token settings follow the converter: added_tokens.json and added_tokens_decoder entries (control when special or looking special, else user-defined with ▁ as a space), ids past the vocabulary skipped, add_bos_token/chat template from tokenizer_config.json")

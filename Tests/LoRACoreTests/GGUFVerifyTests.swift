@@ -299,13 +299,13 @@ struct GGUFVerifyTests {
         #expect(both.passed && both.probesSkipped?.contains("7 merged tensors in block types (Q4_K, Q6_K)") == true)
     }
 
-    @Test("A GGUF base with a safetensors merged model (and the reverse) is refused naming both")
+    @Test("A GGUF base with a safetensors merged model is refused; a GGUF merged file with a safetensors base is checked as an export, so a base that is no transformers model is refused naming its config.json")
     func mixedFormats() throws {
         let c = GGUFCase(base: "tiny/base-q8_0.gguf", type: .keep)
         #expect(throws: LoRACoreError.self) { try verify(c, merged: "\(fixtures)/tiny/adapter") }
         var o = VerifyOptions(base: "\(fixtures)/tiny/adapter", adapters: [(c.adapter, 1)], merged: c.basePath)
         o.seed = 1
-        #expect(throws: LoRACoreError.invalidRequest("\(c.basePath) is a GGUF file but the base \(fixtures)/tiny/adapter is not: merge writes GGUF only from a GGUF base")) {
+        #expect(throws: LoRACoreError.invalidConfig(file: "\(fixtures)/tiny/adapter/config.json", detail: "missing or not an object: a GGUF model's metadata comes from it")) {
             try Verify.run(o)
         }
     }

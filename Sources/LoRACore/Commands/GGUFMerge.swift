@@ -31,10 +31,12 @@ import SafeTensors
 /// default), bf16 or q8_0); every tensor is computed from the safetensors values (rounded once).
 /// With no adapter (`allowEmpty`) this is `convert MODEL --to gguf`.
 ///
-/// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, `--verify` of an export
-/// (not implemented yet), a split output of a base whose `general.alignment` is not 32, and the
-/// options of safetensors outputs (`--dtype`, `--requantize`, `--keep-quantized`, `--part`). An adapter that changes a tensor the converter stored transformed
-/// (gemma's norms) is refused by `GGUFModel.refuseTransformedTensors`.
+/// `verify` checks an export as it checks a merge into a GGUF base (`GGUFVerify`).
+///
+/// Refused (`LoRACoreError.invalidRequest`): an output not ending in `.gguf`, a split output of a
+/// base whose `general.alignment` is not 32, and the options of safetensors outputs (`--dtype`,
+/// `--requantize`, `--keep-quantized`, `--part`). An adapter that changes a tensor the converter
+/// stored transformed (gemma's norms) is refused by `GGUFModel.refuseTransformedTensors`.
 enum GGUFMerge {
     /// Whether `options` describe a GGUF merge: a GGUF base or a `.gguf` output.
     static func applies(to options: MergeOptions) -> Bool {
@@ -53,9 +55,6 @@ enum GGUFMerge {
                            ("--keep-quantized", options.keepQuantized), ("--part", options.part != nil)]
         if let given = unsupported.first(where: \.1) {
             throw LoRACoreError.invalidRequest("\(given.0) does not apply to a GGUF merge (use --gguf-type for the merged tensors' type)")
-        }
-        if !fromGGUF && options.verify {
-            throw LoRACoreError.invalidRequest("--verify checks GGUF merges into a GGUF base; a transformers model exported to GGUF is not verified yet: run `lora-tool verify` on a merge into its GGUF conversion")
         }
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)

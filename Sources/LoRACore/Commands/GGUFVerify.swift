@@ -43,9 +43,6 @@ enum GGUFVerify {
     ///   `--mode probes` on block-type tensors; `GGUFError` and `SafeTensorsError` for inputs that
     ///   cannot be read.
     static func run(_ options: VerifyOptions, mergedName: String? = nil) throws -> VerifyReport {
-        guard GGUFFile.looksLikeGGUF(path: options.base) else {
-            throw LoRACoreError.invalidRequest("\(options.merged) is a GGUF file but the base \(options.base) is not: merge writes GGUF only from a GGUF base")
-        }
         guard GGUFFile.looksLikeGGUF(path: options.merged) else {
             throw LoRACoreError.invalidRequest("\(options.base) is a GGUF base, so its merge is a GGUF file, and \(options.merged) is not one")
         }
@@ -53,6 +50,7 @@ enum GGUFVerify {
             throw LoRACoreError.invalidRequest("--part \(part) does not apply to a GGUF merge (one file): verify it whole")
         }
         let seed = options.seed ?? UInt64.random(in: .min ... .max)
+        if !GGUFFile.looksLikeGGUF(path: options.base) { return try runExport(options, mergedName: mergedName, seed: seed) }
         let base = try GGUFModel(path: options.base)
         let merged = try GGUFModel(path: options.merged, undoRopePermutation: true, shards: options.mergedShards)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
@@ -96,6 +94,42 @@ enum GGUFVerify {
             entries.append(VerifyReport.Entry(tensor: t.name, family: TensorName(name).family, kind: .extra, failures: ["in the merged GGUF file but not in the base"]))
         }
 
+        let (checked, quantized) = try checkTensors(checks, plan: plan, merged: merged, options: options, seed: seed)
+        entries += checked
+
+        // The header: every key and value the base's, in its order; the tensors in the base's order
+        // (those both have: missing and extra ones are failures of their own).
+        let file = header(of: mergedName ?? URL(fileURLWithPath: options.merged).lastPathComponent, keys: merged.modelMetadata,
+                          want: base.modelMetadata, order: merged.tensors.map(\.info.name).filter { base.info($0) != nil },
+                          wantOrder: base.tensors.map(\.info.name).filter { merged.info($0) != nil }, whose: "the base's")
+        return report(entries, file: file, quantized: quantized, options: options, seed: seed)
+    }
+
+    /// The header check: the tensors (both files have) in `wantOrder`, then every key and value of
+    /// `want`, in its order.
+    private static func header(of merged: String, keys: [(key: String, value: GGUFValue)], want: [(key: String, value: GGUFValue)],
+                               order: [String], wantOrder: [String], whose: String) -> VerifyReport.FileCheck {
+        var file = VerifyReport.FileCheck(file: merged + " metadata", status: .equal)
+        if let i = order.indices.first(where: { order[$0] != wantOrder[$0] }) {
+            file.status = .differs
+            file.detail = "tensor '\(order[i])' is where \(whose) has '\(wantOrder[i])' (merge writes \(whose) tensor order)"
+        } else if let i = keys.indices.first(where: { $0 < want.count && (keys[$0].key != want[$0].key || keys[$0].value != want[$0].value) }) {
+            file.status = .differs
+            file.detail = "key \(i) ('\(keys[i].key)') is not \(whose) ('\(want[i].key)' with its value)"
+        } else if keys.count != want.count {
+            file.status = .differs
+            file.detail = "\(keys.count) keys, \(whose) has \(want.count)"
+        }
+        return file
+    }
+
+    typealias Check = (entry: GGUFSink.Entry, stored: GGUFTensorInfo, kind: VerifyReport.Entry.Kind)
+
+    /// The value checks of `checks` (exact, probes, or both as `options.mode` says), in parallel, in
+    /// order; and the merged tensors in block types (no probe bound).
+    /// - Throws: `LoRACoreError.invalidRequest` for `--mode probes` with merged tensors in block types.
+    private static func checkTensors(_ checks: [Check], plan: MergePlan, merged: GGUFModel, options: VerifyOptions,
+                                     seed: UInt64) throws -> (entries: [VerifyReport.Entry], quantized: [Check]) {
         let quantized = checks.filter { $0.entry.changed && ($0.kind == .merged || $0.kind == .bias) && !isPlain($0.stored.type) }
         if options.mode == .probes, let q = quantized.first {
             throw LoRACoreError.invalidRequest(
@@ -126,25 +160,12 @@ enum GGUFVerify {
                 })
             }
         }
-        entries += try checks.indices.map { try results.get($0).get() }
+        return (try checks.indices.map { try results.get($0).get() }, quantized)
 
-        // The header: every key and value the base's, in its order; the tensors in the base's order
-        // (those both have: missing and extra ones are failures of their own).
-        let name = (mergedName ?? URL(fileURLWithPath: options.merged).lastPathComponent) + " metadata"
-        let keys = merged.modelMetadata, baseKeys = base.modelMetadata
-        var file = VerifyReport.FileCheck(file: name, status: .equal)
-        let order = merged.tensors.map(\.info.name).filter { base.info($0) != nil }
-        let baseOrder = base.tensors.map(\.info.name).filter { merged.info($0) != nil }
-        if let i = order.indices.first(where: { order[$0] != baseOrder[$0] }) {
-            file.status = .differs
-            file.detail = "tensor '\(order[i])' is where the base has '\(baseOrder[i])' (merge writes the base's tensor order)"
-        } else if let i = keys.indices.first(where: { $0 < baseKeys.count && (keys[$0].key != baseKeys[$0].key || keys[$0].value != baseKeys[$0].value) }) {
-            file.status = .differs
-            file.detail = "key \(i) ('\(keys[i].key)') is not the base's ('\(baseKeys[i].key)' with its value)"
-        } else if keys.count != baseKeys.count {
-            file.status = .differs
-            file.detail = "\(keys.count) keys, the base has \(baseKeys.count)"
-        }
+    }
+
+    private static func report(_ entries: [VerifyReport.Entry], file: VerifyReport.FileCheck, quantized: [Check],
+                               options: VerifyOptions, seed: UInt64) -> VerifyReport {
         var report = VerifyReport(entries: entries, files: [file], sideFilesSkipped: "a GGUF file has none (its metadata is compared)",
                                   mode: options.mode, probes: options.probes, seed: seed)
         if options.mode.probes, !quantized.isEmpty {
@@ -152,6 +173,67 @@ enum GGUFVerify {
             report.probesSkipped = "\(quantized.count) merged tensors in block types (\(types)) are checked exactly only: their quantization error has no probe bound"
         }
         return report
+    }
+
+    /// A transformers model exported to GGUF (`merge --base MODEL_DIR --output X.gguf`, `convert
+    /// --to gguf`): the export recomputed from the safetensors base (`GGUFExportPlan` in the merged
+    /// file's `general.file_type`, merge's plan and passes, `GGUFSink`'s encoding) and compared
+    /// tensor by tensor as for a GGUF base (every tensor is computed: merged ones with the merge
+    /// bounds, the others converted, within the same bounds); the converter's computed tensors
+    /// (`rope_freqs`) byte for byte; the header key by key, but `general.name` (the export takes it
+    /// from the base directory's name, which a copy of the model may not share).
+    private static func runExport(_ options: VerifyOptions, mergedName: String?, seed: UInt64) throws -> VerifyReport {
+        let checkpoint = try Checkpoint(path: options.base)
+        let merged = try GGUFModel(path: options.merged, undoRopePermutation: true, shards: options.mergedShards)
+        let fileTypes = GGUFExportPlan.fileTypes
+        guard let fileType = merged.file.header.value("general.file_type")?.integer,
+              let type = fileTypes.first(where: { Int64($0.value) == fileType })?.key else {
+            throw LoRACoreError.invalidRequest("\(options.merged): general.file_type is not one a transformers model is exported with (f32, f16, bf16, q8_0): it is not lora-tool's export of \(options.base)")
+        }
+        let export = try GGUFExportPlan(directory: checkpoint.directory, model: checkpoint, type: type)
+        let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        if try LayerReplicationPass.forAdapters(adapters) != nil {
+            throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF merge does not take yet: nothing to verify against")
+        }
+        let base = TensorStream(model: checkpoint)
+        let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
+        let context = try RunContext(threads: options.threads, allowOverflow: true)
+        let recomputed = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
+        let sink = try GGUFSink(export: export, stream: recomputed, context: context)
+
+        var entries: [VerifyReport.Entry] = []
+        var checks: [Check] = []
+        for (e, planned) in zip(sink.entries, export.tensors) {
+            let kind = Verify.kind(of: plan.action(for: e.name))
+            func fail(_ why: String) {
+                entries.append(VerifyReport.Entry(tensor: e.ggufName, family: TensorName(e.name).family, kind: kind, failures: [why]))
+            }
+            guard let stored = merged.info(e.ggufName) else { fail("missing from the merged GGUF file"); continue }
+            guard stored.dims == e.dims else { fail("dims \(stored.dims), the export's are \(e.dims)"); continue }
+            guard stored.type == e.type else { fail("type \(stored.type.name), but the export writes \(e.type.name) here"); continue }
+            if let values = planned.values {
+                // Computed by the converter, not from the model: its bytes.
+                let want = ConstantTensor(floats: values).bytes
+                let same = merged.bytes(of: stored).elementsEqual(want)
+                let result = VerifyReport.ExactResult(maxUlps: same ? 0 : .infinity, allowedUlps: 0, normwise: false, overBound: same ? 0 : 1, worst: nil)
+                entries.append(VerifyReport.Entry(tensor: e.ggufName, family: TensorName(e.name).family, kind: .copied, exact: result,
+                                                  failures: same ? [] : ["differs from the converter's values"]))
+                continue
+            }
+            checks.append((e, stored, kind))
+        }
+        let planned = Set(export.tensors.map(\.name))
+        for (t, name) in merged.tensors where !planned.contains(t.name) {
+            entries.append(VerifyReport.Entry(tensor: t.name, family: TensorName(name).family, kind: .extra, failures: ["in the merged GGUF file but not in the export of the base"]))
+        }
+        let (checked, quantized) = try checkTensors(checks, plan: plan, merged: merged, options: options, seed: seed)
+        entries += checked
+
+        let file = header(of: mergedName ?? URL(fileURLWithPath: options.merged).lastPathComponent,
+                          keys: merged.modelMetadata.filter { $0.key != "general.name" }, want: export.metadata.filter { $0.key != "general.name" },
+                          order: merged.tensors.map(\.info.name).filter(planned.contains),
+                          wantOrder: export.tensors.map(\.name).filter { merged.info($0) != nil }, whose: "the export's")
+        return report(entries, file: file, quantized: quantized, options: options, seed: seed)
     }
 
     private static func isPlain(_ type: GGMLType) -> Bool { type == .f32 || type == .f16 || type == .bf16 }

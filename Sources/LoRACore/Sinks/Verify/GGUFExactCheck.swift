@@ -45,7 +45,7 @@ struct GGUFExactCheck: Sendable {
             result = VerifyReport.ExactResult(maxUlps: .infinity, allowedUlps: 0, normwise: false, overBound: 0, worst: nil)
             failure = "cannot recompute the expected values: \(error.localizedDescription)"
         }
-        return VerifyReport.Entry(tensor: e.info.name, family: TensorName(e.name).family, kind: kind, exact: result,
+        return VerifyReport.Entry(tensor: e.ggufName, family: TensorName(e.name).family, kind: kind, exact: result,
                                   failures: failure.map { [$0] } ?? [])
     }
 
@@ -86,10 +86,10 @@ struct GGUFExactCheck: Sendable {
             e.source.finished()
             start.finished()
         }
-        let rowLength = e.info.rowLength, rows = e.info.rowCount
+        let rowLength = e.rowLength, rows = e.rowCount
         let outRowBytes = stored.rowByteCount
-        let permutation = e.base!.permutation
-        let oneDimensional = e.info.dims.count < 2
+        let permutation = e.permutation
+        let oneDimensional = e.dims.count < 2
         let all = merged.bytes(of: stored)
         defer { MappedFile.releasePages(all) }
         var tally = Tally(bound: !plain || kind == .replaced ? .identical : (type == .f32 ? .normwise : .oneUlp), type: type, rowLength: rowLength)
@@ -104,7 +104,7 @@ struct GGUFExactCheck: Sendable {
                 // A 1-D tensor is one GGUF row, its elements permuted (as the sink writes it).
                 raw = permuted(raw, size: sourceFormat.size, permutation: p)
             }
-            let expected = try encode(raw, format: sourceFormat, dtype: dtype, type: type, plain: plain, tensor: e.info.name)
+            let expected = try encode(raw, format: sourceFormat, dtype: dtype, type: type, plain: plain, tensor: e.ggufName)
             if tally.bound == .normwise {
                 let startFormat = TensorData.format(start.dtype) ?? .f32
                 var startRaw = [UInt8](uninitializedCount: elements.count * startFormat.size)
