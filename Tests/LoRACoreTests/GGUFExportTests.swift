@@ -49,9 +49,10 @@ func expectSameFile(_ ours: String, _ theirs: String) throws {
 
 @Suite("Transformers models written as llama.cpp's converter writes them (convert --to gguf, merge --output X.gguf)")
 struct GGUFExportTests {
-    @Test("convert --to gguf equals convert_hf_to_gguf.py's file: metadata (tokenizer included) and tensors, byte for byte: llama with a Llama 2 style tokenizer.json (q/k rows permuted), qwen2 and qwen3 with a SentencePiece tokenizer.model",
+    @Test("convert --to gguf equals convert_hf_to_gguf.py's file: metadata (tokenizer included) and tensors, byte for byte: llama with a Llama 2 style tokenizer.json (q/k rows permuted), qwen2, qwen3, gemma and gemma2 (own parameter lists, norms as 1 + w, lm_head skipped) with a SentencePiece tokenizer.model",
           arguments: [("tiny", GGUFOutputType.keep, "tiny/base-f16.gguf"), ("tiny", .q8_0, "tiny/base-q8_0.gguf"),
-                      ("qwen2", .f16, "qwen2/base-f16.gguf"), ("qwen3", .keep, "qwen3/base-f16.gguf")])
+                      ("qwen2", .f16, "qwen2/base-f16.gguf"), ("qwen3", .keep, "qwen3/base-f16.gguf"),
+                      ("gemma", .keep, "gemma/base-f16.gguf"), ("gemma2", .f16, "gemma2/base-f16.gguf")])
     func convertEqualsConverter(family: String, type: GGUFOutputType, reference: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -59,7 +60,7 @@ struct GGUFExportTests {
     }
 
     @Test("merge --base MODEL --output X.gguf equals the converter run on PEFT's merge_and_unload (every tensor bit for bit, the same metadata)",
-          arguments: ["tiny", "qwen2", "qwen3"])
+          arguments: ["tiny", "qwen2", "qwen3", "gemma", "gemma2"])
     func mergeEqualsConverterOnPEFTMerge(family: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -72,7 +73,7 @@ struct GGUFExportTests {
     }
 
     @Test("verify checks an export against the transformers base + adapter: the converter's own merged file passes (an independent oracle), its unmerged conversion fails on every merged tensor by name, a q8_0 export passes and fails once one byte of it changes; merge --verify passes",
-          arguments: ["tiny", "qwen2", "qwen3"])
+          arguments: ["tiny", "qwen2", "qwen3", "gemma2"])
     func verifyExport(family: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -102,6 +103,17 @@ struct GGUFExportTests {
         try Data(bytes).write(to: URL(fileURLWithPath: dir + "/tampered.gguf"))
         let tampered = try verify(dir + "/tampered.gguf")
         #expect(!tampered.passed && tampered.entries.filter { !$0.failures.isEmpty }.map(\.tensor) == ["blk.0.attn_v.weight"])
+    }
+
+    @Test("An adapter that changes a Gemma norm (written as 1 + w) is refused on the way to GGUF, naming the tensor; nothing is written")
+    func gemmaNormRefused() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let adapter = try adapterSaving("model.layers.0.input_layernorm", shape: [64], from: "\(fixtures)/gemma/adapter", in: dir)
+        #expect { _ = try export("\(fixtures)/gemma/hf", adapter: adapter, in: dir) } throws: {
+            (($0 as? any LocalizedError)?.errorDescription ?? "").contains("tensor 'model.layers.0.input_layernorm.weight' is a Gemma norm, written as 1 + w")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out.gguf"))
     }
 
     @Test("The same bytes on 1 and 3 threads, and with bf16 weights")
@@ -146,8 +158,8 @@ struct GGUFExportTests {
             #expect { _ = try Merge.run(options) } throws: { (($0 as? any LocalizedError)?.errorDescription ?? "\($0)").contains(mentions) }
             #expect(!FileManager.default.fileExists(atPath: work + "/out.gguf"))
         }
-        try refused("tiny", { try editJSON($0 + "/config.json") { m in m[m.firstIndex { $0.key == "architectures" }!].value = .array([.string("GemmaForCausalLM")]) } },
-                    mentions: "architectures 'GemmaForCausalLM'")
+        try refused("tiny", { try editJSON($0 + "/config.json") { m in m[m.firstIndex { $0.key == "architectures" }!].value = .array([.string("Phi3ForCausalLM")]) } },
+                    mentions: "architectures 'Phi3ForCausalLM'")
         try refused("tiny", { try editJSON($0 + "/config.json") { m in
             m[m.firstIndex { $0.key == "rope_parameters" }!].value = .object([("rope_theta", .number("500000.0")), ("rope_type", .string("dynamic")), ("factor", .number("8.0"))])
         } }, mentions: "rope type 'dynamic'")
@@ -164,6 +176,7 @@ struct GGUFExportTests {
         try refused("qwen2", { try FileManager.default.removeItem(atPath: $0 + "/tokenizer.model") }, mentions: "no tokenizer.model or tokenizer.json")
         try refused("qwen2", { try Data([0x0a, 0x40, 0x01]).write(to: URL(fileURLWithPath: $0 + "/tokenizer.model")) }, mentions: "tokenizer.model: not a SentencePiece model")
         try refused("qwen3", { _ in }, type: .q4_k, mentions: "--gguf-type q4_k")
+        try refused("gemma", { try FileManager.default.removeItem(atPath: $0 + "/tokenizer.model") }, mentions: "GemmaForCausalLM needs its SentencePiece tokenizer.model")
     }
 
     @Test("Added tokens and special-token settings follow the converter: added_tokens.json and added_tokens_decoder entries (control when special or looking special, else user-defined with ▁ as a space), ids past the vocabulary skipped, add_bos_token/chat template from tokenizer_config.json")

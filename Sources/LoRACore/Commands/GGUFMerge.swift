@@ -69,6 +69,11 @@ enum GGUFMerge {
         }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         try model?.refuseTransformedTensors(changedBy: plan)
+        if let t = export?.tensors.first(where: { $0.shiftedNorm && plan.actions[$0.source] != nil }) {
+            // The converter adds 1 to the weight as the checkpoint stores it, after PEFT's merge rounded
+            // it to the checkpoint's dtype: a second rounding the export does not reproduce.
+            throw LoRACoreError.invalidRequest("\(options.base): tensor '\(t.source)' is a Gemma norm, written as 1 + w; merging an adapter into it on the way to GGUF is not supported yet: merge into the transformers model first")
+        }
         if !plan.changesAnything && !options.allowEmpty {
             throw LoRACoreError.invalidRequest(
                 "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")

@@ -127,9 +127,10 @@ public final class GGUFSink: Sendable {
     convenience init(export plan: GGUFExportPlan, stream: TensorStream, split: GGUFSplitLayout = .none, context: RunContext) throws {
         var entries: [Entry] = []
         for t in plan.tensors {
-            guard let source = t.values.map({ ConstantTensor(floats: $0) }) ?? stream.source(t.source) else {
+            guard let stored = t.values.map({ ConstantTensor(floats: $0) }) ?? stream.source(t.source) else {
                 throw LoRACoreError.invalidRequest("\(stream.path): tensor '\(t.source)' is missing from the merged stream")
             }
+            let source: any TensorSource = t.shiftedNorm ? NormShiftedTensor(source: stored) : stored
             try GGUFSink.checkWritable(t.type, rowLength: Int(t.dims.first ?? 1), file: stream.path, tensor: t.source)
             entries.append(Entry(ggufName: t.name, dims: t.dims, name: t.source, source: source, base: nil,
                                  permutation: t.permutation, type: t.type, changed: true))

@@ -4,7 +4,8 @@ import SafeTensors
 
 /// What llama.cpp's `convert_hf_to_gguf.py` writes for a transformers model of the Llama family
 /// (`LlamaForCausalLM`, `MistralForCausalLM` → `llama`; `Qwen2ForCausalLM` → `qwen2`;
-/// `Qwen3ForCausalLM` → `qwen3`), planned from config.json, the tokenizer files and the tensor
+/// `Qwen3ForCausalLM` → `qwen3`; `GemmaForCausalLM` → `gemma`, `Gemma2ForCausalLM` → `gemma2`: their
+/// own parameter lists, norms written as w + 1, lm_head skipped), planned from config.json, the tokenizer files and the tensor
 /// headers: the GGUF metadata in the converter's order and the tensor table.
 ///
 /// Metadata: `general.architecture`, `general.type`, `general.name` (the directory's name: the
@@ -37,6 +38,8 @@ struct GGUFExportPlan {
         var permutation: GGUFRowPermutation?
         /// Values the converter computes rather than reads (llama 3's `rope_freqs`), nil for model tensors.
         var values: [Float]? = nil
+        /// Written as w + 1 (Gemma's norms, `NormShiftedTensor`).
+        var shiftedNorm = false
     }
 
     let architecture: String
@@ -45,7 +48,8 @@ struct GGUFExportPlan {
 
     /// The converter class of each supported `architectures[0]`, as its GGUF architecture.
     static let architectures = ["LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
-                                "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"]
+                                "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                                "GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2"]
     /// gguf's `LlamaFileType` for each output type.
     static let fileTypes: [GGUFOutputType: UInt32] = [.f32: 0, .f16: 1, .q8_0: 7, .bf16: 32]
     /// Fields whose meaning the converter turns into metadata or tensors lora-tool does not write.
@@ -197,17 +201,37 @@ struct GGUFExportPlan {
             meta.append((p + "vocab_size", .uint32(UInt32(vocabularySize))))
             meta.append((p + "rope.dimension_count", .uint32(headDim ?? hidden / heads)))
         }
+        let isGemma = arch == "gemma" || arch == "gemma2"
+        if isGemma {
+            // `GemmaModel` / `Gemma2Model.set_gguf_parameters` replace the text model's list.
+            meta = try GGUFExportPlan.gemmaParameters(arch, config: config, blocks: blocks, fileType: fileType, file: configFile)
+        }
         meta.append(("general.quantization_version", .uint32(2)))
 
         // Tokenizer.
         if arch == "llama", let add = try SideFiles.readJSON(directory + "/tokenizer_config.json")?["add_prefix_space"]?.boolValue {
             meta.append(("tokenizer.ggml.add_space_prefix", .bool(add)))
         }
+        if isGemma && !FileManager.default.fileExists(atPath: directory + "/tokenizer.model") {
+            throw LoRACoreError.invalidConfig(file: directory, detail: "\(hfArch) needs its SentencePiece tokenizer.model (the converter reads no other)")
+        }
         let vocabulary = try GGUFVocabulary.read(directory: directory, vocabularySize: vocabularySize, llamaHF: arch == "llama",
                                                  extraPreTokenizers: extraPreTokenizers)
         meta += vocabulary.metadata
         let byteLevel = vocabulary.model == "gpt2"
         meta += try GGUFSpecialVocabulary(directory: directory, vocabularySize: byteLevel ? nil : vocabulary.tokens.count, loadMerges: byteLevel).metadata
+        if isGemma {
+            // Added (or, when present, overwritten in place) after the special tokens, as gguf-py's writer does.
+            func upsert(_ key: String, _ value: GGUFValue) {
+                if let i = meta.firstIndex(where: { $0.key == key }) { meta[i].value = value } else { meta.append((key, value)) }
+            }
+            if arch == "gemma", !meta.contains(where: { $0.key == "tokenizer.ggml.eot_token_id" }) {
+                // CodeGemma's end-of-turn id, which the converter sets for every Gemma (its own TODO says so).
+                let eot = try GGUFSpecialVocabulary(directory: directory, vocabularySize: nil, types: ["eot"]).tokenIDs.first?.id ?? 107
+                upsert("tokenizer.ggml.eot_token_id", .uint32(UInt32(eot)))
+            }
+            upsert("tokenizer.ggml.add_space_prefix", .bool(false))
+        }
 
         // Tensors.
         let names = try GGUFTensorNameMap(architecture: arch, file: directory)
@@ -220,7 +244,8 @@ struct GGUFExportPlan {
             let (fa, fb) = (model.file(of: a)?.path ?? "", model.file(of: b)?.path ?? "")
             return fa != fb ? utf8Precedes(URL(fileURLWithPath: fa).lastPathComponent, URL(fileURLWithPath: fb).lastPathComponent) : utf8Precedes(a, b)
         }
-        for source in ordered where !source.hasSuffix(".attention.masked_bias") && !source.hasSuffix(".attention.bias") && !source.hasSuffix(".rotary_emb.inv_freq") {
+        for source in ordered where !source.hasSuffix(".attention.masked_bias") && !source.hasSuffix(".attention.bias") && !source.hasSuffix(".rotary_emb.inv_freq")
+            && !(isGemma && source == "lm_head.weight") {  // Gemma's converter skips lm_head (tied)
             let info = model.info(source)!
             guard [.float32, .float16, .bfloat16].contains(info.dtype) else {
                 throw GGUFError.incompatibleTensor(file: model.path, tensor: source, detail: "dtype \(info.dtype.rawValue): only F32, F16 and BF16 tensors are written to GGUF")
@@ -244,7 +269,8 @@ struct GGUFExportPlan {
                 }
                 permutation = perm
             }
-            tensors.append(Tensor(name: name, source: source, dims: dims, type: t, permutation: permutation))
+            tensors.append(Tensor(name: name, source: source, dims: dims, type: t, permutation: permutation,
+                                  shiftedNorm: isGemma && source.hasSuffix("norm.weight")))
         }
         if ropeType == "llama3" {
             // `LlamaModel.generate_extra_tensors`, written before the model's tensors.
@@ -267,6 +293,40 @@ struct GGUFExportPlan {
         ]
         if parameters > 0 { general.append(("general.size_label", .string(GGUFExportPlan.sizeLabel(parameters)))) }
         metadata = general + meta
+    }
+
+    /// `GemmaModel.set_gguf_parameters` (and `Gemma2Model`'s, which adds the soft-capping values and
+    /// the sliding window): required fields, in the converter's order.
+    static func gemmaParameters(_ arch: String, config: JSONValue, blocks: UInt32, fileType: UInt32, file: String) throws -> [(key: String, value: GGUFValue)] {
+        func required(_ key: String) throws -> JSONValue {
+            guard let v = config[key], v != .null else { throw LoRACoreError.invalidConfig(file: file, detail: "\(arch) needs '\(key)'") }
+            return v
+        }
+        func count(_ key: String) throws -> GGUFValue {
+            guard let n = try required(key).intValue, let u = UInt32(exactly: n) else { throw LoRACoreError.invalidConfig(file: file, detail: "'\(key)' is not a count") }
+            return .uint32(u)
+        }
+        func real(_ key: String) throws -> GGUFValue {
+            guard let d = try required(key).doubleValue else { throw LoRACoreError.invalidConfig(file: file, detail: "'\(key)' is not a number") }
+            return .float32(Float(d))
+        }
+        let p = arch + "."
+        let kv = config["num_key_value_heads"].map { $0 == .null ? nil : $0 } ?? nil
+        var out: [(key: String, value: GGUFValue)] = [
+            (p + "context_length", try count("max_position_embeddings")), (p + "embedding_length", try count("hidden_size")),
+            (p + "block_count", .uint32(blocks)), (p + "feed_forward_length", try count("intermediate_size")),
+            (p + "attention.head_count", try count("num_attention_heads")),
+            (p + "attention.head_count_kv", kv == nil ? try count("num_attention_heads") : try count("num_key_value_heads")),
+            (p + "attention.layer_norm_rms_epsilon", try real("rms_norm_eps")),
+            (p + "attention.key_length", try count("head_dim")), (p + "attention.value_length", try count("head_dim")),
+            ("general.file_type", .uint32(fileType)),
+        ]
+        if arch == "gemma2" {
+            out += [(p + "attn_logit_softcapping", try real("attn_logit_softcapping")),
+                    (p + "final_logit_softcapping", try real("final_logit_softcapping")),
+                    (p + "attention.sliding_window", try count("sliding_window"))]
+        }
+        return out
     }
 
     /// Llama 3's rope frequency factors as `LlamaModel.generate_extra_tensors` computes them, in its

@@ -41,11 +41,13 @@ struct GGUFSpecialVocabulary {
 
     /// - Throws: `LoRACoreError.invalidConfig` naming the file for JSON that is not valid, a negative
     ///   token id, or a chat template lora-tool does not write.
-    init(directory: String, vocabularySize: Int?, loadMerges: Bool = false) throws {
+    /// - Parameter types: the special token types to look for (gguf-py's default list when nil).
+    init(directory: String, vocabularySize: Int?, loadMerges: Bool = false, types: [String]? = nil) throws {
         self.vocabularySize = vocabularySize
+        if let types { self.types = types }
         try loadTokenizerFiles(directory, loadMerges: loadMerges)
         if let config = try SideFiles.readJSON(directory + "/config.json") {
-            for t in types {
+            for t in self.types {
                 let id = config["\(t)_token_id"] ?? config["text_config"]?["\(t)_token_id"]
                 try setToken(t, id?.intValue, file: directory + "/config.json")
             }
