@@ -976,6 +976,25 @@ def ct_fp8_cases():
         for k, p in loaded.named_parameters():
             assert p.dtype == torch.bfloat16 and torch.equal(p.data, dense[k]), k
         write_quantized_case(d, dense, 96, 17, 47, quantize)
+    # The arithmetic in each dtype a scale can have (the fixtures above are bf16): calculate_qparams,
+    # quantize and dequantize of [16, 48] weights per channel and per tensor, with an all-zero row,
+    # rows of tiny and of large magnitudes, and values whose quotients fall on fp8 ties.
+    g = torch.Generator().manual_seed(5)
+    table = {}
+    for dname, dtype in (("bf16", torch.bfloat16), ("f16", torch.float16), ("f32", torch.float32)):
+        w = torch.randn(16, 48, generator=g) * torch.logspace(-3, 1, 16).unsqueeze(1)
+        w[0] = 0
+        w[1, :8] = torch.tensor([1.0, -448.0, 13.0, 14.0, -15.0, 0.5, 0.25, 9.0]) * w[1, 8:].abs().max() / 448
+        w = w.to(dtype)
+        for strategy in ("channel", "tensor"):
+            args = QuantizationArgs(num_bits=8, type="float", strategy=strategy, symmetric=True, dynamic=False)
+            lo, hi = (w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)) if strategy == "channel" else (w.amin(), w.amax())
+            s = calculate_qparams(lo, hi, args)[0]
+            q = ct_quantize(x=w, scale=s, zero_point=None, args=args, dtype=torch.float8_e4m3fn)
+            key = dname + "." + strategy
+            table[key + ".weight"], table[key + ".scale"], table[key + ".codes"] = w.clone(), s.contiguous(), q
+            table[key + ".dequantized"] = ct_dequantize(x_q=q, scale=s, args=args).contiguous()
+    save_file(table, os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "ct_fp8_arithmetic.safetensors"), metadata={"format": "pt"})
     print("compressed-tensors fp8 cases")
 
 
