@@ -935,10 +935,12 @@ def ct_fp8_cases():
     from compressed_tensors.quantization.lifecycle.forward import quantize as ct_quantize, dequantize as ct_dequantize
     from compressed_tensors.compressors import ModelCompressor
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
-    for strategy in ("channel", "tensor"):
-        d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "ct_fp8_" + strategy))
+    for strategy, static in (("channel", False), ("tensor", False), ("tensor", True)):
+        d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "ct_fp8_" + strategy + ("_static" if static else "")))
         weights = QuantizationArgs(num_bits=8, type="float", strategy=strategy, symmetric=True, dynamic=False)
-        acts = QuantizationArgs(num_bits=8, type="float", strategy="token", symmetric=True, dynamic=True)
+        # FP8_DYNAMIC's per-token activations; ct_fp8_tensor_static: the FP8 preset's static per-tensor
+        # input scales (X.input_scale, here set as a calibration would, from random activations).
+        acts = QuantizationArgs(num_bits=8, type="float", strategy="tensor" if static else "token", symmetric=True, dynamic=not static)
 
         def scale_of(w):
             if strategy == "channel":
@@ -958,6 +960,9 @@ def ct_fp8_cases():
         for _, m in model.named_modules():
             if hasattr(m, "weight_scale"):
                 m.weight_scale.data.copy_(scale_of(m.weight.data))
+            if hasattr(m, "input_scale"):
+                x = torch.randn(8, m.weight.shape[1], generator=torch.Generator().manual_seed(m.weight.shape[0])).to(torch.bfloat16)
+                m.input_scale.data.copy_(calculate_qparams(x.amin(), x.amax(), acts)[0])
         compressor = ModelCompressor.from_pretrained_model(model, quantization_format="float-quantized")
         compressor.compress_model(model)
         base = os.path.join(d, "base")
@@ -966,7 +971,7 @@ def ct_fp8_cases():
         sd = load_file(os.path.join(base, "model.safetensors"))
         dense = {}
         for k, v in sd.items():
-            if k.endswith(".weight_scale"):
+            if k.endswith(".weight_scale") or k.endswith(".input_scale"):
                 continue
             if v.dtype == torch.float8_e4m3fn:
                 dense[k] = ct_dequantize(x_q=v, scale=sd[k + "_scale"], args=weights).to(torch.bfloat16).contiguous()
@@ -975,6 +980,7 @@ def ct_fp8_cases():
         loaded = AutoModelForCausalLM.from_pretrained(base, device_map="cpu", quantization_config=CompressedTensorsConfig(dequantize=True))
         for k, p in loaded.named_parameters():
             assert p.dtype == torch.bfloat16 and torch.equal(p.data, dense[k]), k
+        assert static == any(k.endswith(".input_scale") for k in sd)
         write_quantized_case(d, dense, 96, 17, 47, quantize)
     # The arithmetic in each dtype a scale can have (the fixtures above are bf16): calculate_qparams,
     # quantize and dequantize of [16, 48] weights per channel and per tensor, with an all-zero row,

@@ -41,7 +41,7 @@ struct FP8E4M3Tests {
 
 @Suite("Block-scaled bases: transformers' fine-grained FP8, bitsandbytes int8, compressed-tensors FP8")
 struct BlockScaledTests {
-    static let cases = ["fp8_block", "fp8_block_partial", "int8", "ct_fp8_channel", "ct_fp8_tensor"]
+    static let cases = ["fp8_block", "fp8_block_partial", "int8", "ct_fp8_channel", "ct_fp8_tensor", "ct_fp8_tensor_static"]
 
     @Test("Dequantization equals the reference (transformers' Fp8Dequantize; bitsandbytes' int8_vectorwise_dequant as transformers' dequantize calls it; compressed-tensors' dequantize, which transformers loads) bit for bit", arguments: cases)
     func dequantize(fixture: String) throws {
@@ -103,7 +103,7 @@ struct BlockScaledTests {
         #expect(try Inspect.run(path: "\(fixtures)/fp8_block/base").blockScaled?.partialWeights == 0)
         let int8 = try #require(try Inspect.run(path: "\(fixtures)/int8/base").blockScaled)
         #expect(int8.scheme == "bitsandbytes int8, per row" && int8.weights == 7 && int8.partialWeights == 0)
-        for (fixture, granularity) in [("ct_fp8_channel", "per channel"), ("ct_fp8_tensor", "per tensor")] {
+        for (fixture, granularity) in [("ct_fp8_channel", "per channel"), ("ct_fp8_tensor", "per tensor"), ("ct_fp8_tensor_static", "per tensor")] {
             let ct = try #require(try Inspect.run(path: "\(fixtures)/\(fixture)/base").blockScaled)
             #expect(ct.scheme == "compressed-tensors fp8, " + granularity && ct.weights == 7 && ct.partialWeights == 0 && ct.computeDType == "BF16")
         }

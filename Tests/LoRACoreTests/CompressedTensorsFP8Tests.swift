@@ -4,6 +4,7 @@ import Testing
 @testable import LoRACore
 @testable import SafeTensors
 
+private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("QuantFixtures").path
 private let table = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("QuantFixtures/ct_fp8_arithmetic.safetensors").path
 
 @Suite("compressed-tensors FP8 arithmetic in each scale dtype")
@@ -50,5 +51,26 @@ struct CompressedTensorsFP8Tests {
             }
         }
         #expect(out == Array(try ckpt.bytes(of: key + ".dequantized")))
+    }
+
+    @Test("--requantize fp8 is keep on a compressed-tensors base; another scheme's name, and --dtype other than the compute dtype, are refused before any output", arguments: ["ct_fp8_channel", "ct_fp8_tensor_static"])
+    func requantizeOptions(fixture: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func merge(_ output: String, requantize: String, dtype: OutputDType = .keep) throws {
+            var o = MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [("\(fixtures)/\(fixture)/adapter", 1)], output: dir + "/" + output)
+            o.requantize = requantize
+            o.dtype = dtype
+            _ = try Merge.run(o)
+        }
+        try merge("keep", requantize: "keep")
+        try merge("fp8", requantize: "fp8")
+        try merge("bf16", requantize: "keep", dtype: .bf16)
+        let keep = try Data(contentsOf: URL(fileURLWithPath: dir + "/keep/model.safetensors"))
+        #expect(keep == (try Data(contentsOf: URL(fileURLWithPath: dir + "/fp8/model.safetensors"))))
+        #expect(keep == (try Data(contentsOf: URL(fileURLWithPath: dir + "/bf16/model.safetensors"))))
+        #expect { try merge("f16", requantize: "keep", dtype: .f16) } throws: { $0.localizedDescription.contains("--dtype f16 cannot be given") }
+        #expect { try merge("int8", requantize: "int8") } throws: { $0.localizedDescription.contains("write the merge back with --requantize keep (or fp8)") }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/f16") && !FileManager.default.fileExists(atPath: dir + "/int8"))
     }
 }

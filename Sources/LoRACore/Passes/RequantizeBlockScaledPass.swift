@@ -20,9 +20,17 @@ public struct RequantizeBlockScaledPass: Sendable {
     public init() {}
 
     /// The scheme of the block-scaled weights `stream` holds ("fp8", "int8"), or nil.
-    public static func scheme(of stream: TensorStream) -> String? {
+    public static func scheme(of stream: TensorStream) -> String? { firstWeight(of: stream)?.format.name }
+
+    /// The compute dtype of the compressed-tensors weights `stream` holds, or nil.
+    public static func compressedTensorsDType(of stream: TensorStream) -> DType? {
+        firstWeight(of: stream).flatMap { $0.format is CompressedTensorsFP8 ? $0.dtype : nil }
+    }
+
+    /// The first block-scaled weight of `stream`, merged or not (one stream holds one scheme).
+    private static func firstWeight(of stream: TensorStream) -> DequantizedBlockScaled? {
         for t in stream.tensors {
-            if let q = (t.source as? DequantizedBlockScaled) ?? ((t.source as? MergedTensor)?.start as? DequantizedBlockScaled) { return q.format.name }
+            if let q = (t.source as? DequantizedBlockScaled) ?? ((t.source as? MergedTensor)?.start as? DequantizedBlockScaled) { return q }
         }
         return nil
     }
