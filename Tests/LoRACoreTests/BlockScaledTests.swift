@@ -122,6 +122,8 @@ struct BlockScaledTests {
         ("\"dynamic\": false", "\"dynamic\": false, \"block_structure\": [128, 128]", "weights block_structure"),
         ("\"output_activations\": null", "\"output_activations\": {\"num_bits\": 8}", "quantized output activations"),
         ("\"sparsity_config\": {}", "\"sparsity_config\": {\"format\": \"sparse-24-bitmask\"}", "a sparsity_config"),
+        ("\"kv_cache_scheme\": null", "\"kv_cache_scheme\": {\"num_bits\": 8, \"type\": \"float\"}", "a kv_cache_scheme"),
+        ("\"moe_sparsity_config\": null", "\"moe_sparsity_config\": {\"format\": \"dense\"}", "a moe_sparsity_config"),
         ("\"quantization_status\": \"compressed\"", "\"quantization_status\": \"frozen\"", "quantization_status 'frozen'"),
         ("\"strategy\": \"channel\"", "\"strategy\": \"tensor\"", "fits no configured strategy (tensor)"),
     ])

@@ -62,8 +62,10 @@ public struct CompressedTensorsFP8: BlockScaledFormat {
     /// The FP8 weights of `stream`, when its config.json says `quant_method: "compressed-tensors"`;
     /// nil otherwise. Everything but compressed float-quantized FP8 E4M3 weights, symmetric and
     /// static, per channel or per tensor, is refused by name (int-quantized, pack-quantized, nvfp4,
-    /// mxfp, sparsity, transforms, group/block/token strategies, dynamic or asymmetric weights,
-    /// actorder, output activations, scale dtypes other than the compute dtype).
+    /// mxfp, sparsity, transforms, a quantized KV cache, group/block/token strategies, dynamic or
+    /// asymmetric weights, actorder, output activations, scale dtypes other than the compute dtype).
+    /// Quantized input activations (dynamic per token, or static `X.input_scale`) are runtime
+    /// settings: kept in the config with `--requantize`, dropped with it from a dense model.
     /// - Throws: `LoRACoreError.invalidConfig` for such a config, `.invalidModule` for a weight
     ///   whose scale does not fit.
     static func read(_ stream: TensorStream) throws -> BlockScaledQuantization? {
@@ -79,6 +81,9 @@ public struct CompressedTensorsFP8: BlockScaledFormat {
         if let status = q["quantization_status"]?.stringValue, status != "compressed" { throw bad("quantization_status '\(status)' (weights not compressed)") }
         if !empty(q["sparsity_config"]) { throw bad("a sparsity_config") }
         if !empty(q["transform_config"]) { throw bad("a transform_config") }
+        if !empty(q["moe_sparsity_config"]) { throw bad("a moe_sparsity_config") }
+        // KV-cache quantization stores k_scale/v_scale tensors a dense model would carry unexplained.
+        if !empty(q["kv_cache_scheme"]) { throw bad("a kv_cache_scheme (quantized KV cache)") }
         guard let groups = q["config_groups"]?.objectMembers, !groups.isEmpty else { throw bad("a quantization_config without config_groups") }
         var strategies: Set<String> = []
         for (group, scheme) in groups {
