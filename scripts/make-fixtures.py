@@ -921,6 +921,89 @@ def int8_case():
     print("int8 case")
 
 
+def ct_fp8_cases():
+    """FP8 compressed-tensors bases (compressed-tensors 0.20, format float-quantized, written by
+    FloatQuantizationCompressor): X.weight F8_E4M3 + X.weight_scale in the model dtype (BF16 [out, 1]
+    per channel, [1] per tensor), the quantization_config ModelCompressor.update_config writes.
+    The scales are compressed-tensors' calculate_qparams of the weight's min/max (what
+    llm-compressor's min-max observer feeds it), the codes its quantize(), the oracle its
+    dequantize() rounded to the model dtype; transformers loads the base back (dequantize=True, CPU)
+    to exactly the oracle's values. Then a PEFT adapter, the expected dense merge and the
+    reference quantizer of lora-tool's merge (write_quantized_case)."""
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, QuantizationArgs, apply_quantization_config
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from compressed_tensors.quantization.lifecycle.forward import quantize as ct_quantize, dequantize as ct_dequantize
+    from compressed_tensors.compressors import ModelCompressor
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+    for strategy, static in (("channel", False), ("tensor", False), ("tensor", True)):
+        d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "ct_fp8_" + strategy + ("_static" if static else "")))
+        weights = QuantizationArgs(num_bits=8, type="float", strategy=strategy, symmetric=True, dynamic=False)
+        # FP8_DYNAMIC's per-token activations; ct_fp8_tensor_static: the FP8 preset's static per-tensor
+        # input scales (X.input_scale, here set as a calibration would, from random activations).
+        acts = QuantizationArgs(num_bits=8, type="float", strategy="tensor" if static else "token", symmetric=True, dynamic=not static)
+
+        def scale_of(w):
+            if strategy == "channel":
+                lo, hi = w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)
+            else:
+                lo, hi = w.amin(), w.amax()
+            return calculate_qparams(lo, hi, weights)[0]
+
+        def quantize(name, w):
+            s = scale_of(w)
+            q = ct_quantize(x=w, scale=s, zero_point=None, args=weights, dtype=torch.float8_e4m3fn)
+            return {name: q.contiguous(), name + "_scale": s.contiguous()}
+
+        model = tiny_llama(torch.bfloat16, hidden=64, inter=96, layers=1, vocab=64, seed=17)
+        apply_quantization_config(model, QuantizationConfig(
+            config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights, input_activations=acts)}, ignore=["lm_head"]))
+        for _, m in model.named_modules():
+            if hasattr(m, "weight_scale"):
+                m.weight_scale.data.copy_(scale_of(m.weight.data))
+            if hasattr(m, "input_scale"):
+                x = torch.randn(8, m.weight.shape[1], generator=torch.Generator().manual_seed(m.weight.shape[0])).to(torch.bfloat16)
+                m.input_scale.data.copy_(calculate_qparams(x.amin(), x.amax(), acts)[0])
+        compressor = ModelCompressor.from_pretrained_model(model, quantization_format="float-quantized")
+        compressor.compress_model(model)
+        base = os.path.join(d, "base")
+        model.save_pretrained(base)
+        compressor.update_config(base)
+        sd = load_file(os.path.join(base, "model.safetensors"))
+        dense = {}
+        for k, v in sd.items():
+            if k.endswith(".weight_scale") or k.endswith(".input_scale"):
+                continue
+            if v.dtype == torch.float8_e4m3fn:
+                dense[k] = ct_dequantize(x_q=v, scale=sd[k + "_scale"], args=weights).to(torch.bfloat16).contiguous()
+            else:
+                dense[k] = v
+        loaded = AutoModelForCausalLM.from_pretrained(base, device_map="cpu", quantization_config=CompressedTensorsConfig(dequantize=True))
+        for k, p in loaded.named_parameters():
+            assert p.dtype == torch.bfloat16 and torch.equal(p.data, dense[k]), k
+        assert static == any(k.endswith(".input_scale") for k in sd)
+        write_quantized_case(d, dense, 96, 17, 47, quantize)
+    # The arithmetic in each dtype a scale can have (the fixtures above are bf16): calculate_qparams,
+    # quantize and dequantize of [16, 48] weights per channel and per tensor, with an all-zero row,
+    # rows of tiny and of large magnitudes, and values whose quotients fall on fp8 ties.
+    g = torch.Generator().manual_seed(5)
+    table = {}
+    for dname, dtype in (("bf16", torch.bfloat16), ("f16", torch.float16), ("f32", torch.float32)):
+        w = torch.randn(16, 48, generator=g) * torch.logspace(-3, 1, 16).unsqueeze(1)
+        w[0] = 0
+        w[1, :8] = torch.tensor([1.0, -448.0, 13.0, 14.0, -15.0, 0.5, 0.25, 9.0]) * w[1, 8:].abs().max() / 448
+        w = w.to(dtype)
+        for strategy in ("channel", "tensor"):
+            args = QuantizationArgs(num_bits=8, type="float", strategy=strategy, symmetric=True, dynamic=False)
+            lo, hi = (w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)) if strategy == "channel" else (w.amin(), w.amax())
+            s = calculate_qparams(lo, hi, args)[0]
+            q = ct_quantize(x=w, scale=s, zero_point=None, args=args, dtype=torch.float8_e4m3fn)
+            key = dname + "." + strategy
+            table[key + ".weight"], table[key + ".scale"], table[key + ".codes"] = w.clone(), s.contiguous(), q
+            table[key + ".dequantized"] = ct_dequantize(x_q=q, scale=s, args=args).contiguous()
+    save_file(table, os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "ct_fp8_arithmetic.safetensors"), metadata={"format": "pt"})
+    print("compressed-tensors fp8 cases")
+
+
 def write_quantized_case(d, dense, inter, model_seed, adapter_seed, quantize):
     """The rest of a quantized-base fixture: the dequantized oracle `dense`, a PEFT adapter (r=4 on
     q, v, up, down), PEFT's merge on the dequantized model, and `quantize(name, weight)` (the
@@ -1248,6 +1331,7 @@ GROUPS = {
     "qlora": qlora_cases,
     "fp8": fp8_cases,
     "int8": int8_case,
+    "ct-fp8": ct_fp8_cases,
     "extract": extract_cases,
     "combine": combine_cases,
     "types": adapter_type_cases,

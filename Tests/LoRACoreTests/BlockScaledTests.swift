@@ -39,11 +39,11 @@ struct FP8E4M3Tests {
     }
 }
 
-@Suite("Block-scaled bases: transformers' fine-grained FP8, bitsandbytes int8")
+@Suite("Block-scaled bases: transformers' fine-grained FP8, bitsandbytes int8, compressed-tensors FP8")
 struct BlockScaledTests {
-    static let cases = ["fp8_block", "fp8_block_partial", "int8"]
+    static let cases = ["fp8_block", "fp8_block_partial", "int8", "ct_fp8_channel", "ct_fp8_tensor", "ct_fp8_tensor_static"]
 
-    @Test("Dequantization equals the reference (transformers' Fp8Dequantize; bitsandbytes' int8_vectorwise_dequant as transformers' dequantize calls it) bit for bit", arguments: cases)
+    @Test("Dequantization equals the reference (transformers' Fp8Dequantize; bitsandbytes' int8_vectorwise_dequant as transformers' dequantize calls it; compressed-tensors' dequantize, which transformers loads) bit for bit", arguments: cases)
     func dequantize(fixture: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -71,7 +71,7 @@ struct BlockScaledTests {
         #expect(try Verify.run(VerifyOptions(base: "\(fixtures)/\(fixture)/base", adapters: [(adapter, 1)], merged: dir + "/m")).passed)
     }
 
-    @Test("--requantize keep writes the reference quantizer's codes and scales (Fp8Quantize; Int8Params' int8_vectorwise_quant) of the merge; untouched weights and config stay as they were", arguments: cases)
+    @Test("--requantize keep writes the reference quantizer's codes and scales (Fp8Quantize; Int8Params' int8_vectorwise_quant; compressed-tensors' calculate_qparams and quantize) of the merge; untouched weights and config stay as they were", arguments: cases)
     func requantize(fixture: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -103,6 +103,43 @@ struct BlockScaledTests {
         #expect(try Inspect.run(path: "\(fixtures)/fp8_block/base").blockScaled?.partialWeights == 0)
         let int8 = try #require(try Inspect.run(path: "\(fixtures)/int8/base").blockScaled)
         #expect(int8.scheme == "bitsandbytes int8, per row" && int8.weights == 7 && int8.partialWeights == 0)
+        for (fixture, granularity) in [("ct_fp8_channel", "per channel"), ("ct_fp8_tensor", "per tensor"), ("ct_fp8_tensor_static", "per tensor")] {
+            let ct = try #require(try Inspect.run(path: "\(fixtures)/\(fixture)/base").blockScaled)
+            #expect(ct.scheme == "compressed-tensors fp8, " + granularity && ct.weights == 7 && ct.partialWeights == 0 && ct.computeDType == "BF16")
+        }
+    }
+
+    @Test("compressed-tensors configs other than float-quantized fp8 per channel or per tensor are refused by name, before any output", arguments: [
+        ("\"format\": \"float-quantized\",\n    \"global", "\"format\": \"pack-quantized\",\n    \"global", "format 'pack-quantized'"),
+        ("\"format\": \"float-quantized\",\n    \"global", "\"format\": \"nvfp4-pack-quantized\",\n    \"global", "format 'nvfp4-pack-quantized'"),
+        ("\"format\": \"float-quantized\",\n        \"input", "\"format\": \"int-quantized\",\n        \"input", "format 'int-quantized'"),
+        ("\"strategy\": \"channel\"", "\"strategy\": \"group\"", "weight strategy 'group'"),
+        ("\"symmetric\": true,\n          \"type\": \"float\"\n        }\n      }", "\"symmetric\": false,\n          \"type\": \"float\"\n        }\n      }",
+         "asymmetric weights"),
+        ("\"dynamic\": false", "\"dynamic\": true", "dynamic weight quantization"),
+        ("\"dynamic\": false", "\"dynamic\": false, \"actorder\": \"group\"", "actorder"),
+        ("\"dynamic\": false,\n          \"group_size\": null", "\"dynamic\": false,\n          \"group_size\": 128", "weights group_size"),
+        ("\"dynamic\": false", "\"dynamic\": false, \"block_structure\": [128, 128]", "weights block_structure"),
+        ("\"output_activations\": null", "\"output_activations\": {\"num_bits\": 8}", "quantized output activations"),
+        ("\"sparsity_config\": {}", "\"sparsity_config\": {\"format\": \"sparse-24-bitmask\"}", "a sparsity_config"),
+        ("\"kv_cache_scheme\": null", "\"kv_cache_scheme\": {\"num_bits\": 8, \"type\": \"float\"}", "a kv_cache_scheme"),
+        ("\"moe_sparsity_config\": null", "\"moe_sparsity_config\": {\"format\": \"dense\"}", "a moe_sparsity_config"),
+        ("\"quantization_status\": \"compressed\"", "\"quantization_status\": \"frozen\"", "quantization_status 'frozen'"),
+        ("\"strategy\": \"channel\"", "\"strategy\": \"tensor\"", "fits no configured strategy (tensor)"),
+    ])
+    func compressedTensorsRefusals(original: String, replacement: String, reason: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var edited = false
+        let base = try baseWithConfig("ct_fp8_channel", in: dir) { text in
+            edited = text.contains(original)
+            return text.replacingOccurrences(of: original, with: replacement)
+        }
+        #expect(edited, "the fixture's config has \(original)")
+        let o = MergeOptions(base: base, adapters: [("\(fixtures)/ct_fp8_channel/adapter", 1)], output: dir + "/out")
+        #expect { try Merge.run(o) } throws: { $0.localizedDescription.contains(reason) }
+        #expect { try Dequantize.run(input: base, output: dir + "/out") } throws: { $0.localizedDescription.contains(reason) }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
     }
 
     @Test("FP8 refused by name: unknown config keys, power-of-two scales, another --requantize type, --keep-quantized, a scale grid that does not fit")
@@ -157,7 +194,7 @@ struct BlockScaledTests {
     }
 
     @Test("Other quantized bases are refused by quant_method with the reason, before any output", arguments: [
-        ("gptq", "calibration data"), ("awq", "calibration data"), ("compressed-tensors", "not read yet"), ("mxfp4", "Mxfp4Config(dequantize=True)"),
+        ("gptq", "calibration data"), ("awq", "calibration data"), ("mxfp4", "Mxfp4Config(dequantize=True)"),
         ("hqq", "cannot be exact"),
     ])
     func otherSchemes(method: String, reason: String) throws {

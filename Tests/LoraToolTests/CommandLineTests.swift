@@ -130,6 +130,26 @@ struct CommandLineTests {
         #expect(out.contains("2 merged tensors on 8 probes") && out.contains("as computed before requantizing: all pass"))
     }
 
+    @Test("The README's compressed-tensors FP8 commands: inspect names the scheme and granularity; a dense merge verifies against the quantized base; --requantize keep --verify reports survival", arguments: [
+        ("ct_fp8_channel", "per channel"), ("ct_fp8_tensor", "per tensor"), ("ct_fp8_tensor_static", "per tensor"),
+    ])
+    func compressedTensorsFP8(fixture: String, granularity: String) throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let q = "Tests/LoRACoreTests/QuantFixtures/" + fixture
+        let (s1, o1, _) = try run(["inspect", q + "/base"])
+        #expect(s1 == 0 && o1.contains("  quantized  compressed-tensors fp8, \(granularity): 7 weights, compute dtype BF16"), "\(o1)")
+        let (s2, _, e2) = try run(["merge", "--base", q + "/base", "--adapter", q + "/adapter", "--output", dir + "/m", "--quiet"])
+        #expect(s2 == 0, "\(e2)")
+        let (s3, o3, e3) = try run(["verify", "--base", q + "/base", "--adapter", q + "/adapter", "--merged", dir + "/m"])
+        #expect(s3 == 0 && o3.contains("PASS"), "\(e3)")
+        let (s4, o4, e4) = try run(["merge", "--base", q + "/base", "--adapter", q + "/adapter", "--output", dir + "/q", "--requantize", "keep", "--verify"])
+        #expect(s4 == 0, "\(e4)")
+        #expect(o4.split(separator: "\n").filter { $0.contains("requantized     model.layers.0.") && $0.contains("of codes changed, delta kept") }.count == 4)
+        #expect(o4.contains("4 merged tensors on 8 probes") && o4.contains("as computed before requantizing: all pass"))
+    }
+
     @Test("merge then verify on the samples; verify fails on a merge of the wrong scale")
     func mergeVerify() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path

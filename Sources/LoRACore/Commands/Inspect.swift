@@ -64,7 +64,7 @@ public struct InspectReport: Sendable {
     public var base: BaseComparison?
     /// bitsandbytes 4-bit details, when the checkpoint has 4-bit weights.
     public var quantization: Quantization?
-    /// Block-scaled details (FP8, bitsandbytes int8), when config.json names such a scheme.
+    /// Block-scaled details (FP8, bitsandbytes int8, compressed-tensors FP8), when config.json names such a scheme.
     public var blockScaled: BlockScaled?
 
     public struct BlockScaled: Sendable {

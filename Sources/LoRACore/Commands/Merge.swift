@@ -151,7 +151,7 @@ public enum Merge {
         var base = try DequantizePass().apply(to: opened)
         let quantizedBase = base !== opened
         if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
-            throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or fp8); \(options.base) has no quantized weights")
+            throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or int8, fp8, compressed-tensors fp8); \(options.base) has no quantized weights")
         }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         if let replicate = try LayerReplicationPass.forAdapters(adapters) { base = try replicate.apply(to: base) }
@@ -181,6 +181,11 @@ public enum Merge {
         if let scheme = RequantizeBlockScaledPass.scheme(of: stream), options.requantize != nil || options.keepQuantized {
             guard let type = options.requantize, type == "keep" || type == scheme else {
                 throw LoRACoreError.invalidRequest("\(options.base) is an \(scheme) base: write the merge back with --requantize keep (or \(scheme)), or omit it for a dense model")
+            }
+            // compressed-tensors' scales are in the compute dtype, in which its quantizer rounds: another
+            // dtype would leave them in the old one (a model its own config no longer describes).
+            if let computed = RequantizeBlockScaledPass.compressedTensorsDType(of: stream), let dtype = options.dtype.dtype, dtype != computed {
+                throw LoRACoreError.invalidRequest("\(options.base) is a compressed-tensors fp8 base in \(computed.rawValue), whose scales are in that dtype: --requantize keeps it, so --dtype \(options.dtype.rawValue) cannot be given with it")
             }
             let pass = RequantizeBlockScaledPass()
             stream = try pass.apply(to: stream)

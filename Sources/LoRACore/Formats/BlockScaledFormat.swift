@@ -1,9 +1,9 @@
 import LoRAKernels
 import SafeTensors
 
-/// A quantization that stores one byte per value and one fp32 scale per rectangular block of a
-/// 2-D weight: block-scaled FP8 (`FP8Block`) and bitsandbytes LLM.int8 (`BnbInt8`, one block per
-/// row). The schemes differ only in the arithmetic given here; reading, streaming, the layout and
+/// A quantization that stores one byte per value and one scale per rectangular block of a 2-D
+/// weight: block-scaled FP8 (`FP8Block`), bitsandbytes LLM.int8 (`BnbInt8`, one block per row) and
+/// compressed-tensors FP8 (`CompressedTensorsFP8`, one block per row or one for the whole weight). The schemes differ only in the arithmetic given here; reading, streaming, the layout and
 /// the survival report are shared (`DequantizedBlockScaled`, `RequantizedBlockScaled`).
 public protocol BlockScaledFormat: Sendable {
     /// For reports and `--requantize`: "fp8", "int8".
@@ -107,8 +107,10 @@ public struct BlockScaledLayout: Sendable, Equatable {
     /// Rows × columns per scale (the last blocks of a row or column may be partial).
     public var blockRows: Int
     public var blockCols: Int
-    /// The scale tensor (F32, ⌈rows/blockRows⌉·⌈cols/blockCols⌉ values, row-major over the grid).
+    /// The scale tensor (⌈rows/blockRows⌉·⌈cols/blockCols⌉ values, row-major over the grid).
     public var scaleName: String
+    /// Its dtype: F32 (FP8 block, int8) or the compute dtype (compressed-tensors).
+    public var scaleDType: DType = .float32
     /// Other stored tensors that travel with the weight unchanged (bitsandbytes' `weight_format`).
     public var extras: [String] = []
 
@@ -146,14 +148,14 @@ public struct BlockScaledQuantization: Sendable {
     public let computeDType: DType
     /// Quantized weight name → its layout.
     public let weights: [String: BlockScaledLayout]
-    /// "fp8, block 128×128", "bitsandbytes int8, per row", for reports.
+    /// "fp8, block 128×128", "bitsandbytes int8, per row", "compressed-tensors fp8, per channel", for reports.
     public let description: String
 
     /// Scale and extra tensors, which a dense model drops.
     public var companions: Set<String> { Set(weights.values.flatMap { [$0.scaleName] + $0.extras }) }
 
     /// Every block-scaled scheme, asked in turn: the first that recognizes a stream reads it.
-    static let readers: [@Sendable (TensorStream) throws -> BlockScaledQuantization?] = [FP8Block.read, BnbInt8.read]
+    static let readers: [@Sendable (TensorStream) throws -> BlockScaledQuantization?] = [FP8Block.read, BnbInt8.read, CompressedTensorsFP8.read]
 
     /// The block-scaled weights of `stream`, by whichever scheme's config it has; nil for none.
     public static func read(_ stream: TensorStream) throws -> BlockScaledQuantization? {

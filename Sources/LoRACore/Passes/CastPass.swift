@@ -29,6 +29,8 @@ public struct CastPass: Sendable {
         // The F32 scales of block-scaled weights (FP8 `weight_scale_inv`, int8 `SCB`), which their readers take as F32.
         for t in stream.tensors where t.name.hasSuffix(".weight") {
             if let scale = BlockScaledQuantization.scaleName(ofWeight: t.name, dtype: t.source.dtype) { quantized.insert(scale) }
+            // compressed-tensors' scales (in the dtype its arithmetic was done in).
+            if t.source.dtype == .float8E4M3 { quantized.insert(CompressedTensorsFP8.scaleName(ofWeight: t.name)) }
         }
         return stream.with(stream.tensors.map { t in
             quantized.contains(t.name) ? t : (t.name, CastPass.cast(t.source, named: t.name, to: dtype.output(for: t.source.dtype), context: context))

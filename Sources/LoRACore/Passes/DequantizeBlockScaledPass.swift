@@ -1,6 +1,6 @@
 import SafeTensors
 
-/// Replaces every block-scaled weight of a stream (FP8, bitsandbytes int8) by its dense values
+/// Replaces every block-scaled weight of a stream (FP8, bitsandbytes int8, compressed-tensors FP8) by its dense values
 /// (`DequantizedBlockScaled`) and drops its scales and companions; other tensors pass through. The
 /// side files lose `quantization_config`. A stream of no such scheme is returned as it is.
 ///

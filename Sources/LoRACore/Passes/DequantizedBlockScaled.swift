@@ -1,7 +1,7 @@
 import LoRAKernels
 import SafeTensors
 
-/// A block-scaled weight (FP8, int8) read as its dense values, any element range at a time, exactly
+/// A block-scaled weight (FP8, int8, compressed-tensors FP8) read as its dense values, any element range at a time, exactly
 /// as its scheme's reference dequantizes (`BlockScaledFormat.value`, then one rounding to the
 /// compute dtype).
 ///

@@ -1,6 +1,6 @@
 import SafeTensors
 
-/// Writes a merge on a block-scaled base (FP8, int8) back in its scheme (`merge --requantize
+/// Writes a merge on a block-scaled base (FP8, int8, compressed-tensors FP8) back in its scheme (`merge --requantize
 /// keep|fp8|int8`): a `MergedTensor` whose start is a `DequantizedBlockScaled` is a weight the
 /// merge changed and becomes a `RequantizedBlockScaled` (codes and scales, same block size and
 /// grid; companions such as `weight_format` as stored); a `DequantizedBlockScaled` that nothing
@@ -20,9 +20,17 @@ public struct RequantizeBlockScaledPass: Sendable {
     public init() {}
 
     /// The scheme of the block-scaled weights `stream` holds ("fp8", "int8"), or nil.
-    public static func scheme(of stream: TensorStream) -> String? {
+    public static func scheme(of stream: TensorStream) -> String? { firstWeight(of: stream)?.format.name }
+
+    /// The compute dtype of the compressed-tensors weights `stream` holds, or nil.
+    public static func compressedTensorsDType(of stream: TensorStream) -> DType? {
+        firstWeight(of: stream).flatMap { $0.format is CompressedTensorsFP8 ? $0.dtype : nil }
+    }
+
+    /// The first block-scaled weight of `stream`, merged or not (one stream holds one scheme).
+    private static func firstWeight(of stream: TensorStream) -> DequantizedBlockScaled? {
         for t in stream.tensors {
-            if let q = (t.source as? DequantizedBlockScaled) ?? ((t.source as? MergedTensor)?.start as? DequantizedBlockScaled) { return q.format.name }
+            if let q = (t.source as? DequantizedBlockScaled) ?? ((t.source as? MergedTensor)?.start as? DequantizedBlockScaled) { return q }
         }
         return nil
     }
@@ -30,7 +38,7 @@ public struct RequantizeBlockScaledPass: Sendable {
     /// - Throws: `LoRACoreError.invalidRequest` when the stream has no FP8 weights.
     public func apply(to stream: TensorStream) throws -> TensorStream {
         guard RequantizeBlockScaledPass.scheme(of: stream) != nil else {
-            throw LoRACoreError.invalidRequest("\(stream.path) has no block-scaled weights (fp8, int8) to write back")
+            throw LoRACoreError.invalidRequest("\(stream.path) has no block-scaled weights (fp8, int8, compressed-tensors fp8) to write back")
         }
         var tensors: [(name: String, source: any TensorSource)] = []
         for (name, source) in stream.tensors {

@@ -7,11 +7,11 @@ import SafeTensors
 /// (the dense merge's bytes) exactly as the scheme's reference quantizer does
 /// (`BlockScaledFormat`), with the base's block size and grid (partial edge blocks too).
 ///
-/// The scales need every value of a block row, and the sink writes the F32 scales before the
-/// one-byte codes, so the first request streams the merged weight once, block row by block row, to find
-/// them (kilobytes, kept until both parts are written); the codes are then computed range by range
-/// as the sink asks, from a second pass over the merged values. Memory: the scales and one block
-/// row's values, whatever the weight's size. The survival (codes changed, the share of the delta
+/// The scales need every value of a block (a per-tensor scale: the whole weight), and the sink
+/// writes the scales before the one-byte codes, so the first request streams the merged weight
+/// once to find them (kilobytes, kept until both parts are written); the codes are then computed
+/// range by range as the sink asks, from a second pass over the merged values. Memory: the scales
+/// and about 256 Ki values, whatever the weight's size or block. The survival (codes changed, the share of the delta
 /// kept) is summed per range and added up in range order, so it is the same on every run.
 final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
     enum Part: Sendable { case codes, scales }
@@ -44,7 +44,10 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
         let layout = original.layout, format = original.format
         let (rows, cols) = (layout.shape[0], layout.shape[1])
         var amax = [Float](repeating: 0, count: layout.gridRows * layout.gridCols)
-        let step = max(1, (1 << 18) / cols / layout.blockRows) * layout.blockRows  // whole block rows, about 256 Ki values
+        // About 256 Ki values a step, whatever the block (the maxima are per block over absolute
+        // element numbers): a per-tensor scale needs the whole weight's absmax, found in this first
+        // pass without holding the weight.
+        let step = max(1, (1 << 18) / cols)
         var values = [Float](uninitializedCount: min(step, rows) * cols)
         var raw: [UInt8] = []
         for r0 in stride(from: 0, to: rows, by: step) {
@@ -71,7 +74,11 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
         let s = try scales()
         switch part {
         case .scales:
-            s.inverse.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + range.lowerBound, byteCount: range.count) }
+            // Stored in the layout's scale dtype (the values are already exact in it).
+            let format = TensorData.format(original.layout.scaleDType)!
+            var bytes = [UInt8](repeating: 0, count: s.inverse.count * format.size)
+            s.inverse.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { FloatCodec.encode(v, format: format, into: $0) } }
+            bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + range.lowerBound, byteCount: range.count) }
         case .codes:
             try codes(range, forward: s.forward, inverse: s.inverse, into: destination.assumingMemoryBound(to: UInt8.self))
         }
