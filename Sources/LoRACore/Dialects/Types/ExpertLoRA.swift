@@ -20,6 +20,8 @@ public struct ExpertSlice: Sendable, Equatable {
     public var rank: Int
     /// The expert of the tensor's first block of rows.
     public var firstExpert: Int
+    /// The experts the tensor holds from `firstExpert` on (E for a 3-D tensor, 1 per expert).
+    public var held: Int
     /// Rows of the tensor's flat view per expert (out, or a part of it; in when transposed).
     public var rowsPerExpert: Int
     /// The first output feature (row of B) the tensor holds, for a fused gate_up split per expert.
@@ -156,10 +158,10 @@ enum ExpertLoRA: AdapterUpdateType {
         }
         let stored = layout.transposed ? [experts, inFeatures, out] : [experts, out, inFeatures]
         let parameterCount = a.shape.reduce(1, *) + b.shape.reduce(1, *)
-        func make(_ name: String, tensor: String?, dtype: DType, first: Int, rows: Int, cols: Int, perExpert: Int, offset: Int, share: Int) -> AdapterModule {
+        func make(_ name: String, tensor: String?, dtype: DType, first: Int?, rows: Int, cols: Int, perExpert: Int, offset: Int, share: Int) -> AdapterModule {
             var update = ModuleUpdate(type: ExpertLoRA.self, tensors: ["lora_A": factors.a, "lora_B": factors.b], parameterCount: share,
                                       isMultiplicative: false, scalesBias: false)
-            update.experts = ExpertSlice(experts: experts, rank: r, firstExpert: first, rowsPerExpert: perExpert, outOffset: offset,
+            update.experts = ExpertSlice(experts: experts, rank: r, firstExpert: first ?? 0, held: first == nil ? experts : 1, rowsPerExpert: perExpert, outOffset: offset,
                                          transposed: layout.transposed, baseDType: dtype)
             var m = AdapterModule(updating: name, update: update, rank: r, alpha: config.alpha(for: key), scale: config.scale(for: key, rank: r),
                                   out: rows, in: cols)
@@ -173,7 +175,7 @@ enum ExpertLoRA: AdapterUpdateType {
             }
             // The flat view of a 3-D tensor: one row per expert, its rows of ΔW_e (or ΔW_eᵀ) side by side.
             let per = layout.transposed ? inFeatures : out
-            return [make(key, tensor: key, dtype: fused.dtype, first: 0, rows: experts, cols: per * stored[2], perExpert: per, offset: 0, share: parameterCount)]
+            return [make(key, tensor: key, dtype: fused.dtype, first: nil, rows: experts, cols: per * stored[2], perExpert: per, offset: 0, share: parameterCount)]
         }
         guard let parts = layout.perExpert[parameter], base.info("\(module).0.\(parts[0]).weight") != nil else {
             throw LoRACoreError.baseMismatch(module: key, detail: "no base tensor '\(key)' in \(base.path)")
@@ -201,58 +203,63 @@ enum ExpertLoRA: AdapterUpdateType {
     }
 
     static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
-        let t = module.update!.tensors, slice = module.update!.experts!
+        let t = module.update!.tensors, x = module.update!.experts!
         let a = try UpdateMath.floats(checkpoint, t["lora_A"]!, module: module.module)
         let b = try UpdateMath.floats(checkpoint, t["lora_B"]!, module: module.module)
-        let inFeatures = a.count / (slice.rank * slice.experts)
-        return Loaded(a: a, b: b, slice: slice, inFeatures: inFeatures, outFeatures: b.count / (slice.rank * slice.experts), scale: module.scale)
+        let r = x.rank, rE = r * x.experts, n = a.count / rE, out = b.count / rE
+        // Per expert held: `left` (rows of ΔW, or of ΔWᵀ, × r) and `right` (r × width), contiguous.
+        var left: [[Float]] = [], right: [[Float]] = []
+        for e in x.firstExpert..<(x.firstExpert + x.held) {
+            let aE = (0..<(r * n)).map { a[e * r * n + $0] }  // A_e: r × in
+            let bE = (0..<(out * r)).map { b[($0 / r) * rE + ($0 % r) * x.experts + e] }  // B_e: out × r
+            if x.transposed {
+                // ΔW_eᵀ = A_eᵀ · B_eᵀ: A_eᵀ is in × r, B_eᵀ is r × out.
+                left.append((0..<(n * r)).map { aE[($0 % r) * n + $0 / r] })
+                right.append((0..<(r * out)).map { bE[($0 % out) * r + $0 / out] })
+            } else {
+                left.append(bE)
+                right.append(aE)
+            }
+        }
+        return Loaded(left: left, right: right, slice: x, width: x.transposed ? out : n, scale: module.scale)
     }
 
-    /// The factors in fp32; each row of ΔW is computed when asked for (O(cols·r) per row).
+    /// The held experts' factors in fp32; each row of ΔW is computed when asked for (O(width·r) per row).
     struct Loaded: LoadedUpdate {
-        let a: [Float], b: [Float]
+        /// Per held expert: the rows' factors (rows × r) and the columns' (r × width).
+        let left: [[Float]], right: [[Float]]
         let slice: ExpertSlice
-        let inFeatures: Int, outFeatures: Int
+        /// The width of a row of ΔW (ΔWᵀ): a stored row of a flat view `cols` wide holds cols / width
+        /// of them (all of an expert's for a 3-D tensor, one for a tensor per expert).
+        let width: Int
         let scale: Double
-        /// ΔW's rounding before it is added (the base's format; fp32 leaves it as computed).
-        var delta: FloatCodec.Format { TensorData.format(slice.baseDType) ?? .f32 }
 
-        /// Row `row` of ΔW (ΔWᵀ when transposed) counted over the tensor's experts as (the r values of B_e's row o, or of A_e's column i
-        /// when transposed; the index of element (k, j) of the other factor in its storage).
-        private func factors(ofRow row: Int) -> (left: [Float], right: (Int, Int) -> Int) {
-            let r = slice.rank, E = slice.experts, n = inFeatures
-            let e = slice.firstExpert + row / slice.rowsPerExpert, index = slice.outOffset + row % slice.rowsPerExpert
-            if slice.transposed {
-                // Row i of ΔW_eᵀ: A[e·r + k, i] times B[j, k·E + e].
-                return ((0..<r).map { a[(e * r + $0) * n + index] }, { k, j in j * r * E + k * E + e })
-            }
-            // Row o of ΔW_e: B[o, k·E + e] times A[e·r + k, j].
-            return ((0..<r).map { b[index * r * E + $0 * E + e] }, { k, j in (e * r + k) * n + j })
+        /// Row `row` of ΔW (ΔWᵀ) counted over the tensor's experts: (held expert, row in its `left`).
+        private func locate(_ row: Int) -> (expert: Int, row: Int) {
+            (row / slice.rowsPerExpert, slice.outOffset + row % slice.rowsPerExpert)
         }
 
-        /// The width of a row of ΔW (ΔWᵀ): a stored row of a flat view `cols` wide holds cols / width of them
-        /// (all of an expert's for a 3-D tensor, one for a tensor per expert).
-        private var width: Int { slice.transposed ? outFeatures : inFeatures }
-
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
-            let right = slice.transposed ? b : a, s = Float(scale), w = width, sub = cols / w, format = delta
+            let s = Float(scale), w = width, sub = cols / w, r = slice.rank
+            // ΔW rounded to the base's format before it is added, as PEFT's in-place add (fp32: as computed).
+            let format = TensorData.format(slice.baseDType) ?? .f32
             for row in 0..<(count * sub) {
-                let (left, at) = factors(ofRow: r0 * sub + row)
+                let (e, i) = locate(r0 * sub + row)
                 for j in 0..<w {
                     var acc: Float = 0
-                    for k in 0..<slice.rank { acc = acc.addingProduct(left[k], right[at(k, j)]) }
+                    for k in 0..<r { acc = acc.addingProduct(left[e][i * r + k], right[e][k * w + j]) }
                     block[row * w + j] += FloatCodec.roundTrip(acc * s, format: format) * weight
                 }
             }
         }
 
         func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {
-            let right = slice.transposed ? b : a, w = width, sub = cols / w
+            let w = width, sub = cols / w, r = slice.rank
             for row in 0..<(count * sub) {
-                let (left, at) = factors(ofRow: r0 * sub + row)
+                let (e, i) = locate(r0 * sub + row)
                 for j in 0..<w {
                     var acc = 0.0
-                    for k in 0..<slice.rank { acc += Double(left[k]) * Double(right[at(k, j)]) }
+                    for k in 0..<r { acc += Double(left[e][i * r + k]) * Double(right[e][k * w + j]) }
                     block[row * w + j] += acc * scale * weight
                 }
             }
