@@ -139,6 +139,7 @@ struct ExpertLoRATests {
         // Qwen3-MoE: one module per expert tensor (`<module>.weight`); GPT-OSS: the fused tensors themselves.
         #expect(experts.map { model == "qwen3_moe" ? $0.module + ".weight" : $0.module }.sorted() == c.expertTensors.sorted())
         #expect(summary.modules.count == experts.count + 2)
+        #expect(summary.ranks == [2, 3])
         // gate_up_proj: alpha_pattern 6 / r 2; down_proj: lora_alpha 4 / rank_pattern 3.
         #expect(experts.filter { $0.module.hasSuffix("down_proj") }.allSatisfy { $0.scale == 4.0 / 3 && $0.rank == 3 })
         #expect(experts.filter { !$0.module.hasSuffix("down_proj") }.allSatisfy { $0.scale == 3 && $0.rank == 2 })
@@ -159,6 +160,8 @@ struct ExpertLoRATests {
               ("gpt_oss", "adapter", "adapter_config.json", #""mlp.experts.down_proj""#, #""mlp.experts.down_proj", "mlp.experts.down_proj_bias""#, "bias parameter"),
               ("gpt_oss", "adapter", "adapter_config.json", #""down_proj": 3"#, #""down_proj": 2"#, "for r = 2"),
               ("qwen3_moe", "adapter", "adapter_config.json", #""use_dora": false"#, #""use_dora": true"#, "use_dora"),
+              // A parameter the experts module does not have: the file's wrappers select none of its parameters.
+              ("gpt_oss", "adapter", "adapter_config.json", #""mlp.experts.down_proj",\#n    "mlp.experts.gate_up_proj""#, #""experts.weight""#, "selects none"),
           ])
     func refusals(model: String, which: String, file: String, from: String, to: String, reason: String) throws {
         let c = MoECase(model: model, dtype: "f32")

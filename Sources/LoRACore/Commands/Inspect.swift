@@ -175,7 +175,7 @@ public enum Inspect {
                                                     scale: $0.scale, dora: $0.isDoRA)
             }
             summary = InspectReport.AdapterSummary(
-                dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(),
+                dialect: adapter.dialect, ranks: Array(Set(resolved.map(\.rank))).sorted(),
                 alpha: adapter.config.peftType == .ia3 || adapter.config.peftType == .vera ? nil
                     : adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
                 useRslora: adapter.config.useRslora,

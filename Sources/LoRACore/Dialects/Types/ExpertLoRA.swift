@@ -127,6 +127,11 @@ enum ExpertLoRA: AdapterUpdateType {
             if let bias = targeted.first(where: { $0.hasSuffix("_bias") }) {
                 throw LoRACoreError.invalidModule(module: p.module + "." + bias, detail: "LoRA on a bias parameter is not supported")
             }
+            guard !targeted.isEmpty else {
+                throw LoRACoreError.invalidModule(
+                    module: p.module,
+                    detail: "target_parameters selects none of the parameters lora-tool knows on a \(type) experts module (\(layout.declared.joined(separator: ", ")))")
+            }
             guard targeted.count == p.wrappers.count else {
                 throw LoRACoreError.invalidModule(
                     module: p.module,
