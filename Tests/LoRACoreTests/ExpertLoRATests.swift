@@ -42,12 +42,12 @@ private func copyEditing(_ source: String, at copy: String, file: String, replac
 /// `dir/model.safetensors` rewritten with Qwen3-MoE's per-expert tensors fused as the model holds
 /// them in memory: gate_up_proj [E, 2I, H] (each expert's gate rows, then its up rows) and
 /// down_proj [E, H, I].
-private func fuseExperts(_ dir: String) throws {
+private func fuseExperts(_ dir: String, keepingParts: Bool = false) throws {
     let path = dir + "/model.safetensors"
     let ckpt = try Checkpoint(path: path)
     let p = "model.layers.0.mlp.experts."
     var tensors: [AdapterSink.Tensor] = []
-    for n in ckpt.names where !n.hasPrefix(p) {
+    for n in ckpt.names where keepingParts || !n.hasPrefix(p) {
         let info = ckpt.info(n)!
         let bytes = Array(try ckpt.bytes(of: n))
         tensors.append(.init(name: n, dtype: info.dtype, shape: info.shape) { bytes })
@@ -109,6 +109,18 @@ struct ExpertLoRATests {
             if let failure = try MergeAgainstPEFTTests.withinFidelityBound(ours: ours, peft: ref, base: base, name: name, baseName: name) {
                 Issue.record("fused \(dtype): \(failure)")
             }
+        }
+    }
+
+    @Test("A base holding both the fused and the per-expert tensors is refused: which ones the model loads is not known")
+    func fusedAndPerExpert() throws {
+        let c = MoECase(model: "qwen3_moe", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try FileManager.default.copyItem(atPath: c.base, toPath: out + "/base")
+        try fuseExperts(out + "/base", keepingParts: true)
+        #expect { _ = try Merge.run(MergeOptions(base: out + "/base", adapters: [(c.adapter, 1)], output: out + "/merged")) } throws: {
+            ($0 as? LoRACoreError)?.localizedDescription.contains("holds both the fused") == true
         }
     }
 

@@ -57,7 +57,8 @@ public struct ExpertSlice: Sendable, Equatable {
 /// targeted parameters in the order the experts module declares them, the first innermost, while
 /// adapter_config.json may list them in any order; the orientation of a square parameter cannot be
 /// read from shapes. So the base's config.json `model_type` decides, from `layouts`; other model
-/// types, bias parameters and MXFP4 bases are refused by name.
+/// types, bias parameters, MXFP4 bases and a base holding a parameter both fused and per expert are
+/// refused by name.
 enum ExpertLoRA: AdapterUpdateType {
     static let name = "expert LoRA"
     /// None: these modules are not paired by tensor suffix but resolved against the base (`resolve`).
@@ -174,6 +175,10 @@ enum ExpertLoRA: AdapterUpdateType {
             return m
         }
         if let fused = base.info(key) {
+            if let parts = layout.perExpert[parameter], base.info("\(module).0.\(parts[0]).weight") != nil {
+                throw LoRACoreError.baseMismatch(
+                    module: key, detail: "the base holds both the fused '\(key)' and per-expert '\(module).0.\(parts[0]).weight': which one the model loads is not known")
+            }
             guard fused.shape == stored else {
                 throw LoRACoreError.baseMismatch(
                     module: key, detail: "base '\(key)' has shape \(fused.shape) but the adapter's factors need \(stored) (\(layout.transposed ? "[E, in, out]" : "[E, out, in]"))")
