@@ -124,6 +124,35 @@ struct ExpertLoRATests {
         }
     }
 
+    @Test("A raw state_dict's adapter-name infix (lora_A.default.weight) merges the same; two adapter names on one wrapper are refused")
+    func adapterNameInfix() throws {
+        let c = MoECase(model: "gpt_oss", dtype: "bf16")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let file = try Checkpoint(path: c.adapter + "/adapter_model.safetensors")
+        func write(_ dir: String, extra: String?) throws {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: c.adapter + "/adapter_config.json", toPath: dir + "/adapter_config.json")
+            var tensors: [AdapterSink.Tensor] = []
+            for n in file.names {
+                let info = file.info(n)!, bytes = Array(try file.bytes(of: n))
+                for infix in ["default"] + (extra.map { [$0] } ?? []) where infix == "default" || n.contains("experts.lora_A") {
+                    let renamed = n.replacingOccurrences(of: ".weight", with: ".\(infix).weight")
+                    tensors.append(.init(name: renamed, dtype: info.dtype, shape: info.shape) { bytes })
+                }
+            }
+            try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: dir + "/adapter_model.safetensors", metadata: nil, force: true)
+        }
+        try write(out + "/infix", extra: nil)
+        _ = try Merge.run(MergeOptions(base: c.base, adapters: [(out + "/infix", 1)], output: out + "/merged"))
+        let ours = try Checkpoint(path: out + "/merged"), ref = try Checkpoint(path: c.reference)
+        for name in ref.names { #expect(try ours.bytes(of: name).elementsEqual(try ref.bytes(of: name)), "\(name)") }
+        try write(out + "/two", extra: "other")
+        #expect { _ = try Merge.run(MergeOptions(base: c.base, adapters: [(out + "/two", 1)], output: out + "/merged2")) } throws: {
+            ($0 as? LoRACoreError)?.localizedDescription.contains("two lora_A tensors") == true
+        }
+    }
+
     @Test("verify passes on PEFT's merge and fails on it with one element of an expert tensor moved", arguments: MoECase.all)
     func verify(c: MoECase) throws {
         let report = try Verify.run(VerifyOptions(base: c.base, adapters: [(c.adapter, 1)], merged: c.reference))

@@ -28,7 +28,7 @@ enum PEFTDialect: AdapterDialect {
     }
 
     /// `target_parameters` LoRA: `base_model.model.<module>(.base_layer)×k.lora_A.weight` / `lora_B.weight`
-    /// of a module some `target_parameters` entry names, grouped by module, the k-th wrapper from the
+    /// (an adapter-name infix, `lora_A.default.weight`, allowed) of a module some `target_parameters` entry names, grouped by module, the k-th wrapper from the
     /// outside at index k.
     /// - Returns: the groups and the tensor names they hold (which `pair` then skips).
     /// - Throws: `LoRACoreError.invalidModule` for a wrapper missing A or B, or a gap in the nesting.
@@ -38,15 +38,23 @@ enum PEFTDialect: AdapterDialect {
         var taken = Set<String>()
         for name in ckpt.names {
             let n = name.hasPrefix("base_model.model.") ? String(name.dropFirst("base_model.model.".count)) : name
-            let isA = n.hasSuffix(".lora_A.weight")
-            guard isA || n.hasSuffix(".lora_B.weight") else { continue }
-            var module = String(n.dropLast(".lora_A.weight".count)), depth = 0
+            // `<m>.lora_A.weight`, or `<m>.lora_A.<adapter name>.weight` in a raw state_dict.
+            let parts = n.split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count >= 3, parts.last == "weight" else { continue }
+            let roleAt = parts[parts.count - 2].hasPrefix("lora_") ? parts.count - 2 : parts.count - 3
+            guard roleAt >= 1, parts[roleAt] == "lora_A" || parts[roleAt] == "lora_B" else { continue }
+            let isA = parts[roleAt] == "lora_A"
+            var module = parts[..<roleAt].joined(separator: "."), depth = 0
             while module.hasSuffix(".base_layer") {
                 module.removeLast(".base_layer".count)
                 depth += 1
             }
             guard config.hasParameterTargets(in: module) else { continue }
             var pair = groups[module]?[depth] ?? (nil, nil)
+            if let other = isA ? pair.a : pair.b {
+                throw LoRACoreError.invalidModule(
+                    module: module, detail: "parameter LoRA wrapper \(depth) has two \(parts[roleAt]) tensors ('\(other)', '\(name)'): several adapters? extract one first")
+            }
             if isA { pair.a = name } else { pair.b = name }
             groups[module, default: [:]][depth] = pair
             taken.insert(name)
