@@ -195,6 +195,7 @@ struct ExpertLoRATests {
               // (model, file edited, in "adapter" or "base", from, to, words the error must contain)
               ("qwen3_moe", "base", "config.json", #""model_type": "qwen3_moe""#, #""model_type": "mixtral""#, "model_type 'mixtral'"),
               ("gpt_oss", "base", "config.json", #""model_type": "gpt_oss""#, #""model_type": "gpt_oss", "quantization_config": {"quant_method": "mxfp4"}"#, "MXFP4"),
+              ("qwen3_moe", "base", "config.json", #""model_type": "qwen3_moe""#, #""model_type": "qwen3_moe", "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}"#, "quant_method fp8"),
               // A GPT-OSS base read as Qwen3-MoE: [E, out, in] cannot hold down_proj's factors.
               ("gpt_oss", "base", "config.json", #""model_type": "gpt_oss""#, #""model_type": "qwen3_moe""#, "shape [3, 8, 16]"),
               ("qwen3_moe", "adapter", "adapter_config.json", #""mlp.experts.down_proj","#, "", "2 parameter wrapper(s) but target_parameters selects 1"),

@@ -57,7 +57,7 @@ public struct ExpertSlice: Sendable, Equatable {
 /// targeted parameters in the order the experts module declares them, the first innermost, while
 /// adapter_config.json may list them in any order; the orientation of a square parameter cannot be
 /// read from shapes. So the base's config.json `model_type` decides, from `layouts`; other model
-/// types, bias parameters, MXFP4 bases and a base holding a parameter both fused and per expert are
+/// types, bias parameters, quantized bases (MXFP4, FP8, …) and a base holding a parameter both fused and per expert are
 /// refused by name.
 enum ExpertLoRA: AdapterUpdateType {
     static let name = "expert LoRA"
@@ -114,8 +114,12 @@ enum ExpertLoRA: AdapterUpdateType {
     static func resolve(_ parameters: [ParameterLoRA], config: AdapterConfig, adapter: Checkpoint, against base: any TensorStore) throws -> [AdapterModule] {
         guard !parameters.isEmpty else { return [] }
         let (type, quantization) = try modelType(of: base)
-        if let q = quantization, q == "mxfp4" {
-            throw LoRACoreError.baseMismatch(module: parameters[0].module, detail: "target_parameters on an MXFP4-quantized base (\(q)) is not supported: merge into the unquantized bf16 checkpoint")
+        if let q = quantization {
+            // PEFT's merge into quantized experts (and what a dequantized base would round ΔW to) is not verified.
+            throw LoRACoreError.baseMismatch(
+                module: parameters[0].module,
+                detail: q == "mxfp4" ? "target_parameters on an MXFP4-quantized base is not supported: merge into the unquantized bf16 checkpoint"
+                    : "target_parameters on a quantized base (quant_method \(q)) is not supported yet")
         }
         guard let layout = layouts[type] else {
             throw LoRACoreError.baseMismatch(
