@@ -67,8 +67,8 @@ def write_case(d, adapters=("adapter",), weights=(1.0,), **extra):
 
 
 def save_adapter(peft_model, path, **kwargs):
-    """PEFT's save_pretrained without its model-card README.md (bulk, not data), target_modules
-    sorted (PEFT keeps a set and saves it in hash order, which changes from run to run)."""
+    """PEFT's save_pretrained without its model-card README.md (bulk, not data), target_modules and
+    target_parameters sorted (PEFT keeps sets and saves them in hash order, which changes from run to run)."""
     peft_model.save_pretrained(path, **kwargs)
     remove_readme(path)
     for d, _, files in os.walk(path):
@@ -76,8 +76,10 @@ def save_adapter(peft_model, path, **kwargs):
             p = os.path.join(d, "adapter_config.json")
             with open(p) as f:
                 cfg = json.load(f)
-            if isinstance(cfg.get("target_modules"), list):
-                cfg["target_modules"] = sorted(cfg["target_modules"])
+            lists = [k for k in ("target_modules", "target_parameters") if isinstance(cfg.get(k), list)]
+            for key in lists:
+                cfg[key] = sorted(cfg[key])
+            if lists:
                 with open(p, "w") as f:
                     json.dump(cfg, f, indent=2, sort_keys=True)
 
@@ -1316,6 +1318,49 @@ def layer_replication_case():
     print("case llama_layer_replication", facts)
 
 
+# --- PEFT target_parameters on MoE experts (ParamWrapper) ----------------------------------------
+def moe_base(kind):
+    """One layer, 3 experts, hidden 16, expert width 8: gate_up_proj is (3, 16, 16), square, so
+    only the model type tells its orientation. Qwen3-MoE is saved one tensor per expert
+    (experts.<e>.gate_proj/up_proj/down_proj.weight); GPT-OSS keeps the fused [E, in, out] tensors."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, GptOssConfig, GptOssForCausalLM
+    torch.manual_seed(0)
+    common = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                  vocab_size=32, max_position_embeddings=32, tie_word_embeddings=False, num_experts_per_tok=2)
+    if kind == "qwen3_moe":
+        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(intermediate_size=32, moe_intermediate_size=8, num_experts=3,
+                                                   mlp_only_layers=[], decoder_sparse_step=1, **common))
+    else:
+        model = GptOssForCausalLM(GptOssConfig(intermediate_size=8, num_local_experts=3, layer_types=["full_attention"], **common))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def moe_cases():
+    """LoRA on q_proj/v_proj (target_modules) and on the experts' gate_up_proj and down_proj
+    (target_parameters: PEFT nests one ParamWrapper per parameter, the first declared innermost, so
+    experts.base_layer.lora_* is gate_up_proj). down_proj gets rank 3 by rank_pattern, gate_up_proj
+    alpha 6 by alpha_pattern. adapter/ from PEFT (f32), merged-<dtype>/ from merge_and_unload of
+    that adapter loaded on base-<dtype>/."""
+    from peft import PeftModel
+    for kind in ("qwen3_moe", "gpt_oss"):
+        d = fresh(os.path.join(TYPES_FIX, "peft_moe_" + kind))
+        cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                         target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                         rank_pattern={"down_proj": 3}, alpha_pattern={"gate_up_proj": 6})
+        peft_model = get_peft_model(moe_base(kind), cfg)
+        randomize_types(peft_model, seed=31)
+        save_adapter(peft_model, os.path.join(d, "adapter"))
+        for name, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+            save_model(moe_base(kind).to(dtype), os.path.join(d, "base-" + name))
+            loaded = PeftModel.from_pretrained(moe_base(kind).to(dtype), os.path.join(d, "adapter"))
+            save_model(loaded.merge_and_unload(), os.path.join(d, "merged-" + name))
+        write_case(d, reference="peft merge_and_unload", model_type=kind)
+        print("case", "peft_moe_" + kind)
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -1337,6 +1382,7 @@ GROUPS = {
     "types": adapter_type_cases,
     "oft": oft_cases,
     "boft": boft_cases,
+    "moe": moe_cases,
 }
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ public enum Combine {
         var byModule: [String: [(input: Int, stored: AdapterModule, named: AdapterModule)]] = [:]
         for (i, adapter) in adapters.enumerated() {
             try refuseUncombinable(adapter)
+            try adapter.refuseParameterTargets("combine")
             let named: [AdapterModule]
             if let base {
                 named = try adapter.modules(resolvedAgainst: base)

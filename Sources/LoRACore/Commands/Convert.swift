@@ -42,6 +42,7 @@ public enum Convert {
     public static func run(_ options: ConvertOptions) throws -> ConvertReport {
         try PathSafety.checkOutput(options.output, inputs: [options.adapter] + (options.base.map { [$0] } ?? []))
         let adapter = try Adapter(path: options.adapter, scale: options.scaleOverride)
+        try adapter.refuseParameterTargets("convert")
         let base = try options.base.map { try Checkpoint(path: $0) }
         var modules = adapter.modules
         if let base { modules = try adapter.modules(resolvedAgainst: base) } else if adapter.format == .kohya && options.to != .kohya {

@@ -166,13 +166,16 @@ public enum Inspect {
 
         var summary: InspectReport.AdapterSummary?
         if let adapter {
+            if adapter.targetsParameters && basePath == nil {
+                throw LoRACoreError.invalidRequest("\(path): target_parameters LoRA (MoE experts) is laid out by the base model; give --base")
+            }
             let resolved = basePath == nil ? adapter.modules : try adapter.modules(resolvedAgainst: try Checkpoint(path: basePath!, headerOnly: true))
             let mods = resolved.map {
                 InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.update == nil ? $0.kind.rawValue : $0.typeName, rank: $0.rank, alpha: $0.alpha,
                                                     scale: $0.scale, dora: $0.isDoRA)
             }
             summary = InspectReport.AdapterSummary(
-                dialect: adapter.dialect, ranks: Array(Set(adapter.modules.map(\.rank))).sorted(),
+                dialect: adapter.dialect, ranks: Array(Set(resolved.map(\.rank))).sorted(),
                 alpha: adapter.config.peftType == .ia3 || adapter.config.peftType == .vera ? nil
                     : adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
                 useRslora: adapter.config.useRslora,
@@ -226,7 +229,7 @@ public enum Inspect {
                 problems.append("\(r.base): replaced by the adapter but missing from the base")
             }
             let baseParams = base.names.reduce(0) { $0 + (base.info($1)?.elementCount ?? 0) }
-            let loraParams = adapter.modules.reduce(0) { $0 + ($1.update?.parameterCount ?? $1.rank * ($1.inFeatures + $1.outFeatures)) }
+            let loraParams = (adapter.targetsParameters ? resolvedModules : adapter.modules).reduce(0) { $0 + ($1.update?.parameterCount ?? $1.rank * ($1.inFeatures + $1.outFeatures)) }
             comparison = InspectReport.BaseComparison(
                 basePath: basePath, baseParameters: baseParams, adapterParameters: loraParams,
                 percent: baseParams > 0 ? 100 * Double(loraParams) / Double(baseParams) : 0, problems: problems)

@@ -41,6 +41,7 @@ public enum Resize {
         if adapter.format == .kohya {
             throw LoRACoreError.invalidRequest("resize writes PEFT adapters; convert kohya adapters with --base first")
         }
+        try adapter.refuseParameterTargets("resize")
         if let d = adapter.modules.first(where: \.isDoRA) {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "resizing DoRA ('\(d.module)') would change the magnitudes' meaning; not supported")
         }

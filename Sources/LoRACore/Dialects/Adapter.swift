@@ -39,6 +39,10 @@ public final class Adapter: Sendable {
     public let outputRenames: [String: String]
     /// LoRA tensors a merged model drops when the base is that same combined file.
     public let consumedTensors: Set<String>
+    /// PEFT `target_parameters` LoRA (MoE experts), whose modules only exist against a base.
+    let parameters: [ParameterLoRA]
+    /// Whether the adapter holds LoRA on parameters (`target_parameters`).
+    public var targetsParameters: Bool { !parameters.isEmpty }
 
     public let format: Format
 
@@ -99,6 +103,7 @@ public final class Adapter: Sendable {
         untargeted = layout.untargeted
         outputRenames = layout.renames
         consumedTensors = layout.consumed
+        parameters = layout.parameters
     }
 
     /// The adapter's modules with their names as the base model spells them. PEFT and mlx names
@@ -106,8 +111,22 @@ public final class Adapter: Sendable {
     /// against the base's modules with dots read as underscores.
     /// - Throws: `LoRACoreError.baseMismatch` naming both candidates when a name is ambiguous, or
     ///   the module when nothing matches.
+    /// PEFT's LoRA on parameters (`target_parameters`) becomes one module per base tensor it changes,
+    /// the layout read from the base's config.json (`ExpertLoRA.resolve`).
     public func modules(resolvedAgainst base: any TensorStore) throws -> [AdapterModule] {
+        if !parameters.isEmpty {
+            return (modules + (try ExpertLoRA.resolve(parameters, config: config, adapter: checkpoint, against: base)))
+                .sorted { utf8Precedes($0.module, $1.module) }
+        }
         guard format == .kohya || format == .lycoris else { return modules }
         return try KohyaDialect.resolve(modules, against: base)
+    }
+
+    /// Refuses `command` for an adapter with LoRA on parameters, which it does not carry.
+    /// - Throws: `LoRACoreError.unsupportedAdapter` naming `target_parameters`.
+    func refuseParameterTargets(_ command: String) throws {
+        guard let p = parameters.first else { return }
+        throw LoRACoreError.unsupportedAdapter(
+            path: path, detail: "\(command) does not support target_parameters (LoRA on '\(p.module)' parameters); merge it into its base instead")
     }
 }

@@ -45,6 +45,24 @@ public struct AdapterConfig: Sendable, Equatable {
     /// `alpha_pattern` in file order.
     public private(set) var alphaPattern: [(key: String, value: Double)] = []
     public private(set) var targetModules: Targets = .none
+    /// `target_parameters`: `<module>.<parameter>` keys of parameters PEFT wraps with LoRA
+    /// (`lora.ParamWrapper`, e.g. MoE experts' `mlp.experts.gate_up_proj`), as listed in the file.
+    public private(set) var targetParameters: [String] = []
+
+    /// Whether a `target_parameters` entry selects parameter `key` (`<module>.<parameter>`, the
+    /// module without wrappers): PEFT's `key in target_names or key.endswith("." + target)`.
+    func targetsParameter(_ key: String) -> Bool {
+        targetParameters.contains { key == $0 || key.hasSuffix("." + $0) }
+    }
+
+    /// Whether some `target_parameters` entry names a parameter of `module` (its module part equals
+    /// the module or is a dot-boundary suffix of it).
+    func hasParameterTargets(in module: String) -> Bool {
+        targetParameters.contains { t in
+            let m = t[..<t.lastIndex(of: ".")!]
+            return module == m || module.hasSuffix("." + m)
+        }
+    }
     /// `exclude_modules`: modules PEFT leaves out even when `target_modules` names them.
     public private(set) var excludeModules: Targets = .none
     /// `modules_to_save`; each entry is also a regex in PEFT's exclusion rule (see `targets(_:)`).
@@ -84,6 +102,7 @@ public struct AdapterConfig: Sendable, Equatable {
             && l.alphaPattern.map(\.key) == r.alphaPattern.map(\.key) && l.alphaPattern.map(\.value) == r.alphaPattern.map(\.value)
             && l.modulesToSave == r.modulesToSave && l.layersToTransform == r.layersToTransform
             && l.layersPattern == r.layersPattern && l.loraBias == r.loraBias && l.oft == r.oft
+            && l.targetParameters == r.targetParameters
     }
 
     public init() {}
@@ -228,8 +247,26 @@ public struct AdapterConfig: Sendable, Equatable {
         }
         // Fields that change what a merge must do and that lora-tool does not implement: refused by
         // name rather than ignored.
-        if let v = present("target_parameters"), v.arrayValue?.isEmpty != true {
-            throw LoRACoreError.unsupportedAdapter(path: file, detail: "target_parameters (LoRA on parameters such as MoE experts) is not supported yet")
+        if let v = present("target_parameters") {
+            guard let a = v.arrayValue else { throw bad("target_parameters", "a list", v) }
+            targetParameters = try a.map { x in
+                guard let s = x.stringValue else { throw bad("target_parameters", "strings", x) }
+                // PEFT matches `<module>.<parameter>` keys; a bare name would also match every module's own parameter.
+                guard let dot = s.lastIndex(of: "."), dot != s.startIndex, s.index(after: dot) != s.endIndex else {
+                    throw LoRACoreError.unsupportedAdapter(path: file, detail: "target_parameters entry '\(s)' names no module ('<module>.<parameter>' expected)")
+                }
+                return s
+            }
+            if !targetParameters.isEmpty {
+                guard type == .lora else {
+                    throw LoRACoreError.unsupportedAdapter(path: file, detail: "target_parameters with peft_type \(type.rawValue): PEFT wraps parameters for LoRA only")
+                }
+                // lora.ParamWrapper raises for these; a file claiming them was not written by PEFT.
+                for (field, set) in [("use_dora", try bool("use_dora") == true), ("fan_in_fan_out", try bool("fan_in_fan_out") == true),
+                                     ("lora_bias", try bool("lora_bias") == true)] where set {
+                    throw LoRACoreError.unsupportedAdapter(path: file, detail: "target_parameters with \(field): PEFT's ParamWrapper does not support it")
+                }
+            }
         }
         if let v = present("trainable_token_indices") {
             func indices(_ x: JSONValue, _ field: String) throws -> [Int] {

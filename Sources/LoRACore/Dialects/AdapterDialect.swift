@@ -29,6 +29,8 @@ struct AdapterLayout: Sendable {
     var renames: [String: String] = [:]
     /// LoRA tensors a merged model drops when the base is that same combined file.
     var consumed: Set<String> = []
+    /// PEFT `target_parameters` wrappers, resolved against a base (`ExpertLoRA.resolve`).
+    var parameters: [ParameterLoRA] = []
 }
 
 /// An adapter file format: it recognises its files, reads them into the canonical `AdapterLayout`,

@@ -20,8 +20,58 @@ enum PEFTDialect: AdapterDialect {
         if let type = config.peftType.updateType {
             return try readUpdates(files, config: config, type: type)
         }
-        let (modules, replacements, untargeted) = try pair(files.checkpoint, config: config, file: files.weights)
-        return AdapterLayout(config: config, modules: modules, replacements: replacements, untargeted: untargeted)
+        let (parameters, rest) = try parameterWrappers(files.checkpoint, config: config)
+        let (modules, replacements, untargeted) = try pair(files.checkpoint, config: config, file: files.weights, skipping: rest)
+        var layout = AdapterLayout(config: config, modules: modules, replacements: replacements, untargeted: untargeted)
+        layout.parameters = parameters
+        return layout
+    }
+
+    /// `target_parameters` LoRA: `base_model.model.<module>(.base_layer)×k.lora_A.weight` / `lora_B.weight`
+    /// (an adapter-name infix, `lora_A.default.weight`, allowed) of a module some `target_parameters` entry names, grouped by module, the k-th wrapper from the
+    /// outside at index k.
+    /// - Returns: the groups and the tensor names they hold (which `pair` then skips).
+    /// - Throws: `LoRACoreError.invalidModule` for a wrapper missing A or B, or a gap in the nesting.
+    static func parameterWrappers(_ ckpt: Checkpoint, config: AdapterConfig) throws -> ([ParameterLoRA], Set<String>) {
+        guard !config.targetParameters.isEmpty else { return ([], []) }
+        var groups: [String: [Int: (a: String?, b: String?)]] = [:]
+        var taken = Set<String>()
+        for name in ckpt.names {
+            let n = name.hasPrefix("base_model.model.") ? String(name.dropFirst("base_model.model.".count)) : name
+            // `<m>.lora_A.weight`, or `<m>.lora_A.<adapter name>.weight` in a raw state_dict.
+            let parts = n.split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count >= 3, parts.last == "weight" else { continue }
+            let roleAt = parts[parts.count - 2].hasPrefix("lora_") ? parts.count - 2 : parts.count - 3
+            guard roleAt >= 1, parts[roleAt] == "lora_A" || parts[roleAt] == "lora_B" else { continue }
+            let isA = parts[roleAt] == "lora_A"
+            var module = parts[..<roleAt].joined(separator: "."), depth = 0
+            while module.hasSuffix(".base_layer") {
+                module.removeLast(".base_layer".count)
+                depth += 1
+            }
+            guard config.hasParameterTargets(in: module) else { continue }
+            var pair = groups[module]?[depth] ?? (nil, nil)
+            if let other = isA ? pair.a : pair.b {
+                throw LoRACoreError.invalidModule(
+                    module: module, detail: "parameter LoRA wrapper \(depth) has two \(parts[roleAt]) tensors ('\(other)', '\(name)'): several adapters? extract one first")
+            }
+            if isA { pair.a = name } else { pair.b = name }
+            groups[module, default: [:]][depth] = pair
+            taken.insert(name)
+        }
+        let wrappers = try groups.keys.sorted(by: utf8Precedes).map { module in
+            let g = groups[module]!
+            return ParameterLoRA(module: module, wrappers: try (0..<g.count).map { depth in
+                guard let p = g[depth] else {
+                    throw LoRACoreError.invalidModule(module: module, detail: "parameter LoRA wrappers are nested \(g.keys.max()! + 1) deep but wrapper \(depth) has no tensors")
+                }
+                guard let a = p.a, let b = p.b else {
+                    throw LoRACoreError.invalidModule(module: module, detail: "parameter LoRA wrapper \(depth) has \(p.a == nil ? "lora_B but no lora_A" : "lora_A but no lora_B")")
+                }
+                return (a, b)
+            })
+        }
+        return (wrappers, taken)
     }
 
     /// LoHa, LoKr, IA³, VeRA, OFT, BOFT (`peft_type` LOHA, LOKR, IA3, VERA, OFT, BOFT):
@@ -88,6 +138,7 @@ enum PEFTDialect: AdapterDialect {
         if adapter.config.useRslora { extras.append("rsLoRA") }
         if adapter.modules.contains(where: \.isDoRA) { extras.append("DoRA") }
         if adapter.modules.contains(where: { $0.kind == .embedding }) { extras.append("embedding LoRA") }
+        if adapter.targetsParameters { extras.append("target_parameters") }
         let base = adapter.config.peftType == .adalora ? "PEFT AdaLoRA" : "PEFT LoRA"
         return extras.isEmpty ? base : base + " (" + extras.joined(separator: ", ") + ")"
     }
@@ -102,14 +153,14 @@ enum PEFTDialect: AdapterDialect {
     }
 
     /// Groups LoRA tensors by module and checks each group.
-    static func pair(_ ckpt: Checkpoint, config: AdapterConfig, file: String) throws
+    static func pair(_ ckpt: Checkpoint, config: AdapterConfig, file: String, skipping skipped: Set<String> = []) throws
         -> ([AdapterModule], [(base: String, tensor: String)], [String])
     {
         var groups: [String: [LoRAParameter: String]] = [:]
         var replacements: [(base: String, tensor: String)] = []
         var adapterNames = Set<String>()
         var tokens: [(module: String, tensor: String)] = []
-        for name in ckpt.names {
+        for name in ckpt.names where !skipped.contains(name) {
             if name.hasSuffix(TrainableTokens.suffix) {
                 let module = String(name.dropLast(TrainableTokens.suffix.count))
                 tokens.append((module.hasPrefix("base_model.model.") ? String(module.dropFirst("base_model.model.".count)) : module, name))

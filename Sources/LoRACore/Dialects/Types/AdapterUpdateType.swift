@@ -1,6 +1,7 @@
 import SafeTensors
 
-/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT, BOFT): it recognises its tensors, reads one
+/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT, BOFT, and PEFT's LoRA on MoE
+/// experts' parameters, `ExpertLoRA`, which is resolved against the base rather than registered): it recognises its tensors, reads one
 /// module's tensors into the canonical `AdapterModule` (with a `ModuleUpdate`), and loads them into
 /// a `LoadedUpdate` that changes any block of rows of the target weight.
 ///
@@ -45,7 +46,7 @@ enum UpdateOrigin: Sendable {
 /// A module's update as read from its files, before loading: its type and its tensors.
 public struct ModuleUpdate: Sendable, Equatable {
     public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
-        l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount
+        l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount && l.experts == r.experts
     }
 
     let type: any AdapterUpdateType.Type
@@ -69,12 +70,14 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var rotatesInputs = false
     /// OFT: the settings that build each block's R.
     public var oft: OFTSettings? = nil
+    /// ExpertLoRA: which rows of the experts' ΔW the base tensor holds.
+    public var experts: ExpertSlice? = nil
 
     /// The same update with `shared` (role → tensor name) added to its tensors.
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
-                     rotatesInputs: rotatesInputs, oft: oft)
+                     rotatesInputs: rotatesInputs, oft: oft, experts: experts)
     }
 }
 
