@@ -46,7 +46,7 @@ qwen2/, qwen3/, gemma/, gemma2/, gemma3/, phi3/ (1 layer, a tiny SentencePiece t
                                    q/k/v biases, qwen3 q/k norms; gemma* tie lm_head to the embedding
                                    and store norms as 1 + w; phi3 has fused qkv_proj and gate_up_proj
                                    and longrope factors, written as rope_factors_long/short)
-  hf/                              (qwen2, qwen3, gemma, gemma2) the HF model it was converted from
+  hf/                              the HF model it was converted from
   adapter/                         PEFT LoRA r=4, alpha=8 on q,k,v,o,gate,up,down (phi3: qkv_proj,
                                    o_proj, gate_up_proj, down_proj)
   converter-merged-f16.gguf        PEFT merge_and_unload, then convert_hf_to_gguf.py --outtype f16
@@ -585,7 +585,7 @@ def main():
             model = make_model(hf, hidden=64, intermediate=128, layers=1, heads=4, kv_heads=2, seed=seed, family=family)
             make_adapter(model, os.path.join(out, "adapter"), seed=seed + 1, targets=PHI3_TARGETS if family == "phi3" else LLAMA_TARGETS)
             convert(converter, hf, "f16", os.path.join(out, "base-f16.gguf"))
-            if family in ("qwen2", "qwen3", "gemma", "gemma2"):
+            if family in ("qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"):
                 keep_hf(hf, os.path.join(out, "hf"))
             if family not in ("qwen2", "qwen3"):
                 convert_lora(converter, hf, os.path.join(out, "adapter"), "f32", os.path.join(out, "converter-adapter-f32.gguf"))

@@ -49,10 +49,11 @@ func expectSameFile(_ ours: String, _ theirs: String) throws {
 
 @Suite("Transformers models written as llama.cpp's converter writes them (convert --to gguf, merge --output X.gguf)")
 struct GGUFExportTests {
-    @Test("convert --to gguf equals convert_hf_to_gguf.py's file: metadata (tokenizer included) and tensors, byte for byte: llama with a Llama 2 style tokenizer.json (q/k rows permuted), qwen2, qwen3, gemma and gemma2 (own parameter lists, norms as 1 + w, lm_head skipped) with a SentencePiece tokenizer.model",
+    @Test("convert --to gguf equals convert_hf_to_gguf.py's file: metadata (tokenizer included) and tensors, byte for byte: llama with a Llama 2 style tokenizer.json (q/k rows permuted), qwen2, qwen3, gemma, gemma2 and gemma3 (own parameter lists, norms as 1 + w, lm_head skipped; gemma3's per-attention rope bases), phi3 (its own vocabulary reading, longrope factor tensors and attention factor) with a SentencePiece tokenizer.model",
           arguments: [("tiny", GGUFOutputType.keep, "tiny/base-f16.gguf"), ("tiny", .q8_0, "tiny/base-q8_0.gguf"),
                       ("qwen2", .f16, "qwen2/base-f16.gguf"), ("qwen3", .keep, "qwen3/base-f16.gguf"),
-                      ("gemma", .keep, "gemma/base-f16.gguf"), ("gemma2", .f16, "gemma2/base-f16.gguf")])
+                      ("gemma", .keep, "gemma/base-f16.gguf"), ("gemma2", .f16, "gemma2/base-f16.gguf"),
+                      ("gemma3", .keep, "gemma3/base-f16.gguf"), ("phi3", .keep, "phi3/base-f16.gguf")])
     func convertEqualsConverter(family: String, type: GGUFOutputType, reference: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -60,7 +61,7 @@ struct GGUFExportTests {
     }
 
     @Test("merge --base MODEL --output X.gguf equals the converter run on PEFT's merge_and_unload (every tensor bit for bit, the same metadata)",
-          arguments: ["tiny", "qwen2", "qwen3", "gemma", "gemma2"])
+          arguments: ["tiny", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3"])
     func mergeEqualsConverterOnPEFTMerge(family: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -68,12 +69,12 @@ struct GGUFExportTests {
         try expectSameFile(out, "\(fixtures)/\(family)/converter-merged-f16.gguf")
         // And the adapter changed something: the merged file is not the base's conversion.
         let merged = try GGUFFile(path: out), base = try GGUFFile(path: "\(fixtures)/\(family)/base-f16.gguf")
-        let q = merged.info("blk.0.attn_q.weight")!
+        let q = try #require(merged.info(family == "phi3" ? "blk.0.attn_qkv.weight" : "blk.0.attn_q.weight"))
         #expect(!merged.bytes(of: q).elementsEqual(base.bytes(of: base.info(q.name)!)))
     }
 
     @Test("verify checks an export against the transformers base + adapter: the converter's own merged file passes (an independent oracle), its unmerged conversion fails on every merged tensor by name, a q8_0 export passes and fails once one byte of it changes; merge --verify passes",
-          arguments: ["tiny", "qwen2", "qwen3", "gemma2"])
+          arguments: ["tiny", "qwen2", "qwen3", "gemma2", "phi3"])
     func verifyExport(family: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -84,9 +85,10 @@ struct GGUFExportTests {
             return try Verify.run(v)
         }
         let converter = try verify("\(fixtures)/\(family)/converter-merged-f16.gguf")
-        #expect(converter.passed && converter.entries.filter { $0.kind == .merged }.count == (family == "tiny" ? 14 : 7))
+        #expect(converter.passed && converter.entries.filter { $0.kind == .merged }.count == (family == "tiny" ? 14 : family == "phi3" ? 4 : 7))
+        let (query, value) = family == "phi3" ? ("blk.0.attn_qkv.weight", "blk.0.attn_qkv.weight") : ("blk.0.attn_q.weight", "blk.0.attn_v.weight")
         let unmerged = try verify("\(fixtures)/\(family)/base-f16.gguf")
-        #expect(!unmerged.passed && unmerged.entries.filter { !$0.failures.isEmpty }.map(\.tensor).contains("blk.0.attn_q.weight"))
+        #expect(!unmerged.passed && unmerged.entries.filter { !$0.failures.isEmpty }.map(\.tensor).contains(query))
         #expect(unmerged.entries.filter { !$0.failures.isEmpty }.allSatisfy { $0.kind == .merged })
 
         var options = MergeOptions(base: "\(fixtures)/\(family)/hf", adapters: [("\(fixtures)/\(family)/adapter", 1)], output: dir + "/q.gguf")
@@ -96,13 +98,13 @@ struct GGUFExportTests {
         let merged = try Merge.run(options)
         #expect(merged.verification?.passed == true)
         let file = try GGUFFile(path: dir + "/q.gguf")
-        let q = file.info("blk.0.attn_v.weight")!
+        let q = file.info(value)!
         #expect(q.type == .q8_0)
         var bytes = try RegularFile.readAll(dir + "/q.gguf", limit: 1 << 24)
         bytes[file.header.dataStart + Int(q.offset) + 2] ^= 0x01  // a code of the first block
         try Data(bytes).write(to: URL(fileURLWithPath: dir + "/tampered.gguf"))
         let tampered = try verify(dir + "/tampered.gguf")
-        #expect(!tampered.passed && tampered.entries.filter { !$0.failures.isEmpty }.map(\.tensor) == ["blk.0.attn_v.weight"])
+        #expect(!tampered.passed && tampered.entries.filter { !$0.failures.isEmpty }.map(\.tensor) == [value])
     }
 
     @Test("An adapter that changes a Gemma norm (written as 1 + w) is refused on the way to GGUF, naming the tensor; nothing is written")
@@ -158,8 +160,8 @@ struct GGUFExportTests {
             #expect { _ = try Merge.run(options) } throws: { (($0 as? any LocalizedError)?.errorDescription ?? "\($0)").contains(mentions) }
             #expect(!FileManager.default.fileExists(atPath: work + "/out.gguf"))
         }
-        try refused("tiny", { try editJSON($0 + "/config.json") { m in m[m.firstIndex { $0.key == "architectures" }!].value = .array([.string("Phi3ForCausalLM")]) } },
-                    mentions: "architectures 'Phi3ForCausalLM'")
+        try refused("tiny", { try editJSON($0 + "/config.json") { m in m[m.firstIndex { $0.key == "architectures" }!].value = .array([.string("Gemma3ForConditionalGeneration")]) } },
+                    mentions: "architectures 'Gemma3ForConditionalGeneration'")
         try refused("tiny", { try editJSON($0 + "/config.json") { m in
             m[m.firstIndex { $0.key == "rope_parameters" }!].value = .object([("rope_theta", .number("500000.0")), ("rope_type", .string("dynamic")), ("factor", .number("8.0"))])
         } }, mentions: "rope type 'dynamic'")

@@ -31,7 +31,7 @@ extension LoraTool {
 
                 --to gguf writes a transformers model (the argument is then its directory; no adapter) \
                 as the GGUF model llama.cpp's convert_hf_to_gguf.py writes, for LlamaForCausalLM, \
-                MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GemmaForCausalLM and Gemma2ForCausalLM with a SentencePiece \
+                MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma(2,3)ForCausalLM and Phi3ForCausalLM with a SentencePiece \
                 tokenizer.model, a Llama 2 style or a byte-level BPE tokenizer.json: the converter's metadata, tokenizer and \
                 tensors (q/k rows in rope order, norms and biases F32); --gguf-type f16 (default), f32, \
                 bf16 or q8_0. `merge --base MODEL_DIR --output X.gguf` does the same with adapters merged.

@@ -49,7 +49,8 @@ struct GGUFExportPlan {
     /// The converter class of each supported `architectures[0]`, as its GGUF architecture.
     static let architectures = ["LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
                                 "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-                                "GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2"]
+                                "GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3",
+                                "Phi3ForCausalLM": "phi3"]
     /// gguf's `LlamaFileType` for each output type.
     static let fileTypes: [GGUFOutputType: UInt32] = [.f32: 0, .f16: 1, .q8_0: 7, .bf16: 32]
     /// Fields whose meaning the converter turns into metadata or tensors lora-tool does not write.
@@ -138,11 +139,16 @@ struct GGUFExportPlan {
 
         // Rope: `rope_parameters` (transformers 5) or `rope_scaling`, with a top-level rope_theta mirrored in.
         var rope = (config["rope_parameters"] ?? config["rope_scaling"])?.objectMembers ?? []
-        let ropeName = config["rope_parameters"] != nil ? "rope_parameters" : "rope_scaling"
-        for k in ["full_attention", "sliding_attention", "mrope_section"] where rope.contains(where: { $0.key == k }) {
-            throw LoRACoreError.invalidConfig(file: configFile, detail: "\(ropeName).\(k) is not written to GGUF by lora-tool yet")
+        var ropeName = config["rope_parameters"] != nil ? "rope_parameters" : "rope_scaling"
+        if rope.contains(where: { $0.key == "mrope_section" }) {
+            throw LoRACoreError.invalidConfig(file: configFile, detail: "\(ropeName).mrope_section is not written to GGUF by lora-tool yet")
         }
-        if !rope.contains(where: { $0.key == "rope_theta" }),
+        // Per attention type (Gemma 3): the full-attention parameters, and the sliding window's base.
+        let swaTheta = try real(JSONValue.object(rope)["sliding_attention"]?["rope_theta"], "\(ropeName).sliding_attention.rope_theta")
+        if let full = JSONValue.object(rope)["full_attention"]?.objectMembers {
+            rope = full
+            ropeName += ".full_attention"
+        } else if !rope.contains(where: { $0.key == "rope_theta" }),
            let theta = find(["global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta", "rotary_emb_base"]), theta != .null {
             rope.append(("rope_theta", theta))
         }
@@ -171,12 +177,15 @@ struct GGUFExportPlan {
             }
         case ("llama3"?, _) where arch == "llama":
             break  // no metadata: the `rope_freqs` tensor below
+        case (_, _) where arch == "phi3":
+            break  // its own list below
         default:
             throw LoRACoreError.invalidConfig(
                 file: configFile,
                 detail: "\(ropeName): rope type '\(ropeType!)'\(factor == nil ? " without a factor" : "") is not written to GGUF by lora-tool yet (default, linear, yarn and, for llama, llama3 are)")
         }
         if let theta = try real(ropeObject["rope_theta"], "rope_theta") { meta.append((p + "rope.freq_base", .float32(theta))) }
+        if let swaTheta { meta.append((p + "rope.freq_base_swa", .float32(swaTheta))) }
         if let eps = try real(find(["rms_norm_eps", "norm_eps"]), "rms_norm_eps") {
             meta.append((p + "attention.layer_norm_rms_epsilon", .float32(eps)))
         }
@@ -201,10 +210,23 @@ struct GGUFExportPlan {
             meta.append((p + "vocab_size", .uint32(UInt32(vocabularySize))))
             meta.append((p + "rope.dimension_count", .uint32(headDim ?? hidden / heads)))
         }
-        let isGemma = arch == "gemma" || arch == "gemma2"
-        if isGemma {
+        let isGemma = arch.hasPrefix("gemma")
+        // gguf-py's writer overwrites a key in place, or adds it at the end.
+        func upsert(_ key: String, _ value: GGUFValue) {
+            if let i = meta.firstIndex(where: { $0.key == key }) { meta[i].value = value } else { meta.append((key, value)) }
+        }
+        var phi3AttentionFactor: Float?
+        switch arch {
+        case "gemma", "gemma2":
             // `GemmaModel` / `Gemma2Model.set_gguf_parameters` replace the text model's list.
             meta = try GGUFExportPlan.gemmaParameters(arch, config: config, blocks: blocks, fileType: fileType, file: configFile)
+        case "gemma3":
+            for (key, value) in try GGUFExportPlan.gemma3Overrides(config: config, fullTheta: ropeObject["rope_theta"]?.doubleValue, file: configFile) {
+                upsert(key, value)
+            }
+        case "phi3":
+            (meta, phi3AttentionFactor) = try GGUFExportPlan.phi3Parameters(config: config, rope: ropeObject, blocks: blocks, fileType: fileType, file: configFile)
+        default: break
         }
         meta.append(("general.quantization_version", .uint32(2)))
 
@@ -212,19 +234,17 @@ struct GGUFExportPlan {
         if arch == "llama", let add = try SideFiles.readJSON(directory + "/tokenizer_config.json")?["add_prefix_space"]?.boolValue {
             meta.append(("tokenizer.ggml.add_space_prefix", .bool(add)))
         }
-        if isGemma && !FileManager.default.fileExists(atPath: directory + "/tokenizer.model") {
+        if (arch == "gemma" || arch == "gemma2") && !FileManager.default.fileExists(atPath: directory + "/tokenizer.model") {
             throw LoRACoreError.invalidConfig(file: directory, detail: "\(hfArch) needs its SentencePiece tokenizer.model (the converter reads no other)")
         }
-        let vocabulary = try GGUFVocabulary.read(directory: directory, vocabularySize: vocabularySize, llamaHF: arch == "llama",
-                                                 extraPreTokenizers: extraPreTokenizers)
+        let tokenizerClass = try SideFiles.readJSON(directory + "/tokenizer_config.json")?["tokenizer_class"]?.stringValue
+        let phi3SentencePiece = arch == "phi3" && tokenizerClass != "GPT2Tokenizer"
+        let vocabulary = phi3SentencePiece ? try GGUFVocabulary.phi3(directory: directory, vocabularySize: vocabularySize)
+            : try GGUFVocabulary.read(directory: directory, vocabularySize: vocabularySize, llamaHF: arch == "llama", extraPreTokenizers: extraPreTokenizers)
         meta += vocabulary.metadata
         let byteLevel = vocabulary.model == "gpt2"
         meta += try GGUFSpecialVocabulary(directory: directory, vocabularySize: byteLevel ? nil : vocabulary.tokens.count, loadMerges: byteLevel).metadata
-        if isGemma {
-            // Added (or, when present, overwritten in place) after the special tokens, as gguf-py's writer does.
-            func upsert(_ key: String, _ value: GGUFValue) {
-                if let i = meta.firstIndex(where: { $0.key == key }) { meta[i].value = value } else { meta.append((key, value)) }
-            }
+        if isGemma && vocabulary.model == "llama" {
             if arch == "gemma", !meta.contains(where: { $0.key == "tokenizer.ggml.eot_token_id" }) {
                 // CodeGemma's end-of-turn id, which the converter sets for every Gemma (its own TODO says so).
                 let eot = try GGUFSpecialVocabulary(directory: directory, vocabularySize: nil, types: ["eot"]).tokenIDs.first?.id ?? 107
@@ -245,7 +265,7 @@ struct GGUFExportPlan {
             return fa != fb ? utf8Precedes(URL(fileURLWithPath: fa).lastPathComponent, URL(fileURLWithPath: fb).lastPathComponent) : utf8Precedes(a, b)
         }
         for source in ordered where !source.hasSuffix(".attention.masked_bias") && !source.hasSuffix(".attention.bias") && !source.hasSuffix(".rotary_emb.inv_freq")
-            && !(isGemma && source == "lm_head.weight") {  // Gemma's converter skips lm_head (tied)
+            && !((arch == "gemma" || arch == "gemma2") && source == "lm_head.weight") {  // Gemma's converter skips lm_head (tied)
             let info = model.info(source)!
             guard [.float32, .float16, .bfloat16].contains(info.dtype) else {
                 throw GGUFError.incompatibleTensor(file: model.path, tensor: source, detail: "dtype \(info.dtype.rawValue): only F32, F16 and BF16 tensors are written to GGUF")
@@ -254,6 +274,10 @@ struct GGUFExportPlan {
                 throw GGUFError.incompatibleTensor(file: model.path, tensor: source, detail: "no llama.cpp name for it in lora-tool's \(arch) table")
             }
             let dims = info.shape.reversed().map { UInt64($0) }
+            if arch == "gemma3" && source.hasSuffix("embed_tokens.weight") && info.shape.first != vocabulary.tokens.count {
+                // The converter keeps the tokenizer's rows only.
+                throw GGUFError.incompatibleTensor(file: model.path, tensor: source, detail: "\(info.shape.first ?? 0) rows for \(vocabulary.tokens.count) tokens: the converter drops the rows past the vocabulary, which lora-tool does not yet")
+            }
             var t: GGMLType
             if info.shape.count <= 1 || name.hasSuffix("_norm.weight") || !name.hasSuffix(".weight") {
                 t = .f32
@@ -284,6 +308,19 @@ struct GGUFExportPlan {
             tensors.insert(Tensor(name: "rope_freqs.weight", source: "rope_freqs.weight", dims: [UInt64(values.count)], type: .f32,
                                   permutation: nil, values: values), at: 0)
         }
+        if arch == "phi3", let long = ropeObject["long_factor"]?.arrayValue, !long.isEmpty {
+            // `Phi3MiniModel.generate_extra_tensors`: the longrope factors, first.
+            let short = ropeObject["short_factor"]?.arrayValue ?? []
+            let dims = Int(try GGUFExportPlan.phi3RopeDimensions(config: config, rope: ropeObject, file: configFile))
+            guard long.count == short.count, long.count * 2 == dims,
+                  case let l = long.compactMap(\.doubleValue), case let sh = short.compactMap(\.doubleValue), l.count == long.count, sh.count == short.count else {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "\(ropeName): long_factor and short_factor must be \(dims / 2) numbers each")
+            }
+            tensors.insert(contentsOf: [
+                Tensor(name: "rope_factors_long.weight", source: "rope_factors_long.weight", dims: [UInt64(l.count)], type: .f32, permutation: nil, values: l.map(Float.init)),
+                Tensor(name: "rope_factors_short.weight", source: "rope_factors_short.weight", dims: [UInt64(sh.count)], type: .f32, permutation: nil, values: sh.map(Float.init)),
+            ], at: 0)
+        }
         self.tensors = tensors
 
         let parameters = tensors.reduce(0) { $0 + $1.dims.reduce(1) { $0 * Int($1) } }
@@ -292,6 +329,10 @@ struct GGUFExportPlan {
             ("general.name", .string(URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent)),
         ]
         if parameters > 0 { general.append(("general.size_label", .string(GGUFExportPlan.sizeLabel(parameters)))) }
+        if let phi3AttentionFactor {
+            // Added while the tensors are prepared, before the general keys.
+            general.insert(("phi3.rope.scaling.attn_factor", .float32(phi3AttentionFactor)), at: 1)
+        }
         metadata = general + meta
     }
 
@@ -327,6 +368,84 @@ struct GGUFExportPlan {
                     (p + "attention.sliding_window", try count("sliding_window"))]
         }
         return out
+    }
+
+    /// `Gemma3Model.set_gguf_parameters`' changes to the text model's list (each overwriting its key
+    /// in place, or added at the end), with its defaults.
+    static func gemma3Overrides(config: JSONValue, fullTheta: Double?, file: String) throws -> [(key: String, value: GGUFValue)] {
+        func value(_ key: String, _ fallback: Double) throws -> Double {
+            guard let v = config[key], v != .null else { return fallback }
+            guard let d = v.doubleValue else { throw LoRACoreError.invalidConfig(file: file, detail: "'\(key)' is not a number") }
+            return d
+        }
+        if let cap = config["attn_logit_softcapping"], cap != .null {
+            throw LoRACoreError.invalidConfig(file: file, detail: "gemma3 with attn_logit_softcapping: the converter refuses it (Gemma 3 has none)")
+        }
+        var out: [(key: String, value: GGUFValue)] = [
+            ("gemma3.context_length", .uint32(UInt32(try value("max_position_embeddings", 131072)))),
+            ("gemma3.attention.head_count", .uint32(UInt32(try value("num_attention_heads", 8)))),
+            ("gemma3.attention.layer_norm_rms_epsilon", .float32(Float(try value("rms_norm_eps", 1e-6)))),
+            ("gemma3.attention.key_length", .uint32(UInt32(try value("head_dim", 256)))),
+            ("gemma3.attention.value_length", .uint32(UInt32(try value("head_dim", 256)))),
+            ("gemma3.rope.freq_base", .float32(Float(fullTheta ?? 1_000_000))),
+        ]
+        if let cap = config["final_logit_softcapping"]?.doubleValue, cap != 0 { out.append(("gemma3.final_logit_softcapping", .float32(Float(cap)))) }
+        if config["sliding_window_pattern"]?.intValue != 1 {
+            guard let window = config["sliding_window"]?.intValue, let w = UInt32(exactly: window) else {
+                throw LoRACoreError.invalidConfig(file: file, detail: "gemma3 needs 'sliding_window'")
+            }
+            out.append(("gemma3.attention.sliding_window", .uint32(w)))
+        }
+        out.append(("gemma3.attention.head_count_kv", .uint32(UInt32(try value("num_key_value_heads", 4)))))
+        return out
+    }
+
+    /// `Phi3MiniModel`'s rope dimensions: int(partial_rotary_factor · hidden) // heads.
+    static func phi3RopeDimensions(config: JSONValue, rope: JSONValue, file: String) throws -> UInt32 {
+        guard let hidden = (config["hidden_size"] ?? config["n_embd"])?.intValue, let heads = (config["num_attention_heads"] ?? config["n_head"])?.intValue, heads > 0 else {
+            throw LoRACoreError.invalidConfig(file: file, detail: "phi3 needs hidden_size and num_attention_heads")
+        }
+        let fraction = rope["partial_rotary_factor"]?.doubleValue ?? config["partial_rotary_factor"]?.doubleValue ?? 1
+        return UInt32(Int(fraction * Double(hidden)) / heads)
+    }
+
+    /// `Phi3MiniModel.set_gguf_parameters` (its own list) and the longrope attention factor its
+    /// `generate_extra_tensors` adds (nil without long factors).
+    static func phi3Parameters(config: JSONValue, rope: JSONValue, blocks: UInt32, fileType: UInt32,
+                               file: String) throws -> ([(key: String, value: GGUFValue)], Float?) {
+        func count(_ keys: [String]) throws -> UInt32 {
+            guard let n = keys.lazy.compactMap({ config[$0]?.intValue }).first, let u = UInt32(exactly: n) else {
+                throw LoRACoreError.invalidConfig(file: file, detail: "phi3 needs '\(keys[0])'")
+            }
+            return u
+        }
+        guard let original = (rope["original_max_position_embeddings"] ?? config["original_max_position_embeddings"])?.intValue,
+              let theta = rope["rope_theta"]?.doubleValue ?? config["rope_theta"]?.doubleValue,
+              let eps = config["rms_norm_eps"]?.doubleValue else {
+            throw LoRACoreError.invalidConfig(file: file, detail: "phi3 needs original_max_position_embeddings, rope_theta and rms_norm_eps")
+        }
+        let context = try count(["n_positions", "max_position_embeddings"])
+        let p = "phi3."
+        let meta: [(key: String, value: GGUFValue)] = [
+            (p + "context_length", .uint32(context)), (p + "rope.scaling.original_context_length", .uint32(UInt32(original))),
+            (p + "embedding_length", .uint32(try count(["hidden_size", "n_embd"]))), (p + "feed_forward_length", .uint32(try count(["intermediate_size"]))),
+            (p + "block_count", .uint32(blocks)), (p + "attention.head_count", .uint32(try count(["num_attention_heads", "n_head"]))),
+            (p + "attention.head_count_kv", .uint32(try count(["num_key_value_heads", "n_head_kv"]))),
+            (p + "attention.layer_norm_rms_epsilon", .float32(Float(eps))),
+            (p + "rope.dimension_count", .uint32(try phi3RopeDimensions(config: config, rope: rope, file: file))),
+            (p + "rope.freq_base", .float32(Float(theta))), ("general.file_type", .uint32(fileType)),
+            (p + "attention.sliding_window", .uint32(UInt32(config["sliding_window"]?.intValue ?? 0))),
+        ]
+        guard let long = rope["long_factor"]?.arrayValue, !long.isEmpty else { return (meta, nil) }
+        let scale = Double(context) / Double(original)
+        let type = (rope["rope_type"]?.stringValue ?? rope["type"]?.stringValue ?? "").lowercased()
+        let factor: Double
+        switch type {
+        case "su", "longrope": factor = scale > 1 ? (1 + Foundation.log(scale) / Foundation.log(Double(original))).squareRoot() : 1
+        case "yarn": factor = scale > 1 ? 0.1 * Foundation.log(scale) + 1 : 1
+        default: throw LoRACoreError.invalidConfig(file: file, detail: "phi3 rope type '\(type)' with long factors: the converter supports su, longrope and yarn")
+        }
+        return (meta, Float(factor))
     }
 
     /// Llama 3's rope frequency factors as `LlamaModel.generate_extra_tensors` computes them, in its

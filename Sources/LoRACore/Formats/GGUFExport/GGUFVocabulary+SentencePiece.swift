@@ -9,7 +9,9 @@ extension GGUFVocabulary {
     /// tokenizer_config.json's `added_tokens_decoder` entries: control when `special` or when they
     /// look special, else user-defined with `▁` written as a space (score −1000). Ids past the
     /// vocabulary are skipped, as the converter skips them.
-    static func sentencePiece(directory: String, vocabularySize: Int?) throws -> GGUFVocabulary {
+    /// - Parameter addedTokensDecoder: apply tokenizer_config.json's `added_tokens_decoder` (Phi-3
+    ///   reads it its own way).
+    static func sentencePiece(directory: String, vocabularySize: Int?, addedTokensDecoder: Bool = true) throws -> GGUFVocabulary {
         let sp = try SentencePieceModel(path: directory + "/tokenizer.model")
         let n = vocabularySize ?? sp.pieces.count
         var v = GGUFVocabulary()
@@ -41,7 +43,7 @@ extension GGUFVocabulary {
             }
         }
         let configFile = directory + "/tokenizer_config.json"
-        if let decoder = try SideFiles.readJSON(configFile)?["added_tokens_decoder"]?.objectMembers {
+        if addedTokensDecoder, let decoder = try SideFiles.readJSON(configFile)?["added_tokens_decoder"]?.objectMembers {
             for (key, entry) in decoder {
                 guard let id = Int(key), var token = entry["content"]?.stringValue else {
                     throw LoRACoreError.invalidConfig(file: configFile, detail: "added_tokens_decoder '\(key)': needs an integer id and a content string")
@@ -55,6 +57,39 @@ extension GGUFVocabulary {
                 }
                 (v.tokens[id], v.scores[id]) = (token, -1000)
             }
+        }
+        return v
+    }
+
+    /// `Phi3MiniModel.set_vocab`'s own SentencePiece reading: the slots and pieces as
+    /// `sentencePiece`, added_tokens.json as there; then every `added_tokens_decoder` entry of
+    /// tokenizer_config.json and every `added_tokens` entry of tokenizer.json becomes user-defined,
+    /// or control when `special` (no "looks special" rule, no `▁` rewriting), score −1000.
+    static func phi3(directory: String, vocabularySize: Int?) throws -> GGUFVocabulary {
+        guard FileManager.default.fileExists(atPath: directory + "/tokenizer.model") else {
+            throw LoRACoreError.invalidConfig(file: directory + "/tokenizer.model", detail: "missing: Phi-3's converter reads its SentencePiece model")
+        }
+        var v = try sentencePiece(directory: directory, vocabularySize: vocabularySize, addedTokensDecoder: false)
+        var entries: [(id: Int, content: String, special: Bool, file: String)] = []
+        let configFile = directory + "/tokenizer_config.json"
+        for (key, entry) in try SideFiles.readJSON(configFile)?["added_tokens_decoder"]?.objectMembers ?? [] {
+            guard let id = Int(key), let content = entry["content"]?.stringValue else {
+                throw LoRACoreError.invalidConfig(file: configFile, detail: "added_tokens_decoder '\(key)': needs an integer id and a content string")
+            }
+            entries.append((id, content, entry["special"]?.boolValue ?? false, configFile))
+        }
+        let jsonFile = directory + "/tokenizer.json"
+        for entry in try SideFiles.readJSON(jsonFile)?["added_tokens"]?.arrayValue ?? [] {
+            guard let id = entry["id"]?.intValue, let content = entry["content"]?.stringValue else {
+                throw LoRACoreError.invalidConfig(file: jsonFile, detail: "added_tokens: an entry without an integer id and a content string")
+            }
+            entries.append((id, content, entry["special"]?.boolValue ?? false, jsonFile))
+        }
+        for e in entries {
+            guard e.id >= 0 && e.id < v.tokens.count else {
+                throw LoRACoreError.invalidConfig(file: e.file, detail: "added token \(e.id) '\(e.content)' is past the vocabulary of \(v.tokens.count) (the converter fails on it)")
+            }
+            (v.tokens[e.id], v.scores[e.id], v.types[e.id]) = (e.content, -1000, e.special ? GGUFVocabulary.control : GGUFVocabulary.userDefined)
         }
         return v
     }
