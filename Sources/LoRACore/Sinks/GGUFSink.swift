@@ -306,10 +306,17 @@ public final class GGUFSink: Sendable {
             case let .failure(bad): throw GGUFError.nonFiniteValue(type: e.type, tensor: e.ggufName, index: bad.index, value: target[bad.index])
             }
         }
+        if plain {
+            // F32/F16/BF16 from another float dtype (a converted tensor of an export): one rounding,
+            // nearest even, NaN kept quiet as ggml's conversions do, in FloatCodec's vectorized loops.
+            let out: FloatCodec.Format = e.type == .f16 ? .f16 : e.type == .bf16 ? .bf16 : .f32
+            target.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { FloatCodec.encode(v, format: out, into: $0) } }
+            return (bytes, DeltaComparison())
+        }
         try target.withUnsafeBufferPointer { v in
             try bytes.withUnsafeMutableBytes { try GGMLQuantizer.quantize(v, type: e.type, into: $0, tensor: e.ggufName) }
         }
-        guard !plain, let baseTensor = e.base else { return (bytes, DeltaComparison()) }
+        guard let baseTensor = e.base else { return (bytes, DeltaComparison()) }
         // Survival: base values (GGUF order, decoded), the target, and what the blocks decode to.
         let base = try baseTensor.file.dequantize(baseTensor.info, rows: rows)
         let stored = try bytes.withUnsafeBytes { try GGMLDequantizer.dequantize($0, type: e.type, tensor: e.ggufName) }
