@@ -60,6 +60,10 @@ public enum Verify {
         // What merge writes, recomputed (overflows are the comparison's business, not errors here).
         let context = try RunContext(threads: options.threads, allowOverflow: true)
         let recomputed = try ApplyAdaptersPass(plan: plan, context: context).apply(to: base)
+        if dequantized !== opened, options.part == nil,
+           let requantized = try requantizedOutput(of: recomputed, merged: merged, plan: plan, context: context) {
+            return try checkRequantized(requantized, merged: merged, plan: plan, options: options, seed: seed)
+        }
 
         // The tensor list, shapes and dtypes, before any value is read.
         var entries: [VerifyReport.Entry] = []
@@ -237,7 +241,7 @@ public enum Verify {
     }
 
     /// The directory of a model given as a directory or an index file; nil for a single file.
-    private static func modelDirectory(_ path: String) -> String? {
+    static func modelDirectory(_ path: String) -> String? {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return nil }
         if isDir.boolValue { return path }

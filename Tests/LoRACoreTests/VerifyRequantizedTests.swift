@@ -1,0 +1,62 @@
+import Foundation
+import Testing
+@testable import LoRACore
+@testable import SafeTensors
+
+private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("QuantFixtures").path
+
+@Suite("verify of merges written back in the base's quantized scheme (--requantize keep, --keep-quantized)")
+struct VerifyRequantizedTests {
+    /// Merges the fixture's adapter into its quantized base, written back in its scheme.
+    private func merge(_ fixture: String, in dir: String, keepQuantized: Bool = false) throws -> String {
+        var options = MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [("\(fixtures)/\(fixture)/adapter", 1)], output: dir + "/merged")
+        if keepQuantized { options.keepQuantized = true } else { options.requantize = "keep" }
+        options.durable = false
+        _ = try Merge.run(options)
+        return dir + "/merged"
+    }
+
+    private func verify(_ fixture: String, merged: String, mode: VerifyMode = .both) throws -> VerifyReport {
+        var v = VerifyOptions(base: "\(fixtures)/\(fixture)/base", adapters: [("\(fixtures)/\(fixture)/adapter", 1)], merged: merged)
+        v.seed = 3
+        v.mode = mode
+        return try Verify.run(v)
+    }
+
+    @Test("A requantized merge passes (before: every scale and quant state failed as an extra tensor); one changed byte in a merged weight's codes fails naming that weight only; --mode probes is refused with the reason",
+          arguments: ["fp8_block", "int8", "ct_fp8_channel", "ct_fp8_tensor", "qlora_nf4", "qlora_nf4_double"])
+    func requantized(fixture: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let merged = try merge(fixture, in: dir)
+        let report = try verify(fixture, merged: merged)
+        #expect(report.passed, "\(report.entries.filter { !$0.failures.isEmpty }.map { "\($0.tensor): \($0.failures)" })")
+        #expect(report.entries.contains { $0.kind == .merged } && report.probesSkipped != nil)
+
+        // Tamper with the first merged weight's stored bytes.
+        let checkpoint = try Checkpoint(path: merged)
+        let target = try #require(report.entries.first { $0.kind == .merged }?.tensor)
+        let location = try #require(checkpoint.location(of: target))
+        let file = location.file.path
+        var bytes = try RegularFile.readAll(file, limit: 1 << 26)
+        bytes[location.offset + location.count / 2] ^= 0x10
+        try Data(bytes).write(to: URL(fileURLWithPath: file))
+        let tampered = try verify(fixture, merged: merged)
+        #expect(!tampered.passed && tampered.entries.filter { !$0.failures.isEmpty }.map(\.tensor) == [target])
+        #expect(throws: LoRACoreError.self) { try verify(fixture, merged: merged, mode: .probes) }
+    }
+
+    @Test("--keep-quantized (merged weights dense, the others 4-bit, skip modules grown) passes; without its quantization_config the config fails")
+    func keepQuantized() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let merged = try merge("qlora_nf4", in: dir, keepQuantized: true)
+        #expect(try verify("qlora_nf4", merged: merged).passed)
+        let config = merged + "/config.json"
+        var members = try SideFiles.readJSON(config)!.objectMembers!
+        members.removeAll { $0.key == "quantization_config" }
+        try Data(JSONWriter.pretty(.object(members)).utf8).write(to: URL(fileURLWithPath: config))
+        let report = try verify("qlora_nf4", merged: merged)
+        #expect(!report.passed && report.files.contains { $0.file == "config.json" && !$0.passed })
+    }
+}
