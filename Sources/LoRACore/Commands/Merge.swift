@@ -208,10 +208,15 @@ public enum Merge {
 
         var verification: VerifyReport?
         if options.verify && survival != nil {
-            // The 4-bit output is not a merge to compare with: the dense merge it was quantized from is
-            // checked as computed, with the probe check.
+            // The requantized output is not a merge to hold within ulp bounds: the dense merge it was
+            // quantized from is checked as computed, with the probe check.
             let sink = VerifySink(plan: plan, probes: options.probes, seed: options.seed ?? UInt64.random(in: .min ... .max), threads: context.threads)
             verification = try VerifySink.passing(sink.consume(dense))
+            // Then the written files as `lora-tool verify` checks them: every byte merge's
+            // requantization (a failure names the tensor and leaves no output).
+            var files = options.verifyOptions(merged: output.staging, threads: context.threads)
+            files.mode = .exact
+            _ = try VerifySink.passing(Verify.run(files))
         } else if options.verify {
             // The same check as `lora-tool verify`, on the staged output before it gets its name.
             let v = options.verifyOptions(merged: output.staging, threads: context.threads)
