@@ -1414,6 +1414,20 @@ def mxfp4_case():
     merged = peft_model.merge_and_unload()
     os.makedirs(os.path.join(d, "merged"))
     save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
+    # adapter-experts/: LoRA on q_proj and, through target_parameters, on the experts' gate_up_proj and
+    # down_proj of the dequantized model; merged-experts/: merge_and_unload of it loaded on that model.
+    def dequantized_model():
+        m = GptOssForCausalLM(cfg).to(torch.bfloat16)
+        m.load_state_dict(dense)
+        return m
+    peft_model = get_peft_model(dequantized_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"],
+                                                                target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                                                init_lora_weights=False))
+    randomize_adapter(peft_model, 67)
+    save_adapter(peft_model, os.path.join(d, "adapter-experts"))
+    merged = PeftModel.from_pretrained(dequantized_model(), os.path.join(d, "adapter-experts")).merge_and_unload()
+    os.makedirs(os.path.join(d, "merged-experts"))
+    save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, os.path.join(d, "merged-experts", "model.safetensors"), metadata={"format": "pt"})
     print("mxfp4 case")
 
 

@@ -47,14 +47,18 @@ struct MXFP4Tests {
         }
     }
 
-    @Test("A dense merge of attention LoRA into the MXFP4 base equals PEFT's merge on the dequantized model, and verify passes")
-    func merge() throws {
+    @Test("A dense merge into the MXFP4 base equals PEFT's merge on the dequantized model, and verify passes: attention LoRA alone; q_proj and the experts through target_parameters",
+          arguments: [("adapter", "merged", ["self_attn.q_proj.weight", "self_attn.v_proj.weight"]),
+                      ("adapter-experts", "merged-experts", ["self_attn.q_proj.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"])])
+    func merge(adapterName: String, mergedName: String, changed: [String]) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let adapter = fixture + "/adapter"
+        let adapter = fixture + "/" + adapterName
         let report = try Merge.run(MergeOptions(base: fixture + "/base", adapters: [(adapter, 1)], output: dir + "/m"))
-        #expect(report.dequantizedBase && report.mergedTensors == 2)
-        let ours = try Checkpoint(path: dir + "/m"), expected = try Checkpoint(path: fixture + "/merged")
+        #expect(report.dequantizedBase && report.mergedTensors == changed.count)
+        let ours = try Checkpoint(path: dir + "/m"), expected = try Checkpoint(path: fixture + "/" + mergedName)
+        let dense = try Checkpoint(path: fixture + "/dequantized")
+        for name in changed.map({ "model.layers.0." + $0 }) { #expect(try !dense.bytes(of: name).elementsEqual(try expected.bytes(of: name)), "\(name) changed") }
         #expect(ours.names == expected.names)
         for name in expected.names {
             let d = ulpDistance(try ours.bytes(of: name), try expected.bytes(of: name), dtype: ours.info(name)!.dtype)
