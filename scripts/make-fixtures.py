@@ -1361,6 +1361,76 @@ def moe_cases():
         print("case", "peft_moe_" + kind)
 
 
+def mxfp4_case():
+    """An MXFP4 GPT-OSS base (transformers integrations/mxfp4.py, the layout of openai/gpt-oss):
+    experts.{gate_up,down}_proj_blocks U8 [E, out, in/32, 16] (two FP4 E2M1 codes a byte, low
+    nibble the even element) + _scales U8 [E, out, in/32] (E8M0, bias 127), everything else bf16,
+    quantization_config {"quant_method": "mxfp4", "modules_to_not_convert": [...]}. One layer,
+    3 experts, hidden 64, expert width 32; random codes, scales 2^-127 (code 0) and 110..135.
+    transformers loads it back on CPU (no triton kernels: dequantize=True) to the oracle
+    convert_moe_packed_tensors(blocks, scales, dtype=bf16), the dense [E, in, out] parameter.
+    adapter/: PEFT LoRA on q_proj and v_proj of that dequantized model; merged/: its merge_and_unload."""
+    from transformers import GptOssConfig, GptOssForCausalLM, AutoModelForCausalLM
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+    d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "mxfp4"))
+    torch.manual_seed(0)
+    cfg = GptOssConfig(hidden_size=64, intermediate_size=32, num_local_experts=3, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=16, vocab_size=32, max_position_embeddings=32, tie_word_embeddings=False,
+                       num_experts_per_tok=2, layer_types=["full_attention"])
+    model = GptOssForCausalLM(cfg).to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    g = torch.Generator().manual_seed(23)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    dense = {}
+    for k in list(sd):
+        if k.endswith("experts.gate_up_proj") or k.endswith("experts.down_proj"):
+            e, i, o = sd.pop(k).shape
+            blocks = torch.randint(0, 256, (e, o, i // 32, 16), generator=g, dtype=torch.uint8)
+            scales = torch.randint(110, 136, (e, o, i // 32), generator=g, dtype=torch.uint8)
+            scales[0, 0, 0] = 0
+            sd[k + "_blocks"], sd[k + "_scales"] = blocks, scales
+            dense[k] = convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16).contiguous()
+            assert dense[k].shape == (e, i, o)
+        else:
+            dense[k] = sd[k]
+    base = os.path.join(d, "base")
+    model.config.dtype = torch.bfloat16
+    model.config.quantization_config = {"quant_method": "mxfp4",
+                                        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    model.config.save_pretrained(base)
+    save_file(sd, os.path.join(base, "model.safetensors"), metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(base, device_map="cpu")
+    for k, p in loaded.state_dict().items():
+        assert p.dtype == torch.bfloat16 and torch.equal(p, dense[k]), k
+    os.makedirs(os.path.join(d, "dequantized"))
+    save_file(dense, os.path.join(d, "dequantized", "model.safetensors"), metadata={"format": "pt"})
+    plain = GptOssForCausalLM(cfg).to(torch.bfloat16)
+    plain.load_state_dict(dense)
+    peft_model = get_peft_model(plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    randomize_adapter(peft_model, 61)
+    save_adapter(peft_model, os.path.join(d, "adapter"))
+    merged = peft_model.merge_and_unload()
+    os.makedirs(os.path.join(d, "merged"))
+    save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
+    # adapter-experts/: LoRA on q_proj and, through target_parameters, on the experts' gate_up_proj and
+    # down_proj of the dequantized model; merged-experts/: merge_and_unload of it loaded on that model.
+    def dequantized_model():
+        m = GptOssForCausalLM(cfg).to(torch.bfloat16)
+        m.load_state_dict(dense)
+        return m
+    peft_model = get_peft_model(dequantized_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"],
+                                                                target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                                                init_lora_weights=False))
+    randomize_adapter(peft_model, 67)
+    save_adapter(peft_model, os.path.join(d, "adapter-experts"))
+    merged = PeftModel.from_pretrained(dequantized_model(), os.path.join(d, "adapter-experts")).merge_and_unload()
+    os.makedirs(os.path.join(d, "merged-experts"))
+    save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, os.path.join(d, "merged-experts", "model.safetensors"), metadata={"format": "pt"})
+    print("mxfp4 case")
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -1383,6 +1453,7 @@ GROUPS = {
     "oft": oft_cases,
     "boft": boft_cases,
     "moe": moe_cases,
+    "mxfp4": mxfp4_case,
 }
 
 if __name__ == "__main__":

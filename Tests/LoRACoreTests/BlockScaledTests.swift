@@ -193,8 +193,8 @@ struct BlockScaledTests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
     }
 
-    @Test("Other quantized bases are refused by quant_method with the reason, before any output", arguments: [
-        ("gptq", "calibration data"), ("awq", "calibration data"), ("mxfp4", "Mxfp4Config(dequantize=True)"),
+    @Test("Other quantized bases (and an mxfp4 config over other tensors) are refused by quant_method with the reason, before any output", arguments: [
+        ("gptq", "calibration data"), ("awq", "calibration data"), ("mxfp4", "no tensor is stored as MXFP4"),
         ("hqq", "cannot be exact"),
     ])
     func otherSchemes(method: String, reason: String) throws {

@@ -264,6 +264,12 @@ public enum Inspect {
                 computeDType: q.computeDType.rawValue, quantizedBytes: quantized,
                 denseBytes: q.weights.values.reduce(0) { $0 + $1.shape.reduce(1, *) * q.computeDType.bitSize / 8 })
         }
+        if adapter == nil, let q = try MXFP4Quantization.read(TensorStream(model: ckpt)) {
+            report.blockScaled = InspectReport.BlockScaled(
+                scheme: q.description, weights: q.weights.count, partialWeights: 0, computeDType: q.computeDType.rawValue,
+                quantizedBytes: q.companions.reduce(0) { $0 + (ckpt.info($1)?.byteCount ?? 0) },
+                denseBytes: q.weights.values.reduce(0) { $0 + $1.shape.reduce(1, *) * q.computeDType.bitSize / 8 })
+        }
         return report
     }
 }

@@ -153,6 +153,9 @@ public enum Merge {
         if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
             throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or int8, fp8, compressed-tensors fp8); \(options.base) has no quantized weights")
         }
+        if options.requantize != nil || options.keepQuantized, base.tensors.contains(where: { $0.source is DequantizedMXFP4 }) {
+            throw LoRACoreError.invalidRequest("\(options.base) is an mxfp4 base: writing the merge back in MXFP4 (--requantize, --keep-quantized) is not implemented yet (transformers' quantize_to_mxfp4 runs triton_kernels' downcast_to_mxfp_torch, which is not reproduced here); omit it for a dense model")
+        }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         if let replicate = try LayerReplicationPass.forAdapters(adapters) { base = try replicate.apply(to: base) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)

@@ -123,7 +123,7 @@ extension LoraTool {
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
             guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-            if let requantize, !["keep", "nf4", "fp4", "fp8", "int8"].contains(requantize) { throw ValidationError("--requantize must be keep, nf4, fp4, fp8 or int8") }
+            if let requantize, !["keep", "nf4", "fp4", "fp8", "int8", "mxfp4"].contains(requantize) { throw ValidationError("--requantize must be keep, nf4, fp4, fp8, int8 or mxfp4 (refused by name on an mxfp4 base: not implemented)") }
             if requantize != nil && keepQuantized { throw ValidationError("give --requantize or --keep-quantized, not both") }
             guard GGUFOutputType(rawValue: ggufType) != nil else {
                 throw ValidationError("--gguf-type must be one of \(GGUFOutputType.allCases.map(\.rawValue).joined(separator: ", "))")

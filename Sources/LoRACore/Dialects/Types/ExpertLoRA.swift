@@ -57,7 +57,7 @@ public struct ExpertSlice: Sendable, Equatable {
 /// targeted parameters in the order the experts module declares them, the first innermost, while
 /// adapter_config.json may list them in any order; the orientation of a square parameter cannot be
 /// read from shapes. So the base's config.json `model_type` decides, from `layouts`; other model
-/// types, bias parameters, quantized bases (MXFP4, FP8, …) and a base holding a parameter both fused and per expert are
+/// types, bias parameters, quantized bases other than MXFP4 (FP8, …; MXFP4 experts are merged dequantized) and a base holding a parameter both fused and per expert are
 /// refused by name.
 enum ExpertLoRA: AdapterUpdateType {
     static let name = "expert LoRA"
@@ -114,11 +114,12 @@ enum ExpertLoRA: AdapterUpdateType {
     static func resolve(_ parameters: [ParameterLoRA], config: AdapterConfig, adapter: Checkpoint, against base: any TensorStore) throws -> [AdapterModule] {
         guard !parameters.isEmpty else { return [] }
         let (type, quantization) = try modelType(of: base)
-        if let q = quantization {
+        // An MXFP4 base is merged dense: DequantizeMXFP4Pass has replaced its blocks by the [E, in, out] parameters.
+        if let q = quantization, q != "mxfp4" || base.names.contains(where: { $0.hasSuffix("_blocks") }) {
             // PEFT's merge into quantized experts (and what a dequantized base would round ΔW to) is not verified.
             throw LoRACoreError.baseMismatch(
                 module: parameters[0].module,
-                detail: q == "mxfp4" ? "target_parameters on an MXFP4-quantized base is not supported: merge into the unquantized bf16 checkpoint"
+                detail: q == "mxfp4" ? "target_parameters on an MXFP4-quantized base is merged into its dequantized experts only (merge, verify), not read from the packed blocks"
                     : "target_parameters on a quantized base (quant_method \(q)) is not supported yet")
         }
         guard let layout = layouts[type] else {
