@@ -1223,22 +1223,24 @@ def adapter_type_cases():
     d = fresh(os.path.join(TYPES_FIX, "bases"))
     save_model(types_base(), os.path.join(d, "f32"))
     save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
-    # The oracle of `convert --to lora`: the singular values of each changed 2-D weight's ΔW
-    # (reference merge − base, f32 files, in float64), from torch's SVD.
-    base = load_file(os.path.join(d, "f32", "model.safetensors"))
     for name in sorted(os.listdir(TYPES_FIX)):
-        merged_path = os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")
-        if not os.path.exists(merged_path):
-            continue
-        merged = load_file(merged_path)
-        spectra = {}
-        for k in sorted(merged):
-            if merged[k].dim() == 2 and not torch.equal(merged[k], base[k]):
-                delta = merged[k].double() - base[k].double()
-                spectra[k[: -len(".weight")]] = [float(x) for x in torch.linalg.svdvals(delta)]
-        with open(os.path.join(TYPES_FIX, name, "svd.json"), "w") as f:
-            json.dump(spectra, f, indent=1, sort_keys=True)
-            f.write("\n")
+        if os.path.exists(os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")):
+            write_svd(name)
+
+
+def write_svd(name):
+    """The oracle of `convert --to lora`: the singular values of each changed 2-D weight's ΔW
+    (reference merge − base, f32 files, in float64), from torch's SVD, in <name>/svd.json."""
+    base = load_file(os.path.join(TYPES_FIX, "bases", "f32", "model.safetensors"))
+    merged = load_file(os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors"))
+    spectra = {}
+    for k in sorted(merged):
+        if merged[k].dim() == 2 and not torch.equal(merged[k], base[k]):
+            delta = merged[k].double() - base[k].double()
+            spectra[k[: -len(".weight")]] = [float(x) for x in torch.linalg.svdvals(delta)]
+    with open(os.path.join(TYPES_FIX, name, "svd.json"), "w") as f:
+        json.dump(spectra, f, indent=1, sort_keys=True)
+        f.write("\n")
 
 
 def oft_cases():
@@ -1374,6 +1376,7 @@ def fourierft_cases():
     cfg = FourierFTConfig(n_frequency=40, scaling=20.0, random_loc_seed=1234, target_modules=TYPE_TARGETS,
                           n_frequency_pattern={"down_proj": 100})
     peft_type_case("peft_fourierft", cfg, seed=16)
+    write_svd("peft_fourierft")
     d = os.path.join(TYPES_FIX, "peft_fourierft")
     # PEFT's merge (complex64 ifft2) against W + ΔW in float64 (numpy's ifft2 of the same spectrum), in
     # ulp of the merged weight's largest magnitude: the rounding PEFT's own merge carries.

@@ -52,6 +52,17 @@ private func lycorisFile(from source: String, adding extra: [(name: String, shap
     try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: path, metadata: nil, force: true)
 }
 
+/// The fixture base at `base` with q_proj's (16, 16) weight stored as a (16, 4, 2, 2) kernel, written to `path`.
+func convolutionBase(from base: String, to path: String) throws {
+    let ckpt = try Checkpoint(path: base + "/model.safetensors")
+    let tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
+        let info = ckpt.info(n)!
+        let shape = n == "model.layers.0.self_attn.q_proj.weight" ? [16, 4, 2, 2] : info.shape
+        return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: shape) { Array(try ckpt.bytes(of: n)) }
+    }
+    try AdapterSink.writeFile(tensors, to: path, metadata: nil, force: true)
+}
+
 /// A copy of the PEFT adapter directory `adapter` at `copy` with `from` (which it must contain)
 /// replaced by `to` in its adapter_config.json.
 func adapterCopy(_ adapter: String, at copy: String, replacing from: String, with to: String) throws {
@@ -335,13 +346,7 @@ struct OFTRefusalTests {
         #expect(weight?.localizedDescription.contains("OFT multiplies each weight row by a rotation") == true)
         #expect(weight?.localizedDescription.contains("model.embed_tokens") == true)
         // The same base with q_proj stored as a (16, 4, 2, 2) kernel: PEFT's Conv2d OFT, refused.
-        let base = try Checkpoint(path: c.base + "/model.safetensors")
-        let tensors: [AdapterSink.Tensor] = base.names.map { n in
-            let info = base.info(n)!
-            let shape = n == "model.layers.0.self_attn.q_proj.weight" ? [16, 4, 2, 2] : info.shape
-            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: shape) { Array(try base.bytes(of: n)) }
-        }
-        try AdapterSink.writeFile(tensors, to: out + "/conv.safetensors", metadata: nil, force: true)
+        try convolutionBase(from: c.base, to: out + "/conv.safetensors")
         let conv = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: out + "/conv.safetensors", adapters: [(c.adapter, 1)], output: out + "/m")) }
         let message = conv?.localizedDescription ?? ""
         #expect(message.contains("q_proj") && message.contains("OFT on convolutions is not supported"), "\(message)")

@@ -126,3 +126,36 @@ struct FourierFTTests {
         #expect(report.base?.adapterParameters == 3 * 40 + 100)
     }
 }
+
+@Suite("FourierFT: weights and bases")
+struct FourierFTMergeTests {
+    /// The reference half-delta (PEFT's merge − W)/2 carries half of PEFT's own FFT error (≤ 0.71 ulp of
+    /// its largest magnitude) and its merge's rounding; lora-tool adds its own roundings: 2 ulp.
+    @Test("--weight 0.5 merges half of PEFT's ΔW (within 2 ulp of the reference's largest magnitude)")
+    func halfWeight() throws {
+        let c = TypeCase(name: "peft_fourierft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var o = MergeOptions(base: c.base, adapters: [(c.adapter, 0.5)], output: out + "/m")
+        o.durable = false
+        _ = try Merge.run(o)
+        let ours = try Checkpoint(path: out + "/m"), ref = try Checkpoint(path: c.reference), base = try Checkpoint(path: c.base)
+        for name in ref.names where name.hasSuffix("_proj.weight") {
+            let w = try TensorData.floats(base, name), x = try TensorData.floats(ours, name), y = try TensorData.floats(ref, name)
+            let ulp = 2 * Double(y.map(abs).max()!.ulp)
+            let worst = w.indices.map { abs(Double(x[$0]) - (Double(w[$0]) + (Double(y[$0]) - Double(w[$0])) / 2)) }.max()!
+            #expect(worst <= ulp, "\(name): \(2 * worst / ulp) ulp")
+        }
+    }
+
+    @Test("A convolution base is refused naming the module: PEFT's FourierFT wraps Linear layers")
+    func convolutionRefused() throws {
+        let c = TypeCase(name: "peft_fourierft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try convolutionBase(from: c.base, to: out + "/conv.safetensors")
+        let error = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: out + "/conv.safetensors", adapters: [(c.adapter, 1)], output: out + "/m")) }
+        let message = error?.localizedDescription ?? ""
+        #expect(message.contains("q_proj") && message.contains("FourierFT on convolutions is not supported"), "\(message)")
+    }
+}

@@ -75,6 +75,9 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var experts: ExpertSlice? = nil
     /// FourierFT: `random_loc_seed`, the seed of the spectrum's positions.
     public var fourierSeed: UInt64? = nil
+    /// Whether the base must be a matrix: OFT and BOFT rotate input columns, and PEFT's FourierFT
+    /// wraps Linear layers only (its 2-D spectrum is the weight's shape).
+    var needsMatrix: Bool { rotatesInputs || fourierSeed != nil }
 
     /// The same update with `shared` (role → tensor name) added to its tensors.
     func adding(shared: [String: String]) -> ModuleUpdate {
