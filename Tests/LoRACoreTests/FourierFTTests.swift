@@ -159,3 +159,13 @@ struct FourierFTMergeTests {
         #expect(message.contains("q_proj") && message.contains("FourierFT on convolutions is not supported"), "\(message)")
     }
 }
+
+extension FourierFTTests {
+    @Test("The cached prefix is the computed one, for a repeated and a different key")
+    func cache() {
+        let c = RandpermCase.all[1]
+        #expect(TorchRandperm.cachedPrefix(seed: c.seed, n: c.n, count: c.indices.count) == c.indices)
+        #expect(TorchRandperm.cachedPrefix(seed: c.seed, n: c.n, count: c.indices.count) == c.indices)
+        #expect(TorchRandperm.cachedPrefix(seed: c.seed, n: c.n, count: 10) == Array(c.indices.prefix(10)))
+    }
+}

@@ -61,7 +61,7 @@ enum FourierFT: AdapterUpdateType {
         guard spectrum.count <= out * inFeatures else {
             throw LoRACoreError.invalidModule(module: module.module, detail: "fourierft_spectrum has \(spectrum.count) values, more than the \(out)×\(inFeatures) weight's \(out * inFeatures) positions")
         }
-        let positions = TorchRandperm.prefix(seed: module.update!.fourierSeed!, n: out * inFeatures, count: spectrum.count)
+        let positions = TorchRandperm.cachedPrefix(seed: module.update!.fourierSeed!, n: out * inFeatures, count: spectrum.count)
         return Loaded(out: out, cols: inFeatures, rows: positions.map { $0 / inFeatures }, columns: positions.map { $0 % inFeatures },
                       values: spectrum.map(Double.init), factor: module.scale / Double(out * inFeatures))
     }
@@ -147,6 +147,25 @@ enum FourierFT: AdapterUpdateType {
 enum TorchRandperm {
     /// The n at which torch switches to the inside-out algorithm.
     static let insideOutThreshold = Int(UInt32.max / 20)
+
+    private struct Key: Hashable { let seed: UInt64, n: Int, count: Int }
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var cache: [Key: [Int]] = [:]
+
+    /// `prefix(seed:n:count:)`, remembered for the process: every module of one shape and one
+    /// n_frequency shares its positions (above the switch each costs 2n draws).
+    static func cachedPrefix(seed: UInt64, n: Int, count: Int) -> [Int] {
+        let key = Key(seed: seed, n: n, count: count)
+        lock.lock()
+        let known = cache[key]
+        lock.unlock()
+        if let known { return known }
+        let computed = prefix(seed: seed, n: n, count: count)
+        lock.lock()
+        cache[key] = computed
+        lock.unlock()
+        return computed
+    }
 
     static func prefix(seed: UInt64, n: Int, count: Int) -> [Int] {
         var mt = MT19937(seed: UInt32(truncatingIfNeeded: seed))
