@@ -67,6 +67,7 @@ struct FourierFTTests {
           arguments: [("\"fan_in_fan_out\": false", "\"fan_in_fan_out\": true", "FourierFT with fan_in_fan_out"),
                       ("\"random_loc_seed\": 1234", "\"random_loc_seed\": null", "random_loc_seed null"),
                       ("\"random_loc_seed\": 1234", "\"random_loc_seed\": -1", "random_loc_seed -1"),
+                      ("\"random_loc_seed\": 1234", "\"random_loc_seed\": 9223372036854775808", "from 0 to 2^63 - 1"),
                       ("\"n_frequency\": 40", "\"n_frequency\": 41", "has 40 values but adapter_config.json gives n_frequency 41 or 100"),
                       ("\"scaling\": 20.0", "\"scaling\": \"x\"", "'scaling' is"),
                       ("\"bias\": \"none\"", "\"bias\": \"fourier_only\"", "bias 'fourier_only'")])

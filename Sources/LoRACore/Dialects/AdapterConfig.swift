@@ -366,7 +366,7 @@ public struct AdapterConfig: Sendable, Equatable {
     /// stored spectrum's length is the module's n (PEFT loads nothing else), and it must be
     /// `n_frequency` or one of the pattern's values. `init_weights` only decides the initial spectrum.
     /// - Throws: `LoRACoreError.invalidConfig` naming `file` and the field; `.unsupportedAdapter` for a
-    ///   negative `random_loc_seed` (the caller refuses null).
+    ///   `random_loc_seed` that is negative or not an integer below 2⁶³ (the caller refuses null).
     private static func fourierFTSettings(_ present: (String) -> JSONValue?, bad: (String, String, JSONValue) -> LoRACoreError,
                                           file: String) throws -> FourierFTSettings {
         var f = FourierFTSettings()
@@ -376,7 +376,7 @@ public struct AdapterConfig: Sendable, Equatable {
         }
         if let v = present("random_loc_seed") {
             guard let n = v.intValue, n >= 0 else {
-                throw LoRACoreError.unsupportedAdapter(path: file, detail: "FourierFT random_loc_seed \(v.intValue.map(String.init) ?? v.typeName) is not supported (a seed ≥ 0 is)")
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "FourierFT random_loc_seed \(v.intValue.map(String.init) ?? v.typeName) is not supported (an integer from 0 to 2^63 - 1 is)")
             }
             f.seed = UInt64(n)
         }
