@@ -68,7 +68,9 @@ struct FourierFTTests {
                       ("\"random_loc_seed\": 1234", "\"random_loc_seed\": null", "random_loc_seed null"),
                       ("\"random_loc_seed\": 1234", "\"random_loc_seed\": -1", "random_loc_seed -1"),
                       ("\"random_loc_seed\": 1234", "\"random_loc_seed\": 9223372036854775808", "from 0 to 2^63 - 1"),
-                      ("\"n_frequency\": 40", "\"n_frequency\": 41", "has 40 values but adapter_config.json gives n_frequency 41 or 100"),
+                      ("\"n_frequency\": 40", "\"n_frequency\": 41", "has 40 values but adapter_config.json gives n_frequency 41 for this module"),
+                      ("\"down_proj\": 100", "\"up_proj\": 100", "down_proj': fourierft_spectrum has 100 values but adapter_config.json gives n_frequency 40 for this module"),
+                      ("\"down_proj\": 100", "\"down_proj(\": 100", "n_frequency_pattern pattern 'down_proj('"),
                       ("\"scaling\": 20.0", "\"scaling\": \"x\"", "'scaling' is"),
                       ("\"bias\": \"none\"", "\"bias\": \"fourier_only\"", "bias 'fourier_only'")])
     func configRefusals(from: String, to: String, reason: String) throws {
@@ -80,6 +82,15 @@ struct FourierFTTests {
         let message = error?.localizedDescription ?? ""
         #expect(message.contains(reason), "\(message)")
         #expect(!message.contains("\n"))
+    }
+
+    @Test("n_frequency_pattern keys follow PEFT's rule: re.match(.*\\.{key}$) on the module's name, else the name itself",
+          arguments: ["\"mlp\\\\.down_proj\": 100", "\"model.layers.0.mlp.down_proj\": 100", "\"0.mlp.d.wn_proj\": 100"])
+    func frequencyPattern(key: String) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try adapterCopy("\(typeFixtures)/peft_fourierft/adapter", at: out + "/f", replacing: "\"down_proj\": 100", with: key)
+        #expect(try Adapter(path: out + "/f").modules.count == 4)
     }
 
     @Test("The seed decides the positions: another random_loc_seed merges a different weight, which verify rejects")

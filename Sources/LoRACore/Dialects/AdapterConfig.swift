@@ -80,6 +80,7 @@ public struct AdapterConfig: Sendable, Equatable {
     private var targetMatcher: PatternMatcher?
     private var excludeMatcher: PatternMatcher?
     private var modulesToSaveMatchers: [PythonRegex] = []
+    private var nFrequencyMatchers: [PythonRegex] = []
     private var layersPatternRegexes: [PythonRegex] = []
     /// `init_r` (AdaLoRA).
     public var initR: Int?
@@ -362,9 +363,8 @@ public struct AdapterConfig: Sendable, Equatable {
         try compilePatterns(file: file)
     }
 
-    /// FourierFT's fields. `n_frequency_pattern`'s keys are not matched against module names: the
-    /// stored spectrum's length is the module's n (PEFT loads nothing else), and it must be
-    /// `n_frequency` or one of the pattern's values. `init_weights` only decides the initial spectrum.
+    /// FourierFT's fields (`n_frequency_pattern`'s keys are compiled with the other patterns).
+    /// `init_weights` only decides the initial spectrum.
     /// - Throws: `LoRACoreError.invalidConfig` naming `file` and the field; `.unsupportedAdapter` for a
     ///   `random_loc_seed` that is negative or not an integer below 2⁶³ (the caller refuses null).
     private static func fourierFTSettings(_ present: (String) -> JSONValue?, bad: (String, String, JSONValue) -> LoRACoreError,
@@ -380,19 +380,18 @@ public struct AdapterConfig: Sendable, Equatable {
             }
             f.seed = UInt64(n)
         }
-        var counts: Set<Int> = [1000]
         if let v = present("n_frequency") {
             guard let n = v.intValue, n > 0 else { throw bad("n_frequency", "a positive integer", v) }
-            counts = [n]
+            f.nFrequency = n
         }
         if let v = present("n_frequency_pattern") {
             guard let m = v.objectMembers else { throw bad("n_frequency_pattern", "an object", v) }
             for (k, x) in m {
                 guard let n = x.intValue, n > 0 else { throw bad("n_frequency_pattern['\(k)']", "a positive integer", x) }
-                counts.insert(n)
+                f.patternKeys.append(k)
+                f.patternValues.append(n)
             }
         }
-        f.frequencyCounts = counts
         return f
     }
 
@@ -427,6 +426,10 @@ public struct AdapterConfig: Sendable, Equatable {
                 try PythonRegex(#"(^|.*\.)"# + m + #"($|\..*)"#, reportedAs: m, offset: 7)
             }
         }
+        // FourierFTModel._create_and_replace: re.match(rf".*\.{key}$", key), key pasted as text.
+        nFrequencyMatchers = try (fourierFT?.patternKeys ?? []).map { k in
+            try compile("n_frequency_pattern", k) { try PythonRegex(#".*\."# + k + "$", reportedAs: k, offset: 4) }
+        }
         // Layer filtering only applies to list target_modules with a non-empty layers_to_transform.
         if case .list = targetModules, layersToTransform?.isEmpty == false, let patterns = layersPattern, !patterns.isEmpty {
             layersPatternRegexes = try patterns.map { p in
@@ -448,6 +451,16 @@ public struct AdapterConfig: Sendable, Equatable {
     public func rank(for module: String) -> Int {
         for (i, m) in rankMatchers.enumerated() where m.matches(module) { return rankPattern[i].value }
         return r
+    }
+
+    /// FourierFT's n for `module` (its full name): the value of the first `n_frequency_pattern` key
+    /// (file order) with `re.match(rf".*\.{key}$", module)`, else of a key equal to the name (PEFT's
+    /// fallback looks the name itself up), else `n_frequency`.
+    func nFrequency(for module: String) -> Int {
+        guard let f = fourierFT else { return 0 }
+        if let i = nFrequencyMatchers.firstIndex(where: { $0.prefixMatch(module) }) { return f.patternValues[i] }
+        if let i = f.patternKeys.firstIndex(of: module) { return f.patternValues[i] }
+        return f.nFrequency
     }
 
     /// The alpha PEFT assigns to `module`: the first matching `alpha_pattern` key (same rule), else `lora_alpha`.

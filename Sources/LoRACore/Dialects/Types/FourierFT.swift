@@ -7,8 +7,11 @@ public struct FourierFTSettings: Sendable, Equatable {
     public var scaling: Double = 150
     /// `random_loc_seed`: the seed of the torch generator that picks the spectrum's positions.
     public var seed: UInt64 = 777
-    /// `n_frequency` and the values of `n_frequency_pattern`: the spectrum lengths a module may have.
-    public var frequencyCounts: Set<Int> = [1000]
+    /// `n_frequency`: a module's spectrum length unless `n_frequency_pattern` names it.
+    public var nFrequency = 1000
+    /// `n_frequency_pattern` in file order (PEFT takes the first key that matches).
+    public var patternKeys: [String] = []
+    public var patternValues: [Int] = []
 }
 
 /// FourierFT (PEFT `FourierFTConfig`): ΔW = real(ifft2(S)) · scaling, S the (out × in) spectrum that
@@ -43,11 +46,11 @@ enum FourierFT: AdapterUpdateType {
             throw LoRACoreError.invalidModule(module: module, detail: "FourierFT tensors need PEFT's adapter_config.json (scaling, random_loc_seed)")
         }
         let n = s.shape[0]
-        // PEFT builds each layer with the config's n_frequency (or a pattern's) and loads the spectrum
-        // into it: a length that is none of those was not saved by PEFT.
-        guard settings.frequencyCounts.contains(n) else {
-            throw LoRACoreError.invalidModule(
-                module: module, detail: "fourierft_spectrum has \(n) values but adapter_config.json gives n_frequency \(settings.frequencyCounts.sorted().map(String.init).joined(separator: " or "))")
+        // PEFT builds each layer with the config's n_frequency (or its pattern's) and loads the spectrum
+        // into it: another length was not saved by PEFT.
+        let expected = config.nFrequency(for: module)
+        guard n == expected else {
+            throw LoRACoreError.invalidModule(module: module, detail: "fourierft_spectrum has \(n) values but adapter_config.json gives n_frequency \(expected) for this module")
         }
         var update = ModuleUpdate(type: FourierFT.self, tensors: ["fourierft_spectrum": s.name], parameterCount: n, isMultiplicative: false, scalesBias: false)
         update.fourierSeed = settings.seed
