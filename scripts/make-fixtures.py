@@ -1096,6 +1096,8 @@ def randomize_types(model, seed):
                 p.copy_(1.0 + torch.randn_like(p) * 0.3)
             elif ".hada_" in n or ".lokr_" in n or ".vera_lambda_" in n or "trainable_tokens_delta" in n or ".lora_B" in n:
                 p.copy_(torch.randn_like(p) * 0.3)
+            elif ".fourierft_spectrum" in n:
+                p.copy_(torch.randn_like(p))  # FourierFT's init_weights=True spectrum is zero
             elif ".boft_s" in n:
                 p.copy_(1.0 + torch.randn_like(p) * 0.1)  # BOFT's output-row scale (initialised to 1)
             elif ".oft_" in n or ".boft_" in n:
@@ -1117,7 +1119,7 @@ def peft_type_case(name, cfg, seed, **save_kwargs):
     save_adapter(peft_model, os.path.join(d, "adapter"), **save_kwargs)
     save_model(peft_model.merge_and_unload(), os.path.join(d, "merged-f32"))
     bf16 = PeftModel.from_pretrained(types_base().to(torch.bfloat16), os.path.join(d, "adapter"))
-    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l", ".vera_lambda_", ".lora_", ".oft_", ".boft_"))}
+    dtypes = {p.dtype for n, p in bf16.named_parameters() if any(k in n for k in (".hada_", ".lokr_", ".ia3_l", ".vera_lambda_", ".lora_", ".oft_", ".boft_", ".fourierft_"))}
     assert dtypes == {torch.float32}, dtypes  # PEFT's autocast_adapter_dtype: fp32 factors on a bf16 base
     save_model(bf16.merge_and_unload(), os.path.join(d, "merged-bf16"))
     write_case(d, reference="peft merge_and_unload", peft_type=cfg.peft_type.value)
@@ -1221,22 +1223,24 @@ def adapter_type_cases():
     d = fresh(os.path.join(TYPES_FIX, "bases"))
     save_model(types_base(), os.path.join(d, "f32"))
     save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
-    # The oracle of `convert --to lora`: the singular values of each changed 2-D weight's ΔW
-    # (reference merge − base, f32 files, in float64), from torch's SVD.
-    base = load_file(os.path.join(d, "f32", "model.safetensors"))
     for name in sorted(os.listdir(TYPES_FIX)):
-        merged_path = os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")
-        if not os.path.exists(merged_path):
-            continue
-        merged = load_file(merged_path)
-        spectra = {}
-        for k in sorted(merged):
-            if merged[k].dim() == 2 and not torch.equal(merged[k], base[k]):
-                delta = merged[k].double() - base[k].double()
-                spectra[k[: -len(".weight")]] = [float(x) for x in torch.linalg.svdvals(delta)]
-        with open(os.path.join(TYPES_FIX, name, "svd.json"), "w") as f:
-            json.dump(spectra, f, indent=1, sort_keys=True)
-            f.write("\n")
+        if os.path.exists(os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")):
+            write_svd(name)
+
+
+def write_svd(name):
+    """The oracle of `convert --to lora`: the singular values of each changed 2-D weight's ΔW
+    (reference merge − base, f32 files, in float64), from torch's SVD, in <name>/svd.json."""
+    base = load_file(os.path.join(TYPES_FIX, "bases", "f32", "model.safetensors"))
+    merged = load_file(os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors"))
+    spectra = {}
+    for k in sorted(merged):
+        if merged[k].dim() == 2 and not torch.equal(merged[k], base[k]):
+            delta = merged[k].double() - base[k].double()
+            spectra[k[: -len(".weight")]] = [float(x) for x in torch.linalg.svdvals(delta)]
+    with open(os.path.join(TYPES_FIX, name, "svd.json"), "w") as f:
+        json.dump(spectra, f, indent=1, sort_keys=True)
+        f.write("\n")
 
 
 def oft_cases():
@@ -1431,6 +1435,53 @@ def mxfp4_case():
     print("mxfp4 case")
 
 
+def fourierft_cases():
+    """peft_fourierft: PEFT's FourierFT on q/v/up/down (n_frequency 40, down_proj 100 by pattern) with
+    its merge_and_unload, and ΔW measured against an independent float64 computation; and
+    fourierft_randperm.json, torch.randperm(n, manual_seed(seed))[:count] for a few sizes on both
+    sides of torch's switch to its inside-out algorithm at n = 2^32 // 20 (the last two take ~2 GB
+    and ~30 s)."""
+    import numpy as np
+    from peft import FourierFTConfig
+    cfg = FourierFTConfig(n_frequency=40, scaling=20.0, random_loc_seed=1234, target_modules=TYPE_TARGETS,
+                          n_frequency_pattern={"down_proj": 100})
+    peft_type_case("peft_fourierft", cfg, seed=16)
+    write_svd("peft_fourierft")
+    d = os.path.join(TYPES_FIX, "peft_fourierft")
+    # PEFT's merge (complex64 ifft2) against W + ΔW in float64 (numpy's ifft2 of the same spectrum), in
+    # ulp of the merged weight's largest magnitude: the rounding PEFT's own merge carries.
+    sd = load_file(os.path.join(d, "adapter", "adapter_model.safetensors"))
+    base = load_file(os.path.join(TYPES_FIX, "bases", "f32", "model.safetensors"))
+    merged = load_file(os.path.join(d, "merged-f32", "model.safetensors"))
+    errors = {}
+    for key in sorted(sd):
+        module = key[len("base_model.model."):-len(".fourierft_spectrum")]
+        w = base[module + ".weight"]
+        out, inn = w.shape
+        idx = torch.randperm(out * inn, generator=torch.Generator().manual_seed(1234))[: sd[key].numel()]
+        dense = np.zeros((out, inn), dtype=np.complex128)
+        dense[(idx // inn).numpy(), (idx % inn).numpy()] = sd[key].double().numpy()
+        exact = torch.from_numpy(np.fft.ifft2(dense).real * 20.0)
+        peft = merged[module + ".weight"].double()
+        ulp = float(torch.finfo(torch.float32).eps) * float(2 ** np.floor(np.log2(float(peft.abs().max()))))
+        errors[module] = round(float((peft - w.double() - exact).abs().max()) / ulp, 3)
+    with open(os.path.join(d, "case.json")) as f:
+        case = json.load(f)
+    case["peft_merge_error_ulp_of_max_vs_float64"] = errors
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump(case, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print("fourierft", errors)
+    table = []
+    for seed, n, count in [(1234, 16 * 16, 40), (1234, 16 * 32, 100), (777, 1, 1), (0, 7, 7), (2 ** 32 + 777, 1000, 50),
+                           (777, 2 ** 24 + 3, 64), (123, 4096 * 11008, 64), (777, 2 ** 32 // 20 - 1, 64), (777, 2 ** 32 // 20, 64)]:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].tolist()
+        table.append({"seed": seed, "n": n, "indices": perm})
+    with open(os.path.join(TYPES_FIX, "fourierft_randperm.json"), "w") as f:
+        json.dump({"torch": torch.__version__, "cases": table}, f)
+        f.write("\n")
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -1454,6 +1505,7 @@ GROUPS = {
     "boft": boft_cases,
     "moe": moe_cases,
     "mxfp4": mxfp4_case,
+    "fourierft": fourierft_cases,
 }
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens"][String(name.split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT"][String(name.split(separator: "_").last!)]! }
 
     /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
     /// down and the embedding; else q, v, up, down).
@@ -34,7 +34,8 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var changed: Int { name == "peft_ia3" ? 5 : modules }
 
     static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr",
-                        "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly"]
+                        "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly",
+                        "peft_fourierft"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -51,9 +52,20 @@ private func lycorisFile(from source: String, adding extra: [(name: String, shap
     try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: path, metadata: nil, force: true)
 }
 
+/// The fixture base at `base` with q_proj's (16, 16) weight stored as a (16, 4, 2, 2) kernel, written to `path`.
+func convolutionBase(from base: String, to path: String) throws {
+    let ckpt = try Checkpoint(path: base + "/model.safetensors")
+    let tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
+        let info = ckpt.info(n)!
+        let shape = n == "model.layers.0.self_attn.q_proj.weight" ? [16, 4, 2, 2] : info.shape
+        return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: shape) { Array(try ckpt.bytes(of: n)) }
+    }
+    try AdapterSink.writeFile(tensors, to: path, metadata: nil, force: true)
+}
+
 /// A copy of the PEFT adapter directory `adapter` at `copy` with `from` (which it must contain)
 /// replaced by `to` in its adapter_config.json.
-private func adapterCopy(_ adapter: String, at copy: String, replacing from: String, with to: String) throws {
+func adapterCopy(_ adapter: String, at copy: String, replacing from: String, with to: String) throws {
     try FileManager.default.copyItem(atPath: adapter, toPath: copy)
     let config = copy + "/adapter_config.json"
     let text = try String(contentsOfFile: config, encoding: .utf8)
@@ -61,7 +73,7 @@ private func adapterCopy(_ adapter: String, at copy: String, replacing from: Str
     try text.replacingOccurrences(of: from, with: to).write(toFile: config, atomically: true, encoding: .utf8)
 }
 
-@Suite("LoHa, LoKr, IA³, VeRA, OFT, BOFT, trainable tokens: PEFT adapters and LyCORIS files")
+@Suite("LoHa, LoKr, IA³, VeRA, OFT, BOFT, FourierFT, trainable tokens: PEFT adapters and LyCORIS files")
 struct AdapterTypeTests {
     @Test("Merge equals the reference within the fidelity bound (1 ulp bf16, 4 ulp of the largest magnitude f32); untouched tensors byte-identical",
           arguments: TypeCase.all)
@@ -223,9 +235,9 @@ struct AdapterTypeTests {
         defer { try? FileManager.default.removeItem(atPath: out) }
         let convert = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: c.adapter, to: .kohya, output: out + "/k.safetensors")) }
         #expect(convert?.localizedDescription.contains("is LoHa, not LoRA") == true)
-        try adapterCopy(c.adapter, at: out + "/oft", replacing: "\"LOHA\"", with: "\"FOURIERFT\"")
+        try adapterCopy(c.adapter, at: out + "/oft", replacing: "\"LOHA\"", with: "\"HRA\"")
         let other = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
-        #expect(other?.localizedDescription.contains("peft_type 'FOURIERFT' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA, OFT, BOFT)") == true)
+        #expect(other?.localizedDescription.contains("peft_type 'HRA' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA, OFT, BOFT, FOURIERFT)") == true)
     }
 
     @Test("VeRA without its stored projections (save_projection false) or with fan_in_fan_out is refused by name",
@@ -334,13 +346,7 @@ struct OFTRefusalTests {
         #expect(weight?.localizedDescription.contains("OFT multiplies each weight row by a rotation") == true)
         #expect(weight?.localizedDescription.contains("model.embed_tokens") == true)
         // The same base with q_proj stored as a (16, 4, 2, 2) kernel: PEFT's Conv2d OFT, refused.
-        let base = try Checkpoint(path: c.base + "/model.safetensors")
-        let tensors: [AdapterSink.Tensor] = base.names.map { n in
-            let info = base.info(n)!
-            let shape = n == "model.layers.0.self_attn.q_proj.weight" ? [16, 4, 2, 2] : info.shape
-            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: shape) { Array(try base.bytes(of: n)) }
-        }
-        try AdapterSink.writeFile(tensors, to: out + "/conv.safetensors", metadata: nil, force: true)
+        try convolutionBase(from: c.base, to: out + "/conv.safetensors")
         let conv = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: out + "/conv.safetensors", adapters: [(c.adapter, 1)], output: out + "/m")) }
         let message = conv?.localizedDescription ?? ""
         #expect(message.contains("q_proj") && message.contains("OFT on convolutions is not supported"), "\(message)")

@@ -23,7 +23,7 @@ public struct ConvertToLoRAOptions: Sendable {
     }
 }
 
-/// `convert ADAPTER --to lora --rank R | --energy P`: each module's ΔW (LoHa, LoKr, VeRA, LoRA;
+/// `convert ADAPTER --to lora --rank R | --energy P`: each module's ΔW (LoHa, LoKr, VeRA, FourierFT, LoRA;
 /// IA³ as W ⊙ l − W, which needs `--base`) computed in fp32 exactly as merge computes it, then
 /// factored by truncated SVD (`ExtractSVD.factorize`: A = √S·Vᵀ, B = U·√S) into a PEFT LoRA
 /// adapter with scale 1 (α = each module's rank), as PEFT's `convert_to_lora` does. The report gives

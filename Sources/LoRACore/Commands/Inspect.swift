@@ -176,7 +176,7 @@ public enum Inspect {
             }
             summary = InspectReport.AdapterSummary(
                 dialect: adapter.dialect, ranks: Array(Set(resolved.map(\.rank))).sorted(),
-                alpha: adapter.config.peftType == .ia3 || adapter.config.peftType == .vera ? nil
+                alpha: adapter.config.peftType == .ia3 || adapter.config.peftType == .vera || adapter.config.peftType == .fourierft ? nil
                     : adapter.format == .peft ? adapter.config.loraAlpha : (Set(adapter.modules.map(\.alpha)).count == 1 ? adapter.modules.first?.alpha : nil),
                 useRslora: adapter.config.useRslora,
                 scaleRule: adapter.scaleRule,

@@ -9,6 +9,7 @@ import SafeTensors
 public struct AdapterConfig: Sendable, Equatable {
     public enum PEFTType: String, Sendable, CaseIterable {
         case lora = "LORA", adalora = "ADALORA", loha = "LOHA", lokr = "LOKR", ia3 = "IA3", vera = "VERA", oft = "OFT", boft = "BOFT"
+        case fourierft = "FOURIERFT"
 
         /// The registered update type reading this PEFT type's tensors (nil for LoRA and AdaLoRA).
         var updateType: (any AdapterUpdateType.Type)? {
@@ -20,6 +21,7 @@ public struct AdapterConfig: Sendable, Equatable {
             case .vera: return VeRA.self
             case .oft: return OFT.self
             case .boft: return BOFT.self
+            case .fourierft: return FourierFT.self
             }
         }
     }
@@ -39,6 +41,8 @@ public struct AdapterConfig: Sendable, Equatable {
     public var loraBias = false
     /// OFT's fields (`coft`, `eps`, `block_share`, `use_cayley_neumann`, `num_cayley_neumann_terms`).
     public var oft = OFTSettings()
+    /// FourierFT's fields (`scaling`, `random_loc_seed`, `n_frequency`, `n_frequency_pattern`); nil for other types.
+    public var fourierFT: FourierFTSettings?
     /// `rank_pattern` in file order (PEFT uses the first key that matches, in dict insertion order, which
     /// is file order: the JSON parser keeps member order and rejects duplicate keys).
     public private(set) var rankPattern: [(key: String, value: Int)] = []
@@ -76,6 +80,7 @@ public struct AdapterConfig: Sendable, Equatable {
     private var targetMatcher: PatternMatcher?
     private var excludeMatcher: PatternMatcher?
     private var modulesToSaveMatchers: [PythonRegex] = []
+    private var nFrequencyMatchers: [PythonRegex] = []
     private var layersPatternRegexes: [PythonRegex] = []
     /// `init_r` (AdaLoRA).
     public var initR: Int?
@@ -101,7 +106,7 @@ public struct AdapterConfig: Sendable, Equatable {
             && l.rankPattern.map(\.key) == r.rankPattern.map(\.key) && l.rankPattern.map(\.value) == r.rankPattern.map(\.value)
             && l.alphaPattern.map(\.key) == r.alphaPattern.map(\.key) && l.alphaPattern.map(\.value) == r.alphaPattern.map(\.value)
             && l.modulesToSave == r.modulesToSave && l.layersToTransform == r.layersToTransform
-            && l.layersPattern == r.layersPattern && l.loraBias == r.loraBias && l.oft == r.oft
+            && l.layersPattern == r.layersPattern && l.loraBias == r.loraBias && l.oft == r.oft && l.fourierFT == r.fourierFT
             && l.targetParameters == r.targetParameters
     }
 
@@ -163,7 +168,7 @@ public struct AdapterConfig: Sendable, Equatable {
         } else {
             loraAlpha = type == .loha || type == .lokr ? 8 : Double(r)
         }
-        if type == .ia3 || type == .vera || type == .oft || type == .boft, try bool("fan_in_fan_out") == true {
+        if type == .ia3 || type == .vera || type == .oft || type == .boft || type == .fourierft, try bool("fan_in_fan_out") == true {
             let why = type == .oft || type == .boft ? " (PEFT's \(type.updateType!.name) has no Conv1D layer)" : " yet"
             throw LoRACoreError.unsupportedAdapter(path: file, detail: "\(type.updateType!.name) with fan_in_fan_out (GPT-2 Conv1D) is not supported\(why)")
         }
@@ -196,6 +201,12 @@ public struct AdapterConfig: Sendable, Equatable {
         if type == .vera, try bool("save_projection") == false {
             throw LoRACoreError.unsupportedAdapter(
                 path: file, detail: "VeRA saved with save_projection false: the shared vera_A/vera_B are not in the file (PEFT regenerates them from projection_prng_key with torch's generator)")
+        }
+        if type == .fourierft {
+            if case .null? = root["random_loc_seed"] {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "FourierFT random_loc_seed null: torch's manual_seed needs a seed")
+            }
+            fourierFT = try Self.fourierFTSettings(present, bad: bad, file: file)
         }
         useRslora = try bool("use_rslora") ?? false
         useDora = try bool("use_dora") ?? false
@@ -352,6 +363,38 @@ public struct AdapterConfig: Sendable, Equatable {
         try compilePatterns(file: file)
     }
 
+    /// FourierFT's fields (`n_frequency_pattern`'s keys are compiled with the other patterns).
+    /// `init_weights` only decides the initial spectrum.
+    /// - Throws: `LoRACoreError.invalidConfig` naming `file` and the field; `.unsupportedAdapter` for a
+    ///   `random_loc_seed` that is negative or not an integer below 2⁶³ (the caller refuses null).
+    private static func fourierFTSettings(_ present: (String) -> JSONValue?, bad: (String, String, JSONValue) -> LoRACoreError,
+                                          file: String) throws -> FourierFTSettings {
+        var f = FourierFTSettings()
+        if let v = present("scaling") {
+            guard let x = v.doubleValue, x.isFinite else { throw bad("scaling", "a finite number", v) }
+            f.scaling = x
+        }
+        if let v = present("random_loc_seed") {
+            guard let n = v.intValue, n >= 0 else {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "FourierFT random_loc_seed \(v.intValue.map(String.init) ?? v.typeName) is not supported (an integer from 0 to 2^63 - 1 is)")
+            }
+            f.seed = UInt64(n)
+        }
+        if let v = present("n_frequency") {
+            guard let n = v.intValue, n > 0 else { throw bad("n_frequency", "a positive integer", v) }
+            f.nFrequency = n
+        }
+        if let v = present("n_frequency_pattern") {
+            guard let m = v.objectMembers else { throw bad("n_frequency_pattern", "an object", v) }
+            for (k, x) in m {
+                guard let n = x.intValue, n > 0 else { throw bad("n_frequency_pattern['\(k)']", "a positive integer", x) }
+                f.patternKeys.append(k)
+                f.patternValues.append(n)
+            }
+        }
+        return f
+    }
+
     // MARK: - Patterns (PEFT 0.21.2 rules, Python `re` semantics)
 
     /// Compiles every pattern the merge may consult, so a pattern lora-tool cannot read exactly is a load
@@ -383,6 +426,10 @@ public struct AdapterConfig: Sendable, Equatable {
                 try PythonRegex(#"(^|.*\.)"# + m + #"($|\..*)"#, reportedAs: m, offset: 7)
             }
         }
+        // FourierFTModel._create_and_replace: re.match(rf".*\.{key}$", key), key pasted as text.
+        nFrequencyMatchers = try (fourierFT?.patternKeys ?? []).map { k in
+            try compile("n_frequency_pattern", k) { try PythonRegex(#".*\."# + k + "$", reportedAs: k, offset: 4) }
+        }
         // Layer filtering only applies to list target_modules with a non-empty layers_to_transform.
         if case .list = targetModules, layersToTransform?.isEmpty == false, let patterns = layersPattern, !patterns.isEmpty {
             layersPatternRegexes = try patterns.map { p in
@@ -406,6 +453,16 @@ public struct AdapterConfig: Sendable, Equatable {
         return r
     }
 
+    /// FourierFT's n for `module` (its full name): the value of the first `n_frequency_pattern` key
+    /// (file order) with `re.match(rf".*\.{key}$", module)`, else of a key equal to the name (PEFT's
+    /// fallback looks the name itself up), else `n_frequency`.
+    func nFrequency(for module: String) -> Int {
+        guard let f = fourierFT else { return 0 }
+        if let i = nFrequencyMatchers.firstIndex(where: { $0.prefixMatch(module) }) { return f.patternValues[i] }
+        if let i = f.patternKeys.firstIndex(of: module) { return f.patternValues[i] }
+        return f.nFrequency
+    }
+
     /// The alpha PEFT assigns to `module`: the first matching `alpha_pattern` key (same rule), else `lora_alpha`.
     public func alpha(for module: String) -> Double {
         for (i, m) in alphaMatchers.enumerated() where m.matches(module) { return alphaPattern[i].value }
@@ -425,6 +482,8 @@ public struct AdapterConfig: Sendable, Equatable {
             return a / Double(rank)
         case .ia3, .vera, .oft, .boft:
             return 1
+        case .fourierft:
+            return fourierFT?.scaling ?? 1
         }
     }
 

@@ -78,7 +78,7 @@ extension AdapterModule {
         guard update != nil else { return shape == expectedBaseShape }
         guard let flat = UpdateMath.flat(shape) else { return false }
         return (outFeatures == 0 || flat.rows == outFeatures) && (inFeatures == 0 || flat.cols == inFeatures)
-            && (update!.inputChannels == nil || shape[1] == update!.inputChannels) && (!update!.rotatesInputs || shape.count == 2)
+            && (update!.inputChannels == nil || shape[1] == update!.inputChannels) && (!update!.needsMatrix || shape.count == 2)
     }
 
     /// This module with the dimensions it left open taken from the base weight's `shape` (which fits).
@@ -97,6 +97,7 @@ extension AdapterModule {
         if update!.rotatesInputs {
             return "a Linear or Embedding matrix [?, \(inFeatures == 0 ? "?" : String(inFeatures))] (\(typeName) on convolutions is not supported)"
         }
+        if update!.needsMatrix { return "a Linear matrix (\(typeName) on convolutions is not supported)" }
         return "[\(outFeatures == 0 ? "?" : String(outFeatures)), \(inFeatures == 0 ? "?" : String(inFeatures))] (flattened)"
     }
 

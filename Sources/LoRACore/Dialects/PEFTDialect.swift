@@ -147,6 +147,7 @@ enum PEFTDialect: AdapterDialect {
         if adapter.config.peftType == .ia3 { return "none (W ⊙ l)" }
         if adapter.config.peftType == .vera { return "none ((λb ⊙ B)·(λd ⊙ A), shared A and B)" }
         if adapter.config.peftType == .oft { return "none (W·Rᵀ, R block-diagonal over the input columns)" }
+        if adapter.config.peftType == .fourierft { return "scaling (real(ifft2(S))·scaling, S the stored spectrum at torch.randperm positions)" }
         if adapter.config.peftType == .boft { return "none ((W·Bᵀ) ⊙ s, B the product of the butterfly factors)" }
         if adapter.config.peftType.updateType != nil { return "α/r (alpha, rank_pattern, alpha_pattern)" }
         return adapter.config.peftType == .adalora ? "α/(init_r + 1e-5)" : (adapter.config.useRslora ? "α/√r" : "α/r")

@@ -1,6 +1,6 @@
 import SafeTensors
 
-/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT, BOFT, and PEFT's LoRA on MoE
+/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT, BOFT, FourierFT, and PEFT's LoRA on MoE
 /// experts' parameters, `ExpertLoRA`, which is resolved against the base rather than registered): it recognises its tensors, reads one
 /// module's tensors into the canonical `AdapterModule` (with a `ModuleUpdate`), and loads them into
 /// a `LoadedUpdate` that changes any block of rows of the target weight.
@@ -47,6 +47,7 @@ enum UpdateOrigin: Sendable {
 public struct ModuleUpdate: Sendable, Equatable {
     public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
         l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount && l.experts == r.experts
+            && l.fourierSeed == r.fourierSeed
     }
 
     let type: any AdapterUpdateType.Type
@@ -72,12 +73,17 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var oft: OFTSettings? = nil
     /// ExpertLoRA: which rows of the experts' ΔW the base tensor holds.
     public var experts: ExpertSlice? = nil
+    /// FourierFT: `random_loc_seed`, the seed of the spectrum's positions.
+    public var fourierSeed: UInt64? = nil
+    /// Whether the base must be a matrix: OFT and BOFT rotate input columns, and PEFT's FourierFT
+    /// wraps Linear layers only (its 2-D spectrum is the weight's shape).
+    var needsMatrix: Bool { rotatesInputs || fourierSeed != nil }
 
     /// The same update with `shared` (role → tensor name) added to its tensors.
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
-                     rotatesInputs: rotatesInputs, oft: oft, experts: experts)
+                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed)
     }
 }
 
@@ -99,7 +105,7 @@ extension LoadedUpdate {
 
 /// The adapter types besides LoRA that lora-tool merges.
 enum AdapterUpdateTypes {
-    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self, VeRA.self, OFT.self, BOFT.self]
+    static let registered: [any AdapterUpdateType.Type] = [LoHa.self, LoKr.self, IA3.self, VeRA.self, OFT.self, BOFT.self, FourierFT.self]
 
     /// The type a module's tensor suffixes belong to.
     /// - Throws: `LoRACoreError.invalidModule` for a suffix refused by its type (with the reason), or
