@@ -1223,8 +1223,11 @@ def adapter_type_cases():
     d = fresh(os.path.join(TYPES_FIX, "bases"))
     save_model(types_base(), os.path.join(d, "f32"))
     save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
+    base = load_file(os.path.join(TYPES_FIX, "bases", "f32", "model.safetensors"))
     for name in sorted(os.listdir(TYPES_FIX)):
-        if os.path.exists(os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")):
+        merged = os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")
+        # Only merges over the `types` base (the MoE cases have bases of their own).
+        if os.path.exists(merged) and set(load_file(merged)) <= set(base):
             write_svd(name)
 
 
