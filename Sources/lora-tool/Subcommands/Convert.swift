@@ -16,10 +16,10 @@ extension LoraTool {
                 Conv1D LoRA outside PEFT, mixed ranks in mlx) is refused with the reason. kohya input \
                 needs --base to recover module paths.
 
-                --to lora writes any additive adapter (LoHa, LoKr, VeRA, FourierFT, LoRA; IA³ as W ⊙ l − W, with \
-                --base) as plain PEFT LoRA with scale 1: each module's ΔW, computed as merge computes it, \
-                factored by truncated SVD (--svd-rank R, or --energy P [--max-rank M]), with each module's \
-                relative error reported. VeRA, FourierFT and IA³ need --base.
+                --to lora writes any additive adapter (LoHa, LoKr, VeRA, FourierFT, LoRA; IA³ as W ⊙ l − W, OFT \
+                and BOFT as W' − W, with --base) as plain PEFT LoRA with scale 1: each module's ΔW, computed as \
+                merge computes it, factored by truncated SVD (--svd-rank R, or --energy P [--max-rank M]), with \
+                each module's relative error reported. VeRA, FourierFT, IA³, OFT and BOFT need --base.
 
                 --to gguf-lora writes the adapter GGUF llama.cpp loads (llama-cli --lora, \
                 llama-export-lora), as convert_lora_to_gguf.py lays it out, for llama (Mistral), qwen2, \
