@@ -71,6 +71,11 @@ def save_adapter(peft_model, path, **kwargs):
     target_parameters sorted (PEFT keeps sets and saves them in hash order, which changes from run to run)."""
     peft_model.save_pretrained(path, **kwargs)
     remove_readme(path)
+    sort_config_lists(path)
+
+
+def sort_config_lists(path):
+    """target_modules and target_parameters of every adapter_config.json under path, sorted."""
     for d, _, files in os.walk(path):
         if "adapter_config.json" in files:
             p = os.path.join(d, "adapter_config.json")
@@ -1485,6 +1490,52 @@ def fourierft_cases():
         f.write("\n")
 
 
+# --- PiSSA / OLoRA: adapters saved relative to PEFT's residual model ------------------------------
+def residual_init_case(name, dtype, cfg, seed):
+    """A LoRA whose initialisation moved the principal part of W into the factors (PEFT's PiSSA or
+    OLoRA: W_res = W − s·B₀A₀). base/ is the original model, residual/ the model PEFT trains on,
+    initial/ the factors at initialisation (saved with init_lora_weights true, as PEFT's docs do),
+    adapter/ the trained factors saved as they are (init_lora_weights still names the method, relative
+    to residual/), converted/ PEFT's own conversion for the original base
+    (`path_initial_model_for_weight_conversion`: A' = [A; A₀], B' = [B, −B₀], r and α doubled),
+    merged/ PEFT's merge_and_unload of adapter/ into residual/, and merged-original/ PEFT's merge of
+    converted/ into base/. case.json names residual/ as the base adapter/ merges into and records
+    which adapter tensors PEFT's conversion dropped."""
+    d = fresh(os.path.join(CORE_FIX, name))
+    save_base(tiny_llama(dtype, layers=1), os.path.join(d, "base"))
+    peft_model = get_peft_model(tiny_llama(dtype, layers=1), cfg)
+    method = peft_model.peft_config["default"].init_lora_weights
+    peft_model.peft_config["default"].init_lora_weights = True
+    save_adapter(peft_model, os.path.join(d, "initial"))
+    peft_model.peft_config["default"].init_lora_weights = method
+    residual = get_peft_model(tiny_llama(dtype, layers=1), cfg).unload()
+    save_base(residual, os.path.join(d, "residual"))
+    randomize_adapter(peft_model, seed)
+    save_adapter(peft_model, os.path.join(d, "adapter"))
+    save_adapter(peft_model, os.path.join(d, "converted"),
+                 path_initial_model_for_weight_conversion=os.path.join(d, "initial"))
+    sort_config_lists(os.path.join(d, "initial"))  # the conversion rewrote its config in set order
+    trained = load_file(os.path.join(d, "adapter", "adapter_model.safetensors"))
+    converted = load_file(os.path.join(d, "converted", "adapter_model.safetensors"))
+    dropped = sorted(k for k in trained if k not in converted)
+    peft_model.merge_and_unload().save_pretrained(os.path.join(d, "merged"))
+    original = PeftModel.from_pretrained(tiny_llama(dtype, layers=1).__class__.from_pretrained(
+        os.path.join(d, "base"), dtype=dtype), os.path.join(d, "converted"))
+    original.merge_and_unload().save_pretrained(os.path.join(d, "merged-original"))
+    write_case(d, base="residual", residual_base=True, method=method, peft_conversion_dropped=dropped)
+    print("case", name, "dropped by PEFT's conversion:", dropped)
+
+
+def residual_init_cases():
+    residual_init_case("llama_pissa", torch.float32,
+                       LoraConfig(r=4, lora_alpha=8, init_lora_weights="pissa",
+                                  target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens"]), seed=41)
+    residual_init_case("llama_olora_bf16_rslora", torch.bfloat16,
+                       LoraConfig(r=4, lora_alpha=4, use_rslora=True, init_lora_weights="olora",
+                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+                       seed=42)
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -1509,6 +1560,7 @@ GROUPS = {
     "moe": moe_cases,
     "mxfp4": mxfp4_case,
     "fourierft": fourierft_cases,
+    "residual-init": residual_init_cases,
 }
 
 if __name__ == "__main__":

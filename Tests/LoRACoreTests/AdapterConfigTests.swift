@@ -21,8 +21,8 @@ struct AdapterConfigTests {
         #"{"r":8}"#, #"{"peft_type":"OFT"}"#, #"{"peft_type":"IA3","fan_in_fan_out":true}"#, #"{"peft_type":"LOHA","alpha":"x"}"#, #"{"peft_type":"LORA","r":-1}"#, #"{"peft_type":"LORA","r":"8"}"#,
         #"{"peft_type":"LORA","lora_alpha":"x"}"#, #"{"peft_type":"LORA","use_rslora":1}"#,
         #"{"peft_type":"LORA","target_modules":5}"#, #"{"peft_type":"LORA","layer_replication":[[4,0]]}"#,
-        #"{"peft_type":"LORA","init_lora_weights":"pissa"}"#, "[]", "{",
-        #"{"peft_type":"LORA","init_lora_weights":"loftq"}"#, #"{"peft_type":"LORA","target_parameters":["gate_up_proj"]}"#,
+        #"{"peft_type":"LORA","init_lora_weights":"xavier"}"#, "[]", "{",
+        #"{"peft_type":"LORA","init_lora_weights":5}"#, #"{"peft_type":"LORA","target_parameters":["gate_up_proj"]}"#,
         #"{"peft_type":"LORA","target_parameters":["experts.gate_up_proj"],"use_dora":true}"#, #"{"peft_type":"LOHA","target_parameters":["experts.gate_up_proj"]}"#,
         #"{"peft_type":"LORA","trainable_token_indices":[1,"x"]}"#, #"{"peft_type":"LOHA","trainable_token_indices":[1]}"#, #"{"peft_type":"LORA","bias":"all"}"#,
         #"{"peft_type":"LORA","megatron_config":{}}"#, #"{"peft_type":"LORA","use_qalora":true}"#,
@@ -30,6 +30,16 @@ struct AdapterConfigTests {
     ])
     func rejects(json: String) {
         #expect(throws: LoRACoreError.self) { try AdapterConfig(json: Array(json.utf8), file: "c.json") }
+    }
+
+    @Test("init_lora_weights as PEFT 0.21.2 reads it: PiSSA (with niter), OLoRA (any case), CorDA, LoRA-GA and LoftQ train on a residual model; booleans, gaussian, eva, orthogonal and mica do not",
+          arguments: [("\"pissa\"", ResidualInitialisation.pissa), ("\"pissa_niter_4\"", .pissa), ("\"OLoRA\"", .olora), ("\"corda\"", .corda),
+                      ("\"lora_ga\"", .loraGA), ("\"loftq\"", .loftq), ("true", nil), ("false", nil), ("\"gaussian\"", nil),
+                      ("\"eva\"", nil), ("\"orthogonal\"", nil), ("\"mica\"", nil)] as [(String, ResidualInitialisation?)])
+    func initialisation(value: String, expected: ResidualInitialisation?) throws {
+        let c = try Self.config(#","init_lora_weights":"# + value)
+        #expect(c.residualInitialisation == expected)
+        #expect(c.initLoraWeights == (value.hasPrefix("\"") ? String(value.dropFirst().dropLast()) : nil))
     }
 
     @Test("exclude_modules leaves modules out as PEFT does: a list by name or dotted suffix, a string by fullmatch")

@@ -25,9 +25,24 @@ struct FixtureCase: CustomStringConvertible, Sendable {
         return AdapterScaleOverride(alpha: json["alpha"]?.doubleValue, rank: json["rank"]?.intValue, scale: json["scale"]?.doubleValue)
     }
 
+    private var caseJSON: JSONValue { try! JSONParser.parse(Array(FileManager.default.contents(atPath: dir + "/case.json")!)) }
+
+    /// The model the adapters apply to: base/, or the model case.json names (`"base": "residual"`:
+    /// the residual model a PiSSA/OLoRA adapter was trained on, merged with `residual_base`).
+    var base: String { dir + "/" + (caseJSON["base"]?.stringValue ?? "base") }
+    var residualBase: Bool { caseJSON["residual_base"]?.boolValue ?? false }
+
     func mergeOptions(output: String) -> MergeOptions {
-        var o = MergeOptions(base: dir + "/base", adapters: adapters, output: output)
+        var o = MergeOptions(base: base, adapters: adapters, output: output)
         o.scaleOverride = scaleOverride
+        o.residualBase = residualBase
+        return o
+    }
+
+    func verifyOptions(merged: String) -> VerifyOptions {
+        var o = VerifyOptions(base: base, adapters: adapters, merged: merged)
+        o.scaleOverride = scaleOverride
+        o.residualBase = residualBase
         return o
     }
 
@@ -92,7 +107,7 @@ struct MergeAgainstPEFTTests {
         #expect(ours.names == peft.names)
         let adapters = try fixture.adapters.map { try Adapter(path: $0.path, scale: fixture.scaleOverride) }
         // The base as merge reads it: with its layers replicated when the adapter was trained so.
-        let opened = TensorStream(model: try Checkpoint(path: fixture.dir + "/base"))
+        let opened = TensorStream(model: try Checkpoint(path: fixture.base))
         let base = try LayerReplicationPass.forAdapters(adapters)?.apply(to: opened) ?? opened
         let plan = try MergePlan(base: base, adapters: adapters, weights: fixture.adapters.map(\.weight), targets: nil)
         for name in peft.names {
@@ -106,15 +121,14 @@ struct MergeAgainstPEFTTests {
             }
         }
         // Side files come along.
-        if FileManager.default.fileExists(atPath: fixture.dir + "/base/config.json") {
+        if FileManager.default.fileExists(atPath: fixture.base + "/config.json") {
             #expect(FileManager.default.fileExists(atPath: out + "/merged/config.json"))
         }
     }
 
     @Test("verify passes on PEFT's own merged output", arguments: FixtureCase.all)
     func verifyAcceptsPEFT(fixture: FixtureCase) throws {
-        var options = VerifyOptions(base: fixture.dir + "/base", adapters: fixture.adapters, merged: fixture.dir + "/merged")
-        options.scaleOverride = fixture.scaleOverride
+        let options = fixture.verifyOptions(merged: fixture.dir + "/merged")
         let report = try Verify.run(options)
         #expect(report.passed, "\(report.failures.map { "\($0.tensor): \($0.detail ?? "")" })")
         #expect(report.entries.contains { $0.kind == .merged })

@@ -14,8 +14,8 @@ private func merged(_ fixture: FixtureCase, in dir: String, base: String? = nil,
 }
 
 private func verify(_ fixture: FixtureCase, merged: String, base: String? = nil, mode: VerifyMode = .both, seed: UInt64 = 0) throws -> VerifyReport {
-    var o = VerifyOptions(base: base ?? fixture.dir + "/base", adapters: fixture.adapters, merged: merged)
-    o.scaleOverride = fixture.scaleOverride
+    var o = fixture.verifyOptions(merged: merged)
+    if let base { o.base = base }
     o.mode = mode
     o.seed = seed
     return try Verify.run(o)

@@ -33,6 +33,7 @@ public enum Combine {
         for (i, adapter) in adapters.enumerated() {
             try refuseUncombinable(adapter)
             try adapter.refuseParameterTargets("combine")
+            try ResidualInitialisation.refuse(adapter, "combine")
             let named: [AdapterModule]
             if let base {
                 named = try adapter.modules(resolvedAgainst: base)

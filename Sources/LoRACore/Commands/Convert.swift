@@ -13,6 +13,9 @@ public struct ConvertOptions: Sendable {
     public var zstdLevel: Int32?
     /// Scale for adapters that store none (hand-written layouts).
     public var scaleOverride = AdapterScaleOverride()
+    /// For an adapter trained on PEFT's residual model (PiSSA, OLoRA, CorDA, LoRA-GA): the adapter
+    /// saved at initialisation, so that the output is a LoRA of the original model (`ResidualConversion`).
+    public var initial: String?
 
     public init(adapter: String, to: Adapter.Format, output: String) {
         self.adapter = adapter
@@ -40,9 +43,10 @@ public struct ConvertReport: Sendable {
 /// decoded values exactly. What a dialect cannot express is refused with the reason.
 public enum Convert {
     public static func run(_ options: ConvertOptions) throws -> ConvertReport {
-        try PathSafety.checkOutput(options.output, inputs: [options.adapter] + (options.base.map { [$0] } ?? []))
+        try PathSafety.checkOutput(options.output, inputs: [options.adapter] + [options.base, options.initial].compactMap { $0 })
         let adapter = try Adapter(path: options.adapter, scale: options.scaleOverride)
         try adapter.refuseParameterTargets("convert")
+        if options.initial == nil { try ResidualInitialisation.refuse(adapter, "convert") }
         let base = try options.base.map { try Checkpoint(path: $0) }
         var modules = adapter.modules
         if let base { modules = try adapter.modules(resolvedAgainst: base) } else if adapter.format == .kohya && options.to != .kohya {
@@ -50,7 +54,10 @@ public enum Convert {
         }
         guard !modules.isEmpty else { throw LoRACoreError.invalidRequest("\(options.adapter): no LoRA modules to convert") }
         var notes: [String] = []
-        let factors = try Convert.factors(of: adapter, modules: modules, notes: &notes)
+        var factors = try Convert.factors(of: adapter, modules: modules, notes: &notes)
+        if let initial = options.initial {
+            factors = try ResidualConversion.factors(factors, adapter: adapter, initialPath: initial, notes: &notes)
+        }
         if adapter.config.useRslora && adapter.format == .peft { notes.append("rsLoRA scales written as plain α/r with α = s·r") }
         if adapter.config.peftType == .adalora { notes.append("AdaLoRA written as plain LoRA: A ⊙ E folded into A, α = s·r") }
 

@@ -64,6 +64,7 @@ enum GGUFMerge {
         // Planned before any adapter is read: what the model cannot be written as is refused first.
         let export = try checkpoint.map { try GGUFExportPlan(directory: $0.directory, model: $0, type: options.ggufType == .keep ? .f16 : options.ggufType) }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        try ResidualInitialisation.check(adapters, weights: options.adapters.map(\.weight), residualBase: options.residualBase)
         if try LayerReplicationPass.forAdapters(adapters) != nil {
             throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF model's metadata and tensor table cannot take yet: merge into the transformers model")
         }

@@ -54,6 +54,7 @@ enum GGUFVerify {
         let base = try GGUFModel(path: options.base)
         let merged = try GGUFModel(path: options.merged, undoRopePermutation: true, shards: options.mergedShards)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        try ResidualInitialisation.check(adapters, weights: options.adapters.map(\.weight), residualBase: options.residualBase)
         if try LayerReplicationPass.forAdapters(adapters) != nil {
             throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF merge does not take yet: nothing to verify against")
         }
@@ -192,6 +193,7 @@ enum GGUFVerify {
         }
         let export = try GGUFExportPlan(directory: checkpoint.directory, model: checkpoint, type: type)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        try ResidualInitialisation.check(adapters, weights: options.adapters.map(\.weight), residualBase: options.residualBase)
         if try LayerReplicationPass.forAdapters(adapters) != nil {
             throw LoRACoreError.invalidRequest("layer_replication adds layers, which a GGUF merge does not take yet: nothing to verify against")
         }

@@ -36,6 +36,8 @@ public struct InspectReport: Sendable {
         public var replacements: [String]
         public var untargeted: [String]
         public var configPath: String?
+        /// `init_lora_weights` when it trained the adapter on a residual model (PiSSA, OLoRA, …).
+        public var residualInitialisation: (method: ResidualInitialisation, value: String)?
     }
 
     /// The adapter checked against a base model.
@@ -184,7 +186,8 @@ public enum Inspect {
                 layers: Array(Set(resolved.compactMap { TensorName($0.baseWeightName).layer?.index })).sorted(),
                 modules: mods, dora: adapter.modules.contains(where: \.isDoRA),
                 embeddingLoRA: adapter.modules.contains { $0.kind == .embedding },
-                replacements: adapter.replacements.map(\.base), untargeted: adapter.untargeted, configPath: adapter.configPath)
+                replacements: adapter.replacements.map(\.base), untargeted: adapter.untargeted, configPath: adapter.configPath,
+                residualInitialisation: adapter.config.residualInitialisation.map { ($0, adapter.config.initLoraWeights ?? $0.rawValue) })
         } else if hasLoRA {
             // LoRA tensors without a config: ranks are known, alpha is not.
             var mods: [InspectReport.AdapterSummary.Module] = []

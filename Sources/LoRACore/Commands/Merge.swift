@@ -30,6 +30,8 @@ public struct MergeOptions: Sendable {
     var instructionSet: InstructionSet?
     /// Scale for adapters that store none (hand-written layouts).
     public var scaleOverride = AdapterScaleOverride()
+    /// The base is the residual model the (one) PiSSA/OLoRA/CorDA/LoRA-GA/LoftQ adapter was trained on.
+    public var residualBase = false
     /// With a bitsandbytes 4-bit base: write the merged targets back in this 4-bit type (nf4/fp4,
     /// which must be the base's), instead of a dense model.
     public var requantize: String?
@@ -97,6 +99,7 @@ extension MergeOptions {
     func verifyOptions(merged: String, threads: Int) -> VerifyOptions {
         var v = VerifyOptions(base: base, adapters: adapters, merged: merged)
         v.scaleOverride = scaleOverride
+        v.residualBase = residualBase
         v.probes = probes
         v.seed = seed
         v.targets = targets
@@ -157,6 +160,7 @@ public enum Merge {
             throw LoRACoreError.invalidRequest("\(options.base) is an mxfp4 base: writing the merge back in MXFP4 (--requantize, --keep-quantized) is not implemented yet (transformers' quantize_to_mxfp4 runs triton_kernels' downcast_to_mxfp_torch, which is not reproduced here); omit it for a dense model")
         }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        try ResidualInitialisation.check(adapters, weights: options.adapters.map(\.weight), residualBase: options.residualBase)
         if let replicate = try LayerReplicationPass.forAdapters(adapters) { base = try replicate.apply(to: base) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         if !plan.changesAnything && !options.allowEmpty {

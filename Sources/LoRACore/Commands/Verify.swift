@@ -21,6 +21,8 @@ public struct VerifyOptions: Sendable {
     public var targets: TargetSelector?
     /// Scale for adapters that store none (hand-written layouts).
     public var scaleOverride = AdapterScaleOverride()
+    /// The base is the residual model the (one) PiSSA/OLoRA/CorDA/LoRA-GA/LoftQ adapter was trained on.
+    public var residualBase = false
     /// Blocks and tensors checked in parallel.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
     /// Check only the tensors of the merged files this part owns (`PartSelection.assign` over their
@@ -54,6 +56,7 @@ public enum Verify {
         let opened = TensorStream(model: try Checkpoint(path: options.base))
         let dequantized = try DequantizePass().apply(to: opened)
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        try ResidualInitialisation.check(adapters, weights: options.adapters.map(\.weight), residualBase: options.residualBase)
         let base = try LayerReplicationPass.forAdapters(adapters)?.apply(to: dequantized) ?? dequantized
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
         let merged = try Checkpoint(path: options.merged)

@@ -82,6 +82,11 @@ public struct AdapterConfig: Sendable, Equatable {
     private var modulesToSaveMatchers: [PythonRegex] = []
     private var nFrequencyMatchers: [PythonRegex] = []
     private var layersPatternRegexes: [PythonRegex] = []
+    /// `init_lora_weights` when it names a method (`pissa_niter_16`, `olora`, `gaussian`, …).
+    public private(set) var initLoraWeights: String?
+    /// The method when it trained the adapter on a residual model (PiSSA, OLoRA, CorDA, LoRA-GA,
+    /// LoftQ): its factors then add to that model, not to the original.
+    public private(set) var residualInitialisation: ResidualInitialisation?
     /// `init_r` (AdaLoRA).
     public var initR: Int?
     /// `layer_replication`: the model's layers listed again as [start, end) ranges (PEFT's
@@ -107,7 +112,7 @@ public struct AdapterConfig: Sendable, Equatable {
             && l.alphaPattern.map(\.key) == r.alphaPattern.map(\.key) && l.alphaPattern.map(\.value) == r.alphaPattern.map(\.value)
             && l.modulesToSave == r.modulesToSave && l.layersToTransform == r.layersToTransform
             && l.layersPattern == r.layersPattern && l.loraBias == r.loraBias && l.oft == r.oft && l.fourierFT == r.fourierFT
-            && l.targetParameters == r.targetParameters
+            && l.targetParameters == r.targetParameters && l.residualInitialisation == r.residualInitialisation
     }
 
     public init() {}
@@ -351,11 +356,18 @@ public struct AdapterConfig: Sendable, Equatable {
                 }
             }
         }
-        if let v = present("init_lora_weights"), let s = v.stringValue?.lowercased(),
-           s.hasPrefix("pissa") || s == "olora" || s == "corda" || s == "lora_ga" || s == "loftq" {
-            throw LoRACoreError.unsupportedAdapter(
-                path: file,
-                detail: "init_lora_weights '\(s)' adapters change the base weights; save them with PEFT's path_initial_model_for_weight_conversion before merging")
+        if let v = present("init_lora_weights") {
+            if let s = v.stringValue {
+                do {
+                    residualInitialisation = try ResidualInitialisation(configValue: s)
+                } catch {
+                    throw LoRACoreError.unsupportedAdapter(
+                        path: file, detail: "init_lora_weights '\(s)' is not an initialisation PEFT 0.21.2 defines; lora-tool cannot tell what it did to the base")
+                }
+                initLoraWeights = s
+            } else if v.boolValue == nil {
+                throw bad("init_lora_weights", "true, false or a method name", v)
+            }
         }
         if let v = present("alora_invocation_tokens"), v.arrayValue?.isEmpty == false {
             throw LoRACoreError.unsupportedAdapter(path: file, detail: "aLoRA adapters cannot be merged by design")

@@ -99,6 +99,23 @@ struct LoRAFactors {
         return LoRAFactors(module: module, a: a, b: b, coefficient: 1)
     }
 
+    /// This trained module as a LoRA of the original weight when it was trained on PEFT's residual
+    /// model W_res = W − s·B₀A₀ (PiSSA, OLoRA, CorDA, LoRA-GA): ΔW = s·(BA − B₀A₀) = s·[B, −B₀]·[A; A₀],
+    /// rank r + r₀, the same scale (`initial` must have it), values copied exactly (PEFT's
+    /// `subtract_mutated_init`). The magnitude (DoRA) and bias stay the trained ones.
+    func subtracting(initial: LoRAFactors) -> LoRAFactors {
+        let m = module, r = m.rank, r0 = initial.module.rank, rank = r + r0
+        var b2 = [Float](repeating: 0, count: m.outFeatures * rank)
+        for o in 0..<m.outFeatures {
+            for k in 0..<r { b2[o * rank + k] = b[o * r + k] }
+            for k in 0..<r0 { b2[o * rank + r + k] = -initial.b[o * r0 + k] }
+        }
+        var module = m
+        module.rank = rank
+        module.alpha = m.scale * Double(rank)
+        return LoRAFactors(module: module, a: a + initial.a, b: b2, bias: bias, magnitude: magnitude, coefficient: coefficient)
+    }
+
     /// A combined module's factors (`combine`): A (rank×in) and B (out×rank) with scale 1, and the
     /// bias change when there is one. `shape` gives the module's name and geometry.
     static func combined(_ shape: AdapterModule, rank: Int, a: [Float], b: [Float], bias: [Float]?, magnitude: [Float]? = nil) -> LoRAFactors {

@@ -13,6 +13,9 @@ struct AdapterArguments: ParsableArguments {
     @Option(help: "Only these modules: comma-separated suffixes; q k v o gate up down are aliases of q_proj ... down_proj.")
     var targets: String?
 
+    @Flag(name: .customLong("residual-base"), help: "The base is the residual model a PiSSA, OLoRA, CorDA, LoRA-GA or LoftQ adapter (init_lora_weights) was trained on, so its factors add to it as they are (one adapter, weight 1).")
+    var residualBase = false
+
     @OptionGroup var scale: ScaleArguments
 
     /// The checks that hold in every mode; whether --adapter is required is the command's call

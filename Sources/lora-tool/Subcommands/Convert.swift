@@ -16,6 +16,13 @@ extension LoraTool {
                 Conv1D LoRA outside PEFT, mixed ranks in mlx) is refused with the reason. kohya input \
                 needs --base to recover module paths.
 
+                An adapter trained on PEFT's residual model (init_lora_weights pissa, olora, corda or \
+                lora_ga) is a LoRA of that residual model, not of the original: --initial \
+                INITIAL_ADAPTER (the adapter PEFT saved at initialisation) makes it one of the original \
+                model, as PEFT's path_initial_model_for_weight_conversion does (rank and alpha doubled), \
+                keeping what PEFT's conversion drops (embedding LoRA, DoRA magnitudes). Without it, merge \
+                such an adapter into the residual model with merge --residual-base.
+
                 --to lora writes any additive adapter (LoHa, LoKr, VeRA, FourierFT, LoRA; IA³ as W ⊙ l − W, OFT \
                 and BOFT as W' − W, with --base) as plain PEFT LoRA with scale 1: each module's ΔW, computed as \
                 merge computes it, factored by truncated SVD (--svd-rank R, or --energy P [--max-rank M]), with \
@@ -48,6 +55,9 @@ extension LoraTool {
 
         @Option(help: "Base model: resolves kohya names and gives exact PEFT target_modules; for gguf-lora the GGUF model or transformers directory the adapter is for.")
         var base: String?
+
+        @Option(help: ArgumentHelp("With --to peft, kohya or mlx, for an adapter trained on PEFT's residual model (init_lora_weights pissa, olora, corda, lora_ga): the adapter PEFT saved at initialisation; the output is then a LoRA of the original model (A' = [A; A₀], B' = [B, −B₀]).", valueName: "INITIAL_ADAPTER"))
+        var initial: String?
 
         @Option(name: .customLong("gguf-type"), help: "With --to gguf-lora: the factors' type, f32 (default), f16, bf16 or q8_0; with --to gguf: the weights' type, f16 (default), f32, bf16 or q8_0 (rows that are not whole Q8_0 blocks as f16).")
         var ggufType: String?
@@ -85,6 +95,7 @@ extension LoraTool {
                 throw ValidationError("--svd-rank, --energy and --max-rank apply to --to lora only")
             }
             if to != "gguf" && splitMaxSize != nil { throw ValidationError("--split-max-size applies to --to gguf only") }
+            if initial != nil && !["peft", "kohya", "mlx"].contains(to) { throw ValidationError("--initial applies to --to peft, kohya and mlx (convert the result further afterwards)") }
             if to == "gguf" {
                 guard output.hasSuffix(".gguf") else { throw ValidationError("--to gguf writes a GGUF file: --output must end in .gguf") }
                 if let splitMaxSize { try SplitSize.validate(splitMaxSize) }
@@ -112,6 +123,7 @@ extension LoraTool {
             if to == "lora" { return try convertToLoRA() }
             var o = ConvertOptions(adapter: try ModelSpecs.resolve(adapter), to: Adapter.Format(rawValue: to)!, output: output)
             o.base = try base.map { try ModelSpecs.resolve($0) }
+            o.initial = try initial.map { try ModelSpecs.resolve($0) }
             o.force = force
             o.zstdLevel = compression.level
             o.scaleOverride = scale.override

@@ -77,6 +77,10 @@ extension LoraTool {
                 rows.append(["embedding LoRA", a.embeddingLoRA ? "yes" : "no"])
                 if !a.replacements.isEmpty { rows.append(["replaces", a.replacements.joined(separator: ", ")]) }
                 if !a.untargeted.isEmpty { rows.append(["not targeted", a.untargeted.joined(separator: ", ") + " (config excludes them; not merged)"]) }
+                if let r = a.residualInitialisation {
+                    rows.append(["initialisation", "\(r.method.name) (init_lora_weights '\(r.value)'): trained on PEFT's residual model; merge into that model with --residual-base"
+                        + (r.method.convertsToLoRA ? ", or convert --initial INITIAL_ADAPTER for the original model" : "")])
+                }
             }
             if let b = r.base {
                 rows.append(["base", b.basePath])
@@ -126,6 +130,7 @@ extension LoraTool {
                     ("embedding_lora", .bool(a.embeddingLoRA)),
                     ("replacements", Render.json(a.replacements)),
                     ("not_targeted", Render.json(a.untargeted)),
+                    ("residual_initialisation", a.residualInitialisation.map { .string($0.value) } ?? .null),
                     ("modules", .array(a.modules.map {
                         .object([("module", .string($0.module)), ("kind", .string($0.kind)), ("rank", Render.json($0.rank)),
                                  ("alpha", $0.alpha.map(Render.json) ?? .null), ("scale", $0.scale.map(Render.json) ?? .null),

@@ -197,6 +197,7 @@ extension LoraTool {
             options.durable = !noSync
             options.threads = threads
             options.scaleOverride = adapterArguments.scale.override
+            options.residualBase = adapterArguments.residualBase
             options.requantize = requantize
             options.keepQuantized = keepQuantized
             options.allowOverflow = allowOverflow

@@ -99,6 +99,7 @@ extension LoraTool {
             options.targets = try adapterArguments.selector
             options.part = try part.map { try PartSelection.parse($0, parts: parts) }
             options.scaleOverride = adapterArguments.scale.override
+            options.residualBase = adapterArguments.residualBase
             let report = try LoRACore.Verify.run(options)
             if json {
                 Render.printJSON(jsonReport(report))
