@@ -206,6 +206,56 @@ struct AdapterTypeTests {
         #expect(moved > 0, "the round trip went through real roundings")
     }
 
+    @Test("OFT and BOFT un-merge (--weight -1) by the exact inverse of R: PEFT's merge and lora-tool's go back to the base within 8 ulp of each tensor's largest magnitude (f32; bf16: 1 ulp of it, the merged weight having been rounded), verify accepts the un-merge and rejects it as a merge",
+          arguments: TypeCase.all.filter { $0.typeName == "OFT" || $0.typeName == "BOFT" })
+    func rotationUnmerge(c: TypeCase) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        _ = try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 1)], output: out + "/m"))
+        let base = try Checkpoint(path: c.base)
+        for (merged, name) in [(c.reference, "peft"), (out + "/m", "ours")] {
+            var o = MergeOptions(base: merged, adapters: [(c.adapter, -1)], output: out + "/u-" + name)
+            o.verify = true
+            let report = try Merge.run(o)
+            #expect(report.mergedTensors == c.modules)
+            let back = try Checkpoint(path: out + "/u-" + name)
+            for tensor in base.names {
+                let w = try TensorData.floats(base, tensor), x = try TensorData.floats(back, tensor)
+                let largest = zip(w, x).reduce(Float(0)) { max($0, abs($1.0), abs($1.1)) }
+                let worst = zip(w, x).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+                let unit = c.dtype == "f32" ? largest.ulp : Float(sign: .plus, exponent: largest.exponent - 7, significand: 1)
+                #expect(worst <= (c.dtype == "f32" ? 8 : 1) * unit, "\(name) \(tensor): \(worst / unit) ulp of the largest magnitude")
+            }
+            // The un-merged file is no merge of the adapter into the merged model.
+            #expect(try !Verify.run(VerifyOptions(base: merged, adapters: [(c.adapter, 1)], merged: out + "/u-" + name)).passed)
+        }
+    }
+
+    @Test("An OFT block whose Neumann R is singular (Q with eigenvalues ±i: R = (1 − λ²)(1 + iλ)² = 0) merges but refuses to un-merge, naming the module and block")
+    func singularUnmerge() throws {
+        let c = TypeCase(name: "peft_oft", dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try FileManager.default.copyItem(atPath: c.adapter, toPath: out + "/a")
+        let ckpt = try Checkpoint(path: c.adapter + "/adapter_model.safetensors")
+        let tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
+            let info = ckpt.info(n)!
+            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: info.shape) {
+                guard n.contains("q_proj") else { return Array(try ckpt.bytes(of: n)) }
+                // Block 0's generator: Q[0][1] = 1 = −Q[1][0], the rest 0 (4×4 blocks: 6 values).
+                var v = try TensorData.floats(ckpt, n)
+                for i in 0..<6 { v[i] = i == 0 ? 1 : 0 }
+                return TensorData.encode(v, format: TensorData.format(info.dtype)!)
+            }
+        }
+        try AdapterSink.writeFile(tensors, to: out + "/a/adapter_model.safetensors", metadata: nil, force: true)
+        _ = try Merge.run(MergeOptions(base: c.base, adapters: [(out + "/a", 1)], output: out + "/m"))
+        let error = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: out + "/m", adapters: [(out + "/a", -1)], output: out + "/u")) }
+        let message = error?.localizedDescription ?? ""
+        #expect(message.contains("model.layers.0.self_attn.q_proj") && message.contains("block 0 of R is singular") && message.contains("--weight -1 cannot undo it"), "\(message)")
+        #expect(!FileManager.default.fileExists(atPath: out + "/u"))
+    }
+
     @Test("A LoHa weighted 0.5 merges half its delta; LoHa after LoKr on one base is both deltas in order")
     func weightsAndMixes() throws {
         let loha = TypeCase(name: "peft_loha", dtype: "f32"), lokr = TypeCase(name: "lycoris_lokr", dtype: "f32")
@@ -327,7 +377,7 @@ struct OFTRefusalTests {
         #expect(message.contains("q_proj") && message.contains("4 butterfly factors need an even block size and a block count divisible by 2^3"), "\(message)")
     }
 
-    @Test("BOFT refuses --weight other than 1, naming the module")
+    @Test("BOFT refuses --weight other than 1 and -1, naming the module")
     func boftWeight() throws {
         let c = TypeCase(name: "peft_boft", dtype: "f32")
         let out = temporaryDirectory()
@@ -337,13 +387,13 @@ struct OFTRefusalTests {
         #expect(error?.localizedDescription.contains("model.layers.0.mlp.down_proj") == true)
     }
 
-    @Test("OFT refuses --weight other than 1 and a convolution base, naming the module")
+    @Test("OFT refuses --weight other than 1 and -1 and a convolution base, naming the module")
     func mergeRefusals() throws {
         let c = TypeCase(name: "peft_oft", dtype: "f32")
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let weight = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, -1)], output: out + "/m")) }
-        #expect(weight?.localizedDescription.contains("OFT multiplies each weight row by a rotation") == true)
+        let weight = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 0.5)], output: out + "/m")) }
+        #expect(weight?.localizedDescription.contains("OFT multiplies each weight row by a matrix R") == true)
         #expect(weight?.localizedDescription.contains("model.embed_tokens") == true)
         // The same base with q_proj stored as a (16, 4, 2, 2) kernel: PEFT's Conv2d OFT, refused.
         try convolutionBase(from: c.base, to: out + "/conv.safetensors")

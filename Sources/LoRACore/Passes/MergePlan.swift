@@ -95,21 +95,15 @@ public struct MergePlan: Sendable {
                         module: m.module,
                         detail: "trainable tokens replace embedding rows, so --weight \(weights[ai]) has no meaning (and the original rows are not stored to un-merge): use 1")
                 }
-                if let u = m.update, u.rotatesInputs, weights[ai] != 1 {
-                    throw LoRACoreError.invalidModule(
-                        module: m.module,
-                        detail: "\(u.typeName) multiplies each weight row by a rotation R (W·Rᵀ), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1")
-                }
                 if let u = m.update, u.isMultiplicative, weights[ai] != 1 {
                     guard weights[ai] == -1 else {
+                        let how = u.rotatesInputs ? "each weight row by a matrix R (W·Rᵀ)" : "the weight (W ⊙ l)"
                         throw LoRACoreError.invalidModule(
                             module: m.module,
-                            detail: "\(u.typeName) multiplies the weight (W ⊙ l), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1 to merge or -1 to un-merge")
+                            detail: "\(u.typeName) multiplies \(how), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1 to merge or -1 to un-merge")
                     }
-                    // Un-merging divides by l: a zero factor erased what it multiplied.
-                    let factors = try UpdateMath.floats(adapters[ai].checkpoint, u.tensors.values.sorted()[0], module: m.module)
-                    if let zero = factors.firstIndex(of: 0) {
-                        throw LoRACoreError.invalidModule(module: m.module, detail: "\(u.typeName) factor \(zero) is 0: W ⊙ l lost those values, so --weight -1 cannot undo it")
+                    if let why = try u.type.load(m, from: adapters[ai].checkpoint).inverseProblem {
+                        throw LoRACoreError.invalidModule(module: m.module, detail: "\(why), so --weight -1 cannot undo it")
                     }
                 }
                 guard TensorData.format(bi.dtype) != nil else {

@@ -97,10 +97,14 @@ protocol LoadedUpdate: Sendable {
     func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double)
     /// The factors the bias is multiplied by (IA³ on output rows), nil when the bias is unchanged.
     var biasFactors: [Float]? { get }
+    /// For a multiplicative update: why weight −1 cannot undo it (a zero factor, a singular
+    /// block), nil when it can.
+    var inverseProblem: String? { get }
 }
 
 extension LoadedUpdate {
     var biasFactors: [Float]? { nil }
+    var inverseProblem: String? { nil }
 }
 
 /// The adapter types besides LoRA that lora-tool merges.

@@ -18,8 +18,8 @@ import SafeTensors
 ///
 /// Rounding, as PEFT's `merge` in fp32: the permutations are exact; each product Fᵢ·(…) an fp32
 /// sum over the inner index in order with one FMA per term (zeros skipped: exact); each merged
-/// element Σₖ B[c][k]·w[k] the same way, × s rounded, then once to the output dtype. Multiplicative,
-/// so `--weight` must be 1.
+/// element Σₖ B[c][k]·w[k] the same way, × s rounded, then once to the output dtype. Multiplicative:
+/// `--weight` is 1, or −1 to un-merge by the exact inverse (a zero scale or singular block refused).
 enum BOFT: AdapterUpdateType {
     static let name = "BOFT"
     static let roles: Set<String> = ["boft_R", "boft_s"]
@@ -64,8 +64,10 @@ enum BOFT: AdapterUpdateType {
         }
         let n = blocks * b
         let perms = (0..<factors).map { permutation(n: n, blocks: blocks >> $0, half: b / 2, factors: factors) }
+        let rounded = cayleys.map { $0.map { Float($0) } }
         return Loaded(blocks: cayleys, perms: perms, size: b, blockCount: blocks, scales: scales,
-                      butterfly: butterfly(cayleys.map { $0.map { Float($0) } }, perms: perms, size: b, blockCount: blocks))
+                      butterfly: butterfly(rounded, perms: perms, size: b, blockCount: blocks),
+                      roundedInverses: rounded.map { UpdateMath.solve($0.map(Double.init), UpdateMath.identity(b), b: b) })
     }
 
     /// PEFT's `block_butterfly_perm(n, blocks, half, factors − 1)`: identity for one factor; else
@@ -125,9 +127,17 @@ enum BOFT: AdapterUpdateType {
         let scales: [Float]
         /// B in fp32 (sparse rows), for the fp32 path.
         let butterfly: [Row]
+        /// The inverse of each fp32 block B is built from (factor-major), for un-merge; nil when singular.
+        let roundedInverses: [[Double]?]
 
-        /// `weight` is 1 (the merge plan refuses others for `rotatesInputs`).
+        var inverseProblem: String? {
+            if let row = scales.firstIndex(of: 0) { return "boft_s[\(row)] is 0: that row was erased" }
+            return roundedInverses.firstIndex { $0 == nil }.map { "butterfly block \($0 % blockCount) of factor \($0 / blockCount) is singular" }
+        }
+
+        /// `weight` is 1, or −1: un-merge, W = (W' ⊘ s)·B⁻ᵀ (`unmerge`).
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
+            if weight < 0 { return unmerge(toRows: r0, count: count, cols: cols, block: &block) }
             var x = [Float](repeating: 0, count: cols)
             for row in 0..<count {
                 let start = row * cols
@@ -140,24 +150,46 @@ enum BOFT: AdapterUpdateType {
             }
         }
 
-        /// The factors applied to each row in turn (x ← Fᵢ·x), in fp64: B is never formed.
-        func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {
-            let b = size
-            let inverses: [[Int]] = perms.map { perm in
-                var inverse = [Int](repeating: 0, count: cols)
-                for (j, p) in perm.enumerated() { inverse[p] = j }
-                return inverse
-            }
+        /// Un-merge in fp64, rounded once: each row divided by its scale, then the factors' inverses
+        /// F₀⁻¹·…·F_{m−1}⁻¹ (each Pᵢ·diag(blocks⁻¹)·Pᵢᵀ) applied last factor first, with the exact
+        /// inverses of the fp32 blocks the merge built B from (not the transposes: rounded, they
+        /// are not orthogonal).
+        private func unmerge(toRows r0: Int, count: Int, cols: Int, block: inout [Float]) {
             for row in 0..<count {
+                let s = Double(scales[r0 + row])
+                var x = (0..<cols).map { Double(block[row * cols + $0]) / s }
+                for i in perms.indices.reversed() { x = applyFactor(i, blocks: roundedInverses.map { $0! }, to: x) }
+                for c in 0..<cols { block[row * cols + c] = Float(x[c]) }
+            }
+        }
+
+        /// Fᵢ·x for factor i built from `blocks` (factor-major b×b), in fp64.
+        private func applyFactor(_ i: Int, blocks: [[Double]], to x: [Double]) -> [Double] {
+            let b = size, perm = perms[i], n = x.count
+            var inverse = [Int](repeating: 0, count: n)
+            for (j, p) in perm.enumerated() { inverse[p] = j }
+            return (0..<n).map { j in
+                let a = perm[j], d = a / b, r = blocks[i * blockCount + d]
+                return (0..<b).reduce(0.0) { $0 + r[(a % b) * b + $1] * x[inverse[d * b + $1]] }
+            }
+        }
+
+        /// The factors applied to each row in turn (x ← Fᵢ·x), in fp64: B is never formed. Un-merge
+        /// applies the transposed blocks in reverse order after dividing by the scale: the exact
+        /// Cayley blocks are orthogonal.
+        func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {
+            let transposed = weight < 0 ? blocks.map { UpdateMath.transpose($0, b: size) } : []
+            for row in 0..<count {
+                let s = Double(scales[r0 + row])
                 var x = Array(block[row * cols..<(row + 1) * cols])
-                for (i, perm) in perms.enumerated() {
-                    let inverse = inverses[i]
-                    x = (0..<cols).map { j in
-                        let a = perm[j], d = a / b, r = blocks[i * blockCount + d]
-                        return (0..<b).reduce(0.0) { $0 + r[(a % b) * b + $1] * x[inverse[d * b + $1]] }
-                    }
+                if weight < 0 {
+                    x = x.map { $0 / s }
+                    for i in perms.indices.reversed() { x = applyFactor(i, blocks: transposed, to: x) }
+                } else {
+                    for i in perms.indices { x = applyFactor(i, blocks: blocks, to: x) }
+                    x = x.map { $0 * s }
                 }
-                for c in 0..<cols { block[row * cols + c] = x[c] * Double(scales[r0 + row]) }
+                for c in 0..<cols { block[row * cols + c] = x[c] }
             }
         }
     }

@@ -43,6 +43,8 @@ enum IA3: AdapterUpdateType {
 
         var biasFactors: [Float]? { onInput ? nil : l }
 
+        var inverseProblem: String? { l.firstIndex(of: 0).map { "IA3 factor \($0) is 0: W ⊙ l lost those values" } }
+
         /// weight 1 multiplies by l; weight -1 (un-merge) divides by it.
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
             let perChannel = onInput ? cols / l.count : cols

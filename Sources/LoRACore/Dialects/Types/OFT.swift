@@ -38,7 +38,8 @@ public struct OFTSettings: Sendable, Equatable {
 /// R = (I − Q)(I + Q)⁻¹, solved in fp64 and rounded once (PEFT: LAPACK in fp32).
 ///
 /// Rounding of the merge: each output an fp32 sum of b products with FMAs in order, rounded once
-/// to the output dtype. Multiplicative, so `--weight` must be 1 (PEFT's unmerge inverts R).
+/// to the output dtype. Multiplicative: `--weight` is 1, or −1 to un-merge by each block's exact
+/// inverse (PEFT's unmerge inverts R too; Rᵀ would be wrong, R not being orthogonal).
 enum OFT: AdapterUpdateType {
     static let name = "OFT"
     static let linearRole = "oft_R.weight", embeddingRole = "oft_embedding_R.weight"
@@ -87,9 +88,10 @@ enum OFT: AdapterUpdateType {
         }
         let values = try UpdateMath.floats(checkpoint, name, module: module.module)
         let generators = (0..<stored).map { Array(values[$0 * n..<($0 + 1) * n]) }
-        return Loaded(r32: generators.map { rotation($0, b: b, blocks: stored, settings) },
-                      r64: generators.map { rotation64($0.map(Double.init), b: b, blocks: stored, settings) },
-                      size: b, linear: role == linearRole)
+        let r32 = generators.map { rotation($0, b: b, blocks: stored, settings) }
+        let r64 = generators.map { rotation64($0.map(Double.init), b: b, blocks: stored, settings) }
+        return Loaded(r32: r32, r64: r64, inverse32: r32.map { UpdateMath.solve($0.map(Double.init), UpdateMath.identity(b), b: b) },
+                      inverse64: r64.map { UpdateMath.solve($0, UpdateMath.identity(b), b: b) }, size: b, linear: role == linearRole)
     }
 
     /// Q = U − Uᵀ from the strict upper triangle `v` (row by row), b×b row-major.
@@ -167,8 +169,8 @@ enum OFT: AdapterUpdateType {
         return r
     }
 
-    /// (I − Q)(I + Q)⁻¹ = (I + Q)⁻¹(I − Q) (they commute), by Gaussian elimination with partial
-    /// pivoting in fp64; I + Q is invertible for every skew-symmetric Q.
+    /// (I − Q)(I + Q)⁻¹ = (I + Q)⁻¹(I − Q) (they commute), solved in fp64 (`UpdateMath.solve`);
+    /// I + Q is invertible for every skew-symmetric Q.
     static func cayley(_ q: [Double], b: Int) -> [Double] {
         var a = [Double](repeating: 0, count: b * b), x = [Double](repeating: 0, count: b * b)
         for i in 0..<b {
@@ -178,42 +180,43 @@ enum OFT: AdapterUpdateType {
                 x[i * b + j] = e - q[i * b + j]
             }
         }
-        for col in 0..<b {
-            let pivot = (col..<b).max { abs(a[$0 * b + col]) < abs(a[$1 * b + col]) }!
-            if pivot != col {
-                for j in 0..<b {
-                    a.swapAt(pivot * b + j, col * b + j)
-                    x.swapAt(pivot * b + j, col * b + j)
-                }
-            }
-            for row in 0..<b where row != col {
-                let f = a[row * b + col] / a[col * b + col]
-                if f == 0 { continue }
-                for j in 0..<b {
-                    a[row * b + j] -= f * a[col * b + j]
-                    x[row * b + j] -= f * x[col * b + j]
-                }
-            }
-        }
-        for i in 0..<b { for j in 0..<b { x[i * b + j] /= a[i * b + i] } }
-        return x
+        return UpdateMath.solve(a, x, b: b)!
     }
 
     /// Each block's R (b×b row-major) in both precisions; one R for all blocks with block_share.
+    /// Un-merge (weight −1) applies each block's exact inverse instead: of the fp32 R the merge
+    /// applied, in fp64 and rounded once (fp32 path); of the fp64 R (fp64 path). Not Rᵀ: the
+    /// Neumann series' R is not orthogonal.
     struct Loaded: LoadedUpdate {
         let r32: [[Float]], r64: [[Double]]
+        /// R⁻¹ per block, nil for a singular block (the merge plan refuses to un-merge it).
+        let inverse32: [[Double]?], inverse64: [[Double]?]
         let size: Int
         /// Linear: out[c] = Σₖ R[c][k]·w[k]; Embedding: out[c] = Σₖ w[k]·R[k][c].
         let linear: Bool
 
-        /// `weight` is 1 (the merge plan refuses others for `rotatesInputs`).
+        var inverseProblem: String? {
+            inverse32.firstIndex { $0 == nil }.map { "block \($0) of R is singular (R = I + 2Q + … has eigenvalue 0 where Q has ±i)" }
+        }
+
+        /// `weight` is 1 or −1 (the merge plan refuses others for `rotatesInputs`).
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
             let b = size
             var x = [Float](repeating: 0, count: b)
             for row in 0..<count {
                 for j in 0..<(cols / b) {
-                    let start = row * cols + j * b, r = r32[j % r32.count]
+                    let start = row * cols + j * b
                     for k in 0..<b { x[k] = block[start + k] }
+                    if weight < 0 {
+                        let r = inverse32[j % inverse32.count]!
+                        for c in 0..<b {
+                            var acc = 0.0
+                            for k in 0..<b { acc += (linear ? r[c * b + k] : r[k * b + c]) * Double(x[k]) }
+                            block[start + c] = Float(acc)
+                        }
+                        continue
+                    }
+                    let r = r32[j % r32.count]
                     for c in 0..<b {
                         var acc: Float = 0
                         for k in 0..<b { acc = acc.addingProduct(linear ? r[c * b + k] : r[k * b + c], x[k]) }
@@ -227,7 +230,7 @@ enum OFT: AdapterUpdateType {
             let b = size
             for row in 0..<count {
                 for j in 0..<(cols / b) {
-                    let start = row * cols + j * b, r = r64[j % r64.count]
+                    let start = row * cols + j * b, r = weight < 0 ? inverse64[j % inverse64.count]! : r64[j % r64.count]
                     let x = Array(block[start..<start + b])
                     for c in 0..<b {
                         var acc = 0.0

@@ -32,6 +32,49 @@ enum UpdateMath {
         return out
     }
 
+    /// a⁻¹·rhs for b×b row-major matrices in fp64, by Gauss–Jordan elimination with partial
+    /// pivoting (rows swapped to the largest magnitude in each column, every other row eliminated,
+    /// then each row divided by its pivot). Nil when a pivot is zero or below 2⁻⁴⁰ of the column's
+    /// largest original entry: a numerically singular a, whose inverse would be noise.
+    static func solve(_ a: [Double], _ rhs: [Double], b: Int) -> [Double]? {
+        var a = a, x = rhs
+        let scale = (0..<b).map { col in (0..<b).reduce(0.0) { max($0, abs(a[$1 * b + col])) } }
+        for col in 0..<b {
+            let pivot = (col..<b).max { abs(a[$0 * b + col]) < abs(a[$1 * b + col]) }!
+            guard abs(a[pivot * b + col]) > scale[col] * 0x1p-40 else { return nil }
+            if pivot != col {
+                for j in 0..<b {
+                    a.swapAt(pivot * b + j, col * b + j)
+                    x.swapAt(pivot * b + j, col * b + j)
+                }
+            }
+            for row in 0..<b where row != col {
+                let f = a[row * b + col] / a[col * b + col]
+                if f == 0 { continue }
+                for j in 0..<b {
+                    a[row * b + j] -= f * a[col * b + j]
+                    x[row * b + j] -= f * x[col * b + j]
+                }
+            }
+        }
+        for i in 0..<b { for j in 0..<b { x[i * b + j] /= a[i * b + i] } }
+        return x
+    }
+
+    /// The b×b identity, row-major.
+    static func identity(_ b: Int) -> [Double] {
+        var m = [Double](repeating: 0, count: b * b)
+        for i in 0..<b { m[i * b + i] = 1 }
+        return m
+    }
+
+    /// The transpose of a b×b row-major matrix.
+    static func transpose(_ m: [Double], b: Int) -> [Double] {
+        var t = m
+        for i in 0..<b { for j in 0..<b { t[j * b + i] = m[i * b + j] } }
+        return t
+    }
+
     /// A 2-D view of a stored factor: (shape[0], product of the rest).
     static func flat(_ shape: [Int]) -> (rows: Int, cols: Int)? {
         guard shape.count >= 2 else { return nil }
