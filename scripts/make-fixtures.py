@@ -1332,22 +1332,35 @@ def layer_replication_case():
 
 # --- PEFT target_parameters on MoE experts (ParamWrapper) ----------------------------------------
 def moe_base(kind):
-    """One layer, 3 experts, hidden 16, expert width 8: gate_up_proj is (3, 16, 16), square, so
-    only the model type tells its orientation. Qwen3-MoE is saved one tensor per expert
-    (experts.<e>.gate_proj/up_proj/down_proj.weight); GPT-OSS keeps the fused [E, in, out] tensors."""
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, GptOssConfig, GptOssForCausalLM
+    """One layer, 3 experts (DeepSeek-V3: 4, its minimum for one group of top-2), hidden 16, expert
+    width 8: gate_up_proj is (E, 16, 16), square, so only the model type tells its orientation.
+    Qwen3-MoE, Qwen2-MoE, OLMoE and DeepSeek-V3 are saved one tensor per expert
+    (experts.<e>.gate_proj/up_proj/down_proj.weight), Mixtral under its original names
+    (block_sparse_moe.experts.<e>.w1/w3/w2.weight); GPT-OSS keeps the fused [E, in, out] tensors."""
+    import transformers
     torch.manual_seed(0)
     common = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
                   vocab_size=32, max_position_embeddings=32, tie_word_embeddings=False, num_experts_per_tok=2)
-    if kind == "qwen3_moe":
-        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(intermediate_size=32, moe_intermediate_size=8, num_experts=3,
-                                                   mlp_only_layers=[], decoder_sparse_step=1, **common))
-    else:
-        model = GptOssForCausalLM(GptOssConfig(intermediate_size=8, num_local_experts=3, layer_types=["full_attention"], **common))
+    specs = {
+        "qwen3_moe": ("Qwen3Moe", dict(intermediate_size=32, moe_intermediate_size=8, num_experts=3, mlp_only_layers=[], decoder_sparse_step=1)),
+        "gpt_oss": ("GptOss", dict(intermediate_size=8, num_local_experts=3, layer_types=["full_attention"])),
+        "mixtral": ("Mixtral", dict(intermediate_size=8, num_local_experts=3)),
+        "qwen2_moe": ("Qwen2Moe", dict(intermediate_size=32, moe_intermediate_size=8, shared_expert_intermediate_size=8, num_experts=3,
+                                       mlp_only_layers=[], decoder_sparse_step=1)),
+        "olmoe": ("Olmoe", dict(intermediate_size=8, num_experts=3, eos_token_id=None, pad_token_id=None, bos_token_id=None)),
+        "deepseek_v3": ("DeepseekV3", dict(intermediate_size=32, moe_intermediate_size=8, n_routed_experts=4, n_shared_experts=1,
+                                           first_k_dense_replace=0, n_group=1, topk_group=1, kv_lora_rank=8, q_lora_rank=8,
+                                           qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8)),
+    }
+    prefix, extra = specs[kind]
+    model = getattr(transformers, prefix + "ForCausalLM")(getattr(transformers, prefix + "Config")(**common, **extra))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
     return model
+
+
+MOE_ATTENTION_TARGETS = {"deepseek_v3": ["q_b_proj", "o_proj"]}
 
 
 def moe_cases():
@@ -1357,9 +1370,9 @@ def moe_cases():
     alpha 6 by alpha_pattern. adapter/ from PEFT (f32), merged-<dtype>/ from merge_and_unload of
     that adapter loaded on base-<dtype>/."""
     from peft import PeftModel
-    for kind in ("qwen3_moe", "gpt_oss"):
+    for kind in ("qwen3_moe", "gpt_oss", "mixtral", "qwen2_moe", "olmoe", "deepseek_v3"):
         d = fresh(os.path.join(TYPES_FIX, "peft_moe_" + kind))
-        cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+        cfg = LoraConfig(r=2, lora_alpha=4, target_modules=MOE_ATTENTION_TARGETS.get(kind, ["q_proj", "v_proj"]),
                          target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
                          rank_pattern={"down_proj": 3}, alpha_pattern={"gate_up_proj": 6})
         peft_model = get_peft_model(moe_base(kind), cfg)

@@ -7,9 +7,10 @@ private let typeFixtures = URL(fileURLWithPath: #filePath).deletingLastPathCompo
 
 /// A `moe` fixture of scripts/make-fixtures.py: a PEFT LoRA with target_modules q_proj/v_proj and
 /// target_parameters on the experts' gate_up_proj (α 6, r 2) and down_proj (r 3), over a one-layer,
-/// 3-expert model (hidden 16, expert width 8) in `base-<dtype>`, and PEFT's merge_and_unload of that
-/// adapter loaded on it in `merged-<dtype>`. Qwen3-MoE is saved one tensor per expert; GPT-OSS keeps
-/// its fused [E, in, out] tensors.
+/// 3-expert model (hidden 16, expert width 8; DeepSeek-V3: 4 experts, LoRA on q_b_proj/o_proj) in
+/// `base-<dtype>`, and PEFT's merge_and_unload of that adapter loaded on it in `merged-<dtype>`.
+/// Qwen3-MoE, Qwen2-MoE, OLMoE and DeepSeek-V3 are saved one tensor per expert, Mixtral under its
+/// original names (block_sparse_moe.experts.<e>.w1/w3/w2); GPT-OSS keeps its fused [E, in, out] tensors.
 struct MoECase: CustomStringConvertible, Sendable {
     let model: String
     let dtype: String
@@ -18,14 +19,21 @@ struct MoECase: CustomStringConvertible, Sendable {
     var base: String { "\(dir)/base-\(dtype)" }
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { "\(dir)/adapter" }
-    /// The expert tensors the merge changes (per expert: gate, up, down; fused: gate_up, down).
+    /// The expert tensors the merge changes (per expert: gate, up, down, Mixtral's w1, w3, w2 under
+    /// block_sparse_moe; fused: gate_up, down). DeepSeek-V3 has 4 experts, the others 3.
     var expertTensors: [String] {
         let p = "model.layers.0.mlp.experts."
         if model == "gpt_oss" { return [p + "down_proj", p + "gate_up_proj"] }
-        return (0..<3).flatMap { e in ["down_proj", "gate_proj", "up_proj"].map { "\(p)\(e).\($0).weight" } }
+        if model == "mixtral" { return (0..<3).flatMap { e in ["w1", "w2", "w3"].map { "model.layers.0.block_sparse_moe.experts.\(e).\($0).weight" } } }
+        return (0..<(model == "deepseek_v3" ? 4 : 3)).flatMap { e in ["down_proj", "gate_proj", "up_proj"].map { "\(p)\(e).\($0).weight" } }
     }
 
-    static let models = ["qwen3_moe", "gpt_oss"]
+    /// The attention weights the adapter's target_modules LoRA changes.
+    var attentionTensors: [String] {
+        (model == "deepseek_v3" ? ["q_b_proj", "o_proj"] : ["q_proj", "v_proj"]).map { "model.layers.0.self_attn.\($0).weight" }
+    }
+
+    static let models = ["qwen3_moe", "gpt_oss", "mixtral", "qwen2_moe", "olmoe", "deepseek_v3"]
     static let all = models.flatMap { m in ["f32", "bf16"].map { MoECase(model: m, dtype: $0) } }
 }
 
@@ -61,7 +69,7 @@ private func fuseExperts(_ dir: String, keepingParts: Bool = false) throws {
     try AdapterSink.writeFile(tensors.sorted { $0.name < $1.name }, to: path, metadata: nil, force: true)
 }
 
-@Suite("PEFT target_parameters: LoRA on MoE experts (Qwen3-MoE, GPT-OSS)")
+@Suite("PEFT target_parameters: LoRA on MoE experts (Qwen3-MoE, Qwen2-MoE, OLMoE, DeepSeek-V3, Mixtral, GPT-OSS)")
 struct ExpertLoRATests {
     @Test("Merge equals PEFT's merge_and_unload: bf16 bit for bit, f32 within 4 ulp of the largest magnitude; untouched tensors byte-identical",
           arguments: MoECase.all)
@@ -88,8 +96,7 @@ struct ExpertLoRATests {
             }
         }
         // PEFT changed exactly the attention LoRA's weights and every expert tensor.
-        let attention = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"]
-        #expect(changed.sorted() == (c.expertTensors + attention).sorted())
+        #expect(changed.sorted() == (c.expertTensors + c.attentionTensors).sorted())
     }
 
     @Test("A Qwen3-MoE base holding the fused [E, 2I, H] and [E, H, I] tensors merges to PEFT's values, fused the same way",
@@ -178,12 +185,13 @@ struct ExpertLoRATests {
         #expect(summary.dialect == "PEFT LoRA (target_parameters)")
         let experts = summary.modules.filter { $0.kind == "expert LoRA" }
         // Qwen3-MoE: one module per expert tensor (`<module>.weight`); GPT-OSS: the fused tensors themselves.
-        #expect(experts.map { model == "qwen3_moe" ? $0.module + ".weight" : $0.module }.sorted() == c.expertTensors.sorted())
+        #expect(experts.map { model == "gpt_oss" ? $0.module : $0.module + ".weight" }.sorted() == c.expertTensors.sorted())
         #expect(summary.modules.count == experts.count + 2)
         #expect(summary.ranks == [2, 3])
         // gate_up_proj: alpha_pattern 6 / r 2; down_proj: lora_alpha 4 / rank_pattern 3.
-        #expect(experts.filter { $0.module.hasSuffix("down_proj") }.allSatisfy { $0.scale == 4.0 / 3 && $0.rank == 3 })
-        #expect(experts.filter { !$0.module.hasSuffix("down_proj") }.allSatisfy { $0.scale == 3 && $0.rank == 2 })
+        let down: (String) -> Bool = { $0.hasSuffix("down_proj") || $0.hasSuffix(".w2") }
+        #expect(experts.filter { down($0.module) }.allSatisfy { $0.scale == 4.0 / 3 && $0.rank == 3 })
+        #expect(experts.filter { !down($0.module) }.allSatisfy { $0.scale == 3 && $0.rank == 2 })
         #expect(report.base?.problems == [])
         let file = try Checkpoint(path: c.adapter + "/adapter_model.safetensors")
         #expect(report.base?.adapterParameters == file.names.reduce(0) { $0 + file.info($1)!.shape.reduce(1, *) })
@@ -193,7 +201,7 @@ struct ExpertLoRATests {
     @Test("A layout lora-tool cannot resolve unambiguously is refused in one line naming the reason",
           arguments: [
               // (model, file edited, in "adapter" or "base", from, to, words the error must contain)
-              ("qwen3_moe", "base", "config.json", #""model_type": "qwen3_moe""#, #""model_type": "mixtral""#, "model_type 'mixtral'"),
+              ("qwen3_moe", "base", "config.json", #""model_type": "qwen3_moe""#, #""model_type": "jamba""#, "model_type 'jamba'"),
               ("gpt_oss", "base", "config.json", #""model_type": "gpt_oss""#, #""model_type": "gpt_oss", "quantization_config": {"quant_method": "mxfp4"}"#, "MXFP4"),
               ("qwen3_moe", "base", "config.json", #""model_type": "qwen3_moe""#, #""model_type": "qwen3_moe", "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}"#, "quant_method fp8"),
               // A GPT-OSS base read as Qwen3-MoE: [E, out, in] cannot hold down_proj's factors.

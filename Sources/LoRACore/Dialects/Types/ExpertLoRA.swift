@@ -79,14 +79,30 @@ enum ExpertLoRA: AdapterUpdateType {
         /// A parameter saved one tensor per expert: `<module>.<e>.<part>.weight`, the parts
         /// splitting the output rows in equal consecutive blocks.
         let perExpert: [String: [String]]
+        /// Where the per-expert tensors are saved when not under the module's own path: its last
+        /// components `from` replaced by `to` (transformers' checkpoint conversion on save).
+        var savedPath: (from: String, to: String)? = nil
+
+        /// The path the per-expert tensors of experts module `module` are saved under.
+        func saved(_ module: String) -> String {
+            guard let (from, to) = savedPath, module == from || module.hasSuffix("." + from) else { return module }
+            return module.dropLast(from.count) + to
+        }
     }
 
-    /// transformers 5.23's `Qwen3MoeExperts` and `GptOssExperts`.
-    static let layouts: [String: Layout] = [
-        "qwen3_moe": Layout(declared: ["gate_up_proj", "down_proj"], transposed: false,
-                            perExpert: ["gate_up_proj": ["gate_proj", "up_proj"], "down_proj": ["down_proj"]]),
-        "gpt_oss": Layout(declared: ["gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"], transposed: true, perExpert: [:]),
-    ]
+    /// transformers 5.23's experts modules, all declaring gate_up_proj then down_proj: [E, 2I, H] and
+    /// [E, H, I] saved one tensor per expert (gate_proj, up_proj, down_proj; Mixtral under its
+    /// original `block_sparse_moe.experts.<e>.w1/w3/w2`), GPT-OSS [E, in, out] fused with biases.
+    static let layouts: [String: Layout] = {
+        let standard = Layout(declared: ["gate_up_proj", "down_proj"], transposed: false,
+                              perExpert: ["gate_up_proj": ["gate_proj", "up_proj"], "down_proj": ["down_proj"]])
+        return [
+            "qwen3_moe": standard, "qwen2_moe": standard, "olmoe": standard, "deepseek_v3": standard,
+            "mixtral": Layout(declared: ["gate_up_proj", "down_proj"], transposed: false, perExpert: ["gate_up_proj": ["w1", "w3"], "down_proj": ["w2"]],
+                              savedPath: ("mlp.experts", "block_sparse_moe.experts")),
+            "gpt_oss": Layout(declared: ["gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"], transposed: true, perExpert: [:]),
+        ]
+    }()
 
     /// The base's `model_type` and quantization method, from the config.json beside it.
     private static func modelType(of base: any TensorStore) throws -> (type: String, quantization: String?) {
@@ -125,7 +141,7 @@ enum ExpertLoRA: AdapterUpdateType {
         guard let layout = layouts[type] else {
             throw LoRACoreError.baseMismatch(
                 module: parameters[0].module,
-                detail: "target_parameters on model_type '\(type)': lora-tool knows the experts' layout of \(layouts.keys.sorted().joined(separator: " and ")) only")
+                detail: "target_parameters on model_type '\(type)': lora-tool knows the experts' layout of \(layouts.keys.sorted().dropLast().joined(separator: ", ")) and \(layouts.keys.sorted().last!) only")
         }
         var modules: [AdapterModule] = []
         for p in parameters {
@@ -179,10 +195,11 @@ enum ExpertLoRA: AdapterUpdateType {
             m.baseTensorOverride = tensor
             return m
         }
+        let saved = layout.saved(module)
         if let fused = base.info(key) {
-            if let parts = layout.perExpert[parameter], base.info("\(module).0.\(parts[0]).weight") != nil {
+            if let parts = layout.perExpert[parameter], base.info("\(saved).0.\(parts[0]).weight") != nil {
                 throw LoRACoreError.baseMismatch(
-                    module: key, detail: "the base holds both the fused '\(key)' and per-expert '\(module).0.\(parts[0]).weight': which one the model loads is not known")
+                    module: key, detail: "the base holds both the fused '\(key)' and per-expert '\(saved).0.\(parts[0]).weight': which one the model loads is not known")
             }
             guard fused.shape == stored else {
                 throw LoRACoreError.baseMismatch(
@@ -192,20 +209,20 @@ enum ExpertLoRA: AdapterUpdateType {
             let per = layout.transposed ? inFeatures : out
             return [make(key, tensor: key, dtype: fused.dtype, first: nil, rows: experts, cols: per * stored[2], perExpert: per, offset: 0, share: parameterCount)]
         }
-        guard let parts = layout.perExpert[parameter], base.info("\(module).0.\(parts[0]).weight") != nil else {
+        guard let parts = layout.perExpert[parameter], base.info("\(saved).0.\(parts[0]).weight") != nil else {
             throw LoRACoreError.baseMismatch(module: key, detail: "no base tensor '\(key)' in \(base.path)")
         }
         guard out % parts.count == 0 else {
             throw LoRACoreError.invalidModule(module: key, detail: "lora_B has \(out) rows, which do not split into \(parts.joined(separator: " and "))")
         }
-        if base.info("\(module).\(experts).\(parts[0]).weight") != nil {
+        if base.info("\(saved).\(experts).\(parts[0]).weight") != nil {
             throw LoRACoreError.baseMismatch(module: key, detail: "the base has more than the \(experts) experts the adapter's factors hold (r = \(r))")
         }
         let rows = out / parts.count
         var modules: [AdapterModule] = []
         for e in 0..<experts {
             for (j, part) in parts.enumerated() {
-                let name = "\(module).\(e).\(part)"
+                let name = "\(saved).\(e).\(part)"
                 guard let info = base.info(name + ".weight") else {
                     throw LoRACoreError.baseMismatch(module: name, detail: "no base tensor '\(name).weight' for expert \(e) of \(experts)")
                 }
