@@ -1,18 +1,24 @@
 import SafeTensors
 
-/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT, BOFT, FourierFT, and PEFT's LoRA on MoE
-/// experts' parameters, `ExpertLoRA`, which is resolved against the base rather than registered): it recognises its tensors, reads one
-/// module's tensors into the canonical `AdapterModule` (with a `ModuleUpdate`), and loads them into
-/// a `LoadedUpdate` that changes any block of rows of the target weight.
+/// What makes an update out of a module's tensors: every module update (`ModuleUpdate.type`) has
+/// one. `ExpertLoRA`, resolved against the base rather than paired by tensor suffix, is only this.
+protocol UpdateLoader: Sendable {
+    /// The word `inspect` prints: `LoHa`, `LoKr`, `IA3`.
+    static var name: String { get }
+    /// Loads a module (read by its dialect or resolver), its geometry fitted to the base weight.
+    static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate
+}
+
+/// An adapter type other than LoRA (LoHa, LoKr, IA³, VeRA, OFT, BOFT, FourierFT): it recognises its
+/// tensors, reads one module's tensors into the canonical `AdapterModule` (with a `ModuleUpdate`),
+/// and loads them into a `LoadedUpdate` that changes any block of rows of the target weight.
 ///
 /// Merge, verify and inspect only see those three things, so adding a type is one file with a type
 /// conforming to this protocol plus its line in `AdapterUpdateTypes.registered`.
 ///
 /// Every type reads the flat view of the target weight: (rows, cols) = (shape[0], product of the
 /// rest), row-major, as PEFT's and LyCORIS' `weight.reshape(base.weight.shape)` lays it out.
-protocol AdapterUpdateType: Sendable {
-    /// The word `inspect` prints: `LoHa`, `LoKr`, `IA3`.
-    static var name: String { get }
+protocol AdapterUpdateType: UpdateLoader {
     /// The tensor suffixes (PEFT and LyCORIS spell them alike) that make up one module; a suffix may
     /// span two name components (OFT's `oft_R.weight`).
     static var roles: Set<String> { get }
@@ -26,8 +32,6 @@ protocol AdapterUpdateType: Sendable {
     /// - Parameter tensors: role → the tensor's header entry.
     /// - Throws: `LoRACoreError.invalidModule` naming the module and the tensors at fault.
     static func module(_ module: String, tensors: [String: TensorInfo], origin: UpdateOrigin) throws -> AdapterModule
-    /// Loads a module read by `module(_:tensors:origin:)`, its geometry fitted to the base weight.
-    static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate
 }
 
 extension AdapterUpdateType {
@@ -50,7 +54,7 @@ public struct ModuleUpdate: Sendable, Equatable {
             && l.fourierSeed == r.fourierSeed
     }
 
-    let type: any AdapterUpdateType.Type
+    let type: any UpdateLoader.Type
     /// `LoHa`, `LoKr`, `IA3`.
     public var typeName: String { type.name }
     /// Role (`hada_w1_a`, `lokr_w1`, `ia3_l`, …) → tensor name in the adapter file.

@@ -59,16 +59,8 @@ public struct ExpertSlice: Sendable, Equatable {
 /// read from shapes. So the base's config.json `model_type` decides, from `layouts`; other model
 /// types, bias parameters, quantized bases other than MXFP4 (FP8, …; MXFP4 experts are merged dequantized) and a base holding a parameter both fused and per expert are
 /// refused by name.
-enum ExpertLoRA: AdapterUpdateType {
+enum ExpertLoRA: UpdateLoader {
     static let name = "expert LoRA"
-    /// None: these modules are not paired by tensor suffix but resolved against the base (`resolve`).
-    static let roles: Set<String> = []
-    static let refusedRoles: [String: String] = [:]
-
-    /// Never called by pairing (no roles): the factors' meaning depends on the base model.
-    static func module(_ module: String, tensors: [String: TensorInfo], origin: UpdateOrigin) throws -> AdapterModule {
-        throw LoRACoreError.invalidModule(module: module, detail: "LoRA on parameters is resolved against the base model (its config.json model_type)")
-    }
 
     /// The experts modules whose layout lora-tool knows, by `model_type`.
     struct Layout {
