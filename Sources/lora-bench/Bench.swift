@@ -7,7 +7,8 @@ import Glibc
 ///
 /// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 ///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
-/// Measures cp -r, cp -r + sync, merge, merge --no-sync, merge into the NF4 base (dense output, and
+///                   [--only 'ROW;ROW…']      (just these rows, and cp -r, the baseline of every ratio)
+/// Measures cp -r, cp -r + sync, merge, merge --no-sync, merge of a LoHa and a LoKr adapter, merge into the NF4 base (dense output, and
 /// --requantize nf4) and verify of that merge, merge into the FP8 base (dense, and --requantize keep), merge into
 /// the base converted to a Q8_0 GGUF file (Q8_0 output, and --gguf-type f16), verify, a merge in 500 MB shards whole and as two
 /// concurrent parts plus the assembly (outputs compared byte for byte), extract --rank 16 (base vs
@@ -36,6 +37,8 @@ struct Bench {
         let bin = value("--bin", URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/lora-tool")
         let markdown = value("--markdown", "")
         let peftPython = value("--peft-python", "")
+        // `--only 'cp -r;merge;merge (LoHa r=16)'`: just these rows (exact names, `;`-separated).
+        let only = Set(value("--only", "").split(separator: ";").map(String.init))
         guard let workload = Workload.sizes[size] else {
             FileHandle.standardError.write(Data("error: --size must be small, medium, 1b or 3b\n".utf8))
             exit(64)
@@ -61,6 +64,11 @@ struct Bench {
             ("merge", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged", "--quiet"], out + "/merged"),
             ("merge --no-sync", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter", "--output", out + "/merged-no-sync", "--quiet", "--no-sync"],
              out + "/merged-no-sync"),
+            // LoHa and LoKr at r = 16 on the same projections (Workload+Types.swift, issue 21).
+            ("merge (LoHa r=16)", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter-loha", "--output", out + "/merged-loha", "--quiet"],
+             out + "/merged-loha"),
+            ("merge (LoKr r=16)", [bin, "merge", "--base", dir + "/base", "--adapter", dir + "/adapter-lokr", "--output", out + "/merged-lokr", "--quiet"],
+             out + "/merged-lokr"),
             // The NF4 base (Workload+NF4.swift): a dense merged output, and one requantized to NF4.
             ("merge (NF4 base)", [bin, "merge", "--base", dir + "/base-nf4", "--adapter", dir + "/adapter", "--output", out + "/merged-nf4", "--quiet"],
              out + "/merged-nf4"),
@@ -108,6 +116,14 @@ struct Bench {
                 .deletingLastPathComponent().appendingPathComponent("scripts/peft-merge.py").path
             commands.append(("PEFT merge_and_unload", [peftPython, script, dir + "/base", dir + "/adapter", out + "/peft"], out + "/peft"))
         }
+        if !only.isEmpty {
+            let unknown = only.subtracting(commands.map(\.0))
+            guard unknown.isEmpty else {
+                FileHandle.standardError.write(Data("error: --only names no row \(unknown.sorted().joined(separator: ", ")) (rows: \(commands.map(\.0).joined(separator: "; ")))\n".utf8))
+                exit(64)
+            }
+            commands = commands.filter { only.contains($0.0) || $0.0 == "cp -r" }
+        }
         var samples: [String: [Sample]] = [:]
         // Warm the page cache once so every command sees the same state.
         for model in ["base", "base-nf4", "base-fp8"] {
@@ -127,7 +143,7 @@ struct Bench {
                         _ = try run(["/usr/bin/cmp", "-s", out + "/merged-500/" + f, out + "/merged-parts/" + f], quiet: true)
                     }
                 }
-                for copy in ["cp", "cps", "merged-no-sync", "requantized-nf4", "merged-fp8", "requantized-fp8", "merged.gguf", "merged-f16.gguf", "merged-500", "merged-parts"] where !name.hasPrefix("merge --max-shard-size") {
+                for copy in ["cp", "cps", "merged-no-sync", "merged-loha", "merged-lokr", "requantized-nf4", "merged-fp8", "requantized-fp8", "merged.gguf", "merged-f16.gguf", "merged-500", "merged-parts"] where !name.hasPrefix("merge --max-shard-size") {
                     try? FileManager.default.removeItem(atPath: out + "/" + copy)
                 }
             }
@@ -149,7 +165,7 @@ struct Bench {
         print(table)
         if !markdown.isEmpty {
             let text = "\n### \(size) (\(String(format: "%.2f", Double(baseBytes) / 1e9)) GB bf16 base, r=16 adapter on all seven projections)\n\n" +
-                "Machine: \(machine). Command: `scripts/bench --size \(size) --repeat \(repeats)`. Warm page cache, \(repeats) alternating repetitions.\n\n" + table + "\n"
+                "Machine: \(machine). Command: `scripts/bench --size \(size) --repeat \(repeats)\(only.isEmpty ? "" : " --only '" + only.sorted().joined(separator: ";") + "'")`. Warm page cache, \(repeats) alternating repetitions.\n\n" + table + "\n"
             if let h = FileHandle(forWritingAtPath: markdown) {
                 h.seekToEndOfFile()
                 h.write(Data(text.utf8))

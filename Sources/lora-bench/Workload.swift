@@ -51,13 +51,14 @@ struct Workload {
     /// Inputs of the combine rows besides adapter/: same shapes, other values (seeds 43, 44, 45).
     static let extraAdapters = ["adapter2", "adapter3", "adapter4"]
 
-    /// Writes base/, adapter/, the extra adapters, base-nf4/, base-fp8/ and base-q8_0.gguf under `dir` (each skipped
+    /// Writes base/, adapter/, the extra adapters, base-nf4/, base-fp8/, base-q8_0.gguf, adapter-loha/ and adapter-lokr/ under `dir` (each skipped
     /// when already there; the quantized bases are redone whenever base/ is).
     func generate(in dir: String) throws {
         try generateBaseAndAdapter(in: dir)
         try generateNF4Base(in: dir)
         try generateFP8Base(in: dir)
         try generateGGUFBase(in: dir)
+        try generateTypeAdapters(in: dir)
         for (i, name) in Workload.extraAdapters.enumerated() where !FileManager.default.fileExists(atPath: "\(dir)/\(name)/adapter_config.json") {
             var rng = SplitMix64(seed: 43 + UInt64(i))
             try writeAdapter(at: "\(dir)/\(name)", rng: &rng)

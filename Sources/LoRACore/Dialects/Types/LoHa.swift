@@ -57,20 +57,13 @@ enum LoHa: AdapterUpdateType {
         let rank: Int
         let scale: Double
 
+        /// The two products' rows by the merge kernel (`UpdateMath.productRows`: FMAs over the rank in
+        /// order, as the scalar loop PEFT's fp32 `@` matched), then ((m1 · m2) · s) · weight + W.
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
             let s = Float(scale)
-            for r in 0..<count {
-                let i = r0 + r
-                for j in 0..<cols {
-                    var m1: Float = 0, m2: Float = 0
-                    for k in 0..<rank {
-                        m1 = m1.addingProduct(w1a[i * rank + k], w1b[k * cols + j])
-                        m2 = m2.addingProduct(w2a[i * rank + k], w2b[k * cols + j])
-                    }
-                    let delta = ((m1 * m2) * s) * weight
-                    block[r * cols + j] += delta
-                }
-            }
+            let m1 = UpdateMath.productRows(w1a, w1b, r0: r0, count: count, inner: rank, cols: cols)
+            let m2 = UpdateMath.productRows(w2a, w2b, r0: r0, count: count, inner: rank, cols: cols)
+            for e in 0..<(count * cols) { block[e] += ((m1[e] * m2[e]) * s) * weight }
         }
 
         func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {

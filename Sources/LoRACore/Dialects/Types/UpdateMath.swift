@@ -1,3 +1,4 @@
+import LoRAKernels
 import SafeTensors
 
 /// Small dense products for the update types, in the two precisions they are computed in.
@@ -14,6 +15,25 @@ enum UpdateMath {
                 var acc: Float = 0
                 for k in 0..<inner { acc = acc.addingProduct(a[i * inner + k], b[k * cols + j]) }
                 out[i * cols + j] = acc
+            }
+        }
+        return out
+    }
+
+    /// Rows `[r0, r0 + count)` of left · right, left (· × inner) and right (inner × cols) row-major,
+    /// in fp32 by the merge kernel (`FusedMerge` on a zero block, coefficient 1): each element summed
+    /// over the inner dimension in order with FMAs, so exactly `product`'s rows, vectorized.
+    static func productRows(_ left: [Float], _ right: [Float], r0: Int, count: Int, inner: Int, cols: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: count * cols)
+        guard count > 0, cols > 0 else { return out }
+        let isa = (try? Kernels.instructionSet()) ?? .best
+        out.withUnsafeMutableBytes { o in
+            left.withUnsafeBufferPointer { l in
+                right.withUnsafeBufferPointer { r in
+                    _ = FusedMerge.rows(UnsafeRawBufferPointer(o), input: .f32, into: o, output: .f32, rows: count, cols: cols,
+                                        b: UnsafeBufferPointer(rebasing: l[(r0 * inner)..<((r0 + count) * inner)]), rank: inner,
+                                        a: r, leadingA: cols, coefficient: 1, using: isa)!
+                }
             }
         }
         return out
