@@ -1014,7 +1014,7 @@ def ct_fp8_cases():
 def write_quantized_case(d, dense, inter, model_seed, adapter_seed, quantize):
     """The rest of a quantized-base fixture: the dequantized oracle `dense`, a PEFT adapter (r=4 on
     q, v, up, down), PEFT's merge on the dequantized model, and `quantize(name, weight)` (the
-    scheme's reference quantizer) of lora-tool's merge, emulated exactly (lora_tool_merge): its dense
+    scheme's reference quantizer; None for schemes lora-tool only dequantizes) of lora-tool's merge, emulated exactly (lora_tool_merge): its dense
     merge differs from PEFT's (another summation order) by up to 1 ulp, which can move a block's
     scale, so --requantize is checked against the reference quantizer applied to lora-tool's own
     documented arithmetic."""
@@ -1031,11 +1031,13 @@ def write_quantized_case(d, dense, inter, model_seed, adapter_seed, quantize):
         if ".lora_A.default." in n:
             module = n.split("base_model.model.")[1].split(".lora_A")[0]
             b = params[n.replace("lora_A", "lora_B")].detach()
-            merged[module + ".weight"] = (dense[module + ".weight"].float() + (b.float() @ p.detach().float()) * 2.0).to(torch.bfloat16).contiguous()
-            expected.update(quantize(module + ".weight", lora_tool_merge(dense[module + ".weight"], b, p.detach(), 2.0)))
+            merged[module + ".weight"] = (dense[module + ".weight"].float() + (b.float() @ p.detach().float()) * 2.0).to(dense[module + ".weight"].dtype).contiguous()
+            if quantize is not None:
+                expected.update(quantize(module + ".weight", lora_tool_merge(dense[module + ".weight"], b, p.detach(), 2.0)))
     os.makedirs(os.path.join(d, "merged"))
     save_file(merged, os.path.join(d, "merged", "model.safetensors"), metadata={"format": "pt"})
-    save_file(expected, os.path.join(d, "requantized.safetensors"), metadata={"format": "pt"})
+    if quantize is not None:
+        save_file(expected, os.path.join(d, "requantized.safetensors"), metadata={"format": "pt"})
 
 
 def round_f32(x):
@@ -1549,6 +1551,144 @@ def residual_init_cases():
                        seed=42)
 
 
+# --- GPTQ and AWQ int4/int8 bases (dequantized, dense merge) ----------------------------------------
+def reference_quantizers():
+    """gptqmodel 7.7.0's TorchLinear (pack, v1<->v2 zero-point conversion, dequantize_weight) and
+    autoawq 0.2.9's WQLinear_GEMM.from_linear / dequantize_gemm, imported from their source
+    distributions (GPTQ_AWQ_SOURCES, default /work/pyref: `pip download --no-deps gptqmodel==7.7.0
+    autoawq==0.2.9`, unpacked) with the modules they import but these paths never use stubbed
+    (datasets, CUDA kernels, …; gptqmodel's `pcre` by the shim in /work/pyref/shims, Python's re)."""
+    import importlib, types
+    root = os.environ.get("GPTQ_AWQ_SOURCES", "/work/pyref")
+    sys.path[:0] = [os.path.join(root, "shims"), os.path.join(root, "gptqmodel-7.7.0"), os.path.join(root, "autoawq-0.2.9")]
+
+    class Stub(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return type(name, (), {"__init__": lambda self, *a, **k: None, "__call__": lambda self, *a, **k: None})
+
+    def load(target):
+        for _ in range(60):
+            try:
+                return importlib.import_module(target)
+            except ModuleNotFoundError as e:
+                parts = e.name.split(".")
+                for i in range(1, len(parts) + 1):
+                    n = ".".join(parts[:i])
+                    if n not in sys.modules:
+                        m = Stub(n)
+                        m.__path__ = []
+                        sys.modules[n] = m
+                for k in [k for k in sys.modules if k.startswith(target.split(".")[0])]:
+                    del sys.modules[k]
+        raise RuntimeError("cannot import " + target)
+    gptq = load("gptqmodel.nn_modules.qlinear.torch")
+    gptq_model = load("gptqmodel.utils.model")
+    awq = load("awq.modules.linear.gemm")
+    awq_packing = load("awq.utils.packing_utils")
+    return gptq, gptq_model, awq, awq_packing
+
+
+def rtn_grid(w, bits, group, sym):
+    """Round-to-nearest scales and zero points per group of `group` inputs of each output row (the
+    quantizer's grid, as GPTQ's Quantizer.find_params computes it without calibration): [out, groups]."""
+    out, inn = w.shape
+    g = w.float().reshape(out, inn // group, group)
+    maxq = 2 ** bits - 1
+    lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
+    if sym:
+        hi = torch.maximum(lo.abs(), hi)
+        lo = -hi
+    scale = ((hi - lo) / maxq).clamp(min=1e-8)
+    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-lo / scale)
+    return scale, zero
+
+
+def gptq_awq_cases():
+    """Tests/LoRACoreTests/QuantFixtures/{gptq_sym_act,gptq_asym,gptq_8bit,awq}: a one-layer fp16
+    model whose seven projections are stored as the packages store them, quantization_config from
+    transformers' GPTQConfig/AwqConfig.to_dict, dequantized/ the packages' own dequantization (GPTQ:
+    the v1 checkpoint's zero points converted to v2 as gptqmodel loads them, then dequantize_weight;
+    AWQ: dequantize_gemm), transposed to the Linear weight [out, in] in fp16, and a PEFT adapter with
+    its merge on the dequantized model."""
+    import types
+    from transformers import GPTQConfig, AwqConfig
+    gptq, gptq_model, awq, awq_packing = reference_quantizers()
+    group = 32
+    cases = [("gptq_sym_act", "gptq", 4, True, True, "gptq"), ("gptq_asym", "gptq", 4, False, False, "gptq"),
+             ("gptq_8bit", "gptq", 8, True, False, "gptq_v2"), ("awq", "awq", 4, False, False, "gemm")]
+    pending = []
+    for n, (name, method, bits, sym, desc_act, fmt) in enumerate(cases):
+        d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", name))
+        model = tiny_llama(torch.float16, hidden=64, inter=128, layers=1, vocab=64, seed=20 + n)
+        sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+        stored, dense = {}, {}
+        gen = torch.Generator().manual_seed(70 + n)
+        for k, w in sd.items():
+            module = k[: -len(".weight")]
+            if not (k.endswith("_proj.weight") and ".layers." in k):
+                stored[k] = dense[k] = w
+                continue
+            out, inn = w.shape
+            linear = torch.nn.Linear(inn, out, bias=False).half()
+            linear.weight.data.copy_(w)
+            if method == "gptq":
+                # desc_act: the inputs quantized in a random order, g_idx the group of each input in that order.
+                order = torch.randperm(inn, generator=gen) if desc_act else torch.arange(inn)
+                g_idx = torch.empty(inn, dtype=torch.int32)
+                g_idx[order] = torch.arange(inn, dtype=torch.int32) // group
+                permuted = w[:, order]
+                scale_p, zero_p = rtn_grid(permuted, bits, group, sym)  # per group of the permuted order
+                q = gptq.TorchLinear(bits=bits, group_size=group, sym=sym, desc_act=desc_act, in_features=inn, out_features=out,
+                                     bias=False, pack_dtype=torch.int32)
+                q.pack_original(linear, scale_p.half().float(), zero_p, g_idx=g_idx)
+                if fmt == "gptq":
+                    gptq_model.convert_gptq_v2_to_v1_format_module(q, types.SimpleNamespace(bits=bits, pack_dtype=torch.int32))
+                tensors = {"qweight": q.qweight, "qzeros": q.qzeros, "scales": q.scales, "g_idx": q.g_idx.to(torch.int32)}
+                # The reference load: a fresh module holding the stored tensors, v1 zeros converted to v2.
+                r = gptq.TorchLinear(bits=bits, group_size=group, sym=sym, desc_act=desc_act, in_features=inn, out_features=out,
+                                     bias=False, pack_dtype=torch.int32)
+                for key, v in tensors.items():
+                    getattr(r, key).data.copy_(v)
+                if fmt == "gptq":
+                    gptq_model.convert_gptq_v1_to_v2_format_module(r, bits=bits, pack_dtype=torch.int32)
+                r.post_init()
+                dense[k] = r.dequantize_weight().T.to(torch.float16).contiguous()
+            else:
+                scale, zero = rtn_grid(w, bits, group, sym)
+                q = awq.WQLinear_GEMM.from_linear(linear, bits, group, scales=scale.T.half().contiguous(), zeros=zero.T.contiguous())
+                tensors = {"qweight": q.qweight, "qzeros": q.qzeros, "scales": q.scales}
+                dense[k] = awq_packing.dequantize_gemm(q.qweight, q.qzeros, q.scales, bits, group).T.to(torch.float16).contiguous()
+            for key, v in tensors.items():
+                stored[module + "." + key] = v.contiguous()
+        os.makedirs(os.path.join(d, "base"))
+        save_file(stored, os.path.join(d, "base", "model.safetensors"), metadata={"format": "pt"})
+        # config.json as transformers' save_pretrained writes it, with the quantization_config of the config class.
+        tmp = os.path.join(d, "dense-source")
+        model.save_pretrained(tmp)
+        with open(os.path.join(tmp, "config.json")) as f:
+            config = json.load(f)
+        shutil.rmtree(tmp)
+        if method == "gptq":
+            q = GPTQConfig(bits=bits, group_size=group, desc_act=desc_act, sym=sym).to_dict()
+            q["checkpoint_format"] = fmt
+        else:
+            q = AwqConfig(bits=bits, group_size=group, zero_point=True, version="gemm").to_dict()
+        config["quantization_config"] = q
+        with open(os.path.join(d, "base", "config.json"), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        pending.append((d, dense, n))
+        print("case", name)
+    # PEFT dispatches on gptqmodel/awq being importable: forget them before it runs.
+    for k in [k for k in sys.modules if k.split(".")[0] in ("gptqmodel", "awq", "pcre")]:
+        del sys.modules[k]
+    sys.path[:] = [p for p in sys.path if not p.startswith(os.environ.get("GPTQ_AWQ_SOURCES", "/work/pyref"))]
+    for d, dense, n in pending:
+        write_quantized_case(d, dense, 128, 20 + n, 50 + n, None)
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -1574,6 +1714,7 @@ GROUPS = {
     "mxfp4": mxfp4_case,
     "fourierft": fourierft_cases,
     "residual-init": residual_init_cases,
+    "gptq-awq": gptq_awq_cases,
 }
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ public enum Dequantize {
         try PathSafety.checkOutput(output, inputs: [input])
         let context = try RunContext(allowOverflow: allowOverflow)
         var stream = try DequantizePass(required: true).apply(to: TensorStream(model: try Checkpoint(path: input)))
-        let count = stream.tensors.filter { $0.source is Dequantized4bit || $0.source is DequantizedBlockScaled || $0.source is DequantizedMXFP4 }.count
+        let count = stream.tensors.filter { $0.source is Dequantized4bit || $0.source is DequantizedBlockScaled || $0.source is DequantizedMXFP4 || $0.source is DequantizedGPTQ }.count
         let out = try AtomicOutput(destination: output, isDirectory: true, force: force)
         stream = CastPass(dtype, context: context).apply(to: stream)
         var write = ModelWriteOptions()

@@ -267,11 +267,17 @@ public enum Inspect {
                 computeDType: q.computeDType.rawValue, quantizedBytes: quantized,
                 denseBytes: q.weights.values.reduce(0) { $0 + $1.shape.reduce(1, *) * q.computeDType.bitSize / 8 })
         }
+        // Schemes whose weights are stored under other names (packed blocks or codes) than the dense ones.
+        func packed(_ scheme: String, _ dtype: DType, _ companions: Set<String>, _ shapes: [[Int]]) -> InspectReport.BlockScaled {
+            InspectReport.BlockScaled(scheme: scheme, weights: shapes.count, partialWeights: 0, computeDType: dtype.rawValue,
+                                      quantizedBytes: companions.reduce(0) { $0 + (ckpt.info($1)?.byteCount ?? 0) },
+                                      denseBytes: shapes.reduce(0) { $0 + $1.reduce(1, *) * dtype.bitSize / 8 })
+        }
         if adapter == nil, let q = try MXFP4Quantization.read(TensorStream(model: ckpt)) {
-            report.blockScaled = InspectReport.BlockScaled(
-                scheme: q.description, weights: q.weights.count, partialWeights: 0, computeDType: q.computeDType.rawValue,
-                quantizedBytes: q.companions.reduce(0) { $0 + (ckpt.info($1)?.byteCount ?? 0) },
-                denseBytes: q.weights.values.reduce(0) { $0 + $1.shape.reduce(1, *) * q.computeDType.bitSize / 8 })
+            report.blockScaled = packed(q.description, q.computeDType, q.companions, q.weights.values.map(\.shape))
+        }
+        if adapter == nil, let q = try GPTQQuantization.read(TensorStream(model: ckpt)) {
+            report.blockScaled = packed(q.description, q.computeDType, q.companions, q.weights.values.map(\.shape))
         }
         return report
     }

@@ -156,6 +156,10 @@ public enum Merge {
         if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
             throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or int8, fp8, compressed-tensors fp8); \(options.base) has no quantized weights")
         }
+        if options.requantize != nil || options.keepQuantized, let q = base.tensors.lazy.compactMap({ $0.source as? DequantizedGPTQ }).first {
+            throw LoRACoreError.invalidRequest(
+                "\(options.base) is a \(q.scheme.packing == .awqGEMM ? "awq" : "gptq") base: its quantizer chooses codes with calibration data (activation statistics), not by rounding the weights, so the merge cannot be written back in it (--requantize, --keep-quantized); omit them for a dense model, or quantize the merged model with \(q.scheme.packing == .awqGEMM ? "AutoAWQ/llm-compressor" : "GPTQModel")")
+        }
         if options.requantize != nil || options.keepQuantized, base.tensors.contains(where: { $0.source is DequantizedMXFP4 }) {
             throw LoRACoreError.invalidRequest("\(options.base) is an mxfp4 base: writing the merge back in MXFP4 (--requantize, --keep-quantized) is not implemented yet (transformers' quantize_to_mxfp4 runs triton_kernels' downcast_to_mxfp_torch, which is not reproduced here); omit it for a dense model")
         }

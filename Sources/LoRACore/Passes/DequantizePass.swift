@@ -2,7 +2,8 @@ import SafeTensors
 
 /// Every quantized base lora-tool reads, decoded as a merge reads it: bitsandbytes 4-bit
 /// (`Dequantize4bitPass`) and the block-scaled schemes, FP8 (block-scaled or compressed-tensors)
-/// and bitsandbytes int8 (`DequantizeBlockScaledPass`), and MXFP4 experts (`DequantizeMXFP4Pass`), each weight streamed
+/// and bitsandbytes int8 (`DequantizeBlockScaledPass`), MXFP4 experts (`DequantizeMXFP4Pass`) and GPTQ/AWQ codes
+/// (`DequantizeGPTQPass`), each weight streamed
 /// block by block, never a temporary model. A base quantized any other way is refused by its
 /// `quant_method` rather than read as something else.
 ///
@@ -19,14 +20,14 @@ public struct DequantizePass: Sendable {
     ///   errors for malformed weights, `.invalidRequest` with `required` and nothing to do.
     public func apply(to stream: TensorStream) throws -> TensorStream {
         try DequantizePass.refuseOtherQuantization(stream)
-        let dense = try DequantizeMXFP4Pass().apply(to: try DequantizeBlockScaledPass().apply(to: try Dequantize4bitPass().apply(to: stream)))
+        let dense = try DequantizeGPTQPass().apply(to: try DequantizeMXFP4Pass().apply(to: try DequantizeBlockScaledPass().apply(to: try Dequantize4bitPass().apply(to: stream))))
         if required && dense === stream {
-            throw LoRACoreError.invalidRequest("\(stream.path): no quantized weights to dequantize (bitsandbytes 4-bit or int8, fp8 with weight_scale_inv, compressed-tensors fp8, mxfp4)")
+            throw LoRACoreError.invalidRequest("\(stream.path): no quantized weights to dequantize (bitsandbytes 4-bit or int8, fp8 with weight_scale_inv, compressed-tensors fp8, mxfp4, gptq, awq)")
         }
         return dense
     }
 
-    /// Quantized bases other than these (GPTQ, AWQ …; compressed-tensors other than fp8 is refused by its reader) cannot be merged
+    /// Quantized bases other than these (HQQ, EETQ, …; compressed-tensors other than fp8 is refused by its reader) cannot be merged
     /// exactly yet: refused by their `quant_method` rather than guessed at.
     /// - Throws: `LoRACoreError.unsupportedAdapter` naming config.json.
     public static func refuseOtherQuantization(_ stream: TensorStream) throws {
@@ -37,14 +38,7 @@ public struct DequantizePass: Sendable {
         if method == "bitsandbytes", q["load_in_4bit"]?.boolValue == true || q["_load_in_4bit"]?.boolValue == true
             || q["load_in_8bit"]?.boolValue == true || q["_load_in_8bit"]?.boolValue == true { return }
         if method == "fp8" { return }
-        if method == "compressed-tensors" || method == "mxfp4" { return }  // its reader refuses, by name, every config it does not implement
-        let why: String
-        switch method {
-        case "gptq", "awq":
-            why = "\(method.uppercased()) int4 weights (qweight/qzeros/scales) are not read yet, and writing the merge back would need calibration data a merge does not have: merge into the unquantized model"
-        default:
-            why = "merging into it cannot be exact: merge into the unquantized model"
-        }
-        throw LoRACoreError.unsupportedAdapter(path: config, detail: "the base is quantized (quant_method \(method)); " + why)
+        if ["compressed-tensors", "mxfp4", "gptq", "awq"].contains(method) { return }  // its reader refuses, by name, every config it does not implement
+        throw LoRACoreError.unsupportedAdapter(path: config, detail: "the base is quantized (quant_method \(method)); merging into it cannot be exact: merge into the unquantized model")
     }
 }
