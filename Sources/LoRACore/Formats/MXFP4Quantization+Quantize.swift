@@ -1,3 +1,5 @@
+import LoRAKernels
+
 /// MXFP4 quantization as transformers 5.23 writes gpt-oss experts (`integrations/mxfp4.py`
 /// `quantize_to_mxfp4`): `downcast_to_mxfp_torch(w.to(torch.bfloat16), torch.uint8, axis=1)` with
 /// ROUND_UP scales, from the kernel package transformers loads (`get_kernel(
@@ -31,6 +33,14 @@ extension MXFP4Quantization {
     @inline(__always)
     static func quantScale(_ scale: UInt8) -> Float {
         scale == 0 ? 0 : Float(bitPattern: UInt32(254 - Int(scale)) << 23)
+    }
+
+    /// `value(of:scale:)` of the 16 codes, rounded to `format`, into `out[0..<16]` (the products are
+    /// exact in fp32 and bf16; f16 rounds the small and large ones).
+    @inline(__always)
+    static func codeValues(scale: UInt8, format: FloatCodec.Format, into out: UnsafeMutablePointer<Float>) {
+        let factor = Float(sign: .plus, exponent: Int(scale) - 127, significand: 1)
+        for c in 0..<16 { out[c] = format == .f16 ? FloatCodec.roundTrip(values[c] * factor, format: .f16) : values[c] * factor }
     }
 
     /// The 4-bit code (sign in bit 3) of a value already multiplied by its block's quant scale:

@@ -76,6 +76,8 @@ final class RequantizedMXFP4: PartedWeight, @unchecked Sendable {
         var blocks = [UInt8](uninitializedCount: n / 2), scales = [UInt8](uninitializedCount: n / 32)
         // The merged values of one slab as merged, and as the quantizer reads them (bf16).
         var intended = [Float](uninitializedCount: slab), target = [Float](uninitializedCount: slab), amax = [Float](uninitializedCount: outputs)
+        // The values of the 16 codes with a block's stored scale, then with its new one.
+        var table = [Float](repeating: 0, count: 32)
         var unchanged = true
         var changed = 0, dot = 0.0, want = 0.0, got = 0.0
         for g in 0..<groups {
@@ -97,21 +99,29 @@ final class RequantizedMXFP4: PartedWeight, @unchecked Sendable {
                 throw LoRACoreError.invalidModule(module: name, detail: "expert \(e) has a NaN or infinite merged value, which MXFP4 cannot store (the reference quantizer would write a finite code for it)")
             }
             // Against the stored values (in the compute dtype): whether anything changed, and the survival sums.
-            for o in 0..<outputs {
-                let block = o * groups + g
-                let oldScale = stored.scales[block], newScale = scales[block]
-                for j in 0..<32 {
-                    let byte = block * 16 + j / 2, shift = UInt8(j & 1) * 4
-                    let oldCode = stored.blocks[byte] >> shift & 0xF, newCode = blocks[byte] >> shift & 0xF
-                    let old = FloatCodec.roundTrip(MXFP4Quantization.value(of: oldCode, scale: oldScale), format: computeFormat)
-                    let back = FloatCodec.roundTrip(MXFP4Quantization.value(of: newCode, scale: newScale), format: computeFormat)
-                    let x = intended[j * outputs + o]
-                    unchanged = unchanged && x == old
-                    if oldCode != newCode { changed += 1 }
-                    let w = Double(x) - Double(old), b = Double(back) - Double(old)
-                    dot += w * b
-                    want += w * w
-                    got += b * b
+            intended.withUnsafeBufferPointer { x in
+                stored.blocks.withUnsafeBufferPointer { oldBlocks in
+                    blocks.withUnsafeBufferPointer { newBlocks in
+                        table.withUnsafeMutableBufferPointer { table in
+                            let old = table.baseAddress!, back = old + 16
+                            for o in 0..<outputs {
+                                let block = o * groups + g
+                                MXFP4Quantization.codeValues(scale: stored.scales[block], format: computeFormat, into: old)
+                                MXFP4Quantization.codeValues(scale: scales[block], format: computeFormat, into: back)
+                                for j in 0..<32 {
+                                    let shift = UInt8(j & 1) * 4
+                                    let oldCode = Int(oldBlocks[block * 16 + j / 2] >> shift & 0xF), newCode = Int(newBlocks[block * 16 + j / 2] >> shift & 0xF)
+                                    let v = x[j * outputs + o], was = old[oldCode]
+                                    unchanged = unchanged && v == was
+                                    changed += oldCode != newCode ? 1 : 0
+                                    let w = Double(v) - Double(was), b = Double(back[newCode]) - Double(was)
+                                    dot += w * b
+                                    want += w * w
+                                    got += b * b
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
