@@ -173,6 +173,23 @@ struct MXFP4Tests {
         for s in survival { #expect(s.codesChanged > 0 && s.codesChanged < 1 && s.deltaCorrelation > 0 && s.deltaNormRatio > 0, "\(s)") }
     }
 
+    @Test("RequantizeMXFP4Pass gives the reference's bytes whichever part is asked first, in ranges crossing experts: scales before blocks (experts recomputed) or after (from the blocks' cache)")
+    func partsInAnyOrder() throws {
+        let base = try DequantizePass().apply(to: TensorStream(model: Checkpoint(path: fixture + "/base")))
+        let plan = try MergePlan(base: base, adapters: [Adapter(path: fixture + "/adapter-experts")], weights: [1], targets: nil)
+        let stream = try RequantizeMXFP4Pass().apply(to: ApplyAdaptersPass(plan: plan, context: RunContext(threads: 1)).apply(to: base))
+        let expected = try Checkpoint(path: fixture + "/requantized-experts.safetensors")
+        for name in ["gate_up_proj_scales", "gate_up_proj_blocks", "down_proj_blocks", "down_proj_scales"].map({ "model.layers.0.mlp.experts." + $0 }) {
+            let source = try #require(stream.source(name)), want = try expected.bytes(of: name)
+            // Ranges of 100 bytes: most cross an expert's end.
+            var got = [UInt8](repeating: 0, count: source.byteCount)
+            try got.withUnsafeMutableBytes { out in
+                for start in stride(from: 0, to: out.count, by: 100) { try source.fill(start..<min(out.count, start + 100), into: out.baseAddress! + start) }
+            }
+            #expect(got.elementsEqual(want), "\(name)")
+        }
+    }
+
     @Test("merge --requantize keep --verify checks the dense merge on probes, then the written files byte for byte; the written files are the same at 1 and 2 threads")
     func requantizeVerify() throws {
         let dir = temporaryDirectory()

@@ -11,11 +11,13 @@ import SafeTensors
 /// reference would not have written as stored (a −0 code, a subnormal block).
 ///
 /// The merge computes an expert's values for any range of it (`MergedTensor`'s rows are experts), so
-/// each expert is read whole, once per part: the blocks part computes codes and scales and keeps the
-/// scales (1/16 of the codes' bytes) for the scales part, which recomputes an expert only if they are
-/// not there yet. Memory: an expert's merged values and codes per request in flight, and the scales
-/// of the experts done. The survival is summed per expert and added in expert order, the same on
-/// every run.
+/// each expert is read whole: the blocks part computes codes and scales and keeps the scales (1/16 of
+/// the codes' bytes) until the scales part has written them; it recomputes an expert only if they are
+/// not there (its scales asked for first). Memory: per request in flight, an expert's merged values
+/// and codes; and the scales of the experts whose blocks are written and scales not yet (the sink
+/// writes a parameter's `_blocks` before its `_scales`: at most the parameter's scales, 1/64 of its
+/// dense bf16 size). The survival is summed per expert and added in expert order, the same on every
+/// run.
 final class RequantizedMXFP4: PartedWeight, @unchecked Sendable {
     enum Part: Sendable { case blocks, scales }
 
@@ -26,8 +28,10 @@ final class RequantizedMXFP4: PartedWeight, @unchecked Sendable {
     private let survival: SurvivalLog
     // Guards the caches below; `@unchecked Sendable` rests on every access taking it.
     private let lock = NSLock()
-    /// Scales of the experts the blocks part computed, until the scales part is written.
+    /// Scales of the experts the blocks part computed, until the scales part has written them, and
+    /// the scale bytes written per expert.
     private var scaleCache: [Int: [UInt8]] = [:]
+    private var scalesDelivered: [Int: Int] = [:]
     /// Survival sums per expert, once each.
     private var sums: [Int: (changed: Int, dot: Double, want: Double, got: Double)] = [:]
     private var recorded = false
@@ -54,11 +58,20 @@ final class RequantizedMXFP4: PartedWeight, @unchecked Sendable {
                 bytes = cached
             } else {
                 let computed = try expert(e)
-                if part == .blocks { lock.withLock { scaleCache[e] = computed.scales } }
+                if part == .blocks {
+                    lock.withLock { if scalesDelivered[e, default: 0] < perExpert / 16 { scaleCache[e] = computed.scales } }
+                }
                 bytes = part == .blocks ? computed.blocks : computed.scales
             }
             bytes.withUnsafeBytes {
                 (destination + (at - range.lowerBound)).copyMemory(from: $0.baseAddress! + (at - e * perExpert), byteCount: end - at)
+            }
+            if part == .scales {
+                // An expert's scales are dropped once all of them are written.
+                lock.withLock {
+                    scalesDelivered[e, default: 0] += end - at
+                    if scalesDelivered[e]! == perExpert { scaleCache[e] = nil }
+                }
             }
             at = end
         }
@@ -140,7 +153,7 @@ final class RequantizedMXFP4: PartedWeight, @unchecked Sendable {
         survival.add(Requantize.Survival(weight: name, elements: original.elementCount, sums: (0..<experts).map { sums[$0]! }))
     }
 
-    /// The scales part is written: its cache is dropped.
+    /// The scales part is written: what is left of its cache is dropped.
     func partFinished(_ part: Part) {
         if part == .scales { lock.withLock { scaleCache = [:] } }
     }
