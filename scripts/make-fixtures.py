@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate lora-tool's committed fixtures and samples with the real Python stack.
 
-Needs torch, transformers, peft, safetensors, lycoris-lora 4.1.3 for `types` (not needed by CI, which reads the committed output).
+Needs torch, transformers, peft, safetensors, lycoris-lora 4.1.3 for `types`, and for `mxfp4` GPT_OSS_TRITON_KERNELS (see
+mxfp4_reference) and triton (not needed by CI, which reads the committed output).
 Run from the repository root:  python3 scripts/make-fixtures.py [GROUP...]   (groups: see GROUPS below)
 Deterministic: fixed seeds; rerunning rewrites identical files for a given library version, except the
 order of target_modules in adapter_config.json (PEFT writes a Python set).

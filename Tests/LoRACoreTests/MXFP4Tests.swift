@@ -190,6 +190,26 @@ struct MXFP4Tests {
         }
     }
 
+    @Test("A merged expert holding a NaN or infinity (a base block of scale 255) is refused naming the parameter and expert, with no output (the reference would write finite codes)")
+    func nonFiniteRefused() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let base = dir + "/base"
+        try FileManager.default.copyItem(atPath: fixture + "/base", toPath: base)
+        // Expert 1's first block of down_proj: scale byte 255 (2^128: ±inf, and NaN for code 0).
+        let name = "model.layers.0.mlp.experts.down_proj_scales"
+        let location = try #require(try Checkpoint(path: base).location(of: name))
+        var bytes = try RegularFile.readAll(location.file.path, limit: 1 << 26)
+        bytes[location.offset + location.count / 3] = 255
+        try Data(bytes).write(to: URL(fileURLWithPath: location.file.path))
+        var o = MergeOptions(base: base, adapters: [(fixture + "/adapter-experts", 1)], output: dir + "/q")
+        o.requantize = "keep"
+        #expect { try Merge.run(o) } throws: {
+            $0.localizedDescription == "module 'model.layers.0.mlp.experts.down_proj': expert 1 has a NaN or infinite merged value, which MXFP4 cannot store (the reference quantizer would write a finite code for it)"
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/q"))
+    }
+
     @Test("merge --requantize keep --verify checks the dense merge on probes, then the written files byte for byte; the written files are the same at 1 and 2 threads")
     func requantizeVerify() throws {
         let dir = temporaryDirectory()
