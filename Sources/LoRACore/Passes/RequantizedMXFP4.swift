@@ -35,6 +35,7 @@ final class RequantizedMXFP4: PartedWeight, @unchecked Sendable {
     /// Survival sums per expert, once each.
     private var sums: [Int: (changed: Int, dot: Double, want: Double, got: Double)] = [:]
     private var recorded = false
+    private var partsLeft = 2
 
     init(name: String, merged: any TensorSource, original: DequantizedMXFP4, survival: SurvivalLog) {
         self.name = name
@@ -153,8 +154,14 @@ final class RequantizedMXFP4: PartedWeight, @unchecked Sendable {
         survival.add(Requantize.Survival(weight: name, elements: original.elementCount, sums: (0..<experts).map { sums[$0]! }))
     }
 
-    /// The scales part is written: what is left of its cache is dropped.
+    /// A part is written: the scales part drops what is left of its cache; once both are, the merge
+    /// drops its factors and input pages.
     func partFinished(_ part: Part) {
-        if part == .scales { lock.withLock { scaleCache = [:] } }
+        let done = lock.withLock {
+            if part == .scales { scaleCache = [:] }
+            partsLeft -= 1
+            return partsLeft == 0
+        }
+        if done { merged.finished() }
     }
 }
