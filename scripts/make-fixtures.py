@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate lora-tool's committed fixtures and samples with the real Python stack.
 
-Needs torch, transformers, peft, safetensors, lycoris-lora 4.1.3 for `types` (not needed by CI, which reads the committed output).
+Needs torch, transformers, peft, safetensors, lycoris-lora 4.1.3 for `types`, and for `mxfp4` GPT_OSS_TRITON_KERNELS (see
+mxfp4_reference) and triton (not needed by CI, which reads the committed output).
 Run from the repository root:  python3 scripts/make-fixtures.py [GROUP...]   (groups: see GROUPS below)
 Deterministic: fixed seeds; rerunning rewrites identical files for a given library version, except the
 order of target_modules in adapter_config.json (PEFT writes a Python set).
@@ -1396,7 +1397,11 @@ def mxfp4_case():
     3 experts, hidden 64, expert width 32; random codes, scales 2^-127 (code 0) and 110..135.
     transformers loads it back on CPU (no triton kernels: dequantize=True) to the oracle
     convert_moe_packed_tensors(blocks, scales, dtype=bf16), the dense [E, in, out] parameter.
-    adapter/: PEFT LoRA on q_proj and v_proj of that dequantized model; merged/: its merge_and_unload."""
+    adapter/: PEFT LoRA on q_proj and v_proj of that dequantized model; merged/: its merge_and_unload.
+    adapter-experts/, adapter-experts-partial/ (expert 0's LoRA zero): LoRA on q_proj and the experts;
+    requantized-experts*.safetensors: what merge --requantize keep writes for the experts (the
+    reference quantizer, mxfp4_reference); mxfp4_arithmetic.safetensors: that quantizer's edge cases.
+    Needs GPT_OSS_TRITON_KERNELS (see mxfp4_reference)."""
     from transformers import GptOssConfig, GptOssForCausalLM, AutoModelForCausalLM
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
     d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "mxfp4"))
@@ -1455,7 +1460,102 @@ def mxfp4_case():
     merged = PeftModel.from_pretrained(dequantized_model(), os.path.join(d, "adapter-experts")).merge_and_unload()
     os.makedirs(os.path.join(d, "merged-experts"))
     save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, os.path.join(d, "merged-experts", "model.safetensors"), metadata={"format": "pt"})
+    # merge --requantize keep: the reference quantizer of each expert the merge changed, the stored
+    # bytes of the others. Requantizing the dequantized base gives back its bytes on every block the
+    # reference could have written (largest code ±4 or ±6), which fixes the axis: 32 inputs of one
+    # (expert, output), the on-disk in/32 axis. Block [0, 0, 0] (scale 2^-127, subnormal values)
+    # comes back with scale 2^-126, so an untouched expert is kept as stored, not requantized.
+    quantize = mxfp4_reference()
+    for k in ("model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"):
+        blocks, scales = quantize(dense[k])
+        differ = (blocks != sd[k + "_blocks"]).any(-1) | (scales != sd[k + "_scales"])
+        assert differ.nonzero().tolist() == [[0, 0, 0]], (k, differ.nonzero().tolist())
+    merged_experts = load_file(os.path.join(d, "merged-experts", "model.safetensors"))
+    write_mxfp4_requantized(os.path.join(d, "requantized-experts.safetensors"), sd, dense, merged_experts, quantize, unchanged=[])
+    # adapter-experts-partial/: the same kind of adapter with expert 0's LoRA zero in both parameters
+    # (B is out × (r·E), expert e in columns k·E + e): that expert must come back byte for byte.
+    peft_model = get_peft_model(dequantized_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"],
+                                                                target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                                                init_lora_weights=False))
+    randomize_adapter(peft_model, 71)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if ".experts." in n and "lora_B" in n:
+                p.view(p.shape[0], -1, 3)[:, :, 0] = 0
+    save_adapter(peft_model, os.path.join(d, "adapter-experts-partial"))
+    merged = PeftModel.from_pretrained(dequantized_model(), os.path.join(d, "adapter-experts-partial")).merge_and_unload()
+    write_mxfp4_requantized(os.path.join(d, "requantized-experts-partial.safetensors"), sd, dense, merged.state_dict(), quantize, unchanged=[0])
+    mxfp4_arithmetic(quantize)
     print("mxfp4 case")
+
+
+def mxfp4_reference():
+    """transformers 5.23's MXFP4 quantizer, its real code: integrations.mxfp4.quantize_to_mxfp4(w, hub),
+    i.e. downcast_to_mxfp_torch(w.to(torch.bfloat16), torch.uint8, axis=1) with ROUND_UP scales, from
+    the kernel package transformers loads with get_kernel("kernels-community/gpt-oss-triton-kernels",
+    version=1). That package is not on PyPI: GPT_OSS_TRITON_KERNELS must name its torch-ext directory
+    (github.com/huggingface/kernels-community, gpt-oss-triton-kernels/torch-ext at commit
+    d105b94b7dbe92bb843b93ac99a23f609c4eba5b, the version-1 source; importing it needs triton, not a
+    GPU). Upstream triton_kernels is no substitute: it has since changed the E2M1 rounding.
+
+    Returns quantize(dense [E, in, out]) -> (blocks U8 [E, out, in/32, 16], scales U8 [E, out, in/32]).
+    The dense GPT-OSS parameter is [E, in, out] and the on-disk blocks run along `in`, so it is
+    quantized along its axis 1 as it is. (transformers 5.23's Mxfp4Quantize passes
+    value.transpose(-1, -2), whose axis 1 is `out`: those blocks do not fit the on-disk layout, whose
+    reader, convert_moe_packed_tensors, this fixture's loads go through.)"""
+    import importlib
+    path = os.environ.get("GPT_OSS_TRITON_KERNELS")
+    if not path:
+        raise SystemExit("mxfp4: set GPT_OSS_TRITON_KERNELS to the torch-ext directory of huggingface/kernels-community's "
+                         "gpt-oss-triton-kernels (commit d105b94b7dbe92bb843b93ac99a23f609c4eba5b)")
+    sys.path.insert(0, path)
+    hub = importlib.import_module("gpt_oss_triton_kernels")
+    importlib.import_module("gpt_oss_triton_kernels.numerics_details.mxfp")
+    from transformers.integrations.mxfp4 import quantize_to_mxfp4
+
+    def quantize(dense):
+        e, i, o = dense.shape
+        w, s = quantize_to_mxfp4(dense, hub)  # [E, in/2, out], [E, in/32, out]
+        return w.transpose(1, 2).contiguous().reshape(e, o, i // 32, 16), s.transpose(1, 2).contiguous()
+    return quantize
+
+
+def write_mxfp4_requantized(path, stored, dense, merged, quantize, unchanged):
+    """Blocks and scales merge --requantize keep writes: per expert, the stored bytes when the merge
+    left its values equal to the dequantized ones (`unchanged`, checked), else the reference quantizer
+    of the merged bf16 values."""
+    out = {}
+    for k in ("model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"):
+        blocks, scales = quantize(merged[k])
+        blocks, scales = blocks.clone(), scales.clone()
+        for e in range(blocks.shape[0]):
+            same = bool((merged[k][e].float() == dense[k][e].float()).all())
+            assert same == (e in unchanged), (k, e)
+            if same:
+                print(f"  {k} expert {e} unchanged: the reference would rewrite",
+                      int(((blocks[e] != stored[k + "_blocks"][e]).any(-1) | (scales[e] != stored[k + "_scales"][e])).sum()), "of its blocks")
+                blocks[e], scales[e] = stored[k + "_blocks"][e], stored[k + "_scales"][e]
+        out[k + "_blocks"], out[k + "_scales"] = blocks.contiguous(), scales.contiguous()
+    save_file(out, path, metadata={"format": "pt"})
+
+
+def mxfp4_arithmetic(quantize):
+    """mxfp4_arithmetic.safetensors: blocks of 32 bf16 values (`input` [N, 32]) and what the reference
+    quantizer writes for them (`blocks` [N, 16], `scales` [N]): zeros, negative zeros, every E2M1 tie
+    and its neighbours, scales at and just past powers of two, subnormal blocks, bf16's largest value,
+    tiny values beside large ones, then Gaussian blocks over a wide range of magnitudes."""
+    ties = [6, 5, 3.5, 2.5, 1.75, 1.25, 0.75, 0.25, -6, -5, -3.5, -2.5, -1.75, -1.25, -0.75, -0.25,
+            0.24, 0.26, 4.9, 5.1, 2.4, 2.6, 0.7, 0.8, 1.2, 1.3, 1.7, 1.8, 3.4, 3.6, 0.0, -0.0]
+    rows = [[0.0] * 32, [-0.0] * 32, ties, [v * 2.0 ** -3 for v in ties], [v * 2.0 ** 40 for v in ties],
+            [3.0, -1.0, 0.5] + [0.25] * 29, [6.046875, 1.0, -0.1] + [0.0] * 29, [-6.0 * 2.0 ** -127, 2.0 ** -130, 2.0 ** -133] + [0.0] * 29,
+            [6.0 * 2.0 ** -126, 2.0 ** -127, 2.0 ** -128] + [0.0] * 29, [2.0 ** -130, -(2.0 ** -131)] + [2.0 ** -133] * 30,
+            [3.3895313892515355e38, -1e38, 1e30, 1.0] + [0.0] * 28, [6.0] + [2.0 ** -e for e in range(1, 31)] + [-(2.0 ** -100)]]
+    g = torch.Generator().manual_seed(29)
+    x = torch.cat([torch.tensor(rows, dtype=torch.float32), torch.randn(20, 32, generator=g) * torch.logspace(-30, 30, 20, base=2).unsqueeze(1)])
+    x = x.to(torch.bfloat16)
+    blocks, scales = quantize(x.unsqueeze(0).transpose(1, 2).contiguous())  # as a [1, in=32, out=N] parameter
+    save_file({"input": x.contiguous(), "blocks": blocks[0, :, 0].contiguous(), "scales": scales[0, :, 0].contiguous()},
+              os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "mxfp4_arithmetic.safetensors"), metadata={"format": "pt"})
 
 
 def fourierft_cases():

@@ -46,6 +46,32 @@ struct VerifyRequantizedTests {
         #expect(throws: LoRACoreError.self) { try verify(fixture, merged: merged, mode: .probes) }
     }
 
+    @Test("An MXFP4 merge written back (--requantize keep) passes; one changed byte in an expert's blocks or scales fails naming that tensor only; --mode probes is refused",
+          arguments: ["model.layers.0.mlp.experts.gate_up_proj_blocks", "model.layers.0.mlp.experts.down_proj_scales"])
+    func mxfp4(tensor: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let base = "\(fixtures)/mxfp4/base", adapter = "\(fixtures)/mxfp4/adapter-experts"
+        var options = MergeOptions(base: base, adapters: [(adapter, 1)], output: dir + "/merged")
+        options.requantize = "keep"
+        options.durable = false
+        _ = try Merge.run(options)
+        var v = VerifyOptions(base: base, adapters: [(adapter, 1)], merged: dir + "/merged")
+        v.seed = 3
+        let report = try Verify.run(v)
+        #expect(report.passed, "\(report.entries.filter { !$0.failures.isEmpty }.map { "\($0.tensor): \($0.failures)" })")
+        #expect(report.entries.contains { $0.tensor == tensor && $0.kind == .merged } && report.probesSkipped != nil)
+
+        let location = try #require(try Checkpoint(path: dir + "/merged").location(of: tensor))
+        var bytes = try RegularFile.readAll(location.file.path, limit: 1 << 26)
+        bytes[location.offset + location.count / 2] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: location.file.path))
+        let tampered = try Verify.run(v)
+        #expect(!tampered.passed && tampered.entries.filter { !$0.failures.isEmpty }.map(\.tensor) == [tensor])
+        v.mode = .probes
+        #expect(throws: LoRACoreError.self) { try Verify.run(v) }
+    }
+
     @Test("--keep-quantized (merged weights dense, the others 4-bit, skip modules grown) passes; without its quantization_config the config fails")
     func keepQuantized() throws {
         let dir = temporaryDirectory()

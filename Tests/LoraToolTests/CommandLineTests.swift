@@ -150,6 +150,28 @@ struct CommandLineTests {
         #expect(o4.contains("4 merged tensors on 8 probes") && o4.contains("as computed before requantizing: all pass"))
     }
 
+    @Test("The README's MXFP4 commands: inspect, dequantize, a dense merge with --verify, --requantize keep --verify with its survival lines, verify of the requantized output; --keep-quantized refused")
+    func mxfp4() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let q = "Tests/LoRACoreTests/QuantFixtures/mxfp4"
+        let (s1, o1, _) = try run(["inspect", q + "/base"])
+        #expect(s1 == 0 && o1.contains("mxfp4, block 32, E8M0 scales"), "\(o1)")
+        let (s2, _, e2) = try run(["dequantize", "--input", q + "/base", "--output", dir + "/dense"])
+        #expect(s2 == 0, "\(e2)")
+        let (s3, _, e3) = try run(["merge", "--base", q + "/base", "--adapter", q + "/adapter-experts", "--output", dir + "/m", "--verify"])
+        #expect(s3 == 0, "\(e3)")
+        let (s4, o4, e4) = try run(["merge", "--base", q + "/base", "--adapter", q + "/adapter-experts", "--output", dir + "/q", "--requantize", "keep", "--verify"])
+        #expect(s4 == 0, "\(e4)")
+        #expect(o4.split(separator: "\n").filter { $0.contains("requantized     model.layers.0.mlp.experts.") && $0.contains("of codes changed, delta kept") }.count == 2)
+        #expect(o4.contains("3 merged tensors on 8 probes") && o4.contains("U8 ×4"))
+        let (s5, o5, e5) = try run(["verify", "--base", q + "/base", "--adapter", q + "/adapter-experts", "--merged", dir + "/q"])
+        #expect(s5 == 0 && o5.contains("PASS: 22 tensors (5 merged"), "\(o5)\(e5)")
+        let (s6, _, e6) = try run(["merge", "--base", q + "/base", "--adapter", q + "/adapter-experts", "--output", dir + "/k", "--keep-quantized"])
+        #expect(s6 == 1 && e6.contains("error: ") && e6.contains("is an mxfp4 base: write the merge back with --requantize keep (or mxfp4)"), "\(e6)")
+    }
+
     @Test("merge then verify on the samples; verify fails on a merge of the wrong scale")
     func mergeVerify() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path

@@ -32,8 +32,8 @@ public struct MergeOptions: Sendable {
     public var scaleOverride = AdapterScaleOverride()
     /// The base is the residual model the (one) PiSSA/OLoRA/CorDA/LoRA-GA/LoftQ adapter was trained on.
     public var residualBase = false
-    /// With a bitsandbytes 4-bit base: write the merged targets back in this 4-bit type (nf4/fp4,
-    /// which must be the base's), instead of a dense model.
+    /// With a quantized base: write the merged targets back in its scheme (`keep`, or its name: nf4,
+    /// fp4, fp8, int8, mxfp4, which must be the base's), instead of a dense model.
     public var requantize: String?
     /// With a bitsandbytes 4-bit base: keep untouched weights 4-bit and write only the merged ones
     /// dense (listed in `llm_int8_skip_modules` so transformers loads them as plain Linear layers).
@@ -133,7 +133,7 @@ public struct Progress: Sendable {
 /// The composition: open the base → `Dequantize4bitPass` (bitsandbytes 4-bit bases, decoded block
 /// by block as the merge reads them; no temporary model) → `LayerReplicationPass` (adapters with
 /// `layer_replication`) → `ApplyAdaptersPass` →
-/// `Requantize4bitPass` or `RequantizeBlockScaledPass` (`--requantize`, `--keep-quantized`) → `CastPass` (`--dtype`) →
+/// `Requantize4bitPass`, `RequantizeBlockScaledPass` or `RequantizeMXFP4Pass` (`--requantize`, `--keep-quantized`) → `CastPass` (`--dtype`) →
 /// `ModelDirectorySink`, with `verify` on the staged output before it gets its name.
 ///
 /// Numerics: base widened to fp32 (exact), ΔW = s·B·A in fp32 by the merge kernel (`FusedMerge`:
@@ -154,14 +154,14 @@ public enum Merge {
         var base = try DequantizePass().apply(to: opened)
         let quantizedBase = base !== opened
         if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
-            throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or int8, fp8, compressed-tensors fp8); \(options.base) has no quantized weights")
+            throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or int8, fp8, compressed-tensors fp8, mxfp4); \(options.base) has no quantized weights")
         }
         if options.requantize != nil || options.keepQuantized, let q = base.tensors.lazy.compactMap({ $0.source as? DequantizedGPTQ }).first {
             throw LoRACoreError.invalidRequest(
                 "\(options.base) is a \(q.scheme.packing == .awqGEMM ? "awq" : "gptq") base: its quantizer chooses codes with calibration data (activation statistics), not by rounding the weights, so the merge cannot be written back in it (--requantize, --keep-quantized); omit them for a dense model, or quantize the merged model with \(q.scheme.packing == .awqGEMM ? "AutoAWQ/llm-compressor" : "GPTQModel")")
         }
-        if options.requantize != nil || options.keepQuantized, base.tensors.contains(where: { $0.source is DequantizedMXFP4 }) {
-            throw LoRACoreError.invalidRequest("\(options.base) is an mxfp4 base: writing the merge back in MXFP4 (--requantize, --keep-quantized) is not implemented yet (transformers' quantize_to_mxfp4 runs triton_kernels' downcast_to_mxfp_torch, which is not reproduced here); omit it for a dense model")
+        if options.requantize != nil || options.keepQuantized, RequantizeMXFP4Pass.applies(to: base), options.requantize != "keep" && options.requantize != "mxfp4" {
+            throw LoRACoreError.invalidRequest("\(options.base) is an mxfp4 base: write the merge back with --requantize keep (or mxfp4), or omit it for a dense model")
         }
         let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
         try ResidualInitialisation.check(adapters, weights: options.adapters.map(\.weight), residualBase: options.residualBase)
@@ -201,8 +201,12 @@ public enum Merge {
             let pass = RequantizeBlockScaledPass()
             stream = try pass.apply(to: stream)
             survival = pass.survival
+        } else if RequantizeMXFP4Pass.applies(to: stream), options.requantize != nil {
+            let pass = RequantizeMXFP4Pass()
+            stream = try pass.apply(to: stream)
+            survival = pass.survival
         } else if options.requantize != nil || options.keepQuantized {
-            if let type = options.requantize, type == "fp8" || type == "int8" {
+            if let type = options.requantize, type == "fp8" || type == "int8" || type == "mxfp4" {
                 throw LoRACoreError.invalidRequest("--requantize \(type) needs an \(type) base; \(options.base) is bitsandbytes 4-bit")
             }
             let pass = Requantize4bitPass(type: options.requantize, context: context)

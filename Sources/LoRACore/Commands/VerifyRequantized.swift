@@ -8,7 +8,7 @@ import SafeTensors
 ///
 /// Requantization is deterministic (the reference quantizer on the merge rounded to the compute
 /// dtype), so the output is recomputed as merge writes it — the same plan and kernel, then the
-/// scheme's requantize pass (`RequantizeBlockScaledPass`, `Requantize4bitPass` in the mode the
+/// scheme's requantize pass (`RequantizeBlockScaledPass`, `RequantizeMXFP4Pass`, `Requantize4bitPass` in the mode the
 /// merged file shows) — and every tensor must be the recomputation's bytes: codes, scales, quant
 /// states, and the tensors left dense. Missing and extra tensors fail by name; side files are
 /// compared as merge writes them (the quantization config kept). Probes do not apply: a requantized
@@ -24,6 +24,9 @@ extension Verify {
         guard merged.names.contains(where: { !denseNames.contains($0) }) else { return nil }
         if RequantizeBlockScaledPass.scheme(of: dense) != nil {
             return try RequantizeBlockScaledPass().apply(to: dense)
+        }
+        if RequantizeMXFP4Pass.applies(to: dense) {
+            return try RequantizeMXFP4Pass().apply(to: dense)
         }
         // bitsandbytes 4-bit: `--requantize keep` stores a merged weight as codes (U8), while
         // `--keep-quantized` writes merged weights dense and keeps the untouched ones 4-bit.
@@ -43,7 +46,8 @@ extension Verify {
         let step = 16 << 20
         for name in expected.names {
             let source = expected.source(name)!
-            let kind = Verify.kind(of: plan.action(for: name))
+            // An MXFP4 parameter's blocks and scales are merged as the parameter they store.
+            let kind = Verify.kind(of: plan.action(for: (source as? WeightPart<RequantizedMXFP4>)?.weight.name ?? name))
             let family = TensorName(name).family
             guard let info = merged.info(name) else {
                 entries.append(VerifyReport.Entry(tensor: name, family: family, kind: .missing, failures: ["missing from the merged checkpoint"]))

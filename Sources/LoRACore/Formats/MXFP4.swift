@@ -12,7 +12,7 @@ import SafeTensors
 /// an fp32 power of two; s = 255 gives ±inf or NaN), rounded once to the compute dtype; the
 /// `[E, out, in]` result is transposed to the parameter's `[E, in, out]`.
 ///
-/// Writing a merge back in MXFP4 (`--requantize`) is not implemented and refused by name.
+/// Quantization (`merge --requantize keep|mxfp4`): `MXFP4Quantization+Quantize.swift`.
 public struct MXFP4Quantization: Sendable {
     /// One quantized parameter: its stored tensors and its dense shape `[E, in, out]`.
     public struct Weight: Sendable, Equatable {
@@ -88,15 +88,30 @@ public struct DequantizedMXFP4: TensorSource {
     public let name: String
     public let weight: MXFP4Quantization.Weight
     public let dtype: DType
+    /// The stored blocks and scales, as the input had them: what a requantizing merge writes back
+    /// for a parameter it did not change.
+    public let stored: [(name: String, source: any TensorSource)]
     private let input: any TensorStore
 
     public var shape: [Int] { weight.shape }
 
-    init(name: String, weight: MXFP4Quantization.Weight, dtype: DType, in input: any TensorStore) {
+    init(name: String, weight: MXFP4Quantization.Weight, dtype: DType, in input: any TensorStore, stored: [(name: String, source: any TensorSource)]) {
         self.name = name
         self.weight = weight
         self.dtype = dtype
         self.input = input
+        self.stored = stored
+    }
+
+    /// Expert `expert`'s stored codes (`[out, in/32, 16]` bytes) and scales (`[out, in/32]`).
+    /// - Throws: reading the input.
+    func storedBytes(ofExpert expert: Int) throws -> (blocks: [UInt8], scales: [UInt8]) {
+        let (inputs, outputs) = (weight.shape[1], weight.shape[2])
+        let codeBytes = inputs * outputs / 2, scaleBytes = outputs * inputs / 32
+        var blocks = [UInt8](uninitializedCount: codeBytes), scales = [UInt8](uninitializedCount: scaleBytes)
+        try blocks.withUnsafeMutableBytes { try input.read(weight.blocks, bytes: expert * codeBytes..<((expert + 1) * codeBytes), into: $0.baseAddress!) }
+        try scales.withUnsafeMutableBytes { try input.read(weight.scales, bytes: expert * scaleBytes..<((expert + 1) * scaleBytes), into: $0.baseAddress!) }
+        return (blocks, scales)
     }
 
     public func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
@@ -107,9 +122,7 @@ public struct DequantizedMXFP4: TensorSource {
         var e = elements.lowerBound
         while e < elements.upperBound {
             let expert = e / perExpert, end = min(elements.upperBound, (expert + 1) * perExpert)
-            var blocks = [UInt8](uninitializedCount: perExpert / 2), scales = [UInt8](uninitializedCount: outputs * groups)
-            try blocks.withUnsafeMutableBytes { try input.read(weight.blocks, bytes: expert * perExpert / 2..<((expert + 1) * perExpert / 2), into: $0.baseAddress!) }
-            try scales.withUnsafeMutableBytes { try input.read(weight.scales, bytes: expert * outputs * groups..<((expert + 1) * outputs * groups), into: $0.baseAddress!) }
+            let (blocks, scales) = try storedBytes(ofExpert: expert)
             var values = [Float](uninitializedCount: end - e)
             for k in e..<end {
                 let local = k - expert * perExpert, i = local / outputs, o = local % outputs
@@ -137,7 +150,8 @@ public struct DequantizeMXFP4Pass: Sendable {
         var tensors: [(name: String, source: any TensorSource)] = []
         for (name, source) in stream.tensors {
             if name.hasSuffix("_blocks"), let dense = q.weights.first(where: { $0.value.blocks == name }) {
-                tensors.append((dense.key, DequantizedMXFP4(name: dense.key, weight: dense.value, dtype: q.computeDType, in: stream)))
+                let stored = [dense.value.blocks, dense.value.scales].map { ($0, stream.source($0)!) }
+                tensors.append((dense.key, DequantizedMXFP4(name: dense.key, weight: dense.value, dtype: q.computeDType, in: stream, stored: stored)))
             } else if !q.companions.contains(name) {
                 tensors.append((name, source))
             }

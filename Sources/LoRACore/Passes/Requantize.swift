@@ -39,3 +39,19 @@ public enum Requantize {
         }
     }
 }
+
+extension Requantize.Survival {
+    /// Sums over the parts of one weight, added in the order given (the same on every run): codes
+    /// changed, Σ intended·stored, Σ intended², Σ stored² (the deltas from the base's own values).
+    init(weight: String, elements: Int, sums: [(changed: Int, dot: Double, want: Double, got: Double)]) {
+        var changed = 0, dot = 0.0, want = 0.0, got = 0.0
+        for s in sums {
+            changed += s.changed
+            dot += s.dot
+            want += s.want
+            got += s.got
+        }
+        self.init(weight: weight, codesChanged: Double(changed) / Double(elements), deltaCorrelation: want > 0 && got > 0 ? dot / (want * got).squareRoot() : 0,
+                  deltaNormRatio: want > 0 ? (got / want).squareRoot() : 0)
+    }
+}

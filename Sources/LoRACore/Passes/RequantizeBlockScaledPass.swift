@@ -40,25 +40,15 @@ public struct RequantizeBlockScaledPass: Sendable {
         guard RequantizeBlockScaledPass.scheme(of: stream) != nil else {
             throw LoRACoreError.invalidRequest("\(stream.path) has no block-scaled weights (fp8, int8, compressed-tensors fp8) to write back")
         }
-        var tensors: [(name: String, source: any TensorSource)] = []
-        for (name, source) in stream.tensors {
-            if let q = source as? DequantizedBlockScaled {
-                tensors += q.stored
-            } else if let m = source as? MergedTensor, let q = m.start as? DequantizedBlockScaled {
-                let weight = RequantizedBlockScaled(name: name, merged: m, original: q, survival: survival)
-                tensors += q.stored.map { part in
-                    switch part.name {
-                    case name: return (part.name, WeightPart(weight: weight, part: .codes, dtype: part.source.dtype, shape: part.source.shape))
-                    case q.layout.scaleName: return (part.name, WeightPart(weight: weight, part: .scales, dtype: part.source.dtype, shape: part.source.shape))
-                    default: return part
-                    }
+        return stream.writtenBack(DequantizedBlockScaled.self, stored: \.stored) { name, m, q in
+            let weight = RequantizedBlockScaled(name: name, merged: m, original: q, survival: survival)
+            return q.stored.map { part in
+                switch part.name {
+                case name: return (part.name, WeightPart(weight: weight, part: .codes, dtype: part.source.dtype, shape: part.source.shape))
+                case q.layout.scaleName: return (part.name, WeightPart(weight: weight, part: .scales, dtype: part.source.dtype, shape: part.source.shape))
+                default: return part
                 }
-            } else {
-                tensors.append((name, source))
             }
         }
-        var side = stream.sideFiles
-        side?.dropQuantization = false
-        return stream.with(tensors, sideFiles: side)
     }
 }

@@ -138,17 +138,7 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
 
     /// Adds the weight's survival to the log, its range sums added in element order.
     private func record() {
-        var changed = 0, dot = 0.0, want = 0.0, got = 0.0
-        for key in sums.keys.sorted() {
-            let s = sums[key]!
-            changed += s.changed
-            dot += s.dot
-            want += s.want
-            got += s.got
-        }
-        survival.add(Requantize.Survival(weight: name, codesChanged: Double(changed) / Double(original.elementCount),
-                                         deltaCorrelation: want > 0 && got > 0 ? dot / (want * got).squareRoot() : 0,
-                                         deltaNormRatio: want > 0 ? (got / want).squareRoot() : 0))
+        survival.add(Requantize.Survival(weight: name, elements: original.elementCount, sums: sums.keys.sorted().map { sums[$0]! }))
     }
 
     /// A part was written: once both are, the scales are dropped.

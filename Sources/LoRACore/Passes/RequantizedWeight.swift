@@ -223,9 +223,7 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
             e += m
         }
         merged.finished()
-        survival.add(Requantize.Survival(weight: name, codesChanged: Double(changedCodes) / Double(n),
-                                         deltaCorrelation: n1 > 0 && n2 > 0 ? dot / (n1 * n2).squareRoot() : 0,
-                                         deltaNormRatio: n1 > 0 ? (n2 / n1).squareRoot() : 0))
+        survival.add(Requantize.Survival(weight: name, elements: n, sums: [(changedCodes, dot, n1, n2)]))
         return (packed, absmaxCodes)
     }
 }

@@ -46,7 +46,7 @@ extension LoraTool {
         @Flag(help: "Write through the page cache without fsync, as cp does: no wait for the disk, but a power failure soon after can leave incomplete files (a killed lora-tool still never does).")
         var noSync = false
 
-        @Option(help: "With a quantized base: write the merged weights back in the base's format (keep; or its name: nf4, fp4, fp8, int8) and report how much of each delta survived.")
+        @Option(help: "With a quantized base: write the merged weights back in the base's format (keep; or its name: nf4, fp4, fp8, int8, mxfp4) and report how much of each delta survived. Untouched quantized weights (and MXFP4 experts) are copied as stored.")
         var requantize: String?
 
         @Flag(help: "With a bitsandbytes 4-bit base: keep untouched weights 4-bit as they were; merged weights are written dense.")
@@ -123,7 +123,7 @@ extension LoraTool {
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
             guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-            if let requantize, !["keep", "nf4", "fp4", "fp8", "int8", "mxfp4"].contains(requantize) { throw ValidationError("--requantize must be keep, nf4, fp4, fp8, int8 or mxfp4 (refused by name on an mxfp4 base: not implemented)") }
+            if let requantize, !["keep", "nf4", "fp4", "fp8", "int8", "mxfp4"].contains(requantize) { throw ValidationError("--requantize must be keep, nf4, fp4, fp8, int8 or mxfp4") }
             if requantize != nil && keepQuantized { throw ValidationError("give --requantize or --keep-quantized, not both") }
             guard GGUFOutputType(rawValue: ggufType) != nil else {
                 throw ValidationError("--gguf-type must be one of \(GGUFOutputType.allCases.map(\.rawValue).joined(separator: ", "))")
