@@ -58,12 +58,17 @@ enum LoHa: AdapterUpdateType {
         let scale: Double
 
         /// The two products' rows by the merge kernel (`UpdateMath.productRows`: FMAs over the rank in
-        /// order, as the scalar loop PEFT's fp32 `@` matched), then ((m1 · m2) · s) · weight + W.
+        /// order, as the scalar loop PEFT's fp32 `@` matched), then ((m1 · m2) · s) · weight + W; a
+        /// few rows at a time (about 64 Ki values), so the products take no more memory than that.
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
-            let s = Float(scale)
-            let m1 = UpdateMath.productRows(w1a, w1b, r0: r0, count: count, inner: rank, cols: cols)
-            let m2 = UpdateMath.productRows(w2a, w2b, r0: r0, count: count, inner: rank, cols: cols)
-            for e in 0..<(count * cols) { block[e] += ((m1[e] * m2[e]) * s) * weight }
+            let s = Float(scale), step = max(1, 65_536 / max(cols, 1))
+            for start in stride(from: 0, to: count, by: step) {
+                let rows = min(step, count - start)
+                let m1 = UpdateMath.productRows(w1a, w1b, r0: r0 + start, count: rows, inner: rank, cols: cols)
+                let m2 = UpdateMath.productRows(w2a, w2b, r0: r0 + start, count: rows, inner: rank, cols: cols)
+                let base = start * cols
+                for e in 0..<(rows * cols) { block[base + e] += ((m1[e] * m2[e]) * s) * weight }
+            }
         }
 
         func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {

@@ -92,13 +92,19 @@ enum LoKr: AdapterUpdateType {
         let w1Cols: Int, w2Rows: Int, w2Cols: Int
         let scale: Double
 
+        /// Row by row, w1's element times w2's row segment: ((w1·w2) · s) · weight + W per element.
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
             let s = Float(scale)
-            for r in 0..<count {
-                let i = r0 + r, i1 = i / w2Rows, i2 = i % w2Rows
-                for j in 0..<cols {
-                    let kron = w1[i1 * w1Cols + j / w2Cols] * w2[i2 * w2Cols + j % w2Cols]
-                    block[r * cols + j] += (kron * s) * weight
+            w2.withUnsafeBufferPointer { w2 in
+                block.withUnsafeMutableBufferPointer { out in
+                    for r in 0..<count {
+                        let i = r0 + r, i1 = i / w2Rows, i2 = i % w2Rows
+                        let segment = UnsafeBufferPointer(rebasing: w2[(i2 * w2Cols)..<((i2 + 1) * w2Cols)])
+                        for j1 in 0..<w1Cols {
+                            let a = w1[i1 * w1Cols + j1], base = r * cols + j1 * w2Cols
+                            for j2 in 0..<w2Cols { out[base + j2] += ((a * segment[j2]) * s) * weight }
+                        }
+                    }
                 }
             }
         }
