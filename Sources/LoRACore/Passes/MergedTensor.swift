@@ -149,8 +149,10 @@ public struct MergedTensor: TensorSource {
         return try plan.mergedValue(source, using: factors.instructionSet)![elements]
     }
 
-    /// fp32 values per block of the fp32 rows path: 4 Mi values, 16 MiB of working memory.
-    static let rowBlock = 1 << 22
+    /// fp32 values per block of the fp32 rows path: 1 Mi values, 4 MiB of working memory (with the
+    /// encoded copy, about 6 MiB per worker: adapter types and DoRA then take about the fused LoRA
+    /// path's memory).
+    static let rowBlock = 1 << 20
 
     /// Elements `elements` (row-major) merged by the fused kernel straight into `destination`, as a
     /// partial first row, a block of whole rows and a partial last row; false for DoRA (its row
