@@ -1149,7 +1149,7 @@ def lycoris_case(name, algo, file_dtype, seed, **kwargs):
     """adapter.safetensors from lycoris-lora (kohya names lora_te_…), merged-f32/ and merged-bf16/
     = W + ΔW computed in float64 by `lycoris_delta` and rounded once; checked against lycoris' own
     forward pass, and lycoris' merge_to measured against it."""
-    from lycoris import create_lycoris, create_lycoris_from_weights, LycorisNetwork
+    from lycoris import create_lycoris, LycorisNetwork
     d = fresh(os.path.join(TYPES_FIX, name))
     LycorisNetwork.apply_preset({"target_module": [], "target_name": ["*" + t for t in TYPE_TARGETS], "use_fnmatch": True,
                                  "lora_prefix": "lora_te", "name_algo_map": {"*q_proj": {"algo": algo, "dim": 1, "alpha": 1}}})
@@ -1162,6 +1162,17 @@ def lycoris_case(name, algo, file_dtype, seed, **kwargs):
             p.copy_(torch.randn_like(p) * 0.3)
     path = os.path.join(d, "adapter.safetensors")
     net.save_weights(path, file_dtype, None)
+    facts = lycoris_reference(d, path)
+    write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW in float64, rounded once",
+               lycoris=facts)
+    print("case", name, facts)
+
+
+def lycoris_reference(d, path):
+    """merged-f32/ and merged-bf16/ in `d`: the `types` base + ΔW of the LyCORIS file at `path`
+    computed in float64 by `lycoris_delta`, rounded once; checked against lycoris' own forward pass,
+    and lycoris' merge_to measured against it (the returned facts)."""
+    from lycoris import create_lycoris_from_weights
     sd = load_file(path)
     modules = sorted({k.split(".", 1)[0] for k in sd})
     facts = {}
@@ -1196,9 +1207,7 @@ def lycoris_case(name, algo, file_dtype, seed, **kwargs):
                 got = dict(base.named_modules())[mod_name].weight.detach().double() - orig[mod_name].weight.double()
                 ratios[mod_name] = round(float(got.norm() / delta.norm()), 4)
             facts["merge_to_over_forward_norm_ratio"] = ratios
-    write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW in float64, rounded once",
-               lycoris=facts)
-    print("case", name, facts)
+    return facts
 
 
 def adapter_type_cases():
@@ -1226,9 +1235,55 @@ def adapter_type_cases():
     base = load_file(os.path.join(TYPES_FIX, "bases", "f32", "model.safetensors"))
     for name in sorted(os.listdir(TYPES_FIX)):
         merged = os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")
-        # Only merges over the `types` base (the MoE cases have bases of their own).
-        if os.path.exists(merged) and set(load_file(merged)) <= set(base):
+        # Only merges over the `types` base (the MoE cases have bases of their own), not conversions.
+        if os.path.exists(merged) and set(load_file(merged)) <= set(base) and not name.startswith("convert_"):
             write_svd(name)
+
+
+def lycoris_convert_cases():
+    """`convert --to peft|kohya` between LyCORIS files and PEFT LOHA/LOKR adapters, checked by the real
+    packages (needs lora-tool built: .build/debug/lora-tool). convert_<fixture>/adapter is lora-tool's
+    output. From a LyCORIS file: PEFT loads it (no missing or unexpected adapter keys) and its
+    merge_and_unload, saved as merged-f32/ and merged-bf16/, is within one ulp of the file's LyCORIS
+    reference merge. From a PEFT adapter: lycoris loads the file and its forward equals W + ΔW
+    (merged-*/ by `lycoris_reference`), within one ulp of PEFT's own merge."""
+    import subprocess
+    from peft import PeftModel
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    for source, target in (("lycoris_loha", "peft"), ("lycoris_lokr", "peft"), ("peft_loha", "kohya")):
+        d = fresh(os.path.join(TYPES_FIX, "convert_" + source))
+        src = os.path.join(TYPES_FIX, source, "adapter.safetensors" if source.startswith("lycoris") else "adapter")
+        out = os.path.join(d, "adapter" if target == "peft" else "adapter.safetensors")
+        subprocess.run([tool, "convert", src, "--to", target, "--base", os.path.join(TYPES_FIX, "bases", "f32"), "--output", out],
+                       check=True, stdout=subprocess.DEVNULL)
+        if os.path.isdir(out):
+            os.remove(os.path.join(out, ".lora-tool"))  # the output marker: not fixture data
+        facts = {}
+        if target == "peft":
+            for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+                model = PeftModel.from_pretrained(types_base().to(dtype), out)
+                stored = load_file(os.path.join(out, "adapter_model.safetensors"))
+                loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if ".hada_" in k or ".lokr_" in k}
+                assert set(loaded) == set(stored), (set(loaded) ^ set(stored))
+                assert all(torch.equal(loaded[k].float(), stored[k].float()) for k in stored)
+                merged = model.merge_and_unload()
+                save_model(merged, os.path.join(d, "merged-" + tag))
+                ref = load_file(os.path.join(TYPES_FIX, source, "merged-" + tag, "model.safetensors"))
+                ours = merged.state_dict()
+                worst = max(float((ours[k].double() - v.double()).abs().max() / (torch.finfo(v.dtype).eps * v.double().abs().max())) for k, v in ref.items())
+                assert worst <= 1, worst
+                facts["peft_merge_vs_lycoris_reference_ulp_of_max_" + tag] = round(worst, 4)
+            write_case(d, reference="PEFT merge_and_unload of lora-tool's conversion", lycoris_source=source, peft_loads=True, **facts)
+        else:
+            facts = lycoris_reference(d, out)
+            peft_ref = load_file(os.path.join(TYPES_FIX, source, "merged-f32", "model.safetensors"))
+            ours = load_file(os.path.join(d, "merged-f32", "model.safetensors"))
+            worst = max(float((ours[k].double() - v.double()).abs().max() / (torch.finfo(v.dtype).eps * v.double().abs().max())) for k, v in peft_ref.items())
+            assert worst <= 1, worst
+            facts["lycoris_reference_vs_peft_merge_ulp_of_max_f32"] = round(worst, 4)
+            write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW of lora-tool's conversion in float64, rounded once",
+                       peft_source=source, lycoris=facts)
+        print("case", "convert_" + source, facts)
 
 
 def write_svd(name):
@@ -1504,6 +1559,7 @@ GROUPS = {
     "extract": extract_cases,
     "combine": combine_cases,
     "types": adapter_type_cases,
+    "lycoris-convert": lycoris_convert_cases,
     "oft": oft_cases,
     "boft": boft_cases,
     "moe": moe_cases,

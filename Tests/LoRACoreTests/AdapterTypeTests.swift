@@ -228,13 +228,13 @@ struct AdapterTypeTests {
         #expect(try Verify.run(VerifyOptions(base: loha.base, adapters: [(lokr.adapter, 1), (loha.adapter, 1)], merged: out + "/mix")).passed)
     }
 
-    @Test("convert refuses a LoHa adapter, naming the module; other PEFT types are refused by name")
+    @Test("convert --to mlx refuses a LoHa adapter, naming the module; other PEFT types are refused by name")
     func otherRefusals() throws {
         let c = TypeCase(name: "peft_loha", dtype: "f32")
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let convert = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: c.adapter, to: .kohya, output: out + "/k.safetensors")) }
-        #expect(convert?.localizedDescription.contains("is LoHa, not LoRA") == true)
+        let convert = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: c.adapter, to: .mlx, output: out + "/m")) }
+        #expect(convert?.localizedDescription.contains("mlx holds LoRA only: module 'model.layers.0.mlp.down_proj' is LoHa") == true)
         try adapterCopy(c.adapter, at: out + "/oft", replacing: "\"LOHA\"", with: "\"HRA\"")
         let other = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/oft") }
         #expect(other?.localizedDescription.contains("peft_type 'HRA' is not supported (supported: LORA, ADALORA, LOHA, LOKR, IA3, VERA, OFT, BOFT, FOURIERFT)") == true)
