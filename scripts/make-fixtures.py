@@ -1131,18 +1131,31 @@ def lycoris_delta(sd, module):
     (lycoris 4.1.3 LohaModule/LokrModule.get_weight · multiplier 1), written independently."""
     t = {k.split(".", 1)[1]: v.double() for k, v in sd.items() if k.split(".", 1)[0] == module}
     alpha = float(t["alpha"]) if "alpha" in t else 0.0
+    if "hada_t1" in t:
+        dim = t["hada_w1_b"].shape[0]
+        scale = (alpha if alpha != 0 else dim) / dim
+        rebuild = lambda n: torch.einsum("i j k l, j r, i p -> p r k l", t[f"hada_t{n}"], t[f"hada_w{n}_b"], t[f"hada_w{n}_a"])
+        return rebuild(1) * rebuild(2) * scale
     if "hada_w1_a" in t:
         dim = t["hada_w1_b"].shape[0]
         scale = (alpha if alpha != 0 else dim) / dim
         return (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * scale
     w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
-    w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
+    if "lokr_w2" in t:
+        w2 = t["lokr_w2"]
+    elif "lokr_t2" in t:
+        w2 = torch.einsum("i j k l, i p, j r -> p r k l", t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
+    else:
+        w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
     if "lokr_w1" in t and "lokr_w2" in t:
         scale = 1.0  # lokr.py: both factors full matrices → alpha := lora_dim
     else:
-        dim = t["lokr_w1_a"].shape[1] if "lokr_w1_a" in t else t["lokr_w2_a"].shape[1]
+        # The network's lora_dim: the Tucker core's size, else the inner dimension of w1_a or w2_a.
+        dim = t["lokr_w1_a"].shape[1] if "lokr_w1_a" in t else t["lokr_t2"].shape[0] if "lokr_t2" in t else t["lokr_w2_a"].shape[1]
         scale = (alpha if alpha != 0 else dim) / dim
-    return torch.kron(w1, w2) * scale
+    if w2.dim() == 4:
+        w1 = w1[:, :, None, None]
+    return torch.kron(w1, w2.contiguous()) * scale
 
 
 def lycoris_case(name, algo, file_dtype, seed, **kwargs):
@@ -1153,19 +1166,23 @@ def lycoris_case(name, algo, file_dtype, seed, **kwargs):
     d = fresh(os.path.join(TYPES_FIX, name))
     LycorisNetwork.apply_preset({"target_module": [], "target_name": ["*" + t for t in TYPE_TARGETS], "use_fnmatch": True,
                                  "lora_prefix": "lora_te", "name_algo_map": {"*q_proj": {"algo": algo, "dim": 1, "alpha": 1}}})
-    model = types_base()
-    net = create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, algo=algo, **kwargs)
+    path = os.path.join(d, "adapter.safetensors")
+    lycoris_network(create_lycoris(types_base(), 1.0, linear_dim=2, linear_alpha=3, algo=algo, **kwargs), seed, path, file_dtype)
+    facts = lycoris_reference(d, path)
+    write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW in float64, rounded once",
+               lycoris=facts)
+    print("case", name, facts)
+
+
+def lycoris_network(net, seed, path, file_dtype):
+    """`net` (create_lycoris' network) applied to its model, every parameter random, saved at `path`."""
     net.apply_to()
     torch.manual_seed(seed)
     with torch.no_grad():
         for n, p in net.named_parameters():
             p.copy_(torch.randn_like(p) * 0.3)
-    path = os.path.join(d, "adapter.safetensors")
     net.save_weights(path, file_dtype, None)
-    facts = lycoris_reference(d, path)
-    write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW in float64, rounded once",
-               lycoris=facts)
-    print("case", name, facts)
+    return net
 
 
 def lycoris_reference(d, path):
@@ -1284,6 +1301,121 @@ def lycoris_convert_cases():
             write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW of lora-tool's conversion in float64, rounded once",
                        peft_source=source, lycoris=facts)
         print("case", "convert_" + source, facts)
+
+
+# --- Convolutions with Tucker cores (LoHa hada_t1/hada_t2, LoKr lokr_t2) ---------------------------
+CONV_TARGETS = ["blocks.0.conv", "blocks.1.conv", "proj"]
+
+
+def conv_base():
+    """A tiny convolution net: 3×3 convs 8→16 and 16→32 (Tucker cores), and a 1×1 conv 32→16 (never a
+    Tucker core: PEFT and LyCORIS flatten it), biases on."""
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            self.conv = nn.Conv2d(i, o, 3, padding=1)
+
+        def forward(self, x):
+            return torch.tanh(self.conv(x))
+
+    class TinyConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(8, 16), Block(16, 32)])
+            self.proj = nn.Conv2d(32, 16, 1)
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    model = TinyConv()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def save_conv(model, path):
+    os.makedirs(path, exist_ok=True)
+    state_dict_file(model, os.path.join(path, "model.safetensors"))
+
+
+def conv_input():
+    return torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(7))
+
+
+def peft_tucker_case(name, cfg, seed):
+    """adapter/ from PEFT with use_effective_conv2d (Tucker cores on the 3×3 convs), merged-f32/ and
+    merged-bf16/ from PEFT's merge_and_unload on each base."""
+    d = fresh(os.path.join(TYPES_FIX, name))
+    peft_model = get_peft_model(conv_base(), cfg)
+    randomize_types(peft_model, seed)
+    save_adapter(peft_model, os.path.join(d, "adapter"))
+    save_conv(peft_model.merge_and_unload(), os.path.join(d, "merged-f32"))
+    bf16 = PeftModel.from_pretrained(conv_base().to(torch.bfloat16), os.path.join(d, "adapter"))
+    save_conv(bf16.merge_and_unload(), os.path.join(d, "merged-bf16"))
+    write_case(d, reference="peft merge_and_unload", peft_type=cfg.peft_type.value)
+    print("case", name)
+
+
+def lycoris_tucker_case(name, algo, file_dtype, seed, **kwargs):
+    """adapter.safetensors from lycoris-lora with use_tucker (kohya names lora_te_…), merged-f32/ and
+    merged-bf16/ = W + ΔW in float64 by `lycoris_delta`, rounded once; checked against the trained
+    network's forward pass (lycoris' own loader is recorded: it misreads a LoKr Tucker core's rank)."""
+    from lycoris import create_lycoris, create_lycoris_from_weights, LycorisNetwork
+    d = fresh(os.path.join(TYPES_FIX, name))
+    LycorisNetwork.apply_preset({"target_module": [], "target_name": CONV_TARGETS, "use_fnmatch": True, "lora_prefix": "lora_te"})
+    model = conv_base()
+    path = os.path.join(d, "adapter.safetensors")
+    net = lycoris_network(create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, conv_dim=2, conv_alpha=3, algo=algo, use_tucker=True, **kwargs),
+                          seed, path, file_dtype)
+    sd = load_file(path)
+    with torch.no_grad():
+        # The trained network's forward from the file's (possibly rounded) values.
+        for n, p in net.named_parameters():
+            key = next(k for k in sd if k.endswith("." + n.split(".")[-1]) and k.split(".")[0] in n.replace(".", "_"))
+            p.copy_(sd[key].float())
+        forward = model(conv_input())
+    facts = {}
+    for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+        merged = conv_base().to(dtype)
+        with torch.no_grad():
+            for mod_name, mod in merged.named_modules():
+                key = "lora_te_" + mod_name.replace(".", "_")
+                if any(k.startswith(key + ".") for k in sd):
+                    delta = lycoris_delta(sd, key).reshape(mod.weight.shape)
+                    mod.weight.copy_((mod.weight.double() + delta).to(dtype))
+            if tag == "f32":
+                facts["forward_max_abs_diff"] = float((merged(conv_input()) - forward).abs().max())
+                assert facts["forward_max_abs_diff"] < 1e-5, facts
+        save_conv(merged, os.path.join(d, "merged-" + tag))
+    try:
+        create_lycoris_from_weights(1.0, path, conv_base())
+        facts["lycoris_loader"] = "loads"
+    except Exception as e:
+        facts["lycoris_loader"] = f"fails: {type(e).__name__}"
+    write_case(d, adapters=["adapter.safetensors"], reference="W + the trained network's forward ΔW in float64, rounded once", lycoris=facts)
+    print("case", name, facts)
+
+
+def tucker_cases():
+    from peft import LoHaConfig, LoKrConfig
+    d = fresh(os.path.join(TYPES_FIX, "conv_bases"))
+    save_conv(conv_base(), os.path.join(d, "f32"))
+    save_conv(conv_base().to(torch.bfloat16), os.path.join(d, "bf16"))
+    # Tucker cores (r, r, 3, 3) on both 3×3 convs; proj (1×1) flattened; rank 3 on blocks.1.
+    peft_tucker_case("peft_loha_tucker", LoHaConfig(r=2, alpha=3, use_effective_conv2d=True, target_modules=CONV_TARGETS,
+                                                    rank_pattern={"blocks.1.conv": 3}), seed=61)
+    # blocks.0 (16 = 4·4, 8 = 2·4): w2 full (c, d, 3, 3); blocks.1 (32 = 4·8, 16 = 4·4): lokr_t2 (2, 2, 3, 3);
+    # proj (16 = 4·4, 32 = 4·8) with r = 1: w1 and w2 decomposed.
+    peft_tucker_case("peft_lokr_tucker", LoKrConfig(r=2, alpha=3, use_effective_conv2d=True, decompose_both=True, target_modules=CONV_TARGETS,
+                                                    rank_pattern={"proj": 1}), seed=62)
+    lycoris_tucker_case("lycoris_loha_tucker", "loha", torch.float32, seed=63)
+    lycoris_tucker_case("lycoris_lokr_tucker", "lokr", torch.bfloat16, seed=64)
 
 
 def write_svd(name):
@@ -1560,6 +1692,7 @@ GROUPS = {
     "combine": combine_cases,
     "types": adapter_type_cases,
     "lycoris-convert": lycoris_convert_cases,
+    "tucker": tucker_cases,
     "oft": oft_cases,
     "boft": boft_cases,
     "moe": moe_cases,

@@ -21,28 +21,30 @@ struct TypeCase: CustomStringConvertible, Sendable {
     let dtype: String
     var description: String { "\(name) \(dtype)" }
     var dir: String { "\(typeFixtures)/\(name)" }
-    var base: String { "\(typeFixtures)/bases/\(dtype)" }
+    var base: String { "\(typeFixtures)/\(isTucker ? "conv_bases" : "bases")/\(dtype)" }
+    /// The convolution cases with Tucker cores (scripts/make-fixtures.py `tucker`), over `conv_bases`.
+    var isTucker: Bool { name.hasSuffix("_tucker") }
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT"][String(name.split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT"][String(name.replacingOccurrences(of: "_tucker", with: "").split(separator: "_").last!)]! }
 
     /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
     /// down and the embedding; else q, v, up, down).
-    var modules: Int { name == "peft_ia3" || name == "peft_tokens" ? 3 : name == "peft_oft" ? 5 : 4 }
+    var modules: Int { name == "peft_ia3" || name == "peft_tokens" || isTucker ? 3 : name == "peft_oft" ? 5 : 4 }
     /// Tensors the reference merge changed (IA³ also the q/v biases).
     var changed: Int { name == "peft_ia3" ? 5 : modules }
 
     static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr",
                         "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly",
-                        "peft_fourierft"]
+                        "peft_fourierft", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker", "lycoris_lokr_tucker"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
-/// A copy of a LyCORIS fixture file with `extra` tensors added (f32, values 0.1), written to `path`.
-private func lycorisFile(from source: String, adding extra: [(name: String, shape: [Int])], to path: String) throws {
+/// A copy of a LyCORIS fixture file without `dropped` and with `extra` tensors added (f32, values 0.1), written to `path`.
+private func lycorisFile(from source: String, adding extra: [(name: String, shape: [Int])], to path: String, dropping dropped: Set<String> = []) throws {
     let ckpt = try Checkpoint(path: source)
-    var tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
+    var tensors: [AdapterSink.Tensor] = ckpt.names.filter { !dropped.contains($0) }.map { n in
         let info = ckpt.info(n)!
         return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: info.shape) { Array(try ckpt.bytes(of: n)) }
     }
@@ -116,7 +118,7 @@ struct AdapterTypeTests {
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
         try FileManager.default.copyItem(atPath: c.reference, toPath: out + "/merged")
-        let tensor = "model.layers.0.mlp.down_proj.weight"
+        let tensor = c.isTucker ? "blocks.1.conv.weight" : "model.layers.0.mlp.down_proj.weight"
         // 2 ulp in bf16 (1 is allowed); in f32 2⁻¹⁰ relative, far above 4 ulp of the largest magnitude.
         try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + 2 : $0 + (1 << 13) }
         var options = VerifyOptions(base: c.base, adapters: [(c.adapter, 1)], merged: out + "/merged")
@@ -124,7 +126,9 @@ struct AdapterTypeTests {
         #expect(!exact.passed)
         #expect(exact.failures.map(\.tensor) == [tensor])
         // The probes see the element multiplied by 16 (exponent + 4).
-        try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + (4 << 7) : $0 + (4 << 23) }
+        // (× 256 on the Tucker cases' bf16 kernel, whose element 37 is small against its row.)
+        let exponent: UInt32 = c.isTucker && c.dtype == "bf16" ? 8 : 4
+        try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + (exponent << 7) : $0 + (exponent << 23) }
         options.mode = .probes
         let probes = try Verify.run(options)
         #expect(!probes.passed)
@@ -159,10 +163,46 @@ struct AdapterTypeTests {
         }
     }
 
-    @Test("LyCORIS Tucker cores, DoRA scales, LoCon modules and other algorithms are refused in one line naming the tensor",
+    @Test("Tucker cores that do not fit their factors, or a second w2, are refused in one line naming the module and tensors",
           arguments: [
-              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.hada_t1", [1, 1, 3, 3], "LoHa hada_t1 (a convolution's Tucker core"),
-              ("lycoris_lokr", "lora_te_model_layers_0_mlp_up_proj.lokr_t2", [2, 2, 3, 3], "LoKr lokr_t2 (a convolution's Tucker core"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.hada_t1", [1, 1, 3, 3], "LoHa Tucker factors do not fit: hada_t1 [1, 1, 3, 3]"),
+              ("lycoris_loha_tucker", "lora_te_blocks_0_conv.hada_t2", [2, 2, 3, 1], "LoHa Tucker halves differ"),
+              ("lycoris_lokr", "lora_te_model_layers_0_mlp_up_proj.lokr_t2", [2, 2, 3, 3], "LoKr Tucker factors do not fit: lokr_t2 [2, 2, 3, 3]"),
+              ("lycoris_lokr_tucker", "lora_te_blocks_0_conv.lokr_t2", [2, 2, 3, 3], "has both lokr_w2 and a Tucker core lokr_t2"),
+          ])
+    func tuckerRefusals(fixture: String, tensor: String, shape: [Int], reason: String) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let source = TypeCase(name: fixture, dtype: "f32").adapter
+        // Replace the tensor when the file has it, else add it.
+        let ckpt = try Checkpoint(path: source)
+        try lycorisFile(from: source, adding: [(tensor, shape)], to: out + "/a.safetensors", dropping: ckpt.names.contains(tensor) ? [tensor] : [])
+        let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/a.safetensors") }
+        let message = error?.localizedDescription ?? ""
+        let module = String(tensor.prefix { $0 != "." })
+        #expect(message.contains("module '\(module)'") && message.contains(reason), "\(message)")
+        #expect(!message.contains("\n"))
+    }
+
+    @Test("A Tucker module on a base whose weight is not a convolution with the core's kernel is refused naming the module", arguments: ["peft_loha_tucker", "lycoris_lokr_tucker"])
+    func tuckerBaseMismatch(fixture: String) throws {
+        let c = TypeCase(name: fixture, dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        // The conv base with blocks.1.conv's (32, 16, 3, 3) kernel stored as (32, 16, 9, 1): same size, another kernel.
+        let ckpt = try Checkpoint(path: c.base + "/model.safetensors")
+        let tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
+            let info = ckpt.info(n)!
+            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: n == "blocks.1.conv.weight" ? [32, 16, 9, 1] : info.shape) { Array(try ckpt.bytes(of: n)) }
+        }
+        try AdapterSink.writeFile(tensors, to: out + "/base.safetensors", metadata: nil, force: true)
+        let error = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: out + "/base.safetensors", adapters: [(c.adapter, 1)], output: out + "/m")) }
+        let message = error?.localizedDescription ?? ""
+        #expect(message.contains("blocks.1.conv") && message.contains("a convolution [32, 16, 3, 3] (its Tucker core's kernel)"), "\(message)")
+    }
+
+    @Test("LyCORIS DoRA scales, LoCon modules and other algorithms are refused in one line naming the tensor",
+          arguments: [
               ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [16, 1], "LyCORIS DoRA"),
               ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.lora_down.weight", [2, 16], "a LoRA/LoCon module in a LyCORIS file"),
               ("lycoris_lokr", "lora_te_model_layers_0_self_attn_k_proj.oft_blocks", [2, 4, 4], "not a LoHa or LoKr tensor"),

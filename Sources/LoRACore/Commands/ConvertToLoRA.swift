@@ -59,6 +59,9 @@ public enum ConvertToLoRA {
                 }
                 m = m.fitted(to: info.shape)
             }
+            if m.update?.kernel != nil || (base?.info(m.baseWeightName)?.shape.count ?? 2) > 2 {
+                throw LoRACoreError.invalidModule(module: m.module, detail: "\(m.typeName) on a convolution is not converted to LoRA yet")
+            }
             let (delta, rows, cols) = try self.delta(of: m, original: original, adapter: adapter, base: base)
             let total = delta.reduce(0.0) { $0 + Double($1) * Double($1) }
             guard total > 0 else {

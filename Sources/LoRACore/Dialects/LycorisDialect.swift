@@ -9,7 +9,7 @@ import SafeTensors
 /// LoHa on `model.layers.0.self_attn.q_proj`. Each type applies LyCORIS' own scale rule (`UpdateOrigin.lycoris`).
 /// The merge is the network's forward pass, W + ΔW, not lycoris' `merge_to`, which multiplies ΔW
 /// by alpha/r a second time (measured on the fixtures: ‖merge_to ΔW‖ / ‖forward ΔW‖ = alpha/r).
-/// Refused by name: LoRA/LoCon modules (`lora_down`) in the same file, Tucker cores, `dora_scale`,
+/// Refused by name: LoRA/LoCon modules (`lora_down`) in the same file, `dora_scale`,
 /// and every other LyCORIS algorithm (`diff`, `oft_blocks`, IA³ `weight`/`on_input`, …).
 enum LycorisDialect: AdapterDialect {
     static let format = Adapter.Format.lycoris

@@ -47,7 +47,7 @@ enum UpdateOrigin: Sendable {
 public struct ModuleUpdate: Sendable, Equatable {
     public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
         l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount && l.experts == r.experts
-            && l.fourierSeed == r.fourierSeed
+            && l.fourierSeed == r.fourierSeed && l.kernel == r.kernel
     }
 
     let type: any AdapterUpdateType.Type
@@ -75,6 +75,9 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var experts: ExpertSlice? = nil
     /// FourierFT: `random_loc_seed`, the seed of the spectrum's positions.
     public var fourierSeed: UInt64? = nil
+    /// A Tucker core's kernel (`hada_t1`, `lokr_t2`: (r, r, kh, kw) → [kh, kw]): the base must be a
+    /// convolution with this kernel (PEFT stores a Conv1d's k as [k, 1]).
+    public var kernel: [Int]? = nil
     /// Whether the base must be a matrix: OFT and BOFT rotate input columns, and PEFT's FourierFT
     /// wraps Linear layers only (its 2-D spectrum is the weight's shape).
     var needsMatrix: Bool { rotatesInputs || fourierSeed != nil }
@@ -83,7 +86,7 @@ public struct ModuleUpdate: Sendable, Equatable {
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
-                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed)
+                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel)
     }
 }
 

@@ -5,7 +5,12 @@ import SafeTensors
 /// w1 (a × b) is `lokr_w1`, or `lokr_w1_a` (a × r) · `lokr_w1_b` (r × b) (`decompose_both`); w2
 /// (c × d) is `lokr_w2`, or `lokr_w2_a` (c × r) · `lokr_w2_b` (r × d). ΔW is (a·c) × (b·d):
 /// ΔW[i][j] = w1[i / c][j / d] · w2[i % c][j % d]. A convolution's w2 (c, in_n, kh, kw) or
-/// w2_b (r, in_n·kh·kw) is read flattened, which is the flattened kernel of torch's 4-D kron.
+/// w2_b (r, in_n·kh·kw) is read flattened, which is the flattened kernel of torch's 4-D kron. With a
+/// Tucker core (PEFT `use_effective_conv2d`, LyCORIS `use_tucker`), `lokr_t2` (r, r, kh, kw),
+/// `lokr_w2_a` (r, c) and `lokr_w2_b` (r, in_n): w2 = Σᵢ Σⱼ t[i][j]·w2_a[i][p]·w2_b[j][q]
+/// (`UpdateMath.tucker`, both packages' einsum order), r the core's size. (lycoris 4.1.3's loader,
+/// `create_lycoris_from_weights`, reads that r as w2_a's columns and fails on such files unless w1
+/// is decomposed; the scale here is the trained network's, alpha/r.)
 ///
 /// Scale, each package's own rule for its own files (they differ when both halves are full):
 /// - PEFT: α/r from adapter_config.json (`alpha`, `rank_pattern`, `alpha_pattern`), always.
@@ -17,8 +22,8 @@ import SafeTensors
 /// to the output dtype.
 enum LoKr: AdapterUpdateType {
     static let name = "LoKr"
-    static let roles: Set<String> = ["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"]
-    static let refusedRoles = ["lokr_t2": "(a convolution's Tucker core, use_effective_conv2d) is not supported yet"]
+    static let roles: Set<String> = ["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"]
+    static let refusedRoles: [String: String] = [:]
 
     /// One half of the Kronecker product: full, or a product of two factors.
     private static func half(_ n: Int, _ s: [String: (rows: Int, cols: Int)], _ tensors: [String: TensorInfo], module: String) throws
@@ -41,7 +46,19 @@ enum LoKr: AdapterUpdateType {
 
     static func module(_ module: String, tensors: [String: TensorInfo], origin: UpdateOrigin) throws -> AdapterModule {
         let s = try UpdateMath.shapes(tensors.keys.sorted(), in: tensors, module: module, type: name)
-        let w1 = try half(1, s, tensors, module: module), w2 = try half(2, s, tensors, module: module)
+        let w1 = try half(1, s, tensors, module: module)
+        var w2: (rows: Int, cols: Int, rank: Int?)
+        var kernel: [Int]? = nil
+        if tensors["lokr_t2"] != nil {
+            guard tensors["lokr_w2"] == nil else {
+                throw LoRACoreError.invalidModule(module: module, detail: "has both lokr_w2 and a Tucker core lokr_t2")
+            }
+            let t = try UpdateMath.tuckerShapes(t: "lokr_t2", wa: "lokr_w2_a", wb: "lokr_w2_b", in: tensors, module: module, type: name)
+            w2 = (t.out, t.in * t.kernel.reduce(1, *), t.rank)
+            kernel = t.kernel
+        } else {
+            w2 = try half(2, s, tensors, module: module)
+        }
         let inner = [w1.rank, w2.rank].compactMap { $0 }
         let rank: Int, alpha: Double, scale: Double
         switch origin {
@@ -59,8 +76,9 @@ enum LoKr: AdapterUpdateType {
                 scale = alpha / Double(rank)
             }
         }
-        let update = ModuleUpdate(type: LoKr.self, tensors: tensors.mapValues(\.name), parameterCount: tensors.values.reduce(0) { $0 + ($1.elementCount ?? 0) },
+        var update = ModuleUpdate(type: LoKr.self, tensors: tensors.mapValues(\.name), parameterCount: tensors.values.reduce(0) { $0 + ($1.elementCount ?? 0) },
                                   isMultiplicative: false, scalesBias: false)
+        update.kernel = kernel
         return AdapterModule(updating: module, update: update, rank: rank, alpha: alpha, scale: scale,
                              out: w1.rows * w2.rows, in: w1.cols * w2.cols)
     }
@@ -73,6 +91,15 @@ enum LoKr: AdapterUpdateType {
                 let f = UpdateMath.flat(checkpoint.info(full)!.shape)!
                 let v = try UpdateMath.floats(checkpoint, full, module: module.module)
                 return (v, v.map(Double.init), f.rows, f.cols)
+            }
+            if n == 2, let core = t["lokr_t2"], let kernel = module.update!.kernel {
+                let c = try UpdateMath.floats(checkpoint, core, module: module.module)
+                let wa = try UpdateMath.floats(checkpoint, t["lokr_w2_a"]!, module: module.module)
+                let wb = try UpdateMath.floats(checkpoint, t["lokr_w2_b"]!, module: module.module)
+                let r = checkpoint.info(core)!.shape[0], rows = wa.count / r, inN = wb.count / r, spatial = kernel.reduce(1, *)
+                return (UpdateMath.tucker(c, spatial: spatial, wa: wa, wb: wb, rank: r, out: rows, in: inN, contractOutFirst: true),
+                        UpdateMath.tucker(c.map(Double.init), spatial: spatial, wa: wa.map(Double.init), wb: wb.map(Double.init), rank: r, out: rows, in: inN,
+                                          contractOutFirst: true), rows, inN * spatial)
             }
             let a = t["lokr_w\(n)_a"]!, b = t["lokr_w\(n)_b"]!
             let fa = UpdateMath.flat(checkpoint.info(a)!.shape)!, fb = UpdateMath.flat(checkpoint.info(b)!.shape)!
