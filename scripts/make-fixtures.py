@@ -1185,40 +1185,50 @@ def lycoris_network(net, seed, path, file_dtype):
     return net
 
 
-def lycoris_reference(d, path):
-    """merged-f32/ and merged-bf16/ in `d`: the `types` base + ΔW of the LyCORIS file at `path`
-    computed in float64 by `lycoris_delta`, rounded once; checked against lycoris' own forward pass,
-    and lycoris' merge_to measured against it (the returned facts)."""
+def lycoris_reference(d, path, make_base=types_base, make_input=lambda: torch.randint(0, 32, (2, 8)), save=save_model, forward=None):
+    """merged-f32/ and merged-bf16/ in `d`: the base (`make_base`, the `types` one by default) + ΔW of
+    the LyCORIS file at `path` computed in float64 by `lycoris_delta`, rounded once; checked against
+    lycoris' own forward pass on `make_input()` (the network loaded from the file, or the trained
+    network's output `forward` when given), and lycoris' merge_to measured against it when the file
+    was loaded (the returned facts)."""
     from lycoris import create_lycoris_from_weights
     sd = load_file(path)
     modules = sorted({k.split(".", 1)[0] for k in sd})
     facts = {}
+    output = lambda y: getattr(y, "logits", y)
     for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
-        merged = types_base().to(dtype)
+        merged = make_base().to(dtype)
         deltas = {}
         with torch.no_grad():
             for mod_name, mod in merged.named_modules():
                 key = "lora_te_" + mod_name.replace(".", "_")
                 if key in modules:
-                    deltas[mod_name] = lycoris_delta(sd, key)
+                    deltas[mod_name] = lycoris_delta(sd, key).reshape(mod.weight.shape)
                     mod.weight.copy_((mod.weight.double() + deltas[mod_name]).to(dtype))
-        save_model(merged, os.path.join(d, "merged-" + tag))
+        save(merged, os.path.join(d, "merged-" + tag))
         if tag == "f32":
             # The reference equals lycoris' forward pass (network applied to the f32 base) ...
-            base = types_base()
-            lyco, _ = create_lycoris_from_weights(1.0, path, base)
-            lyco.apply_to()
-            x = torch.randint(0, 32, (2, 8))
-            with torch.no_grad():
-                forward = base(x).logits
-                ours = merged(x).logits
-            facts["forward_max_abs_diff"] = float((forward - ours).abs().max())
+            if forward is None:
+                base = make_base()
+                lyco, _ = create_lycoris_from_weights(1.0, path, base)
+                lyco.apply_to()
+                x = make_input()
+                with torch.no_grad():
+                    expected = output(base(x))
+                    ours = output(merged(x))
+            else:
+                expected = forward
+                with torch.no_grad():
+                    ours = output(merged(make_input()))
+            facts["forward_max_abs_diff"] = float((expected - ours).abs().max())
             assert facts["forward_max_abs_diff"] < 1e-5, facts
+            if forward is not None:
+                continue
             # ... and lycoris' merge_to does not: it applies alpha/dim twice.
-            base = types_base()
+            base = make_base()
             lyco, _ = create_lycoris_from_weights(1.0, path, base)
             lyco.merge_to(1.0)
-            orig = dict(types_base().named_modules())
+            orig = dict(make_base().named_modules())
             ratios = {}
             for mod_name, delta in deltas.items():
                 got = dict(base.named_modules())[mod_name].weight.detach().double() - orig[mod_name].weight.double()
@@ -1267,24 +1277,27 @@ def lycoris_convert_cases():
     import subprocess
     from peft import PeftModel
     tool = os.path.join(ROOT, ".build/debug/lora-tool")
-    for source, target in (("lycoris_loha", "peft"), ("lycoris_lokr", "peft"), ("peft_loha", "kohya")):
+    for source, target in (("lycoris_loha", "peft"), ("lycoris_lokr", "peft"), ("peft_loha", "kohya"),
+                           ("lycoris_loha_tucker", "peft"), ("lycoris_lokr_tucker", "peft"), ("peft_loha_tucker", "kohya")):
+        tucker = source.endswith("_tucker")
+        make_base, bases = (conv_base, "conv_bases") if tucker else (types_base, "bases")
         d = fresh(os.path.join(TYPES_FIX, "convert_" + source))
         src = os.path.join(TYPES_FIX, source, "adapter.safetensors" if source.startswith("lycoris") else "adapter")
         out = os.path.join(d, "adapter" if target == "peft" else "adapter.safetensors")
-        subprocess.run([tool, "convert", src, "--to", target, "--base", os.path.join(TYPES_FIX, "bases", "f32"), "--output", out],
+        subprocess.run([tool, "convert", src, "--to", target, "--base", os.path.join(TYPES_FIX, bases, "f32"), "--output", out],
                        check=True, stdout=subprocess.DEVNULL)
         if os.path.isdir(out):
             os.remove(os.path.join(out, ".lora-tool"))  # the output marker: not fixture data
         facts = {}
         if target == "peft":
             for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
-                model = PeftModel.from_pretrained(types_base().to(dtype), out)
+                model = PeftModel.from_pretrained(make_base().to(dtype), out)
                 stored = load_file(os.path.join(out, "adapter_model.safetensors"))
                 loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if ".hada_" in k or ".lokr_" in k}
                 assert set(loaded) == set(stored), (set(loaded) ^ set(stored))
                 assert all(torch.equal(loaded[k].float(), stored[k].float()) for k in stored)
                 merged = model.merge_and_unload()
-                save_model(merged, os.path.join(d, "merged-" + tag))
+                (save_conv if tucker else save_model)(merged, os.path.join(d, "merged-" + tag))
                 ref = load_file(os.path.join(TYPES_FIX, source, "merged-" + tag, "model.safetensors"))
                 ours = merged.state_dict()
                 worst = max(float((ours[k].double() - v.double()).abs().max() / (torch.finfo(v.dtype).eps * v.double().abs().max())) for k, v in ref.items())
@@ -1292,7 +1305,7 @@ def lycoris_convert_cases():
                 facts["peft_merge_vs_lycoris_reference_ulp_of_max_" + tag] = round(worst, 4)
             write_case(d, reference="PEFT merge_and_unload of lora-tool's conversion", lycoris_source=source, peft_loads=True, **facts)
         else:
-            facts = lycoris_reference(d, out)
+            facts = lycoris_reference(d, out, make_base, conv_input, save_conv) if tucker else lycoris_reference(d, out)
             peft_ref = load_file(os.path.join(TYPES_FIX, source, "merged-f32", "model.safetensors"))
             ours = load_file(os.path.join(d, "merged-f32", "model.safetensors"))
             worst = max(float((ours[k].double() - v.double()).abs().max() / (torch.finfo(v.dtype).eps * v.double().abs().max())) for k, v in peft_ref.items())
@@ -1380,19 +1393,7 @@ def lycoris_tucker_case(name, algo, file_dtype, seed, **kwargs):
             key = next(k for k in sd if k.endswith("." + n.split(".")[-1]) and k.split(".")[0] in n.replace(".", "_"))
             p.copy_(sd[key].float())
         forward = model(conv_input())
-    facts = {}
-    for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
-        merged = conv_base().to(dtype)
-        with torch.no_grad():
-            for mod_name, mod in merged.named_modules():
-                key = "lora_te_" + mod_name.replace(".", "_")
-                if any(k.startswith(key + ".") for k in sd):
-                    delta = lycoris_delta(sd, key).reshape(mod.weight.shape)
-                    mod.weight.copy_((mod.weight.double() + delta).to(dtype))
-            if tag == "f32":
-                facts["forward_max_abs_diff"] = float((merged(conv_input()) - forward).abs().max())
-                assert facts["forward_max_abs_diff"] < 1e-5, facts
-        save_conv(merged, os.path.join(d, "merged-" + tag))
+    facts = lycoris_reference(d, path, conv_base, conv_input, save_conv, forward=forward)
     try:
         create_lycoris_from_weights(1.0, path, conv_base())
         facts["lycoris_loader"] = "loads"

@@ -5,17 +5,23 @@ import Testing
 
 private let typeFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("AdapterTypeFixtures").path
 
-/// Runs `convert` on `adapter` to `to`, with the `types` base.
+/// The bases of an adapter fixture: `conv_bases` for the Tucker cases, else the `types` bases.
+private func bases(_ adapter: String) -> String {
+    let fixture = adapter.hasPrefix(typeFixtures) ? String(adapter.dropFirst(typeFixtures.count)) : adapter
+    return "\(typeFixtures)/\(fixture.contains("_tucker") ? "conv_bases" : "bases")"
+}
+
+/// Runs `convert` on `adapter` to `to`, with its fixture's f32 base (`bases`: the fixture it is named after).
 @discardableResult
-private func convert(_ adapter: String, to: Adapter.Format, output: String, base: Bool = true) throws -> ConvertReport {
+private func convert(_ adapter: String, to: Adapter.Format, output: String, base: Bool = true, bases fixture: String? = nil) throws -> ConvertReport {
     var o = ConvertOptions(adapter: adapter, to: to, output: output)
-    if base { o.base = "\(typeFixtures)/bases/f32" }
+    if base { o.base = bases(fixture ?? adapter) + "/f32" }
     return try Convert.run(o)
 }
 
-/// Merges `adapter` into the `types` base of `dtype`; the merged checkpoint.
-private func merge(_ adapter: String, dtype: String, into out: String) throws -> Checkpoint {
-    _ = try Merge.run(MergeOptions(base: "\(typeFixtures)/bases/\(dtype)", adapters: [(adapter, 1)], output: out))
+/// Merges `adapter` into the base of `dtype` of `fixture`; the merged checkpoint.
+private func merge(_ adapter: String, dtype: String, into out: String, bases fixture: String) throws -> Checkpoint {
+    _ = try Merge.run(MergeOptions(base: bases(fixture) + "/\(dtype)", adapters: [(adapter, 1)], output: out))
     return try Checkpoint(path: out)
 }
 
@@ -37,12 +43,12 @@ private func sameBytes(_ a: Checkpoint, _ b: Checkpoint) throws -> Bool {
 @Suite("convert between LyCORIS and PEFT LoHa/LoKr")
 struct ConvertLycorisTests {
     @Test("LyCORIS → PEFT writes what PEFT loaded, and it merges to the LyCORIS file's bytes (f32, bf16) and within the bound of PEFT's merge of it",
-          arguments: ["lycoris_loha", "lycoris_lokr"])
+          arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_tucker", "lycoris_lokr_tucker"])
     func lycorisToPEFT(source: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let report = try convert("\(typeFixtures)/\(source)/adapter.safetensors", to: .peft, output: dir + "/peft")
-        #expect(report.modules == 4)
+        #expect(report.modules == (source.hasSuffix("tucker") ? 3 : 4))
         let committed = "\(typeFixtures)/convert_\(source)/adapter"
         #expect(try sameBytes(try Checkpoint(path: dir + "/peft/adapter_model.safetensors"), try Checkpoint(path: committed + "/adapter_model.safetensors")))
         #expect(try String(contentsOfFile: dir + "/peft/adapter_config.json", encoding: .utf8)
@@ -50,11 +56,11 @@ struct ConvertLycorisTests {
         let peft = try Adapter(path: dir + "/peft"), lycoris = try Adapter(path: "\(typeFixtures)/\(source)/adapter.safetensors")
         #expect(peft.modules.map(\.scale) == lycoris.modules.map(\.scale))
         for dtype in ["f32", "bf16"] {
-            let original = try merge("\(typeFixtures)/\(source)/adapter.safetensors", dtype: dtype, into: dir + "/o-\(dtype)")
-            let converted = try merge(dir + "/peft", dtype: dtype, into: dir + "/c-\(dtype)")
+            let original = try merge("\(typeFixtures)/\(source)/adapter.safetensors", dtype: dtype, into: dir + "/o-\(dtype)", bases: source)
+            let converted = try merge(dir + "/peft", dtype: dtype, into: dir + "/c-\(dtype)", bases: source)
             #expect(try sameBytes(original, converted), "\(source) \(dtype)")
             let peftMerge = try Checkpoint(path: "\(typeFixtures)/convert_\(source)/merged-\(dtype)")
-            let base = try Checkpoint(path: "\(typeFixtures)/bases/\(dtype)")
+            let base = try Checkpoint(path: bases(source) + "/\(dtype)")
             for name in peftMerge.names {
                 if let failure = try MergeAgainstPEFTTests.withinFidelityBound(ours: converted, peft: peftMerge, base: base, name: name, baseName: name) {
                     Issue.record("\(source) \(dtype): \(failure)")
@@ -63,7 +69,8 @@ struct ConvertLycorisTests {
         }
     }
 
-    @Test("LyCORIS → PEFT → LyCORIS gives back the file's tensors (names, dtypes, bytes; alpha as F32)", arguments: ["lycoris_loha", "lycoris_lokr"])
+    @Test("LyCORIS → PEFT → LyCORIS gives back the file's tensors (names, dtypes, bytes; alpha as F32)",
+          arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_tucker", "lycoris_lokr_tucker"])
     func roundTrip(source: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -74,31 +81,33 @@ struct ConvertLycorisTests {
         for name in original.names {
             let a = try TensorData.floats(original, name), b = try TensorData.floats(back, name)
             if name.hasSuffix(".alpha") {
-                // LoKr with both halves full: LyCORIS ignores alpha (scale 1); written as 1.
-                #expect(a == b || (name.contains("v_proj") && source == "lycoris_lokr" && b == [1]), "\(name): \(a) → \(b)")
+                // LoKr with both halves full (v_proj; blocks.0 of the Tucker case): LyCORIS ignores alpha (scale 1); written as 1.
+                let full = source == "lycoris_lokr" && name.contains("v_proj") || source == "lycoris_lokr_tucker" && name.contains("blocks_0")
+                #expect(a == b || (full && b == [1]), "\(name): \(a) → \(b)")
             } else {
                 #expect(original.info(name)!.dtype == back.info(name)!.dtype)
                 #expect(try original.bytes(of: name).elementsEqual(try back.bytes(of: name)), "\(name)")
             }
         }
         for dtype in ["f32", "bf16"] {
-            #expect(try sameBytes(try merge("\(typeFixtures)/\(source)/adapter.safetensors", dtype: dtype, into: dir + "/o-\(dtype)"),
-                                  try merge(dir + "/back.safetensors", dtype: dtype, into: dir + "/b-\(dtype)")))
+            #expect(try sameBytes(try merge("\(typeFixtures)/\(source)/adapter.safetensors", dtype: dtype, into: dir + "/o-\(dtype)", bases: source),
+                                  try merge(dir + "/back.safetensors", dtype: dtype, into: dir + "/b-\(dtype)", bases: source)))
         }
     }
 
-    @Test("PEFT LoHa → LyCORIS writes what lycoris loaded, merging to PEFT's merge bytes and to lycoris' forward (f32, bf16)")
-    func peftToLycoris() throws {
+    @Test("PEFT LoHa → LyCORIS writes what lycoris loaded, merging to PEFT's merge bytes and to lycoris' forward (f32, bf16)",
+          arguments: ["peft_loha", "peft_loha_tucker"])
+    func peftToLycoris(source: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let adapter = "\(typeFixtures)/peft_loha/adapter"
+        let adapter = "\(typeFixtures)/\(source)/adapter"
         try convert(adapter, to: .kohya, output: dir + "/l.safetensors", base: false)
-        #expect(try sameBytes(try Checkpoint(path: dir + "/l.safetensors"), try Checkpoint(path: "\(typeFixtures)/convert_peft_loha/adapter.safetensors")))
+        #expect(try sameBytes(try Checkpoint(path: dir + "/l.safetensors"), try Checkpoint(path: "\(typeFixtures)/convert_\(source)/adapter.safetensors")))
         for dtype in ["f32", "bf16"] {
-            let converted = try merge(dir + "/l.safetensors", dtype: dtype, into: dir + "/c-\(dtype)")
-            #expect(try sameBytes(try merge(adapter, dtype: dtype, into: dir + "/o-\(dtype)"), converted))
-            let forward = try Checkpoint(path: "\(typeFixtures)/convert_peft_loha/merged-\(dtype)")
-            let base = try Checkpoint(path: "\(typeFixtures)/bases/\(dtype)")
+            let converted = try merge(dir + "/l.safetensors", dtype: dtype, into: dir + "/c-\(dtype)", bases: source)
+            #expect(try sameBytes(try merge(adapter, dtype: dtype, into: dir + "/o-\(dtype)", bases: source), converted))
+            let forward = try Checkpoint(path: "\(typeFixtures)/convert_\(source)/merged-\(dtype)")
+            let base = try Checkpoint(path: bases(source) + "/\(dtype)")
             for name in forward.names {
                 if let failure = try MergeAgainstPEFTTests.withinFidelityBound(ours: converted, peft: forward, base: base, name: name, baseName: name) {
                     Issue.record("\(dtype): \(failure)")
@@ -109,6 +118,7 @@ struct ConvertLycorisTests {
 
     @Test("What the target cannot hold is refused in one line naming the module and the reason", arguments: [
         ("peft_lokr/adapter", "kohya", "model.layers.0.self_attn.v_proj", "LyCORIS scales a LoKr whose halves are both full matrices by 1"),
+        ("peft_lokr_tucker/adapter", "kohya", "blocks.0.conv", "this module's α/r = 1.5 cannot be written"),
         ("lycoris_loha/adapter.safetensors", "mlx", "model.layers.0.mlp.down_proj", "holds LoRA only"),
         ("peft_ia3/adapter", "kohya", "model.layers.0.mlp.down_proj", "rewrites LoHa and LoKr only"),
     ])

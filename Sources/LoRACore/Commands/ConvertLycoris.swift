@@ -108,7 +108,7 @@ enum ConvertLycoris {
         if m.typeName == LoKr.name && shapes["lokr_w1"] != nil && shapes["lokr_w2"] != nil {
             guard m.scale == 1 else {
                 throw LoRACoreError.invalidModule(
-                    module: m.module, detail: "LyCORIS scales a LoKr whose halves are both full matrices by 1; this module's α/r = \(m.scale) cannot be written (--to lora can)")
+                    module: m.module, detail: "LyCORIS scales a LoKr whose halves are both full matrices by 1; this module's α/r = \(m.scale) cannot be written")
             }
             return 1
         }
