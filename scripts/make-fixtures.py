@@ -1180,9 +1180,31 @@ def lycoris_network(net, seed, path, file_dtype):
     torch.manual_seed(seed)
     with torch.no_grad():
         for n, p in net.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
+            if n.endswith("dora_scale"):
+                p.copy_(p.abs() * (1.0 + 0.3 * torch.rand_like(p)))  # DoRA magnitudes: the weight's row norms, moved
+            else:
+                p.copy_(torch.randn_like(p) * 0.3)
     net.save_weights(path, file_dtype, None)
     return net
+
+
+def lycoris_forward_weights(loras):
+    """The weights lycoris' own fp32 forward uses for each module (`loras`) of a network on an f32
+    base (`_rebuild_forward`: W + ΔW, then DoRA's rescale when the module has one), by flattened
+    module name: lora-tool's f32 merge is compared with them bit for bit."""
+    out = {}
+    with torch.no_grad():
+        for m in loras:
+            w = m.org_module[0].weight.detach()
+            d = m.get_weight(m.shape).to(w.dtype) * m.scalar
+            out[m.lora_name[len("lora_te_"):]] = (m.apply_weight_decompose(w + d, 1.0) if m.wd else w + d).contiguous()
+    return out
+
+
+def save_forward_weights(weights, model, d):
+    """`weights` (flattened module names → tensors) as forward-f32.safetensors in `d`, named as `model`'s weights."""
+    names = {n.replace(".", "_"): n for n, _ in model.named_modules()}
+    save_file({names[k] + ".weight": v for k, v in sorted(weights.items())}, os.path.join(d, "forward-f32.safetensors"))
 
 
 def lycoris_reference(d, path, make_base=types_base, make_input=lambda: torch.randint(0, 32, (2, 8)), save=save_model, forward=None):
@@ -1191,7 +1213,8 @@ def lycoris_reference(d, path, make_base=types_base, make_input=lambda: torch.ra
     lycoris' own forward pass on `make_input()` (the network loaded from the file, or the trained
     network's output `forward` when given), and lycoris' merge_to measured against it when the file
     was loaded (the returned facts)."""
-    from lycoris import create_lycoris_from_weights
+    from lycoris import create_lycoris_from_weights, LycorisNetwork
+    LycorisNetwork.LORA_PREFIX = "lora_te"  # the loader matches modules by it (as when this group runs alone)
     sd = load_file(path)
     modules = sorted({k.split(".", 1)[0] for k in sd})
     facts = {}
@@ -1204,13 +1227,19 @@ def lycoris_reference(d, path, make_base=types_base, make_input=lambda: torch.ra
                 key = "lora_te_" + mod_name.replace(".", "_")
                 if key in modules:
                     deltas[mod_name] = lycoris_delta(sd, key).reshape(mod.weight.shape)
-                    mod.weight.copy_((mod.weight.double() + deltas[mod_name]).to(dtype))
+                    w = mod.weight.double() + deltas[mod_name]
+                    if key + ".dora_scale" in sd:
+                        # LyCORIS DoRA (wd_on_out): each output row to m / (‖row‖ + fp32 eps).
+                        norm = w.reshape(w.shape[0], -1).norm(dim=1) + torch.finfo(torch.float32).eps
+                        w = w * (sd[key + ".dora_scale"].double().reshape(-1) / norm).reshape(-1, *[1] * (w.dim() - 1))
+                    mod.weight.copy_(w.to(dtype))
         save(merged, os.path.join(d, "merged-" + tag))
         if tag == "f32":
             # The reference equals lycoris' forward pass (network applied to the f32 base) ...
             if forward is None:
                 base = make_base()
                 lyco, _ = create_lycoris_from_weights(1.0, path, base)
+                save_forward_weights(lycoris_forward_weights(lyco.loras), merged, d)
                 lyco.apply_to()
                 x = make_input()
                 with torch.no_grad():
@@ -1231,6 +1260,8 @@ def lycoris_reference(d, path, make_base=types_base, make_input=lambda: torch.ra
             orig = dict(make_base().named_modules())
             ratios = {}
             for mod_name, delta in deltas.items():
+                if "lora_te_" + mod_name.replace(".", "_") + ".dora_scale" in sd:
+                    continue  # DoRA: the change is not a multiple of ΔW
                 got = dict(base.named_modules())[mod_name].weight.detach().double() - orig[mod_name].weight.double()
                 ratios[mod_name] = round(float(got.norm() / delta.norm()), 4)
             facts["merge_to_over_forward_norm_ratio"] = ratios
@@ -1256,6 +1287,9 @@ def adapter_type_cases():
     lycoris_case("lycoris_loha", "loha", torch.float32, seed=21)
     # q_proj (dim 1): both halves decomposed; v_proj: both full (LyCORIS: scale 1); up/down: w2 decomposed.
     lycoris_case("lycoris_lokr", "lokr", torch.bfloat16, seed=22, decompose_both=True)
+    # LyCORIS DoRA (weight_decompose, dora_scale per output row) on the same layouts.
+    lycoris_case("lycoris_loha_dora", "loha", torch.float32, seed=23, dora_wd=True)
+    lycoris_case("lycoris_lokr_dora", "lokr", torch.bfloat16, seed=24, decompose_both=True, dora_wd=True)
     d = fresh(os.path.join(TYPES_FIX, "bases"))
     save_model(types_base(), os.path.join(d, "f32"))
     save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
@@ -1393,6 +1427,7 @@ def lycoris_tucker_case(name, algo, file_dtype, seed, **kwargs):
             key = next(k for k in sd if k.endswith("." + n.split(".")[-1]) and k.split(".")[0] in n.replace(".", "_"))
             p.copy_(sd[key].float())
         forward = model(conv_input())
+    save_forward_weights(lycoris_forward_weights(net.loras), conv_base(), d)
     facts = lycoris_reference(d, path, conv_base, conv_input, save_conv, forward=forward)
     try:
         create_lycoris_from_weights(1.0, path, conv_base())

@@ -27,7 +27,7 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT"][String(name.replacingOccurrences(of: "_tucker", with: "").split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT"][String(name.replacingOccurrences(of: "_tucker", with: "").replacingOccurrences(of: "_dora", with: "").split(separator: "_").last!)]! }
 
     /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
     /// down and the embedding; else q, v, up, down).
@@ -37,7 +37,8 @@ struct TypeCase: CustomStringConvertible, Sendable {
 
     static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr",
                         "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly",
-                        "peft_fourierft", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker", "lycoris_lokr_tucker"]
+                        "peft_fourierft", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker", "lycoris_lokr_tucker",
+                        "lycoris_loha_dora", "lycoris_lokr_dora"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -203,7 +204,9 @@ struct AdapterTypeTests {
 
     @Test("LyCORIS DoRA scales, LoCon modules and other algorithms are refused in one line naming the tensor",
           arguments: [
-              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [16, 1], "LyCORIS DoRA"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [1, 16], "LyCORIS DoRA with norms per input column (wd_on_out false) is not supported yet"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [8, 1], "expected [16, 1, …] (one magnitude per output row)"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.dora_scale", [8, 1], "LyCORIS DoRA (dora_scale) without LoHa or LoKr factors"),
               ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.lora_down.weight", [2, 16], "a LoRA/LoCon module in a LyCORIS file"),
               ("lycoris_lokr", "lora_te_model_layers_0_self_attn_k_proj.oft_blocks", [2, 4, 4], "not a LoHa or LoKr tensor"),
           ])
@@ -215,6 +218,49 @@ struct AdapterTypeTests {
         let message = error?.localizedDescription ?? ""
         #expect(message.contains(tensor) && message.contains(reason), "\(message)")
         #expect(!message.contains("\n"))
+    }
+
+    @Test("LyCORIS DoRA refuses --weight other than 1 and convert --to peft, naming the module and why; it converts to a LyCORIS file that merges to the same bytes")
+    func loraDoRARefusals() throws {
+        let c = TypeCase(name: "lycoris_lokr_dora", dtype: "bf16")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let weight = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 0.5)], output: out + "/m")) }
+        #expect(weight?.localizedDescription.contains("with LyCORIS DoRA (dora_scale) rescales each output row of W + ΔW, so --weight 0.5") == true,
+                "\(weight?.localizedDescription ?? "")")
+        var o = ConvertOptions(adapter: c.adapter, to: .peft, output: out + "/p")
+        o.base = c.base
+        let peft = #expect(throws: LoRACoreError.self) { try Convert.run(o) }
+        #expect(peft?.localizedDescription.contains("has LyCORIS DoRA (dora_scale), which PEFT's LoKr cannot hold") == true, "\(peft?.localizedDescription ?? "")")
+        o.to = .kohya
+        o.output = out + "/k.safetensors"
+        _ = try Convert.run(o)
+        _ = try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 1)], output: out + "/a"))
+        _ = try Merge.run(MergeOptions(base: c.base, adapters: [(out + "/k.safetensors", 1)], output: out + "/b"))
+        let a = try Checkpoint(path: out + "/a"), b = try Checkpoint(path: out + "/b")
+        for n in a.names { #expect(try a.bytes(of: n).elementsEqual(try b.bytes(of: n)), "\(n)") }
+    }
+
+    @Test("LyCORIS files merge in f32 to the weights of lycoris' own fp32 forward (forward-f32.safetensors): bit-identical; Tucker cores within 0.5 ulp of the largest magnitude",
+          arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_loha_tucker", "lycoris_lokr_tucker",
+                      "convert_peft_loha", "convert_peft_loha_tucker"])
+    func lycorisForward(fixture: String) throws {
+        let c = TypeCase(name: fixture, dtype: "f32")
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        _ = try Merge.run(MergeOptions(base: c.base, adapters: [("\(c.dir)/adapter.safetensors", 1)], output: out + "/m"))
+        let ours = try Checkpoint(path: out + "/m"), forward = try Checkpoint(path: "\(c.dir)/forward-f32.safetensors")
+        #expect(forward.names.count == 3 || forward.names.count == 4)
+        for name in forward.names {
+            if c.isTucker {
+                // torch's BLAS picks its summation (fused or not) by shape; lora-tool always fuses.
+                let x = try TensorData.floats(ours, name), y = try TensorData.floats(forward, name)
+                let largest = y.reduce(Float(0)) { max($0, abs($1)) }
+                #expect(zip(x, y).allSatisfy { abs($0 - $1) <= 0.5 * largest.ulp }, "\(fixture) \(name)")
+            } else {
+                #expect(try ours.bytes(of: name).elementsEqual(try forward.bytes(of: name)), "\(fixture) \(name)")
+            }
+        }
     }
 
     @Test("IA³ refuses a weight other than 1 or -1, naming the module and why")

@@ -44,6 +44,9 @@ enum ConvertLycoris {
             throw LoRACoreError.unsupportedAdapter(
                 path: adapter.path, detail: "module '\(other.module)' is \(other.typeName) but '\(modules[0].module)' is \(typeName): a PEFT adapter has one peft_type")
         }
+        if options.to == .peft, let m = modules.first(where: { $0.update!.rescalesRows }) {
+            throw LoRACoreError.invalidModule(module: m.module, detail: "has LyCORIS DoRA (dora_scale), which PEFT's \(m.typeName) cannot hold")
+        }
         if options.to == .kohya, let r = adapter.replacements.first {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "LyCORIS files cannot hold full replacement tensors ('\(r.base)', modules_to_save)")
         }

@@ -109,8 +109,10 @@ public enum ConvertToLoRA {
         if u.scalesBias, let base, base.info(m.baseBiasName) != nil {
             throw LoRACoreError.invalidModule(module: m.module, detail: "\(u.typeName) also scales its bias ('\(m.baseBiasName)'), which plain LoRA cannot hold")
         }
-        if u.isMultiplicative {
-            guard let base else { throw LoRACoreError.invalidRequest("module '\(m.module)': \(u.typeName) multiplies the weight, so its ΔW needs the weight: give --base") }
+        if u.isMultiplicative || u.rescalesRows {
+            guard let base else {
+                throw LoRACoreError.invalidRequest("module '\(m.module)': \(u.typeName)\(u.rescalesRows ? " with LyCORIS DoRA rescales" : " multiplies") the weight, so its ΔW needs the weight: give --base")
+            }
             let w = try TensorData.floats(base, m.baseWeightName)
             var merged = w
             loaded.apply(toRows: 0, count: rows, cols: cols, block: &merged, weight: 1)

@@ -9,8 +9,8 @@ import SafeTensors
 /// LoHa on `model.layers.0.self_attn.q_proj`. Each type applies LyCORIS' own scale rule (`UpdateOrigin.lycoris`).
 /// The merge is the network's forward pass, W + ΔW, not lycoris' `merge_to`, which multiplies ΔW
 /// by alpha/r a second time (measured on the fixtures: ‖merge_to ΔW‖ / ‖forward ΔW‖ = alpha/r).
-/// Refused by name: LoRA/LoCon modules (`lora_down`) in the same file, `dora_scale`,
-/// and every other LyCORIS algorithm (`diff`, `oft_blocks`, IA³ `weight`/`on_input`, …).
+/// LyCORIS DoRA (`dora_scale`) is read by LoHa and LoKr (`WeightDecompose`). Refused by name: LoRA/LoCon
+/// modules (`lora_down`, with or without `dora_scale`) in the same file, and every other LyCORIS algorithm (`diff`, `oft_blocks`, IA³ `weight`/`on_input`, …).
 enum LycorisDialect: AdapterDialect {
     static let format = Adapter.Format.lycoris
 
@@ -35,7 +35,6 @@ enum LycorisDialect: AdapterDialect {
             let why: String
             switch role(of: name) {
             case "lora_down.weight", "lora_up.weight", "lora_mid.weight": why = "a LoRA/LoCon module in a LyCORIS file; merge it as its own kohya file"
-            case "dora_scale": why = "LyCORIS DoRA (weight_decompose) is not supported yet"
             default: why = "not a LoHa or LoKr tensor (other LyCORIS algorithms are not supported yet)"
             }
             throw LoRACoreError.unsupportedAdapter(path: files.weights, detail: "tensor '\(name)': \(why)")

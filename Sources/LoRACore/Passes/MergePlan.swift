@@ -100,6 +100,11 @@ public struct MergePlan: Sendable {
                         module: m.module,
                         detail: "\(u.typeName) multiplies each weight row by a rotation R (W·Rᵀ), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1")
                 }
+                if let u = m.update, u.rescalesRows, weights[ai] != 1 {
+                    throw LoRACoreError.invalidModule(
+                        module: m.module,
+                        detail: "\(u.typeName) with LyCORIS DoRA (dora_scale) rescales each output row of W + ΔW, so --weight \(weights[ai]) has no single meaning (lycoris' multiplier is not undone by -1); use 1")
+                }
                 if let u = m.update, u.isMultiplicative, weights[ai] != 1 {
                     guard weights[ai] == -1 else {
                         throw LoRACoreError.invalidModule(

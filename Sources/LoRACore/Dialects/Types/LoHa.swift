@@ -17,7 +17,7 @@ import SafeTensors
 /// (widened to fp32 here); lycoris' `merge_to` is not followed (it applies the scale twice).
 enum LoHa: AdapterUpdateType {
     static let name = "LoHa"
-    static let roles: Set<String> = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"]
+    static let roles: Set<String> = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "dora_scale"]
     static let refusedRoles: [String: String] = [:]
 
     static func module(_ module: String, tensors: [String: TensorInfo], origin: UpdateOrigin) throws -> AdapterModule {
@@ -58,10 +58,21 @@ enum LoHa: AdapterUpdateType {
         var update = ModuleUpdate(type: LoHa.self, tensors: tensors.mapValues(\.name), parameterCount: tensors.values.reduce(0) { $0 + ($1.elementCount ?? 0) },
                                   isMultiplicative: false, scalesBias: false)
         update.kernel = kernel
+        if let m = tensors["dora_scale"] {
+            try WeightDecompose.check(m, out: out, origin: origin, module: module, type: name)
+            update.rescalesRows = true
+        }
         return AdapterModule(updating: module, update: update, rank: rank, alpha: alpha, scale: alpha / Double(rank), out: out, in: inFlat)
     }
 
     static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
+        let update = try loadUpdate(module, from: checkpoint)
+        guard let m = module.update!.tensors["dora_scale"] else { return update }
+        return WeightDecompose(inner: update, magnitude: try UpdateMath.floats(checkpoint, m, module: module.module))
+    }
+
+    /// ΔW's update, before LyCORIS DoRA.
+    private static func loadUpdate(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
         let t = module.update!.tensors
         func read(_ role: String) throws -> [Float] { try UpdateMath.floats(checkpoint, t[role]!, module: module.module) }
         if let kernel = module.update!.kernel {

@@ -22,7 +22,7 @@ import SafeTensors
 /// to the output dtype.
 enum LoKr: AdapterUpdateType {
     static let name = "LoKr"
-    static let roles: Set<String> = ["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"]
+    static let roles: Set<String> = ["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "dora_scale"]
     static let refusedRoles: [String: String] = [:]
 
     /// One half of the Kronecker product: full, or a product of two factors.
@@ -79,6 +79,10 @@ enum LoKr: AdapterUpdateType {
         var update = ModuleUpdate(type: LoKr.self, tensors: tensors.mapValues(\.name), parameterCount: tensors.values.reduce(0) { $0 + ($1.elementCount ?? 0) },
                                   isMultiplicative: false, scalesBias: false)
         update.kernel = kernel
+        if let m = tensors["dora_scale"] {
+            try WeightDecompose.check(m, out: w1.rows * w2.rows, origin: origin, module: module, type: name)
+            update.rescalesRows = true
+        }
         return AdapterModule(updating: module, update: update, rank: rank, alpha: alpha, scale: scale,
                              out: w1.rows * w2.rows, in: w1.cols * w2.cols)
     }
@@ -108,8 +112,10 @@ enum LoKr: AdapterUpdateType {
                     UpdateMath.product(va.map(Double.init), vb.map(Double.init), rows: fa.rows, inner: fa.cols, cols: fb.cols), fa.rows, fb.cols)
         }
         let w1 = try half(1), w2 = try half(2)
-        return Loaded(w1: w1.values, w2: w2.values, w1Exact: w1.exact, w2Exact: w2.exact, w1Cols: w1.cols, w2Rows: w2.rows, w2Cols: w2.cols,
+        let update = Loaded(w1: w1.values, w2: w2.values, w1Exact: w1.exact, w2Exact: w2.exact, w1Cols: w1.cols, w2Rows: w2.rows, w2Cols: w2.cols,
                       scale: module.scale)
+        guard let m = t["dora_scale"] else { return update }
+        return WeightDecompose(inner: update, magnitude: try UpdateMath.floats(checkpoint, m, module: module.module))
     }
 
     /// w1 and w2 formed in fp32 and in fp64 (they are small: their sizes multiply to the weight's).
