@@ -1131,6 +1131,11 @@ def lycoris_delta(sd, module):
     (lycoris 4.1.3 LohaModule/LokrModule.get_weight · multiplier 1), written independently."""
     t = {k.split(".", 1)[1]: v.double() for k, v in sd.items() if k.split(".", 1)[0] == module}
     alpha = float(t["alpha"]) if "alpha" in t else 0.0
+    if "lora_down.weight" in t:
+        down, up = t["lora_down.weight"], t["lora_up.weight"]
+        dim = down.shape[0]
+        scale = (alpha if alpha != 0 else dim) / dim
+        return (up.reshape(up.shape[0], -1) @ down.reshape(dim, -1)) * scale
     if "hada_t1" in t:
         dim = t["hada_w1_b"].shape[0]
         scale = (alpha if alpha != 0 else dim) / dim
@@ -1196,7 +1201,8 @@ def lycoris_forward_weights(loras):
     with torch.no_grad():
         for m in loras:
             w = m.org_module[0].weight.detach()
-            d = m.get_weight(m.shape).to(w.dtype) * m.scalar
+            # LoCon's forward: make_weight() (scalar in) · scale; LoHa's and LoKr's: get_weight (scale in) · scalar.
+            d = m.make_weight().to(w.dtype) * m.scale if hasattr(m, "make_weight") else m.get_weight(m.shape).to(w.dtype) * m.scalar
             out[m.lora_name[len("lora_te_"):]] = (m.apply_weight_decompose(w + d, 1.0) if m.wd else w + d).contiguous()
     return out
 
@@ -1290,6 +1296,7 @@ def adapter_type_cases():
     # LyCORIS DoRA (weight_decompose, dora_scale per output row) on the same layouts.
     lycoris_case("lycoris_loha_dora", "loha", torch.float32, seed=23, dora_wd=True)
     lycoris_case("lycoris_lokr_dora", "lokr", torch.bfloat16, seed=24, decompose_both=True, dora_wd=True)
+    lycoris_case("lycoris_locon_dora", "locon", torch.float32, seed=25, dora_wd=True)
     d = fresh(os.path.join(TYPES_FIX, "bases"))
     save_model(types_base(), os.path.join(d, "f32"))
     save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
@@ -1409,7 +1416,7 @@ def peft_tucker_case(name, cfg, seed):
     print("case", name)
 
 
-def lycoris_tucker_case(name, algo, file_dtype, seed, **kwargs):
+def lycoris_tucker_case(name, algo, file_dtype, seed, tucker=True, **kwargs):
     """adapter.safetensors from lycoris-lora with use_tucker (kohya names lora_te_…), merged-f32/ and
     merged-bf16/ = W + ΔW in float64 by `lycoris_delta`, rounded once; checked against the trained
     network's forward pass (lycoris' own loader is recorded: it misreads a LoKr Tucker core's rank)."""
@@ -1418,14 +1425,14 @@ def lycoris_tucker_case(name, algo, file_dtype, seed, **kwargs):
     LycorisNetwork.apply_preset({"target_module": [], "target_name": CONV_TARGETS, "use_fnmatch": True, "lora_prefix": "lora_te"})
     model = conv_base()
     path = os.path.join(d, "adapter.safetensors")
-    net = lycoris_network(create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, conv_dim=2, conv_alpha=3, algo=algo, use_tucker=True, **kwargs),
+    net = lycoris_network(create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, conv_dim=2, conv_alpha=3, algo=algo, use_tucker=tucker, **kwargs),
                           seed, path, file_dtype)
     sd = load_file(path)
     with torch.no_grad():
         # The trained network's forward from the file's (possibly rounded) values.
-        for n, p in net.named_parameters():
-            key = next(k for k in sd if k.endswith("." + n.split(".")[-1]) and k.split(".")[0] in n.replace(".", "_"))
-            p.copy_(sd[key].float())
+        for m in net.loras:
+            for pn, p in m.named_parameters():
+                p.copy_(sd[m.lora_name + "." + pn].float())
         forward = model(conv_input())
     save_forward_weights(lycoris_forward_weights(net.loras), conv_base(), d)
     facts = lycoris_reference(d, path, conv_base, conv_input, save_conv, forward=forward)
@@ -1452,6 +1459,8 @@ def tucker_cases():
                                                     rank_pattern={"proj": 1}), seed=62)
     lycoris_tucker_case("lycoris_loha_tucker", "loha", torch.float32, seed=63)
     lycoris_tucker_case("lycoris_lokr_tucker", "lokr", torch.bfloat16, seed=64)
+    # LoCon (k×k lora_down, 1×1 lora_up) with LyCORIS DoRA on the convolutions.
+    lycoris_tucker_case("lycoris_locon_dora_conv", "locon", torch.float32, seed=65, tucker=False, dora_wd=True)
 
 
 def write_svd(name):

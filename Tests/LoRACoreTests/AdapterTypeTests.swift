@@ -21,24 +21,26 @@ struct TypeCase: CustomStringConvertible, Sendable {
     let dtype: String
     var description: String { "\(name) \(dtype)" }
     var dir: String { "\(typeFixtures)/\(name)" }
-    var base: String { "\(typeFixtures)/\(isTucker ? "conv_bases" : "bases")/\(dtype)" }
-    /// The convolution cases with Tucker cores (scripts/make-fixtures.py `tucker`), over `conv_bases`.
+    var base: String { "\(typeFixtures)/\(isConv ? "conv_bases" : "bases")/\(dtype)" }
+    /// The convolution cases with Tucker cores (scripts/make-fixtures.py `tucker`).
     var isTucker: Bool { name.hasSuffix("_tucker") }
+    /// The convolution cases (`tucker`: Tucker cores, and LoCon with DoRA), over `conv_bases`.
+    var isConv: Bool { isTucker || name.hasSuffix("_conv") }
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT"][String(name.replacingOccurrences(of: "_tucker", with: "").replacingOccurrences(of: "_dora", with: "").split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT", "locon": "LoCon"][String(name.replacingOccurrences(of: "_tucker", with: "").replacingOccurrences(of: "_conv", with: "").replacingOccurrences(of: "_dora", with: "").split(separator: "_").last!)]! }
 
     /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
     /// down and the embedding; else q, v, up, down).
-    var modules: Int { name == "peft_ia3" || name == "peft_tokens" || isTucker ? 3 : name == "peft_oft" ? 5 : 4 }
+    var modules: Int { name == "peft_ia3" || name == "peft_tokens" || isConv ? 3 : name == "peft_oft" ? 5 : 4 }
     /// Tensors the reference merge changed (IA³ also the q/v biases).
     var changed: Int { name == "peft_ia3" ? 5 : modules }
 
     static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr",
                         "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly",
                         "peft_fourierft", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker", "lycoris_lokr_tucker",
-                        "lycoris_loha_dora", "lycoris_lokr_dora"]
+                        "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora", "lycoris_locon_dora_conv"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -119,7 +121,7 @@ struct AdapterTypeTests {
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
         try FileManager.default.copyItem(atPath: c.reference, toPath: out + "/merged")
-        let tensor = c.isTucker ? "blocks.1.conv.weight" : "model.layers.0.mlp.down_proj.weight"
+        let tensor = c.isConv ? "blocks.1.conv.weight" : "model.layers.0.mlp.down_proj.weight"
         // 2 ulp in bf16 (1 is allowed); in f32 2⁻¹⁰ relative, far above 4 ulp of the largest magnitude.
         try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + 2 : $0 + (1 << 13) }
         var options = VerifyOptions(base: c.base, adapters: [(c.adapter, 1)], merged: out + "/merged")
@@ -128,7 +130,7 @@ struct AdapterTypeTests {
         #expect(exact.failures.map(\.tensor) == [tensor])
         // The probes see the element multiplied by 16 (exponent + 4).
         // (× 256 on the Tucker cases' bf16 kernel, whose element 37 is small against its row.)
-        let exponent: UInt32 = c.isTucker && c.dtype == "bf16" ? 8 : 4
+        let exponent: UInt32 = c.isConv && c.dtype == "bf16" ? 8 : 4
         try rewrite(out + "/merged", tensor: tensor, index: 37) { c.dtype == "bf16" ? $0 + (exponent << 7) : $0 + (exponent << 23) }
         options.mode = .probes
         let probes = try Verify.run(options)
@@ -202,13 +204,14 @@ struct AdapterTypeTests {
         #expect(message.contains("blocks.1.conv") && message.contains("a convolution [32, 16, 3, 3] (its Tucker core's kernel)"), "\(message)")
     }
 
-    @Test("LyCORIS DoRA scales, LoCon modules and other algorithms are refused in one line naming the tensor",
+    @Test("LyCORIS DoRA scales that do not fit, incomplete LoCon modules, LoCon Tucker cores and other algorithms are refused in one line naming the tensor",
           arguments: [
               ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [1, 16], "LyCORIS DoRA with norms per input column (wd_on_out false) is not supported yet"),
               ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [8, 1], "expected [16, 1, …] (one magnitude per output row)"),
-              ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.dora_scale", [8, 1], "LyCORIS DoRA (dora_scale) without LoHa or LoKr factors"),
-              ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.lora_down.weight", [2, 16], "a LoRA/LoCon module in a LyCORIS file"),
-              ("lycoris_lokr", "lora_te_model_layers_0_self_attn_k_proj.oft_blocks", [2, 4, 4], "not a LoHa or LoKr tensor"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.dora_scale", [8, 1], "LyCORIS DoRA (dora_scale) without LoHa, LoKr or LoCon factors"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.lora_down.weight", [2, 16], "LoCon module has no lora_up.weight"),
+              ("lycoris_locon_dora", "lora_te_model_layers_0_self_attn_q_proj.lora_mid.weight", [2, 2, 3, 3], "LoCon lora_mid.weight (LoCon's Tucker core) is not supported yet"),
+              ("lycoris_lokr", "lora_te_model_layers_0_self_attn_k_proj.oft_blocks", [2, 4, 4], "not a LoHa, LoKr or LoCon tensor"),
           ])
     func lycorisRefusals(fixture: String, tensor: String, shape: [Int], reason: String) throws {
         let out = temporaryDirectory()
@@ -216,7 +219,9 @@ struct AdapterTypeTests {
         try lycorisFile(from: TypeCase(name: fixture, dtype: "f32").adapter, adding: [(tensor, shape)], to: out + "/a.safetensors")
         let error = #expect(throws: LoRACoreError.self) { try Adapter(path: out + "/a.safetensors") }
         let message = error?.localizedDescription ?? ""
-        #expect(message.contains(tensor) && message.contains(reason), "\(message)")
+        // The tensor by name, or its module and role.
+        let (module, role) = (String(tensor.prefix { $0 != "." }), String(tensor.drop { $0 != "." }.dropFirst()))
+        #expect((message.contains(tensor) || message.contains("module '\(module)'") && message.contains(role)) && message.contains(reason), "\(message)")
         #expect(!message.contains("\n"))
     }
 
@@ -242,8 +247,8 @@ struct AdapterTypeTests {
     }
 
     @Test("LyCORIS files merge in f32 to the weights of lycoris' own fp32 forward (forward-f32.safetensors): bit-identical; Tucker cores within 0.5 ulp of the largest magnitude",
-          arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_loha_tucker", "lycoris_lokr_tucker",
-                      "convert_peft_loha", "convert_peft_loha_tucker"])
+          arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora", "lycoris_locon_dora_conv",
+                      "lycoris_loha_tucker", "lycoris_lokr_tucker", "convert_peft_loha", "convert_peft_loha_tucker"])
     func lycorisForward(fixture: String) throws {
         let c = TypeCase(name: fixture, dtype: "f32")
         let out = temporaryDirectory()

@@ -128,7 +128,7 @@ enum AdapterUpdateTypes {
         let specific = roles.keys.filter { !modifierRoles.contains($0) }
         if specific.isEmpty, let role = roles.keys.sorted().first {
             throw LoRACoreError.invalidModule(
-                module: module, detail: "tensor '\(roles[role]!)': LyCORIS DoRA (\(role)) without LoHa or LoKr factors (on LoRA/LoCon modules) is not supported yet")
+                module: module, detail: "tensor '\(roles[role]!)': LyCORIS DoRA (\(role)) without LoHa, LoKr or LoCon factors")
         }
         let owners = registered.filter { t in specific.contains { t.roles.contains($0) } }
         let names = owners.map { $0.name }
