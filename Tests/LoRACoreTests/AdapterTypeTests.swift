@@ -225,11 +225,17 @@ struct AdapterTypeTests {
         #expect(!message.contains("\n"))
     }
 
-    @Test("LyCORIS DoRA refuses --weight other than 1 and convert --to peft, naming the module and why; it converts to a LyCORIS file that merges to the same bytes")
-    func loraDoRARefusals() throws {
+    @Test("LyCORIS DoRA: inspect says so; --weight other than 1, a second adapter on the module and convert --to peft are refused naming the module and why; it converts to a LyCORIS file that merges to the same bytes")
+    func lycorisDoRA() throws {
         let c = TypeCase(name: "lycoris_lokr_dora", dtype: "bf16")
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
+        // inspect says DoRA; a second adapter on a DoRA module is refused, as for PEFT DoRA.
+        #expect(try Inspect.run(path: c.adapter, base: c.base).adapter?.modules.allSatisfy(\.dora) == true)
+        let two = #expect(throws: LoRACoreError.self) {
+            try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 1), (TypeCase(name: "lycoris_loha", dtype: "bf16").adapter, 1)], output: out + "/m"))
+        }
+        #expect(two?.localizedDescription.contains("DoRA adapters cannot be combined with other adapters on the same module") == true)
         let weight = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 0.5)], output: out + "/m")) }
         #expect(weight?.localizedDescription.contains("with LyCORIS DoRA (dora_scale) rescales each output row of W + ΔW, so --weight 0.5") == true,
                 "\(weight?.localizedDescription ?? "")")

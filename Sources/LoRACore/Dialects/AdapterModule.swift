@@ -61,7 +61,8 @@ public struct AdapterModule: Sendable, Equatable {
     public var expectedBaseShape: [Int] { convShape ?? (transposed ? [inFeatures, outFeatures] : [outFeatures, inFeatures]) }
     /// `q_proj` for `model.layers.0.self_attn.q_proj`.
     public var family: String { TensorName(module + ".weight").family }
-    public var isDoRA: Bool { magnitudeName != nil }
+    /// DoRA: PEFT's `lora_magnitude_vector`, or LyCORIS' `dora_scale` on a LoHa, LoKr or LoCon update.
+    public var isDoRA: Bool { magnitudeName != nil || update?.rescalesRows == true }
 }
 
 extension AdapterModule {
