@@ -274,6 +274,26 @@ struct AdapterTypeTests {
         }
     }
 
+    @Test("Tucker, LyCORIS DoRA and LoCon merges are the same bytes on every instruction set, with 1 or 2 workers and 4 KiB chunks cutting their tensors",
+          arguments: ["peft_loha_tucker", "peft_lokr_tucker", "lycoris_lokr_tucker", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora_conv"])
+    func deterministic(fixture: String) throws {
+        let out = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        for dtype in ["f32", "bf16"] {
+            let c = TypeCase(name: fixture, dtype: dtype)
+            var reference = MergeOptions(base: c.base, adapters: [(c.adapter, 1)], output: "\(out)/\(dtype)")
+            reference.durable = false
+            _ = try Merge.run(reference)
+            let expected = try MergeDeterminismTests.files(in: "\(out)/\(dtype)")
+            for (n, (isa, threads, chunk)) in MergeDeterminismTests.runs.enumerated() {
+                var o = MergeOptions(base: c.base, adapters: [(c.adapter, 1)], output: "\(out)/\(dtype)-\(n)")
+                (o.instructionSet, o.threads, o.chunkSize, o.durable) = (isa, threads, chunk, false)
+                _ = try Merge.run(o)
+                #expect(try MergeDeterminismTests.files(in: "\(out)/\(dtype)-\(n)") == expected, "\(c) under \(isa), \(threads) workers, \(chunk)-byte chunks")
+            }
+        }
+    }
+
     @Test("IA³ refuses a weight other than 1 or -1, naming the module and why")
     func ia3Weight() throws {
         let c = TypeCase(name: "peft_ia3", dtype: "f32")
