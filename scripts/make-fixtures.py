@@ -1135,6 +1135,8 @@ def lycoris_delta(sd, module):
         down, up = t["lora_down.weight"], t["lora_up.weight"]
         dim = down.shape[0]
         scale = (alpha if alpha != 0 else dim) / dim
+        if "lora_mid.weight" in t:
+            return torch.einsum("i j k l, p i, j q -> p q k l", t["lora_mid.weight"], up.reshape(up.shape[0], -1), down.reshape(dim, -1)) * scale
         return (up.reshape(up.shape[0], -1) @ down.reshape(dim, -1)) * scale
     if "hada_t1" in t:
         dim = t["hada_w1_b"].shape[0]
@@ -1461,6 +1463,8 @@ def tucker_cases():
     lycoris_tucker_case("lycoris_lokr_tucker", "lokr", torch.bfloat16, seed=64)
     # LoCon (k×k lora_down, 1×1 lora_up) with LyCORIS DoRA on the convolutions.
     lycoris_tucker_case("lycoris_locon_dora_conv", "locon", torch.float32, seed=65, tucker=False, dora_wd=True)
+    # LoCon's Tucker core: lora_down (r, in, 1, 1), lora_mid (r, r, 3, 3), lora_up (out, r, 1, 1); proj plain.
+    lycoris_tucker_case("lycoris_locon_tucker", "locon", torch.float32, seed=66)
 
 
 def write_svd(name):

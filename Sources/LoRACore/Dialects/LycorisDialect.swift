@@ -11,12 +11,12 @@ import SafeTensors
 /// by alpha/r a second time (measured on the fixtures: ‖merge_to ΔW‖ / ‖forward ΔW‖ = alpha/r).
 /// LyCORIS DoRA (`dora_scale`) is read by LoHa, LoKr and LoCon (`WeightDecompose`); LoCon modules
 /// (`lora_down`/`lora_up`, `LoCon`) are read here, in a file with LoHa/LoKr modules or DoRA (a plain
-/// kohya file is `KohyaDialect`'s). Refused by name: LoCon's Tucker core `lora_mid`, and every other LyCORIS algorithm (`diff`, `oft_blocks`, IA³ `weight`/`on_input`, …).
+/// kohya file is `KohyaDialect`'s; LoCon's Tucker core `lora_mid` makes it LyCORIS). Refused by name: every other LyCORIS algorithm (`diff`, `oft_blocks`, IA³ `weight`/`on_input`, …).
 enum LycorisDialect: AdapterDialect {
     static let format = Adapter.Format.lycoris
 
     static func claims(tensorNames: [String]) -> Bool {
-        tensorNames.contains { name in role(of: name).map(AdapterUpdateTypes.isRole) ?? false }
+        tensorNames.contains { name in role(of: name).map { AdapterUpdateTypes.isRole($0) || $0 == "lora_mid.weight" } ?? false }
     }
 
     static func detects(_ files: AdapterFiles) -> Bool { files.config == nil && claims(tensorNames: files.checkpoint.names) }
