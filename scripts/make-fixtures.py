@@ -1141,7 +1141,7 @@ def lycoris_delta(sd, module):
     if "hada_t1" in t:
         dim = t["hada_w1_b"].shape[0]
         scale = (alpha if alpha != 0 else dim) / dim
-        rebuild = lambda n: torch.einsum("i j k l, j r, i p -> p r k l", t[f"hada_t{n}"], t[f"hada_w{n}_b"], t[f"hada_w{n}_a"])
+        rebuild = lambda n: torch.einsum("i j ..., j r, i p -> p r ...", t[f"hada_t{n}"], t[f"hada_w{n}_b"], t[f"hada_w{n}_a"])
         return rebuild(1) * rebuild(2) * scale
     if "hada_w1_a" in t:
         dim = t["hada_w1_b"].shape[0]
@@ -1151,7 +1151,7 @@ def lycoris_delta(sd, module):
     if "lokr_w2" in t:
         w2 = t["lokr_w2"]
     elif "lokr_t2" in t:
-        w2 = torch.einsum("i j k l, i p, j r -> p r k l", t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
+        w2 = torch.einsum("i j ..., i p, j r -> p r ...", t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
     else:
         w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
     if "lokr_w1" in t and "lokr_w2" in t:
@@ -1160,8 +1160,7 @@ def lycoris_delta(sd, module):
         # The network's lora_dim: the Tucker core's size, else the inner dimension of w1_a or w2_a.
         dim = t["lokr_w1_a"].shape[1] if "lokr_w1_a" in t else t["lokr_t2"].shape[0] if "lokr_t2" in t else t["lokr_w2_a"].shape[1]
         scale = (alpha if alpha != 0 else dim) / dim
-    if w2.dim() == 4:
-        w1 = w1[:, :, None, None]
+    w1 = w1.reshape(*w1.shape, *[1] * (w2.dim() - 2))
     return torch.kron(w1, w2.contiguous()) * scale
 
 
@@ -1321,9 +1320,11 @@ def lycoris_convert_cases():
     from peft import PeftModel
     tool = os.path.join(ROOT, ".build/debug/lora-tool")
     for source, target in (("lycoris_loha", "peft"), ("lycoris_lokr", "peft"), ("peft_loha", "kohya"),
-                           ("lycoris_loha_tucker", "peft"), ("lycoris_lokr_tucker", "peft"), ("peft_loha_tucker", "kohya")):
-        tucker = source.endswith("_tucker")
-        make_base, bases = (conv_base, "conv_bases") if tucker else (types_base, "bases")
+                           ("lycoris_loha_tucker", "peft"), ("lycoris_lokr_tucker", "peft"), ("peft_loha_tucker", "kohya"),
+                           ("peft_loha_tucker_conv1d", "kohya")):
+        tucker = "_tucker" in source
+        conv1d = source.endswith("_conv1d")
+        make_base, bases = (conv1d_base, "conv1d_bases") if conv1d else (conv_base, "conv_bases") if tucker else (types_base, "bases")
         d = fresh(os.path.join(TYPES_FIX, "convert_" + source))
         src = os.path.join(TYPES_FIX, source, "adapter.safetensors" if source.startswith("lycoris") else "adapter")
         out = os.path.join(d, "adapter" if target == "peft" else "adapter.safetensors")
@@ -1348,7 +1349,7 @@ def lycoris_convert_cases():
                 facts["peft_merge_vs_lycoris_reference_ulp_of_max_" + tag] = round(worst, 4)
             write_case(d, reference="PEFT merge_and_unload of lora-tool's conversion", lycoris_source=source, peft_loads=True, **facts)
         else:
-            facts = lycoris_reference(d, out, make_base, conv_input, save_conv) if tucker else lycoris_reference(d, out)
+            facts = lycoris_reference(d, out, make_base, conv1d_input if conv1d else conv_input, save_conv) if tucker else lycoris_reference(d, out)
             peft_ref = load_file(os.path.join(TYPES_FIX, source, "merged-f32", "model.safetensors"))
             ours = load_file(os.path.join(d, "merged-f32", "model.safetensors"))
             worst = max(float((ours[k].double() - v.double()).abs().max() / (torch.finfo(v.dtype).eps * v.double().abs().max())) for k, v in peft_ref.items())
@@ -1363,15 +1364,16 @@ def lycoris_convert_cases():
 CONV_TARGETS = ["blocks.0.conv", "blocks.1.conv", "proj"]
 
 
-def conv_base():
+def conv_base(dims=2):
     """A tiny convolution net: 3×3 convs 8→16 and 16→32 (Tucker cores), and a 1×1 conv 32→16 (never a
-    Tucker core: PEFT and LyCORIS flatten it), biases on."""
+    Tucker core: PEFT and LyCORIS flatten it), biases on; `dims` 1: the same with Conv1d (kernel 3)."""
     import torch.nn as nn
+    Conv = nn.Conv2d if dims == 2 else nn.Conv1d
 
     class Block(nn.Module):
         def __init__(self, i, o):
             super().__init__()
-            self.conv = nn.Conv2d(i, o, 3, padding=1)
+            self.conv = Conv(i, o, 3, padding=1)
 
         def forward(self, x):
             return torch.tanh(self.conv(x))
@@ -1380,7 +1382,7 @@ def conv_base():
         def __init__(self):
             super().__init__()
             self.blocks = nn.ModuleList([Block(8, 16), Block(16, 32)])
-            self.proj = nn.Conv2d(32, 16, 1)
+            self.proj = Conv(32, 16, 1)
 
         def forward(self, x):
             for b in self.blocks:
@@ -1400,19 +1402,27 @@ def save_conv(model, path):
     state_dict_file(model, os.path.join(path, "model.safetensors"))
 
 
-def conv_input():
-    return torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(7))
+def conv_input(dims=2):
+    return torch.randn(2, 8, *[5] * dims, generator=torch.Generator().manual_seed(7))
 
 
-def peft_tucker_case(name, cfg, seed):
-    """adapter/ from PEFT with use_effective_conv2d (Tucker cores on the 3×3 convs), merged-f32/ and
-    merged-bf16/ from PEFT's merge_and_unload on each base."""
+def conv1d_base():
+    return conv_base(1)
+
+
+def conv1d_input():
+    return conv_input(1)
+
+
+def peft_tucker_case(name, cfg, seed, make_base=conv_base):
+    """adapter/ from PEFT with use_effective_conv2d (Tucker cores on the 3×3 convs; on Conv1d PEFT stores
+    the core as (r, r, k, 1)), merged-f32/ and merged-bf16/ from PEFT's merge_and_unload on each base."""
     d = fresh(os.path.join(TYPES_FIX, name))
-    peft_model = get_peft_model(conv_base(), cfg)
+    peft_model = get_peft_model(make_base(), cfg)
     randomize_types(peft_model, seed)
     save_adapter(peft_model, os.path.join(d, "adapter"))
     save_conv(peft_model.merge_and_unload(), os.path.join(d, "merged-f32"))
-    bf16 = PeftModel.from_pretrained(conv_base().to(torch.bfloat16), os.path.join(d, "adapter"))
+    bf16 = PeftModel.from_pretrained(make_base().to(torch.bfloat16), os.path.join(d, "adapter"))
     save_conv(bf16.merge_and_unload(), os.path.join(d, "merged-bf16"))
     write_case(d, reference="peft merge_and_unload", peft_type=cfg.peft_type.value)
     print("case", name)
@@ -1465,6 +1475,14 @@ def tucker_cases():
     lycoris_tucker_case("lycoris_locon_dora_conv", "locon", torch.float32, seed=65, tucker=False, dora_wd=True)
     # LoCon's Tucker core: lora_down (r, in, 1, 1), lora_mid (r, r, 3, 3), lora_up (out, r, 1, 1); proj plain.
     lycoris_tucker_case("lycoris_locon_tucker", "locon", torch.float32, seed=66)
+    # Conv1d (kernel 3): PEFT's cores (r, r, 3, 1) on a (out, in, 3) weight.
+    d = fresh(os.path.join(TYPES_FIX, "conv1d_bases"))
+    save_conv(conv1d_base(), os.path.join(d, "f32"))
+    save_conv(conv1d_base().to(torch.bfloat16), os.path.join(d, "bf16"))
+    peft_tucker_case("peft_loha_tucker_conv1d", LoHaConfig(r=2, alpha=3, use_effective_conv2d=True, target_modules=CONV_TARGETS), seed=67,
+                     make_base=conv1d_base)
+    peft_tucker_case("peft_lokr_tucker_conv1d", LoKrConfig(r=2, alpha=3, use_effective_conv2d=True, target_modules=CONV_TARGETS), seed=68,
+                     make_base=conv1d_base)
 
 
 def write_svd(name):

@@ -21,15 +21,16 @@ struct TypeCase: CustomStringConvertible, Sendable {
     let dtype: String
     var description: String { "\(name) \(dtype)" }
     var dir: String { "\(typeFixtures)/\(name)" }
-    var base: String { "\(typeFixtures)/\(isConv ? "conv_bases" : "bases")/\(dtype)" }
+    var base: String { "\(typeFixtures)/\(name.hasSuffix("_conv1d") ? "conv1d_bases" : isConv ? "conv_bases" : "bases")/\(dtype)" }
     /// The convolution cases with Tucker cores (scripts/make-fixtures.py `tucker`).
-    var isTucker: Bool { name.hasSuffix("_tucker") }
-    /// The convolution cases (`tucker`: Tucker cores, and LoCon with DoRA), over `conv_bases`.
+    var isTucker: Bool { name.hasSuffix("_tucker") || name.hasSuffix("_tucker_conv1d") }
+    /// The convolution cases (`tucker`: Tucker cores, and LoCon with DoRA), over `conv_bases`
+    /// (`conv1d_bases` for the Conv1d ones).
     var isConv: Bool { isTucker || name.hasSuffix("_conv") }
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT", "locon": "LoCon"][String(name.replacingOccurrences(of: "_tucker", with: "").replacingOccurrences(of: "_conv", with: "").replacingOccurrences(of: "_dora", with: "").split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT", "locon": "LoCon"][String(name.replacingOccurrences(of: "_conv1d", with: "").replacingOccurrences(of: "_tucker", with: "").replacingOccurrences(of: "_conv", with: "").replacingOccurrences(of: "_dora", with: "").split(separator: "_").last!)]! }
 
     /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
     /// down and the embedding; else q, v, up, down).
@@ -40,7 +41,8 @@ struct TypeCase: CustomStringConvertible, Sendable {
     static let names = ["peft_loha", "peft_lokr", "peft_ia3", "peft_vera", "peft_tokens", "lycoris_loha", "lycoris_lokr",
                         "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly",
                         "peft_fourierft", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker", "lycoris_lokr_tucker",
-                        "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker"]
+                        "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker",
+                        "peft_loha_tucker_conv1d", "peft_lokr_tucker_conv1d"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -254,7 +256,7 @@ struct AdapterTypeTests {
 
     @Test("LyCORIS files merge in f32 to the weights of lycoris' own fp32 forward (forward-f32.safetensors): bit-identical; Tucker cores within 0.5 ulp of the largest magnitude (measured: 0.42)",
           arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora", "lycoris_locon_dora_conv",
-                      "lycoris_loha_tucker", "lycoris_lokr_tucker", "lycoris_locon_tucker", "convert_peft_loha", "convert_peft_loha_tucker"])
+                      "lycoris_loha_tucker", "lycoris_lokr_tucker", "lycoris_locon_tucker", "convert_peft_loha", "convert_peft_loha_tucker", "convert_peft_loha_tucker_conv1d"])
     func lycorisForward(fixture: String) throws {
         let c = TypeCase(name: fixture, dtype: "f32")
         let out = temporaryDirectory()
@@ -275,7 +277,7 @@ struct AdapterTypeTests {
     }
 
     @Test("Tucker, LyCORIS DoRA and LoCon merges are the same bytes on every instruction set, with 1 or 2 workers and 4 KiB chunks cutting their tensors",
-          arguments: ["peft_loha_tucker", "peft_lokr_tucker", "lycoris_lokr_tucker", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker"])
+          arguments: ["peft_loha_tucker", "peft_lokr_tucker", "lycoris_lokr_tucker", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker", "peft_loha_tucker_conv1d"])
     func deterministic(fixture: String) throws {
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }

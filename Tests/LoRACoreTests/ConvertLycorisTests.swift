@@ -8,7 +8,7 @@ private let typeFixtures = URL(fileURLWithPath: #filePath).deletingLastPathCompo
 /// The bases of an adapter fixture: `conv_bases` for the Tucker cases, else the `types` bases.
 private func bases(_ adapter: String) -> String {
     let fixture = adapter.hasPrefix(typeFixtures) ? String(adapter.dropFirst(typeFixtures.count)) : adapter
-    return "\(typeFixtures)/\(fixture.contains("_tucker") ? "conv_bases" : "bases")"
+    return "\(typeFixtures)/\(fixture.contains("_conv1d") ? "conv1d_bases" : fixture.contains("_tucker") ? "conv_bases" : "bases")"
 }
 
 /// Runs `convert` on `adapter` to `to`, with its fixture's f32 base (`bases`: the fixture it is named after).
@@ -69,13 +69,18 @@ struct ConvertLycorisTests {
         }
     }
 
-    @Test("LyCORIS → PEFT → LyCORIS gives back the file's tensors (names, dtypes, bytes; alpha as F32)",
-          arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_tucker", "lycoris_lokr_tucker"])
+    @Test("LyCORIS → PEFT → LyCORIS (LoCon: LyCORIS → LyCORIS) gives back the file's tensors (names, dtypes, bytes; alpha as F32) and merges to the same bytes",
+          arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_tucker", "lycoris_lokr_tucker", "lycoris_locon_dora", "lycoris_locon_tucker"])
     func roundTrip(source: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try convert("\(typeFixtures)/\(source)/adapter.safetensors", to: .peft, output: dir + "/peft")
-        try convert(dir + "/peft", to: .kohya, output: dir + "/back.safetensors", base: false)
+        if source.contains("locon") {
+            // LoCon stays LyCORIS: rewritten as such (names resolved against the base, then back to kohya form).
+            try convert("\(typeFixtures)/\(source)/adapter.safetensors", to: .kohya, output: dir + "/back.safetensors")
+        } else {
+            try convert("\(typeFixtures)/\(source)/adapter.safetensors", to: .peft, output: dir + "/peft")
+            try convert(dir + "/peft", to: .kohya, output: dir + "/back.safetensors", base: false)
+        }
         let original = try Checkpoint(path: "\(typeFixtures)/\(source)/adapter.safetensors"), back = try Checkpoint(path: dir + "/back.safetensors")
         #expect(original.names == back.names)
         for name in original.names {
@@ -96,12 +101,23 @@ struct ConvertLycorisTests {
     }
 
     @Test("PEFT LoHa → LyCORIS writes what lycoris loaded, merging to PEFT's merge bytes and to lycoris' forward (f32, bf16)",
-          arguments: ["peft_loha", "peft_loha_tucker"])
+          arguments: ["peft_loha", "peft_loha_tucker", "peft_loha_tucker_conv1d"])
     func peftToLycoris(source: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let adapter = "\(typeFixtures)/\(source)/adapter"
-        try convert(adapter, to: .kohya, output: dir + "/l.safetensors", base: false)
+        let conv1d = source.hasSuffix("_conv1d")
+        if conv1d {
+            // PEFT's (r, r, 3, 1) core is a Conv1d's only with the base at hand; LyCORIS writes it (r, r, 3).
+            let error = #expect(throws: LoRACoreError.self) { try convert(adapter, to: .kohya, output: dir + "/l.safetensors", base: false) }
+            #expect(error?.localizedDescription.contains("module 'blocks.0.conv': give --base: a (r, r, k, 1) Tucker core is a Conv1d's in PEFT") == true)
+        }
+        try convert(adapter, to: .kohya, output: dir + "/l.safetensors", base: conv1d)
+        if conv1d {
+            // And back: PEFT's own tensors, the core (r, r, 3, 1) again.
+            try convert(dir + "/l.safetensors", to: .peft, output: dir + "/p", bases: source)
+            #expect(try sameBytes(try Checkpoint(path: dir + "/p/adapter_model.safetensors"), try Checkpoint(path: adapter + "/adapter_model.safetensors")))
+        }
         #expect(try sameBytes(try Checkpoint(path: dir + "/l.safetensors"), try Checkpoint(path: "\(typeFixtures)/convert_\(source)/adapter.safetensors")))
         for dtype in ["f32", "bf16"] {
             let converted = try merge(dir + "/l.safetensors", dtype: dtype, into: dir + "/c-\(dtype)", bases: source)
@@ -121,6 +137,8 @@ struct ConvertLycorisTests {
         ("peft_lokr_tucker/adapter", "kohya", "blocks.0.conv", "this module's α/r = 1.5 cannot be written"),
         ("lycoris_loha/adapter.safetensors", "mlx", "model.layers.0.mlp.down_proj", "holds LoRA only"),
         ("peft_ia3/adapter", "kohya", "model.layers.0.mlp.down_proj", "rewrites LoHa and LoKr only"),
+        ("peft_lokr_tucker_conv1d/adapter", "kohya", "blocks.0.conv", "PEFT's make_kron leaves w1 unaligned for it"),
+        ("lycoris_locon_dora/adapter.safetensors", "peft", "model.layers.0.mlp.down_proj", "is LoCon: convert --to peft|kohya rewrites LoHa and LoKr only, and LyCORIS LoCon as LyCORIS"),
     ])
     func refusals(adapter: String, to: String, module: String, reason: String) throws {
         let dir = temporaryDirectory()

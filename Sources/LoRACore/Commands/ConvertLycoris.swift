@@ -35,9 +35,11 @@ enum ConvertLycoris {
             throw LoRACoreError.unsupportedAdapter(
                 path: adapter.path, detail: "\(options.to.rawValue) holds LoRA only: module '\(modules[0].module)' is \(modules[0].typeName) (write --to peft or kohya, or --to lora by SVD)")
         }
-        for m in modules where !(m.update?.type is LoHa.Type || m.update?.type is LoKr.Type) {
+        // LyCORIS LoCon modules (a LyCORIS file's own) are rewritten as LyCORIS only.
+        for m in modules where !(m.update?.type is LoHa.Type || m.update?.type is LoKr.Type || (m.update?.type is LoCon.Type && options.to == .kohya)) {
             throw LoRACoreError.unsupportedAdapter(
-                path: adapter.path, detail: "module '\(m.module)' is \(m.typeName): convert --to peft|kohya rewrites LoHa and LoKr only (--to lora takes any additive type)")
+                path: adapter.path,
+                detail: "module '\(m.module)' is \(m.typeName): convert --to peft|kohya rewrites LoHa and LoKr only, and LyCORIS LoCon as LyCORIS (--to lora takes any additive type)")
         }
         let typeName = modules[0].typeName
         if options.to == .peft, let other = modules.first(where: { $0.typeName != typeName }) {
@@ -46,6 +48,10 @@ enum ConvertLycoris {
         }
         if options.to == .peft, let m = modules.first(where: { $0.update!.rescalesRows }) {
             throw LoRACoreError.invalidModule(module: m.module, detail: "has LyCORIS DoRA (dora_scale), which PEFT's \(m.typeName) cannot hold")
+        }
+        if options.to == .kohya, let m = modules.first(where: { $0.update!.peftConv1dKron }) {
+            throw LoRACoreError.invalidModule(
+                module: m.module, detail: "a Conv1d LoKr with a full lokr_w2: PEFT's make_kron leaves w1 unaligned for it, so the same tensors make another ΔW in LyCORIS")
         }
         if options.to == .kohya, let r = adapter.replacements.first {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "LyCORIS files cannot hold full replacement tensors ('\(r.base)', modules_to_save)")
@@ -96,7 +102,7 @@ enum ConvertLycoris {
                 let alpha = try lycorisAlpha(m, shapes: shapes(m))
                 return (m, original, m.rank, alpha)
             }
-            try writeLycoris(plans, adapter: adapter, options: options)
+            try writeLycoris(plans, adapter: adapter, baseShapes: baseShapes, options: options)
         }
         notes.append("factors copied unchanged (same bytes and dtypes) under \(target) names")
         return ConvertReport(from: adapter.dialect, to: options.to.rawValue, modules: plans.count,
@@ -127,22 +133,32 @@ enum ConvertLycoris {
 
     /// `lora_te_<module with _>.<role>` (a LyCORIS or kohya input keeps its own key) and `.alpha` (F32).
     private static func writeLycoris(_ plans: [(module: AdapterModule, original: AdapterModule, rank: Int, alpha: Double)],
-                                     adapter: Adapter, options: ConvertOptions) throws {
+                                     adapter: Adapter, baseShapes: [String: [Int]], options: ConvertOptions) throws {
         var tensors: [AdapterSink.Tensor] = []
         for p in plans {
             let key = adapter.format == .peft ? "lora_te_" + p.module.module.replacingOccurrences(of: ".", with: "_") : p.original.module
-            tensors += copies(of: p.original, adapter: adapter) { key + "." + $0 }
+            tensors += try copies(of: p.original, adapter: adapter, core: { shape in
+                // PEFT stores a Conv1d's core as (r, r, k, 1), LyCORIS as (r, r, k); a k×1 Conv2d's is (r, r, k, 1) in both.
+                guard shape.count == 4, shape[3] == 1 else { return shape }
+                guard let base = baseShapes[p.module.module] else {
+                    throw LoRACoreError.invalidRequest(
+                        "module '\(p.module.module)': give --base: a (r, r, k, 1) Tucker core is a Conv1d's in PEFT but a k×1 Conv2d's in LyCORIS")
+                }
+                return base.count == 3 ? Array(shape.dropLast()) : shape
+            }) { key + "." + $0 }
             let alpha = Float(p.alpha)
             tensors.append(.init(name: key + ".alpha", dtype: .float32, shape: []) { AdapterSink.floatBytes([alpha]) })
         }
         try KohyaDialect.writeOutput(tensors.sorted { utf8Precedes($0.name, $1.name) }, metadata: nil, options: options)
     }
 
-    /// The module's stored tensors, bytes unchanged, under `name(role)`.
-    private static func copies(of m: AdapterModule, adapter: Adapter, name: (String) -> String) -> [AdapterSink.Tensor] {
-        m.update!.tensors.sorted { $0.key < $1.key }.map { role, tensor in
+    /// The module's stored tensors, bytes unchanged, under `name(role)`; a Tucker core's shape through
+    /// `core` (the target layout's spelling of a Conv1d kernel).
+    private static func copies(of m: AdapterModule, adapter: Adapter, core: ([Int]) throws -> [Int], name: (String) -> String) throws -> [AdapterSink.Tensor] {
+        try m.update!.tensors.sorted { $0.key < $1.key }.map { role, tensor in
             let info = adapter.checkpoint.info(tensor)!
-            return AdapterSink.Tensor(name: name(role), dtype: info.dtype, shape: info.shape) { Array(try adapter.checkpoint.bytes(of: tensor)) }
+            let shape = ["hada_t1", "hada_t2", "lokr_t2"].contains(role) ? try core(info.shape) : info.shape
+            return AdapterSink.Tensor(name: name(role), dtype: info.dtype, shape: shape) { Array(try adapter.checkpoint.bytes(of: tensor)) }
         }
     }
 
@@ -182,6 +198,10 @@ enum ConvertLycoris {
             module = m.module
             if let w1 = s["lokr_w1"] { (a, b) = (w1[0], w1[1]) } else { (a, b, w1Rank) = (s["lokr_w1_a"]![0], s["lokr_w1_b"]![1], s["lokr_w1_a"]![1]) }
             if let w2 = s["lokr_w2"] {
+                guard w2.count != 3 else {
+                    throw LoRACoreError.invalidModule(
+                        module: module, detail: "a Conv1d LoKr with a full lokr_w2 \(w2): PEFT's make_kron leaves w1 unaligned for it, so the same tensors make another ΔW in PEFT and LyCORIS")
+                }
                 (c, d) = (w2[0], w2[1])
             } else if let t = s["lokr_t2"] {
                 (c, d, w2Rank, tucker) = (s["lokr_w2_a"]![1], s["lokr_w2_b"]![1], t[0], true)
@@ -245,7 +265,10 @@ enum ConvertLycoris {
     private static func writePEFT(_ plans: [(module: AdapterModule, original: AdapterModule, rank: Int, alpha: Double)], type: String,
                                   settings: PEFTSettings, adapter: Adapter, base: Checkpoint?, options: ConvertOptions) throws {
         var tensors: [AdapterSink.Tensor] = []
-        for p in plans { tensors += copies(of: p.original, adapter: adapter) { "base_model.model." + p.module.module + "." + $0 } }
+        for p in plans {
+            // LyCORIS stores a Conv1d's Tucker core as (r, r, k), PEFT as (r, r, k, 1).
+            tensors += try copies(of: p.original, adapter: adapter, core: { $0.count == 3 ? $0 + [1] : $0 }) { "base_model.model." + p.module.module + "." + $0 }
+        }
         let targeted = Set(plans.map(\.module.module))
         tensors += PEFTDialect.replacementTensors(adapter, targeted: targeted)
         let (r, rankPattern) = AdapterSink.rankSummary(plans.map { ($0.module.module, $0.rank) })

@@ -20,7 +20,9 @@ extension LoraTool {
                 PEFT LOHA/LOKR adapters (--to peft; a LyCORIS input needs --base): the factors are copied \
                 unchanged and each module's scale kept (a LyCORIS LoKr with both halves full, scale 1, gets \
                 α = r in PEFT; a PEFT one with α/r ≠ 1 cannot be written as LyCORIS and is refused), with \
-                decompose_both, decompose_factor and use_effective_conv2d set so that PEFT builds the stored shapes.
+                decompose_both, decompose_factor and use_effective_conv2d set so that PEFT builds the stored shapes. \
+                Tucker cores convert too; LyCORIS DoRA (dora_scale) and LyCORIS LoCon modules are rewritten as \
+                LyCORIS only.
 
                 --to lora writes any additive adapter (LoHa, LoKr, VeRA, FourierFT, LoRA; IA³ as W ⊙ l − W, OFT \
                 and BOFT as W' − W, with --base) as plain PEFT LoRA with scale 1: each module's ΔW, computed as \

@@ -47,7 +47,7 @@ enum UpdateOrigin: Sendable {
 public struct ModuleUpdate: Sendable, Equatable {
     public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
         l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount && l.experts == r.experts
-            && l.fourierSeed == r.fourierSeed && l.kernel == r.kernel && l.rescalesRows == r.rescalesRows
+            && l.fourierSeed == r.fourierSeed && l.kernel == r.kernel && l.rescalesRows == r.rescalesRows && l.peftConv1dKron == r.peftConv1dKron
     }
 
     let type: any AdapterUpdateType.Type
@@ -81,6 +81,8 @@ public struct ModuleUpdate: Sendable, Equatable {
     /// LyCORIS DoRA (`dora_scale`, `WeightDecompose`): each output row of W + ΔW is rescaled, so
     /// `--weight` must be 1.
     public var rescalesRows = false
+    /// PEFT's LoKr on a Conv1d with a full 3-D `lokr_w2`: ΔW is PEFT's misaligned kron (see `LoKr`).
+    public var peftConv1dKron = false
     /// Whether the base must be a matrix: OFT and BOFT rotate input columns, and PEFT's FourierFT
     /// wraps Linear layers only (its 2-D spectrum is the weight's shape).
     var needsMatrix: Bool { rotatesInputs || fourierSeed != nil }
@@ -89,7 +91,7 @@ public struct ModuleUpdate: Sendable, Equatable {
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
-                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel, rescalesRows: rescalesRows)
+                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel, rescalesRows: rescalesRows, peftConv1dKron: peftConv1dKron)
     }
 }
 

@@ -12,6 +12,11 @@ import SafeTensors
 /// `create_lycoris_from_weights`, reads that r as w2_a's columns and fails on such files unless w1
 /// is decomposed; the scale here is the trained network's, alpha/r.)
 ///
+/// PEFT 0.21.2 on a Conv1d with a full `lokr_w2` (c, d, k): its `make_kron` aligns w1's dimensions for
+/// a 4-D w2 only, so torch.kron prepends one to w1 and ΔW is kron((1, a, b), (c, d, k)), (c, a·d, b·k),
+/// reshaped to the (a·c, b·d, k) weight: ΔW's elements in another order than the aligned kron. That is
+/// PEFT's forward, so its files merge that way (`peftConv1dKron`); LyCORIS aligns them.
+///
 /// Scale, each package's own rule for its own files (they differ when both halves are full):
 /// - PEFT: α/r from adapter_config.json (`alpha`, `rank_pattern`, `alpha_pattern`), always.
 /// - LyCORIS: 1 when both `lokr_w1` and `lokr_w2` are full matrices (`lokr.py` sets alpha = dim);
@@ -79,6 +84,9 @@ enum LoKr: AdapterUpdateType {
         var update = ModuleUpdate(type: LoKr.self, tensors: tensors.mapValues(\.name), parameterCount: tensors.values.reduce(0) { $0 + ($1.elementCount ?? 0) },
                                   isMultiplicative: false, scalesBias: false)
         update.kernel = kernel
+        if case .peft = origin, tensors["lokr_w2"]?.shape.count == 3 {
+            update.peftConv1dKron = true
+        }
         if let m = tensors["dora_scale"] {
             try WeightDecompose.check(m, out: w1.rows * w2.rows, origin: origin, module: module, type: name)
             update.rescalesRows = true
@@ -112,8 +120,9 @@ enum LoKr: AdapterUpdateType {
                     UpdateMath.product(va.map(Double.init), vb.map(Double.init), rows: fa.rows, inner: fa.cols, cols: fb.cols), fa.rows, fb.cols)
         }
         let w1 = try half(1), w2 = try half(2)
-        let update = Loaded(w1: w1.values, w2: w2.values, w1Exact: w1.exact, w2Exact: w2.exact, w1Cols: w1.cols, w2Rows: w2.rows, w2Cols: w2.cols,
-                      scale: module.scale)
+        let update = Loaded(w1: w1.values, w2: w2.values, w1Exact: w1.exact, w2Exact: w2.exact, w1Rows: w1.rows, w1Cols: w1.cols, w2Rows: w2.rows, w2Cols: w2.cols,
+                            scale: module.scale,
+                            peftConv1dKernel: module.update!.peftConv1dKron ? checkpoint.info(t["lokr_w2"]!)!.shape[2] : nil)
         guard let m = t["dora_scale"] else { return update }
         return WeightDecompose(inner: update, magnitude: try UpdateMath.floats(checkpoint, m, module: module.module))
     }
@@ -122,25 +131,35 @@ enum LoKr: AdapterUpdateType {
     struct Loaded: LoadedUpdate {
         let w1: [Float], w2: [Float]
         let w1Exact: [Double], w2Exact: [Double]
-        let w1Cols: Int, w2Rows: Int, w2Cols: Int
+        let w1Rows: Int, w1Cols: Int, w2Rows: Int, w2Cols: Int
         let scale: Double
+        /// PEFT's LoKr on a Conv1d with a full lokr_w2 (c, d, k): the kernel k (`ModuleUpdate.peftConv1dKron`).
+        let peftConv1dKernel: Int?
+
+        /// The flat indices in w1 and w2 whose product is ΔW[i][j] (`cols` wide).
+        func factors(_ i: Int, _ j: Int, cols: Int) -> (Int, Int) {
+            guard let k = peftConv1dKernel else { return ((i / w2Rows) * w1Cols + j / w2Cols, (i % w2Rows) * w2Cols + j % w2Cols) }
+            // torch.kron((1, a, b), (c, d, k)) = R (c, a·d, b·k), read in R's order as the (a·c, b·d·k) weight.
+            let (b, d) = (w1Cols, w2Cols / k), g = i * cols + j, block = w1Rows * d * b * k
+            let (j0, rest) = (g / block, g % block), (q, rest2) = (rest / (b * k), rest % (b * k))
+            return ((q / d) * b + rest2 / k, j0 * d * k + (q % d) * k + rest2 % k)
+        }
 
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
             let s = Float(scale)
             for r in 0..<count {
-                let i = r0 + r, i1 = i / w2Rows, i2 = i % w2Rows
                 for j in 0..<cols {
-                    let kron = w1[i1 * w1Cols + j / w2Cols] * w2[i2 * w2Cols + j % w2Cols]
-                    block[r * cols + j] += (kron * s) * weight
+                    let (f1, f2) = factors(r0 + r, j, cols: cols)
+                    block[r * cols + j] += ((w1[f1] * w2[f2]) * s) * weight
                 }
             }
         }
 
         func apply64(toRows r0: Int, count: Int, cols: Int, block: inout [Double], weight: Double) {
             for r in 0..<count {
-                let i = r0 + r, i1 = i / w2Rows, i2 = i % w2Rows
                 for j in 0..<cols {
-                    block[r * cols + j] += w1Exact[i1 * w1Cols + j / w2Cols] * w2Exact[i2 * w2Cols + j % w2Cols] * scale * weight
+                    let (f1, f2) = factors(r0 + r, j, cols: cols)
+                    block[r * cols + j] += w1Exact[f1] * w2Exact[f2] * scale * weight
                 }
             }
         }
