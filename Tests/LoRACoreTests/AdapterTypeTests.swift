@@ -296,6 +296,23 @@ struct AdapterTypeTests {
         }
     }
 
+    @Test("dora_scale's shape decides the norm: (out, 1) per output row (a one-row module's (1, 1) too), (1, in) per input column (refused), else refused")
+    func doraScaleShapes() throws {
+        func check(_ shape: [Int], out: Int) throws {
+            try WeightDecompose.check(TensorInfo(name: "m.dora_scale", dtype: .float32, shape: shape), out: out, origin: .lycoris(alpha: nil), module: "m", type: "LoHa")
+        }
+        try check([16, 1], out: 16)
+        try check([16, 1, 1, 1], out: 16)
+        try check([1, 1], out: 1)
+        #expect(throws: LoRACoreError.self) { try check([1, 16], out: 16) }
+        #expect(throws: LoRACoreError.self) { try check([1, 16, 1, 1], out: 8) }
+        #expect(throws: LoRACoreError.self) { try check([8, 2], out: 8) }
+        #expect(throws: LoRACoreError.self) {
+            try WeightDecompose.check(TensorInfo(name: "m.dora_scale", dtype: .float32, shape: [16, 1]), out: 16,
+                                      origin: .peft(rank: 2, alpha: 2, config: AdapterConfig()), module: "m", type: "LoHa")
+        }
+    }
+
     @Test("IA³ refuses a weight other than 1 or -1, naming the module and why")
     func ia3Weight() throws {
         let c = TypeCase(name: "peft_ia3", dtype: "f32")

@@ -27,7 +27,7 @@ struct WeightDecompose: LoadedUpdate {
         guard TensorData.format(info.dtype) != nil else {
             throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(info.name)' has dtype \(info.dtype.rawValue); dora_scale must be F32, F16 or BF16")
         }
-        if info.shape.count >= 2, info.shape[0] == 1, info.shape[1] > 1 || out == 1, info.shape.dropFirst(2).allSatisfy({ $0 == 1 }) {
+        if info.shape.count >= 2, info.shape[0] == 1, info.shape[1] > 1, info.shape.dropFirst(2).allSatisfy({ $0 == 1 }) {
             throw LoRACoreError.invalidModule(
                 module: module, detail: "tensor '\(info.name)' \(info.shape): LyCORIS DoRA with norms per input column (wd_on_out false) is not supported yet")
         }
