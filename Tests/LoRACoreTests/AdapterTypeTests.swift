@@ -189,21 +189,25 @@ struct AdapterTypeTests {
         #expect(!message.contains("\n"))
     }
 
-    @Test("A Tucker module on a base whose weight is not a convolution with the core's kernel is refused naming the module", arguments: ["peft_loha_tucker", "lycoris_lokr_tucker"])
-    func tuckerBaseMismatch(fixture: String) throws {
+    @Test("A Tucker module, or a LoKr/LoCon one with a full kernel, on a base whose weight has another kernel of the same size is refused naming the module",
+          arguments: [("peft_loha_tucker", "blocks.1.conv", [32, 16, 3, 3]), ("lycoris_lokr_tucker", "blocks.1.conv", [32, 16, 3, 3]),
+                      ("lycoris_lokr_tucker", "blocks.0.conv", [16, 8, 3, 3]), ("lycoris_locon_dora_conv", "blocks.0.conv", [16, 8, 3, 3])])
+    func kernelMismatch(fixture: String, module: String, shape: [Int]) throws {
         let c = TypeCase(name: fixture, dtype: "f32")
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
-        // The conv base with blocks.1.conv's (32, 16, 3, 3) kernel stored as (32, 16, 9, 1): same size, another kernel.
+        // The conv base with the module's (out, in, 3, 3) kernel stored as (out, in, 9, 1): same size, another kernel.
         let ckpt = try Checkpoint(path: c.base + "/model.safetensors")
         let tensors: [AdapterSink.Tensor] = ckpt.names.map { n in
             let info = ckpt.info(n)!
-            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: n == "blocks.1.conv.weight" ? [32, 16, 9, 1] : info.shape) { Array(try ckpt.bytes(of: n)) }
+            return AdapterSink.Tensor(name: n, dtype: info.dtype, shape: n == module + ".weight" ? [shape[0], shape[1], 9, 1] : info.shape) {
+                Array(try ckpt.bytes(of: n))
+            }
         }
         try AdapterSink.writeFile(tensors, to: out + "/base.safetensors", metadata: nil, force: true)
         let error = #expect(throws: LoRACoreError.self) { try Merge.run(MergeOptions(base: out + "/base.safetensors", adapters: [(c.adapter, 1)], output: out + "/m")) }
         let message = error?.localizedDescription ?? ""
-        #expect(message.contains("blocks.1.conv") && message.contains("a convolution [32, 16, 3, 3] (its Tucker core's kernel)"), "\(message)")
+        #expect(message.contains("module '\(module)'") && message.contains("a convolution \(shape) (the kernel its factors are for)"), "\(message)")
     }
 
     @Test("LyCORIS DoRA scales that do not fit, incomplete LoCon modules, LoCon Tucker cores that do not fit and other algorithms are refused in one line naming the tensor",

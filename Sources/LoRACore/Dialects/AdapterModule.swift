@@ -97,7 +97,7 @@ extension AdapterModule {
         guard update != nil else { return "\(expectedBaseShape)" }
         if let c = update!.inputChannels { return "[\(outFeatures == 0 ? "?" : String(outFeatures)), \(c), …]" }
         if let k = update!.kernel {
-            return "a convolution [\(outFeatures), \(inFeatures / max(1, k.reduce(1, *))), \(k.map(String.init).joined(separator: ", "))] (its Tucker core's kernel)"
+            return "a convolution [\(outFeatures), \(inFeatures / max(1, k.reduce(1, *))), \(k.map(String.init).joined(separator: ", "))] (the kernel its factors are for)"
         }
         if update!.rotatesInputs {
             return "a Linear or Embedding matrix [?, \(inFeatures == 0 ? "?" : String(inFeatures))] (\(typeName) on convolutions is not supported)"

@@ -75,8 +75,9 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var experts: ExpertSlice? = nil
     /// FourierFT: `random_loc_seed`, the seed of the spectrum's positions.
     public var fourierSeed: UInt64? = nil
-    /// A Tucker core's kernel (`hada_t1`, `lokr_t2`: (r, r, kh, kw) → [kh, kw]): the base must be a
-    /// convolution with this kernel (PEFT stores a Conv1d's k as [k, 1]).
+    /// The convolution kernel the factors are for (a Tucker core's (r, r, kh, kw) → [kh, kw]; a LoKr's
+    /// full w2, a LoCon's lora_down): the base must be a convolution with it (PEFT stores a Conv1d's
+    /// core as [k, 1]).
     public var kernel: [Int]? = nil
     /// LyCORIS DoRA (`dora_scale`, `WeightDecompose`): each output row of W + ΔW is rescaled, so
     /// `--weight` must be 1.

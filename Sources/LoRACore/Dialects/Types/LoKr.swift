@@ -63,6 +63,8 @@ enum LoKr: AdapterUpdateType {
             kernel = t.kernel
         } else {
             w2 = try half(2, s, tensors, module: module)
+            // A convolution's full w2 (c, d, kernel…): the base must have that kernel.
+            if let full = tensors["lokr_w2"]?.shape, full.count > 2 { kernel = Array(full.dropFirst(2)) }
         }
         let inner = [w1.rank, w2.rank].compactMap { $0 }
         let rank: Int, alpha: Double, scale: Double
