@@ -1139,74 +1139,148 @@ def lycoris_delta(sd, module):
     (lycoris 4.1.3 LohaModule/LokrModule.get_weight · multiplier 1), written independently."""
     t = {k.split(".", 1)[1]: v.double() for k, v in sd.items() if k.split(".", 1)[0] == module}
     alpha = float(t["alpha"]) if "alpha" in t else 0.0
+    if "lora_down.weight" in t:
+        down, up = t["lora_down.weight"], t["lora_up.weight"]
+        dim = down.shape[0]
+        scale = (alpha if alpha != 0 else dim) / dim
+        if "lora_mid.weight" in t:
+            return torch.einsum("i j k l, p i, j q -> p q k l", t["lora_mid.weight"], up.reshape(up.shape[0], -1), down.reshape(dim, -1)) * scale
+        return (up.reshape(up.shape[0], -1) @ down.reshape(dim, -1)) * scale
+    if "hada_t1" in t:
+        dim = t["hada_w1_b"].shape[0]
+        scale = (alpha if alpha != 0 else dim) / dim
+        rebuild = lambda n: torch.einsum("i j ..., j r, i p -> p r ...", t[f"hada_t{n}"], t[f"hada_w{n}_b"], t[f"hada_w{n}_a"])
+        return rebuild(1) * rebuild(2) * scale
     if "hada_w1_a" in t:
         dim = t["hada_w1_b"].shape[0]
         scale = (alpha if alpha != 0 else dim) / dim
         return (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * scale
     w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
-    w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
+    if "lokr_w2" in t:
+        w2 = t["lokr_w2"]
+    elif "lokr_t2" in t:
+        w2 = torch.einsum("i j ..., i p, j r -> p r ...", t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
+    else:
+        w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
     if "lokr_w1" in t and "lokr_w2" in t:
         scale = 1.0  # lokr.py: both factors full matrices → alpha := lora_dim
     else:
-        dim = t["lokr_w1_a"].shape[1] if "lokr_w1_a" in t else t["lokr_w2_a"].shape[1]
+        # The network's lora_dim: the Tucker core's size, else the inner dimension of w1_a or w2_a.
+        dim = t["lokr_w1_a"].shape[1] if "lokr_w1_a" in t else t["lokr_t2"].shape[0] if "lokr_t2" in t else t["lokr_w2_a"].shape[1]
         scale = (alpha if alpha != 0 else dim) / dim
-    return torch.kron(w1, w2) * scale
+    w1 = w1.reshape(*w1.shape, *[1] * (w2.dim() - 2))
+    return torch.kron(w1, w2.contiguous()) * scale
 
 
 def lycoris_case(name, algo, file_dtype, seed, **kwargs):
     """adapter.safetensors from lycoris-lora (kohya names lora_te_…), merged-f32/ and merged-bf16/
     = W + ΔW computed in float64 by `lycoris_delta` and rounded once; checked against lycoris' own
     forward pass, and lycoris' merge_to measured against it."""
-    from lycoris import create_lycoris, create_lycoris_from_weights, LycorisNetwork
+    from lycoris import create_lycoris, LycorisNetwork
     d = fresh(os.path.join(TYPES_FIX, name))
     LycorisNetwork.apply_preset({"target_module": [], "target_name": ["*" + t for t in TYPE_TARGETS], "use_fnmatch": True,
                                  "lora_prefix": "lora_te", "name_algo_map": {"*q_proj": {"algo": algo, "dim": 1, "alpha": 1}}})
-    model = types_base()
-    net = create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, algo=algo, **kwargs)
+    path = os.path.join(d, "adapter.safetensors")
+    lycoris_network(create_lycoris(types_base(), 1.0, linear_dim=2, linear_alpha=3, algo=algo, **kwargs), seed, path, file_dtype)
+    facts = lycoris_reference(d, path)
+    write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW in float64, rounded once",
+               lycoris=facts)
+    print("case", name, facts)
+
+
+def lycoris_network(net, seed, path, file_dtype):
+    """`net` (create_lycoris' network) applied to its model, every parameter random, saved at `path`."""
     net.apply_to()
     torch.manual_seed(seed)
     with torch.no_grad():
         for n, p in net.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    path = os.path.join(d, "adapter.safetensors")
+            if n.endswith("dora_scale"):
+                p.copy_(p.abs() * (1.0 + 0.3 * torch.rand_like(p)))  # DoRA magnitudes: the weight's row norms, moved
+            else:
+                p.copy_(torch.randn_like(p) * 0.3)
     net.save_weights(path, file_dtype, None)
+    return net
+
+
+def lycoris_forward_weights(loras):
+    """The weights lycoris' own fp32 forward uses for each module (`loras`) of a network on an f32
+    base (`_rebuild_forward`: W + ΔW, then DoRA's rescale when the module has one), by flattened
+    module name: lora-tool's f32 merge is compared with them bit for bit."""
+    out = {}
+    with torch.no_grad():
+        for m in loras:
+            w = m.org_module[0].weight.detach()
+            # LoCon's forward: make_weight() (scalar in) · scale; LoHa's and LoKr's: get_weight (scale in) · scalar.
+            d = m.make_weight().to(w.dtype) * m.scale if hasattr(m, "make_weight") else m.get_weight(m.shape).to(w.dtype) * m.scalar
+            out[m.lora_name[len("lora_te_"):]] = (m.apply_weight_decompose(w + d, 1.0) if m.wd else w + d).contiguous()
+    return out
+
+
+def save_forward_weights(weights, model, d):
+    """`weights` (flattened module names → tensors) as forward-f32.safetensors in `d`, named as `model`'s weights."""
+    names = {n.replace(".", "_"): n for n, _ in model.named_modules()}
+    save_file({names[k] + ".weight": v for k, v in sorted(weights.items())}, os.path.join(d, "forward-f32.safetensors"))
+
+
+def lycoris_reference(d, path, make_base=types_base, make_input=lambda: torch.randint(0, 32, (2, 8)), save=save_model, forward=None):
+    """merged-f32/ and merged-bf16/ in `d`: the base (`make_base`, the `types` one by default) + ΔW of
+    the LyCORIS file at `path` computed in float64 by `lycoris_delta`, rounded once; checked against
+    lycoris' own forward pass on `make_input()` (the network loaded from the file, or the trained
+    network's output `forward` when given), and lycoris' merge_to measured against it when the file
+    was loaded (the returned facts)."""
+    from lycoris import create_lycoris_from_weights, LycorisNetwork
+    LycorisNetwork.LORA_PREFIX = "lora_te"  # the loader matches modules by it (as when this group runs alone)
     sd = load_file(path)
     modules = sorted({k.split(".", 1)[0] for k in sd})
     facts = {}
+    output = lambda y: getattr(y, "logits", y)
     for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
-        merged = types_base().to(dtype)
+        merged = make_base().to(dtype)
         deltas = {}
         with torch.no_grad():
             for mod_name, mod in merged.named_modules():
                 key = "lora_te_" + mod_name.replace(".", "_")
                 if key in modules:
-                    deltas[mod_name] = lycoris_delta(sd, key)
-                    mod.weight.copy_((mod.weight.double() + deltas[mod_name]).to(dtype))
-        save_model(merged, os.path.join(d, "merged-" + tag))
+                    deltas[mod_name] = lycoris_delta(sd, key).reshape(mod.weight.shape)
+                    w = mod.weight.double() + deltas[mod_name]
+                    if key + ".dora_scale" in sd:
+                        # LyCORIS DoRA (wd_on_out): each output row to m / (‖row‖ + fp32 eps).
+                        norm = w.reshape(w.shape[0], -1).norm(dim=1) + torch.finfo(torch.float32).eps
+                        w = w * (sd[key + ".dora_scale"].double().reshape(-1) / norm).reshape(-1, *[1] * (w.dim() - 1))
+                    mod.weight.copy_(w.to(dtype))
+        save(merged, os.path.join(d, "merged-" + tag))
         if tag == "f32":
             # The reference equals lycoris' forward pass (network applied to the f32 base) ...
-            base = types_base()
-            lyco, _ = create_lycoris_from_weights(1.0, path, base)
-            lyco.apply_to()
-            x = torch.randint(0, 32, (2, 8))
-            with torch.no_grad():
-                forward = base(x).logits
-                ours = merged(x).logits
-            facts["forward_max_abs_diff"] = float((forward - ours).abs().max())
+            if forward is None:
+                base = make_base()
+                lyco, _ = create_lycoris_from_weights(1.0, path, base)
+                save_forward_weights(lycoris_forward_weights(lyco.loras), merged, d)
+                lyco.apply_to()
+                x = make_input()
+                with torch.no_grad():
+                    expected = output(base(x))
+                    ours = output(merged(x))
+            else:
+                expected = forward
+                with torch.no_grad():
+                    ours = output(merged(make_input()))
+            facts["forward_max_abs_diff"] = float((expected - ours).abs().max())
             assert facts["forward_max_abs_diff"] < 1e-5, facts
+            if forward is not None:
+                continue
             # ... and lycoris' merge_to does not: it applies alpha/dim twice.
-            base = types_base()
+            base = make_base()
             lyco, _ = create_lycoris_from_weights(1.0, path, base)
             lyco.merge_to(1.0)
-            orig = dict(types_base().named_modules())
+            orig = dict(make_base().named_modules())
             ratios = {}
             for mod_name, delta in deltas.items():
+                if "lora_te_" + mod_name.replace(".", "_") + ".dora_scale" in sd:
+                    continue  # DoRA: the change is not a multiple of ΔW
                 got = dict(base.named_modules())[mod_name].weight.detach().double() - orig[mod_name].weight.double()
                 ratios[mod_name] = round(float(got.norm() / delta.norm()), 4)
             facts["merge_to_over_forward_norm_ratio"] = ratios
-    write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW in float64, rounded once",
-               lycoris=facts)
-    print("case", name, facts)
+    return facts
 
 
 def adapter_type_cases():
@@ -1228,15 +1302,195 @@ def adapter_type_cases():
     lycoris_case("lycoris_loha", "loha", torch.float32, seed=21)
     # q_proj (dim 1): both halves decomposed; v_proj: both full (LyCORIS: scale 1); up/down: w2 decomposed.
     lycoris_case("lycoris_lokr", "lokr", torch.bfloat16, seed=22, decompose_both=True)
+    # LyCORIS DoRA (weight_decompose, dora_scale per output row) on the same layouts.
+    lycoris_case("lycoris_loha_dora", "loha", torch.float32, seed=23, dora_wd=True)
+    lycoris_case("lycoris_lokr_dora", "lokr", torch.bfloat16, seed=24, decompose_both=True, dora_wd=True)
+    lycoris_case("lycoris_locon_dora", "locon", torch.float32, seed=25, dora_wd=True)
     d = fresh(os.path.join(TYPES_FIX, "bases"))
     save_model(types_base(), os.path.join(d, "f32"))
     save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
     base = load_file(os.path.join(TYPES_FIX, "bases", "f32", "model.safetensors"))
     for name in sorted(os.listdir(TYPES_FIX)):
         merged = os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors")
-        # Only merges over the `types` base (the MoE cases have bases of their own).
-        if os.path.exists(merged) and set(load_file(merged)) <= set(base):
+        # Only merges over the `types` base (the MoE cases have bases of their own), not conversions.
+        if os.path.exists(merged) and set(load_file(merged)) <= set(base) and not name.startswith("convert_"):
             write_svd(name)
+
+
+def lycoris_convert_cases():
+    """`convert --to peft|kohya` between LyCORIS files and PEFT LOHA/LOKR adapters, checked by the real
+    packages (needs lora-tool built: .build/debug/lora-tool). convert_<fixture>/adapter is lora-tool's
+    output. From a LyCORIS file: PEFT loads it (no missing or unexpected adapter keys) and its
+    merge_and_unload, saved as merged-f32/ and merged-bf16/, is within one ulp of the file's LyCORIS
+    reference merge. From a PEFT adapter: lycoris loads the file and its forward equals W + ΔW
+    (merged-*/ by `lycoris_reference`), within one ulp of PEFT's own merge."""
+    import subprocess
+    from peft import PeftModel
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    for source, target in (("lycoris_loha", "peft"), ("lycoris_lokr", "peft"), ("peft_loha", "kohya"),
+                           ("lycoris_loha_tucker", "peft"), ("lycoris_lokr_tucker", "peft"), ("peft_loha_tucker", "kohya"),
+                           ("peft_loha_tucker_conv1d", "kohya")):
+        tucker = "_tucker" in source
+        conv1d = source.endswith("_conv1d")
+        make_base, bases = (conv1d_base, "conv1d_bases") if conv1d else (conv_base, "conv_bases") if tucker else (types_base, "bases")
+        d = fresh(os.path.join(TYPES_FIX, "convert_" + source))
+        src = os.path.join(TYPES_FIX, source, "adapter.safetensors" if source.startswith("lycoris") else "adapter")
+        out = os.path.join(d, "adapter" if target == "peft" else "adapter.safetensors")
+        subprocess.run([tool, "convert", src, "--to", target, "--base", os.path.join(TYPES_FIX, bases, "f32"), "--output", out],
+                       check=True, stdout=subprocess.DEVNULL)
+        if os.path.isdir(out):
+            os.remove(os.path.join(out, ".lora-tool"))  # the output marker: not fixture data
+        facts = {}
+        if target == "peft":
+            for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+                model = PeftModel.from_pretrained(make_base().to(dtype), out)
+                stored = load_file(os.path.join(out, "adapter_model.safetensors"))
+                loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if ".hada_" in k or ".lokr_" in k}
+                assert set(loaded) == set(stored), (set(loaded) ^ set(stored))
+                assert all(torch.equal(loaded[k].float(), stored[k].float()) for k in stored)
+                merged = model.merge_and_unload()
+                (save_conv if tucker else save_model)(merged, os.path.join(d, "merged-" + tag))
+                ref = load_file(os.path.join(TYPES_FIX, source, "merged-" + tag, "model.safetensors"))
+                ours = merged.state_dict()
+                worst = max(float((ours[k].double() - v.double()).abs().max() / (torch.finfo(v.dtype).eps * v.double().abs().max())) for k, v in ref.items())
+                assert worst <= 1, worst
+                facts["peft_merge_vs_lycoris_reference_ulp_of_max_" + tag] = round(worst, 4)
+            write_case(d, reference="PEFT merge_and_unload of lora-tool's conversion", lycoris_source=source, peft_loads=True, **facts)
+        else:
+            facts = lycoris_reference(d, out, make_base, conv1d_input if conv1d else conv_input, save_conv) if tucker else lycoris_reference(d, out)
+            peft_ref = load_file(os.path.join(TYPES_FIX, source, "merged-f32", "model.safetensors"))
+            ours = load_file(os.path.join(d, "merged-f32", "model.safetensors"))
+            worst = max(float((ours[k].double() - v.double()).abs().max() / (torch.finfo(v.dtype).eps * v.double().abs().max())) for k, v in peft_ref.items())
+            assert worst <= 1, worst
+            facts["lycoris_reference_vs_peft_merge_ulp_of_max_f32"] = round(worst, 4)
+            write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW of lora-tool's conversion in float64, rounded once",
+                       peft_source=source, lycoris=facts)
+        print("case", "convert_" + source, facts)
+
+
+# --- Convolutions with Tucker cores (LoHa hada_t1/hada_t2, LoKr lokr_t2) ---------------------------
+CONV_TARGETS = ["blocks.0.conv", "blocks.1.conv", "proj"]
+
+
+def conv_base(dims=2):
+    """A tiny convolution net: 3×3 convs 8→16 and 16→32 (Tucker cores), and a 1×1 conv 32→16 (never a
+    Tucker core: PEFT and LyCORIS flatten it), biases on; `dims` 1: the same with Conv1d (kernel 3)."""
+    import torch.nn as nn
+    Conv = nn.Conv2d if dims == 2 else nn.Conv1d
+
+    class Block(nn.Module):
+        def __init__(self, i, o):
+            super().__init__()
+            self.conv = Conv(i, o, 3, padding=1)
+
+        def forward(self, x):
+            return torch.tanh(self.conv(x))
+
+    class TinyConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(8, 16), Block(16, 32)])
+            self.proj = Conv(32, 16, 1)
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    model = TinyConv()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def save_conv(model, path):
+    os.makedirs(path, exist_ok=True)
+    state_dict_file(model, os.path.join(path, "model.safetensors"))
+
+
+def conv_input(dims=2):
+    return torch.randn(2, 8, *[5] * dims, generator=torch.Generator().manual_seed(7))
+
+
+def conv1d_base():
+    return conv_base(1)
+
+
+def conv1d_input():
+    return conv_input(1)
+
+
+def peft_tucker_case(name, cfg, seed, make_base=conv_base):
+    """adapter/ from PEFT with use_effective_conv2d (Tucker cores on the 3×3 convs; on Conv1d PEFT stores
+    the core as (r, r, k, 1)), merged-f32/ and merged-bf16/ from PEFT's merge_and_unload on each base."""
+    d = fresh(os.path.join(TYPES_FIX, name))
+    peft_model = get_peft_model(make_base(), cfg)
+    randomize_types(peft_model, seed)
+    save_adapter(peft_model, os.path.join(d, "adapter"))
+    save_conv(peft_model.merge_and_unload(), os.path.join(d, "merged-f32"))
+    bf16 = PeftModel.from_pretrained(make_base().to(torch.bfloat16), os.path.join(d, "adapter"))
+    save_conv(bf16.merge_and_unload(), os.path.join(d, "merged-bf16"))
+    write_case(d, reference="peft merge_and_unload", peft_type=cfg.peft_type.value)
+    print("case", name)
+
+
+def lycoris_tucker_case(name, algo, file_dtype, seed, tucker=True, **kwargs):
+    """adapter.safetensors from lycoris-lora with use_tucker (kohya names lora_te_…), merged-f32/ and
+    merged-bf16/ = W + ΔW in float64 by `lycoris_delta`, rounded once; checked against the trained
+    network's forward pass (lycoris' own loader is recorded: it misreads a LoKr Tucker core's rank)."""
+    from lycoris import create_lycoris, create_lycoris_from_weights, LycorisNetwork
+    d = fresh(os.path.join(TYPES_FIX, name))
+    LycorisNetwork.apply_preset({"target_module": [], "target_name": CONV_TARGETS, "use_fnmatch": True, "lora_prefix": "lora_te"})
+    model = conv_base()
+    path = os.path.join(d, "adapter.safetensors")
+    net = lycoris_network(create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, conv_dim=2, conv_alpha=3, algo=algo, use_tucker=tucker, **kwargs),
+                          seed, path, file_dtype)
+    sd = load_file(path)
+    with torch.no_grad():
+        # The trained network's forward from the file's (possibly rounded) values.
+        for m in net.loras:
+            for pn, p in m.named_parameters():
+                p.copy_(sd[m.lora_name + "." + pn].float())
+        forward = model(conv_input())
+    save_forward_weights(lycoris_forward_weights(net.loras), conv_base(), d)
+    facts = lycoris_reference(d, path, conv_base, conv_input, save_conv, forward=forward)
+    try:
+        create_lycoris_from_weights(1.0, path, conv_base())
+        facts["lycoris_loader"] = "loads"
+    except Exception as e:
+        facts["lycoris_loader"] = f"fails: {type(e).__name__}"
+    write_case(d, adapters=["adapter.safetensors"], reference="W + the trained network's forward ΔW in float64, rounded once", lycoris=facts)
+    print("case", name, facts)
+
+
+def tucker_cases():
+    from peft import LoHaConfig, LoKrConfig
+    d = fresh(os.path.join(TYPES_FIX, "conv_bases"))
+    save_conv(conv_base(), os.path.join(d, "f32"))
+    save_conv(conv_base().to(torch.bfloat16), os.path.join(d, "bf16"))
+    # Tucker cores (r, r, 3, 3) on both 3×3 convs; proj (1×1) flattened; rank 3 on blocks.1.
+    peft_tucker_case("peft_loha_tucker", LoHaConfig(r=2, alpha=3, use_effective_conv2d=True, target_modules=CONV_TARGETS,
+                                                    rank_pattern={"blocks.1.conv": 3}), seed=61)
+    # blocks.0 (16 = 4·4, 8 = 2·4): w2 full (c, d, 3, 3); blocks.1 (32 = 4·8, 16 = 4·4): lokr_t2 (2, 2, 3, 3);
+    # proj (16 = 4·4, 32 = 4·8) with r = 1: w1 and w2 decomposed.
+    peft_tucker_case("peft_lokr_tucker", LoKrConfig(r=2, alpha=3, use_effective_conv2d=True, decompose_both=True, target_modules=CONV_TARGETS,
+                                                    rank_pattern={"proj": 1}), seed=62)
+    lycoris_tucker_case("lycoris_loha_tucker", "loha", torch.float32, seed=63)
+    lycoris_tucker_case("lycoris_lokr_tucker", "lokr", torch.bfloat16, seed=64)
+    # LoCon (k×k lora_down, 1×1 lora_up) with LyCORIS DoRA on the convolutions.
+    lycoris_tucker_case("lycoris_locon_dora_conv", "locon", torch.float32, seed=65, tucker=False, dora_wd=True)
+    # LoCon's Tucker core: lora_down (r, in, 1, 1), lora_mid (r, r, 3, 3), lora_up (out, r, 1, 1); proj plain.
+    lycoris_tucker_case("lycoris_locon_tucker", "locon", torch.float32, seed=66)
+    # Conv1d (kernel 3): PEFT's cores (r, r, 3, 1) on a (out, in, 3) weight.
+    d = fresh(os.path.join(TYPES_FIX, "conv1d_bases"))
+    save_conv(conv1d_base(), os.path.join(d, "f32"))
+    save_conv(conv1d_base().to(torch.bfloat16), os.path.join(d, "bf16"))
+    peft_tucker_case("peft_loha_tucker_conv1d", LoHaConfig(r=2, alpha=3, use_effective_conv2d=True, target_modules=CONV_TARGETS), seed=67,
+                     make_base=conv1d_base)
+    peft_tucker_case("peft_lokr_tucker_conv1d", LoKrConfig(r=2, alpha=3, use_effective_conv2d=True, target_modules=CONV_TARGETS), seed=68,
+                     make_base=conv1d_base)
 
 
 def write_svd(name):
@@ -1808,6 +2062,8 @@ GROUPS = {
     "extract": extract_cases,
     "combine": combine_cases,
     "types": adapter_type_cases,
+    "lycoris-convert": lycoris_convert_cases,
+    "tucker": tucker_cases,
     "oft": oft_cases,
     "boft": boft_cases,
     "moe": moe_cases,

@@ -16,7 +16,8 @@ private func doubles(_ ckpt: Checkpoint, _ name: String) throws -> [Double] { tr
 @Suite("convert --to lora: additive adapters as plain LoRA by SVD")
 struct ConvertToLoRATests {
     /// (IA³'s fixture scales q/v biases too, which LoRA cannot hold: refused below.)
-    static let fixtures = ["peft_loha", "peft_lokr", "peft_vera", "peft_fourierft", "peft_oft", "peft_oft_cayley", "peft_boft", "lycoris_loha", "lycoris_lokr"]
+    static let fixtures = ["peft_loha", "peft_lokr", "peft_vera", "peft_fourierft", "peft_oft", "peft_oft_cayley", "peft_boft", "lycoris_loha", "lycoris_lokr",
+                           "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora"]
 
     @Test("Each module's error is the optimal rank-R truncation error of its ΔW (torch's singular values) within 5%, and merging the LoRA reproduces it against the reference merge",
           arguments: fixtures, [1, 2])

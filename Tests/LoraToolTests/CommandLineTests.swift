@@ -61,6 +61,25 @@ struct CommandLineTests {
         #expect(out.contains("every module finds its base tensor"))
     }
 
+    @Test("convert LyCORIS LoKr → PEFT → LyCORIS: exit 0 with the scales and the α = r note; a PEFT LoKr that LyCORIS cannot scale: exit 1, one error line naming the module")
+    func convertLycoris() throws {
+        let fixtures = "Tests/LoRACoreTests/AdapterTypeFixtures"
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("lyco-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let (s1, o1, e1) = try run(["convert", "\(fixtures)/lycoris_lokr/adapter.safetensors", "--to", "peft", "--base", "\(fixtures)/bases/f32", "--output", out + "/peft"])
+        #expect(s1 == 0, "\(e1)")
+        #expect(o1.contains("LyCORIS LoKr (kohya names)") && o1.contains("modules  4, scales 1, 1.5") && o1.contains("written with α = r"), "\(o1)")
+        let (s2, o2, e2) = try run(["convert", out + "/peft", "--to", "kohya", "--output", out + "/back.safetensors"])
+        #expect(s2 == 0, "\(e2)")
+        #expect(o2.contains("from     PEFT LoKr"))
+        let (s3, o3, e3) = try run(["convert", "\(fixtures)/peft_lokr/adapter", "--to", "kohya", "--output", out + "/no.safetensors"])
+        #expect(s3 == 1 && o3.isEmpty)
+        #expect(e3.hasPrefix("error: module 'model.layers.0.self_attn.v_proj': LyCORIS scales a LoKr whose halves are both full matrices by 1"), "\(e3)")
+        #expect(e3.split(separator: "\n").count == 1)
+        #expect(!FileManager.default.fileExists(atPath: out + "/no.safetensors"))
+    }
+
     @Test("Hand-written layouts need --scale or --alpha/--rank, and say so; with them they merge to plain names")
     func handWritten() throws {
         let dir = "Tests/LoRACoreTests/Fixtures/handwritten_parametrize"

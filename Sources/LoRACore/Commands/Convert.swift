@@ -49,10 +49,13 @@ public enum Convert {
         if options.initial == nil { try ResidualInitialisation.refuse(adapter, "convert") }
         let base = try options.base.map { try Checkpoint(path: $0) }
         var modules = adapter.modules
-        if let base { modules = try adapter.modules(resolvedAgainst: base) } else if adapter.format == .kohya && options.to != .kohya {
+        if let base { modules = try adapter.modules(resolvedAgainst: base) } else if (adapter.format == .kohya || adapter.format == .lycoris) && options.to != .kohya {
             throw LoRACoreError.invalidRequest("kohya names flatten module paths; give --base so they can be matched to the model's modules")
         }
         guard !modules.isEmpty else { throw LoRACoreError.invalidRequest("\(options.adapter): no LoRA modules to convert") }
+        if modules.contains(where: { $0.update != nil }) {
+            return try ConvertLycoris.run(adapter: adapter, modules: modules, base: base, options: options)
+        }
         var notes: [String] = []
         var factors = try Convert.factors(of: adapter, modules: modules, notes: &notes)
         if let initial = options.initial {

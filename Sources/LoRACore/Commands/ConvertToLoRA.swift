@@ -60,6 +60,9 @@ public enum ConvertToLoRA {
                 }
                 m = m.fitted(to: info.shape)
             }
+            if m.update?.kernel != nil || (base?.info(m.baseWeightName)?.shape.count ?? 2) > 2 {
+                throw LoRACoreError.invalidModule(module: m.module, detail: "\(m.typeName) on a convolution is not converted to LoRA yet")
+            }
             let (delta, rows, cols) = try self.delta(of: m, original: original, adapter: adapter, base: base)
             let total = delta.reduce(0.0) { $0 + Double($1) * Double($1) }
             guard total > 0 else {
@@ -107,8 +110,10 @@ public enum ConvertToLoRA {
         if u.scalesBias, let base, base.info(m.baseBiasName) != nil {
             throw LoRACoreError.invalidModule(module: m.module, detail: "\(u.typeName) also scales its bias ('\(m.baseBiasName)'), which plain LoRA cannot hold")
         }
-        if u.isMultiplicative {
-            guard let base else { throw LoRACoreError.invalidRequest("module '\(m.module)': \(u.typeName) multiplies the weight, so its ΔW needs the weight: give --base") }
+        if u.isMultiplicative || u.rescalesRows {
+            guard let base else {
+                throw LoRACoreError.invalidRequest("module '\(m.module)': \(u.typeName)\(u.rescalesRows ? " with LyCORIS DoRA rescales" : " multiplies") the weight, so its ΔW needs the weight: give --base")
+            }
             let w = try TensorData.floats(base, m.baseWeightName)
             var merged = w
             loaded.apply(toRows: 0, count: rows, cols: cols, block: &merged, weight: 1)

@@ -61,7 +61,8 @@ public struct AdapterModule: Sendable, Equatable {
     public var expectedBaseShape: [Int] { convShape ?? (transposed ? [inFeatures, outFeatures] : [outFeatures, inFeatures]) }
     /// `q_proj` for `model.layers.0.self_attn.q_proj`.
     public var family: String { TensorName(module + ".weight").family }
-    public var isDoRA: Bool { magnitudeName != nil }
+    /// DoRA: PEFT's `lora_magnitude_vector`, or LyCORIS' `dora_scale` on a LoHa, LoKr or LoCon update.
+    public var isDoRA: Bool { magnitudeName != nil || update?.rescalesRows == true }
 }
 
 extension AdapterModule {
@@ -79,6 +80,7 @@ extension AdapterModule {
         guard let flat = UpdateMath.flat(shape) else { return false }
         return (outFeatures == 0 || flat.rows == outFeatures) && (inFeatures == 0 || flat.cols == inFeatures)
             && (update!.inputChannels == nil || shape[1] == update!.inputChannels) && (!update!.needsMatrix || shape.count == 2)
+            && (update!.kernel.map { k in Array(shape.dropFirst(2)) == k || Array(shape.dropFirst(2)) + [1] == k } ?? true)
     }
 
     /// This module with the dimensions it left open taken from the base weight's `shape` (which fits).
@@ -94,6 +96,9 @@ extension AdapterModule {
     var expectedShapeDescription: String {
         guard update != nil else { return "\(expectedBaseShape)" }
         if let c = update!.inputChannels { return "[\(outFeatures == 0 ? "?" : String(outFeatures)), \(c), …]" }
+        if let k = update!.kernel {
+            return "a convolution [\(outFeatures), \(inFeatures / max(1, k.reduce(1, *))), \(k.map(String.init).joined(separator: ", "))] (the kernel its factors are for)"
+        }
         if update!.rotatesInputs {
             return "a Linear or Embedding matrix [?, \(inFeatures == 0 ? "?" : String(inFeatures))] (\(typeName) on convolutions is not supported)"
         }

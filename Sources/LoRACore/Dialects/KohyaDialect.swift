@@ -50,6 +50,12 @@ enum KohyaDialect: AdapterDialect {
             ("ss_network_alpha", Set(factors.map { $0.module.scale * Double($0.module.rank) }).count == 1
                 ? "\(factors[0].module.scale * Double(factors[0].module.rank))" : "Dynamic"),
         ]
+        try writeOutput(tensors, metadata: metadata, options: options)
+    }
+
+    /// Writes a kohya-named file: one safetensors file when `options.output` ends in `.safetensors`,
+    /// else a directory holding `adapter.safetensors` (zstd-compressed with a level), staged.
+    static func writeOutput(_ tensors: [AdapterSink.Tensor], metadata: [(key: String, value: String)]?, options: ConvertOptions) throws {
         if options.output.hasSuffix(".safetensors") {
             try AdapterSink.writeFile(tensors, to: options.output, metadata: metadata, force: options.force)
         } else {

@@ -9,36 +9,49 @@ import SafeTensors
 /// LoHa on `model.layers.0.self_attn.q_proj`. Each type applies LyCORIS' own scale rule (`UpdateOrigin.lycoris`).
 /// The merge is the network's forward pass, W + ΔW, not lycoris' `merge_to`, which multiplies ΔW
 /// by alpha/r a second time (measured on the fixtures: ‖merge_to ΔW‖ / ‖forward ΔW‖ = alpha/r).
-/// Refused by name: LoRA/LoCon modules (`lora_down`) in the same file, Tucker cores, `dora_scale`,
-/// and every other LyCORIS algorithm (`diff`, `oft_blocks`, IA³ `weight`/`on_input`, …).
+/// LyCORIS DoRA (`dora_scale`) is read by LoHa, LoKr and LoCon (`WeightDecompose`); LoCon modules
+/// (`lora_down`/`lora_up`, `LoCon`) are read here, in a file with LoHa/LoKr modules or DoRA (a plain
+/// kohya file is `KohyaDialect`'s; LoCon's Tucker core `lora_mid` makes it LyCORIS). Refused by name: every other LyCORIS algorithm (`diff`, `oft_blocks`, IA³ `weight`/`on_input`, …).
 enum LycorisDialect: AdapterDialect {
     static let format = Adapter.Format.lycoris
 
     static func claims(tensorNames: [String]) -> Bool {
-        tensorNames.contains { name in role(of: name).map(AdapterUpdateTypes.isRole) ?? false }
+        tensorNames.contains { name in role(of: name).map { AdapterUpdateTypes.isRole($0) || $0 == "lora_mid.weight" } ?? false }
     }
 
     static func detects(_ files: AdapterFiles) -> Bool { files.config == nil && claims(tensorNames: files.checkpoint.names) }
 
     static func read(_ files: AdapterFiles, scale: AdapterScaleOverride) throws -> AdapterLayout {
         let ckpt = files.checkpoint
-        let (modules, _, rest) = try UpdatePairing.pair(
+        let origin = { (module: String) throws -> UpdateOrigin in
+            .lycoris(alpha: try ckpt.names.contains(module + ".alpha") ? KohyaDialect.readAlpha(ckpt, module + ".alpha", module: module) : nil)
+        }
+        // LoCon modules (lora_down/lora_up, with their dora_scale) are read apart: LoCon is not a registered type.
+        let loConRoles: Set<String> = ["lora_down.weight", "lora_up.weight", "lora_mid.weight"]
+        let loConModules = Set(ckpt.names.filter { role(of: $0).map(loConRoles.contains) ?? false }.map { String($0.prefix { $0 != "." }) })
+        var (modules, _, rest) = try UpdatePairing.pair(
             ckpt,
-            split: { name in role(of: name).map { (String(name.prefix { $0 != "." }), $0) } },
-            origin: { module in
-                .lycoris(alpha: try ckpt.names.contains(module + ".alpha") ? KohyaDialect.readAlpha(ckpt, module + ".alpha", module: module) : nil)
-            })
-        let held = Set(modules.map(\.module))
+            split: { name in
+                let module = String(name.prefix { $0 != "." })
+                return loConModules.contains(module) ? nil : role(of: name).map { (module, $0) }
+            },
+            origin: origin)
+        var loCon: [String: [String: TensorInfo]] = [:]
         for name in rest {
             let module = String(name.prefix { $0 != "." })
+            guard loConModules.contains(module), let r = role(of: name), loConRoles.contains(r) || r == "dora_scale" else { continue }
+            loCon[module, default: [:]][r] = ckpt.info(name)!
+        }
+        for module in loCon.keys.sorted(by: utf8Precedes) {
+            modules.append(try LoCon.module(module, tensors: loCon[module]!, origin: try origin(module)))
+        }
+        modules.sort { utf8Precedes($0.module, $1.module) }
+        let held = Set(modules.map(\.module))
+        for name in rest where !(loCon[String(name.prefix { $0 != "." })]?.values.contains { $0.name == name } ?? false) {
+            let module = String(name.prefix { $0 != "." })
             if role(of: name) == "alpha" && held.contains(module) { continue }
-            let why: String
-            switch role(of: name) {
-            case "lora_down.weight", "lora_up.weight", "lora_mid.weight": why = "a LoRA/LoCon module in a LyCORIS file; merge it as its own kohya file"
-            case "dora_scale": why = "LyCORIS DoRA (weight_decompose) is not supported yet"
-            default: why = "not a LoHa or LoKr tensor (other LyCORIS algorithms are not supported yet)"
-            }
-            throw LoRACoreError.unsupportedAdapter(path: files.weights, detail: "tensor '\(name)': \(why)")
+            throw LoRACoreError.unsupportedAdapter(
+                path: files.weights, detail: "tensor '\(name)': not a LoHa, LoKr or LoCon tensor (other LyCORIS algorithms are not supported yet)")
         }
         return AdapterLayout(modules: modules)
     }

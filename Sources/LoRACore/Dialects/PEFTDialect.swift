@@ -290,6 +290,20 @@ enum PEFTDialect: AdapterDialect {
         return (modules, replacements, untargeted)
     }
 
+    /// The adapter's full replacement tensors (modules_to_save, `base_layer` values) under PEFT's
+    /// names: `<module>.base_layer.<parameter>` for a module the output adapts (`targeted`), else the
+    /// base tensor's own name; bytes unchanged.
+    static func replacementTensors(_ adapter: Adapter, targeted: Set<String>) -> [AdapterSink.Tensor] {
+        adapter.replacements.map { baseName, tensor in
+            let parsed = TensorName(baseName)
+            let name = targeted.contains(parsed.module)
+                ? "base_model.model." + parsed.module + ".base_layer." + (parsed.role.baseParameter ?? "weight")
+                : "base_model.model." + baseName
+            let info = adapter.checkpoint.info(tensor)!
+            return AdapterSink.Tensor(name: name, dtype: info.dtype, shape: info.shape) { Array(try adapter.checkpoint.bytes(of: tensor)) }
+        }
+    }
+
     static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
         var tensors: [AdapterSink.Tensor] = []
         var alphas: [(String, Double)] = []
@@ -308,14 +322,7 @@ enum PEFTDialect: AdapterDialect {
             alphas.append((m.module, m.scale * Double(m.rank)))
         }
         let targeted = Set(factors.map(\.module.module))
-        for (baseName, tensor) in adapter.replacements {
-            let parsed = TensorName(baseName)
-            let name = targeted.contains(parsed.module)
-                ? "base_model.model." + parsed.module + ".base_layer." + (parsed.role.baseParameter ?? "weight")
-                : "base_model.model." + baseName
-            let info = adapter.checkpoint.info(tensor)!
-            tensors.append(.init(name: name, dtype: info.dtype, shape: info.shape) { Array(try adapter.checkpoint.bytes(of: tensor)) })
-        }
+        tensors += replacementTensors(adapter, targeted: targeted)
         let (r, rankPattern) = AdapterSink.rankSummary(factors.map { ($0.module.module, $0.module.rank) })
         let alpha = Convert.mostCommon(alphas.map(\.1))
         var config = AdapterSink.Config(r: r, loraAlpha: alpha, rankPattern: rankPattern, targetModules: [])

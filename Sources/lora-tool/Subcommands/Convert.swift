@@ -23,6 +23,14 @@ extension LoraTool {
                 keeping what PEFT's conversion drops (embedding LoRA, DoRA magnitudes). Without it, merge \
                 such an adapter into the residual model with merge --residual-base.
 
+                LoHa and LoKr convert between LyCORIS files (--to kohya: kohya names, hada_*/lokr_*, alpha) and \
+                PEFT LOHA/LOKR adapters (--to peft; a LyCORIS input needs --base): the factors are copied \
+                unchanged and each module's scale kept (a LyCORIS LoKr with both halves full, scale 1, gets \
+                α = r in PEFT; a PEFT one with α/r ≠ 1 cannot be written as LyCORIS and is refused), with \
+                decompose_both, decompose_factor and use_effective_conv2d set so that PEFT builds the stored shapes. \
+                Tucker cores convert too; LyCORIS DoRA (dora_scale) and LyCORIS LoCon modules are rewritten as \
+                LyCORIS only.
+
                 --to lora writes any additive adapter (LoHa, LoKr, VeRA, FourierFT, LoRA; IA³ as W ⊙ l − W, OFT \
                 and BOFT as W' − W, with --base) as plain PEFT LoRA with scale 1: each module's ΔW, computed as \
                 merge computes it, factored by truncated SVD (--svd-rank R, or --energy P [--max-rank M]), with \
@@ -47,7 +55,7 @@ extension LoraTool {
         @Argument(help: "Adapter directory or file (with --to gguf: the transformers model directory).")
         var adapter: String
 
-        @Option(help: "Target dialect: peft, kohya, mlx, gguf-lora, or lora (any additive type as plain LoRA by SVD); or gguf (a transformers model as a GGUF model).")
+        @Option(help: "Target dialect: peft, kohya (for LoHa/LoKr: a LyCORIS file), mlx, gguf-lora, or lora (any additive type as plain LoRA by SVD); or gguf (a transformers model as a GGUF model).")
         var to: String
 
         @Option(help: "Output directory (or a .safetensors file for kohya, a .gguf file for gguf-lora and gguf).")

@@ -51,7 +51,7 @@ enum UpdateOrigin: Sendable {
 public struct ModuleUpdate: Sendable, Equatable {
     public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
         l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount && l.experts == r.experts
-            && l.fourierSeed == r.fourierSeed
+            && l.fourierSeed == r.fourierSeed && l.kernel == r.kernel && l.rescalesRows == r.rescalesRows && l.peftConv1dKron == r.peftConv1dKron
     }
 
     let type: any UpdateLoader.Type
@@ -79,6 +79,15 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var experts: ExpertSlice? = nil
     /// FourierFT: `random_loc_seed`, the seed of the spectrum's positions.
     public var fourierSeed: UInt64? = nil
+    /// The convolution kernel the factors are for (a Tucker core's (r, r, kh, kw) → [kh, kw]; a LoKr's
+    /// full w2, a LoCon's lora_down): the base must be a convolution with it (PEFT stores a Conv1d's
+    /// core as [k, 1]).
+    public var kernel: [Int]? = nil
+    /// LyCORIS DoRA (`dora_scale`, `WeightDecompose`): each output row of W + ΔW is rescaled, so
+    /// `--weight` must be 1.
+    public var rescalesRows = false
+    /// PEFT's LoKr on a Conv1d with a full 3-D `lokr_w2`: ΔW is PEFT's misaligned kron (see `LoKr`).
+    public var peftConv1dKron = false
     /// Whether the base must be a matrix: OFT and BOFT rotate input columns, and PEFT's FourierFT
     /// wraps Linear layers only (its 2-D spectrum is the weight's shape).
     var needsMatrix: Bool { rotatesInputs || fourierSeed != nil }
@@ -87,7 +96,7 @@ public struct ModuleUpdate: Sendable, Equatable {
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
-                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed)
+                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel, rescalesRows: rescalesRows, peftConv1dKron: peftConv1dKron)
     }
 }
 
@@ -126,13 +135,23 @@ enum AdapterUpdateTypes {
         if let (role, why) = roles.keys.sorted().compactMap({ r in refusals[r].map { (r, $0) } }).first {
             throw LoRACoreError.invalidModule(module: module, detail: "tensor '\(roles[role]!)': \(why)")
         }
-        let owners = registered.filter { t in roles.keys.contains { t.roles.contains($0) } }
+        // Roles several types carry (LyCORIS' dora_scale) say nothing about the owner.
+        let specific = roles.keys.filter { !modifierRoles.contains($0) }
+        if specific.isEmpty, let role = roles.keys.sorted().first {
+            throw LoRACoreError.invalidModule(
+                module: module, detail: "tensor '\(roles[role]!)': LyCORIS DoRA (\(role)) without LoHa, LoKr or LoCon factors")
+        }
+        let owners = registered.filter { t in specific.contains { t.roles.contains($0) } }
         let names = owners.map { $0.name }
         guard names.count <= 1 else {
             throw LoRACoreError.invalidModule(module: module, detail: "mixes \(names.joined(separator: " and ")) tensors")
         }
         return owners.first
     }
+
+    /// Roles that modify another type's update rather than name a type (LyCORIS DoRA's `dora_scale`,
+    /// a role of LoHa and LoKr).
+    static let modifierRoles: Set<String> = ["dora_scale"]
 
     /// Whether a tensor suffix belongs to a registered type (refused ones included).
     static func isRole(_ role: String) -> Bool {

@@ -95,6 +95,58 @@ enum UpdateMath {
         return t
     }
 
+    /// A Tucker core rebuilt into a convolution kernel, ΔW[p][q][s] = Σᵢ Σⱼ t[i][j][s]·wa[i][p]·wb[j][r],
+    /// as the einsum of LyCORIS 4.1.3 and PEFT 0.21.2 computes it in fp32 (torch contracts left to
+    /// right without opt_einsum, each contraction a sum in index order, FMAs here):
+    /// - `contractOutFirst` false (LoHa, `"i j k l, j r, i p -> p r k l"` on (t, w_b, w_a)): the core's
+    ///   second index with `wb` first, Tᵢ[s][q] = Σⱼ t[i][j][s]·wb[j][q], then Σᵢ Tᵢ[s][q]·wa[i][p];
+    /// - `contractOutFirst` true (LoKr, `"i j k l, i p, j r -> p r k l"` on (t, w_a, w_b)): the first
+    ///   index with `wa` first, Tⱼ[s][p] = Σᵢ t[i][j][s]·wa[i][p], then Σⱼ Tⱼ[s][p]·wb[j][q].
+    /// - Parameters:
+    ///   - t: the core (r, r, kernel) row-major, `spatial` = the kernel's element count.
+    ///   - wa: (r, out) and `wb` (r, in), row-major.
+    /// - Returns: the (out, in·spatial) flat view of the (out, in, kernel) weight.
+    static func tucker<T: BinaryFloatingPoint>(_ t: [T], spatial: Int, wa: [T], wb: [T], rank r: Int, out: Int, in n: Int, contractOutFirst: Bool) -> [T] {
+        var result = [T](repeating: 0, count: out * n * spatial)
+        // First: the core's index k (LoHa: its second, with wb; LoKr: its first, with wa), keeping the other.
+        let (x, xn, y, yn) = contractOutFirst ? (wa, out, wb, n) : (wb, n, wa, out)
+        func core(keep: Int, k: Int, s: Int) -> T { contractOutFirst ? t[(k * r + keep) * spatial + s] : t[(keep * r + k) * spatial + s] }
+        var tmp = [T](repeating: 0, count: r * spatial * xn)  // [keep][s][x column]
+        for keep in 0..<r { for s in 0..<spatial { for c in 0..<xn {
+            var acc: T = 0
+            for k in 0..<r { acc = fma(core(keep: keep, k: k, s: s), x[k * xn + c], acc) }
+            tmp[(keep * spatial + s) * xn + c] = acc
+        } } }
+        for p in 0..<out { for q in 0..<n { for s in 0..<spatial {
+            let (xc, yc) = contractOutFirst ? (p, q) : (q, p)
+            var acc: T = 0
+            for keep in 0..<r { acc = fma(tmp[(keep * spatial + s) * xn + xc], y[keep * yn + yc], acc) }
+            result[(p * n + q) * spatial + s] = acc
+        } } }
+        return result
+    }
+
+    /// a·b + c rounded once (fused), in T's precision.
+    private static func fma<T: BinaryFloatingPoint>(_ a: T, _ b: T, _ c: T) -> T { c.addingProduct(a, b) }
+
+    /// Checks a Tucker module's shapes: the core `t` (r, r, kernel…) with `wa` (r, out) and `wb` (r, in).
+    /// - Returns: (rank, out, in, kernel).
+    /// - Throws: `LoRACoreError.invalidModule` naming the tensors that do not fit.
+    static func tuckerShapes(t: String, wa: String, wb: String, in tensors: [String: TensorInfo], module: String, type: String) throws
+        -> (rank: Int, out: Int, in: Int, kernel: [Int])
+    {
+        for role in [t, wa, wb] where tensors[role] == nil {
+            throw LoRACoreError.invalidModule(module: module, detail: "\(type) module with a Tucker core has no \(role) (has \(tensors.keys.sorted().joined(separator: ", ")))")
+        }
+        _ = try shapes([t, wa, wb], in: tensors, module: module, type: type)
+        let ts = tensors[t]!.shape, a = tensors[wa]!.shape, b = tensors[wb]!.shape
+        guard ts.count >= 3, ts[0] == ts[1], a.count == 2, b.count == 2, a[0] == ts[0], b[0] == ts[0] else {
+            throw LoRACoreError.invalidModule(
+                module: module, detail: "\(type) Tucker factors do not fit: \(t) \(ts) (r, r, kernel…), \(wa) \(a) (r, out), \(wb) \(b) (r, in)")
+        }
+        return (ts[0], a[1], b[1], Array(ts.dropFirst(2)))
+    }
+
     /// A 2-D view of a stored factor: (shape[0], product of the rest).
     static func flat(_ shape: [Int]) -> (rows: Int, cols: Int)? {
         guard shape.count >= 2 else { return nil }
