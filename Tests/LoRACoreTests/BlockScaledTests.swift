@@ -193,17 +193,6 @@ struct BlockScaledTests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
     }
 
-    @Test("--dtype with --requantize or --keep-quantized is refused before any output: the written scheme keeps the base's dtypes (verify recomputes in them)")
-    func dtypeWithRequantize() throws {
-        let dir = temporaryDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var o = MergeOptions(base: "\(fixtures)/fp8_block/base", adapters: [("\(fixtures)/fp8_block/adapter", 1)], output: dir + "/out")
-        o.requantize = "keep"
-        o.dtype = .f32
-        #expect { try Merge.run(o) } throws: { $0.localizedDescription.contains("--dtype applies to dense outputs") }
-        #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
-    }
-
     @Test("Other quantized bases (and mxfp4, gptq and awq configs over other tensors) are refused by quant_method with the reason, before any output", arguments: [
         ("gptq", "key 'activation_scheme' is not supported"), ("awq", "key 'activation_scheme' is not supported"), ("mxfp4", "no tensor is stored as MXFP4"),
         ("hqq", "cannot be exact"),

@@ -153,9 +153,6 @@ public enum Merge {
         let opened = TensorStream(model: try Checkpoint(path: options.base))
         var base = try DequantizePass().apply(to: opened)
         let quantizedBase = base !== opened
-        if (options.requantize != nil || options.keepQuantized) && options.dtype != .keep {
-            throw LoRACoreError.invalidRequest("--dtype applies to dense outputs: --requantize and --keep-quantized write the base's own scheme and dtypes")
-        }
         if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
             throw LoRACoreError.invalidRequest("--requantize and --keep-quantized need a quantized base (bitsandbytes 4-bit or int8, fp8, compressed-tensors fp8, mxfp4); \(options.base) has no quantized weights")
         }

@@ -125,9 +125,6 @@ extension LoraTool {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             if let requantize, !["keep", "nf4", "fp4", "fp8", "int8", "mxfp4"].contains(requantize) { throw ValidationError("--requantize must be keep, nf4, fp4, fp8, int8 or mxfp4") }
             if requantize != nil && keepQuantized { throw ValidationError("give --requantize or --keep-quantized, not both") }
-            if (requantize != nil || keepQuantized) && dtype != "keep" {
-                throw ValidationError("--dtype applies to dense outputs: --requantize and --keep-quantized write the base's own scheme and dtypes")
-            }
             guard GGUFOutputType(rawValue: ggufType) != nil else {
                 throw ValidationError("--gguf-type must be one of \(GGUFOutputType.allCases.map(\.rawValue).joined(separator: ", "))")
             }
