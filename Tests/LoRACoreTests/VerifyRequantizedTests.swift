@@ -72,6 +72,33 @@ struct VerifyRequantizedTests {
         #expect(throws: LoRACoreError.self) { try Verify.run(v) }
     }
 
+    @Test("With --dtype f32 (dense tensors cast, codes and tables kept) the requantized merge passes, config.json naming float32; a dense tensor left in the base's dtype fails",
+          arguments: ["fp8_block", "qlora_nf4_double", "int8"])
+    func castOutput(fixture: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var options = MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [("\(fixtures)/\(fixture)/adapter", 1)], output: dir + "/merged")
+        options.requantize = "keep"
+        options.dtype = .f32
+        options.durable = false
+        options.verify = true
+        _ = try Merge.run(options)
+        let report = try verify(fixture, merged: dir + "/merged")
+        #expect(report.passed, "\(report.entries.filter { !$0.failures.isEmpty }.map { "\($0.tensor): \($0.failures)" }) \(report.files.filter { $0.status != .equal }.map { "\($0.file): \($0.detail ?? "")" })")
+        // The same merge without --dtype is not this output: its dense tensors keep the base's dtype.
+        options.dtype = .keep
+        options.output = dir + "/plain"
+        options.verify = false
+        _ = try Merge.run(options)
+        let norm = "model.norm.weight"
+        #expect(try Checkpoint(path: dir + "/merged").info(norm)?.dtype == .float32)
+        #expect(try Checkpoint(path: dir + "/plain").info(norm)?.dtype != .float32)
+        try FileManager.default.removeItem(atPath: dir + "/plain/config.json")
+        try FileManager.default.copyItem(atPath: dir + "/merged/config.json", toPath: dir + "/plain/config.json")
+        let mixed = try verify(fixture, merged: dir + "/plain")
+        #expect(mixed.passed == false)
+    }
+
     @Test("--keep-quantized (merged weights dense, the others 4-bit, skip modules grown) passes; without its quantization_config the config fails")
     func keepQuantized() throws {
         let dir = temporaryDirectory()

@@ -22,17 +22,34 @@ extension Verify {
         // A dense merge holds only the dense stream's tensors; a quantized one also the scheme's
         // companions (scales, quant states, SCB).
         guard merged.names.contains(where: { !denseNames.contains($0) }) else { return nil }
+        let written: TensorStream
         if RequantizeBlockScaledPass.scheme(of: dense) != nil {
-            return try RequantizeBlockScaledPass().apply(to: dense)
+            written = try RequantizeBlockScaledPass().apply(to: dense)
+        } else if RequantizeMXFP4Pass.applies(to: dense) {
+            written = try RequantizeMXFP4Pass().apply(to: dense)
+        } else {
+            // bitsandbytes 4-bit: `--requantize keep` stores a merged weight as codes (U8), while
+            // `--keep-quantized` writes merged weights dense and keeps the untouched ones 4-bit.
+            let mergedWeight = plan.outputs.first { if case .merge = plan.action(for: $0.source) { return true } else { return false } }
+            let requantized = mergedWeight.flatMap { merged.info($0.name) }.map { $0.dtype == .uint8 } ?? true
+            written = try Requantize4bitPass(type: requantized ? "keep" : nil, context: context).apply(to: dense)
         }
-        if RequantizeMXFP4Pass.applies(to: dense) {
-            return try RequantizeMXFP4Pass().apply(to: dense)
+        return castAsMerged(written, merged: merged, context: context)
+    }
+
+    /// `written` through the `CastPass` merge ran after requantizing when `--dtype` gave the dense
+    /// tensors another float dtype: the one a tensor the pass casts has in `merged` (the pass leaves
+    /// codes and quantization tables as they are, so those never tell).
+    static func castAsMerged(_ written: TensorStream, merged: Checkpoint, context: RunContext) -> TensorStream {
+        for name in written.names {
+            guard let source = written.source(name), let stored = merged.info(name), stored.dtype != source.dtype,
+                  TensorData.format(source.dtype) != nil,
+                  let dtype = OutputDType.allCases.first(where: { $0.dtype == stored.dtype }) else { continue }
+            let cast = CastPass(dtype, context: context).apply(to: written)
+            // Only a dtype the cast itself gives that tensor, else the difference is the output's fault.
+            if cast.source(name)?.dtype == stored.dtype { return cast }
         }
-        // bitsandbytes 4-bit: `--requantize keep` stores a merged weight as codes (U8), while
-        // `--keep-quantized` writes merged weights dense and keeps the untouched ones 4-bit.
-        let mergedWeight = plan.outputs.first { if case .merge = plan.action(for: $0.source) { return true } else { return false } }
-        let requantized = mergedWeight.flatMap { merged.info($0.name) }.map { $0.dtype == .uint8 } ?? true
-        return try Requantize4bitPass(type: requantized ? "keep" : nil, context: context).apply(to: dense)
+        return written
     }
 
     /// Compares every tensor of `merged` with `expected` byte for byte, and the side files.
@@ -89,7 +106,9 @@ extension Verify {
         if let baseDir = modelDirectory(options.base), let mergedDir = modelDirectory(options.merged) {
             // As for a quantized base (`--keep-quantized` adds the dense modules to the skip list), but
             // a model still in the scheme must keep its quantization_config.
-            files += SideFileCheck.compare(base: baseDir, merged: mergedDir, outputDType: nil, quantizedBase: true)
+            // `--dtype` names its dtype in config.json: the one the recomputation cast dense tensors to.
+            let outputDType = expected.tensors.lazy.compactMap { ($0.source as? CastTensor)?.dtype }.first
+            files += SideFileCheck.compare(base: baseDir, merged: mergedDir, outputDType: outputDType, quantizedBase: true)
             if try SideFiles.readJSON(baseDir + "/config.json")?["quantization_config"] != nil,
                try SideFiles.readJSON(mergedDir + "/config.json")?["quantization_config"] == nil,
                let i = files.firstIndex(where: { $0.file == "config.json" }) {
