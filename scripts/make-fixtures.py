@@ -1479,6 +1479,8 @@ def tucker_cases():
                                                     rank_pattern={"proj": 1}), seed=62)
     lycoris_tucker_case("lycoris_loha_tucker", "loha", torch.float32, seed=63)
     lycoris_tucker_case("lycoris_lokr_tucker", "lokr", torch.bfloat16, seed=64)
+    for name in ("peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker"):
+        write_svd(name, bases="conv_bases")
     # LoCon (k×k lora_down, 1×1 lora_up) with LyCORIS DoRA on the convolutions.
     lycoris_tucker_case("lycoris_locon_dora_conv", "locon", torch.float32, seed=65, tucker=False, dora_wd=True)
     # LoCon's Tucker core: lora_down (r, in, 1, 1), lora_mid (r, r, 3, 3), lora_up (out, r, 1, 1); proj plain.
@@ -1493,15 +1495,16 @@ def tucker_cases():
                      make_base=conv1d_base)
 
 
-def write_svd(name):
-    """The oracle of `convert --to lora`: the singular values of each changed 2-D weight's ΔW
-    (reference merge − base, f32 files, in float64), from torch's SVD, in <name>/svd.json."""
-    base = load_file(os.path.join(TYPES_FIX, "bases", "f32", "model.safetensors"))
+def write_svd(name, bases="bases"):
+    """The oracle of `convert --to lora`: the singular values of each changed 2-D weight's ΔW (a
+    Conv2d kernel's as its flat (out, in·kh·kw) view), reference merge − base, f32 files, in
+    float64, from torch's SVD, in <name>/svd.json."""
+    base = load_file(os.path.join(TYPES_FIX, bases, "f32", "model.safetensors"))
     merged = load_file(os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors"))
     spectra = {}
     for k in sorted(merged):
-        if merged[k].dim() == 2 and not torch.equal(merged[k], base[k]):
-            delta = merged[k].double() - base[k].double()
+        if merged[k].dim() in (2, 4) and not torch.equal(merged[k], base[k]):
+            delta = (merged[k].double() - base[k].double()).flatten(1)
             spectra[k[: -len(".weight")]] = [float(x) for x in torch.linalg.svdvals(delta)]
     with open(os.path.join(TYPES_FIX, name, "svd.json"), "w") as f:
         json.dump(spectra, f, indent=1, sort_keys=True)

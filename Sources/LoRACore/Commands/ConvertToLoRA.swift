@@ -31,8 +31,9 @@ public struct ConvertToLoRAOptions: Sendable {
 /// full SVD is the optimal one of its rank (Eckart–Young).
 ///
 /// Refused with the reason: trainable tokens (a replacement, not a change of low rank), DoRA
-/// (its merge rescales the weight), IA³ on a module whose bias it scales, convolution and Conv1D
-/// modules, and replacement tensors.
+/// (its merge rescales the weight), IA³ on a module whose bias it scales, Conv1D (fan_in_fan_out)
+/// modules and Conv1d/Conv3d kernels, and replacement tensors. A Conv2d module's ΔW is its flat
+/// (out, in·kh·kw) view, written as PEFT's conv LoRA: A (r, in, kh, kw), B (out, r, 1, 1) (needs `--base`).
 public enum ConvertToLoRA {
     public static func run(_ options: ConvertToLoRAOptions) throws -> ExtractSVDReport {
         try PathSafety.checkOutput(options.output, inputs: [options.adapter] + (options.base.map { [$0] } ?? []))
@@ -60,8 +61,14 @@ public enum ConvertToLoRA {
                 }
                 m = m.fitted(to: info.shape)
             }
-            if m.update?.kernel != nil || (base?.info(m.baseWeightName)?.shape.count ?? 2) > 2 {
-                throw LoRACoreError.invalidModule(module: m.module, detail: "\(m.typeName) on a convolution is not converted to LoRA yet")
+            // A convolution's ΔW is its flat (out, in·k…) view; its LoRA is PEFT's conv LoRA, A (r, in, k…)
+            // and B (out, r, 1…), whose merge is that B·A. The kernel's shape comes from the base.
+            let kernelShape = m.convShape ?? base?.info(m.baseWeightName).flatMap { $0.shape.count > 2 ? $0.shape : nil }
+            if kernelShape == nil && (m.update?.kernel != nil || (base?.info(m.baseWeightName)?.shape.count ?? 2) > 2) {
+                throw LoRACoreError.invalidRequest("module '\(m.module)': \(m.typeName) on a convolution needs the kernel's shape: give --base")
+            }
+            if let k = kernelShape, k.count != 4 {
+                throw LoRACoreError.invalidModule(module: m.module, detail: "a \(k.count - 2)-D convolution (\(k)) is not converted to LoRA: lora-tool's LoRA holds linear and Conv2d factors")
             }
             let (delta, rows, cols) = try self.delta(of: m, original: original, adapter: adapter, base: base)
             let total = delta.reduce(0.0) { $0 + Double($1) * Double($1) }
@@ -70,8 +77,10 @@ public enum ConvertToLoRA {
                 continue
             }
             let f = try ExtractSVD.factorize(delta, m: rows, n: cols, total: total, rule: options.rule, powerIterations: options.powerIterations)
-            tensors.append(.init(name: "base_model.model.\(m.module).lora_A.weight", dtype: .float32, shape: [f.report.rank, cols]) { AdapterSink.floatBytes(f.a) })
-            tensors.append(.init(name: "base_model.model.\(m.module).lora_B.weight", dtype: .float32, shape: [rows, f.report.rank]) { AdapterSink.floatBytes(f.b) })
+            let r = f.report.rank
+            let (aShape, bShape) = kernelShape.map { k in ([r] + k.dropFirst(), [rows, r] + Array(repeating: 1, count: k.count - 2)) } ?? ([r, cols], [rows, r])
+            tensors.append(.init(name: "base_model.model.\(m.module).lora_A.weight", dtype: .float32, shape: aShape) { AdapterSink.floatBytes(f.a) })
+            tensors.append(.init(name: "base_model.model.\(m.module).lora_B.weight", dtype: .float32, shape: bShape) { AdapterSink.floatBytes(f.b) })
             ranks.append((m.module, f.report.rank))
             report.modules.append(.init(module: m.module, rank: f.report.rank, energyKept: f.report.energy, relativeError: f.report.error, method: f.report.method))
         }
@@ -88,8 +97,8 @@ public enum ConvertToLoRA {
 
     /// ΔW of one module in fp32 (rows × cols of the weight's flat view), as merge computes it.
     static func delta(of m: AdapterModule, original: AdapterModule, adapter: Adapter, base: Checkpoint?) throws -> (delta: [Float], rows: Int, cols: Int) {
-        if m.convShape != nil || m.transposed {
-            throw LoRACoreError.invalidModule(module: m.module, detail: "convolution and Conv1D (fan_in_fan_out) modules are not converted to LoRA yet")
+        if m.transposed {
+            throw LoRACoreError.invalidModule(module: m.module, detail: "Conv1D (fan_in_fan_out) modules are not converted to LoRA yet")
         }
         guard let u = m.update else {
             if m.isDoRA { throw LoRACoreError.invalidModule(module: m.module, detail: "DoRA rescales the merged weight: its change is not B·A") }
