@@ -894,6 +894,50 @@ def fp8_cases():
     print("fp8 cases")
 
 
+def fp8_ue8m0_case():
+    """fp8_ue8m0: transformers' fine-grained FP8 with power-of-two scales (scale_fmt "ue8m0", the
+    DeepSeek-V3.1/V4 layout: X.weight_scale_inv F8_E8M0, 2^(b − 127) per 32×32 block), quantized by
+    transformers' Fp8Quantize._quantize_one with that config and dequantized by its
+    Fp8Dequantize._dequantize_one (loaded back with transformers' dequantize=True to prove it), a
+    PEFT adapter and the expected dense merge. lora-tool reads it; writing back (--requantize) is
+    refused, so no requantized.safetensors."""
+    from transformers import FineGrainedFP8Config, AutoModelForCausalLM
+    from transformers.integrations.finegrained_fp8 import Fp8Quantize, Fp8Dequantize
+    cfg = FineGrainedFP8Config(weight_block_size=[32, 32], scale_fmt="ue8m0")
+
+    class Quantizer:
+        quantization_config = cfg
+    quantize_op, dequantize_op = Fp8Quantize(Quantizer()), Fp8Dequantize(Quantizer())
+    d = fresh(os.path.join(ROOT, "Tests/LoRACoreTests/QuantFixtures", "fp8_ue8m0"))
+    model = tiny_llama(torch.bfloat16, hidden=64, inter=96, layers=1, vocab=64, seed=12)
+    model.save_pretrained(os.path.join(d, "base"))
+    sd = load_file(os.path.join(d, "base", "model.safetensors"))
+    base, dense = {}, {}
+    for k, v in sd.items():
+        if k.endswith("_proj.weight"):
+            q = quantize_op._quantize_one(k, v)
+            s = q[k[: -len("weight")] + "weight_scale_inv"]
+            assert s.dtype == torch.float8_e8m0fnu, s.dtype
+            base[k], base[k[: -len("weight")] + "weight_scale_inv"] = q[k].contiguous(), s.contiguous()
+            dense[k] = dequantize_op._dequantize_one(q[k], s, torch.bfloat16).contiguous()
+        else:
+            base[k] = dense[k] = v
+    save_file(base, os.path.join(d, "base", "model.safetensors"), metadata={"format": "pt"})
+    config = json.load(open(os.path.join(d, "base", "config.json")))
+    qc = cfg.to_dict()
+    qc["quant_method"] = "fp8"
+    config["quantization_config"] = {k: qc[k] for k in sorted(qc)}
+    with open(os.path.join(d, "base", "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    loaded = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), device_map="cpu",
+                                                  quantization_config=FineGrainedFP8Config(dequantize=True, weight_block_size=[32, 32], scale_fmt="ue8m0"))
+    for k, p in loaded.named_parameters():
+        assert torch.equal(p.data, dense[k]), k
+    write_quantized_case(d, dense, 96, 12, 42, None)
+    print("fp8 ue8m0 case")
+
+
 def int8_case():
     """A bitsandbytes LLM.int8 base saved by transformers (X.weight I8, X.SCB F32 per row,
     X.weight_format U8), with transformers' dequantize path (bitsandbytes' int8_vectorwise_dequant,
@@ -2074,6 +2118,7 @@ GROUPS = {
     "fourierft": fourierft_cases,
     "residual-init": residual_init_cases,
     "gptq-awq": gptq_awq_cases,
+    "fp8-ue8m0": fp8_ue8m0_case,
 }
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ struct BlockScaledTests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
     }
 
-    @Test("FP8 refused by name: unknown config keys, power-of-two scales, another --requantize type, --keep-quantized, a scale grid that does not fit")
+    @Test("FP8 refused by name: unknown config keys, ue8m0 config over F32 scales, another --requantize type, --keep-quantized, a scale grid that does not fit")
     func refusals() throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -156,7 +156,8 @@ struct BlockScaledTests {
         #expect { try merge(unknown) } throws: { $0.localizedDescription.contains("unknown key 'activation_scheme_v2'") }
         try FileManager.default.removeItem(atPath: unknown)
         let ue8m0 = try baseWithConfig("fp8_block", in: dir) { $0.replacingOccurrences(of: "\"scale_fmt\": \"float\"", with: "\"scale_fmt\": \"ue8m0\"") }
-        #expect { try merge(ue8m0) } throws: { $0.localizedDescription.contains("scale_fmt 'ue8m0' is not supported") }
+        // ue8m0 over F32 scales: the config and the stored scales disagree.
+        #expect { try merge(ue8m0) } throws: { $0.localizedDescription.contains("needs F8_E8M0 (or U8) [2, 3] (scale_fmt ue8m0)") }
         try FileManager.default.removeItem(atPath: ue8m0)
         let base = "\(fixtures)/fp8_block/base"
         #expect { try merge(base, requantize: "nf4") } throws: { $0.localizedDescription.contains("write the merge back with --requantize keep") }
@@ -191,6 +192,32 @@ struct BlockScaledTests {
         try handle.close()
         #expect { try merge(base) } throws: { $0.localizedDescription.contains("weight_format must be 0") }
         #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
+    }
+
+    @Test("FP8 with ue8m0 scales (F8_E8M0 exponents, 2^(b − 127)): inspect names them; dequantize equals transformers' Fp8Dequantize bit for bit; the dense merge equals the expected one and verify passes, then fails on a moved element; --requantize is refused before any output")
+    func ue8m0() throws {
+        let d = "\(fixtures)/fp8_ue8m0"
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try Inspect.run(path: d + "/base").blockScaled?.scheme == "fp8, block 32×32, ue8m0 scales")
+        _ = try Dequantize.run(input: d + "/base", output: dir + "/dense")
+        let dense = try Checkpoint(path: dir + "/dense"), reference = try Checkpoint(path: d + "/dequantized")
+        #expect(dense.names == reference.names)
+        for n in reference.names { #expect(try dense.bytes(of: n).elementsEqual(try reference.bytes(of: n)), "\(n)") }
+        _ = try Merge.run(MergeOptions(base: d + "/base", adapters: [(d + "/adapter", 1)], output: dir + "/merged"))
+        let merged = try Checkpoint(path: dir + "/merged"), expected = try Checkpoint(path: d + "/merged")
+        for n in expected.names {
+            #expect(ulpDistance(try merged.bytes(of: n), try expected.bytes(of: n), dtype: expected.info(n)!.dtype) <= 1, "\(n)")
+        }
+        #expect(try Verify.run(VerifyOptions(base: d + "/base", adapters: [(d + "/adapter", 1)], merged: dir + "/merged")).passed)
+        let tensor = "model.layers.0.self_attn.v_proj.weight"
+        try rewrite(dir + "/merged", tensor: tensor, index: 5) { $0 + 2 }
+        let bad = try Verify.run(VerifyOptions(base: d + "/base", adapters: [(d + "/adapter", 1)], merged: dir + "/merged"))
+        #expect(!bad.passed && bad.failures.map(\.tensor) == [tensor])
+        var o = MergeOptions(base: d + "/base", adapters: [(d + "/adapter", 1)], output: dir + "/requantized")
+        o.requantize = "keep"
+        #expect { try Merge.run(o) } throws: { $0.localizedDescription.contains("ue8m0") }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/requantized"))
     }
 
     @Test("Other quantized bases (and mxfp4, gptq and awq configs over other tensors) are refused by quant_method with the reason, before any output", arguments: [

@@ -109,8 +109,22 @@ public struct BlockScaledLayout: Sendable, Equatable {
     public var blockCols: Int
     /// The scale tensor (⌈rows/blockRows⌉·⌈cols/blockCols⌉ values, row-major over the grid).
     public var scaleName: String
-    /// Its dtype: F32 (FP8 block, int8) or the compute dtype (compressed-tensors).
+    /// Its dtype: F32 (FP8 block, int8), the compute dtype (compressed-tensors), or E8M0 exponents
+    /// (F8_E8M0 or U8: FP8 block with scale_fmt ue8m0).
     public var scaleDType: DType = .float32
+
+    /// Whether the scales are E8M0 exponents rather than float values.
+    var exponentScales: Bool { scaleDType == .float8E8M0 || scaleDType == .uint8 }
+
+    /// The scales as fp32 values: stored floats widened, or E8M0 exponents b as 2^(b − 127) (b = 255:
+    /// NaN), exact, as torch's `float8_e8m0fnu.to(float32)`.
+    func scales(in input: any TensorStore) throws -> [Float] {
+        guard exponentScales else { return try TensorData.floats(input, scaleName) }
+        let count = gridRows * gridCols
+        var bytes = [UInt8](repeating: 0, count: count)
+        try bytes.withUnsafeMutableBytes { try input.read(scaleName, bytes: 0..<count, into: $0.baseAddress!) }
+        return bytes.map { $0 == 255 ? .nan : Float(sign: .plus, exponent: Int($0) - 127, significand: 1) }
+    }
     /// Other stored tensors that travel with the weight unchanged (bitsandbytes' `weight_format`).
     public var extras: [String] = []
 

@@ -4,7 +4,8 @@ import SafeTensors
 
 /// transformers' fine-grained FP8 (`quant_method: "fp8"`, DeepSeek-V3/R1, Qwen3-FP8 …) as stored in
 /// safetensors: per quantized weight `X.weight` F8_E4M3 [rows, cols] and `X.weight_scale_inv` F32
-/// [⌈rows/bm⌉, ⌈cols/bn⌉], one scale per bm×bn block (`weight_block_size`), the last blocks of a
+/// [⌈rows/bm⌉, ⌈cols/bn⌉], one scale per bm×bn block (`weight_block_size`; with `scale_fmt: "ue8m0"`
+/// F8_E8M0, or U8, exponents b of power-of-two scales 2^(b − 127), b = 255 NaN), the last blocks of a
 /// row or column partial when the shape is not a multiple (DeepSeek's layout; transformers itself
 /// leaves such weights unquantized). Other tensors are in the compute dtype (config.json's dtype).
 ///
@@ -69,9 +70,10 @@ public struct FP8Block: BlockScaledFormat {
         for (key, _) in q.objectMembers ?? [] where !knownKeys.contains(key) {
             throw bad("unknown key '\(key)' (fp8 keys: \(knownKeys.sorted().joined(separator: ", ")))")
         }
-        if let fmt = q["scale_fmt"]?.stringValue, fmt != "float" {
-            throw bad("scale_fmt '\(fmt)' is not supported (only 'float' scales: power-of-two ue8m0 scales are not implemented)")
-        }
+        let scaleFormat = q["scale_fmt"]?.stringValue ?? "float"
+        guard scaleFormat == "float" || scaleFormat == "ue8m0" else { throw bad("scale_fmt '\(scaleFormat)' is not supported (float or ue8m0)") }
+        // ue8m0: power-of-two scales stored as E8M0 exponents (torch's float8_e8m0fnu, or bytes in MXFP8 checkpoints).
+        let scaleDTypes: Set<DType> = scaleFormat == "ue8m0" ? [.float8E8M0, .uint8] : [.float32]
         if let fmt = q["fmt"]?.stringValue, fmt != "e4m3" { throw bad("fmt '\(fmt)' is not supported (only e4m3)") }
         if let e = q["expert_dtype"]?.stringValue, e != "fp8" { throw bad("expert_dtype '\(e)' is not supported (only fp8)") }
         guard let block = q["weight_block_size"]?.arrayValue?.compactMap(\.intValue), block.count == 2, block.allSatisfy({ $0 > 0 }) else {
@@ -88,15 +90,19 @@ public struct FP8Block: BlockScaledFormat {
             guard info.shape.count == 2 else {
                 throw LoRACoreError.invalidModule(module: name, detail: "fp8 weights of \(info.shape.count) dimensions are not supported (2-D only)")
             }
-            let layout = BlockScaledLayout(shape: info.shape, blockRows: block[0], blockCols: block[1], scaleName: scaleName)
-            guard scales.dtype == .float32, scales.shape == [layout.gridRows, layout.gridCols] else {
-                throw LoRACoreError.invalidModule(module: name, detail: "\(scaleName) is \(scales.dtype.rawValue) \(scales.shape); a \(info.shape) weight in \(block[0])×\(block[1]) blocks needs F32 \([layout.gridRows, layout.gridCols])")
+            var layout = BlockScaledLayout(shape: info.shape, blockRows: block[0], blockCols: block[1], scaleName: scaleName)
+            layout.scaleDType = scales.dtype
+            guard scaleDTypes.contains(scales.dtype), scales.shape == [layout.gridRows, layout.gridCols] else {
+                throw LoRACoreError.invalidModule(
+                    module: name,
+                    detail: "\(scaleName) is \(scales.dtype.rawValue) \(scales.shape); a \(info.shape) weight in \(block[0])×\(block[1]) blocks needs \(scaleFormat == "ue8m0" ? "F8_E8M0 (or U8)" : "F32") \([layout.gridRows, layout.gridCols]) (scale_fmt \(scaleFormat))")
             }
             weights[name] = layout
         }
         if let stray = stream.names.first(where: { $0.hasSuffix(".weight_scale_inv") && weights[String($0.dropLast("_scale_inv".count))] == nil }) {
             throw LoRACoreError.invalidModule(module: stray, detail: "a scale whose weight is not F8_E4M3")
         }
-        return BlockScaledQuantization(format: FP8Block(), computeDType: dtype, weights: weights, description: "fp8, block \(block[0])×\(block[1])")
+        return BlockScaledQuantization(format: FP8Block(), computeDType: dtype, weights: weights,
+                                       description: "fp8, block \(block[0])×\(block[1])" + (scaleFormat == "ue8m0" ? ", ue8m0 scales" : ""))
     }
 }

@@ -31,7 +31,7 @@ public struct DequantizedBlockScaled: TensorSource {
         dtype = q.computeDType
         self.input = input
         self.stored = stored
-        scales = try TensorData.floats(input, layout.scaleName)
+        scales = try layout.scales(in: input)
     }
 
     /// Elements per step of `fill`: its codes buffer (256 KiB) stays in cache.
