@@ -831,6 +831,19 @@ def check_lora_tool_combined(d, case, ref):
                 assert err < 1e-6, (case["name"], name, "bias", err)
 
 
+def save_fp8_base(d, tensors, cfg):
+    """<d>/base/model.safetensors with `tensors`, and the quantization_config of FineGrainedFP8Config
+    `cfg` (keys sorted, quant_method fp8) added to the config.json save_pretrained wrote there."""
+    save_file(tensors, os.path.join(d, "base", "model.safetensors"), metadata={"format": "pt"})
+    config = json.load(open(os.path.join(d, "base", "config.json")))
+    qc = cfg.to_dict()
+    qc["quant_method"] = "fp8"
+    config["quantization_config"] = {k: qc[k] for k in sorted(qc)}
+    with open(os.path.join(d, "base", "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def fp8_cases():
     """FP8 block-scaled bases (transformers' fine-grained FP8: X.weight F8_E4M3 + X.weight_scale_inv
     F32 per block), quantized by transformers' own Fp8Quantize._quantize_one (transformers refuses to
@@ -876,14 +889,7 @@ def fp8_cases():
                 dense[k] = dequantize(q, s)
             else:
                 base[k] = dense[k] = v
-        save_file(base, os.path.join(d, "base", "model.safetensors"), metadata={"format": "pt"})
-        config = json.load(open(os.path.join(d, "base", "config.json")))
-        qc = cfg.to_dict()
-        qc["quant_method"] = "fp8"
-        config["quantization_config"] = {k: qc[k] for k in sorted(qc)}
-        with open(os.path.join(d, "base", "config.json"), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
+        save_fp8_base(d, base, cfg)
         if inter == 96:
             # transformers loads it back (dequantize=True works on CPU) to exactly the oracle's values.
             loaded = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), device_map="cpu",
@@ -922,14 +928,7 @@ def fp8_ue8m0_case():
             dense[k] = dequantize_op._dequantize_one(q[k], s, torch.bfloat16).contiguous()
         else:
             base[k] = dense[k] = v
-    save_file(base, os.path.join(d, "base", "model.safetensors"), metadata={"format": "pt"})
-    config = json.load(open(os.path.join(d, "base", "config.json")))
-    qc = cfg.to_dict()
-    qc["quant_method"] = "fp8"
-    config["quantization_config"] = {k: qc[k] for k in sorted(qc)}
-    with open(os.path.join(d, "base", "config.json"), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    save_fp8_base(d, base, cfg)
     loaded = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), device_map="cpu",
                                                   quantization_config=FineGrainedFP8Config(dequantize=True, weight_block_size=[32, 32], scale_fmt="ue8m0"))
     for k, p in loaded.named_parameters():
