@@ -30,6 +30,9 @@ public final class Adapter: Sendable {
         case lycoris
         /// mlx-lm: adapters.safetensors with `lora_a` (in×r), `lora_b` (r×out), s = `scale` directly.
         case mlx
+        /// diffusers: `pytorch_lora_weights.safetensors` with `<component>.<module>.lora_A/B.weight` keys,
+        /// α/r per component from `__metadata__["lora_adapter_metadata"]` (none: α = r).
+        case diffusers
         /// Hand-written layers inside a whole model (`.lora.A`/`.lora.B` wrappers, torch
         /// parametrizations); the scale comes from `--scale` or `--alpha`/`--rank`.
         case handWritten = "hand-written"
