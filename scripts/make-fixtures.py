@@ -1618,7 +1618,7 @@ def sd_cases():
     from save_lora_weights: unet.… and text_encoder.… keys, alpha/r/rank_pattern/alpha_pattern in
     __metadata__["lora_adapter_metadata"]), lora-no-metadata.safetensors (the same tensors, no metadata:
     diffusers then uses alpha = r), kohya.safetensors (the same deltas in sd-scripts names, an .alpha
-    per module), and merged/: diffusers' own load_lora_weights + fuse_lora + unload_lora_weights on an
+    per module), kohya-unet.safetensors (its lora_unet_ modules alone), and merged/: diffusers' own load_lora_weights + fuse_lora + unload_lora_weights on an
     fp32 copy of pipeline/, rounded once to fp16 and saved with save_pretrained (the issue's oracle:
     diffusers' fuse in fp16 rounds the delta first). case.json records the scale diffusers resolved for
     every module of both diffusers files."""
@@ -1678,6 +1678,9 @@ def sd_cases():
             kohya[name + ".alpha"] = torch.tensor(float(a), dtype=torch.float16)
     save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"})
     sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+    # Its UNet half alone (LoCon: the resnets' 3×3 convs too), the LoRA people merge into a unet/ folder.
+    save_file({k: v for k, v in kohya.items() if k.startswith("lora_unet_")}, os.path.join(d, "kohya-unet.safetensors"),
+              metadata={"ss_network_module": "networks.lora"})
 
     scales = {}
     for name, path in (("lora", os.path.join(d, "lora")), ("lora-no-metadata", os.path.join(d, "lora-no-metadata.safetensors"))):

@@ -1,0 +1,90 @@
+import Foundation
+import Testing
+@testable import LoRACore
+import LoRAGraph
+@testable import SafeTensors
+
+@Suite("Image models: merges into diffusers pipelines and components")
+struct DiffusersPipelineMergeTests {
+    @Test("A pipeline folder merged with the diffusers file equals diffusers' fuse (fp32, rounded once) within 1 ulp; other files byte for byte")
+    func pipelineMatchesDiffusers() throws {
+        let out = temporaryDirectory() + "/merged"
+        let report = try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: out)
+        #expect(report.mergedTensors == 70)
+        #expect(try worstUlps(out + "/unet/diffusion_pytorch_model.safetensors", sd1Oracle + "/unet/diffusion_pytorch_model.safetensors") <= 1)
+        #expect(try worstUlps(out + "/text_encoder/model.safetensors", sd1Oracle + "/text_encoder/model.safetensors") <= 1)
+        for file in ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+                     "unet/config.json", "text_encoder/config.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"] {
+            #expect(FileManager.default.contents(atPath: out + "/" + file) == FileManager.default.contents(atPath: sd1Pipeline + "/" + file), "\(file)")
+        }
+        #expect(report.files.contains("unet/diffusion_pytorch_model.safetensors") && report.files.count == 10)
+    }
+
+    @Test("The kohya file of the same deltas writes the same bytes as the diffusers file")
+    func kohyaEqualsDiffusers() throws {
+        let dir = temporaryDirectory()
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: dir + "/a")
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/kohya.safetensors"], into: dir + "/b")
+        for file in ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+            #expect(FileManager.default.contents(atPath: dir + "/a/" + file) == FileManager.default.contents(atPath: dir + "/b/" + file), "\(file)")
+        }
+    }
+
+    @Test("A unet/ folder keeps diffusion_pytorch_model.safetensors and merges a kohya LoCon as diffusers does")
+    func componentFolder() throws {
+        let out = temporaryDirectory() + "/unet"
+        let report = try mergeImageModel(sd1Pipeline + "/unet", [sd1 + "/kohya-unet.safetensors"], into: out)
+        #expect(report.files.sorted() == ["config.json", "diffusion_pytorch_model.safetensors"])
+        #expect(report.families.contains { $0.family == "conv1" })
+        #expect(try worstUlps(out + "/diffusion_pytorch_model.safetensors", sd1Oracle + "/unet/diffusion_pytorch_model.safetensors") <= 1)
+        var v = VerifyOptions(base: sd1Pipeline + "/unet", adapters: [(sd1 + "/kohya-unet.safetensors", 1)], merged: out)
+        v.threads = 2
+        #expect(try Verify.run(v).passed)
+    }
+
+    @Test("Keys for a component the base lacks are refused by name")
+    func foreignComponent() throws {
+        let dir = temporaryDirectory()
+        for adapter in [sd1 + "/kohya.safetensors", sd1 + "/lora"] {
+            let error = #expect(throws: LoRACoreError.self) { try mergeImageModel(sd1Pipeline + "/unet", [adapter], into: dir + "/out") }
+            #expect(error?.errorDescription?.contains("targets the text_encoder component") == true, "\(String(describing: error))")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
+    }
+
+    @Test("A PEFT adapter is refused for a whole pipeline: it targets one model")
+    func peftAdapterRefused() throws {
+        let samples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/samples"
+        let error = #expect(throws: LoRACoreError.self) { try mergeImageModel(sd1Pipeline, [samples + "/tiny-llama-lora"], into: temporaryDirectory() + "/out") }
+        #expect(error?.errorDescription?.contains("targets one model, not a pipeline") == true)
+    }
+
+    @Test("verify accepts the pipeline merge and names the component and tensor of a changed element")
+    func verifyPipeline() throws {
+        let dir = temporaryDirectory()
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: dir + "/merged")
+        var v = VerifyOptions(base: sd1Pipeline, adapters: [(sd1 + "/lora", 1)], merged: dir + "/merged")
+        v.threads = 2
+        let passed = try Verify.run(v).passed
+        #expect(passed)
+        let file = dir + "/merged/unet/diffusion_pytorch_model.safetensors"
+        let tensor = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+        try rewriteSafeTensors(file, to: dir + "/changed.safetensors", metadata: [("format", "pt")], flip: tensor)
+        try FileManager.default.removeItem(atPath: file)
+        try FileManager.default.moveItem(atPath: dir + "/changed.safetensors", toPath: file)
+        let failures = try Verify.run(v).failures
+        #expect(failures.map(\.tensor) == ["unet/" + tensor])
+        #expect(failures.first?.detail?.isEmpty == false)
+    }
+
+    @Test("--force replaces a pipeline lora-tool wrote, never one holding a file it did not write")
+    func forceReplacesOwnPipelineOnly() throws {
+        let out = temporaryDirectory() + "/merged"
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: out)
+        #expect(throws: SafeTensorsError.self) { try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: out) }
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: out, force: true)
+        FileManager.default.createFile(atPath: out + "/unet/notes.txt", contents: Data("mine".utf8))
+        #expect(throws: SafeTensorsError.self) { try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: out, force: true) }
+        #expect(FileManager.default.contents(atPath: out + "/unet/notes.txt") == Data("mine".utf8))
+    }
+}
