@@ -1700,18 +1700,36 @@ def sd_cases():
     StableDiffusionPipeline.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float16)
     UNet2DConditionModel.from_pretrained(os.path.join(d, "merged", "unet"))
     CLIPTextModel.from_pretrained(os.path.join(d, "merged", "text_encoder"))
+    check_lora_tool_pipeline(d)
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump({"diffusers_scales": scales, "oracle": "diffusers 0.42.1 fuse_lora on an fp32 copy of pipeline/, rounded once to fp16"}, f, indent=1, sort_keys=True)
         f.write("\n")
     print("case sd1")
 
 
-def check_lora_tool_pipeline(path):
-    """A pipeline folder lora-tool wrote loads with StableDiffusionPipeline.from_pretrained (run by hand:
-    python3 scripts/make-fixtures.py check-pipeline PATH)."""
-    from diffusers import StableDiffusionPipeline
-    StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch.float16)
-    print("loads:", path)
+def check_lora_tool_pipeline(d):
+    """When the binary is built: lora-tool's merges of the sd1 fixtures load in diffusers (the pipeline
+    with StableDiffusionPipeline.from_pretrained, the unet/ folder with UNet2DConditionModel) and equal
+    diffusers' own fuse within 1 fp16 ulp."""
+    import subprocess, tempfile
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool):
+        print("lora-tool not built: its sd1 merges not checked")
+        return
+    with tempfile.TemporaryDirectory() as t:
+        subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline"), "--adapter", os.path.join(d, "lora"),
+                        "--output", os.path.join(t, "pipe"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline", "unet"), "--adapter", os.path.join(d, "kohya-unet.safetensors"),
+                        "--output", os.path.join(t, "unet"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        ours = StableDiffusionPipeline.from_pretrained(os.path.join(t, "pipe"), torch_dtype=torch.float16)
+        theirs = StableDiffusionPipeline.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float16)
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(t, "unet"), torch_dtype=torch.float16)
+        for a, b in ((ours.unet, theirs.unet), (ours.text_encoder, theirs.text_encoder), (unet, theirs.unet)):
+            for (n, x), (_, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
+                ulps = (x.view(torch.int16).int() - y.view(torch.int16).int()).abs().max().item()
+                assert ulps <= 1, (n, ulps)
+    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp")
 
 
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
