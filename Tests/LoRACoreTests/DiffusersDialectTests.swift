@@ -47,4 +47,26 @@ struct DiffusersDialectTests {
         let error = #expect(throws: LoRACoreError.self) { try Adapter(path: dir + "/x.safetensors") }
         #expect(error?.errorDescription?.contains("text_encoder.encoder.layers.0.mlp.fc1") == true)
     }
+
+    @Test("diffusers' own .lora.down/.lora.up keys (convert_state_dict_to_diffusers) read as A and B: the same merge, every module")
+    func downUpKeys() throws {
+        let dir = temporaryDirectory()
+        let source = sd1 + "/lora/pytorch_lora_weights.safetensors"
+        let ckpt = try Checkpoint(path: source)
+        func renamed(_ n: String) -> String {
+            n.hasPrefix("unet.") ? n.replacingOccurrences(of: ".lora_A.weight", with: ".lora.down.weight").replacingOccurrences(of: ".lora_B.weight", with: ".lora.up.weight") : n
+        }
+        let w = try SafeTensorsWriter(path: dir + "/x.safetensors", tensors: ckpt.names.map { n in var i = ckpt.info(n)!; i.name = renamed(n); return i }, metadata: ckpt.metadata)
+        let back = Dictionary(uniqueKeysWithValues: ckpt.names.map { (renamed($0), $0) })
+        while let t = w.nextTensor { try w.write(t.name, bytes: try ckpt.bytes(of: back[t.name]!)) }
+        try w.finish()
+        let original = try Adapter(path: sd1 + "/lora"), converted = try Adapter(path: dir + "/x.safetensors")
+        #expect(converted.modules.count == 70)
+        #expect(converted.modules.map(\.module) == original.modules.map(\.module))
+        #expect(converted.modules.map(\.scale) == original.modules.map(\.scale))
+        _ = try mergeImageModel(sd1Pipeline, [dir + "/x.safetensors"], into: dir + "/a")
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: dir + "/b")
+        let file = "/unet/diffusion_pytorch_model.safetensors"
+        #expect(FileManager.default.contents(atPath: dir + "/a" + file) == FileManager.default.contents(atPath: dir + "/b" + file))
+    }
 }

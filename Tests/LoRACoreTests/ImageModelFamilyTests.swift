@@ -52,4 +52,29 @@ struct ImageModelFamilyTests {
         #expect(try family(#"{"_class_name": "UNet2DConditionModel"}"#, pipeline: #"{"_class_name": "StableDiffusionXLPipeline"}"#) == "sdxl")
         #expect(try family(#"{"_class_name": "AutoencoderKL"}"#) == nil)
     }
+
+    @Test("SDXL, SD 2 and Flux LoRAs are recognised by their keys", arguments: [
+        (["lora_te1_text_model_encoder_layers_0_mlp_fc1"], "sdxl"),
+        (["lora_unet_input_blocks_1_1_proj_in"], "sdxl"),
+        (["lora_unet_double_blocks_0_img_attn_proj"], "flux"),
+        (["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k:1024"], "sd2"),
+        (["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k:768"], "sd1"),
+        (["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k:2048"], "sdxl"),
+        (["text_encoder_2.encoder.layers.0.mlp.fc1"], "sdxl"),
+        (["transformer.single_transformer_blocks.0.proj_out"], "flux"),
+    ])
+    func loraKeys(modules: [String], family: String) throws {
+        let dir = temporaryDirectory()
+        var tensors: [TensorInfo] = []
+        for m in modules {
+            let parts = m.split(separator: ":"), name = String(parts[0]), width = parts.count > 1 ? Int(parts[1])! : 8
+            let (a, b) = name.hasPrefix("lora_") ? (".lora_down.weight", ".lora_up.weight") : (".lora_A.weight", ".lora_B.weight")
+            tensors += [TensorInfo(name: name + a, dtype: .float32, shape: [2, width]), TensorInfo(name: name + b, dtype: .float32, shape: [8, 2])]
+        }
+        let w = try SafeTensorsWriter(path: dir + "/l.safetensors", tensors: tensors, metadata: nil)
+        while let t = w.nextTensor { try [UInt8](repeating: 0, count: t.byteCount).withUnsafeBytes { try w.write(t.name, bytes: $0) } }
+        try w.finish()
+        #expect(ImageModelFamily.of(adapter: try Adapter(path: dir + "/l.safetensors"))?.name == family)
+    }
 }
+

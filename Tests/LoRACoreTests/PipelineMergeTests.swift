@@ -88,3 +88,43 @@ struct DiffusersPipelineMergeTests {
         #expect(FileManager.default.contents(atPath: out + "/unet/notes.txt") == Data("mine".utf8))
     }
 }
+
+@Suite("Image models: text encoders saved with transformers 4's text_model. prefix")
+struct TextModelPrefixTests {
+    /// The sd1 pipeline with its text encoder's tensors renamed `text_model.<name>`, as Hub SD 1.x
+    /// checkpoints (saved by transformers 4) name them.
+    static func prefixedPipeline(in dir: String) throws -> String {
+        let out = dir + "/pipeline"
+        for folder in ["", "/unet", "/text_encoder", "/vae", "/tokenizer", "/scheduler"] {
+            try FileManager.default.createDirectory(atPath: out + folder, withIntermediateDirectories: true)
+        }
+        for file in try FileManager.default.subpathsOfDirectory(atPath: sd1Pipeline) where file != "text_encoder/model.safetensors" {
+            var isDir: ObjCBool = false
+            FileManager.default.fileExists(atPath: sd1Pipeline + "/" + file, isDirectory: &isDir)
+            if !isDir.boolValue { try FileManager.default.copyItem(atPath: sd1Pipeline + "/" + file, toPath: out + "/" + file) }
+        }
+        let ckpt = try Checkpoint(path: sd1Pipeline + "/text_encoder/model.safetensors")
+        let w = try SafeTensorsWriter(path: out + "/text_encoder/model.safetensors",
+                                      tensors: ckpt.names.map { n in var i = ckpt.info(n)!; i.name = "text_model." + n; return i }, metadata: [("format", "pt")])
+        while let t = w.nextTensor { try w.write(t.name, bytes: try ckpt.bytes(of: String(t.name.dropFirst("text_model.".count)))) }
+        try w.finish()
+        return out
+    }
+
+    @Test("kohya and diffusers LoRAs merge into a text_model.-prefixed text encoder with the same values as into the plain one")
+    func prefixedTextEncoder() throws {
+        let dir = temporaryDirectory()
+        let prefixed = try Self.prefixedPipeline(in: dir)
+        for adapter in [sd1 + "/kohya.safetensors", sd1 + "/lora"] {
+            let name = (adapter as NSString).lastPathComponent
+            _ = try mergeImageModel(prefixed, [adapter], into: dir + "/p-" + name)
+            _ = try mergeImageModel(sd1Pipeline, [adapter], into: dir + "/q-" + name)
+            let p = try Checkpoint(path: dir + "/p-" + name + "/text_encoder/model.safetensors")
+            let q = try Checkpoint(path: dir + "/q-" + name + "/text_encoder/model.safetensors")
+            #expect(p.names == q.names.map { "text_model." + $0 }.sorted())
+            for n in q.names { #expect(Array(try p.bytes(of: "text_model." + n)) == Array(try q.bytes(of: n)), "\(name): \(n)") }
+            let base = try Checkpoint(path: sd1Pipeline + "/text_encoder")
+            #expect(Array(try q.bytes(of: "encoder.layers.0.mlp.fc1.weight")) != Array(try base.bytes(of: "encoder.layers.0.mlp.fc1.weight")))
+        }
+    }
+}

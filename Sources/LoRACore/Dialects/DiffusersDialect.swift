@@ -6,7 +6,8 @@ import SafeTensors
 /// pipelines' own) write them: one `pytorch_lora_weights.safetensors`, no adapter_config.json.
 ///
 /// Keys: `<component>.<module>.lora_A.weight` (r×in, or r×in×kh×kw for a convolution) and
-/// `<component>.<module>.lora_B.weight` (out×r, or out×r×1×1), `<component>` the pipeline component
+/// `<component>.<module>.lora_B.weight` (out×r, or out×r×1×1), or diffusers' own `.lora.down.weight`
+/// and `.lora.up.weight` for the same two, `<component>` the pipeline component
 /// the module belongs to (`unet`, `text_encoder`, `text_encoder_2`, `transformer`), `<module>` its
 /// path inside that component as diffusers/PEFT name it. Example:
 /// `unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight` adapts the UNet's
@@ -40,7 +41,12 @@ enum DiffusersDialect: AdapterDialect {
         "trainable_token_indices", "use_bdlora", "use_dora", "use_qalora", "use_rslora", "velora_config",
     ]
 
-    private static let roles = [".lora_A.weight", ".lora_B.weight"]
+    /// Key endings of A and of B: PEFT's, as `save_lora_weights` writes `get_peft_model_state_dict`,
+    /// and diffusers' own, as `convert_state_dict_to_diffusers` (which diffusers' training scripts call
+    /// first) writes the UNet's. Of a file of the second kind diffusers 0.42.1 loads no attention
+    /// projection (PEFT warns of "additional target modules"); lora-tool merges every module.
+    private static let aRoles = [".lora_A.weight", ".lora.down.weight"], bRoles = [".lora_B.weight", ".lora.up.weight"]
+    private static let roles = aRoles + bRoles
 
     /// The component a key belongs to and the rest of the key, or nil when it starts with none.
     static func split(_ key: String) -> (component: String, rest: String)? {
@@ -61,16 +67,20 @@ enum DiffusersDialect: AdapterDialect {
         for name in ckpt.names {
             guard let (component, rest) = split(name), let role = roles.first(where: { rest.hasSuffix($0) }) else {
                 throw LoRACoreError.unsupportedAdapter(
-                    path: file, detail: "tensor '\(name)' is not a diffusers LoRA tensor (<component>.<module>.lora_A.weight / .lora_B.weight, component one of \(components.joined(separator: ", ")))")
+                    path: file, detail: "tensor '\(name)' is not a diffusers LoRA tensor (<component>.<module>.lora_A.weight / .lora_B.weight or .lora.down.weight / .lora.up.weight, component one of \(components.joined(separator: ", ")))")
             }
-            groups[component + "." + String(rest.dropLast(role.count)), default: [:]][role] = name
+            let key = component + "." + String(rest.dropLast(role.count)), factor = aRoles.contains(role) ? "A" : "B"
+            if let other = groups[key]?[factor] {
+                throw LoRACoreError.invalidModule(module: key, detail: "two \(factor) factors: '\(other)' and '\(name)'")
+            }
+            groups[key, default: [:]][factor] = name
         }
         var modules: [AdapterModule] = []
         var untargeted: [String] = []
         for key in groups.keys.sorted(by: utf8Precedes) {
             let g = groups[key]!
-            guard let aName = g[roles[0]], let bName = g[roles[1]] else {
-                throw LoRACoreError.invalidModule(module: key, detail: "needs both lora_A.weight and lora_B.weight")
+            guard let aName = g["A"], let bName = g["B"] else {
+                throw LoRACoreError.invalidModule(module: key, detail: "needs both lora_A.weight and lora_B.weight (or lora.down.weight and lora.up.weight)")
             }
             let a = ckpt.info(aName)!, b = ckpt.info(bName)!
             for t in [a, b] where TensorData.format(t.dtype) == nil {
