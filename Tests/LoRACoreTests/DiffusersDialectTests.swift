@@ -69,4 +69,19 @@ struct DiffusersDialectTests {
         let file = "/unet/diffusion_pytorch_model.safetensors"
         #expect(FileManager.default.contents(atPath: dir + "/a" + file) == FileManager.default.contents(atPath: dir + "/b" + file))
     }
+
+    @Test("convert, resize and combine refuse image-model LoRAs (their writers would lose the component names) and write nothing")
+    func writersRefuse() throws {
+        let dir = temporaryDirectory()
+        for adapter in [sd1 + "/lora", sd1 + "/kohya.safetensors"] {
+            for to in [Adapter.Format.peft, .kohya] {
+                let error = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: adapter, to: to, output: dir + "/c")) }
+                #expect(error?.errorDescription?.contains("convert of an image model's LoRA (sd1) is not implemented yet") == true, "\(String(describing: error))")
+            }
+            #expect(throws: LoRACoreError.self) { try Combine.run(CombineOptions(adapters: [(adapter, 1)], method: .cat, output: dir + "/m")) }
+        }
+        #expect(throws: LoRACoreError.self) { try Resize.run(ResizeOptions(adapter: sd1 + "/lora", output: dir + "/r", rule: .fixed(1))) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+    }
 }
+

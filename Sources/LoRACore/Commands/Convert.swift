@@ -46,6 +46,7 @@ public enum Convert {
         try PathSafety.checkOutput(options.output, inputs: [options.adapter] + [options.base, options.initial].compactMap { $0 })
         let adapter = try Adapter(path: options.adapter, scale: options.scaleOverride)
         try adapter.refuseParameterTargets("convert")
+        try adapter.refuseImageModel("convert")
         if options.initial == nil { try ResidualInitialisation.refuse(adapter, "convert") }
         let base = try options.base.map { try Checkpoint(path: $0) }
         var modules = adapter.modules

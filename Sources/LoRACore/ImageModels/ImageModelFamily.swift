@@ -13,8 +13,10 @@ import SafeTensors
 /// From a LoRA's keys (sd-scripts and diffusers names):
 /// - `lora_te1_`/`lora_te2_` or `text_encoder_2.` → sdxl;
 /// - `double_blocks`/`single_blocks` (kohya Flux) or `transformer.…single_transformer_blocks` → flux;
-/// - UNet modules: the input width of `attn2.to_k` (the cross-attention width) 2048 → sdxl,
-///   1024 → sd2, otherwise sd1; sgm names (`input_blocks`) → sdxl.
+/// - SD UNet block names (`lora_unet_down_blocks_…`, `unet.down_blocks.…`) or the CLIP text model
+///   (`lora_te_text_model_…`): the input width of `attn2.to_k` (the cross-attention width) 2048 →
+///   sdxl, 1024 → sd2, otherwise sd1; sgm names (`input_blocks`) → sdxl. A kohya file of other
+///   names (`lora_unet_conv1` of a custom model, `lora_te_model_layers_…` of a language model) is none.
 public struct ImageModelFamily: Sendable, Equatable {
     /// `sd1`, `sd2`, `sdxl` or `flux`.
     public var name: String
@@ -75,7 +77,9 @@ public struct ImageModelFamily: Sendable, Equatable {
             if names.contains(where: { $0.hasPrefix("lora_unet_input_blocks_") || $0.hasPrefix("lora_unet_output_blocks_") }) {
                 return .init(name: "sdxl", evidence: "sgm UNet names (lora_unet_input_blocks_)")
             }
-            guard names.contains(where: { $0.hasPrefix("lora_unet_") || $0.hasPrefix("lora_te_text_model_") }) else { return nil }
+            // SD UNet blocks or the CLIP text model: `lora_unet_` alone is any kohya LoCon's prefix.
+            let sdPrefixes = ["lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_", "lora_te_text_model_"]
+            guard names.contains(where: { n in sdPrefixes.contains { n.hasPrefix($0) } }) else { return nil }
             return byCrossAttention(adapter, key: { $0.hasPrefix("lora_unet_") && $0.hasSuffix("attn2_to_k.lora_down.weight") })
         case .peft, .mlx, .handWritten:
             return nil
