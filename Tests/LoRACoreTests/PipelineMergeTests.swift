@@ -128,3 +128,26 @@ struct TextModelPrefixTests {
         }
     }
 }
+
+@Suite("Image models: pipelines diffusers can load in more than one way")
+struct PipelineVariantTests {
+    @Test("A component holding two weight variants (fp16 beside the default) is refused by name, nothing written")
+    func variantsRefused() throws {
+        let dir = temporaryDirectory()
+        let pipeline = try TextModelPrefixTests.prefixedPipeline(in: dir)
+        try FileManager.default.copyItem(atPath: pipeline + "/unet/diffusion_pytorch_model.safetensors", toPath: pipeline + "/unet/diffusion_pytorch_model.fp16.safetensors")
+        let error = #expect(throws: SafeTensorsError.self) { try mergeImageModel(pipeline, [sd1 + "/lora"], into: dir + "/out") }
+        #expect(error?.localizedDescription.contains("diffusion_pytorch_model.fp16.safetensors, diffusion_pytorch_model.safetensors") == true, "\(String(describing: error))")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
+    }
+
+    @Test("Weight variants are read from file names", arguments: [
+        ("diffusion_pytorch_model.safetensors", ""), ("diffusion_pytorch_model.fp16.safetensors", "fp16"),
+        ("model.fp16-00001-of-00002.safetensors", "fp16"), ("diffusion_pytorch_model.safetensors.index.json", ""),
+        ("model-00002-of-00002.safetensors", ""), ("config.json", nil),
+    ] as [(String, String?)])
+    func variants(file: String, variant: String?) {
+        #expect(DiffusersPipeline.weightVariant(file) == variant)
+    }
+}
+

@@ -65,6 +65,14 @@ public struct DiffusersPipeline: Sendable {
                     inner.append(f)
                 }
                 let weights = inner.contains { $0.hasSuffix(".safetensors") || $0.hasSuffix(".safetensors.index.json") }
+                // Hub snapshots may hold variants (`diffusion_pytorch_model.fp16.safetensors` beside the
+                // default one): merging one would leave the other unmerged under a name diffusers loads.
+                let variants = Set(inner.compactMap(Self.weightVariant))
+                if variants.count > 1 {
+                    let shown = inner.filter { Self.weightVariant($0) != nil }.joined(separator: ", ")
+                    throw SafeTensorsError.unsupportedInput(
+                        path: full, detail: "holds several weight variants (\(shown)); merging one would leave the others unmerged: use a copy of the pipeline with one variant")
+                }
                 if !weights, let pickle = inner.first(where: { Checkpoint.pickleExtensions.contains(($0 as NSString).pathExtension) }) {
                     throw SafeTensorsError.unsupportedInput(
                         path: full + "/" + pickle, detail: "a pickle file, which can run code when loaded; convert the \(entry) component to safetensors first")
@@ -79,6 +87,23 @@ public struct DiffusersPipeline: Sendable {
             throw LoRACoreError.invalidConfig(file: path + "/model_index.json", detail: "not a JSON object")
         }
         className = index["_class_name"]?.stringValue
+    }
+
+    /// The variant a weights file name carries (`fp16` for `diffusion_pytorch_model.fp16.safetensors`
+    /// or `model.fp16-00001-of-00002.safetensors`; "" for the default), nil for other files.
+    static func weightVariant(_ file: String) -> String? {
+        let stem: Substring
+        if file.hasSuffix(".safetensors.index.json") {
+            stem = file.dropLast(".safetensors.index.json".count)
+        } else if file.hasSuffix(".safetensors") {
+            stem = file.dropLast(".safetensors".count)
+        } else {
+            return nil
+        }
+        // Shards: `NAME-00001-of-00002`.
+        let name = stem.range(of: #"-\d{5}-of-\d{5}$"#, options: .regularExpression).map { stem[..<$0.lowerBound] } ?? stem
+        guard let dot = name.firstIndex(of: ".") else { return "" }
+        return String(name[name.index(after: dot)...])
     }
 
     private enum Kind { case file, directory }
