@@ -1710,7 +1710,7 @@ def sd_cases():
 def check_lora_tool_pipeline(d):
     """When the binary is built: lora-tool's merges of the sd1 fixtures load in diffusers (the pipeline
     with StableDiffusionPipeline.from_pretrained, the unet/ folder with UNet2DConditionModel) and equal
-    diffusers' own fuse within 1 fp16 ulp."""
+    diffusers' own fuse within 1 fp16 ulp; its convert --to kohya of lora/ equals kohya.safetensors."""
     import subprocess, tempfile
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     tool = os.path.join(ROOT, ".build/debug/lora-tool")
@@ -1722,6 +1722,12 @@ def check_lora_tool_pipeline(d):
                         "--output", os.path.join(t, "pipe"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
         subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline", "unet"), "--adapter", os.path.join(d, "kohya-unet.safetensors"),
                         "--output", os.path.join(t, "unet"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        # Its kohya conversion is the sd-scripts-named fixture, value for value (alphas too).
+        subprocess.run([tool, "convert", os.path.join(d, "lora"), "--to", "kohya", "--output", os.path.join(t, "k.safetensors")],
+                       check=True, stdout=subprocess.DEVNULL)
+        converted, fixture = load_file(os.path.join(t, "k.safetensors")), load_file(os.path.join(d, "kohya.safetensors"))
+        assert converted.keys() == fixture.keys()
+        assert all(torch.equal(converted[k].float(), fixture[k].float()) for k in fixture)
         ours = StableDiffusionPipeline.from_pretrained(os.path.join(t, "pipe"), torch_dtype=torch.float16)
         theirs = StableDiffusionPipeline.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float16)
         unet = UNet2DConditionModel.from_pretrained(os.path.join(t, "unet"), torch_dtype=torch.float16)
@@ -1729,7 +1735,7 @@ def check_lora_tool_pipeline(d):
             for (n, x), (_, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
                 ulps = (x.view(torch.int16).int() - y.view(torch.int16).int()).abs().max().item()
                 assert ulps <= 1, (n, ulps)
-    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp")
+    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp; its kohya conversion equals kohya.safetensors")
 
 
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]

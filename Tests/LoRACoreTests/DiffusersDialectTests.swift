@@ -74,7 +74,7 @@ struct DiffusersDialectTests {
     func writersRefuse() throws {
         let dir = temporaryDirectory()
         for adapter in [sd1 + "/lora", sd1 + "/kohya.safetensors"] {
-            for to in [Adapter.Format.peft, .kohya] {
+            for to in adapter.hasSuffix("lora") ? [Adapter.Format.peft, .mlx] : [.peft, .kohya] {
                 let error = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: adapter, to: to, output: dir + "/c")) }
                 #expect(error?.errorDescription?.contains("convert of an image model's LoRA (sd1) is not implemented yet") == true, "\(String(describing: error))")
             }
@@ -82,6 +82,22 @@ struct DiffusersDialectTests {
         }
         #expect(throws: LoRACoreError.self) { try Resize.run(ResizeOptions(adapter: sd1 + "/lora", output: dir + "/r", rule: .fixed(1))) }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+    }
+
+    @Test("convert --to kohya writes sd-scripts' names and each module's alpha: the fixture's sd-scripts file, value for value, and the same merge")
+    func toKohya() throws {
+        let dir = temporaryDirectory()
+        _ = try Convert.run(ConvertOptions(adapter: sd1 + "/lora", to: .kohya, output: dir + "/k.safetensors"))
+        let ours = try Checkpoint(path: dir + "/k.safetensors"), theirs = try Checkpoint(path: sd1 + "/kohya.safetensors")
+        #expect(ours.names == theirs.names)
+        for name in theirs.names {
+            #expect(try TensorData.floats(ours, name) == TensorData.floats(theirs, name), "\(name)")
+        }
+        _ = try mergeImageModel(sd1Pipeline, [dir + "/k.safetensors"], into: dir + "/a")
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: dir + "/b")
+        for file in ["/unet/diffusion_pytorch_model.safetensors", "/text_encoder/model.safetensors"] {
+            #expect(FileManager.default.contents(atPath: dir + "/a" + file) == FileManager.default.contents(atPath: dir + "/b" + file), "\(file)")
+        }
     }
 }
 

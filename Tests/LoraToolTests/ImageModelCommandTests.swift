@@ -24,6 +24,8 @@ struct ImageModelCommandTests {
         #expect(s5 == 0 && FileManager.default.fileExists(atPath: dir + "/unet/diffusion_pytorch_model.safetensors"), "\(e5)")
         let (s6, o6, _) = try run(["verify", "--base", sd1 + "/pipeline", "--adapter", sd1 + "/lora", "--merged", dir + "/merged"])
         #expect(s6 == 0 && o6.contains("PASS: 228 tensors (70 merged"), "\(o6)")
+        let (s7, o7, e7) = try run(["convert", sd1 + "/lora", "--to", "kohya", "--output", dir + "/lora-kohya.safetensors"])
+        #expect(s7 == 0 && o7.contains("modules  70, scales 0.75, 1.5, 3"), "\(o7)\(e7)")
     }
 
     @Test("unet/ with a LoRA that also targets the text encoder: exit 1, one error line naming the module and the component")

@@ -46,7 +46,8 @@ public enum Convert {
         try PathSafety.checkOutput(options.output, inputs: [options.adapter] + [options.base, options.initial].compactMap { $0 })
         let adapter = try Adapter(path: options.adapter, scale: options.scaleOverride)
         try adapter.refuseParameterTargets("convert")
-        try adapter.refuseImageModel("convert")
+        // diffusers → kohya keeps every name and α (SD 1.x/2.x); other image-LoRA conversions are not written yet.
+        if !(adapter.format == .diffusers && options.to == .kohya) { try adapter.refuseImageModel("convert") }
         if options.initial == nil { try ResidualInitialisation.refuse(adapter, "convert") }
         let base = try options.base.map { try Checkpoint(path: $0) }
         var modules = adapter.modules

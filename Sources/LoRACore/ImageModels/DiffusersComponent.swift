@@ -122,6 +122,22 @@ public enum DiffusersComponent {
         }
     }
 
+    /// sd-scripts' name of a module of an SD 1.x/2.x diffusers-format LoRA: `unet.down_blocks.0.…` →
+    /// `lora_unet_down_blocks_0_…` (sd-scripts names these UNets as diffusers does, dots as `_`),
+    /// `text_encoder.encoder.layers.0.mlp.fc1` → `lora_te_text_model_encoder_layers_0_mlp_fc1`
+    /// (sd-scripts' CLIP names carry transformers 4's `text_model.`).
+    /// - Throws: `LoRACoreError.unsupportedAdapter` for components whose sd-scripts names are not
+    ///   diffusers' (`text_encoder_2`: SDXL, whose UNet sd-scripts names in sgm form; `transformer`:
+    ///   Flux, BFL names), which are not written yet.
+    static func kohyaName(of module: String, adapter: String) throws -> String {
+        guard let (component, rest) = DiffusersDialect.split(module), component == "unet" || component == "text_encoder" else {
+            throw LoRACoreError.unsupportedAdapter(
+                path: adapter, detail: "module '\(module)': sd-scripts names SDXL and Flux modules in sgm/BFL form, which convert does not write yet (SD 1.x/2.x only)")
+        }
+        let flat = rest.replacingOccurrences(of: ".", with: "_")
+        return component == "unet" ? "lora_unet_" + flat : "lora_te_" + textModelPrefix(flat, separator: "_", add: true, drop: false)
+    }
+
     /// `path` with transformers 4's `text_model` + `separator` prefix added or dropped.
     private static func textModelPrefix(_ path: String, separator: String, add: Bool, drop: Bool) -> String {
         let prefix = "text_model" + separator
