@@ -76,5 +76,15 @@ struct ImageModelFamilyTests {
         try w.finish()
         #expect(ImageModelFamily.of(adapter: try Adapter(path: dir + "/l.safetensors"))?.name == family)
     }
+
+    @Test("inspect --base unet/ checks the LoRA's UNet modules against it; a pipeline as --base is refused")
+    func inspectAgainstComponent() throws {
+        let report = try Inspect.run(path: sd1 + "/kohya-unet.safetensors", base: sd1Pipeline + "/unet")
+        #expect(report.base?.problems == [])
+        #expect(report.base?.adapterParameters ?? 0 > 0)
+        let mixed = try Inspect.run(path: sd1 + "/lora", base: sd1Pipeline + "/unet")
+        #expect(mixed.base?.problems.count == 1 && mixed.base?.problems.first?.contains("targets the text_encoder component") == true)
+        #expect(throws: LoRACoreError.self) { try Inspect.run(path: sd1 + "/lora", base: sd1Pipeline) }
+    }
 }
 

@@ -130,6 +130,9 @@ public enum Inspect {
     ///   - base: optional base model to compare an adapter with.
     /// - Throws: `SafeTensorsError` / `LoRACoreError` for unreadable or malformed input.
     public static func run(path: String, base basePath: String? = nil, scale: AdapterScaleOverride = AdapterScaleOverride()) throws -> InspectReport {
+        if let basePath, DiffusersPipeline.isPipeline(basePath) {
+            throw LoRACoreError.invalidRequest("--base \(basePath) is a diffusers pipeline; compare an adapter with one of its component folders (e.g. \(basePath)/unet)")
+        }
         if DiffusersPipeline.isPipeline(path) {
             guard basePath == nil else { throw LoRACoreError.invalidRequest("--base compares an adapter with its base, but \(path) is a diffusers pipeline") }
             return try pipelineReport(path)
@@ -248,7 +251,8 @@ public enum Inspect {
             let base = try Checkpoint(path: basePath)
             var problems: [String] = []
             let resolvedModules: [AdapterModule]
-            do { resolvedModules = try adapter.modules(resolvedAgainst: base) } catch let e as LoRACoreError {
+            // A diffusers component folder (`unet/`) takes the image-model LoRA's modules that target it.
+            do { resolvedModules = try DiffusersComponent.restrict([adapter], basePath: basePath, base: base)[0].modules(resolvedAgainst: base) } catch let e as LoRACoreError {
                 resolvedModules = []
                 problems.append(e.localizedDescription)
             }

@@ -151,6 +151,10 @@ enum DiffusersDialect: AdapterDialect {
             guard config.peftType == .lora else {
                 throw LoRACoreError.invalidConfig(file: where_, detail: "'\(component).peft_type' is \(config.peftType.rawValue); diffusers' LoRA metadata is LORA")
             }
+            // What these fields add (a magnitude vector, a B bias) is not read from diffusers files yet.
+            for (field, set) in [("use_dora", config.useDora), ("lora_bias", config.loraBias)] where set {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "'\(component).\(field)' is true: diffusers-format LoRAs with \(field) are not supported yet")
+            }
             configs[component] = config
         }
         return configs

@@ -79,7 +79,7 @@ public enum DiffusersComponent {
                 }
                 guard available.contains(c) else {
                     throw LoRACoreError.baseMismatch(
-                        module: module, detail: "targets the \(c) component, which \(base) does not have (it has \(available.joined(separator: ", "))); give the pipeline folder as --base")
+                        module: module, detail: "targets the \(c) component, which \(base) does not have (it has \(available.joined(separator: ", "))); merge and verify take the pipeline folder as --base")
                 }
             }
         }
