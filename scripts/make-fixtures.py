@@ -1621,7 +1621,7 @@ def sd_cases():
     per module), kohya-unet.safetensors (its lora_unet_ modules alone), and merged/: diffusers' own load_lora_weights + fuse_lora + unload_lora_weights on an
     fp32 copy of pipeline/, rounded once to fp16 and saved with save_pretrained (the issue's oracle:
     diffusers' fuse in fp16 rounds the delta first). case.json records the scale diffusers resolved for
-    every module of both diffusers files."""
+    every module of both diffusers files and of the kohya file."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft.utils import get_peft_model_state_dict
     from transformers import CLIPTextModel
@@ -1683,7 +1683,9 @@ def sd_cases():
               metadata={"ss_network_module": "networks.lora"})
 
     scales = {}
-    for name, path in (("lora", os.path.join(d, "lora")), ("lora-no-metadata", os.path.join(d, "lora-no-metadata.safetensors"))):
+    # kohya: what diffusers' own kohya loader resolves (its renamed attention projections lose their .alpha).
+    for name, path in (("lora", os.path.join(d, "lora")), ("lora-no-metadata", os.path.join(d, "lora-no-metadata.safetensors")),
+                       ("kohya", os.path.join(d, "kohya.safetensors"))):
         check = StableDiffusionPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
         check.load_lora_weights(path, adapter_name="x")
         s = {}

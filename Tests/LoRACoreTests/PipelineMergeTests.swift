@@ -30,6 +30,20 @@ struct DiffusersPipelineMergeTests {
         }
     }
 
+    @Test("Each kohya module keeps its own .alpha: the diffusers file's scales, where diffusers' kohya loader gives 8 to_v modules the common alpha")
+    func kohyaAlphas() throws {
+        let kohya = try Adapter(path: sd1 + "/kohya.safetensors")
+        let views = try [("unet", sd1Pipeline + "/unet"), ("text_encoder", sd1Pipeline + "/text_encoder")].flatMap { component, path in
+            try DiffusersComponent.view(of: kohya, for: component, available: ["text_encoder", "unet"], base: try Checkpoint(path: path)).modules
+                .map { (component + "." + $0.module, $0.scale) }
+        }
+        let ours = Dictionary(uniqueKeysWithValues: views)
+        let diffusersFile = try diffusersScales("lora"), diffusersKohya = try diffusersScales("kohya")
+        #expect(ours == diffusersFile)
+        let misread = diffusersKohya.filter { diffusersFile[$0.key] != $0.value }
+        #expect(misread.count == 8 && misread.keys.allSatisfy { $0.hasSuffix(".to_v") } && misread.values.allSatisfy { $0 == 1.5 })
+    }
+
     @Test("A unet/ folder keeps diffusion_pytorch_model.safetensors and merges a kohya LoCon as diffusers does")
     func componentFolder() throws {
         let out = temporaryDirectory() + "/unet"
