@@ -1712,7 +1712,8 @@ def sd_cases():
 def check_lora_tool_pipeline(d):
     """When the binary is built: lora-tool's merges of the sd1 fixtures load in diffusers (the pipeline
     with StableDiffusionPipeline.from_pretrained, the unet/ folder with UNet2DConditionModel) and equal
-    diffusers' own fuse within 1 fp16 ulp; its convert --to kohya of lora/ equals kohya.safetensors."""
+    diffusers' own fuse within 1 fp16 ulp; its convert --to kohya of lora/ equals kohya.safetensors; its
+    convert --to diffusers of kohya.safetensors loads in diffusers and fuses to merged/ within 1 ulp."""
     import subprocess, tempfile
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     tool = os.path.join(ROOT, ".build/debug/lora-tool")
@@ -1730,14 +1731,26 @@ def check_lora_tool_pipeline(d):
         converted, fixture = load_file(os.path.join(t, "k.safetensors")), load_file(os.path.join(d, "kohya.safetensors"))
         assert converted.keys() == fixture.keys()
         assert all(torch.equal(converted[k].float(), fixture[k].float()) for k in fixture)
+        # kohya.safetensors converted to diffusers' format (the pipeline as --base): diffusers loads it, with
+        # every module's scale as in lora/, and fuses it (fp32, rounded once) to merged/ within 1 ulp.
+        subprocess.run([tool, "convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(d, "pipeline"),
+                        "--output", os.path.join(t, "kd")], check=True, stdout=subprocess.DEVNULL)
+        fused = StableDiffusionPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
+        fused.load_lora_weights(os.path.join(t, "kd"))
+        fused.fuse_lora()
+        fused.unload_lora_weights()
+        fused.to(torch.float16).save_pretrained(os.path.join(t, "kd-merged"))
         ours = StableDiffusionPipeline.from_pretrained(os.path.join(t, "pipe"), torch_dtype=torch.float16)
         theirs = StableDiffusionPipeline.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float16)
         unet = UNet2DConditionModel.from_pretrained(os.path.join(t, "unet"), torch_dtype=torch.float16)
-        for a, b in ((ours.unet, theirs.unet), (ours.text_encoder, theirs.text_encoder), (unet, theirs.unet)):
+        kd = StableDiffusionPipeline.from_pretrained(os.path.join(t, "kd-merged"), torch_dtype=torch.float16)
+        for a, b in ((ours.unet, theirs.unet), (ours.text_encoder, theirs.text_encoder), (unet, theirs.unet),
+                     (kd.unet, theirs.unet), (kd.text_encoder, theirs.text_encoder)):
             for (n, x), (_, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
                 ulps = (x.view(torch.int16).int() - y.view(torch.int16).int()).abs().max().item()
                 assert ulps <= 1, (n, ulps)
-    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp; its kohya conversion equals kohya.safetensors")
+    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp; its kohya conversion equals kohya.safetensors;"
+          " its diffusers conversion of kohya.safetensors fuses in diffusers to merged/ within 1 ulp")
 
 
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]

@@ -101,5 +101,26 @@ struct DiffusersDialectTests {
             #expect(FileManager.default.contents(atPath: dir + "/a" + file) == FileManager.default.contents(atPath: dir + "/b" + file), "\(file)")
         }
     }
+
+    @Test("convert --to diffusers: the kohya file with its pipeline as --base gives the diffusers file's scales and factors, and the same merge")
+    func kohyaToDiffusers() throws {
+        let dir = temporaryDirectory()
+        var o = ConvertOptions(adapter: sd1 + "/kohya.safetensors", to: .diffusers, output: dir + "/d")
+        o.base = sd1Pipeline
+        _ = try Convert.run(o)
+        #expect(FileManager.default.fileExists(atPath: dir + "/d/pytorch_lora_weights.safetensors"))
+        let converted = try Adapter(path: dir + "/d"), original = try Adapter(path: sd1 + "/lora")
+        #expect(converted.format == .diffusers)
+        #expect(Dictionary(uniqueKeysWithValues: converted.modules.map { ($0.module, $0.scale) }) == (try diffusersScales("lora")))
+        let ours = converted.checkpoint, theirs = original.checkpoint
+        #expect(ours.names == theirs.names)
+        for name in theirs.names { #expect(try TensorData.floats(ours, name) == TensorData.floats(theirs, name), "\(name)") }
+        _ = try mergeImageModel(sd1Pipeline, [dir + "/d"], into: dir + "/a")
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/lora"], into: dir + "/b")
+        for file in ["/unet/diffusion_pytorch_model.safetensors", "/text_encoder/model.safetensors"] {
+            #expect(FileManager.default.contents(atPath: dir + "/a" + file) == FileManager.default.contents(atPath: dir + "/b" + file), "\(file)")
+        }
+        #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: sd1 + "/kohya.safetensors", to: .diffusers, output: dir + "/e")) }
+    }
 }
 

@@ -26,6 +26,8 @@ struct ImageModelCommandTests {
         #expect(s6 == 0 && o6.contains("PASS: 228 tensors (70 merged"), "\(o6)")
         let (s7, o7, e7) = try run(["convert", sd1 + "/lora", "--to", "kohya", "--output", dir + "/lora-kohya.safetensors"])
         #expect(s7 == 0 && o7.contains("modules  70, scales 0.75, 1.5, 3"), "\(o7)\(e7)")
+        let (s8, o8, e8) = try run(["convert", sd1 + "/kohya.safetensors", "--to", "diffusers", "--base", sd1 + "/pipeline", "--output", dir + "/kohya-diffusers"])
+        #expect(s8 == 0 && o8.contains("modules  70, scales 0.75, 1.5, 3"), "\(o8)\(e8)")
     }
 
     @Test("unet/ with a LoRA that also targets the text encoder: exit 1, one error line naming the module and the component")

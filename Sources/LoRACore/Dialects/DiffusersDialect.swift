@@ -171,7 +171,47 @@ enum DiffusersDialect: AdapterDialect {
             : "α = r (no lora_adapter_metadata: diffusers' rule), s = 1"
     }
 
+    /// Writes `pytorch_lora_weights.safetensors` (or the `.safetensors` file `--output` names):
+    /// `<component>.<module>.lora_A.weight` / `lora_B.weight` (F32) and, per component, `r` and
+    /// `lora_alpha` (the most common), `rank_pattern` and `alpha_pattern` (the other modules, by
+    /// their full paths) and `target_modules` (every module's path) in `lora_adapter_metadata`, so
+    /// each module's α/r is the factors' scale (never folded into them).
+    /// - Throws: `LoRACoreError.unsupportedAdapter` for modules that name no component (a kohya
+    ///   file converted without its pipeline as `--base`) and what LoRA cannot express.
     static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
-        throw LoRACoreError.unsupportedAdapter(path: options.adapter, detail: "writing diffusers-format LoRA files is not implemented yet; convert to peft or kohya")
+        try Convert.refuse(factors, adapter: adapter, into: "diffusers LoRA")
+        var tensors: [AdapterSink.Tensor] = []
+        var byComponent: [String: [(module: String, rank: Int, alpha: Double)]] = [:]
+        for f in factors {
+            let m = f.module
+            guard let (component, module) = split(m.module) else {
+                throw LoRACoreError.unsupportedAdapter(
+                    path: adapter.path, detail: "module '\(m.module)' names no pipeline component: convert an image-model kohya file with its diffusers pipeline as --base")
+            }
+            tensors.append(.init(name: m.module + ".lora_A.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterSink.floatBytes(f.a) })
+            tensors.append(.init(name: m.module + ".lora_B.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterSink.floatBytes(f.b) })
+            byComponent[component, default: []].append((module, m.rank, m.scale * Double(m.rank)))
+        }
+        func number(_ x: Double) -> JSONValue { .number(x == x.rounded() && abs(x) < 1e15 ? String(Int(x)) : "\(x)") }
+        var fields: [(key: String, value: JSONValue)] = []
+        for component in byComponent.keys.sorted() {
+            let modules = byComponent[component]!
+            let (r, rankPattern) = AdapterSink.rankSummary(modules.map { ($0.module, $0.rank) })
+            let alpha = Convert.mostCommon(modules.map(\.alpha))
+            fields += [
+                (component + ".alpha_pattern", .object(modules.filter { $0.alpha != alpha }.map { ($0.module, number($0.alpha)) })),
+                (component + ".lora_alpha", number(alpha)),
+                (component + ".r", .number(String(r))),
+                (component + ".rank_pattern", .object(rankPattern.map { ($0.0, .number(String($0.1))) })),
+                (component + ".target_modules", .array(modules.map(\.module).sorted(by: utf8Precedes).map { .string($0) })),
+            ]
+        }
+        let metadata = [("format", "pt"), (metadataKey, JSONWriter.pretty(.object(fields)))]
+        if options.output.hasSuffix(".safetensors") {
+            try AdapterSink.writeFile(tensors, to: options.output, metadata: metadata, force: options.force)
+        } else {
+            try AdapterSink.writeDirectory(tensors, weightsName: "pytorch_lora_weights.safetensors", metadata: metadata, sideFiles: [],
+                                           to: options.output, force: options.force, zstdLevel: options.zstdLevel)
+        }
     }
 }

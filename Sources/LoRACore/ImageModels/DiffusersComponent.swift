@@ -122,6 +122,25 @@ public enum DiffusersComponent {
         }
     }
 
+    /// An image-model LoRA's modules resolved against the pipeline's components, in the adapter's
+    /// order, each named `<component>.<module as the component names it>` (diffusers' key form).
+    /// - Throws: as `openAdapters` and `view`.
+    static func pipelineModules(of adapter: Adapter, pipeline: DiffusersPipeline) throws -> [AdapterModule] {
+        try refuseForeign([adapter], available: pipeline.weightComponents, base: pipeline.path)
+        var resolved: [String: AdapterModule] = [:]
+        for c in pipeline.weightComponents {
+            let mine = adapter.modules.filter { component(of: $0.module, in: adapter.format, available: pipeline.weightComponents) == c }
+            guard !mine.isEmpty else { continue }
+            let view = try view(of: adapter, for: c, available: pipeline.weightComponents, base: try Checkpoint(path: pipeline.path + "/" + c, headerOnly: true))
+            for (original, m) in zip(mine, view.modules) {
+                var named = m
+                named.module = c + "." + m.module
+                resolved[original.module] = named
+            }
+        }
+        return adapter.modules.map { resolved[$0.module]! }
+    }
+
     /// sd-scripts' name of a module of an SD 1.x/2.x diffusers-format LoRA: `unet.down_blocks.0.…` →
     /// `lora_unet_down_blocks_0_…` (sd-scripts names these UNets as diffusers does, dots as `_`),
     /// `text_encoder.encoder.layers.0.mlp.fc1` → `lora_te_text_model_encoder_layers_0_mlp_fc1`
