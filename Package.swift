@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "LoRAKernelsTests", dependencies: ["LoRAKernels"]),
         .testTarget(name: "LoRAGraphTests", dependencies: ["LoRAGraph"], exclude: ["Fixtures"]),
         .testTarget(name: "LoRACoreTests", dependencies: ["LoRACore", "LoRAKernels", "LoRAGraph", "GGUF"],
-                    exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures", "CombineFixtures", "AdapterTypeFixtures", "GGUFMergeFixtures"]),
+                    exclude: ["Fixtures", "ExtractFixtures", "QuantFixtures", "CombineFixtures", "AdapterTypeFixtures", "GGUFMergeFixtures", "ImageFixtures"]),
         .testTarget(name: "LoraToolTests", dependencies: ["lora-tool", "FuzzTargets", .product(name: "Yams", package: "Yams")]),
     ]
 )

@@ -2088,6 +2088,208 @@ def gptq_awq_cases():
     for d, dense, n in pending:
         write_quantized_case(d, dense, 128, 20 + n, 50 + n, None)
 
+# --- Image models: a tiny SD-1.5-shaped diffusers pipeline and its LoRAs ---------------------------
+IMAGE_FIX = os.path.join(ROOT, "Tests/LoRACoreTests/ImageFixtures")
+
+
+def sort_header_metadata(path):
+    """Rewrites a safetensors file with its __metadata__ members sorted: safetensors' Rust writer keeps
+    them in a HashMap, whose order changes from run to run (tensor data and offsets are untouched)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {})
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + blob[8 + n:])
+
+
+def tiny_clip_tokenizer(path):
+    """A CLIPTokenizer from a vocabulary made here (no download): the special tokens, a–h with and
+    without the end-of-word mark, and two merges."""
+    from transformers import CLIPTokenizer
+    os.makedirs(path, exist_ok=True)
+    letters = "abcdefgh"
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
+    vocab.update({"ab</w>": 16, "cd</w>": 17, "<|startoftext|>": 18, "<|endoftext|>": 19})
+    with open(os.path.join(path, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\na b</w>\nc d</w>\n")
+    return CLIPTokenizer(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"), model_max_length=16)
+
+
+def tiny_sd_pipeline(dtype):
+    """StableDiffusionPipeline of SD 1.5's shape, tiny: a cross-attention UNet2DConditionModel (two
+    levels, transformer blocks with attn1/attn2/ff, resnets with 3×3 convs), a one-layer
+    CLIPTextModel, a one-level AutoencoderKL, PNDMScheduler; every weight random and non-trivial."""
+    from diffusers import UNet2DConditionModel, AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+    import tempfile
+    torch.manual_seed(23)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=8, norm_num_groups=4, attention_head_dim=2)
+    vae = AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=2, layers_per_block=1, sample_size=8)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                vocab_size=20, max_position_embeddings=16, projection_dim=8,
+                                                bos_token_id=18, eos_token_id=19, pad_token_id=19))
+    for model in (unet, vae, text_encoder):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p) * 0.1)
+    with tempfile.TemporaryDirectory() as t:
+        tokenizer = tiny_clip_tokenizer(t)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return pipe.to(dtype)
+
+
+def sd_cases():
+    """sd1/: pipeline/ (fp16, save_pretrained), lora/pytorch_lora_weights.safetensors (diffusers format
+    from save_lora_weights: unet.… and text_encoder.… keys, alpha/r/rank_pattern/alpha_pattern in
+    __metadata__["lora_adapter_metadata"]), lora-no-metadata.safetensors (the same tensors, no metadata:
+    diffusers then uses alpha = r), kohya.safetensors (the same deltas in sd-scripts names, an .alpha
+    per module), kohya-unet.safetensors (its lora_unet_ modules alone), and merged/: diffusers' own load_lora_weights + fuse_lora + unload_lora_weights on an
+    fp32 copy of pipeline/, rounded once to fp16 and saved with save_pretrained (the issue's oracle:
+    diffusers' fuse in fp16 rounds the delta first). case.json records the scale diffusers resolved for
+    every module of both diffusers files and of the kohya file."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
+    d = fresh(os.path.join(IMAGE_FIX, "sd1"))
+    pipe = tiny_sd_pipeline(torch.float16)
+    pipe.save_pretrained(os.path.join(d, "pipeline"))
+
+    unet_cfg = LoraConfig(r=4, lora_alpha=6, init_lora_weights=False,
+                          target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"],
+                          rank_pattern={"attn2.to_k": 2}, alpha_pattern={"to_v": 3})
+    te_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    trained = tiny_sd_pipeline(torch.float32)
+    trained.unet.add_adapter(unet_cfg)
+    trained.text_encoder.add_adapter(te_cfg)
+    torch.manual_seed(29)
+    with torch.no_grad():
+        for model in (trained.unet, trained.text_encoder):
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.copy_(torch.randn_like(p) * 0.3)
+    # PEFT keys (lora_A/lora_B), as save_lora_weights writes them. Not through convert_state_dict_to_diffusers,
+    # which diffusers' training scripts call: it turns the UNet's keys into `.lora.down.weight`/`.lora.up.weight`,
+    # and diffusers 0.42.1 then loads none of the attention projections of that file (PEFT warns "additional
+    # target modules", and fuse_lora leaves to_q/to_k/to_v/to_out.0 unchanged).
+    unet_layers = get_peft_model_state_dict(trained.unet)
+    te_layers = get_peft_model_state_dict(trained.text_encoder)
+    unet_layers = {k: v.to(torch.float16) for k, v in unet_layers.items()}
+    te_layers = {k: v.to(torch.float16) for k, v in te_layers.items()}
+    # The LoraConfig fields diffusers' training scripts pass (target_modules sorted: PEFT keeps a set).
+    meta = lambda cfg: {k: (sorted(v) if k == "target_modules" else v) for k, v in cfg.to_dict().items()
+                        if k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_dora", "lora_bias", "init_lora_weights")}
+    StableDiffusionPipeline.save_lora_weights(os.path.join(d, "lora"), unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
+                                              unet_lora_adapter_metadata=meta(unet_cfg), text_encoder_lora_adapter_metadata=meta(te_cfg))
+    sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+    sd = load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+    save_file(sd, os.path.join(d, "lora-no-metadata.safetensors"), metadata={"format": "pt"})
+
+    # The same deltas in sd-scripts names: lora_unet_<module with _>, lora_te_text_model_<module with _>
+    # (sd-scripts names the CLIP text encoder as transformers 4 did, with text_model.), an fp16 .alpha each.
+    def scale_of(cfg, module):
+        r = next((v for k, v in cfg.rank_pattern.items() if module == k or module.endswith("." + k)), cfg.r)
+        a = next((v for k, v in cfg.alpha_pattern.items() if module == k or module.endswith("." + k)), cfg.lora_alpha)
+        return r, a
+    kohya = {}
+    for key, t in sorted(sd.items()):
+        component, rest = key.split(".", 1)
+        module, role = rest.rsplit(".lora_", 1) if ".lora_" in rest else rest.rsplit(".lora.", 1)
+        role = {"A.weight": "A.weight", "down.weight": "A.weight"}.get(role, role)
+        prefix = "lora_unet_" if component == "unet" else "lora_te_text_model_"
+        name = prefix + module.replace(".", "_")
+        kohya[name + (".lora_down.weight" if role == "A.weight" else ".lora_up.weight")] = t
+        if role == "A.weight":
+            r, a = scale_of(unet_cfg if component == "unet" else te_cfg, module)
+            kohya[name + ".alpha"] = torch.tensor(float(a), dtype=torch.float16)
+    save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"})
+    sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+    # Its UNet half alone (LoCon: the resnets' 3×3 convs too), the LoRA people merge into a unet/ folder.
+    save_file({k: v for k, v in kohya.items() if k.startswith("lora_unet_")}, os.path.join(d, "kohya-unet.safetensors"),
+              metadata={"ss_network_module": "networks.lora"})
+
+    scales = {}
+    # kohya: what diffusers' own kohya loader resolves (its renamed attention projections lose their .alpha).
+    for name, path in (("lora", os.path.join(d, "lora")), ("lora-no-metadata", os.path.join(d, "lora-no-metadata.safetensors")),
+                       ("kohya", os.path.join(d, "kohya.safetensors"))):
+        check = StableDiffusionPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
+        check.load_lora_weights(path, adapter_name="x")
+        s = {}
+        for component in ("unet", "text_encoder"):
+            for n, m in getattr(check, component).named_modules():
+                if hasattr(m, "scaling") and "x" in getattr(m, "scaling", {}):
+                    s[component + "." + n] = m.scaling["x"]
+        scales[name] = dict(sorted(s.items()))
+        if name == "lora":
+            check.fuse_lora()
+            check.unload_lora_weights()
+            check.to(torch.float16).save_pretrained(os.path.join(d, "merged"))
+    # Everything the merge wrote must load back in diffusers.
+    StableDiffusionPipeline.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float16)
+    UNet2DConditionModel.from_pretrained(os.path.join(d, "merged", "unet"))
+    CLIPTextModel.from_pretrained(os.path.join(d, "merged", "text_encoder"))
+    check_lora_tool_pipeline(d)
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"diffusers_scales": scales, "oracle": "diffusers 0.42.1 fuse_lora on an fp32 copy of pipeline/, rounded once to fp16"}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print("case sd1")
+
+
+def check_lora_tool_pipeline(d):
+    """When the binary is built: lora-tool's merges of the sd1 fixtures load in diffusers (the pipeline
+    with StableDiffusionPipeline.from_pretrained, the unet/ folder with UNet2DConditionModel) and equal
+    diffusers' own fuse within 1 fp16 ulp; its convert --to kohya of lora/ equals kohya.safetensors; its
+    convert --to diffusers of kohya.safetensors loads in diffusers and fuses to merged/ within 1 ulp."""
+    import subprocess, tempfile
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool):
+        print("lora-tool not built: its sd1 merges not checked")
+        return
+    with tempfile.TemporaryDirectory() as t:
+        subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline"), "--adapter", os.path.join(d, "lora"),
+                        "--output", os.path.join(t, "pipe"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline", "unet"), "--adapter", os.path.join(d, "kohya-unet.safetensors"),
+                        "--output", os.path.join(t, "unet"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        # Its kohya conversion is the sd-scripts-named fixture, value for value (alphas too).
+        subprocess.run([tool, "convert", os.path.join(d, "lora"), "--to", "kohya", "--output", os.path.join(t, "k.safetensors")],
+                       check=True, stdout=subprocess.DEVNULL)
+        converted, fixture = load_file(os.path.join(t, "k.safetensors")), load_file(os.path.join(d, "kohya.safetensors"))
+        assert converted.keys() == fixture.keys()
+        assert all(torch.equal(converted[k].float(), fixture[k].float()) for k in fixture)
+        # kohya.safetensors converted to diffusers' format (the pipeline as --base): diffusers loads it, with
+        # every module's scale as in lora/, and fuses it (fp32, rounded once) to merged/ within 1 ulp.
+        subprocess.run([tool, "convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(d, "pipeline"),
+                        "--output", os.path.join(t, "kd")], check=True, stdout=subprocess.DEVNULL)
+        fused = StableDiffusionPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
+        fused.load_lora_weights(os.path.join(t, "kd"))
+        fused.fuse_lora()
+        fused.unload_lora_weights()
+        fused.to(torch.float16).save_pretrained(os.path.join(t, "kd-merged"))
+        ours = StableDiffusionPipeline.from_pretrained(os.path.join(t, "pipe"), torch_dtype=torch.float16)
+        theirs = StableDiffusionPipeline.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float16)
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(t, "unet"), torch_dtype=torch.float16)
+        kd = StableDiffusionPipeline.from_pretrained(os.path.join(t, "kd-merged"), torch_dtype=torch.float16)
+        for a, b in ((ours.unet, theirs.unet), (ours.text_encoder, theirs.text_encoder), (unet, theirs.unet),
+                     (kd.unet, theirs.unet), (kd.text_encoder, theirs.text_encoder)):
+            for (n, x), (_, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
+                ulps = (x.view(torch.int16).int() - y.view(torch.int16).int()).abs().max().item()
+                assert ulps <= 1, (n, ulps)
+    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp; its kohya conversion equals kohya.safetensors;"
+          " its diffusers conversion of kohya.safetensors fuses in diffusers to merged/ within 1 ulp")
+
 
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
@@ -2118,6 +2320,7 @@ GROUPS = {
     "residual-init": residual_init_cases,
     "gptq-awq": gptq_awq_cases,
     "fp8-ue8m0": fp8_ue8m0_case,
+    "sd": sd_cases,
 }
 
 if __name__ == "__main__":

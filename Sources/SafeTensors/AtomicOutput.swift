@@ -165,7 +165,16 @@ public final class AtomicOutput: @unchecked Sendable {
         }
         return entries.filter { entry in
             var st = stat()
-            guard lstat(directory + "/" + entry, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return true }
+            guard lstat(directory + "/" + entry, &st) == 0 else { return true }
+            if (st.st_mode & S_IFMT) == S_IFDIR, let listed {
+                // A pipeline output's component folder: lora-tool's when it holds only regular files the marker lists.
+                guard let inner = try? AtomicOutput.entries(of: directory + "/" + entry), !inner.isEmpty else { return true }
+                return inner.contains { f in
+                    var fs = stat()
+                    return lstat(directory + "/" + entry + "/" + f, &fs) != 0 || (fs.st_mode & S_IFMT) != S_IFREG || !listed.contains(entry + "/" + f)
+                }
+            }
+            guard (st.st_mode & S_IFMT) == S_IFREG else { return true }
             if let listed { return entry != markerName && !listed.contains(entry) }
             return !isKnownOutputName(entry)
         }
@@ -299,17 +308,38 @@ public final class AtomicOutput: @unchecked Sendable {
         try AtomicOutput.removeFlatDirectory(directory)
     }
 
-    /// Removes a directory that holds regular files only (lora-tool's own staging or output).
+    /// Removes a directory that holds regular files only (lora-tool's own staging or output), or,
+    /// with `folders`, also folders of regular files one level down (a replaced diffusers pipeline
+    /// output's `unet/`, `tokenizer/`, …, which its marker listed file by file).
     /// - Throws: `.outputExists` when it holds anything else, which is then left in place.
-    public static func removeFlatDirectory(_ directory: String) throws {
+    public static func removeFlatDirectory(_ directory: String, folders allowFolders: Bool = false) throws {
         let entries = try entries(of: directory)
+        var folders: [(name: String, files: [String])] = []
         for entry in entries {
             var st = stat()
-            if lstat(directory + "/" + entry, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+            guard lstat(directory + "/" + entry, &st) == 0 else { continue }
+            if allowFolders, (st.st_mode & S_IFMT) == S_IFDIR {
+                let inner = try AtomicOutput.entries(of: directory + "/" + entry)
+                for f in inner {
+                    var fs = stat()
+                    if lstat(directory + "/" + entry + "/" + f, &fs) == 0, (fs.st_mode & S_IFMT) != S_IFREG {
+                        throw SafeTensorsError.outputExists(path: directory, detail: "holds '\(entry)/\(f)', which is not a regular file; lora-tool did not write it and leaves the directory alone")
+                    }
+                }
+                folders.append((entry, inner))
+            } else if (st.st_mode & S_IFMT) != S_IFREG {
                 throw SafeTensorsError.outputExists(path: directory, detail: "holds '\(entry)', which is not a regular file; lora-tool did not write it and leaves the directory alone")
             }
         }
-        for entry in entries where unlink(directory + "/" + entry) != 0 && errno != ENOENT {
+        for folder in folders {
+            for f in folder.files where unlink(directory + "/" + folder.name + "/" + f) != 0 && errno != ENOENT {
+                throw SafeTensorsError.outputIO(path: directory + "/" + folder.name + "/" + f, operation: "remove", errno: errno)
+            }
+            if rmdir(directory + "/" + folder.name) != 0 && errno != ENOENT {
+                throw SafeTensorsError.outputIO(path: directory + "/" + folder.name, operation: "remove", errno: errno)
+            }
+        }
+        for entry in entries where !folders.contains(where: { $0.name == entry }) && unlink(directory + "/" + entry) != 0 && errno != ENOENT {
             throw SafeTensorsError.outputIO(path: directory + "/" + entry, operation: "remove", errno: errno)
         }
         if rmdir(directory) != 0 && errno != ENOENT {
@@ -449,7 +479,7 @@ public final class AtomicOutput: @unchecked Sendable {
         }
         if isDirectory {
             // Checked at the start and again just now: its entries are lora-tool's own files.
-            try AtomicOutput.removeFlatDirectory(old)
+            try AtomicOutput.removeFlatDirectory(old, folders: true)
         } else {
             unlink(old)
         }
@@ -471,7 +501,12 @@ public final class AtomicOutput: @unchecked Sendable {
 
     /// The marker: which files of this directory lora-tool wrote (so `--force` may replace them).
     private func writeMarker() throws {
-        let files = try AtomicOutput.entries(of: staging).filter { $0 != AtomicOutput.markerName }
+        // Files one level down too: a pipeline output's component folders (`unet/diffusion_pytorch_model.safetensors`).
+        let files = try AtomicOutput.entries(of: staging).filter { $0 != AtomicOutput.markerName }.flatMap { entry -> [String] in
+            var st = stat()
+            guard lstat(staging + "/" + entry, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return [entry] }
+            return try AtomicOutput.entries(of: staging + "/" + entry).map { entry + "/" + $0 }
+        }
         let json = JSONValue.object([
             ("written_by", .string("lora-tool")),
             ("files", .array(files.map { .string($0) })),

@@ -33,6 +33,7 @@ public enum Combine {
         for (i, adapter) in adapters.enumerated() {
             try refuseUncombinable(adapter)
             try adapter.refuseParameterTargets("combine")
+            try adapter.refuseImageModel("combine")
             try ResidualInitialisation.refuse(adapter, "combine")
             let named: [AdapterModule]
             if let base {

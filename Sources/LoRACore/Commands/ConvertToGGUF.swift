@@ -62,6 +62,7 @@ public enum ConvertToGGUF {
             throw LoRACoreError.invalidRequest("\(options.adapter): kohya names flatten module paths; convert it to PEFT first (convert --to peft --base MODEL)")
         }
         try adapter.refuseParameterTargets("convert --to gguf")
+        try adapter.refuseImageModel("convert --to gguf")
         try ResidualInitialisation.refuse(adapter, "convert --to gguf")
         let (target, shapes) = try self.target(of: options.base)
         var notes: [String] = []

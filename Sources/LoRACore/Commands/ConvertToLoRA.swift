@@ -43,6 +43,7 @@ public enum ConvertToLoRA {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "plain LoRA cannot hold full replacement tensors ('\(r.base)', modules_to_save)")
         }
         try adapter.refuseParameterTargets("convert --to lora")
+        try adapter.refuseImageModel("convert --to lora")
         try ResidualInitialisation.refuse(adapter, "convert --to lora")
         var modules = adapter.modules
         if let base { modules = try adapter.modules(resolvedAgainst: base) } else if adapter.format == .kohya || adapter.format == .lycoris {

@@ -91,6 +91,35 @@ public struct InspectReport: Sendable {
     }
     /// Every tensor in name order.
     public var tensors: [TensorInfo]
+    /// Image models (diffusers pipelines and components, image-model LoRAs): family, components, targets.
+    public var imageModel: ImageModel?
+
+    /// What `inspect` says of an image model or an image-model LoRA.
+    public struct ImageModel: Sendable {
+        /// A pipeline component holding weights.
+        public struct Component: Sendable {
+            public var name: String
+            /// diffusers' `_class_name` or transformers' first `architectures` entry.
+            public var className: String?
+            public var tensors: Int
+            public var parameters: Int
+        }
+
+        /// The modules of a LoRA that target one component.
+        public struct Target: Sendable {
+            public var component: String
+            public var modules: Int
+            public var ranks: [Int]
+            /// Distinct alphas, sorted.
+            public var alphas: [Double]
+        }
+
+        public var family: ImageModelFamily?
+        /// A pipeline's components with weights, sorted (empty for other inputs).
+        public var components: [Component] = []
+        /// A LoRA's modules per component, sorted by component (empty for models).
+        public var targets: [Target] = []
+    }
 }
 
 /// `inspect`: describe a checkpoint from its headers.
@@ -101,6 +130,13 @@ public enum Inspect {
     ///   - base: optional base model to compare an adapter with.
     /// - Throws: `SafeTensorsError` / `LoRACoreError` for unreadable or malformed input.
     public static func run(path: String, base basePath: String? = nil, scale: AdapterScaleOverride = AdapterScaleOverride()) throws -> InspectReport {
+        if let basePath, DiffusersPipeline.isPipeline(basePath) {
+            throw LoRACoreError.invalidRequest("--base \(basePath) is a diffusers pipeline; compare an adapter with one of its component folders (e.g. \(basePath)/unet)")
+        }
+        if DiffusersPipeline.isPipeline(path) {
+            guard basePath == nil else { throw LoRACoreError.invalidRequest("--base compares an adapter with its base, but \(path) is a diffusers pipeline") }
+            return try pipelineReport(path)
+        }
         var isDir: ObjCBool = false
         let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
         let hasConfig = exists && (isDir.boolValue
@@ -215,7 +251,8 @@ public enum Inspect {
             let base = try Checkpoint(path: basePath)
             var problems: [String] = []
             let resolvedModules: [AdapterModule]
-            do { resolvedModules = try adapter.modules(resolvedAgainst: base) } catch let e as LoRACoreError {
+            // A diffusers component folder (`unet/`) takes the image-model LoRA's modules that target it.
+            do { resolvedModules = try DiffusersComponent.restrict([adapter], basePath: basePath, base: base)[0].modules(resolvedAgainst: base) } catch let e as LoRACoreError {
                 resolvedModules = []
                 problems.append(e.localizedDescription)
             }
@@ -260,6 +297,12 @@ public enum Inspect {
             } ?? familyCounts.keys.sorted().map { ($0, familyCounts[$0]!) },
             layerCount: summary.map { $0.layers.count } ?? layers.count, adapter: summary, base: comparison, tensors: infos)
         report.quantization = quantization
+        if kind == .model, let family = ImageModelFamily.of(directory: path) {
+            report.imageModel = InspectReport.ImageModel(family: family)
+        }
+        if let adapter, DiffusersComponent.namesComponents(adapter), let family = ImageModelFamily.of(adapter: adapter) {
+            report.imageModel = InspectReport.ImageModel(family: family, targets: componentTargets(adapter))
+        }
         if adapter == nil, let q = try BlockScaledQuantization.read(TensorStream(model: ckpt)) {
             let quantized = q.weights.reduce(0) { sum, w in sum + ([w.key, w.value.scaleName] + w.value.extras).reduce(0) { $0 + (ckpt.info($1)?.byteCount ?? 0) } }
             report.blockScaled = InspectReport.BlockScaled(
@@ -279,6 +322,52 @@ public enum Inspect {
         if adapter == nil, let q = try GPTQQuantization.read(TensorStream(model: ckpt)) {
             report.blockScaled = packed(q.description, q.computeDType, q.companions, q.weights.values.map(\.shape))
         }
+        return report
+    }
+
+    /// An image-model LoRA's modules per component (`DiffusersComponent.component(of:in:available:)`).
+    static func componentTargets(_ adapter: Adapter) -> [InspectReport.ImageModel.Target] {
+        var groups: [String: [AdapterModule]] = [:]
+        for m in adapter.modules {
+            let c = DiffusersComponent.component(of: m.module, in: adapter.format, available: ["unet", "text_encoder", "text_encoder_2", "transformer"]) ?? "?"
+            groups[c, default: []].append(m)
+        }
+        return groups.keys.sorted().map { c in
+            let ms = groups[c]!
+            return .init(component: c, modules: ms.count, ranks: Array(Set(ms.map(\.rank))).sorted(), alphas: Array(Set(ms.map(\.alpha))).sorted())
+        }
+    }
+
+    /// A diffusers pipeline folder: every component's headers (tensors named `<component>/<tensor>`),
+    /// its family and components.
+    /// - Throws: `SafeTensorsError` for an unreadable component, as `DiffusersPipeline.init`.
+    static func pipelineReport(_ path: String) throws -> InspectReport {
+        let pipeline = try DiffusersPipeline(path: path)
+        var files: [String] = [], tensors: [TensorInfo] = [], components: [InspectReport.ImageModel.Component] = []
+        var dtypes: [String: (Int, Int)] = [:]
+        var familyCounts: [String: Int] = [:]
+        for c in pipeline.weightComponents {
+            let ckpt = try Checkpoint(path: path + "/" + c, headerOnly: true)
+            files += ckpt.files.map { c + "/" + ($0.path as NSString).lastPathComponent }
+            var parameters = 0
+            for name in ckpt.names {
+                let info = ckpt.info(name)!
+                let n = info.elementCount ?? 0
+                parameters += n
+                dtypes[info.dtype.rawValue, default: (0, 0)].0 += 1
+                dtypes[info.dtype.rawValue]!.1 += n
+                tensors.append(TensorInfo(name: c + "/" + name, dtype: info.dtype, shape: info.shape, dataOffsets: info.dataOffsets))
+                if case .parameter("weight") = TensorName(name).role { familyCounts[TensorName(name).family, default: 0] += 1 }
+            }
+            let config = try SideFiles.readJSON(path + "/" + c + "/config.json")
+            components.append(.init(name: c, className: config?["_class_name"]?.stringValue ?? config?["architectures"]?.arrayValue?.first?.stringValue,
+                                    tensors: ckpt.names.count, parameters: parameters))
+        }
+        var report = InspectReport(
+            path: path, kind: .model, files: files, tensorCount: tensors.count, parameterCount: components.reduce(0) { $0 + $1.parameters },
+            bytes: tensors.reduce(0) { $0 + $1.byteCount }, dtypes: dtypes.keys.sorted().map { ($0, dtypes[$0]!.0, dtypes[$0]!.1) },
+            metadata: [], families: familyCounts.keys.sorted().map { ($0, familyCounts[$0]!) }, layerCount: 0, adapter: nil, base: nil, tensors: tensors)
+        report.imageModel = InspectReport.ImageModel(family: ImageModelFamily.of(directory: path), components: components)
         return report
     }
 }

@@ -147,10 +147,12 @@ public enum Merge {
     ///   nothing is left under the output name.
     public static func run(_ options: MergeOptions, progress: (@Sendable (Progress) -> Void)? = nil) throws -> MergeReport {
         if GGUFMerge.applies(to: options) { return try GGUFMerge.run(options, progress: progress) }
+        if DiffusersPipeline.isPipeline(options.base) { return try PipelineMerge.run(options, progress: progress) }
         let start = Date()
         try PathSafety.checkOutput(options.output, inputs: [options.base] + options.adapters.map(\.path))
         let context = try RunContext(threads: options.threads, instructionSet: options.instructionSet, allowOverflow: options.allowOverflow, progress: progress)
-        let opened = TensorStream(model: try Checkpoint(path: options.base))
+        let checkpoint = try Checkpoint(path: options.base)
+        let opened = TensorStream(model: checkpoint)
         var base = try DequantizePass().apply(to: opened)
         let quantizedBase = base !== opened
         if (options.requantize != nil || options.keepQuantized) && !quantizedBase {
@@ -163,7 +165,9 @@ public enum Merge {
         if options.requantize != nil || options.keepQuantized, RequantizeMXFP4Pass.applies(to: base), options.requantize != "keep" && options.requantize != "mxfp4" {
             throw LoRACoreError.invalidRequest("\(options.base) is an mxfp4 base: write the merge back with --requantize keep (or mxfp4), or omit it for a dense model")
         }
-        let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        // A diffusers component folder (`unet/`) takes the modules of image-model LoRAs that target it.
+        let adapters = try DiffusersComponent.restrict(options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) },
+                                                       basePath: options.base, base: base)
         try ResidualInitialisation.check(adapters, weights: options.adapters.map(\.weight), residualBase: options.residualBase)
         if let replicate = try LayerReplicationPass.forAdapters(adapters) { base = try replicate.apply(to: base) }
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)
@@ -219,6 +223,7 @@ public enum Merge {
         write.durable = options.durable
         write.chunkSize = options.chunkSize
         write.part = options.part
+        write.filePrefix = DiffusersComponent.weightsPrefix(of: checkpoint)
         let written = try ModelDirectorySink(output: output, options: write, context: context).consume(stream)
 
         var verification: VerifyReport?

@@ -42,6 +42,7 @@ public enum Resize {
             throw LoRACoreError.invalidRequest("resize writes PEFT adapters; convert kohya adapters with --base first")
         }
         try adapter.refuseParameterTargets("resize")
+        try adapter.refuseImageModel("resize")
         try ResidualInitialisation.refuse(adapter, "resize")
         if let d = adapter.modules.first(where: \.isDoRA) {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "resizing DoRA ('\(d.module)') would change the magnitudes' meaning; not supported")

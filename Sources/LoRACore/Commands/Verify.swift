@@ -28,6 +28,8 @@ public struct VerifyOptions: Sendable {
     /// Check only the tensors of the merged files this part owns (`PartSelection.assign` over their
     /// data bytes); part 0 also checks the tensor list, side files and metadata.
     public var part: PartSelection?
+    /// Set by `PipelineVerify` when `base` is one component of a pipeline: the pipeline's components.
+    var pipelineComponents: [String]?
 
     public init(base: String, adapters: [(path: String, weight: Double)], merged: String) {
         self.base = base
@@ -50,12 +52,14 @@ public enum Verify {
     /// - Throws: only when an input cannot be read or paired.
     public static func run(_ options: VerifyOptions) throws -> VerifyReport {
         if GGUFVerify.applies(to: options) { return try GGUFVerify.run(options) }
+        if DiffusersPipeline.isPipeline(options.base) { return try PipelineVerify.run(options) }
         let seed = options.seed ?? UInt64.random(in: .min ... .max)
         // Against a bitsandbytes 4-bit base, merge works on the dequantized weights: so does verify,
         // decoding them block by block as it reads them.
         let opened = TensorStream(model: try Checkpoint(path: options.base))
         let dequantized = try DequantizePass().apply(to: opened)
-        let adapters = try options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) }
+        let adapters = try DiffusersComponent.restrict(options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) },
+                                                       basePath: options.base, base: dequantized, pipeline: options.pipelineComponents)
         try ResidualInitialisation.check(adapters, weights: options.adapters.map(\.weight), residualBase: options.residualBase)
         let base = try LayerReplicationPass.forAdapters(adapters)?.apply(to: dequantized) ?? dequantized
         let plan = try MergePlan(base: base, adapters: adapters, weights: options.adapters.map(\.weight), targets: options.targets)

@@ -30,6 +30,9 @@ public final class Adapter: Sendable {
         case lycoris
         /// mlx-lm: adapters.safetensors with `lora_a` (in×r), `lora_b` (r×out), s = `scale` directly.
         case mlx
+        /// diffusers: `pytorch_lora_weights.safetensors` with `<component>.<module>.lora_A/B.weight` keys,
+        /// α/r per component from `__metadata__["lora_adapter_metadata"]` (none: α = r).
+        case diffusers
         /// Hand-written layers inside a whole model (`.lora.A`/`.lora.B` wrappers, torch
         /// parametrizations); the scale comes from `--scale` or `--alpha`/`--rank`.
         case handWritten = "hand-written"
@@ -45,6 +48,8 @@ public final class Adapter: Sendable {
     public var targetsParameters: Bool { !parameters.isEmpty }
 
     public let format: Format
+    /// The modules are already the base's (a view for one pipeline component): `modules(resolvedAgainst:)` returns them.
+    let modulesResolved: Bool
 
     /// Human-readable dialect: `PEFT LoRA`, `PEFT LoRA (rsLoRA, DoRA)`, `PEFT AdaLoRA`, `PEFT LoHa`,
     /// `LyCORIS LoKr (kohya names)`, `kohya LoRA`, `mlx-lm LoRA`.
@@ -104,6 +109,24 @@ public final class Adapter: Sendable {
         outputRenames = layout.renames
         consumedTensors = layout.consumed
         parameters = layout.parameters
+        modulesResolved = false
+    }
+
+    /// A view of `adapter` holding `modules` (already named as its base names them) and `untargeted`:
+    /// the part of an image-model LoRA that one pipeline component takes (`DiffusersComponent.view`).
+    init(_ adapter: Adapter, resolvedModules: [AdapterModule], untargeted: [String]) {
+        path = adapter.path
+        configPath = adapter.configPath
+        checkpoint = adapter.checkpoint
+        config = adapter.config
+        modules = resolvedModules
+        replacements = adapter.replacements
+        self.untargeted = untargeted
+        format = adapter.format
+        outputRenames = adapter.outputRenames
+        consumedTensors = adapter.consumedTensors
+        parameters = adapter.parameters
+        modulesResolved = true
     }
 
     /// The adapter's modules with their names as the base model spells them. PEFT and mlx names
@@ -114,6 +137,7 @@ public final class Adapter: Sendable {
     /// PEFT's LoRA on parameters (`target_parameters`) becomes one module per base tensor it changes,
     /// the layout read from the base's config.json (`ExpertLoRA.resolve`).
     public func modules(resolvedAgainst base: any TensorStore) throws -> [AdapterModule] {
+        if modulesResolved { return modules }
         if !parameters.isEmpty {
             return (modules + (try ExpertLoRA.resolve(parameters, config: config, adapter: checkpoint, against: base)))
                 .sorted { utf8Precedes($0.module, $1.module) }

@@ -76,7 +76,7 @@ enum AdapterDialects {
     /// Detection order: layouts recognised by their tensor names first, then by their config; PEFT
     /// last, as the format that needs adapter_config.json.
     static let registered: [any AdapterDialect.Type] = [
-        HandWrittenDialect.self, LycorisDialect.self, KohyaDialect.self, MLXDialect.self, PEFTDialect.self,
+        HandWrittenDialect.self, LycorisDialect.self, KohyaDialect.self, MLXDialect.self, DiffusersDialect.self, PEFTDialect.self,
     ]
 
     /// The dialect that reads `files`; PEFT when none claims them (its reader names what is missing).

@@ -31,12 +31,16 @@ enum KohyaDialect: AdapterDialect {
     static func scaleRule(of adapter: Adapter) -> String { "alpha/r per module; no alpha means alpha = r" }
 
     /// Writes `lora_te_<module with underscores>.{lora_down,lora_up}.weight` + `.alpha` (α = s·r), with
-    /// sd-scripts' `ss_network_*` metadata, as one file (`.safetensors` output) or a directory.
+    /// sd-scripts' `ss_network_*` metadata, as one file (`.safetensors` output) or a directory. A
+    /// diffusers-format SD LoRA gets sd-scripts' names (`DiffusersComponent.kohyaName`) and each
+    /// module's own α (diffusers' `convert_state_dict_to_kohya` writes α = r whatever `lora_alpha` was).
     static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
         try Convert.refuse(factors, adapter: adapter, into: "kohya LoRA")
         var tensors: [AdapterSink.Tensor] = []
         for f in factors {
-            let key = "lora_te_" + f.module.module.replacingOccurrences(of: ".", with: "_")
+            // A diffusers-format image LoRA gets sd-scripts' own names (lora_unet_…, lora_te_text_model_…).
+            let key = adapter.format == .diffusers ? try DiffusersComponent.kohyaName(of: f.module.module, adapter: adapter.path)
+                : "lora_te_" + f.module.module.replacingOccurrences(of: ".", with: "_")
             let m = f.module
             tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterSink.floatBytes(f.a) })
             tensors.append(.init(name: key + ".lora_up.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterSink.floatBytes(f.b) })

@@ -13,6 +13,11 @@ public struct ModelWriteOptions: Sendable {
     /// Write only the shards this part owns (`PartSelection.assign` over their data bytes), and the
     /// index and side files only in part 0; nil writes everything.
     public var part: PartSelection?
+    /// Stem of the shard file names: `model` (transformers), `diffusion_pytorch_model` (diffusers
+    /// models, which `from_pretrained` looks for under that name).
+    public var filePrefix = "model"
+    /// Folder inside the output the files go to (a pipeline component, `unet`); nil: the output itself.
+    public var subdirectory: String?
 
     public init() {}
 }
@@ -61,7 +66,12 @@ public struct ModelDirectorySink: Sendable {
     ///   `SafeTensorsError` writing.
     public func consume(_ stream: TensorStream) throws -> WrittenFiles {
         let infos = stream.tensors.map { $0.source.info(named: $0.name) }
-        let plan = ShardPlan(tensors: infos, maxShardSize: options.maxShardSize)
+        let plan = ShardPlan(tensors: infos, maxShardSize: options.maxShardSize, prefix: options.filePrefix)
+        // Names relative to the output: `unet/diffusion_pytorch_model.safetensors` inside a pipeline.
+        let folder = options.subdirectory.map { $0 + "/" } ?? ""
+        if let sub = options.subdirectory, mkdir(output.path(for: sub), 0o755) != 0 {
+            throw SafeTensorsError.outputIO(path: output.path(for: sub), operation: "create", errno: errno)
+        }
         var shards = plan.shards
         if let part = options.part {
             let owner = PartSelection.assign(sizes: shards.map { $0.tensors.reduce(0) { $0 + $1.byteCount } }, parts: part.count)
@@ -72,23 +82,23 @@ public struct ModelDirectorySink: Sendable {
         var files: [String] = []
         var hashes: [String: String] = [:]
         for shard in shards {
-            let file = try ChunkedOutput(path: output.path(for: shard.fileName), tensors: shard.tensors,
+            let file = try ChunkedOutput(path: output.path(for: folder + shard.fileName), tensors: shard.tensors,
                                          chunkSize: options.chunkSize, buffers: context.threads + 2, durable: options.durable)
-            hashes[shard.fileName] = try write(file, sources: file.order.map { stream.source($0.name)! }, progress: progress)
-            files.append(shard.fileName)
+            hashes[folder + shard.fileName] = try write(file, sources: file.order.map { stream.source($0.name)! }, progress: progress)
+            files.append(folder + shard.fileName)
         }
         let writesShared = (options.part?.index ?? 0) == 0
         if writesShared, let index = plan.index {
-            let name = "model.safetensors.index.json"
+            let name = folder + options.filePrefix + ".safetensors.index.json"
             try SideFiles.write(output.path(for: name), bytes: index.serialized())
             files.append(name)
         }
         if writesShared, let side = stream.sideFiles {
             files += try SideFiles.copy(from: side.directory, to: output, dtype: side.dtype, dropQuantization: side.dropQuantization,
-                                        denseModules: side.denseModules, layerSources: side.layerSources)
+                                        denseModules: side.denseModules, layerSources: side.layerSources, subdirectory: options.subdirectory).map { folder + $0 }
         }
         for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
-        return WrittenFiles(files: files, sha256: hashes, tensorBytes: progress.bytesTotal, shards: plan.shards.map(\.fileName))
+        return WrittenFiles(files: files, sha256: hashes, tensorBytes: progress.bytesTotal, shards: plan.shards.map { folder + $0.fileName })
     }
 
     /// Fills and writes every chunk of `file` on the context's workers, then finishes the file.

@@ -21,8 +21,9 @@ public enum SideFiles {
     ///   `.io` reading it, `.outputIO` writing its copy.
     static func copy(
         from dir: String, to output: AtomicOutput, dtype: OutputDType, dropQuantization: Bool = false, denseModules: [String] = [],
-        layerSources: [Int]? = nil
+        layerSources: [Int]? = nil, subdirectory: String? = nil
     ) throws -> [String] {
+        let folder = subdirectory.map { $0 + "/" } ?? ""
         var copied: [String] = []
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted(by: utf8Precedes)
         let modelDirectory = OutputPath.realPath(dir)
@@ -54,9 +55,9 @@ public enum SideFiles {
                     }
                     return kv
                 }
-                try write(output.path(for: name), bytes: Array((JSONWriter.pretty(.object(updated)) + "\n").utf8))
+                try write(output.path(for: folder + name), bytes: Array((JSONWriter.pretty(.object(updated)) + "\n").utf8))
             } else {
-                try copyContents(of: src, to: output.path(for: name))
+                try copyContents(of: src, to: output.path(for: folder + name))
             }
             copied.append(name)
         }

@@ -4,7 +4,7 @@ import LoRAGraph
 
 /// `--adapter PATH ... [--weight W ...]`, shared by merge and verify.
 struct AdapterArguments: ParsableArguments {
-    @Option(name: .customLong("adapter"), help: "PEFT adapter directory, adapter safetensors file with adapter_config.json beside it, or a hub id (org/name[@revision]) in the local Hugging Face cache. Repeatable.")
+    @Option(name: .customLong("adapter"), help: "PEFT adapter directory, adapter safetensors file with adapter_config.json beside it, a kohya, LyCORIS or diffusers-format LoRA file (or its directory), or a hub id (org/name[@revision]) in the local Hugging Face cache. Repeatable.")
     var adapters: [String] = []
 
     @Option(name: .customLong("weight"), parsing: .unconditionalSingleValue, help: "Weight of each --adapter, in order (default 1; -1 un-merges).")

@@ -16,6 +16,11 @@ extension LoraTool {
                 Conv1D LoRA outside PEFT, mixed ranks in mlx) is refused with the reason. kohya input \
                 needs --base to recover module paths.
 
+                Image models: a diffusers-format SD 1.x/2.x LoRA converts --to kohya (sd-scripts' names, \
+                each module's alpha); a kohya or LyCORIS LoRA converts --to diffusers with its diffusers \
+                pipeline folder as --base (pytorch_lora_weights.safetensors, alpha/r per component in \
+                lora_adapter_metadata).
+
                 An adapter trained on PEFT's residual model (init_lora_weights pissa, olora, corda or \
                 lora_ga) is a LoRA of that residual model, not of the original: --initial \
                 INITIAL_ADAPTER (the adapter PEFT saved at initialisation) makes it one of the original \
@@ -56,7 +61,7 @@ extension LoraTool {
         @Argument(help: "Adapter directory or file (with --to gguf: the transformers model directory).")
         var adapter: String
 
-        @Option(help: "Target dialect: peft, kohya (for LoHa/LoKr: a LyCORIS file), mlx, gguf-lora, or lora (any additive type as plain LoRA by SVD); or gguf (a transformers model as a GGUF model).")
+        @Option(help: "Target dialect: peft, kohya (for LoHa/LoKr: a LyCORIS file), mlx, diffusers, gguf-lora, or lora (any additive type as plain LoRA by SVD); or gguf (a transformers model as a GGUF model).")
         var to: String
 
         @Option(help: "Output directory (or a .safetensors file for kohya, a .gguf file for gguf-lora and gguf).")
@@ -95,7 +100,7 @@ extension LoraTool {
 
         func validate() throws {
             try OutputPathCheck.validate(output, option: "--output")
-            guard ["peft", "kohya", "mlx", "gguf-lora", "lora", "gguf"].contains(to) else { throw ValidationError("--to must be peft, kohya, mlx, gguf-lora, lora or gguf") }
+            guard ["peft", "kohya", "mlx", "diffusers", "gguf-lora", "lora", "gguf"].contains(to) else { throw ValidationError("--to must be peft, kohya, mlx, diffusers, gguf-lora, lora or gguf") }
             if to == "lora" {
                 guard (svdRank == nil) != (energy == nil) else { throw ValidationError("--to lora needs exactly one of --svd-rank and --energy") }
                 try RankRule.validate(rank: svdRank, energy: energy, maxRank: maxRank)

@@ -11,16 +11,19 @@ extension LoraTool {
             abstract: "Describe a model, adapter or training checkpoint (headers only).",
             discussion: """
                 PATH is a .safetensors file, a *.safetensors.index.json, a model directory, a PEFT \
-                adapter directory (adapter_config.json + adapter_model.safetensors), or a GGUF file \
-                (recognized by its magic or a .gguf name). Reports tensors, \
+                adapter directory (adapter_config.json + adapter_model.safetensors), a kohya, LyCORIS \
+                or diffusers-format LoRA file, a diffusers pipeline folder (model_index.json), or a \
+                GGUF file (recognized by its magic or a .gguf name). Reports tensors, \
                 parameters, bytes, dtypes, metadata and module families; for adapters also the dialect, \
                 ranks, alpha, the scale of every module, targets, layers, DoRA, embedding LoRA and \
-                full replacement tensors. For GGUF: version, architecture, name, file type, alignment, \
+                full replacement tensors. For image models (pipelines, their unet/ or transformer/ \
+                folders, kohya and diffusers LoRAs): the family (sd1, sd2, sdxl, flux) and what showed \
+                it, a pipeline's components, a LoRA's modules, ranks and alphas per component. For GGUF: version, architecture, name, file type, alignment, \
                 the shard of a split model (one file's header: give each shard to see each), tensors \
                 and bytes per ggml type, and the metadata (arrays as their type and length).
                 """)
 
-        @Argument(help: "Checkpoint file, index json, model directory, adapter directory or GGUF file.")
+        @Argument(help: "Checkpoint file, index json, model directory, adapter directory or file, diffusers pipeline folder or GGUF file.")
         var path: String
 
         @Option(help: "Base model to check the adapter against (shapes, parameter share).")
@@ -63,6 +66,15 @@ extension LoraTool {
             if let q = r.quantization {
                 rows.append(["4-bit", "\(q.weights) bitsandbytes weights, \(q.quantTypes.joined(separator: ", ")), blocksize \(q.blocksizes.map(String.init).joined(separator: ", ")), double quantization \(q.doubleQuantization ? "yes" : "no"), compute dtype \(q.computeDType)"])
                 rows.append(["4-bit size", "\(Render.bytes(q.quantizedBytes)) instead of \(Render.bytes(q.denseBytes)) dense (\(String(format: "%.1f", Double(q.denseBytes) / Double(max(q.quantizedBytes, 1))))× smaller)"])
+            }
+            if let image = r.imageModel {
+                if let f = image.family { rows.append(["family", "\(f.name) (\(f.evidence))"]) }
+                for c in image.components {
+                    rows.append(["component", "\(c.name): \(c.className ?? "?"), \(c.tensors) tensors, \(Render.count(c.parameters)) parameters"])
+                }
+                for t in image.targets {
+                    rows.append(["component", "\(t.component): \(t.modules) modules, rank \(t.ranks.map(String.init).joined(separator: ", ")), alpha \(t.alphas.map(Render.number).joined(separator: ", "))"])
+                }
             }
             if let a = r.adapter {
                 rows.append(["dialect", a.dialect])
@@ -135,6 +147,20 @@ extension LoraTool {
                         .object([("module", .string($0.module)), ("kind", .string($0.kind)), ("rank", Render.json($0.rank)),
                                  ("alpha", $0.alpha.map(Render.json) ?? .null), ("scale", $0.scale.map(Render.json) ?? .null),
                                  ("dora", .bool($0.dora))])
+                    })),
+                ])))
+            }
+            if let image = r.imageModel {
+                root.append(("image_model", .object([
+                    ("family", image.family.map { .string($0.name) } ?? .null),
+                    ("family_evidence", image.family.map { .string($0.evidence) } ?? .null),
+                    ("components", .array(image.components.map {
+                        .object([("name", .string($0.name)), ("class_name", $0.className.map { .string($0) } ?? .null),
+                                 ("tensors", Render.json($0.tensors)), ("parameters", Render.json($0.parameters))])
+                    })),
+                    ("component_targets", .array(image.targets.map {
+                        .object([("component", .string($0.component)), ("modules", Render.json($0.modules)),
+                                 ("ranks", .array($0.ranks.map { Render.json($0) })), ("alphas", .array($0.alphas.map { Render.json($0) }))])
                     })),
                 ])))
             }

@@ -18,9 +18,16 @@ extension LoraTool {
                 each written file's SHA-256. The merged bytes are the same on every CPU: the merge \
                 kernel sums in one fixed order on every instruction set (portable C, AVX2, AVX-512) \
                 and never uses BLAS; LORA_TOOL_ISA=scalar|avx2|avx512 forces one.
+
+                Image models: a diffusers pipeline folder (model_index.json) as --base merges each \
+                component (unet, transformer, text_encoder, text_encoder_2) with the LoRA modules that \
+                target it, from diffusers-format files (unet.…lora_A.weight, alpha from \
+                lora_adapter_metadata) or kohya files (lora_unet_, lora_te_, lora_te1_, lora_te2_), and \
+                copies every other file byte for byte; the output is a pipeline folder. A component \
+                folder (unet/) as --base keeps its file name (diffusion_pytorch_model.safetensors).
                 """)
 
-        @Option(help: "Base model: directory (single or sharded safetensors), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
+        @Option(help: "Base model: directory (single or sharded safetensors; a diffusers pipeline or component folder), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
         var base: String?
 
         @Option(help: "Revision of a hub-id --base (a branch or tag under refs/, or a commit hash); default main.")

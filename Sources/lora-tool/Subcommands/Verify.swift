@@ -41,7 +41,7 @@ extension LoraTool {
                 `lora-tool merge ... --output out && lora-tool verify ... --merged out || exit 1`.
                 """)
 
-        @Option(help: "Base model the adapters were merged into: a path, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
+        @Option(help: "Base model the adapters were merged into: a path (a diffusers pipeline folder is checked component by component), or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
         var base: String?
 
         @Option(help: "Revision of a hub-id --base (a branch or tag under refs/, or a commit hash); default main.")

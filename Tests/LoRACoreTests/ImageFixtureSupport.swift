@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+@testable import LoRACore
+import LoRAGraph
+@testable import SafeTensors
+
+// Shared by the image-model tests.
+
+/// scripts/make-fixtures.py group `sd`: a tiny SD-1.5-shaped pipeline saved by diffusers 0.42.1
+/// (fp16), its LoRA from `save_lora_weights`, the same tensors without metadata, the same deltas in
+/// sd-scripts names, and diffusers' own fuse of the LoRA on an fp32 copy rounded once to fp16.
+let sd1 = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ImageFixtures/sd1").path
+let sd1Pipeline = sd1 + "/pipeline"
+let sd1Oracle = sd1 + "/merged"
+
+/// Copies the safetensors file `source` to `destination` with `metadata` and, when `flip` names a
+/// tensor, an exponent bit of its element 0 flipped (its second byte: a 16-bit value's high byte).
+func rewriteSafeTensors(_ source: String, to destination: String, metadata: [(key: String, value: String)]?, flip: String? = nil) throws {
+    let ckpt = try Checkpoint(path: source)
+    let w = try SafeTensorsWriter(path: destination, tensors: ckpt.names.map { ckpt.info($0)! }, metadata: metadata)
+    while let t = w.nextTensor {
+        var bytes = Array(try ckpt.bytes(of: t.name))
+        if t.name == flip { bytes[1] ^= 0x08 }
+        try bytes.withUnsafeBytes { try w.write(t.name, bytes: $0) }
+    }
+    try w.finish()
+}
+
+/// The scales diffusers resolved for every module of `file` (case.json).
+func diffusersScales(_ file: String) throws -> [String: Double] {
+    let json = try JSONParser.parse(Array(FileManager.default.contents(atPath: sd1 + "/case.json")!))
+    return Dictionary(uniqueKeysWithValues: json["diffusers_scales"]![file]!.objectMembers!.map { ($0.key, $0.value.doubleValue!) })
+}
+
+/// Largest ulp distance between two fp16 files' tensors (same names and shapes required).
+func worstUlps(_ a: String, _ b: String) throws -> Int {
+    let x = try Checkpoint(path: a), y = try Checkpoint(path: b)
+    #expect(x.names == y.names)
+    var worst = 0
+    for name in x.names {
+        #expect(x.info(name)!.shape == y.info(name)!.shape, "\(name)")
+        worst = max(worst, ulpDistance(try x.bytes(of: name), try y.bytes(of: name), dtype: x.info(name)!.dtype))
+    }
+    return worst
+}
+
+func mergeImageModel(_ base: String, _ adapters: [String], into output: String, force: Bool = false) throws -> MergeReport {
+    var o = MergeOptions(base: base, adapters: adapters.map { ($0, 1.0) }, output: output)
+    o.threads = 2
+    o.force = force
+    return try Merge.run(o)
+}
