@@ -124,16 +124,23 @@ enum LoHa: AdapterUpdateType {
         let scale: Double
 
         /// The two products' rows by the merge kernel (`UpdateMath.productRows`: FMAs over the rank in
-        /// order, as the scalar loop PEFT's fp32 `@` matched), then ((m1 · m2) · s) · weight + W; a
-        /// few rows at a time (about 64 Ki values), so the products take no more memory than that.
+        /// order, as the scalar loop PEFT's fp32 `@` matched), then ((m1 · m2) · s) · weight + W; at
+        /// most 1 Mi values at a time (the merge's own fp32 row blocks: one kernel call per block, so
+        /// its packing of w1b and w2b is paid once per block, not per few rows).
         func apply(toRows r0: Int, count: Int, cols: Int, block: inout [Float], weight: Float) {
-            let s = Float(scale), step = max(1, 65_536 / max(cols, 1))
+            let s = Float(scale), step = max(1, (1 << 20) / max(cols, 1))
             for start in stride(from: 0, to: count, by: step) {
                 let rows = min(step, count - start)
                 let m1 = UpdateMath.productRows(w1a, w1b, r0: r0 + start, count: rows, inner: rank, cols: cols)
                 let m2 = UpdateMath.productRows(w2a, w2b, r0: r0 + start, count: rows, inner: rank, cols: cols)
                 let base = start * cols
-                for e in 0..<(rows * cols) { block[base + e] += ((m1[e] * m2[e]) * s) * weight }
+                m1.withUnsafeBufferPointer { p1 in
+                    m2.withUnsafeBufferPointer { p2 in
+                        block.withUnsafeMutableBufferPointer { out in
+                            for e in 0..<(rows * cols) { out[base + e] += ((p1[e] * p2[e]) * s) * weight }
+                        }
+                    }
+                }
             }
         }
 
