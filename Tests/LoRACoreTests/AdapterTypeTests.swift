@@ -280,8 +280,8 @@ struct AdapterTypeTests {
         }
     }
 
-    @Test("Tucker, LyCORIS DoRA and LoCon merges are the same bytes on every instruction set, with 1 or 2 workers and 4 KiB chunks cutting their tensors",
-          arguments: ["peft_loha_tucker", "peft_lokr_tucker", "lycoris_lokr_tucker", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker", "peft_loha_tucker_conv1d"])
+    @Test("LoHa (the fused kernel), Tucker, LyCORIS DoRA and LoCon merges are the same bytes on every instruction set, with 1 or 2 workers and 4 KiB chunks cutting their tensors",
+          arguments: ["peft_loha", "lycoris_loha", "peft_lokr", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_lokr_tucker", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker", "peft_loha_tucker_conv1d"])
     func deterministic(fixture: String) throws {
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }

@@ -9,6 +9,7 @@
 #include "bnb4_kernel.h"
 #include "q8_0_kernel.h"
 #include "fp8_kernel.h"
+#include "hadamard_kernel.h"
 
 /* Flags returned by lora_merge_rows. */
 enum {

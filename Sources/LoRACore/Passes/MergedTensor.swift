@@ -105,8 +105,12 @@ public struct MergedTensor: TensorSource {
             let size = TensorData.format(info.dtype)!.size
             let e0 = range.lowerBound / size, e1 = range.upperBound / size
             if case let .merge(cs, _) = plan.action(for: source) {
-                if let f = try factors.factors(for: source, contributions: cs).lowRank,
-                   try fused(e0..<e1, cols: cols, factors: f, into: destination, using: factors.instructionSet) { return }
+                let update = try factors.factors(for: source, contributions: cs)
+                if let f = update.lowRank, try fused(e0..<e1, cols: cols, factors: f, into: destination, using: factors.instructionSet) { return }
+                if let (h, weight) = update.hadamard, h.w1b.count == h.rank * cols, TensorData.format(info.dtype) != nil {
+                    try fusedHadamard(e0..<e1, cols: cols, h, weight: weight, module: cs[0].module.module, into: destination, using: factors.instructionSet)
+                    return
+                }
             }
             // fp32 rows: the whole rows covering the range, a block of at most `rowBlock` values at a
             // time (its fp32 working copy bounds memory), then the part of the range they hold.
@@ -160,9 +164,47 @@ public struct MergedTensor: TensorSource {
     private func fused(_ elements: Range<Int>, cols: Int, factors f: LoRAFactors, into destination: UnsafeMutableRawPointer,
                        using isa: InstructionSet) throws -> Bool {
         let m = f.module
-        guard f.magnitude == nil, cols == f.storedShape.cols, let output = TensorData.format(info.dtype) else {
-            return false
+        guard f.magnitude == nil, cols == f.storedShape.cols, TensorData.format(info.dtype) != nil else { return false }
+        try f.columnFactors.withUnsafeBufferPointer { a in
+            try f.rowFactors.withUnsafeBufferPointer { b in
+                try fusedRows(elements, cols: cols, module: m.module, into: destination) { input, inFormat, out, outFormat, rows, width, row, c0 in
+                    FusedMerge.rows(input, input: inFormat, into: out, output: outFormat, rows: rows, cols: width,
+                                    b: UnsafeBufferPointer(rebasing: b[(row * m.rank)...]), rank: m.rank,
+                                    a: UnsafeBufferPointer(rebasing: a[c0...]), leadingA: cols, coefficient: Float(f.coefficient), using: isa)
+                }
+            }
         }
+        return true
+    }
+
+    /// The same for one LoHa (`FusedHadamard`: both products, their Hadamard product and the add
+    /// in one pass; the bits of its fp32 rows path).
+    private func fusedHadamard(_ elements: Range<Int>, cols: Int, _ h: LoHa.Loaded, weight: Float, module: String,
+                               into destination: UnsafeMutableRawPointer, using isa: InstructionSet) throws {
+        let r = h.rank
+        try h.w1a.withUnsafeBufferPointer { b1 in
+            try h.w1b.withUnsafeBufferPointer { a1 in
+                try h.w2a.withUnsafeBufferPointer { b2 in
+                    try h.w2b.withUnsafeBufferPointer { a2 in
+                        try fusedRows(elements, cols: cols, module: module, into: destination) { input, inFormat, out, outFormat, rows, width, row, c0 in
+                            FusedHadamard.rows(input, input: inFormat, into: out, output: outFormat, rows: rows, cols: width,
+                                               b1: UnsafeBufferPointer(rebasing: b1[(row * r)...]), a1: UnsafeBufferPointer(rebasing: a1[c0...]),
+                                               b2: UnsafeBufferPointer(rebasing: b2[(row * r)...]), a2: UnsafeBufferPointer(rebasing: a2[c0...]),
+                                               rank: r, leadingA: cols, scale: Float(h.scale), weight: weight, using: isa)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Elements `elements` (row-major) through a fused kernel straight into `destination`, as a
+    /// partial first row, a block of whole rows and a partial last row. `kernel` gets the input
+    /// rows (a scratch copy), the output bytes, rows × width, and the first row and column.
+    private func fusedRows(_ elements: Range<Int>, cols: Int, module: String, into destination: UnsafeMutableRawPointer,
+                           kernel: (UnsafeRawBufferPointer, FloatCodec.Format, UnsafeMutableRawBufferPointer, FloatCodec.Format, Int, Int, Int, Int)
+                               -> FusedMerge.Outcome?) throws {
+        guard let output = TensorData.format(info.dtype) else { throw LoRACoreError.invalidRequest("\(info.name): \(info.dtype.rawValue) is not a float output") }
         let input = try startFormat()
         // The input is filled (pread of a stored tensor, a kernel copy from the page cache; or 4-bit
         // blocks decoded) into a small scratch buffer rather than used through a mapping: mapped
@@ -173,32 +215,24 @@ public struct MergedTensor: TensorSource {
         var e = elements.lowerBound, written = 0
         var nonFinite = false
         try scratch.withUnsafeMutableBytes { scratch in
-            try f.columnFactors.withUnsafeBufferPointer { a in
-                try f.rowFactors.withUnsafeBufferPointer { b in
-                    while e < elements.upperBound {
-                        let row = e / cols, c0 = e % cols
-                        // A partial row where the range starts or ends inside one, else whole rows, at
-                        // most one scratch buffer of input per call.
-                        let rows = c0 == 0 ? max(1, min((elements.upperBound - e) / cols, blockElements / cols)) : 1
-                        let width = rows == 1 ? min(cols, elements.upperBound - row * cols) - c0 : cols
-                        let count = rows == 1 ? width : rows * cols
-                        try start.fill((e * input.size)..<((e + count) * input.size), into: scratch.baseAddress!)
-                        guard let outcome = FusedMerge.rows(
-                            UnsafeRawBufferPointer(rebasing: scratch[0..<(count * input.size)]), input: input,
-                            into: UnsafeMutableRawBufferPointer(start: destination + written * output.size, count: count * output.size),
-                            output: output, rows: rows, cols: width, b: UnsafeBufferPointer(rebasing: b[(row * m.rank)...]), rank: m.rank,
-                            a: UnsafeBufferPointer(rebasing: a[c0...]), leadingA: cols, coefficient: Float(f.coefficient),
-                            using: isa)
-                        else { throw KernelsError.unsupportedInstructionSet(isa.description, available: InstructionSet.available.map(\.description)) }
-                        if outcome.resultNonFinite && !outcome.inputNonFinite { nonFinite = true }
-                        e += count
-                        written += count
-                    }
-                }
+            while e < elements.upperBound {
+                let row = e / cols, c0 = e % cols
+                // A partial row where the range starts or ends inside one, else whole rows, at
+                // most one scratch buffer of input per call.
+                let rows = c0 == 0 ? max(1, min((elements.upperBound - e) / cols, blockElements / cols)) : 1
+                let width = rows == 1 ? min(cols, elements.upperBound - row * cols) - c0 : cols
+                let count = rows == 1 ? width : rows * cols
+                try start.fill((e * input.size)..<((e + count) * input.size), into: scratch.baseAddress!)
+                guard let outcome = kernel(UnsafeRawBufferPointer(rebasing: scratch[0..<(count * input.size)]), input,
+                                           UnsafeMutableRawBufferPointer(start: destination + written * output.size, count: count * output.size),
+                                           output, rows, width, row, c0)
+                else { throw KernelsError.unsupportedInstructionSet(factors.instructionSet.description, available: InstructionSet.available.map(\.description)) }
+                if outcome.resultNonFinite && !outcome.inputNonFinite { nonFinite = true }
+                e += count
+                written += count
             }
         }
-        if nonFinite { throw LoRACoreError.nonFinite(module: m.module) }
-        return true
+        if nonFinite { throw LoRACoreError.nonFinite(module: module) }
     }
 
     /// Output bytes of rows `[r0, r0+count)` through the fp32 rows path (DoRA merge).

@@ -37,6 +37,13 @@ struct TensorUpdate {
         }
     }
 
+    /// The one LoHa this weight gets, when that is all (the fused LoHa kernel merges it straight
+    /// into the output, as the fp32 rows path would).
+    var hadamard: (factors: LoHa.Loaded, weight: Float)? {
+        guard lowRank == nil, steps.count == 1, case let .other(u, weight) = steps[0], let h = u as? LoHa.Loaded else { return nil }
+        return (h, weight)
+    }
+
     /// Stored rows `[r0, r0 + count)` in `block` (fp32, `cols` wide) ← merged, in fp32.
     func apply(toRows r0: Int, count: Int, block: inout [Float], using isa: InstructionSet) throws {
         if let lowRank { return try lowRank.apply(toRows: r0, count: count, block: &block, using: isa) }
