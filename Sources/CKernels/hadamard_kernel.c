@@ -42,12 +42,8 @@ static uint32_t run_scalar(const struct hjob *jb) {
             }
             for (size_t l = 0; l < n; l++) {
                 size_t e = i * jb->cols + j0 + l;
-                float w = scalar_load(jb->w + e * in_size, jb->in_format);
-                float delta = ((acc1[l] * acc2[l]) * jb->scale) * jb->weight;
-                float y = w + delta;
-                wflags |= scalar_nonfinite(w);
-                yflags |= scalar_nonfinite(y);
-                scalar_store(jb->out + e * out_size, jb->out_format, y);
+                scalar_add_and_store(jb->w + e * in_size, jb->in_format, jb->out + e * out_size, jb->out_format,
+                                     ((acc1[l] * acc2[l]) * jb->scale) * jb->weight, &yflags, &wflags);
             }
         }
     }
@@ -55,8 +51,6 @@ static uint32_t run_scalar(const struct hjob *jb) {
 }
 
 #if LORA_VECTOR_KERNELS
-
-INLINE v16u hadamard_nonfinite_bits(v16f v) { return (((v16u)v) & 0x7F800000) + 0x00800000; }
 
 /* Rows [i0, i0 + R) × columns [j, j + n): `p1`, `p2` are the two A tiles (rank × 16, packed). */
 INLINE void hadamard_tile(const struct hjob *jb, const float *p1, const float *p2, size_t i0, int R, size_t j, size_t n, int full,
@@ -74,12 +68,8 @@ INLINE void hadamard_tile(const struct hjob *jb, const float *p1, const float *p
     size_t in_size = format_size(jb->in_format), out_size = format_size(jb->out_format);
     for (int r = 0; r < R; r++) {
         size_t e = (i0 + r) * jb->cols + j;
-        v16f w = load_values(jb->w + e * in_size, jb->in_format, n, full);
-        v16f delta = ((acc1[r] * acc2[r]) * jb->scale) * jb->weight;
-        v16f y = w + delta;
-        *wflags |= hadamard_nonfinite_bits(w);
-        *yflags |= hadamard_nonfinite_bits(y);
-        store_values(jb->out + e * out_size, jb->out_format, y, n, full);
+        add_and_store(jb->w + e * in_size, jb->in_format, jb->out + e * out_size, jb->out_format, ((acc1[r] * acc2[r]) * jb->scale) * jb->weight,
+                      n, full, yflags, wflags);
     }
 }
 

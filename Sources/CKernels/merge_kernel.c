@@ -52,12 +52,8 @@ static uint32_t run_scalar(const struct job *jb) {
             }
             for (size_t l = 0; l < n; l++) {
                 size_t e = i * jb->cols + j0 + l;
-                float w = scalar_load(jb->w + e * in_size, jb->in_format);
-                float delta = acc[l] * jb->coefficient;
-                float y = w + delta;
-                wflags |= scalar_nonfinite(w);
-                yflags |= scalar_nonfinite(y);
-                scalar_store(jb->out + e * out_size, jb->out_format, y);
+                scalar_add_and_store(jb->w + e * in_size, jb->in_format, jb->out + e * out_size, jb->out_format, acc[l] * jb->coefficient,
+                                     &yflags, &wflags);
             }
         }
     }
@@ -65,9 +61,6 @@ static uint32_t run_scalar(const struct job *jb) {
 }
 
 #if LORA_VECTOR_KERNELS
-
-/* Adding 2^23 to the exponent field carries into the sign bit exactly when it is all ones. */
-INLINE v16u nonfinite_bits(v16f v) { return (((v16u)v) & 0x7F800000) + 0x00800000; }
 
 /* Rows [i0, i0 + R) × columns [j, j + 16) (or the n < 16 last ones); `pa` is A's rank × 16 slice
    for these columns, packed contiguously (zeros past n). */
@@ -82,12 +75,7 @@ INLINE void tile(const struct job *jb, const float *pa, size_t i0, int R, size_t
     size_t in_size = format_size(jb->in_format), out_size = format_size(jb->out_format);
     for (int r = 0; r < R; r++) {
         size_t e = (i0 + r) * jb->cols + j;
-        v16f w = load_values(jb->w + e * in_size, jb->in_format, n, full);
-        v16f delta = acc[r] * jb->coefficient;
-        v16f y = w + delta;
-        *wflags |= nonfinite_bits(w);
-        *yflags |= nonfinite_bits(y);
-        store_values(jb->out + e * out_size, jb->out_format, y, n, full);
+        add_and_store(jb->w + e * in_size, jb->in_format, jb->out + e * out_size, jb->out_format, acc[r] * jb->coefficient, n, full, yflags, wflags);
     }
 }
 

@@ -10,6 +10,9 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Every product and sum below is rounded as written: no contraction into fused multiply-adds. */
+#pragma STDC FP_CONTRACT OFF
+
 /* x86-64 builds with clang have the vector paths; every other build has the scalar path only. */
 #if defined(__x86_64__) && defined(__clang__)
 #define LORA_VECTOR_KERNELS 1
@@ -162,5 +165,29 @@ INLINE void store_values(unsigned char *p, int format, v16f y, size_t n, int ful
     if (!full) memcpy(p, staged, n * format_size(format));
 }
 
+/* Adding 2^23 to the exponent field carries into the sign bit exactly when it is all ones. */
+INLINE v16u nonfinite_bits(v16f v) { return (((v16u)v) & 0x7F800000) + 0x00800000; }
+
+/* The end of a merge kernel's tile: 16 (or n) elements of w at w_at widened, y = w + delta (one
+   rounding), both checked for NaN/inf into the flags, y rounded to out_format and stored at out_at. */
+INLINE void add_and_store(const unsigned char *w_at, int in_format, unsigned char *out_at, int out_format, v16f delta, size_t n, int full,
+                          v16u *yflags, v16u *wflags) {
+    v16f w = load_values(w_at, in_format, n, full);
+    v16f y = w + delta;
+    *wflags |= nonfinite_bits(w);
+    *yflags |= nonfinite_bits(y);
+    store_values(out_at, out_format, y, n, full);
+}
+
 #endif
+
+/* The scalar paths' counterpart: y = w + delta for one element, flags set, y stored. */
+static inline void scalar_add_and_store(const unsigned char *w_at, int in_format, unsigned char *out_at, int out_format, float delta,
+                                        uint32_t *yflags, uint32_t *wflags) {
+    float w = scalar_load(w_at, in_format);
+    float y = w + delta;
+    *wflags |= scalar_nonfinite(w);
+    *yflags |= scalar_nonfinite(y);
+    scalar_store(out_at, out_format, y);
+}
 #endif
