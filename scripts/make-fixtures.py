@@ -2341,7 +2341,8 @@ def write_ldm_single_file(pipeline_dir, path):
 def check_lora_tool_pipeline(d):
     """When the binary is built: lora-tool's merges of the sd1 fixtures load in diffusers (the pipeline
     with StableDiffusionPipeline.from_pretrained, the unet/ folder with UNet2DConditionModel) and equal
-    diffusers' own fuse within 1 fp16 ulp; its convert --to kohya of lora/ equals kohya.safetensors; its
+    diffusers' own fuse within 1 fp16 ulp; its merge of single.safetensors is one file equal to
+    merged-single.safetensors that from_single_file loads; its convert --to kohya of lora/ equals kohya.safetensors; its
     convert --to diffusers of kohya.safetensors loads in diffusers and fuses to merged/ within 1 ulp."""
     import subprocess, tempfile
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -2354,6 +2355,12 @@ def check_lora_tool_pipeline(d):
                         "--output", os.path.join(t, "pipe"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
         subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline", "unet"), "--adapter", os.path.join(d, "kohya-unet.safetensors"),
                         "--output", os.path.join(t, "unet"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        # The single file merged with the kohya file: one file, which from_single_file loads, equal to merged-single.safetensors.
+        subprocess.run([tool, "merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "kohya.safetensors"),
+                        "--output", os.path.join(t, "single.safetensors"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        ours_single, theirs_single = load_file(os.path.join(t, "single.safetensors")), load_file(os.path.join(d, "merged-single.safetensors"))
+        assert ours_single.keys() == theirs_single.keys() and all(torch.equal(ours_single[k], theirs_single[k]) for k in ours_single)
+        StableDiffusionPipeline.from_single_file(os.path.join(t, "single.safetensors"), config=os.path.join(d, "merged"), local_files_only=True)
         # Its kohya conversion is the sd-scripts-named fixture, value for value (alphas too).
         subprocess.run([tool, "convert", os.path.join(d, "lora"), "--to", "kohya", "--output", os.path.join(t, "k.safetensors")],
                        check=True, stdout=subprocess.DEVNULL)
@@ -2378,7 +2385,7 @@ def check_lora_tool_pipeline(d):
             for (n, x), (_, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
                 ulps = (x.view(torch.int16).int() - y.view(torch.int16).int()).abs().max().item()
                 assert ulps <= 1, (n, ulps)
-    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp; its kohya conversion equals kohya.safetensors;"
+    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp (the single file: bit for bit); its kohya conversion equals kohya.safetensors;"
           " its diffusers conversion of kohya.safetensors fuses in diffusers to merged/ within 1 ulp")
 
 
