@@ -61,8 +61,14 @@ struct LDMNameMapTests {
         #expect(LDMNameMap.unetName("input_blocks.11.0.in_layers.0.weight", layersPerBlock: 2) == "down_blocks.3.resnets.1.norm1.weight")
     }
 
-    @Test("A key outside the three SD 1.x prefixes is refused by name")
+    @Test("A key outside the three SD 1.x prefixes, or one the rules cannot name, is refused by name")
     func foreignKeysRefused() {
+        #expect(throws: LoRACoreError.invalidRequest("x: tensor 'first_stage_model.encoder.down.0.attn.0.q.weight' has no diffusers vae name (an LDM layout this map does not know)")) {
+            try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.encoder.down.0.attn.0.q.weight"], path: "x")
+        }
+        #expect(throws: LoRACoreError.invalidRequest("x: tensor 'model.diffusion_model.input_blocks.1.0.in_layers.1.weight' has no diffusers unet name (an LDM layout this map does not know)")) {
+            try LDMNameMap(keys: ["model.diffusion_model.input_blocks.1.0.in_layers.1.weight"], path: "x")
+        }
         #expect(throws: LoRACoreError.invalidRequest("x: tensor 'conditioner.embedders.1.model.ln_final.weight' is not under model.diffusion_model., cond_stage_model.transformer. or first_stage_model.: only SD 1.x single files (LDM names, CLIP-L text encoder) are mapped to diffusers names yet")) {
             try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.ln_final.weight"], path: "x")
         }

@@ -170,6 +170,8 @@ public struct LDMNameMap: Sendable {
         } else if s.hasPrefix("up."), let (k, after) = splitIndex(s.dropFirst(3)), let (named, rest) = vaeBlock(after, n - 1 - k, sampler: "upsample", blocks: "up_blocks") {
             out += named
             s = rest
+        } else if s.hasPrefix("down.") || s.hasPrefix("up.") {
+            return nil
         } else if s.hasPrefix("mid.block_"), let (m, rest) = splitIndex(s.dropFirst("mid.block_".count)) {
             out += "mid_block.resnets.\(m - 1)."
             s = rest
