@@ -7,7 +7,7 @@ Run from the repository root:  python3 scripts/make-fixtures.py [GROUP...]   (gr
 Deterministic: fixed seeds; rerunning rewrites identical files for a given library version, except the
 order of target_modules in adapter_config.json (PEFT writes a Python set).
 """
-import json, os, shutil, struct, sys
+import json, os, re, shutil, struct, sys
 import torch
 import safetensors
 from safetensors.torch import save_file, load_file
@@ -2158,7 +2158,8 @@ def sd_cases():
     diffusers then uses alpha = r), kohya.safetensors (the same deltas in sd-scripts names, an .alpha
     per module), kohya-unet.safetensors (its lora_unet_ modules alone), and merged/: diffusers' own load_lora_weights + fuse_lora + unload_lora_weights on an
     fp32 copy of pipeline/, rounded once to fp16 and saved with save_pretrained (the issue's oracle:
-    diffusers' fuse in fp16 rounds the delta first). case.json records the scale diffusers resolved for
+    diffusers' fuse in fp16 rounds the delta first); single.safetensors and merged-single.safetensors: pipeline/ and
+    merged/ as original-layout (LDM) single files (write_ldm_single_file, loaded back by from_single_file). case.json records the scale diffusers resolved for
     every module of both diffusers files and of the kohya file."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft.utils import get_peft_model_state_dict
@@ -2240,6 +2241,9 @@ def sd_cases():
     StableDiffusionPipeline.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float16)
     UNet2DConditionModel.from_pretrained(os.path.join(d, "merged", "unet"))
     CLIPTextModel.from_pretrained(os.path.join(d, "merged", "text_encoder"))
+    # The same pipelines as original-layout (LDM) single files, each checked by loading it back in diffusers.
+    for folder, name in (("pipeline", "single.safetensors"), ("merged", "merged-single.safetensors")):
+        write_ldm_single_file(os.path.join(d, folder), os.path.join(d, name))
     check_lora_tool_pipeline(d)
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump({"diffusers_scales": scales, "oracle": "diffusers 0.42.1 fuse_lora on an fp32 copy of pipeline/, rounded once to fp16"}, f, indent=1, sort_keys=True)
@@ -2247,10 +2251,98 @@ def sd_cases():
     print("case sd1")
 
 
+def ldm_unet_name(name, cfg):
+    """The LDM (original Stable Diffusion) name of a diffusers UNet2DConditionModel tensor: the inverse of
+    diffusers' convert_ldm_unet_checkpoint (and of its repo's scripts/convert_diffusers_to_original_stable_diffusion.py,
+    generalised from SD 1.5's 4 blocks × 2 layers to the config's): with L = layers_per_block,
+    down_blocks.i.resnets.j / attentions.j → input_blocks.{(L+1)i+j+1}.0 / .1, down_blocks.i.downsamplers.0.conv →
+    input_blocks.{(L+1)(i+1)}.0.op, up_blocks.i.resnets.j / attentions.j → output_blocks.{(L+1)i+j}.0 / .1,
+    up_blocks.i.upsamplers.0 → output_blocks.{(L+1)i+L}.{2 with attentions, else 1}, mid_block.resnets.j →
+    middle_block.{2j}, mid_block.attentions.0 → middle_block.1; in resnets norm1/conv1/norm2/conv2/time_emb_proj/
+    conv_shortcut → in_layers.0/in_layers.2/out_layers.0/out_layers.3/emb_layers.1/skip_connection."""
+    top = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.", "conv_in.": "input_blocks.0.0.",
+           "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+    for k, v in top.items():
+        if name.startswith(k):
+            return v + name[len(k):]
+    L = cfg["layers_per_block"]
+    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+              "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+    def res(rest):
+        head, tail = rest.split(".", 1)
+        return resnet[head] + "." + tail
+    for diffusers, ldm, first in (("down_blocks", "input_blocks", 1), ("up_blocks", "output_blocks", 0)):
+        m = re.match(diffusers + r"\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", name)
+        if m:
+            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+            return f"{ldm}.{(L + 1) * i + j + first}." + ("0." + res(rest) if kind == "resnets" else "1." + rest)
+    m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", name)
+    if m:
+        return f"input_blocks.{(L + 1) * (int(m[1]) + 1)}.0.op.{m[2]}"
+    m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", name)
+    if m:
+        i = int(m[1])
+        return f"output_blocks.{(L + 1) * i + L}.{2 if 'CrossAttn' in cfg['up_block_types'][i] else 1}.{m[2]}"
+    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", name)
+    if m:
+        return f"middle_block.{2 * int(m[2])}.{res(m[3])}" if m[1] == "resnets" else f"middle_block.1.{m[3]}"
+    raise ValueError(f"no LDM name for UNet tensor {name}")
+
+
+def ldm_vae_name(name, cfg):
+    """The LDM name of a diffusers AutoencoderKL tensor (the inverse of convert_ldm_vae_checkpoint): with n blocks,
+    encoder.down_blocks.i.resnets.j → encoder.down.i.block.j, down_blocks.i.downsamplers.0 → down.i.downsample,
+    decoder.up_blocks.i.resnets.j → decoder.up.{n-1-i}.block.j, up_blocks.i.upsamplers.0 → up.{n-1-i}.upsample,
+    mid_block.resnets.j → mid.block_{j+1}, mid_block.attentions.0 → mid.attn_1 (group_norm/to_q/to_k/to_v/to_out.0
+    → norm/q/k/v/proj_out, whose weights LDM stores as 1×1 convolutions), conv_shortcut → nin_shortcut,
+    conv_norm_out → norm_out."""
+    n = len(cfg["block_out_channels"])
+    name = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", lambda m: f"encoder.down.{m[1]}.block.", name)
+    name = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample.", name)
+    name = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.block.", name)
+    name = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.upsample.", name)
+    name = re.sub(r"\.mid_block\.resnets\.(\d+)\.", lambda m: f".mid.block_{int(m[1]) + 1}.", name)
+    for a, b in (("mid_block.attentions.0.group_norm.", "mid.attn_1.norm."), ("mid_block.attentions.0.to_q.", "mid.attn_1.q."),
+                 ("mid_block.attentions.0.to_k.", "mid.attn_1.k."), ("mid_block.attentions.0.to_v.", "mid.attn_1.v."),
+                 ("mid_block.attentions.0.to_out.0.", "mid.attn_1.proj_out."), ("conv_shortcut.", "nin_shortcut."), ("conv_norm_out.", "norm_out.")):
+        name = name.replace(a, b)
+    return name
+
+
+def write_ldm_single_file(pipeline_dir, path):
+    """An SD 1.x diffusers pipeline folder as one original-layout (LDM) checkpoint, as A1111/ComfyUI/sd-scripts
+    read and write them: model.diffusion_model.<ldm_unet_name>, cond_stage_model.transformer.text_model.<CLIP name>
+    (transformers 4's names, which transformers 5 saves without text_model.), first_stage_model.<ldm_vae_name>.
+    Proven by loading it back with StableDiffusionPipeline.from_single_file (config = the folder) and comparing
+    every tensor of every component to the folder's, bit for bit."""
+    from diffusers import StableDiffusionPipeline
+    unet_cfg = json.load(open(os.path.join(pipeline_dir, "unet", "config.json")))
+    vae_cfg = json.load(open(os.path.join(pipeline_dir, "vae", "config.json")))
+    out = {}
+    for k, v in load_file(os.path.join(pipeline_dir, "unet", "diffusion_pytorch_model.safetensors")).items():
+        out["model.diffusion_model." + ldm_unet_name(k, unet_cfg)] = v
+    for k, v in load_file(os.path.join(pipeline_dir, "vae", "diffusion_pytorch_model.safetensors")).items():
+        ldm = ldm_vae_name(k, vae_cfg)
+        out["first_stage_model." + ldm] = v.reshape(*v.shape, 1, 1) if re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", ldm) else v
+    for k, v in load_file(os.path.join(pipeline_dir, "text_encoder", "model.safetensors")).items():
+        out["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    save_file(out, path, metadata={"format": "pt", "modelspec.architecture": "stable-diffusion-v1"})
+    sort_header_metadata(path)
+    loaded = StableDiffusionPipeline.from_single_file(path, config=pipeline_dir, local_files_only=True, torch_dtype=torch.float16)
+    folder = StableDiffusionPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float16)
+    for component in ("unet", "vae", "text_encoder"):
+        a, b = getattr(loaded, component).state_dict(), getattr(folder, component).state_dict()
+        assert a.keys() == b.keys(), (component, set(a) ^ set(b))
+        for k in b:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (path, component, k)
+    print(f"{os.path.relpath(path, IMAGE_FIX)}: {len(out)} tensors, loads back in diffusers bit for bit")
+
+
 def check_lora_tool_pipeline(d):
     """When the binary is built: lora-tool's merges of the sd1 fixtures load in diffusers (the pipeline
     with StableDiffusionPipeline.from_pretrained, the unet/ folder with UNet2DConditionModel) and equal
-    diffusers' own fuse within 1 fp16 ulp; its convert --to kohya of lora/ equals kohya.safetensors; its
+    diffusers' own fuse within 1 fp16 ulp; its merge of single.safetensors is one file equal to
+    merged-single.safetensors that from_single_file loads; its convert --to kohya of lora/ equals kohya.safetensors; its
     convert --to diffusers of kohya.safetensors loads in diffusers and fuses to merged/ within 1 ulp."""
     import subprocess, tempfile
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -2263,6 +2355,12 @@ def check_lora_tool_pipeline(d):
                         "--output", os.path.join(t, "pipe"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
         subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline", "unet"), "--adapter", os.path.join(d, "kohya-unet.safetensors"),
                         "--output", os.path.join(t, "unet"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        # The single file merged with the kohya file: one file, which from_single_file loads, equal to merged-single.safetensors.
+        subprocess.run([tool, "merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "kohya.safetensors"),
+                        "--output", os.path.join(t, "single.safetensors"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        ours_single, theirs_single = load_file(os.path.join(t, "single.safetensors")), load_file(os.path.join(d, "merged-single.safetensors"))
+        assert ours_single.keys() == theirs_single.keys() and all(torch.equal(ours_single[k], theirs_single[k]) for k in ours_single)
+        StableDiffusionPipeline.from_single_file(os.path.join(t, "single.safetensors"), config=os.path.join(d, "merged"), local_files_only=True)
         # Its kohya conversion is the sd-scripts-named fixture, value for value (alphas too).
         subprocess.run([tool, "convert", os.path.join(d, "lora"), "--to", "kohya", "--output", os.path.join(t, "k.safetensors")],
                        check=True, stdout=subprocess.DEVNULL)
@@ -2287,7 +2385,7 @@ def check_lora_tool_pipeline(d):
             for (n, x), (_, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
                 ulps = (x.view(torch.int16).int() - y.view(torch.int16).int()).abs().max().item()
                 assert ulps <= 1, (n, ulps)
-    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp; its kohya conversion equals kohya.safetensors;"
+    print("lora-tool's sd1 merges load in diffusers and equal its fuse within 1 ulp (the single file: bit for bit); its kohya conversion equals kohya.safetensors;"
           " its diffusers conversion of kohya.safetensors fuses in diffusers to merged/ within 1 ulp")
 
 

@@ -12,6 +12,9 @@ import LoRAGraph
 let sd1 = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ImageFixtures/sd1").path
 let sd1Pipeline = sd1 + "/pipeline"
 let sd1Oracle = sd1 + "/merged"
+/// `pipeline/` and `merged/` as original-layout (LDM) single files, loaded back by diffusers' `from_single_file`.
+let sd1Single = sd1 + "/single.safetensors"
+let sd1SingleOracle = sd1 + "/merged-single.safetensors"
 
 /// Copies the safetensors file `source` to `destination` with `metadata` and, when `flip` names a
 /// tensor, an exponent bit of its element 0 flipped (its second byte: a 16-bit value's high byte).

@@ -30,6 +30,24 @@ struct ImageModelCommandTests {
         #expect(s8 == 0 && o8.contains("modules  70, scales 0.75, 1.5, 3"), "\(o8)\(e8)")
     }
 
+    @Test("The README's single-file commands: inspect names sd1, merge writes one file, verify passes; a directory --output is refused in one line")
+    func singleFileCommands() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let single = Self.sd1 + "/single.safetensors", kohya = Self.sd1 + "/kohya.safetensors"
+        let (s1, o1, _) = try run(["inspect", single])
+        #expect(s1 == 0 && o1.contains("family    sd1 (LDM single file"), "\(o1)")
+        let (s2, o2, e2) = try run(["merge", "--base", single, "--adapter", kohya, "--output", dir + "/sd1-single.safetensors"])
+        #expect(s2 == 0 && o2.contains(" 70 tensors: ") && o2.contains("in 1 files"), "\(o2)\(e2)")
+        var isDir: ObjCBool = true
+        #expect(FileManager.default.fileExists(atPath: dir + "/sd1-single.safetensors", isDirectory: &isDir) && !isDir.boolValue)
+        let (s3, o3, _) = try run(["verify", "--base", single, "--adapter", kohya, "--merged", dir + "/sd1-single.safetensors"])
+        #expect(s3 == 0 && o3.contains("PASS: 320 tensors (70 merged"), "\(o3)")
+        let (s4, o4, e4) = try run(["merge", "--base", single, "--adapter", kohya, "--output", dir + "/folder"])
+        #expect(s4 == 1 && o4.isEmpty && e4 == "error: \(single) is a single-file checkpoint, merged into one file: give --output NAME.safetensors\n", "\(e4)")
+    }
+
     @Test("unet/ with a LoRA that also targets the text encoder: exit 1, one error line naming the module and the component")
     func foreignComponent() throws {
         let (status, out, err) = try run(["merge", "--base", Self.sd1 + "/pipeline/unet", "--adapter", Self.sd1 + "/kohya.safetensors", "--output", "/tmp/never-written-\(UUID().uuidString)"])

@@ -297,7 +297,7 @@ public enum Inspect {
             } ?? familyCounts.keys.sorted().map { ($0, familyCounts[$0]!) },
             layerCount: summary.map { $0.layers.count } ?? layers.count, adapter: summary, base: comparison, tensors: infos)
         report.quantization = quantization
-        if kind == .model, let family = ImageModelFamily.of(directory: path) {
+        if kind == .model, let family = ImageModelFamily.of(directory: path) ?? ImageModelFamily.of(singleFile: ckpt) {
             report.imageModel = InspectReport.ImageModel(family: family)
         }
         if let adapter, DiffusersComponent.namesComponents(adapter), let family = ImageModelFamily.of(adapter: adapter) {

@@ -175,9 +175,16 @@ public enum Merge {
             throw LoRACoreError.invalidRequest(
                 "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")
         }
+        // An SD single file (LDM names) is written back as one file with its own metadata.
+        let singleFile = DiffusersComponent.isLDMSingleFile(options.base, names: checkpoint.names)
+        if singleFile, options.part != nil || !options.output.hasSuffix(".safetensors") {
+            throw LoRACoreError.invalidRequest("\(options.base) is a single-file checkpoint, merged into one file: give --output NAME.safetensors\(options.part != nil ? " and no --part" : "")")
+        }
         let output: AtomicOutput
         var fingerprint = ""
-        if let part = options.part {
+        if singleFile {
+            output = try AtomicOutput(destination: options.output, isDirectory: false, force: options.force)
+        } else if let part = options.part {
             guard !options.verify else {
                 throw LoRACoreError.invalidRequest("--verify checks a whole model: run lora-tool verify --part \(part) on the assembled output instead")
             }
@@ -224,6 +231,10 @@ public enum Merge {
         write.chunkSize = options.chunkSize
         write.part = options.part
         write.filePrefix = DiffusersComponent.weightsPrefix(of: checkpoint)
+        if singleFile {
+            write.singleFile = true
+            write.metadata = checkpoint.metadata
+        }
         let written = try ModelDirectorySink(output: output, options: write, context: context).consume(stream)
 
         var verification: VerifyReport?
@@ -250,7 +261,7 @@ public enum Merge {
         try output.commit()
 
         let (families, merged, replaced) = plan.summary
-        let fileSizes = written.files.map { fileSize(output.destination + "/" + $0) }
+        let fileSizes = singleFile ? [fileSize(output.destination)] : written.files.map { fileSize(output.destination + "/" + $0) }
         var report = MergeReport(
             output: options.output, files: written.files, sha256: written.sha256,
             families: families,

@@ -56,7 +56,8 @@ public enum Verify {
         let seed = options.seed ?? UInt64.random(in: .min ... .max)
         // Against a bitsandbytes 4-bit base, merge works on the dequantized weights: so does verify,
         // decoding them block by block as it reads them.
-        let opened = TensorStream(model: try Checkpoint(path: options.base))
+        let baseCheckpoint = try Checkpoint(path: options.base)
+        let opened = TensorStream(model: baseCheckpoint)
         let dequantized = try DequantizePass().apply(to: opened)
         let adapters = try DiffusersComponent.restrict(options.adapters.map { try Adapter(path: $0.path, scale: options.scaleOverride) },
                                                        basePath: options.base, base: dequantized, pipeline: options.pipelineComponents)
@@ -123,7 +124,9 @@ public enum Verify {
         entries += try check(targets, plan: plan, merged: merged, options: options, seed: seed)
 
         // Side files and metadata.
-        var files = SideFileCheck.compareMetadata(merged)
+        // A single-file SD checkpoint's merge keeps the base's metadata.
+        var files = DiffusersComponent.isLDMSingleFile(options.base, names: baseCheckpoint.names)
+            ? SideFileCheck.compareMetadata(merged, expected: baseCheckpoint.metadata ?? []) : SideFileCheck.compareMetadata(merged)
         var skipped: String?
         let sideBase = (path: options.base, quantized: dequantized !== opened)
         if let baseDir = modelDirectory(sideBase.path), let mergedDir = modelDirectory(options.merged) {

@@ -18,6 +18,12 @@ public struct ModelWriteOptions: Sendable {
     public var filePrefix = "model"
     /// Folder inside the output the files go to (a pipeline component, `unet`); nil: the output itself.
     public var subdirectory: String?
+    /// Write every tensor into the output itself, an `AtomicOutput` that is one file (a single-file
+    /// checkpoint's merge): no shards, index or side files.
+    public var singleFile = false
+    /// Each file's `__metadata__` (nil: none): transformers' `{"format": "pt"}`, or a single-file
+    /// base's own.
+    public var metadata: [(key: String, value: String)]? = [("format", "pt")]
 
     public init() {}
 }
@@ -66,7 +72,7 @@ public struct ModelDirectorySink: Sendable {
     ///   `SafeTensorsError` writing.
     public func consume(_ stream: TensorStream) throws -> WrittenFiles {
         let infos = stream.tensors.map { $0.source.info(named: $0.name) }
-        let plan = ShardPlan(tensors: infos, maxShardSize: options.maxShardSize, prefix: options.filePrefix)
+        let plan = ShardPlan(tensors: infos, maxShardSize: options.singleFile ? .max : options.maxShardSize, prefix: options.filePrefix)
         // Names relative to the output: `unet/diffusion_pytorch_model.safetensors` inside a pipeline.
         let folder = options.subdirectory.map { $0 + "/" } ?? ""
         if let sub = options.subdirectory, mkdir(output.path(for: sub), 0o755) != 0 {
@@ -82,11 +88,13 @@ public struct ModelDirectorySink: Sendable {
         var files: [String] = []
         var hashes: [String: String] = [:]
         for shard in shards {
-            let file = try ChunkedOutput(path: output.path(for: folder + shard.fileName), tensors: shard.tensors,
+            let name = options.singleFile ? (output.staging as NSString).lastPathComponent : folder + shard.fileName
+            let file = try ChunkedOutput(path: options.singleFile ? output.staging : output.path(for: name), tensors: shard.tensors, metadata: options.metadata,
                                          chunkSize: options.chunkSize, buffers: context.threads + 2, durable: options.durable)
-            hashes[folder + shard.fileName] = try write(file, sources: file.order.map { stream.source($0.name)! }, progress: progress)
-            files.append(folder + shard.fileName)
+            hashes[name] = try write(file, sources: file.order.map { stream.source($0.name)! }, progress: progress)
+            files.append(name)
         }
+        if options.singleFile { return WrittenFiles(files: files, sha256: hashes, tensorBytes: progress.bytesTotal, shards: files) }
         let writesShared = (options.part?.index ?? 0) == 0
         if writesShared, let index = plan.index {
             let name = folder + options.filePrefix + ".safetensors.index.json"

@@ -24,7 +24,11 @@ extension LoraTool {
                 target it, from diffusers-format files (unet.…lora_A.weight, alpha from \
                 lora_adapter_metadata) or kohya files (lora_unet_, lora_te_, lora_te1_, lora_te2_), and \
                 copies every other file byte for byte; the output is a pipeline folder. A component \
-                folder (unet/) as --base keeps its file name (diffusion_pytorch_model.safetensors).
+                folder (unet/) as --base keeps its file name (diffusion_pytorch_model.safetensors). \
+                An SD 1.x single-file checkpoint (original LDM names: model.diffusion_model., \
+                cond_stage_model.transformer., first_stage_model.) as --base is merged into one file, \
+                --output NAME.safetensors, with the base's tensor names and metadata; the LoRA's unet and \
+                text-encoder modules are mapped to its keys.
                 """)
 
         @Option(help: "Base model: directory (single or sharded safetensors; a diffusers pipeline or component folder), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
@@ -35,7 +39,7 @@ extension LoraTool {
 
         @OptionGroup var adapterArguments: AdapterArguments
 
-        @Option(help: "Output model directory: must not exist (or be an empty directory); --force replaces only an output lora-tool wrote.")
+        @Option(help: "Output model directory (NAME.safetensors, one file, for an SD single-file --base): must not exist (or be an empty directory); --force replaces only an output lora-tool wrote.")
         var output: String?
 
         @Option(help: "Output dtype of float tensors: keep, f32, f16 or bf16.")

@@ -63,14 +63,16 @@ enum SideFileCheck {
         return checks
     }
 
-    /// Checks each file's `__metadata__` against what merge writes.
-    static func compareMetadata(_ merged: Checkpoint) -> [VerifyReport.FileCheck] {
-        merged.files.map { file in
+    /// Checks each file's `__metadata__` against what merge writes: `expected` (transformers'
+    /// `{"format": "pt"}`, or a single-file base's own metadata, which its merge keeps).
+    static func compareMetadata(_ merged: Checkpoint, expected: [(key: String, value: String)] = mergeMetadata) -> [VerifyReport.FileCheck] {
+        let expected = expected.sorted { utf8Precedes($0.key, $1.key) }
+        return merged.files.map { file in
             let name = (file.path as NSString).lastPathComponent + " __metadata__"
             let got = (file.metadata ?? []).sorted { utf8Precedes($0.key, $1.key) }
-            guard got.count == mergeMetadata.count && zip(got, mergeMetadata).allSatisfy({ $0.key == $1.key && $0.value == $1.value }) else {
-                let shown = file.metadata.map { "{" + $0.map { "\"\($0.key)\": \"\($0.value)\"" }.joined(separator: ", ") + "}" } ?? "absent"
-                return .init(file: name, status: .differs, detail: "is \(shown); merge writes {\"format\": \"pt\"}")
+            guard got.count == expected.count && zip(got, expected).allSatisfy({ $0.key == $1.key && $0.value == $1.value }) else {
+                func shown(_ m: [(key: String, value: String)]?) -> String { m.map { "{" + $0.map { "\"\($0.key)\": \"\($0.value)\"" }.joined(separator: ", ") + "}" } ?? "absent" }
+                return .init(file: name, status: .differs, detail: "is \(shown(file.metadata)); merge writes \(shown(expected))")
             }
             return .init(file: name, status: .equal)
         }

@@ -1,0 +1,44 @@
+import Foundation
+import SafeTensors
+
+extension DiffusersComponent {
+    /// Whether `base` is an SD 1.x original-layout (LDM) single file (`LDMNameMap.isLDM`): one
+    /// safetensors file, not a folder.
+    static func isLDMSingleFile(_ basePath: String, names: [String]) -> Bool {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: basePath, isDirectory: &isDir) && !isDir.boolValue && LDMNameMap.isLDM(names)
+    }
+
+    /// Image-model adapters with their modules named as the LDM single file `base` names its tensors:
+    /// each module is first resolved against its component (`unet`, `text_encoder`) under diffusers
+    /// names (`LDMComponentStore`, so kohya names resolve as against a pipeline folder and diffusers
+    /// names are checked), then renamed through `LDMNameMap` (`down_blocks.0.attentions.0.proj_in`
+    /// → `model.diffusion_model.input_blocks.1.1.proj_in`). Adapters that do not name components
+    /// (PEFT, mlx-lm, hand-written) are returned as they are: their names are the file's own.
+    /// - Throws: `LoRACoreError.baseMismatch` naming the module (as its file spells it) when it
+    ///   targets a component the single file lacks, matches no tensor of its component, or maps to
+    ///   no key of the file; `LoRACoreError.invalidRequest` when the file's keys are not all mapped.
+    static func singleFileView(of adapters: [Adapter], base: any TensorStore, path: String) throws -> [Adapter] {
+        let map = try LDMNameMap(keys: base.names, path: path)
+        try refuseForeign(adapters, available: map.components, base: path)
+        return try adapters.map { adapter in
+            guard namesComponents(adapter) else { return adapter }
+            var renamed: [AdapterModule] = []
+            for c in map.components {
+                let mine = adapter.modules.filter { component(of: $0.module, in: adapter.format, available: map.components) == c }
+                guard !mine.isEmpty else { continue }
+                let view = try view(of: adapter, for: c, available: map.components, base: LDMComponentStore(base, map: map, component: c))
+                for (original, m) in zip(mine, view.modules) {
+                    guard let key = map.key(component: c, name: m.module + ".weight") else {
+                        throw LoRACoreError.baseMismatch(
+                            module: original.module, detail: "maps to no tensor of the single file \(path) (its \(c) has no '\(m.module).weight')")
+                    }
+                    var r = m
+                    r.module = String(key.dropLast(".weight".count))
+                    renamed.append(r)
+                }
+            }
+            return Adapter(adapter, resolvedModules: renamed.sorted { utf8Precedes($0.module, $1.module) }, untargeted: adapter.untargeted)
+        }
+    }
+}
