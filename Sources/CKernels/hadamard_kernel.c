@@ -79,29 +79,12 @@ INLINE void hadamard_rows_of(const struct hjob *jb, const float *p1, const float
     if (j < jb->cols) hadamard_tile(jb, p1 + j * jb->rank, p2 + j * jb->rank, i0, R, j, jb->cols - j, 0, yflags, wflags);
 }
 
-/* A's columns packed tile by tile (rank × 16 contiguous floats per 16 columns, zeros past the end). */
-static void pack(const float *a, size_t rank, size_t lda, size_t cols, float *dst) {
-    for (size_t j = 0; j < cols; j += 16) {
-        size_t n = cols - j < 16 ? cols - j : 16;
-        float *d = dst + j * rank;
-        for (size_t k = 0; k < rank; k++) {
-            memcpy(d + 16 * k, a + k * lda + j, n * 4);
-            if (n < 16) memset(d + 16 * k + n, 0, (16 - n) * 4);
-        }
-    }
-}
-
 INLINE uint32_t hadamard_run(const struct hjob *jb, const float *p1, const float *p2) {
     v16u yflags = {0}, wflags = {0};
     size_t i = 0;
     for (; i + 2 <= jb->rows; i += 2) hadamard_rows_of(jb, p1, p2, i, 2, &yflags, &wflags);
     for (; i < jb->rows; i++) hadamard_rows_of(jb, p1, p2, i, 1, &yflags, &wflags);
-    uint32_t y = 0, w = 0;
-    for (int l = 0; l < 16; l++) {
-        y |= yflags[l];
-        w |= wflags[l];
-    }
-    return ((y & 0x80000000u) ? LORA_RESULT_NONFINITE : 0) | ((w & 0x80000000u) ? LORA_INPUT_NONFINITE : 0);
+    return lane_flags(yflags, wflags);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
@@ -124,8 +107,8 @@ uint32_t lora_hadamard_rows(int isa, const void *w, int in_format, void *out, in
     size_t packed = rank * ((cols + 15) / 16 * 16);
     float *p = aligned_alloc(64, (2 * packed * sizeof(float) + 63) / 64 * 64);
     if (!p) return LORA_UNSUPPORTED;
-    pack(a1, rank, lda, cols, p);
-    pack(a2, rank, lda, cols, p + packed);
+    pack_tiles(a1, rank, lda, cols, p);
+    pack_tiles(a2, rank, lda, cols, p + packed);
     uint32_t flags = isa == LORA_ISA_AVX512 ? hadamard_avx512(&jb, p, p + packed) : hadamard_avx2(&jb, p, p + packed);
     free(p);
     return flags;

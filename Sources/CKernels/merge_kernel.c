@@ -88,27 +88,13 @@ INLINE void rows_of(const struct job *jb, const float *pa, size_t i0, int R, siz
 
 INLINE uint32_t run(const struct job *jb, float *pa) {
     v16u yflags = {0}, wflags = {0};
-    /* A packed tile by tile (rank × 16 contiguous floats per 16 columns, zeros past the end): A's
-       rows are lda apart, and at power-of-two strides ranks of 16 and more would all fall in the
-       same L1 set and evict each other; packed, a tile is one sequential 1 KiB read (r = 16) from
-       L2 per 4 rows. Rows are then walked in order, so w and out stream. */
-    for (size_t j = 0; j < jb->cols; j += 16) {
-        size_t n = jb->cols - j < 16 ? jb->cols - j : 16;
-        float *dst = pa + j * jb->rank;
-        for (size_t k = 0; k < jb->rank; k++) {
-            memcpy(dst + 16 * k, jb->a + k * jb->lda + j, n * 4);
-            if (n < 16) memset(dst + 16 * k + n, 0, (16 - n) * 4);
-        }
-    }
+    /* A packed (pack_tiles): a tile is one sequential 1 KiB read (r = 16) from L2 per 4 rows. Rows
+       are then walked in order, so w and out stream. */
+    pack_tiles(jb->a, jb->rank, jb->lda, jb->cols, pa);
     size_t i = 0;
     for (; i + 4 <= jb->rows; i += 4) rows_of(jb, pa, i, 4, 0, jb->cols, &yflags, &wflags);
     for (; i < jb->rows; i++) rows_of(jb, pa, i, 1, 0, jb->cols, &yflags, &wflags);
-    uint32_t y = 0, w = 0;
-    for (int l = 0; l < 16; l++) {
-        y |= yflags[l];
-        w |= wflags[l];
-    }
-    return ((y & 0x80000000u) ? LORA_RESULT_NONFINITE : 0) | ((w & 0x80000000u) ? LORA_INPUT_NONFINITE : 0);
+    return lane_flags(yflags, wflags);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))

@@ -6,6 +6,7 @@
 #ifndef LORA_TOOL_VECTORS_H
 #define LORA_TOOL_VECTORS_H
 #include "kernels_isa.h"
+#include "merge_kernel.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -167,6 +168,30 @@ INLINE void store_values(unsigned char *p, int format, v16f y, size_t n, int ful
 
 /* Adding 2^23 to the exponent field carries into the sign bit exactly when it is all ones. */
 INLINE v16u nonfinite_bits(v16f v) { return (((v16u)v) & 0x7F800000) + 0x00800000; }
+
+/* The LORA_* flags (merge_kernel.h) of a call from its lanes' nonfinite_bits. */
+INLINE uint32_t lane_flags(v16u yflags, v16u wflags) {
+    uint32_t y = 0, w = 0;
+    for (int l = 0; l < 16; l++) {
+        y |= yflags[l];
+        w |= wflags[l];
+    }
+    return ((y & 0x80000000u) ? LORA_RESULT_NONFINITE : 0) | ((w & 0x80000000u) ? LORA_INPUT_NONFINITE : 0);
+}
+
+/* A (rank rows of cols floats, rows lda apart) packed tile by tile into dst: rank × 16 contiguous
+   floats per 16 columns, zeros past the end. At power-of-two strides A's rows would all fall in the
+   same L1 set and evict each other; packed, a tile is one sequential read per group of rows. */
+INLINE void pack_tiles(const float *a, size_t rank, size_t lda, size_t cols, float *dst) {
+    for (size_t j = 0; j < cols; j += 16) {
+        size_t n = cols - j < 16 ? cols - j : 16;
+        float *d = dst + j * rank;
+        for (size_t k = 0; k < rank; k++) {
+            memcpy(d + 16 * k, a + k * lda + j, n * 4);
+            if (n < 16) memset(d + 16 * k + n, 0, (16 - n) * 4);
+        }
+    }
+}
 
 /* The end of a merge kernel's tile: 16 (or n) elements of w at w_at widened, y = w + delta (one
    rounding), both checked for NaN/inf into the flags, y rounded to out_format and stored at out_at. */

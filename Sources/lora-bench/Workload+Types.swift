@@ -1,4 +1,5 @@
 import Foundation
+import LoRACore
 import LoRAKernels
 import SafeTensors
 
@@ -24,26 +25,10 @@ extension Workload {
         }
         if !FileManager.default.fileExists(atPath: dir + "/adapter-lokr/adapter_config.json") {
             try writeTypeAdapter(at: dir + "/adapter-lokr", peftType: "LOKR", rng: &rng) { out, inFeatures in
-                let (a, c) = (Workload.factorization(out).0, Workload.factorization(inFeatures).0)
+                let (a, c) = (ConvertLycoris.factorization(out, -1).0, ConvertLycoris.factorization(inFeatures, -1).0)
                 return [("lokr_w1", [a, c]), ("lokr_w2_a", [out / a, 16]), ("lokr_w2_b", [16, inFeatures / c])]
             }
         }
-    }
-
-    /// PEFT's `factorization(dimension, factor=-1)` (`lycoris_utils.py`): the divisor pair (m, n),
-    /// m ≤ n, reached by stepping m up through the divisors while m + n does not grow.
-    static func factorization(_ dimension: Int) -> (Int, Int) {
-        var (m, n) = (1, dimension)
-        var length = m + n
-        while m < n {
-            var next = m + 1
-            while dimension % next != 0 { next += 1 }
-            let other = dimension / next
-            if next + other > length { break }
-            (m, n) = (next, other)
-            length = m + n
-        }
-        return m > n ? (n, m) : (m, n)
     }
 
     /// One adapter: `roles(out, in)` gives each projection's tensors (suffix, shape).

@@ -26,7 +26,7 @@ import SafeTensors
 /// (b, d); a file no single setting reproduces (LyCORIS' `unbalanced_factorization`, per-module
 /// factors) is refused naming the module. LoHa's `use_effective_conv2d` is set when the modules carry
 /// Tucker cores, and refused when they disagree.
-enum ConvertLycoris {
+public enum ConvertLycoris {
     /// Converts `adapter` (its `modules` resolved against `base` when given) to `options.to`.
     /// - Throws: `LoRACoreError` naming the module a target cannot hold, and write errors.
     static func run(adapter: Adapter, modules: [AdapterModule], base: Checkpoint?, options: ConvertOptions) throws -> ConvertReport {
@@ -247,7 +247,7 @@ enum ConvertLycoris {
 
     /// PEFT 0.21.2's `lokr.layer.factorization`: `dimension` as m·n, m ≤ n, m as close to `factor`
     /// as the divisors allow (a factor dividing `dimension` is taken as m as is, even when m > n).
-    static func factorization(_ dimension: Int, _ factor: Int) -> (Int, Int) {
+    public static func factorization(_ dimension: Int, _ factor: Int) -> (Int, Int) {
         if factor > 0 && dimension % factor == 0 { return (factor, dimension / factor) }
         let limit = factor == -1 ? dimension : factor
         var (m, n) = (1, dimension)
