@@ -905,8 +905,9 @@ def fp8_ue8m0_case():
     DeepSeek-V3.1/V4 layout: X.weight_scale_inv F8_E8M0, 2^(b − 127) per 32×32 block), quantized by
     transformers' Fp8Quantize._quantize_one with that config and dequantized by its
     Fp8Dequantize._dequantize_one (loaded back with transformers' dequantize=True to prove it), a
-    PEFT adapter and the expected dense merge. lora-tool reads it; writing back (--requantize) is
-    refused, so no requantized.safetensors."""
+    PEFT adapter, the expected dense merge, and _quantize_one (ue8m0: weight_scale_inv rounded up to
+    a power of two, 2^ceil(log2(1/scale)), the codes from its exact reciprocal) of lora-tool's merge:
+    what --requantize must write."""
     from transformers import FineGrainedFP8Config, AutoModelForCausalLM
     from transformers.integrations.finegrained_fp8 import Fp8Quantize, Fp8Dequantize
     cfg = FineGrainedFP8Config(weight_block_size=[32, 32], scale_fmt="ue8m0")
@@ -933,7 +934,7 @@ def fp8_ue8m0_case():
                                                   quantization_config=FineGrainedFP8Config(dequantize=True, weight_block_size=[32, 32], scale_fmt="ue8m0"))
     for k, p in loaded.named_parameters():
         assert torch.equal(p.data, dense[k]), k
-    write_quantized_case(d, dense, 96, 12, 42, None)
+    write_quantized_case(d, dense, 96, 12, 42, lambda name, w: quantize_op._quantize_one(name, w))
     print("fp8 ue8m0 case")
 
 

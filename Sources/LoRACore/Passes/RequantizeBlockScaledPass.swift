@@ -35,14 +35,10 @@ public struct RequantizeBlockScaledPass: Sendable {
         return nil
     }
 
-    /// - Throws: `LoRACoreError.invalidRequest` when the stream has no FP8 weights, or ue8m0 scales.
+    /// - Throws: `LoRACoreError.invalidRequest` when the stream has no FP8 weights.
     public func apply(to stream: TensorStream) throws -> TensorStream {
         guard RequantizeBlockScaledPass.scheme(of: stream) != nil else {
             throw LoRACoreError.invalidRequest("\(stream.path) has no block-scaled weights (fp8, int8, compressed-tensors fp8) to write back")
-        }
-        if let e8m0 = stream.tensors.lazy.compactMap({ $0.source as? DequantizedBlockScaled }).first(where: { $0.layout.exponentScales }) {
-            throw LoRACoreError.invalidRequest(
-                "\(stream.path): '\(e8m0.weight)' has ue8m0 (power-of-two) scales: writing the merge back with them (--requantize) is not implemented; omit it for a dense model")
         }
         return stream.writtenBack(DequantizedBlockScaled.self, stored: \.stored) { name, m, q in
             let weight = RequantizedBlockScaled(name: name, merged: m, original: q, survival: survival)

@@ -74,10 +74,16 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
         let s = try scales()
         switch part {
         case .scales:
-            // Stored in the layout's scale dtype (the values are already exact in it).
-            let format = TensorData.format(original.layout.scaleDType)!
-            var bytes = [UInt8](repeating: 0, count: s.inverse.count * format.size)
-            s.inverse.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { FloatCodec.encode(v, format: format, into: $0) } }
+            // Stored in the layout's scale dtype (the values are already exact in it): floats, or
+            // E8M0 exponents b of the power-of-two scales 2^(b − 127).
+            var bytes: [UInt8]
+            if original.layout.exponentScales {
+                bytes = s.inverse.map { UInt8($0.exponent + 127) }
+            } else {
+                let format = TensorData.format(original.layout.scaleDType)!
+                bytes = [UInt8](repeating: 0, count: s.inverse.count * format.size)
+                s.inverse.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { FloatCodec.encode(v, format: format, into: $0) } }
+            }
             bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress! + range.lowerBound, byteCount: range.count) }
         case .codes:
             try codes(range, forward: s.forward, inverse: s.inverse, into: destination.assumingMemoryBound(to: UInt8.self))
