@@ -95,6 +95,56 @@ struct BlockScaledTests {
         #expect(config == (try String(contentsOfFile: "\(fixtures)/\(fixture)/base/config.json", encoding: .utf8)))
     }
 
+    @Test("--requantize keep writes each merged weight's scales right after its codes (one pass over the merge), and the same bytes at 4 KiB chunks on 3 workers (bands of one block row, cut by chunk boundaries); sharded, the tensors are the same", arguments: cases)
+    func requantizeLayoutAndChunks(fixture: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [("\(fixtures)/\(fixture)/adapter", 1)], output: dir + "/a")
+        o.requantize = "keep"
+        _ = try Merge.run(o)
+        let a = try Checkpoint(path: dir + "/a")
+        let order = try #require(a.files.first).tensors.sorted { $0.dataOffsets.begin < $1.dataOffsets.begin }.map(\.name)
+        // (A per-tensor scale too: these weights are small enough for one band.)
+        for weight in ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"] {
+            let codes = try #require(order.firstIndex(of: weight + ".weight"))
+            let scale = try #require(["weight_scale_inv", "weight_scale", "SCB"].lazy.compactMap { order.firstIndex(of: weight + "." + $0) }.first)
+            #expect(scale == codes + 1, "\(fixture): \(order)")
+        }
+        o.output = dir + "/b"
+        o.chunkSize = 4096
+        o.threads = 3
+        _ = try Merge.run(o)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/a/model.safetensors")) == Data(contentsOf: URL(fileURLWithPath: dir + "/b/model.safetensors")))
+        o.output = dir + "/c"
+        o.maxShardSize = 12_000
+        _ = try Merge.run(o)
+        let c = try Checkpoint(path: dir + "/c")
+        #expect(c.files.count > 1 && c.names == a.names)
+        for name in a.names { #expect(try c.bytes(of: name).elementsEqual(try a.bytes(of: name)), "\(name)") }
+    }
+
+    @Test("RequantizeBlockScaledPass gives the reference's bytes whichever part is asked first, in 100-byte ranges crossing bands: bands of one block row, of the whole weight, and streamed weights (two passes)",
+          arguments: cases, [(1, 1 << 22), (1 << 18, 1 << 22), (1, 1)])
+    func partsInAnyOrder(fixture: String, bands: (values: Int, largest: Int)) throws {
+        let f = "\(fixtures)/\(fixture)"
+        let expected = try Checkpoint(path: f + "/requantized.safetensors")
+        for scalesFirst in [false, true] {
+            let base = try DequantizePass().apply(to: TensorStream(model: Checkpoint(path: f + "/base")))
+            let plan = try MergePlan(base: base, adapters: [Adapter(path: f + "/adapter")], weights: [1], targets: nil)
+            let stream = try RequantizeBlockScaledPass(bandValues: bands.values, largestBand: bands.largest)
+                .apply(to: ApplyAdaptersPass(plan: plan, context: RunContext(threads: 1)).apply(to: base))
+            let scales = expected.names.filter { !$0.hasSuffix(".weight") }.sorted(), codes = expected.names.filter { $0.hasSuffix(".weight") }.sorted()
+            for name in scalesFirst ? scales + codes : codes + scales {
+                let source = try #require(stream.source(name)), want = try expected.bytes(of: name)
+                var got = [UInt8](repeating: 0, count: source.byteCount)
+                try got.withUnsafeMutableBytes { out in
+                    for start in stride(from: 0, to: out.count, by: 100) { try source.fill(start..<min(out.count, start + 100), into: out.baseAddress! + start) }
+                }
+                #expect(got.elementsEqual(want), "\(fixture) \(name) bands \(bands), scales first \(scalesFirst)")
+            }
+        }
+    }
+
     @Test("inspect names the scheme, its block size and the partial-block weights")
     func inspect() throws {
         let r = try Inspect.run(path: "\(fixtures)/fp8_block_partial/base")
