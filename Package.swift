@@ -38,7 +38,7 @@ let package = Package(
         ),
 
         // MARK: - Benchmark (scripts/bench)
-        .executableTarget(name: "lora-bench", dependencies: ["SafeTensors", "GGUF", "LoRAKernels", "LoRACore"]),
+        .executableTarget(name: "lora-bench", dependencies: ["SafeTensors", "GGUF", "LoRAKernels", "LoRACore"], exclude: ["ImageShapes"]),
 
         // MARK: - Fuzzing (bodies; the libFuzzer executables are added below when LORA_TOOL_FUZZ is set)
         .target(name: "FuzzTargets", dependencies: ["SafeTensors", "GGUF", "LoRAGraph", "LoRACore"]),

@@ -2426,6 +2426,27 @@ def check_lora_tool_pipeline(d):
 
 
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
+
+def bench_unet_shapes():
+    """Sources/lora-bench/ImageShapes/{sd15,sdxl}-unet.json: the config and the tensor names and
+    shapes of diffusers' UNet2DConditionModel for SD 1.5 (its default config with CLIP-L's 768-wide
+    cross-attention: 860 M parameters) and SDXL (its published config: 2.6 B), built on the meta
+    device (no weights), from which lora-bench writes the image-model benchmark without torch."""
+    from diffusers import UNet2DConditionModel
+    sdxl = dict(sample_size=128, in_channels=4, out_channels=4, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], block_out_channels=[320, 640, 1280], layers_per_block=2,
+                transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048, attention_head_dim=[5, 10, 20], use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    for name, kw in (("sd15", dict(sample_size=64, cross_attention_dim=768)), ("sdxl", sdxl)):
+        with torch.device("meta"):
+            m = UNet2DConditionModel(**kw)
+        cfg = {"_class_name": "UNet2DConditionModel", **{k: v for k, v in m.config.items() if not k.startswith("_")}}
+        tensors = [[k, list(v.shape)] for k, v in sorted(m.state_dict().items())]
+        with open(os.path.join(ROOT, "Sources/lora-bench/ImageShapes", name + "-unet.json"), "w") as f:
+            json.dump({"config": cfg, "tensors": tensors}, f, separators=(",", ":"), sort_keys=True)
+            f.write("\n")
+        print("bench unet", name, len(tensors), "tensors")
+
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
     "samples": samples,
@@ -2455,6 +2476,7 @@ GROUPS = {
     "gptq-awq": gptq_awq_cases,
     "fp8-ue8m0": fp8_ue8m0_case,
     "sd": sd_cases,
+    "bench-unets": bench_unet_shapes,
 }
 
 if __name__ == "__main__":

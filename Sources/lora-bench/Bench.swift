@@ -5,7 +5,7 @@ import Glibc
 
 /// `lora-bench`: generates the workload and times cp -r, merge, verify and inspect in alternation.
 ///
-/// Usage: lora-bench [--size small|medium|1b|3b] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
+/// Usage: lora-bench [--size small|medium|1b|3b|sd15|sdxl] [--repeat N] [--work DIR] [--bin PATH] [--markdown FILE]
 ///                   [--peft-python PYTHON]   (adds PEFT's merge_and_unload, via scripts/peft-merge.py)
 ///                   [--only 'ROW;ROW…']      (just these rows, and cp -r, the baseline of every ratio)
 /// Measures cp -r, cp -r + sync, merge, merge --no-sync, merge of a LoHa and a LoKr adapter, merge into the NF4 base (dense output, and
@@ -39,8 +39,12 @@ struct Bench {
         let peftPython = value("--peft-python", "")
         // `--only 'cp -r;merge;merge (LoHa r=16)'`: just these rows (exact names, `;`-separated).
         let only = Set(value("--only", "").split(separator: ";").map(String.init))
+        if let image = ImageWorkload.sizes[size] {
+            if args.contains("--generate-only") { return try image.generate(in: work + "/" + size) }
+            return try runImage(image, work: work, bin: bin, repeats: repeats, markdown: markdown)
+        }
         guard let workload = Workload.sizes[size] else {
-            FileHandle.standardError.write(Data("error: --size must be small, medium, 1b or 3b\n".utf8))
+            FileHandle.standardError.write(Data("error: --size must be small, medium, 1b, 3b, sd15 or sdxl\n".utf8))
             exit(64)
         }
         let dir = work + "/" + size
@@ -150,10 +154,19 @@ struct Bench {
             print("repetition \(r + 1)/\(repeats) done")
         }
         try? FileManager.default.removeItem(atPath: out)
+        report(rows: commands.map(\.0), samples: samples, baseBytes: baseBytes, markdown: markdown,
+               title: "\(size) (\(String(format: "%.2f", Double(baseBytes) / 1e9)) GB bf16 base, r=16 adapter on all seven projections)",
+               command: "scripts/bench --size \(size) --repeat \(repeats)\(only.isEmpty ? "" : " --only '" + only.sorted().joined(separator: ";") + "'")", repeats: repeats)
+    }
+
+    /// Prints the table of `rows` (median and spread of wall time, CPU, peak RSS, GB/s over
+    /// `baseBytes`, × the `cp -r` row's wall time, peak extra disk) and appends it to `markdown`
+    /// under `title` when given.
+    static func report(rows names: [String], samples: [String: [Sample]], baseBytes: Int, markdown: String, title: String, command: String, repeats: Int) {
         let cp = median(samples["cp -r"]!.map(\.wall))
         var rows = ["| command | wall median (s) | spread (s) | CPU (s) | peak RSS (MB) | GB/s | × cp | peak extra disk (MB) |",
                     "|---|---|---|---|---|---|---|---|"]
-        for (name, _, _) in commands {
+        for name in names {
             let s = samples[name]!
             let wall = median(s.map(\.wall))
             let spread = (s.map(\.wall).max()! - s.map(\.wall).min()!)
@@ -164,8 +177,7 @@ struct Bench {
         let table = rows.joined(separator: "\n")
         print(table)
         if !markdown.isEmpty {
-            let text = "\n### \(size) (\(String(format: "%.2f", Double(baseBytes) / 1e9)) GB bf16 base, r=16 adapter on all seven projections)\n\n" +
-                "Machine: \(machine). Command: `scripts/bench --size \(size) --repeat \(repeats)\(only.isEmpty ? "" : " --only '" + only.sorted().joined(separator: ";") + "'")`. Warm page cache, \(repeats) alternating repetitions.\n\n" + table + "\n"
+            let text = "\n### \(title)\n\nMachine: \(machine). Command: `\(command)`. Warm page cache, \(repeats) alternating repetitions.\n\n" + table + "\n"
             if let h = FileHandle(forWritingAtPath: markdown) {
                 h.seekToEndOfFile()
                 h.write(Data(text.utf8))
@@ -174,6 +186,39 @@ struct Bench {
                 _ = FileManager.default.createFile(atPath: markdown, contents: Data(text.utf8))
             }
         }
+    }
+
+    /// The image-model rows (`ImageWorkload`): cp -r and cp -r + sync of unet/, and the durable
+    /// merge of the kohya LoRA into it, alternating `repeats` times.
+    static func runImage(_ image: ImageWorkload, work: String, bin: String, repeats: Int, markdown: String) throws {
+        let dir = work + "/" + image.name, out = dir + "/out"
+        let t0 = Date()
+        // In a child process, so that the measured children (copies of this one) start small.
+        _ = try run([CommandLine.arguments[0], "--generate-only", "--size", image.name, "--work", work], quiet: false)
+        let baseBytes = directorySize(dir + "/unet")
+        print("workload \(image.name): unet \(String(format: "%.2f", Double(baseBytes) / 1e9)) GB (generated or reused in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s)")
+        let commands: [(String, [String], String?)] = [
+            ("cp -r", ["/bin/cp", "-r", dir + "/unet", out + "/cp"], out + "/cp"),
+            ("cp -r + sync", ["/bin/sh", "-c", "cp -r '\(dir)/unet' '\(out)/cps' && sync -f '\(out)/cps'"], out + "/cps"),
+            ("merge (kohya LoRA into unet/)", [bin, "merge", "--base", dir + "/unet", "--adapter", dir + "/lora.safetensors", "--output", out + "/merged", "--quiet"],
+             out + "/merged"),
+        ]
+        _ = try run(["/bin/cat", dir + "/unet/diffusion_pytorch_model.safetensors", dir + "/lora.safetensors"], quiet: true)
+        var samples: [String: [Sample]] = [:]
+        for r in 0..<repeats {
+            try? FileManager.default.removeItem(atPath: out)
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            for (name, argv, output) in commands {
+                _ = try run(["/bin/sync"], quiet: true)
+                samples[name, default: []].append(try run(argv, quiet: true, diskOf: out, output: output))
+                if let output { try? FileManager.default.removeItem(atPath: output) }
+            }
+            print("repetition \(r + 1)/\(repeats) done")
+        }
+        try? FileManager.default.removeItem(atPath: out)
+        report(rows: commands.map(\.0), samples: samples, baseBytes: baseBytes, markdown: markdown,
+               title: "\(image.name): \(image.title), fp16, kohya LoRA r=32 on the attention and feed-forward linears, LoCon r=16 on the 3×3 convolutions",
+               command: "scripts/bench --size \(image.name) --repeat \(repeats)", repeats: repeats)
     }
 
     /// Runs argv, returning wall time, user+sys CPU and peak RSS (KiB) of that child alone (wait4).
