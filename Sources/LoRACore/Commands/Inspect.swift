@@ -328,8 +328,10 @@ public enum Inspect {
     /// An image-model LoRA's modules per component (`DiffusersComponent.component(of:in:available:)`).
     static func componentTargets(_ adapter: Adapter) -> [InspectReport.ImageModel.Target] {
         var groups: [String: [AdapterModule]] = [:]
+        // Flux has a transformer, no UNet: its kohya `lora_unet_` modules target the transformer.
+        let denoiser = ImageModelFamily.of(adapter: adapter)?.name == "flux" ? "transformer" : "unet"
         for m in adapter.modules {
-            let c = DiffusersComponent.component(of: m.module, in: adapter.format, available: ["unet", "text_encoder", "text_encoder_2", "transformer"]) ?? "?"
+            let c = DiffusersComponent.component(of: m.module, in: adapter.format, available: [denoiser, "text_encoder", "text_encoder_2", "transformer"]) ?? "?"
             groups[c, default: []].append(m)
         }
         return groups.keys.sorted().map { c in

@@ -116,7 +116,10 @@ public enum DiffusersComponent {
             return r
         }
         do {
-            return Adapter(adapter, resolvedModules: try KohyaDialect.resolve(stripped, against: base), untargeted: untargeted)
+            // A diffusers Flux transformer takes kohya Flux names (BFL modules, fused ones split: `FluxNameMap`).
+            let flux = FluxNameMap.isDiffusers(base.names) ? try FluxNameMap(diffusers: base) : nil
+            let resolved = try flux?.resolve(stripped, against: base) ?? KohyaDialect.resolve(stripped, against: base)
+            return Adapter(adapter, resolvedModules: resolved, untargeted: untargeted)
         } catch let LoRACoreError.baseMismatch(module, detail) {
             throw LoRACoreError.baseMismatch(module: original[module] ?? module, detail: "\(detail) in \(base.path)")
         }
@@ -132,6 +135,10 @@ public enum DiffusersComponent {
             let mine = adapter.modules.filter { component(of: $0.module, in: adapter.format, available: pipeline.weightComponents) == c }
             guard !mine.isEmpty else { continue }
             let view = try view(of: adapter, for: c, available: pipeline.weightComponents, base: try Checkpoint(path: pipeline.path + "/" + c, headerOnly: true))
+            guard view.modules.count == mine.count else {
+                throw LoRACoreError.unsupportedAdapter(
+                    path: adapter.path, detail: "its \(c) modules include fused BFL modules (Flux qkv/linear1) that split into several diffusers modules, which this command does not take yet")
+            }
             for (original, m) in zip(mine, view.modules) {
                 var named = m
                 named.module = c + "." + m.module

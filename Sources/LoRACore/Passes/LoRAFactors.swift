@@ -147,6 +147,11 @@ struct LoRAFactors {
             a = LoRAFactors.transpose(a, rows: module.inFeatures, cols: module.rank)
             b = LoRAFactors.transpose(b, rows: module.rank, cols: module.outFeatures)
         }
+        if let rows = module.bRows {
+            // One part of a LoRA on a fused module: its rows of B, copied (`AdapterModule.bRows`).
+            let r = module.rank
+            b = rows.flatMap { b[($0.lowerBound * r)..<($0.upperBound * r)] }
+        }
         if let e = module.eName {
             let eValues = try TensorData.floats(adapter.checkpoint, e)
             for k in 0..<module.rank {

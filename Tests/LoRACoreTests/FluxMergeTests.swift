@@ -1,0 +1,105 @@
+import Foundation
+import Testing
+@testable import LoRACore
+@testable import SafeTensors
+
+@Suite("Image models: Flux transformer folders, pipelines and BFL single files with kohya and diffusers LoRAs")
+struct FluxMergeTests {
+    static let oracle = flux + "/merged/diffusion_pytorch_model.safetensors"
+
+    @Test("transformer/ × the kohya file equals diffusers' fuse (fp32, rounded once to bf16) within 1 ulp, 44 tensors merged, the same bytes as the diffusers file")
+    func kohyaIntoTransformer() throws {
+        let dir = temporaryDirectory()
+        let report = try mergeImageModel(fluxTransformer, [flux + "/kohya.safetensors"], into: dir + "/k")
+        // 30 kohya modules: 4 fused qkv → 12, 2 linear1 → 8, 24 one to one = 44 diffusers modules.
+        #expect(report.mergedTensors == 44)
+        #expect(report.files.sorted() == ["config.json", "diffusion_pytorch_model.safetensors"])
+        #expect(try worstUlps(dir + "/k/diffusion_pytorch_model.safetensors", Self.oracle) <= 1)
+        _ = try mergeImageModel(fluxTransformer, [flux + "/lora"], into: dir + "/d")
+        #expect(try worstUlps(dir + "/d/diffusion_pytorch_model.safetensors", Self.oracle) <= 1)
+        #expect(FileManager.default.contents(atPath: dir + "/k/diffusion_pytorch_model.safetensors")
+            == FileManager.default.contents(atPath: dir + "/d/diffusion_pytorch_model.safetensors"))
+    }
+
+    @Test("A fused kohya module splits into diffusers modules sharing A, each with its rows of B and the module's alpha/r")
+    func fusedModulesSplit() throws {
+        let kohya = try Adapter(path: flux + "/kohya.safetensors")
+        let view = try DiffusersComponent.view(of: kohya, for: "transformer", available: ["transformer"], base: try Checkpoint(path: fluxTransformer))
+        let linear1 = view.modules.filter { $0.module.hasPrefix("single_transformer_blocks.0.") && $0.bRows != nil }
+        #expect(linear1.map(\.module) == ["single_transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.attn.to_k",
+                                          "single_transformer_blocks.0.attn.to_v", "single_transformer_blocks.0.proj_mlp"])
+        #expect(linear1.map(\.bRows) == [[0..<16], [16..<32], [32..<48], [48..<112]])
+        #expect(linear1.map(\.outFeatures) == [16, 16, 16, 64])
+        #expect(Set(linear1.map(\.aName)) == ["lora_unet_single_blocks_0_linear1.lora_down.weight"])
+        #expect(Set(linear1.map(\.scale)) == [1.5])
+        let norm = view.modules.first { $0.module == "norm_out.linear" }
+        #expect(norm?.bRows == [16..<32, 0..<16] && norm?.scale == 1.5)
+        #expect(view.modules.count == 44)
+    }
+
+    @Test("A Flux pipeline folder takes the kohya file's lora_unet_ modules into transformer/; other files byte for byte")
+    func pipelineFolder() throws {
+        let dir = temporaryDirectory(), pipeline = dir + "/pipeline"
+        try FileManager.default.createDirectory(atPath: pipeline, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: fluxTransformer, toPath: pipeline + "/transformer")
+        let index = #"{"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1", "transformer": ["diffusers", "FluxTransformer2DModel"]}"#
+        try Data(index.utf8).write(to: URL(fileURLWithPath: pipeline + "/model_index.json"))
+        #expect(ImageModelFamily.of(directory: pipeline)?.name == "flux")
+        let report = try mergeImageModel(pipeline, [flux + "/kohya.safetensors"], into: dir + "/out")
+        #expect(report.mergedTensors == 44)
+        #expect(try worstUlps(dir + "/out/transformer/diffusion_pytorch_model.safetensors", Self.oracle) <= 1)
+        #expect(FileManager.default.contents(atPath: dir + "/out/model_index.json") == Data(index.utf8))
+        var v = VerifyOptions(base: pipeline, adapters: [(flux + "/kohya.safetensors", 1)], merged: dir + "/out")
+        v.threads = 2
+        #expect(try Verify.run(v).passed)
+    }
+
+    @Test("verify passes the expected merge (merged/) and names the tensor of a changed element")
+    func verifyTransformer() throws {
+        var v = VerifyOptions(base: fluxTransformer, adapters: [(flux + "/kohya.safetensors", 1)], merged: flux + "/merged")
+        v.threads = 2
+        let report = try Verify.run(v)
+        #expect(report.passed)
+        let dir = temporaryDirectory() + "/changed"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: flux + "/merged/config.json", toPath: dir + "/config.json")
+        let tensor = "single_transformer_blocks.1.proj_mlp.weight"
+        try rewriteSafeTensors(Self.oracle, to: dir + "/diffusion_pytorch_model.safetensors", metadata: try Checkpoint(path: Self.oracle).metadata, flip: tensor)
+        v.merged = dir
+        #expect(try Verify.run(v).failures.map(\.tensor) == [tensor])
+    }
+
+    @Test("inspect: the kohya and diffusers files are flux LoRAs targeting the transformer; transformer/ and single.safetensors are flux")
+    func inspectFamilies() throws {
+        for (file, dialect, modules) in [("kohya.safetensors", "kohya LoRA (sd-scripts)", 30), ("lora", "diffusers LoRA", 44)] {
+            let report = try Inspect.run(path: flux + "/" + file)
+            #expect(report.adapter?.dialect == dialect)
+            #expect(report.imageModel?.family?.name == "flux")
+            #expect(report.imageModel?.targets.map(\.component) == ["transformer"])
+            #expect(report.imageModel?.targets.map(\.modules) == [modules])
+            #expect(report.imageModel?.targets.first?.ranks == [2, 4])
+        }
+        #expect(try Inspect.run(path: fluxTransformer).imageModel?.family?.name == "flux")
+    }
+
+    @Test("A kohya Flux module whose lora_up rows are not its BFL module's, or that names no module, is refused by name")
+    func refusals() throws {
+        let dir = temporaryDirectory()
+        // single_blocks_0_linear1's up factor given to img_attn_qkv (112 rows where q, k, v have 48).
+        try rewriteTensors(flux + "/kohya.safetensors", to: dir + "/rows.safetensors",
+                           keep: { $0.hasPrefix("lora_unet_single_blocks_0_linear1.") },
+                           rename: { $0.replacingOccurrences(of: "single_blocks_0_linear1", with: "double_blocks_0_img_attn_qkv") })
+        #expect {
+            try mergeImageModel(fluxTransformer, [dir + "/rows.safetensors"], into: dir + "/out1")
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("lora_unet_double_blocks_0_img_attn_qkv") && text.contains("112 rows") && text.contains("48")
+        }
+        try rewriteTensors(flux + "/kohya.safetensors", to: dir + "/name.safetensors",
+                           keep: { $0.hasPrefix("lora_unet_img_in.") }, rename: { $0.replacingOccurrences(of: "img_in", with: "img_out") })
+        #expect {
+            try mergeImageModel(fluxTransformer, [dir + "/name.safetensors"], into: dir + "/out2")
+        } throws: { error in "\(error)".contains("lora_unet_img_out") && "\(error)".contains("no base module matches") }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out1") && !FileManager.default.fileExists(atPath: dir + "/out2"))
+    }
+}
