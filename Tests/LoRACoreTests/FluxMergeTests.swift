@@ -102,4 +102,54 @@ struct FluxMergeTests {
         } throws: { error in "\(error)".contains("lora_unet_img_out") && "\(error)".contains("no base module matches") }
         #expect(!FileManager.default.fileExists(atPath: dir + "/out1") && !FileManager.default.fileExists(atPath: dir + "/out2"))
     }
+
+    // MARK: - BFL single files
+
+    @Test("single.safetensors × the kohya file is ONE file with the base's names and metadata, equal to merged-single.safetensors (diffusers' fuse in BFL names) within 1 ulp")
+    func kohyaIntoSingleFile() throws {
+        let out = temporaryDirectory() + "/out.safetensors"
+        let report = try mergeImageModel(fluxSingle, [flux + "/kohya.safetensors"], into: out)
+        var isDir: ObjCBool = true
+        #expect(FileManager.default.fileExists(atPath: out, isDirectory: &isDir) && !isDir.boolValue)
+        #expect(report.files == ["out.safetensors"] && report.mergedTensors == 30)
+        #expect(try worstUlps(out, flux + "/merged-single.safetensors") <= 1)
+        let merged = try Checkpoint(path: out), base = try Checkpoint(path: fluxSingle)
+        #expect(merged.names == base.names)
+        #expect(merged.metadata.map { $0.map { "\($0.key)=\($0.value)" } } == ["format=pt"])
+        let changed = try base.names.filter { try Array(base.bytes(of: $0)) != Array(merged.bytes(of: $0)) }
+        #expect(changed.count == 30 && changed.contains("double_blocks.0.img_attn.qkv.weight") && changed.contains("final_layer.adaLN_modulation.1.weight"))
+    }
+
+    @Test("verify passes the single-file merge and names a changed tensor; inspect names the single file flux")
+    func verifySingleFile() throws {
+        var v = VerifyOptions(base: fluxSingle, adapters: [(flux + "/kohya.safetensors", 1)], merged: flux + "/merged-single.safetensors")
+        v.threads = 2
+        let report = try Verify.run(v)
+        #expect(report.passed && report.files.map(\.status) == [.equal])
+        let changed = temporaryDirectory() + "/changed.safetensors", tensor = "single_blocks.0.linear1.weight"
+        try rewriteSafeTensors(flux + "/merged-single.safetensors", to: changed, metadata: [("format", "pt")], flip: tensor)
+        v.merged = changed
+        #expect(try Verify.run(v).failures.map(\.tensor) == [tensor])
+        let family = try Inspect.run(path: fluxSingle).imageModel?.family
+        #expect(family?.name == "flux" && family?.evidence.contains("double_blocks.0.img_attn.qkv.weight") == true)
+    }
+
+    @Test("Into a BFL single file: a diffusers-format LoRA, a text-encoder module and a directory --output are refused by name, nothing written")
+    func singleFileRefusals() throws {
+        let dir = temporaryDirectory()
+        #expect {
+            try mergeImageModel(fluxSingle, [flux + "/lora"], into: dir + "/a.safetensors")
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("transformer.context_embedder") && text.contains("diffusers-format Flux LoRA into a BFL single file")
+        }
+        try rewriteTensors(flux + "/kohya.safetensors", to: dir + "/te.safetensors", rename: { $0.replacingOccurrences(of: "lora_unet_img_in", with: "lora_te1_text_model_encoder_layers_0_mlp_fc1") })
+        #expect {
+            try mergeImageModel(fluxSingle, [dir + "/te.safetensors"], into: dir + "/b.safetensors")
+        } throws: { error in "\(error)".contains("lora_te1_text_model_encoder_layers_0_mlp_fc1") && "\(error)".contains("text_encoder") }
+        #expect {
+            try mergeImageModel(fluxSingle, [flux + "/kohya.safetensors"], into: dir + "/c")
+        } throws: { error in "\(error)".contains("give --output NAME.safetensors") }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["te.safetensors"])
+    }
 }
