@@ -10,8 +10,10 @@ let flux = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appending
 let fluxTransformer = flux + "/transformer"
 let fluxSingle = flux + "/single.safetensors"
 
-/// Copies `source` keeping the tensors `keep` accepts, renamed by `rename`.
-func rewriteTensors(_ source: String, to destination: String, keep: (String) -> Bool = { _ in true }, rename: (String) -> String = { $0 }) throws {
+/// Copies `source` keeping the tensors `keep` accepts, renamed by `rename`; `substitute` gives a
+/// written tensor the bytes of another tensor of `source` (same dtype and shape).
+func rewriteTensors(_ source: String, to destination: String, keep: (String) -> Bool = { _ in true }, rename: (String) -> String = { $0 },
+                    substitute: [String: String] = [:]) throws {
     let ckpt = try Checkpoint(path: source)
     let names = ckpt.names.filter(keep)
     let infos = names.map { n -> TensorInfo in
@@ -20,7 +22,7 @@ func rewriteTensors(_ source: String, to destination: String, keep: (String) -> 
     }
     let w = try SafeTensorsWriter(path: destination, tensors: infos, metadata: ckpt.metadata)
     let source = Dictionary(uniqueKeysWithValues: names.map { (rename($0), $0) })
-    while let t = w.nextTensor { try w.write(t.name, bytes: try ckpt.bytes(of: source[t.name]!)) }
+    while let t = w.nextTensor { try w.write(t.name, bytes: try ckpt.bytes(of: substitute[t.name] ?? source[t.name]!)) }
     try w.finish()
 }
 

@@ -27,7 +27,7 @@ extension DiffusersComponent {
         for adapter in adapters where adapter.format == .diffusers {
             throw LoRACoreError.unsupportedAdapter(
                 path: adapter.path,
-                detail: "module '\(adapter.modules.first?.module ?? "?")': a diffusers-format Flux LoRA into a BFL single file (\(path), q/k/v fused in qkv and linear1) is not supported yet; merge it into the diffusers transformer/ folder, or use a kohya Flux LoRA (BFL names)")
+                detail: "module '\(adapter.modules.first?.module ?? "?")': a diffusers-format Flux LoRA into a BFL single file (\(path), q/k/v fused in qkv and linear1) is not supported yet; merge it into the diffusers transformer/ folder, or convert it to BFL names first (lora-tool convert --to kohya)")
         }
         try refuseForeign(adapters, available: ["transformer"], base: path + " (a Flux transformer in BFL names)")
     }

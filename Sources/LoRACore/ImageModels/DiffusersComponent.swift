@@ -126,26 +126,34 @@ public enum DiffusersComponent {
     }
 
     /// An image-model LoRA's modules resolved against the pipeline's components, in the adapter's
-    /// order, each named `<component>.<module as the component names it>` (diffusers' key form).
+    /// order, each named `<component>.<module as the component names it>` (diffusers' key form); a
+    /// kohya Flux module on a fused BFL weight becomes its diffusers parts, in row order (`FluxNameMap`).
     /// - Throws: as `openAdapters` and `view`.
     static func pipelineModules(of adapter: Adapter, pipeline: DiffusersPipeline) throws -> [AdapterModule] {
         try refuseForeign([adapter], available: pipeline.weightComponents, base: pipeline.path)
-        var resolved: [String: AdapterModule] = [:]
-        for c in pipeline.weightComponents {
-            let mine = adapter.modules.filter { component(of: $0.module, in: adapter.format, available: pipeline.weightComponents) == c }
+        return try componentModules(of: adapter, components: pipeline.weightComponents) { try Checkpoint(path: pipeline.path + "/" + $0, headerOnly: true) }
+    }
+
+    /// `adapter`'s modules resolved against `components` (each one's tensors from `base`), as `pipelineModules`.
+    static func componentModules(of adapter: Adapter, components: [String], base: (String) throws -> any TensorStore) throws -> [AdapterModule] {
+        var resolved: [String: [AdapterModule]] = [:]
+        for c in components {
+            let mine = adapter.modules.filter { component(of: $0.module, in: adapter.format, available: components) == c }
             guard !mine.isEmpty else { continue }
-            let view = try view(of: adapter, for: c, available: pipeline.weightComponents, base: try Checkpoint(path: pipeline.path + "/" + c, headerOnly: true))
-            guard view.modules.count == mine.count else {
-                throw LoRACoreError.unsupportedAdapter(
-                    path: adapter.path, detail: "its \(c) modules include fused BFL modules (Flux qkv/linear1) that split into several diffusers modules, which this command does not take yet")
+            let view = try view(of: adapter, for: c, available: components, base: try base(c))
+            let named = view.modules.map { m -> AdapterModule in
+                var r = m
+                r.module = c + "." + m.module
+                return r
             }
-            for (original, m) in zip(mine, view.modules) {
-                var named = m
-                named.module = c + "." + m.module
-                resolved[original.module] = named
+            if named.count == mine.count {
+                for (original, m) in zip(mine, named) { resolved[original.module] = [m] }
+            } else {
+                // Split fused modules: each part keeps its LoRA's tensor names (only LoRA modules split).
+                for original in mine { resolved[original.module] = named.filter { $0.aName == original.aName && $0.bName == original.bName } }
             }
         }
-        return adapter.modules.map { resolved[$0.module]! }
+        return adapter.modules.flatMap { resolved[$0.module]! }
     }
 
     /// sd-scripts' name of a module of an SD 1.x/2.x diffusers-format LoRA: `unet.down_blocks.0.…` →

@@ -52,8 +52,18 @@ public struct FluxNameMap: Sendable {
     /// The map for the diffusers Flux transformer `base` (block counts and row counts from its tensors).
     /// - Throws: `LoRACoreError.invalidRequest` when a diffusers part of the table is missing from `base`.
     public init(diffusers base: any TensorStore) throws {
+        try self.init(modules: base.names, rows: { base.info($0 + ".weight")?.shape.first }) { present, all, bfl in
+            LoRACoreError.invalidRequest("\(base.path): a Flux transformer with \(present) but not all of \(all) (the parts of BFL's \(bfl))")
+        }
+    }
+
+    /// The map for the diffusers modules a table entry's `rows` knows (the output rows of each, nil
+    /// for a module that is absent); block counts from `modules` (tensor or module names).
+    /// - Parameter incomplete: the error for an entry some of whose parts are present and some not
+    ///   (present parts, all parts, BFL module).
+    init(modules: [String], rows rowsOf: (String) -> Int?, incomplete: (String, String, String) -> LoRACoreError) throws {
         func blocks(_ prefix: String) -> Int {
-            Set(base.names.compactMap { n -> Int? in
+            Set(modules.compactMap { n -> Int? in
                 guard n.hasPrefix(prefix) else { return nil }
                 return Int(n.dropFirst(prefix.count).prefix { $0 != "." })
             }).count
@@ -87,12 +97,12 @@ public struct FluxNameMap: Sendable {
         var parts: [String: [Part]] = [:]
         for entry in table {
             // guidance_in exists in Flux.1-dev, not in schnell: a module the base lacks has no entry.
-            let shapes = entry.diffusers.map { base.info($0 + ".weight")?.shape }
-            if shapes.allSatisfy({ $0 == nil }) { continue }
-            let rows = shapes.compactMap { $0?.first }
-            guard rows.count == shapes.count else {
-                throw LoRACoreError.invalidRequest(
-                    "\(base.path): a Flux transformer with \(entry.diffusers.compactMap { base.info($0 + ".weight") == nil ? nil : $0 }.joined(separator: ", ")) but not all of \(entry.diffusers.joined(separator: ", ")) (the parts of BFL's \(entry.bfl))")
+            let counts = entry.diffusers.map(rowsOf)
+            if counts.allSatisfy({ $0 == nil }) { continue }
+            let rows = counts.compactMap { $0 }
+            guard rows.count == counts.count else {
+                throw incomplete(zip(entry.diffusers, counts).compactMap { $1 == nil ? nil : $0 }.joined(separator: ", "),
+                                 entry.diffusers.joined(separator: ", "), entry.bfl)
             }
             var start = 0
             parts[entry.bfl] = zip(entry.diffusers, rows).map { module, count in
@@ -156,5 +166,59 @@ public struct FluxNameMap: Sendable {
     /// - Throws: `LoRACoreError.baseMismatch` naming the module, as `diffusersModules` and `resolve`.
     func resolve(_ modules: [AdapterModule], against base: any TensorStore) throws -> [AdapterModule] {
         try modules.flatMap { m in try diffusersModules(of: m, flat: m.module) ?? KohyaDialect.resolve([m], against: base) }
+    }
+
+    /// A diffusers-format Flux LoRA's transformer factors (`transformer.<module>`) as sd-scripts' kohya
+    /// modules (`lora_unet_<BFL module with _>`): a module one to one with its BFL module keeps its
+    /// factors; the parts of a fused BFL module (to_q, to_k, to_v → `img_attn_qkv`) become one module
+    /// with their shared A and their B rows placed at their BFL rows (`norm_out.linear`'s halves
+    /// swapped back). Values are copied, never multiplied: the scale stays α/r (`.alpha` = s·r).
+    /// - Throws: `LoRACoreError.unsupportedAdapter` naming the module for one of another component or
+    ///   that no BFL module holds, and for the parts of a fused module that are not all present or do
+    ///   not share one A (bit for bit) and one α/r: kohya's fused module has one `lora_down` and one alpha.
+    static func kohyaFactors(_ factors: [LoRAFactors], adapter: Adapter) throws -> [LoRAFactors] {
+        var byModule: [String: LoRAFactors] = [:]
+        for f in factors {
+            guard let (component, module) = DiffusersDialect.split(f.module.module), component == "transformer" else {
+                throw LoRACoreError.unsupportedAdapter(
+                    path: adapter.path, detail: "module '\(f.module.module)': a Flux LoRA converts to kohya names for its transformer modules only (sd-scripts' text-encoder names are not written yet)")
+            }
+            byModule[module] = f
+        }
+        let map = try FluxNameMap(modules: Array(byModule.keys), rows: { byModule[$0]?.module.outFeatures }) { present, all, bfl in
+            LoRACoreError.unsupportedAdapter(
+                path: adapter.path, detail: "modules \(present) without the rest of \(all): kohya's fused \(bfl) holds one LoRA on all of them")
+        }
+        var fused: [String: LoRAFactors] = [:]
+        for module in byModule.keys.sorted(by: utf8Precedes) {
+            guard let (bfl, _) = map.bfl(ofDiffusers: module) else {
+                throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "module 'transformer.\(module)' is no part of a BFL Flux module (FluxNameMap), so it has no kohya name")
+            }
+            guard fused[bfl] == nil else { continue }
+            let parts = map.parts[bfl]!, first = byModule[parts[0].module]!
+            let r = first.module.rank
+            for p in parts.dropFirst() {
+                let f = byModule[p.module]!
+                guard f.module.rank == r, f.a == first.a, f.module.scale == first.module.scale, f.module.convShape == nil else {
+                    throw LoRACoreError.unsupportedAdapter(
+                        path: adapter.path,
+                        detail: "modules transformer.\(parts[0].module) and transformer.\(p.module) differ in lora_A or alpha/r: kohya's fused \(bfl) has one lora_down and one alpha")
+                }
+            }
+            let total = parts.reduce(0) { $0 + $1.rows.reduce(0) { $0 + $1.count } }
+            var b = [Float](repeating: 0, count: total * r)
+            for p in parts {
+                let part = byModule[p.module]!.b
+                for (j, row) in p.rows.flatMap({ Array($0) }).enumerated() {
+                    for k in 0..<r { b[row * r + k] = part[j * r + k] }
+                }
+            }
+            var m = first.module
+            m.module = "lora_unet_" + bfl.replacingOccurrences(of: ".", with: "_")
+            m.outFeatures = total
+            m.bRows = nil
+            fused[bfl] = first.replacing(module: m, b: b)
+        }
+        return fused.keys.sorted(by: utf8Precedes).map { fused[$0]! }
     }
 }
