@@ -2539,6 +2539,41 @@ def bf16_order(x):
     return torch.where(b < 0, -(b & 0x7FFF), b)
 
 
+def check_lora_tool_flux(d, config_dir):
+    """When the binary is built: lora-tool's merge of transformer/ with kohya.safetensors loads with
+    FluxTransformer2DModel.from_pretrained and equals merged/ bit for bit; its merge of single.safetensors
+    is one file equal to merged-single.safetensors that from_single_file loads (flux_from_single_file);
+    its convert --to diffusers of kohya.safetensors (transformer/ as --base) loads with load_lora_adapter
+    and fuses (fp32, rounded once) to merged/; its convert --to kohya of lora/ equals kohya.safetensors."""
+    import subprocess, tempfile
+    from diffusers import FluxTransformer2DModel
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool):
+        print("lora-tool not built: its flux merges not checked")
+        return
+    run = lambda *args: subprocess.run([tool, *args], check=True, stdout=subprocess.DEVNULL)
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+    with tempfile.TemporaryDirectory() as t:
+        run("merge", "--base", os.path.join(d, "transformer"), "--adapter", os.path.join(d, "kohya.safetensors"), "--output", os.path.join(t, "m"), "--quiet")
+        ours = FluxTransformer2DModel.from_pretrained(os.path.join(t, "m"), torch_dtype=torch.bfloat16).state_dict()
+        assert same(ours, FluxTransformer2DModel.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.bfloat16).state_dict())
+        run("merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "kohya.safetensors"), "--output", os.path.join(t, "s.safetensors"))
+        assert same(load_file(os.path.join(t, "s.safetensors")), load_file(os.path.join(d, "merged-single.safetensors")))
+        loaded, _ = flux_from_single_file(os.path.join(t, "s.safetensors"), config_dir)
+        assert same(loaded.state_dict(), ours)
+        run("convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(d, "transformer"), "--output", os.path.join(t, "d"))
+        model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
+        model.load_lora_adapter(os.path.join(t, "d"), weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="x")
+        model.fuse_lora()
+        model.unload_lora()
+        model.to(torch.bfloat16)
+        assert same(model.state_dict(), ours)
+        run("convert", os.path.join(d, "lora"), "--to", "kohya", "--output", os.path.join(t, "k.safetensors"))
+        assert same(load_file(os.path.join(t, "k.safetensors")), load_file(os.path.join(d, "kohya.safetensors")))
+    print("lora-tool's flux merges load in diffusers and equal its fuse bit for bit (the single file too); its diffusers conversion of"
+          " kohya.safetensors fuses in diffusers to merged/; its kohya conversion of lora/ equals kohya.safetensors")
+
+
 def flux_cases():
     """flux/: transformer/ (a tiny FluxTransformer2DModel in bf16, save_pretrained; config.json as a
     pipeline's transformer/ folder), single.safetensors (the same weights as a BFL single file,
@@ -2682,6 +2717,7 @@ def flux_cases():
         u = round((e - got[k].to(torch.bfloat16).float()).abs().max().item() / ulp, 2)
         if u:
             kohya_ulps[k[:-len(".weight")]] = u
+    check_lora_tool_flux(d, config_dir)
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump({"kohya_scales": dict(sorted(scales.items())), "diffusers_kohya_loader": kohya_loader,
                    "diffusers_kohya_loader_without_linear1": {"modules_left_unchanged": kohya_dropped, "max_error_in_bf16_ulps_of_largest": kohya_ulps}, "diffusers_from_single_file": single_error,

@@ -5,7 +5,7 @@ import Testing
 struct FluxCommandTests {
     static let flux = "Tests/LoRACoreTests/ImageFixtures/flux"
 
-    @Test("The README's Flux commands: inspect names flux and the transformer; merges into transformer/ and the BFL single file (one file) verify")
+    @Test("The README's Flux commands: inspect names flux and the transformer; merges into transformer/ and the BFL single file (one file) verify; conversions both ways")
     func readmeCommands() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -29,5 +29,9 @@ struct FluxCommandTests {
         let (s7, o7, e7) = try run(["merge", "--base", single, "--adapter", flux + "/lora", "--output", dir + "/never.safetensors"])
         #expect(s7 == 1 && o7.isEmpty && e7.hasPrefix("error: \(flux)/lora: module 'transformer.context_embedder': a diffusers-format Flux LoRA into a BFL single file"), "\(e7)")
         #expect(e7.split(separator: "\n").count == 1)
+        let (s8, o8, e8) = try run(["convert", kohya, "--to", "diffusers", "--base", flux + "/transformer", "--output", dir + "/flux-kohya-diffusers"])
+        #expect(s8 == 0 && o8.contains("modules  44, scales 0.75, 1, 1.5, 2"), "\(o8)\(e8)")
+        let (s9, o9, e9) = try run(["convert", flux + "/lora", "--to", "kohya", "--output", dir + "/flux-lora-kohya.safetensors"])
+        #expect(s9 == 0 && o9.contains("30 kohya modules"), "\(o9)\(e9)")
     }
 }
