@@ -82,6 +82,18 @@ struct FluxMergeTests {
         #expect(try Inspect.run(path: fluxTransformer).imageModel?.family?.name == "flux")
     }
 
+    @Test("inspect --base: the kohya file against transformer/ lists its 44 diffusers modules, against the single file its 30 BFL modules, no problem; the diffusers file against the single file names the problem")
+    func inspectAgainstBases() throws {
+        let kohya = flux + "/kohya.safetensors"
+        let transformer = try Inspect.run(path: kohya, base: fluxTransformer)
+        #expect(transformer.base?.problems == [] && transformer.adapter?.modules.count == 44)
+        #expect(transformer.adapter?.modules.contains { $0.module == "single_transformer_blocks.1.proj_mlp" && $0.scale == 1 } == true)
+        let single = try Inspect.run(path: kohya, base: fluxSingle)
+        #expect(single.base?.problems == [] && single.adapter?.modules.count == 30)
+        let problems = try Inspect.run(path: flux + "/lora", base: fluxSingle).base?.problems ?? []
+        #expect(problems.count == 1 && problems.first?.contains("diffusers-format Flux LoRA into a BFL single file") == true)
+    }
+
     @Test("A kohya Flux module whose lora_up rows are not its BFL module's, or that names no module, is refused by name")
     func refusals() throws {
         let dir = temporaryDirectory()

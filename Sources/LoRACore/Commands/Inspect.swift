@@ -207,7 +207,14 @@ public enum Inspect {
             if adapter.targetsParameters && basePath == nil {
                 throw LoRACoreError.invalidRequest("\(path): target_parameters LoRA (MoE experts) is laid out by the base model; give --base")
             }
-            let resolved = basePath == nil ? adapter.modules : try adapter.modules(resolvedAgainst: try Checkpoint(path: basePath!, headerOnly: true))
+            var resolved = adapter.modules
+            if let basePath {
+                let base = try Checkpoint(path: basePath, headerOnly: true)
+                // A diffusers component folder names the image-model LoRA's modules as `merge` does (a kohya
+                // Flux file's fused modules split); when it refuses them, "base match" below says why.
+                let view = (try? DiffusersComponent.restrict([adapter], basePath: basePath, base: base)[0]) ?? adapter
+                resolved = try view.modules(resolvedAgainst: base)
+            }
             let mods = resolved.map {
                 InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.update == nil ? $0.kind.rawValue : $0.typeName, rank: $0.rank, alpha: $0.alpha,
                                                     scale: $0.scale, dora: $0.isDoRA)
