@@ -115,6 +115,31 @@ struct FluxMergeTests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/out1") && !FileManager.default.fileExists(atPath: dir + "/out2"))
     }
 
+    @Test("A LyCORIS LoHa on a one-to-one BFL module (img_in) merges into transformer/ as into the single file, the same bytes; on a fused one (img_attn_qkv) it is refused by name for transformer/")
+    func lycorisModules() throws {
+        let dir = temporaryDirectory()
+        func values(_ n: Int, _ seed: Float) -> [Float] { (0..<n).map { Float(($0 * 7 + Int(seed * 13)) % 11) / 40 - 0.12 } }
+        var tensors: [(String, [Int], [Float])] = []
+        for (module, out, inp) in [("lora_unet_img_in", 16, 8), ("lora_unet_double_blocks_0_img_attn_qkv", 48, 16)] {
+            tensors += [(module + ".hada_w1_a", [out, 2], values(out * 2, 1)), (module + ".hada_w1_b", [2, inp], values(2 * inp, 2)),
+                        (module + ".hada_w2_a", [out, 2], values(out * 2, 3)), (module + ".hada_w2_b", [2, inp], values(2 * inp, 4)),
+                        (module + ".alpha", [], [3])]
+        }
+        try ChunkedMergeTests.write(tensors.filter { $0.0.hasPrefix("lora_unet_img_in.") }, to: dir + "/img_in.safetensors")
+        try ChunkedMergeTests.write(tensors, to: dir + "/both.safetensors")
+        _ = try mergeImageModel(fluxTransformer, [dir + "/img_in.safetensors"], into: dir + "/t")
+        _ = try mergeImageModel(fluxSingle, [dir + "/img_in.safetensors"], into: dir + "/s.safetensors")
+        let t = try Checkpoint(path: dir + "/t"), single = try Checkpoint(path: dir + "/s.safetensors"), base = try Checkpoint(path: fluxTransformer)
+        #expect(Array(try t.bytes(of: "x_embedder.weight")) == Array(try single.bytes(of: "img_in.weight")))
+        #expect(Array(try t.bytes(of: "x_embedder.weight")) != Array(try base.bytes(of: "x_embedder.weight")))
+        #expect {
+            try mergeImageModel(fluxTransformer, [dir + "/both.safetensors"], into: dir + "/t2")
+        } throws: { error in
+            "\(error)".contains("lora_unet_double_blocks_0_img_attn_qkv") && "\(error)".contains("LoHa update on BFL") && "\(error)".contains("double_blocks.0.img_attn.qkv cannot be split")
+        }
+        _ = try mergeImageModel(fluxSingle, [dir + "/both.safetensors"], into: dir + "/s2.safetensors")
+    }
+
     // MARK: - BFL single files
 
     @Test("single.safetensors × the kohya file is ONE file with the base's names and metadata, equal to merged-single.safetensors (diffusers' fuse in BFL names) within 1 ulp")

@@ -138,18 +138,19 @@ public struct FluxNameMap: Sendable {
     func diffusersModules(of module: AdapterModule, flat: String) throws -> [AdapterModule]? {
         guard let bfl = bflModule(ofKohya: flat), let ps = parts[bfl] else { return nil }
         let rows = ps.reduce(0) { $0 + $1.rows.reduce(0) { $0 + $1.count } }
-        guard module.bRows == nil, module.outFeatures == rows, module.convShape == nil else {
-            throw LoRACoreError.baseMismatch(
-                module: module.module, detail: "its lora_up has \(module.outFeatures) rows, but BFL's \(bfl) has \(rows) (\(ps.map(\.module).joined(separator: ", ")) of the base)")
-        }
-        guard module.update == nil || ps.count == 1 else {
-            throw LoRACoreError.baseMismatch(
-                module: module.module, detail: "a \(module.typeName) update on BFL's fused \(bfl) cannot be split into \(ps.map(\.module).joined(separator: ", ")) of the base (only a LoRA can)")
-        }
         if ps.count == 1, ps[0].rows == [0..<rows] {
+            // One to one (any update type): the merge checks the shape against the base tensor.
             var m = module
             m.module = ps[0].module
             return [m]
+        }
+        guard module.update == nil else {
+            throw LoRACoreError.baseMismatch(
+                module: module.module, detail: "a \(module.typeName) update on BFL's \(bfl) cannot be split into the rows of \(ps.map(\.module).joined(separator: ", ")) of the base (only a LoRA can)")
+        }
+        guard module.bRows == nil, module.outFeatures == rows, module.convShape == nil else {
+            throw LoRACoreError.baseMismatch(
+                module: module.module, detail: "its lora_up has \(module.outFeatures) rows, but BFL's \(bfl) has \(rows) (\(ps.map(\.module).joined(separator: ", ")) of the base)")
         }
         return ps.map { p in
             var m = module
