@@ -80,6 +80,12 @@ struct FluxMergeTests {
             #expect(report.imageModel?.targets.first?.ranks == [2, 4])
         }
         #expect(try Inspect.run(path: fluxTransformer).imageModel?.family?.name == "flux")
+        // With a CLIP-L module (sd-scripts' Flux LoRAs name it lora_te1_): still flux, its module targets text_encoder.
+        let withClip = temporaryDirectory() + "/te1.safetensors"
+        try rewriteTensors(flux + "/kohya.safetensors", to: withClip, rename: { $0.replacingOccurrences(of: "lora_unet_img_in", with: "lora_te1_text_model_encoder_layers_0_mlp_fc1") })
+        let report = try Inspect.run(path: withClip)
+        #expect(report.imageModel?.family?.name == "flux")
+        #expect(report.imageModel?.targets.map(\.component) == ["text_encoder", "transformer"] && report.imageModel?.targets.map(\.modules) == [1, 29])
     }
 
     @Test("inspect --base: the kohya file against transformer/ lists its 44 diffusers modules, against the single file its 30 BFL modules, no problem; the diffusers file against the single file names the problem")
