@@ -44,9 +44,10 @@ public struct FluxNameMap: Sendable {
     /// Whether `names` are a BFL Flux transformer's tensors (`double_blocks.0.img_attn.qkv.weight`).
     public static func isBFL(_ names: [String]) -> Bool { names.contains(bflMarker) }
 
-    /// Whether `names` are a diffusers `FluxTransformer2DModel`'s tensors.
+    /// Whether `names` are a diffusers `FluxTransformer2DModel`'s tensors: a single block's `proj_mlp`
+    /// (SD3's transformer, also with `transformer_blocks.N.attn.add_q_proj`, has no single blocks).
     public static func isDiffusers(_ names: [String]) -> Bool {
-        names.contains("single_transformer_blocks.0.proj_mlp.weight") || names.contains("transformer_blocks.0.attn.add_q_proj.weight")
+        names.contains("single_transformer_blocks.0.proj_mlp.weight")
     }
 
     /// The map for the diffusers Flux transformer `base` (block counts and row counts from its tensors).
