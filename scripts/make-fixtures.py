@@ -2425,6 +2425,344 @@ def check_lora_tool_pipeline(d):
           " its diffusers conversion of kohya.safetensors fuses in diffusers to merged/ within 1 ulp")
 
 
+# --- Image models: a tiny Flux transformer, its BFL single file and its LoRAs ----------------------
+
+def tiny_flux_transformer(dtype):
+    """FluxTransformer2DModel of Flux.1-dev's shape (guidance embedder, double and single blocks),
+    tiny: 2 double blocks, 2 single blocks, 2 heads of 8 (inner 16, MLP 64), every weight random."""
+    from diffusers import FluxTransformer2DModel
+    torch.manual_seed(31)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=2, num_single_layers=2, attention_head_dim=8,
+                                   num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, guidance_embeds=True,
+                                   axes_dims_rope=(2, 2, 4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return model.to(dtype)
+
+
+def bfl_flux_state_dict(sd, cfg):
+    """A diffusers FluxTransformer2DModel state dict in BFL's names (flux1-dev.safetensors): the inverse of
+    diffusers' convert_flux_transformer_checkpoint_to_diffusers (loaders/single_file_utils.py). q/k/v are
+    concatenated into double_blocks.N.img_attn.qkv / txt_attn.qkv (weight and bias), single blocks'
+    to_q/to_k/to_v/proj_mlp into single_blocks.N.linear1, norm_out.linear's (scale, shift) halves swapped
+    back to final_layer.adaLN_modulation.1's (shift, scale); every tensor is used exactly once."""
+    sd = dict(sd)
+    out = {}
+    def take(src, dst):
+        for suffix in (".weight", ".bias"):
+            if src + suffix in sd:
+                out[dst + suffix] = sd.pop(src + suffix)
+    def cat(srcs, dst):
+        for suffix in (".weight", ".bias"):
+            out[dst + suffix] = torch.cat([sd.pop(s + suffix) for s in srcs], dim=0).contiguous()
+    for a, b in (("time_in", "timestep_embedder"), ("vector_in", "text_embedder"), ("guidance_in", "guidance_embedder")):
+        take(f"time_text_embed.{b}.linear_1", f"{a}.in_layer")
+        take(f"time_text_embed.{b}.linear_2", f"{a}.out_layer")
+    take("context_embedder", "txt_in")
+    take("x_embedder", "img_in")
+    for i in range(cfg["num_layers"]):
+        p, q = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        take(p + "norm1.linear", q + "img_mod.lin")
+        take(p + "norm1_context.linear", q + "txt_mod.lin")
+        cat([p + "attn.to_q", p + "attn.to_k", p + "attn.to_v"], q + "img_attn.qkv")
+        cat([p + "attn.add_q_proj", p + "attn.add_k_proj", p + "attn.add_v_proj"], q + "txt_attn.qkv")
+        for src, dst in (("attn.norm_q", "img_attn.norm.query_norm"), ("attn.norm_k", "img_attn.norm.key_norm"),
+                         ("attn.norm_added_q", "txt_attn.norm.query_norm"), ("attn.norm_added_k", "txt_attn.norm.key_norm")):
+            out[q + dst + ".scale"] = sd.pop(p + src + ".weight")
+        take(p + "ff.net.0.proj", q + "img_mlp.0")
+        take(p + "ff.net.2", q + "img_mlp.2")
+        take(p + "ff_context.net.0.proj", q + "txt_mlp.0")
+        take(p + "ff_context.net.2", q + "txt_mlp.2")
+        take(p + "attn.to_out.0", q + "img_attn.proj")
+        take(p + "attn.to_add_out", q + "txt_attn.proj")
+    for i in range(cfg["num_single_layers"]):
+        p, q = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        take(p + "norm.linear", q + "modulation.lin")
+        cat([p + "attn.to_q", p + "attn.to_k", p + "attn.to_v", p + "proj_mlp"], q + "linear1")
+        out[q + "norm.query_norm.scale"] = sd.pop(p + "attn.norm_q.weight")
+        out[q + "norm.key_norm.scale"] = sd.pop(p + "attn.norm_k.weight")
+        take(p + "proj_out", q + "linear2")
+    take("proj_out", "final_layer.linear")
+    for suffix in (".weight", ".bias"):
+        scale, shift = sd.pop("norm_out.linear" + suffix).chunk(2, dim=0)
+        out["final_layer.adaLN_modulation.1" + suffix] = torch.cat([shift, scale], dim=0).contiguous()
+    assert not sd, sorted(sd)
+    return out
+
+
+def flux_from_single_file(path, config_dir):
+    """FluxTransformer2DModel.from_single_file(path, config=<folder>). diffusers 0.42.1's converter fixes
+    inner_dim = 3072 (Flux.1's width) for splitting single_blocks.N.linear1, so a tiny file fails there
+    (the error is returned); the same load is then run with that one constant read from the config
+    (the converter's source with `inner_dim = 3072` replaced, nothing else changed)."""
+    import inspect
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders import single_file_model, single_file_utils
+    load = lambda: FluxTransformer2DModel.from_single_file(path, config=config_dir, subfolder="transformer", local_files_only=True,
+                                                            torch_dtype=torch.bfloat16)
+    try:
+        load()
+        error = None
+    except Exception as e:  # noqa: BLE001 - the measured failure is recorded
+        error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    cfg = json.load(open(os.path.join(config_dir, "transformer", "config.json")))
+    source = inspect.getsource(single_file_utils.convert_flux_transformer_checkpoint_to_diffusers)
+    assert "    inner_dim = 3072\n" in source
+    source = source.replace("    inner_dim = 3072\n", f"    inner_dim = {cfg['num_attention_heads'] * cfg['attention_head_dim']}\n")
+    scope = dict(vars(single_file_utils))
+    exec(compile(source, single_file_utils.__file__, "exec"), scope)
+    entry = single_file_model.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"]
+    original = entry["checkpoint_mapping_fn"]
+    entry["checkpoint_mapping_fn"] = scope["convert_flux_transformer_checkpoint_to_diffusers"]
+    try:
+        return load(), error
+    finally:
+        entry["checkpoint_mapping_fn"] = original
+
+
+def write_bfl_single_file(folder, path, config_dir):
+    """A diffusers transformer/ folder as a BFL single file (bfl_flux_state_dict), proven by loading it
+    back with from_single_file (flux_from_single_file) and comparing every tensor to the folder's."""
+    from diffusers import FluxTransformer2DModel
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    sd = load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+    save_file(bfl_flux_state_dict(sd, cfg), path, metadata={"format": "pt"})
+    sort_header_metadata(path)
+    loaded, error = flux_from_single_file(path, config_dir)
+    a = loaded.state_dict()
+    b = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=torch.bfloat16).state_dict()
+    assert a.keys() == b.keys(), set(a) ^ set(b)
+    for k in b:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (path, k)
+    print(f"{os.path.relpath(path, IMAGE_FIX)}: loads back in diffusers bit for bit (with inner_dim from the config)")
+    return error
+
+
+# kohya (sd-scripts/ai-toolkit) Flux LoRA modules: BFL module (with _ for .) → [(diffusers module, rows)],
+# rows "q"/"k"/"v" = one inner-dim third, "mlp" = the MLP rows after q, k, v; "swap" = (scale, shift) halves.
+def flux_kohya_modules(cfg):
+    inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    mlp = 4 * inner
+    m = {"img_in": [("x_embedder", None)], "txt_in": [("context_embedder", None)],
+         "time_in_in_layer": [("time_text_embed.timestep_embedder.linear_1", None)],
+         "guidance_in_out_layer": [("time_text_embed.guidance_embedder.linear_2", None)],
+         "final_layer_linear": [("proj_out", None)], "final_layer_adaLN_modulation_1": [("norm_out.linear", "swap")]}
+    for i in range(cfg["num_layers"]):
+        p = f"transformer_blocks.{i}."
+        m[f"double_blocks_{i}_img_attn_qkv"] = [(p + "attn.to_q", (0, inner)), (p + "attn.to_k", (inner, 2 * inner)), (p + "attn.to_v", (2 * inner, 3 * inner))]
+        m[f"double_blocks_{i}_txt_attn_qkv"] = [(p + "attn.add_q_proj", (0, inner)), (p + "attn.add_k_proj", (inner, 2 * inner)),
+                                                (p + "attn.add_v_proj", (2 * inner, 3 * inner))]
+        m[f"double_blocks_{i}_img_attn_proj"] = [(p + "attn.to_out.0", None)]
+        m[f"double_blocks_{i}_txt_attn_proj"] = [(p + "attn.to_add_out", None)]
+        m[f"double_blocks_{i}_img_mlp_0"] = [(p + "ff.net.0.proj", None)]
+        m[f"double_blocks_{i}_img_mlp_2"] = [(p + "ff.net.2", None)]
+        m[f"double_blocks_{i}_txt_mlp_0"] = [(p + "ff_context.net.0.proj", None)]
+        m[f"double_blocks_{i}_img_mod_lin"] = [(p + "norm1.linear", None)]
+        m[f"double_blocks_{i}_txt_mod_lin"] = [(p + "norm1_context.linear", None)]
+    for i in range(cfg["num_single_layers"]):
+        p = f"single_transformer_blocks.{i}."
+        m[f"single_blocks_{i}_linear1"] = [(p + "attn.to_q", (0, inner)), (p + "attn.to_k", (inner, 2 * inner)),
+                                           (p + "attn.to_v", (2 * inner, 3 * inner)), (p + "proj_mlp", (3 * inner, 3 * inner + mlp))]
+        m[f"single_blocks_{i}_linear2"] = [(p + "proj_out", None)]
+        m[f"single_blocks_{i}_modulation_lin"] = [(p + "norm.linear", None)]
+    return m
+
+
+def bf16_order(x):
+    """bf16 values (rounded from x) as integers in the order of the values, so that a difference is a count of ulps (±0 equal)."""
+    b = x.to(torch.bfloat16).view(torch.int16).int()
+    return torch.where(b < 0, -(b & 0x7FFF), b)
+
+
+def check_lora_tool_flux(d, config_dir):
+    """When the binary is built: lora-tool's merge of transformer/ with kohya.safetensors loads with
+    FluxTransformer2DModel.from_pretrained and equals merged/ bit for bit; its merge of single.safetensors
+    is one file equal to merged-single.safetensors that from_single_file loads (flux_from_single_file);
+    its convert --to diffusers of kohya.safetensors (transformer/ as --base) loads with load_lora_adapter
+    and fuses (fp32, rounded once) to merged/; its convert --to kohya of lora/ equals kohya.safetensors."""
+    import subprocess, tempfile
+    from diffusers import FluxTransformer2DModel
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool):
+        print("lora-tool not built: its flux merges not checked")
+        return
+    run = lambda *args: subprocess.run([tool, *args], check=True, stdout=subprocess.DEVNULL)
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+    with tempfile.TemporaryDirectory() as t:
+        run("merge", "--base", os.path.join(d, "transformer"), "--adapter", os.path.join(d, "kohya.safetensors"), "--output", os.path.join(t, "m"), "--quiet")
+        ours = FluxTransformer2DModel.from_pretrained(os.path.join(t, "m"), torch_dtype=torch.bfloat16).state_dict()
+        assert same(ours, FluxTransformer2DModel.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.bfloat16).state_dict())
+        run("merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "kohya.safetensors"), "--output", os.path.join(t, "s.safetensors"))
+        assert same(load_file(os.path.join(t, "s.safetensors")), load_file(os.path.join(d, "merged-single.safetensors")))
+        loaded, _ = flux_from_single_file(os.path.join(t, "s.safetensors"), config_dir)
+        assert same(loaded.state_dict(), ours)
+        run("convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(d, "transformer"), "--output", os.path.join(t, "d"))
+        model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
+        model.load_lora_adapter(os.path.join(t, "d"), weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="x")
+        model.fuse_lora()
+        model.unload_lora()
+        model.to(torch.bfloat16)
+        assert same(model.state_dict(), ours)
+        run("convert", os.path.join(d, "lora"), "--to", "kohya", "--output", os.path.join(t, "k.safetensors"))
+        assert same(load_file(os.path.join(t, "k.safetensors")), load_file(os.path.join(d, "kohya.safetensors")))
+    print("lora-tool's flux merges load in diffusers and equal its fuse bit for bit (the single file too); its diffusers conversion of"
+          " kohya.safetensors fuses in diffusers to merged/; its kohya conversion of lora/ equals kohya.safetensors")
+
+
+def flux_cases():
+    """flux/: transformer/ (a tiny FluxTransformer2DModel in bf16, save_pretrained; config.json as a
+    pipeline's transformer/ folder), single.safetensors (the same weights as a BFL single file,
+    write_bfl_single_file), kohya.safetensors (a Flux LoRA as sd-scripts writes it: lora_unet_<BFL module>
+    .lora_down/.lora_up in bf16, fused img_attn_qkv/txt_attn_qkv (3·inner rows) and single_blocks_N_linear1
+    (q, k, v and proj_mlp rows), a bf16 .alpha each, alpha/r = 0.75, 1, 1.5 or 2), lora/pytorch_lora_weights
+    .safetensors (the same LoRA in diffusers names, fused modules split exactly: each part the shared A and
+    its rows of B; norm_out.linear's B with its halves swapped as the base's rows are; r/lora_alpha/
+    alpha_pattern in lora_adapter_metadata), merged/ (diffusers' load_lora_adapter + fuse_lora of lora/ on an
+    fp32 copy of transformer/, rounded once to bf16, save_pretrained) and merged-single.safetensors
+    (merged/ as a BFL single file). The generator checks diffusers' fuse equals W + alpha/r·B·A computed
+    in torch fp32 (in diffusers names, and in BFL names for merged-single.safetensors), and records in
+    case.json what diffusers' own kohya loader and from_single_file do with these tiny files."""
+    from diffusers import FluxTransformer2DModel, FluxPipeline
+    d = fresh(os.path.join(IMAGE_FIX, "flux"))
+    base = tiny_flux_transformer(torch.bfloat16)
+    base.save_pretrained(os.path.join(d, "transformer"))
+    cfg = dict(base.config)
+    config_dir = d  # from_single_file(config=d, subfolder="transformer")
+    single_error = write_bfl_single_file(os.path.join(d, "transformer"), os.path.join(d, "single.safetensors"), config_dir)
+    base_sd = load_file(os.path.join(d, "transformer", "diffusion_pytorch_model.safetensors"))
+    bfl_sd = load_file(os.path.join(d, "single.safetensors"))
+
+    # kohya: one rank-4 lora_down/lora_up per BFL module (rank 2 on a few), bf16, alpha chosen per module.
+    modules = flux_kohya_modules(cfg)
+    # sd-scripts names a module by its BFL path with _ for . (networks/lora_flux.py).
+    bfl_target = lambda name: next(t for t in bfl_sd if t.endswith(".weight") and t[:-len(".weight")].replace(".", "_") == name)
+    gen = torch.Generator().manual_seed(37)
+    alphas = [3.0, 4.0, 6.0, 8.0]  # alpha/r 0.75 (not a power of two), 1, 1.5, 2
+    kohya, scales = {}, {}
+    for n, name in enumerate(sorted(modules)):
+        w = bfl_sd[bfl_target(name)]
+        r = 2 if name.endswith("_linear2") or name.startswith("final_layer") else 4
+        alpha = alphas[n % len(alphas)] * r / 4
+        key = "lora_unet_" + name
+        kohya[key + ".lora_down.weight"] = (torch.randn(r, w.shape[1], generator=gen) * 0.3).to(torch.bfloat16)
+        kohya[key + ".lora_up.weight"] = (torch.randn(w.shape[0], r, generator=gen) * 0.3).to(torch.bfloat16)
+        kohya[key + ".alpha"] = torch.tensor(alpha, dtype=torch.bfloat16)
+        scales[key] = alpha / r
+    save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_base_model_version": "flux1", "ss_network_module": "networks.lora_flux",
+                                                                    "ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"})
+    sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+
+    # The same LoRA in diffusers names, split exactly (no arithmetic).
+    layers, alpha_pattern, rank_pattern = {}, {}, {}
+    for name, parts in sorted(modules.items()):
+        key = "lora_unet_" + name
+        a, b = kohya[key + ".lora_down.weight"], kohya[key + ".lora_up.weight"]
+        r = a.shape[0]
+        for module, rows in parts:
+            part = b if rows is None else torch.cat(b.chunk(2, dim=0)[::-1]) if rows == "swap" else b[rows[0]:rows[1]]
+            layers[module + ".lora_A.weight"] = a.clone()
+            layers[module + ".lora_B.weight"] = part.contiguous().clone()
+            if r != 4:
+                rank_pattern[module] = r
+            alpha = float(kohya[key + ".alpha"])
+            if alpha != 4.0:
+                alpha_pattern[module] = alpha
+    meta = {"r": 4, "lora_alpha": 4, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
+            "target_modules": sorted({m for parts in modules.values() for m, _ in parts}), "init_lora_weights": True, "lora_bias": False, "use_dora": False}
+    FluxPipeline.save_lora_weights(os.path.join(d, "lora"), transformer_lora_layers=layers, transformer_lora_adapter_metadata=meta)
+    sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+
+    # Oracle: diffusers on an fp32 copy, rounded once to bf16.
+    model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
+    model.load_lora_adapter(os.path.join(d, "lora"), weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="x")
+    resolved = {n: m.scaling["x"] for n, m in model.named_modules() if "x" in getattr(m, "scaling", {})}
+    for name, parts in modules.items():
+        for module, _ in parts:
+            assert resolved[module] == scales["lora_unet_" + name], (module, resolved[module], scales["lora_unet_" + name])
+    model.fuse_lora()
+    model.unload_lora()
+    fused = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # Independently: W + alpha/r·B·A in torch fp32, per diffusers module.
+    math = {k: v.float() for k, v in base_sd.items()}
+    for name, parts in modules.items():
+        for module, _ in parts:
+            a, b = layers[module + ".lora_A.weight"].float(), layers[module + ".lora_B.weight"].float()
+            math[module + ".weight"] = math[module + ".weight"] + (b @ a) * scales["lora_unet_" + name]
+    for k in math:
+        ulps = (bf16_order(math[k]) - bf16_order(fused[k])).abs().max().item()
+        assert ulps <= 1, (k, ulps)
+    model.to(torch.bfloat16).save_pretrained(os.path.join(d, "merged"))
+    merged_cfg = os.path.join(d, "merged", "config.json")
+    c = json.load(open(merged_cfg))
+    c.pop("_name_or_path", None)  # the machine's path: not part of the fixture
+    with open(merged_cfg, "w") as f:
+        json.dump(c, f, indent=2, sort_keys=True)
+        f.write("\n")
+    FluxTransformer2DModel.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.bfloat16)
+
+    # The merged single file: merged/ in BFL names, equal to W + alpha/r·B·A computed on the BFL tensors.
+    write_bfl_single_file(os.path.join(d, "merged"), os.path.join(d, "merged-single.safetensors"), config_dir)
+    merged_single = load_file(os.path.join(d, "merged-single.safetensors"))
+    bfl_math = {k: v.float() for k, v in bfl_sd.items()}
+    for name in modules:
+        key = "lora_unet_" + name
+        target = bfl_target(name)
+        bfl_math[target] = bfl_math[target] + (kohya[key + ".lora_up.weight"].float() @ kohya[key + ".lora_down.weight"].float()) * scales[key]
+    for k in bfl_math:
+        ulps = (bf16_order(bfl_math[k]) - bf16_order(merged_single[k])).abs().max().item()
+        assert ulps <= 1, (k, ulps)
+
+    # What diffusers' own kohya Flux loader does with kohya.safetensors (measured, recorded): on the whole file,
+    # and on the file without single_blocks_N_linear1 (its split sizes are Flux.1's), fused on an fp32 copy.
+    import traceback
+    try:
+        FluxPipeline.lora_state_dict(os.path.join(d, "kohya.safetensors"))
+        kohya_loader = "loaded"
+    except Exception as e:  # noqa: BLE001
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        kohya_loader = f"{type(e).__name__} at {frame.name}: {frame.line}"
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        partial = {k: v for k, v in kohya.items() if "_linear1." not in k}
+        save_file(partial, os.path.join(t, "k.safetensors"))
+        check = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
+        converted = FluxPipeline.lora_state_dict(os.path.join(t, "k.safetensors"))
+        converted = converted[0] if isinstance(converted, tuple) else converted
+        check.load_lora_adapter(converted, prefix="transformer", adapter_name="x")
+        check.fuse_lora()
+        check.unload_lora()
+        got = check.state_dict()
+    expected = {k: v.float() for k, v in base_sd.items()}
+    for name, parts in modules.items():
+        if name.endswith("_linear1"):
+            continue
+        for module, _ in parts:
+            a, b = layers[module + ".lora_A.weight"].float(), layers[module + ".lora_B.weight"].float()
+            expected[module + ".weight"] = expected[module + ".weight"] + (b @ a) * scales["lora_unet_" + name]
+    # Per changed tensor: left unchanged (the LoRA dropped), or the largest error in bf16 ulps of the tensor's largest magnitude.
+    kohya_dropped, kohya_ulps = [], {}
+    for k in sorted(expected):
+        if torch.equal(expected[k], base_sd[k].float()):
+            continue
+        if torch.equal(got[k].to(torch.bfloat16), base_sd[k]):
+            kohya_dropped.append(k[:-len(".weight")])
+            continue
+        e = expected[k].to(torch.bfloat16).float()
+        ulp = 2.0 ** (torch.floor(torch.log2(e.abs().max())).item() - 7)
+        u = round((e - got[k].to(torch.bfloat16).float()).abs().max().item() / ulp, 2)
+        if u:
+            kohya_ulps[k[:-len(".weight")]] = u
+    check_lora_tool_flux(d, config_dir)
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"kohya_scales": dict(sorted(scales.items())), "diffusers_kohya_loader": kohya_loader,
+                   "diffusers_kohya_loader_without_linear1": {"modules_left_unchanged": kohya_dropped, "max_error_in_bf16_ulps_of_largest": kohya_ulps}, "diffusers_from_single_file": single_error,
+                   "oracle": "diffusers 0.42.1 load_lora_adapter + fuse_lora of lora/ on an fp32 copy of transformer/, rounded once to bf16; "
+                             "equal within 1 bf16 ulp to W + alpha/r·B·A in torch fp32"}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print("case flux")
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 
 def bench_unet_shapes():
@@ -2476,6 +2814,7 @@ GROUPS = {
     "gptq-awq": gptq_awq_cases,
     "fp8-ue8m0": fp8_ue8m0_case,
     "sd": sd_cases,
+    "flux": flux_cases,
     "bench-unets": bench_unet_shapes,
 }
 

@@ -49,8 +49,10 @@ public enum Convert {
         // Image-model LoRAs: diffusers → kohya (SD 1.x/2.x names) and → diffusers, kohya/LyCORIS → diffusers
         // with the pipeline as --base keep every name and α; other conversions are not written yet.
         let pipeline = try options.base.flatMap { DiffusersPipeline.isPipeline($0) ? try DiffusersPipeline(path: $0) : nil }
+        // A component folder (unet/, transformer/) as --base resolves the kohya names of that component alone.
+        let component = options.base.flatMap { pipeline == nil ? DiffusersComponent.name(ofDirectory: $0) : nil }
         if !((adapter.format == .diffusers && (options.to == .kohya || options.to == .diffusers))
-            || (pipeline != nil && options.to == .diffusers && DiffusersComponent.namesComponents(adapter))) {
+            || ((pipeline != nil || component != nil) && options.to == .diffusers && DiffusersComponent.namesComponents(adapter))) {
             try adapter.refuseImageModel("convert")
         }
         if options.initial == nil { try ResidualInitialisation.refuse(adapter, "convert") }
@@ -59,11 +61,17 @@ public enum Convert {
         if let pipeline {
             guard options.to == .diffusers else { throw LoRACoreError.invalidRequest("a diffusers pipeline as --base applies to --to diffusers") }
             if adapter.format != .diffusers { modules = try DiffusersComponent.pipelineModules(of: adapter, pipeline: pipeline) }
+        } else if let component, let base, options.to == .diffusers, DiffusersComponent.namesComponents(adapter), adapter.format != .diffusers {
+            try DiffusersComponent.refuseForeign([adapter], available: [component], base: options.base!)
+            modules = try DiffusersComponent.componentModules(of: adapter, components: [component]) { _ in base }
         } else if let base { modules = try adapter.modules(resolvedAgainst: base) } else if (adapter.format == .kohya || adapter.format == .lycoris) && options.to != .kohya {
             throw LoRACoreError.invalidRequest("kohya names flatten module paths; give --base so they can be matched to the model's modules")
         }
         guard !modules.isEmpty else { throw LoRACoreError.invalidRequest("\(options.adapter): no LoRA modules to convert") }
         if modules.contains(where: { $0.update != nil }) {
+            guard modules.count == adapter.modules.count else {
+                throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "LyCORIS updates together with split fused Flux modules: convert does not take this mix")
+            }
             return try ConvertLycoris.run(adapter: adapter, modules: modules, base: base, options: options)
         }
         var notes: [String] = []
@@ -85,10 +93,10 @@ public enum Convert {
     static func factors(of adapter: Adapter, modules: [AdapterModule], notes: inout [String]) throws -> [LoRAFactors] {
         var factors: [LoRAFactors] = []
         if adapter.modules.contains(where: \.isGated) { notes.append("SoRA gates folded into A (A ← diag(g)·A)") }
-        for (m, original) in zip(modules, adapter.modules) {
-            // Tensors are read under the adapter's own names, then carry the resolved module name.
-            var f = try LoRAFactors(original, adapter: adapter, weight: 1).renamed(m.module)
-            if original.isGated, let gate = original.eName {
+        for m in modules {
+            // A resolved module keeps the adapter's tensor names (and a fused module's part its rows of B).
+            var f = try LoRAFactors(m, adapter: adapter, weight: 1)
+            if m.isGated, let gate = m.eName {
                 let before = f.module.rank
                 f = f.droppingZeroRanks(gate: try TensorData.floats(adapter.checkpoint, gate))
                 if f.module.rank < before {

@@ -209,7 +209,14 @@ public enum Inspect {
             if adapter.targetsParameters && basePath == nil {
                 throw LoRACoreError.invalidRequest("\(path): target_parameters LoRA (MoE experts) is laid out by the base model; give --base")
             }
-            let resolved = basePath == nil ? adapter.modules : try adapter.modules(resolvedAgainst: try Checkpoint(path: basePath!, headerOnly: true))
+            var resolved = adapter.modules
+            if let basePath {
+                let base = try Checkpoint(path: basePath, headerOnly: true)
+                // A diffusers component folder names the image-model LoRA's modules as `merge` does (a kohya
+                // Flux file's fused modules split); when it refuses them, "base match" below says why.
+                let view = (try? DiffusersComponent.restrict([adapter], basePath: basePath, base: base)[0]) ?? adapter
+                resolved = try view.modules(resolvedAgainst: base)
+            }
             let mods = resolved.map {
                 InspectReport.AdapterSummary.Module(module: $0.module, kind: $0.update == nil ? $0.kind.rawValue : $0.typeName, rank: $0.rank, alpha: $0.alpha,
                                                     scale: $0.scale, dora: $0.isDoRA)
@@ -331,8 +338,10 @@ public enum Inspect {
     /// An image-model LoRA's modules per component (`DiffusersComponent.component(of:in:available:)`).
     static func componentTargets(_ adapter: Adapter) -> [InspectReport.ImageModel.Target] {
         var groups: [String: [AdapterModule]] = [:]
+        // Flux has a transformer, no UNet: its kohya `lora_unet_` modules target the transformer.
+        let denoiser = ImageModelFamily.of(adapter: adapter)?.name == "flux" ? "transformer" : "unet"
         for m in adapter.modules {
-            let c = DiffusersComponent.component(of: m.module, in: adapter.format, available: ["unet", "text_encoder", "text_encoder_2", "transformer"]) ?? "?"
+            let c = DiffusersComponent.component(of: m.module, in: adapter.format, available: [denoiser, "text_encoder", "text_encoder_2", "transformer"]) ?? "?"
             groups[c, default: []].append(m)
         }
         return groups.keys.sorted().map { c in

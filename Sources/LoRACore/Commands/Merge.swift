@@ -175,8 +175,8 @@ public enum Merge {
             throw LoRACoreError.invalidRequest(
                 "nothing to merge: no adapter module applies to \(options.base) (\(plan.nothingToMergeDetail)); give --allow-empty to write an unchanged copy")
         }
-        // An SD single file (LDM names) is written back as one file with its own metadata.
-        let singleFile = DiffusersComponent.isLDMSingleFile(options.base, names: checkpoint.names)
+        // An SD single file (LDM names) or a Flux one (BFL names) is written back as one file with its own metadata.
+        let singleFile = DiffusersComponent.isSingleFile(options.base, names: checkpoint.names)
         if singleFile, options.part != nil || !options.output.hasSuffix(".safetensors") {
             throw LoRACoreError.invalidRequest("\(options.base) is a single-file checkpoint, merged into one file: give --output NAME.safetensors\(options.part != nil ? " and no --part" : "")")
         }

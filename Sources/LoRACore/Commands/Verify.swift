@@ -125,7 +125,7 @@ public enum Verify {
 
         // Side files and metadata.
         // A single-file SD checkpoint's merge keeps the base's metadata.
-        var files = DiffusersComponent.isLDMSingleFile(options.base, names: baseCheckpoint.names)
+        var files = DiffusersComponent.isSingleFile(options.base, names: baseCheckpoint.names)
             ? SideFileCheck.compareMetadata(merged, expected: baseCheckpoint.metadata ?? []) : SideFileCheck.compareMetadata(merged)
         var skipped: String?
         let sideBase = (path: options.base, quantized: dequantized !== opened)

@@ -10,7 +10,7 @@ public struct AdapterModule: Sendable, Equatable {
     public static func == (l: AdapterModule, r: AdapterModule) -> Bool {
         l.module == r.module && l.aName == r.aName && l.bName == r.bName && l.rank == r.rank && l.scale == r.scale
             && l.convShape == r.convShape && l.transposed == r.transposed && l.factorsTransposed == r.factorsTransposed
-            && l.update == r.update
+            && l.update == r.update && l.bRows == r.bRows
     }
 
     public enum Kind: String, Sendable { case linear, embedding }
@@ -41,6 +41,10 @@ public struct AdapterModule: Sendable, Equatable {
         guard let c = convShape else { return ([rank, inFeatures], [outFeatures, rank]) }
         return ([rank] + Array(c.dropFirst()), [outFeatures, rank] + Array(repeating: 1, count: c.count - 2))
     }
+    /// The rows of the file's B this module takes, in order (nil: all of them): one part of a LoRA
+    /// trained on a fused module (kohya Flux `img_attn_qkv` → diffusers' `to_q`, `to_k`, `to_v`,
+    /// `FluxNameMap`), whose A it shares; `outFeatures` counts these rows.
+    public var bRows: [Range<Int>]?
     /// SoRA: `eName` is a gate g (length r) and ΔW = s·B·diag(g)·A (AdaLoRA's E is applied the same way).
     public var isGated = false
     /// mlx stores the factors transposed: `lora_a` (in×r) = Aᵀ and `lora_b` (r×out) = Bᵀ.

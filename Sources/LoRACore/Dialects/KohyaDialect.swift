@@ -36,10 +36,14 @@ enum KohyaDialect: AdapterDialect {
     /// module's own α (diffusers' `convert_state_dict_to_kohya` writes α = r whatever `lora_alpha` was).
     static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
         try Convert.refuse(factors, adapter: adapter, into: "kohya LoRA")
+        // A diffusers-format Flux LoRA (transformer.…) gets sd-scripts' BFL names, fused modules fused back.
+        let flux = adapter.format == .diffusers && factors.contains { $0.module.module.hasPrefix("transformer.") }
+        let factors = flux ? try FluxNameMap.kohyaFactors(factors, adapter: adapter) : factors
+        if flux { notes.append("\(factors.count) kohya modules (BFL names, fused q/k/v and linear1 parts joined)") }
         var tensors: [AdapterSink.Tensor] = []
         for f in factors {
             // A diffusers-format image LoRA gets sd-scripts' own names (lora_unet_…, lora_te_text_model_…).
-            let key = adapter.format == .diffusers ? try DiffusersComponent.kohyaName(of: f.module.module, adapter: adapter.path)
+            let key = flux ? f.module.module : adapter.format == .diffusers ? try DiffusersComponent.kohyaName(of: f.module.module, adapter: adapter.path)
                 : "lora_te_" + f.module.module.replacingOccurrences(of: ".", with: "_")
             let m = f.module
             tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterSink.floatBytes(f.a) })
@@ -49,7 +53,7 @@ enum KohyaDialect: AdapterDialect {
         }
         let ranks = Set(factors.map(\.module.rank))
         let metadata: [(key: String, value: String)] = [
-            ("ss_network_module", "networks.lora"),
+            ("ss_network_module", flux ? "networks.lora_flux" : "networks.lora"),
             ("ss_network_dim", ranks.count == 1 ? String(ranks.first!) : "Dynamic"),
             ("ss_network_alpha", Set(factors.map { $0.module.scale * Double($0.module.rank) }).count == 1
                 ? "\(factors[0].module.scale * Double(factors[0].module.rank))" : "Dynamic"),

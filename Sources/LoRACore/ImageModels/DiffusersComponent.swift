@@ -116,29 +116,44 @@ public enum DiffusersComponent {
             return r
         }
         do {
-            return Adapter(adapter, resolvedModules: try KohyaDialect.resolve(stripped, against: base), untargeted: untargeted)
+            // A diffusers Flux transformer takes kohya Flux names (BFL modules, fused ones split: `FluxNameMap`).
+            let flux = FluxNameMap.isDiffusers(base.names) ? try FluxNameMap(diffusers: base) : nil
+            let resolved = try flux?.resolve(stripped, against: base) ?? KohyaDialect.resolve(stripped, against: base)
+            return Adapter(adapter, resolvedModules: resolved, untargeted: untargeted)
         } catch let LoRACoreError.baseMismatch(module, detail) {
             throw LoRACoreError.baseMismatch(module: original[module] ?? module, detail: "\(detail) in \(base.path)")
         }
     }
 
     /// An image-model LoRA's modules resolved against the pipeline's components, in the adapter's
-    /// order, each named `<component>.<module as the component names it>` (diffusers' key form).
+    /// order, each named `<component>.<module as the component names it>` (diffusers' key form); a
+    /// kohya Flux module on a fused BFL weight becomes its diffusers parts, in row order (`FluxNameMap`).
     /// - Throws: as `openAdapters` and `view`.
     static func pipelineModules(of adapter: Adapter, pipeline: DiffusersPipeline) throws -> [AdapterModule] {
         try refuseForeign([adapter], available: pipeline.weightComponents, base: pipeline.path)
-        var resolved: [String: AdapterModule] = [:]
-        for c in pipeline.weightComponents {
-            let mine = adapter.modules.filter { component(of: $0.module, in: adapter.format, available: pipeline.weightComponents) == c }
+        return try componentModules(of: adapter, components: pipeline.weightComponents) { try Checkpoint(path: pipeline.path + "/" + $0, headerOnly: true) }
+    }
+
+    /// `adapter`'s modules resolved against `components` (each one's tensors from `base`), as `pipelineModules`.
+    static func componentModules(of adapter: Adapter, components: [String], base: (String) throws -> any TensorStore) throws -> [AdapterModule] {
+        var resolved: [String: [AdapterModule]] = [:]
+        for c in components {
+            let mine = adapter.modules.filter { component(of: $0.module, in: adapter.format, available: components) == c }
             guard !mine.isEmpty else { continue }
-            let view = try view(of: adapter, for: c, available: pipeline.weightComponents, base: try Checkpoint(path: pipeline.path + "/" + c, headerOnly: true))
-            for (original, m) in zip(mine, view.modules) {
-                var named = m
-                named.module = c + "." + m.module
-                resolved[original.module] = named
+            let view = try view(of: adapter, for: c, available: components, base: try base(c))
+            let named = view.modules.map { m -> AdapterModule in
+                var r = m
+                r.module = c + "." + m.module
+                return r
+            }
+            if named.count == mine.count {
+                for (original, m) in zip(mine, named) { resolved[original.module] = [m] }
+            } else {
+                // Split fused modules: each part keeps its LoRA's tensor names (only LoRA modules split).
+                for original in mine { resolved[original.module] = named.filter { $0.aName == original.aName && $0.bName == original.bName } }
             }
         }
-        return adapter.modules.map { resolved[$0.module]! }
+        return adapter.modules.flatMap { resolved[$0.module]! }
     }
 
     /// sd-scripts' name of a module of an SD 1.x/2.x diffusers-format LoRA: `unet.down_blocks.0.…` →
@@ -167,11 +182,15 @@ public enum DiffusersComponent {
 
     /// `adapters` restricted to the component folder `basePath` is, when it is one: modules of other
     /// components refused by name, the rest named as the base names them. An SD 1.x LDM single file:
-    /// `singleFileView`. Any other base: unchanged.
+    /// `singleFileView`; a Flux BFL single file: `checkBFLSingleFile`. Any other base: unchanged.
     /// - Parameter pipeline: the components of the pipeline `basePath` belongs to, when the whole
     ///   pipeline is merged (modules of the other components then belong to them, not refused).
     static func restrict(_ adapters: [Adapter], basePath: String, base: any TensorStore, pipeline: [String]? = nil) throws -> [Adapter] {
         if pipeline == nil, isLDMSingleFile(basePath, names: base.names) { return try singleFileView(of: adapters, base: base, path: basePath) }
+        if pipeline == nil, isBFLSingleFile(basePath, names: base.names) {
+            try checkBFLSingleFile(adapters, path: basePath)
+            return adapters
+        }
         let component: String
         if pipeline != nil {
             component = URL(fileURLWithPath: basePath).standardizedFileURL.lastPathComponent

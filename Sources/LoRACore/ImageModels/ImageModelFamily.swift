@@ -10,10 +10,11 @@ import SafeTensors
 ///   and pooled-text embedding), `cross_attention_dim` 1024 → sd2 (OpenCLIP-H), otherwise sd1
 ///   (768 in SD 1.x, CLIP-L; a tiny model of SD 1.x's shape is reported as sd1 with its width);
 /// - a FluxTransformer2DModel config → flux;
-/// - an original-layout (LDM) single file: `of(singleFile:)`.
+/// - an original-layout (LDM) single file or a Flux one in BFL names: `of(singleFile:)`.
 /// From a LoRA's keys (sd-scripts and diffusers names):
-/// - `lora_te1_`/`lora_te2_` or `text_encoder_2.` → sdxl;
-/// - `double_blocks`/`single_blocks` (kohya Flux) or `transformer.…single_transformer_blocks` → flux;
+/// - `double_blocks`/`single_blocks` (kohya Flux, whose CLIP-L modules are `lora_te1_`) or
+///   `transformer.…single_transformer_blocks` → flux;
+/// - otherwise `lora_te1_`/`lora_te2_` or `text_encoder_2.` → sdxl;
 /// - SD UNet block names (`lora_unet_down_blocks_…`, `unet.down_blocks.…`) or the CLIP text model
 ///   (`lora_te_text_model_…`): the input width of `attn2.to_k` (the cross-attention width) 2048 →
 ///   sdxl, 1024 → sd2, otherwise sd1; sgm names (`input_blocks`) → sdxl. A kohya file of other
@@ -42,10 +43,12 @@ public struct ImageModelFamily: Sendable, Equatable {
         return ofConfig(path + "/config.json")
     }
 
-    /// The family of an original-layout (LDM) SD single file by its keys (`LDMNameMap.isLDM`), or nil:
+    /// The family of a single file by its keys: flux for a Flux transformer in BFL names
+    /// (`FluxNameMap.isBFL`); for an original-layout (LDM) SD single file (`LDMNameMap.isLDM`), or nil:
     /// sd2 with OpenCLIP (`cond_stage_model.model.`), otherwise sd1 (CLIP-L, `cond_stage_model.transformer.`)
     /// with the input width of the first cross-attention key projection (`attn2.to_k`) as evidence.
     public static func of(singleFile checkpoint: Checkpoint) -> ImageModelFamily? {
+        if FluxNameMap.isBFL(checkpoint.names) { return .init(name: "flux", evidence: "BFL single file (\(FluxNameMap.bflMarker))") }
         guard LDMNameMap.isLDM(checkpoint.names) else { return nil }
         if checkpoint.names.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
             return .init(name: "sd2", evidence: "LDM single file with an OpenCLIP text encoder (cond_stage_model.model.)")
@@ -84,10 +87,11 @@ public struct ImageModelFamily: Sendable, Equatable {
             guard names.contains(where: { $0.hasPrefix("unet.") || $0.hasPrefix("text_encoder.") }) else { return nil }
             return byCrossAttention(adapter, key: { $0.hasPrefix("unet.") && $0.hasSuffix("attn2.to_k.lora_A.weight") })
         case .kohya, .lycoris:
-            if names.contains(where: { $0.hasPrefix("lora_te1_") || $0.hasPrefix("lora_te2_") }) { return .init(name: "sdxl", evidence: "lora_te1_/lora_te2_ keys") }
+            // Before lora_te1_: sd-scripts' Flux LoRAs name their CLIP-L modules lora_te1_ too.
             if names.contains(where: { $0.hasPrefix("lora_unet_double_blocks_") || $0.hasPrefix("lora_unet_single_blocks_") }) {
                 return .init(name: "flux", evidence: "lora_unet_double_blocks_/single_blocks_ keys")
             }
+            if names.contains(where: { $0.hasPrefix("lora_te1_") || $0.hasPrefix("lora_te2_") }) { return .init(name: "sdxl", evidence: "lora_te1_/lora_te2_ keys") }
             if names.contains(where: { $0.hasPrefix("lora_unet_input_blocks_") || $0.hasPrefix("lora_unet_output_blocks_") }) {
                 return .init(name: "sdxl", evidence: "sgm UNet names (lora_unet_input_blocks_)")
             }

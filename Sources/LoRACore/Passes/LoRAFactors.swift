@@ -52,6 +52,12 @@ struct LoRAFactors {
         return LoRAFactors(module: m, a: a, b: b, bias: bias, magnitude: magnitude, coefficient: coefficient)
     }
 
+    /// The same A, scale and coefficient under `module` with another B (out×r): a fused module's LoRA
+    /// assembled from its parts' (`FluxNameMap.kohyaFactors`).
+    func replacing(module: AdapterModule, b: [Float]) -> LoRAFactors {
+        LoRAFactors(module: module, a: a, b: b, bias: bias, magnitude: magnitude, coefficient: coefficient)
+    }
+
     private init(module: AdapterModule, a: [Float], b: [Float], bias: [Float]?, magnitude: [Float]?, coefficient: Double) {
         self.module = module
         self.a = a
@@ -146,6 +152,11 @@ struct LoRAFactors {
             // mlx: lora_a is Aᵀ (in×r), lora_b is Bᵀ (r×out).
             a = LoRAFactors.transpose(a, rows: module.inFeatures, cols: module.rank)
             b = LoRAFactors.transpose(b, rows: module.rank, cols: module.outFeatures)
+        }
+        if let rows = module.bRows {
+            // One part of a LoRA on a fused module: its rows of B, copied (`AdapterModule.bRows`).
+            let r = module.rank
+            b = rows.flatMap { b[($0.lowerBound * r)..<($0.upperBound * r)] }
         }
         if let e = module.eName {
             let eValues = try TensorData.floats(adapter.checkpoint, e)

@@ -16,10 +16,11 @@ extension LoraTool {
                 Conv1D LoRA outside PEFT, mixed ranks in mlx) is refused with the reason. kohya input \
                 needs --base to recover module paths.
 
-                Image models: a diffusers-format SD 1.x/2.x LoRA converts --to kohya (sd-scripts' names, \
-                each module's alpha); a kohya or LyCORIS LoRA converts --to diffusers with its diffusers \
-                pipeline folder as --base (pytorch_lora_weights.safetensors, alpha/r per component in \
-                lora_adapter_metadata).
+                Image models: a diffusers-format SD 1.x/2.x or Flux LoRA converts --to kohya (sd-scripts' \
+                names, each module's alpha; Flux q/k/v parts joined into BFL's fused modules when they \
+                share lora_A); a kohya or LyCORIS LoRA converts --to diffusers with its diffusers \
+                pipeline or component folder as --base (pytorch_lora_weights.safetensors, alpha/r per \
+                component in lora_adapter_metadata; Flux fused modules split exactly).
 
                 An adapter trained on PEFT's residual model (init_lora_weights pissa, olora, corda or \
                 lora_ga) is a LoRA of that residual model, not of the original: --initial \

@@ -17,7 +17,7 @@ extension LoraTool {
                 parameters, bytes, dtypes, metadata and module families; for adapters also the dialect, \
                 ranks, alpha, the scale of every module, targets, layers, DoRA, embedding LoRA and \
                 full replacement tensors. For image models (pipelines, their unet/ or transformer/ \
-                folders, SD single-file checkpoints, kohya and diffusers LoRAs): the family (sd1, sd2, sdxl, flux) and what showed \
+                folders, SD and Flux single-file checkpoints, kohya and diffusers LoRAs): the family (sd1, sd2, sdxl, flux) and what showed \
                 it, a pipeline's components, a LoRA's modules, ranks and alphas per component. For GGUF: version, architecture, name, file type, alignment, \
                 the shard of a split model (one file's header: give each shard to see each), tensors \
                 and bytes per ggml type, and the metadata (arrays as their type and length).

@@ -28,7 +28,9 @@ extension LoraTool {
                 An SD 1.x single-file checkpoint (original LDM names: model.diffusion_model., \
                 cond_stage_model.transformer., first_stage_model.) as --base is merged into one file, \
                 --output NAME.safetensors, with the base's tensor names and metadata; the LoRA's unet and \
-                text-encoder modules are mapped to its keys.
+                text-encoder modules are mapped to its keys. A Flux transformer single file (BFL names: \
+                double_blocks.0.img_attn.qkv.weight) is merged into one file the same way. A kohya Flux \
+                LoRA's fused qkv and linear1 modules are split exactly for a diffusers transformer.
                 """)
 
         @Option(help: "Base model: directory (single or sharded safetensors; a diffusers pipeline or component folder), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")
@@ -39,7 +41,7 @@ extension LoraTool {
 
         @OptionGroup var adapterArguments: AdapterArguments
 
-        @Option(help: "Output model directory (NAME.safetensors, one file, for an SD single-file --base): must not exist (or be an empty directory); --force replaces only an output lora-tool wrote.")
+        @Option(help: "Output model directory (NAME.safetensors, one file, for an SD or Flux single-file --base): must not exist (or be an empty directory); --force replaces only an output lora-tool wrote.")
         var output: String?
 
         @Option(help: "Output dtype of float tensors: keep, f32, f16 or bf16.")
