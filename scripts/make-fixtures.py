@@ -2389,6 +2389,267 @@ def check_lora_tool_pipeline(d):
           " its diffusers conversion of kohya.safetensors fuses in diffusers to merged/ within 1 ulp")
 
 
+# --- Image models: a tiny SDXL pipeline, its sgm single file and its LoRAs -------------------------
+
+
+def tiny_sdxl_pipeline(dtype):
+    """StableDiffusionXLPipeline of SDXL's shape, tiny: a UNet2DConditionModel with SDXL's added time and
+    pooled-text embedding (addition_embed_type text_time, linear proj_in/proj_out), a plain level and a
+    cross-attention level of transformer depth 2 (so transformer_blocks.1 exists), as SDXL's first two levels, a CLIPTextModel (width 8) and a
+    CLIPTextModelWithProjection (width 12, projection 8: text_projection is not square) whose widths add up to
+    the cross-attention width, a one-level AutoencoderKL, EulerDiscreteScheduler; every weight random."""
+    from diffusers import UNet2DConditionModel, AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    import tempfile
+    torch.manual_seed(41)
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                                cross_attention_dim=20, norm_num_groups=2, attention_head_dim=(1, 2), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=2, projection_class_embeddings_input_dim=20)
+    vae = AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=2, layers_per_block=1, sample_size=8)
+    common = dict(num_hidden_layers=1, num_attention_heads=2, vocab_size=20, max_position_embeddings=16, bos_token_id=18, eos_token_id=19,
+                  pad_token_id=19)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, projection_dim=8, **common))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=12, intermediate_size=24, projection_dim=8, hidden_act="gelu", **common))
+    for model in (unet, vae, text_encoder, text_encoder_2):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p) * 0.1)
+    with tempfile.TemporaryDirectory() as t:
+        tokenizer = tiny_clip_tokenizer(t)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=EulerDiscreteScheduler())
+    return pipe.to(dtype)
+
+
+def sgm_unet_name(name, cfg):
+    """The sgm (SDXL's generative-models) name of a diffusers UNet tensor: the LDM name (ldm_unet_name), and
+    add_embedding.linear_1/_2 → label_emb.0.0/.0.2 (convert_ldm_unet_checkpoint's text_time map, inverted)."""
+    for a, b in (("add_embedding.linear_1.", "label_emb.0.0."), ("add_embedding.linear_2.", "label_emb.0.2.")):
+        if name.startswith(a):
+            return b + name[len(a):]
+    return ldm_unet_name(name, cfg)
+
+
+def open_clip_names(name):
+    """The OpenCLIP names of a diffusers CLIPTextModelWithProjection tensor (transformers 5 names, with or without
+    text_model.), the inverse of diffusers' convert_open_clip_checkpoint: (OpenCLIP name, row third or None).
+    q_proj/k_proj/v_proj weights and biases are the row thirds 0, 1, 2 of attn.in_proj_weight/_bias;
+    text_projection.weight is `text_projection` transposed (returned with third "T")."""
+    name = name[len("text_model."):] if name.startswith("text_model.") else name
+    top = {"embeddings.position_embedding.weight": "positional_embedding", "embeddings.token_embedding.weight": "token_embedding.weight",
+           "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+    if name in top:
+        return top[name], None
+    if name == "text_projection.weight":
+        return "text_projection", "T"
+    m = re.match(r"encoder\.layers\.(\d+)\.(.*)", name)
+    assert m, name
+    layer, rest = m[1], m[2]
+    p = re.match(r"self_attn\.(q|k|v)_proj\.(weight|bias)", rest)
+    if p:
+        return f"transformer.resblocks.{layer}.attn.in_proj_{p[2]}", "qkv".index(p[1])
+    for a, b in (("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.fc1.", "mlp.c_fc."),
+                 ("mlp.fc2.", "mlp.c_proj.")):
+        if rest.startswith(a):
+            return f"transformer.resblocks.{layer}." + b + rest[len(a):], None
+    raise ValueError(f"no OpenCLIP name for {name}")
+
+
+def write_sgm_single_file(pipeline_dir, path):
+    """An SDXL diffusers pipeline folder as one sgm single file (sd_xl_base_1.0.safetensors' layout):
+    model.diffusion_model.<sgm_unet_name>, conditioner.embedders.0.transformer.text_model.<CLIP-L name>,
+    conditioner.embedders.1.model.<open_clip_names> (q/k/v concatenated by rows into in_proj_weight/_bias,
+    text_projection transposed), first_stage_model.<ldm_vae_name>. Proven by loading it back with
+    StableDiffusionXLPipeline.from_single_file (config = the folder) and comparing every tensor of every
+    component with the folder's, bit for bit."""
+    from diffusers import StableDiffusionXLPipeline
+    unet_cfg = json.load(open(os.path.join(pipeline_dir, "unet", "config.json")))
+    vae_cfg = json.load(open(os.path.join(pipeline_dir, "vae", "config.json")))
+    out = {}
+    for k, v in load_file(os.path.join(pipeline_dir, "unet", "diffusion_pytorch_model.safetensors")).items():
+        out["model.diffusion_model." + sgm_unet_name(k, unet_cfg)] = v
+    for k, v in load_file(os.path.join(pipeline_dir, "vae", "diffusion_pytorch_model.safetensors")).items():
+        ldm = ldm_vae_name(k, vae_cfg)
+        out["first_stage_model." + ldm] = v.reshape(*v.shape, 1, 1) if re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", ldm) else v
+    for k, v in load_file(os.path.join(pipeline_dir, "text_encoder", "model.safetensors")).items():
+        out["conditioner.embedders.0.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    thirds = {}
+    for k, v in load_file(os.path.join(pipeline_dir, "text_encoder_2", "model.safetensors")).items():
+        name, part = open_clip_names(k)
+        if part == "T":
+            out["conditioner.embedders.1.model." + name] = v.T.contiguous()
+        elif part is None:
+            out["conditioner.embedders.1.model." + name] = v
+        else:
+            thirds.setdefault(name, {})[part] = v
+    for name, parts in thirds.items():
+        out["conditioner.embedders.1.model." + name] = torch.cat([parts[0], parts[1], parts[2]], 0).contiguous()
+    save_file(out, path, metadata={"format": "pt", "modelspec.architecture": "stable-diffusion-xl-v1-base"})
+    sort_header_metadata(path)
+    loaded = StableDiffusionXLPipeline.from_single_file(path, config=pipeline_dir, local_files_only=True, torch_dtype=torch.float16)
+    folder = StableDiffusionXLPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float16)
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(loaded, component).state_dict(), getattr(folder, component).state_dict()
+        assert a.keys() == b.keys(), (component, set(a) ^ set(b))
+        for k in b:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (path, component, k)
+    print(f"{os.path.relpath(path, IMAGE_FIX)}: {len(out)} tensors, loads back in diffusers bit for bit")
+
+
+def sdxl_cases():
+    """sdxl/: pipeline/ (fp16, save_pretrained) and single.safetensors (the same as an sgm single file,
+    write_sgm_single_file); lora/pytorch_lora_weights.safetensors (diffusers format from save_lora_weights:
+    unet.…, text_encoder.…, text_encoder_2.… keys, q_proj/k_proj/v_proj of text_encoder_2 included, alpha/r/
+    rank_pattern/alpha_pattern in lora_adapter_metadata); kohya.safetensors (the same deltas in sd-scripts' SDXL
+    names: lora_unet_<sgm name>, lora_te1_text_model_…, lora_te2_text_model_…, an fp16 .alpha per module, alpha ≠ r
+    on several); merged/ and merged-single.safetensors: diffusers' load_lora_weights + fuse_lora of lora/ on an fp32
+    copy of pipeline/, rounded once to fp16, saved with save_pretrained in a temporary folder (not committed, to keep
+    the fixture small) and written as an sgm single file. The kohya file's expected merge is the same
+    (W + alpha/r·B·A, checked here in torch fp32): diffusers' own kohya loader drops the .alpha of the attention
+    projections it renames (case.json diffusers_scales.kohya records what it resolved; kohya_alpha_dropped lists
+    where that differs from alpha/r; kohya_not_loaded the modules it does not load at all)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        sdxl_fixtures(fresh(os.path.join(IMAGE_FIX, "sdxl")), os.path.join(t, "merged"))
+    print("case sdxl")
+
+
+def sdxl_fixtures(d, merged_dir):
+    from diffusers import StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+    pipe = tiny_sdxl_pipeline(torch.float16)
+    pipe.save_pretrained(os.path.join(d, "pipeline"))
+    unet_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False,
+                          target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "conv1", "add_embedding.linear_1"],
+                          rank_pattern={"attn2.to_k": 1}, alpha_pattern={"to_v": 1})
+    te_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, target_modules=["q_proj", "v_proj", "fc1"], alpha_pattern={"fc1": 4})
+    te2_cfg = LoraConfig(r=2, lora_alpha=1, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc2"],
+                         alpha_pattern={"k_proj": 5})
+    trained = tiny_sdxl_pipeline(torch.float32)
+    trained.unet.add_adapter(unet_cfg)
+    trained.text_encoder.add_adapter(te_cfg)
+    trained.text_encoder_2.add_adapter(te2_cfg)
+    torch.manual_seed(43)
+    models = {"unet": trained.unet, "text_encoder": trained.text_encoder, "text_encoder_2": trained.text_encoder_2}
+    cfgs = {"unet": unet_cfg, "text_encoder": te_cfg, "text_encoder_2": te2_cfg}
+    with torch.no_grad():
+        for model in models.values():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.copy_(torch.randn_like(p) * 0.3)
+    layers = {c: {k: v.to(torch.float16) for k, v in get_peft_model_state_dict(m).items()} for c, m in models.items()}
+    meta = lambda cfg: {k: (sorted(v) if k == "target_modules" else v) for k, v in cfg.to_dict().items()
+                        if k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_dora", "lora_bias", "init_lora_weights")}
+    StableDiffusionXLPipeline.save_lora_weights(
+        os.path.join(d, "lora"), unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"],
+        text_encoder_2_lora_layers=layers["text_encoder_2"], unet_lora_adapter_metadata=meta(unet_cfg),
+        text_encoder_lora_adapter_metadata=meta(te_cfg), text_encoder_2_lora_adapter_metadata=meta(te2_cfg))
+    sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+    sd = load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+
+    # The same deltas in sd-scripts' SDXL names (library/sdxl_model_util.py, networks/lora.py): the UNet in sgm
+    # form, both text encoders as transformers 4 named them (text_model.), an fp16 .alpha per module.
+    def rank_alpha(cfg, module):
+        r = next((v for k, v in cfg.rank_pattern.items() if module == k or module.endswith("." + k)), cfg.r)
+        a = next((v for k, v in cfg.alpha_pattern.items() if module == k or module.endswith("." + k)), cfg.lora_alpha)
+        return r, a
+    unet_config = json.load(open(os.path.join(d, "pipeline", "unet", "config.json")))
+    kohya, deltas = {}, {}
+    for key in sorted(sd):
+        component, rest = key.split(".", 1)
+        module, role = rest.rsplit(".lora_", 1)
+        if component == "unet":
+            name = "lora_unet_" + sgm_unet_name(module + ".weight", unet_config)[:-len(".weight")].replace(".", "_")
+        else:
+            path = module if module.startswith("text_model.") else "text_model." + module
+            name = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component] + path.replace(".", "_")
+        kohya[name + (".lora_down.weight" if role == "A.weight" else ".lora_up.weight")] = sd[key]
+        if role == "A.weight":
+            r, a = rank_alpha(cfgs[component], module)
+            kohya[name + ".alpha"] = torch.tensor(float(a), dtype=torch.float16)
+            deltas[component + "." + module] = (sd[key].float(), sd[key.replace("lora_A", "lora_B")].float(), a / r)
+    save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "Dynamic",
+                                                                     "ss_network_alpha": "Dynamic", "ss_base_model_version": "sdxl_base_v1-0"})
+    sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+
+    scales = {}
+    for name, path in (("lora", os.path.join(d, "lora")), ("kohya", os.path.join(d, "kohya.safetensors"))):
+        check = StableDiffusionXLPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
+        check.load_lora_weights(path, adapter_name="x")
+        s = {}
+        for component in ("unet", "text_encoder", "text_encoder_2"):
+            for n, m in getattr(check, component).named_modules():
+                if hasattr(m, "scaling") and "x" in getattr(m, "scaling", {}):
+                    s[component + "." + n] = m.scaling["x"]
+        scales[name] = dict(sorted(s.items()))
+        if name == "lora":
+            assert s.keys() == deltas.keys() and all(abs(s[k] - deltas[k][2]) < 1e-12 for k in s), "diffusers resolves lora/'s scales as alpha/r"
+            check.fuse_lora()
+            check.unload_lora_weights()
+            check.to(torch.float16).save_pretrained(merged_dir)
+    dropped = sorted(k for k in deltas if k in scales["kohya"] and abs(scales["kohya"][k] - deltas[k][2]) > 1e-12)
+    assert dropped, "diffusers' kohya loader was expected to lose some modules' alphas"
+    # Measured with diffusers 0.42.1 / transformers 5.23: its kohya loader also leaves CLIP-L's attention projections
+    # unloaded (PEFT reports their renamed keys `self_attn.to_q_lora.up.weight` as unexpected).
+    not_loaded = sorted(k for k in deltas if k not in scales["kohya"])
+    # The expected kohya merge, W + alpha/r·B·A in torch fp32 rounded once to fp16, is merged/ (lora/'s fuse) within 1 ulp.
+    base = StableDiffusionXLPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
+    merged = StableDiffusionXLPipeline.from_pretrained(merged_dir, torch_dtype=torch.float16)
+    for key, (a, b, s) in deltas.items():
+        component, module = key.split(".", 1)
+        w = getattr(base, component).get_submodule(module).weight.detach()
+        delta = (b.flatten(1) @ a.flatten(1)).reshape(w.shape) * s
+        ours = (w + delta).to(torch.float16)
+        theirs = getattr(merged, component).get_submodule(module).weight.detach()
+        ulps = (ours.view(torch.int16).int() - theirs.view(torch.int16).int()).abs().max().item()
+        assert ulps <= 1, (key, ulps)
+    for folder, name in ((os.path.join(d, "pipeline"), "single.safetensors"), (merged_dir, "merged-single.safetensors")):
+        write_sgm_single_file(folder, os.path.join(d, name))
+    check_lora_tool_sdxl(d, merged_dir)
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"diffusers_scales": scales, "kohya_alpha_dropped": dropped, "kohya_not_loaded": not_loaded,
+                   "kohya_scales": {k: v[2] for k, v in sorted(deltas.items())},
+                   "oracle": "diffusers 0.42.1 fuse_lora of lora/ on an fp32 copy of pipeline/, rounded once to fp16; kohya.safetensors: the same W + alpha/r·B·A (diffusers' kohya loader drops the alphas listed in kohya_alpha_dropped)"},
+                  f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def check_lora_tool_sdxl(d, merged_dir):
+    """When the binary is built: lora-tool's merges of the sdxl fixtures (single file with the kohya and the diffusers
+    LoRA, pipeline folder with the kohya LoRA) equal the expected merges within 1 fp16 ulp and load in diffusers."""
+    import subprocess, tempfile
+    from diffusers import StableDiffusionXLPipeline
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool) or os.environ.get("SKIP_LORA_TOOL"):
+        print("lora-tool not built: its sdxl merges not checked")
+        return
+    def ulps(x, y):
+        return (x.view(torch.int16).int() - y.view(torch.int16).int()).abs().max().item() if x.numel() else 0
+    with tempfile.TemporaryDirectory() as t:
+        expected = load_file(os.path.join(d, "merged-single.safetensors"))
+        for adapter in ("kohya.safetensors", "lora"):
+            out = os.path.join(t, adapter + ".single.safetensors")
+            subprocess.run([tool, "merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, adapter),
+                            "--output", out, "--quiet"], check=True, stdout=subprocess.DEVNULL)
+            ours = load_file(out)
+            assert ours.keys() == expected.keys()
+            for k in ours:
+                assert ulps(ours[k], expected[k]) <= 1, (adapter, k)
+            StableDiffusionXLPipeline.from_single_file(out, config=merged_dir, local_files_only=True)
+        subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline"), "--adapter", os.path.join(d, "kohya.safetensors"),
+                        "--output", os.path.join(t, "pipe"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        ours = StableDiffusionXLPipeline.from_pretrained(os.path.join(t, "pipe"), torch_dtype=torch.float16)
+        theirs = StableDiffusionXLPipeline.from_pretrained(merged_dir, torch_dtype=torch.float16)
+        for c in ("unet", "text_encoder", "text_encoder_2"):
+            a, b = getattr(ours, c).state_dict(), getattr(theirs, c).state_dict()
+            for k in b:
+                assert ulps(a[k], b[k]) <= 1, (c, k)
+    print("lora-tool's sdxl merges (single file: kohya and diffusers LoRAs; pipeline: kohya) equal the expected merges within 1 ulp and load in diffusers")
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
@@ -2419,6 +2680,7 @@ GROUPS = {
     "gptq-awq": gptq_awq_cases,
     "fp8-ue8m0": fp8_ue8m0_case,
     "sd": sd_cases,
+    "sdxl": sdxl_cases,
 }
 
 if __name__ == "__main__":
