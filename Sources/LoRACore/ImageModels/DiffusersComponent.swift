@@ -12,7 +12,9 @@ import SafeTensors
 /// - diffusers-format files (`DiffusersDialect`): the key's first segment, `unet.down_blocks.0…`;
 /// - kohya / LyCORIS names (sd-scripts `networks/lora.py`): `lora_unet_` → `unet` (`transformer`
 ///   in a pipeline that has no UNet: Flux), `lora_te_` and `lora_te1_` → `text_encoder`,
-///   `lora_te2_` → `text_encoder_2`, `lora_transformer_` → `transformer`.
+///   `lora_te2_` → `text_encoder_2`, `lora_transformer_` → `transformer`. sd-scripts' SDXL LoRAs
+///   name the UNet in sgm form (`lora_unet_input_blocks_3_1_…`), read through
+///   `LDMNameMap.diffusersFlatUNetName`; its text encoders as transformers 4 did (`lora_te2_text_model_…`).
 /// Text-encoder module paths may carry transformers 4's `text_model.` (sd-scripts names such as
 /// `lora_te_text_model_encoder_layers_0_mlp_fc1`, diffusers files of that era), which transformers 5
 /// no longer writes (`encoder.layers.0.mlp.fc1.weight`): the prefix is added or dropped to match the
@@ -106,12 +108,15 @@ public enum DiffusersComponent {
         }
         // kohya / LyCORIS: strip the prefix and match the flattened name against this component's modules
         // (`KohyaDialect.resolve`: equal with dots read as underscores, else a unique `_` suffix).
+        // sd-scripts' SDXL LoRAs name the UNet in sgm form (`lora_unet_input_blocks_3_1_…`): read as diffusers names first.
+        let layersPerBlock = component == "unet" ? LDMNameMap.layersPerBlock(diffusersNames: base.names) : 1
         var original: [String: String] = [:]
         let stripped = mine.map { m -> AdapterModule in
             let prefix = KohyaDialect.prefixes.first { m.module.hasPrefix($0) }!
             var r = m
             r.module = textModelPrefix(String(m.module.dropFirst(prefix.count)), separator: "_", add: isTextEncoder && baseHasTextModel,
                                                  drop: isTextEncoder && !baseHasTextModel)
+            if component == "unet", let name = LDMNameMap.diffusersFlatUNetName(ofKohya: r.module, layersPerBlock: layersPerBlock) { r.module = name }
             original[r.module] = m.module
             return r
         }

@@ -10,7 +10,7 @@ import SafeTensors
 ///   and pooled-text embedding), `cross_attention_dim` 1024 → sd2 (OpenCLIP-H), otherwise sd1
 ///   (768 in SD 1.x, CLIP-L; a tiny model of SD 1.x's shape is reported as sd1 with its width);
 /// - a FluxTransformer2DModel config → flux;
-/// - an original-layout (LDM) single file: `of(singleFile:)`.
+/// - an original-layout (LDM, sgm) single file: `of(singleFile:)`.
 /// From a LoRA's keys (sd-scripts and diffusers names):
 /// - `lora_te1_`/`lora_te2_` or `text_encoder_2.` → sdxl;
 /// - `double_blocks`/`single_blocks` (kohya Flux) or `transformer.…single_transformer_blocks` → flux;
@@ -42,11 +42,15 @@ public struct ImageModelFamily: Sendable, Equatable {
         return ofConfig(path + "/config.json")
     }
 
-    /// The family of an original-layout (LDM) SD single file by its keys (`LDMNameMap.isLDM`), or nil:
-    /// sd2 with OpenCLIP (`cond_stage_model.model.`), otherwise sd1 (CLIP-L, `cond_stage_model.transformer.`)
+    /// The family of an original-layout SD single file by its keys (`LDMNameMap.isLDM`), or nil:
+    /// sdxl with OpenCLIP as a second text encoder (`conditioner.embedders.1.model.transformer.resblocks.`),
+    /// sd2 with OpenCLIP as its one (`cond_stage_model.model.`), otherwise sd1 (CLIP-L, `cond_stage_model.transformer.`)
     /// with the input width of the first cross-attention key projection (`attn2.to_k`) as evidence.
     public static func of(singleFile checkpoint: Checkpoint) -> ImageModelFamily? {
         guard LDMNameMap.isLDM(checkpoint.names) else { return nil }
+        if checkpoint.names.contains(where: { $0.hasPrefix("conditioner.embedders.1.model.transformer.resblocks.") }) {
+            return .init(name: "sdxl", evidence: "sgm single file with an OpenCLIP second text encoder (conditioner.embedders.1.model.transformer.resblocks.)")
+        }
         if checkpoint.names.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
             return .init(name: "sd2", evidence: "LDM single file with an OpenCLIP text encoder (cond_stage_model.model.)")
         }
