@@ -97,11 +97,14 @@ public enum DiffusersComponent {
         let untargeted = adapter.untargeted.filter { self.component(of: $0, in: adapter.format, available: available) == component }
         let baseHasTextModel = base.names.contains { $0.hasPrefix("text_model.") }
         let isTextEncoder = component.hasPrefix("text_encoder")
+        // A name the base has as it is keeps it (CLIPTextModelWithProjection's `text_projection` is outside `text_model.`).
+        let baseModules = Set(base.names.filter { $0.hasSuffix(".weight") }.map { String($0.dropLast(".weight".count)) })
         if adapter.format == .diffusers {
             let renamed = mine.map { m -> AdapterModule in
                 var r = m
-                r.module = textModelPrefix(DiffusersDialect.split(m.module)!.rest, separator: ".", add: isTextEncoder && baseHasTextModel,
-                                           drop: isTextEncoder && !baseHasTextModel)
+                let rest = DiffusersDialect.split(m.module)!.rest
+                r.module = baseModules.contains(rest) ? rest : textModelPrefix(rest, separator: ".", add: isTextEncoder && baseHasTextModel,
+                                                                               drop: isTextEncoder && !baseHasTextModel)
                 return r
             }
             return Adapter(adapter, resolvedModules: renamed, untargeted: untargeted)
@@ -110,12 +113,14 @@ public enum DiffusersComponent {
         // (`KohyaDialect.resolve`: equal with dots read as underscores, else a unique `_` suffix).
         // sd-scripts' SDXL LoRAs name the UNet in sgm form (`lora_unet_input_blocks_3_1_…`): read as diffusers names first.
         let layersPerBlock = component == "unet" ? LDMNameMap.layersPerBlock(diffusersNames: base.names) : 1
+        let flatModules = Set(baseModules.map { $0.replacingOccurrences(of: ".", with: "_") })
         var original: [String: String] = [:]
         let stripped = mine.map { m -> AdapterModule in
             let prefix = KohyaDialect.prefixes.first { m.module.hasPrefix($0) }!
             var r = m
-            r.module = textModelPrefix(String(m.module.dropFirst(prefix.count)), separator: "_", add: isTextEncoder && baseHasTextModel,
-                                                 drop: isTextEncoder && !baseHasTextModel)
+            let rest = String(m.module.dropFirst(prefix.count))
+            r.module = flatModules.contains(rest) ? rest : textModelPrefix(rest, separator: "_", add: isTextEncoder && baseHasTextModel,
+                                                                           drop: isTextEncoder && !baseHasTextModel)
             if component == "unet", let name = LDMNameMap.diffusersFlatUNetName(ofKohya: r.module, layersPerBlock: layersPerBlock) { r.module = name }
             original[r.module] = m.module
             return r
@@ -171,7 +176,7 @@ public enum DiffusersComponent {
     }
 
     /// `adapters` restricted to the component folder `basePath` is, when it is one: modules of other
-    /// components refused by name, the rest named as the base names them. An SD 1.x LDM single file:
+    /// components refused by name, the rest named as the base names them. An SD 1.x or SDXL single file:
     /// `singleFileView`. Any other base: unchanged.
     /// - Parameter pipeline: the components of the pipeline `basePath` belongs to, when the whole
     ///   pipeline is merged (modules of the other components then belong to them, not refused).
