@@ -156,4 +156,17 @@ struct SDXLSingleFileTests {
         // The same file merges into the pipeline folder, where text_projection is diffusers' own Linear.
         #expect(try mergeImageModel(sdxlPipeline, [file], into: dir + "/pipe").mergedTensors == 1)
     }
+
+    @Test("A LoHa on text_encoder_2's q_proj, a third of the single file's in_proj_weight, is refused by name (only a plain LoRA merges into part of a fused tensor)")
+    func lohaOnFusedThirdRefused() throws {
+        let dir = temporaryDirectory()
+        let file = dir + "/loha.safetensors", module = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
+        let w = try SafeTensorsWriter(path: file, tensors: ["hada_w1_a", "hada_w2_a"].map { TensorInfo(name: module + "." + $0, dtype: .float16, shape: [12, 1]) }
+            + ["hada_w1_b", "hada_w2_b"].map { TensorInfo(name: module + "." + $0, dtype: .float16, shape: [1, 12]) }, metadata: nil)
+        while let t = w.nextTensor { try [UInt8](repeating: 0, count: t.byteCount).withUnsafeBytes { try w.write(t.name, bytes: $0) } }
+        try w.finish()
+        let error = #expect(throws: LoRACoreError.self) { try mergeImageModel(sdxlSingle, [file], into: dir + "/out.safetensors") }
+        #expect(error?.errorDescription?.hasPrefix("module '\(module)': targets rows 0..<12 of '\(Self.inProj)': only a plain LoRA") == true, "\(String(describing: error))")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out.safetensors"))
+    }
 }

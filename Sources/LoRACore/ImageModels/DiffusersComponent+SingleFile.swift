@@ -45,7 +45,9 @@ extension DiffusersComponent {
                         // A block of rows of a fused tensor (OpenCLIP's in_proj): named `<fused module>.<diffusers leaf>`.
                         let fused = part.key.hasSuffix("_weight") ? String(part.key.dropLast("_weight".count)) : String(part.key.dropLast(".weight".count))
                         let leaf = m.module.split(separator: ".").last.map(String.init) ?? m.module
-                        renamed.append(try RowRangeLoRA.wrap(m, as: fused + "." + leaf, tensor: part.key, rows: rows, tensorRows: info.shape[0]))
+                        var named = m
+                        named.module = original.module  // refusals name the module as its file spells it
+                        renamed.append(try RowRangeLoRA.wrap(named, as: fused + "." + leaf, tensor: part.key, rows: rows, tensorRows: info.shape[0]))
                         continue
                     }
                     var r = m
