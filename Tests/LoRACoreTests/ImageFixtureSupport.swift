@@ -25,6 +25,14 @@ let sdxlPipeline = sdxl + "/pipeline"
 let sdxlSingle = sdxl + "/single.safetensors"
 let sdxlSingleOracle = sdxl + "/merged-single.safetensors"
 
+/// scripts/make-fixtures.py group `sd2`: a tiny SD 2.x pipeline (fp16) as an original-layout single
+/// file with the OpenCLIP text encoder (`cond_stage_model.model.`, loaded back by `from_single_file`),
+/// a diffusers-format LoRA with q/k/v on the text encoder, and diffusers' fuse of it (fp32, rounded
+/// once to fp16) written the same way.
+let sd2 = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ImageFixtures/sd2").path
+let sd2Single = sd2 + "/single.safetensors"
+let sd2SingleOracle = sd2 + "/merged-single.safetensors"
+
 /// Copies the safetensors file `source` to `destination` with `metadata` and, when `flip` names a
 /// tensor, an exponent bit of its element 0 flipped (its second byte: a 16-bit value's high byte).
 func rewriteSafeTensors(_ source: String, to destination: String, metadata: [(key: String, value: String)]?, flip: String? = nil) throws {

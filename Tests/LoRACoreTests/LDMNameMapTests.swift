@@ -69,9 +69,9 @@ struct LDMNameMapTests {
         #expect(throws: LoRACoreError.invalidRequest("x: tensor 'model.diffusion_model.input_blocks.1.0.in_layers.1.weight' has no diffusers unet name (a layout this map does not know)")) {
             try LDMNameMap(keys: ["model.diffusion_model.input_blocks.1.0.in_layers.1.weight"], path: "x")
         }
-        // SD 2.x's OpenCLIP text encoder is not mapped yet.
-        #expect(throws: LoRACoreError.invalidRequest("x: tensor 'cond_stage_model.model.ln_final.weight' is not under model.diffusion_model., cond_stage_model.transformer., conditioner.embedders.0.transformer., conditioner.embedders.1.model., first_stage_model.: only SD 1.x and SDXL single files are mapped to diffusers names yet")) {
-            try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.ln_final.weight"], path: "x")
+        // An SDXL refiner's OpenCLIP-bigG alone (conditioner.embedders.0.model.) is not mapped yet.
+        #expect(throws: LoRACoreError.invalidRequest("x: tensor 'conditioner.embedders.0.model.ln_final.weight' is not under model.diffusion_model., cond_stage_model.transformer., cond_stage_model.model., conditioner.embedders.0.transformer., conditioner.embedders.1.model., first_stage_model.: only SD 1.x, SD 2.x and SDXL single files are mapped to diffusers names yet")) {
+            try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.0.model.ln_final.weight"], path: "x")
         }
         #expect(throws: LoRACoreError.invalidRequest("x: tensor 'conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj' has no diffusers text_encoder_2 name (a layout this map does not know)")) {
             try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj"], path: "x")

@@ -48,7 +48,7 @@ struct ImageModelCommandTests {
         #expect(s4 == 1 && o4.isEmpty && e4 == "error: \(single) is a single-file checkpoint, merged into one file: give --output NAME.safetensors\n", "\(e4)")
     }
 
-    @Test("The README's SDXL commands: inspect names sdxl, the kohya SDXL file merges into the single file (one file) and the pipeline, verify passes with the diffusers file")
+    @Test("The README's SDXL and SD 2.x commands: inspect names sdxl, the kohya SDXL file merges into the single file (one file) and the pipeline, verify passes with the diffusers file; the SD 2.x single file merges into one file")
     func sdxlCommands() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -62,6 +62,9 @@ struct ImageModelCommandTests {
         #expect(s3 == 0 && o3.contains("PASS: 421 tensors (91 merged"), "\(o3)")
         let (s4, o4, e4) = try run(["merge", "--base", sdxl + "/pipeline", "--adapter", kohya, "--output", dir + "/sdxl-kohya"])
         #expect(s4 == 0 && o4.contains(" 93 tensors: ") && FileManager.default.fileExists(atPath: dir + "/sdxl-kohya/text_encoder_2/model.safetensors"), "\(o4)\(e4)")
+        let sd2 = "Tests/LoRACoreTests/ImageFixtures/sd2"
+        let (s5, o5, e5) = try run(["merge", "--base", sd2 + "/single.safetensors", "--adapter", sd2 + "/lora", "--output", dir + "/sd2-single.safetensors"])
+        #expect(s5 == 0 && o5.contains(" 39 tensors: ") && o5.contains("in 1 files"), "\(o5)\(e5)")
     }
 
     @Test("unet/ with a LoRA that also targets the text encoder: exit 1, one error line naming the module and the component")

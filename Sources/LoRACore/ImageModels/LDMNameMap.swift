@@ -1,7 +1,7 @@
 import Foundation
 import SafeTensors
 
-/// The names of an original-layout Stable Diffusion single-file checkpoint, SD 1.x (LDM) or SDXL
+/// The names of an original-layout Stable Diffusion single-file checkpoint, SD 1.x and 2.x (LDM) or SDXL
 /// (sgm, Stability's generative-models), as A1111, ComfyUI and sd-scripts read and write them, mapped
 /// to diffusers' component and tensor names.
 ///
@@ -10,6 +10,8 @@ import SafeTensors
 /// - `cond_stage_model.transformer.` (SD 1.x) or `conditioner.embedders.0.transformer.` (SDXL) →
 ///   `text_encoder` (CLIPTextModel; the file has transformers 4's `text_model.` prefix, which the map
 ///   drops: transformers 5 names the tensors without it);
+/// - `cond_stage_model.model.` (SD 2.x) → `text_encoder`, OpenCLIP-H names (`OpenCLIPNames.sd2Names`)
+///   for a CLIPTextModel, with the same fused `in_proj`;
 /// - `conditioner.embedders.1.model.` (SDXL) → `text_encoder_2`, OpenCLIP names (`OpenCLIPNames`)
 ///   for a CLIPTextModelWithProjection; its fused `attn.in_proj_weight`/`_bias` are three diffusers
 ///   tensors each (`FileTensorPart`), its `text_projection` is diffusers' transposed;
@@ -44,8 +46,8 @@ import SafeTensors
 public struct LDMNameMap: Sendable {
     /// Prefix of each component's tensors in the single file.
     public static let prefixes = [("unet", "model.diffusion_model."), ("text_encoder", "cond_stage_model.transformer."),
-                                  ("text_encoder", "conditioner.embedders.0.transformer."), ("text_encoder_2", "conditioner.embedders.1.model."),
-                                  ("vae", "first_stage_model.")]
+                                  ("text_encoder", "cond_stage_model.model."), ("text_encoder", "conditioner.embedders.0.transformer."),
+                                  ("text_encoder_2", "conditioner.embedders.1.model."), ("vae", "first_stage_model.")]
 
     /// The components the file holds, sorted.
     public let components: [String]
@@ -56,15 +58,16 @@ public struct LDMNameMap: Sendable {
     /// single-file key → its (component, diffusers name)s.
     private let names: [String: [(component: String, name: String)]]
 
-    /// Whether `names` (a checkpoint's tensor names) are an SD 1.x or SDXL single file's: UNet keys
-    /// under `model.diffusion_model.input_blocks.` (SD 2.x's OpenCLIP `cond_stage_model.model.` is not mapped).
+    /// Whether `names` (a checkpoint's tensor names) are an SD 1.x, 2.x or SDXL single file's: UNet
+    /// keys under `model.diffusion_model.input_blocks.`.
     public static func isLDM(_ names: [String]) -> Bool {
         names.contains { $0.hasPrefix("model.diffusion_model.input_blocks.") }
     }
 
     /// The map of a single file's keys.
     /// - Throws: `LoRACoreError.invalidRequest` naming the first key that has no diffusers name (a
-    ///   component it does not know, SD 2.x's OpenCLIP text encoder), or two keys that get the same name.
+    ///   component it does not know, an SDXL refiner's `conditioner.embedders.0.model.`), or two keys
+    ///   that get the same name.
     public init(keys fileKeys: [String], path: String) throws {
         let inputs = fileKeys.compactMap { Self.blockIndex($0, "model.diffusion_model.input_blocks.") }
         let downsamplers = Set(fileKeys.filter { $0.hasPrefix("model.diffusion_model.input_blocks.") && $0.contains(".0.op.") }
@@ -77,12 +80,13 @@ public struct LDMNameMap: Sendable {
         var components = Set<String>()
         for key in fileKeys {
             guard let (component, prefix) = Self.prefixes.first(where: { key.hasPrefix($0.1) }) else {
-                throw LoRACoreError.invalidRequest("\(path): tensor '\(key)' is not under \(Self.prefixes.map(\.1).joined(separator: ", ")): only SD 1.x and SDXL single files are mapped to diffusers names yet")
+                throw LoRACoreError.invalidRequest("\(path): tensor '\(key)' is not under \(Self.prefixes.map(\.1).joined(separator: ", ")): only SD 1.x, SD 2.x and SDXL single files are mapped to diffusers names yet")
             }
             let rest = String(key.dropFirst(prefix.count))
             let mapped: [(name: String, rows: FileTensorPart.Rows?, transposed: Bool)]?
             switch component {
             case "unet": mapped = Self.unetName(rest, layersPerBlock: layersPerBlock).map { [($0, nil, false)] }
+            case "text_encoder" where prefix == "cond_stage_model.model.": mapped = OpenCLIPNames.sd2Names(rest)
             case "text_encoder": mapped = [(rest.hasPrefix("text_model.") ? String(rest.dropFirst("text_model.".count)) : rest, nil, false)]
             case "text_encoder_2": mapped = OpenCLIPNames.diffusersNames(rest)
             default: mapped = Self.vaeName(rest, blocks: decoderBlocks).map { [($0, nil, false)] }

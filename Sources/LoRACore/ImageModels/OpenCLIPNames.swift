@@ -1,6 +1,6 @@
 /// OpenCLIP text-encoder names (SDXL's second text encoder under `conditioner.embedders.1.model.`,
-/// SD 2.x's under `cond_stage_model.model.`) as diffusers names the CLIPTextModelWithProjection it
-/// converts them to (transformers' names, with `text_model.`).
+/// SD 2.x's under `cond_stage_model.model.`: `sd2Names`) as diffusers names the
+/// CLIPTextModelWithProjection it converts them to (transformers' names, with `text_model.`).
 ///
 /// Rules (diffusers `loaders/single_file_utils.py` `convert_open_clip_checkpoint` and
 /// `DIFFUSERS_TO_LDM_MAPPING["openclip"]`):
@@ -37,5 +37,16 @@ enum OpenCLIPNames {
             return [(head + diffusers + rest.dropFirst(openCLIP.count), nil, false)]
         }
         return nil
+    }
+
+    /// SD 2.x's OpenCLIP-H (`cond_stage_model.model.`) as diffusers names its CLIPTextModel: the same
+    /// rules without `text_model.` (transformers 5's CLIPTextModel has none; diffusers'
+    /// `create_diffusers_clip_model_from_ldm` strips it), and no name for what diffusers' converter
+    /// skips (`SD_2_TEXT_ENCODER_KEYS_TO_IGNORE`): `text_projection` and the whole of
+    /// `transformer.resblocks.23.`, the last layer, as SD 2.x reads the penultimate layer's output
+    /// (its diffusers text encoder has 23 layers).
+    static func sd2Names(_ key: String) -> [(name: String, rows: FileTensorPart.Rows?, transposed: Bool)]? {
+        if key == "text_projection" || key.hasPrefix("transformer.resblocks.23.") { return [] }
+        return diffusersNames(key)?.map { n in (n.name.hasPrefix("text_model.") ? String(n.name.dropFirst("text_model.".count)) : n.name, n.rows, n.transposed) }
     }
 }
