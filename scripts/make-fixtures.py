@@ -2635,7 +2635,8 @@ def sdxl_fixtures(d, merged_dir):
 
 def check_lora_tool_sdxl(d, merged_dir):
     """When the binary is built: lora-tool's merges of the sdxl fixtures (single file with the kohya and the diffusers
-    LoRA, pipeline folder with the kohya LoRA) equal the expected merges within 1 fp16 ulp and load in diffusers."""
+    LoRA, pipeline folder with the kohya LoRA) equal the expected merges within 1 fp16 ulp and load in diffusers; its
+    convert --to kohya of the diffusers LoRA (the pipeline as --base) equals kohya.safetensors."""
     import subprocess, tempfile
     from diffusers import StableDiffusionXLPipeline
     tool = os.path.join(ROOT, ".build/debug/lora-tool")
@@ -2663,7 +2664,13 @@ def check_lora_tool_sdxl(d, merged_dir):
             a, b = getattr(ours, c).state_dict(), getattr(theirs, c).state_dict()
             for k in b:
                 assert ulps(a[k], b[k]) <= 1, (c, k)
-    print("lora-tool's sdxl merges (single file: kohya and diffusers LoRAs; pipeline: kohya) equal the expected merges within 1 ulp and load in diffusers")
+        # The diffusers LoRA converted to sd-scripts' SDXL names is the kohya fixture, value for value.
+        subprocess.run([tool, "convert", os.path.join(d, "lora"), "--to", "kohya", "--base", os.path.join(d, "pipeline"), "--output",
+                        os.path.join(t, "k.safetensors")], check=True, stdout=subprocess.DEVNULL)
+        converted, fixture = load_file(os.path.join(t, "k.safetensors")), load_file(os.path.join(d, "kohya.safetensors"))
+        assert converted.keys() == fixture.keys() and all(torch.equal(converted[k].float(), fixture[k].float()) for k in fixture)
+    print("lora-tool's sdxl merges (single file: kohya and diffusers LoRAs; pipeline: kohya) equal the expected merges within 1 ulp and load in diffusers;"
+          " its kohya conversion of lora/ equals kohya.safetensors")
 
 
 # --- Image models: a tiny SD 2.x single file (OpenCLIP text encoder) and its LoRA -----------------

@@ -169,4 +169,21 @@ struct SDXLSingleFileTests {
         #expect(error?.errorDescription?.hasPrefix("module '\(module)': targets rows 0..<12 of '\(Self.inProj)': only a plain LoRA") == true, "\(String(describing: error))")
         #expect(!FileManager.default.fileExists(atPath: dir + "/out.safetensors"))
     }
+
+    @Test("convert --to kohya of the SDXL diffusers LoRA with its pipeline as --base writes sd-scripts' SDXL names (sgm UNet, lora_te1_/lora_te2_) and alphas: the kohya fixture value for value; without --base it is refused")
+    func convertToKohya() throws {
+        let dir = temporaryDirectory()
+        var o = ConvertOptions(adapter: sdxl + "/lora", to: .kohya, output: dir + "/k.safetensors")
+        o.base = sdxlPipeline
+        #expect(try Convert.run(o).modules == 93)
+        let ours = try Checkpoint(path: dir + "/k.safetensors"), fixture = try Checkpoint(path: sdxl + "/kohya.safetensors")
+        #expect(ours.names == fixture.names)
+        for name in fixture.names { #expect(try TensorData.floats(ours, name) == TensorData.floats(fixture, name), "\(name)") }
+        o.base = nil
+        o.output = dir + "/no-base.safetensors"
+        #expect(throws: LoRACoreError.invalidRequest("\(sdxl)/lora is an SDXL LoRA: sd-scripts names its UNet in sgm form, whose block numbers depend on the UNet's layers per block; give its diffusers pipeline folder as --base")) {
+            try Convert.run(o)
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/no-base.safetensors"))
+    }
 }

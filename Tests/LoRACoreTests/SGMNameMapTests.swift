@@ -141,4 +141,21 @@ struct SGMNameMapTests {
         update.apply64(toRows: 0, count: 3 * d, cols: cols, block: &w64, weight: 1)
         #expect(zip(w64, whole).allSatisfy { abs($0 - Double($1)) < 1e-5 })
     }
+
+    @Test("sgmUNetName inverts the map: every module of the SDXL fixture's UNet gets its single-file key, and SDXL's own L = 2 names its blocks as sd-scripts does")
+    func sgmNamesOfDiffusersModules() throws {
+        let single = try Checkpoint(path: sdxlSingle), map = try LDMNameMap(keys: single.names, path: sdxlSingle)
+        let unet = try Checkpoint(path: sdxlPipeline + "/unet/diffusion_pytorch_model.safetensors").names
+        let up = LDMNameMap.upBlocksWithAttention(diffusersNames: unet)
+        #expect(up == [0] && LDMNameMap.layersPerBlock(diffusersNames: unet) == 1)
+        for name in unet {
+            let (module, suffix) = (String(name[..<name.lastIndex(of: ".")!]), String(name[name.lastIndex(of: ".")!...]))
+            let sgm = LDMNameMap.sgmUNetName(ofDiffusers: module, layersPerBlock: 1, upBlocksWithAttention: up)
+            #expect(sgm.map { "model.diffusion_model." + $0 + suffix } == map.key(component: "unet", name: name), "\(name)")
+        }
+        #expect(LDMNameMap.sgmUNetName(ofDiffusers: "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", layersPerBlock: 2, upBlocksWithAttention: [0, 1])
+            == "input_blocks.4.1.transformer_blocks.0.attn1.to_q")
+        #expect(LDMNameMap.sgmUNetName(ofDiffusers: "up_blocks.2.upsamplers.0.conv", layersPerBlock: 2, upBlocksWithAttention: [0, 1]) == "output_blocks.8.1.conv")
+        #expect(LDMNameMap.sgmUNetName(ofDiffusers: "down_blocks.0.resnets.7.conv9", layersPerBlock: 2, upBlocksWithAttention: []) == nil)
+    }
 }

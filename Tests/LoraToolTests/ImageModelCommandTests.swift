@@ -62,6 +62,8 @@ struct ImageModelCommandTests {
         #expect(s3 == 0 && o3.contains("PASS: 421 tensors (91 merged"), "\(o3)")
         let (s4, o4, e4) = try run(["merge", "--base", sdxl + "/pipeline", "--adapter", kohya, "--output", dir + "/sdxl-kohya"])
         #expect(s4 == 0 && o4.contains(" 93 tensors: ") && FileManager.default.fileExists(atPath: dir + "/sdxl-kohya/text_encoder_2/model.safetensors"), "\(o4)\(e4)")
+        let (s6, o6, e6) = try run(["convert", sdxl + "/lora", "--to", "kohya", "--base", sdxl + "/pipeline", "--output", dir + "/sdxl-lora-kohya.safetensors"])
+        #expect(s6 == 0 && o6.contains("modules  93, scales 0.5, 1.5, 2, 2.5, 3"), "\(o6)\(e6)")
         let sd2 = "Tests/LoRACoreTests/ImageFixtures/sd2"
         let (s5, o5, e5) = try run(["merge", "--base", sd2 + "/single.safetensors", "--adapter", sd2 + "/lora", "--output", dir + "/sd2-single.safetensors"])
         #expect(s5 == 0 && o5.contains(" 39 tensors: ") && o5.contains("in 1 files"), "\(o5)\(e5)")

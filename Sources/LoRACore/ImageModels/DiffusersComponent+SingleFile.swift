@@ -59,3 +59,18 @@ extension DiffusersComponent {
         }
     }
 }
+
+extension DiffusersComponent {
+    /// What sd-scripts' sgm UNet names of an SDXL LoRA need from its base: the UNet's layers per block
+    /// and up blocks with attentions, read from the tensor names of `base`'s `unet/` (a pipeline folder).
+    /// - Returns: nil for a LoRA that is not SDXL's (`ImageModelFamily.of(adapter:)`).
+    /// - Throws: `LoRACoreError.invalidRequest` for an SDXL LoRA without an SDXL pipeline folder as `base`.
+    static func sgmUNetLayout(for adapter: Adapter, base: String?) throws -> (layersPerBlock: Int, upBlocksWithAttention: Set<Int>)? {
+        guard adapter.format == .diffusers, ImageModelFamily.of(adapter: adapter)?.name == "sdxl" else { return nil }
+        guard let base, DiffusersPipeline.isPipeline(base) else {
+            throw LoRACoreError.invalidRequest("\(adapter.path) is an SDXL LoRA: sd-scripts names its UNet in sgm form, whose block numbers depend on the UNet's layers per block; give its diffusers pipeline folder as --base")
+        }
+        let names = try Checkpoint(path: base + "/unet", headerOnly: true).names
+        return (LDMNameMap.layersPerBlock(diffusersNames: names), LDMNameMap.upBlocksWithAttention(diffusersNames: names))
+    }
+}

@@ -151,20 +151,31 @@ public enum DiffusersComponent {
         return adapter.modules.map { resolved[$0.module]! }
     }
 
-    /// sd-scripts' name of a module of an SD 1.x/2.x diffusers-format LoRA: `unet.down_blocks.0.…` →
+    /// sd-scripts' name of a module of a diffusers-format SD LoRA. SD 1.x/2.x: `unet.down_blocks.0.…` →
     /// `lora_unet_down_blocks_0_…` (sd-scripts names these UNets as diffusers does, dots as `_`),
     /// `text_encoder.encoder.layers.0.mlp.fc1` → `lora_te_text_model_encoder_layers_0_mlp_fc1`
-    /// (sd-scripts' CLIP names carry transformers 4's `text_model.`).
-    /// - Throws: `LoRACoreError.unsupportedAdapter` for components whose sd-scripts names are not
-    ///   diffusers' (`text_encoder_2`: SDXL, whose UNet sd-scripts names in sgm form; `transformer`:
-    ///   Flux, BFL names), which are not written yet.
-    static func kohyaName(of module: String, adapter: String) throws -> String {
-        guard let (component, rest) = DiffusersDialect.split(module), component == "unet" || component == "text_encoder" else {
+    /// (sd-scripts' CLIP names carry transformers 4's `text_model.`). SDXL (`sgmUNet` given): the UNet
+    /// in sgm form (`LDMNameMap.sgmUNetName`: `unet.down_blocks.1.attentions.0.…` →
+    /// `lora_unet_input_blocks_4_1_…` with SDXL's L = 2), the text encoders `lora_te1_text_model_…` and
+    /// `lora_te2_text_model_…` (sd-scripts' `networks/lora.py` prefixes for SDXL).
+    /// - Parameter sgmUNet: for an SDXL LoRA, the UNet's layers per block and up blocks with attentions.
+    /// - Throws: `LoRACoreError.unsupportedAdapter` for a component sd-scripts does not name so
+    ///   (`transformer`: Flux, BFL names), for `text_encoder_2` without `sgmUNet`, and for a UNet
+    ///   module the sgm rules do not name.
+    static func kohyaName(of module: String, adapter: String, sgmUNet: (layersPerBlock: Int, upBlocksWithAttention: Set<Int>)? = nil) throws -> String {
+        guard let (component, rest) = DiffusersDialect.split(module), component == "unet" || component == "text_encoder" || (component == "text_encoder_2" && sgmUNet != nil) else {
             throw LoRACoreError.unsupportedAdapter(
-                path: adapter, detail: "module '\(module)': sd-scripts names SDXL and Flux modules in sgm/BFL form, which convert does not write yet (SD 1.x/2.x only)")
+                path: adapter, detail: "module '\(module)': sd-scripts names SDXL modules in sgm form (convert them with the SDXL pipeline as --base) and Flux modules in BFL form, which convert does not write yet")
         }
         let flat = rest.replacingOccurrences(of: ".", with: "_")
-        return component == "unet" ? "lora_unet_" + flat : "lora_te_" + textModelPrefix(flat, separator: "_", add: true, drop: false)
+        guard let sgm = sgmUNet else {
+            return component == "unet" ? "lora_unet_" + flat : "lora_te_" + textModelPrefix(flat, separator: "_", add: true, drop: false)
+        }
+        if component != "unet" { return (component == "text_encoder" ? "lora_te1_" : "lora_te2_") + textModelPrefix(flat, separator: "_", add: true, drop: false) }
+        guard let name = LDMNameMap.sgmUNetName(ofDiffusers: rest, layersPerBlock: sgm.layersPerBlock, upBlocksWithAttention: sgm.upBlocksWithAttention) else {
+            throw LoRACoreError.unsupportedAdapter(path: adapter, detail: "module '\(module)' has no sgm name (the UNet names sd-scripts gives SDXL LoRAs)")
+        }
+        return "lora_unet_" + name.replacingOccurrences(of: ".", with: "_")
     }
 
     /// `path` with transformers 4's `text_model` + `separator` prefix added or dropped.

@@ -17,7 +17,8 @@ extension LoraTool {
                 needs --base to recover module paths.
 
                 Image models: a diffusers-format SD 1.x/2.x LoRA converts --to kohya (sd-scripts' names, \
-                each module's alpha); a kohya or LyCORIS LoRA converts --to diffusers with its diffusers \
+                each module's alpha), an SDXL one with its diffusers pipeline folder as --base (sgm UNet \
+                names, lora_te1_/lora_te2_); a kohya or LyCORIS LoRA converts --to diffusers with its diffusers \
                 pipeline folder as --base (pytorch_lora_weights.safetensors, alpha/r per component in \
                 lora_adapter_metadata).
 
