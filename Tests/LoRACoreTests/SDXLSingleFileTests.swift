@@ -90,7 +90,7 @@ struct SDXLSingleFileTests {
         #expect(try worstUlps(out, sdxlSingleOracle) == 0)
     }
 
-    @Test("kohya SDXL merges into the diffusers pipeline folder and, its UNet part, into unet/: every tensor within 1 ulp of the expected merge")
+    @Test("kohya SDXL merges into the diffusers pipeline folder (which verify passes) and, its UNet part, into unet/: every tensor equal to the expected merge")
     func kohyaIntoFolders() throws {
         let dir = temporaryDirectory()
         _ = try mergeImageModel(sdxlPipeline, [sdxl + "/kohya.safetensors"], into: dir + "/pipe")
@@ -103,6 +103,9 @@ struct SDXLSingleFileTests {
         let w = try SafeTensorsWriter(path: dir + "/kohya-unet.safetensors", tensors: unetOnly.map { kohya.info($0)! }, metadata: nil)
         while let t = w.nextTensor { try w.write(t.name, bytes: try kohya.bytes(of: t.name)) }
         try w.finish()
+        var v = VerifyOptions(base: sdxlPipeline, adapters: [(sdxl + "/kohya.safetensors", 1)], merged: dir + "/pipe")
+        v.threads = 2
+        #expect(try Verify.run(v).passed)
         let report = try mergeImageModel(sdxlPipeline + "/unet", [dir + "/kohya-unet.safetensors"], into: dir + "/unet")
         #expect(report.mergedTensors == 85)
         #expect(try folderUlps(dir + "/unet/diffusion_pytorch_model.safetensors", component: "unet", file: "diffusion_pytorch_model.safetensors") == 0)
@@ -185,5 +188,23 @@ struct SDXLSingleFileTests {
             try Convert.run(o)
         }
         #expect(!FileManager.default.fileExists(atPath: dir + "/no-base.safetensors"))
+    }
+
+    @Test("A fused in_proj_weight whose rows do not split in thirds is refused naming the module and the tensor; nothing is written")
+    func unevenFusedTensorRefused() throws {
+        let dir = temporaryDirectory()
+        func write(_ path: String, _ tensors: [(String, [Int])]) throws {
+            let w = try SafeTensorsWriter(path: path, tensors: tensors.map { TensorInfo(name: $0.0, dtype: .float16, shape: $0.1) }, metadata: nil)
+            while let t = w.nextTensor { try [UInt8](repeating: 0, count: t.byteCount).withUnsafeBytes { try w.write(t.name, bytes: $0) } }
+            try w.finish()
+        }
+        try write(dir + "/base.safetensors", [("model.diffusion_model.input_blocks.0.0.weight", [2, 2]), (Self.inProj, [7, 2])])
+        let module = "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj"
+        try write(dir + "/lora.safetensors", [(module + ".lora_A.weight", [1, 2]), (module + ".lora_B.weight", [2, 1])])
+        #expect(throws: LoRACoreError.baseMismatch(
+            module: module, detail: "targets part 0 of '\(Self.inProj)' in \(dir)/base.safetensors, whose shape [7, 2] does not split in the ratio [1, 1, 1]")) {
+            try mergeImageModel(dir + "/base.safetensors", [dir + "/lora.safetensors"], into: dir + "/out.safetensors")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/out.safetensors"))
     }
 }

@@ -41,7 +41,11 @@ extension DiffusersComponent {
                         throw LoRACoreError.baseMismatch(
                             module: original.module, detail: "targets \(c) '\(m.module)', which the single file \(path) stores transposed as '\(part.key)': a LoRA on it is not merged")
                     }
-                    if part.rows != nil, let rows = part.rows(of: info.shape) {
+                    if let split = part.rows {
+                        guard let rows = part.rows(of: info.shape) else {
+                            throw LoRACoreError.baseMismatch(
+                                module: original.module, detail: "targets part \(split.index) of '\(part.key)' in \(path), whose shape \(info.shape) does not split in the ratio \(split.weights)")
+                        }
                         // A block of rows of a fused tensor (OpenCLIP's in_proj): named `<fused module>.<diffusers leaf>`.
                         let fused = part.key.hasSuffix("_weight") ? String(part.key.dropLast("_weight".count)) : String(part.key.dropLast(".weight".count))
                         let leaf = m.module.split(separator: ".").last.map(String.init) ?? m.module
