@@ -2439,7 +2439,7 @@ def tiny_sdxl_pipeline(dtype):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     import tempfile
     torch.manual_seed(41)
-    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+    unet = UNet2DConditionModel(block_out_channels=(2, 4), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
                                 cross_attention_dim=20, norm_num_groups=2, attention_head_dim=(1, 2), use_linear_projection=True,
