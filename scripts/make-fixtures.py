@@ -905,8 +905,9 @@ def fp8_ue8m0_case():
     DeepSeek-V3.1/V4 layout: X.weight_scale_inv F8_E8M0, 2^(b − 127) per 32×32 block), quantized by
     transformers' Fp8Quantize._quantize_one with that config and dequantized by its
     Fp8Dequantize._dequantize_one (loaded back with transformers' dequantize=True to prove it), a
-    PEFT adapter and the expected dense merge. lora-tool reads it; writing back (--requantize) is
-    refused, so no requantized.safetensors."""
+    PEFT adapter, the expected dense merge, and _quantize_one (ue8m0: weight_scale_inv rounded up to
+    a power of two, 2^ceil(log2(1/scale)), the codes from its exact reciprocal) of lora-tool's merge:
+    what --requantize must write."""
     from transformers import FineGrainedFP8Config, AutoModelForCausalLM
     from transformers.integrations.finegrained_fp8 import Fp8Quantize, Fp8Dequantize
     cfg = FineGrainedFP8Config(weight_block_size=[32, 32], scale_fmt="ue8m0")
@@ -933,7 +934,7 @@ def fp8_ue8m0_case():
                                                   quantization_config=FineGrainedFP8Config(dequantize=True, weight_block_size=[32, 32], scale_fmt="ue8m0"))
     for k, p in loaded.named_parameters():
         assert torch.equal(p.data, dense[k]), k
-    write_quantized_case(d, dense, 96, 12, 42, None)
+    write_quantized_case(d, dense, 96, 12, 42, lambda name, w: quantize_op._quantize_one(name, w))
     print("fp8 ue8m0 case")
 
 
@@ -1224,8 +1225,17 @@ def lycoris_case(name, algo, file_dtype, seed, **kwargs):
     LycorisNetwork.apply_preset({"target_module": [], "target_name": ["*" + t for t in TYPE_TARGETS], "use_fnmatch": True,
                                  "lora_prefix": "lora_te", "name_algo_map": {"*q_proj": {"algo": algo, "dim": 1, "alpha": 1}}})
     path = os.path.join(d, "adapter.safetensors")
-    lycoris_network(create_lycoris(types_base(), 1.0, linear_dim=2, linear_alpha=3, algo=algo, **kwargs), seed, path, file_dtype)
-    facts = lycoris_reference(d, path)
+    model = types_base()
+    net = lycoris_network(create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, algo=algo, **kwargs), seed, path, file_dtype)
+    if kwargs.get("wd_on_output", True):
+        facts = lycoris_reference(d, path)
+    else:
+        # lycoris' loader builds every DoRA module with wd_on_out true and fails on these files: the
+        # reference is the trained network's forward, from the file's values.
+        tokens = lambda: torch.arange(16).reshape(2, 8) * 7 % 32
+        facts = lycoris_reference(d, path, make_input=tokens, forward=trained_forward(net, path, model, tokens))
+        save_forward_weights(lycoris_forward_weights(net.loras), types_base(), d)
+        facts["lycoris_loader"] = lycoris_loader(path, types_base)
     write_case(d, adapters=["adapter.safetensors"], reference="W + lycoris forward ΔW in float64, rounded once",
                lycoris=facts)
     print("case", name, facts)
@@ -1243,6 +1253,28 @@ def lycoris_network(net, seed, path, file_dtype):
                 p.copy_(torch.randn_like(p) * 0.3)
     net.save_weights(path, file_dtype, None)
     return net
+
+
+def trained_forward(net, path, model, make_input):
+    """The output of `model` (with `net` applied) on `make_input()`, every parameter of the network
+    set from the file at `path` (its possibly rounded values)."""
+    sd = load_file(path)
+    with torch.no_grad():
+        for m in net.loras:
+            for pn, p in m.named_parameters():
+                p.copy_(sd[m.lora_name + "." + pn].float())
+        y = model(make_input())
+        return getattr(y, "logits", y)
+
+
+def lycoris_loader(path, make_base):
+    """Whether lycoris' own loader (`create_lycoris_from_weights`) reads the file at `path`."""
+    from lycoris import create_lycoris_from_weights
+    try:
+        create_lycoris_from_weights(1.0, path, make_base())
+        return "loads"
+    except Exception as e:
+        return f"fails: {type(e).__name__}"
 
 
 def lycoris_forward_weights(loras):
@@ -1287,9 +1319,16 @@ def lycoris_reference(d, path, make_base=types_base, make_input=lambda: torch.ra
                     deltas[mod_name] = lycoris_delta(sd, key).reshape(mod.weight.shape)
                     w = mod.weight.double() + deltas[mod_name]
                     if key + ".dora_scale" in sd:
-                        # LyCORIS DoRA (wd_on_out): each output row to m / (‖row‖ + fp32 eps).
-                        norm = w.reshape(w.shape[0], -1).norm(dim=1) + torch.finfo(torch.float32).eps
-                        w = w * (sd[key + ".dora_scale"].double().reshape(-1) / norm).reshape(-1, *[1] * (w.dim() - 1))
+                        m = sd[key + ".dora_scale"].double()
+                        eps = torch.finfo(torch.float32).eps
+                        if m.shape[0] == 1 and w.shape[0] != 1:
+                            # wd_on_out false: each input column (with its kernel) to m / (‖column‖ + fp32 eps).
+                            norm = w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1) + eps
+                            w = w * (m.reshape(-1) / norm).reshape(1, -1, *[1] * (w.dim() - 2))
+                        else:
+                            # wd_on_out: each output row to m / (‖row‖ + fp32 eps).
+                            norm = w.reshape(w.shape[0], -1).norm(dim=1) + eps
+                            w = w * (m.reshape(-1) / norm).reshape(-1, *[1] * (w.dim() - 1))
                     mod.weight.copy_(w.to(dtype))
         save(merged, os.path.join(d, "merged-" + tag))
         if tag == "f32":
@@ -1349,6 +1388,9 @@ def adapter_type_cases():
     lycoris_case("lycoris_loha_dora", "loha", torch.float32, seed=23, dora_wd=True)
     lycoris_case("lycoris_lokr_dora", "lokr", torch.bfloat16, seed=24, decompose_both=True, dora_wd=True)
     lycoris_case("lycoris_locon_dora", "locon", torch.float32, seed=25, dora_wd=True)
+    # LyCORIS DoRA with wd_on_output false: dora_scale (1, in), norms per input column over every row.
+    lycoris_case("lycoris_loha_dora_in", "loha", torch.float32, seed=26, dora_wd=True, wd_on_output=False)
+    lycoris_case("lycoris_lokr_dora_in", "lokr", torch.bfloat16, seed=27, decompose_both=True, dora_wd=True, wd_on_output=False)
     d = fresh(os.path.join(TYPES_FIX, "bases"))
     save_model(types_base(), os.path.join(d, "f32"))
     save_model(types_base().to(torch.bfloat16), os.path.join(d, "bf16"))
@@ -1490,20 +1532,10 @@ def lycoris_tucker_case(name, algo, file_dtype, seed, tucker=True, **kwargs):
     path = os.path.join(d, "adapter.safetensors")
     net = lycoris_network(create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, conv_dim=2, conv_alpha=3, algo=algo, use_tucker=tucker, **kwargs),
                           seed, path, file_dtype)
-    sd = load_file(path)
-    with torch.no_grad():
-        # The trained network's forward from the file's (possibly rounded) values.
-        for m in net.loras:
-            for pn, p in m.named_parameters():
-                p.copy_(sd[m.lora_name + "." + pn].float())
-        forward = model(conv_input())
+    forward = trained_forward(net, path, model, conv_input)
     save_forward_weights(lycoris_forward_weights(net.loras), conv_base(), d)
     facts = lycoris_reference(d, path, conv_base, conv_input, save_conv, forward=forward)
-    try:
-        create_lycoris_from_weights(1.0, path, conv_base())
-        facts["lycoris_loader"] = "loads"
-    except Exception as e:
-        facts["lycoris_loader"] = f"fails: {type(e).__name__}"
+    facts["lycoris_loader"] = lycoris_loader(path, conv_base)
     write_case(d, adapters=["adapter.safetensors"], reference="W + the trained network's forward ΔW in float64, rounded once", lycoris=facts)
     print("case", name, facts)
 
@@ -1526,6 +1558,8 @@ def tucker_cases():
         write_svd(name, bases="conv_bases")
     # LoCon (k×k lora_down, 1×1 lora_up) with LyCORIS DoRA on the convolutions.
     lycoris_tucker_case("lycoris_locon_dora_conv", "locon", torch.float32, seed=65, tucker=False, dora_wd=True)
+    # The same with norms per input channel (wd_on_output false): over (out, 3, 3) on the 3×3 kernels, (out,) on the 1×1 proj.
+    lycoris_tucker_case("lycoris_locon_dora_in_conv", "locon", torch.float32, seed=69, tucker=False, dora_wd=True, wd_on_output=False)
     # LoCon's Tucker core: lora_down (r, in, 1, 1), lora_mid (r, r, 3, 3), lora_up (out, r, 1, 1); proj plain.
     lycoris_tucker_case("lycoris_locon_tucker", "locon", torch.float32, seed=66)
     # Conv1d (kernel 3): PEFT's cores (r, r, 3, 1) on a (out, in, 3) weight.
@@ -1536,17 +1570,19 @@ def tucker_cases():
                      make_base=conv1d_base)
     peft_tucker_case("peft_lokr_tucker_conv1d", LoKrConfig(r=2, alpha=3, use_effective_conv2d=True, target_modules=CONV_TARGETS), seed=68,
                      make_base=conv1d_base)
+    for name in ("peft_loha_tucker_conv1d", "peft_lokr_tucker_conv1d"):
+        write_svd(name, bases="conv1d_bases")
 
 
 def write_svd(name, bases="bases"):
     """The oracle of `convert --to lora`: the singular values of each changed 2-D weight's ΔW (a
-    Conv2d kernel's as its flat (out, in·kh·kw) view), reference merge − base, f32 files, in
+    Conv1d or Conv2d kernel's as its flat (out, in·k…) view), reference merge − base, f32 files, in
     float64, from torch's SVD, in <name>/svd.json."""
     base = load_file(os.path.join(TYPES_FIX, bases, "f32", "model.safetensors"))
     merged = load_file(os.path.join(TYPES_FIX, name, "merged-f32", "model.safetensors"))
     spectra = {}
     for k in sorted(merged):
-        if merged[k].dim() in (2, 4) and not torch.equal(merged[k], base[k]):
+        if merged[k].dim() in (2, 3, 4) and not torch.equal(merged[k], base[k]):
             delta = (merged[k].double() - base[k].double()).flatten(1)
             spectra[k[: -len(".weight")]] = [float(x) for x in torch.linalg.svdvals(delta)]
     with open(os.path.join(TYPES_FIX, name, "svd.json"), "w") as f:

@@ -100,11 +100,12 @@ public final class ChunkedOutput: @unchecked Sendable {
     ///   - buffers: chunk buffers at most (filled or being written); at least 1.
     ///   - durable: direct I/O where available and an fsync in `finish`; false writes through the page
     ///     cache and leaves flushing to the kernel, as `cp` does.
+    ///   - followers: tensors to place right after others (`SafeTensorsWriter.layout`).
     public init(path: String, tensors: [TensorInfo], metadata: [(key: String, value: String)]? = [("format", "pt")],
-                chunkSize: Int = ChunkedOutput.defaultChunkSize, buffers: Int = 4, durable: Bool = true) throws {
+                chunkSize: Int = ChunkedOutput.defaultChunkSize, buffers: Int = 4, durable: Bool = true, followers: [String: String] = [:]) throws {
         precondition(chunkSize > 0 && chunkSize % ChunkedOutput.alignment == 0, "chunks are whole pages")
         self.chunkSize = chunkSize
-        (order, headerBytes) = try SafeTensorsWriter.layout(tensors, metadata: metadata, path: path)
+        (order, headerBytes) = try SafeTensorsWriter.layout(tensors, metadata: metadata, path: path, followers: followers)
         self.path = path
         fileSize = headerBytes.count + Int(order.last?.dataOffsets.end ?? 0)
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)

@@ -6,7 +6,7 @@ import Darwin
 #endif
 
 /// Streams one safetensors file to disk, tensor by tensor, in the byte layout of Python's
-/// `safetensors.save_file`.
+/// `safetensors.save_file` (or with some tensors placed after others: `layout`'s `followers`).
 ///
 /// The header is computed up front from names, dtypes and shapes: tensors ordered by descending
 /// dtype alignment then name bytes, offsets consecutive from 0, compact JSON padded with spaces to a
@@ -29,15 +29,18 @@ public final class SafeTensorsWriter {
     private var filled = 0
 
     /// The header bytes for `tensors` (offsets are assigned here) and their write order.
-    /// - Parameter metadata: written as `__metadata__` with keys sorted by bytes; nil omits it.
+    /// - Parameters:
+    ///   - metadata: written as `__metadata__` with keys sorted by bytes; nil omits it.
+    ///   - followers: tensor name → the tensor it is to follow directly (`placingFollowers`), for
+    ///     writers that can only produce a tensor after another; empty: Python's order exactly.
     /// - Throws: `SafeTensorsError.invalidWrite` for a tensor named `__metadata__`, a name with a NUL byte, duplicate names, sizes that overflow, or a header over 100,000,000 bytes.
     public static func layout(
-        _ tensors: [TensorInfo], metadata: [(key: String, value: String)]?, path: String
+        _ tensors: [TensorInfo], metadata: [(key: String, value: String)]?, path: String, followers: [String: String] = [:]
     ) throws -> (order: [TensorInfo], header: [UInt8]) {
-        var sorted = tensors.sorted {
+        var sorted = placingFollowers(tensors.sorted {
             $0.dtype.alignmentRank != $1.dtype.alignmentRank
                 ? $0.dtype.alignmentRank > $1.dtype.alignmentRank : utf8Precedes($0.name, $1.name)
-        }
+        }, followers)
         var offset: UInt64 = 0
         var seen = Set<[UInt8]>()
         for i in sorted.indices {
@@ -84,6 +87,30 @@ public final class SafeTensorsWriter {
         var n = UInt64(json.count).littleEndian
         let prefix = withUnsafeBytes(of: &n) { Array($0) }
         return (sorted, prefix + json)
+    }
+
+    /// `sorted` (Python's order) with each follower whose leader is in it (and is not itself moved)
+    /// moved to right after its leader, followers of one leader in their sorted order — when every
+    /// tensor then starts at a multiple of its element size (offsets from the 8-aligned data start),
+    /// as Python's order guarantees; otherwise `sorted` unchanged, so a file is never misaligned.
+    static func placingFollowers(_ sorted: [TensorInfo], _ followers: [String: String]) -> [TensorInfo] {
+        guard !followers.isEmpty else { return sorted }
+        let names = Set(sorted.map(\.name))
+        let moved = sorted.filter { t in followers[t.name].map { names.contains($0) && followers[$0] == nil } ?? false }
+        guard !moved.isEmpty else { return sorted }
+        let byLeader = Dictionary(grouping: moved) { followers[$0.name]! }
+        let movedNames = Set(moved.map(\.name))
+        var order: [TensorInfo] = []
+        for t in sorted where !movedNames.contains(t.name) {
+            order.append(t)
+            order += byLeader[t.name] ?? []
+        }
+        var offset = 0
+        for t in order {
+            guard offset % max(1, t.dtype.bitSize / 8) == 0 else { return sorted }
+            offset += TensorInfo.byteCount(dtype: t.dtype, shape: t.shape) ?? 0
+        }
+        return order
     }
 
     /// Creates `path` (which must not exist), reserves its space and writes its header.

@@ -30,7 +30,7 @@ struct TypeCase: CustomStringConvertible, Sendable {
     var reference: String { "\(dir)/merged-\(dtype)" }
     var adapter: String { name.hasPrefix("lycoris") ? "\(dir)/adapter.safetensors" : "\(dir)/adapter" }
     /// The word `inspect` must print.
-    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT", "locon": "LoCon"][String(name.replacingOccurrences(of: "_conv1d", with: "").replacingOccurrences(of: "_tucker", with: "").replacingOccurrences(of: "_conv", with: "").replacingOccurrences(of: "_dora", with: "").split(separator: "_").last!)]! }
+    var typeName: String { name.hasPrefix("peft_oft") ? "OFT" : name.hasPrefix("peft_boft") ? "BOFT" : ["loha": "LoHa", "lokr": "LoKr", "ia3": "IA3", "vera": "VeRA", "tokens": "trainable tokens", "fourierft": "FourierFT", "locon": "LoCon"][String(name.replacingOccurrences(of: "_conv1d", with: "").replacingOccurrences(of: "_tucker", with: "").replacingOccurrences(of: "_conv", with: "").replacingOccurrences(of: "_dora_in", with: "").replacingOccurrences(of: "_dora", with: "").split(separator: "_").last!)]! }
 
     /// Modules the adapter has (IA³: q, v, down; tokens: q, v and the embedding; peft_oft: q, v, up,
     /// down and the embedding; else q, v, up, down).
@@ -42,7 +42,7 @@ struct TypeCase: CustomStringConvertible, Sendable {
                         "peft_oft", "peft_oft_cayley", "peft_oft_coft", "peft_oft_share", "peft_boft", "peft_boft_butterfly",
                         "peft_fourierft", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker", "lycoris_lokr_tucker",
                         "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker",
-                        "peft_loha_tucker_conv1d", "peft_lokr_tucker_conv1d"]
+                        "peft_loha_tucker_conv1d", "peft_lokr_tucker_conv1d", "lycoris_loha_dora_in", "lycoris_lokr_dora_in", "lycoris_locon_dora_in_conv"]
     static let all = names.flatMap { n in ["f32", "bf16"].map { TypeCase(name: n, dtype: $0) } }
 }
 
@@ -212,7 +212,7 @@ struct AdapterTypeTests {
 
     @Test("LyCORIS DoRA scales that do not fit, incomplete LoCon modules, LoCon Tucker cores that do not fit and other algorithms are refused in one line naming the tensor",
           arguments: [
-              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [1, 16], "LyCORIS DoRA with norms per input column (wd_on_out false) is not supported yet"),
+              ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [1, 5], "expected [16, 1, …] (one magnitude per output row) or [1, in, …] with in dividing 16"),
               ("lycoris_loha", "lora_te_model_layers_0_self_attn_q_proj.dora_scale", [8, 1], "expected [16, 1, …] (one magnitude per output row)"),
               ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.dora_scale", [8, 1], "LyCORIS DoRA (dora_scale) without LoHa, LoKr or LoCon factors"),
               ("lycoris_loha", "lora_te_model_layers_0_self_attn_k_proj.lora_down.weight", [2, 16], "LoCon module has no lora_up.weight"),
@@ -238,6 +238,13 @@ struct AdapterTypeTests {
         defer { try? FileManager.default.removeItem(atPath: out) }
         // inspect says DoRA; a second adapter on a DoRA module is refused, as for PEFT DoRA.
         #expect(try Inspect.run(path: c.adapter, base: c.base).adapter?.modules.allSatisfy(\.dora) == true)
+        #expect(try Inspect.run(path: c.adapter, base: c.base).adapter?.lycorisDoRA == ["per output row"])
+        let columns = TypeCase(name: "lycoris_loha_dora_in", dtype: "bf16")
+        #expect(try Inspect.run(path: columns.adapter, base: columns.base).adapter?.lycorisDoRA == ["per input column"])
+        let columnWeight = #expect(throws: LoRACoreError.self) {
+            try Merge.run(MergeOptions(base: columns.base, adapters: [(columns.adapter, 0.5)], output: out + "/m"))
+        }
+        #expect(columnWeight?.localizedDescription.contains("rescales each input column of W + ΔW, so --weight 0.5") == true)
         let two = #expect(throws: LoRACoreError.self) {
             try Merge.run(MergeOptions(base: c.base, adapters: [(c.adapter, 1), (TypeCase(name: "lycoris_loha", dtype: "bf16").adapter, 1)], output: out + "/m"))
         }
@@ -260,6 +267,7 @@ struct AdapterTypeTests {
 
     @Test("LyCORIS files merge in f32 to the weights of lycoris' own fp32 forward (forward-f32.safetensors): bit-identical; Tucker cores within 0.5 ulp of the largest magnitude (measured: 0.42)",
           arguments: ["lycoris_loha", "lycoris_lokr", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora", "lycoris_locon_dora_conv",
+                      "lycoris_loha_dora_in", "lycoris_lokr_dora_in", "lycoris_locon_dora_in_conv",
                       "lycoris_loha_tucker", "lycoris_lokr_tucker", "lycoris_locon_tucker", "convert_peft_loha", "convert_peft_loha_tucker", "convert_peft_loha_tucker_conv1d"])
     func lycorisForward(fixture: String) throws {
         let c = TypeCase(name: fixture, dtype: "f32")
@@ -281,7 +289,8 @@ struct AdapterTypeTests {
     }
 
     @Test("LoHa (the fused kernel), Tucker, LyCORIS DoRA and LoCon merges are the same bytes on every instruction set, with 1 or 2 workers and 4 KiB chunks cutting their tensors",
-          arguments: ["peft_loha", "lycoris_loha", "peft_lokr", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_lokr_tucker", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker", "peft_loha_tucker_conv1d"])
+          arguments: ["peft_loha", "lycoris_loha", "peft_lokr", "peft_loha_tucker", "peft_lokr_tucker", "lycoris_lokr_tucker", "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora_conv", "lycoris_locon_tucker", "peft_loha_tucker_conv1d",
+                      "lycoris_loha_dora_in", "lycoris_locon_dora_in_conv"])
     func deterministic(fixture: String) throws {
         let out = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: out) }
@@ -300,21 +309,46 @@ struct AdapterTypeTests {
         }
     }
 
-    @Test("dora_scale's shape decides the norm: (out, 1) per output row (a one-row module's (1, 1) too), (1, in) per input column (refused), else refused")
+    @Test("dora_scale's shape decides the norm: (out, 1, …) per output row (a one-row module's (1, 1) too), (1, c, …) per input channel when c divides the flattened inputs, else refused")
     func doraScaleShapes() throws {
-        func check(_ shape: [Int], out: Int) throws {
-            try WeightDecompose.check(TensorInfo(name: "m.dora_scale", dtype: .float32, shape: shape), out: out, origin: .lycoris(alpha: nil), module: "m", type: "LoHa")
+        func check(_ shape: [Int], out: Int, inputs: Int = 16) throws -> LycorisDoRANorms {
+            try WeightDecompose.check(TensorInfo(name: "m.dora_scale", dtype: .float32, shape: shape), out: out, inputs: inputs, origin: .lycoris(alpha: nil), module: "m", type: "LoHa")
         }
-        try check([16, 1], out: 16)
-        try check([16, 1, 1, 1], out: 16)
-        try check([1, 1], out: 1)
-        #expect(throws: LoRACoreError.self) { try check([1, 16], out: 16) }
-        #expect(throws: LoRACoreError.self) { try check([1, 16, 1, 1], out: 8) }
+        #expect(try check([16, 1], out: 16) == .perOutputRow)
+        #expect(try check([16, 1, 1, 1], out: 16) == .perOutputRow)
+        #expect(try check([1, 1], out: 1) == .perOutputRow)
+        #expect(try check([1, 16], out: 16) == .perInputColumn)
+        // A 3×3 convolution over 8 channels: 72 flattened inputs.
+        #expect(try check([1, 8, 1, 1], out: 16, inputs: 72) == .perInputColumn)
+        #expect(throws: LoRACoreError.self) { try check([1, 5], out: 16) }
+        #expect(throws: LoRACoreError.self) { try check([1, 16, 2, 1], out: 8) }
         #expect(throws: LoRACoreError.self) { try check([8, 2], out: 8) }
         #expect(throws: LoRACoreError.self) {
-            try WeightDecompose.check(TensorInfo(name: "m.dora_scale", dtype: .float32, shape: [16, 1]), out: 16,
+            try WeightDecompose.check(TensorInfo(name: "m.dora_scale", dtype: .float32, shape: [16, 1]), out: 16, inputs: 16,
                                       origin: .peft(rank: 2, alpha: 2, config: AdapterConfig()), module: "m", type: "LoHa")
         }
+    }
+
+    @Test("Column sums of squares follow torch's order: a matrix's columns row after row, a k×k kernel's channels in 8 lanes then the rest (hand-computed)")
+    func columnSquaresOrder() {
+        // 4096² = 2^24, where fp32's spacing is 2: adding 1 is lost (ties to even), adding 2 is not.
+        let big: Float = 16_777_216
+        let values: [Float] = [4096] + [Float](repeating: 1, count: 15)
+        // A 1-wide kernel (16 rows of one column): summed in order, every 1 is lost.
+        var sequential = WeightDecompose.ColumnSquares(channels: 1, kernel: 1, rows: 16)
+        sequential.add(values, rows: 16)
+        #expect(sequential.sums() == [big])
+        // A 4-wide kernel over 4 rows (positions 0..<16, all in lanes p mod 8): lane 0 loses its 1,
+        // lanes 1…7 hold 2 each, added to 2^24 in order: 2^24 + 14.
+        var laned = WeightDecompose.ColumnSquares(channels: 1, kernel: 4, rows: 4)
+        laned.add(Array(values[0..<8]), rows: 2)
+        laned.add(Array(values[8..<16]), rows: 2)
+        #expect(laned.sums() == [big + 14])
+        // 3 rows of a 3-wide kernel: positions 0..<8 in lanes (8), position 8 added after them
+        // (in lane 0 it would lose the 1 there, and the lanes' sum every other 1).
+        var tail = WeightDecompose.ColumnSquares(channels: 1, kernel: 3, rows: 3)
+        tail.add([1, 1, 1, 1, 1, 1, 1, 1, 4096], rows: 3)
+        #expect(tail.sums() == [big + 8])
     }
 
     @Test("IA³ refuses a weight other than 1 or -1, naming the module and why")

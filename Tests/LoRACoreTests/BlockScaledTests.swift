@@ -41,7 +41,7 @@ struct FP8E4M3Tests {
 
 @Suite("Block-scaled bases: transformers' fine-grained FP8, bitsandbytes int8, compressed-tensors FP8")
 struct BlockScaledTests {
-    static let cases = ["fp8_block", "fp8_block_partial", "int8", "ct_fp8_channel", "ct_fp8_tensor", "ct_fp8_tensor_static"]
+    static let cases = ["fp8_block", "fp8_block_partial", "fp8_ue8m0", "int8", "ct_fp8_channel", "ct_fp8_tensor", "ct_fp8_tensor_static"]
 
     @Test("Dequantization equals the reference (transformers' Fp8Dequantize; bitsandbytes' int8_vectorwise_dequant as transformers' dequantize calls it; compressed-tensors' dequantize, which transformers loads) bit for bit", arguments: cases)
     func dequantize(fixture: String) throws {
@@ -93,6 +93,56 @@ struct BlockScaledTests {
         }
         let config = try String(contentsOfFile: dir + "/q/config.json", encoding: .utf8)
         #expect(config == (try String(contentsOfFile: "\(fixtures)/\(fixture)/base/config.json", encoding: .utf8)))
+    }
+
+    @Test("--requantize keep writes each merged weight's scales right after its codes (one pass over the merge), and the same bytes at 4 KiB chunks on 3 workers (bands of one block row, cut by chunk boundaries); sharded, the tensors are the same", arguments: cases)
+    func requantizeLayoutAndChunks(fixture: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var o = MergeOptions(base: "\(fixtures)/\(fixture)/base", adapters: [("\(fixtures)/\(fixture)/adapter", 1)], output: dir + "/a")
+        o.requantize = "keep"
+        _ = try Merge.run(o)
+        let a = try Checkpoint(path: dir + "/a")
+        let order = try #require(a.files.first).tensors.sorted { $0.dataOffsets.begin < $1.dataOffsets.begin }.map(\.name)
+        // (A per-tensor scale too: these weights are small enough for one band.)
+        for weight in ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"] {
+            let codes = try #require(order.firstIndex(of: weight + ".weight"))
+            let scale = try #require(["weight_scale_inv", "weight_scale", "SCB"].lazy.compactMap { order.firstIndex(of: weight + "." + $0) }.first)
+            #expect(scale == codes + 1, "\(fixture): \(order)")
+        }
+        o.output = dir + "/b"
+        o.chunkSize = 4096
+        o.threads = 3
+        _ = try Merge.run(o)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/a/model.safetensors")) == Data(contentsOf: URL(fileURLWithPath: dir + "/b/model.safetensors")))
+        o.output = dir + "/c"
+        o.maxShardSize = 12_000
+        _ = try Merge.run(o)
+        let c = try Checkpoint(path: dir + "/c")
+        #expect(c.files.count > 1 && c.names == a.names)
+        for name in a.names { #expect(try c.bytes(of: name).elementsEqual(try a.bytes(of: name)), "\(name)") }
+    }
+
+    @Test("RequantizeBlockScaledPass gives the reference's bytes whichever part is asked first, in 100-byte ranges crossing bands: bands of one block row, of the whole weight, and streamed weights (two passes)",
+          arguments: cases, [(1, 1 << 22), (1 << 18, 1 << 22), (1, 1)])
+    func partsInAnyOrder(fixture: String, bands: (values: Int, largest: Int)) throws {
+        let f = "\(fixtures)/\(fixture)"
+        let expected = try Checkpoint(path: f + "/requantized.safetensors")
+        for scalesFirst in [false, true] {
+            let base = try DequantizePass().apply(to: TensorStream(model: Checkpoint(path: f + "/base")))
+            let plan = try MergePlan(base: base, adapters: [Adapter(path: f + "/adapter")], weights: [1], targets: nil)
+            let stream = try RequantizeBlockScaledPass(bandValues: bands.values, largestBand: bands.largest)
+                .apply(to: ApplyAdaptersPass(plan: plan, context: RunContext(threads: 1)).apply(to: base))
+            let scales = expected.names.filter { !$0.hasSuffix(".weight") }.sorted(), codes = expected.names.filter { $0.hasSuffix(".weight") }.sorted()
+            for name in scalesFirst ? scales + codes : codes + scales {
+                let source = try #require(stream.source(name)), want = try expected.bytes(of: name)
+                var got = [UInt8](repeating: 0, count: source.byteCount)
+                try got.withUnsafeMutableBytes { out in
+                    for start in stride(from: 0, to: out.count, by: 100) { try source.fill(start..<min(out.count, start + 100), into: out.baseAddress! + start) }
+                }
+                #expect(got.elementsEqual(want), "\(fixture) \(name) bands \(bands), scales first \(scalesFirst)")
+            }
+        }
     }
 
     @Test("inspect names the scheme, its block size and the partial-block weights")
@@ -194,30 +244,30 @@ struct BlockScaledTests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/out"))
     }
 
-    @Test("FP8 with ue8m0 scales (F8_E8M0 exponents, 2^(b − 127)): inspect names them; dequantize equals transformers' Fp8Dequantize bit for bit; the dense merge equals the expected one and verify passes, then fails on a moved element; --requantize is refused before any output")
+    @Test("FP8 with ue8m0 scales (F8_E8M0 exponents, 2^(b − 127)): inspect names them; verify fails on a moved element (dequantize, merge and --requantize keep: the parameterized tests)")
     func ue8m0() throws {
         let d = "\(fixtures)/fp8_ue8m0"
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         #expect(try Inspect.run(path: d + "/base").blockScaled?.scheme == "fp8, block 32×32, ue8m0 scales")
-        _ = try Dequantize.run(input: d + "/base", output: dir + "/dense")
-        let dense = try Checkpoint(path: dir + "/dense"), reference = try Checkpoint(path: d + "/dequantized")
-        #expect(dense.names == reference.names)
-        for n in reference.names { #expect(try dense.bytes(of: n).elementsEqual(try reference.bytes(of: n)), "\(n)") }
         _ = try Merge.run(MergeOptions(base: d + "/base", adapters: [(d + "/adapter", 1)], output: dir + "/merged"))
-        let merged = try Checkpoint(path: dir + "/merged"), expected = try Checkpoint(path: d + "/merged")
-        for n in expected.names {
-            #expect(ulpDistance(try merged.bytes(of: n), try expected.bytes(of: n), dtype: expected.info(n)!.dtype) <= 1, "\(n)")
-        }
-        #expect(try Verify.run(VerifyOptions(base: d + "/base", adapters: [(d + "/adapter", 1)], merged: dir + "/merged")).passed)
         let tensor = "model.layers.0.self_attn.v_proj.weight"
         try rewrite(dir + "/merged", tensor: tensor, index: 5) { $0 + 2 }
         let bad = try Verify.run(VerifyOptions(base: d + "/base", adapters: [(d + "/adapter", 1)], merged: dir + "/merged"))
         #expect(!bad.passed && bad.failures.map(\.tensor) == [tensor])
-        var o = MergeOptions(base: d + "/base", adapters: [(d + "/adapter", 1)], output: dir + "/requantized")
-        o.requantize = "keep"
-        #expect { try Merge.run(o) } throws: { $0.localizedDescription.contains("ue8m0") }
-        #expect(!FileManager.default.fileExists(atPath: dir + "/requantized"))
+    }
+
+    @Test("ue8m0 scales: the stored scale is 2^⌈log2(1/scale)⌉ with log2 rounded to fp32 first, as transformers' Fp8Quantize computes it (E8M0 bytes measured with torch 2.15)", arguments: [
+        // amax bits → E8M0 byte: at, just above and just below 448·2^k. Just above 448/256 the
+        // reciprocal scale's log2 rounds to −8 (stored 2^−8, below it); just above 448/8 it does not.
+        (UInt32(0x3fe0_0000), UInt8(119)), (0x3fe0_0001, 119), (0x3fdf_ffff, 119), (0x4260_0000, 124), (0x4260_0001, 125), (0x425f_ffff, 124),
+        (0x43e0_0000, 127), (0x43e0_0001, 128), (0x43df_ffff, 127), (0x44e0_0000, 129), (0x44e0_0001, 130), (0x44df_ffff, 129),
+        (0x3c49_85f0, 112), (0x406c_cccd, 121), (0x0da2_4260, 19), (0, 127),
+    ])
+    func ue8m0Scales(amaxBits: UInt32, byte: UInt8) {
+        let (forward, stored) = FP8Block(powerOfTwoScales: true).scales(amax: Float(bitPattern: amaxBits))
+        #expect(stored == Float(sign: .plus, exponent: Int(byte) - 127, significand: 1))
+        #expect(forward == 1 / stored)
     }
 
     @Test("Other quantized bases (and mxfp4, gptq and awq configs over other tensors) are refused by quant_method with the reason, before any output", arguments: [

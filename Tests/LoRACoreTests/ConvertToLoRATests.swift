@@ -17,9 +17,11 @@ private func doubles(_ ckpt: Checkpoint, _ name: String) throws -> [Double] { tr
 struct ConvertToLoRATests {
     /// (IA³'s fixture scales q/v biases too, which LoRA cannot hold: refused below.)
     static let fixtures = ["peft_loha", "peft_lokr", "peft_vera", "peft_fourierft", "peft_oft", "peft_oft_cayley", "peft_boft", "lycoris_loha", "lycoris_lokr",
-                           "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora",
+                           "lycoris_loha_dora", "lycoris_lokr_dora", "lycoris_locon_dora", "lycoris_loha_dora_in", "lycoris_lokr_dora_in",
                            // Tucker cores on Conv2d (written as PEFT's conv LoRA, A (r, in, 3, 3), B (out, r, 1, 1)).
-                           "peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker"]
+                           "peft_loha_tucker", "peft_lokr_tucker", "lycoris_loha_tucker",
+                           // Conv1d kernels (A (r, in, 3), B (out, r, 1)).
+                           "peft_loha_tucker_conv1d", "peft_lokr_tucker_conv1d"]
 
     @Test("Each module's error is the optimal rank-R truncation error of its ΔW (torch's singular values) within 5%, and merging the LoRA reproduces it against the reference merge",
           arguments: fixtures, [1, 2])
@@ -27,7 +29,7 @@ struct ConvertToLoRATests {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let adapter = fixture.hasPrefix("lycoris") ? "\(typeFixtures)/\(fixture)/adapter.safetensors" : "\(typeFixtures)/\(fixture)/adapter"
-        let base = "\(typeFixtures)/\(fixture.hasSuffix("_tucker") ? "conv_bases" : "bases")/f32"
+        let base = "\(typeFixtures)/\(fixture.hasSuffix("_conv1d") ? "conv1d_bases" : fixture.hasSuffix("_tucker") ? "conv_bases" : "bases")/f32"
         var o = ConvertToLoRAOptions(adapter: adapter, output: dir + "/lora", rule: .fixed(rank))
         o.base = base
         let report = try ConvertToLoRA.run(o)
@@ -55,7 +57,7 @@ struct ConvertToLoRATests {
         }
     }
 
-    @Test("Refused with the reason: trainable tokens, VeRA or IA³ without --base, IA³ that scales a bias, DoRA, a convolution without --base, Conv1d")
+    @Test("Refused with the reason: trainable tokens, VeRA or IA³ without --base, IA³ that scales a bias, DoRA, a convolution without --base")
     func refusals() throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -66,7 +68,6 @@ struct ConvertToLoRATests {
             ("\(typeFixtures)/peft_ia3/adapter", "\(typeFixtures)/bases/f32", "also scales its bias"),
             (URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/llama_dora/adapter").path, nil, "DoRA"),
             ("\(typeFixtures)/peft_loha_tucker/adapter", nil, "needs the kernel's shape: give --base"),
-            ("\(typeFixtures)/peft_loha_tucker_conv1d/adapter", "\(typeFixtures)/conv1d_bases/f32", "1-D convolution"),
         ]
         for (adapter, base, reason) in cases {
             var o = ConvertToLoRAOptions(adapter: adapter, output: dir + "/out", rule: .fixed(2))

@@ -84,6 +84,24 @@ struct MalformedTests {
         #expect(header == expected)
     }
 
+    @Test("Followers go right after their leaders when every tensor stays aligned to its element size; otherwise, or without their leader, Python's order")
+    func followers() throws {
+        func order(_ tensors: [TensorInfo], _ followers: [String: String]) throws -> [String] {
+            try SafeTensorsWriter.layout(tensors, metadata: nil, path: "x", followers: followers).order.map(\.name)
+        }
+        let codes = TensorInfo(name: "a.weight", dtype: .float8E4M3, shape: [4, 4]), scale = TensorInfo(name: "a.weight_scale_inv", dtype: .float32, shape: [1])
+        let norm = TensorInfo(name: "n.weight", dtype: .bfloat16, shape: [4]), other = TensorInfo(name: "b.weight", dtype: .float8E4M3, shape: [4, 2])
+        let tensors = [codes, scale, norm, other]
+        #expect(try order(tensors, [:]) == ["a.weight_scale_inv", "n.weight", "a.weight", "b.weight"])
+        #expect(try order(tensors, ["a.weight_scale_inv": "a.weight"]) == ["n.weight", "a.weight", "a.weight_scale_inv", "b.weight"])
+        // 3-element codes would leave the F32 scale at an odd offset: Python's order.
+        let odd = TensorInfo(name: "a.weight", dtype: .float8E4M3, shape: [3])
+        #expect(try order([odd, scale, norm], ["a.weight_scale_inv": "a.weight"]) == ["a.weight_scale_inv", "n.weight", "a.weight"])
+        // A leader that is not in the file (sharded apart), or itself a follower.
+        #expect(try order(tensors, ["a.weight_scale_inv": "z.weight"]) == ["a.weight_scale_inv", "n.weight", "a.weight", "b.weight"])
+        #expect(try order(tensors, ["a.weight_scale_inv": "a.weight", "a.weight": "b.weight"]) == ["a.weight_scale_inv", "n.weight", "b.weight", "a.weight"])
+    }
+
     @Test("Writing refuses a tensor named __metadata__ and NUL in names")
     func writerRefuses() {
         #expect(throws: SafeTensorsError.self) {

@@ -46,7 +46,7 @@ public enum ConvertLycoris {
             throw LoRACoreError.unsupportedAdapter(
                 path: adapter.path, detail: "module '\(other.module)' is \(other.typeName) but '\(modules[0].module)' is \(typeName): a PEFT adapter has one peft_type")
         }
-        if options.to == .peft, let m = modules.first(where: { $0.update!.rescalesRows }) {
+        if options.to == .peft, let m = modules.first(where: { $0.update!.lycorisDoRA != nil }) {
             throw LoRACoreError.invalidModule(module: m.module, detail: "has LyCORIS DoRA (dora_scale), which PEFT's \(m.typeName) cannot hold")
         }
         if options.to == .kohya, let m = modules.first(where: { $0.update!.peftConv1dKron }) {

@@ -32,8 +32,9 @@ public struct ConvertToLoRAOptions: Sendable {
 ///
 /// Refused with the reason: trainable tokens (a replacement, not a change of low rank), DoRA
 /// (its merge rescales the weight), IA³ on a module whose bias it scales, Conv1D (fan_in_fan_out)
-/// modules and Conv1d/Conv3d kernels, and replacement tensors. A Conv2d module's ΔW is its flat
-/// (out, in·kh·kw) view, written as PEFT's conv LoRA: A (r, in, kh, kw), B (out, r, 1, 1) (needs `--base`).
+/// modules and Conv3d kernels, and replacement tensors. A Conv2d module's ΔW is its flat
+/// (out, in·kh·kw) view, written as PEFT's conv LoRA: A (r, in, kh, kw), B (out, r, 1, 1) (a
+/// Conv1d's: A (r, in, k), B (out, r, 1)) (needs `--base`).
 public enum ConvertToLoRA {
     public static func run(_ options: ConvertToLoRAOptions) throws -> ExtractSVDReport {
         try PathSafety.checkOutput(options.output, inputs: [options.adapter] + (options.base.map { [$0] } ?? []))
@@ -68,8 +69,8 @@ public enum ConvertToLoRA {
             if kernelShape == nil && (m.update?.kernel != nil || (base?.info(m.baseWeightName)?.shape.count ?? 2) > 2) {
                 throw LoRACoreError.invalidRequest("module '\(m.module)': \(m.typeName) on a convolution needs the kernel's shape: give --base")
             }
-            if let k = kernelShape, k.count != 4 {
-                throw LoRACoreError.invalidModule(module: m.module, detail: "a \(k.count - 2)-D convolution (\(k)) is not converted to LoRA: lora-tool's LoRA holds linear and Conv2d factors")
+            if let k = kernelShape, k.count != 3 && k.count != 4 {
+                throw LoRACoreError.invalidModule(module: m.module, detail: "a \(k.count - 2)-D convolution (\(k)) is not converted to LoRA: lora-tool's LoRA holds linear, Conv1d and Conv2d factors")
             }
             let (delta, rows, cols) = try self.delta(of: m, original: original, adapter: adapter, base: base)
             let total = delta.reduce(0.0) { $0 + Double($1) * Double($1) }
@@ -120,9 +121,9 @@ public enum ConvertToLoRA {
         if u.scalesBias, let base, base.info(m.baseBiasName) != nil {
             throw LoRACoreError.invalidModule(module: m.module, detail: "\(u.typeName) also scales its bias ('\(m.baseBiasName)'), which plain LoRA cannot hold")
         }
-        if u.isMultiplicative || u.rescalesRows {
+        if u.isMultiplicative || u.lycorisDoRA != nil {
             guard let base else {
-                throw LoRACoreError.invalidRequest("module '\(m.module)': \(u.typeName)\(u.rescalesRows ? " with LyCORIS DoRA rescales" : " multiplies") the weight, so its ΔW needs the weight: give --base")
+                throw LoRACoreError.invalidRequest("module '\(m.module)': \(u.typeName)\(u.lycorisDoRA != nil ? " with LyCORIS DoRA rescales" : " multiplies") the weight, so its ΔW needs the weight: give --base")
             }
             let w = try TensorData.floats(base, m.baseWeightName)
             var merged = w

@@ -32,6 +32,8 @@ public struct InspectReport: Sendable {
         public var layers: [Int]
         public var modules: [Module]
         public var dora: Bool
+        /// LyCORIS DoRA's norms (`per output row`, `per input column`) used by its modules, sorted.
+        public var lycorisDoRA: [String] = []
         public var embeddingLoRA: Bool
         public var replacements: [String]
         public var untargeted: [String]
@@ -224,6 +226,7 @@ public enum Inspect {
                 embeddingLoRA: adapter.modules.contains { $0.kind == .embedding },
                 replacements: adapter.replacements.map(\.base), untargeted: adapter.untargeted, configPath: adapter.configPath,
                 residualInitialisation: adapter.config.residualInitialisation.map { ($0, adapter.config.initLoraWeights ?? $0.rawValue) })
+            summary!.lycorisDoRA = Set(adapter.modules.compactMap { $0.update?.lycorisDoRA?.rawValue }).sorted()
         } else if hasLoRA {
             // LoRA tensors without a config: ranks are known, alpha is not.
             var mods: [InspectReport.AdapterSummary.Module] = []

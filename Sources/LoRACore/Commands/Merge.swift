@@ -209,7 +209,7 @@ public enum Merge {
             if let computed = RequantizeBlockScaledPass.compressedTensorsDType(of: stream), let dtype = options.dtype.dtype, dtype != computed {
                 throw LoRACoreError.invalidRequest("\(options.base) is a compressed-tensors fp8 base in \(computed.rawValue), whose scales are in that dtype: --requantize keeps it, so --dtype \(options.dtype.rawValue) cannot be given with it")
             }
-            let pass = RequantizeBlockScaledPass()
+            let pass = RequantizeBlockScaledPass(chunkSize: options.chunkSize)
             stream = try pass.apply(to: stream)
             survival = pass.survival
         } else if RequantizeMXFP4Pass.applies(to: stream), options.requantize != nil {

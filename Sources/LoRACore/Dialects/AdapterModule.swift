@@ -31,14 +31,15 @@ public struct AdapterModule: Sendable, Equatable {
     public var outFeatures: Int
     public var inFeatures: Int
     public var transposed: Bool
-    /// For a convolution LoRA: the base kernel's shape (out, in, kh, kw). A is (r, in, kh, kw) and B
-    /// (out, r, 1, 1), so ΔW is B·A on the flattened (out, in·kh·kw) view (`inFeatures` = in·kh·kw),
-    /// as PEFT's `_ConvNd.get_delta_weight` and sd-scripts compute it.
+    /// For a convolution LoRA: the base kernel's shape (out, in, kh, kw), or (out, in, k) for a
+    /// Conv1d. A is (r, in, kh, kw) and B (out, r, 1, 1) (Conv1d: (r, in, k), (out, r, 1)), so ΔW is
+    /// B·A on the flattened (out, in·kh·kw) view (`inFeatures` = in·kh·kw), as PEFT's
+    /// `_ConvNd.get_delta_weight` and sd-scripts compute it.
     public var convShape: [Int]?
     /// Stored shapes of A and B (4-D for convolutions).
     public var factorShapes: (a: [Int], b: [Int]) {
         guard let c = convShape else { return ([rank, inFeatures], [outFeatures, rank]) }
-        return ([rank] + Array(c.dropFirst()), [outFeatures, rank, 1, 1])
+        return ([rank] + Array(c.dropFirst()), [outFeatures, rank] + Array(repeating: 1, count: c.count - 2))
     }
     /// SoRA: `eName` is a gate g (length r) and ΔW = s·B·diag(g)·A (AdaLoRA's E is applied the same way).
     public var isGated = false
@@ -62,7 +63,7 @@ public struct AdapterModule: Sendable, Equatable {
     /// `q_proj` for `model.layers.0.self_attn.q_proj`.
     public var family: String { TensorName(module + ".weight").family }
     /// DoRA: PEFT's `lora_magnitude_vector`, or LyCORIS' `dora_scale` on a LoHa, LoKr or LoCon update.
-    public var isDoRA: Bool { magnitudeName != nil || update?.rescalesRows == true }
+    public var isDoRA: Bool { magnitudeName != nil || update?.lycorisDoRA != nil }
 }
 
 extension AdapterModule {
@@ -110,8 +111,9 @@ extension AdapterModule {
     /// - Returns: (rank, out, flattened in, conv base shape or nil), or nil when the shapes are neither.
     static func factorGeometry(a: [Int], b: [Int]) -> (rank: Int, out: Int, inFlat: Int, conv: [Int]?)? {
         if a.count == 2, b.count == 2 { return (a[0], b[0], a[1], nil) }
-        if a.count == 4, b.count == 4, b[2] == 1, b[3] == 1 {
-            return (a[0], b[0], a[1] * a[2] * a[3], [b[0], a[1], a[2], a[3]])
+        // Conv2d (r, in, kh, kw) and (out, r, 1, 1); Conv1d (r, in, k) and (out, r, 1).
+        if a.count == b.count, a.count == 3 || a.count == 4, b.dropFirst(2).allSatisfy({ $0 == 1 }) {
+            return (a[0], b[0], a.dropFirst().reduce(1, *), [b[0]] + a.dropFirst())
         }
         return nil
     }

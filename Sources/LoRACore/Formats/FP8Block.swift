@@ -15,9 +15,15 @@ import SafeTensors
 /// a = max|w|; scale = fp32(fp32(1/a)·448) (torch evaluates `448 / a` as the reciprocal times
 /// 448), stored `weight_scale_inv` = fp32(1/scale) (not a/448, which differs in the last bit on
 /// many blocks); codes = e4m3(clamp(fp32(w·scale), ±448)), nearest even; an all-zero block gets
-/// scale 1.
+/// scale 1. With `scale_fmt: "ue8m0"` the stored scale is rounded up to a power of two,
+/// 2^⌈log2(1/scale)⌉, and the codes use its exact reciprocal (`powerOfTwoAtLeast`).
 public struct FP8Block: BlockScaledFormat {
-    public init() {}
+    /// `scale_fmt: "ue8m0"`: the stored scales are powers of two (E8M0 exponents).
+    public var powerOfTwoScales: Bool
+
+    public init(powerOfTwoScales: Bool = false) {
+        self.powerOfTwoScales = powerOfTwoScales
+    }
 
     public var name: String { "fp8" }
 
@@ -27,7 +33,18 @@ public struct FP8Block: BlockScaledFormat {
 
     public func scales(amax: Float) -> (forward: Float, stored: Float) {
         let forward = amax > 0 ? (1 / amax) * FP8E4M3.max : 1
-        return (forward, 1 / forward)
+        guard powerOfTwoScales else { return (forward, 1 / forward) }
+        let stored = FP8Block.powerOfTwoAtLeast(1 / forward)
+        return (1 / stored, stored)
+    }
+
+    /// 2^⌈log2 x⌉ as transformers computes it on fp32 x (`torch.pow(2, torch.ceil(torch.log2(x.clamp(min=tiny))))`):
+    /// log2 is rounded to fp32 before the ceiling (correctly rounded here, as torch's was on every
+    /// value measured), so x just above a power of two whose log2 rounds to that integer gets the
+    /// power itself, below x (then the codes' clamp at ±448 holds the block's largest values).
+    static func powerOfTwoAtLeast(_ x: Float) -> Float {
+        let exponent = Float(Foundation.log2(Double(Swift.max(x, .leastNormalMagnitude)))).rounded(.up)
+        return Float(sign: .plus, exponent: Int(exponent), significand: 1)
     }
 
     public func code(of value: Float, forward: Float) -> UInt8 {
@@ -102,7 +119,7 @@ public struct FP8Block: BlockScaledFormat {
         if let stray = stream.names.first(where: { $0.hasSuffix(".weight_scale_inv") && weights[String($0.dropLast("_scale_inv".count))] == nil }) {
             throw LoRACoreError.invalidModule(module: stray, detail: "a scale whose weight is not F8_E4M3")
         }
-        return BlockScaledQuantization(format: FP8Block(), computeDType: dtype, weights: weights,
+        return BlockScaledQuantization(format: FP8Block(powerOfTwoScales: scaleFormat == "ue8m0"), computeDType: dtype, weights: weights,
                                        description: "fp8, block \(block[0])×\(block[1])" + (scaleFormat == "ue8m0" ? ", ue8m0 scales" : ""))
     }
 }

@@ -20,7 +20,9 @@ final class FactorCache: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let f = loaded[name] { return f }
-        let f = try TensorUpdate(cs, plan: plan)
+        // A step needing every row (LyCORIS DoRA per input column) is resolved here, under the lock:
+        // workers on other tensors wait for this one pass over the weight.
+        let f = try TensorUpdate(cs, plan: plan).resolvingColumns(from: plan.startingSource(of: name), using: instructionSet)
         loaded[name] = f
         return f
     }

@@ -95,10 +95,10 @@ public struct MergePlan: Sendable {
                         module: m.module,
                         detail: "trainable tokens replace embedding rows, so --weight \(weights[ai]) has no meaning (and the original rows are not stored to un-merge): use 1")
                 }
-                if let u = m.update, u.rescalesRows, weights[ai] != 1 {
+                if let u = m.update, u.lycorisDoRA != nil, weights[ai] != 1 {
                     throw LoRACoreError.invalidModule(
                         module: m.module,
-                        detail: "\(u.typeName) with LyCORIS DoRA (dora_scale) rescales each output row of W + ΔW, so --weight \(weights[ai]) has no single meaning (lycoris' multiplier is not undone by -1); use 1")
+                        detail: "\(u.typeName) with LyCORIS DoRA (dora_scale) rescales each \(u.lycorisDoRA == .perInputColumn ? "input column" : "output row") of W + ΔW, so --weight \(weights[ai]) has no single meaning (lycoris' multiplier is not undone by -1); use 1")
                 }
                 if let u = m.update, u.isMultiplicative, weights[ai] != 1 {
                     guard weights[ai] == -1 else {

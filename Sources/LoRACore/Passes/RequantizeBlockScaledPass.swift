@@ -16,8 +16,20 @@ import SafeTensors
 public struct RequantizeBlockScaledPass: Sendable {
     /// Each requantized weight's survival, filled as the sink writes them.
     public let survival = SurvivalLog()
+    /// Values per band of a requantized weight, and of its one block row beyond which it is
+    /// streamed in two passes (`RequantizedBlockScaled`).
+    let bandValues: Int, largestBand: Int
 
-    public init() {}
+    /// - Parameter chunkSize: the writer's chunk size: bands stay within a quarter of it, so a
+    ///   chunk boundary cuts few of them.
+    public init(chunkSize: Int = ChunkedOutput.defaultChunkSize) {
+        self.init(bandValues: max(1, min(RequantizedBlockScaled.defaultBandValues, chunkSize / 4)), largestBand: RequantizedBlockScaled.defaultLargestBand)
+    }
+
+    init(bandValues: Int, largestBand: Int) {
+        self.bandValues = bandValues
+        self.largestBand = largestBand
+    }
 
     /// The scheme of the block-scaled weights `stream` holds ("fp8", "int8"), or nil.
     public static func scheme(of stream: TensorStream) -> String? { firstWeight(of: stream)?.format.name }
@@ -35,21 +47,20 @@ public struct RequantizeBlockScaledPass: Sendable {
         return nil
     }
 
-    /// - Throws: `LoRACoreError.invalidRequest` when the stream has no FP8 weights, or ue8m0 scales.
+    /// - Throws: `LoRACoreError.invalidRequest` when the stream has no FP8 weights.
     public func apply(to stream: TensorStream) throws -> TensorStream {
         guard RequantizeBlockScaledPass.scheme(of: stream) != nil else {
             throw LoRACoreError.invalidRequest("\(stream.path) has no block-scaled weights (fp8, int8, compressed-tensors fp8) to write back")
         }
-        if let e8m0 = stream.tensors.lazy.compactMap({ $0.source as? DequantizedBlockScaled }).first(where: { $0.layout.exponentScales }) {
-            throw LoRACoreError.invalidRequest(
-                "\(stream.path): '\(e8m0.weight)' has ue8m0 (power-of-two) scales: writing the merge back with them (--requantize) is not implemented; omit it for a dense model")
-        }
         return stream.writtenBack(DequantizedBlockScaled.self, stored: \.stored) { name, m, q in
-            let weight = RequantizedBlockScaled(name: name, merged: m, original: q, survival: survival)
+            let weight = RequantizedBlockScaled(name: name, merged: m, original: q, survival: survival, bandValues: bandValues, largestBand: largestBand)
             return q.stored.map { part in
                 switch part.name {
                 case name: return (part.name, WeightPart(weight: weight, part: .codes, dtype: part.source.dtype, shape: part.source.shape))
-                case q.layout.scaleName: return (part.name, WeightPart(weight: weight, part: .scales, dtype: part.source.dtype, shape: part.source.shape))
+                case q.layout.scaleName:
+                    // After the codes, each band is computed once (the scales come from the same pass).
+                    return (part.name, WeightPart(weight: weight, part: .scales, dtype: part.source.dtype, shape: part.source.shape,
+                                                  placedAfter: weight.streamed ? nil : name))
                 default: return part
                 }
             }

@@ -37,6 +37,32 @@ struct TensorUpdate {
         }
     }
 
+    private init(lowRank: LoRAFactors?, steps: [Step], cols: Int) {
+        self.lowRank = lowRank
+        self.steps = steps
+        self.cols = cols
+    }
+
+    /// The same update with every step that needs all rows of its input (LyCORIS DoRA with norms
+    /// per input column) resolved from `start` (the weight's starting value), streamed once a block
+    /// of rows at a time through the steps before it. Memory: one block of rows.
+    func resolvingColumns(from start: any TensorSource, using isa: InstructionSet) throws -> TensorUpdate {
+        guard steps.contains(where: { if case let .other(u, _) = $0 { u.needsAllRows } else { false } }) else { return self }
+        let rows = (start.elementCount) / max(1, cols)
+        var resolved = steps
+        var raw: [UInt8] = []
+        for i in resolved.indices {
+            guard case let .other(u, weight) = resolved[i], u.needsAllRows else { continue }
+            let before = TensorUpdate(lowRank: nil, steps: Array(resolved[..<i]), cols: cols)
+            let u2 = try u.resolvingColumns(rows: rows, cols: cols, weight: weight, input: { r0, count, block in
+                try block.withUnsafeMutableBufferPointer { try start.floats((r0 * cols)..<((r0 + count) * cols), into: $0, raw: &raw) }
+                try before.apply(toRows: r0, count: count, block: &block, using: isa)
+            }, input64: nil)
+            resolved[i] = .other(u2, weight: weight)
+        }
+        return TensorUpdate(lowRank: nil, steps: resolved, cols: cols)
+    }
+
     /// The one LoHa this weight gets, when that is all (the fused LoHa kernel merges it straight
     /// into the output, as the fp32 rows path would).
     var hadamard: (factors: LoHa.Loaded, weight: Float)? {

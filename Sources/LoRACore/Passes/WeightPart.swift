@@ -16,6 +16,7 @@ struct WeightPart<Weight: PartedWeight>: TensorSource {
     let part: Weight.Part
     let dtype: DType
     let shape: [Int]
+    var placedAfter: String? = nil
 
     func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
         try weight.fill(part, range, into: destination)

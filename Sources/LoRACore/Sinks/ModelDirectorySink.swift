@@ -85,12 +85,13 @@ public struct ModelDirectorySink: Sendable {
         }
         let written = shards.flatMap(\.tensors)
         let progress = ProgressTally(tensors: written.count, bytes: written.reduce(0) { $0 + $1.byteCount }, report: context.progress)
+        let followers = Dictionary(stream.tensors.compactMap { t in t.source.placedAfter.map { (t.name, $0) } }, uniquingKeysWith: { a, _ in a })
         var files: [String] = []
         var hashes: [String: String] = [:]
         for shard in shards {
             let name = options.singleFile ? (output.staging as NSString).lastPathComponent : folder + shard.fileName
             let file = try ChunkedOutput(path: options.singleFile ? output.staging : output.path(for: name), tensors: shard.tensors, metadata: options.metadata,
-                                         chunkSize: options.chunkSize, buffers: context.threads + 2, durable: options.durable)
+                                         chunkSize: options.chunkSize, buffers: context.threads + 2, durable: options.durable, followers: followers)
             hashes[name] = try write(file, sources: file.order.map { stream.source($0.name)! }, progress: progress)
             files.append(name)
         }

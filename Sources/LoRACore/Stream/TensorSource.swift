@@ -27,10 +27,14 @@ public protocol TensorSource: Sendable {
     func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws
     /// Every byte has been delivered: drop what the source keeps (factors, cached values, input pages).
     func finished()
+    /// The tensor this one is best written right after in its file (a requantized weight's scales
+    /// after its codes, both then computed in one pass), or nil for the writer's usual order.
+    var placedAfter: String? { get }
 }
 
 extension TensorSource {
     public func finished() {}
+    public var placedAfter: String? { nil }
 
     /// Bytes of the tensor's data.
     public var byteCount: Int { TensorInfo.byteCount(dtype: dtype, shape: shape) ?? 0 }

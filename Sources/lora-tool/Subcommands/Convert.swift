@@ -41,7 +41,8 @@ extension LoraTool {
                 and BOFT as W' − W, with --base) as plain PEFT LoRA with scale 1: each module's ΔW, computed as \
                 merge computes it, factored by truncated SVD (--svd-rank R, or --energy P [--max-rank M]), with \
                 each module's relative error reported. VeRA, FourierFT, IA³, OFT and BOFT need --base, and so \
-                do Conv2d modules (written as PEFT's conv LoRA, A (r, in, kh, kw), B (out, r, 1, 1)).
+                do Conv2d and Conv1d modules (written as PEFT's conv LoRA, A (r, in, kh, kw), B (out, r, 1, 1); \
+                Conv1d: A (r, in, k), B (out, r, 1)).
 
                 --to gguf-lora writes the adapter GGUF llama.cpp loads (llama-cli --lora, \
                 llama-export-lora), as convert_lora_to_gguf.py lays it out, for llama (Mistral), qwen2, \

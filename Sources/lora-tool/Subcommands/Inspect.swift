@@ -85,7 +85,7 @@ extension LoraTool {
                 if !scales.isEmpty { rows.append(["scales", scales.map(Render.number).joined(separator: ", ")]) }
                 rows.append(["targets", a.targetSuffixes.joined(separator: ", ")])
                 rows.append(["layers covered", a.layers.map(String.init).joined(separator: ", ")])
-                rows.append(["DoRA", a.dora ? "yes" : "no"])
+                rows.append(["DoRA", a.dora ? "yes" + (a.lycorisDoRA.isEmpty ? "" : " (LyCORIS, norms \(a.lycorisDoRA.joined(separator: " and ")))") : "no"])
                 rows.append(["embedding LoRA", a.embeddingLoRA ? "yes" : "no"])
                 if !a.replacements.isEmpty { rows.append(["replaces", a.replacements.joined(separator: ", ")]) }
                 if !a.untargeted.isEmpty { rows.append(["not targeted", a.untargeted.joined(separator: ", ") + " (config excludes them; not merged)"]) }

@@ -51,7 +51,7 @@ enum UpdateOrigin: Sendable {
 public struct ModuleUpdate: Sendable, Equatable {
     public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
         l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount && l.experts == r.experts
-            && l.fourierSeed == r.fourierSeed && l.kernel == r.kernel && l.rescalesRows == r.rescalesRows && l.peftConv1dKron == r.peftConv1dKron
+            && l.fourierSeed == r.fourierSeed && l.kernel == r.kernel && l.lycorisDoRA == r.lycorisDoRA && l.peftConv1dKron == r.peftConv1dKron
             && l.rows == r.rows
     }
 
@@ -84,9 +84,9 @@ public struct ModuleUpdate: Sendable, Equatable {
     /// full w2, a LoCon's lora_down): the base must be a convolution with it (PEFT stores a Conv1d's
     /// core as [k, 1]).
     public var kernel: [Int]? = nil
-    /// LyCORIS DoRA (`dora_scale`, `WeightDecompose`): each output row of W + ΔW is rescaled, so
-    /// `--weight` must be 1.
-    public var rescalesRows = false
+    /// LyCORIS DoRA (`dora_scale`, `WeightDecompose`): each output row or input column of W + ΔW
+    /// is rescaled, so `--weight` must be 1.
+    public var lycorisDoRA: LycorisDoRANorms? = nil
     /// PEFT's LoKr on a Conv1d with a full 3-D `lokr_w2`: ΔW is PEFT's misaligned kron (see `LoKr`).
     public var peftConv1dKron = false
     /// `RowRangeLoRA`: the rows of the base tensor the LoRA's weight is (a fused q/k/v's third).
@@ -99,7 +99,7 @@ public struct ModuleUpdate: Sendable, Equatable {
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
-                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel, rescalesRows: rescalesRows, peftConv1dKron: peftConv1dKron,
+                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel, lycorisDoRA: lycorisDoRA, peftConv1dKron: peftConv1dKron,
                      rows: rows)
     }
 }
@@ -117,11 +117,23 @@ protocol LoadedUpdate: Sendable {
     /// For a multiplicative update: why weight −1 cannot undo it (a zero factor, a singular
     /// block), nil when it can.
     var inverseProblem: String? { get }
+    /// Whether a row of the update depends on every row of its input (LyCORIS DoRA with norms per
+    /// input column): it then applies to a block of rows only once `resolvingColumns` saw them all,
+    /// and otherwise only to the whole weight at once.
+    var needsAllRows: Bool { get }
+    /// This update resolved from all `rows` of its input (`cols` wide), which `input` (fp32, for
+    /// `apply`) and `input64` (fp64, for `apply64`) fill a block of rows at a time in order; either
+    /// may be nil when not needed.
+    func resolvingColumns(rows: Int, cols: Int, weight: Float, input: ((_ r0: Int, _ count: Int, _ block: inout [Float]) throws -> Void)?,
+                          input64: ((_ r0: Int, _ count: Int, _ block: inout [Double]) throws -> Void)?) throws -> any LoadedUpdate
 }
 
 extension LoadedUpdate {
     var biasFactors: [Float]? { nil }
     var inverseProblem: String? { nil }
+    var needsAllRows: Bool { false }
+    func resolvingColumns(rows: Int, cols: Int, weight: Float, input: ((_ r0: Int, _ count: Int, _ block: inout [Float]) throws -> Void)?,
+                          input64: ((_ r0: Int, _ count: Int, _ block: inout [Double]) throws -> Void)?) throws -> any LoadedUpdate { self }
 }
 
 /// The adapter types besides LoRA that lora-tool merges.

@@ -46,8 +46,7 @@ enum LoCon: AdapterUpdateType {
                                   isMultiplicative: false, scalesBias: false)
         update.kernel = kernel
         if let m = tensors["dora_scale"] {
-            try WeightDecompose.check(m, out: up[0], origin: origin, module: module, type: name)
-            update.rescalesRows = true
+            update.lycorisDoRA = try WeightDecompose.check(m, out: up[0], inputs: inFlat, origin: origin, module: module, type: name)
         }
         return AdapterModule(updating: module, update: update, rank: rank, alpha: alpha, scale: alpha / Double(rank), out: up[0], in: inFlat)
     }
@@ -69,8 +68,7 @@ enum LoCon: AdapterUpdateType {
         } else {
             update = Loaded(up: up, down: down, rank: module.rank, scale: module.scale)
         }
-        guard let m = t["dora_scale"] else { return update }
-        return WeightDecompose(inner: update, magnitude: try UpdateMath.floats(checkpoint, m, module: module.module))
+        return try WeightDecompose.wrapping(update, module, from: checkpoint)
     }
 
     /// A Tucker LoCon's rebuilt kernel (out, in·kh·kw), in fp32 and fp64.

@@ -59,16 +59,14 @@ enum LoHa: AdapterUpdateType {
                                   isMultiplicative: false, scalesBias: false)
         update.kernel = kernel
         if let m = tensors["dora_scale"] {
-            try WeightDecompose.check(m, out: out, origin: origin, module: module, type: name)
-            update.rescalesRows = true
+            update.lycorisDoRA = try WeightDecompose.check(m, out: out, inputs: inFlat, origin: origin, module: module, type: name)
         }
         return AdapterModule(updating: module, update: update, rank: rank, alpha: alpha, scale: alpha / Double(rank), out: out, in: inFlat)
     }
 
     static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
         let update = try loadUpdate(module, from: checkpoint)
-        guard let m = module.update!.tensors["dora_scale"] else { return update }
-        return WeightDecompose(inner: update, magnitude: try UpdateMath.floats(checkpoint, m, module: module.module))
+        return try WeightDecompose.wrapping(update, module, from: checkpoint)
     }
 
     /// ΔW's update, before LyCORIS DoRA.

@@ -90,8 +90,7 @@ enum LoKr: AdapterUpdateType {
             update.peftConv1dKron = true
         }
         if let m = tensors["dora_scale"] {
-            try WeightDecompose.check(m, out: w1.rows * w2.rows, origin: origin, module: module, type: name)
-            update.rescalesRows = true
+            update.lycorisDoRA = try WeightDecompose.check(m, out: w1.rows * w2.rows, inputs: w1.cols * w2.cols, origin: origin, module: module, type: name)
         }
         return AdapterModule(updating: module, update: update, rank: rank, alpha: alpha, scale: scale,
                              out: w1.rows * w2.rows, in: w1.cols * w2.cols)
@@ -125,8 +124,7 @@ enum LoKr: AdapterUpdateType {
         let update = Loaded(w1: w1.values, w2: w2.values, w1Exact: w1.exact, w2Exact: w2.exact, w1Rows: w1.rows, w1Cols: w1.cols, w2Rows: w2.rows, w2Cols: w2.cols,
                             scale: module.scale,
                             peftConv1dKernel: module.update!.peftConv1dKron ? checkpoint.info(t["lokr_w2"]!)!.shape[2] : nil)
-        guard let m = t["dora_scale"] else { return update }
-        return WeightDecompose(inner: update, magnitude: try UpdateMath.floats(checkpoint, m, module: module.module))
+        return try WeightDecompose.wrapping(update, module, from: checkpoint)
     }
 
     /// w1 and w2 formed in fp32 and in fp64 (they are small: their sizes multiply to the weight's).

@@ -111,10 +111,10 @@ struct MergeChecker {
         let (startCkpt, startName): (any TensorStore, String) = source.map { (plan.adapters[$0.adapter].checkpoint, $0.tensor) } ?? (plan.base, name)
         guard let startFormat = TensorData.format(startCkpt.info(startName)!.dtype) else { return nil }
         if cs.contains(where: { $0.module.update != nil }) {
-            let steps: [ProbeStep] = try cs.map { c in
+            let steps = try ProbeStep.resolvingColumns(try cs.map { c in
                 guard let u = c.module.update else { return .lora(try Factors64(c, plan: plan)) }
                 return .other(try u.type.load(c.module, from: plan.adapters[c.adapter].checkpoint), weight: plan.weights[c.adapter])
-            }
+            }, start: plan.startingSource(of: name), cols: m0.transposed ? m0.outFeatures : m0.inFeatures)
             let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: cs.map(\.module.rank).reduce(0, +), inFeatures: m0.inFeatures, dora: false)
             return ProbeCheck(name: name, output: output, module: m0, format: format, start: (startCkpt, startName, startFormat), factors: [],
                               steps: steps, doraFactor: nil, probes: probes, seed: seed, tolerance: tol)

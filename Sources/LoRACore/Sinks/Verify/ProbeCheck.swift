@@ -77,19 +77,7 @@ final class ProbeCheck: @unchecked Sendable {
         w32.withUnsafeMutableBufferPointer { FloatCodec.decode(start, format: self.start.format, into: $0) }
         let w = w32.map(Double.init)
         var v = w
-        for step in steps ?? [] {
-            switch step {
-            case let .lora(f):
-                for r in 0..<nr {
-                    for k in 0..<f.module.rank {
-                        let bk = f.k * f.b[(r0 + r) * f.module.rank + k]
-                        for j in 0..<cols { v[r * cols + j] += bk * f.a[k * cols + j] }
-                    }
-                }
-            case let .other(u, weight):
-                u.apply64(toRows: r0, count: nr, cols: cols, block: &v, weight: weight)
-            }
-        }
+        for step in steps ?? [] { step.apply(toRows: r0, count: nr, cols: cols, block: &v) }
         for i in v.indices { v[i] -= w[i] }
         return v
     }
@@ -210,4 +198,40 @@ final class ProbeCheck: @unchecked Sendable {
 enum ProbeStep {
     case lora(Factors64)
     case other(any LoadedUpdate, weight: Double)
+
+    /// Stored rows `[r0, r0 + count)` in `block` (fp64, `cols` wide) ← this step's update of them.
+    func apply(toRows r0: Int, count nr: Int, cols: Int, block v: inout [Double]) {
+        switch self {
+        case let .lora(f):
+            for r in 0..<nr {
+                for k in 0..<f.module.rank {
+                    let bk = f.k * f.b[(r0 + r) * f.module.rank + k]
+                    for j in 0..<cols { v[r * cols + j] += bk * f.a[k * cols + j] }
+                }
+            }
+        case let .other(u, weight):
+            u.apply64(toRows: r0, count: nr, cols: cols, block: &v, weight: weight)
+        }
+    }
+
+    /// `steps` with each step that needs every row of its input (LyCORIS DoRA per input column)
+    /// resolved in fp64 from `start` (stored (out, in) rows, `cols` wide) streamed through the steps
+    /// before it, a block of rows at a time.
+    static func resolvingColumns(_ steps: [ProbeStep], start: any TensorSource, cols: Int) throws -> [ProbeStep] {
+        var resolved = steps
+        var raw: [UInt8] = []
+        let rows = start.elementCount / max(1, cols)
+        for i in resolved.indices {
+            guard case let .other(u, weight) = resolved[i], u.needsAllRows else { continue }
+            let before = resolved[..<i]
+            let u2 = try u.resolvingColumns(rows: rows, cols: cols, weight: Float(weight), input: nil) { r0, count, block in
+                var w = [Float](repeating: 0, count: count * cols)
+                try w.withUnsafeMutableBufferPointer { try start.floats((r0 * cols)..<((r0 + count) * cols), into: $0, raw: &raw) }
+                block = w.map(Double.init)
+                for s in before { s.apply(toRows: r0, count: count, cols: cols, block: &block) }
+            }
+            resolved[i] = .other(u2, weight: weight)
+        }
+        return resolved
+    }
 }
