@@ -49,7 +49,7 @@ public struct ImageModelFamily: Sendable, Equatable {
     public static func of(singleFile checkpoint: Checkpoint) -> ImageModelFamily? {
         guard LDMNameMap.isLDM(checkpoint.names) else { return nil }
         if checkpoint.names.contains(where: { $0.hasPrefix("conditioner.embedders.1.model.transformer.resblocks.") }) {
-            return .init(name: "sdxl", evidence: "sgm single file with an OpenCLIP second text encoder (conditioner.embedders.1.model.transformer.resblocks.)")
+            return .init(name: "sdxl", evidence: "sgm single file, a second (OpenCLIP) text encoder under conditioner.embedders.1.model.transformer.resblocks.")
         }
         if checkpoint.names.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
             return .init(name: "sd2", evidence: "LDM single file with an OpenCLIP text encoder (cond_stage_model.model.)")
