@@ -1525,7 +1525,7 @@ def lycoris_tucker_case(name, algo, file_dtype, seed, tucker=True, **kwargs):
     """adapter.safetensors from lycoris-lora with use_tucker (kohya names lora_te_…), merged-f32/ and
     merged-bf16/ = W + ΔW in float64 by `lycoris_delta`, rounded once; checked against the trained
     network's forward pass (lycoris' own loader is recorded: it misreads a LoKr Tucker core's rank)."""
-    from lycoris import create_lycoris, create_lycoris_from_weights, LycorisNetwork
+    from lycoris import create_lycoris, LycorisNetwork
     d = fresh(os.path.join(TYPES_FIX, name))
     LycorisNetwork.apply_preset({"target_module": [], "target_name": CONV_TARGETS, "use_fnmatch": True, "lora_prefix": "lora_te"})
     model = conv_base()
@@ -2160,6 +2160,27 @@ def tiny_clip_tokenizer(path):
     return CLIPTokenizer(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"), model_max_length=16)
 
 
+def randomize_weights(*models):
+    """Every parameter of `models` drawn anew, N(0, 0.1²), in order (torch's global generator)."""
+    with torch.no_grad():
+        for model in models:
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p) * 0.1)
+
+
+def sd_pipeline(unet, vae, text_encoder, dtype):
+    """A StableDiffusionPipeline of these models with random weights (randomize_weights), the tiny tokenizer and
+    PNDMScheduler, in `dtype`."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    import tempfile
+    randomize_weights(unet, vae, text_encoder)
+    with tempfile.TemporaryDirectory() as t:
+        tokenizer = tiny_clip_tokenizer(t)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return pipe.to(dtype)
+
+
 def tiny_sd_pipeline(dtype):
     """StableDiffusionPipeline of SD 1.5's shape, tiny: a cross-attention UNet2DConditionModel (two
     levels, transformer blocks with attn1/attn2/ff, resnets with 3×3 convs), a one-layer
@@ -2176,15 +2197,27 @@ def tiny_sd_pipeline(dtype):
     text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                                                 vocab_size=20, max_position_embeddings=16, projection_dim=8,
                                                 bos_token_id=18, eos_token_id=19, pad_token_id=19))
-    for model in (unet, vae, text_encoder):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(torch.randn_like(p) * 0.1)
-    with tempfile.TemporaryDirectory() as t:
-        tokenizer = tiny_clip_tokenizer(t)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler(),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    return pipe.to(dtype)
+    return sd_pipeline(unet, vae, text_encoder, dtype)
+
+
+def train_loras(seed, pairs):
+    """Adds each (model, LoraConfig) adapter, then draws every LoRA parameter anew, N(0, 0.3²), after seeding
+    torch's generator with `seed` (a trained-looking LoRA, every factor non-zero)."""
+    for model, cfg in pairs:
+        model.add_adapter(cfg)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for model, _ in pairs:
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.copy_(torch.randn_like(p) * 0.3)
+
+
+def lora_metadata(cfg):
+    """The LoraConfig fields diffusers' training scripts save as lora_adapter_metadata (target_modules sorted:
+    PEFT keeps a set)."""
+    return {k: (sorted(v) if k == "target_modules" else v) for k, v in cfg.to_dict().items()
+            if k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_dora", "lora_bias", "init_lora_weights")}
 
 
 def sd_cases():
@@ -2209,14 +2242,7 @@ def sd_cases():
                           rank_pattern={"attn2.to_k": 2}, alpha_pattern={"to_v": 3})
     te_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
     trained = tiny_sd_pipeline(torch.float32)
-    trained.unet.add_adapter(unet_cfg)
-    trained.text_encoder.add_adapter(te_cfg)
-    torch.manual_seed(29)
-    with torch.no_grad():
-        for model in (trained.unet, trained.text_encoder):
-            for n, p in model.named_parameters():
-                if "lora_" in n:
-                    p.copy_(torch.randn_like(p) * 0.3)
+    train_loras(29, [(trained.unet, unet_cfg), (trained.text_encoder, te_cfg)])
     # PEFT keys (lora_A/lora_B), as save_lora_weights writes them. Not through convert_state_dict_to_diffusers,
     # which diffusers' training scripts call: it turns the UNet's keys into `.lora.down.weight`/`.lora.up.weight`,
     # and diffusers 0.42.1 then loads none of the attention projections of that file (PEFT warns "additional
@@ -2225,9 +2251,7 @@ def sd_cases():
     te_layers = get_peft_model_state_dict(trained.text_encoder)
     unet_layers = {k: v.to(torch.float16) for k, v in unet_layers.items()}
     te_layers = {k: v.to(torch.float16) for k, v in te_layers.items()}
-    # The LoraConfig fields diffusers' training scripts pass (target_modules sorted: PEFT keeps a set).
-    meta = lambda cfg: {k: (sorted(v) if k == "target_modules" else v) for k, v in cfg.to_dict().items()
-                        if k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_dora", "lora_bias", "init_lora_weights")}
+    meta = lora_metadata
     StableDiffusionPipeline.save_lora_weights(os.path.join(d, "lora"), unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
                                               unet_lora_adapter_metadata=meta(unet_cfg), text_encoder_lora_adapter_metadata=meta(te_cfg))
     sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
@@ -2345,6 +2369,35 @@ def ldm_vae_name(name, cfg):
     return name
 
 
+def ldm_unet_and_vae(pipeline_dir, unet_name=ldm_unet_name):
+    """A pipeline folder's UNet and VAE tensors under their single-file keys: model.diffusion_model.<unet_name>,
+    first_stage_model.<ldm_vae_name> (the VAE's mid-block attention weights as LDM's 1×1 convolutions)."""
+    unet_cfg = json.load(open(os.path.join(pipeline_dir, "unet", "config.json")))
+    vae_cfg = json.load(open(os.path.join(pipeline_dir, "vae", "config.json")))
+    out = {}
+    for k, v in load_file(os.path.join(pipeline_dir, "unet", "diffusion_pytorch_model.safetensors")).items():
+        out["model.diffusion_model." + unet_name(k, unet_cfg)] = v
+    for k, v in load_file(os.path.join(pipeline_dir, "vae", "diffusion_pytorch_model.safetensors")).items():
+        ldm = ldm_vae_name(k, vae_cfg)
+        out["first_stage_model." + ldm] = v.reshape(*v.shape, 1, 1) if re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", ldm) else v
+    return out
+
+
+def save_single_file(out, path, architecture, pipeline_cls, pipeline_dir, components):
+    """Saves a single file (modelspec.architecture `architecture`) and proves it: pipeline_cls.from_single_file
+    (config = the folder) loads every tensor of `components` bit for bit as the folder has it."""
+    save_file(out, path, metadata={"format": "pt", "modelspec.architecture": architecture})
+    sort_header_metadata(path)
+    loaded = pipeline_cls.from_single_file(path, config=pipeline_dir, local_files_only=True, torch_dtype=torch.float16)
+    folder = pipeline_cls.from_pretrained(pipeline_dir, torch_dtype=torch.float16)
+    for component in components:
+        a, b = getattr(loaded, component).state_dict(), getattr(folder, component).state_dict()
+        assert a.keys() == b.keys(), (component, set(a) ^ set(b))
+        for k in b:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (path, component, k)
+    print(f"{os.path.relpath(path, IMAGE_FIX)}: {len(out)} tensors, loads back in diffusers bit for bit")
+
+
 def write_ldm_single_file(pipeline_dir, path):
     """An SD 1.x diffusers pipeline folder as one original-layout (LDM) checkpoint, as A1111/ComfyUI/sd-scripts
     read and write them: model.diffusion_model.<ldm_unet_name>, cond_stage_model.transformer.text_model.<CLIP name>
@@ -2352,26 +2405,10 @@ def write_ldm_single_file(pipeline_dir, path):
     Proven by loading it back with StableDiffusionPipeline.from_single_file (config = the folder) and comparing
     every tensor of every component to the folder's, bit for bit."""
     from diffusers import StableDiffusionPipeline
-    unet_cfg = json.load(open(os.path.join(pipeline_dir, "unet", "config.json")))
-    vae_cfg = json.load(open(os.path.join(pipeline_dir, "vae", "config.json")))
-    out = {}
-    for k, v in load_file(os.path.join(pipeline_dir, "unet", "diffusion_pytorch_model.safetensors")).items():
-        out["model.diffusion_model." + ldm_unet_name(k, unet_cfg)] = v
-    for k, v in load_file(os.path.join(pipeline_dir, "vae", "diffusion_pytorch_model.safetensors")).items():
-        ldm = ldm_vae_name(k, vae_cfg)
-        out["first_stage_model." + ldm] = v.reshape(*v.shape, 1, 1) if re.search(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$", ldm) else v
+    out = ldm_unet_and_vae(pipeline_dir)
     for k, v in load_file(os.path.join(pipeline_dir, "text_encoder", "model.safetensors")).items():
         out["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
-    save_file(out, path, metadata={"format": "pt", "modelspec.architecture": "stable-diffusion-v1"})
-    sort_header_metadata(path)
-    loaded = StableDiffusionPipeline.from_single_file(path, config=pipeline_dir, local_files_only=True, torch_dtype=torch.float16)
-    folder = StableDiffusionPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float16)
-    for component in ("unet", "vae", "text_encoder"):
-        a, b = getattr(loaded, component).state_dict(), getattr(folder, component).state_dict()
-        assert a.keys() == b.keys(), (component, set(a) ^ set(b))
-        for k in b:
-            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (path, component, k)
-    print(f"{os.path.relpath(path, IMAGE_FIX)}: {len(out)} tensors, loads back in diffusers bit for bit")
+    save_single_file(out, path, "stable-diffusion-v1", StableDiffusionPipeline, pipeline_dir, ("unet", "vae", "text_encoder"))
 
 
 def check_lora_tool_pipeline(d):
@@ -2762,6 +2799,340 @@ def flux_cases():
         f.write("\n")
     print("case flux")
 
+# --- Image models: a tiny SDXL pipeline, its sgm single file and its LoRAs -------------------------
+
+
+def tiny_sdxl_pipeline(dtype):
+    """StableDiffusionXLPipeline of SDXL's shape, tiny: a UNet2DConditionModel with SDXL's added time and
+    pooled-text embedding (addition_embed_type text_time, linear proj_in/proj_out), a plain level and a
+    cross-attention level of transformer depth 2 (so transformer_blocks.1 exists), as SDXL's first two levels, a CLIPTextModel (width 8) and a
+    CLIPTextModelWithProjection (width 12, projection 8: text_projection is not square) whose widths add up to
+    the cross-attention width, a one-level AutoencoderKL, EulerDiscreteScheduler; every weight random."""
+    from diffusers import UNet2DConditionModel, AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    import tempfile
+    torch.manual_seed(41)
+    unet = UNet2DConditionModel(block_out_channels=(2, 4), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                                cross_attention_dim=20, norm_num_groups=2, attention_head_dim=(1, 2), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=2, projection_class_embeddings_input_dim=20)
+    vae = AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=2, layers_per_block=1, sample_size=8)
+    common = dict(num_hidden_layers=1, num_attention_heads=2, vocab_size=20, max_position_embeddings=16, bos_token_id=18, eos_token_id=19,
+                  pad_token_id=19)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, projection_dim=8, **common))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=12, intermediate_size=24, projection_dim=8, hidden_act="gelu", **common))
+    randomize_weights(unet, vae, text_encoder, text_encoder_2)
+    with tempfile.TemporaryDirectory() as t:
+        tokenizer = tiny_clip_tokenizer(t)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=EulerDiscreteScheduler())
+    return pipe.to(dtype)
+
+
+def sgm_unet_name(name, cfg):
+    """The sgm (SDXL's generative-models) name of a diffusers UNet tensor: the LDM name (ldm_unet_name), and
+    add_embedding.linear_1/_2 → label_emb.0.0/.0.2 (convert_ldm_unet_checkpoint's text_time map, inverted)."""
+    for a, b in (("add_embedding.linear_1.", "label_emb.0.0."), ("add_embedding.linear_2.", "label_emb.0.2.")):
+        if name.startswith(a):
+            return b + name[len(a):]
+    return ldm_unet_name(name, cfg)
+
+
+def open_clip_names(name):
+    """The OpenCLIP names of a diffusers CLIPTextModelWithProjection tensor (transformers 5 names, with or without
+    text_model.), the inverse of diffusers' convert_open_clip_checkpoint: (OpenCLIP name, row third or None).
+    q_proj/k_proj/v_proj weights and biases are the row thirds 0, 1, 2 of attn.in_proj_weight/_bias;
+    text_projection.weight is `text_projection` transposed (returned with third "T")."""
+    name = name[len("text_model."):] if name.startswith("text_model.") else name
+    top = {"embeddings.position_embedding.weight": "positional_embedding", "embeddings.token_embedding.weight": "token_embedding.weight",
+           "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+    if name in top:
+        return top[name], None
+    if name == "text_projection.weight":
+        return "text_projection", "T"
+    m = re.match(r"encoder\.layers\.(\d+)\.(.*)", name)
+    assert m, name
+    layer, rest = m[1], m[2]
+    p = re.match(r"self_attn\.(q|k|v)_proj\.(weight|bias)", rest)
+    if p:
+        return f"transformer.resblocks.{layer}.attn.in_proj_{p[2]}", "qkv".index(p[1])
+    for a, b in (("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("mlp.fc1.", "mlp.c_fc."),
+                 ("mlp.fc2.", "mlp.c_proj.")):
+        if rest.startswith(a):
+            return f"transformer.resblocks.{layer}." + b + rest[len(a):], None
+    raise ValueError(f"no OpenCLIP name for {name}")
+
+
+def write_sgm_single_file(pipeline_dir, path):
+    """An SDXL diffusers pipeline folder as one sgm single file (sd_xl_base_1.0.safetensors' layout):
+    model.diffusion_model.<sgm_unet_name>, conditioner.embedders.0.transformer.text_model.<CLIP-L name>,
+    conditioner.embedders.1.model.<open_clip_names> (q/k/v concatenated by rows into in_proj_weight/_bias,
+    text_projection transposed), first_stage_model.<ldm_vae_name>. Proven by loading it back with
+    StableDiffusionXLPipeline.from_single_file (config = the folder) and comparing every tensor of every
+    component with the folder's, bit for bit."""
+    from diffusers import StableDiffusionXLPipeline
+    out = ldm_unet_and_vae(pipeline_dir, sgm_unet_name)
+    for k, v in load_file(os.path.join(pipeline_dir, "text_encoder", "model.safetensors")).items():
+        out["conditioner.embedders.0.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    out.update(open_clip_tensors(os.path.join(pipeline_dir, "text_encoder_2", "model.safetensors"), "conditioner.embedders.1.model."))
+    save_single_file(out, path, "stable-diffusion-xl-v1-base", StableDiffusionXLPipeline, pipeline_dir, ("unet", "vae", "text_encoder", "text_encoder_2"))
+
+
+def open_clip_tensors(file, prefix):
+    """A CLIPTextModel(WithProjection) file's tensors under OpenCLIP keys (open_clip_names) after `prefix`: q/k/v
+    concatenated by rows into in_proj_weight/_bias, text_projection transposed."""
+    out, thirds = {}, {}
+    for k, v in load_file(file).items():
+        name, part = open_clip_names(k)
+        if part == "T":
+            out[prefix + name] = v.T.contiguous()
+        elif part is None:
+            out[prefix + name] = v
+        else:
+            thirds.setdefault(name, {})[part] = v
+    for name, parts in thirds.items():
+        out[prefix + name] = torch.cat([parts[0], parts[1], parts[2]], 0).contiguous()
+    return out
+
+
+def sdxl_cases():
+    """sdxl/: pipeline/ (fp16, save_pretrained) and single.safetensors (the same as an sgm single file,
+    write_sgm_single_file); lora/pytorch_lora_weights.safetensors (diffusers format from save_lora_weights:
+    unet.…, text_encoder.…, text_encoder_2.… keys, q_proj/k_proj/v_proj of text_encoder_2 included, alpha/r/
+    rank_pattern/alpha_pattern in lora_adapter_metadata); kohya.safetensors (the same deltas in sd-scripts' SDXL
+    names: lora_unet_<sgm name>, lora_te1_text_model_…, lora_te2_text_model_…, an fp16 .alpha per module, alpha ≠ r
+    on several); merged/ and merged-single.safetensors: diffusers' load_lora_weights + fuse_lora of lora/ on an fp32
+    copy of pipeline/, rounded once to fp16, saved with save_pretrained in a temporary folder (not committed, to keep
+    the fixture small) and written as an sgm single file. The kohya file's expected merge is the same
+    (W + alpha/r·B·A, checked here in torch fp32): diffusers' own kohya loader drops the .alpha of the attention
+    projections it renames (case.json diffusers_scales.kohya records what it resolved; kohya_alpha_dropped lists
+    where that differs from alpha/r; kohya_not_loaded the modules it does not load at all)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        sdxl_fixtures(fresh(os.path.join(IMAGE_FIX, "sdxl")), os.path.join(t, "merged"))
+    print("case sdxl")
+
+
+def sdxl_fixtures(d, merged_dir):
+    from diffusers import StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+    pipe = tiny_sdxl_pipeline(torch.float16)
+    pipe.save_pretrained(os.path.join(d, "pipeline"))
+    unet_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False,
+                          target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "conv1", "add_embedding.linear_1"],
+                          rank_pattern={"attn2.to_k": 1}, alpha_pattern={"to_v": 1})
+    te_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, target_modules=["q_proj", "v_proj", "fc1"], alpha_pattern={"fc1": 4})
+    te2_cfg = LoraConfig(r=2, lora_alpha=1, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc2"],
+                         alpha_pattern={"k_proj": 5})
+    trained = tiny_sdxl_pipeline(torch.float32)
+    models = {"unet": trained.unet, "text_encoder": trained.text_encoder, "text_encoder_2": trained.text_encoder_2}
+    cfgs = {"unet": unet_cfg, "text_encoder": te_cfg, "text_encoder_2": te2_cfg}
+    train_loras(43, [(models[c], cfgs[c]) for c in models])
+    layers = {c: {k: v.to(torch.float16) for k, v in get_peft_model_state_dict(m).items()} for c, m in models.items()}
+    meta = lora_metadata
+    StableDiffusionXLPipeline.save_lora_weights(
+        os.path.join(d, "lora"), unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"],
+        text_encoder_2_lora_layers=layers["text_encoder_2"], unet_lora_adapter_metadata=meta(unet_cfg),
+        text_encoder_lora_adapter_metadata=meta(te_cfg), text_encoder_2_lora_adapter_metadata=meta(te2_cfg))
+    sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+    sd = load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+
+    # The same deltas in sd-scripts' SDXL names (library/sdxl_model_util.py, networks/lora.py): the UNet in sgm
+    # form, both text encoders as transformers 4 named them (text_model.), an fp16 .alpha per module.
+    def rank_alpha(cfg, module):
+        r = next((v for k, v in cfg.rank_pattern.items() if module == k or module.endswith("." + k)), cfg.r)
+        a = next((v for k, v in cfg.alpha_pattern.items() if module == k or module.endswith("." + k)), cfg.lora_alpha)
+        return r, a
+    unet_config = json.load(open(os.path.join(d, "pipeline", "unet", "config.json")))
+    kohya, deltas = {}, {}
+    for key in sorted(sd):
+        component, rest = key.split(".", 1)
+        module, role = rest.rsplit(".lora_", 1)
+        if component == "unet":
+            name = "lora_unet_" + sgm_unet_name(module + ".weight", unet_config)[:-len(".weight")].replace(".", "_")
+        else:
+            path = module if module.startswith("text_model.") else "text_model." + module
+            name = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component] + path.replace(".", "_")
+        kohya[name + (".lora_down.weight" if role == "A.weight" else ".lora_up.weight")] = sd[key]
+        if role == "A.weight":
+            r, a = rank_alpha(cfgs[component], module)
+            kohya[name + ".alpha"] = torch.tensor(float(a), dtype=torch.float16)
+            deltas[component + "." + module] = (sd[key].float(), sd[key.replace("lora_A", "lora_B")].float(), a / r)
+    save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "Dynamic",
+                                                                     "ss_network_alpha": "Dynamic", "ss_base_model_version": "sdxl_base_v1-0"})
+    sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+
+    scales = {}
+    for name, path in (("lora", os.path.join(d, "lora")), ("kohya", os.path.join(d, "kohya.safetensors"))):
+        check = StableDiffusionXLPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
+        check.load_lora_weights(path, adapter_name="x")
+        s = {}
+        for component in ("unet", "text_encoder", "text_encoder_2"):
+            for n, m in getattr(check, component).named_modules():
+                if hasattr(m, "scaling") and "x" in getattr(m, "scaling", {}):
+                    s[component + "." + n] = m.scaling["x"]
+        scales[name] = dict(sorted(s.items()))
+        if name == "lora":
+            assert s.keys() == deltas.keys() and all(abs(s[k] - deltas[k][2]) < 1e-12 for k in s), "diffusers resolves lora/'s scales as alpha/r"
+            check.fuse_lora()
+            check.unload_lora_weights()
+            check.to(torch.float16).save_pretrained(merged_dir)
+    dropped = sorted(k for k in deltas if k in scales["kohya"] and abs(scales["kohya"][k] - deltas[k][2]) > 1e-12)
+    assert dropped, "diffusers' kohya loader was expected to lose some modules' alphas"
+    # Measured with diffusers 0.42.1 / transformers 5.23: its kohya loader also leaves CLIP-L's attention projections
+    # unloaded (PEFT reports their renamed keys `self_attn.to_q_lora.up.weight` as unexpected).
+    not_loaded = sorted(k for k in deltas if k not in scales["kohya"])
+    # The expected kohya merge, W + alpha/r·B·A in torch fp32 rounded once to fp16, is merged/ (lora/'s fuse) within 1 ulp.
+    base = StableDiffusionXLPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
+    merged = StableDiffusionXLPipeline.from_pretrained(merged_dir, torch_dtype=torch.float16)
+    for key, (a, b, s) in deltas.items():
+        component, module = key.split(".", 1)
+        w = getattr(base, component).get_submodule(module).weight.detach()
+        delta = (b.flatten(1) @ a.flatten(1)).reshape(w.shape) * s
+        ours = (w + delta).to(torch.float16)
+        theirs = getattr(merged, component).get_submodule(module).weight.detach()
+        ulps = (ours.view(torch.int16).int() - theirs.view(torch.int16).int()).abs().max().item()
+        assert ulps <= 1, (key, ulps)
+    for folder, name in ((os.path.join(d, "pipeline"), "single.safetensors"), (merged_dir, "merged-single.safetensors")):
+        write_sgm_single_file(folder, os.path.join(d, name))
+    check_lora_tool_sdxl(d, merged_dir)
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"diffusers_scales": scales, "kohya_alpha_dropped": dropped, "kohya_not_loaded": not_loaded,
+                   "kohya_scales": {k: v[2] for k, v in sorted(deltas.items())},
+                   "oracle": "diffusers 0.42.1 fuse_lora of lora/ on an fp32 copy of pipeline/, rounded once to fp16; kohya.safetensors: the same W + alpha/r·B·A (diffusers' kohya loader drops the alphas listed in kohya_alpha_dropped)"},
+                  f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def check_lora_tool_sdxl(d, merged_dir):
+    """When the binary is built: lora-tool's merges of the sdxl fixtures (single file with the kohya and the diffusers
+    LoRA, pipeline folder with the kohya LoRA) equal the expected merges within 1 fp16 ulp and load in diffusers; its
+    convert --to kohya of the diffusers LoRA (the pipeline as --base) equals kohya.safetensors."""
+    import subprocess, tempfile
+    from diffusers import StableDiffusionXLPipeline
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool) or os.environ.get("SKIP_LORA_TOOL"):
+        print("lora-tool not built: its sdxl merges not checked")
+        return
+    def ulps(x, y):
+        return (x.view(torch.int16).int() - y.view(torch.int16).int()).abs().max().item() if x.numel() else 0
+    with tempfile.TemporaryDirectory() as t:
+        expected = load_file(os.path.join(d, "merged-single.safetensors"))
+        for adapter in ("kohya.safetensors", "lora"):
+            out = os.path.join(t, adapter + ".single.safetensors")
+            subprocess.run([tool, "merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, adapter),
+                            "--output", out, "--quiet"], check=True, stdout=subprocess.DEVNULL)
+            ours = load_file(out)
+            assert ours.keys() == expected.keys()
+            for k in ours:
+                assert ulps(ours[k], expected[k]) <= 1, (adapter, k)
+            StableDiffusionXLPipeline.from_single_file(out, config=merged_dir, local_files_only=True)
+        subprocess.run([tool, "merge", "--base", os.path.join(d, "pipeline"), "--adapter", os.path.join(d, "kohya.safetensors"),
+                        "--output", os.path.join(t, "pipe"), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        ours = StableDiffusionXLPipeline.from_pretrained(os.path.join(t, "pipe"), torch_dtype=torch.float16)
+        theirs = StableDiffusionXLPipeline.from_pretrained(merged_dir, torch_dtype=torch.float16)
+        for c in ("unet", "text_encoder", "text_encoder_2"):
+            a, b = getattr(ours, c).state_dict(), getattr(theirs, c).state_dict()
+            for k in b:
+                assert ulps(a[k], b[k]) <= 1, (c, k)
+        # The diffusers LoRA converted to sd-scripts' SDXL names is the kohya fixture, value for value.
+        subprocess.run([tool, "convert", os.path.join(d, "lora"), "--to", "kohya", "--base", os.path.join(d, "pipeline"), "--output",
+                        os.path.join(t, "k.safetensors")], check=True, stdout=subprocess.DEVNULL)
+        converted, fixture = load_file(os.path.join(t, "k.safetensors")), load_file(os.path.join(d, "kohya.safetensors"))
+        assert converted.keys() == fixture.keys() and all(torch.equal(converted[k].float(), fixture[k].float()) for k in fixture)
+    print("lora-tool's sdxl merges (single file: kohya and diffusers LoRAs; pipeline: kohya) equal the expected merges within 1 ulp and load in diffusers;"
+          " its kohya conversion of lora/ equals kohya.safetensors")
+
+
+# --- Image models: a tiny SD 2.x single file (OpenCLIP text encoder) and its LoRA -----------------
+
+
+def tiny_sd2_pipeline(dtype):
+    """StableDiffusionPipeline of SD 2.x's shape, tiny: a UNet2DConditionModel with linear proj_in/proj_out
+    (use_linear_projection, as SD 2.x), one cross-attention level and one plain one; a one-layer CLIPTextModel
+    with OpenCLIP's gelu (SD 2.x's text encoder is OpenCLIP-H, converted to CLIPTextModel); a one-level
+    AutoencoderKL; every weight random."""
+    from diffusers import UNet2DConditionModel, AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+    import tempfile
+    torch.manual_seed(47)
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=8, norm_num_groups=2, attention_head_dim=2, use_linear_projection=True)
+    vae = AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=2, layers_per_block=1, sample_size=8)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, hidden_act="gelu",
+                                                vocab_size=20, max_position_embeddings=16, projection_dim=8, bos_token_id=18, eos_token_id=19,
+                                                pad_token_id=19))
+    return sd_pipeline(unet, vae, text_encoder, dtype)
+
+
+def write_sd2_single_file(pipeline_dir, path):
+    """An SD 2.x diffusers pipeline folder as one original-layout single file (v2-1_768-ema-pruned.safetensors' layout):
+    model.diffusion_model.<ldm_unet_name>, cond_stage_model.model.<open_clip_names> (q/k/v concatenated by rows into
+    in_proj_weight/_bias), first_stage_model.<ldm_vae_name>, plus what diffusers' converter reads from neither:
+    OpenCLIP's logit_scale and text_projection (SD 2.x uses the text features before it; diffusers'
+    SD_2_TEXT_ENCODER_KEYS_TO_IGNORE). Proven by loading it back with StableDiffusionPipeline.from_single_file
+    (config = the folder) and comparing every tensor with the folder's, bit for bit."""
+    from diffusers import StableDiffusionPipeline
+    out = ldm_unet_and_vae(pipeline_dir)
+    out.update(open_clip_tensors(os.path.join(pipeline_dir, "text_encoder", "model.safetensors"), "cond_stage_model.model."))
+    g = torch.Generator().manual_seed(53)
+    out["cond_stage_model.model.logit_scale"] = torch.tensor(4.6052, dtype=torch.float16)
+    out["cond_stage_model.model.text_projection"] = (torch.randn(8, 8, generator=g) * 0.1).to(torch.float16)
+    save_single_file(out, path, "stable-diffusion-v2-768-v", StableDiffusionPipeline, pipeline_dir, ("unet", "vae", "text_encoder"))
+
+
+def sd2_cases():
+    """sd2/: single.safetensors (a tiny SD 2.x pipeline, fp16, as an original-layout single file with the OpenCLIP
+    text encoder under cond_stage_model.model.: write_sd2_single_file), lora/pytorch_lora_weights.safetensors
+    (diffusers format: unet.… and text_encoder.… with q_proj/k_proj/v_proj, alpha/r/alpha_pattern in
+    lora_adapter_metadata) and merged-single.safetensors: diffusers' load_lora_weights + fuse_lora on an fp32 copy
+    of the pipeline, rounded once to fp16, written the same way. The pipeline folders stay in a temporary
+    directory (the single files are what the tests read)."""
+    import tempfile
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+    d = fresh(os.path.join(IMAGE_FIX, "sd2"))
+    with tempfile.TemporaryDirectory() as t:
+        tiny_sd2_pipeline(torch.float16).save_pretrained(os.path.join(t, "pipeline"))
+        unet_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
+                              alpha_pattern={"to_v": 1})
+        te_cfg = LoraConfig(r=2, lora_alpha=1, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1"],
+                            alpha_pattern={"k_proj": 5})
+        trained = tiny_sd2_pipeline(torch.float32)
+        train_loras(59, [(trained.unet, unet_cfg), (trained.text_encoder, te_cfg)])
+        meta = lora_metadata
+        StableDiffusionPipeline.save_lora_weights(
+            os.path.join(d, "lora"), unet_lora_layers={k: v.to(torch.float16) for k, v in get_peft_model_state_dict(trained.unet).items()},
+            text_encoder_lora_layers={k: v.to(torch.float16) for k, v in get_peft_model_state_dict(trained.text_encoder).items()},
+            unet_lora_adapter_metadata=meta(unet_cfg), text_encoder_lora_adapter_metadata=meta(te_cfg))
+        sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+        check = StableDiffusionPipeline.from_pretrained(os.path.join(t, "pipeline"), torch_dtype=torch.float32)
+        check.load_lora_weights(os.path.join(d, "lora"))
+        check.fuse_lora()
+        check.unload_lora_weights()
+        check.to(torch.float16).save_pretrained(os.path.join(t, "merged"))
+        for folder, name in (("pipeline", "single.safetensors"), ("merged", "merged-single.safetensors")):
+            write_sd2_single_file(os.path.join(t, folder), os.path.join(d, name))
+        tool = os.path.join(ROOT, ".build/debug/lora-tool")
+        if os.path.exists(tool) and not os.environ.get("SKIP_LORA_TOOL"):
+            import subprocess
+            out = os.path.join(t, "ours.safetensors")
+            subprocess.run([tool, "merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "lora"), "--output", out,
+                            "--quiet"], check=True, stdout=subprocess.DEVNULL)
+            ours, theirs = load_file(out), load_file(os.path.join(d, "merged-single.safetensors"))
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+            StableDiffusionPipeline.from_single_file(out, config=os.path.join(t, "merged"), local_files_only=True)
+            print("lora-tool's sd2 single-file merge equals merged-single.safetensors bit for bit and loads with from_single_file")
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"oracle": "diffusers 0.42.1 fuse_lora of lora/ on an fp32 copy of the pipeline, rounded once to fp16, as an SD 2.x single file"},
+                  f, indent=1, sort_keys=True)
+        f.write("\n")
+    print("case sd2")
+
 
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 
@@ -2816,6 +3187,8 @@ GROUPS = {
     "sd": sd_cases,
     "flux": flux_cases,
     "bench-unets": bench_unet_shapes,
+    "sdxl": sdxl_cases,
+    "sd2": sd2_cases,
 }
 
 if __name__ == "__main__":

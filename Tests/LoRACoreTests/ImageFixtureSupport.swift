@@ -16,6 +16,23 @@ let sd1Oracle = sd1 + "/merged"
 let sd1Single = sd1 + "/single.safetensors"
 let sd1SingleOracle = sd1 + "/merged-single.safetensors"
 
+/// scripts/make-fixtures.py group `sdxl`: a tiny SDXL pipeline (fp16), the same as an sgm single
+/// file (loaded back by `from_single_file`), a diffusers-format LoRA with metadata, the same deltas as
+/// a kohya SDXL file (sgm UNet names, `lora_te1_`/`lora_te2_`), and diffusers' fuse of the LoRA on
+/// an fp32 copy rounded once to fp16, as an sgm single file.
+let sdxl = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ImageFixtures/sdxl").path
+let sdxlPipeline = sdxl + "/pipeline"
+let sdxlSingle = sdxl + "/single.safetensors"
+let sdxlSingleOracle = sdxl + "/merged-single.safetensors"
+
+/// scripts/make-fixtures.py group `sd2`: a tiny SD 2.x pipeline (fp16) as an original-layout single
+/// file with the OpenCLIP text encoder (`cond_stage_model.model.`, loaded back by `from_single_file`),
+/// a diffusers-format LoRA with q/k/v on the text encoder, and diffusers' fuse of it (fp32, rounded
+/// once to fp16) written the same way.
+let sd2 = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ImageFixtures/sd2").path
+let sd2Single = sd2 + "/single.safetensors"
+let sd2SingleOracle = sd2 + "/merged-single.safetensors"
+
 /// Copies the safetensors file `source` to `destination` with `metadata` and, when `flip` names a
 /// tensor, an exponent bit of its element 0 flipped (its second byte: a 16-bit value's high byte).
 func rewriteSafeTensors(_ source: String, to destination: String, metadata: [(key: String, value: String)]?, flip: String? = nil) throws {
@@ -29,9 +46,9 @@ func rewriteSafeTensors(_ source: String, to destination: String, metadata: [(ke
     try w.finish()
 }
 
-/// The scales diffusers resolved for every module of `file` (case.json).
-func diffusersScales(_ file: String) throws -> [String: Double] {
-    let json = try JSONParser.parse(Array(FileManager.default.contents(atPath: sd1 + "/case.json")!))
+/// The scales diffusers resolved for every module of `file` (case.json of `fixture`).
+func diffusersScales(_ file: String, fixture: String = sd1) throws -> [String: Double] {
+    let json = try JSONParser.parse(Array(FileManager.default.contents(atPath: fixture + "/case.json")!))
     return Dictionary(uniqueKeysWithValues: json["diffusers_scales"]![file]!.objectMembers!.map { ($0.key, $0.value.doubleValue!) })
 }
 

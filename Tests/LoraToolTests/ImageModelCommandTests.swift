@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-@Suite("lora-tool on image models (README's commands on the sd1 fixtures)")
+@Suite("lora-tool on image models (README's commands on the sd1 and sdxl fixtures)")
 struct ImageModelCommandTests {
     static let sd1 = "Tests/LoRACoreTests/ImageFixtures/sd1"
 
@@ -46,6 +46,27 @@ struct ImageModelCommandTests {
         #expect(s3 == 0 && o3.contains("PASS: 320 tensors (70 merged"), "\(o3)")
         let (s4, o4, e4) = try run(["merge", "--base", single, "--adapter", kohya, "--output", dir + "/folder"])
         #expect(s4 == 1 && o4.isEmpty && e4 == "error: \(single) is a single-file checkpoint, merged into one file: give --output NAME.safetensors\n", "\(e4)")
+    }
+
+    @Test("The README's SDXL and SD 2.x commands: inspect names sdxl, the kohya SDXL file merges into the single file (one file) and the pipeline, verify passes with the diffusers file; the SD 2.x single file merges into one file")
+    func sdxlCommands() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let sdxl = "Tests/LoRACoreTests/ImageFixtures/sdxl", single = sdxl + "/single.safetensors", kohya = sdxl + "/kohya.safetensors"
+        let (s1, o1, _) = try run(["inspect", single])
+        #expect(s1 == 0 && o1.contains("family    sdxl (sgm single file"), "\(o1)")
+        let (s2, o2, e2) = try run(["merge", "--base", single, "--adapter", kohya, "--output", dir + "/sdxl-single.safetensors"])
+        #expect(s2 == 0 && o2.contains(" 91 tensors: ") && o2.contains("in 1 files"), "\(o2)\(e2)")
+        let (s3, o3, _) = try run(["verify", "--base", single, "--adapter", sdxl + "/lora", "--merged", dir + "/sdxl-single.safetensors"])
+        #expect(s3 == 0 && o3.contains("PASS: 421 tensors (91 merged"), "\(o3)")
+        let (s4, o4, e4) = try run(["merge", "--base", sdxl + "/pipeline", "--adapter", kohya, "--output", dir + "/sdxl-kohya"])
+        #expect(s4 == 0 && o4.contains(" 93 tensors: ") && FileManager.default.fileExists(atPath: dir + "/sdxl-kohya/text_encoder_2/model.safetensors"), "\(o4)\(e4)")
+        let (s6, o6, e6) = try run(["convert", sdxl + "/lora", "--to", "kohya", "--base", sdxl + "/pipeline", "--output", dir + "/sdxl-lora-kohya.safetensors"])
+        #expect(s6 == 0 && o6.contains("modules  93, scales 0.5, 1.5, 2, 2.5, 3"), "\(o6)\(e6)")
+        let sd2 = "Tests/LoRACoreTests/ImageFixtures/sd2"
+        let (s5, o5, e5) = try run(["merge", "--base", sd2 + "/single.safetensors", "--adapter", sd2 + "/lora", "--output", dir + "/sd2-single.safetensors"])
+        #expect(s5 == 0 && o5.contains(" 39 tensors: ") && o5.contains("in 1 files"), "\(o5)\(e5)")
     }
 
     @Test("unet/ with a LoRA that also targets the text encoder: exit 1, one error line naming the module and the component")

@@ -46,7 +46,7 @@ public enum Convert {
         try PathSafety.checkOutput(options.output, inputs: [options.adapter] + [options.base, options.initial].compactMap { $0 })
         let adapter = try Adapter(path: options.adapter, scale: options.scaleOverride)
         try adapter.refuseParameterTargets("convert")
-        // Image-model LoRAs: diffusers → kohya (SD 1.x/2.x names) and → diffusers, kohya/LyCORIS → diffusers
+        // Image-model LoRAs: diffusers → kohya (SD 1.x/2.x names; SDXL's sgm names with the pipeline as --base) and → diffusers, kohya/LyCORIS → diffusers
         // with the pipeline as --base keep every name and α; other conversions are not written yet.
         let pipeline = try options.base.flatMap { DiffusersPipeline.isPipeline($0) ? try DiffusersPipeline(path: $0) : nil }
         // A component folder (unet/, transformer/) as --base resolves the kohya names of that component alone.
@@ -59,7 +59,10 @@ public enum Convert {
         let base = try options.base.flatMap { pipeline == nil ? try Checkpoint(path: $0) : nil }
         var modules = adapter.modules
         if let pipeline {
-            guard options.to == .diffusers else { throw LoRACoreError.invalidRequest("a diffusers pipeline as --base applies to --to diffusers") }
+            // An SDXL diffusers-format LoRA --to kohya reads the pipeline's UNet layout for its sgm names.
+            guard options.to == .diffusers || (options.to == .kohya && adapter.format == .diffusers) else {
+                throw LoRACoreError.invalidRequest("a diffusers pipeline as --base applies to --to diffusers (and to --to kohya of a diffusers-format LoRA)")
+            }
             if adapter.format != .diffusers { modules = try DiffusersComponent.pipelineModules(of: adapter, pipeline: pipeline) }
         } else if let component, let base, options.to == .diffusers, DiffusersComponent.namesComponents(adapter), adapter.format != .diffusers {
             try DiffusersComponent.refuseForeign([adapter], available: [component], base: options.base!)

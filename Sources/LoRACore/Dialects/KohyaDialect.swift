@@ -32,7 +32,8 @@ enum KohyaDialect: AdapterDialect {
 
     /// Writes `lora_te_<module with underscores>.{lora_down,lora_up}.weight` + `.alpha` (α = s·r), with
     /// sd-scripts' `ss_network_*` metadata, as one file (`.safetensors` output) or a directory. A
-    /// diffusers-format SD LoRA gets sd-scripts' names (`DiffusersComponent.kohyaName`) and each
+    /// diffusers-format SD LoRA gets sd-scripts' names (`DiffusersComponent.kohyaName`; an SDXL one
+    /// with its pipeline as `--base`, whose UNet layout the sgm names need) and each
     /// module's own α (diffusers' `convert_state_dict_to_kohya` writes α = r whatever `lora_alpha` was).
     static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
         try Convert.refuse(factors, adapter: adapter, into: "kohya LoRA")
@@ -41,9 +42,10 @@ enum KohyaDialect: AdapterDialect {
         let factors = flux ? try FluxNameMap.kohyaFactors(factors, adapter: adapter) : factors
         if flux { notes.append("\(factors.count) kohya modules (BFL names, fused q/k/v and linear1 parts joined)") }
         var tensors: [AdapterSink.Tensor] = []
+        let sgmUNet = try DiffusersComponent.sgmUNetLayout(for: adapter, base: options.base)
         for f in factors {
-            // A diffusers-format image LoRA gets sd-scripts' own names (lora_unet_…, lora_te_text_model_…).
-            let key = flux ? f.module.module : adapter.format == .diffusers ? try DiffusersComponent.kohyaName(of: f.module.module, adapter: adapter.path)
+            // A diffusers-format image LoRA gets sd-scripts' own names (lora_unet_…, lora_te_text_model_…; SDXL's in sgm form).
+            let key = flux ? f.module.module : adapter.format == .diffusers ? try DiffusersComponent.kohyaName(of: f.module.module, adapter: adapter.path, sgmUNet: sgmUNet)
                 : "lora_te_" + f.module.module.replacingOccurrences(of: ".", with: "_")
             let m = f.module
             tensors.append(.init(name: key + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterSink.floatBytes(f.a) })

@@ -12,7 +12,9 @@ import SafeTensors
 /// - diffusers-format files (`DiffusersDialect`): the key's first segment, `unet.down_blocks.0…`;
 /// - kohya / LyCORIS names (sd-scripts `networks/lora.py`): `lora_unet_` → `unet` (`transformer`
 ///   in a pipeline that has no UNet: Flux), `lora_te_` and `lora_te1_` → `text_encoder`,
-///   `lora_te2_` → `text_encoder_2`, `lora_transformer_` → `transformer`.
+///   `lora_te2_` → `text_encoder_2`, `lora_transformer_` → `transformer`. sd-scripts' SDXL LoRAs
+///   name the UNet in sgm form (`lora_unet_input_blocks_3_1_…`), read through
+///   `LDMNameMap.diffusersFlatUNetName`; its text encoders as transformers 4 did (`lora_te2_text_model_…`).
 /// Text-encoder module paths may carry transformers 4's `text_model.` (sd-scripts names such as
 /// `lora_te_text_model_encoder_layers_0_mlp_fc1`, diffusers files of that era), which transformers 5
 /// no longer writes (`encoder.layers.0.mlp.fc1.weight`): the prefix is added or dropped to match the
@@ -95,23 +97,31 @@ public enum DiffusersComponent {
         let untargeted = adapter.untargeted.filter { self.component(of: $0, in: adapter.format, available: available) == component }
         let baseHasTextModel = base.names.contains { $0.hasPrefix("text_model.") }
         let isTextEncoder = component.hasPrefix("text_encoder")
+        // A name the base has as it is keeps it (CLIPTextModelWithProjection's `text_projection` is outside `text_model.`).
+        let baseModules = Set(base.names.filter { $0.hasSuffix(".weight") }.map { String($0.dropLast(".weight".count)) })
         if adapter.format == .diffusers {
             let renamed = mine.map { m -> AdapterModule in
                 var r = m
-                r.module = textModelPrefix(DiffusersDialect.split(m.module)!.rest, separator: ".", add: isTextEncoder && baseHasTextModel,
-                                           drop: isTextEncoder && !baseHasTextModel)
+                let rest = DiffusersDialect.split(m.module)!.rest
+                r.module = baseModules.contains(rest) ? rest : textModelPrefix(rest, separator: ".", add: isTextEncoder && baseHasTextModel,
+                                                                               drop: isTextEncoder && !baseHasTextModel)
                 return r
             }
             return Adapter(adapter, resolvedModules: renamed, untargeted: untargeted)
         }
         // kohya / LyCORIS: strip the prefix and match the flattened name against this component's modules
         // (`KohyaDialect.resolve`: equal with dots read as underscores, else a unique `_` suffix).
+        // sd-scripts' SDXL LoRAs name the UNet in sgm form (`lora_unet_input_blocks_3_1_…`): read as diffusers names first.
+        let layersPerBlock = component == "unet" ? LDMNameMap.layersPerBlock(diffusersNames: base.names) : 1
+        let flatModules = Set(baseModules.map { $0.replacingOccurrences(of: ".", with: "_") })
         var original: [String: String] = [:]
         let stripped = mine.map { m -> AdapterModule in
             let prefix = KohyaDialect.prefixes.first { m.module.hasPrefix($0) }!
             var r = m
-            r.module = textModelPrefix(String(m.module.dropFirst(prefix.count)), separator: "_", add: isTextEncoder && baseHasTextModel,
-                                                 drop: isTextEncoder && !baseHasTextModel)
+            let rest = String(m.module.dropFirst(prefix.count))
+            r.module = flatModules.contains(rest) ? rest : textModelPrefix(rest, separator: "_", add: isTextEncoder && baseHasTextModel,
+                                                                           drop: isTextEncoder && !baseHasTextModel)
+            if component == "unet", let name = LDMNameMap.diffusersFlatUNetName(ofKohya: r.module, layersPerBlock: layersPerBlock) { r.module = name }
             original[r.module] = m.module
             return r
         }
@@ -156,20 +166,31 @@ public enum DiffusersComponent {
         return adapter.modules.flatMap { resolved[$0.module]! }
     }
 
-    /// sd-scripts' name of a module of an SD 1.x/2.x diffusers-format LoRA: `unet.down_blocks.0.…` →
+    /// sd-scripts' name of a module of a diffusers-format SD LoRA. SD 1.x/2.x: `unet.down_blocks.0.…` →
     /// `lora_unet_down_blocks_0_…` (sd-scripts names these UNets as diffusers does, dots as `_`),
     /// `text_encoder.encoder.layers.0.mlp.fc1` → `lora_te_text_model_encoder_layers_0_mlp_fc1`
-    /// (sd-scripts' CLIP names carry transformers 4's `text_model.`).
-    /// - Throws: `LoRACoreError.unsupportedAdapter` for components whose sd-scripts names are not
-    ///   diffusers' (`text_encoder_2`: SDXL, whose UNet sd-scripts names in sgm form; `transformer`:
-    ///   Flux, BFL names), which are not written yet.
-    static func kohyaName(of module: String, adapter: String) throws -> String {
-        guard let (component, rest) = DiffusersDialect.split(module), component == "unet" || component == "text_encoder" else {
+    /// (sd-scripts' CLIP names carry transformers 4's `text_model.`). SDXL (`sgmUNet` given): the UNet
+    /// in sgm form (`LDMNameMap.sgmUNetName`: `unet.down_blocks.1.attentions.0.…` →
+    /// `lora_unet_input_blocks_4_1_…` with SDXL's L = 2), the text encoders `lora_te1_text_model_…` and
+    /// `lora_te2_text_model_…` (sd-scripts' `networks/lora.py` prefixes for SDXL).
+    /// - Parameter sgmUNet: for an SDXL LoRA, the UNet's layers per block and up blocks with attentions.
+    /// - Throws: `LoRACoreError.unsupportedAdapter` for a component sd-scripts does not name so
+    ///   (`transformer`: Flux, BFL names), for `text_encoder_2` without `sgmUNet`, and for a UNet
+    ///   module the sgm rules do not name.
+    static func kohyaName(of module: String, adapter: String, sgmUNet: (layersPerBlock: Int, upBlocksWithAttention: Set<Int>)? = nil) throws -> String {
+        guard let (component, rest) = DiffusersDialect.split(module), component == "unet" || component == "text_encoder" || (component == "text_encoder_2" && sgmUNet != nil) else {
             throw LoRACoreError.unsupportedAdapter(
-                path: adapter, detail: "module '\(module)': sd-scripts names SDXL and Flux modules in sgm/BFL form, which convert does not write yet (SD 1.x/2.x only)")
+                path: adapter, detail: "module '\(module)': sd-scripts names SDXL modules in sgm form (convert them with the SDXL pipeline as --base) and Flux modules in BFL form, which convert does not write yet")
         }
         let flat = rest.replacingOccurrences(of: ".", with: "_")
-        return component == "unet" ? "lora_unet_" + flat : "lora_te_" + textModelPrefix(flat, separator: "_", add: true, drop: false)
+        guard let sgm = sgmUNet else {
+            return component == "unet" ? "lora_unet_" + flat : "lora_te_" + textModelPrefix(flat, separator: "_", add: true, drop: false)
+        }
+        if component != "unet" { return (component == "text_encoder" ? "lora_te1_" : "lora_te2_") + textModelPrefix(flat, separator: "_", add: true, drop: false) }
+        guard let name = LDMNameMap.sgmUNetName(ofDiffusers: rest, layersPerBlock: sgm.layersPerBlock, upBlocksWithAttention: sgm.upBlocksWithAttention) else {
+            throw LoRACoreError.unsupportedAdapter(path: adapter, detail: "module '\(module)' has no sgm name (the UNet names sd-scripts gives SDXL LoRAs)")
+        }
+        return "lora_unet_" + name.replacingOccurrences(of: ".", with: "_")
     }
 
     /// `path` with transformers 4's `text_model` + `separator` prefix added or dropped.
@@ -181,8 +202,8 @@ public enum DiffusersComponent {
     }
 
     /// `adapters` restricted to the component folder `basePath` is, when it is one: modules of other
-    /// components refused by name, the rest named as the base names them. An SD 1.x LDM single file:
-    /// `singleFileView`; a Flux BFL single file: `checkBFLSingleFile`. Any other base: unchanged.
+    /// components refused by name, the rest named as the base names them. An SD 1.x, 2.x or SDXL
+    /// single file: `singleFileView`; a Flux BFL single file: `checkBFLSingleFile`. Any other base: unchanged.
     /// - Parameter pipeline: the components of the pipeline `basePath` belongs to, when the whole
     ///   pipeline is merged (modules of the other components then belong to them, not refused).
     static func restrict(_ adapters: [Adapter], basePath: String, base: any TensorStore, pipeline: [String]? = nil) throws -> [Adapter] {

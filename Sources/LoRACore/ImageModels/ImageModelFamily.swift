@@ -10,7 +10,7 @@ import SafeTensors
 ///   and pooled-text embedding), `cross_attention_dim` 1024 → sd2 (OpenCLIP-H), otherwise sd1
 ///   (768 in SD 1.x, CLIP-L; a tiny model of SD 1.x's shape is reported as sd1 with its width);
 /// - a FluxTransformer2DModel config → flux;
-/// - an original-layout (LDM) single file or a Flux one in BFL names: `of(singleFile:)`.
+/// - an original-layout (LDM, sgm) single file or a Flux one in BFL names: `of(singleFile:)`.
 /// From a LoRA's keys (sd-scripts and diffusers names):
 /// - `double_blocks`/`single_blocks` (kohya Flux, whose CLIP-L modules are `lora_te1_`) or
 ///   `transformer.…single_transformer_blocks` → flux;
@@ -44,12 +44,16 @@ public struct ImageModelFamily: Sendable, Equatable {
     }
 
     /// The family of a single file by its keys: flux for a Flux transformer in BFL names
-    /// (`FluxNameMap.isBFL`); for an original-layout (LDM) SD single file (`LDMNameMap.isLDM`), or nil:
-    /// sd2 with OpenCLIP (`cond_stage_model.model.`), otherwise sd1 (CLIP-L, `cond_stage_model.transformer.`)
+    /// (`FluxNameMap.isBFL`); for an original-layout SD single file (`LDMNameMap.isLDM`), or nil:
+    /// sdxl with OpenCLIP as a second text encoder (`conditioner.embedders.1.model.transformer.resblocks.`),
+    /// sd2 with OpenCLIP as its one (`cond_stage_model.model.`), otherwise sd1 (CLIP-L, `cond_stage_model.transformer.`)
     /// with the input width of the first cross-attention key projection (`attn2.to_k`) as evidence.
     public static func of(singleFile checkpoint: Checkpoint) -> ImageModelFamily? {
         if FluxNameMap.isBFL(checkpoint.names) { return .init(name: "flux", evidence: "BFL single file (\(FluxNameMap.bflMarker))") }
         guard LDMNameMap.isLDM(checkpoint.names) else { return nil }
+        if checkpoint.names.contains(where: { $0.hasPrefix("conditioner.embedders.1.model.transformer.resblocks.") }) {
+            return .init(name: "sdxl", evidence: "sgm single file, a second (OpenCLIP) text encoder under conditioner.embedders.1.model.transformer.resblocks.")
+        }
         if checkpoint.names.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
             return .init(name: "sd2", evidence: "LDM single file with an OpenCLIP text encoder (cond_stage_model.model.)")
         }

@@ -1,19 +1,27 @@
 import Foundation
 import SafeTensors
 
-/// The names of an original-layout (LDM) Stable Diffusion 1.x single-file checkpoint, as A1111,
-/// ComfyUI and sd-scripts read and write them, mapped to diffusers' component and tensor names.
+/// The names of an original-layout Stable Diffusion single-file checkpoint, SD 1.x and 2.x (LDM) or SDXL
+/// (sgm, Stability's generative-models), as A1111, ComfyUI and sd-scripts read and write them, mapped
+/// to diffusers' component and tensor names.
 ///
-/// The single file holds three models under prefixes:
-/// - `model.diffusion_model.` → `unet` (UNet2DConditionModel),
-/// - `cond_stage_model.transformer.` → `text_encoder` (CLIPTextModel; the file has transformers 4's
-///   `text_model.` prefix, which the map drops: transformers 5 names the tensors without it),
+/// The single file holds its models under prefixes:
+/// - `model.diffusion_model.` → `unet` (UNet2DConditionModel);
+/// - `cond_stage_model.transformer.` (SD 1.x) or `conditioner.embedders.0.transformer.` (SDXL) →
+///   `text_encoder` (CLIPTextModel; the file has transformers 4's `text_model.` prefix, which the map
+///   drops: transformers 5 names the tensors without it);
+/// - `cond_stage_model.model.` (SD 2.x) → `text_encoder`, OpenCLIP-H names (`OpenCLIPNames.sd2Names`)
+///   for a CLIPTextModel, with the same fused `in_proj`;
+/// - `conditioner.embedders.1.model.` (SDXL) → `text_encoder_2`, OpenCLIP names (`OpenCLIPNames`)
+///   for a CLIPTextModelWithProjection; its fused `attn.in_proj_weight`/`_bias` are three diffusers
+///   tensors each (`FileTensorPart`), its `text_projection` is diffusers' transposed;
 /// - `first_stage_model.` → `vae` (AutoencoderKL).
 ///
 /// UNet rules (diffusers `loaders/single_file_utils.py` `convert_ldm_unet_checkpoint`), with L the
 /// layers per block (`layers_per_block`) and B the number of blocks, both read from the file's own
 /// keys: B = 1 + the number of downsamplers (`input_blocks.N.0.op`), L = (largest input block − (B − 1)) / B:
-/// - `time_embed.0`/`.2` → `time_embedding.linear_1`/`_2`; `input_blocks.0.0` → `conv_in`;
+/// - `time_embed.0`/`.2` → `time_embedding.linear_1`/`_2`; `label_emb.0.0`/`.0.2` (SDXL's added
+///   time and pooled-text embedding) → `add_embedding.linear_1`/`_2`; `input_blocks.0.0` → `conv_in`;
 ///   `out.0` → `conv_norm_out`; `out.2` → `conv_out`;
 /// - `input_blocks.N` (N ≥ 1), b = (N−1)/(L+1), j = (N−1)%(L+1): `.0.op` → `down_blocks.b.downsamplers.0.conv`,
 ///   `.0` → `down_blocks.b.resnets.j`, `.1` → `down_blocks.b.attentions.j`;
@@ -22,7 +30,7 @@ import SafeTensors
 ///   → `up_blocks.b.upsamplers.0.conv`, `.1` → `up_blocks.b.attentions.j`;
 /// - inside resnets: `in_layers.0`/`in_layers.2`/`out_layers.0`/`out_layers.3`/`emb_layers.1`/`skip_connection`
 ///   → `norm1`/`conv1`/`norm2`/`conv2`/`time_emb_proj`/`conv_shortcut`; inside attentions the names are
-///   diffusers' (`proj_in`, `transformer_blocks.0.attn1.to_q`, `ff.net.0.proj`).
+///   diffusers' (`proj_in`, `transformer_blocks.1.attn1.to_q`: SDXL's depth > 1 needs no rule, `ff.net.0.proj`).
 ///
 /// VAE rules (`convert_ldm_vae_checkpoint`), with n the number of decoder blocks (`decoder.up.N`):
 /// `encoder.down.i.block.j` → `encoder.down_blocks.i.resnets.j`, `down.i.downsample` →
@@ -32,32 +40,34 @@ import SafeTensors
 /// (LDM stores those four weights as 1×1 convolutions, `[C, C, 1, 1]`, diffusers as `[C, C]`: the map
 /// is of names, the bytes are the same), `nin_shortcut` → `conv_shortcut`, `norm_out` → `conv_norm_out`.
 ///
-/// The map is built from every key of the file and is one to one: a key it cannot name, or two keys
-/// with one diffusers name, make `init` fail.
+/// The map is built from every key of the file: a key it cannot name, or two keys with one diffusers
+/// name, make `init` fail. Each diffusers name has one place in the file (`FileTensorPart`); a key
+/// has one diffusers name, three (a fused in_proj) or none (OpenCLIP's `logit_scale`).
 public struct LDMNameMap: Sendable {
     /// Prefix of each component's tensors in the single file.
-    public static let prefixes = [("unet", "model.diffusion_model."), ("text_encoder", "cond_stage_model.transformer."), ("vae", "first_stage_model.")]
+    public static let prefixes = [("unet", "model.diffusion_model."), ("text_encoder", "cond_stage_model.transformer."),
+                                  ("text_encoder", "cond_stage_model.model."), ("text_encoder", "conditioner.embedders.0.transformer."),
+                                  ("text_encoder_2", "conditioner.embedders.1.model."), ("vae", "first_stage_model.")]
 
     /// The components the file holds, sorted.
     public let components: [String]
     /// Layers per UNet block (L) and UNet blocks (B), as read from the keys.
     public let layersPerBlock: Int, blocks: Int
-    /// `component` + "." + diffusers name → single-file key.
-    private let keys: [String: String]
-    /// single-file key → (component, diffusers name).
-    private let names: [String: (component: String, name: String)]
+    /// `component` + "." + diffusers name → where the file holds it.
+    private let parts: [String: FileTensorPart]
+    /// single-file key → its (component, diffusers name)s.
+    private let names: [String: [(component: String, name: String)]]
 
-    /// Whether `names` (a checkpoint's tensor names) are an SD 1.x LDM single file's: UNet keys
-    /// under `model.diffusion_model.input_blocks.` and, when there is a text encoder, CLIP-L under
-    /// `cond_stage_model.transformer.` (SD 2.x's OpenCLIP `cond_stage_model.model.` is not mapped).
+    /// Whether `names` (a checkpoint's tensor names) are an SD 1.x, 2.x or SDXL single file's: UNet
+    /// keys under `model.diffusion_model.input_blocks.`.
     public static func isLDM(_ names: [String]) -> Bool {
         names.contains { $0.hasPrefix("model.diffusion_model.input_blocks.") }
     }
 
     /// The map of a single file's keys.
     /// - Throws: `LoRACoreError.invalidRequest` naming the first key that has no diffusers name (a
-    ///   component it does not know, SD 2.x's OpenCLIP text encoder, SDXL's `conditioner.`), or two
-    ///   keys that get the same name.
+    ///   component it does not know, an SDXL refiner's `conditioner.embedders.0.model.`), or two keys
+    ///   that get the same name.
     public init(keys fileKeys: [String], path: String) throws {
         let inputs = fileKeys.compactMap { Self.blockIndex($0, "model.diffusion_model.input_blocks.") }
         let downsamplers = Set(fileKeys.filter { $0.hasPrefix("model.diffusion_model.input_blocks.") && $0.contains(".0.op.") }
@@ -65,44 +75,59 @@ public struct LDMNameMap: Sendable {
         blocks = downsamplers.count + 1
         layersPerBlock = max(1, ((inputs.max() ?? 1) - downsamplers.count) / blocks)
         let decoderBlocks = Set(fileKeys.compactMap { Self.blockIndex($0, "first_stage_model.decoder.up.") }).count
-        var keys: [String: String] = [:]
-        var names: [String: (component: String, name: String)] = [:]
+        var parts: [String: FileTensorPart] = [:]
+        var names: [String: [(component: String, name: String)]] = [:]
         var components = Set<String>()
         for key in fileKeys {
             guard let (component, prefix) = Self.prefixes.first(where: { key.hasPrefix($0.1) }) else {
-                throw LoRACoreError.invalidRequest("\(path): tensor '\(key)' is not under model.diffusion_model., cond_stage_model.transformer. or first_stage_model.: only SD 1.x single files (LDM names, CLIP-L text encoder) are mapped to diffusers names yet")
+                throw LoRACoreError.invalidRequest("\(path): tensor '\(key)' is not under \(Self.prefixes.map(\.1).joined(separator: ", ")): only SD 1.x, SD 2.x and SDXL single files are mapped to diffusers names yet")
             }
             let rest = String(key.dropFirst(prefix.count))
-            let name: String?
+            let mapped: [(name: String, rows: FileTensorPart.Rows?, transposed: Bool)]?
             switch component {
-            case "unet": name = Self.unetName(rest, layersPerBlock: layersPerBlock)
-            case "text_encoder": name = rest.hasPrefix("text_model.") ? String(rest.dropFirst("text_model.".count)) : rest
-            default: name = Self.vaeName(rest, blocks: decoderBlocks)
+            case "unet": mapped = Self.unetName(rest, layersPerBlock: layersPerBlock).map { [($0, nil, false)] }
+            case "text_encoder" where prefix == "cond_stage_model.model.": mapped = OpenCLIPNames.sd2Names(rest)
+            case "text_encoder": mapped = [(rest.hasPrefix("text_model.") ? String(rest.dropFirst("text_model.".count)) : rest, nil, false)]
+            case "text_encoder_2": mapped = OpenCLIPNames.diffusersNames(rest)
+            default: mapped = Self.vaeName(rest, blocks: decoderBlocks).map { [($0, nil, false)] }
             }
-            guard let name else {
-                throw LoRACoreError.invalidRequest("\(path): tensor '\(key)' has no diffusers \(component) name (an LDM layout this map does not know)")
+            guard let mapped else {
+                throw LoRACoreError.invalidRequest("\(path): tensor '\(key)' has no diffusers \(component) name (a layout this map does not know)")
             }
-            if let other = keys[component + "." + name] {
-                throw LoRACoreError.invalidRequest("\(path): tensors '\(other)' and '\(key)' both map to diffusers \(component) tensor '\(name)'")
+            for (name, rows, transposed) in mapped {
+                if let other = parts[component + "." + name] {
+                    throw LoRACoreError.invalidRequest("\(path): tensors '\(other.key)' and '\(key)' both map to diffusers \(component) tensor '\(name)'")
+                }
+                parts[component + "." + name] = FileTensorPart(key: key, rows: rows, transposed: transposed)
+                names[key, default: []].append((component, name))
             }
-            keys[component + "." + name] = key
-            names[key] = (component, name)
             components.insert(component)
         }
-        self.keys = keys
+        self.parts = parts
         self.names = names
         self.components = components.sorted()
     }
 
-    /// The single-file key of diffusers tensor `name` of `component`, or nil when the file has none.
-    public func key(component: String, name: String) -> String? { keys[component + "." + name] }
+    /// The single-file key of diffusers tensor `name` of `component` when the file holds it whole, or nil.
+    public func key(component: String, name: String) -> String? {
+        part(component: component, name: name).flatMap { $0.rows == nil && !$0.transposed ? $0.key : nil }
+    }
 
-    /// The component and diffusers tensor name of a single-file key, or nil for a key not in the file.
-    public func diffusersName(of key: String) -> (component: String, name: String)? { names[key] }
+    /// Where the file holds diffusers tensor `name` of `component`, or nil when it has none.
+    public func part(component: String, name: String) -> FileTensorPart? { parts[component + "." + name] }
 
-    /// The keys of one component, sorted by their diffusers names' UTF-8 bytes, with those names.
-    public func tensors(of component: String) -> [(name: String, key: String)] {
-        names.filter { $0.value.component == component }.map { ($0.value.name, $0.key) }.sorted { utf8Precedes($0.name, $1.name) }
+    /// The component and diffusers tensor name of a single-file key that is one diffusers tensor, or nil.
+    public func diffusersName(of key: String) -> (component: String, name: String)? {
+        names[key].flatMap { $0.count == 1 ? $0[0] : nil }
+    }
+
+    /// Every (component, diffusers name) a single-file key holds: one, several (a fused tensor), or none.
+    public func diffusersNames(of key: String) -> [(component: String, name: String)] { names[key] ?? [] }
+
+    /// The tensors of one component, sorted by their diffusers names' UTF-8 bytes, with where the file holds them.
+    public func tensors(of component: String) -> [(name: String, part: FileTensorPart)] {
+        let prefix = component + "."
+        return parts.filter { $0.key.hasPrefix(prefix) }.map { (String($0.key.dropFirst(prefix.count)), $0.value) }.sorted { utf8Precedes($0.name, $1.name) }
     }
 
     // MARK: - Rules
@@ -129,7 +154,8 @@ public struct LDMNameMap: Sendable {
     /// A UNet key (after `model.diffusion_model.`) as diffusers names it.
     static func unetName(_ key: String, layersPerBlock L: Int) -> String? {
         for (ldm, diffusers) in [("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
-                                 ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out.")] where key.hasPrefix(ldm) {
+                                 ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out."),
+                                 ("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2.")] where key.hasPrefix(ldm) {
             return diffusers + key.dropFirst(ldm.count)
         }
         let s = Substring(key)

@@ -18,7 +18,8 @@ extension LoraTool {
 
                 Image models: a diffusers-format SD 1.x/2.x or Flux LoRA converts --to kohya (sd-scripts' \
                 names, each module's alpha; Flux q/k/v parts joined into BFL's fused modules when they \
-                share lora_A); a kohya or LyCORIS LoRA converts --to diffusers with its diffusers \
+                share lora_A), an SDXL one with its diffusers pipeline folder as --base (sgm UNet names, \
+                lora_te1_/lora_te2_); a kohya or LyCORIS LoRA converts --to diffusers with its diffusers \
                 pipeline or component folder as --base (pytorch_lora_weights.safetensors, alpha/r per \
                 component in lora_adapter_metadata; Flux fused modules split exactly).
 

@@ -25,12 +25,15 @@ extension LoraTool {
                 lora_adapter_metadata) or kohya files (lora_unet_, lora_te_, lora_te1_, lora_te2_), and \
                 copies every other file byte for byte; the output is a pipeline folder. A component \
                 folder (unet/) as --base keeps its file name (diffusion_pytorch_model.safetensors). \
-                An SD 1.x single-file checkpoint (original LDM names: model.diffusion_model., \
-                cond_stage_model.transformer., first_stage_model.) as --base is merged into one file, \
+                An SD 1.x, 2.x or SDXL single-file checkpoint (original LDM/sgm names: model.diffusion_model., \
+                cond_stage_model.transformer. or cond_stage_model.model. or conditioner.embedders.0.transformer. \
+                and conditioner.embedders.1.model., first_stage_model.) as --base is merged into one file, \
                 --output NAME.safetensors, with the base's tensor names and metadata; the LoRA's unet and \
-                text-encoder modules are mapped to its keys. A Flux transformer single file (BFL names: \
-                double_blocks.0.img_attn.qkv.weight) is merged into one file the same way. A kohya Flux \
-                LoRA's fused qkv and linear1 modules are split exactly for a diffusers transformer.
+                text-encoder modules are mapped to its keys (SDXL's q/k/v to the row thirds of OpenCLIP's \
+                in_proj_weight, SD 2.x's likewise), kohya SDXL UNet names in sgm form included. A Flux \
+                transformer single file (BFL names: double_blocks.0.img_attn.qkv.weight) is merged into one \
+                file the same way. A kohya Flux LoRA's fused qkv and linear1 modules are split exactly for \
+                a diffusers transformer.
                 """)
 
         @Option(help: "Base model: directory (single or sharded safetensors; a diffusers pipeline or component folder), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")

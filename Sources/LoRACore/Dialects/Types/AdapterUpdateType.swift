@@ -52,6 +52,7 @@ public struct ModuleUpdate: Sendable, Equatable {
     public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
         l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount && l.experts == r.experts
             && l.fourierSeed == r.fourierSeed && l.kernel == r.kernel && l.lycorisDoRA == r.lycorisDoRA && l.peftConv1dKron == r.peftConv1dKron
+            && l.rows == r.rows
     }
 
     let type: any UpdateLoader.Type
@@ -88,6 +89,8 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var lycorisDoRA: LycorisDoRANorms? = nil
     /// PEFT's LoKr on a Conv1d with a full 3-D `lokr_w2`: ΔW is PEFT's misaligned kron (see `LoKr`).
     public var peftConv1dKron = false
+    /// `RowRangeLoRA`: the rows of the base tensor the LoRA's weight is (a fused q/k/v's third).
+    public var rows: Range<Int>? = nil
     /// Whether the base must be a matrix: OFT and BOFT rotate input columns, and PEFT's FourierFT
     /// wraps Linear layers only (its 2-D spectrum is the weight's shape).
     var needsMatrix: Bool { rotatesInputs || fourierSeed != nil }
@@ -96,7 +99,8 @@ public struct ModuleUpdate: Sendable, Equatable {
     func adding(shared: [String: String]) -> ModuleUpdate {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
-                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel, lycorisDoRA: lycorisDoRA, peftConv1dKron: peftConv1dKron)
+                     rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel, lycorisDoRA: lycorisDoRA, peftConv1dKron: peftConv1dKron,
+                     rows: rows)
     }
 }
 
