@@ -9,6 +9,15 @@ private let quant = URL(fileURLWithPath: #filePath).deletingLastPathComponent().
 struct StreamTests {
     static let cases = ["qlora_nf4_double", "qlora_fp4", "qlora_nf4", "qlora_nf4_double_b128"]
 
+    @Test("Shards default to each library's own size: transformers' 5 GB for model.safetensors, diffusers' 10 GB for diffusion_pytorch_model (an SDXL UNet's 5.1 GB stays one file, as diffusers saves it)")
+    func defaultShardSizes() {
+        #expect(ModelWriteOptions.defaultMaxShardSize(filePrefix: "model") == 5_000_000_000)
+        #expect(ModelWriteOptions.defaultMaxShardSize(filePrefix: DiffusersComponent.diffusersWeightsName) == 10_000_000_000)
+        let sdxlUNet = [TensorInfo(name: "a", dtype: .float16, shape: [2_567_463_684])]
+        #expect(ShardPlan(tensors: sdxlUNet, maxShardSize: ModelWriteOptions.defaultMaxShardSize(filePrefix: DiffusersComponent.diffusersWeightsName),
+                          prefix: DiffusersComponent.diffusersWeightsName).shards.count == 1)
+    }
+
     @Test("A 4-bit weight decoded over any element range equals the same range of bitsandbytes' dequantize_4bit", arguments: cases)
     func dequantizedRanges(fixture: String) throws {
         let stream = try Dequantize4bitPass(required: true).apply(to: TensorStream(model: try Checkpoint(path: "\(quant)/\(fixture)/base")))

@@ -10,8 +10,9 @@ public struct MergeOptions: Sendable {
     public var adapters: [(path: String, weight: Double)]
     public var output: String
     public var dtype: OutputDType = .keep
-    /// Bytes of tensor data per output shard (decimal, transformers' convention).
-    public var maxShardSize: Int = 5_000_000_000
+    /// Bytes of tensor data per output shard (decimal); nil: the convention of the output's kind
+    /// (`ModelWriteOptions.defaultMaxShardSize`: transformers' 5 GB, diffusers' 10 GB).
+    public var maxShardSize: Int?
     public var targets: TargetSelector?
     public var verify = false
     public var probes = 8
@@ -110,7 +111,7 @@ extension MergeOptions {
     /// The options that shape the output bytes, one `key=value` line each (`PlanFingerprint`): not
     /// paths, threads, durability or checks, which every part may choose for itself.
     var fingerprintLines: [String] {
-        ["dtype=\(dtype.rawValue)", "max-shard-size=\(maxShardSize)",
+        ["dtype=\(dtype.rawValue)", "max-shard-size=\(maxShardSize.map(String.init) ?? "default")",
          "weights=\(adapters.map { String($0.weight) }.joined(separator: ","))",
          "targets=\(targets.map { $0.matchesAll ? "all" : $0.suffixes.joined(separator: ",") } ?? "-")",
          "scale=\(scaleOverride)", "requantize=\(requantize ?? "-")", "keep-quantized=\(keepQuantized)",
@@ -226,11 +227,11 @@ public enum Merge {
         }
         stream = CastPass(options.dtype, context: context).apply(to: stream)
         var write = ModelWriteOptions()
-        write.maxShardSize = options.maxShardSize
+        write.filePrefix = DiffusersComponent.weightsPrefix(of: checkpoint)
+        write.maxShardSize = options.maxShardSize ?? ModelWriteOptions.defaultMaxShardSize(filePrefix: write.filePrefix)
         write.durable = options.durable
         write.chunkSize = options.chunkSize
         write.part = options.part
-        write.filePrefix = DiffusersComponent.weightsPrefix(of: checkpoint)
         if singleFile {
             write.singleFile = true
             write.metadata = checkpoint.metadata

@@ -73,10 +73,10 @@ public enum PipelineMerge {
             }
             let stream = CastPass(options.dtype, context: context).apply(to: try ApplyAdaptersPass(plan: plan, context: context).apply(to: plan.base))
             var write = ModelWriteOptions()
-            write.maxShardSize = options.maxShardSize
+            write.filePrefix = DiffusersComponent.weightsPrefix(of: checkpoints[folder.name]!)
+            write.maxShardSize = options.maxShardSize ?? ModelWriteOptions.defaultMaxShardSize(filePrefix: write.filePrefix)
             write.durable = options.durable
             write.chunkSize = options.chunkSize
-            write.filePrefix = DiffusersComponent.weightsPrefix(of: checkpoints[folder.name]!)
             write.subdirectory = folder.name
             let written = try ModelDirectorySink(output: output, options: write, context: context).consume(stream)
             // Files of the folder the sink does not write (a README): copied as they are; pickle weights

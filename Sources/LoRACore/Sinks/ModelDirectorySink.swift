@@ -26,6 +26,13 @@ public struct ModelWriteOptions: Sendable {
     public var metadata: [(key: String, value: String)]? = [("format", "pt")]
 
     public init() {}
+
+    /// The largest shard each library saves by default: transformers 5 GB (`save_pretrained`'s
+    /// `max_shard_size="5GB"`), diffusers 10 GB (`ModelMixin.save_pretrained`'s `"10GB"`), so a
+    /// merge keeps the base's one file where the library that wrote it would.
+    public static func defaultMaxShardSize(filePrefix: String) -> Int {
+        filePrefix == "diffusion_pytorch_model" ? 10_000_000_000 : 5_000_000_000
+    }
 }
 
 /// What a sink wrote into the staging directory.

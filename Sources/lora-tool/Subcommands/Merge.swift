@@ -50,8 +50,8 @@ extension LoraTool {
         @Option(help: "Output dtype of float tensors: keep, f32, f16 or bf16.")
         var dtype: String = "keep"
 
-        @Option(help: "Largest shard, e.g. 500MB, 5GB, 2GiB (decimal units as transformers).")
-        var maxShardSize: String = "5GB"
+        @Option(help: "Largest shard, e.g. 500MB, 5GB, 2GiB (decimal units as transformers). Default: 5GB, as transformers saves models; 10GB for a diffusers model or pipeline component, as diffusers saves them.")
+        var maxShardSize: String?
 
         @Flag(help: "Verify the output as lora-tool verify does (every element, random probes, side files and metadata) before it gets its name; fail (and leave no output) if anything differs. With --requantize or --keep-quantized: the dense merge is checked on random probes as computed, before it is requantized.")
         var verify = false
@@ -112,7 +112,7 @@ extension LoraTool {
             if let assemble {
                 try OutputPathCheck.validate(assemble, option: "--assemble")
                 let others = [("--base", base != nil), ("--adapter", adapterGiven), ("--output", output != nil), ("--adapters-from", adaptersFrom != nil),
-                              ("--part", part != nil), ("--verify", verify), ("--dtype", dtype != "keep"), ("--max-shard-size", maxShardSize != "5GB"),
+                              ("--part", part != nil), ("--verify", verify), ("--dtype", dtype != "keep"), ("--max-shard-size", maxShardSize != nil),
                               ("--requantize", requantize != nil), ("--keep-quantized", keepQuantized), ("--targets", adapterArguments.targets != nil),
                               ("--weight", !adapterArguments.weights.isEmpty), ("--print-recipe", printRecipe), ("--gguf-type", ggufType != "keep"),
                               ("--split-max-size", splitMaxSize != nil)]
@@ -137,7 +137,7 @@ extension LoraTool {
             }
             try OutputPathCheck.validate(output, option: "--output")
             guard OutputDType(rawValue: dtype) != nil else { throw ValidationError("--dtype must be keep, f32, f16 or bf16") }
-            guard ByteSize.parse(maxShardSize) != nil else { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
+            if let maxShardSize, ByteSize.parse(maxShardSize) == nil { throw ValidationError("--max-shard-size '\(maxShardSize)' is not a size such as 500MB, 5GB or 2GiB") }
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
             if let requantize, !["keep", "nf4", "fp4", "fp8", "int8", "mxfp4"].contains(requantize) { throw ValidationError("--requantize must be keep, nf4, fp4, fp8, int8 or mxfp4") }
             if requantize != nil && keepQuantized { throw ValidationError("give --requantize or --keep-quantized, not both") }
@@ -206,7 +206,7 @@ extension LoraTool {
             var options = MergeOptions(base: resolvedBase, adapters: adapters, output: output)
             options.part = part
             options.dtype = OutputDType(rawValue: dtype)!
-            options.maxShardSize = ByteSize.parse(maxShardSize)!
+            options.maxShardSize = maxShardSize.flatMap(ByteSize.parse)
             options.targets = try adapterArguments.selector
             options.verify = verify
             options.force = force
@@ -249,7 +249,7 @@ extension LoraTool {
             add("part", part)
             add("parts", parts.map(String.init))
             if dtype != "keep" { add("dtype", dtype) }
-            if maxShardSize != "5GB" { add("max-shard-size", maxShardSize) }
+            if let maxShardSize { add("max-shard-size", maxShardSize) }
             flag("verify", verify)
             flag("force", force)
             flag("no-sync", noSync)
