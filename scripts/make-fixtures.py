@@ -2220,6 +2220,28 @@ def lora_metadata(cfg):
             if k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_dora", "lora_bias", "init_lora_weights")}
 
 
+def old_diffusers_format(sd):
+    """A diffusers-format SD LoRA (`sd`: PEFT keys) in diffusers' pre-PEFT key forms, which its
+    `convert_unet_state_dict_to_peft` / `convert_state_dict_to_peft` still read (state_dict_utils.py
+    UNET_TO_DIFFUSERS, DIFFUSERS_OLD_TO_PEFT, DIFFUSERS_TO_PEFT): the UNet's attention projections as
+    attention-processor LoRA (`…attn1.processor.to_q_lora.down.weight`, to_out.0 as `to_out_lora`), its
+    other modules as `….lora.down.weight`; the text encoder (transformers 4 names, `text_model.`) with
+    `…self_attn.to_q_lora.down.weight` for q/k/v/out and `….lora_linear_layer.down.weight` for the MLP."""
+    old = {}
+    for key, t in sd.items():
+        component, rest = key.split(".", 1)
+        module, role = rest.rsplit(".lora_", 1)
+        ud = "down" if role == "A.weight" else "up"
+        leaf = "to_out" if module.endswith(".to_out.0") else module.rsplit(".", 1)[-1]
+        parent = module[: -len(".to_out.0")] if leaf == "to_out" else module.rsplit(".", 1)[0]
+        if component == "unet":
+            old[f"unet.{parent}.processor.{leaf}_lora.{ud}.weight" if leaf in ("to_q", "to_k", "to_v", "to_out") else f"unet.{module}.lora.{ud}.weight"] = t
+        else:
+            p = {"q_proj": "to_q", "k_proj": "to_k", "v_proj": "to_v", "out_proj": "to_out"}.get(leaf)
+            old[f"text_encoder.text_model.{parent}.{p}_lora.{ud}.weight" if p else f"text_encoder.text_model.{module}.lora_linear_layer.{ud}.weight"] = t
+    return old
+
+
 def sd_cases():
     """sd1/: pipeline/ (fp16, save_pretrained), lora/pytorch_lora_weights.safetensors (diffusers format
     from save_lora_weights: unet.… and text_encoder.… keys, alpha/r/rank_pattern/alpha_pattern in
@@ -2257,6 +2279,7 @@ def sd_cases():
     sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
     sd = load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
     save_file(sd, os.path.join(d, "lora-no-metadata.safetensors"), metadata={"format": "pt"})
+    save_file(old_diffusers_format(sd), os.path.join(d, "lora-old-format.safetensors"), metadata={"format": "pt"})
 
     # The same deltas in sd-scripts names: lora_unet_<module with _>, lora_te_text_model_<module with _>
     # (sd-scripts names the CLIP text encoder as transformers 4 did, with text_model.), an fp16 .alpha each.
@@ -2281,10 +2304,10 @@ def sd_cases():
     save_file({k: v for k, v in kohya.items() if k.startswith("lora_unet_")}, os.path.join(d, "kohya-unet.safetensors"),
               metadata={"ss_network_module": "networks.lora"})
 
-    scales = {}
+    scales, fused = {}, {}
     # kohya: what diffusers' own kohya loader resolves (its renamed attention projections lose their .alpha).
     for name, path in (("lora", os.path.join(d, "lora")), ("lora-no-metadata", os.path.join(d, "lora-no-metadata.safetensors")),
-                       ("kohya", os.path.join(d, "kohya.safetensors"))):
+                       ("lora-old-format", os.path.join(d, "lora-old-format.safetensors")), ("kohya", os.path.join(d, "kohya.safetensors"))):
         check = StableDiffusionPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
         check.load_lora_weights(path, adapter_name="x")
         s = {}
@@ -2293,10 +2316,15 @@ def sd_cases():
                 if hasattr(m, "scaling") and "x" in getattr(m, "scaling", {}):
                     s[component + "." + n] = m.scaling["x"]
         scales[name] = dict(sorted(s.items()))
+        if name in ("lora-no-metadata", "lora-old-format"):
+            # diffusers fuses the old-format file exactly as the same tensors in PEFT keys (both α = r).
+            check.fuse_lora()
+            fused[name] = {c + "." + k: v for c in ("unet", "text_encoder") for k, v in getattr(check, c).state_dict().items()}
         if name == "lora":
             check.fuse_lora()
             check.unload_lora_weights()
             check.to(torch.float16).save_pretrained(os.path.join(d, "merged"))
+    assert all(torch.equal(v, fused["lora-old-format"][k]) for k, v in fused["lora-no-metadata"].items())
     # Everything the merge wrote must load back in diffusers.
     StableDiffusionPipeline.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.float16)
     UNet2DConditionModel.from_pretrained(os.path.join(d, "merged", "unet"))
@@ -2974,6 +3002,10 @@ def sdxl_fixtures(d, merged_dir):
                 if hasattr(m, "scaling") and "x" in getattr(m, "scaling", {}):
                     s[component + "." + n] = m.scaling["x"]
         scales[name] = dict(sorted(s.items()))
+        if name in ("lora-no-metadata", "lora-old-format"):
+            # diffusers fuses the old-format file exactly as the same tensors in PEFT keys (both α = r).
+            check.fuse_lora()
+            fused[name] = {c + "." + k: v for c in ("unet", "text_encoder") for k, v in getattr(check, c).state_dict().items()}
         if name == "lora":
             assert s.keys() == deltas.keys() and all(abs(s[k] - deltas[k][2]) < 1e-12 for k in s), "diffusers resolves lora/'s scales as alpha/r"
             check.fuse_lora()

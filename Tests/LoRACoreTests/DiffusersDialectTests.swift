@@ -23,6 +23,27 @@ struct DiffusersDialectTests {
         #expect(adapter.modules.allSatisfy { $0.alpha == Double($0.rank) })
     }
 
+    @Test("diffusers' pre-PEFT key forms (attention-processor to_q_lora, .lora.down, a text encoder's to_q_lora and lora_linear_layer): the modules and scales diffusers loads, and the same merge as those tensors in PEFT keys")
+    func oldFormat() throws {
+        let adapter = try Adapter(path: sd1 + "/lora-old-format.safetensors")
+        #expect(adapter.format == .diffusers)
+        // The file names the text encoder as transformers 4 did (text_model.); diffusers' record does not.
+        let scales = Dictionary(uniqueKeysWithValues: adapter.modules.map { ($0.module.replacingOccurrences(of: "text_encoder.text_model.", with: "text_encoder."), $0.scale) })
+        #expect(scales == (try diffusersScales("lora-old-format")))
+        #expect(adapter.modules.contains { $0.module.hasSuffix("attn1.to_out.0") } && adapter.modules.contains { $0.module.hasSuffix("self_attn.out_proj") })
+        #expect(ImageModelFamily.of(adapter: adapter)?.evidence.contains("attn2.to_k input width") == true)
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (name, file) in [("old", "lora-old-format.safetensors"), ("peft", "lora-no-metadata.safetensors")] {
+            var o = MergeOptions(base: sd1 + "/pipeline", adapters: [(sd1 + "/" + file, 1)], output: dir + "/" + name)
+            o.durable = false
+            _ = try Merge.run(o)
+        }
+        for f in ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+            #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/old/" + f)) == Data(contentsOf: URL(fileURLWithPath: dir + "/peft/" + f)), "\(f)")
+        }
+    }
+
     @Test("A metadata field LoraConfig does not have, a key naming no component, use_dora are refused by name")
     func unknownField() throws {
         let dir = temporaryDirectory()

@@ -45,8 +45,18 @@ enum DiffusersDialect: AdapterDialect {
     /// and diffusers' own, as `convert_state_dict_to_diffusers` (which diffusers' training scripts call
     /// first) writes the UNet's. Of a file of the second kind diffusers 0.42.1 loads no attention
     /// projection (PEFT warns of "additional target modules"); lora-tool merges every module.
-    private static let aRoles = [".lora_A.weight", ".lora.down.weight"], bRoles = [".lora_B.weight", ".lora.up.weight"]
+    /// Also diffusers' pre-PEFT forms, which its `convert_unet_state_dict_to_peft` and
+    /// `convert_state_dict_to_peft` still read (`utils/state_dict_utils.py`): a text encoder's
+    /// `.lora_linear_layer.down.weight`/`.up.weight`, and attention-processor LoRA,
+    /// `<attention>.processor.to_q_lora.down.weight` (the UNet: module `<attention>.to_q`, `to_out_lora`
+    /// → `to_out.0`) or `<attention>.to_q_lora.down.weight` (a text encoder: `q_proj`, `k_proj`, `v_proj`,
+    /// `out_proj`). Files in these forms carry no alphas, so diffusers uses α = r (measured: it fuses
+    /// such a file exactly as the same tensors in PEFT keys).
+    private static let aRoles = [".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight"]
+    private static let bRoles = [".lora_B.weight", ".lora.up.weight", ".lora_linear_layer.up.weight"]
     private static let roles = aRoles + bRoles
+    /// Attention-processor LoRA's projections: the UNet's module name and a text encoder's.
+    private static let processorProjections = [("to_q", "to_q", "q_proj"), ("to_k", "to_k", "k_proj"), ("to_v", "to_v", "v_proj"), ("to_out", "to_out.0", "out_proj")]
 
     /// The component a key belongs to and the rest of the key, or nil when it starts with none.
     static func split(_ key: String) -> (component: String, rest: String)? {
@@ -54,8 +64,25 @@ enum DiffusersDialect: AdapterDialect {
         return nil
     }
 
+    /// The module path (inside its component) and factor ("A" or "B") a key's rest names, or nil.
+    static func factor(of rest: String, component: String) -> (module: String, factor: String)? {
+        if let role = roles.first(where: { rest.hasSuffix($0) }) {
+            return (String(rest.dropLast(role.count)), aRoles.contains(role) ? "A" : "B")
+        }
+        for (leaf, unetName, textName) in processorProjections {
+            for (end, factor) in [("down", "A"), ("up", "B")] {
+                let suffix = ".\(leaf)_lora.\(end).weight"
+                guard rest.hasSuffix(suffix) else { continue }
+                var parent = String(rest.dropLast(suffix.count))
+                if parent.hasSuffix(".processor") { parent.removeLast(".processor".count) }
+                return (parent + "." + (component.hasPrefix("text_encoder") ? textName : unetName), factor)
+            }
+        }
+        return nil
+    }
+
     static func claims(tensorNames: [String]) -> Bool {
-        tensorNames.contains { n in split(n) != nil && roles.contains { n.hasSuffix($0) } }
+        tensorNames.contains { n in split(n).map { factor(of: $0.rest, component: $0.component) != nil } ?? false }
     }
 
     static func detects(_ files: AdapterFiles) -> Bool { files.config == nil && claims(tensorNames: files.checkpoint.names) }
@@ -65,11 +92,11 @@ enum DiffusersDialect: AdapterDialect {
         let configs = try componentConfigs(ckpt.metadata, file: file)
         var groups: [String: [String: String]] = [:]
         for name in ckpt.names {
-            guard let (component, rest) = split(name), let role = roles.first(where: { rest.hasSuffix($0) }) else {
+            guard let (component, rest) = split(name), let (module, factor) = factor(of: rest, component: component) else {
                 throw LoRACoreError.unsupportedAdapter(
-                    path: file, detail: "tensor '\(name)' is not a diffusers LoRA tensor (<component>.<module>.lora_A.weight / .lora_B.weight or .lora.down.weight / .lora.up.weight, component one of \(components.joined(separator: ", ")))")
+                    path: file, detail: "tensor '\(name)' is not a diffusers LoRA tensor (<component>.<module>.lora_A.weight / .lora_B.weight, .lora.down.weight / .lora.up.weight, .lora_linear_layer.down.weight / .up.weight or <attention>.processor.to_q_lora.down.weight / .up.weight, component one of \(components.joined(separator: ", ")))")
             }
-            let key = component + "." + String(rest.dropLast(role.count)), factor = aRoles.contains(role) ? "A" : "B"
+            let key = component + "." + module
             if let other = groups[key]?[factor] {
                 throw LoRACoreError.invalidModule(module: key, detail: "two \(factor) factors: '\(other)' and '\(name)'")
             }

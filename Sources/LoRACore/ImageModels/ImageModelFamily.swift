@@ -89,7 +89,8 @@ public struct ImageModelFamily: Sendable, Equatable {
                 return .init(name: "flux", evidence: "transformer.single_transformer_blocks keys")
             }
             guard names.contains(where: { $0.hasPrefix("unet.") || $0.hasPrefix("text_encoder.") }) else { return nil }
-            return byCrossAttention(adapter, key: { $0.hasPrefix("unet.") && $0.hasSuffix("attn2.to_k.lora_A.weight") })
+            // (Or diffusers' pre-PEFT attention-processor form, `attn2.processor.to_k_lora.down.weight`.)
+            return byCrossAttention(adapter, key: { $0.hasPrefix("unet.") && ($0.hasSuffix("attn2.to_k.lora_A.weight") || $0.hasSuffix("attn2.processor.to_k_lora.down.weight")) })
         case .kohya, .lycoris:
             // Before lora_te1_: sd-scripts' Flux LoRAs name their CLIP-L modules lora_te1_ too.
             if names.contains(where: { $0.hasPrefix("lora_unet_double_blocks_") || $0.hasPrefix("lora_unet_single_blocks_") }) {
