@@ -2333,8 +2333,10 @@ def sd_cases():
     for folder, name in (("pipeline", "single.safetensors"), ("merged", "merged-single.safetensors")):
         write_ldm_single_file(os.path.join(d, folder), os.path.join(d, name))
     check_lora_tool_pipeline(d)
+    dora = kohya_dora_case(d, kohya)
     with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"diffusers_scales": scales, "oracle": "diffusers 0.42.1 fuse_lora on an fp32 copy of pipeline/, rounded once to fp16"}, f, indent=1, sort_keys=True)
+        json.dump({"diffusers_scales": scales, "oracle": "diffusers 0.42.1 fuse_lora on an fp32 copy of pipeline/, rounded once to fp16",
+                   "kohya_dora": dora}, f, indent=1, sort_keys=True)
         f.write("\n")
     print("case sd1")
 
@@ -2437,6 +2439,45 @@ def write_ldm_single_file(pipeline_dir, path):
     for k, v in load_file(os.path.join(pipeline_dir, "text_encoder", "model.safetensors")).items():
         out["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
     save_single_file(out, path, "stable-diffusion-v1", StableDiffusionPipeline, pipeline_dir, ("unet", "vae", "text_encoder"))
+
+
+def kohya_dora_case(d, kohya):
+    """kohya-dora.safetensors: kohya.safetensors with a `dora_scale` on two modules, one per output row
+    ((out, 1): the UNet's first attn1.to_q) and one per input column ((1, in): the text encoder's
+    fc1), as LyCORIS (wd_on_out true / false) and OneTrainer write them and ComfyUI reads them (by
+    the shape); kohya-dora-expected.safetensors: those two weights merged as ComfyUI's and lycoris'
+    weight_decompose computes them, W' = (W + ΔW)·m/(‖W + ΔW‖ + fp32 eps), the norms per row or per
+    column, here in float64 from the fp16 pipeline and rounded once to fp16. diffusers 0.42.1 drops
+    dora_scale (measured: its fuse of the file equals its fuse of kohya.safetensors)."""
+    from diffusers import StableDiffusionPipeline
+    torch.manual_seed(31)
+    row, column = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    file = dict(kohya)
+    file[row + ".dora_scale"] = (torch.rand(kohya[row + ".lora_up.weight"].shape[0], 1) + 0.5).to(torch.float16)
+    file[column + ".dora_scale"] = (torch.rand(1, kohya[column + ".lora_down.weight"].shape[1]) + 0.5).to(torch.float16)
+    save_file(file, os.path.join(d, "kohya-dora.safetensors"), metadata={"ss_network_module": "networks.lora"})
+    sort_header_metadata(os.path.join(d, "kohya-dora.safetensors"))
+    unet = load_file(os.path.join(d, "pipeline", "unet", "diffusion_pytorch_model.safetensors"))
+    te = load_file(os.path.join(d, "pipeline", "text_encoder", "model.safetensors"))
+    expected = {}
+    for module, weights, name in ((row, unet, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"),
+                                  (column, te, next(k for k in te if k.endswith("layers.0.mlp.fc1.weight")))):
+        up, down = file[module + ".lora_up.weight"].double(), file[module + ".lora_down.weight"].double()
+        w = weights[name].double() + (up @ down) * (float(file[module + ".alpha"]) / down.shape[0])
+        m = file[module + ".dora_scale"].double()
+        eps = torch.finfo(torch.float32).eps
+        norm = (w.norm(dim=1, keepdim=True) if m.shape[0] != 1 else w.norm(dim=0, keepdim=True)) + eps
+        expected[("unet." if weights is unet else "text_encoder.") + name] = (w * m / norm).to(torch.float16)
+    save_file(expected, os.path.join(d, "kohya-dora-expected.safetensors"), metadata={"format": "pt"})
+    fused = []
+    for path in ("kohya-dora.safetensors", "kohya.safetensors"):
+        p = StableDiffusionPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
+        p.load_lora_weights(os.path.join(d, path))
+        p.fuse_lora()
+        fused.append({c + k: v for c in ("unet", "te") for k, v in getattr(p, "unet" if c == "unet" else "text_encoder").state_dict().items()})
+    drops = all(torch.equal(v, fused[1][k]) for k, v in fused[0].items())
+    return {"modules": {row: "per output row", column: "per input column"}, "diffusers_drops_dora_scale": drops,
+            "expected": "W + alpha/r up@down, then m/(norm + fp32 eps) per row or column, float64, rounded once to fp16"}
 
 
 def check_lora_tool_pipeline(d):

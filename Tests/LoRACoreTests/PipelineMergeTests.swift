@@ -30,6 +30,30 @@ struct DiffusersPipelineMergeTests {
         }
     }
 
+    @Test("A kohya file with dora_scale (per output row, and per input column) merges as ComfyUI's and lycoris' weight decomposition within 1 ulp of the float64 expectation (diffusers drops dora_scale); the other tensors as without it; verify passes")
+    func kohyaDoRA() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/kohya-dora.safetensors"], into: dir + "/dora")
+        _ = try mergeImageModel(sd1Pipeline, [sd1 + "/kohya.safetensors"], into: dir + "/plain")
+        let expected = try Checkpoint(path: sd1 + "/kohya-dora-expected.safetensors")
+        #expect(expected.names.count == 2)
+        for file in ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+            let dora = try Checkpoint(path: dir + "/dora/" + file), plain = try Checkpoint(path: dir + "/plain/" + file)
+            let component = file.hasPrefix("unet") ? "unet." : "text_encoder."
+            for name in dora.names {
+                if expected.info(component + name) != nil {
+                    let d = ulpDistance(try dora.bytes(of: name), try expected.bytes(of: component + name), dtype: .float16)
+                    #expect(d <= 1, "\(name): \(d) ulp")
+                    #expect(!(try dora.bytes(of: name).elementsEqual(try plain.bytes(of: name))), "\(name) not rescaled")
+                } else {
+                    #expect(try dora.bytes(of: name).elementsEqual(try plain.bytes(of: name)), "\(name)")
+                }
+            }
+        }
+        #expect(try Verify.run(VerifyOptions(base: sd1Pipeline, adapters: [(sd1 + "/kohya-dora.safetensors", 1)], merged: dir + "/dora")).passed)
+    }
+
     @Test("Each kohya module keeps its own .alpha: the diffusers file's scales, where diffusers' kohya loader gives 8 to_v modules the common alpha")
     func kohyaAlphas() throws {
         let kohya = try Adapter(path: sd1 + "/kohya.safetensors")
