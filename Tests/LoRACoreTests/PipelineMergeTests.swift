@@ -54,6 +54,24 @@ struct DiffusersPipelineMergeTests {
         #expect(try Verify.run(VerifyOptions(base: sd1Pipeline, adapters: [(sd1 + "/kohya-dora.safetensors", 1)], merged: dir + "/dora")).passed)
     }
 
+    @Test("Several LoRAs with weights in one merge: the diffusers file and the kohya file of the same deltas at 0.5 each equal diffusers' fuse of one at 1 within 1 ulp, into the pipeline and into the single file; verify passes with the same weights and fails with others")
+    func weightedMix() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let mix = [(sd1 + "/lora", 0.5), (sd1 + "/kohya.safetensors", 0.5)]
+        for (base, output, oracle) in [(sd1Pipeline, dir + "/pipeline", sd1Oracle), (sd1Single, dir + "/single.safetensors", sd1SingleOracle)] {
+            var o = MergeOptions(base: base, adapters: mix, output: output)
+            o.durable = false
+            _ = try Merge.run(o)
+            for file in output.hasSuffix(".safetensors") ? [""] : ["/unet/diffusion_pytorch_model.safetensors", "/text_encoder/model.safetensors"] {
+                let expected = oracle + (file.isEmpty ? "" : file)
+                #expect(try worstUlps(output + file, expected) <= 1, "\(output + file)")
+            }
+            #expect(try Verify.run(VerifyOptions(base: base, adapters: mix, merged: output)).passed)
+            #expect(!(try Verify.run(VerifyOptions(base: base, adapters: [(sd1 + "/lora", 0.5), (sd1 + "/kohya.safetensors", 0.25)], merged: output)).passed))
+        }
+    }
+
     @Test("Each kohya module keeps its own .alpha: the diffusers file's scales, where diffusers' kohya loader gives 8 to_v modules the common alpha")
     func kohyaAlphas() throws {
         let kohya = try Adapter(path: sd1 + "/kohya.safetensors")
