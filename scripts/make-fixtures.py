@@ -2615,7 +2615,8 @@ def bf16_order(x):
 def check_lora_tool_flux(d, config_dir):
     """When the binary is built: lora-tool's merge of transformer/ with kohya.safetensors loads with
     FluxTransformer2DModel.from_pretrained and equals merged/ bit for bit; its merge of single.safetensors
-    is one file equal to merged-single.safetensors that from_single_file loads (flux_from_single_file);
+    is one file equal to merged-single.safetensors that from_single_file loads (flux_from_single_file), and so
+    is its merge of single.safetensors with lora/ (the diffusers-format LoRA);
     its convert --to diffusers of kohya.safetensors (transformer/ as --base) loads with load_lora_adapter
     and fuses (fp32, rounded once) to merged/; its convert --to kohya of lora/ equals kohya.safetensors."""
     import subprocess, tempfile
@@ -2633,6 +2634,11 @@ def check_lora_tool_flux(d, config_dir):
         run("merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "kohya.safetensors"), "--output", os.path.join(t, "s.safetensors"))
         assert same(load_file(os.path.join(t, "s.safetensors")), load_file(os.path.join(d, "merged-single.safetensors")))
         loaded, _ = flux_from_single_file(os.path.join(t, "s.safetensors"), config_dir)
+        assert same(loaded.state_dict(), ours)
+        # The diffusers-format LoRA into the BFL single file: q/k/v and proj_mlp into their rows of qkv/linear1.
+        run("merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "lora"), "--output", os.path.join(t, "sd.safetensors"))
+        assert same(load_file(os.path.join(t, "sd.safetensors")), load_file(os.path.join(d, "merged-single.safetensors")))
+        loaded, _ = flux_from_single_file(os.path.join(t, "sd.safetensors"), config_dir)
         assert same(loaded.state_dict(), ours)
         run("convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(d, "transformer"), "--output", os.path.join(t, "d"))
         model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)

@@ -203,15 +203,12 @@ public enum DiffusersComponent {
 
     /// `adapters` restricted to the component folder `basePath` is, when it is one: modules of other
     /// components refused by name, the rest named as the base names them. An SD 1.x, 2.x or SDXL
-    /// single file: `singleFileView`; a Flux BFL single file: `checkBFLSingleFile`. Any other base: unchanged.
+    /// single file: `singleFileView`; a Flux BFL single file: `bflSingleFileView`. Any other base: unchanged.
     /// - Parameter pipeline: the components of the pipeline `basePath` belongs to, when the whole
     ///   pipeline is merged (modules of the other components then belong to them, not refused).
     static func restrict(_ adapters: [Adapter], basePath: String, base: any TensorStore, pipeline: [String]? = nil) throws -> [Adapter] {
         if pipeline == nil, isLDMSingleFile(basePath, names: base.names) { return try singleFileView(of: adapters, base: base, path: basePath) }
-        if pipeline == nil, isBFLSingleFile(basePath, names: base.names) {
-            try checkBFLSingleFile(adapters, path: basePath)
-            return adapters
-        }
+        if pipeline == nil, isBFLSingleFile(basePath, names: base.names) { return try bflSingleFileView(of: adapters, base: base, path: basePath) }
         let component: String
         if pipeline != nil {
             component = URL(fileURLWithPath: basePath).standardizedFileURL.lastPathComponent

@@ -49,7 +49,7 @@ public struct ImageModelFamily: Sendable, Equatable {
     /// sd2 with OpenCLIP as its one (`cond_stage_model.model.`), otherwise sd1 (CLIP-L, `cond_stage_model.transformer.`)
     /// with the input width of the first cross-attention key projection (`attn2.to_k`) as evidence.
     public static func of(singleFile checkpoint: Checkpoint) -> ImageModelFamily? {
-        if FluxNameMap.isBFL(checkpoint.names) { return .init(name: "flux", evidence: "BFL single file (\(FluxNameMap.bflMarker))") }
+        if let prefix = FluxNameMap.bflPrefix(checkpoint.names) { return .init(name: "flux", evidence: "BFL single file (\(prefix)\(FluxNameMap.bflMarker))") }
         guard LDMNameMap.isLDM(checkpoint.names) else { return nil }
         if checkpoint.names.contains(where: { $0.hasPrefix("conditioner.embedders.1.model.transformer.resblocks.") }) {
             return .init(name: "sdxl", evidence: "sgm single file, a second (OpenCLIP) text encoder under conditioner.embedders.1.model.transformer.resblocks.")
