@@ -19,9 +19,11 @@ extension DiffusersComponent {
 
     /// Image-model adapters against a BFL single file (keys `prefix` + BFL name, `FluxNameMap.bflPrefix`),
     /// which holds the transformer alone (a ComfyUI checkpoint's other components are copied as they are):
-    /// - a kohya Flux LoRA already uses its names (`lora_unet_double_blocks_0_img_attn_qkv` →
-    ///   `double_blocks.0.img_attn.qkv`, under the prefix by `KohyaDialect.resolve`'s `_` suffix rule):
-    ///   returned as it is;
+    /// - a kohya Flux LoRA names its BFL modules (`lora_unet_double_blocks_0_img_attn_qkv` →
+    ///   `double_blocks.0.img_attn.qkv`; ComfyUI's `diffusion_model.double_blocks.0.img_attn.qkv` read as
+    ///   that, `ComfyUILoRANames`): each module takes its BFL module's key under the file's prefix, any
+    ///   update type (a LoHa on `img_attn_qkv` updates the fused tensor it was trained on); other kohya
+    ///   names are resolved by `KohyaDialect.resolve`;
     /// - a diffusers-format one (`transformer.transformer_blocks.0.attn.to_q`) is named through
     ///   `FluxNameMap(bfl:prefix:)`: a module one to one with its BFL module takes that name (any update
     ///   type); a part of a fused BFL weight (to_q, to_k, to_v of `img_attn.qkv`; to_q, to_k, to_v,
@@ -31,50 +33,71 @@ extension DiffusersComponent {
     ///   B's first half into the BFL rows' second half) and `….shift`.
     /// So several modules update one fused tensor, each its own rows: the rows equal the merge of the
     /// separate diffusers tensor, bit for bit (`RowRangeLoRA`).
-    /// - Throws: `LoRACoreError.baseMismatch` naming the module for one that targets another component
-    ///   (a text encoder's `lora_te1_…`, `text_encoder.…`), that no BFL module holds, whose B rows are
-    ///   not its part's, or that is not a plain LoRA on part of a fused tensor; `LoRACoreError.invalidRequest`
-    ///   for a fused BFL weight whose shape does not split (`FluxNameMap(bfl:prefix:)`).
+    /// - Throws: `LoRACoreError.baseMismatch` naming the module (as its file spells it) for one that
+    ///   targets another component (a text encoder's `lora_te1_…`, `text_encoder.…`), that no BFL module
+    ///   holds, whose B rows are not its part's, or that is not a plain LoRA on part of a fused tensor;
+    ///   `LoRACoreError.invalidRequest` for a fused BFL weight whose shape does not split (`FluxNameMap(bfl:prefix:)`).
     static func bflSingleFileView(of adapters: [Adapter], base: any TensorStore, path: String) throws -> [Adapter] {
         try refuseForeign(adapters, available: ["transformer"], base: path + " (a Flux transformer in BFL names)")
-        guard adapters.contains(where: { $0.format == .diffusers }) else { return adapters }
         let prefix = FluxNameMap.bflPrefix(base.names) ?? ""
-        let map = try FluxNameMap(bfl: base, prefix: prefix)
+        // The file's BFL modules by their kohya names (`double_blocks_0_img_attn_qkv`).
+        let kohyaIndex = Dictionary(base.names.compactMap { n -> (String, String)? in
+            guard n.hasPrefix(prefix), n.hasSuffix(".weight") else { return nil }
+            let module = String(n.dropFirst(prefix.count).dropLast(".weight".count))
+            return (module.replacingOccurrences(of: ".", with: "_"), module)
+        }) { first, _ in first }
+        let map = adapters.contains { $0.format == .diffusers } ? try FluxNameMap(bfl: base, prefix: prefix) : nil
         return try adapters.map { adapter in
-            guard adapter.format == .diffusers else { return adapter }
+            guard namesComponents(adapter) else { return adapter }
             var resolved: [AdapterModule] = []
             for m in adapter.modules {
-                let module = DiffusersDialect.split(m.module)?.rest ?? m.module
-                guard let (bfl, part) = map.bfl(ofDiffusers: module), let shape = base.info(prefix + bfl + ".weight")?.shape else {
-                    throw LoRACoreError.baseMismatch(
-                        module: m.module, detail: "is no part of a BFL Flux module (FluxNameMap), so the single file \(path) has no tensor for it")
-                }
-                let key = prefix + bfl + ".weight", rows = part.rows.reduce(0) { $0 + $1.count }
-                guard m.outFeatures == rows else {
-                    throw LoRACoreError.baseMismatch(
-                        module: m.module, detail: "its lora_B has \(m.outFeatures) rows, but \(module) is \(rows) rows of '\(key)' in \(path)")
-                }
-                if part.rows == [0..<shape[0]] {
-                    // One to one: the merge checks the shape against the base tensor.
+                if adapter.format != .diffusers {
+                    let name = ComfyUILoRANames.kohyaName(m.module) ?? m.module
+                    guard name.hasPrefix("lora_unet_"), let bfl = kohyaIndex[String(name.dropFirst("lora_unet_".count))] else {
+                        resolved += try KohyaDialect.resolve([m], against: base)
+                        continue
+                    }
                     var r = m
                     r.module = prefix + bfl
                     resolved.append(r)
                     continue
                 }
-                // diffusers' AdaLayerNormContinuous: `scale, shift = chunk(emb, 2)`, BFL's final layer `shift, scale`.
-                let leaves = part.rows.count == 2 ? ["scale", "shift"] : [module.split(separator: ".").last.map(String.init) ?? module]
-                var b0 = 0
-                for (block, leaf) in zip(part.rows, leaves) {
-                    var piece = m
-                    if part.rows.count > 1 {
-                        piece.bRows = [b0..<(b0 + block.count)]
-                        piece.outFeatures = block.count
-                    }
-                    b0 += block.count
-                    resolved.append(try RowRangeLoRA.wrap(piece, as: prefix + bfl + "." + leaf, tensor: key, rows: block, tensorRows: shape[0]))
-                }
+                resolved += try bflUpdates(of: m, diffusers: DiffusersDialect.split(m.module)?.rest ?? m.module, map: map!, base: base, prefix: prefix, path: path)
             }
             return Adapter(adapter, resolvedModules: resolved.sorted { utf8Precedes($0.module, $1.module) }, untargeted: adapter.untargeted)
+        }
+    }
+
+    /// The updates of the BFL single file `base` that the LoRA module `m` on the diffusers module `module`
+    /// is (`bflSingleFileView`): itself renamed, or `RowRangeLoRA`s of its rows of a fused tensor.
+    private static func bflUpdates(of m: AdapterModule, diffusers module: String, map: FluxNameMap, base: any TensorStore, prefix: String,
+                                   path: String) throws -> [AdapterModule] {
+        guard let (bfl, part) = map.bfl(ofDiffusers: module), let shape = base.info(prefix + bfl + ".weight")?.shape else {
+            throw LoRACoreError.baseMismatch(
+                module: m.module, detail: "is no part of a BFL Flux module (FluxNameMap), so the single file \(path) has no tensor for it")
+        }
+        let key = prefix + bfl + ".weight", rows = part.rows.reduce(0) { $0 + $1.count }
+        guard m.outFeatures == rows else {
+            throw LoRACoreError.baseMismatch(
+                module: m.module, detail: "its lora_B has \(m.outFeatures) rows, but \(module) is \(rows) rows of '\(key)' in \(path)")
+        }
+        if part.rows == [0..<shape[0]] {
+            // One to one: the merge checks the shape against the base tensor.
+            var r = m
+            r.module = prefix + bfl
+            return [r]
+        }
+        // diffusers' AdaLayerNormContinuous: `scale, shift = chunk(emb, 2)`, BFL's final layer `shift, scale`.
+        let leaves = part.rows.count == 2 ? ["scale", "shift"] : [module.split(separator: ".").last.map(String.init) ?? module]
+        var b0 = 0
+        return try zip(part.rows, leaves).map { block, leaf in
+            var piece = m
+            if part.rows.count > 1 {
+                piece.bRows = [b0..<(b0 + block.count)]
+                piece.outFeatures = block.count
+            }
+            b0 += block.count
+            return try RowRangeLoRA.wrap(piece, as: prefix + bfl + "." + leaf, tensor: key, rows: block, tensorRows: shape[0])
         }
     }
 }
