@@ -22,8 +22,8 @@ extension DiffusersComponent {
     /// - a kohya Flux LoRA names its BFL modules (`lora_unet_double_blocks_0_img_attn_qkv` →
     ///   `double_blocks.0.img_attn.qkv`; ComfyUI's `diffusion_model.double_blocks.0.img_attn.qkv` read as
     ///   that, `ComfyUILoRANames`): each module takes its BFL module's key under the file's prefix, any
-    ///   update type (a LoHa on `img_attn_qkv` updates the fused tensor it was trained on); other kohya
-    ///   names are resolved by `KohyaDialect.resolve`;
+    ///   update type (a LoHa on `img_attn_qkv` updates the fused tensor it was trained on); a name that
+    ///   is no BFL module of the file, or diffusers' flattened `lora_transformer_…`, is refused (no suffix guess);
     /// - a diffusers-format one (`transformer.transformer_blocks.0.attn.to_q`) is named through
     ///   `FluxNameMap(bfl:prefix:)`: a module one to one with its BFL module takes that name (any update
     ///   type); a part of a fused BFL weight (to_q, to_k, to_v of `img_attn.qkv`; to_q, to_k, to_v,
@@ -35,7 +35,7 @@ extension DiffusersComponent {
     /// separate diffusers tensor, bit for bit (`RowRangeLoRA`).
     /// - Throws: `LoRACoreError.baseMismatch` naming the module (as its file spells it) for one that
     ///   targets another component (a text encoder's `lora_te1_…`, `text_encoder.…`), that no BFL module
-    ///   holds, whose B rows are not its part's, or that is not a plain LoRA on part of a fused tensor;
+    ///   of the file is or holds, whose B rows are not its part's, or that is not a plain LoRA on part of a fused tensor;
     ///   `LoRACoreError.invalidRequest` for a fused BFL weight whose shape does not split (`FluxNameMap(bfl:prefix:)`).
     static func bflSingleFileView(of adapters: [Adapter], base: any TensorStore, path: String) throws -> [Adapter] {
         try refuseForeign(adapters, available: ["transformer"], base: path + " (a Flux transformer in BFL names)")
@@ -53,9 +53,13 @@ extension DiffusersComponent {
             for m in adapter.modules {
                 if adapter.format != .diffusers {
                     let name = ComfyUILoRANames.kohyaName(m.module) ?? m.module
-                    guard name.hasPrefix("lora_unet_"), let bfl = kohyaIndex[String(name.dropFirst("lora_unet_".count))] else {
-                        resolved += try KohyaDialect.resolve([m], against: base)
-                        continue
+                    guard name.hasPrefix("lora_unet_") else {
+                        throw LoRACoreError.baseMismatch(
+                            module: m.module, detail: "names the transformer in diffusers' modules (lora_transformer_…), which are not mapped to the BFL single file \(path); merge it into a diffusers transformer/ folder")
+                    }
+                    guard let bfl = kohyaIndex[String(name.dropFirst("lora_unet_".count))] else {
+                        throw LoRACoreError.baseMismatch(
+                            module: m.module, detail: "no BFL module of \(path) has this kohya name (lora_unet_<BFL module with _ for .>)")
                     }
                     var r = m
                     r.module = prefix + bfl
