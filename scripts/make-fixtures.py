@@ -2684,7 +2684,10 @@ def bf16_order(x):
 def check_lora_tool_flux(d, config_dir):
     """When the binary is built: lora-tool's merge of transformer/ with kohya.safetensors loads with
     FluxTransformer2DModel.from_pretrained and equals merged/ bit for bit; its merge of single.safetensors
-    is one file equal to merged-single.safetensors that from_single_file loads (flux_from_single_file);
+    is one file equal to merged-single.safetensors that from_single_file loads (flux_from_single_file), and so
+    is its merge of single.safetensors with lora/ (the diffusers-format LoRA), and every merge of ComfyUI's
+    layouts (comfy-lora.safetensors into transformer/, the single file and comfy-single.safetensors; kohya.safetensors
+    and lora/ into comfy-single.safetensors: merged-single.safetensors under model.diffusion_model.);
     its convert --to diffusers of kohya.safetensors (transformer/ as --base) loads with load_lora_adapter
     and fuses (fp32, rounded once) to merged/; its convert --to kohya of lora/ equals kohya.safetensors."""
     import subprocess, tempfile
@@ -2703,6 +2706,22 @@ def check_lora_tool_flux(d, config_dir):
         assert same(load_file(os.path.join(t, "s.safetensors")), load_file(os.path.join(d, "merged-single.safetensors")))
         loaded, _ = flux_from_single_file(os.path.join(t, "s.safetensors"), config_dir)
         assert same(loaded.state_dict(), ours)
+        # The diffusers-format LoRA into the BFL single file: q/k/v and proj_mlp into their rows of qkv/linear1.
+        run("merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "lora"), "--output", os.path.join(t, "sd.safetensors"))
+        assert same(load_file(os.path.join(t, "sd.safetensors")), load_file(os.path.join(d, "merged-single.safetensors")))
+        loaded, _ = flux_from_single_file(os.path.join(t, "sd.safetensors"), config_dir)
+        assert same(loaded.state_dict(), ours)
+        # ComfyUI's layouts: its LoRA names into transformer/ and both single files, both LoRAs into its checkpoint.
+        run("merge", "--base", os.path.join(d, "transformer"), "--adapter", os.path.join(d, "comfy-lora.safetensors"), "--output", os.path.join(t, "cm"), "--quiet")
+        assert same(FluxTransformer2DModel.from_pretrained(os.path.join(t, "cm"), torch_dtype=torch.bfloat16).state_dict(), ours)
+        merged_single = load_file(os.path.join(d, "merged-single.safetensors"))
+        for base, prefix in (("single.safetensors", ""), ("comfy-single.safetensors", "model.diffusion_model.")):
+            for n, lora in enumerate(("comfy-lora.safetensors", "kohya.safetensors", "lora")):
+                out = os.path.join(t, f"c{n}.safetensors")
+                run("merge", "--base", os.path.join(d, base), "--adapter", os.path.join(d, lora), "--output", out, "--force")
+                assert same(load_file(out), {prefix + k: v for k, v in merged_single.items()}), (base, lora)
+                loaded, _ = flux_from_single_file(out, config_dir)
+                assert same(loaded.state_dict(), ours)
         run("convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(d, "transformer"), "--output", os.path.join(t, "d"))
         model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
         model.load_lora_adapter(os.path.join(t, "d"), weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="x")
@@ -2726,7 +2745,9 @@ def flux_cases():
     its rows of B; norm_out.linear's B with its halves swapped as the base's rows are; r/lora_alpha/
     alpha_pattern in lora_adapter_metadata), merged/ (diffusers' load_lora_adapter + fuse_lora of lora/ on an
     fp32 copy of transformer/, rounded once to bf16, save_pretrained) and merged-single.safetensors
-    (merged/ as a BFL single file). The generator checks diffusers' fuse equals W + alpha/r·B·A computed
+    (merged/ as a BFL single file), comfy-single.safetensors (single.safetensors under ComfyUI's
+    model.diffusion_model., loaded back by from_single_file) and comfy-lora.safetensors (kohya.safetensors in
+    ComfyUI's LoRA names, diffusion_model.<BFL module>, which diffusers converts as the kohya file). The generator checks diffusers' fuse equals W + alpha/r·B·A computed
     in torch fp32 (in diffusers names, and in BFL names for merged-single.safetensors), and records in
     case.json what diffusers' own kohya loader and from_single_file do with these tiny files."""
     from diffusers import FluxTransformer2DModel, FluxPipeline
@@ -2758,6 +2779,29 @@ def flux_cases():
     save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_base_model_version": "flux1", "ss_network_module": "networks.lora_flux",
                                                                     "ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"})
     sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+
+    # ComfyUI's layouts: its checkpoint save puts the diffusion model under model.diffusion_model. (diffusers'
+    # CHECKPOINT_KEY_NAMES["flux"] and convert_flux_transformer_checkpoint_to_diffusers read that prefix), and its
+    # LoRA save names the same modules diffusion_model.<BFL module> with kohya's factors and alpha.
+    comfy_single = os.path.join(d, "comfy-single.safetensors")
+    save_file({"model.diffusion_model." + k: v for k, v in bfl_sd.items()}, comfy_single, metadata={"format": "pt"})
+    sort_header_metadata(comfy_single)
+    loaded, _ = flux_from_single_file(comfy_single, config_dir)
+    reference = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.bfloat16).state_dict()
+    assert all(torch.equal(loaded.state_dict()[k], reference[k]) for k in reference) and loaded.state_dict().keys() == reference.keys()
+    comfy = {"diffusion_model." + bfl_target(k.split(".")[0][len("lora_unet_"):])[:-len(".weight")] + "." + k.split(".", 1)[1]: v for k, v in kohya.items()}
+    save_file(comfy, os.path.join(d, "comfy-lora.safetensors"))
+    # diffusers reads it as the kohya file (its ComfyUI branch of _convert_kohya_flux_lora_to_diffusers): the same
+    # conversion, compared without linear1 (whose split sizes diffusers hard-codes for Flux.1).
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        converted = []
+        for name, sd in (("k", kohya), ("c", comfy)):
+            save_file({k: v for k, v in sd.items() if "linear1" not in k}, os.path.join(t, name + ".safetensors"))
+            c = FluxPipeline.lora_state_dict(os.path.join(t, name + ".safetensors"))
+            converted.append(c[0] if isinstance(c, tuple) else c)
+        assert converted[0].keys() == converted[1].keys() and all(torch.equal(converted[0][k], converted[1][k]) for k in converted[0])
+    print("flux/comfy-single.safetensors loads in diffusers as single.safetensors; diffusers reads comfy-lora.safetensors as kohya.safetensors")
 
     # The same LoRA in diffusers names, split exactly (no arithmetic).
     layers, alpha_pattern, rank_pattern = {}, {}, {}

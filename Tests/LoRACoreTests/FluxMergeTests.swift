@@ -88,7 +88,7 @@ struct FluxMergeTests {
         #expect(report.imageModel?.targets.map(\.component) == ["text_encoder", "transformer"] && report.imageModel?.targets.map(\.modules) == [1, 29])
     }
 
-    @Test("inspect --base: the kohya file against transformer/ lists its 44 diffusers modules, against the single file its 30 BFL modules, no problem; the diffusers file against the single file names the problem")
+    @Test("inspect --base: the kohya file against transformer/ lists its 44 diffusers modules, against the single file its 30 BFL modules; the diffusers file against the single file its 44 modules as 45 BFL updates (norm_out's halves two), no problem")
     func inspectAgainstBases() throws {
         let kohya = flux + "/kohya.safetensors"
         let transformer = try Inspect.run(path: kohya, base: fluxTransformer)
@@ -96,8 +96,10 @@ struct FluxMergeTests {
         #expect(transformer.adapter?.modules.contains { $0.module == "single_transformer_blocks.1.proj_mlp" && $0.scale == 1 } == true)
         let single = try Inspect.run(path: kohya, base: fluxSingle)
         #expect(single.base?.problems == [] && single.adapter?.modules.count == 30)
-        let problems = try Inspect.run(path: flux + "/lora", base: fluxSingle).base?.problems ?? []
-        #expect(problems.count == 1 && problems.first?.contains("diffusers-format Flux LoRA into a BFL single file") == true)
+        let diffusers = try Inspect.run(path: flux + "/lora", base: fluxSingle)
+        #expect(diffusers.base?.problems == [] && diffusers.adapter?.modules.count == 45)
+        let names = diffusers.adapter?.modules.map(\.module) ?? []
+        #expect(names.contains("single_blocks.0.linear1.proj_mlp") && names.contains("final_layer.adaLN_modulation.1.shift") && names.contains("img_in"))
     }
 
     @Test("A kohya Flux module whose lora_up rows are not its BFL module's, or that names no module, is refused by name")
@@ -177,22 +179,80 @@ struct FluxMergeTests {
         #expect(family?.name == "flux" && family?.evidence.contains("double_blocks.0.img_attn.qkv.weight") == true)
     }
 
-    @Test("Into a BFL single file: a diffusers-format LoRA, a text-encoder module and a directory --output are refused by name, nothing written")
+    @Test("single.safetensors × the diffusers-format LoRA is ONE file equal to merged-single.safetensors byte for byte (q/k/v and linear1 parts into their rows, norm_out's halves swapped), the same bytes as the kohya merge")
+    func diffusersIntoSingleFile() throws {
+        let dir = temporaryDirectory()
+        let report = try mergeImageModel(fluxSingle, [flux + "/lora"], into: dir + "/d.safetensors")
+        // 44 diffusers modules update 30 BFL tensors.
+        #expect(report.files == ["d.safetensors"] && report.mergedTensors == 30)
+        #expect(FileManager.default.contents(atPath: dir + "/d.safetensors") == FileManager.default.contents(atPath: flux + "/merged-single.safetensors"))
+        _ = try mergeImageModel(fluxSingle, [flux + "/kohya.safetensors"], into: dir + "/k.safetensors")
+        #expect(FileManager.default.contents(atPath: dir + "/d.safetensors") == FileManager.default.contents(atPath: dir + "/k.safetensors"))
+    }
+
+    @Test("A diffusers LoRA on norm_out.linear alone lands in final_layer.adaLN_modulation.1's swapped halves: that tensor equals merged-single.safetensors', every other one the base's")
+    func normOutHalvesSwapped() throws {
+        let dir = temporaryDirectory(), lora = dir + "/norm_out.safetensors"
+        try rewriteTensors(flux + "/lora/pytorch_lora_weights.safetensors", to: lora, keep: { $0.hasPrefix("transformer.norm_out.linear.") })
+        _ = try mergeImageModel(fluxSingle, [lora], into: dir + "/out.safetensors")
+        let out = try Checkpoint(path: dir + "/out.safetensors"), base = try Checkpoint(path: fluxSingle)
+        let expected = try Checkpoint(path: flux + "/merged-single.safetensors")
+        for name in base.names {
+            let reference = name == "final_layer.adaLN_modulation.1.weight" ? expected : base
+            #expect(Array(try out.bytes(of: name)) == Array(try reference.bytes(of: name)), "\(name)")
+        }
+        #expect(Array(try out.bytes(of: "final_layer.adaLN_modulation.1.weight")) != Array(try base.bytes(of: "final_layer.adaLN_modulation.1.weight")))
+    }
+
+    @Test("verify with the diffusers-format LoRA passes merged-single.safetensors and names the fused tensor of a changed element")
+    func verifyDiffusersSingleFile() throws {
+        var v = VerifyOptions(base: fluxSingle, adapters: [(flux + "/lora", 1)], merged: flux + "/merged-single.safetensors")
+        v.threads = 2
+        let report = try Verify.run(v)
+        #expect(report.passed && report.files.map(\.status) == [.equal])
+        let dir = temporaryDirectory()
+        for tensor in ["double_blocks.1.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "final_layer.adaLN_modulation.1.weight"] {
+            let changed = dir + "/\(tensor).safetensors"
+            try rewriteSafeTensors(flux + "/merged-single.safetensors", to: changed, metadata: [("format", "pt")], flip: tensor)
+            v.merged = changed
+            #expect(try Verify.run(v).failures.map(\.tensor) == [tensor])
+        }
+    }
+
+    @Test("FluxNameMap(bfl:) from single.safetensors' shapes equals FluxNameMap(diffusers:) from transformer/'s")
+    func bflMapFromShapes() throws {
+        let fromBFL = try FluxNameMap(bfl: try Checkpoint(path: fluxSingle), prefix: "")
+        let fromDiffusers = try FluxNameMap(diffusers: try Checkpoint(path: fluxTransformer))
+        #expect(fromBFL.parts == fromDiffusers.parts && fromBFL.parts.count == 36)
+        #expect(fromBFL.parts["single_blocks.1.linear1"]?.map(\.rows) == [[0..<16], [16..<32], [32..<48], [48..<112]])
+    }
+
+    @Test("Into a BFL single file: a text-encoder module, a diffusers module no BFL tensor holds, one whose lora_B has another part's rows, and a directory --output are refused by name, nothing written")
     func singleFileRefusals() throws {
         let dir = temporaryDirectory()
-        #expect {
-            try mergeImageModel(fluxSingle, [flux + "/lora"], into: dir + "/a.safetensors")
-        } throws: { error in
-            let text = "\(error)"
-            return text.contains("transformer.context_embedder") && text.contains("diffusers-format Flux LoRA into a BFL single file")
-        }
         try rewriteTensors(flux + "/kohya.safetensors", to: dir + "/te.safetensors", rename: { $0.replacingOccurrences(of: "lora_unet_img_in", with: "lora_te1_text_model_encoder_layers_0_mlp_fc1") })
         #expect {
             try mergeImageModel(fluxSingle, [dir + "/te.safetensors"], into: dir + "/b.safetensors")
         } throws: { error in "\(error)".contains("lora_te1_text_model_encoder_layers_0_mlp_fc1") && "\(error)".contains("text_encoder") }
+        let lora = flux + "/lora/pytorch_lora_weights.safetensors"
+        // Without lora_adapter_metadata (alpha = r), so no target_modules leaves the module out as PEFT would.
+        try rewriteTensors(lora, to: dir + "/renamed.safetensors", rename: { $0.replacingOccurrences(of: "transformer.x_embedder.", with: "transformer.pos_embed.proj.") })
+        try rewriteSafeTensors(dir + "/renamed.safetensors", to: dir + "/pos.safetensors", metadata: [("format", "pt")])
         #expect {
-            try mergeImageModel(fluxSingle, [flux + "/kohya.safetensors"], into: dir + "/c")
+            try mergeImageModel(fluxSingle, [dir + "/pos.safetensors"], into: dir + "/c.safetensors")
+        } throws: { error in "\(error)".contains("transformer.pos_embed.proj") && "\(error)".contains("is no part of a BFL Flux module") }
+        // proj_mlp's factors (64 rows of B) named as double block 0's to_q (16 rows of img_attn.qkv).
+        try rewriteTensors(lora, to: dir + "/rows.safetensors", keep: { $0.hasPrefix("transformer.single_transformer_blocks.0.proj_mlp.") },
+                           rename: { $0.replacingOccurrences(of: "single_transformer_blocks.0.proj_mlp", with: "transformer_blocks.0.attn.to_q") })
+        #expect {
+            try mergeImageModel(fluxSingle, [dir + "/rows.safetensors"], into: dir + "/d.safetensors")
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("transformer.transformer_blocks.0.attn.to_q") && text.contains("lora_B has 64 rows") && text.contains("16 rows of") && text.contains("double_blocks.0.img_attn.qkv.weight")
+        }
+        #expect {
+            try mergeImageModel(fluxSingle, [flux + "/kohya.safetensors"], into: dir + "/e")
         } throws: { error in "\(error)".contains("give --output NAME.safetensors") }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["te.safetensors"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).sorted() == ["pos.safetensors", "renamed.safetensors", "rows.safetensors", "te.safetensors"])
     }
 }

@@ -14,6 +14,8 @@ enum PEFTDialect: AdapterDialect {
 
     static func read(_ files: AdapterFiles, scale: AdapterScaleOverride) throws -> AdapterLayout {
         guard let data = files.configBytes else {
+            // A Flux LoRA in BFL names that is not kohya's or ComfyUI's (XLabs, BFL Control, fal Kontext, …).
+            if let refusal = FluxLoRAVariant.refusal(files.checkpoint.names) { throw LoRACoreError.unsupportedAdapter(path: files.weights, detail: refusal) }
             throw LoRACoreError.invalidConfig(file: files.configPath, detail: "missing: an adapter needs its adapter_config.json (rank, alpha, targets)")
         }
         let config = try AdapterConfig(json: data, file: files.configPath)

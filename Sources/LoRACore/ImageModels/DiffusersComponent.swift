@@ -12,6 +12,8 @@ import SafeTensors
 /// - diffusers-format files (`DiffusersDialect`): the key's first segment, `unet.down_blocks.0…`;
 /// - kohya / LyCORIS names (sd-scripts `networks/lora.py`): `lora_unet_` → `unet` (`transformer`
 ///   in a pipeline that has no UNet: Flux), `lora_te_` and `lora_te1_` → `text_encoder`,
+///   ComfyUI's `diffusion_model.` and `text_encoders.clip_l.transformer.` as their sd-scripts names
+///   (`ComfyUILoRANames`),
 ///   `lora_te2_` → `text_encoder_2`, `lora_transformer_` → `transformer`. sd-scripts' SDXL LoRAs
 ///   name the UNet in sgm form (`lora_unet_input_blocks_3_1_…`), read through
 ///   `LDMNameMap.diffusersFlatUNetName`; its text encoders as transformers 4 did (`lora_te2_text_model_…`).
@@ -55,6 +57,7 @@ public enum DiffusersComponent {
         case .diffusers:
             return DiffusersDialect.split(module)?.component
         case .kohya, .lycoris:
+            let module = ComfyUILoRANames.kohyaName(module) ?? module
             if module.hasPrefix("lora_unet_") { return available.contains("unet") || !available.contains("transformer") ? "unet" : "transformer" }
             if module.hasPrefix("lora_te_") || module.hasPrefix("lora_te1_") { return "text_encoder" }
             if module.hasPrefix("lora_te2_") { return "text_encoder_2" }
@@ -77,7 +80,7 @@ public enum DiffusersComponent {
             for module in adapter.modules.map(\.module) + adapter.untargeted {
                 guard let c = component(of: module, in: adapter.format, available: available) else {
                     throw LoRACoreError.baseMismatch(
-                        module: module, detail: "names no pipeline component (lora_unet_, lora_te_, lora_te1_, lora_te2_, lora_transformer_; or unet., text_encoder., …) in \(adapter.path)")
+                        module: module, detail: "names no pipeline component (lora_unet_, lora_te_, lora_te1_, lora_te2_, lora_transformer_, ComfyUI's diffusion_model. and text_encoders.clip_l.transformer.; or unet., text_encoder., …) in \(adapter.path)")
                 }
                 guard available.contains(c) else {
                     throw LoRACoreError.baseMismatch(
@@ -116,9 +119,10 @@ public enum DiffusersComponent {
         let flatModules = Set(baseModules.map { $0.replacingOccurrences(of: ".", with: "_") })
         var original: [String: String] = [:]
         let stripped = mine.map { m -> AdapterModule in
-            let prefix = KohyaDialect.prefixes.first { m.module.hasPrefix($0) }!
+            let name = ComfyUILoRANames.kohyaName(m.module) ?? m.module
+            let prefix = KohyaDialect.prefixes.first { name.hasPrefix($0) }!
             var r = m
-            let rest = String(m.module.dropFirst(prefix.count))
+            let rest = String(name.dropFirst(prefix.count))
             r.module = flatModules.contains(rest) ? rest : textModelPrefix(rest, separator: "_", add: isTextEncoder && baseHasTextModel,
                                                                            drop: isTextEncoder && !baseHasTextModel)
             if component == "unet", let name = LDMNameMap.diffusersFlatUNetName(ofKohya: r.module, layersPerBlock: layersPerBlock) { r.module = name }
@@ -203,15 +207,12 @@ public enum DiffusersComponent {
 
     /// `adapters` restricted to the component folder `basePath` is, when it is one: modules of other
     /// components refused by name, the rest named as the base names them. An SD 1.x, 2.x or SDXL
-    /// single file: `singleFileView`; a Flux BFL single file: `checkBFLSingleFile`. Any other base: unchanged.
+    /// single file: `singleFileView`; a Flux BFL single file: `bflSingleFileView`. Any other base: unchanged.
     /// - Parameter pipeline: the components of the pipeline `basePath` belongs to, when the whole
     ///   pipeline is merged (modules of the other components then belong to them, not refused).
     static func restrict(_ adapters: [Adapter], basePath: String, base: any TensorStore, pipeline: [String]? = nil) throws -> [Adapter] {
         if pipeline == nil, isLDMSingleFile(basePath, names: base.names) { return try singleFileView(of: adapters, base: base, path: basePath) }
-        if pipeline == nil, isBFLSingleFile(basePath, names: base.names) {
-            try checkBFLSingleFile(adapters, path: basePath)
-            return adapters
-        }
+        if pipeline == nil, isBFLSingleFile(basePath, names: base.names) { return try bflSingleFileView(of: adapters, base: base, path: basePath) }
         let component: String
         if pipeline != nil {
             component = URL(fileURLWithPath: basePath).standardizedFileURL.lastPathComponent

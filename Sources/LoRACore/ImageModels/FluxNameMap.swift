@@ -41,8 +41,19 @@ public struct FluxNameMap: Sendable {
     /// The BFL key that shows a Flux single file: the first double block's fused image q/k/v.
     static let bflMarker = "double_blocks.0.img_attn.qkv.weight"
 
-    /// Whether `names` are a BFL Flux transformer's tensors (`double_blocks.0.img_attn.qkv.weight`).
-    public static func isBFL(_ names: [String]) -> Bool { names.contains(bflMarker) }
+    /// What a single file's BFL keys may start with: nothing (Black Forest Labs' `flux1-dev.safetensors`,
+    /// sd-scripts' and ai-toolkit's saves) or ComfyUI's `model.diffusion_model.` (its checkpoint save; a
+    /// full checkpoint also holds `text_encoders.…` and `vae.…`). diffusers reads both:
+    /// `CHECKPOINT_KEY_NAMES["flux"]` lists `double_blocks.0.img_attn.norm.key_norm.scale` with and
+    /// without it, and `convert_flux_transformer_checkpoint_to_diffusers` strips it (`loaders/single_file_utils.py`).
+    static let bflPrefixes = ["", "model.diffusion_model."]
+
+    /// The prefix of `names`' BFL Flux transformer keys (`bflPrefixes`), or nil when they have none.
+    public static func bflPrefix(_ names: [String]) -> String? { bflPrefixes.first { names.contains($0 + bflMarker) } }
+
+    /// Whether `names` are a BFL Flux transformer's tensors (`double_blocks.0.img_attn.qkv.weight`,
+    /// possibly under ComfyUI's `model.diffusion_model.`).
+    public static func isBFL(_ names: [String]) -> Bool { bflPrefix(names) != nil }
 
     /// Whether `names` are a diffusers `FluxTransformer2DModel`'s tensors: a single block's `proj_mlp`
     /// (SD3's transformer, also with `transformer_blocks.N.attn.add_q_proj`, has no single blocks).
@@ -58,18 +69,13 @@ public struct FluxNameMap: Sendable {
         }
     }
 
-    /// The map for the diffusers modules a table entry's `rows` knows (the output rows of each, nil
-    /// for a module that is absent); block counts from `modules` (tensor or module names).
-    /// - Parameter incomplete: the error for an entry some of whose parts are present and some not
-    ///   (present parts, all parts, BFL module).
-    init(modules: [String], rows rowsOf: (String) -> Int?, incomplete: (String, String, String) -> LoRACoreError) throws {
-        func blocks(_ prefix: String) -> Int {
-            Set(modules.compactMap { n -> Int? in
-                guard n.hasPrefix(prefix) else { return nil }
-                return Int(n.dropFirst(prefix.count).prefix { $0 != "." })
-            }).count
-        }
-        var table: [(bfl: String, diffusers: [String], swap: Bool)] = [
+    /// One row of the table: a BFL module, its diffusers modules in row order, and whether its two row
+    /// halves are swapped (`final_layer.adaLN_modulation.1`).
+    typealias Entry = (bfl: String, diffusers: [String], swap: Bool)
+
+    /// The table of the type's doc comment for a model with `double` double blocks and `single` single blocks.
+    static func table(double: Int, single: Int) -> [Entry] {
+        var table: [Entry] = [
             ("img_in", ["x_embedder"], false), ("txt_in", ["context_embedder"], false),
             ("final_layer.linear", ["proj_out"], false), ("final_layer.adaLN_modulation.1", ["norm_out.linear"], true),
         ]
@@ -77,7 +83,7 @@ public struct FluxNameMap: Sendable {
             table.append((bfl + ".in_layer", ["time_text_embed.\(diffusers).linear_1"], false))
             table.append((bfl + ".out_layer", ["time_text_embed.\(diffusers).linear_2"], false))
         }
-        for i in 0..<blocks("transformer_blocks.") {
+        for i in 0..<double {
             let b = "double_blocks.\(i).", d = "transformer_blocks.\(i)."
             table += [
                 (b + "img_attn.qkv", [d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"], false),
@@ -88,23 +94,77 @@ public struct FluxNameMap: Sendable {
                 (b + "img_mod.lin", [d + "norm1.linear"], false), (b + "txt_mod.lin", [d + "norm1_context.linear"], false),
             ]
         }
-        for i in 0..<blocks("single_transformer_blocks.") {
+        for i in 0..<single {
             let b = "single_blocks.\(i).", d = "single_transformer_blocks.\(i)."
             table += [
                 (b + "linear1", [d + "attn.to_q", d + "attn.to_k", d + "attn.to_v", d + "proj_mlp"], false),
                 (b + "linear2", [d + "proj_out"], false), (b + "modulation.lin", [d + "norm.linear"], false),
             ]
         }
-        var parts: [String: [Part]] = [:]
-        for entry in table {
+        return table
+    }
+
+    /// The number of distinct blocks `N` in names `<prefix>N.…`.
+    private static func blocks(_ names: [String], _ prefix: String) -> Int {
+        Set(names.compactMap { n -> Int? in
+            guard n.hasPrefix(prefix) else { return nil }
+            return Int(n.dropFirst(prefix.count).prefix { $0 != "." })
+        }).count
+    }
+
+    /// The map for the diffusers modules a table entry's `rows` knows (the output rows of each, nil
+    /// for a module that is absent); block counts from `modules` (tensor or module names).
+    /// - Parameter incomplete: the error for an entry some of whose parts are present and some not
+    ///   (present parts, all parts, BFL module).
+    init(modules: [String], rows rowsOf: (String) -> Int?, incomplete: (String, String, String) -> LoRACoreError) throws {
+        let table = Self.table(double: Self.blocks(modules, "transformer_blocks."), single: Self.blocks(modules, "single_transformer_blocks."))
+        try self.init(table: table) { entry in
             // guidance_in exists in Flux.1-dev, not in schnell: a module the base lacks has no entry.
             let counts = entry.diffusers.map(rowsOf)
-            if counts.allSatisfy({ $0 == nil }) { continue }
+            if counts.allSatisfy({ $0 == nil }) { return nil }
             let rows = counts.compactMap { $0 }
             guard rows.count == counts.count else {
                 throw incomplete(zip(entry.diffusers, counts).compactMap { $1 == nil ? nil : $0 }.joined(separator: ", "),
                                  entry.diffusers.joined(separator: ", "), entry.bfl)
             }
+            return rows
+        }
+    }
+
+    /// The map for a BFL single file's transformer `base`, its keys `prefix` + BFL name (`bflPrefix`):
+    /// block counts from its keys, each diffusers part's rows from the BFL weight's shape (rows, in) as
+    /// diffusers' `convert_flux_transformer_checkpoint_to_diffusers` splits it, with the width read
+    /// from the file where the converter hard-codes Flux.1's: a `qkv` in three equal thirds;
+    /// `linear1` (Flux's `SingleStreamBlock`: Linear(hidden, 3·hidden + mlp)) as q, k, v of `in` rows
+    /// each and the MLP's rows after them; any other module whole. A module the file lacks
+    /// (`guidance_in` in schnell) has no entry.
+    /// - Throws: `LoRACoreError.invalidRequest` naming the tensor when its shape does not split so.
+    public init(bfl base: any TensorStore, prefix: String) throws {
+        let names = base.names.filter { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count)) }
+        let table = Self.table(double: Self.blocks(names, "double_blocks."), single: Self.blocks(names, "single_blocks."))
+        try self.init(table: table) { entry in
+            let key = prefix + entry.bfl + ".weight"
+            guard let shape = base.info(key)?.shape else { return nil }
+            let split: [Int]?
+            switch (shape.count, entry.diffusers.count) {
+            case (2, 1): split = [shape[0]]
+            case (2, 3): split = shape[0] % 3 == 0 ? Array(repeating: shape[0] / 3, count: 3) : nil
+            case (2, 4): split = shape[0] > 3 * shape[1] ? [shape[1], shape[1], shape[1], shape[0] - 3 * shape[1]] : nil
+            default: split = nil
+            }
+            guard let split, !entry.swap || split[0] % 2 == 0 else {
+                throw LoRACoreError.invalidRequest(
+                    "\(base.path): '\(key)' of shape \(shape) does not split into \(entry.diffusers.joined(separator: ", ")) (\(entry.diffusers.count == 4 ? "q, k, v of its input width each, then the MLP rows" : entry.diffusers.count == 3 ? "equal thirds" : entry.swap ? "two halves" : "a matrix"))")
+            }
+            return split
+        }
+    }
+
+    /// The map of `table`, each entry's parts sized by `counts` (nil: the entry is left out).
+    private init(table: [Entry], counts: (Entry) throws -> [Int]?) throws {
+        var parts: [String: [Part]] = [:]
+        for entry in table {
+            guard let rows = try counts(entry) else { continue }
             var start = 0
             parts[entry.bfl] = zip(entry.diffusers, rows).map { module, count in
                 defer { start += count }

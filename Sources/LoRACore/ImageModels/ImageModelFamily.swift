@@ -12,7 +12,8 @@ import SafeTensors
 /// - a FluxTransformer2DModel config → flux;
 /// - an original-layout (LDM, sgm) single file or a Flux one in BFL names: `of(singleFile:)`.
 /// From a LoRA's keys (sd-scripts and diffusers names):
-/// - `double_blocks`/`single_blocks` (kohya Flux, whose CLIP-L modules are `lora_te1_`) or
+/// - `double_blocks`/`single_blocks` (kohya Flux, whose CLIP-L modules are `lora_te1_`; ComfyUI's
+///   `diffusion_model.double_blocks.…`) or
 ///   `transformer.…single_transformer_blocks` → flux;
 /// - otherwise `lora_te1_`/`lora_te2_` or `text_encoder_2.` → sdxl;
 /// - SD UNet block names (`lora_unet_down_blocks_…`, `unet.down_blocks.…`) or the CLIP text model
@@ -49,7 +50,7 @@ public struct ImageModelFamily: Sendable, Equatable {
     /// sd2 with OpenCLIP as its one (`cond_stage_model.model.`), otherwise sd1 (CLIP-L, `cond_stage_model.transformer.`)
     /// with the input width of the first cross-attention key projection (`attn2.to_k`) as evidence.
     public static func of(singleFile checkpoint: Checkpoint) -> ImageModelFamily? {
-        if FluxNameMap.isBFL(checkpoint.names) { return .init(name: "flux", evidence: "BFL single file (\(FluxNameMap.bflMarker))") }
+        if let prefix = FluxNameMap.bflPrefix(checkpoint.names) { return .init(name: "flux", evidence: "BFL single file (\(prefix)\(FluxNameMap.bflMarker))") }
         guard LDMNameMap.isLDM(checkpoint.names) else { return nil }
         if checkpoint.names.contains(where: { $0.hasPrefix("conditioner.embedders.1.model.transformer.resblocks.") }) {
             return .init(name: "sdxl", evidence: "sgm single file, a second (OpenCLIP) text encoder under conditioner.embedders.1.model.transformer.resblocks.")
@@ -95,6 +96,9 @@ public struct ImageModelFamily: Sendable, Equatable {
             // Before lora_te1_: sd-scripts' Flux LoRAs name their CLIP-L modules lora_te1_ too.
             if names.contains(where: { $0.hasPrefix("lora_unet_double_blocks_") || $0.hasPrefix("lora_unet_single_blocks_") }) {
                 return .init(name: "flux", evidence: "lora_unet_double_blocks_/single_blocks_ keys")
+            }
+            if names.contains(where: { $0.hasPrefix("diffusion_model.double_blocks.") || $0.hasPrefix("diffusion_model.single_blocks.") }) {
+                return .init(name: "flux", evidence: "ComfyUI's diffusion_model.double_blocks/single_blocks keys")
             }
             if names.contains(where: { $0.hasPrefix("lora_te1_") || $0.hasPrefix("lora_te2_") }) { return .init(name: "sdxl", evidence: "lora_te1_/lora_te2_ keys") }
             if names.contains(where: { $0.hasPrefix("lora_unet_input_blocks_") || $0.hasPrefix("lora_unet_output_blocks_") }) {

@@ -31,9 +31,11 @@ extension LoraTool {
                 --output NAME.safetensors, with the base's tensor names and metadata; the LoRA's unet and \
                 text-encoder modules are mapped to its keys (SDXL's q/k/v to the row thirds of OpenCLIP's \
                 in_proj_weight, SD 2.x's likewise), kohya SDXL UNet names in sgm form included. A Flux \
-                transformer single file (BFL names: double_blocks.0.img_attn.qkv.weight) is merged into one \
-                file the same way. A kohya Flux LoRA's fused qkv and linear1 modules are split exactly for \
-                a diffusers transformer.
+                transformer single file (BFL names: double_blocks.0.img_attn.qkv.weight, or ComfyUI's \
+                model.diffusion_model.double_blocks.…) is merged into one file the same way, from kohya \
+                (lora_unet_, or ComfyUI's diffusion_model.) or diffusers-format Flux LoRAs (a diffusers module's q, k, v \
+                or proj_mlp into its rows of qkv or linear1, norm_out.linear's halves swapped). A kohya \
+                Flux LoRA's fused qkv and linear1 modules are split exactly for a diffusers transformer.
                 """)
 
         @Option(help: "Base model: directory (single or sharded safetensors; a diffusers pipeline or component folder), .safetensors file, or a hub id (org/name[@revision]) in the local Hugging Face cache. Default: the adapter's base_model_name_or_path, when it is available locally.")

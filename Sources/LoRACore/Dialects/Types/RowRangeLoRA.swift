@@ -17,13 +17,16 @@ import SafeTensors
 /// summed in order with FMAs, × the coefficient w·s, + W, every instruction set giving the same bits),
 /// the other rows unchanged. So the fused tensor's rows equal, bit for bit, the merge of the separate
 /// tensor the LoRA was trained on; several modules on one tensor (q, k, v) apply in adapter order to
-/// disjoint rows. Only plain LoRA (no DoRA, no bias, (out, in) factors) is wrapped; `wrap` refuses
+/// disjoint rows. A module whose rows are permuted in the base (Flux's `norm_out.linear`, whose (scale,
+/// shift) halves BFL stores as (shift, scale)) is wrapped once per contiguous block, each taking its
+/// rows of B (`AdapterModule.bRows`, kept by `wrap`). Only plain LoRA (no DoRA, no bias, (out, in) factors) is wrapped; `wrap` refuses
 /// the rest by name.
 enum RowRangeLoRA: UpdateLoader {
     static let name = "LoRA"
 
     /// `module` (a LoRA already resolved to its own weight, (b − a)×in) as an update of rows `rows`
-    /// of the base tensor `tensor`, whose flat shape is (`tensorRows`, in), named `name`.
+    /// of the base tensor `tensor`, whose flat shape is (`tensorRows`, in), named `name`. Its `bRows`
+    /// (the rows of the file's B it takes; nil: all) are kept.
     /// - Throws: `LoRACoreError.baseMismatch` naming the module when it is not a plain LoRA of that
     ///   width, or the rows do not fit the tensor.
     static func wrap(_ module: AdapterModule, as name: String, tensor: String, rows: Range<Int>, tensorRows: Int) throws -> AdapterModule {
@@ -42,13 +45,18 @@ enum RowRangeLoRA: UpdateLoader {
         var m = AdapterModule(updating: name, update: update, rank: module.rank, alpha: module.alpha, scale: module.scale, out: tensorRows,
                               in: module.inFeatures)
         m.baseTensorOverride = tensor
+        m.bRows = module.bRows
         return m
     }
 
     static func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
         let t = module.update!.tensors
-        return Loaded(a: try UpdateMath.floats(checkpoint, t["lora_A"]!, module: module.module),
-                      b: try UpdateMath.floats(checkpoint, t["lora_B"]!, module: module.module),
+        var b = try UpdateMath.floats(checkpoint, t["lora_B"]!, module: module.module)
+        if let rows = module.bRows {
+            // Some rows of the file's B (`AdapterModule.bRows`): one row block of a module whose rows are permuted.
+            b = rows.flatMap { b[($0.lowerBound * module.rank)..<($0.upperBound * module.rank)] }
+        }
+        return Loaded(a: try UpdateMath.floats(checkpoint, t["lora_A"]!, module: module.module), b: b,
                       rows: module.update!.rows!, rank: module.rank, scale: module.scale)
     }
 
