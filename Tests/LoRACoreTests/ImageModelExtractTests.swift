@@ -208,8 +208,10 @@ struct ImageModelExtractTests {
         #expect(!out.modules.contains { $0.module.hasPrefix("text_encoder.") })
         #expect(out.skipped.filter { $0.module.hasPrefix("text_encoder.") }.count == 6)
         #expect(try Checkpoint(path: dir + "/a.safetensors").names.allSatisfy { $0.hasPrefix("lora_unet_") })
+        #expect(out.notes == ["text encoders left out: their largest |ΔW| is \(Float(largest)), not above --min-diff \(largest) (sd-scripts' rule)"])
         let kept = try extractImage(sd1Pipeline, sd1Oracle, to: dir + "/b.safetensors", rank: 2, minDiff: largest * 0.999)
         #expect(kept.modules.filter { $0.module.hasPrefix("text_encoder.") }.count == 6)
+        #expect(kept.notes.isEmpty)
     }
 
     @Test("Reruns write identical bytes")
@@ -236,6 +238,10 @@ struct ImageModelExtractTests {
         #expect(message(sd1Single, sdxlSingleOracle).contains("both inputs must be of one family"))
         #expect(message(fluxTransformer, fluxTransformer).contains("Flux diffusers folders is not supported yet"))
         #expect(message(fluxSingle, flux + "/merged-single.safetensors", format: .diffusers).contains("--format diffusers from Flux single files"))
+        let lm = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ExtractFixtures/svd_rank4").path
+        var o = ExtractSVDOptions(base: lm + "/base", finetuned: lm + "/finetuned", output: dir + "/x", rule: .fixed(2))
+        o.convRank = 2
+        #expect(throws: LoRACoreError.invalidRequest("--conv-rank applies to image models (diffusers folders, SD and Flux single files) only; \(lm)/base is not one")) { try ExtractSVD.run(o) }
         #expect(!FileManager.default.fileExists(atPath: dir + "/x.safetensors"))
     }
 }

@@ -24,9 +24,10 @@ public struct ExtractSVDOptions: Sendable {
     /// Image models: the rank of k×k convolutions (sd-scripts' `--conv_dim`), which are extracted
     /// only when it is given, with the resnets' and samplers' linears and 1×1 convolutions.
     public var convRank: Int?
-    /// Image models: the output's format, `.kohya` (sd-scripts' names and `.alpha`, the default) or
-    /// `.diffusers` (`<component>.<module>.lora_A.weight` with `lora_adapter_metadata`).
-    public var imageFormat: Adapter.Format = .kohya
+    /// Image models: the output's format, `.kohya` (sd-scripts' names and `.alpha`; nil means this) or
+    /// `.diffusers` (`<component>.<module>.lora_A.weight` with `lora_adapter_metadata`). Refused for
+    /// language models, whose output is a PEFT adapter.
+    public var imageFormat: Adapter.Format?
     /// Power iterations of the randomized SVD. One already matches the full SVD's error on the spectra
     /// of fine-tunes to a fraction of a percent (see `SVD.randomized`); each adds two passes over ΔW.
     public var powerIterations = 1
@@ -60,12 +61,15 @@ public struct ExtractSVDReport: Sendable {
     public var skipped: [(module: String, relativeDifference: Double)]
     /// Non-target tensors that differ between the models, with their relative difference.
     public var otherDifferences: [(tensor: String, relativeDifference: Double)]
+    /// What else the run decided, in words (image models: text encoders left out under `--min-diff`).
+    public var notes: [String] = []
 }
 
 /// `extract --base --finetuned`: ΔW = W_ft − W_base in fp32 per target module; truncated SVD
 /// ΔW ≈ U·S·Vᵀ; A = √S·Vᵀ (r×in), B = U·√S (out×r), both F32; written as a PEFT adapter with
 /// `lora_alpha = r` (scale 1) and `rank_pattern`/`alpha_pattern` where modules keep other ranks.
-/// A randomized SVD is used when r ≪ min(out, in), LAPACK's sgesdd otherwise.
+/// A randomized SVD is used when r ≪ min(out, in), LAPACK's sgesdd otherwise. Two image models
+/// (diffusers folders, SD or Flux single files) go to `ImageModelExtract`: sd-scripts' targets, kohya output.
 public enum ExtractSVD {
     public static func run(_ options: ExtractSVDOptions) throws -> ExtractSVDReport {
         switch options.rule {
@@ -81,7 +85,9 @@ public enum ExtractSVD {
         if try ImageModelExtract.layout(of: options.finetuned) != nil {
             throw LoRACoreError.invalidRequest("\(options.finetuned) is an image model's checkpoint but \(options.base) is not: both inputs must have one layout")
         }
-        if options.convRank != nil { throw LoRACoreError.invalidRequest("--conv-rank applies to image models (diffusers folders, SD and Flux single files) only") }
+        if options.convRank != nil || options.imageFormat != nil {
+            throw LoRACoreError.invalidRequest("\(options.convRank != nil ? "--conv-rank" : "--format") applies to image models (diffusers folders, SD and Flux single files) only; \(options.base) is not one")
+        }
         // open → dequantize (a bitsandbytes 4-bit base or fine-tune is read as its dense values) →
         // difference and factorization per target → PEFT adapter.
         let base = try DequantizePass().apply(to: TensorStream(model: try Checkpoint(path: options.base)))

@@ -126,6 +126,10 @@ enum ImageModelExtract {
             let other = try layout(of: options.finetuned).map(\.description) ?? "not an image model's checkpoint"
             throw LoRACoreError.invalidRequest("\(options.base) is \(baseLayout.description) but \(options.finetuned) is \(other): both inputs must have one layout")
         }
+        let format = options.imageFormat ?? .kohya
+        guard format == .kohya || format == .diffusers else {
+            throw LoRACoreError.invalidRequest("--format \(format): an image model's LoRA is extracted as kohya or diffusers")
+        }
         if let r = options.convRank, r <= 0 { throw LoRACoreError.invalidRequest("--conv-rank must be positive, got \(r)") }
         let (baseFamily, baseComponents) = try open(options.base, layout: baseLayout)
         let (tunedFamily, tunedComponents) = try open(options.finetuned, layout: tunedLayout)
@@ -139,7 +143,7 @@ enum ImageModelExtract {
         if baseFamily?.name == "flux", !flux {
             throw LoRACoreError.invalidRequest("\(options.base): extract between Flux diffusers folders is not supported yet (sd-scripts extracts Flux in BFL names): give the BFL single files")
         }
-        if flux, options.imageFormat == .diffusers {
+        if flux, format == .diffusers {
             throw LoRACoreError.invalidRequest("\(options.base): --format diffusers from Flux single files is not supported yet (its q/k/v are fused in BFL names); the default kohya output keeps them")
         }
 
@@ -184,6 +188,9 @@ enum ImageModelExtract {
             ? baseComponents.first { $0.name == "unet" }.map { (LDMNameMap.layersPerBlock(diffusersNames: $0.store.names), LDMNameMap.upBlocksWithAttention(diffusersNames: $0.store.names)) }
             : nil
         var report = ExtractSVDReport(modules: [], skipped: [], otherDifferences: others)
+        if dropTextEncoders, let m = textEncoderMax {
+            report.notes.append("text encoders left out: their largest |ΔW| is \(m), not above --min-diff \(minDiff) (sd-scripts' rule)")
+        }
         var tensors: [AdapterSink.Tensor] = []
         var byComponent: [String: [(module: String, rank: Int, alpha: Double)]] = [:]
         for (i, outcome) in results.enumerated() {
@@ -200,7 +207,7 @@ enum ImageModelExtract {
                 let shape = jobs[i].base.info(jobs[i].name)!.shape
                 let down = [r.rank] + shape.dropFirst(), up = shape.count == 4 ? [shape[0], r.rank, 1, 1] : [shape[0], r.rank]
                 let key: String, downName: String, upName: String
-                if options.imageFormat == .diffusers {
+                if format == .diffusers {
                     (key, downName, upName) = (full, ".lora_A.weight", ".lora_B.weight")
                 } else {
                     key = flux ? "lora_unet_" + module.replacingOccurrences(of: ".", with: "_")
@@ -209,7 +216,7 @@ enum ImageModelExtract {
                 }
                 tensors.append(.init(name: key + downName, dtype: .float32, shape: down) { AdapterSink.floatBytes(a) })
                 tensors.append(.init(name: key + upName, dtype: .float32, shape: up) { AdapterSink.floatBytes(b) })
-                if options.imageFormat != .diffusers {
+                if format != .diffusers {
                     let alpha = Float(r.rank)
                     tensors.append(.init(name: key + ".alpha", dtype: .float32, shape: []) { AdapterSink.floatBytes([alpha]) })
                 }
@@ -222,10 +229,10 @@ enum ImageModelExtract {
         }
         tensors.sort { utf8Precedes($0.name, $1.name) }
         let ranks = report.modules.map(\.rank)
-        let metadata = options.imageFormat == .diffusers
+        let metadata = format == .diffusers
             ? DiffusersDialect.adapterMetadata(byComponent)
             : KohyaDialect.networkMetadata(ranks: ranks, alphas: ranks.map(Double.init), flux: flux)
-        try KohyaDialect.writeOutput(tensors, metadata: metadata, weightsName: options.imageFormat == .diffusers ? "pytorch_lora_weights.safetensors" : "adapter.safetensors",
+        try KohyaDialect.writeOutput(tensors, metadata: metadata, weightsName: format == .diffusers ? "pytorch_lora_weights.safetensors" : "adapter.safetensors",
                                      output: options.output, force: options.force, zstdLevel: options.zstdLevel)
         return report
     }

@@ -59,7 +59,7 @@ extension LoraTool {
         var convRank: Int?
 
         @Option(help: "SVD mode, image models: kohya (sd-scripts names, .alpha; the default) or diffusers (lora_adapter_metadata).")
-        var format: ImageExtractFormat = .kohya
+        var format: ImageExtractFormat?
 
         @Option(help: "SVD mode: power iterations of the randomized SVD (each one more pass over ΔW; 2 comes closer to the optimal error on slowly decaying spectra).")
         var powerIterations: Int = 1
@@ -129,7 +129,7 @@ extension LoraTool {
             o.targets = try targets.map { try TargetSelector(parsing: $0) }
             o.minDiff = minDiff
             o.convRank = convRank
-            o.imageFormat = format == .kohya ? .kohya : .diffusers
+            o.imageFormat = format.map { $0 == .kohya ? .kohya : .diffusers }
             o.powerIterations = powerIterations
             o.force = force
             o.zstdLevel = compression.level
@@ -142,14 +142,18 @@ extension LoraTool {
                                  ("relative_error", Render.json($0.relativeError)), ("method", .string($0.method))])
                     })),
                     ("skipped", .array(r.skipped.map { .object([("module", .string($0.module)), ("relative_difference", Render.json($0.relativeDifference))]) })),
+                    ("notes", .array(r.notes.map { .string($0) })),
                     ("other_differences", .array(r.otherDifferences.map { .object([("tensor", .string($0.tensor)), ("relative_difference", Render.json($0.relativeDifference))]) })),
                     ("blas_core", .string(BLASCore.name)),
                 ]))
                 return
             }
             print("\(Render.escaped(output)): adapter extracted by SVD (OpenBLAS core \(BLASCore.name))\n" + Render.table(Render.svdModules(r.modules)))
+            for note in r.notes { Render.diagnostic("note: " + note) }
             for s in r.skipped {
-                Render.diagnostic("note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))")
+                Render.diagnostic(s.relativeDifference == 0
+                    ? "note: \(s.module) skipped: unchanged (ΔW = 0, or left out as the note above says)"
+                    : "note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))")
             }
             for d in r.otherDifferences {
                 Render.diagnostic("warning: \(d.tensor) differs between the models (relative \(String(format: "%.3g", d.relativeDifference))) but is not a target; it is not in the adapter")
