@@ -198,6 +198,26 @@ struct ImageModelExtractTests {
         }
     }
 
+    @Test("Flux transformer/ folders: the BFL single files' kohya file byte for byte; --format diffusers splits fused modules exactly")
+    func fluxFolders() throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // flux/merged is the transformer folder diffusers saved after its fuse (config _class_name FluxTransformer2DModel).
+        let report = try extractImage(fluxTransformer, flux + "/merged", to: dir + "/k.safetensors", rank: 3)
+        _ = try extractImage(fluxSingle, flux + "/merged-single.safetensors", to: dir + "/s.safetensors", rank: 3)
+        #expect(FileManager.default.contents(atPath: dir + "/k.safetensors") == FileManager.default.contents(atPath: dir + "/s.safetensors"))
+        #expect(report.modules.contains { $0.module == "single_blocks.0.linear1" })
+        _ = try extractImage(fluxTransformer, flux + "/merged", to: dir + "/d.safetensors", rank: 3, format: .diffusers)
+        let d = try Checkpoint(path: dir + "/d.safetensors")
+        #expect(d.names.contains("transformer.single_transformer_blocks.0.proj_mlp.lora_B.weight"))
+        #expect(!d.names.contains { $0.contains("linear1") || $0.contains("qkv") })
+        // Both files merge into the folder to the same bytes: the split is exact.
+        _ = try mergeImageModel(fluxTransformer, [dir + "/k.safetensors"], into: dir + "/mk")
+        _ = try mergeImageModel(fluxTransformer, [dir + "/d.safetensors"], into: dir + "/md")
+        #expect(try worstUlps(dir + "/mk/diffusion_pytorch_model.safetensors", dir + "/md/diffusion_pytorch_model.safetensors") == 0)
+        #expect(try Inspect.run(path: dir + "/d.safetensors").imageModel?.family?.name == "flux")
+    }
+
     @Test("sd-scripts' --min_diff: text encoders whose |ΔW| never exceeds it are left out together")
     func textEncoderThreshold() throws {
         let dir = try tempDir()
@@ -222,7 +242,7 @@ struct ImageModelExtractTests {
         #expect(FileManager.default.contents(atPath: dir + "/a.safetensors") == FileManager.default.contents(atPath: dir + "/b.safetensors"))
     }
 
-    @Test("Mixed layouts, mixed families, Flux folders and --format diffusers on BFL names are refused by name")
+    @Test("Mixed layouts, mixed families and --format diffusers on BFL names are refused by name")
     func refusals() throws {
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -236,7 +256,7 @@ struct ImageModelExtractTests {
         #expect(message(sd1Pipeline + "/unet", sd1Oracle + "/text_encoder").contains("a diffusers unet/ folder but"))
         #expect(message(sd1Single, sdxlSingleOracle).contains("is sd1"))
         #expect(message(sd1Single, sdxlSingleOracle).contains("both inputs must be of one family"))
-        #expect(message(fluxTransformer, fluxTransformer).contains("Flux diffusers folders is not supported yet"))
+        #expect(message(fluxTransformer, sd1Oracle + "/unet").contains("is a diffusers transformer/ folder but"))
         #expect(message(fluxSingle, flux + "/merged-single.safetensors", format: .diffusers).contains("--format diffusers from Flux single files"))
         let lm = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ExtractFixtures/svd_rank4").path
         var o = ExtractSVDOptions(base: lm + "/base", finetuned: lm + "/finetuned", output: dir + "/x", rule: .fixed(2))

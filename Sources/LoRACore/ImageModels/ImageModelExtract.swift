@@ -8,8 +8,11 @@ import SafeTensors
 /// Inputs, both of one layout (`Layout`) and one family (`ImageModelFamily`): two diffusers pipeline
 /// folders, two component folders (`unet/`, `text_encoder/`, `text_encoder_2/`), two SD 1.x/2.x/SDXL
 /// single files (read under diffusers names through `LDMNameMap` / `LDMComponentStore`, so SDXL's
-/// fused OpenCLIP q/k/v are three row blocks) or two Flux single files in BFL names. The VAE is
-/// neither extracted nor compared (sd-scripts ignores it too).
+/// fused OpenCLIP q/k/v are three row blocks), two Flux single files in BFL names, or two Flux
+/// `transformer/` folders or pipelines (their blocks read in BFL names through `FluxFusedStore`, so
+/// both Flux layouts give the same file; a Flux pipeline's text encoders are not extracted, as in
+/// sd-scripts' `flux_extract_lora.py`). A diffusers model folder under another name is recognised by
+/// its `config.json`. The VAE is neither extracted nor compared (sd-scripts ignores it too).
 ///
 /// Targets (sd-scripts `networks/lora.py` `LoRANetwork`, which `extract_lora_from_models.py` builds
 /// with `create_network(1.0, dim, dim, …, conv_dim=…)`):
@@ -35,7 +38,8 @@ import SafeTensors
 /// Output: kohya (`lora_down`/`lora_up`/`.alpha`; names from `DiffusersComponent.kohyaName`, SDXL's
 /// UNet in sgm form, Flux's `lora_unet_<BFL name>`; conv down (r, in, kh, kw) and up (out, r, 1, 1)),
 /// or diffusers (`<component>.<module>.lora_A.weight` with `lora_adapter_metadata`, as
-/// `DiffusersDialect.write`).
+/// `DiffusersDialect.write`; a fused Flux module as its diffusers parts, each with the shared A and its
+/// rows of B, which is exact; from Flux folders only, since a BFL file does not give the parts' rows).
 enum ImageModelExtract {
     /// How an image model is stored.
     enum Layout: Equatable {
@@ -58,6 +62,14 @@ enum ImageModelExtract {
     static func layout(of path: String) throws -> Layout? {
         if DiffusersPipeline.isPipeline(path) { return .pipeline }
         if let c = DiffusersComponent.name(ofDirectory: path) { return .component(c) }
+        // A diffusers model folder under another name (a transformer saved by save_pretrained into `merged/`).
+        if let config = (try? SideFiles.readJSON(path + "/config.json")) ?? nil, config["_diffusers_version"] != nil {
+            switch config["_class_name"]?.stringValue {
+            case "UNet2DConditionModel": return .component("unet")
+            case "FluxTransformer2DModel": return .component("transformer")
+            default: break
+            }
+        }
         var isDir: ObjCBool = false
         guard path.hasSuffix(".safetensors"), FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue else { return nil }
         let names = try Checkpoint(path: path, headerOnly: true).names
@@ -71,10 +83,14 @@ enum ImageModelExtract {
         switch layout {
         case .pipeline:
             let pipeline = try DiffusersPipeline(path: path)
+            if pipeline.weightComponents.contains("transformer") {
+                // Flux: the transformer alone, as sd-scripts' flux_extract_lora.py extracts it.
+                return (ImageModelFamily.of(directory: path), [("transformer", try fluxView(path + "/transformer"))])
+            }
             return (ImageModelFamily.of(directory: path),
                     try pipeline.weightComponents.filter { $0 != "vae" }.sorted().map { ($0, try Checkpoint(path: path + "/" + $0) as any TensorStore) })
         case let .component(c):
-            return (ImageModelFamily.of(directory: path), [(c, try Checkpoint(path: path))])
+            return (ImageModelFamily.of(directory: path), [(c, c == "transformer" ? try fluxView(path) as any TensorStore : try Checkpoint(path: path))])
         case .ldmSingleFile:
             let file = try Checkpoint(path: path)
             let map = try LDMNameMap(keys: file.names, path: path)
@@ -83,6 +99,16 @@ enum ImageModelExtract {
             let file = try Checkpoint(path: path)
             return (ImageModelFamily.of(singleFile: file), [("transformer", file)])
         }
+    }
+
+    /// A diffusers Flux `transformer/` folder with its blocks in BFL names (`FluxFusedStore`).
+    /// - Throws: `LoRACoreError.invalidRequest` for a transformer that is not Flux's.
+    private static func fluxView(_ path: String) throws -> FluxFusedStore {
+        let model = try Checkpoint(path: path)
+        guard FluxNameMap.isDiffusers(model.names) else {
+            throw LoRACoreError.invalidRequest("\(path): a transformer that is not a diffusers Flux transformer (no single_transformer_blocks.0.proj_mlp.weight); extract knows SD UNets and Flux")
+        }
+        return try FluxFusedStore(model, map: FluxNameMap(diffusers: model))
     }
 
     /// What a weight of `component` is to sd-scripts: extracted at `--rank` (`.linear`), at
@@ -119,7 +145,7 @@ enum ImageModelExtract {
     }
 
     /// - Throws: `LoRACoreError.invalidRequest` for inputs of different layouts, families or
-    ///   components, a diffusers Flux folder, `--format diffusers` for BFL names, no target;
+    ///   components, `--format diffusers` from BFL single files, no target;
     ///   `.baseMismatch` naming a tensor one input lacks or has in another shape.
     static func run(_ options: ExtractSVDOptions, baseLayout: Layout) throws -> ExtractSVDReport {
         guard let tunedLayout = try layout(of: options.finetuned), tunedLayout == baseLayout else {
@@ -139,11 +165,8 @@ enum ImageModelExtract {
         guard baseComponents.map(\.name) == tunedComponents.map(\.name) else {
             throw LoRACoreError.invalidRequest("\(options.base) has \(baseComponents.map(\.name).joined(separator: ", ")) but \(options.finetuned) has \(tunedComponents.map(\.name).joined(separator: ", "))")
         }
-        let flux = baseLayout == .bflSingleFile
-        if baseFamily?.name == "flux", !flux {
-            throw LoRACoreError.invalidRequest("\(options.base): extract between Flux diffusers folders is not supported yet (sd-scripts extracts Flux in BFL names): give the BFL single files")
-        }
-        if flux, format == .diffusers {
+        let flux = baseComponents.contains { $0.name == "transformer" }
+        if baseLayout == .bflSingleFile, format == .diffusers {
             throw LoRACoreError.invalidRequest("\(options.base): --format diffusers from Flux single files is not supported yet (its q/k/v are fused in BFL names); the default kohya output keeps them")
         }
 
@@ -207,7 +230,17 @@ enum ImageModelExtract {
                 let shape = jobs[i].base.info(jobs[i].name)!.shape
                 let down = [r.rank] + shape.dropFirst(), up = shape.count == 4 ? [shape[0], r.rank, 1, 1] : [shape[0], r.rank]
                 let key: String, downName: String, upName: String
-                if format == .diffusers {
+                if format == .diffusers, let parts = (jobs[i].base as? FluxFusedStore)?.parts(of: jobs[i].name) {
+                    // A fused BFL module as its diffusers parts: each the shared A and its rows of B (exact).
+                    for p in parts {
+                        let rowsOfB = Array(b[(p.row * r.rank)..<((p.row + p.rows) * r.rank)])
+                        tensors.append(.init(name: "transformer." + p.module + ".lora_A.weight", dtype: .float32, shape: down) { AdapterSink.floatBytes(a) })
+                        tensors.append(.init(name: "transformer." + p.module + ".lora_B.weight", dtype: .float32, shape: [p.rows, r.rank]) { AdapterSink.floatBytes(rowsOfB) })
+                        byComponent[c, default: []].append((p.module, r.rank, Double(r.rank)))
+                    }
+                    report.modules.append(.init(module: full, rank: r.rank, energyKept: r.energy, relativeError: r.error, method: r.method))
+                    continue
+                } else if format == .diffusers {
                     (key, downName, upName) = (full, ".lora_A.weight", ".lora_B.weight")
                 } else {
                     key = flux ? "lora_unet_" + module.replacingOccurrences(of: ".", with: "_")

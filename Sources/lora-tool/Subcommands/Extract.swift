@@ -16,9 +16,10 @@ extension LoraTool {
                 writes them, with an adapter_config.json PEFT loads; --base-output also writes the base \
                 half as a model directory. With --base and --finetuned: ΔW = W_ft − W_base per target \
                 module, truncated SVD, A = √S·Vᵀ and B = U·√S, lora_alpha = r (scale 1). Between two image \
-                models of one family (two diffusers pipeline folders, two unet/ or text_encoder/ folders, two SD \
-                1.x/2.x/SDXL single files or two Flux BFL single files): sd-scripts' targets (UNet attention \
-                blocks, text-encoder attention and MLP; convolutions with --conv-rank), written as a kohya file \
+                models of one family (two diffusers pipeline folders, two unet/, transformer/ or text_encoder/ \
+                folders, two SD 1.x/2.x/SDXL single files or two Flux BFL single files): sd-scripts' targets (UNet \
+                attention blocks, text-encoder attention and MLP, Flux double and single blocks in BFL names; \
+                convolutions with --conv-rank), written as a kohya file \
                 (--output x.safetensors) or with --format diffusers.
                 """)
 
