@@ -26,8 +26,9 @@ import SafeTensors
 ///   `self_attn.q_proj/k_proj/v_proj/out_proj`, `mlp.fc1/fc2`. As sd-scripts does, the text encoders
 ///   are left out together when no element of their ΔW exceeds `--min-diff` in magnitude (default 0.01,
 ///   sd-scripts' `--min_diff`): a fine-tune that did not train them leaves only rounding noise there.
-/// - Flux (BFL single files): every 2-D weight of `double_blocks.N.` and `single_blocks.N.` (the
-///   Linears of sd-scripts' `networks/lora_flux.py` `DoubleStreamBlock`/`SingleStreamBlock` targets).
+/// - Flux: every 2-D weight of `double_blocks.N.` and `single_blocks.N.`, as sd-scripts'
+///   `networks/flux_extract_lora.py` picks them (block keys without biases and norms), named
+///   `lora_unet_<BFL module>` with alpha = rank; it has no `--min_diff`.
 /// A module whose ΔW is exactly zero is skipped and reported.
 ///
 /// Factors: A = √S·Vᵀ (r×in·kh·kw), B = U·√S (out×r), F32, alpha = r (scale 1). sd-scripts also stores
