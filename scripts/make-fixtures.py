@@ -3273,6 +3273,66 @@ def bench_unet_shapes():
             f.write("\n")
         print("bench unet", name, len(tensors), "tensors")
 
+def sd_scripts_targets(pipe, conv):
+    """The modules sd-scripts' networks/lora.py LoRANetwork wraps (what extract_lora_from_models.py extracts),
+    found as it finds them: every Linear and Conv2d inside a module of the target classes
+    (UNET_TARGET_REPLACE_MODULE Transformer2DModel; with --conv_dim also UNET_TARGET_REPLACE_MODULE_CONV2D_3X3
+    ResnetBlock2D, Downsample2D, Upsample2D; TEXT_ENCODER_TARGET_REPLACE_MODULE CLIPAttention, CLIPSdpaAttention,
+    CLIPMLP). Returns {component.module: (kind, weight, block)}, kind "conv" for a k×k Conv2d under --conv_dim, else
+    "linear"; block the target class it was found in."""
+    unet = ["Transformer2DModel"] + (["ResnetBlock2D", "Downsample2D", "Upsample2D"] if conv else [])
+    text = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
+    out = {}
+    for component, classes in (("unet", unet), ("text_encoder", text), ("text_encoder_2", text)):
+        model = getattr(pipe, component, None)
+        if model is None:
+            continue
+        for name, module in model.named_modules():
+            if module.__class__.__name__ not in classes:
+                continue
+            for child_name, child in module.named_modules():
+                if isinstance(child, (torch.nn.Linear, torch.nn.Conv2d)):
+                    kxk = isinstance(child, torch.nn.Conv2d) and child.kernel_size != (1, 1)
+                    out[f"{component}.{name}.{child_name}"] = ("conv" if kxk else "linear", child.weight, module.__class__.__name__)
+    return out
+
+
+def extract_spectra(base, tuned, path):
+    """path: for each sd-scripts target (with --conv_dim) of the two pipelines, the singular values of
+    ΔW = W_tuned − W_base (fp32 difference of the fp16 weights, kernels flattened to (out, in·kh·kw)),
+    computed in float64 by torch, max |ΔW| (sd-scripts' --min_diff test) and the target class holding it."""
+    a, b = sd_scripts_targets(base, True), sd_scripts_targets(tuned, True)
+    assert a.keys() == b.keys()
+    out = {}
+    for k in sorted(a):
+        kind, w, block = a[k]
+        delta = b[k][1].detach().float() - w.detach().float()
+        s = torch.linalg.svdvals(delta.flatten(1).double())
+        out[k] = {"block": block, "kind": kind, "max_abs": float(delta.abs().max()), "s": [float(x) for x in s]}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"{os.path.relpath(path, IMAGE_FIX)}: {len(out)} modules")
+
+
+def image_extract_cases():
+    """extract/: the oracle of `extract --base --finetuned` on image models. sd1-spectra.json: sd1/pipeline →
+    sd1/merged (StableDiffusionPipeline.from_pretrained); sdxl-spectra.json: sdxl/single.safetensors →
+    sdxl/merged-single.safetensors (StableDiffusionXLPipeline.from_single_file, config sdxl/pipeline). Needs the
+    sd and sdxl groups' files (committed)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    d = fresh(os.path.join(IMAGE_FIX, "extract"))
+    sd1 = os.path.join(IMAGE_FIX, "sd1")
+    extract_spectra(StableDiffusionPipeline.from_pretrained(os.path.join(sd1, "pipeline"), torch_dtype=torch.float16),
+                    StableDiffusionPipeline.from_pretrained(os.path.join(sd1, "merged"), torch_dtype=torch.float16),
+                    os.path.join(d, "sd1-spectra.json"))
+    sdxl = os.path.join(IMAGE_FIX, "sdxl")
+    load = lambda f: StableDiffusionXLPipeline.from_single_file(os.path.join(sdxl, f), config=os.path.join(sdxl, "pipeline"),
+                                                                 local_files_only=True, torch_dtype=torch.float16)
+    extract_spectra(load("single.safetensors"), load("merged-single.safetensors"), os.path.join(d, "sdxl-spectra.json"))
+    print("case image-extract")
+
+
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
     "samples": samples,
@@ -3306,6 +3366,7 @@ GROUPS = {
     "bench-unets": bench_unet_shapes,
     "sdxl": sdxl_cases,
     "sd2": sd2_cases,
+    "image-extract": image_extract_cases,
 }
 
 if __name__ == "__main__":

@@ -17,8 +17,17 @@ public struct ExtractSVDOptions: Sendable {
     public var output: String
     public var rule: RankRule
     public var targets: TargetSelector?
-    /// Modules whose ‖ΔW‖_F / ‖W‖_F is at most this are skipped (0 skips only exact zeros).
-    public var minDiff: Double = 0
+    /// Language models: modules whose ‖ΔW‖_F / ‖W‖_F is at most this are skipped (nil: 0, which skips
+    /// only exact zeros). Image models: sd-scripts' `--min_diff` (nil: its 0.01), the largest |ΔW|
+    /// element at or below which the text encoders are left out (`ImageModelExtract`).
+    public var minDiff: Double?
+    /// Image models: the rank of k×k convolutions (sd-scripts' `--conv_dim`), which are extracted
+    /// only when it is given, with the resnets' and samplers' linears and 1×1 convolutions.
+    public var convRank: Int?
+    /// Image models: the output's format, `.kohya` (sd-scripts' names and `.alpha`; nil means this) or
+    /// `.diffusers` (`<component>.<module>.lora_A.weight` with `lora_adapter_metadata`). Refused for
+    /// language models, whose output is a PEFT adapter.
+    public var imageFormat: Adapter.Format?
     /// Power iterations of the randomized SVD. One already matches the full SVD's error on the spectra
     /// of fine-tunes to a fraction of a percent (see `SVD.randomized`); each adds two passes over ΔW.
     public var powerIterations = 1
@@ -52,12 +61,15 @@ public struct ExtractSVDReport: Sendable {
     public var skipped: [(module: String, relativeDifference: Double)]
     /// Non-target tensors that differ between the models, with their relative difference.
     public var otherDifferences: [(tensor: String, relativeDifference: Double)]
+    /// What else the run decided, in words (image models: text encoders left out under `--min-diff`).
+    public var notes: [String] = []
 }
 
 /// `extract --base --finetuned`: ΔW = W_ft − W_base in fp32 per target module; truncated SVD
 /// ΔW ≈ U·S·Vᵀ; A = √S·Vᵀ (r×in), B = U·√S (out×r), both F32; written as a PEFT adapter with
 /// `lora_alpha = r` (scale 1) and `rank_pattern`/`alpha_pattern` where modules keep other ranks.
-/// A randomized SVD is used when r ≪ min(out, in), LAPACK's sgesdd otherwise.
+/// A randomized SVD is used when r ≪ min(out, in), LAPACK's sgesdd otherwise. Two image models
+/// (diffusers folders, SD or Flux single files) go to `ImageModelExtract`: sd-scripts' targets, kohya output.
 public enum ExtractSVD {
     public static func run(_ options: ExtractSVDOptions) throws -> ExtractSVDReport {
         switch options.rule {
@@ -67,6 +79,15 @@ public enum ExtractSVD {
             if let m = maxRank, m <= 0 { throw LoRACoreError.invalidRequest("--max-rank must be positive, got \(m)") }
         }
         try PathSafety.checkOutput(options.output, inputs: [options.base, options.finetuned])
+        if let layout = try ImageModelExtract.layout(of: options.base) {
+            return try ImageModelExtract.run(options, baseLayout: layout)
+        }
+        if try ImageModelExtract.layout(of: options.finetuned) != nil {
+            throw LoRACoreError.invalidRequest("\(options.finetuned) is an image model's checkpoint but \(options.base) is not: both inputs must have one layout")
+        }
+        if options.convRank != nil || options.imageFormat != nil {
+            throw LoRACoreError.invalidRequest("\(options.convRank != nil ? "--conv-rank" : "--format") applies to image models (diffusers folders, SD and Flux single files) only; \(options.base) is not one")
+        }
         // open → dequantize (a bitsandbytes 4-bit base or fine-tune is read as its dense values) →
         // difference and factorization per target → PEFT adapter.
         let base = try DequantizePass().apply(to: TensorStream(model: try Checkpoint(path: options.base)))
@@ -99,26 +120,18 @@ public enum ExtractSVD {
             throw LoRACoreError.invalidRequest("no target modules (2-D float weights matching \(selector.suffixes.joined(separator: ", "))) in \(options.base)")
         }
 
-        // Each target is independent: decompose `threads` at a time, single-threaded BLAS each.
-        GEMM.setThreads(1)
-        let targetList = targets
-        let results = ParallelSlots<Outcome>(count: targets.count)
-        let counter = ClaimCounter(count: targets.count)
-        DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { _ in
-            while let i = counter.next() {
-                results.set(i, Result { try decompose(targetList[i], base: base, tuned: tuned, options: options) })
-            }
-        }
+        let results = decomposeAll(targets.map { Job(name: $0, base: base, tuned: tuned, rule: options.rule) },
+                                   minDiff: options.minDiff ?? 0, options: options)
         var modules: [ExtractSVDReport.Module] = []
         var skipped: [(String, Double)] = []
         var tensors: [AdapterSink.Tensor] = []
         var ranks: [(module: String, rank: Int)] = []
         for (i, name) in targets.enumerated() {
             let module = TensorName(name).module
-            switch try results.get(i).get() {
-            case let .skipped(rel):
+            switch try results[i].get() {
+            case let .skipped(rel, _):
                 skipped.append((module, rel))
-            case let .kept(a, b, report):
+            case let .kept(a, b, report, _):
                 let r = report.rank
                 let info = base.info(name)!
                 tensors.append(.init(name: "base_model.model.\(module).lora_A.weight", dtype: .float32, shape: [r, info.shape[1]]) { AdapterSink.floatBytes(a) })
@@ -136,14 +149,40 @@ public enum ExtractSVD {
         return ExtractSVDReport(modules: modules, skipped: skipped, otherDifferences: others)
     }
 
+    /// What one target gave: skipped (its relative difference) or factors; with its largest |ΔW| element.
     enum Outcome {
-        case skipped(Double)
-        case kept(a: [Float], b: [Float], report: (rank: Int, energy: Double, error: Double, method: String))
+        case skipped(Double, maxAbs: Float)
+        case kept(a: [Float], b: [Float], report: (rank: Int, energy: Double, error: Double, method: String), maxAbs: Float)
     }
 
-    static func decompose(_ name: String, base: TensorStream, tuned: TensorStream, options: ExtractSVDOptions) throws -> Outcome {
+    /// One tensor to decompose: `name` in both stores, under `rule`.
+    struct Job {
+        var name: String
+        var base: any TensorStore
+        var tuned: any TensorStore
+        var rule: ExtractSVDOptions.RankRule
+    }
+
+    /// Each job is independent: decomposed `threads` at a time, single-threaded BLAS each; the
+    /// outcomes in the jobs' order.
+    static func decomposeAll(_ jobs: [Job], minDiff: Double, options: ExtractSVDOptions) -> [Result<Outcome, Error>] {
+        GEMM.setThreads(1)
+        let results = ParallelSlots<Outcome>(count: jobs.count)
+        let counter = ClaimCounter(count: jobs.count)
+        DispatchQueue.concurrentPerform(iterations: max(1, options.threads)) { _ in
+            while let i = counter.next() {
+                results.set(i, Result { try decompose(jobs[i], minDiff: minDiff, powerIterations: options.powerIterations) })
+            }
+        }
+        return jobs.indices.map { results.get($0) }
+    }
+
+    /// ΔW of `job.name` (a weight of shape (out, in, …): convolutions' kernels flattened to (out, in·kh·kw))
+    /// and its truncated SVD, or `.skipped` when ‖ΔW‖_F / ‖W‖_F ≤ `minDiff` or ΔW = 0.
+    static func decompose(_ job: Job, minDiff: Double, powerIterations: Int) throws -> Outcome {
+        let (name, base, tuned) = (job.name, job.base, job.tuned)
         let info = base.info(name)!
-        let (m, n) = (info.shape[0], info.shape[1])
+        let m = info.shape[0], n = (info.elementCount ?? 0) / max(1, m)
         // ΔW (fp32), plus the full SVD's U and Vᵀ when it is used: refuse up front what cannot fit.
         try MemoryBudget.check(elements: m * n + (min(m, n) + 10) * (m + n), bytesPerElement: 4 * 2,
                                what: "module '\(TensorName(name).module)': SVD of a \(m)×\(n) matrix")
@@ -175,9 +214,10 @@ public enum ExtractSVD {
             }
         }
         let rel = baseNorm > 0 ? (total / baseNorm).squareRoot() : (total > 0 ? .infinity : 0)
-        if total == 0 || rel <= options.minDiff { return .skipped(rel) }
-        let f = try factorize(delta, m: m, n: n, total: total, rule: options.rule, powerIterations: options.powerIterations)
-        return .kept(a: f.a, b: f.b, report: f.report)
+        let maxAbs = delta.reduce(Float(0)) { max($0, abs($1)) }
+        if total == 0 || rel <= minDiff { return .skipped(rel, maxAbs: maxAbs) }
+        let f = try factorize(delta, m: m, n: n, total: total, rule: job.rule, powerIterations: powerIterations)
+        return .kept(a: f.a, b: f.b, report: f.report, maxAbs: maxAbs)
     }
 
     /// ΔW (m×n, row-major fp32, ‖ΔW‖²_F = `total`) ≈ B·A by truncated SVD under `rule`:
@@ -252,9 +292,9 @@ public enum ExtractSVD {
     }
 
     /// Byte equality in 16 MiB blocks, each read (or decoded) into a buffer.
-    static func sameBytes(_ a: TensorStream, _ b: TensorStream, _ name: String) throws -> Bool {
-        let count = a.source(name)!.byteCount
-        guard count == b.source(name)!.byteCount else { return false }
+    static func sameBytes(_ a: any TensorStore, _ b: any TensorStore, _ name: String) throws -> Bool {
+        let count = a.info(name)!.byteCount
+        guard count == b.info(name)!.byteCount else { return false }
         var x = [UInt8](uninitializedCount: min(count, 16 << 20)), y = x
         var offset = 0
         while offset < count {
@@ -267,7 +307,7 @@ public enum ExtractSVD {
         return true
     }
 
-    static func relativeDifference(_ a: TensorStream, _ b: TensorStream, _ name: String) throws -> Double {
+    static func relativeDifference(_ a: any TensorStore, _ b: any TensorStore, _ name: String) throws -> Double {
         guard TensorData.format(a.info(name)!.dtype) != nil, TensorData.format(b.info(name)!.dtype) != nil else { return .nan }
         let x = try TensorData.floats(a, name), y = try TensorData.floats(b, name)
         var d = 0.0, n = 0.0

@@ -219,6 +219,14 @@ enum DiffusersDialect: AdapterDialect {
             tensors.append(.init(name: m.module + ".lora_B.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterSink.floatBytes(f.b) })
             byComponent[component, default: []].append((module, m.rank, m.scale * Double(m.rank)))
         }
+        try KohyaDialect.writeOutput(tensors, metadata: adapterMetadata(byComponent), weightsName: "pytorch_lora_weights.safetensors",
+                                     output: options.output, force: options.force, zstdLevel: options.zstdLevel)
+    }
+
+    /// `format` and `lora_adapter_metadata`: per component, `r` and `lora_alpha` (the most common),
+    /// `rank_pattern` and `alpha_pattern` (the other modules, by their paths in the component) and
+    /// `target_modules` (every module's path).
+    static func adapterMetadata(_ byComponent: [String: [(module: String, rank: Int, alpha: Double)]]) -> [(key: String, value: String)] {
         func number(_ x: Double) -> JSONValue { .number(x == x.rounded() && abs(x) < 1e15 ? String(Int(x)) : "\(x)") }
         var fields: [(key: String, value: JSONValue)] = []
         for component in byComponent.keys.sorted() {
@@ -233,12 +241,6 @@ enum DiffusersDialect: AdapterDialect {
                 (component + ".target_modules", .array(modules.map(\.module).sorted(by: utf8Precedes).map { .string($0) })),
             ]
         }
-        let metadata = [("format", "pt"), (metadataKey, JSONWriter.pretty(.object(fields)))]
-        if options.output.hasSuffix(".safetensors") {
-            try AdapterSink.writeFile(tensors, to: options.output, metadata: metadata, force: options.force)
-        } else {
-            try AdapterSink.writeDirectory(tensors, weightsName: "pytorch_lora_weights.safetensors", metadata: metadata, sideFiles: [],
-                                           to: options.output, force: options.force, zstdLevel: options.zstdLevel)
-        }
+        return [("format", "pt"), (metadataKey, JSONWriter.pretty(.object(fields)))]
     }
 }

@@ -53,24 +53,35 @@ enum KohyaDialect: AdapterDialect {
             let alpha = Float(m.scale * Double(m.rank))
             tensors.append(.init(name: key + ".alpha", dtype: .float32, shape: []) { AdapterSink.floatBytes([alpha]) })
         }
-        let ranks = Set(factors.map(\.module.rank))
-        let metadata: [(key: String, value: String)] = [
-            ("ss_network_module", flux ? "networks.lora_flux" : "networks.lora"),
-            ("ss_network_dim", ranks.count == 1 ? String(ranks.first!) : "Dynamic"),
-            ("ss_network_alpha", Set(factors.map { $0.module.scale * Double($0.module.rank) }).count == 1
-                ? "\(factors[0].module.scale * Double(factors[0].module.rank))" : "Dynamic"),
-        ]
+        let metadata = networkMetadata(ranks: factors.map(\.module.rank), alphas: factors.map { $0.module.scale * Double($0.module.rank) }, flux: flux)
         try writeOutput(tensors, metadata: metadata, options: options)
+    }
+
+    /// sd-scripts' `ss_network_*` metadata: the network module (`networks.lora`, Flux's
+    /// `networks.lora_flux`), and the rank and alpha when every module has the same (else `Dynamic`).
+    static func networkMetadata(ranks: [Int], alphas: [Double], flux: Bool) -> [(key: String, value: String)] {
+        [
+            ("ss_network_module", flux ? "networks.lora_flux" : "networks.lora"),
+            ("ss_network_dim", Set(ranks).count == 1 ? String(ranks[0]) : "Dynamic"),
+            ("ss_network_alpha", Set(alphas).count == 1 ? "\(alphas[0])" : "Dynamic"),
+        ]
     }
 
     /// Writes a kohya-named file: one safetensors file when `options.output` ends in `.safetensors`,
     /// else a directory holding `adapter.safetensors` (zstd-compressed with a level), staged.
     static func writeOutput(_ tensors: [AdapterSink.Tensor], metadata: [(key: String, value: String)]?, options: ConvertOptions) throws {
-        if options.output.hasSuffix(".safetensors") {
-            try AdapterSink.writeFile(tensors, to: options.output, metadata: metadata, force: options.force)
+        try writeOutput(tensors, metadata: metadata, weightsName: "adapter.safetensors", output: options.output, force: options.force, zstdLevel: options.zstdLevel)
+    }
+
+    /// Writes adapter tensors as one safetensors file when `output` ends in `.safetensors`, else as a
+    /// directory holding `weightsName` (zstd-compressed with a level), staged.
+    static func writeOutput(_ tensors: [AdapterSink.Tensor], metadata: [(key: String, value: String)]?, weightsName: String,
+                            output: String, force: Bool, zstdLevel: Int32?) throws {
+        if output.hasSuffix(".safetensors") {
+            try AdapterSink.writeFile(tensors, to: output, metadata: metadata, force: force)
         } else {
-            try AdapterSink.writeDirectory(tensors, weightsName: "adapter.safetensors", metadata: metadata, sideFiles: [],
-                                             to: options.output, force: options.force, zstdLevel: options.zstdLevel)
+            try AdapterSink.writeDirectory(tensors, weightsName: weightsName, metadata: metadata, sideFiles: [],
+                                           to: output, force: force, zstdLevel: zstdLevel)
         }
     }
 

@@ -37,6 +37,13 @@ final class LDMComponentStore: TensorStore {
         return (part.key, (rows.lowerBound * rowBytes)..<(rows.upperBound * rowBytes))
     }
 
+    /// The single file and its key when `name` is a file tensor transposed (`text_projection`), whose
+    /// bytes are not read under the diffusers name; nil otherwise.
+    func transposedSource(of name: String) -> (file: any TensorStore, key: String)? {
+        guard let part = parts[name], part.transposed else { return nil }
+        return (file, part.key)
+    }
+
     func info(_ name: String) -> TensorInfo? {
         guard let part = parts[name], var info = file.info(part.key) else { return nil }
         info.name = name

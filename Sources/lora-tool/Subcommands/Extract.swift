@@ -15,7 +15,12 @@ extension LoraTool {
                 .lora_A.<name>., .modules_to_save.<name>., ...), written exactly as PEFT's save_pretrained \
                 writes them, with an adapter_config.json PEFT loads; --base-output also writes the base \
                 half as a model directory. With --base and --finetuned: ΔW = W_ft − W_base per target \
-                module, truncated SVD, A = √S·Vᵀ and B = U·√S, lora_alpha = r (scale 1).
+                module, truncated SVD, A = √S·Vᵀ and B = U·√S, lora_alpha = r (scale 1). Between two image \
+                models of one family (two diffusers pipeline folders, two unet/, transformer/ or text_encoder/ \
+                folders, two SD 1.x/2.x/SDXL single files or two Flux BFL single files): sd-scripts' targets (UNet \
+                attention blocks, text-encoder attention and MLP, Flux double and single blocks in BFL names; \
+                convolutions with --conv-rank), written as a kohya file \
+                (--output x.safetensors) or with --format diffusers.
                 """)
 
         @Option(help: "Training checkpoint holding base and adapter tensors (file, index or directory).")
@@ -48,8 +53,14 @@ extension LoraTool {
         @Option(help: "SVD mode: modules to decompose (suffixes; default the seven projections).")
         var targets: String?
 
-        @Option(help: "SVD mode: skip modules whose ‖ΔW‖/‖W‖ is at most this.")
-        var minDiff: Double = 0
+        @Option(help: "SVD mode: skip modules whose ‖ΔW‖/‖W‖ is at most this (default 0). Image models: leave the text encoders out when no |ΔW| element exceeds this (sd-scripts' --min_diff, default 0.01).")
+        var minDiff: Double?
+
+        @Option(help: "SVD mode, image models: also extract the resnets' and samplers' convolutions, k×k ones at this rank (sd-scripts' --conv_dim).")
+        var convRank: Int?
+
+        @Option(help: "SVD mode, image models: kohya (sd-scripts names, .alpha; the default) or diffusers (lora_adapter_metadata).")
+        var format: ImageExtractFormat?
 
         @Option(help: "SVD mode: power iterations of the randomized SVD (each one more pass over ΔW; 2 comes closer to the optimal error on slowly decaying spectra).")
         var powerIterations: Int = 1
@@ -77,6 +88,8 @@ extension LoraTool {
                 guard base != nil, finetuned != nil else { throw ValidationError("give --checkpoint, or --base and --finetuned") }
                 try RankRule.validate(rank: rank, energy: energy, maxRank: maxRank)
                 if let maxRank, maxRank <= 0 { throw ValidationError("--max-rank must be positive") }
+                if let convRank, convRank <= 0 { throw ValidationError("--conv-rank must be positive") }
+                if let minDiff, !(minDiff >= 0) { throw ValidationError("--min-diff must be a number ≥ 0") }
                 guard (0...8).contains(powerIterations) else { throw ValidationError("--power-iterations must be 0 to 8") }
                 if let targets { _ = try TargetSelector(parsing: targets) }
             }
@@ -116,6 +129,8 @@ extension LoraTool {
             var o = ExtractSVDOptions(base: try ModelSpecs.resolve(base!), finetuned: try ModelSpecs.resolve(finetuned!), output: output, rule: RankRule.rule(rank: rank, energy: energy, maxRank: maxRank))
             o.targets = try targets.map { try TargetSelector(parsing: $0) }
             o.minDiff = minDiff
+            o.convRank = convRank
+            o.imageFormat = format.map { $0 == .kohya ? .kohya : .diffusers }
             o.powerIterations = powerIterations
             o.force = force
             o.zstdLevel = compression.level
@@ -128,18 +143,28 @@ extension LoraTool {
                                  ("relative_error", Render.json($0.relativeError)), ("method", .string($0.method))])
                     })),
                     ("skipped", .array(r.skipped.map { .object([("module", .string($0.module)), ("relative_difference", Render.json($0.relativeDifference))]) })),
+                    ("notes", .array(r.notes.map { .string($0) })),
                     ("other_differences", .array(r.otherDifferences.map { .object([("tensor", .string($0.tensor)), ("relative_difference", Render.json($0.relativeDifference))]) })),
                     ("blas_core", .string(BLASCore.name)),
                 ]))
                 return
             }
             print("\(Render.escaped(output)): adapter extracted by SVD (OpenBLAS core \(BLASCore.name))\n" + Render.table(Render.svdModules(r.modules)))
+            for note in r.notes { Render.diagnostic("note: " + note) }
             for s in r.skipped {
-                Render.diagnostic("note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))")
+                Render.diagnostic(s.relativeDifference == 0
+                    ? "note: \(s.module) skipped: unchanged (ΔW = 0, or left out as the note above says)"
+                    : "note: \(s.module) skipped: no difference above --min-diff (relative \(String(format: "%.3g", s.relativeDifference)))")
             }
             for d in r.otherDifferences {
                 Render.diagnostic("warning: \(d.tensor) differs between the models (relative \(String(format: "%.3g", d.relativeDifference))) but is not a target; it is not in the adapter")
             }
         }
     }
+}
+
+
+/// `extract --format`: the LoRA format written for image models.
+enum ImageExtractFormat: String, ExpressibleByArgument, CaseIterable {
+    case kohya, diffusers
 }
