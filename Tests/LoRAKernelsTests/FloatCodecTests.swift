@@ -23,6 +23,26 @@ struct FloatCodecTests {
         #expect(BFloat16.toFloat(BFloat16.fromFloat(Float(bitPattern: 0x7F80_0001))).isNaN)  // signalling, low bits only
     }
 
+    @Test("f16 decodes every one of the 65536 bit patterns to Swift's Float(Float16) value (NaNs to NaNs with the same sign and payload), at every offset of the eight-lane loop")
+    func f16Decode() {
+        let all = (0..<65536).map { UInt16($0) }
+        for start in 0..<3 {
+            let bits = Array(all[start...])
+            var out = [Float](repeating: 0, count: bits.count)
+            bits.withUnsafeBytes { b in out.withUnsafeMutableBufferPointer { FloatCodec.decode(b, format: .f16, into: $0) } }
+            var wrong = 0
+            for (h, x) in zip(bits, out) {
+                let expected = Float(Float16(bitPattern: h))
+                if expected.isNaN {
+                    if !(x.isNaN && x.sign == expected.sign && x.bitPattern & 0x3F_FFFF == (UInt32(h) & 0x1FF) << 13) { wrong += 1 }
+                } else if x.bitPattern != expected.bitPattern {
+                    wrong += 1
+                }
+            }
+            #expect(wrong == 0, "offset \(start)")
+        }
+    }
+
     @Test("Encode then decode rounds once", arguments: [FloatCodec.Format.f32, .f16, .bf16])
     func roundTrip(format: FloatCodec.Format) {
         let values: [Float] = [0.1, -3.14159, 65504, 1e-8, 1 / 3, 1000.5]
