@@ -2220,6 +2220,17 @@ def lora_metadata(cfg):
             if k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_dora", "lora_bias", "init_lora_weights")}
 
 
+def loaded_scales(pipe, components, adapter="x"):
+    """The scale PEFT gave each LoRA layer of `pipe`'s `components` when diffusers loaded adapter
+    `adapter`, by `<component>.<module>`, sorted."""
+    s = {}
+    for component in components:
+        for n, m in getattr(pipe, component).named_modules():
+            if hasattr(m, "scaling") and adapter in getattr(m, "scaling", {}):
+                s[component + "." + n] = m.scaling[adapter]
+    return dict(sorted(s.items()))
+
+
 def old_diffusers_format(sd):
     """A diffusers-format SD LoRA (`sd`: PEFT keys) in diffusers' pre-PEFT key forms, which its
     `convert_unet_state_dict_to_peft` / `convert_state_dict_to_peft` still read (state_dict_utils.py
@@ -2310,12 +2321,8 @@ def sd_cases():
                        ("lora-old-format", os.path.join(d, "lora-old-format.safetensors")), ("kohya", os.path.join(d, "kohya.safetensors"))):
         check = StableDiffusionPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
         check.load_lora_weights(path, adapter_name="x")
-        s = {}
-        for component in ("unet", "text_encoder"):
-            for n, m in getattr(check, component).named_modules():
-                if hasattr(m, "scaling") and "x" in getattr(m, "scaling", {}):
-                    s[component + "." + n] = m.scaling["x"]
-        scales[name] = dict(sorted(s.items()))
+        s = loaded_scales(check, ("unet", "text_encoder"))
+        scales[name] = s
         if name in ("lora-no-metadata", "lora-old-format"):
             # diffusers fuses the old-format file exactly as the same tensors in PEFT keys (both α = r).
             check.fuse_lora()
@@ -3081,16 +3088,8 @@ def sdxl_fixtures(d, merged_dir):
     for name, path in (("lora", os.path.join(d, "lora")), ("kohya", os.path.join(d, "kohya.safetensors"))):
         check = StableDiffusionXLPipeline.from_pretrained(os.path.join(d, "pipeline"), torch_dtype=torch.float32)
         check.load_lora_weights(path, adapter_name="x")
-        s = {}
-        for component in ("unet", "text_encoder", "text_encoder_2"):
-            for n, m in getattr(check, component).named_modules():
-                if hasattr(m, "scaling") and "x" in getattr(m, "scaling", {}):
-                    s[component + "." + n] = m.scaling["x"]
-        scales[name] = dict(sorted(s.items()))
-        if name in ("lora-no-metadata", "lora-old-format"):
-            # diffusers fuses the old-format file exactly as the same tensors in PEFT keys (both α = r).
-            check.fuse_lora()
-            fused[name] = {c + "." + k: v for c in ("unet", "text_encoder") for k, v in getattr(check, c).state_dict().items()}
+        s = loaded_scales(check, ("unet", "text_encoder", "text_encoder_2"))
+        scales[name] = s
         if name == "lora":
             assert s.keys() == deltas.keys() and all(abs(s[k] - deltas[k][2]) < 1e-12 for k in s), "diffusers resolves lora/'s scales as alpha/r"
             check.fuse_lora()

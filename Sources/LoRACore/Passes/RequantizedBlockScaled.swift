@@ -219,8 +219,7 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
                 }
             }
         }
-        let pairs = amax[blocks].map(format.scales)
-        return (pairs.map(\.forward), pairs.map(\.stored))
+        return scales(of: amax[blocks])
     }
 
     /// The scales of a band's blocks from all its merged values (`values`, elements `elements`).
@@ -230,7 +229,12 @@ final class RequantizedBlockScaled: PartedWeight, @unchecked Sendable {
         values.withUnsafeBufferPointer { v in
             amax.withUnsafeMutableBufferPointer { original.format.accumulateLargestMagnitudes(v, of: elements, layout: layout, into: $0) }
         }
-        let pairs = amax[blocks].map(original.format.scales)
+        return scales(of: amax[blocks])
+    }
+
+    /// The forward and stored scales of blocks whose largest magnitudes are `amax`.
+    private func scales(of amax: ArraySlice<Float>) -> (forward: [Float], stored: [Float]) {
+        let pairs = amax.map(original.format.scales)
         return (pairs.map(\.forward), pairs.map(\.stored))
     }
 

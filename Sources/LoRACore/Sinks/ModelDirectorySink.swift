@@ -31,7 +31,7 @@ public struct ModelWriteOptions: Sendable {
     /// `max_shard_size="5GB"`), diffusers 10 GB (`ModelMixin.save_pretrained`'s `"10GB"`), so a
     /// merge keeps the base's one file where the library that wrote it would.
     public static func defaultMaxShardSize(filePrefix: String) -> Int {
-        filePrefix == "diffusion_pytorch_model" ? 10_000_000_000 : 5_000_000_000
+        filePrefix == DiffusersComponent.diffusersWeightsName ? 10_000_000_000 : 5_000_000_000
     }
 }
 

@@ -123,7 +123,7 @@ struct WeightDecompose: LoadedUpdate {
                 var block64 = [Double](repeating: 0, count: n * cols)
                 try input64(r0, n, &block64)
                 inner.apply64(toRows: r0, count: n, cols: cols, block: &block64, weight: Double(weight))
-                for (i, v) in block64.enumerated() { squares64[i % cols / kernel] += v * v }
+                Self.addSquares(block64, cols: cols, kernel: kernel, into: &squares64)
             }
             r0 += n
         }
@@ -142,10 +142,14 @@ struct WeightDecompose: LoadedUpdate {
     }
 
     private func columnFactors64(of block: [Double], rows: Int, cols: Int) -> [Double] {
-        let kernel = cols / max(1, magnitude.count)
         var squares = [Double](repeating: 0, count: magnitude.count)
-        for (i, v) in block.prefix(rows * cols).enumerated() { squares[i % cols / kernel] += v * v }
+        Self.addSquares(block.prefix(rows * cols), cols: cols, kernel: cols / max(1, magnitude.count), into: &squares)
         return columnFactors64(squares: squares)
+    }
+
+    /// Adds each value's square to its input channel's fp64 sum (`values` whole rows, `cols` wide).
+    private static func addSquares<C: Collection<Double>>(_ values: C, cols: Int, kernel: Int, into squares: inout [Double]) {
+        for (i, v) in values.enumerated() { squares[i % cols / kernel] += v * v }
     }
 
     private static func columnSquares(_ block: [Float], rows: Int, cols: Int, channels: Int) -> [Float] {
