@@ -64,9 +64,10 @@ func worstUlps(_ a: String, _ b: String) throws -> Int {
     return worst
 }
 
-func mergeImageModel(_ base: String, _ adapters: [String], into output: String, force: Bool = false) throws -> MergeReport {
+func mergeImageModel(_ base: String, _ adapters: [String], into output: String, force: Bool = false, checksums: Bool = false) throws -> MergeReport {
     var o = MergeOptions(base: base, adapters: adapters.map { ($0, 1.0) }, output: output)
     o.threads = 2
     o.force = force
+    o.checksums = checksums
     return try Merge.run(o)
 }

@@ -29,7 +29,8 @@ struct MergeDeterminismTests {
         defer { try? FileManager.default.removeItem(atPath: out) }
         var reference = fixture.mergeOptions(output: out + "/default")
         reference.durable = false
-        _ = try Merge.run(reference)
+        // No digests unless asked: nothing hashed, none reported.
+        #expect(try Merge.run(reference).sha256.isEmpty)
         let expected = try MergeDeterminismTests.files(in: out + "/default")
         for (n, (isa, threads, chunk)) in MergeDeterminismTests.runs.enumerated() {
             var o = fixture.mergeOptions(output: "\(out)/\(n)")
@@ -37,6 +38,7 @@ struct MergeDeterminismTests {
             o.threads = threads
             o.chunkSize = chunk
             o.durable = false
+            o.checksums = true
             let report = try Merge.run(o)
             let got = try MergeDeterminismTests.files(in: "\(out)/\(n)")
             // The hashes computed while writing (chunks in file order, from any worker) are the files'.

@@ -230,9 +230,9 @@ struct InstructionSetCommandLineTests {
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("lora-tool-isa-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let (s1, json1, e1) = try run(InstructionSetCommandLineTests.mergeArguments(fixture, output: out + "/default"), in: root)
+        let (s1, json1, e1) = try run(InstructionSetCommandLineTests.mergeArguments(fixture, output: out + "/default") + ["--checksum"], in: root)
         #expect(s1 == 0, "\(e1)")
-        let (s2, json2, e2) = try run(InstructionSetCommandLineTests.mergeArguments(fixture, output: out + "/scalar") + ["--verify"], in: root,
+        let (s2, json2, e2) = try run(InstructionSetCommandLineTests.mergeArguments(fixture, output: out + "/scalar") + ["--verify", "--checksum"], in: root,
                                       environment: ["LORA_TOOL_ISA": "scalar", "OPENBLAS_CORETYPE": "Prescott"])
         #expect(s2 == 0, "\(e2)")
         let files = try FileManager.default.contentsOfDirectory(atPath: out + "/default").sorted()

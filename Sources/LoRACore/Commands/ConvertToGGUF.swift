@@ -14,6 +14,8 @@ public struct ConvertToGGUFOptions: Sendable {
     public var type: GGMLType = .f32
     public var force = false
     public var durable = true
+    /// Compute the output's SHA-256 (`ConvertToGGUFReport.sha256`).
+    public var checksums = false
     public var scaleOverride = AdapterScaleOverride()
 
     public init(adapter: String, output: String, base: String) {
@@ -32,7 +34,8 @@ public struct ConvertToGGUFReport: Sendable {
     public var alpha: Float
     public var folded: Bool
     public var types: [String: Int]
-    public var sha256: String
+    /// Nil unless `ConvertToGGUFOptions.checksums`.
+    public var sha256: String?
     public var bytes: Int
     public var notes: [String]
 }
@@ -88,7 +91,7 @@ public enum ConvertToGGUF {
             }
         }
         let output = try AtomicOutput(destination: options.output, isDirectory: false, force: options.force)
-        let written = try GGUFAdapterSink(factors: factors, target: target, type: options.type).write(to: output.staging, durable: options.durable)
+        let written = try GGUFAdapterSink(factors: factors, target: target, type: options.type).write(to: output.staging, durable: options.durable, hashing: options.checksums)
         try output.commit()
         if written.folded {
             notes.append("modules differ in s·r: adapter.lora.alpha = 0 (llama.cpp then scales by 1) and each B multiplied by its own s (one fp32 rounding)")

@@ -88,7 +88,7 @@ enum GGUFMerge {
         let inputs = (model?.files.map(\.path) ?? [options.base]) + options.adapters.map(\.path)
         for path in paths { try PathSafety.checkOutput(path, inputs: inputs) }
         let outputs = try paths.map { try AtomicOutput(destination: $0, isDirectory: false, force: options.force) }
-        let written = try sink.write(to: outputs.map(\.staging), durable: options.durable)
+        let written = try sink.write(to: outputs.map(\.staging), durable: options.durable, hashing: options.checksums)
         var verification: VerifyReport?
         if options.verify {
             // The same check as `lora-tool verify`, on the staged file before it gets its name.
@@ -104,7 +104,7 @@ enum GGUFMerge {
         let copied: Int
         if let model { copied = model.tensors.count - written.computed.count } else { copied = export!.tensors.count - mergedCount - replaced.count }
         var report = MergeReport(
-            output: paths[0], files: files, sha256: Dictionary(uniqueKeysWithValues: zip(files, written.sha256)),
+            output: paths[0], files: files, sha256: Dictionary(uniqueKeysWithValues: zip(files, written.sha256)),  // empty unless hashed
             families: families,
             mergedTensors: mergedCount, replacedTensors: replaced, copiedTensors: copied,
             skippedModules: plan.skippedModules, outputDTypes: written.types, bytesWritten: written.bytes,

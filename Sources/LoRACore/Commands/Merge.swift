@@ -22,6 +22,9 @@ public struct MergeOptions: Sendable {
     /// Write the output straight to the disk (direct I/O) and fsync it before it gets its name; false
     /// writes through the page cache with no fsync (as `cp`), leaving durability to the kernel.
     public var durable = true
+    /// Compute each output file's SHA-256 (`MergeReport.sha256`; always for a part, whose manifest
+    /// holds them).
+    public var checksums = false
     /// Bytes per output chunk (tests make it small to cross chunk boundaries with small tensors).
     var chunkSize = ChunkedOutput.defaultChunkSize
     /// Workers filling output chunks in parallel.
@@ -70,8 +73,8 @@ public struct MergeReport: Sendable {
 
     public var output: String
     public var files: [String]
-    /// SHA-256 (lowercase hex) of each file in `files`: model files hashed while written, the index
-    /// and side files read back once written.
+    /// SHA-256 (lowercase hex) of each file in `files` when `MergeOptions.checksums` (empty otherwise):
+    /// model files hashed while written, the index and side files read back once written.
     public var sha256: [String: String] = [:]
     public var families: [Family]
     public var mergedTensors: Int
@@ -232,6 +235,7 @@ public enum Merge {
         write.durable = options.durable
         write.chunkSize = options.chunkSize
         write.part = options.part
+        write.checksums = options.checksums || options.part != nil
         if singleFile {
             write.singleFile = true
             write.metadata = checkpoint.metadata

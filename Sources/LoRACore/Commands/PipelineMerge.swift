@@ -78,6 +78,7 @@ public enum PipelineMerge {
             write.durable = options.durable
             write.chunkSize = options.chunkSize
             write.subdirectory = folder.name
+            write.checksums = options.checksums
             let written = try ModelDirectorySink(output: output, options: write, context: context).consume(stream)
             // Files of the folder the sink does not write (a README): copied as they are; pickle weights
             // (the unmerged `.bin` beside the safetensors) are left out, with a note.
@@ -99,7 +100,9 @@ public enum PipelineMerge {
             for (k, v) in Merge.outputDTypes(stream) { outputDTypes[k, default: 0] += v }
         }
         files.sort(by: utf8Precedes)
-        for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
+        if options.checksums {
+            for f in files where hashes[f] == nil { hashes[f] = try SHA256.file(atPath: output.path(for: f)) }
+        }
 
         var verification: VerifyReport?
         if options.verify {

@@ -33,7 +33,8 @@ struct GGUFAdapterSink {
 
     /// What was written.
     struct Written: Sendable {
-        var sha256: String
+        /// Nil when not hashed.
+        var sha256: String?
         var bytes: Int
         var alpha: Float
         /// Modules whose B carries its scale (alpha 0).
@@ -91,8 +92,8 @@ struct GGUFAdapterSink {
         type.blockSize > 1 && rowLength % type.blockSize != 0 ? .f16 : type
     }
 
-    /// Writes the file at `path` (which must not exist), fsynced when `durable`.
-    func write(to path: String, durable: Bool) throws -> Written {
+    /// Writes the file at `path` (which must not exist), fsynced when `durable`, hashed when `hashing`.
+    func write(to path: String, durable: Bool, hashing: Bool) throws -> Written {
         let alpha = commonAlpha
         let tensors = try tensors(alpha: alpha)
         let metadata: [(key: String, value: GGUFValue)] = [
@@ -102,7 +103,7 @@ struct GGUFAdapterSink {
         ]
         let layout = GGUFHeaderEncoder.layout(metadata: metadata, tensors: tensors.map { ($0.name, $0.dims, $0.type) },
                                               alignment: GGUFAdapterSink.alignment)
-        let out = try GGUFFileWriter(path: path, size: layout.fileSize, durable: durable)
+        let out = try GGUFFileWriter(path: path, size: layout.fileSize, durable: durable, hashing: hashing)
         try out.append(layout.header)
         var types: [String: Int] = [:]
         for (t, offset) in zip(tensors, layout.offsets) {

@@ -1,7 +1,7 @@
 import Foundation
 import SafeTensors
 
-/// A file written front to back with `pwrite`, hashed (SHA-256) as it goes: the GGUF sink's output.
+/// A file written front to back with `pwrite`, hashed (SHA-256) as it goes when asked: the GGUF sinks' output.
 ///
 /// Appends are queued and run in order on one background thread, so the caller goes on computing
 /// the next bytes while earlier ones are hashed and written; at most `depth` appends wait in the
@@ -25,7 +25,7 @@ final class GGUFFileWriter: @unchecked Sendable {
     // `@unchecked Sendable`: `fd` and `hasher` are used only on `queue` once created (and by
     // `finish`/`deinit` after it drained); `failure` only under `lock`.
     private var fd: Int32
-    private var hasher = SHA256()
+    private var hasher: SHA256?
     private let queue = DispatchQueue(label: "lora-tool.gguf-writer")
     private let pending = DispatchGroup()
     private let slots = DispatchSemaphore(value: 0)
@@ -36,11 +36,14 @@ final class GGUFFileWriter: @unchecked Sendable {
     private var writtenBack = 0
 
     /// Creates `path` (which must not exist) and reserves `size` bytes.
-    /// - Parameter durable: start the writeback as the file grows (for `finish(durable: true)`).
+    /// - Parameters:
+    ///   - durable: start the writeback as the file grows (for `finish(durable: true)`).
+    ///   - hashing: compute the file's SHA-256 (`finish` returns it).
     /// - Throws: `SafeTensorsError.outputIO`.
-    init(path: String, size: Int, durable: Bool) throws {
+    init(path: String, size: Int, durable: Bool, hashing: Bool) throws {
         self.path = path
         self.durable = durable
+        hasher = hashing ? SHA256() : nil
         fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SafeTensorsError.outputIO(path: path, operation: "create", errno: errno) }
         let r = posix_fallocate(fd, 0, off_t(size))
@@ -87,9 +90,9 @@ final class GGUFFileWriter: @unchecked Sendable {
     }
 
     /// Waits for the queued appends, flushes (fsync when `durable`), closes, and returns the file's
-    /// SHA-256 (lowercase hex).
+    /// - Returns: the SHA-256 (lowercase hex) when hashing, else nil.
     /// - Throws: `SafeTensorsError.outputIO` for the first failed write, fsync or close.
-    func finish(durable: Bool) throws -> String {
+    func finish(durable: Bool) throws -> String? {
         pending.wait()
         if let failure = currentFailure { throw failure }
         let descriptor = fd
@@ -100,7 +103,7 @@ final class GGUFFileWriter: @unchecked Sendable {
             throw SafeTensorsError.outputIO(path: path, operation: "fsync", errno: e)
         }
         guard close(descriptor) == 0 else { throw SafeTensorsError.outputIO(path: path, operation: "close", errno: errno) }
-        return hasher.finalize()
+        return hasher?.finalize()
     }
 
     /// Closes the file if `finish` was not reached (an error: the staging output is removed by its owner).
@@ -148,7 +151,7 @@ final class GGUFFileWriter: @unchecked Sendable {
             }
             done += n
         }
-        hasher.update(bytes)
+        hasher?.update(bytes)
         let end = at + bytes.count
         if durable && end - writtenBack >= GGUFFileWriter.writebackStep {
             Writeback.start(fd, offset: writtenBack, count: end - writtenBack)

@@ -29,13 +29,14 @@ import SafeTensors
 /// of the stored delta with the intended one: `DeltaComparison` sums per group, added in group order).
 ///
 /// Memory: a window of groups (threads × 2 groups), the groups queued for writing (`GGUFFileWriter`
-/// hashes and writes them in file order on a background thread while the next window is computed,
+/// writes (and, when asked, hashes) them in file order on a background thread while the next window is computed,
 /// at most `GGUFFileWriter.depth` queued), and what the sources hold for the tensor in progress;
 /// fsynced when `durable`.
 public final class GGUFSink: Sendable {
     /// What was written.
     public struct Report: Sendable {
-        /// Each file's SHA-256 (lowercase hex), in shard order (one for an unsplit output).
+        /// Each file's SHA-256 (lowercase hex), in shard order (one for an unsplit output); empty
+        /// when not `hashing`.
         public var sha256: [String]
         /// All files' bytes.
         public var bytes: Int
@@ -177,17 +178,21 @@ public final class GGUFSink: Sendable {
     }
 
     /// Writes the file at `path` (which must not exist), when the output is one file.
-    /// - Parameter durable: fsync the file before returning.
+    /// - Parameters:
+    ///   - durable: fsync the file before returning.
+    ///   - hashing: compute each file's SHA-256 as it is written.
     /// - Throws: `SafeTensorsError.outputIO` for write failures; what computing a tensor throws
     ///   (`LoRACoreError.nonFinite`, `.overflow`, `GGUFError.nonFiniteValue`).
-    public func write(to path: String, durable: Bool) throws -> Report {
-        try write(to: [path], durable: durable)
+    public func write(to path: String, durable: Bool, hashing: Bool = false) throws -> Report {
+        try write(to: [path], durable: durable, hashing: hashing)
     }
 
     /// Writes each file at its path in `paths` (one per shard, `fileCount`, none existing), in order.
-    /// - Parameter durable: fsync each file before the next is started.
-    /// - Throws: as `write(to:durable:)`; the files written so far are left for the caller to remove.
-    public func write(to paths: [String], durable: Bool) throws -> Report {
+    /// - Parameters:
+    ///   - durable: fsync each file before the next is started.
+    ///   - hashing: compute each file's SHA-256 as it is written.
+    /// - Throws: as `write(to:durable:hashing:)`; the files written so far are left for the caller to remove.
+    public func write(to paths: [String], durable: Bool, hashing: Bool = false) throws -> Report {
         precondition(paths.count == shards.count, "one path per shard")
         var types: [String: Int] = [:]
         var survival: [Requantize.Survival] = []
@@ -196,7 +201,7 @@ public final class GGUFSink: Sendable {
         let total = entries.reduce(0) { $0 + GGUFHeaderEncoder.byteCount(dims: $1.dims, type: $1.type) }
         var done = 0
         for (shard, path) in zip(shards, paths) {
-            let out = try GGUFFileWriter(path: path, size: shard.fileSize, durable: durable)
+            let out = try GGUFFileWriter(path: path, size: shard.fileSize, durable: durable, hashing: hashing)
             try out.append(shard.header)
             let dataStart = shard.header.count
             for (i, e) in zip(shard.entries, entries[shard.entries]) {
@@ -213,7 +218,7 @@ public final class GGUFSink: Sendable {
                 try out.pad(to: GGUFHeaderEncoder.padded(out.position, alignment))
             }
             precondition(out.position == shard.fileSize, "the layout and the writes agree")
-            hashes.append(try out.finish(durable: durable))
+            if let hash = try out.finish(durable: durable) { hashes.append(hash) }
         }
         return Report(sha256: hashes, bytes: shards.reduce(0) { $0 + $1.fileSize }, types: types, survival: survival, computed: computed)
     }

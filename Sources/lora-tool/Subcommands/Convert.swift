@@ -94,6 +94,9 @@ extension LoraTool {
         @Flag(name: .customLong("no-sync"), help: "With --to gguf-lora or gguf: do not fsync the output (faster; a crash may leave it incomplete, never under its final name).")
         var noSync = false
 
+        @Flag(help: "With --to gguf-lora or gguf: report the output's SHA-256 (as sha256sum prints it), computed while it is written.")
+        var checksum = false
+
         @OptionGroup var compression: ZstdArguments
 
         @OptionGroup var scale: ScaleArguments
@@ -131,6 +134,7 @@ extension LoraTool {
             } else {
                 if ggufType != nil { throw ValidationError("--gguf-type applies to --to gguf-lora and gguf only") }
                 if noSync { throw ValidationError("--no-sync applies to --to gguf-lora and gguf only") }
+                if checksum { throw ValidationError("--checksum applies to --to gguf-lora and gguf only") }
             }
         }
 
@@ -170,10 +174,11 @@ extension LoraTool {
             o.ggufSplitMaxSize = splitMaxSize.flatMap(GGUFSplit.parseSize)
             o.force = force
             o.durable = !noSync
+            o.checksums = checksum
             let r = try LoRACore.Merge.run(o)
             let rows = [["to", "llama.cpp GGUF model"], ["tensors", "\(r.outputDTypes.values.reduce(0, +))"],
                         ["types", r.outputDTypes.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")]]
-                + r.files.map { ["sha256", "\(r.sha256[$0] ?? "")  \($0)"] }
+                + r.files.map { f in r.sha256[f].map { ["sha256", "\($0)  \(f)"] } ?? ["file", f] }
             print("\(Render.escaped(output)): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
         }
 
@@ -182,12 +187,13 @@ extension LoraTool {
             o.type = GGMLType.allCases.first { $0.name.lowercased() == (ggufType ?? "f32") }!
             o.force = force
             o.durable = !noSync
+            o.checksums = checksum
             o.scaleOverride = scale.override
             let r = try ConvertToGGUF.run(o)
             var rows = [["from", r.from], ["to", "llama.cpp LoRA GGUF (\(r.architecture))"],
                         ["modules", "\(r.modules), adapter.lora.alpha \(Render.number(Double(r.alpha)))\(r.folded ? " (scales in B)" : "")"],
-                        ["types", r.types.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")],
-                        ["sha256", "\(r.sha256)  \(URL(fileURLWithPath: output).lastPathComponent)"]]
+                        ["types", r.types.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", ")]]
+            if let sha256 = r.sha256 { rows.append(["sha256", "\(sha256)  \(URL(fileURLWithPath: output).lastPathComponent)"]) }
             for n in r.notes { rows.append(["note", n]) }
             print("\(Render.escaped(output)): converted\n" + Render.table(rows.map { ["  " + $0[0], $0[1]] }))
         }
