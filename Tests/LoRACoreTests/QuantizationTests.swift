@@ -70,6 +70,22 @@ struct RequantizeTests {
         for name in bnb.names { #expect(try ours.bytes(of: name).elementsEqual(try bnb.bytes(of: name)), "\(name)") }
         // Untouched 4-bit weights are copied as they were.
         let base = try Checkpoint(path: "\(fixtures)/\(fixture)/base")
+        // Double quantization: the quant_state is the base's JSON with bitsandbytes' new nested_offset,
+        // then spaces up to a length known before the merge (so each weight is merged once).
+        let offsets = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(fixtures)/\(fixture)/requantized_offsets.json")))) as? [String: Double] ?? [:]
+        #expect(offsets.isEmpty == !fixture.contains("double"))
+        for (weight, offset) in offsets {
+            let stateName = try #require(ours.names.first { $0.hasPrefix(weight + ".quant_state.") })
+            let bytes = Array(try ours.bytes(of: stateName)), stored = Array(try base.bytes(of: stateName))
+            let got = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+            var want = try #require(try JSONSerialization.jsonObject(with: Data(stored)) as? [String: Any])
+            #expect(got["nested_offset"] as? Double == offset, "\(weight)")
+            want["nested_offset"] = got["nested_offset"]
+            #expect(NSDictionary(dictionary: got) == NSDictionary(dictionary: want), "\(weight)")
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(text.hasPrefix("{") && text.drop { $0 != "}" }.dropFirst().allSatisfy { $0 == " " }, "\(weight): \(text)")
+            #expect(bytes.count == (try Requantize.paddedStateLength(stored, name: stateName)))
+        }
         #expect(try ours.bytes(of: "model.layers.0.mlp.up_proj.weight").elementsEqual(try base.bytes(of: "model.layers.0.mlp.up_proj.weight")))
         let config = String(decoding: FileManager.default.contents(atPath: dir + "/q/config.json")!, as: UTF8.self)
         #expect(config.contains("quantization_config"))

@@ -71,6 +71,12 @@ struct StreamTests {
         _ = try Merge.run(o)
         let a = try Checkpoint(path: dir + "/a"), b = try Checkpoint(path: dir + "/b")
         #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/a/model.safetensors")) == Data(contentsOf: URL(fileURLWithPath: dir + "/b/model.safetensors")))
+        // Each weight merged twice (no merged values kept between the codes and the survival): the same bytes.
+        o.output = dir + "/twice"
+        o.requantizeKeptValues = 0
+        _ = try Merge.run(o)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/a/model.safetensors")) == Data(contentsOf: URL(fileURLWithPath: dir + "/twice/model.safetensors")))
+        o.requantizeKeptValues = Requantize4bitPass.defaultKeptValues
         o.output = dir + "/c"
         o.maxShardSize = 20_000
         _ = try Merge.run(o)

@@ -27,6 +27,8 @@ public struct MergeOptions: Sendable {
     public var checksums = false
     /// Bytes per output chunk (tests make it small to cross chunk boundaries with small tensors).
     var chunkSize = ChunkedOutput.defaultChunkSize
+    /// Merged values 4-bit requantization may keep to merge each weight once (tests set 0: twice).
+    var requantizeKeptValues = Requantize4bitPass.defaultKeptValues
     /// Workers filling output chunks in parallel.
     public var threads = ProcessInfo.processInfo.activeProcessorCount
     /// The merge kernel's instruction set (nil: the process's, `LORA_TOOL_ISA` or the best); tests
@@ -224,7 +226,7 @@ public enum Merge {
             if let type = options.requantize, type == "fp8" || type == "int8" || type == "mxfp4" {
                 throw LoRACoreError.invalidRequest("--requantize \(type) needs an \(type) base; \(options.base) is bitsandbytes 4-bit")
             }
-            let pass = Requantize4bitPass(type: options.requantize, context: context)
+            let pass = Requantize4bitPass(type: options.requantize, context: context, keptValues: options.requantizeKeptValues)
             stream = try pass.apply(to: stream)
             survival = pass.survival
         }

@@ -17,12 +17,35 @@ public enum Requantize {
 
     /// The quant_state JSON with the new nested_offset, in Python's `json.dumps` layout.
     static func stateJSON(_ stored: [UInt8], name: String, offset: Float?) throws -> [UInt8] {
+        try stateJSON(stored, name: name, offsetText: offset.map { "\(Double($0))" })
+    }
+
+    /// Characters the longest fp64 `repr` takes (`-2.2250738585072014e-308`).
+    static let offsetWidth = 24
+
+    /// Bytes of the quant_state JSON `paddedStateJSON` writes for `stored`, whatever the offset:
+    /// known before the weight is merged, so the file header can be laid out first.
+    static func paddedStateLength(_ stored: [UInt8], name: String) throws -> Int {
+        try stateJSON(stored, name: name, offsetText: String(repeating: "0", count: offsetWidth)).count
+    }
+
+    /// The quant_state JSON with the new nested_offset, then spaces up to `paddedStateLength`
+    /// (JSON allows whitespace after the value; `json.loads`, which bitsandbytes' unpacking
+    /// uses, reads the same object as from `json.dumps`' bytes).
+    static func paddedStateJSON(_ stored: [UInt8], name: String, offset: Float) throws -> [UInt8] {
+        let json = try stateJSON(stored, name: name, offset: offset)
+        let length = try paddedStateLength(stored, name: name)
+        precondition(json.count <= length, "an fp64 repr is at most offsetWidth characters")
+        return json + [UInt8](repeating: 0x20, count: length - json.count)
+    }
+
+    private static func stateJSON(_ stored: [UInt8], name: String, offsetText: String?) throws -> [UInt8] {
         guard case let .object(members)? = try? JSONParser.parse(stored) else {
             throw LoRACoreError.invalidModule(module: name, detail: "quant_state is not a JSON object")
         }
         let parts = members.map { kv -> String in
             let value: String
-            if kv.key == "nested_offset", let offset { value = "\(Double(offset))" } else { value = compact(kv.value) }
+            if kv.key == "nested_offset", let offsetText { value = offsetText } else { value = compact(kv.value) }
             return JSONWriter.pythonString(kv.key) + ": " + value
         }
         return Array(("{" + parts.joined(separator: ", ") + "}").utf8)

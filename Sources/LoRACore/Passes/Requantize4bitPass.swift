@@ -10,9 +10,10 @@ import SafeTensors
 /// A `Dequantized4bit` that nothing changed goes back to its stored 4-bit tensors, byte for byte.
 /// Other tensors pass through; config.json keeps `quantization_config`.
 ///
-/// With double quantization the quant_state JSON holds `nested_offset`, the mean of the new absmax,
-/// and its length goes into the file header before any data: so this pass streams once over each
-/// changed weight to resolve it (in parallel over weights), then the sink streams again to write.
+/// With double quantization the quant_state JSON holds `nested_offset`, the mean of the new absmax:
+/// it is written padded to a length known before the merge (`Requantize.paddedStateJSON`), and the
+/// nested absmax is deferred to after the codes, so the sink merges each weight once
+/// (`RequantizedWeight`).
 ///
 /// ```swift
 /// let c = try RunContext()
@@ -27,11 +28,19 @@ public struct Requantize4bitPass: Sendable {
     let context: RunContext
     /// Each requantized weight's survival, filled as the sink writes them.
     public let survival = SurvivalLog()
+    /// Merged values the weights being requantized at once may keep so as to be merged once.
+    let keptValues: ByteBudget
 
-    public init(type: String?, context: RunContext) {
+    /// - Parameter keptValues: bytes of merged values (compute dtype) requantized weights may keep
+    ///   at once to be merged only once; a weight that does not fit is merged twice.
+    public init(type: String?, context: RunContext, keptValues: Int = Requantize4bitPass.defaultKeptValues) {
         self.type = type
         self.context = context
+        self.keptValues = ByteBudget(limit: keptValues)
     }
+
+    /// 64 MiB: the 1B bench's largest weights (8192 × 2048 bf16, 32 MiB) two at a time.
+    public static let defaultKeptValues = 64 << 20
 
     /// - Throws: `LoRACoreError.invalidRequest` when the stream has no 4-bit weights or `type` is
     ///   not the base's; errors computing the offsets.
@@ -50,7 +59,6 @@ public struct Requantize4bitPass: Sendable {
         if let type, type != "keep", types != [type] {
             throw LoRACoreError.invalidRequest("--requantize \(type): the base is \(types.sorted().joined(separator: ", ")); requantizing keeps the base's own format")
         }
-        let nested = type == nil ? [:] : try resolveNested(changed)
         let changedByName = Dictionary(uniqueKeysWithValues: changed.map { ($0.name, $0) })
         var tensors: [(name: String, source: any TensorSource)] = []
         var denseModules: [String] = []
@@ -62,7 +70,7 @@ public struct Requantize4bitPass: Sendable {
                     tensors.append((name, source))
                     denseModules.append(String(name.dropLast(".weight".count)))
                 } else {
-                    tensors += try requantized(name, merged: c.merged, original: c.original, nested: nested[name])
+                    tensors += try requantized(name, merged: c.merged, original: c.original)
                 }
             } else {
                 tensors.append((name, source))
@@ -78,48 +86,31 @@ public struct Requantize4bitPass: Sendable {
     }
 
     /// The parts of one requantized weight, in the base's layout.
-    private func requantized(_ name: String, merged: MergedTensor, original q: Dequantized4bit, nested: RequantizedWeight.Nested?) throws
-        -> [(name: String, source: any TensorSource)]
-    {
+    private func requantized(_ name: String, merged: MergedTensor, original q: Dequantized4bit) throws -> [(name: String, source: any TensorSource)] {
         func stored(_ suffix: String) -> (any TensorSource)? { q.stored.first { $0.name == name + suffix }?.source }
         let quantMap = try stored(".quant_map")!.floats(0..<16)
-        let weight = RequantizedWeight(name: name, merged: merged, original: q, quantMap: quantMap, nested: nested, survival: survival)
+        // Double quantization: a nested code and U8 absmax codes.
+        var nestedCode: RequantizedWeight.NestedCode?
+        if let blocksize = q.state.nestedBlocksize, let map = stored(".nested_quant_map"), stored(".absmax")?.dtype == .uint8 {
+            nestedCode = RequantizedWeight.NestedCode(map: try map.floats(0..<map.elementCount), blocksize: blocksize)
+        }
+        guard let statePart = q.stored.first(where: { $0.name.hasPrefix(name + ".quant_state.") }) else {
+            throw LoRACoreError.invalidModule(module: name, detail: "no quant_state tensor")
+        }
+        let state = try statePart.source.allBytes()
+        let weight = RequantizedWeight(name: name, merged: merged, original: q, quantMap: quantMap, nestedCode: nestedCode,
+                                       storedState: state, budget: keptValues, survival: survival)
         return try q.stored.map { part in
             let s = part.source
             switch part.name {
             case name: return (part.name, WeightPart(weight: weight, part: .codes, dtype: s.dtype, shape: s.shape))
             case name + ".absmax": return (part.name, WeightPart(weight: weight, part: .absmax, dtype: s.dtype, shape: s.shape))
-            case name + ".nested_absmax": return (part.name, WeightPart(weight: weight, part: .nestedAbsmax, dtype: s.dtype, shape: s.shape))
-            case _ where part.name.hasPrefix(name + ".quant_state."):
-                return (part.name, ConstantTensor(bytes: try Requantize.stateJSON(try s.allBytes(), name: part.name, offset: nested?.offset), dtype: s.dtype))
+            case name + ".nested_absmax": return (part.name, WeightPart(weight: weight, part: .nestedAbsmax, dtype: s.dtype, shape: s.shape, deferred: true))
+            case statePart.name:
+                guard nestedCode != nil else { return (part.name, ConstantTensor(bytes: try Requantize.stateJSON(state, name: part.name, offset: nil), dtype: s.dtype)) }
+                return (part.name, WeightPart(weight: weight, part: .state, dtype: s.dtype, shape: [try Requantize.paddedStateLength(state, name: part.name)]))
             default: return part  // quant maps: the base's
             }
         }
-    }
-
-    /// The double quantization (offset and nested absmax) of every changed weight that has one: one
-    /// streaming pass over each, weights in parallel.
-    private func resolveNested(_ changed: [(name: String, merged: MergedTensor, original: Dequantized4bit)]) throws -> [String: RequantizedWeight.Nested] {
-        let doubled = changed.filter { c in
-            c.original.state.nestedBlocksize != nil && c.original.stored.contains { $0.name == c.name + ".nested_quant_map" }
-                && c.original.stored.contains { $0.name == c.name + ".absmax" && $0.source.dtype == .uint8 }
-        }
-        let results = ParallelSlots<RequantizedWeight.Nested>(count: doubled.count)
-        let counter = ClaimCounter(count: doubled.count)
-        let progress = ProgressTally(tensors: doubled.count, bytes: doubled.reduce(0) { $0 + $1.merged.byteCount }, phase: "resolving 4-bit scales",
-                                     report: context.progress)
-        DispatchQueue.concurrentPerform(iterations: max(1, min(context.threads, doubled.count))) { _ in
-            while let k = counter.next() {
-                let c = doubled[k]
-                defer { progress.add(bytes: c.merged.byteCount) }
-                results.set(k, Result {
-                    let map = c.original.stored.first { $0.name == c.name + ".nested_quant_map" }!.source
-                    return try RequantizedWeight.resolveNested(of: c.merged, blocksize: c.original.state.blocksize,
-                                                               map: try map.floats(0..<map.elementCount),
-                                                               nestedBlocksize: c.original.state.nestedBlocksize!)
-                })
-            }
-        }
-        return try Dictionary(uniqueKeysWithValues: doubled.indices.map { (doubled[$0].name, try results.get($0).get()) })
     }
 }

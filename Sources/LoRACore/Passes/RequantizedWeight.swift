@@ -2,32 +2,38 @@ import Foundation
 import LoRAKernels
 import SafeTensors
 
-/// One merged weight written back in its base's bitsandbytes 4-bit format: its codes, absmax and
-/// nested absmax tensors (`WeightPart`s), computed from the merged values when the sink first
-/// asks for them and dropped once written. The quant maps are the base's, unchanged.
+/// One merged weight written back in its base's bitsandbytes 4-bit format: its codes, absmax,
+/// nested absmax and quant_state tensors (`WeightPart`s), computed from the merged values when the
+/// sink first asks for them and dropped once written. The quant maps are the base's, unchanged.
 ///
 /// Numerics: the merged values in the base's compute dtype (the dense merge's bytes), quantized as
 /// bitsandbytes does (`Bnb4bit.quantize`, bit-exact). With double quantization the absmax offset
-/// (the mean of the new absmax) and the nested absmax (per 256 blocks) are resolved before the
-/// file header is laid out (`resolveNested`), so the absmax codes of any 256 blocks follow from
-/// their own values.
+/// (the mean of the new absmax) and the nested absmax (per 256 blocks) follow from the whole
+/// weight's block absmax, and the absmax codes and the survival from those.
 ///
-/// Memory: safetensors files hold their F32 tensors first and their U8 tensors last, so a weight's
-/// nested absmax (F32, kilobytes, resolved beforehand) is written long before its codes and absmax
-/// codes (U8, adjacent): those two are computed together, kept in pages of their own until both are
-/// written. A single-quantized weight's fp32 absmax (F32, early) is computed on its own when asked
-/// for. Either way a few weights are in memory at a time, whatever the model's size; each weight's
-/// merged values are computed twice (once to resolve the scales, once for the codes).
+/// One pass over the merge (double quantization): the codes and block absmax of the whole weight
+/// first, keeping the merged values (compute dtype, `budget` permitting; else they are merged a
+/// second time), then the nested scales, absmax codes and survival. Safetensors files hold their
+/// F32 tensors first, so the nested absmax (F32) is `deferred`: the sink writes its chunk after the
+/// codes (U8, last in the file). The quant_state JSON holds the offset; it is padded to a length
+/// known beforehand (`Requantize.paddedStateJSON`), so the header is laid out first.
+/// A single-quantized weight's fp32 absmax (F32, early) is computed on its own when asked for, the
+/// merge streamed twice. Memory: a few weights' codes (and kept values) at a time, whatever the
+/// model's size.
 final class RequantizedWeight: PartedWeight, @unchecked Sendable {
-    enum Part: Sendable { case codes, absmax, nestedAbsmax }
+    enum Part: Sendable { case codes, absmax, nestedAbsmax, state }
 
-    /// Double quantization: the nested code, its block size, and what `resolveNested` found.
-    struct Nested: Sendable {
+    /// Double quantization's code (the base's `nested_quant_map`) and block size.
+    struct NestedCode: Sendable {
         var map: [Float]
         var blocksize: Int
+    }
+
+    /// Double quantization resolved from the weight's block absmax.
+    struct Nested: Sendable {
         /// Mean of the weight's block absmax (fp64 sum in block order, rounded once: torch's fp32 mean).
         var offset: Float
-        /// max |absmax − offset| per `blocksize` blocks.
+        /// max |absmax − offset| per `NestedCode.blocksize` blocks.
         var absmax: [Float]
     }
 
@@ -36,23 +42,33 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
     let merged: any TensorSource
     let original: Dequantized4bit
     let quantMap: [Float]
-    let nested: Nested?
+    let nestedCode: NestedCode?
+    /// The base's quant_state JSON (rewritten with the new offset).
+    let storedState: [UInt8]
+    /// Merged values kept between the two halves of the pass.
+    let budget: ByteBudget
     private let survival: SurvivalLog
     private let lock = NSLock()
     /// Codes (and absmax codes, when double-quantized), until both are written.
     private var codes: (packed: PageBuffer, absmaxCodes: PageBuffer?)?
     private var codePartsLeft: Int
+    /// Resolved with the codes; kept until the nested absmax and the quant_state are written.
+    private var nested: Nested?
+    private var nestedPartsLeft = 2
     /// A single-quantized weight's fp32 absmax, until written.
     private var scales: PageBuffer?
 
-    init(name: String, merged: any TensorSource, original: Dequantized4bit, quantMap: [Float], nested: Nested?, survival: SurvivalLog) {
+    init(name: String, merged: any TensorSource, original: Dequantized4bit, quantMap: [Float], nestedCode: NestedCode?,
+         storedState: [UInt8], budget: ByteBudget, survival: SurvivalLog) {
         self.name = name
         self.merged = merged
         self.original = original
         self.quantMap = quantMap
-        self.nested = nested
+        self.nestedCode = nestedCode
+        self.storedState = storedState
+        self.budget = budget
         self.survival = survival
-        codePartsLeft = nested == nil ? 1 : 2
+        codePartsLeft = nestedCode == nil ? 1 : 2
     }
 
     /// Values per step: one merge-kernel call each (the kernel packs the factors per call, so much
@@ -64,14 +80,6 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
     static func step(blocksize: Int, nestedBlocksize: Int?) -> Int {
         let unit = blocksize * (nestedBlocksize ?? 1)
         return max(1, RequantizedWeight.stepValues / unit) * unit
-    }
-
-    /// Streams `merged` once and resolves its double quantization's offset and nested absmax.
-    static func resolveNested(of merged: any TensorSource, blocksize: Int, map: [Float], nestedBlocksize: Int) throws -> Nested {
-        let absmax = try blockAbsmax(of: merged, blocksize: blocksize, step: step(blocksize: blocksize, nestedBlocksize: nestedBlocksize))
-        merged.finished()
-        let (offset, nestedAbsmax) = absmax.withUnsafeBufferPointer { Bnb4bit.nestedScales($0, nestedBlocksize: nestedBlocksize) }
-        return Nested(map: map, blocksize: nestedBlocksize, offset: offset, absmax: nestedAbsmax)
     }
 
     /// max |x| per block of `merged`'s values, streamed `step` values at a time.
@@ -102,9 +110,11 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
     func withBytes<R>(of part: Part, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         lock.lock()
         defer { lock.unlock() }
-        switch (part, nested) {
-        case let (.nestedAbsmax, nested?):
-            return try nested.absmax.withUnsafeBytes(body)
+        switch (part, nestedCode) {
+        case (.nestedAbsmax, _?):
+            return try resolvedNested().absmax.withUnsafeBytes(body)
+        case (.state, _?):
+            return try Requantize.paddedStateJSON(storedState, name: name + ".quant_state", offset: resolvedNested().offset).withUnsafeBytes(body)
         case (.absmax, nil):
             if scales == nil {
                 let absmax = try RequantizedWeight.blockAbsmax(of: merged, blocksize: original.state.blocksize,
@@ -115,18 +125,28 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
                 scales = page
             }
             return try body(UnsafeRawBufferPointer(scales!.bytes))
+        case (.nestedAbsmax, nil), (.state, nil):
+            preconditionFailure("a single-quantized weight has no nested absmax, and its quant_state is the base's")
         default:
             if codes == nil { codes = try computeCodes() }
             return try body(UnsafeRawBufferPointer(part == .codes ? codes!.packed.bytes : codes!.absmaxCodes!.bytes))
         }
     }
 
+    /// The double quantization, computing the codes (once) if it is not known yet. Under `lock`.
+    private func resolvedNested() throws -> Nested {
+        if nested == nil { codes = try computeCodes() }
+        return nested!
+    }
+
     /// One part is fully written: drop what only it needed.
     func partFinished(_ part: Part) {
         lock.lock()
         defer { lock.unlock() }
-        switch (part, nested) {
-        case (.nestedAbsmax, _): break
+        switch (part, nestedCode) {
+        case (.nestedAbsmax, _), (.state, _):
+            nestedPartsLeft -= 1
+            if nestedPartsLeft == 0 { nested = nil }
         case (.absmax, nil): scales = nil
         default:
             codePartsLeft -= 1
@@ -151,57 +171,47 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
         return count
     }
 
-    /// The packed codes (and the absmax codes), streaming over the merged values, with the survival.
+    /// The packed codes (and the absmax codes, resolving `nested`), streaming over the merged
+    /// values, with the survival. Under `lock`.
     private func computeCodes() throws -> (packed: PageBuffer, absmaxCodes: PageBuffer?) {
         let s = original.state
         let n = merged.elementCount, bs = s.blocksize
         let blocks = (n + bs - 1) / bs
         let (bounds, order) = Bnb4bit.bucketizer(code: quantMap)
         let packed = try PageBuffer(count: (n + 1) / 2)
-        let absmaxCodes = try nested.map { _ in try PageBuffer(count: blocks) }
+        let absmaxCodes = try nestedCode.map { _ in try PageBuffer(count: blocks) }
         let codesSource = original.stored.first { $0.name == name }!.source
         let format = TensorData.format(s.dtype)!
-        let step = RequantizedWeight.step(blocksize: bs, nestedBlocksize: nested?.blocksize)
+        let step = RequantizedWeight.step(blocksize: bs, nestedBlocksize: nestedCode?.blocksize)
         let stepElements = min(step, n), stepBlocks = (stepElements + bs - 1) / bs
         var raw: [UInt8] = []
         var target = [Float](repeating: 0, count: stepElements)
         var oldBytes = [UInt8](repeating: 0, count: stepElements * format.size), backBytes = oldBytes
         var oldCodes = [UInt8](repeating: 0, count: (stepElements + 1) / 2)
-        var blockMax = [Float](repeating: 0, count: stepBlocks), stored = blockMax
+        var stored = [Float](repeating: 0, count: stepBlocks)
         var changedCodes = 0
         var dot = 0.0, n1 = 0.0, n2 = 0.0
-        var e = 0
-        while e < n {
-            let m = min(step, n - e), b0 = e / bs, mb = (m + bs - 1) / bs
-            let bytes = (e / 2)..<((e + m + 1) / 2)
+        // Every block's absmax: the scales of the codes, and what double quantization codes.
+        var blockMax = [Float](repeating: 0, count: blocks)
+
+        /// Elements [e, e + m) of the merge into `target`.
+        func merge(_ e: Int, _ m: Int) throws {
             try target.withUnsafeMutableBufferPointer { try merged.floats(e..<(e + m), into: UnsafeMutableBufferPointer(rebasing: $0[0..<m]), raw: &raw) }
-            // Codes and block absmax by the kernel, straight into this step's part of the output.
+        }
+        /// Codes and block absmax of elements [e, e + m) (in `target`) by the kernel, straight into their part of the output.
+        func quantize(_ e: Int, _ m: Int) {
+            let b0 = e / bs, mb = (m + bs - 1) / bs
             target.withUnsafeBufferPointer { t in
                 blockMax.withUnsafeMutableBufferPointer {
                     Bnb4bit.quantize(UnsafeBufferPointer(rebasing: t[0..<m]), blocksize: bs, bounds: bounds, order: order,
-                                     packed: UnsafeMutableRawBufferPointer(rebasing: packed.bytes[bytes]), absmax: UnsafeMutableBufferPointer(rebasing: $0[0..<mb]))
+                                     packed: UnsafeMutableRawBufferPointer(rebasing: packed.bytes[(e / 2)..<((e + m + 1) / 2)]),
+                                     absmax: UnsafeMutableBufferPointer(rebasing: $0[b0..<(b0 + mb)]))
                 }
             }
-            // The absmax bitsandbytes reads back: the block absmax, or its nested code's value. The
-            // code of (absmax − offset) scaled by its group's nested absmax, as bitsandbytes'
-            // blockwise quantization of the absmax computes it.
-            if let nested, let absmaxCodes {
-                let blocks = b0..<(b0 + mb)
-                blockMax.withUnsafeBufferPointer { m in
-                    Bnb4bit.nestedCodes(UnsafeBufferPointer(rebasing: m[0..<mb]), firstBlock: b0, offset: nested.offset, nestedAbsmax: nested.absmax,
-                                        nestedMap: nested.map, nestedBlocksize: nested.blocksize,
-                                        into: UnsafeMutableBufferPointer(rebasing: absmaxCodes.bytes.bindMemory(to: UInt8.self)[blocks]))
-                }
-                stored.withUnsafeMutableBufferPointer { out in
-                    nested.absmax.withUnsafeBufferPointer {
-                        Bnb4bit.resolveAbsmax(codes: UnsafeRawBufferPointer(absmaxCodes.bytes), blocks: blocks, nestedMap: nested.map, nestedAbsmax: $0,
-                                              nestedBlocksize: nested.blocksize, offset: nested.offset, into: UnsafeMutableBufferPointer(rebasing: out[0..<mb]))
-                    }
-                }
-            } else {
-                for j in 0..<mb { stored[j] = blockMax[j] }
-            }
-            // Survival: what the codes kept of the intended change.
+        }
+        /// Survival of elements [e, e + m): what the codes (with the absmax in `stored`) kept of the intended change.
+        func survive(_ e: Int, _ m: Int) throws {
+            let bytes = (e / 2)..<((e + m + 1) / 2)
             try oldBytes.withUnsafeMutableBytes { try original.fill((e * format.size)..<((e + m) * format.size), into: $0.baseAddress!) }
             stored.withUnsafeBufferPointer { a in
                 backBytes.withUnsafeMutableBytes {
@@ -220,7 +230,65 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
             dot += sums.dot
             n1 += sums.want
             n2 += sums.got
-            e += m
+        }
+
+        if let code = nestedCode, let absmaxCodes {
+            // The merged values in the compute dtype, kept for the second half when the budget allows.
+            let keptBytes = n * format.size
+            let kept = budget.take(keptBytes) ? try PageBuffer(count: keptBytes) : nil
+            defer { if kept != nil { budget.give(keptBytes) } }
+            var e = 0
+            while e < n {
+                let m = min(step, n - e)
+                if let kept {
+                    let slice = UnsafeMutableRawBufferPointer(rebasing: kept.bytes[(e * format.size)..<((e + m) * format.size)])
+                    try merged.fill((e * format.size)..<((e + m) * format.size), into: slice.baseAddress!)
+                    target.withUnsafeMutableBufferPointer { FloatCodec.decode(UnsafeRawBufferPointer(slice), format: format, into: UnsafeMutableBufferPointer(rebasing: $0[0..<m])) }
+                } else {
+                    try merge(e, m)
+                }
+                quantize(e, m)
+                e += m
+            }
+            let (offset, nestedAbsmax) = blockMax.withUnsafeBufferPointer { Bnb4bit.nestedScales($0, nestedBlocksize: code.blocksize) }
+            let resolved = Nested(offset: offset, absmax: nestedAbsmax)
+            // The absmax bitsandbytes reads back: the code of (absmax − offset) scaled by its group's
+            // nested absmax, as bitsandbytes' blockwise quantization of the absmax computes it, decoded.
+            e = 0
+            while e < n {
+                let m = min(step, n - e), b0 = e / bs, mb = (m + bs - 1) / bs
+                let range = b0..<(b0 + mb)
+                if let kept {
+                    let slice = UnsafeRawBufferPointer(rebasing: kept.bytes[(e * format.size)..<((e + m) * format.size)])
+                    target.withUnsafeMutableBufferPointer { FloatCodec.decode(slice, format: format, into: UnsafeMutableBufferPointer(rebasing: $0[0..<m])) }
+                } else {
+                    try merge(e, m)
+                }
+                blockMax.withUnsafeBufferPointer { m in
+                    Bnb4bit.nestedCodes(UnsafeBufferPointer(rebasing: m[range]), firstBlock: b0, offset: offset, nestedAbsmax: nestedAbsmax,
+                                        nestedMap: code.map, nestedBlocksize: code.blocksize,
+                                        into: UnsafeMutableBufferPointer(rebasing: absmaxCodes.bytes.bindMemory(to: UInt8.self)[range]))
+                }
+                stored.withUnsafeMutableBufferPointer { out in
+                    nestedAbsmax.withUnsafeBufferPointer {
+                        Bnb4bit.resolveAbsmax(codes: UnsafeRawBufferPointer(absmaxCodes.bytes), blocks: range, nestedMap: code.map, nestedAbsmax: $0,
+                                              nestedBlocksize: code.blocksize, offset: offset, into: UnsafeMutableBufferPointer(rebasing: out[0..<mb]))
+                    }
+                }
+                try survive(e, m)
+                e += m
+            }
+            nested = resolved
+        } else {
+            var e = 0
+            while e < n {
+                let m = min(step, n - e), b0 = e / bs, mb = (m + bs - 1) / bs
+                try merge(e, m)
+                quantize(e, m)
+                for j in 0..<mb { stored[j] = blockMax[b0 + j] }
+                try survive(e, m)
+                e += m
+            }
         }
         merged.finished()
         survival.add(Requantize.Survival(weight: name, elements: n, sums: [(changedCodes, dot, n1, n2)]))

@@ -17,6 +17,7 @@ struct WeightPart<Weight: PartedWeight>: TensorSource {
     let dtype: DType
     let shape: [Int]
     var placedAfter: String? = nil
+    var deferred = false
 
     func fill(_ range: Range<Int>, into destination: UnsafeMutableRawPointer) throws {
         try weight.fill(part, range, into: destination)

@@ -97,14 +97,20 @@ public struct ModelDirectorySink: Sendable {
         let written = shards.flatMap(\.tensors)
         let progress = ProgressTally(tensors: written.count, bytes: written.reduce(0) { $0 + $1.byteCount }, report: context.progress)
         let followers = Dictionary(stream.tensors.compactMap { t in t.source.placedAfter.map { (t.name, $0) } }, uniquingKeysWith: { a, _ in a })
+        let deferred = Set(stream.tensors.filter { $0.source.deferred }.map(\.name))
         var files: [String] = []
         var hashes: [String: String] = [:]
         for shard in shards {
             let name = options.singleFile ? (output.staging as NSString).lastPathComponent : folder + shard.fileName
-            let file = try ChunkedOutput(path: options.singleFile ? output.staging : output.path(for: name), tensors: shard.tensors, metadata: options.metadata,
+            let path = options.singleFile ? output.staging : output.path(for: name)
+            // Chunks are hashed in file order as they are written; a file whose deferred chunks come
+            // last is hashed once written instead.
+            let reordered = shard.tensors.contains { deferred.contains($0.name) }
+            let file = try ChunkedOutput(path: path, tensors: shard.tensors, metadata: options.metadata,
                                          chunkSize: options.chunkSize, buffers: context.threads + 2, durable: options.durable, followers: followers,
-                                         hashing: options.checksums)
+                                         hashing: options.checksums && !reordered)
             hashes[name] = try write(file, sources: file.order.map { stream.source($0.name)! }, progress: progress)
+            if options.checksums && reordered { hashes[name] = try SHA256.file(atPath: path) }
             files.append(name)
         }
         if options.singleFile { return WrittenFiles(files: files, sha256: hashes, tensorBytes: progress.bytesTotal, shards: files) }
@@ -128,10 +134,12 @@ public struct ModelDirectorySink: Sendable {
     /// - Returns: the file's SHA-256 (hashed in file order while writing), nil when not hashed.
     private func write(_ file: ChunkedOutput, sources: [any TensorSource], progress: ProgressTally) throws -> String? {
         let remaining = RemainingBytes(file.order.map(\.byteCount))
+        let order = ModelDirectorySink.chunkOrder(file, sources: sources)
         let counter = ClaimCounter(count: file.chunkCount)
         let failure = FirstError()
         DispatchQueue.concurrentPerform(iterations: max(1, min(context.threads, file.chunkCount))) { _ in
-            while !failure.happened, let k = counter.next() {
+            while !failure.happened, let claim = counter.next() {
+                let k = order[claim]
                 do {
                     let segments = file.segments(ofChunk: k)
                     try file.write(chunk: k) { buffer in
@@ -158,6 +166,14 @@ public struct ModelDirectorySink: Sendable {
         if let error = failure.error { throw error }
         try file.finish()
         return file.sha256
+    }
+
+    /// The order chunks are claimed in: file order, except that chunks holding a deferred source
+    /// (`TensorSource.deferred`) come after all others, in file order.
+    static func chunkOrder(_ file: ChunkedOutput, sources: [any TensorSource]) -> [Int] {
+        guard sources.contains(where: \.deferred) else { return Array(0..<file.chunkCount) }
+        let late = (0..<file.chunkCount).map { k in file.segments(ofChunk: k).contains { $0.tensor.map { sources[$0].deferred } ?? false } }
+        return (0..<file.chunkCount).filter { !late[$0] } + (0..<file.chunkCount).filter { late[$0] }
     }
 
     /// Fills `range` of `source`, which may start or end inside an element (a chunk boundary after

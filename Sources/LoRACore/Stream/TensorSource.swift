@@ -30,11 +30,15 @@ public protocol TensorSource: Sendable {
     /// The tensor this one is best written right after in its file (a requantized weight's scales
     /// after its codes, both then computed in one pass), or nil for the writer's usual order.
     var placedAfter: String? { get }
+    /// Whether its bytes follow from tensors later in its file (a double-quantized weight's nested
+    /// absmax, resolved by the pass over its codes): the sink fills the chunks holding it last.
+    var deferred: Bool { get }
 }
 
 extension TensorSource {
     public func finished() {}
     public var placedAfter: String? { nil }
+    public var deferred: Bool { false }
 
     /// Bytes of the tensor's data.
     public var byteCount: Int { TensorInfo.byteCount(dtype: dtype, shape: shape) ?? 0 }
