@@ -29,14 +29,14 @@ public struct Requantize4bitPass: Sendable {
     /// Each requantized weight's survival, filled as the sink writes them.
     public let survival = SurvivalLog()
     /// Merged values the weights being requantized at once may keep so as to be merged once.
-    let keptValues: ByteBudget
+    let keptValues: BufferPool
 
     /// - Parameter keptValues: bytes of merged values (compute dtype) requantized weights may keep
     ///   at once to be merged only once; a weight that does not fit is merged twice.
     public init(type: String?, context: RunContext, keptValues: Int = Requantize4bitPass.defaultKeptValues) {
         self.type = type
         self.context = context
-        self.keptValues = ByteBudget(limit: keptValues)
+        self.keptValues = BufferPool(limit: keptValues)
     }
 
     /// 64 MiB: the 1B bench's largest weights (8192 × 2048 bf16, 32 MiB) two at a time.
@@ -99,7 +99,7 @@ public struct Requantize4bitPass: Sendable {
         }
         let state = try statePart.source.allBytes()
         let weight = RequantizedWeight(name: name, merged: merged, original: q, quantMap: quantMap, nestedCode: nestedCode,
-                                       storedState: state, budget: keptValues, survival: survival)
+                                       storedState: state, keptValues: keptValues, survival: survival)
         return try q.stored.map { part in
             let s = part.source
             switch part.name {

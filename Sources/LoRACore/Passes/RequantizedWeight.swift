@@ -45,8 +45,8 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
     let nestedCode: NestedCode?
     /// The base's quant_state JSON (rewritten with the new offset).
     let storedState: [UInt8]
-    /// Merged values kept between the two halves of the pass.
-    let budget: ByteBudget
+    /// Buffers for the merged values kept between the two halves of the pass.
+    let keptValues: BufferPool
     private let survival: SurvivalLog
     private let lock = NSLock()
     /// Codes (and absmax codes, when double-quantized), until both are written.
@@ -59,14 +59,14 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
     private var scales: PageBuffer?
 
     init(name: String, merged: any TensorSource, original: Dequantized4bit, quantMap: [Float], nestedCode: NestedCode?,
-         storedState: [UInt8], budget: ByteBudget, survival: SurvivalLog) {
+         storedState: [UInt8], keptValues: BufferPool, survival: SurvivalLog) {
         self.name = name
         self.merged = merged
         self.original = original
         self.quantMap = quantMap
         self.nestedCode = nestedCode
         self.storedState = storedState
-        self.budget = budget
+        self.keptValues = keptValues
         self.survival = survival
         codePartsLeft = nestedCode == nil ? 1 : 2
     }
@@ -233,10 +233,9 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
         }
 
         if let code = nestedCode, let absmaxCodes {
-            // The merged values in the compute dtype, kept for the second half when the budget allows.
-            let keptBytes = n * format.size
-            let kept = budget.take(keptBytes) ? try PageBuffer(count: keptBytes) : nil
-            defer { if kept != nil { budget.give(keptBytes) } }
+            // The merged values in the compute dtype, kept for the second half when the pool has room.
+            let kept = try keptValues.take(n * format.size)
+            defer { if let kept { keptValues.give(kept) } }
             var e = 0
             while e < n {
                 let m = min(step, n - e)
