@@ -3035,6 +3035,32 @@ def sdxl_cases():
     print("case sdxl")
 
 
+def sdxl_kohya(sd, cfgs, unet_config):
+    """A diffusers-format SDXL LoRA (`sd`, trained with the LoraConfigs `cfgs` per component) as the same deltas in
+    sd-scripts' SDXL names (library/sdxl_model_util.py, networks/lora.py): the UNet in sgm form, both text encoders
+    as transformers 4 named them (text_model.), lora_te1_/lora_te2_, an fp16 .alpha per module. Returns the kohya
+    tensors and, per `<component>.<module>`, (A, B, alpha/r) in fp32."""
+    def rank_alpha(cfg, module):
+        r = next((v for k, v in cfg.rank_pattern.items() if module == k or module.endswith("." + k)), cfg.r)
+        a = next((v for k, v in cfg.alpha_pattern.items() if module == k or module.endswith("." + k)), cfg.lora_alpha)
+        return r, a
+    kohya, deltas = {}, {}
+    for key in sorted(sd):
+        component, rest = key.split(".", 1)
+        module, role = rest.rsplit(".lora_", 1)
+        if component == "unet":
+            name = "lora_unet_" + sgm_unet_name(module + ".weight", unet_config)[:-len(".weight")].replace(".", "_")
+        else:
+            path = module if module.startswith("text_model.") else "text_model." + module
+            name = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component] + path.replace(".", "_")
+        kohya[name + (".lora_down.weight" if role == "A.weight" else ".lora_up.weight")] = sd[key]
+        if role == "A.weight":
+            r, a = rank_alpha(cfgs[component], module)
+            kohya[name + ".alpha"] = torch.tensor(float(a), dtype=torch.float16)
+            deltas[component + "." + module] = (sd[key].float(), sd[key.replace("lora_A", "lora_B")].float(), a / r)
+    return kohya, deltas
+
+
 def sdxl_fixtures(d, merged_dir):
     from diffusers import StableDiffusionXLPipeline
     from peft.utils import get_peft_model_state_dict
@@ -3059,27 +3085,8 @@ def sdxl_fixtures(d, merged_dir):
     sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
     sd = load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
 
-    # The same deltas in sd-scripts' SDXL names (library/sdxl_model_util.py, networks/lora.py): the UNet in sgm
-    # form, both text encoders as transformers 4 named them (text_model.), an fp16 .alpha per module.
-    def rank_alpha(cfg, module):
-        r = next((v for k, v in cfg.rank_pattern.items() if module == k or module.endswith("." + k)), cfg.r)
-        a = next((v for k, v in cfg.alpha_pattern.items() if module == k or module.endswith("." + k)), cfg.lora_alpha)
-        return r, a
     unet_config = json.load(open(os.path.join(d, "pipeline", "unet", "config.json")))
-    kohya, deltas = {}, {}
-    for key in sorted(sd):
-        component, rest = key.split(".", 1)
-        module, role = rest.rsplit(".lora_", 1)
-        if component == "unet":
-            name = "lora_unet_" + sgm_unet_name(module + ".weight", unet_config)[:-len(".weight")].replace(".", "_")
-        else:
-            path = module if module.startswith("text_model.") else "text_model." + module
-            name = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component] + path.replace(".", "_")
-        kohya[name + (".lora_down.weight" if role == "A.weight" else ".lora_up.weight")] = sd[key]
-        if role == "A.weight":
-            r, a = rank_alpha(cfgs[component], module)
-            kohya[name + ".alpha"] = torch.tensor(float(a), dtype=torch.float16)
-            deltas[component + "." + module] = (sd[key].float(), sd[key.replace("lora_A", "lora_B")].float(), a / r)
+    kohya, deltas = sdxl_kohya(sd, cfgs, unet_config)
     save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "Dynamic",
                                                                      "ss_network_alpha": "Dynamic", "ss_base_model_version": "sdxl_base_v1-0"})
     sort_header_metadata(os.path.join(d, "kohya.safetensors"))
@@ -3250,6 +3257,133 @@ def sd2_cases():
     print("case sd2")
 
 
+# --- Image models: a tiny SDXL refiner single file (one OpenCLIP text encoder under conditioner.embedders.0.model.) ---
+
+
+def tiny_sdxl_refiner_pipeline(dtype):
+    """StableDiffusionXLImg2ImgPipeline of the SDXL refiner's shape (stabilityai/stable-diffusion-xl-refiner-1.0), tiny:
+    no CLIP-L (text_encoder and tokenizer None), an OpenCLIP-G-like CLIPTextModelWithProjection as text_encoder_2 (width
+    12, projection 8) whose width is the cross-attention width, requires_aesthetics_score (5 time ids: the added
+    embedding's input is projection + 5 × addition_time_embed_dim), and the refiner's UNet layout: a plain first and
+    last level around a cross-attention level, two layers per block (the base fixture has a plain first level only); a
+    one-level AutoencoderKL, EulerDiscreteScheduler; every weight random."""
+    from diffusers import UNet2DConditionModel, AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    torch.manual_seed(61)
+    unet = UNet2DConditionModel(block_out_channels=(2, 4, 4), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=12, norm_num_groups=2, attention_head_dim=(1, 2, 2), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=2, projection_class_embeddings_input_dim=18)
+    vae = AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=2, layers_per_block=1, sample_size=8)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=12, intermediate_size=24, projection_dim=8, hidden_act="gelu",
+                                                                num_hidden_layers=1, num_attention_heads=2, vocab_size=20, max_position_embeddings=16,
+                                                                bos_token_id=18, eos_token_id=19, pad_token_id=19))
+    randomize_weights(unet, vae, text_encoder_2)
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        tokenizer = tiny_clip_tokenizer(t)
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer,
+                                            unet=unet, scheduler=EulerDiscreteScheduler(), requires_aesthetics_score=True,
+                                            force_zeros_for_empty_prompt=False)
+    return pipe.to(dtype)
+
+
+def write_sgm_refiner_single_file(pipeline_dir, path):
+    """An SDXL refiner diffusers pipeline folder as one sgm single file (sd_xl_refiner_1.0.safetensors' layout):
+    model.diffusion_model.<sgm_unet_name>, conditioner.embedders.0.model.<open_clip_names> (the refiner's only text
+    encoder, which diffusers' create_diffusers_clip_model_from_ldm finds by conditioner.embedders.0.model.text_projection
+    and converts with convert_open_clip_checkpoint into text_encoder_2; q/k/v concatenated into in_proj_weight/_bias,
+    text_projection transposed) plus OpenCLIP's logit_scale (read by neither diffusers nor a LoRA),
+    first_stage_model.<ldm_vae_name>. Proven by StableDiffusionXLImg2ImgPipeline.from_single_file (config = the folder)
+    loading every tensor of every component back bit for bit."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    out = ldm_unet_and_vae(pipeline_dir, sgm_unet_name)
+    out.update(open_clip_tensors(os.path.join(pipeline_dir, "text_encoder_2", "model.safetensors"), "conditioner.embedders.0.model."))
+    out["conditioner.embedders.0.model.logit_scale"] = torch.tensor(4.6052, dtype=torch.float16)
+    save_single_file(out, path, "stable-diffusion-xl-v1-refiner", StableDiffusionXLImg2ImgPipeline, pipeline_dir, ("unet", "vae", "text_encoder_2"))
+
+
+def sdxl_refiner_cases():
+    """sdxl-refiner/: single.safetensors (a tiny SDXL refiner pipeline, fp16, as an sgm single file:
+    write_sgm_refiner_single_file), lora/pytorch_lora_weights.safetensors (diffusers format from
+    StableDiffusionXLImg2ImgPipeline.save_lora_weights: unet.… and text_encoder_2.… keys, q/k/v of text_encoder_2
+    included, alpha/r/rank_pattern/alpha_pattern in lora_adapter_metadata), kohya.safetensors (the same deltas in
+    sd-scripts' SDXL names: lora_unet_<sgm name>, lora_te2_text_model_… for the refiner's one text encoder, which
+    diffusers' kohya loader maps to text_encoder_2, an fp16 .alpha per module) and merged-single.safetensors:
+    diffusers' load_lora_weights + fuse_lora of lora/ on an fp32 copy of the pipeline, rounded once to fp16, written
+    the same way. The kohya file's expected merge is the same W + alpha/r·B·A (checked here in torch fp32 against the
+    fuse within 1 ulp). The pipeline folders stay in a temporary directory."""
+    import tempfile
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from peft.utils import get_peft_model_state_dict
+    d = fresh(os.path.join(IMAGE_FIX, "sdxl-refiner"))
+    with tempfile.TemporaryDirectory() as t:
+        pipeline_dir, merged_dir = os.path.join(t, "pipeline"), os.path.join(t, "merged")
+        tiny_sdxl_refiner_pipeline(torch.float16).save_pretrained(pipeline_dir)
+        unet_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False,
+                              target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out", "ff.net.0.proj", "conv2", "add_embedding.linear_2"],
+                              rank_pattern={"attn1.to_q": 1}, alpha_pattern={"to_k": 1})
+        te2_cfg = LoraConfig(r=2, lora_alpha=1, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "fc1"],
+                             alpha_pattern={"v_proj": 5})
+        trained = tiny_sdxl_refiner_pipeline(torch.float32)
+        train_loras(67, [(trained.unet, unet_cfg), (trained.text_encoder_2, te2_cfg)])
+        layers = {c: {k: v.to(torch.float16) for k, v in get_peft_model_state_dict(getattr(trained, c)).items()} for c in ("unet", "text_encoder_2")}
+        StableDiffusionXLImg2ImgPipeline.save_lora_weights(
+            os.path.join(d, "lora"), unet_lora_layers=layers["unet"], text_encoder_2_lora_layers=layers["text_encoder_2"],
+            unet_lora_adapter_metadata=lora_metadata(unet_cfg), text_encoder_2_lora_adapter_metadata=lora_metadata(te2_cfg))
+        sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+        sd = load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+        cfgs = {"unet": unet_cfg, "text_encoder_2": te2_cfg}
+        unet_config = json.load(open(os.path.join(pipeline_dir, "unet", "config.json")))
+        kohya, deltas = sdxl_kohya(sd, cfgs, unet_config)
+        save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "Dynamic",
+                                                                         "ss_network_alpha": "Dynamic"})
+        sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+        check = StableDiffusionXLImg2ImgPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
+        check.load_lora_weights(os.path.join(d, "lora"), adapter_name="x")
+        s = loaded_scales(check, ("unet", "text_encoder_2"))
+        assert s.keys() == deltas.keys() and all(abs(s[k] - deltas[k][2]) < 1e-12 for k in s), "diffusers resolves lora/'s scales as alpha/r"
+        check.fuse_lora()
+        check.unload_lora_weights()
+        check.to(torch.float16).save_pretrained(merged_dir)
+        kohya_check = StableDiffusionXLImg2ImgPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
+        kohya_check.load_lora_weights(os.path.join(d, "kohya.safetensors"), adapter_name="x")
+        kohya_scales = loaded_scales(kohya_check, ("unet", "text_encoder_2"))
+        base = StableDiffusionXLImg2ImgPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
+        merged = StableDiffusionXLImg2ImgPipeline.from_pretrained(merged_dir, torch_dtype=torch.float16)
+        for key, (a, b, scale) in deltas.items():
+            component, module = key.split(".", 1)
+            w = getattr(base, component).get_submodule(module).weight.detach()
+            ours = (w + (b.flatten(1) @ a.flatten(1)).reshape(w.shape) * scale).to(torch.float16)
+            theirs = getattr(merged, component).get_submodule(module).weight.detach()
+            assert (ours.view(torch.int16).int() - theirs.view(torch.int16).int()).abs().max().item() <= 1, key
+        for folder, name in ((pipeline_dir, "single.safetensors"), (merged_dir, "merged-single.safetensors")):
+            write_sgm_refiner_single_file(folder, os.path.join(d, name))
+        tool = os.path.join(ROOT, ".build/debug/lora-tool")
+        if os.path.exists(tool) and not os.environ.get("SKIP_LORA_TOOL"):
+            import subprocess
+            theirs = load_file(os.path.join(d, "merged-single.safetensors"))
+            for adapter in ("lora", "kohya.safetensors"):
+                out = os.path.join(t, adapter + ".ours.safetensors")
+                subprocess.run([tool, "merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, adapter), "--output", out,
+                                "--quiet"], check=True, stdout=subprocess.DEVNULL)
+                ours = load_file(out)
+                assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), adapter
+                StableDiffusionXLImg2ImgPipeline.from_single_file(out, config=merged_dir, local_files_only=True)
+            print("lora-tool's sdxl-refiner single-file merges (diffusers and kohya LoRAs) equal merged-single.safetensors bit for bit and load with from_single_file")
+        else:
+            print("lora-tool not built: its sdxl-refiner merges not checked")
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"kohya_alpha_dropped": sorted(k for k in deltas if k in kohya_scales and abs(kohya_scales[k] - deltas[k][2]) > 1e-12),
+                   "kohya_not_loaded": sorted(k for k in deltas if k not in kohya_scales),
+                   "oracle": "diffusers 0.42.1 fuse_lora of lora/ on an fp32 copy of the refiner pipeline, rounded once to fp16, as an sgm refiner single file; kohya.safetensors: the same W + alpha/r·B·A (diffusers' kohya loader resolves the modules in kohya_alpha_dropped with another alpha and does not load those in kohya_not_loaded)"},
+                  f, indent=1, sort_keys=True)
+        f.write("\n")
+    print("case sdxl-refiner")
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 
 def bench_unet_shapes():
@@ -3365,6 +3499,7 @@ GROUPS = {
     "bench-unets": bench_unet_shapes,
     "sdxl": sdxl_cases,
     "sd2": sd2_cases,
+    "sdxl-refiner": sdxl_refiner_cases,
     "image-extract": image_extract_cases,
 }
 
