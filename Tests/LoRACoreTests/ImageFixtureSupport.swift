@@ -60,6 +60,13 @@ func diffusersScales(_ file: String, fixture: String = sd1) throws -> [String: D
     return Dictionary(uniqueKeysWithValues: json["diffusers_scales"]![file]!.objectMembers!.map { ($0.key, $0.value.doubleValue!) })
 }
 
+/// Expects two safetensors files to hold the same tensor names with the same values (of any float dtypes).
+func expectSameValues(_ a: String, _ b: String) throws {
+    let x = try Checkpoint(path: a), y = try Checkpoint(path: b)
+    #expect(x.names == y.names)
+    for name in y.names { #expect(try TensorData.floats(x, name) == TensorData.floats(y, name), "\(name)") }
+}
+
 /// Largest ulp distance between two fp16 files' tensors (same names and shapes required).
 func worstUlps(_ a: String, _ b: String) throws -> Int {
     let x = try Checkpoint(path: a), y = try Checkpoint(path: b)

@@ -54,6 +54,15 @@ struct SDXLRefinerSingleFileTests {
         }
     }
 
+    @Test("convert --to kohya of the refiner's diffusers LoRA with the refiner single file as --base (its UNet layout) is the kohya fixture value for value: sgm UNet names, lora_te2_, each module's alpha")
+    func convertToKohya() throws {
+        let dir = temporaryDirectory()
+        var o = ConvertOptions(adapter: sdxlRefiner + "/lora", to: .kohya, output: dir + "/k.safetensors")
+        o.base = sdxlRefinerSingle
+        #expect(try Convert.run(o).modules == 82)
+        try expectSameValues(dir + "/k.safetensors", sdxlRefiner + "/kohya.safetensors")
+    }
+
     @Test("A LoRA for SDXL base's CLIP-L (lora_te1_) is refused by name: the refiner has no text_encoder; nothing is written")
     func clipLRefused() throws {
         let dir = temporaryDirectory()
