@@ -2919,6 +2919,99 @@ def flux_cases():
         f.write("\n")
     print("case flux")
 
+def flux_te_cases():
+    """flux-te/: a Flux LoRA with CLIP-L text-encoder modules, in both formats (the `flux` group's files stay as they
+    are). kohya.safetensors: as sd-scripts' networks/lora_flux.py writes it, two transformer modules of flux/kohya.safetensors
+    (lora_unet_double_blocks_0_img_attn_qkv, fused; lora_unet_img_in) and CLIP-L's attention and MLP linears of a
+    one-layer CLIPTextModel (width 16, Flux's pooled-projection width) as lora_te1_text_model_encoder_layers_0_…
+    (LORA_PREFIX_TEXT_ENCODER_CLIP = "lora_te1"; T5 would be lora_te3_), bf16 factors, a bf16 .alpha each (alpha/r
+    0.75, 1, 1.5, 2). lora/pytorch_lora_weights.safetensors: the same LoRA in diffusers names (FluxPipeline.save_lora_weights:
+    transformer.… with the fused module split exactly, text_encoder.encoder.layers.0.… as transformers 5 names
+    CLIPTextModel, alpha/r in lora_adapter_metadata). Checked: FluxPipeline.load_lora_weights loads lora/ into the
+    transformer and the CLIP text encoder with every module's scale alpha/r, and lora-tool's conversions (when built)
+    load the same way."""
+    from diffusers import FluxTransformer2DModel, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+    import tempfile
+    d = fresh(os.path.join(IMAGE_FIX, "flux-te"))
+    flux = os.path.join(IMAGE_FIX, "flux")
+    source = load_file(os.path.join(flux, "kohya.safetensors"))
+    cfg = json.load(open(os.path.join(flux, "transformer", "config.json")))
+    parts = flux_kohya_modules(cfg)
+    kohya, scales = {}, {}
+    for name in ("double_blocks_0_img_attn_qkv", "img_in"):
+        for role in ("lora_down.weight", "lora_up.weight", "alpha"):
+            kohya[f"lora_unet_{name}.{role}"] = source[f"lora_unet_{name}.{role}"]
+    gen = torch.Generator().manual_seed(71)
+    width, inter, r = 16, 32, 2
+    clip = {"self_attn_q_proj": (width, width), "self_attn_k_proj": (width, width), "self_attn_v_proj": (width, width),
+            "self_attn_out_proj": (width, width), "mlp_fc1": (inter, width), "mlp_fc2": (width, inter)}
+    for n, (leaf, (out_f, in_f)) in enumerate(sorted(clip.items())):
+        key = "lora_te1_text_model_encoder_layers_0_" + leaf
+        kohya[key + ".lora_down.weight"] = (torch.randn(r, in_f, generator=gen) * 0.3).to(torch.bfloat16)
+        kohya[key + ".lora_up.weight"] = (torch.randn(out_f, r, generator=gen) * 0.3).to(torch.bfloat16)
+        kohya[key + ".alpha"] = torch.tensor([1.5, 2.0, 3.0, 4.0][n % 4], dtype=torch.bfloat16)
+    save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_base_model_version": "flux1", "ss_network_module": "networks.lora_flux",
+                                                                    "ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"})
+    sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+
+    # The same LoRA in diffusers names: the transformer's fused module split into its parts' rows, CLIP-L's modules by name.
+    layers = {"transformer": {}, "text_encoder": {}}
+    pattern = {"transformer": ({}, {}), "text_encoder": ({}, {})}  # rank_pattern, alpha_pattern
+    for key in sorted(k for k in kohya if k.endswith(".lora_down.weight")):
+        name = key[:-len(".lora_down.weight")]
+        a, b, alpha = kohya[key], kohya[name + ".lora_up.weight"], float(kohya[name + ".alpha"])
+        if name.startswith("lora_unet_"):
+            component, targets = "transformer", parts[name[len("lora_unet_"):]]
+        else:
+            component = "text_encoder"
+            leaf = name[len("lora_te1_text_model_encoder_layers_0_"):]
+            targets = [("encoder.layers.0." + ("mlp." + leaf[len("mlp_"):] if leaf.startswith("mlp_") else "self_attn." + leaf[len("self_attn_"):]), None)]
+        for module, rows in targets:
+            layers[component][module + ".lora_A.weight"] = a.clone()
+            layers[component][module + ".lora_B.weight"] = (b if rows is None else b[rows[0]:rows[1]]).contiguous().clone()
+            scales[component + "." + module] = alpha / a.shape[0]
+            if a.shape[0] != 4:
+                pattern[component][0][module] = a.shape[0]
+            if alpha != 4.0:
+                pattern[component][1][module] = alpha
+    meta = {c: {"r": 4, "lora_alpha": 4, "rank_pattern": pattern[c][0], "alpha_pattern": pattern[c][1],
+                "target_modules": sorted(k[:-len(".lora_A.weight")] for k in layers[c] if k.endswith(".lora_A.weight")),
+                "init_lora_weights": True, "lora_bias": False, "use_dora": False} for c in layers}
+    FluxPipeline.save_lora_weights(os.path.join(d, "lora"), transformer_lora_layers=layers["transformer"], text_encoder_lora_layers=layers["text_encoder"],
+                                   transformer_lora_adapter_metadata=meta["transformer"], text_encoder_lora_adapter_metadata=meta["text_encoder"])
+    sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+
+    def loaded(path):
+        """The scale of every LoRA layer FluxPipeline.load_lora_weights gives the file at `path`."""
+        torch.manual_seed(73)
+        te = CLIPTextModel(CLIPTextConfig(hidden_size=width, intermediate_size=inter, num_hidden_layers=1, num_attention_heads=2, vocab_size=20,
+                                          max_position_embeddings=16, projection_dim=width, bos_token_id=18, eos_token_id=19, pad_token_id=19))
+        pipe = FluxPipeline(scheduler=None, vae=None, text_encoder=te, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                            transformer=FluxTransformer2DModel.from_pretrained(os.path.join(flux, "transformer"), torch_dtype=torch.float32))
+        pipe.load_lora_weights(path, adapter_name="x")
+        return loaded_scales(pipe, ("transformer", "text_encoder"))
+    assert loaded(os.path.join(d, "lora")) == dict(sorted(scales.items())), "diffusers loads lora/ with every module's alpha/r"
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if os.path.exists(tool) and not os.environ.get("SKIP_LORA_TOOL"):
+        import subprocess
+        with tempfile.TemporaryDirectory() as t:
+            subprocess.run([tool, "convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(flux, "transformer"),
+                            "--output", os.path.join(t, "diffusers")], check=True, stdout=subprocess.DEVNULL)
+            assert loaded(os.path.join(t, "diffusers")) == dict(sorted(scales.items()))
+            ours, theirs = load_file(os.path.join(t, "diffusers", "pytorch_lora_weights.safetensors")), load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k].float(), theirs[k].float()) for k in ours)
+            subprocess.run([tool, "convert", os.path.join(d, "lora"), "--to", "kohya", "--output", os.path.join(t, "k.safetensors")], check=True,
+                           stdout=subprocess.DEVNULL)
+            ours = load_file(os.path.join(t, "k.safetensors"))
+            assert ours.keys() == kohya.keys() and all(torch.equal(ours[k].float(), kohya[k].float()) for k in ours)
+            FluxPipeline.lora_state_dict(os.path.join(t, "k.safetensors"))
+        print("lora-tool's conversions of flux-te/ equal the other file value for value; diffusers loads its diffusers output with every alpha/r")
+    else:
+        print("lora-tool not built: its flux-te conversions not checked")
+    print("case flux-te")
+
+
 # --- Image models: a tiny SDXL pipeline, its sgm single file and its LoRAs -------------------------
 
 
@@ -3496,6 +3589,7 @@ GROUPS = {
     "fp8-ue8m0": fp8_ue8m0_case,
     "sd": sd_cases,
     "flux": flux_cases,
+    "flux-te": flux_te_cases,
     "bench-unets": bench_unet_shapes,
     "sdxl": sdxl_cases,
     "sd2": sd2_cases,

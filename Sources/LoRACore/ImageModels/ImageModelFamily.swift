@@ -14,7 +14,7 @@ import SafeTensors
 /// From a LoRA's keys (sd-scripts and diffusers names):
 /// - `double_blocks`/`single_blocks` (kohya Flux, whose CLIP-L modules are `lora_te1_`; ComfyUI's
 ///   `diffusion_model.double_blocks.…`) or
-///   `transformer.…single_transformer_blocks` → flux;
+///   `transformer.…single_transformer_blocks` (or any `transformer.` key) → flux;
 /// - otherwise `lora_te1_`/`lora_te2_` or `text_encoder_2.` → sdxl;
 /// - SD UNet block names (`lora_unet_down_blocks_…`, `unet.down_blocks.…`) or the CLIP text model
 ///   (`lora_te_text_model_…`): the input width of `attn2.to_k` (the cross-attention width) 2048 →
@@ -90,10 +90,12 @@ public struct ImageModelFamily: Sendable, Equatable {
         let names = adapter.checkpoint.names
         switch adapter.format {
         case .diffusers:
-            if names.contains(where: { $0.hasPrefix("text_encoder_2.") }) { return .init(name: "sdxl", evidence: "text_encoder_2 keys") }
             if names.contains(where: { $0.hasPrefix("transformer.") && $0.contains("single_transformer_blocks") }) {
                 return .init(name: "flux", evidence: "transformer.single_transformer_blocks keys")
             }
+            // Flux is the only family here whose denoiser is diffusers' `transformer` (a LoRA on double blocks alone).
+            if names.contains(where: { $0.hasPrefix("transformer.") }) { return .init(name: "flux", evidence: "transformer. keys") }
+            if names.contains(where: { $0.hasPrefix("text_encoder_2.") }) { return .init(name: "sdxl", evidence: "text_encoder_2 keys") }
             guard names.contains(where: { $0.hasPrefix("unet.") || $0.hasPrefix("text_encoder.") }) else { return nil }
             // (Or diffusers' pre-PEFT attention-processor form, `attn2.processor.to_k_lora.down.weight`.)
             return byCrossAttention(adapter, key: { $0.hasPrefix("unet.") && ($0.hasSuffix("attn2.to_k.lora_A.weight") || $0.hasSuffix("attn2.processor.to_k_lora.down.weight")) })
