@@ -3541,6 +3541,37 @@ def extract_spectra(base, tuned, path):
     print(f"{os.path.relpath(path, IMAGE_FIX)}: {len(out)} modules")
 
 
+def image_resize_cases():
+    """resize/spectra.json: the oracle of `resize` on image-model LoRAs. For each module of sd1/kohya.safetensors
+    (kohya, LoCon convolutions included; scale = .alpha / rank) and of sdxl/lora (diffusers format; scale alpha/r from
+    its lora_adapter_metadata, as diffusers resolved it: sdxl/case.json kohya_scales), the scale and the singular values
+    of ΔW = scale·B·A (kernels flattened to (out, in·kh·kw)), computed in float64 by torch's svdvals. The best rank-k
+    approximation leaves Σ_{i≥k} σᵢ² of ‖ΔW‖²_F (Eckart–Young), which the tests hold lora-tool's resized factors to."""
+    d = os.path.join(IMAGE_FIX, "resize")
+    os.makedirs(d, exist_ok=True)
+    out = {}
+    kohya = load_file(os.path.join(IMAGE_FIX, "sd1", "kohya.safetensors"))
+    spectra = {}
+    for key in sorted(k for k in kohya if k.endswith(".lora_down.weight")):
+        name = key[:-len(".lora_down.weight")]
+        a, b = kohya[key].double(), kohya[name + ".lora_up.weight"].double()
+        scale = float(kohya[name + ".alpha"]) / a.shape[0]
+        spectra[name] = {"scale": scale, "s": [float(x) for x in torch.linalg.svdvals(scale * (b.flatten(1) @ a.flatten(1)))]}
+    out["sd1/kohya.safetensors"] = spectra
+    lora = load_file(os.path.join(IMAGE_FIX, "sdxl", "lora", "pytorch_lora_weights.safetensors"))
+    scales = json.load(open(os.path.join(IMAGE_FIX, "sdxl", "case.json")))["kohya_scales"]
+    spectra = {}
+    for key in sorted(k for k in lora if k.endswith(".lora_A.weight")):
+        name = key[:-len(".lora_A.weight")]
+        a, b = lora[key].double(), lora[name + ".lora_B.weight"].double()
+        spectra[name] = {"scale": scales[name], "s": [float(x) for x in torch.linalg.svdvals(scales[name] * (b.flatten(1) @ a.flatten(1)))]}
+    out["sdxl/lora"] = spectra
+    with open(os.path.join(d, "spectra.json"), "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"resize/spectra.json: {sum(len(v) for v in out.values())} modules")
+
+
 def image_extract_cases():
     """extract/: the oracle of `extract --base --finetuned` on image models. sd1-spectra.json: sd1/pipeline →
     sd1/merged (StableDiffusionPipeline.from_pretrained); sdxl-spectra.json: sdxl/single.safetensors →
@@ -3595,6 +3626,7 @@ GROUPS = {
     "sd2": sd2_cases,
     "sdxl-refiner": sdxl_refiner_cases,
     "image-extract": image_extract_cases,
+    "image-resize": image_resize_cases,
 }
 
 if __name__ == "__main__":
