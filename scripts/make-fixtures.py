@@ -3570,6 +3570,26 @@ def image_resize_cases():
         json.dump(out, f, indent=1, sort_keys=True)
         f.write("\n")
     print(f"resize/spectra.json: {sum(len(v) for v in out.values())} modules")
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool) or os.environ.get("SKIP_LORA_TOOL"):
+        print("lora-tool not built: its resized image-model LoRAs not loaded in diffusers")
+        return
+    # lora-tool's resized files load in diffusers, each module at its own scale (alpha' / k = the input's alpha / r).
+    import subprocess, tempfile
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    with tempfile.TemporaryDirectory() as t:
+        for pipeline_cls, folder, adapter, components, expected in (
+                (StableDiffusionXLPipeline, "sdxl", "lora", ("unet", "text_encoder", "text_encoder_2"), scales),
+                (StableDiffusionPipeline, "sd1", "kohya.safetensors", ("unet", "text_encoder"), None)):
+            resized = os.path.join(t, folder + ".safetensors")
+            subprocess.run([tool, "resize", os.path.join(IMAGE_FIX, folder, adapter), "--rank", "1", "--output", resized], check=True, stdout=subprocess.DEVNULL)
+            pipe = pipeline_cls.from_pretrained(os.path.join(IMAGE_FIX, folder, "pipeline"), torch_dtype=torch.float32)
+            pipe.load_lora_weights(resized, adapter_name="x")
+            got = loaded_scales(pipe, components)
+            assert all(m.lora_A["x"].weight.shape[0] == 1 for c in components for _, m in getattr(pipe, c).named_modules() if hasattr(m, "lora_A") and "x" in m.lora_A)
+            if expected is not None:
+                assert got == {k: v for k, v in sorted(expected.items())}, "diffusers resolves the resized file's scales as the input's"
+    print("lora-tool's rank-1 resizes of sdxl/lora and sd1/kohya.safetensors load in diffusers at rank 1 (the diffusers one at each module's own scale)")
 
 
 def image_extract_cases():
