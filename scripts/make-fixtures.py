@@ -2919,6 +2919,99 @@ def flux_cases():
         f.write("\n")
     print("case flux")
 
+def flux_te_cases():
+    """flux-te/: a Flux LoRA with CLIP-L text-encoder modules, in both formats (the `flux` group's files stay as they
+    are). kohya.safetensors: as sd-scripts' networks/lora_flux.py writes it, two transformer modules of flux/kohya.safetensors
+    (lora_unet_double_blocks_0_img_attn_qkv, fused; lora_unet_img_in) and CLIP-L's attention and MLP linears of a
+    one-layer CLIPTextModel (width 16, Flux's pooled-projection width) as lora_te1_text_model_encoder_layers_0_…
+    (LORA_PREFIX_TEXT_ENCODER_CLIP = "lora_te1"; T5 would be lora_te3_), bf16 factors, a bf16 .alpha each (alpha/r
+    0.75, 1, 1.5, 2). lora/pytorch_lora_weights.safetensors: the same LoRA in diffusers names (FluxPipeline.save_lora_weights:
+    transformer.… with the fused module split exactly, text_encoder.encoder.layers.0.… as transformers 5 names
+    CLIPTextModel, alpha/r in lora_adapter_metadata). Checked: FluxPipeline.load_lora_weights loads lora/ into the
+    transformer and the CLIP text encoder with every module's scale alpha/r, and lora-tool's conversions (when built)
+    load the same way."""
+    from diffusers import FluxTransformer2DModel, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+    import tempfile
+    d = fresh(os.path.join(IMAGE_FIX, "flux-te"))
+    flux = os.path.join(IMAGE_FIX, "flux")
+    source = load_file(os.path.join(flux, "kohya.safetensors"))
+    cfg = json.load(open(os.path.join(flux, "transformer", "config.json")))
+    parts = flux_kohya_modules(cfg)
+    kohya, scales = {}, {}
+    for name in ("double_blocks_0_img_attn_qkv", "img_in"):
+        for role in ("lora_down.weight", "lora_up.weight", "alpha"):
+            kohya[f"lora_unet_{name}.{role}"] = source[f"lora_unet_{name}.{role}"]
+    gen = torch.Generator().manual_seed(71)
+    width, inter, r = 16, 32, 2
+    clip = {"self_attn_q_proj": (width, width), "self_attn_k_proj": (width, width), "self_attn_v_proj": (width, width),
+            "self_attn_out_proj": (width, width), "mlp_fc1": (inter, width), "mlp_fc2": (width, inter)}
+    for n, (leaf, (out_f, in_f)) in enumerate(sorted(clip.items())):
+        key = "lora_te1_text_model_encoder_layers_0_" + leaf
+        kohya[key + ".lora_down.weight"] = (torch.randn(r, in_f, generator=gen) * 0.3).to(torch.bfloat16)
+        kohya[key + ".lora_up.weight"] = (torch.randn(out_f, r, generator=gen) * 0.3).to(torch.bfloat16)
+        kohya[key + ".alpha"] = torch.tensor([1.5, 2.0, 3.0, 4.0][n % 4], dtype=torch.bfloat16)
+    save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_base_model_version": "flux1", "ss_network_module": "networks.lora_flux",
+                                                                    "ss_network_dim": "Dynamic", "ss_network_alpha": "Dynamic"})
+    sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+
+    # The same LoRA in diffusers names: the transformer's fused module split into its parts' rows, CLIP-L's modules by name.
+    layers = {"transformer": {}, "text_encoder": {}}
+    pattern = {"transformer": ({}, {}), "text_encoder": ({}, {})}  # rank_pattern, alpha_pattern
+    for key in sorted(k for k in kohya if k.endswith(".lora_down.weight")):
+        name = key[:-len(".lora_down.weight")]
+        a, b, alpha = kohya[key], kohya[name + ".lora_up.weight"], float(kohya[name + ".alpha"])
+        if name.startswith("lora_unet_"):
+            component, targets = "transformer", parts[name[len("lora_unet_"):]]
+        else:
+            component = "text_encoder"
+            leaf = name[len("lora_te1_text_model_encoder_layers_0_"):]
+            targets = [("encoder.layers.0." + ("mlp." + leaf[len("mlp_"):] if leaf.startswith("mlp_") else "self_attn." + leaf[len("self_attn_"):]), None)]
+        for module, rows in targets:
+            layers[component][module + ".lora_A.weight"] = a.clone()
+            layers[component][module + ".lora_B.weight"] = (b if rows is None else b[rows[0]:rows[1]]).contiguous().clone()
+            scales[component + "." + module] = alpha / a.shape[0]
+            if a.shape[0] != 4:
+                pattern[component][0][module] = a.shape[0]
+            if alpha != 4.0:
+                pattern[component][1][module] = alpha
+    meta = {c: {"r": 4, "lora_alpha": 4, "rank_pattern": pattern[c][0], "alpha_pattern": pattern[c][1],
+                "target_modules": sorted(k[:-len(".lora_A.weight")] for k in layers[c] if k.endswith(".lora_A.weight")),
+                "init_lora_weights": True, "lora_bias": False, "use_dora": False} for c in layers}
+    FluxPipeline.save_lora_weights(os.path.join(d, "lora"), transformer_lora_layers=layers["transformer"], text_encoder_lora_layers=layers["text_encoder"],
+                                   transformer_lora_adapter_metadata=meta["transformer"], text_encoder_lora_adapter_metadata=meta["text_encoder"])
+    sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+
+    def loaded(path):
+        """The scale of every LoRA layer FluxPipeline.load_lora_weights gives the file at `path`."""
+        torch.manual_seed(73)
+        te = CLIPTextModel(CLIPTextConfig(hidden_size=width, intermediate_size=inter, num_hidden_layers=1, num_attention_heads=2, vocab_size=20,
+                                          max_position_embeddings=16, projection_dim=width, bos_token_id=18, eos_token_id=19, pad_token_id=19))
+        pipe = FluxPipeline(scheduler=None, vae=None, text_encoder=te, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                            transformer=FluxTransformer2DModel.from_pretrained(os.path.join(flux, "transformer"), torch_dtype=torch.float32))
+        pipe.load_lora_weights(path, adapter_name="x")
+        return loaded_scales(pipe, ("transformer", "text_encoder"))
+    assert loaded(os.path.join(d, "lora")) == dict(sorted(scales.items())), "diffusers loads lora/ with every module's alpha/r"
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if os.path.exists(tool) and not os.environ.get("SKIP_LORA_TOOL"):
+        import subprocess
+        with tempfile.TemporaryDirectory() as t:
+            subprocess.run([tool, "convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(flux, "transformer"),
+                            "--output", os.path.join(t, "diffusers")], check=True, stdout=subprocess.DEVNULL)
+            assert loaded(os.path.join(t, "diffusers")) == dict(sorted(scales.items()))
+            ours, theirs = load_file(os.path.join(t, "diffusers", "pytorch_lora_weights.safetensors")), load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k].float(), theirs[k].float()) for k in ours)
+            subprocess.run([tool, "convert", os.path.join(d, "lora"), "--to", "kohya", "--output", os.path.join(t, "k.safetensors")], check=True,
+                           stdout=subprocess.DEVNULL)
+            ours = load_file(os.path.join(t, "k.safetensors"))
+            assert ours.keys() == kohya.keys() and all(torch.equal(ours[k].float(), kohya[k].float()) for k in ours)
+            FluxPipeline.lora_state_dict(os.path.join(t, "k.safetensors"))
+        print("lora-tool's conversions of flux-te/ equal the other file value for value; diffusers loads its diffusers output with every alpha/r")
+    else:
+        print("lora-tool not built: its flux-te conversions not checked")
+    print("case flux-te")
+
+
 # --- Image models: a tiny SDXL pipeline, its sgm single file and its LoRAs -------------------------
 
 
@@ -3035,6 +3128,32 @@ def sdxl_cases():
     print("case sdxl")
 
 
+def sdxl_kohya(sd, cfgs, unet_config):
+    """A diffusers-format SDXL LoRA (`sd`, trained with the LoraConfigs `cfgs` per component) as the same deltas in
+    sd-scripts' SDXL names (library/sdxl_model_util.py, networks/lora.py): the UNet in sgm form, both text encoders
+    as transformers 4 named them (text_model.), lora_te1_/lora_te2_, an fp16 .alpha per module. Returns the kohya
+    tensors and, per `<component>.<module>`, (A, B, alpha/r) in fp32."""
+    def rank_alpha(cfg, module):
+        r = next((v for k, v in cfg.rank_pattern.items() if module == k or module.endswith("." + k)), cfg.r)
+        a = next((v for k, v in cfg.alpha_pattern.items() if module == k or module.endswith("." + k)), cfg.lora_alpha)
+        return r, a
+    kohya, deltas = {}, {}
+    for key in sorted(sd):
+        component, rest = key.split(".", 1)
+        module, role = rest.rsplit(".lora_", 1)
+        if component == "unet":
+            name = "lora_unet_" + sgm_unet_name(module + ".weight", unet_config)[:-len(".weight")].replace(".", "_")
+        else:
+            path = module if module.startswith("text_model.") else "text_model." + module
+            name = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component] + path.replace(".", "_")
+        kohya[name + (".lora_down.weight" if role == "A.weight" else ".lora_up.weight")] = sd[key]
+        if role == "A.weight":
+            r, a = rank_alpha(cfgs[component], module)
+            kohya[name + ".alpha"] = torch.tensor(float(a), dtype=torch.float16)
+            deltas[component + "." + module] = (sd[key].float(), sd[key.replace("lora_A", "lora_B")].float(), a / r)
+    return kohya, deltas
+
+
 def sdxl_fixtures(d, merged_dir):
     from diffusers import StableDiffusionXLPipeline
     from peft.utils import get_peft_model_state_dict
@@ -3059,27 +3178,8 @@ def sdxl_fixtures(d, merged_dir):
     sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
     sd = load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
 
-    # The same deltas in sd-scripts' SDXL names (library/sdxl_model_util.py, networks/lora.py): the UNet in sgm
-    # form, both text encoders as transformers 4 named them (text_model.), an fp16 .alpha per module.
-    def rank_alpha(cfg, module):
-        r = next((v for k, v in cfg.rank_pattern.items() if module == k or module.endswith("." + k)), cfg.r)
-        a = next((v for k, v in cfg.alpha_pattern.items() if module == k or module.endswith("." + k)), cfg.lora_alpha)
-        return r, a
     unet_config = json.load(open(os.path.join(d, "pipeline", "unet", "config.json")))
-    kohya, deltas = {}, {}
-    for key in sorted(sd):
-        component, rest = key.split(".", 1)
-        module, role = rest.rsplit(".lora_", 1)
-        if component == "unet":
-            name = "lora_unet_" + sgm_unet_name(module + ".weight", unet_config)[:-len(".weight")].replace(".", "_")
-        else:
-            path = module if module.startswith("text_model.") else "text_model." + module
-            name = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component] + path.replace(".", "_")
-        kohya[name + (".lora_down.weight" if role == "A.weight" else ".lora_up.weight")] = sd[key]
-        if role == "A.weight":
-            r, a = rank_alpha(cfgs[component], module)
-            kohya[name + ".alpha"] = torch.tensor(float(a), dtype=torch.float16)
-            deltas[component + "." + module] = (sd[key].float(), sd[key.replace("lora_A", "lora_B")].float(), a / r)
+    kohya, deltas = sdxl_kohya(sd, cfgs, unet_config)
     save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "Dynamic",
                                                                      "ss_network_alpha": "Dynamic", "ss_base_model_version": "sdxl_base_v1-0"})
     sort_header_metadata(os.path.join(d, "kohya.safetensors"))
@@ -3250,6 +3350,133 @@ def sd2_cases():
     print("case sd2")
 
 
+# --- Image models: a tiny SDXL refiner single file (one OpenCLIP text encoder under conditioner.embedders.0.model.) ---
+
+
+def tiny_sdxl_refiner_pipeline(dtype):
+    """StableDiffusionXLImg2ImgPipeline of the SDXL refiner's shape (stabilityai/stable-diffusion-xl-refiner-1.0), tiny:
+    no CLIP-L (text_encoder and tokenizer None), an OpenCLIP-G-like CLIPTextModelWithProjection as text_encoder_2 (width
+    12, projection 8) whose width is the cross-attention width, requires_aesthetics_score (5 time ids: the added
+    embedding's input is projection + 5 × addition_time_embed_dim), and the refiner's UNet layout: a plain first and
+    last level around a cross-attention level, two layers per block (the base fixture has a plain first level only); a
+    one-level AutoencoderKL, EulerDiscreteScheduler; every weight random."""
+    from diffusers import UNet2DConditionModel, AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    torch.manual_seed(61)
+    unet = UNet2DConditionModel(block_out_channels=(2, 4, 4), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=12, norm_num_groups=2, attention_head_dim=(1, 2, 2), use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=2, projection_class_embeddings_input_dim=18)
+    vae = AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=2, layers_per_block=1, sample_size=8)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=12, intermediate_size=24, projection_dim=8, hidden_act="gelu",
+                                                                num_hidden_layers=1, num_attention_heads=2, vocab_size=20, max_position_embeddings=16,
+                                                                bos_token_id=18, eos_token_id=19, pad_token_id=19))
+    randomize_weights(unet, vae, text_encoder_2)
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        tokenizer = tiny_clip_tokenizer(t)
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer,
+                                            unet=unet, scheduler=EulerDiscreteScheduler(), requires_aesthetics_score=True,
+                                            force_zeros_for_empty_prompt=False)
+    return pipe.to(dtype)
+
+
+def write_sgm_refiner_single_file(pipeline_dir, path):
+    """An SDXL refiner diffusers pipeline folder as one sgm single file (sd_xl_refiner_1.0.safetensors' layout):
+    model.diffusion_model.<sgm_unet_name>, conditioner.embedders.0.model.<open_clip_names> (the refiner's only text
+    encoder, which diffusers' create_diffusers_clip_model_from_ldm finds by conditioner.embedders.0.model.text_projection
+    and converts with convert_open_clip_checkpoint into text_encoder_2; q/k/v concatenated into in_proj_weight/_bias,
+    text_projection transposed) plus OpenCLIP's logit_scale (read by neither diffusers nor a LoRA),
+    first_stage_model.<ldm_vae_name>. Proven by StableDiffusionXLImg2ImgPipeline.from_single_file (config = the folder)
+    loading every tensor of every component back bit for bit."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    out = ldm_unet_and_vae(pipeline_dir, sgm_unet_name)
+    out.update(open_clip_tensors(os.path.join(pipeline_dir, "text_encoder_2", "model.safetensors"), "conditioner.embedders.0.model."))
+    out["conditioner.embedders.0.model.logit_scale"] = torch.tensor(4.6052, dtype=torch.float16)
+    save_single_file(out, path, "stable-diffusion-xl-v1-refiner", StableDiffusionXLImg2ImgPipeline, pipeline_dir, ("unet", "vae", "text_encoder_2"))
+
+
+def sdxl_refiner_cases():
+    """sdxl-refiner/: single.safetensors (a tiny SDXL refiner pipeline, fp16, as an sgm single file:
+    write_sgm_refiner_single_file), lora/pytorch_lora_weights.safetensors (diffusers format from
+    StableDiffusionXLImg2ImgPipeline.save_lora_weights: unet.… and text_encoder_2.… keys, q/k/v of text_encoder_2
+    included, alpha/r/rank_pattern/alpha_pattern in lora_adapter_metadata), kohya.safetensors (the same deltas in
+    sd-scripts' SDXL names: lora_unet_<sgm name>, lora_te2_text_model_… for the refiner's one text encoder, which
+    diffusers' kohya loader maps to text_encoder_2, an fp16 .alpha per module) and merged-single.safetensors:
+    diffusers' load_lora_weights + fuse_lora of lora/ on an fp32 copy of the pipeline, rounded once to fp16, written
+    the same way. The kohya file's expected merge is the same W + alpha/r·B·A (checked here in torch fp32 against the
+    fuse within 1 ulp). The pipeline folders stay in a temporary directory."""
+    import tempfile
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from peft.utils import get_peft_model_state_dict
+    d = fresh(os.path.join(IMAGE_FIX, "sdxl-refiner"))
+    with tempfile.TemporaryDirectory() as t:
+        pipeline_dir, merged_dir = os.path.join(t, "pipeline"), os.path.join(t, "merged")
+        tiny_sdxl_refiner_pipeline(torch.float16).save_pretrained(pipeline_dir)
+        unet_cfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False,
+                              target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out", "ff.net.0.proj", "conv2", "add_embedding.linear_2"],
+                              rank_pattern={"attn1.to_q": 1}, alpha_pattern={"to_k": 1})
+        te2_cfg = LoraConfig(r=2, lora_alpha=1, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "fc1"],
+                             alpha_pattern={"v_proj": 5})
+        trained = tiny_sdxl_refiner_pipeline(torch.float32)
+        train_loras(67, [(trained.unet, unet_cfg), (trained.text_encoder_2, te2_cfg)])
+        layers = {c: {k: v.to(torch.float16) for k, v in get_peft_model_state_dict(getattr(trained, c)).items()} for c in ("unet", "text_encoder_2")}
+        StableDiffusionXLImg2ImgPipeline.save_lora_weights(
+            os.path.join(d, "lora"), unet_lora_layers=layers["unet"], text_encoder_2_lora_layers=layers["text_encoder_2"],
+            unet_lora_adapter_metadata=lora_metadata(unet_cfg), text_encoder_2_lora_adapter_metadata=lora_metadata(te2_cfg))
+        sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+        sd = load_file(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+        cfgs = {"unet": unet_cfg, "text_encoder_2": te2_cfg}
+        unet_config = json.load(open(os.path.join(pipeline_dir, "unet", "config.json")))
+        kohya, deltas = sdxl_kohya(sd, cfgs, unet_config)
+        save_file(kohya, os.path.join(d, "kohya.safetensors"), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "Dynamic",
+                                                                         "ss_network_alpha": "Dynamic"})
+        sort_header_metadata(os.path.join(d, "kohya.safetensors"))
+        check = StableDiffusionXLImg2ImgPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
+        check.load_lora_weights(os.path.join(d, "lora"), adapter_name="x")
+        s = loaded_scales(check, ("unet", "text_encoder_2"))
+        assert s.keys() == deltas.keys() and all(abs(s[k] - deltas[k][2]) < 1e-12 for k in s), "diffusers resolves lora/'s scales as alpha/r"
+        check.fuse_lora()
+        check.unload_lora_weights()
+        check.to(torch.float16).save_pretrained(merged_dir)
+        kohya_check = StableDiffusionXLImg2ImgPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
+        kohya_check.load_lora_weights(os.path.join(d, "kohya.safetensors"), adapter_name="x")
+        kohya_scales = loaded_scales(kohya_check, ("unet", "text_encoder_2"))
+        base = StableDiffusionXLImg2ImgPipeline.from_pretrained(pipeline_dir, torch_dtype=torch.float32)
+        merged = StableDiffusionXLImg2ImgPipeline.from_pretrained(merged_dir, torch_dtype=torch.float16)
+        for key, (a, b, scale) in deltas.items():
+            component, module = key.split(".", 1)
+            w = getattr(base, component).get_submodule(module).weight.detach()
+            ours = (w + (b.flatten(1) @ a.flatten(1)).reshape(w.shape) * scale).to(torch.float16)
+            theirs = getattr(merged, component).get_submodule(module).weight.detach()
+            assert (ours.view(torch.int16).int() - theirs.view(torch.int16).int()).abs().max().item() <= 1, key
+        for folder, name in ((pipeline_dir, "single.safetensors"), (merged_dir, "merged-single.safetensors")):
+            write_sgm_refiner_single_file(folder, os.path.join(d, name))
+        tool = os.path.join(ROOT, ".build/debug/lora-tool")
+        if os.path.exists(tool) and not os.environ.get("SKIP_LORA_TOOL"):
+            import subprocess
+            theirs = load_file(os.path.join(d, "merged-single.safetensors"))
+            for adapter in ("lora", "kohya.safetensors"):
+                out = os.path.join(t, adapter + ".ours.safetensors")
+                subprocess.run([tool, "merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, adapter), "--output", out,
+                                "--quiet"], check=True, stdout=subprocess.DEVNULL)
+                ours = load_file(out)
+                assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), adapter
+                StableDiffusionXLImg2ImgPipeline.from_single_file(out, config=merged_dir, local_files_only=True)
+            print("lora-tool's sdxl-refiner single-file merges (diffusers and kohya LoRAs) equal merged-single.safetensors bit for bit and load with from_single_file")
+        else:
+            print("lora-tool not built: its sdxl-refiner merges not checked")
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"kohya_alpha_dropped": sorted(k for k in deltas if k in kohya_scales and abs(kohya_scales[k] - deltas[k][2]) > 1e-12),
+                   "kohya_not_loaded": sorted(k for k in deltas if k not in kohya_scales),
+                   "oracle": "diffusers 0.42.1 fuse_lora of lora/ on an fp32 copy of the refiner pipeline, rounded once to fp16, as an sgm refiner single file; kohya.safetensors: the same W + alpha/r·B·A (diffusers' kohya loader resolves the modules in kohya_alpha_dropped with another alpha and does not load those in kohya_not_loaded)"},
+                  f, indent=1, sort_keys=True)
+        f.write("\n")
+    print("case sdxl-refiner")
+
+
 # Each group can be regenerated alone: python3 scripts/make-fixtures.py [GROUP...]
 
 def bench_unet_shapes():
@@ -3314,6 +3541,57 @@ def extract_spectra(base, tuned, path):
     print(f"{os.path.relpath(path, IMAGE_FIX)}: {len(out)} modules")
 
 
+def image_resize_cases():
+    """resize/spectra.json: the oracle of `resize` on image-model LoRAs. For each module of sd1/kohya.safetensors
+    (kohya, LoCon convolutions included; scale = .alpha / rank) and of sdxl/lora (diffusers format; scale alpha/r from
+    its lora_adapter_metadata, as diffusers resolved it: sdxl/case.json kohya_scales), the scale and the singular values
+    of ΔW = scale·B·A (kernels flattened to (out, in·kh·kw)), computed in float64 by torch's svdvals. The best rank-k
+    approximation leaves Σ_{i≥k} σᵢ² of ‖ΔW‖²_F (Eckart–Young), which the tests hold lora-tool's resized factors to."""
+    d = os.path.join(IMAGE_FIX, "resize")
+    os.makedirs(d, exist_ok=True)
+    out = {}
+    kohya = load_file(os.path.join(IMAGE_FIX, "sd1", "kohya.safetensors"))
+    spectra = {}
+    for key in sorted(k for k in kohya if k.endswith(".lora_down.weight")):
+        name = key[:-len(".lora_down.weight")]
+        a, b = kohya[key].double(), kohya[name + ".lora_up.weight"].double()
+        scale = float(kohya[name + ".alpha"]) / a.shape[0]
+        spectra[name] = {"scale": scale, "s": [float(x) for x in torch.linalg.svdvals(scale * (b.flatten(1) @ a.flatten(1)))]}
+    out["sd1/kohya.safetensors"] = spectra
+    lora = load_file(os.path.join(IMAGE_FIX, "sdxl", "lora", "pytorch_lora_weights.safetensors"))
+    scales = json.load(open(os.path.join(IMAGE_FIX, "sdxl", "case.json")))["kohya_scales"]
+    spectra = {}
+    for key in sorted(k for k in lora if k.endswith(".lora_A.weight")):
+        name = key[:-len(".lora_A.weight")]
+        a, b = lora[key].double(), lora[name + ".lora_B.weight"].double()
+        spectra[name] = {"scale": scales[name], "s": [float(x) for x in torch.linalg.svdvals(scales[name] * (b.flatten(1) @ a.flatten(1)))]}
+    out["sdxl/lora"] = spectra
+    with open(os.path.join(d, "spectra.json"), "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"resize/spectra.json: {sum(len(v) for v in out.values())} modules")
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool) or os.environ.get("SKIP_LORA_TOOL"):
+        print("lora-tool not built: its resized image-model LoRAs not loaded in diffusers")
+        return
+    # lora-tool's resized files load in diffusers, each module at its own scale (alpha' / k = the input's alpha / r).
+    import subprocess, tempfile
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    with tempfile.TemporaryDirectory() as t:
+        for pipeline_cls, folder, adapter, components, expected in (
+                (StableDiffusionXLPipeline, "sdxl", "lora", ("unet", "text_encoder", "text_encoder_2"), scales),
+                (StableDiffusionPipeline, "sd1", "kohya.safetensors", ("unet", "text_encoder"), None)):
+            resized = os.path.join(t, folder + ".safetensors")
+            subprocess.run([tool, "resize", os.path.join(IMAGE_FIX, folder, adapter), "--rank", "1", "--output", resized], check=True, stdout=subprocess.DEVNULL)
+            pipe = pipeline_cls.from_pretrained(os.path.join(IMAGE_FIX, folder, "pipeline"), torch_dtype=torch.float32)
+            pipe.load_lora_weights(resized, adapter_name="x")
+            got = loaded_scales(pipe, components)
+            assert all(m.lora_A["x"].weight.shape[0] == 1 for c in components for _, m in getattr(pipe, c).named_modules() if hasattr(m, "lora_A") and "x" in m.lora_A)
+            if expected is not None:
+                assert got == {k: v for k, v in sorted(expected.items())}, "diffusers resolves the resized file's scales as the input's"
+    print("lora-tool's rank-1 resizes of sdxl/lora and sd1/kohya.safetensors load in diffusers at rank 1 (the diffusers one at each module's own scale)")
+
+
 def image_extract_cases():
     """extract/: the oracle of `extract --base --finetuned` on image models. sd1-spectra.json: sd1/pipeline →
     sd1/merged (StableDiffusionPipeline.from_pretrained); sdxl-spectra.json: sdxl/single.safetensors →
@@ -3362,10 +3640,13 @@ GROUPS = {
     "fp8-ue8m0": fp8_ue8m0_case,
     "sd": sd_cases,
     "flux": flux_cases,
+    "flux-te": flux_te_cases,
     "bench-unets": bench_unet_shapes,
     "sdxl": sdxl_cases,
     "sd2": sd2_cases,
+    "sdxl-refiner": sdxl_refiner_cases,
     "image-extract": image_extract_cases,
+    "image-resize": image_resize_cases,
 }
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ struct DiffusersDialectTests {
         #expect(FileManager.default.contents(atPath: dir + "/a" + file) == FileManager.default.contents(atPath: dir + "/b" + file))
     }
 
-    @Test("convert, resize and combine refuse image-model LoRAs (their writers would lose the component names) and write nothing")
+    @Test("convert (to PEFT, mlx, or kohya from kohya) and combine refuse image-model LoRAs (their writers would lose the component names) and write nothing")
     func writersRefuse() throws {
         let dir = temporaryDirectory()
         for adapter in [sd1 + "/lora", sd1 + "/kohya.safetensors"] {
@@ -103,7 +103,6 @@ struct DiffusersDialectTests {
             }
             #expect(throws: LoRACoreError.self) { try Combine.run(CombineOptions(adapters: [(adapter, 1)], method: .cat, output: dir + "/m")) }
         }
-        #expect(throws: LoRACoreError.self) { try Resize.run(ResizeOptions(adapter: sd1 + "/lora", output: dir + "/r", rule: .fixed(1))) }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
     }
 

@@ -33,6 +33,14 @@ let sd2 = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingP
 let sd2Single = sd2 + "/single.safetensors"
 let sd2SingleOracle = sd2 + "/merged-single.safetensors"
 
+/// scripts/make-fixtures.py group `sdxl-refiner`: a tiny SDXL refiner pipeline (fp16, OpenCLIP as its one text
+/// encoder, `text_encoder_2`) as an sgm single file (`conditioner.embedders.0.model.`, loaded back by
+/// `from_single_file`), a diffusers-format LoRA (unet and text_encoder_2, q/k/v included), the same deltas as a
+/// kohya file (sgm UNet names, `lora_te2_`), and diffusers' fuse of the LoRA (fp32, rounded once) written the same way.
+let sdxlRefiner = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ImageFixtures/sdxl-refiner").path
+let sdxlRefinerSingle = sdxlRefiner + "/single.safetensors"
+let sdxlRefinerSingleOracle = sdxlRefiner + "/merged-single.safetensors"
+
 /// Copies the safetensors file `source` to `destination` with `metadata` and, when `flip` names a
 /// tensor, an exponent bit of its element 0 flipped (its second byte: a 16-bit value's high byte).
 func rewriteSafeTensors(_ source: String, to destination: String, metadata: [(key: String, value: String)]?, flip: String? = nil) throws {
@@ -50,6 +58,13 @@ func rewriteSafeTensors(_ source: String, to destination: String, metadata: [(ke
 func diffusersScales(_ file: String, fixture: String = sd1) throws -> [String: Double] {
     let json = try JSONParser.parse(Array(FileManager.default.contents(atPath: fixture + "/case.json")!))
     return Dictionary(uniqueKeysWithValues: json["diffusers_scales"]![file]!.objectMembers!.map { ($0.key, $0.value.doubleValue!) })
+}
+
+/// Expects two safetensors files to hold the same tensor names with the same values (of any float dtypes).
+func expectSameValues(_ a: String, _ b: String) throws {
+    let x = try Checkpoint(path: a), y = try Checkpoint(path: b)
+    #expect(x.names == y.names)
+    for name in y.names { #expect(try TensorData.floats(x, name) == TensorData.floats(y, name), "\(name)") }
 }
 
 /// Largest ulp distance between two fp16 files' tensors (same names and shapes required).

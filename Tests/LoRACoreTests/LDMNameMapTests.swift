@@ -69,9 +69,12 @@ struct LDMNameMapTests {
         #expect(throws: LoRACoreError.invalidRequest("x: tensor 'model.diffusion_model.input_blocks.1.0.in_layers.1.weight' has no diffusers unet name (a layout this map does not know)")) {
             try LDMNameMap(keys: ["model.diffusion_model.input_blocks.1.0.in_layers.1.weight"], path: "x")
         }
-        // An SDXL refiner's OpenCLIP-bigG alone (conditioner.embedders.0.model.) is not mapped yet.
-        #expect(throws: LoRACoreError.invalidRequest("x: tensor 'conditioner.embedders.0.model.ln_final.weight' is not under model.diffusion_model., cond_stage_model.transformer., cond_stage_model.model., conditioner.embedders.0.transformer., conditioner.embedders.1.model., first_stage_model.: only SD 1.x, SD 2.x and SDXL single files are mapped to diffusers names yet")) {
-            try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.0.model.ln_final.weight"], path: "x")
+        #expect(throws: LoRACoreError.invalidRequest("x: tensor 'conditioner.embedders.2.model.ln_final.weight' is not under model.diffusion_model., cond_stage_model.transformer., cond_stage_model.model., conditioner.embedders.0.transformer., conditioner.embedders.1.model., conditioner.embedders.0.model., first_stage_model.: only SD 1.x, SD 2.x and SDXL single files are mapped to diffusers names yet")) {
+            try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.2.model.ln_final.weight"], path: "x")
+        }
+        // The refiner's OpenCLIP (conditioner.embedders.0.model.) is text_encoder_2, as the base's second encoder is: a file with both is refused.
+        #expect(throws: LoRACoreError.invalidRequest("x: tensors 'conditioner.embedders.0.model.ln_final.weight' and 'conditioner.embedders.1.model.ln_final.weight' both map to diffusers text_encoder_2 tensor 'text_model.final_layer_norm.weight'")) {
+            try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.0.model.ln_final.weight", "conditioner.embedders.1.model.ln_final.weight"], path: "x")
         }
         #expect(throws: LoRACoreError.invalidRequest("x: tensor 'conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj' has no diffusers text_encoder_2 name (a layout this map does not know)")) {
             try LDMNameMap(keys: ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj"], path: "x")

@@ -65,8 +65,7 @@ public enum Convert {
             }
             if adapter.format != .diffusers { modules = try DiffusersComponent.pipelineModules(of: adapter, pipeline: pipeline) }
         } else if let component, let base, options.to == .diffusers, DiffusersComponent.namesComponents(adapter), adapter.format != .diffusers {
-            try DiffusersComponent.refuseForeign([adapter], available: [component], base: options.base!)
-            modules = try DiffusersComponent.componentModules(of: adapter, components: [component]) { _ in base }
+            modules = try DiffusersComponent.folderModules(of: adapter, component: component, base: base, path: options.base!)
         } else if let base { modules = try adapter.modules(resolvedAgainst: base) } else if (adapter.format == .kohya || adapter.format == .lycoris) && options.to != .kohya {
             throw LoRACoreError.invalidRequest("kohya names flatten module paths; give --base so they can be matched to the model's modules")
         }

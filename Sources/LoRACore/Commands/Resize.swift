@@ -20,7 +20,8 @@ public struct ResizeOptions: Sendable {
 
 /// `resize`: per module, the SVD of s·B·A from the factors alone — QR of B (out×r) and of Aᵀ
 /// (in×r), then the SVD of the r×r core s·R_B·R_Aᵀ — truncated by rank or energy and written as a
-/// PEFT adapter with scale 1 (α = r'), like sd-scripts' `resize_lora.py` (sv_fro).
+/// PEFT adapter with scale 1 (α = r'), like sd-scripts' `resize_lora.py` (sv_fro). An image-model
+/// LoRA keeps its dialect, names and scale (`ImageModelResize`).
 /// Never forms the out×in matrix: cost O((out + in)·r²).
 public enum Resize {
     public struct Module: Sendable {
@@ -38,6 +39,8 @@ public enum Resize {
         }
         try PathSafety.checkOutput(options.output, inputs: [options.adapter])
         let adapter = try Adapter(path: options.adapter)
+        // An image-model LoRA (kohya, LyCORIS, diffusers) is written in its own dialect and names, as sd-scripts resizes.
+        if adapter.isImageModelLoRA && DiffusersComponent.namesComponents(adapter) { return try ImageModelResize.run(adapter, options: options) }
         if adapter.format == .kohya {
             throw LoRACoreError.invalidRequest("resize writes PEFT adapters; convert kohya adapters with --base first")
         }
@@ -53,48 +56,7 @@ public enum Resize {
         for m in adapter.modules {
             let f = try LoRAFactors(m, adapter: adapter, weight: 1)
             let r = m.rank
-            // B = Q_B·R_B, Aᵀ = Q_A·R_A (thin QR in fp64 by Gram–Schmidt, twice).
-            let (qb, rb) = qr(f.b.map(Double.init), rows: m.outFeatures, cols: r)
-            let (qa, ra) = qr(LoRAFactors.transpose(f.a, rows: r, cols: m.inFeatures).map(Double.init), rows: m.inFeatures, cols: r)
-            // Core M = s·R_B·R_Aᵀ (r×r); s·B·A = Q_B·M·Q_Aᵀ.
-            var core = [Float](repeating: 0, count: r * r)
-            for i in 0..<r {
-                for j in 0..<r {
-                    var v = 0.0
-                    for k in 0..<r { v += rb[i * r + k] * ra[j * r + k] }
-                    core[i * r + j] = Float(m.scale * v)
-                }
-            }
-            let svd = try SVD.full(core, m: r, n: r)
-            let total = svd.s.reduce(0.0) { $0 + Double($1) * Double($1) }
-            var k = 0, kept = 0.0
-            switch options.rule {
-            case let .fixed(target):
-                k = min(target, r)
-                kept = svd.s.prefix(k).reduce(0.0) { $0 + Double($1) * Double($1) }
-            case let .energy(p, maxRank):
-                while k < r && kept < p * total && (maxRank.map { k < $0 } ?? true) {
-                    kept += Double(svd.s[k]) * Double(svd.s[k])
-                    k += 1
-                }
-            }
-            k = max(k, 1)
-            // B' = Q_B·U_k·√S (out×k), A' = √S·V_kᵀ·Q_Aᵀ (k×in).
-            var newB = [Float](repeating: 0, count: m.outFeatures * k)
-            var newA = [Float](repeating: 0, count: k * m.inFeatures)
-            for c in 0..<k {
-                let root = Double(svd.s[c]).squareRoot()
-                for o in 0..<m.outFeatures {
-                    var v = 0.0
-                    for j in 0..<r { v += qb[o * r + j] * Double(svd.u[j * svd.k + c]) }
-                    newB[o * k + c] = Float(v * root)
-                }
-                for i in 0..<m.inFeatures {
-                    var v = 0.0
-                    for j in 0..<r { v += Double(svd.vt[c * r + j]) * qa[i * r + j] }
-                    newA[c * m.inFeatures + i] = Float(v * root)
-                }
-            }
+            let (newA, newB, k, energy) = try truncated(f, scale: m.scale, rule: options.rule)
             let prefix = "base_model.model." + m.module + "."
             let (aName, bName) = m.kind == .embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
             var resized = m
@@ -102,7 +64,6 @@ public enum Resize {
             tensors.append(.init(name: prefix + aName, dtype: .float32, shape: resized.factorShapes.a) { AdapterSink.floatBytes(newA) })
             tensors.append(.init(name: prefix + bName, dtype: .float32, shape: resized.factorShapes.b) { AdapterSink.floatBytes(newB) })
             ranks.append((m.module, k))
-            let energy = total > 0 ? min(1, kept / total) : 1
             report.append(Module(module: m.module, fromRank: r, rank: k, energyKept: energy, relativeError: max(0, 1 - energy).squareRoot()))
         }
         for (baseName, tensor) in adapter.replacements {
@@ -116,6 +77,54 @@ public enum Resize {
         config.modulesToSave = adapter.format == .peft ? adapter.config.modulesToSave : []
         try AdapterSink.write(tensors, config: config, to: options.output, force: options.force, zstdLevel: options.zstdLevel)
         return report
+    }
+
+    /// The best rank-k approximation of `scale`·B·A of one module, from its factors alone: B = Q_B·R_B,
+    /// Aᵀ = Q_A·R_A (thin QR in fp64), the SVD of the r×r core `scale`·R_B·R_Aᵀ = U·S·Vᵀ, then
+    /// B' = Q_B·U_k·√S_k (out×k) and A' = √S_k·V_kᵀ·Q_Aᵀ (k×in), k by `rule` (at least 1, at most r).
+    /// - Returns: A', B', k and the fraction of ‖scale·B·A‖²_F kept.
+    static func truncated(_ f: LoRAFactors, scale: Double, rule: ExtractSVDOptions.RankRule) throws -> (a: [Float], b: [Float], rank: Int, energy: Double) {
+        let m = f.module, r = m.rank
+        let (qb, rb) = qr(f.b.map(Double.init), rows: m.outFeatures, cols: r)
+        let (qa, ra) = qr(LoRAFactors.transpose(f.a, rows: r, cols: m.inFeatures).map(Double.init), rows: m.inFeatures, cols: r)
+        var core = [Float](repeating: 0, count: r * r)
+        for i in 0..<r {
+            for j in 0..<r {
+                var v = 0.0
+                for k in 0..<r { v += rb[i * r + k] * ra[j * r + k] }
+                core[i * r + j] = Float(scale * v)
+            }
+        }
+        let svd = try SVD.full(core, m: r, n: r)
+        let total = svd.s.reduce(0.0) { $0 + Double($1) * Double($1) }
+        var k = 0, kept = 0.0
+        switch rule {
+        case let .fixed(target):
+            k = min(target, r)
+            kept = svd.s.prefix(k).reduce(0.0) { $0 + Double($1) * Double($1) }
+        case let .energy(p, maxRank):
+            while k < r && kept < p * total && (maxRank.map { k < $0 } ?? true) {
+                kept += Double(svd.s[k]) * Double(svd.s[k])
+                k += 1
+            }
+        }
+        k = max(k, 1)
+        var newB = [Float](repeating: 0, count: m.outFeatures * k)
+        var newA = [Float](repeating: 0, count: k * m.inFeatures)
+        for c in 0..<k {
+            let root = Double(svd.s[c]).squareRoot()
+            for o in 0..<m.outFeatures {
+                var v = 0.0
+                for j in 0..<r { v += qb[o * r + j] * Double(svd.u[j * svd.k + c]) }
+                newB[o * k + c] = Float(v * root)
+            }
+            for i in 0..<m.inFeatures {
+                var v = 0.0
+                for j in 0..<r { v += Double(svd.vt[c * r + j]) * qa[i * r + j] }
+                newA[c * m.inFeatures + i] = Float(v * root)
+            }
+        }
+        return (newA, newB, k, total > 0 ? min(1, kept / total) : 1)
     }
 
     /// Thin QR of a row-major rows×cols matrix (rows ≥ cols): Q rows×cols orthonormal columns,

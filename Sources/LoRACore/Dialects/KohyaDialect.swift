@@ -33,7 +33,7 @@ enum KohyaDialect: AdapterDialect {
     /// Writes `lora_te_<module with underscores>.{lora_down,lora_up}.weight` + `.alpha` (α = s·r), with
     /// sd-scripts' `ss_network_*` metadata, as one file (`.safetensors` output) or a directory. A
     /// diffusers-format SD LoRA gets sd-scripts' names (`DiffusersComponent.kohyaName`; an SDXL one
-    /// with its pipeline as `--base`, whose UNet layout the sgm names need) and each
+    /// with its pipeline, `unet/` or single file as `--base`, whose UNet layout the sgm names need: `sgmUNetLayout`) and each
     /// module's own α (diffusers' `convert_state_dict_to_kohya` writes α = r whatever `lora_alpha` was).
     static func write(_ factors: [LoRAFactors], adapter: Adapter, base: Checkpoint?, options: ConvertOptions, notes: inout [String]) throws {
         try Convert.refuse(factors, adapter: adapter, into: "kohya LoRA")

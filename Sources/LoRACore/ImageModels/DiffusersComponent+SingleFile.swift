@@ -66,15 +66,26 @@ extension DiffusersComponent {
 
 extension DiffusersComponent {
     /// What sd-scripts' sgm UNet names of an SDXL LoRA need from its base: the UNet's layers per block
-    /// and up blocks with attentions, read from the tensor names of `base`'s `unet/` (a pipeline folder).
+    /// and up blocks with attentions, read from tensor names (`LDMNameMap.layersPerBlock(diffusersNames:)`,
+    /// `upBlocksWithAttention`). `base` is the SDXL pipeline folder (its `unet/`), the `unet/` folder itself,
+    /// or an SDXL (or refiner) sgm single file, whose UNet keys `LDMNameMap` names as diffusers does; all three
+    /// give the same layout, so the same output bytes.
     /// - Returns: nil for a LoRA that is not SDXL's (`ImageModelFamily.of(adapter:)`).
-    /// - Throws: `LoRACoreError.invalidRequest` for an SDXL LoRA without an SDXL pipeline folder as `base`.
+    /// - Throws: `LoRACoreError.invalidRequest` for an SDXL LoRA without one of these as `base`, naming them.
     static func sgmUNetLayout(for adapter: Adapter, base: String?) throws -> (layersPerBlock: Int, upBlocksWithAttention: Set<Int>)? {
         guard adapter.format == .diffusers, ImageModelFamily.of(adapter: adapter)?.name == "sdxl" else { return nil }
-        guard let base, DiffusersPipeline.isPipeline(base) else {
-            throw LoRACoreError.invalidRequest("\(adapter.path) is an SDXL LoRA: sd-scripts names its UNet in sgm form, whose block numbers depend on the UNet's layers per block; give its diffusers pipeline folder as --base")
+        let refusal = "\(adapter.path) is an SDXL LoRA: sd-scripts names its UNet in sgm form, whose block numbers depend on the UNet's layers per block; give as --base its diffusers pipeline folder, its unet/ folder or its SDXL single file (sd_xl_base_1.0.safetensors)"
+        guard let base else { throw LoRACoreError.invalidRequest(refusal) }
+        let names: [String]
+        if DiffusersPipeline.isPipeline(base) {
+            names = try Checkpoint(path: base + "/unet", headerOnly: true).names
+        } else if ImageModelFamily.of(directory: base)?.name == "sdxl" {
+            names = try Checkpoint(path: base, headerOnly: true).names
+        } else if let file = try? Checkpoint(path: base, headerOnly: true), isLDMSingleFile(base, names: file.names), ImageModelFamily.of(singleFile: file)?.name == "sdxl" {
+            names = try LDMNameMap(keys: file.names, path: base).tensors(of: "unet").map(\.name)
+        } else {
+            throw LoRACoreError.invalidRequest(refusal + " (\(base) is none of these)")
         }
-        let names = try Checkpoint(path: base + "/unet", headerOnly: true).names
         return (LDMNameMap.layersPerBlock(diffusersNames: names), LDMNameMap.upBlocksWithAttention(diffusersNames: names))
     }
 }

@@ -170,6 +170,26 @@ public enum DiffusersComponent {
         return adapter.modules.flatMap { resolved[$0.module]! }
     }
 
+    /// A kohya/LyCORIS `adapter`'s modules resolved against the component folder `base` (`component`, at
+    /// `path`), as `componentModules`. With a Flux `transformer/` folder, CLIP-L's modules (`lora_te1_`,
+    /// `lora_te_`, ComfyUI's `text_encoders.clip_l.transformer.`) are named by `FluxCLIPNames`' rule, which
+    /// needs no base, as diffusers' kohya Flux loader names them (`text_encoder.encoder.layers.0.self_attn.q_proj`).
+    /// - Throws: `LoRACoreError.baseMismatch` as `refuseForeign` and `view` for the other modules.
+    static func folderModules(of adapter: Adapter, component: String, base: any TensorStore, path: String) throws -> [AdapterModule] {
+        var clip: [String: AdapterModule] = [:]
+        if component == "transformer" {
+            for m in adapter.modules {
+                guard let name = FluxCLIPNames.diffusersModule(ofKohya: ComfyUILoRANames.kohyaName(m.module) ?? m.module) else { continue }
+                var r = m
+                r.module = name
+                clip[m.module] = r
+            }
+        }
+        let rest = Adapter(adapter, resolvedModules: adapter.modules.filter { clip[$0.module] == nil }, untargeted: adapter.untargeted)
+        try refuseForeign([rest], available: [component], base: path)
+        return try componentModules(of: rest, components: [component]) { _ in base } + adapter.modules.compactMap { clip[$0.module] }
+    }
+
     /// sd-scripts' name of a module of a diffusers-format SD LoRA. SD 1.x/2.x: `unet.down_blocks.0.…` →
     /// `lora_unet_down_blocks_0_…` (sd-scripts names these UNets as diffusers does, dots as `_`),
     /// `text_encoder.encoder.layers.0.mlp.fc1` → `lora_te_text_model_encoder_layers_0_mlp_fc1`

@@ -234,16 +234,25 @@ public struct FluxNameMap: Sendable {
     /// modules (`lora_unet_<BFL module with _>`): a module one to one with its BFL module keeps its
     /// factors; the parts of a fused BFL module (to_q, to_k, to_v → `img_attn_qkv`) become one module
     /// with their shared A and their B rows placed at their BFL rows (`norm_out.linear`'s halves
-    /// swapped back). Values are copied, never multiplied: the scale stays α/r (`.alpha` = s·r).
-    /// - Throws: `LoRACoreError.unsupportedAdapter` naming the module for one of another component or
+    /// swapped back). CLIP-L's modules (`text_encoder.…`) get sd-scripts' `lora_te1_` names (`FluxCLIPNames`).
+    /// Values are copied, never multiplied: the scale stays α/r (`.alpha` = s·r). Sorted by kohya name.
+    /// - Throws: `LoRACoreError.unsupportedAdapter` naming the module for one of another component (T5's `text_encoder_2`) or
     ///   that no BFL module holds, and for the parts of a fused module that are not all present or do
     ///   not share one A (bit for bit) and one α/r: kohya's fused module has one `lora_down` and one alpha.
     static func kohyaFactors(_ factors: [LoRAFactors], adapter: Adapter) throws -> [LoRAFactors] {
         var byModule: [String: LoRAFactors] = [:]
+        var clip: [LoRAFactors] = []
         for f in factors {
-            guard let (component, module) = DiffusersDialect.split(f.module.module), component == "transformer" else {
+            let split = DiffusersDialect.split(f.module.module)
+            if split?.component == "text_encoder", let name = split.flatMap({ FluxCLIPNames.kohyaName(ofDiffusers: $0.rest) }) {
+                var m = f.module
+                m.module = name
+                clip.append(f.replacing(module: m, b: f.b))
+                continue
+            }
+            guard let (component, module) = split, component == "transformer" else {
                 throw LoRACoreError.unsupportedAdapter(
-                    path: adapter.path, detail: "module '\(f.module.module)': a Flux LoRA converts to kohya names for its transformer modules only (sd-scripts' text-encoder names are not written yet)")
+                    path: adapter.path, detail: "module '\(f.module.module)': a Flux LoRA converts to kohya names for its transformer modules and CLIP-L's attention and MLP linears (text_encoder.encoder.layers.N.self_attn.q_proj…, sd-scripts' lora_te1_) only; diffusers' Flux loader loads no T5 (text_encoder_2) LoRA")
             }
             byModule[module] = f
         }
@@ -281,6 +290,6 @@ public struct FluxNameMap: Sendable {
             m.bRows = nil
             fused[bfl] = first.replacing(module: m, b: b)
         }
-        return fused.keys.sorted(by: utf8Precedes).map { fused[$0]! }
+        return (fused.values + clip).sorted { utf8Precedes($0.module.module, $1.module.module) }
     }
 }

@@ -14,11 +14,11 @@ import SafeTensors
 /// From a LoRA's keys (sd-scripts and diffusers names):
 /// - `double_blocks`/`single_blocks` (kohya Flux, whose CLIP-L modules are `lora_te1_`; ComfyUI's
 ///   `diffusion_model.double_blocks.…`) or
-///   `transformer.…single_transformer_blocks` → flux;
+///   `transformer.…single_transformer_blocks` (or any `transformer.` key) → flux;
 /// - otherwise `lora_te1_`/`lora_te2_` or `text_encoder_2.` → sdxl;
 /// - SD UNet block names (`lora_unet_down_blocks_…`, `unet.down_blocks.…`) or the CLIP text model
 ///   (`lora_te_text_model_…`): the input width of `attn2.to_k` (the cross-attention width) 2048 →
-///   sdxl, 1024 → sd2, otherwise sd1; sgm names (`input_blocks`) → sdxl. A kohya file of other
+///   sdxl, 1280 → sdxl (the refiner's, OpenCLIP-G alone), 1024 → sd2, otherwise sd1; sgm names (`input_blocks`) → sdxl. A kohya file of other
 ///   names (`lora_unet_conv1` of a custom model, `lora_te_model_layers_…` of a language model) is none.
 public struct ImageModelFamily: Sendable, Equatable {
     /// `sd1`, `sd2`, `sdxl` or `flux`.
@@ -46,7 +46,9 @@ public struct ImageModelFamily: Sendable, Equatable {
 
     /// The family of a single file by its keys: flux for a Flux transformer in BFL names
     /// (`FluxNameMap.isBFL`); for an original-layout SD single file (`LDMNameMap.isLDM`), or nil:
-    /// sdxl with OpenCLIP as a second text encoder (`conditioner.embedders.1.model.transformer.resblocks.`),
+    /// sdxl with OpenCLIP as a second text encoder (`conditioner.embedders.1.model.transformer.resblocks.`)
+    /// or as the SDXL refiner's only one (`conditioner.embedders.0.model.transformer.resblocks.`, diffusers'
+    /// `xl_refiner` key `…resblocks.9.mlp.c_proj.bias`; the evidence says refiner),
     /// sd2 with OpenCLIP as its one (`cond_stage_model.model.`), otherwise sd1 (CLIP-L, `cond_stage_model.transformer.`)
     /// with the input width of the first cross-attention key projection (`attn2.to_k`) as evidence.
     public static func of(singleFile checkpoint: Checkpoint) -> ImageModelFamily? {
@@ -54,6 +56,9 @@ public struct ImageModelFamily: Sendable, Equatable {
         guard LDMNameMap.isLDM(checkpoint.names) else { return nil }
         if checkpoint.names.contains(where: { $0.hasPrefix("conditioner.embedders.1.model.transformer.resblocks.") }) {
             return .init(name: "sdxl", evidence: "sgm single file, a second (OpenCLIP) text encoder under conditioner.embedders.1.model.transformer.resblocks.")
+        }
+        if checkpoint.names.contains(where: { $0.hasPrefix("conditioner.embedders.0.model.transformer.resblocks.") }) {
+            return .init(name: "sdxl", evidence: "sgm SDXL refiner single file, its one (OpenCLIP) text encoder under conditioner.embedders.0.model.")
         }
         if checkpoint.names.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
             return .init(name: "sd2", evidence: "LDM single file with an OpenCLIP text encoder (cond_stage_model.model.)")
@@ -85,10 +90,12 @@ public struct ImageModelFamily: Sendable, Equatable {
         let names = adapter.checkpoint.names
         switch adapter.format {
         case .diffusers:
-            if names.contains(where: { $0.hasPrefix("text_encoder_2.") }) { return .init(name: "sdxl", evidence: "text_encoder_2 keys") }
             if names.contains(where: { $0.hasPrefix("transformer.") && $0.contains("single_transformer_blocks") }) {
                 return .init(name: "flux", evidence: "transformer.single_transformer_blocks keys")
             }
+            // Flux is the only family here whose denoiser is diffusers' `transformer` (a LoRA on double blocks alone).
+            if names.contains(where: { $0.hasPrefix("transformer.") }) { return .init(name: "flux", evidence: "transformer. keys") }
+            if names.contains(where: { $0.hasPrefix("text_encoder_2.") }) { return .init(name: "sdxl", evidence: "text_encoder_2 keys") }
             guard names.contains(where: { $0.hasPrefix("unet.") || $0.hasPrefix("text_encoder.") }) else { return nil }
             // (Or diffusers' pre-PEFT attention-processor form, `attn2.processor.to_k_lora.down.weight`.)
             return byCrossAttention(adapter, key: { $0.hasPrefix("unet.") && ($0.hasSuffix("attn2.to_k.lora_A.weight") || $0.hasSuffix("attn2.processor.to_k_lora.down.weight")) })
@@ -118,7 +125,7 @@ public struct ImageModelFamily: Sendable, Equatable {
         guard let name = adapter.checkpoint.names.first(where: key), let width = adapter.checkpoint.info(name)?.shape.last else {
             return .init(name: "sd1", evidence: "SD UNet/CLIP names, no cross-attention key projection to measure")
         }
-        let family = width == 2048 ? "sdxl" : width == 1024 ? "sd2" : "sd1"
+        let family = width == 2048 || width == 1280 ? "sdxl" : width == 1024 ? "sd2" : "sd1"
         return .init(name: family, evidence: "attn2.to_k input width \(width)")
     }
 }

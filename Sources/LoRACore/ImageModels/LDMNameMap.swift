@@ -15,6 +15,10 @@ import SafeTensors
 /// - `conditioner.embedders.1.model.` (SDXL) → `text_encoder_2`, OpenCLIP names (`OpenCLIPNames`)
 ///   for a CLIPTextModelWithProjection; its fused `attn.in_proj_weight`/`_bias` are three diffusers
 ///   tensors each (`FileTensorPart`), its `text_projection` is diffusers' transposed;
+/// - `conditioner.embedders.0.model.` (the SDXL refiner, `sd_xl_refiner_1.0.safetensors`: OpenCLIP-G is its
+///   only text encoder) → `text_encoder_2` with the same rules: diffusers' `create_diffusers_clip_model_from_ldm`
+///   finds it by `conditioner.embedders.0.model.text_projection` (`is_open_clip_sdxl_refiner_model`) and converts
+///   it with `convert_open_clip_checkpoint` into the refiner pipeline's `text_encoder_2` (its `text_encoder` is None);
 /// - `first_stage_model.` → `vae` (AutoencoderKL).
 ///
 /// UNet rules (diffusers `loaders/single_file_utils.py` `convert_ldm_unet_checkpoint`), with L the
@@ -47,7 +51,8 @@ public struct LDMNameMap: Sendable {
     /// Prefix of each component's tensors in the single file.
     public static let prefixes = [("unet", "model.diffusion_model."), ("text_encoder", "cond_stage_model.transformer."),
                                   ("text_encoder", "cond_stage_model.model."), ("text_encoder", "conditioner.embedders.0.transformer."),
-                                  ("text_encoder_2", "conditioner.embedders.1.model."), ("vae", "first_stage_model.")]
+                                  ("text_encoder_2", "conditioner.embedders.1.model."), ("text_encoder_2", "conditioner.embedders.0.model."),
+                                  ("vae", "first_stage_model.")]
 
     /// The components the file holds, sorted.
     public let components: [String]
@@ -66,7 +71,7 @@ public struct LDMNameMap: Sendable {
 
     /// The map of a single file's keys.
     /// - Throws: `LoRACoreError.invalidRequest` naming the first key that has no diffusers name (a
-    ///   component it does not know, an SDXL refiner's `conditioner.embedders.0.model.`), or two keys
+    ///   component it does not know), or two keys
     ///   that get the same name.
     public init(keys fileKeys: [String], path: String) throws {
         let inputs = fileKeys.compactMap { Self.blockIndex($0, "model.diffusion_model.input_blocks.") }

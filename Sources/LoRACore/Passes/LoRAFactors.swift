@@ -52,10 +52,10 @@ struct LoRAFactors {
         return LoRAFactors(module: m, a: a, b: b, bias: bias, magnitude: magnitude, coefficient: coefficient)
     }
 
-    /// The same A, scale and coefficient under `module` with another B (out×r): a fused module's LoRA
-    /// assembled from its parts' (`FluxNameMap.kohyaFactors`).
-    func replacing(module: AdapterModule, b: [Float]) -> LoRAFactors {
-        LoRAFactors(module: module, a: a, b: b, bias: bias, magnitude: magnitude, coefficient: coefficient)
+    /// The same scale and coefficient under `module` with another B (out×r) and, when given, another A:
+    /// a fused module's LoRA assembled from its parts' (`FluxNameMap.kohyaFactors`), a resized module's (`ImageModelResize`).
+    func replacing(module: AdapterModule, a: [Float]? = nil, b: [Float]) -> LoRAFactors {
+        LoRAFactors(module: module, a: a ?? self.a, b: b, bias: bias, magnitude: magnitude, coefficient: coefficient)
     }
 
     private init(module: AdapterModule, a: [Float], b: [Float], bias: [Float]?, magnitude: [Float]?, coefficient: Double) {

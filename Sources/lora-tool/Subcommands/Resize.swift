@@ -10,10 +10,12 @@ extension LoraTool {
             discussion: """
                 QR of B and Aᵀ, then the SVD of the r×r core; keeps --rank components or the fewest \
                 holding --energy of ‖s·B·A‖²_F. Writes a PEFT adapter with scale 1 and reports, per \
-                module, the energy kept and the relative Frobenius error (sd-scripts' sv_fro).
+                module, the energy kept and the relative Frobenius error (sd-scripts' sv_fro). An \
+                image-model LoRA (kohya or diffusers format) keeps its format, names and each module's \
+                scale (alpha = scale times the new rank), as sd-scripts' resize_lora.py does.
                 """)
 
-        @Argument(help: "Adapter directory (PEFT, AdaLoRA or mlx).")
+        @Argument(help: "Adapter directory (PEFT, AdaLoRA or mlx), or an image-model LoRA file or folder (kohya, diffusers).")
         var adapter: String
 
         @Option(help: "Keep this rank per module.")
@@ -25,7 +27,7 @@ extension LoraTool {
         @Option(help: "With --energy: the largest rank to keep.")
         var maxRank: Int?
 
-        @Option(help: "Output adapter directory.")
+        @Option(help: "Output adapter directory (an image-model LoRA: a folder, or one file when it ends in .safetensors).")
         var output: String
 
         @OptionGroup var compression: ZstdArguments
