@@ -2694,7 +2694,8 @@ def check_lora_tool_flux(d, config_dir):
     is one file equal to merged-single.safetensors that from_single_file loads (flux_from_single_file), and so
     is its merge of single.safetensors with lora/ (the diffusers-format LoRA), and every merge of ComfyUI's
     layouts (comfy-lora.safetensors into transformer/, the single file and comfy-single.safetensors; kohya.safetensors
-    and lora/ into comfy-single.safetensors: merged-single.safetensors under model.diffusion_model.);
+    and lora/ into comfy-single.safetensors: merged-single.safetensors under model.diffusion_model.), and its merges of
+    kohya-flattened.safetensors into transformer/ (merged/) and into the single file (merged-single.safetensors);
     its convert --to diffusers of kohya.safetensors (transformer/ as --base) loads with load_lora_adapter
     and fuses (fp32, rounded once) to merged/; its convert --to kohya of lora/ equals kohya.safetensors."""
     import subprocess, tempfile
@@ -2729,6 +2730,13 @@ def check_lora_tool_flux(d, config_dir):
                 assert same(load_file(out), {prefix + k: v for k, v in merged_single.items()}), (base, lora)
                 loaded, _ = flux_from_single_file(out, config_dir)
                 assert same(loaded.state_dict(), ours)
+        # kohya-flattened.safetensors (diffusers' module names) into both layouts: merged/ and merged-single.safetensors.
+        run("merge", "--base", os.path.join(d, "transformer"), "--adapter", os.path.join(d, "kohya-flattened.safetensors"), "--output", os.path.join(t, "fm"), "--quiet")
+        assert same(FluxTransformer2DModel.from_pretrained(os.path.join(t, "fm"), torch_dtype=torch.bfloat16).state_dict(), ours)
+        run("merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "kohya-flattened.safetensors"), "--output", os.path.join(t, "fs.safetensors"))
+        assert same(load_file(os.path.join(t, "fs.safetensors")), merged_single)
+        loaded, _ = flux_from_single_file(os.path.join(t, "fs.safetensors"), config_dir)
+        assert same(loaded.state_dict(), ours)
         run("convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(d, "transformer"), "--output", os.path.join(t, "d"))
         model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
         model.load_lora_adapter(os.path.join(t, "d"), weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="x")
@@ -2754,7 +2762,9 @@ def flux_cases():
     fp32 copy of transformer/, rounded once to bf16, save_pretrained) and merged-single.safetensors
     (merged/ as a BFL single file), comfy-single.safetensors (single.safetensors under ComfyUI's
     model.diffusion_model., loaded back by from_single_file) and comfy-lora.safetensors (kohya.safetensors in
-    ComfyUI's LoRA names, diffusion_model.<BFL module>, which diffusers converts as the kohya file). The generator checks diffusers' fuse equals W + alpha/r·B·A computed
+    ComfyUI's LoRA names, diffusion_model.<BFL module>, which diffusers converts as the kohya file), kohya-flattened.safetensors
+    (lora/ as a kohya file in diffusers' flattened names, lora_transformer_<module with _ for .>, and kohya's alphas;
+    what diffusers' loader does with it on the single file is recorded in case.json). The generator checks diffusers' fuse equals W + alpha/r·B·A computed
     in torch fp32 (in diffusers names, and in BFL names for merged-single.safetensors), and records in
     case.json what diffusers' own kohya loader and from_single_file do with these tiny files."""
     from diffusers import FluxTransformer2DModel, FluxPipeline
@@ -2829,6 +2839,18 @@ def flux_cases():
             "target_modules": sorted({m for parts in modules.values() for m, _ in parts}), "init_lora_weights": True, "lora_bias": False, "use_dora": False}
     FluxPipeline.save_lora_weights(os.path.join(d, "lora"), transformer_lora_layers=layers, transformer_lora_adapter_metadata=meta)
     sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+
+    # The same LoRA as a kohya file in diffusers' flattened names (lora_transformer_<diffusers module with _ for .>, the
+    # "mixture" layout of _convert_kohya_flux_lora_to_diffusers): each diffusers module's lora_A/lora_B as lora_down/lora_up,
+    # with its kohya module's bf16 .alpha.
+    flattened = {}
+    for name, parts in sorted(modules.items()):
+        for module, _ in parts:
+            key = "lora_transformer_" + module.replace(".", "_")
+            flattened[key + ".lora_down.weight"] = layers[module + ".lora_A.weight"].clone()
+            flattened[key + ".lora_up.weight"] = layers[module + ".lora_B.weight"].clone()
+            flattened[key + ".alpha"] = kohya["lora_unet_" + name + ".alpha"].clone()
+    save_file(flattened, os.path.join(d, "kohya-flattened.safetensors"))
 
     # Oracle: diffusers on an fp32 copy, rounded once to bf16.
     model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
@@ -2910,9 +2932,24 @@ def flux_cases():
         u = round((e - got[k].to(torch.bfloat16).float()).abs().max().item() / ulp, 2)
         if u:
             kohya_ulps[k[:-len(".weight")]] = u
+    # What diffusers does with kohya-flattened.safetensors on the BFL single file (from_single_file, fp32): its mixture
+    # conversion names a block's modules outside attn (ff, norm1, proj_mlp, proj_out, norm.linear) by the block alone,
+    # several onto one key; the modules it so loses and the load's outcome are recorded.
+    flat_converted = FluxPipeline.lora_state_dict(os.path.join(d, "kohya-flattened.safetensors"))
+    flat_converted = flat_converted[0] if isinstance(flat_converted, tuple) else flat_converted
+    flat_targets = {k[len("transformer."):].rsplit(".lora_", 1)[0] for k in flat_converted}
+    flat_lost = sorted(m for parts in modules.values() for m, _ in parts if m not in flat_targets)
+    on_single, _ = flux_from_single_file(os.path.join(d, "single.safetensors"), config_dir)
+    try:
+        on_single.to(torch.float32).load_lora_adapter(flat_converted, prefix="transformer", adapter_name="x")
+        flat_load = "loaded"
+    except Exception as e:  # noqa: BLE001 - the measured failure is recorded
+        flat_load = f"{type(e).__name__}: {str(e).splitlines()[0]}" + (f" ... {str(e).splitlines()[-1]}" if len(str(e).splitlines()) > 1 else "")
+    flat_loader = {"load_lora_adapter": flat_load, "modules_named_by_their_block_alone": sorted(m for m in flat_targets if m not in {p for parts in modules.values() for p, _ in parts}),
+                   "modules_lost": flat_lost}
     check_lora_tool_flux(d, config_dir)
     with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"kohya_scales": dict(sorted(scales.items())), "diffusers_kohya_loader": kohya_loader,
+        json.dump({"kohya_scales": dict(sorted(scales.items())), "diffusers_kohya_loader": kohya_loader, "diffusers_flattened_kohya_loader_on_single_file": flat_loader,
                    "diffusers_kohya_loader_without_linear1": {"modules_left_unchanged": kohya_dropped, "max_error_in_bf16_ulps_of_largest": kohya_ulps}, "diffusers_from_single_file": single_error,
                    "oracle": "diffusers 0.42.1 load_lora_adapter + fuse_lora of lora/ on an fp32 copy of transformer/, rounded once to bf16; "
                              "equal within 1 bf16 ulp to W + alpha/r·B·A in torch fp32"}, f, indent=1, sort_keys=True)

@@ -37,6 +37,8 @@ public struct FluxNameMap: Sendable {
     public let parts: [String: [Part]]
     /// A BFL module with `_` for `.` (a kohya name after `lora_unet_`) → the module.
     private let flatIndex: [String: String]
+    /// A diffusers module of `parts` with `_` for `.` (a kohya name after `lora_transformer_`) → the module.
+    private let flatDiffusersIndex: [String: String]
 
     /// The BFL key that shows a Flux single file: the first double block's fused image q/k/v.
     static let bflMarker = "double_blocks.0.img_attn.qkv.weight"
@@ -177,12 +179,20 @@ public struct FluxNameMap: Sendable {
         }
         self.parts = parts
         flatIndex = Dictionary(uniqueKeysWithValues: parts.keys.map { ($0.replacingOccurrences(of: ".", with: "_"), $0) })
+        flatDiffusersIndex = Dictionary(uniqueKeysWithValues: parts.values.joined().map { ($0.module.replacingOccurrences(of: ".", with: "_"), $0.module) })
     }
 
     /// The BFL module of a kohya name after its `lora_unet_` prefix (`double_blocks_0_img_attn_qkv`
     /// → `double_blocks.0.img_attn.qkv`), or nil when no module of this model flattens to it.
     public func bflModule(ofKohya flat: String) -> String? {
         flatIndex[flat]
+    }
+
+    /// The diffusers module of a kohya name in diffusers' flattened names, after its `lora_transformer_`
+    /// prefix (`transformer_blocks_0_attn_to_q` → `transformer_blocks.0.attn.to_q`): the one diffusers
+    /// module of this model's table that flattens to it exactly (no suffix or underscore guess), or nil.
+    public func diffusersModule(ofFlattened flat: String) -> String? {
+        flatDiffusersIndex[flat]
     }
 
     /// The BFL module holding the diffusers module `module`, and the part it is, or nil.
