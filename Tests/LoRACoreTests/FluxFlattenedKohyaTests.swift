@@ -54,7 +54,7 @@ struct FluxFlattenedKohyaTests {
                                      (toQ + ".hada_w2_a", [16, 2], values(32)), (toQ + ".hada_w2_b", [2, 16], values(32))], to: dir + "/loha.safetensors")
         #expect {
             try mergeImageModel(fluxSingle, [dir + "/loha.safetensors"], into: dir + "/loha-out.safetensors")
-        } throws: { error in "\(error)".contains(toQ) && "\(error)".contains("only a plain LoRA") }
+        } throws: { error in "\(error)".contains(toQ) && "\(error)".contains("DoRA too; no bias, LoHa") }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix("-out.safetensors") } == [])
     }
 }
