@@ -7,6 +7,17 @@ import Testing
 /// `lora_magnitude_vector`) on flux/transformer, on parts of fused BFL tensors (q/k/v of `img_attn.qkv`, one
 /// third of `txt_attn.qkv`, all of `linear1` and its MLP rows alone), one-to-one modules and `norm_out.linear`;
 /// `merged-single.safetensors` is diffusers' fuse on an fp32 copy (PEFT's DoRA), rounded once to bf16, in BFL names.
+/// Each diffusers weight of the Flux transformer (`transformer_blocks.0.attn.to_q.weight`) → the bytes of
+/// its rows of the BFL single file `single` (`FluxNameMap(bfl:prefix:)`, norm_out's halves swapped back).
+func diffusersRows(of single: Checkpoint) throws -> [String: [UInt8]] {
+    var out: [String: [UInt8]] = [:]
+    for (bfl, parts) in try FluxNameMap(bfl: single, prefix: "").parts {
+        let fused = Array(try single.bytes(of: bfl + ".weight")), rowBytes = fused.count / single.info(bfl + ".weight")!.shape[0]
+        for p in parts { out[p.module + ".weight"] = p.rows.flatMap { fused[($0.lowerBound * rowBytes)..<($0.upperBound * rowBytes)] } }
+    }
+    return out
+}
+
 @Suite("Image models: PEFT DoRA (diffusers format) on parts of Flux's fused BFL tensors")
 struct FluxDoRATests {
     static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ImageFixtures/flux-dora").path
@@ -23,18 +34,10 @@ struct FluxDoRATests {
         let base = try Checkpoint(path: fluxSingle), expected = try Checkpoint(path: Self.oracle)
         #expect(try base.names.filter { try Array(base.bytes(of: $0)) != Array(expected.bytes(of: $0)) }.count == 7)
         _ = try mergeImageModel(fluxTransformer, [Self.lora], into: out + "/t")
-        let folder = try Checkpoint(path: out + "/t"), map = try FluxNameMap(bfl: expected, prefix: "")
-        var compared = 0
-        for (bfl, parts) in map.parts {
-            let fused = Array(try expected.bytes(of: bfl + ".weight")), rowBytes = fused.count / expected.info(bfl + ".weight")!.shape[0]
-            for p in parts {
-                let rows = p.rows.flatMap { fused[($0.lowerBound * rowBytes)..<($0.upperBound * rowBytes)] }
-                #expect(Array(try folder.bytes(of: p.module + ".weight")) == rows, "\(p.module) in \(bfl)")
-                compared += 1
-            }
-        }
+        let folder = try Checkpoint(path: out + "/t"), rows = try diffusersRows(of: expected)
+        for (name, bytes) in rows { #expect(Array(try folder.bytes(of: name)) == bytes, "\(name)") }
         // Every 2-D weight of the transformer is a part of a BFL module.
-        #expect(compared == folder.names.filter { folder.info($0)!.shape.count == 2 }.count && compared == 50)
+        #expect(Set(rows.keys) == Set(folder.names.filter { folder.info($0)!.shape.count == 2 }) && rows.count == 50)
     }
 
     @Test("verify passes the DoRA merge into the single file and names the fused tensor of a changed element; inspect reports DoRA")

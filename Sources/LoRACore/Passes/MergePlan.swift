@@ -107,7 +107,7 @@ public struct MergePlan: Sendable {
                             module: m.module,
                             detail: "\(u.typeName) multiplies \(how), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1 to merge or -1 to un-merge")
                     }
-                    if let why = try u.type.load(m, from: adapters[ai].checkpoint).inverseProblem {
+                    if let why = try u.load(m, from: adapters[ai].checkpoint).inverseProblem {
                         throw LoRACoreError.invalidModule(module: m.module, detail: "\(why), so --weight -1 cannot undo it")
                     }
                 }
@@ -218,7 +218,7 @@ public struct MergePlan: Sendable {
             for c in cs {
                 if let u = c.module.update {
                     // IA³ on output rows: b ⊙ l, one fp32 product (PEFT's torch.mul, then the dtype).
-                    let factors = try u.type.load(c.module, from: adapters[c.adapter].checkpoint).biasFactors!
+                    let factors = try u.load(c.module, from: adapters[c.adapter].checkpoint).biasFactors!
                     if weights[c.adapter] < 0 { for i in b.indices { b[i] /= factors[i] } } else { for i in b.indices { b[i] *= factors[i] } }
                     continue
                 }
