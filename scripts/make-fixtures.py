@@ -2185,9 +2185,8 @@ def tiny_sd_pipeline(dtype):
     """StableDiffusionPipeline of SD 1.5's shape, tiny: a cross-attention UNet2DConditionModel (two
     levels, transformer blocks with attn1/attn2/ff, resnets with 3×3 convs), a one-layer
     CLIPTextModel, a one-level AutoencoderKL, PNDMScheduler; every weight random and non-trivial."""
-    from diffusers import UNet2DConditionModel, AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+    from diffusers import UNet2DConditionModel, AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
-    import tempfile
     torch.manual_seed(23)
     unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -2688,36 +2687,53 @@ def bf16_order(x):
     return torch.where(b < 0, -(b & 0x7FFF), b)
 
 
+def lora_tool_runner(what):
+    """(run, same) for the built .build/debug/lora-tool: run(*args) runs it (its output discarded, a failure raised), same(a, b)
+    compares two state dicts tensor by tensor; None, saying that `what` is not checked, when it is not built."""
+    import subprocess
+    tool = os.path.join(ROOT, ".build/debug/lora-tool")
+    if not os.path.exists(tool):
+        print(f"lora-tool not built: {what} not checked")
+        return None
+    run = lambda *args: subprocess.run([tool, *args], check=True, stdout=subprocess.DEVNULL)
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+    return run, same
+
+
+def check_single_file_merge(run, same, base, lora, out, expected, config_dir, reference):
+    """lora-tool's merge (`run`) of `lora` into the Flux single file `base`, written to `out`: equal (`same`) to the file
+    `expected`, and loading with from_single_file (flux_from_single_file) to the state dict `reference`."""
+    run("merge", "--base", base, "--adapter", lora, "--output", out)
+    assert same(load_file(out), load_file(expected)), (base, lora)
+    loaded, _ = flux_from_single_file(out, config_dir)
+    assert same(loaded.state_dict(), reference), (base, lora)
+
+
 def check_lora_tool_flux(d, config_dir):
     """When the binary is built: lora-tool's merge of transformer/ with kohya.safetensors loads with
     FluxTransformer2DModel.from_pretrained and equals merged/ bit for bit; its merge of single.safetensors
     is one file equal to merged-single.safetensors that from_single_file loads (flux_from_single_file), and so
     is its merge of single.safetensors with lora/ (the diffusers-format LoRA), and every merge of ComfyUI's
     layouts (comfy-lora.safetensors into transformer/, the single file and comfy-single.safetensors; kohya.safetensors
-    and lora/ into comfy-single.safetensors: merged-single.safetensors under model.diffusion_model.);
+    and lora/ into comfy-single.safetensors: merged-single.safetensors under model.diffusion_model.), and its merges of
+    kohya-flattened.safetensors into transformer/ (merged/) and into the single file (merged-single.safetensors);
     its convert --to diffusers of kohya.safetensors (transformer/ as --base) loads with load_lora_adapter
     and fuses (fp32, rounded once) to merged/; its convert --to kohya of lora/ equals kohya.safetensors."""
-    import subprocess, tempfile
+    import tempfile
     from diffusers import FluxTransformer2DModel
-    tool = os.path.join(ROOT, ".build/debug/lora-tool")
-    if not os.path.exists(tool):
-        print("lora-tool not built: its flux merges not checked")
+    runner = lora_tool_runner("its flux merges")
+    if runner is None:
         return
-    run = lambda *args: subprocess.run([tool, *args], check=True, stdout=subprocess.DEVNULL)
-    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+    run, same = runner
     with tempfile.TemporaryDirectory() as t:
         run("merge", "--base", os.path.join(d, "transformer"), "--adapter", os.path.join(d, "kohya.safetensors"), "--output", os.path.join(t, "m"), "--quiet")
         ours = FluxTransformer2DModel.from_pretrained(os.path.join(t, "m"), torch_dtype=torch.bfloat16).state_dict()
         assert same(ours, FluxTransformer2DModel.from_pretrained(os.path.join(d, "merged"), torch_dtype=torch.bfloat16).state_dict())
-        run("merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "kohya.safetensors"), "--output", os.path.join(t, "s.safetensors"))
-        assert same(load_file(os.path.join(t, "s.safetensors")), load_file(os.path.join(d, "merged-single.safetensors")))
-        loaded, _ = flux_from_single_file(os.path.join(t, "s.safetensors"), config_dir)
-        assert same(loaded.state_dict(), ours)
+        check_single_file_merge(run, same, os.path.join(d, "single.safetensors"), os.path.join(d, "kohya.safetensors"), os.path.join(t, "s.safetensors"),
+                                os.path.join(d, "merged-single.safetensors"), config_dir, ours)
         # The diffusers-format LoRA into the BFL single file: q/k/v and proj_mlp into their rows of qkv/linear1.
-        run("merge", "--base", os.path.join(d, "single.safetensors"), "--adapter", os.path.join(d, "lora"), "--output", os.path.join(t, "sd.safetensors"))
-        assert same(load_file(os.path.join(t, "sd.safetensors")), load_file(os.path.join(d, "merged-single.safetensors")))
-        loaded, _ = flux_from_single_file(os.path.join(t, "sd.safetensors"), config_dir)
-        assert same(loaded.state_dict(), ours)
+        check_single_file_merge(run, same, os.path.join(d, "single.safetensors"), os.path.join(d, "lora"), os.path.join(t, "sd.safetensors"),
+                                os.path.join(d, "merged-single.safetensors"), config_dir, ours)
         # ComfyUI's layouts: its LoRA names into transformer/ and both single files, both LoRAs into its checkpoint.
         run("merge", "--base", os.path.join(d, "transformer"), "--adapter", os.path.join(d, "comfy-lora.safetensors"), "--output", os.path.join(t, "cm"), "--quiet")
         assert same(FluxTransformer2DModel.from_pretrained(os.path.join(t, "cm"), torch_dtype=torch.bfloat16).state_dict(), ours)
@@ -2729,6 +2745,11 @@ def check_lora_tool_flux(d, config_dir):
                 assert same(load_file(out), {prefix + k: v for k, v in merged_single.items()}), (base, lora)
                 loaded, _ = flux_from_single_file(out, config_dir)
                 assert same(loaded.state_dict(), ours)
+        # kohya-flattened.safetensors (diffusers' module names) into both layouts: merged/ and merged-single.safetensors.
+        run("merge", "--base", os.path.join(d, "transformer"), "--adapter", os.path.join(d, "kohya-flattened.safetensors"), "--output", os.path.join(t, "fm"), "--quiet")
+        assert same(FluxTransformer2DModel.from_pretrained(os.path.join(t, "fm"), torch_dtype=torch.bfloat16).state_dict(), ours)
+        check_single_file_merge(run, same, os.path.join(d, "single.safetensors"), os.path.join(d, "kohya-flattened.safetensors"), os.path.join(t, "fs.safetensors"),
+                                os.path.join(d, "merged-single.safetensors"), config_dir, ours)
         run("convert", os.path.join(d, "kohya.safetensors"), "--to", "diffusers", "--base", os.path.join(d, "transformer"), "--output", os.path.join(t, "d"))
         model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
         model.load_lora_adapter(os.path.join(t, "d"), weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="x")
@@ -2754,7 +2775,9 @@ def flux_cases():
     fp32 copy of transformer/, rounded once to bf16, save_pretrained) and merged-single.safetensors
     (merged/ as a BFL single file), comfy-single.safetensors (single.safetensors under ComfyUI's
     model.diffusion_model., loaded back by from_single_file) and comfy-lora.safetensors (kohya.safetensors in
-    ComfyUI's LoRA names, diffusion_model.<BFL module>, which diffusers converts as the kohya file). The generator checks diffusers' fuse equals W + alpha/r·B·A computed
+    ComfyUI's LoRA names, diffusion_model.<BFL module>, which diffusers converts as the kohya file), kohya-flattened.safetensors
+    (lora/ as a kohya file in diffusers' flattened names, lora_transformer_<module with _ for .>, and kohya's alphas;
+    what diffusers' loader does with it on the single file is recorded in case.json). The generator checks diffusers' fuse equals W + alpha/r·B·A computed
     in torch fp32 (in diffusers names, and in BFL names for merged-single.safetensors), and records in
     case.json what diffusers' own kohya loader and from_single_file do with these tiny files."""
     from diffusers import FluxTransformer2DModel, FluxPipeline
@@ -2829,6 +2852,18 @@ def flux_cases():
             "target_modules": sorted({m for parts in modules.values() for m, _ in parts}), "init_lora_weights": True, "lora_bias": False, "use_dora": False}
     FluxPipeline.save_lora_weights(os.path.join(d, "lora"), transformer_lora_layers=layers, transformer_lora_adapter_metadata=meta)
     sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+
+    # The same LoRA as a kohya file in diffusers' flattened names (lora_transformer_<diffusers module with _ for .>, the
+    # "mixture" layout of _convert_kohya_flux_lora_to_diffusers): each diffusers module's lora_A/lora_B as lora_down/lora_up,
+    # with its kohya module's bf16 .alpha.
+    flattened = {}
+    for name, parts in sorted(modules.items()):
+        for module, _ in parts:
+            key = "lora_transformer_" + module.replace(".", "_")
+            flattened[key + ".lora_down.weight"] = layers[module + ".lora_A.weight"].clone()
+            flattened[key + ".lora_up.weight"] = layers[module + ".lora_B.weight"].clone()
+            flattened[key + ".alpha"] = kohya["lora_unet_" + name + ".alpha"].clone()
+    save_file(flattened, os.path.join(d, "kohya-flattened.safetensors"))
 
     # Oracle: diffusers on an fp32 copy, rounded once to bf16.
     model = FluxTransformer2DModel.from_pretrained(os.path.join(d, "transformer"), torch_dtype=torch.float32)
@@ -2910,9 +2945,24 @@ def flux_cases():
         u = round((e - got[k].to(torch.bfloat16).float()).abs().max().item() / ulp, 2)
         if u:
             kohya_ulps[k[:-len(".weight")]] = u
+    # What diffusers does with kohya-flattened.safetensors on the BFL single file (from_single_file, fp32): its mixture
+    # conversion names a block's modules outside attn (ff, norm1, proj_mlp, proj_out, norm.linear) by the block alone,
+    # several onto one key; the modules it so loses and the load's outcome are recorded.
+    flat_converted = FluxPipeline.lora_state_dict(os.path.join(d, "kohya-flattened.safetensors"))
+    flat_converted = flat_converted[0] if isinstance(flat_converted, tuple) else flat_converted
+    flat_targets = {k[len("transformer."):].rsplit(".lora_", 1)[0] for k in flat_converted}
+    flat_lost = sorted(m for parts in modules.values() for m, _ in parts if m not in flat_targets)
+    on_single, _ = flux_from_single_file(os.path.join(d, "single.safetensors"), config_dir)
+    try:
+        on_single.to(torch.float32).load_lora_adapter(flat_converted, prefix="transformer", adapter_name="x")
+        flat_load = "loaded"
+    except Exception as e:  # noqa: BLE001 - the measured failure is recorded
+        flat_load = f"{type(e).__name__}: {str(e).splitlines()[0]}" + (f" ... {str(e).splitlines()[-1]}" if len(str(e).splitlines()) > 1 else "")
+    flat_loader = {"load_lora_adapter": flat_load, "modules_named_by_their_block_alone": sorted(m for m in flat_targets if m not in {p for parts in modules.values() for p, _ in parts}),
+                   "modules_lost": flat_lost}
     check_lora_tool_flux(d, config_dir)
     with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump({"kohya_scales": dict(sorted(scales.items())), "diffusers_kohya_loader": kohya_loader,
+        json.dump({"kohya_scales": dict(sorted(scales.items())), "diffusers_kohya_loader": kohya_loader, "diffusers_flattened_kohya_loader_on_single_file": flat_loader,
                    "diffusers_kohya_loader_without_linear1": {"modules_left_unchanged": kohya_dropped, "max_error_in_bf16_ulps_of_largest": kohya_ulps}, "diffusers_from_single_file": single_error,
                    "oracle": "diffusers 0.42.1 load_lora_adapter + fuse_lora of lora/ on an fp32 copy of transformer/, rounded once to bf16; "
                              "equal within 1 bf16 ulp to W + alpha/r·B·A in torch fp32"}, f, indent=1, sort_keys=True)
@@ -3010,6 +3060,87 @@ def flux_te_cases():
     else:
         print("lora-tool not built: its flux-te conversions not checked")
     print("case flux-te")
+
+
+def flux_dora_cases():
+    """flux-dora/: lora/pytorch_lora_weights.safetensors, a diffusers-format DoRA LoRA (PEFT use_dora, r 4, lora_alpha 6:
+    s = 1.5, bf16 factors and lora_magnitude_vector, magnitudes ‖W‖ perturbed) on flux/transformer: parts of fused BFL
+    tensors (double block 0's to_q, to_k, to_v: img_attn.qkv whole; add_k_proj: one third of txt_attn.qkv; single block 1's
+    to_q, to_k, to_v, proj_mlp: linear1 whole; single block 0's proj_mlp: linear1's MLP rows), one-to-one modules
+    (attn.to_out.0, ff.net.0.proj) and norm_out.linear (its halves swapped in BFL). merged-single.safetensors: diffusers'
+    load_lora_adapter + fuse_lora on an fp32 copy of flux/transformer, rounded once to bf16, in BFL names
+    (write_bfl_single_file: loads back with from_single_file). The generator checks that fuse against PEFT's DoRA formula
+    in torch fp32 (W' = m / ‖W + s·B·A‖ per output row · (W + s·B·A)), within 1 bf16 ulp. Needs the flux group's files."""
+    import tempfile
+    from diffusers import FluxTransformer2DModel, FluxPipeline
+    from peft.utils import get_peft_model_state_dict
+    flux = os.path.join(IMAGE_FIX, "flux")
+    d = fresh(os.path.join(IMAGE_FIX, "flux-dora"))
+    targets = sorted(["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v",
+                      "transformer_blocks.0.attn.add_k_proj", "transformer_blocks.0.attn.to_out.0", "transformer_blocks.1.ff.net.0.proj",
+                      "single_transformer_blocks.1.attn.to_q", "single_transformer_blocks.1.attn.to_k", "single_transformer_blocks.1.attn.to_v",
+                      "single_transformer_blocks.1.proj_mlp", "single_transformer_blocks.0.proj_mlp", "norm_out.linear"])
+    cfg = {"r": 4, "lora_alpha": 6, "target_modules": targets, "use_dora": True, "init_lora_weights": True, "lora_bias": False,
+           "rank_pattern": {}, "alpha_pattern": {}}
+    model = FluxTransformer2DModel.from_pretrained(os.path.join(flux, "transformer"), torch_dtype=torch.float32)
+    model.add_adapter(LoraConfig(**cfg), adapter_name="default")
+    gen = torch.Generator().manual_seed(41)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "lora_A" in name or "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+    layers = {k: v.to(torch.bfloat16).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    assert sum("lora_magnitude_vector" in k for k in layers) == len(targets), sorted(layers)
+    FluxPipeline.save_lora_weights(os.path.join(d, "lora"), transformer_lora_layers=layers, transformer_lora_adapter_metadata=cfg)
+    sort_header_metadata(os.path.join(d, "lora", "pytorch_lora_weights.safetensors"))
+
+    # Oracle: diffusers on an fp32 copy, rounded once to bf16.
+    oracle = FluxTransformer2DModel.from_pretrained(os.path.join(flux, "transformer"), torch_dtype=torch.float32)
+    oracle.load_lora_adapter(os.path.join(d, "lora"), weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="x")
+    assert oracle.peft_config["x"].use_dora
+    assert all(m.scaling["x"] == 1.5 for n, m in oracle.named_modules() if "x" in getattr(m, "scaling", {}))
+    oracle.fuse_lora()
+    oracle.unload_lora()
+    fused = {k: v.detach().clone() for k, v in oracle.state_dict().items()}
+    # Independently: PEFT's DoRA in torch fp32 per module.
+    base_sd = load_file(os.path.join(flux, "transformer", "diffusion_pytorch_model.safetensors"))
+    for module in targets:
+        w = base_sd[module + ".weight"].float()
+        v = w + 1.5 * (layers[module + ".lora_B.weight"].float() @ layers[module + ".lora_A.weight"].float())
+        expected = layers[module + ".lora_magnitude_vector"].float()[:, None] / v.norm(dim=1, keepdim=True) * v
+        ulps = (bf16_order(expected) - bf16_order(fused[module + ".weight"])).abs().max().item()
+        assert ulps <= 1, (module, ulps)
+    with tempfile.TemporaryDirectory() as t:
+        oracle.to(torch.bfloat16).save_pretrained(os.path.join(t, "merged"))
+        write_bfl_single_file(os.path.join(t, "merged"), os.path.join(d, "merged-single.safetensors"), flux)
+        check_lora_tool_flux_dora(d, flux, os.path.join(t, "merged"))
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"targets": targets, "scale": 1.5,
+                   "oracle": "diffusers 0.42.1 load_lora_adapter + fuse_lora (PEFT DoRA) of lora/ on an fp32 copy of flux/transformer, rounded once to bf16, "
+                             "in BFL names; within 1 bf16 ulp of m / ‖W + s·B·A‖ · (W + s·B·A) per output row in torch fp32"}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print("case flux-dora")
+
+
+def check_lora_tool_flux_dora(d, flux, merged_dir):
+    """When the binary is built: lora-tool's merge of lora/ into flux/single.safetensors is one file equal to
+    merged-single.safetensors that from_single_file loads, and its merge into flux/transformer loads with from_pretrained
+    and equals the oracle's merged folder."""
+    import tempfile
+    from diffusers import FluxTransformer2DModel
+    runner = lora_tool_runner("its flux DoRA merges")
+    if runner is None:
+        return
+    run, same = runner
+    oracle = FluxTransformer2DModel.from_pretrained(merged_dir, torch_dtype=torch.bfloat16).state_dict()
+    with tempfile.TemporaryDirectory() as t:
+        check_single_file_merge(run, same, os.path.join(flux, "single.safetensors"), os.path.join(d, "lora"), os.path.join(t, "s.safetensors"),
+                                os.path.join(d, "merged-single.safetensors"), flux, oracle)
+        run("merge", "--base", os.path.join(flux, "transformer"), "--adapter", os.path.join(d, "lora"), "--output", os.path.join(t, "m"), "--quiet")
+        assert same(FluxTransformer2DModel.from_pretrained(os.path.join(t, "m"), torch_dtype=torch.bfloat16).state_dict(), oracle)
+    print("lora-tool's flux DoRA merges (single file and transformer/) equal diffusers' fuse bit for bit and load in diffusers")
 
 
 # --- Image models: a tiny SDXL pipeline, its sgm single file and its LoRAs -------------------------
@@ -3270,9 +3401,8 @@ def tiny_sd2_pipeline(dtype):
     (use_linear_projection, as SD 2.x), one cross-attention level and one plain one; a one-layer CLIPTextModel
     with OpenCLIP's gelu (SD 2.x's text encoder is OpenCLIP-H, converted to CLIPTextModel); a one-level
     AutoencoderKL; every weight random."""
-    from diffusers import UNet2DConditionModel, AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+    from diffusers import UNet2DConditionModel, AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
-    import tempfile
     torch.manual_seed(47)
     unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -3641,6 +3771,7 @@ GROUPS = {
     "sd": sd_cases,
     "flux": flux_cases,
     "flux-te": flux_te_cases,
+    "flux-dora": flux_dora_cases,
     "bench-unets": bench_unet_shapes,
     "sdxl": sdxl_cases,
     "sd2": sd2_cases,

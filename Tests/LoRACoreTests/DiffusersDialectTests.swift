@@ -44,14 +44,14 @@ struct DiffusersDialectTests {
         }
     }
 
-    @Test("A metadata field LoraConfig does not have, a key naming no component, use_dora are refused by name")
+    @Test("A metadata field LoraConfig does not have, a key naming no component, use_dora without magnitude vectors are refused by name")
     func unknownField() throws {
         let dir = temporaryDirectory()
         let original = try Checkpoint(path: sd1 + "/lora/pytorch_lora_weights.safetensors").metadata!
         let text = original.first { $0.key == "lora_adapter_metadata" }!.value
         for (find, replacement, bad) in [("\"unet.lora_alpha\"", "\"unet.lora_alfa\"", "key 'unet.lora_alfa': 'lora_alfa' is not a LoraConfig field"),
                                          ("\"unet.lora_alpha\"", "\"vae.r\"", "key 'vae.r' names no component"),
-                                         ("\"unet.use_dora\": false", "\"unet.use_dora\": true", "'unet.use_dora' is true")] {
+                                         ("\"unet.use_dora\": false", "\"unet.use_dora\": true", "sets unet.use_dora but the module has no lora_magnitude_vector")] {
             #expect(text.contains(find))
             try rewriteSafeTensors(sd1 + "/lora/pytorch_lora_weights.safetensors", to: dir + "/x.safetensors",
                                    metadata: [("format", "pt"), ("lora_adapter_metadata", text.replacingOccurrences(of: find, with: replacement))])

@@ -58,7 +58,7 @@ struct FluxComfyUITests {
         #expect(try Verify.run(v).failures.map(\.tensor) == [tensor])
     }
 
-    @Test("Flux LoRA layouts diffusers converts otherwise (XLabs, BFL Control, fal Kontext) or not at all (ComfyUI names with lora_A) are refused naming a tensor; a T5 module, a CLIP-L module, a kohya name no BFL module has and lora_transformer_ names on the single file by name")
+    @Test("Flux LoRA layouts diffusers converts otherwise (XLabs, BFL Control, fal Kontext) or not at all (ComfyUI names with lora_A) are refused naming a tensor; a T5 module, a CLIP-L module, a kohya name no BFL module has and a flattened lora_transformer_ name no diffusers module has by name")
     func refusals() throws {
         let dir = temporaryDirectory()
         let peftNames: (String) -> String = { $0.replacingOccurrences(of: ".lora_down.", with: ".lora_A.").replacingOccurrences(of: ".lora_up.", with: ".lora_B.") }
@@ -84,8 +84,9 @@ struct FluxComfyUITests {
                 try mergeImageModel(Self.comfySingle, [dir + "/\(name).safetensors"], into: dir + "/\(name)-out.safetensors")
             } throws: { error in "\(error)".contains(module) && "\(error)".contains(message) }
         }
-        // kohya names that are no BFL module of the file: refused, never matched by a suffix (`0_img_attn_qkv` ends double block 0's).
-        for (name, module, message) in [("suffix", "lora_unet_0_img_attn_qkv", "no BFL module of"), ("mixture", "lora_transformer_x_embedder", "lora_transformer_")] {
+        // kohya names that are no BFL (lora_unet_) or diffusers (lora_transformer_) module of the file: refused, never matched by
+        // a suffix (`0_img_attn_qkv` ends double block 0's, `blocks_0_attn_to_q` transformer block 0's).
+        for (name, module, message) in [("suffix", "lora_unet_0_img_attn_qkv", "no BFL module of"), ("flattened", "lora_transformer_blocks_0_attn_to_q", "flattened name")] {
             try rewriteTensors(flux + "/kohya.safetensors", to: dir + "/\(name).safetensors", keep: { $0.hasPrefix("lora_unet_double_blocks_0_img_attn_qkv.") },
                                rename: { $0.replacingOccurrences(of: "lora_unet_double_blocks_0_img_attn_qkv", with: module) })
             for base in [fluxSingle, Self.comfySingle] {

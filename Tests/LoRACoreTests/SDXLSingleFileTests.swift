@@ -160,7 +160,7 @@ struct SDXLSingleFileTests {
         #expect(try mergeImageModel(sdxlPipeline, [file], into: dir + "/pipe").mergedTensors == 1)
     }
 
-    @Test("A LoHa on text_encoder_2's q_proj, a third of the single file's in_proj_weight, is refused by name (only a plain LoRA merges into part of a fused tensor)")
+    @Test("A LoHa on text_encoder_2's q_proj, a third of the single file's in_proj_weight, is refused by name (only a LoRA, PEFT's DoRA too, merges into part of a fused tensor)")
     func lohaOnFusedThirdRefused() throws {
         let dir = temporaryDirectory()
         let file = dir + "/loha.safetensors", module = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
@@ -169,7 +169,7 @@ struct SDXLSingleFileTests {
         while let t = w.nextTensor { try [UInt8](repeating: 0, count: t.byteCount).withUnsafeBytes { try w.write(t.name, bytes: $0) } }
         try w.finish()
         let error = #expect(throws: LoRACoreError.self) { try mergeImageModel(sdxlSingle, [file], into: dir + "/out.safetensors") }
-        #expect(error?.errorDescription?.hasPrefix("module '\(module)': targets rows 0..<12 of '\(Self.inProj)': only a plain LoRA") == true, "\(String(describing: error))")
+        #expect(error?.errorDescription?.hasPrefix("module '\(module)': targets rows 0..<12 of '\(Self.inProj)': only a LoRA (PEFT's DoRA too; no bias, LoHa") == true, "\(String(describing: error))")
         #expect(!FileManager.default.fileExists(atPath: dir + "/out.safetensors"))
     }
 

@@ -110,7 +110,8 @@ public enum Convert {
         return factors
     }
 
-    /// kohya and mlx hold only linear LoRA factors (mlx also DoRA magnitudes).
+    /// kohya, diffusers and mlx hold only linear LoRA factors (mlx also DoRA magnitudes; the diffusers
+    /// writer does not write them yet).
     static func refuse(_ factors: [LoRAFactors], adapter: Adapter, into target: String) throws {
         if let f = factors.first(where: { $0.module.kind == .embedding }) {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "\(target) cannot express embedding LoRA ('\(f.module.module)')")
@@ -121,7 +122,7 @@ public enum Convert {
         if let f = factors.first(where: { $0.module.transposed }) {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "\(target) cannot express fan_in_fan_out (Conv1D) modules ('\(f.module.module)')")
         }
-        if target.hasPrefix("kohya"), let f = factors.first(where: { $0.magnitude != nil }) {
+        if target.hasPrefix("kohya") || target.hasPrefix("diffusers"), let f = factors.first(where: { $0.magnitude != nil }) {
             throw LoRACoreError.unsupportedAdapter(path: adapter.path, detail: "\(target) cannot express DoRA magnitudes ('\(f.module.module)')")
         }
         if let f = factors.first(where: { $0.bias != nil }) {

@@ -117,7 +117,7 @@ public enum ConvertToLoRA {
         }
         let rows = m.outFeatures, cols = m.inFeatures
         try MemoryBudget.check(elements: rows * cols, bytesPerElement: 8, what: "module '\(m.module)': its \(rows)×\(cols) ΔW")
-        let loaded = try u.type.load(m, from: adapter.checkpoint)
+        let loaded = try u.load(m, from: adapter.checkpoint)
         if u.scalesBias, let base, base.info(m.baseBiasName) != nil {
             throw LoRACoreError.invalidModule(module: m.module, detail: "\(u.typeName) also scales its bias ('\(m.baseBiasName)'), which plain LoRA cannot hold")
         }

@@ -22,6 +22,11 @@ import SafeTensors
 /// (α/√r with `use_rslora`). Without the metadata diffusers sets α = r for every module
 /// (`utils/peft_utils.py` `get_peft_kwargs` without network alphas): s = 1. A field that is not a
 /// `LoraConfig` field of PEFT 0.21.2 is refused by name, as are keys naming no component.
+///
+/// DoRA: `<component>.<module>.lora_magnitude_vector` (out,), PEFT's DoRA magnitude, which
+/// `save_lora_weights` writes for a `use_dora` layer and diffusers' `get_peft_kwargs` reads as
+/// `use_dora` (merged as PEFT's DoRA, `LoRAFactors`); with metadata, `use_dora` must agree with the
+/// keys module by module.
 enum DiffusersDialect: AdapterDialect {
     static let format = Adapter.Format.diffusers
 
@@ -54,7 +59,9 @@ enum DiffusersDialect: AdapterDialect {
     /// such a file exactly as the same tensors in PEFT keys).
     private static let aRoles = [".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight"]
     private static let bRoles = [".lora_B.weight", ".lora.up.weight", ".lora_linear_layer.up.weight"]
-    private static let roles = aRoles + bRoles
+    /// PEFT's DoRA magnitude (one per output row), as `save_lora_weights` writes a `use_dora` layer's.
+    private static let magnitudeRole = "." + LoRAParameter.magnitude.rawValue
+    private static let roles = aRoles + bRoles + [magnitudeRole]
     /// Attention-processor LoRA's projections: the UNet's module name and a text encoder's.
     private static let processorProjections = [("to_q", "to_q", "q_proj"), ("to_k", "to_k", "k_proj"), ("to_v", "to_v", "v_proj"), ("to_out", "to_out.0", "out_proj")]
 
@@ -67,7 +74,7 @@ enum DiffusersDialect: AdapterDialect {
     /// The module path (inside its component) and factor ("A" or "B") a key's rest names, or nil.
     static func factor(of rest: String, component: String) -> (module: String, factor: String)? {
         if let role = roles.first(where: { rest.hasSuffix($0) }) {
-            return (String(rest.dropLast(role.count)), aRoles.contains(role) ? "A" : "B")
+            return (String(rest.dropLast(role.count)), aRoles.contains(role) ? "A" : bRoles.contains(role) ? "B" : "M")
         }
         for (leaf, unetName, textName) in processorProjections {
             for (end, factor) in [("down", "A"), ("up", "B")] {
@@ -94,7 +101,7 @@ enum DiffusersDialect: AdapterDialect {
         for name in ckpt.names {
             guard let (component, rest) = split(name), let (module, factor) = factor(of: rest, component: component) else {
                 throw LoRACoreError.unsupportedAdapter(
-                    path: file, detail: "tensor '\(name)' is not a diffusers LoRA tensor (<component>.<module>.lora_A.weight / .lora_B.weight, .lora.down.weight / .lora.up.weight, .lora_linear_layer.down.weight / .up.weight or <attention>.processor.to_q_lora.down.weight / .up.weight, component one of \(components.joined(separator: ", ")))")
+                    path: file, detail: "tensor '\(name)' is not a diffusers LoRA tensor (<component>.<module>.lora_A.weight / .lora_B.weight / .lora_magnitude_vector, .lora.down.weight / .lora.up.weight, .lora_linear_layer.down.weight / .up.weight or <attention>.processor.to_q_lora.down.weight / .up.weight, component one of \(components.joined(separator: ", ")))")
             }
             let key = component + "." + module
             if let other = groups[key]?[factor] {
@@ -121,6 +128,19 @@ enum DiffusersDialect: AdapterDialect {
                 throw LoRACoreError.invalidModule(module: key, detail: "rank \(geometry.rank) exceeds the matrix size \(geometry.out)×\(geometry.inFlat)")
             }
             let (component, module) = split(key)!
+            if let m = g["M"].flatMap({ ckpt.info($0) }) {
+                guard m.shape == [geometry.out], TensorData.format(m.dtype) != nil, geometry.conv == nil else {
+                    throw LoRACoreError.invalidModule(
+                        module: key, detail: "lora_magnitude_vector is \(m.dtype.rawValue) \(m.shape); DoRA needs a float vector of shape [\(geometry.out)] on a linear module")
+                }
+            }
+            // DoRA: diffusers' `get_peft_kwargs` sets use_dora when a key holds lora_magnitude_vector;
+            // with metadata, its use_dora decides, and the two must agree module by module.
+            if let config = configs[component], config.useDora != (g["M"] != nil) {
+                throw LoRACoreError.invalidModule(
+                    module: key, detail: config.useDora ? "the file's \(metadataKey) sets \(component).use_dora but the module has no lora_magnitude_vector: the file is incomplete"
+                        : "has a lora_magnitude_vector but the file's \(metadataKey) does not set \(component).use_dora, so diffusers' PEFT layer has no magnitude to load it into")
+            }
             var alpha = Double(geometry.rank), s = 1.0
             if let config = configs[component] {
                 // PEFT builds each layer at the config's rank: a file of another rank does not load.
@@ -139,7 +159,7 @@ enum DiffusersDialect: AdapterDialect {
                     path: file, detail: "module '\(key)': the file's \(metadataKey) has fields for \(configs.keys.sorted().joined(separator: ", ")) but none for \(component)")
             }
             var entry = AdapterModule(
-                module: key, kind: .linear, aName: aName, bName: bName, eName: nil, bBiasName: nil, magnitudeName: nil,
+                module: key, kind: .linear, aName: aName, bName: bName, eName: nil, bBiasName: nil, magnitudeName: g["M"],
                 rank: geometry.rank, alpha: alpha, scale: s, outFeatures: geometry.out, inFeatures: geometry.inFlat, transposed: false)
             entry.convShape = geometry.conv
             modules.append(entry)
@@ -178,9 +198,9 @@ enum DiffusersDialect: AdapterDialect {
             guard config.peftType == .lora else {
                 throw LoRACoreError.invalidConfig(file: where_, detail: "'\(component).peft_type' is \(config.peftType.rawValue); diffusers' LoRA metadata is LORA")
             }
-            // What these fields add (a magnitude vector, a B bias) is not read from diffusers files yet.
-            for (field, set) in [("use_dora", config.useDora), ("lora_bias", config.loraBias)] where set {
-                throw LoRACoreError.unsupportedAdapter(path: file, detail: "'\(component).\(field)' is true: diffusers-format LoRAs with \(field) are not supported yet")
+            // What lora_bias adds (a B bias) is not read from diffusers files yet.
+            if config.loraBias {
+                throw LoRACoreError.unsupportedAdapter(path: file, detail: "'\(component).lora_bias' is true: diffusers-format LoRAs with lora_bias are not supported yet")
             }
             configs[component] = config
         }

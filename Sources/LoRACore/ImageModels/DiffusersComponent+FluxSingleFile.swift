@@ -23,7 +23,11 @@ extension DiffusersComponent {
     ///   `double_blocks.0.img_attn.qkv`; ComfyUI's `diffusion_model.double_blocks.0.img_attn.qkv` read as
     ///   that, `ComfyUILoRANames`): each module takes its BFL module's key under the file's prefix, any
     ///   update type (a LoHa on `img_attn_qkv` updates the fused tensor it was trained on); a name that
-    ///   is no BFL module of the file, or diffusers' flattened `lora_transformer_…`, is refused (no suffix guess);
+    ///   is no BFL module of the file is refused (no suffix guess);
+    /// - a kohya file in diffusers' flattened names (`lora_transformer_transformer_blocks_0_attn_to_q`,
+    ///   the prefix diffusers' `_convert_kohya_flux_lora_to_diffusers` reads as its "mixture" layout) names
+    ///   the diffusers module of the file's table (`FluxNameMap(bfl:prefix:)`) that flattens to it exactly
+    ///   (`FluxNameMap.diffusersModule(ofFlattened:)`), and then merges as a diffusers-format module does;
     /// - a diffusers-format one (`transformer.transformer_blocks.0.attn.to_q`) is named through
     ///   `FluxNameMap(bfl:prefix:)`: a module one to one with its BFL module takes that name (any update
     ///   type); a part of a fused BFL weight (to_q, to_k, to_v of `img_attn.qkv`; to_q, to_k, to_v,
@@ -46,18 +50,24 @@ extension DiffusersComponent {
             let module = String(n.dropFirst(prefix.count).dropLast(".weight".count))
             return (module.replacingOccurrences(of: ".", with: "_"), module)
         }) { first, _ in first }
-        let map = adapters.contains { $0.format == .diffusers } ? try FluxNameMap(bfl: base, prefix: prefix) : nil
+        let map = adapters.contains { $0.format == .diffusers || $0.modules.contains { $0.module.hasPrefix(flattenedPrefix) } }
+            ? try FluxNameMap(bfl: base, prefix: prefix) : nil
         return try adapters.map { adapter in
             guard namesComponents(adapter) else { return adapter }
             var resolved: [AdapterModule] = []
             for m in adapter.modules {
                 if adapter.format != .diffusers {
                     let name = ComfyUILoRANames.kohyaName(m.module) ?? m.module
-                    guard name.hasPrefix("lora_unet_") else {
-                        throw LoRACoreError.baseMismatch(
-                            module: m.module, detail: "names the transformer in diffusers' modules (lora_transformer_…), which are not mapped to the BFL single file \(path); merge it into a diffusers transformer/ folder")
+                    if name.hasPrefix(flattenedPrefix) {
+                        let flat = String(name.dropFirst(flattenedPrefix.count))
+                        guard let module = map!.diffusersModule(ofFlattened: flat) else {
+                            throw LoRACoreError.baseMismatch(
+                                module: m.module, detail: "no diffusers Flux module of \(path) (FluxNameMap) has this flattened name (lora_transformer_<diffusers module with _ for .>)")
+                        }
+                        resolved += try bflUpdates(of: m, diffusers: module, map: map!, base: base, prefix: prefix, path: path)
+                        continue
                     }
-                    guard let bfl = kohyaIndex[String(name.dropFirst("lora_unet_".count))] else {
+                    guard name.hasPrefix("lora_unet_"), let bfl = kohyaIndex[String(name.dropFirst("lora_unet_".count))] else {
                         throw LoRACoreError.baseMismatch(
                             module: m.module, detail: "no BFL module of \(path) has this kohya name (lora_unet_<BFL module with _ for .>)")
                     }
@@ -71,6 +81,9 @@ extension DiffusersComponent {
             return Adapter(adapter, resolvedModules: resolved.sorted { utf8Precedes($0.module, $1.module) }, untargeted: adapter.untargeted)
         }
     }
+
+    /// The kohya prefix of a Flux LoRA in diffusers' flattened module names.
+    private static let flattenedPrefix = "lora_transformer_"
 
     /// The updates of the BFL single file `base` that the LoRA module `m` on the diffusers module `module`
     /// is (`bflSingleFileView`): itself renamed, or `RowRangeLoRA`s of its rows of a fused tensor.

@@ -37,6 +37,8 @@ public struct FluxNameMap: Sendable {
     public let parts: [String: [Part]]
     /// A BFL module with `_` for `.` (a kohya name after `lora_unet_`) → the module.
     private let flatIndex: [String: String]
+    /// A diffusers module of `parts` with `_` for `.` (a kohya name after `lora_transformer_`) → the module.
+    private let flatDiffusersIndex: [String: String]
 
     /// The BFL key that shows a Flux single file: the first double block's fused image q/k/v.
     static let bflMarker = "double_blocks.0.img_attn.qkv.weight"
@@ -177,12 +179,20 @@ public struct FluxNameMap: Sendable {
         }
         self.parts = parts
         flatIndex = Dictionary(uniqueKeysWithValues: parts.keys.map { ($0.replacingOccurrences(of: ".", with: "_"), $0) })
+        flatDiffusersIndex = Dictionary(uniqueKeysWithValues: parts.values.joined().map { ($0.module.replacingOccurrences(of: ".", with: "_"), $0.module) })
     }
 
     /// The BFL module of a kohya name after its `lora_unet_` prefix (`double_blocks_0_img_attn_qkv`
     /// → `double_blocks.0.img_attn.qkv`), or nil when no module of this model flattens to it.
     public func bflModule(ofKohya flat: String) -> String? {
         flatIndex[flat]
+    }
+
+    /// The diffusers module of a kohya name in diffusers' flattened names, after its `lora_transformer_`
+    /// prefix (`transformer_blocks_0_attn_to_q` → `transformer_blocks.0.attn.to_q`): the one diffusers
+    /// module of this model's table that flattens to it exactly (no suffix or underscore guess), or nil.
+    public func diffusersModule(ofFlattened flat: String) -> String? {
+        flatDiffusersIndex[flat]
     }
 
     /// The BFL module holding the diffusers module `module`, and the part it is, or nil.
@@ -193,9 +203,12 @@ public struct FluxNameMap: Sendable {
 
     /// A kohya Flux LoRA's modules (`lora_unet_double_blocks_0_img_attn_qkv`, names already without
     /// `lora_unet_`) as the diffusers modules of this model: a fused module becomes one module per part,
-    /// each with the shared A, its rows of B (`AdapterModule.bRows`) and the same scale.
+    /// each with the shared A, its rows of B (`AdapterModule.bRows`) and the same scale; a LyCORIS LoHa
+    /// or LoKr on it (trained on the fused layer) one module per part taking its rows of the fused ΔW
+    /// (`ModuleUpdate.outputRows`, `OutputRowSlice`: exact, each row of ΔW depends on that row alone).
     /// - Returns: nil for a name that is not a BFL module of this model (left to other resolution).
-    /// - Throws: `LoRACoreError.baseMismatch` naming the module when its B rows are not the sum of its parts'.
+    /// - Throws: `LoRACoreError.baseMismatch` naming the module when its B rows are not the sum of its
+    ///   parts', or it is another update type (or LyCORIS DoRA per input column) on a fused module.
     func diffusersModules(of module: AdapterModule, flat: String) throws -> [AdapterModule]? {
         guard let bfl = bflModule(ofKohya: flat), let ps = parts[bfl] else { return nil }
         let rows = ps.reduce(0) { $0 + $1.rows.reduce(0) { $0 + $1.count } }
@@ -205,18 +218,23 @@ public struct FluxNameMap: Sendable {
             m.module = ps[0].module
             return [m]
         }
-        guard module.update == nil else {
-            throw LoRACoreError.baseMismatch(
-                module: module.module, detail: "a \(module.typeName) update on BFL's \(bfl) cannot be split into the rows of \(ps.map(\.module).joined(separator: ", ")) of the base (only a LoRA can)")
+        if let u = module.update {
+            // LoHa and LoKr compute each row of ΔW from that row alone (`OutputRowSlice`), and so does
+            // LyCORIS DoRA per output row; other types, and DoRA per input column, need every row.
+            guard ["LoHa", "LoKr"].contains(u.typeName), u.kernel == nil, u.lycorisDoRA != .perInputColumn, u.outputRows == nil else {
+                throw LoRACoreError.baseMismatch(
+                    module: module.module,
+                    detail: "a \(module.typeName) update\(u.lycorisDoRA == .perInputColumn ? " with dora_scale per input column" : "") on BFL's \(bfl) cannot be split into the rows of \(ps.map(\.module).joined(separator: ", ")) of the base (a LoRA, LoHa or LoKr can, with dora_scale per output row at most)")
+            }
         }
         guard module.bRows == nil, module.outFeatures == rows, module.convShape == nil else {
             throw LoRACoreError.baseMismatch(
-                module: module.module, detail: "its lora_up has \(module.outFeatures) rows, but BFL's \(bfl) has \(rows) (\(ps.map(\.module).joined(separator: ", ")) of the base)")
+                module: module.module, detail: "its \(module.update == nil ? "lora_up has" : "update has") \(module.outFeatures) rows, but BFL's \(bfl) has \(rows) (\(ps.map(\.module).joined(separator: ", ")) of the base)")
         }
         return ps.map { p in
             var m = module
             m.module = p.module
-            m.bRows = p.rows
+            if m.update != nil { m.update!.outputRows = p.rows } else { m.bRows = p.rows }
             m.outFeatures = p.rows.reduce(0) { $0 + $1.count }
             return m
         }

@@ -40,7 +40,8 @@ import SafeTensors
 /// UNet in sgm form, Flux's `lora_unet_<BFL name>`; conv down (r, in, kh, kw) and up (out, r, 1, 1)),
 /// or diffusers (`<component>.<module>.lora_A.weight` with `lora_adapter_metadata`, as
 /// `DiffusersDialect.write`; a fused Flux module as its diffusers parts, each with the shared A and its
-/// rows of B, which is exact; from Flux folders only, since a BFL file does not give the parts' rows).
+/// rows of B, which is exact; a BFL file's parts have the rows its shapes give, `FluxNameMap(bfl:prefix:)`,
+/// so both Flux layouts give the same file here too).
 enum ImageModelExtract {
     /// How an image model is stored.
     enum Layout: Equatable {
@@ -146,7 +147,7 @@ enum ImageModelExtract {
     }
 
     /// - Throws: `LoRACoreError.invalidRequest` for inputs of different layouts, families or
-    ///   components, `--format diffusers` from BFL single files, no target;
+    ///   components, a BFL fused weight whose shape does not split into its diffusers parts, no target;
     ///   `.baseMismatch` naming a tensor one input lacks or has in another shape.
     static func run(_ options: ExtractSVDOptions, baseLayout: Layout) throws -> ExtractSVDReport {
         guard let tunedLayout = try layout(of: options.finetuned), tunedLayout == baseLayout else {
@@ -167,9 +168,8 @@ enum ImageModelExtract {
             throw LoRACoreError.invalidRequest("\(options.base) has \(baseComponents.map(\.name).joined(separator: ", ")) but \(options.finetuned) has \(tunedComponents.map(\.name).joined(separator: ", "))")
         }
         let flux = baseComponents.contains { $0.name == "transformer" }
-        if baseLayout == .bflSingleFile, format == .diffusers {
-            throw LoRACoreError.invalidRequest("\(options.base): --format diffusers from Flux single files is not supported yet (its q/k/v are fused in BFL names); the default kohya output keeps them")
-        }
+        // A BFL file's fused modules split into diffusers parts by the rows its shapes give (FluxNameMap(bfl:)).
+        let bflMap = baseLayout == .bflSingleFile && format == .diffusers ? try FluxNameMap(bfl: baseComponents[0].store, prefix: "") : nil
 
         // Targets, in each component's name order.
         var jobs: [ExtractSVD.Job] = [], kinds: [TargetKind] = [], modules: [(component: String, module: String)] = []
@@ -231,7 +231,8 @@ enum ImageModelExtract {
                 let shape = jobs[i].base.info(jobs[i].name)!.shape
                 let down = [r.rank] + shape.dropFirst(), up = shape.count == 4 ? [shape[0], r.rank, 1, 1] : [shape[0], r.rank]
                 let key: String, downName: String, upName: String
-                if format == .diffusers, let parts = (jobs[i].base as? FluxFusedStore)?.parts(of: jobs[i].name) {
+                if format == .diffusers, let parts = (jobs[i].base as? FluxFusedStore)?.parts(of: jobs[i].name)
+                    ?? bflMap?.parts[module].map({ $0.map { ($0.module, $0.rows[0].lowerBound, $0.rows[0].count) } }) {
                     // A fused BFL module as its diffusers parts: each the shared A and its rows of B (exact).
                     for p in parts {
                         let rowsOfB = Array(b[(p.row * r.rank)..<((p.row + p.rows) * r.rank)])

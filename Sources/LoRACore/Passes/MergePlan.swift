@@ -107,7 +107,7 @@ public struct MergePlan: Sendable {
                             module: m.module,
                             detail: "\(u.typeName) multiplies \(how), so --weight \(weights[ai]) has no defined meaning (PEFT defines none); use 1 to merge or -1 to un-merge")
                     }
-                    if let why = try u.type.load(m, from: adapters[ai].checkpoint).inverseProblem {
+                    if let why = try u.load(m, from: adapters[ai].checkpoint).inverseProblem {
                         throw LoRACoreError.invalidModule(module: m.module, detail: "\(why), so --weight -1 cannot undo it")
                     }
                 }
@@ -130,7 +130,7 @@ public struct MergePlan: Sendable {
             }
         }
         for (name, cs) in merges {
-            if cs.count > 1, cs.contains(where: { $0.module.isDoRA }) {
+            if cs.count > 1, cs.contains(where: { $0.module.isDoRA }), !Self.disjointRows(cs) {
                 throw LoRACoreError.baseMismatch(
                     module: cs[0].module.module, detail: "DoRA adapters cannot be combined with other adapters on the same module exactly; merge them one at a time")
             }
@@ -218,7 +218,7 @@ public struct MergePlan: Sendable {
             for c in cs {
                 if let u = c.module.update {
                     // IA³ on output rows: b ⊙ l, one fp32 product (PEFT's torch.mul, then the dtype).
-                    let factors = try u.type.load(c.module, from: adapters[c.adapter].checkpoint).biasFactors!
+                    let factors = try u.load(c.module, from: adapters[c.adapter].checkpoint).biasFactors!
                     if weights[c.adapter] < 0 { for i in b.indices { b[i] /= factors[i] } } else { for i in b.indices { b[i] *= factors[i] } }
                     continue
                 }
@@ -229,5 +229,15 @@ public struct MergePlan: Sendable {
             if finiteBefore, !b.allSatisfy(\.isFinite) { throw LoRACoreError.nonFinite(module: cs[0].module.module) }
             return b
         }
+    }
+}
+
+extension MergePlan {
+    /// Whether every contribution updates its own block of rows of the tensor (`RowRangeLoRA`: the
+    /// parts of a fused tensor), none overlapping: DoRA's per-row rescaling of one then leaves the
+    /// others' rows alone, so they merge exactly in any order.
+    static func disjointRows(_ cs: [Contribution]) -> Bool {
+        let rows = cs.compactMap { $0.module.update?.rows }.sorted { $0.lowerBound < $1.lowerBound }
+        return rows.count == cs.count && zip(rows, rows.dropFirst()).allSatisfy { $0.upperBound <= $1.lowerBound }
     }
 }

@@ -31,7 +31,7 @@ struct TensorUpdate {
             lowRank = nil
             steps = try cs.map { c in
                 guard let u = c.module.update else { return .lora(try lora(c)) }
-                return .other(try u.type.load(c.module, from: plan.adapters[c.adapter].checkpoint), weight: Float(plan.weights[c.adapter]))
+                return .other(try u.load(c.module, from: plan.adapters[c.adapter].checkpoint), weight: Float(plan.weights[c.adapter]))
             }
             cols = cs[0].module.transposed ? cs[0].module.outFeatures : cs[0].module.inFeatures
         }

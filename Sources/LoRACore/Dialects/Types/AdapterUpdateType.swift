@@ -52,7 +52,7 @@ public struct ModuleUpdate: Sendable, Equatable {
     public static func == (l: ModuleUpdate, r: ModuleUpdate) -> Bool {
         l.typeName == r.typeName && l.tensors == r.tensors && l.parameterCount == r.parameterCount && l.experts == r.experts
             && l.fourierSeed == r.fourierSeed && l.kernel == r.kernel && l.lycorisDoRA == r.lycorisDoRA && l.peftConv1dKron == r.peftConv1dKron
-            && l.rows == r.rows
+            && l.rows == r.rows && l.outputRows == r.outputRows
     }
 
     let type: any UpdateLoader.Type
@@ -91,6 +91,9 @@ public struct ModuleUpdate: Sendable, Equatable {
     public var peftConv1dKron = false
     /// `RowRangeLoRA`: the rows of the base tensor the LoRA's weight is (a fused q/k/v's third).
     public var rows: Range<Int>? = nil
+    /// The rows of the update's own ΔW the base tensor holds, in its row order (`OutputRowSlice`: a
+    /// diffusers part of a LoHa or LoKr on a fused BFL module); nil: all of them.
+    public var outputRows: [Range<Int>]? = nil
     /// Whether the base must be a matrix: OFT and BOFT rotate input columns, and PEFT's FourierFT
     /// wraps Linear layers only (its 2-D spectrum is the weight's shape).
     var needsMatrix: Bool { rotatesInputs || fourierSeed != nil }
@@ -100,7 +103,13 @@ public struct ModuleUpdate: Sendable, Equatable {
         ModuleUpdate(type: type, tensors: tensors.merging(shared) { own, _ in own }, parameterCount: parameterCount,
                      isMultiplicative: isMultiplicative, scalesBias: scalesBias, inputChannels: inputChannels, tokenIndices: tokenIndices,
                      rotatesInputs: rotatesInputs, oft: oft, experts: experts, fourierSeed: fourierSeed, kernel: kernel, lycorisDoRA: lycorisDoRA, peftConv1dKron: peftConv1dKron,
-                     rows: rows)
+                     rows: rows, outputRows: outputRows)
+    }
+
+    /// The update of `module` loaded by its type, on `outputRows` of its ΔW when set (`OutputRowSlice`).
+    func load(_ module: AdapterModule, from checkpoint: Checkpoint) throws -> any LoadedUpdate {
+        let loaded = try type.load(module, from: checkpoint)
+        return outputRows.map { OutputRowSlice(inner: loaded, rows: $0) } ?? loaded
     }
 }
 

@@ -62,7 +62,7 @@ struct MergeChecker {
             for c in cs {
                 if let u = c.module.update {
                     // IA³ on output rows: b ⊙ l.
-                    let l = try u.type.load(c.module, from: plan.adapters[c.adapter].checkpoint).biasFactors!
+                    let l = try u.load(c.module, from: plan.adapters[c.adapter].checkpoint).biasFactors!
                     for i in expected.indices {
                         if plan.weights[c.adapter] < 0 { expected[i] /= Double(l[i]) } else { expected[i] *= Double(l[i]) }
                         scaleSum[i] = abs(expected[i])
@@ -113,7 +113,7 @@ struct MergeChecker {
         if cs.contains(where: { $0.module.update != nil }) {
             let steps = try ProbeStep.resolvingColumns(try cs.map { c in
                 guard let u = c.module.update else { return .lora(try Factors64(c, plan: plan)) }
-                return .other(try u.type.load(c.module, from: plan.adapters[c.adapter].checkpoint), weight: plan.weights[c.adapter])
+                return .other(try u.load(c.module, from: plan.adapters[c.adapter].checkpoint), weight: plan.weights[c.adapter])
             }, start: plan.startingSource(of: name), cols: m0.transposed ? m0.outFeatures : m0.inFeatures)
             let tol = tolerance ?? MergeChecker.autoTolerance(format: format, rank: cs.map(\.module.rank).reduce(0, +), inFeatures: m0.inFeatures, dora: false)
             return ProbeCheck(name: name, output: output, module: m0, format: format, start: (startCkpt, startName, startFormat), factors: [],
