@@ -221,6 +221,31 @@ struct ImageModelExtractTests {
         #expect(FileManager.default.contents(atPath: dir + "/ds.safetensors") == FileManager.default.contents(atPath: dir + "/d.safetensors"))
     }
 
+    @Test("ComfyUI Flux checkpoints (model.diffusion_model. before the BFL names, other tensors beside) give the BFL files' kohya and diffusers files byte for byte")
+    func fluxComfyUI() throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Both checkpoints as ComfyUI saves them: the BFL transformer under model.diffusion_model., with a
+        // CLIP-L and a VAE tensor beside it (which extract leaves alone; the tuned VAE tensor differs).
+        let prefix = "model.diffusion_model.", extra = "double_blocks.0.img_attn.proj.weight"
+        for (source, name) in [(fluxSingle, "base"), (flux + "/merged-single.safetensors", "tuned")] {
+            let file = try Checkpoint(path: source)
+            let copies = [("text_encoders.clip_l.transformer.text_model.final_layer_norm.weight", extra),
+                          ("vae.decoder.conv_in.weight", name == "base" ? extra : "double_blocks.0.img_attn.qkv.weight")]
+            var infos = file.names.map { n in TensorInfo(name: prefix + n, dtype: file.info(n)!.dtype, shape: file.info(n)!.shape) }
+            infos += copies.map { TensorInfo(name: $0.0, dtype: file.info($0.1)!.dtype, shape: file.info($0.1)!.shape) }
+            let w = try SafeTensorsWriter(path: "\(dir)/comfy-\(name).safetensors", tensors: infos, metadata: file.metadata)
+            let sources = Dictionary(uniqueKeysWithValues: file.names.map { (prefix + $0, $0) } + copies)
+            while let t = w.nextTensor { try w.write(t.name, bytes: try file.bytes(of: sources[t.name]!)) }
+            try w.finish()
+        }
+        for format in [Adapter.Format.kohya, .diffusers] {
+            _ = try extractImage(fluxSingle, flux + "/merged-single.safetensors", to: dir + "/bfl-\(format).safetensors", rank: 3, format: format)
+            _ = try extractImage(dir + "/comfy-base.safetensors", dir + "/comfy-tuned.safetensors", to: dir + "/comfy-\(format).safetensors", rank: 3, format: format)
+            #expect(FileManager.default.contents(atPath: dir + "/comfy-\(format).safetensors") == FileManager.default.contents(atPath: dir + "/bfl-\(format).safetensors"), "\(format)")
+        }
+    }
+
     @Test("sd-scripts' --min_diff: text encoders whose |ΔW| never exceeds it are left out together")
     func textEncoderThreshold() throws {
         let dir = try tempDir()

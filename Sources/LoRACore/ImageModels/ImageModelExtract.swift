@@ -98,8 +98,10 @@ enum ImageModelExtract {
             let map = try LDMNameMap(keys: file.names, path: path)
             return (ImageModelFamily.of(singleFile: file), map.components.filter { $0 != "vae" }.map { ($0, LDMComponentStore(file, map: map, component: $0)) })
         case .bflSingleFile:
+            // A ComfyUI checkpoint's transformer, under `model.diffusion_model.`, in the BFL names it holds.
             let file = try Checkpoint(path: path)
-            return (ImageModelFamily.of(singleFile: file), [("transformer", file)])
+            let prefix = FluxNameMap.bflPrefix(file.names) ?? ""
+            return (ImageModelFamily.of(singleFile: file), [("transformer", prefix.isEmpty ? file : PrefixedStore(file, prefix: prefix))])
         }
     }
 
