@@ -93,7 +93,7 @@ struct DiffusersDialectTests {
         #expect(FileManager.default.contents(atPath: dir + "/a" + file) == FileManager.default.contents(atPath: dir + "/b" + file))
     }
 
-    @Test("convert (to PEFT, mlx, or kohya from kohya) and combine refuse image-model LoRAs (their writers would lose the component names) and write nothing")
+    @Test("convert (to PEFT, mlx, or kohya from kohya) refuses image-model LoRAs (their writers would lose the component names), as combine does with --to another format, and writes nothing")
     func writersRefuse() throws {
         let dir = temporaryDirectory()
         for adapter in [sd1 + "/lora", sd1 + "/kohya.safetensors"] {
@@ -101,7 +101,9 @@ struct DiffusersDialectTests {
                 let error = #expect(throws: LoRACoreError.self) { try Convert.run(ConvertOptions(adapter: adapter, to: to, output: dir + "/c")) }
                 #expect(error?.errorDescription?.contains("convert of an image model's LoRA (sd1) is not implemented yet") == true, "\(String(describing: error))")
             }
-            #expect(throws: LoRACoreError.self) { try Combine.run(CombineOptions(adapters: [(adapter, 1)], method: .cat, output: dir + "/m")) }
+            var combine = CombineOptions(adapters: [(adapter, 1)], method: .cat, output: dir + "/m")
+            combine.to = .peft
+            #expect(throws: LoRACoreError.self) { try Combine.run(combine) }
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
     }

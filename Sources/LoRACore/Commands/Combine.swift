@@ -21,6 +21,9 @@ public enum Combine {
         try check(options)
         try PathSafety.checkOutput(options.output, inputs: options.adapters.map(\.path) + (options.base.map { [$0] } ?? []))
         let adapters = try options.adapters.map { try Adapter(path: $0.path) }
+        // Image-model LoRAs are written in their own format under their own names (`ImageModelCombine`).
+        let imageFormat = adapters.contains(where: \.isImageModelLoRA) ? try ImageModelCombine.format(of: adapters, options: options) : nil
+        let to = imageFormat ?? options.to ?? .peft
         let base = try options.base.map { try Checkpoint(path: $0) }
         var notes: [String] = []
         var method = options.method
@@ -33,12 +36,11 @@ public enum Combine {
         for (i, adapter) in adapters.enumerated() {
             try refuseUncombinable(adapter)
             try adapter.refuseParameterTargets("combine")
-            try adapter.refuseImageModel("combine")
             try ResidualInitialisation.refuse(adapter, "combine")
             let named: [AdapterModule]
             if let base {
                 named = try adapter.modules(resolvedAgainst: base)
-            } else if adapter.format == .kohya && !(options.to == .kohya && adapters.allSatisfy { $0.format == .kohya }) {
+            } else if adapter.format == .kohya && !(to == .kohya && adapters.allSatisfy { $0.format == .kohya }) {
                 throw LoRACoreError.invalidRequest("\(adapter.path): kohya names flatten module paths; give --base so they can be matched to the other inputs' modules")
             } else {
                 named = adapter.modules
@@ -77,12 +79,16 @@ public enum Combine {
         if factors.contains(where: { $0.magnitude != nil }) {
             notes.append("DoRA inputs share one magnitude vector per module: the combined adapter keeps it and rescales W + ΣΔW")
         }
-        var convert = ConvertOptions(adapter: options.adapters.map(\.path).joined(separator: " + "), to: options.to, output: options.output)
-        convert.base = options.base
-        convert.force = options.force
-        convert.zstdLevel = options.zstdLevel
-        try AdapterDialects.dialect(for: options.to).write(factors, adapter: adapters[0], base: base, options: convert, notes: &notes)
-        return CombineReport(method: method, to: options.to.rawValue, modules: report, seed: method.isRandom ? options.seed : nil, notes: notes)
+        if let imageFormat {
+            try ImageModelCombine.write(factors, format: imageFormat, source: adapters[0], options: options, notes: &notes)
+        } else {
+            var convert = ConvertOptions(adapter: options.adapters.map(\.path).joined(separator: " + "), to: to, output: options.output)
+            convert.base = options.base
+            convert.force = options.force
+            convert.zstdLevel = options.zstdLevel
+            try AdapterDialects.dialect(for: to).write(factors, adapter: adapters[0], base: base, options: convert, notes: &notes)
+        }
+        return CombineReport(method: method, to: to.rawValue, modules: report, seed: method.isRandom ? options.seed : nil, notes: notes)
     }
 
     /// The checks that need no file.

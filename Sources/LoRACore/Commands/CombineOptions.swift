@@ -19,8 +19,9 @@ public struct CombineOptions: Sendable {
     public var majoritySign = MajoritySign.total
     /// Seeds DARE's masks (`DropMask`); the same seed writes the same bytes on every machine.
     public var seed: UInt64 = 0
-    /// Output dialect: PEFT directory (default), kohya or mlx.
-    public var to = Adapter.Format.peft
+    /// Output dialect: PEFT directory, kohya or mlx; nil: PEFT, or an image-model LoRA's own format
+    /// (kohya or diffusers), the only one such inputs are written in.
+    public var to: Adapter.Format?
     public var targets: TargetSelector?
     public var force = false
     public var zstdLevel: Int32?

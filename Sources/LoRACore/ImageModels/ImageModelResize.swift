@@ -46,23 +46,7 @@ enum ImageModelResize {
             try DiffusersDialect.write(factors, adapter: adapter, base: nil, options: o, notes: &notes)
             return report
         }
-        var tensors: [AdapterSink.Tensor] = []
-        for f in factors {
-            let m = f.module
-            tensors.append(.init(name: m.module + ".lora_down.weight", dtype: .float32, shape: m.factorShapes.a) { AdapterSink.floatBytes(f.a) })
-            tensors.append(.init(name: m.module + ".lora_up.weight", dtype: .float32, shape: m.factorShapes.b) { AdapterSink.floatBytes(f.b) })
-            let alpha = Float(m.alpha)
-            tensors.append(.init(name: m.module + ".alpha", dtype: .float32, shape: []) { AdapterSink.floatBytes([alpha]) })
-        }
-        let ranks = Set(factors.map(\.module.rank)), alphas = Set(factors.map { Float($0.module.alpha) })
-        let network = [("ss_network_dim", ranks.count == 1 ? String(ranks.first!) : "Dynamic"),
-                       ("ss_network_alpha", alphas.count == 1 ? "\(Double(alphas.first!))" : "Dynamic")]
-        var metadata = (adapter.checkpoint.metadata ?? []).filter { !["sshs_model_hash", "sshs_legacy_hash"].contains($0.key) }
-        for (key, value) in network {
-            if let i = metadata.firstIndex(where: { $0.key == key }) { metadata[i].value = value } else { metadata.append((key, value)) }
-        }
-        try KohyaDialect.writeOutput(tensors, metadata: metadata, weightsName: "adapter.safetensors", output: options.output,
-                                     force: options.force, zstdLevel: options.zstdLevel)
+        try KohyaDialect.writeImageModel(factors, source: adapter, output: options.output, force: options.force, zstdLevel: options.zstdLevel)
         return report
     }
 }

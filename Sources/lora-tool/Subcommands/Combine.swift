@@ -53,8 +53,8 @@ extension LoraTool {
         @Option(help: "dare methods: seed of the drop masks.")
         var seed: UInt64 = 0
 
-        @Option(help: "Output dialect: peft, kohya or mlx.")
-        var to: String = "peft"
+        @Option(help: "Output dialect: peft, kohya or mlx (default peft). Image-model LoRAs (kohya, diffusers) are written in their own format.")
+        var to: String?
 
         @Option(help: "Only these modules: comma-separated suffixes; q k v o gate up down are aliases of q_proj ... down_proj.")
         var targets: String?
@@ -73,7 +73,7 @@ extension LoraTool {
             guard let m = CombineMethod(rawValue: method) else {
                 throw ValidationError("--method must be one of \(CombineMethod.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            guard ["peft", "kohya", "mlx"].contains(to) else { throw ValidationError("--to must be peft, kohya or mlx") }
+            if let to, !["peft", "kohya", "mlx"].contains(to) { throw ValidationError("--to must be peft, kohya or mlx") }
             guard CombineOptions.MajoritySign(rawValue: majoritySign) != nil else { throw ValidationError("--majority-sign must be total or frequency") }
             if rank != nil && energy != nil { throw ValidationError("give --rank or --energy, not both") }
             if (rank != nil || energy != nil) && !m.truncates { throw ValidationError("--rank and --energy go with svd and the _svd methods") }
@@ -92,7 +92,7 @@ extension LoraTool {
             o.density = density
             o.majoritySign = CombineOptions.MajoritySign(rawValue: majoritySign)!
             o.seed = seed
-            o.to = Adapter.Format(rawValue: to)!
+            o.to = to.map { Adapter.Format(rawValue: $0)! }
             o.targets = try targets.map { try TargetSelector(parsing: $0) }
             o.force = force
             o.zstdLevel = compression.level
