@@ -83,6 +83,29 @@ struct FluxVariantTests {
         }
     }
 
+    @Test("convert --to diffusers writes the conversion, which merges into single.safetensors as the file does; --to kohya joins kontext's fused parts (merging to the same bytes) and refuses XLabs' linear1 q, k, v without its MLP rows by name; resize refuses a part of a fused module by name")
+    func convertAndResize() throws {
+        let dir = temporaryDirectory()
+        for (name, _, modules) in Self.cases {
+            #expect(try Convert.run(ConvertOptions(adapter: fluxVariants + "/\(name).safetensors", to: .diffusers, output: dir + "/\(name)")).modules == modules)
+            _ = try mergeImageModel(fluxSingle, [dir + "/\(name)"], into: dir + "/\(name).safetensors")
+            #expect(FileManager.default.contents(atPath: dir + "/\(name).safetensors")
+                == FileManager.default.contents(atPath: fluxVariants + "/\(name)-merged-single.safetensors"), "\(name)")
+        }
+        // fal's 27 BFL modules: 2 × 10 double-block ones, 2 × 3 single-block ones and final_layer.linear.
+        _ = try Convert.run(ConvertOptions(adapter: fluxVariants + "/kontext.safetensors", to: .kohya, output: dir + "/k.safetensors"))
+        let kohya = try Checkpoint(path: dir + "/k.safetensors").names
+        #expect(kohya.count == 27 * 3 && kohya.contains("lora_unet_single_blocks_1_linear1.lora_up.weight") && kohya.contains("lora_unet_final_layer_linear.alpha"))
+        _ = try mergeImageModel(fluxSingle, [dir + "/k.safetensors"], into: dir + "/k-merged.safetensors")
+        #expect(FileManager.default.contents(atPath: dir + "/k-merged.safetensors") == FileManager.default.contents(atPath: fluxVariants + "/kontext-merged-single.safetensors"))
+        #expect { try Convert.run(ConvertOptions(adapter: fluxVariants + "/xlabs.safetensors", to: .kohya, output: dir + "/x.safetensors")) } throws: {
+            "\($0)".contains("single_transformer_blocks.0.attn.to_q") && "\($0)".contains("without the rest of")
+        }
+        #expect { try Resize.run(ResizeOptions(adapter: fluxVariants + "/xlabs.safetensors", output: dir + "/r", rule: .fixed(1))) } throws: {
+            "\($0)".contains("transformer.single_transformer_blocks.0.attn.to_k") && "\($0)".contains("some rows of a fused module")
+        }
+    }
+
     @Test("A tensor diffusers' converters do not take (another XLabs processor leaf, a fal module outside its list, a bias), a module missing a factor, a qkv B that does not split in thirds and lora_adapter_metadata are refused by name, nothing written")
     func refusals() throws {
         let dir = temporaryDirectory(), xlabs = fluxVariants + "/xlabs.safetensors", kontext = fluxVariants + "/kontext.safetensors"
