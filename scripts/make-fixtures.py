@@ -3740,6 +3740,141 @@ def image_extract_cases():
     print("case image-extract")
 
 
+def flux_variant_cases():
+    """flux-variants/: flux/kohya.safetensors' tensors in two more Flux LoRA layouts diffusers 0.42.1's
+    FluxLoraLoaderMixin.lora_state_dict converts, no alphas (diffusers loads both with network_alphas None: s = 1):
+    xlabs.safetensors (XLabs: double_blocks.N.processor.{qkv_lora1,qkv_lora2,proj_lora1,proj_lora2}.{down,up}.weight
+    from img_attn_qkv, txt_attn_qkv, img_attn_proj, txt_attn_proj; single_blocks.N.processor.qkv_lora from linear1's
+    q, k, v rows of lora_up and its lora_down, proj_lora from linear2) and kontext.safetensors (fal Kontext:
+    base_model.model.<BFL module>.lora_A/lora_B.weight on the modules _convert_fal_kontext_lora_to_diffusers names).
+    Oracle per file: diffusers' load_lora_adapter + fuse_lora of the converted state dict on an fp32 copy of
+    flux/transformer/, rounded once to bf16 (<name>-merged/, save_pretrained, loaded back by from_pretrained) and as a
+    BFL single file (<name>-merged-single.safetensors, loaded back by from_single_file); checked within 1 bf16 ulp
+    of W + B·A in torch fp32. XLabs is converted by diffusers itself (FluxPipeline.lora_state_dict); fal's
+    converter hard-codes Flux.1's 19 + 38 blocks and 3072 width, so it fails on the tiny model (recorded in
+    case.json) and the same conversion is written here with the tiny model's sizes."""
+    import tempfile
+    from diffusers import FluxTransformer2DModel, FluxPipeline
+    src = os.path.join(IMAGE_FIX, "flux")
+    d = fresh(os.path.join(IMAGE_FIX, "flux-variants"))
+    cfg = json.load(open(os.path.join(src, "transformer", "config.json")))
+    inner = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    kohya = load_file(os.path.join(src, "kohya.safetensors"))
+    base_sd = load_file(os.path.join(src, "transformer", "diffusion_pytorch_model.safetensors"))
+    down = lambda name: kohya[f"lora_unet_{name}.lora_down.weight"].clone()
+    up = lambda name: kohya[f"lora_unet_{name}.lora_up.weight"].clone()
+
+    xlabs = {}
+    for i in range(cfg["num_layers"]):
+        for leaf, name in (("qkv_lora1", "img_attn_qkv"), ("qkv_lora2", "txt_attn_qkv"), ("proj_lora1", "img_attn_proj"), ("proj_lora2", "txt_attn_proj")):
+            xlabs[f"double_blocks.{i}.processor.{leaf}.down.weight"] = down(f"double_blocks_{i}_{name}")
+            xlabs[f"double_blocks.{i}.processor.{leaf}.up.weight"] = up(f"double_blocks_{i}_{name}")
+    for i in range(cfg["num_single_layers"]):
+        xlabs[f"single_blocks.{i}.processor.qkv_lora.down.weight"] = down(f"single_blocks_{i}_linear1")
+        xlabs[f"single_blocks.{i}.processor.qkv_lora.up.weight"] = up(f"single_blocks_{i}_linear1")[:3 * inner].contiguous()
+        xlabs[f"single_blocks.{i}.processor.proj_lora.down.weight"] = down(f"single_blocks_{i}_linear2")
+        xlabs[f"single_blocks.{i}.processor.proj_lora.up.weight"] = up(f"single_blocks_{i}_linear2")
+    save_file(xlabs, os.path.join(d, "xlabs.safetensors"))
+
+    fal_double = ["img_mod.lin", "txt_mod.lin", "img_attn.qkv", "txt_attn.qkv", "img_mlp.0", "img_mlp.2", "txt_mlp.0", "txt_mlp.2", "img_attn.proj", "txt_attn.proj"]
+    fal_single = ["modulation.lin", "linear1", "linear2"]
+    kontext = {}
+    bfl_modules = [f"double_blocks.{i}.{m}" for i in range(cfg["num_layers"]) for m in fal_double]
+    bfl_modules += [f"single_blocks.{i}.{m}" for i in range(cfg["num_single_layers"]) for m in fal_single] + ["final_layer.linear"]
+    gen = torch.Generator().manual_seed(41)
+    bfl_sd = load_file(os.path.join(src, "single.safetensors"))
+    for m in bfl_modules:
+        name = m.replace(".", "_")
+        if f"lora_unet_{name}.lora_down.weight" in kohya:
+            a, b = down(name), up(name)
+        else:  # a module flux/kohya.safetensors has no LoRA on (txt_mlp.2): new factors
+            w = bfl_sd[m + ".weight"]
+            a = (torch.randn(4, w.shape[1], generator=gen) * 0.3).to(torch.bfloat16)
+            b = (torch.randn(w.shape[0], 4, generator=gen) * 0.3).to(torch.bfloat16)
+        kontext[f"base_model.model.{m}.lora_A.weight"] = a
+        kontext[f"base_model.model.{m}.lora_B.weight"] = b
+    save_file(kontext, os.path.join(d, "kontext.safetensors"))
+
+    # fal's converter on the tiny file: measured, recorded.
+    try:
+        FluxPipeline.lora_state_dict(os.path.join(d, "kontext.safetensors"))
+        kontext_loader = "converted"
+    except Exception as e:  # noqa: BLE001 - the measured failure is recorded
+        kontext_loader = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    # The same conversion with the tiny model's sizes (the converter's names; q, k, v of the width, then the MLP rows).
+    table = {}
+    for i in range(cfg["num_layers"]):
+        p, q = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        table.update({p + "img_mod.lin": [q + "norm1.linear"], p + "txt_mod.lin": [q + "norm1_context.linear"],
+                      p + "img_attn.qkv": [q + "attn.to_q", q + "attn.to_k", q + "attn.to_v"],
+                      p + "txt_attn.qkv": [q + "attn.add_q_proj", q + "attn.add_k_proj", q + "attn.add_v_proj"],
+                      p + "img_mlp.0": [q + "ff.net.0.proj"], p + "img_mlp.2": [q + "ff.net.2"], p + "txt_mlp.0": [q + "ff_context.net.0.proj"],
+                      p + "txt_mlp.2": [q + "ff_context.net.2"], p + "img_attn.proj": [q + "attn.to_out.0"], p + "txt_attn.proj": [q + "attn.to_add_out"]})
+    for i in range(cfg["num_single_layers"]):
+        p, q = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        table.update({p + "modulation.lin": [q + "norm.linear"], p + "linear1": [q + "attn.to_q", q + "attn.to_k", q + "attn.to_v", q + "proj_mlp"],
+                      p + "linear2": [q + "proj_out"]})
+    table["final_layer.linear"] = ["proj_out"]
+    kontext_converted = {}
+    for m in bfl_modules:
+        a, b = kontext[f"base_model.model.{m}.lora_A.weight"], kontext[f"base_model.model.{m}.lora_B.weight"]
+        parts = table[m]
+        sizes = [b.shape[0] // len(parts)] * len(parts) if len(parts) != 4 else [inner] * 3 + [b.shape[0] - 3 * inner]
+        for part, bp in zip(parts, torch.split(b, sizes, dim=0)):
+            kontext_converted[f"transformer.{part}.lora_A.weight"] = a
+            kontext_converted[f"transformer.{part}.lora_B.weight"] = bp.contiguous()
+
+    xlabs_converted = FluxPipeline.lora_state_dict(os.path.join(d, "xlabs.safetensors"))
+    xlabs_converted = xlabs_converted[0] if isinstance(xlabs_converted, tuple) else xlabs_converted
+    config_dir = src
+    cases = {}
+    for name, converted in (("xlabs", xlabs_converted), ("kontext", kontext_converted)):
+        model = FluxTransformer2DModel.from_pretrained(os.path.join(src, "transformer"), torch_dtype=torch.float32)
+        model.load_lora_adapter(converted, prefix="transformer", adapter_name="x")
+        scales = {n: m.scaling["x"] for n, m in model.named_modules() if "x" in getattr(m, "scaling", {})}
+        assert set(scales.values()) == {1.0}, scales
+        model.fuse_lora()
+        model.unload_lora()
+        fused = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        math = {k: v.float() for k, v in base_sd.items()}
+        modules = sorted({k[len("transformer."):].rsplit(".lora_", 1)[0] for k in converted})
+        for module in modules:
+            a, b = converted[f"transformer.{module}.lora_A.weight"].float(), converted[f"transformer.{module}.lora_B.weight"].float()
+            math[module + ".weight"] = math[module + ".weight"] + b @ a
+        for k in math:
+            ulps = (bf16_order(math[k]) - bf16_order(fused[k])).abs().max().item()
+            assert ulps <= 1, (name, k, ulps)
+        out = os.path.join(d, name + "-merged")
+        model.to(torch.bfloat16).save_pretrained(out)
+        merged_cfg = os.path.join(out, "config.json")
+        c = json.load(open(merged_cfg))
+        c.pop("_name_or_path", None)  # the machine's path: not part of the fixture
+        with open(merged_cfg, "w") as f:
+            json.dump(c, f, indent=2, sort_keys=True)
+            f.write("\n")
+        reference = FluxTransformer2DModel.from_pretrained(out, torch_dtype=torch.bfloat16).state_dict()
+        write_bfl_single_file(out, os.path.join(d, name + "-merged-single.safetensors"), config_dir)
+        cases[name] = {"diffusers_modules": modules}
+        runner = lora_tool_runner(f"its {name} merges")
+        if runner is not None:
+            run, same = runner
+            with tempfile.TemporaryDirectory() as t:
+                run("merge", "--base", os.path.join(src, "transformer"), "--adapter", os.path.join(d, name + ".safetensors"), "--output", os.path.join(t, "m"), "--quiet")
+                assert same(FluxTransformer2DModel.from_pretrained(os.path.join(t, "m"), torch_dtype=torch.bfloat16).state_dict(), reference), name
+                check_single_file_merge(run, same, os.path.join(src, "single.safetensors"), os.path.join(d, name + ".safetensors"), os.path.join(t, "s.safetensors"),
+                                        os.path.join(d, name + "-merged-single.safetensors"), config_dir, reference)
+            print(f"lora-tool's merges of flux-variants/{name}.safetensors load in diffusers and equal its fuse bit for bit")
+    cases["kontext"]["diffusers_converter"] = kontext_loader
+    with open(os.path.join(d, "case.json"), "w") as f:
+        json.dump({"cases": cases, "scale": 1.0,
+                   "oracle": "diffusers 0.42.1 load_lora_adapter + fuse_lora on an fp32 copy of flux/transformer/, rounded once to bf16, of the state dict "
+                             "FluxPipeline.lora_state_dict converts xlabs.safetensors to, and of kontext.safetensors converted as "
+                             "_convert_fal_kontext_lora_to_diffusers does but with the tiny model's block counts and width (its own "
+                             "hard-codes Flux.1's: diffusers_converter); equal within 1 bf16 ulp to W + B·A in torch fp32"}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print("case flux-variants")
+
+
 GROUPS = {
     "safetensors": lambda: (python_written(), malformed()),
     "samples": samples,
@@ -3772,6 +3907,7 @@ GROUPS = {
     "flux": flux_cases,
     "flux-te": flux_te_cases,
     "flux-dora": flux_dora_cases,
+    "flux-variants": flux_variant_cases,
     "bench-unets": bench_unet_shapes,
     "sdxl": sdxl_cases,
     "sd2": sd2_cases,

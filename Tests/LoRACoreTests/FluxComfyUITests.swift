@@ -58,15 +58,15 @@ struct FluxComfyUITests {
         #expect(try Verify.run(v).failures.map(\.tensor) == [tensor])
     }
 
-    @Test("Flux LoRA layouts diffusers converts otherwise (XLabs, BFL Control, fal Kontext) or not at all (ComfyUI names with lora_A) are refused naming a tensor; a T5 module, a CLIP-L module, a kohya name no BFL module has and a flattened lora_transformer_ name no diffusers module has by name")
+    @Test("Flux LoRA layouts diffusers does not merge (BFL Control) or does not read (ComfyUI names with lora_A), and XLabs and fal Kontext files with a tensor their converters do not take, are refused naming a tensor; a T5 module, a CLIP-L module, a kohya name no BFL module has and a flattened lora_transformer_ name no diffusers module has by name")
     func refusals() throws {
         let dir = temporaryDirectory()
         let peftNames: (String) -> String = { $0.replacingOccurrences(of: ".lora_down.", with: ".lora_A.").replacingOccurrences(of: ".lora_up.", with: ".lora_B.") }
         let cases: [(String, (String) -> String, String)] = [
             ("comfy-peft", peftNames, "are no layout diffusers"),
-            ("xlabs", { peftNames($0).replacingOccurrences(of: "diffusion_model.double_blocks.0.img_attn.proj", with: "double_blocks.0.processor.proj_lora1") }, "an XLabs Flux LoRA"),
+            ("xlabs", { peftNames($0).replacingOccurrences(of: "diffusion_model.double_blocks.0.img_attn.proj", with: "double_blocks.0.processor.proj_lora1") }, "not an XLabs Flux LoRA tensor"),
             ("control", { peftNames($0).replacingOccurrences(of: "diffusion_model.img_in.lora_A.weight", with: "double_blocks.0.img_attn.norm.query_norm.scale") }, "BFL Flux Control LoRA"),
-            ("kontext", { peftNames($0).replacingOccurrences(of: "diffusion_model.", with: "base_model.model.") }, "Flux Kontext LoRA layout"),
+            ("kontext", { peftNames($0).replacingOccurrences(of: "diffusion_model.", with: "base_model.model.") }, "not a fal Kontext Flux LoRA tensor"),
         ]
         for (name, rename, message) in cases {
             try rewriteTensors(Self.comfyLoRA, to: dir + "/\(name).safetensors", keep: { !$0.hasSuffix(".alpha") }, rename: rename)

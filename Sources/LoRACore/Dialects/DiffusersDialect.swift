@@ -88,14 +88,17 @@ enum DiffusersDialect: AdapterDialect {
         return nil
     }
 
+    /// Also XLabs' and fal's Kontext Flux LoRAs, which diffusers converts to its own names (`FluxLoRAVariant`).
     static func claims(tensorNames: [String]) -> Bool {
         tensorNames.contains { n in split(n).map { factor(of: $0.rest, component: $0.component) != nil } ?? false }
+            || FluxLoRAVariant.kind(tensorNames) != nil
     }
 
     static func detects(_ files: AdapterFiles) -> Bool { files.config == nil && claims(tensorNames: files.checkpoint.names) }
 
     static func read(_ files: AdapterFiles, scale: AdapterScaleOverride) throws -> AdapterLayout {
         let ckpt = files.checkpoint, file = files.weights
+        if let kind = FluxLoRAVariant.kind(ckpt.names) { return try FluxLoRAVariant.read(ckpt, kind: kind, file: file) }
         let configs = try componentConfigs(ckpt.metadata, file: file)
         var groups: [String: [String: String]] = [:]
         for name in ckpt.names {
@@ -210,10 +213,14 @@ enum DiffusersDialect: AdapterDialect {
     /// Whether the adapter's file carries `lora_adapter_metadata`.
     static func hasMetadata(_ adapter: Adapter) -> Bool { adapter.checkpoint.metadata?.contains { $0.key == metadataKey } ?? false }
 
-    static func name(of adapter: Adapter) -> String { hasMetadata(adapter) ? "diffusers LoRA" : "diffusers LoRA (no lora_adapter_metadata)" }
+    static func name(of adapter: Adapter) -> String {
+        if let kind = FluxLoRAVariant.kind(adapter.checkpoint.names) { return kind.name }
+        return hasMetadata(adapter) ? "diffusers LoRA" : "diffusers LoRA (no lora_adapter_metadata)"
+    }
 
     static func scaleRule(of adapter: Adapter) -> String {
-        hasMetadata(adapter)
+        if FluxLoRAVariant.kind(adapter.checkpoint.names) != nil { return "α = r (no alphas: diffusers loads the converted file with network_alphas None), s = 1" }
+        return hasMetadata(adapter)
             ? "α/r per module from __metadata__[\"lora_adapter_metadata\"] (<component>.lora_alpha, .r, .rank_pattern, .alpha_pattern)"
             : "α = r (no lora_adapter_metadata: diffusers' rule), s = 1"
     }

@@ -90,6 +90,7 @@ public struct ImageModelFamily: Sendable, Equatable {
         let names = adapter.checkpoint.names
         switch adapter.format {
         case .diffusers:
+            if let kind = FluxLoRAVariant.kind(names) { return .init(name: "flux", evidence: "\(kind.name) keys (double_blocks/single_blocks)") }
             if names.contains(where: { $0.hasPrefix("transformer.") && $0.contains("single_transformer_blocks") }) {
                 return .init(name: "flux", evidence: "transformer.single_transformer_blocks keys")
             }

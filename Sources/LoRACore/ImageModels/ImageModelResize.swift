@@ -26,7 +26,7 @@ enum ImageModelResize {
     static func run(_ adapter: Adapter, options: ResizeOptions) throws -> [Resize.Module] {
         if let m = adapter.modules.first(where: { $0.update != nil || $0.isDoRA || $0.isGated || $0.bRows != nil }) {
             throw LoRACoreError.unsupportedAdapter(
-                path: adapter.path, detail: "module '\(m.module)' is \(m.isDoRA ? "DoRA" : m.typeName): resize of an image-model LoRA takes plain LoRA modules (lora_down/lora_up, lora_A/lora_B) only")
+                path: adapter.path, detail: "module '\(m.module)' is \(m.isDoRA ? "DoRA" : m.bRows != nil ? "some rows of a fused module's lora_B (an XLabs or fal Kontext Flux LoRA: convert it --to diffusers first)" : m.typeName): resize of an image-model LoRA takes plain LoRA modules (lora_down/lora_up, lora_A/lora_B) only")
         }
         var report: [Resize.Module] = [], factors: [LoRAFactors] = []
         for m in adapter.modules {
