@@ -147,6 +147,10 @@ enum FluxLoRAVariant {
         return (String(name.dropLast(".\(parts[4]).weight".count)), parts[4] == "down", (diffusers.map { prefix + $0 }, false))
     }
 
+    /// Blocks a file may name: far beyond any Flux (Flux.1 has 19 + 38), so a hostile index is refused
+    /// by name instead of building a table up to it.
+    private static let maxBlocks = 1 << 12
+
     /// A fal Kontext key's module (`base_model.model.<BFL module>`), whether it is lora_A, and its diffusers parts.
     private static func falKey(_ name: String) -> (String, Bool, (diffusers: [String], mlpRest: Bool))? {
         let head = "base_model.model."
@@ -158,7 +162,7 @@ enum FluxLoRAVariant {
         let known: Bool
         if bfl == "final_layer.linear" {
             known = true
-        } else if parts.count == 3, let block = Int(parts[1]), String(block) == parts[1] {
+        } else if parts.count == 3, let block = Int(parts[1]), String(block) == parts[1], block < maxBlocks {
             known = parts[0] == "double_blocks" ? falDouble.contains(parts[2]) : parts[0] == "single_blocks" && falSingle.contains(parts[2])
         } else {
             known = false

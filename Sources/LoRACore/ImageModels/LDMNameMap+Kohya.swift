@@ -62,7 +62,8 @@ extension LDMNameMap {
         func tail(_ from: Int) -> String { parts.count > from ? parts[from...].joined(separator: ".") : "" }
         switch parts.first {
         case "down_blocks", "up_blocks":
-            guard parts.count >= 4, let b = Int(parts[1]), let j = Int(parts[3]) else { return nil }
+            // Indices beyond any UNet's are no module (and would overflow the block arithmetic).
+            guard parts.count >= 4, let b = Int(parts[1]), let j = Int(parts[3]), (0..<(1 << 16)).contains(b), (0..<(1 << 16)).contains(j) else { return nil }
             let down = parts[0] == "down_blocks", kind = parts[2]
             if kind == "downsamplers", down, j == 0, tail(4) == "conv" { return "input_blocks.\((b + 1) * (L + 1)).0.op" }
             if kind == "upsamplers", !down, j == 0, tail(4) == "conv" {

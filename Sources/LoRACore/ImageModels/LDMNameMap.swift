@@ -148,7 +148,8 @@ public struct LDMNameMap: Sendable {
 
     /// `<index>.<rest>` split at the first dot, index an integer.
     private static func splitIndex(_ s: Substring) -> (Int, Substring)? {
-        guard let dot = s.firstIndex(of: "."), let i = Int(s[..<dot]) else { return nil }
+        // A block index beyond any UNet's is no block (and would overflow the block arithmetic).
+        guard let dot = s.firstIndex(of: "."), let i = Int(s[..<dot]), (0..<(1 << 16)).contains(i) else { return nil }
         return (i, s[s.index(after: dot)...])
     }
 
