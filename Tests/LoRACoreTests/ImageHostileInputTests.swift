@@ -58,6 +58,17 @@ struct ImageHostileInputTests {
         }
     }
 
+    /// Every tensor name with `old` replaced by `new`.
+    static func replacing(_ old: String, with new: String) -> @Sendable ([Tensor]) -> [Tensor] {
+        { tensors in
+            tensors.map { t in
+                var t = t
+                t.name = t.name.replacingOccurrences(of: old, with: new)
+                return t
+            }
+        }
+    }
+
     static let sd1Kohya = sd1 + "/kohya.safetensors"
     static let fluxKohya = flux + "/kohya.safetensors"
     static let fluxLoRA = flux + "/lora/pytorch_lora_weights.safetensors"
@@ -109,29 +120,13 @@ struct ImageHostileInputTests {
         Case(name: "diffusers Flux lora_A of a scalar", source: fluxLoRA, bases: fluxBases,
              edit: editing(toQ + ".lora_A") { $0.shape = []; $0.bytes = Array($0.bytes.prefix(2)) }),
         Case(name: "diffusers SD down block index at Int.max", source: sd1 + "/lora/pytorch_lora_weights.safetensors", bases: sdBases,
-             edit: { tensors in tensors.map { t in
-                 var t = t
-                 t.name = t.name.replacingOccurrences(of: "unet.down_blocks.0.", with: "unet.down_blocks.9223372036854775807.")
-                 return t
-             } }),
+             edit: replacing("unet.down_blocks.0.", with: "unet.down_blocks.9223372036854775807.")),
         Case(name: "diffusers SD up block index at Int.max", source: sd1 + "/lora/pytorch_lora_weights.safetensors", bases: sdBases,
-             edit: { tensors in tensors.map { t in
-                 var t = t
-                 t.name = t.name.replacingOccurrences(of: "unet.up_blocks.1.attentions.0.", with: "unet.up_blocks.1.attentions.9223372036854775807.")
-                 return t
-             } }),
+             edit: replacing("unet.up_blocks.1.attentions.0.", with: "unet.up_blocks.1.attentions.9223372036854775807.")),
         Case(name: "fal Kontext block index at Int.max", source: flux + "/../flux-variants/kontext.safetensors", bases: fluxBases,
-             edit: { tensors in tensors.map { t in
-                 var t = t
-                 t.name = t.name.replacingOccurrences(of: "double_blocks.0.", with: "double_blocks.9223372036854775807.")
-                 return t
-             } }),
+             edit: replacing("double_blocks.0.", with: "double_blocks.9223372036854775807.")),
         Case(name: "XLabs block index past Int", source: flux + "/../flux-variants/xlabs.safetensors", bases: fluxBases,
-             edit: { tensors in tensors.map { t in
-                 var t = t
-                 t.name = t.name.replacingOccurrences(of: "double_blocks.0.", with: "double_blocks.99999999999999999999999.")
-                 return t
-             } }),
+             edit: replacing("double_blocks.0.", with: "double_blocks.99999999999999999999999.")),
     ]
 
     /// Writes `source`'s tensors through `edit` to `destination`, keeping its metadata.
