@@ -58,7 +58,7 @@ let package = Package(
 // `-sanitize=fuzzer`: scripts/fuzz sets LORA_TOOL_FUZZ=1 and builds them in their own scratch folder.
 if ProcessInfo.processInfo.environment["LORA_TOOL_FUZZ"] != nil {
     package.targets.append(.systemLibrary(name: "CFuzzer", path: "Fuzz/CFuzzer"))
-    for name in ["fuzz-safetensors", "fuzz-json", "fuzz-names", "fuzz-gguf"] {
+    for name in ["fuzz-safetensors", "fuzz-json", "fuzz-names", "fuzz-gguf", "fuzz-image"] {
         package.targets.append(.executableTarget(
             name: name, dependencies: ["FuzzTargets", "CFuzzer"], path: "Fuzz/entry/\(name)",
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]))

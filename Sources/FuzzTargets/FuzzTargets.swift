@@ -1,3 +1,4 @@
+import Foundation
 import GGUF
 import LoRACore
 import LoRAGraph
@@ -45,6 +46,45 @@ public enum FuzzTargets {
         }
         _ = try? ShardIndex.parse(bytes, file: "fuzz")
         if let value = try? JSONParser.parse(bytes) { _ = JSONWriter.pretty(value) }
+    }
+
+    /// The image-model fixtures an image LoRA is resolved against (repository-relative).
+    static let imageBases: [String] = {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let fixtures = root + "/Tests/LoRACoreTests/ImageFixtures"
+        return [fixtures + "/sd1/single.safetensors", fixtures + "/sd1/pipeline", fixtures + "/sdxl/single.safetensors",
+                fixtures + "/flux/single.safetensors", fixtures + "/flux/transformer"]
+    }()
+
+    /// An image-model LoRA file made of the input's lines as tensor names (F32; a factor's shape from
+    /// its suffix and the line's length, so ranks and widths vary), read as an adapter and resolved
+    /// against SD 1.x, SDXL and Flux bases in every layout (`inspect --base`): the dialects' key
+    /// parsers and the name maps (kohya, diffusers, XLabs, fal Kontext, LDM/sgm, BFL) on any names.
+    public static func imageLoRA(_ data: UnsafeRawBufferPointer) {
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true).prefix(64).map(String.init)
+        var seen = Set<String>()
+        let tensors = lines.filter { !$0.isEmpty && !$0.contains("\0") && $0 != "__metadata__" && seen.insert($0).inserted }.map { name -> TensorInfo in
+            let width = [1, 2, 4, 8, 16, 48][name.utf8.count % 6], rank = [1, 2, 4][name.utf8.count % 3]
+            let shape: [Int]
+            if name.hasSuffix("alpha") { shape = [] }
+            else if name.hasSuffix("down.weight") || name.hasSuffix("lora_A.weight") || name.hasSuffix("_a") { shape = [rank, width] }
+            else if name.hasSuffix("up.weight") || name.hasSuffix("lora_B.weight") || name.hasSuffix("_b") { shape = [width, rank] }
+            else { shape = [width] }
+            return TensorInfo(name: name, dtype: .float32, shape: shape)
+        }
+        guard !tensors.isEmpty else { return }
+        let path = NSTemporaryDirectory() + "/lora-tool-fuzz-image-\(getpid()).safetensors"
+        unlink(path)
+        defer { unlink(path) }
+        guard let writer = try? SafeTensorsWriter(path: path, tensors: tensors) else { return }
+        while let t = writer.nextTensor {
+            let values = [Float](repeating: 0.5, count: max(1, t.shape.reduce(1, *)))
+            guard (try? values.withUnsafeBytes { try writer.write(t.name, bytes: UnsafeRawBufferPointer(rebasing: $0[0..<(t.byteCount)])) }) != nil else { return }
+        }
+        guard (try? writer.finish()) != nil else { return }
+        guard (try? Adapter(path: path)) != nil else { return }
+        _ = try? Inspect.run(path: path)
+        for base in imageBases { _ = try? Inspect.run(path: path, base: base) }
     }
 
     /// Tensor-name parsing and target selection on arbitrary (UTF-8-decoded) text.

@@ -8,7 +8,7 @@ private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
 /// target bodies: each input must be handled without a crash.
 @Suite("Fuzz corpus and crash regressions")
 struct FuzzCorpusTests {
-    static let inputs: [String] = ["safetensors", "json", "names", "gguf"].flatMap { target in
+    static let inputs: [String] = ["safetensors", "json", "names", "gguf", "image"].flatMap { target in
         ["corpus", "crashes"].flatMap { kind in
             ((try? FileManager.default.contentsOfDirectory(atPath: "\(root)/Fuzz/\(kind)/\(target)")) ?? [])
                 .filter { !$0.hasPrefix(".") }.sorted().map { "\(kind)/\(target)/\($0)" }
@@ -23,6 +23,7 @@ struct FuzzCorpusTests {
             case "safetensors": FuzzTargets.safetensors(bytes)
             case "json": FuzzTargets.json(bytes)
             case "gguf": FuzzTargets.gguf(bytes)
+            case "image": FuzzTargets.imageLoRA(bytes)
             default: FuzzTargets.names(bytes)
             }
         }
