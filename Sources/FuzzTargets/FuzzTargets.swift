@@ -73,7 +73,8 @@ public enum FuzzTargets {
             return TensorInfo(name: name, dtype: .float32, shape: shape)
         }
         guard !tensors.isEmpty else { return }
-        let path = NSTemporaryDirectory() + "/lora-tool-fuzz-image-\(getpid()).safetensors"
+        // Unique per call: the tests replay the corpus on several threads at once.
+        let path = NSTemporaryDirectory() + "/lora-tool-fuzz-image-\(UUID().uuidString).safetensors"
         unlink(path)
         defer { unlink(path) }
         guard let writer = try? SafeTensorsWriter(path: path, tensors: tensors) else { return }
