@@ -19,9 +19,9 @@ extension KohyaDialect {
             let alpha = Float(m.alpha)
             tensors.append(.init(name: m.module + ".alpha", dtype: .float32, shape: []) { AdapterSink.floatBytes([alpha]) })
         }
-        let ranks = Set(factors.map(\.module.rank)), alphas = Set(factors.map { Float($0.module.alpha) })
-        let network = [("ss_network_dim", ranks.count == 1 ? String(ranks.first!) : "Dynamic"),
-                       ("ss_network_alpha", alphas.count == 1 ? "\(Double(alphas.first!))" : "Dynamic")]
+        // The written (fp32) alphas; the network module stays the source's.
+        let network = networkMetadata(ranks: factors.map(\.module.rank), alphas: factors.map { Double(Float($0.module.alpha)) }, flux: false)
+            .filter { $0.key != "ss_network_module" }
         var metadata = (source.checkpoint.metadata ?? []).filter { !["sshs_model_hash", "sshs_legacy_hash"].contains($0.key) }
         for (key, value) in network {
             if let i = metadata.firstIndex(where: { $0.key == key }) { metadata[i].value = value } else { metadata.append((key, value)) }

@@ -236,16 +236,20 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
             // The merged values in the compute dtype, kept for the second half when the pool has room.
             let kept = try keptValues.take(n * format.size)
             defer { if let kept { keptValues.give(kept) } }
+            /// Elements [e, e + m) into `target`: merged (into `kept` on the first pass, when there is
+            /// room) or decoded from what the first pass kept.
+            func values(_ e: Int, _ m: Int, firstPass: Bool) throws {
+                guard let kept else { return try merge(e, m) }
+                let bytes = (e * format.size)..<((e + m) * format.size)
+                if firstPass { try merged.fill(bytes, into: kept.bytes.baseAddress! + bytes.lowerBound) }
+                target.withUnsafeMutableBufferPointer {
+                    FloatCodec.decode(UnsafeRawBufferPointer(rebasing: kept.bytes[bytes]), format: format, into: UnsafeMutableBufferPointer(rebasing: $0[0..<m]))
+                }
+            }
             var e = 0
             while e < n {
                 let m = min(step, n - e)
-                if let kept {
-                    let slice = UnsafeMutableRawBufferPointer(rebasing: kept.bytes[(e * format.size)..<((e + m) * format.size)])
-                    try merged.fill((e * format.size)..<((e + m) * format.size), into: slice.baseAddress!)
-                    target.withUnsafeMutableBufferPointer { FloatCodec.decode(UnsafeRawBufferPointer(slice), format: format, into: UnsafeMutableBufferPointer(rebasing: $0[0..<m])) }
-                } else {
-                    try merge(e, m)
-                }
+                try values(e, m, firstPass: true)
                 quantize(e, m)
                 e += m
             }
@@ -257,12 +261,7 @@ final class RequantizedWeight: PartedWeight, @unchecked Sendable {
             while e < n {
                 let m = min(step, n - e), b0 = e / bs, mb = (m + bs - 1) / bs
                 let range = b0..<(b0 + mb)
-                if let kept {
-                    let slice = UnsafeRawBufferPointer(rebasing: kept.bytes[(e * format.size)..<((e + m) * format.size)])
-                    target.withUnsafeMutableBufferPointer { FloatCodec.decode(slice, format: format, into: UnsafeMutableBufferPointer(rebasing: $0[0..<m])) }
-                } else {
-                    try merge(e, m)
-                }
+                try values(e, m, firstPass: false)
                 blockMax.withUnsafeBufferPointer { m in
                     Bnb4bit.nestedCodes(UnsafeBufferPointer(rebasing: m[range]), firstBlock: b0, offset: offset, nestedAbsmax: nestedAbsmax,
                                         nestedMap: code.map, nestedBlocksize: code.blocksize,
